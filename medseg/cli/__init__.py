@@ -1,0 +1,63 @@
+"""``medseg`` command line: a thin layer over the Python API.
+
+Exit codes: 0 success, 2 bad input or usage (one line on stderr), 1 unexpected failure.
+``--debug`` (anywhere on the command line, or ``MEDSEG_DEBUG=1``) shows tracebacks.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import click
+
+from medseg.cli.app import app
+from medseg.errors import MedsegError
+
+# Each module registers its commands on ``app`` (one module per pipeline stage).
+from medseg.cli import io_cmds, evaluate_cmds, train_cmds, cells_cmds, export_cmds, demo_cmds  # noqa: E402,F401
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; returns the exit code (the console script exits with it)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv or os.environ.get("MEDSEG_DEBUG", "") not in ("", "0")
+    argv = [a for a in argv if a != "--debug"]
+    try:
+        rv = app(args=argv, prog_name="medseg", standalone_mode=False)
+        return rv if isinstance(rv, int) else 0
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    except click.exceptions.Abort:
+        print("medseg: aborted", file=sys.stderr)
+        return 130
+    except click.ClickException as exc:  # usage errors: click prints usage + message
+        exc.show()
+        return 2
+    except MedsegError as exc:
+        if debug:
+            raise
+        print(f"medseg: error: {_one_line(exc)}", file=sys.stderr)
+        return exc.exit_code
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError) as exc:
+        if debug:
+            raise
+        where = exc.filename or ""
+        print(f"medseg: error: {where}: {_one_line(exc.strerror or exc)}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("medseg: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # a bug in medseg: still one line unless --debug
+        if debug:
+            raise
+        print(f"medseg: internal error: {type(exc).__name__}: {_one_line(exc)} (run with --debug for the traceback)",
+              file=sys.stderr)
+        return 1
+
+
+__all__ = ["app", "main"]

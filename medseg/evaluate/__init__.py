@@ -1,0 +1,1 @@
+"""Evaluation: overlap, surface and instance metrics; reports."""

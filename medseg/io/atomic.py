@@ -1,0 +1,84 @@
+"""Atomic output: write to a temporary file beside the target, then rename.
+
+A crash or a failed write never leaves a half-written output under the final name,
+and an input file is never overwritten.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+from typing import Iterable, Iterator
+
+from medseg.errors import InputError
+
+_DOUBLE_SUFFIXES = (".nii.gz", ".seg.nrrd", ".tar.gz")
+
+
+def full_suffix(path: str | os.PathLike) -> str:
+    """Return the file's format suffix, keeping double suffixes such as ``.nii.gz``.
+
+    Examples
+    --------
+    >>> full_suffix("case_001.nii.gz"), full_suffix("a/b.mha"), full_suffix("x.seg.nrrd")
+    ('.nii.gz', '.mha', '.seg.nrrd')
+    """
+    name = Path(path).name.lower()
+    for s in _DOUBLE_SUFFIXES:
+        if name.endswith(s):
+            return s
+    return Path(name).suffix
+
+
+def case_name(path: str | os.PathLike) -> str:
+    """File name without its format suffix: the case id used throughout medseg.
+
+    Examples
+    --------
+    >>> case_name("/data/hippocampus_001.nii.gz")
+    'hippocampus_001'
+    """
+    name = Path(path).name
+    return name[: len(name) - len(full_suffix(name))] if full_suffix(name) else name
+
+
+@contextlib.contextmanager
+def atomic_path(
+    dest: str | os.PathLike, protect: Iterable[str | os.PathLike] = ()
+) -> Iterator[Path]:
+    """Yield a temporary path beside ``dest``; rename it onto ``dest`` only if the block succeeds.
+
+    ``protect`` lists input paths that must never be overwritten.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> d = pathlib.Path(tempfile.mkdtemp())
+    >>> with atomic_path(d / "out.txt") as tmp:
+    ...     _ = tmp.write_text("done")
+    >>> (d / "out.txt").read_text()
+    'done'
+    """
+    dest = Path(dest)
+    for p in protect:
+        if Path(p).exists() and dest.exists() and Path(p).resolve() == dest.resolve():
+            raise InputError("refusing to overwrite an input file", path=dest)
+    parent = dest.parent if str(dest.parent) else Path(".")
+    if not parent.is_dir():
+        raise InputError("output folder does not exist", path=parent)
+    if not os.access(parent, os.W_OK):
+        raise InputError("output folder is not writable", path=parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=f".tmp{full_suffix(dest)}", dir=parent)
+    os.close(fd)
+    tmp = Path(tmp)
+    try:
+        yield tmp
+        os.replace(tmp, dest)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise InputError(f"cannot write output ({exc.strerror or exc})", path=dest) from exc
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise

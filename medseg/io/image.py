@@ -1,0 +1,229 @@
+"""The one image type of medseg: an array plus the geometry that places it in the patient.
+
+Convention (the same as NIfTI, nibabel and MONAI):
+
+* ``array`` is indexed ``[i, j, k]`` (``[i, j]`` in 2D), optionally with a leading channel axis
+  (``channels_first=True``). This is the *transpose* of SimpleITK's ``GetArrayFromImage`` order.
+* ``affine`` is a 4x4 matrix mapping ``(i, j, k, 1)`` to **RAS** world coordinates in mm.
+  DICOM/ITK use LPS: the conversion happens only at those boundaries (``from_sitk``/``to_sitk``
+  and the DICOM reader), by negating the first two world axes.
+* 2D images keep a 4x4 affine whose third column is ``(0, 0, 1)``.
+
+Microscopy images have no patient frame; their affine is ``diag(spacing)`` in file axis order
+(``(z, y, x)`` or ``(y, x)``) and ``orientation`` is meaningless for them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+
+
+def affine_from_geometry(spacing, origin, direction) -> np.ndarray:
+    """Build a 4x4 index-to-world affine from spacing, origin and a direction matrix.
+
+    All three in the same world frame; ``direction`` columns are the unit vectors of the index axes.
+
+    Examples
+    --------
+    >>> affine_from_geometry([2, 2, 3], [10, 20, 30], np.eye(3))[:3, 3]
+    array([10., 20., 30.])
+    """
+    spacing = np.asarray(spacing, dtype=float)
+    n = spacing.size
+    direction = np.asarray(direction, dtype=float).reshape(n, n)
+    aff = np.eye(4)
+    aff[:n, :n] = direction * spacing[None, :]
+    aff[:n, 3] = np.asarray(origin, dtype=float)[:n]
+    return aff
+
+
+@dataclass
+class Image:
+    """Array + RAS affine + metadata.
+
+    Parameters
+    ----------
+    array : ndarray
+        Voxel values, indexed ``[i, j, k]`` (channel axis first if ``channels_first``).
+    affine : ndarray, shape (4, 4)
+        Index to RAS world (mm).
+    meta : dict
+        Source metadata (``source`` path, ``modality``, ``series_uid``, ``series_description``, ...).
+    channels_first : bool
+        Whether ``array`` has a leading channel axis.
+
+    Examples
+    --------
+    >>> img = Image(np.zeros((4, 5, 6), np.int16), np.diag([2.0, 2.0, 3.0, 1.0]))
+    >>> img.spacing, img.shape, img.orientation
+    ((2.0, 2.0, 3.0), (4, 5, 6), 'RAS')
+    """
+
+    array: np.ndarray
+    affine: np.ndarray
+    meta: dict[str, Any] = field(default_factory=dict)
+    channels_first: bool = False
+
+    def __post_init__(self) -> None:
+        self.affine = np.asarray(self.affine, dtype=float).reshape(4, 4)
+
+    # --- geometry -------------------------------------------------------------------------
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """Spatial shape (without the channel axis)."""
+        return tuple(self.array.shape[1:] if self.channels_first else self.array.shape)
+
+    @property
+    def ndim(self) -> int:
+        """Number of spatial dimensions (2 or 3)."""
+        return len(self.shape)
+
+    @property
+    def num_channels(self) -> int:
+        return int(self.array.shape[0]) if self.channels_first else 1
+
+    @property
+    def spacing(self) -> tuple[float, ...]:
+        """Voxel size in mm along each index axis."""
+        norms = np.linalg.norm(self.affine[:3, : self.ndim], axis=0)
+        return tuple(float(s) for s in norms)
+
+    @property
+    def origin(self) -> tuple[float, float, float]:
+        """World (RAS) position of voxel (0, 0, 0)."""
+        return tuple(float(v) for v in self.affine[:3, 3])
+
+    @property
+    def direction(self) -> np.ndarray:
+        """3x3 (RAS) matrix whose columns are the unit vectors of the index axes."""
+        m = self.affine[:3, :3].copy()
+        norms = np.linalg.norm(m, axis=0)
+        norms[norms == 0] = 1.0
+        return m / norms
+
+    @property
+    def origin_lps(self) -> tuple[float, float, float]:
+        return tuple(float(v) for v in (LPS_TO_RAS @ self.affine)[:3, 3])
+
+    @property
+    def direction_lps(self) -> np.ndarray:
+        return (LPS_TO_RAS[:3, :3] @ self.direction)
+
+    @property
+    def orientation(self) -> str:
+        """Axis code such as ``'RAS'`` or ``'LPS'``: the world direction each index axis points to."""
+        import nibabel as nib
+
+        return "".join(nib.aff2axcodes(self.affine))[: self.ndim]
+
+    @property
+    def voxel_volume_ml(self) -> float:
+        return float(np.prod(self.spacing)) / 1000.0
+
+    def with_array(self, array: np.ndarray, channels_first: bool | None = None, **meta: Any) -> "Image":
+        """A new image on the same grid (shape must match) with other voxel values."""
+        cf = self.channels_first if channels_first is None else channels_first
+        new = Image(array, self.affine.copy(), {**self.meta, **meta}, cf)
+        if new.shape != self.shape:
+            raise ValueError(f"shape {new.shape} does not match the grid {self.shape}")
+        return new
+
+    def same_grid(self, other: "Image", atol: float = 1e-3) -> bool:
+        """True when both images have the same spatial shape and (to ``atol`` mm) affine."""
+        return self.shape == other.shape and bool(np.allclose(self.affine, other.affine, atol=atol))
+
+    def index_to_world(self, ijk) -> np.ndarray:
+        """RAS world coordinates of (N, ndim) voxel indices."""
+        ijk = np.atleast_2d(np.asarray(ijk, dtype=float))
+        pad = np.zeros((ijk.shape[0], 3))
+        pad[:, : ijk.shape[1]] = ijk
+        return pad @ self.affine[:3, :3].T + self.affine[:3, 3]
+
+    def world_to_index(self, xyz) -> np.ndarray:
+        """Continuous voxel indices of (N, 3) RAS world points."""
+        xyz = np.atleast_2d(np.asarray(xyz, dtype=float))
+        inv = np.linalg.inv(self.affine)
+        return (xyz @ inv[:3, :3].T + inv[:3, 3])[:, : self.ndim]
+
+    # --- conversions -------------------------------------------------------------------------
+    @classmethod
+    def from_sitk(cls, simg, meta: dict | None = None) -> "Image":
+        """From a ``SimpleITK.Image`` (LPS) without any loss of geometry."""
+        import SimpleITK as sitk
+
+        dim = simg.GetDimension()
+        arr = sitk.GetArrayFromImage(simg)  # (z, y, x[, c])
+        ncomp = simg.GetNumberOfComponentsPerPixel()
+        if ncomp > 1:
+            arr = np.moveaxis(arr, -1, 0)
+            arr = np.transpose(arr, (0, *range(arr.ndim - 1, 0, -1)))
+        else:
+            arr = np.transpose(arr, tuple(range(arr.ndim - 1, -1, -1)))
+        spacing = np.array(simg.GetSpacing(), float)
+        origin = np.array(simg.GetOrigin(), float)
+        direction = np.array(simg.GetDirection(), float).reshape(dim, dim)
+        aff_lps = np.eye(4)
+        aff_lps[:dim, :dim] = direction * spacing[None, :]
+        aff_lps[:dim, 3] = origin
+        return cls(np.ascontiguousarray(arr), LPS_TO_RAS @ aff_lps, dict(meta or {}), ncomp > 1)
+
+    def to_sitk(self):
+        """To a ``SimpleITK.Image`` (LPS); multi-channel arrays become vector images."""
+        import SimpleITK as sitk
+
+        arr = self.array
+        if self.channels_first:
+            arr = np.moveaxis(arr, 0, -1)
+            arr = np.transpose(arr, (*range(self.ndim - 1, -1, -1), self.ndim))
+            simg = sitk.GetImageFromArray(np.ascontiguousarray(arr), isVector=True)
+        else:
+            arr = np.transpose(arr, tuple(range(self.ndim - 1, -1, -1)))
+            if arr.dtype == bool:
+                arr = arr.astype(np.uint8)
+            simg = sitk.GetImageFromArray(np.ascontiguousarray(arr))
+        aff_lps = LPS_TO_RAS @ self.affine
+        n = self.ndim
+        spacing = np.linalg.norm(aff_lps[:n, :n], axis=0) if n == 2 else np.linalg.norm(aff_lps[:3, :3], axis=0)
+        direction = (aff_lps[:n, :n] if n == 2 else aff_lps[:3, :3]) / spacing[None, :]
+        simg.SetSpacing([float(s) for s in spacing])
+        simg.SetOrigin([float(o) for o in aff_lps[:n, 3]])
+        simg.SetDirection([float(d) for d in direction.ravel()])
+        return simg
+
+    @classmethod
+    def from_nibabel(cls, nimg, meta: dict | None = None) -> "Image":
+        """From a nibabel image; the affine is taken as is (nibabel's best affine: sform, else qform)."""
+        arr = np.asanyarray(nimg.dataobj)
+        channels_first = False
+        if arr.ndim == 4:
+            arr = np.moveaxis(arr, -1, 0)
+            channels_first = True
+        return cls(arr, np.asarray(nimg.affine, float), dict(meta or {}), channels_first)
+
+    def to_nibabel(self):
+        """To a ``nibabel.Nifti1Image`` (channels go to the 4th axis), with sform and qform set."""
+        import nibabel as nib
+
+        arr = self.array
+        if self.channels_first:
+            arr = np.moveaxis(arr, 0, -1)
+        if arr.dtype == bool:
+            arr = arr.astype(np.uint8)
+        if arr.dtype == np.int64 and arr.size and arr.min() >= 0 and arr.max() < 65536:
+            arr = arr.astype(np.uint16)
+        nimg = nib.Nifti1Image(arr, self.affine)
+        nimg.set_sform(self.affine, code=1)
+        nimg.set_qform(self.affine, code=1)
+        if self.ndim == 3:
+            nimg.header.set_xyzt_units("mm")
+        return nimg
+
+    def __repr__(self) -> str:  # short, because arrays are large
+        sp = ", ".join(f"{s:.4g}" for s in self.spacing)
+        return (f"Image(shape={self.shape}, channels={self.num_channels}, dtype={self.array.dtype}, "
+                f"spacing=({sp}), orientation={self.orientation!r})")

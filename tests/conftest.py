@@ -1,0 +1,69 @@
+"""Shared fixtures: where the real data is, and running the CLI in-process or as a subprocess."""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+from contextlib import redirect_stderr, redirect_stdout
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = Path(os.environ.get("MEDSEG_DATA", REPO.parent / "shared" / "data")).resolve()
+
+
+def data_path(*parts: str) -> Path:
+    """Path inside the real data folder; skips the test (with the reason) when it is absent."""
+    p = DATA.joinpath(*parts)
+    if not p.exists():
+        pytest.skip(f"real data not available: {p} is missing (set MEDSEG_DATA to the shared data folder)")
+    return p
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    return data_path()
+
+
+@dataclass
+class CliResult:
+    code: int
+    out: str
+    err: str
+
+
+def run_cli(*args: str) -> CliResult:
+    """Run ``medseg ARGS`` in this process (fast); returns exit code, stdout, stderr."""
+    from medseg.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with redirect_stdout(out), redirect_stderr(err):
+        code = main([str(a) for a in args])
+    return CliResult(code, out.getvalue(), err.getvalue())
+
+
+def run_cli_subprocess(*args: str, timeout: float = 600, env: dict | None = None) -> CliResult:
+    """Run ``python -m medseg ARGS`` as a real process (for tracebacks, exit codes, signals)."""
+    full_env = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
+    p = subprocess.run([sys.executable, "-m", "medseg", *map(str, args)], capture_output=True, text=True,
+                       timeout=timeout, env=full_env, cwd=REPO)
+    return CliResult(p.returncode, p.stdout, p.stderr)
+
+
+def assert_clean_error(res: CliResult, *needles: str, code: int = 2) -> None:
+    """A bad-input answer: the exit code, one line on stderr naming the problem, no traceback."""
+    assert res.code == code, f"exit {res.code}, stderr={res.err!r}"
+    lines = [ln for ln in res.err.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1, f"expected one line on stderr, got: {res.err!r}"
+    assert "Traceback" not in res.err
+    for n in needles:
+        assert n.lower() in lines[0].lower(), f"{n!r} not in {lines[0]!r}"
+
+
+@pytest.fixture
+def cli():
+    return run_cli
