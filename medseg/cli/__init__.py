@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import sys
 
-import click
+import typer
 
 from medseg.cli.app import app
 from medseg.errors import MedsegError
@@ -30,14 +30,16 @@ def main(argv: list[str] | None = None) -> int:
     try:
         rv = app(args=argv, prog_name="medseg", standalone_mode=False)
         return rv if isinstance(rv, int) else 0
-    except click.exceptions.Exit as exc:
+    except typer.Exit as exc:
         return exc.exit_code
-    except click.exceptions.Abort:
+    except typer.Abort:
         print("medseg: aborted", file=sys.stderr)
         return 130
-    except click.ClickException as exc:  # usage errors: click prints usage + message
-        exc.show()
-        return 2
+    except typer.TyperException as exc:  # usage errors (bad option, missing argument): one line, exit 2
+        msg = exc.format_message() if hasattr(exc, "format_message") else str(exc)
+        if _one_line(msg):  # empty for 'no arguments, help shown'
+            print(f"medseg: error: {_one_line(msg)} (see 'medseg --help')", file=sys.stderr)
+        return int(getattr(exc, "exit_code", 2) or 2)
     except MedsegError as exc:
         if debug:
             raise
