@@ -211,6 +211,7 @@ def train(plan: Plan, run_dir: str | os.PathLike, fold: int | None = None, max_e
     sched = PolyLR(opt, plan.learning_rate)
     loss_fn = SegLoss(plan)
     epoch, iteration, elapsed_before, best = 0, 0, 0.0, -1.0
+    history: list[dict] = []
     if resume:
         ck = torch.load(latest, map_location="cpu", weights_only=True)
         network.load_state_dict(ck["model"])
@@ -219,6 +220,9 @@ def train(plan: Plan, run_dir: str | os.PathLike, fold: int | None = None, max_e
         epoch, iteration, elapsed_before, best = ck["epoch"], ck["iteration"], ck["elapsed_s"], ck["best"]
         rs = ck["rng"][rank] if rank < len(ck["rng"]) else ck["rng"][0]
         _set_rng_state(rs, np_rng, gen)
+        history = list(ck.get("history", []))
+        if rank == 0:  # the log is exactly the checkpoint's history: rows of a killed epoch are dropped
+            _rewrite_log(run_dir / "log.csv", history, plan)
     model = ddp.wrap(network, dev) if world > 1 else network
     budget = plan.max_minutes * 60 if plan.max_minutes else None
     total_iters = plan.max_epochs * plan.iterations_per_epoch
@@ -280,12 +284,13 @@ def train(plan: Plan, run_dir: str | os.PathLike, fold: int | None = None, max_e
                     _save(run_dir / "checkpoint_best.pt", {"model": strip_ddp(network.state_dict()),
                                                            "epoch": epoch, "val": last_val})
             row["elapsed_s"] = round(elapsed(), 1)
-            _log(log_path, row, plan)
+            history.append(row)
         rng_all = ddp.gather_objects(_rng_state(np_rng, gen), world)
         if rank == 0:
             _save(latest, {"model": strip_ddp(network.state_dict()), "optimizer": opt.state_dict(),
                            "scheduler": sched.state_dict(), "epoch": epoch, "iteration": iteration,
-                           "elapsed_s": elapsed(), "best": best, "rng": rng_all})
+                           "elapsed_s": elapsed(), "best": best, "rng": rng_all, "history": history})
+            _log(log_path, row, plan)
         val_cost = ddp.broadcast_float(val_cost, world)
         ddp.barrier(world)
     model_path = run_dir / MODEL_FILE
@@ -297,9 +302,20 @@ def train(plan: Plan, run_dir: str | os.PathLike, fold: int | None = None, max_e
     return TrainResult(run_dir, epoch, iteration, elapsed(), last_val, best, model_path)
 
 
-def _log(path: Path, row: dict, plan: Plan):
-    cols = ["epoch", "iteration", "train_loss", "lr", "elapsed_s", "val_mean"] + \
+def _cols(plan: Plan) -> list[str]:
+    return ["epoch", "iteration", "train_loss", "lr", "elapsed_s", "val_mean"] + \
            [f"val_{n}" for k, n in sorted(plan.labels.items()) if k]
+
+
+def _rewrite_log(path: Path, rows: list[dict], plan: Plan):
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=_cols(plan), extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)
+
+
+def _log(path: Path, row: dict, plan: Plan):
+    cols = _cols(plan)
     new = not path.exists()
     with open(path, "a", newline="") as f:  # append-only log: each row is written whole, then flushed
         w = csv.DictWriter(f, fieldnames=cols, extrasaction="ignore")
