@@ -8,6 +8,7 @@ read from its file offset when the series is loaded, so no file is parsed twice.
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,11 @@ NON_DICOM_SUFFIXES = {
 #: objects that are not images to stack into a volume
 NON_IMAGE_MODALITIES = {"SEG", "RTSTRUCT", "RTPLAN", "RTRECORD", "SR", "PR", "KO", "REG", "RWV", "DOC", "RTDOSE"}
 DICOMDIR_SOP = "1.2.840.10008.1.3.10"
+#: SOP class prefixes of non-image objects: structured reports, presentation states, raw data,
+#: registrations, SEG, RT objects (RT Image included: planar, no patient position), documents, waveforms
+NON_IMAGE_SOP_PREFIXES = ("1.2.840.10008.5.1.4.1.1.88", "1.2.840.10008.5.1.4.1.1.11.", "1.2.840.10008.5.1.4.1.1.66",
+                          "1.2.840.10008.5.1.4.1.1.481", "1.2.840.10008.5.1.4.1.1.104", "1.2.840.10008.5.1.4.1.1.9.",
+                          "1.2.840.10008.5.1.4.1.1.11", DICOMDIR_SOP)
 _DEFER = 2048  # bytes: larger values (pixel data, big private blobs) are read only when needed
 
 
@@ -113,7 +119,9 @@ def _read_one(path: Path):
     from pydicom.errors import InvalidDicomError
 
     try:
-        ds = pydicom.dcmread(path, defer_size=_DEFER)
+        with warnings.catch_warnings():  # pydicom warns about damage we report ourselves, in one line
+            warnings.simplefilter("ignore")
+            ds = pydicom.dcmread(path, defer_size=_DEFER)
     except InvalidDicomError:
         raise InputError("not a DICOM file (no DICM preamble); remove it from the folder", path=path) from None
     except Exception as exc:  # struct.error, EOFError, OSError...: a damaged file
@@ -132,10 +140,13 @@ def frames_of(ds, path: Path) -> list[Frame]:
     """Frame records of one dataset; ``[]`` for non-image objects (SEG, RTSTRUCT, DICOMDIR, ...)."""
     sop_class = str(ds.get("SOPClassUID", "") or getattr(ds.get("file_meta", None), "MediaStorageSOPClassUID", ""))
     modality = str(ds.get("Modality", "") or "")
-    if sop_class == DICOMDIR_SOP or modality.upper() in NON_IMAGE_MODALITIES or "Rows" not in ds:
+    if len(ds) == 0:  # pydicom gives up silently on an unterminated element at the end of the file
+        raise InputError("no data elements could be read: truncated or corrupt DICOM file", path=path)
+    if sop_class.startswith(NON_IMAGE_SOP_PREFIXES) or modality.upper() in NON_IMAGE_MODALITIES:
         return []
-    if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
-        raise InputError("DICOM image without pixel data (truncated file?)", path=path)
+    if "Rows" not in ds or "PixelData" not in ds:  # pydicom stops quietly at the end of a truncated file
+        what = "pixel data" if "Rows" in ds else "image attributes (Rows) or pixel data"
+        raise InputError(f"DICOM image without {what}: truncated file, or not an image", path=path)
     common = dict(
         path=path, dataset=ds, rows=int(ds.Rows), cols=int(ds.Columns),
         bits_stored=int(ds.get("BitsStored", ds.get("BitsAllocated", 16)) or 16),

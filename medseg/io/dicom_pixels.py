@@ -8,6 +8,7 @@ costs ~60% more per frame); every other transfer syntax goes through ``Dataset.p
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -138,16 +139,9 @@ def read_frames(ds, path: Path, n_frames: int) -> np.ndarray:
     tsuid = str(file_meta.get("TransferSyntaxUID", "")) if file_meta is not None else ""
     data, encapsulated = _raw_pixel_bytes(ds, path)
     try:
-        if not encapsulated:
-            need = rows * cols * n_frames * dt.itemsize
-            if len(data) < need:
-                raise InputError(f"truncated pixel data ({len(data)} of {need} bytes)", path=path)
-            arr = np.frombuffer(data, dtype=dt, count=rows * cols * n_frames).reshape(n_frames, rows, cols)
-            arr = arr.astype(dt.newbyteorder("="), copy=False)
-        elif tsuid in _J2K:
-            arr = _decode_j2k(ds, data, n_frames, rows, cols, dt)
-        else:
-            arr = np.asarray(ds.pixel_array).reshape(n_frames, rows, cols)
+        with warnings.catch_warnings():  # decoder plugins warn about what we turn into an InputError
+            warnings.simplefilter("ignore")
+            arr = _decode(ds, data, encapsulated, tsuid, n_frames, rows, cols, dt, path)
     except InputError:
         raise
     except Exception as exc:  # decoders raise many types on corrupt streams
@@ -155,6 +149,19 @@ def read_frames(ds, path: Path, n_frames: int) -> np.ndarray:
     if arr.dtype != dt.newbyteorder("="):
         arr = arr.astype(dt.newbyteorder("="))
     return fix_stored_bits(arr, bits_stored, signed)
+
+
+def _decode(ds, data: bytes, encapsulated: bool, tsuid: str, n_frames: int, rows: int, cols: int, dt: np.dtype,
+            path: Path) -> np.ndarray:
+    if not encapsulated:
+        need = rows * cols * n_frames * dt.itemsize
+        if len(data) < need:
+            raise InputError(f"truncated pixel data ({len(data)} of {need} bytes)", path=path)
+        arr = np.frombuffer(data, dtype=dt, count=rows * cols * n_frames).reshape(n_frames, rows, cols)
+        return arr.astype(dt.newbyteorder("="), copy=False)
+    if tsuid in _J2K:
+        return _decode_j2k(ds, data, n_frames, rows, cols, dt)
+    return np.asarray(ds.pixel_array).reshape(n_frames, rows, cols)
 
 
 def _decode_j2k(ds, data: bytes, n_frames: int, rows: int, cols: int, dt: np.dtype) -> np.ndarray:
