@@ -1,0 +1,73 @@
+"""Compressed transfer syntaxes and enhanced multi-frame images, made from the real series by
+independent encoders (pydicom's RLE, pyjpegls, OpenJPEG) and highdicom's legacy conversion: the
+loaded volume must equal the uncompressed, single-frame original voxel for voxel."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pydicom
+import pytest
+from pydicom.uid import JPEG2000Lossless, JPEGLSLossless, RLELossless
+
+from conftest import data_path
+from medseg.io.dicom import load_series
+
+SERIES = {"ct3": ("dicom", "dcmqi_segmentations", "ct-3slice"), "hippo": ("dicom", "mr_study", "13_HCropVolume")}
+
+
+def _compressed_copy(rel, dest, syntax):
+    dest.mkdir()
+    for f in sorted(data_path(*rel).glob("*.dcm")):
+        ds = pydicom.dcmread(f)
+        try:
+            ds.compress(syntax)
+        except (RuntimeError, NotImplementedError, ValueError) as exc:  # encoder plugin missing
+            pytest.skip(f"cannot encode {syntax.name} here: {exc}")
+        ds.save_as(dest / f.name)
+    return dest
+
+
+@pytest.mark.parametrize("syntax", [RLELossless, JPEGLSLossless, JPEG2000Lossless], ids=lambda s: s.name)
+@pytest.mark.parametrize("which", sorted(SERIES))
+def test_compressed_series_equal_uncompressed(tmp_path, syntax, which):
+    rel = SERIES[which]
+    folder = _compressed_copy(rel, tmp_path / "c", syntax)
+    assert pydicom.dcmread(next(folder.iterdir())).file_meta.TransferSyntaxUID == syntax
+    ref = load_series(data_path(*rel))
+    img = load_series(folder)
+    assert img.array.dtype == ref.array.dtype
+    np.testing.assert_array_equal(img.array, ref.array)
+    np.testing.assert_allclose(img.affine, ref.affine, atol=1e-9)
+
+
+def _legacy_enhanced(rel, out, kind):
+    hd = pytest.importorskip("highdicom")
+    dss = [pydicom.dcmread(f) for f in sorted(data_path(*rel).glob("*.dcm"))]
+    cls = hd.legacy.LegacyConvertedEnhancedCTImage if kind == "CT" else hd.legacy.LegacyConvertedEnhancedMRImage
+    mf = cls(dss, series_instance_uid=hd.UID(), series_number=99, sop_instance_uid=hd.UID(), instance_number=1)
+    mf.save_as(out)
+    return out
+
+
+@pytest.mark.parametrize("rel,kind", [(SERIES["ct3"], "CT"), (("dicom", "mr_study", "12-T1post-05670"), "MR")])
+def test_enhanced_multiframe_from_highdicom_equals_single_frame_series(tmp_path, rel, kind):
+    p = _legacy_enhanced(rel, tmp_path / "mf.dcm", kind)
+    img = load_series(p)
+    ref = load_series(data_path(*rel))
+    np.testing.assert_allclose(img.affine, ref.affine, atol=1e-4)
+    np.testing.assert_array_equal(img.array, ref.array)
+    assert img.meta["files"] == [str(p)] * img.shape[2]
+    # frames are stacked by position, so the frame order need not be the file order
+    assert sorted(img.meta["frame_numbers"]) == list(range(1, img.shape[2] + 1))
+
+
+def test_multiframe_and_its_source_in_one_folder_are_two_series(tmp_path):
+    rel = SERIES["ct3"]
+    shutil.copytree(data_path(*rel), tmp_path / "both")
+    _legacy_enhanced(rel, tmp_path / "both" / "mf.dcm", "CT")
+    from medseg.io.dicom import discover_series
+
+    found = discover_series(tmp_path / "both")
+    assert sorted(s.num_slices for s in found) == [3, 3] and len({s.series_uid for s in found}) == 2
