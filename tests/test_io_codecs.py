@@ -71,3 +71,21 @@ def test_multiframe_and_its_source_in_one_folder_are_two_series(tmp_path):
 
     found = discover_series(tmp_path / "both")
     assert sorted(s.num_slices for s in found) == [3, 3] and len({s.series_uid for s in found}) == 2
+
+
+def test_jpeg2000_ct_decodes_through_openjpeg_directly():
+    """The fast path (OpenJPEG on each frame) is taken on the real JPEG 2000 CT, not pydicom's fallback,
+    and gives pydicom's own decoding."""
+    from unittest import mock
+
+    pytest.importorskip("openjpeg")
+    folder = data_path("totalseg_example", "ct_dicom")
+    first = sorted(folder.iterdir())[0]
+    reference = pydicom.dcmread(first).pixel_array  # pydicom's pipeline, independent of medseg
+    with mock.patch.object(pydicom.dataset.Dataset, "pixel_array", new_callable=mock.PropertyMock,
+                           side_effect=AssertionError("fell back to pydicom")):
+        img = load_series(folder)
+    k = img.meta["files"].index(str(first))
+    ds = pydicom.dcmread(first, stop_before_pixels=True)
+    expected = reference * float(ds.RescaleSlope) + float(ds.RescaleIntercept)
+    np.testing.assert_array_equal(img.array[:, :, k], expected.T)

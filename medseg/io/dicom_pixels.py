@@ -180,7 +180,7 @@ def _decode_j2k(ds, data: bytes, n_frames: int, rows: int, cols: int, dt: np.dty
         raise ValueError(f"only {len(frames)} of {n_frames} frames in the pixel data")
     out = np.empty((n_frames, rows, cols), dtype=dt.newbyteorder("="))
     for k, frame in enumerate(frames):
-        dec = np.asarray(openjpeg.decode_pixel_data(frame))
+        dec = np.asarray(openjpeg.decode(frame, j2k_format=0 if frame[:2] == b"\xff\x4f" else None))
         if dec.size != rows * cols or (dec.dtype.kind == "i") != (dt.kind == "i"):
             # J2K header disagrees with the DICOM header: pydicom knows the corrections
             return np.asarray(ds.pixel_array).reshape(n_frames, rows, cols)
