@@ -58,7 +58,10 @@ def test_enhanced_multiframe_from_highdicom_equals_single_frame_series(tmp_path,
     ref = load_series(data_path(*rel))
     np.testing.assert_allclose(img.affine, ref.affine, atol=1e-4)
     np.testing.assert_array_equal(img.array, ref.array)
-    assert img.meta["files"] == [str(p)] * img.shape[2]
+    assert img.meta["files"] == [str(p)] * img.shape[2]  # per slice, as documented
+    from medseg.io.dicom import discover_series
+
+    assert discover_series(p)[0].files == [p]  # per file
     # frames are stacked by position, so the frame order need not be the file order
     assert sorted(img.meta["frame_numbers"]) == list(range(1, img.shape[2] + 1))
 

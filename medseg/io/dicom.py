@@ -41,7 +41,7 @@ _SPACING_ATOL = 1e-4  # mm
 
 @dataclass
 class SeriesInfo:
-    """One discovered series: its files in slice order and the identifiers a user picks it by.
+    """One discovered series: its files in slice order (each file once) and the identifiers a user picks it by.
 
     ``meta`` holds ``study_uid``, ``frame_of_reference_uid``, ``series_number``, ``shape``,
     ``spacing``, ``affine`` (RAS, 4x4 list), ``orientation`` and, for a UID that had to be
@@ -100,8 +100,8 @@ def _build_series(frames: list[Frame], split_note: str | None, split_order: int)
     row, col, normal = geo.slice_axes(first.iop)
     order = geo.sort_positions([f.ipp for f in frames], normal)
     frames = [frames[i] for i in order]
-    info = SeriesInfo(-1, first.series_uid, first.description, first.modality, [f.path for f in frames], {}, None,
-                      0.0, frames)
+    files = list(dict.fromkeys(f.path for f in frames))  # unique, in slice order (a multi-frame file once)
+    info = SeriesInfo(-1, first.series_uid, first.description, first.modality, files, {}, None, 0.0, frames)
     info.meta.update(study_uid=first.study_uid, frame_of_reference_uid=first.frame_of_reference_uid,
                      series_number=first.series_number, _split_order=split_order)
     if split_note:
