@@ -3,6 +3,7 @@
 Two jobs on the real data (``../shared/data`` or ``--data``):
 
 * ``ct``: the 20-slice JPEG 2000 CT (``totalseg_example/ct_dicom``): folder -> volume;
+* ``ct`` once more with pylibjpeg-openjpeg (holds the GIL: serial) instead of imagecodecs;
 * ``mr``: the MR study (``dicom/mr_study``, 5 series in 5 sub-folders, 120 files): every series.
 
 SimpleITK gets the easier job: it is handed each series folder (GDCM's series scan is not
@@ -87,8 +88,22 @@ def main(argv=None):
         sys.exit(f"dicom_load: real data not found under {args.data} (pass --data DIR)")
     import SimpleITK as sitk
 
+    import medseg.io.dicom_pixels as pixels
+
+    def openjpeg_only():  # the same job without imagecodecs: what the decoder choice is worth
+        saved = pixels._j2k_decoder
+        import openjpeg
+
+        pixels._j2k_decoder = lambda: (lambda b: openjpeg.decode(b, j2k_format=0), False)
+        try:
+            return medseg_load(ct)
+        finally:
+            pixels._j2k_decoder = saved
+
     results = [
         time_job("ct: 20-slice JPEG 2000 CT", lambda: medseg_load(ct), lambda: sitk_load([ct]), args.repeat),
+        time_job("ct, pylibjpeg-openjpeg instead of imagecodecs (serial)", openjpeg_only, lambda: sitk_load([ct]),
+                 args.repeat),
         time_job("mr: 5-series MR study (120 files)", lambda: medseg_load(mr),
                  lambda: sitk_load(sorted(p for p in mr.iterdir() if p.is_dir())), args.repeat),
     ]

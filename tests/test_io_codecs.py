@@ -76,12 +76,19 @@ def test_multiframe_and_its_source_in_one_folder_are_two_series(tmp_path):
     assert sorted(s.num_slices for s in found) == [3, 3] and len({s.series_uid for s in found}) == 2
 
 
-def test_jpeg2000_ct_decodes_through_openjpeg_directly():
-    """The fast path (OpenJPEG on each frame) is taken on the real JPEG 2000 CT, not pydicom's fallback,
-    and gives pydicom's own decoding."""
+@pytest.mark.parametrize("decoder", ["imagecodecs", "openjpeg"])
+def test_jpeg2000_ct_decodes_through_a_direct_decoder(decoder, monkeypatch):
+    """Both fast paths (imagecodecs in threads, pylibjpeg-openjpeg serially) are taken on the real
+    JPEG 2000 CT, not pydicom's fallback, and give pydicom's own decoding."""
     from unittest import mock
 
-    pytest.importorskip("openjpeg")
+    import medseg.io.dicom_pixels as pixels
+
+    mod = pytest.importorskip(decoder)
+    if decoder == "openjpeg":
+        monkeypatch.setattr(pixels, "_j2k_decoder", lambda: (lambda b: mod.decode(b, j2k_format=0), False))
+    else:
+        assert pixels._j2k_decoder()[1], "imagecodecs is installed: it must be the (parallel) decoder"
     folder = data_path("totalseg_example", "ct_dicom")
     first = sorted(folder.iterdir())[0]
     reference = pydicom.dcmread(first).pixel_array  # pydicom's pipeline, independent of medseg

@@ -190,6 +190,36 @@ def select_series(series: list[SeriesInfo], which: str | int | None, path) -> Se
     return hits[0]
 
 
+def _read_pixels(frames: list[Frame]) -> np.ndarray:
+    """Stored values of every frame, stacked in slice order: (slices, rows, columns).
+
+    Files whose decoder releases the GIL (JPEG 2000 through imagecodecs) decode in a thread pool.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    from medseg.io.dicom_pixels import parallel_decode_helps, read_frames
+
+    by_file: dict[Path, list[int]] = {}
+    for k, f in enumerate(frames):
+        by_file.setdefault(f.path, []).append(k)
+    jobs = [(p, ks, frames[ks[0]]) for p, ks in by_file.items()]
+    read = lambda job: read_frames(job[2].dataset, job[0], job[2].n_frames_in_file)  # noqa: E731
+    workers = min(len(jobs), os.cpu_count() or 1, 8)
+    if workers > 1 and parallel_decode_helps(jobs[0][2].dataset):
+        with ThreadPoolExecutor(workers) as pool:
+            decoded = list(pool.map(read, jobs))
+    else:
+        decoded = [read(j) for j in jobs]
+    first = frames[0]
+    stacked = np.empty((len(frames), first.rows, first.cols), dtype=decoded[0].dtype)
+    for (path, ks, _), data in zip(jobs, decoded):
+        if data.dtype != stacked.dtype:
+            raise InputError(f"slices differ in pixel type ({data.dtype} vs {stacked.dtype})", path=path)
+        for k in ks:
+            stacked[k] = data[frames[k].frame_index or 0]
+    return stacked
+
+
 def load_series(path: str | os.PathLike | SeriesInfo, series: str | int | SeriesInfo | None = None,
                 allow_tilt: bool = False) -> Image:
     """Load one DICOM series as an ``Image`` (RAS affine, rescale applied).
@@ -217,25 +247,12 @@ def load_series(path: str | os.PathLike | SeriesInfo, series: str | int | Series
     if info.tilt_degrees and not allow_tilt:
         raise InputError(f"series {info.label()} has a gantry tilt of {info.tilt_degrees:.2f} degrees "
                          "(use --allow-tilt to resample it onto an orthogonal grid)", path=info.folder)
-    from medseg.io.dicom_pixels import apply_rescale, read_frames, rescaled_dtype
+    from medseg.io.dicom_pixels import apply_rescale, rescaled_dtype
 
     frames = info.frames
     first = frames[0]
-    stacked = np.empty((len(frames), first.rows, first.cols), dtype=np.float64)  # replaced below
-    by_file: dict[Path, list[int]] = {}
-    for k, f in enumerate(frames):
-        by_file.setdefault(f.path, []).append(k)
-    stored = None
-    for fpath, ks in by_file.items():
-        ds = frames[ks[0]].dataset
-        data = read_frames(ds, fpath, frames[ks[0]].n_frames_in_file)
-        if stored is None:
-            stored = data.dtype
-            stacked = np.empty((len(frames), first.rows, first.cols), dtype=stored)
-        elif data.dtype != stored:
-            raise InputError(f"slices differ in pixel type ({data.dtype} vs {stored})", path=fpath)
-        for k in ks:
-            stacked[k] = data[frames[k].frame_index or 0]
+    stacked = _read_pixels(frames)
+    stored = stacked.dtype
     slopes = [f.slope for f in frames]
     intercepts = [f.intercept for f in frames]
     out_dtype = rescaled_dtype(first.bits_stored, first.signed, slopes, intercepts, np.dtype(stored))

@@ -1,9 +1,11 @@
 """Pixel data of DICOM images: stored values per frame, and the rescale to modality units.
 
 Uncompressed pixel data is read straight from the file (the header parse deferred it, so
-every file is parsed once); JPEG 2000 goes to OpenJPEG directly (pydicom's generic pipeline
-costs ~60% more per frame); every other transfer syntax goes through ``Dataset.pixel_array``
-(pydicom with the pylibjpeg / pyjpegls plugins: JPEG, JPEG-LS, RLE, deflate).
+every file is parsed once); JPEG 2000 frames go to OpenJPEG directly, through imagecodecs when it
+is installed (it releases the GIL, so the files of a series decode in parallel threads) or
+pylibjpeg-openjpeg (pydicom's generic pipeline costs ~60% more per frame); every other transfer
+syntax goes through ``Dataset.pixel_array`` (pydicom with the pylibjpeg / pyjpegls plugins: JPEG,
+JPEG-LS, RLE, deflate).
 """
 
 from __future__ import annotations
@@ -164,10 +166,34 @@ def _decode(ds, data: bytes, encapsulated: bool, tsuid: str, n_frames: int, rows
     return np.asarray(ds.pixel_array).reshape(n_frames, rows, cols)
 
 
-def _decode_j2k(ds, data: bytes, n_frames: int, rows: int, cols: int, dt: np.dtype) -> np.ndarray:
+def _j2k_decoder():
+    """The JPEG 2000 frame decoder: imagecodecs (releases the GIL, so files decode in parallel threads)
+    when installed, else pylibjpeg-openjpeg (holds the GIL), else ``None`` (pydicom decides)."""
+    try:
+        import imagecodecs
+
+        if imagecodecs.JPEG2K.available:
+            return imagecodecs.jpeg2k_decode, True
+    except ImportError:
+        pass
     try:
         import openjpeg
-    except ImportError:  # pydicom finds another plugin, or says which one to install
+
+        return (lambda b: openjpeg.decode(b, j2k_format=0 if b[:2] == b"\xff\x4f" else None)), False
+    except ImportError:
+        return None, False
+
+
+def parallel_decode_helps(ds) -> bool:
+    """Whether decoding this file's pixel data in threads beside others runs in parallel (GIL released)."""
+    file_meta = getattr(ds, "file_meta", None)
+    tsuid = str(file_meta.get("TransferSyntaxUID", "")) if file_meta is not None else ""
+    return tsuid in _J2K and _j2k_decoder()[1]
+
+
+def _decode_j2k(ds, data: bytes, n_frames: int, rows: int, cols: int, dt: np.dtype) -> np.ndarray:
+    decode, _ = _j2k_decoder()
+    if decode is None:  # pydicom finds another plugin, or says which one to install
         return np.asarray(ds.pixel_array).reshape(n_frames, rows, cols)
     from pydicom.encaps import generate_frames
 
@@ -180,7 +206,7 @@ def _decode_j2k(ds, data: bytes, n_frames: int, rows: int, cols: int, dt: np.dty
         raise ValueError(f"only {len(frames)} of {n_frames} frames in the pixel data")
     out = np.empty((n_frames, rows, cols), dtype=dt.newbyteorder("="))
     for k, frame in enumerate(frames):
-        dec = np.asarray(openjpeg.decode(frame, j2k_format=0 if frame[:2] == b"\xff\x4f" else None))
+        dec = np.asarray(decode(frame))
         if dec.size != rows * cols or (dec.dtype.kind == "i") != (dt.kind == "i"):
             # J2K header disagrees with the DICOM header: pydicom knows the corrections
             return np.asarray(ds.pixel_array).reshape(n_frames, rows, cols)
