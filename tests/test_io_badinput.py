@@ -254,3 +254,22 @@ def test_truncated_jpeg2000(tmp_path):
     victim = sorted((tmp_path / "ct").iterdir())[7]
     victim.write_bytes(victim.read_bytes()[: victim.stat().st_size - 20000])
     assert_convert_fails(tmp_path, tmp_path / "ct", victim.name)
+
+
+def test_image_without_geometry_is_listed_not_fatal(tmp_path):
+    """A screenshot-like image (no ImagePositionPatient) beside a real series: listed as 'not a volume',
+    skipped (with a note) when the whole folder is converted, refused when asked for by itself."""
+    copy_series(T1, tmp_path / "s")
+    ds = pydicom.dcmread(next((tmp_path / "s").iterdir()))
+    del ds.ImagePositionPatient
+    ds.SeriesInstanceUID, ds.SeriesDescription = pydicom.uid.generate_uid(), "screenshot"
+    ds.save_as(tmp_path / "s" / "sc.dcm")
+    found = discover_series(tmp_path / "s")
+    assert [s.is_volume for s in found] == [True, False]
+    assert "ImagePositionPatient" in found[1].problem
+    res = run_cli("convert", tmp_path / "s", tmp_path / "out")
+    assert res.code == 0 and "skipped" in res.err and "screenshot" in res.err
+    assert len(list((tmp_path / "out").iterdir())) == 1
+    assert_clean_error(run_cli("convert", tmp_path / "s", tmp_path / "sc.nii.gz", "--series", "1"),
+                       "not a volume", "ImagePositionPatient")
+    assert not (tmp_path / "sc.nii.gz").exists()

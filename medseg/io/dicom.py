@@ -32,7 +32,7 @@ import numpy as np
 
 from medseg.errors import InputError
 from medseg.io import dicom_geometry as geo
-from medseg.io.dicom_headers import Frame, read_headers
+from medseg.io.dicom_headers import Frame, Rejected, read_headers
 from medseg.io.image import Image
 
 _ORIENT_ATOL = 1e-3  # cosines; slices within this are "the same orientation"
@@ -46,7 +46,9 @@ class SeriesInfo:
     ``meta`` holds ``study_uid``, ``frame_of_reference_uid``, ``series_number``, ``shape``,
     ``spacing``, ``affine`` (RAS, 4x4 list), ``orientation`` and, for a UID that had to be
     split, ``split`` (why). ``problem`` is why the series cannot load as a regular volume
-    (``None`` when it can); ``tilt_degrees`` is non-zero for a gantry-tilted series.
+    (``None`` when it can); ``tilt_degrees`` is non-zero for a gantry-tilted series. Images that
+    can never be volume slices (no patient geometry, colour, cine) are listed too, with
+    ``is_volume=False`` and the reason in ``problem``.
     """
 
     index: int
@@ -58,10 +60,11 @@ class SeriesInfo:
     problem: str | None = None
     tilt_degrees: float = 0.0
     frames: list[Frame] = field(default_factory=list, repr=False)
+    is_volume: bool = True  # False for images that cannot be volume slices (screenshots, colour, cine)
 
     @property
     def num_slices(self) -> int:
-        return len(self.frames)
+        return len(self.frames) if self.is_volume else len(self.files)
 
     @property
     def folder(self) -> Path:
@@ -82,7 +85,7 @@ def _same_stack(a: Frame, b: Frame) -> bool:
             and np.allclose(a.pixel_spacing, b.pixel_spacing, atol=_SPACING_ATOL))
 
 
-def _group_key(f: Frame) -> tuple:
+def _group_key(f: Frame | Rejected) -> tuple:
     # Empty SeriesInstanceUIDs happen (anonymisers): fall back to what identifies a series to a human.
     if f.series_uid:
         return (f.study_uid, f.series_uid)
@@ -138,7 +141,7 @@ def discover_series(path: str | os.PathLike, progress: bool = False) -> list[Ser
     path = Path(path)
     if not path.exists():
         raise InputError("no such file or folder", path=path)
-    frames = read_headers(path, progress=progress)
+    frames, rejected = read_headers(path, progress=progress)
     groups: dict[tuple, list[Frame]] = {}
     for f in frames:
         groups.setdefault(_group_key(f), []).append(f)
@@ -159,6 +162,15 @@ def discover_series(path: str | os.PathLike, progress: bool = False) -> list[Ser
                 note = (f"SeriesInstanceUID {key[1] or '(empty)'} mixes {len(stacks)} orientations/sizes "
                         f"({', '.join(str(len(s)) for s in stacks)} slices); this is part {k + 1}")
             series.append(_build_series(st, note, k))
+    others: dict[tuple, list[Rejected]] = {}
+    for r in rejected:
+        others.setdefault(_group_key(r), []).append(r)
+    for members in others.values():
+        r = members[0]
+        info = SeriesInfo(-1, r.series_uid, r.description, r.modality, [m.path for m in members],
+                          {"study_uid": r.study_uid, "series_number": r.series_number, "_split_order": 1 << 20},
+                          f"not a volume: {r.reason}", is_volume=False)
+        series.append(info)
     series.sort(key=_series_sort_key)
     for i, s in enumerate(series):
         s.index = i

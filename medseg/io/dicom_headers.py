@@ -34,6 +34,26 @@ NON_IMAGE_SOP_PREFIXES = ("1.2.840.10008.5.1.4.1.1.88", "1.2.840.10008.5.1.4.1.1
 _DEFER = 2048  # bytes: larger values (pixel data, big private blobs) are read only when needed
 
 
+class NotAVolume(InputError):
+    """A readable DICOM image that cannot be a slice of a volume (no patient geometry, colour, cine...).
+
+    Discovery lists such images as a series with this reason instead of failing.
+    """
+
+
+@dataclass
+class Rejected:
+    """A DICOM image that is not a volume slice, with the identifiers its series is listed by."""
+
+    path: Path
+    reason: str
+    series_uid: str
+    study_uid: str
+    series_number: int | None
+    description: str
+    modality: str
+
+
 @dataclass
 class Frame:
     """One image slice: where its pixels are and where it sits in the patient (LPS)."""
@@ -158,15 +178,19 @@ def frames_of(ds, path: Path) -> list[Frame]:
         sop_uid=str(ds.get("SOPInstanceUID", "") or ""),
     )
     n = int(ds.get("NumberOfFrames", 1) or 1)
+    if int(ds.get("SamplesPerPixel", 1) or 1) != 1:
+        raise NotAVolume(f"colour image (SamplesPerPixel={ds.SamplesPerPixel}): not a grey-level volume", path=path)
+    if int(ds.get("BitsAllocated", 16) or 16) not in (8, 16, 32):
+        raise NotAVolume(f"BitsAllocated={ds.BitsAllocated} is not supported (8, 16 or 32)", path=path)
     if "PerFrameFunctionalGroupsSequence" in ds:
         return _enhanced_frames(ds, path, n, common)
     if n > 1:
-        raise InputError(f"multi-frame image ({n} frames) without per-frame positions is not a volume", path=path)
+        raise NotAVolume(f"multi-frame image ({n} frames) without per-frame positions is not a volume", path=path)
     if "ImagePositionPatient" not in ds or "ImageOrientationPatient" not in ds:
-        raise InputError("no ImagePositionPatient/ImageOrientationPatient: not a cross-sectional slice "
+        raise NotAVolume("no ImagePositionPatient/ImageOrientationPatient: not a cross-sectional slice "
                          "(medseg never invents geometry)", path=path)
     if "PixelSpacing" not in ds:
-        raise InputError("no PixelSpacing: the pixel size is unknown", path=path)
+        raise NotAVolume("no PixelSpacing: the pixel size is unknown", path=path)
     return [Frame(frame_index=None, n_frames_in_file=1,
                   ipp=_floats(ds.ImagePositionPatient, 3, "ImagePositionPatient", path),
                   iop=_floats(ds.ImageOrientationPatient, 6, "ImageOrientationPatient", path),
@@ -191,7 +215,7 @@ def _enhanced_frames(ds, path: Path, n: int, common: dict) -> list[Frame]:
             item, "PlaneOrientationSequence", "ImageOrientationPatient")
         ps = get(item, "PixelMeasuresSequence", "PixelSpacing")
         if ipp is None or iop is None or ps is None:
-            raise InputError(f"frame {k + 1} lacks its position, orientation or pixel spacing", path=path)
+            raise NotAVolume(f"frame {k + 1} lacks its position, orientation or pixel spacing", path=path)
         slope = get(item, "PixelValueTransformationSequence", "RescaleSlope")
         intercept = get(item, "PixelValueTransformationSequence", "RescaleIntercept")
         thick = get(item, "PixelMeasuresSequence", "SpacingBetweenSlices") or get(
@@ -206,15 +230,23 @@ def _enhanced_frames(ds, path: Path, n: int, common: dict) -> list[Frame]:
     return out
 
 
-def read_headers(path: Path, progress: bool = False) -> list[Frame]:
-    """Frame records of every DICOM image under ``path`` (one parse per file)."""
+def read_headers(path: Path, progress: bool = False) -> tuple[list[Frame], list[Rejected]]:
+    """Frame records of every DICOM image under ``path`` (one parse per file), and the images that
+    cannot be volume slices (with the reason). Damaged files raise ``InputError``."""
     files = list_candidate_files(path)
     frames: list[Frame] = []
+    rejected: list[Rejected] = []
     it = files
     if progress and len(files) > 50:
         from rich.progress import track
 
         it = track(files, description="reading DICOM headers", transient=True)
     for f in it:
-        frames.extend(frames_of(_read_one(f), f))
-    return frames
+        ds = _read_one(f)
+        try:
+            frames.extend(frames_of(ds, f))
+        except NotAVolume as exc:
+            rejected.append(Rejected(f, exc.problem, str(ds.get("SeriesInstanceUID", "") or ""),
+                                     str(ds.get("StudyInstanceUID", "") or ""), _int_or_none(ds.get("SeriesNumber")),
+                                     str(ds.get("SeriesDescription", "") or ""), str(ds.get("Modality", "") or "")))
+    return frames, rejected

@@ -134,7 +134,8 @@ def read_frames(ds, path: Path, n_frames: int) -> np.ndarray:
     signed = int(ds.get("PixelRepresentation", 0)) == 1
     bits_stored = int(ds.get("BitsStored", ds.BitsAllocated))
     try:
-        dt = stored_dtype(int(ds.BitsAllocated), signed, bool(getattr(ds, "is_little_endian", True)))
+        enc = getattr(ds, "original_encoding", (None, True))  # (implicit VR, little endian) as read
+        dt = stored_dtype(int(ds.BitsAllocated), signed, enc[1] is not False)
     except ValueError as exc:
         raise InputError(str(exc), path=path) from None
     file_meta = getattr(ds, "file_meta", None)
