@@ -27,8 +27,8 @@ def stored_dtype(bits_allocated: int, signed: bool, little_endian: bool = True) 
 
     Examples
     --------
-    >>> stored_dtype(16, True)
-    dtype('int16')
+    >>> stored_dtype(16, True).str, stored_dtype(16, False, little_endian=False).str
+    ('<i2', '>u2')
     """
     if bits_allocated not in (8, 16, 32):
         raise ValueError(f"BitsAllocated {bits_allocated} is not supported (8, 16 or 32)")
