@@ -81,3 +81,29 @@ def test_demo_without_data_says_what_to_pass(tmp_path, monkeypatch):
 
     monkeypatch.setenv("MEDSEG_DATA", str(tmp_path))
     assert find_data() == tmp_path.resolve()
+
+
+def test_convert_dicom_seg_goes_through_the_importer(tmp_path):
+    """`convert SEG.dcm out.nii.gz --reference CT/` hands over to medseg.export.importers; the label map
+    equals dcmqi's own NRRD export of the same segmentation, on the CT's grid."""
+    pytest.importorskip("medseg.export.importers")
+    from medseg.io.readers import read_image
+
+    base = data_path("dicom", "dcmqi_segmentations")
+    out = tmp_path / "liver.nii.gz"
+    res = run_cli("convert", base / "liver.dcm", out, "--reference", base / "ct-3slice")
+    assert res.code == 0, res.err
+    ours, dcmqi, ct = read_image(out), read_image(base / "liver_seg.nrrd"), read_image(base / "ct-3slice")
+    np.testing.assert_allclose(ours.affine, ct.affine, atol=1e-3)
+    np.testing.assert_allclose(dcmqi.affine, ct.affine, atol=1e-3)
+    np.testing.assert_array_equal(ours.array > 0, dcmqi.array > 0)
+    assert (ours.array > 0).sum() > 1000
+
+
+def test_convert_seg_without_the_importer_is_a_clear_error(tmp_path, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "medseg.export.importers", None)  # import fails
+    res = run_cli("convert", data_path("dicom", "dcmqi_segmentations", "liver.dcm"), tmp_path / "x.nii.gz")
+    assert_clean_error(res, "liver.dcm", "importers")
+    assert not (tmp_path / "x.nii.gz").exists()
