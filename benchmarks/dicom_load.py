@@ -66,14 +66,16 @@ def check_equal(ours, theirs, job):
 
 def time_job(name, ours, theirs, repeat):
     check_equal(ours(), theirs(), name)  # also the warm-up
-    t_ours, t_theirs = [], []
+    t_ours, t_theirs, c_ours, c_theirs = [], [], [], []
     for _ in range(repeat):
-        for fn, acc in ((ours, t_ours), (theirs, t_theirs)):
-            t0 = time.perf_counter()
+        for fn, acc, cpu in ((ours, t_ours, c_ours), (theirs, t_theirs, c_theirs)):
+            t0, c0 = time.perf_counter(), time.process_time()
             fn()
             acc.append(time.perf_counter() - t0)
+            cpu.append(time.process_time() - c0)  # CPU seconds of all threads: less sensitive to machine load
     m_ours, m_theirs = statistics.median(t_ours), statistics.median(t_theirs)
     return {"job": name, "medseg_s": m_ours, "simpleitk_s": m_theirs, "ratio_simpleitk_over_medseg": m_theirs / m_ours,
+            "medseg_cpu_s": statistics.median(c_ours), "simpleitk_cpu_s": statistics.median(c_theirs),
             "medseg_runs_s": t_ours, "simpleitk_runs_s": t_theirs}
 
 
@@ -112,10 +114,11 @@ def main(argv=None):
             "repeat": args.repeat, "load_avg_at_end": os.getloadavg()}
     print(f"machine: {info['machine']}; SimpleITK {info['simpleitk']} ({info['sitk_threads']} threads); "
           f"median of {args.repeat}; load average {info['load_avg_at_end'][0]:.2f}")
-    print("| job | medseg (s) | SimpleITK (s) | SimpleITK / medseg |")
-    print("|---|---|---|---|")
+    print("| job | medseg wall (s) | SimpleITK wall (s) | SimpleITK / medseg (wall) | medseg CPU (s) | SimpleITK CPU (s) |")
+    print("|---|---|---|---|---|---|")
     for r in results:
-        print(f"| {r['job']} | {r['medseg_s']:.3f} | {r['simpleitk_s']:.3f} | {r['ratio_simpleitk_over_medseg']:.2f} |")
+        print(f"| {r['job']} | {r['medseg_s']:.3f} | {r['simpleitk_s']:.3f} | {r['ratio_simpleitk_over_medseg']:.2f} "
+              f"| {r['medseg_cpu_s']:.3f} | {r['simpleitk_cpu_s']:.3f} |")
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps({"info": info, "results": results}, indent=2))
 
