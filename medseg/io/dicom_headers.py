@@ -142,6 +142,8 @@ def _read_one(path: Path):
         with warnings.catch_warnings():  # pydicom warns about damage we report ourselves, in one line
             warnings.simplefilter("ignore")
             ds = pydicom.dcmread(path, defer_size=_DEFER)
+    except OSError as exc:  # permissions, vanished file, I/O error: not damage to the file itself
+        raise InputError(f"cannot read file ({exc.strerror or exc})", path=path) from None
     except InvalidDicomError:
         raise InputError("not a DICOM file (no DICM preamble); remove it from the folder", path=path) from None
     except Exception as exc:  # struct.error, EOFError, OSError...: a damaged file
