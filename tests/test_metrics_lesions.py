@@ -52,7 +52,6 @@ def test_given_instance_maps_stardist_nuclei():
     ids = np.unique(inst)[1:]
     pred = inst.copy()
     pred[inst == ids[0]] = 0  # one nucleus missed
-    merged = pred.copy()
-    d = lesion_metrics(inst, merged, thresholds=[0.5], instances=True)
+    d = lesion_metrics(inst, pred, thresholds=[0.5], instances=True)
     assert (d["n_ref"], d["n_pred"], d["tp@0.5"], d["fn@0.5"], d["fp@0.5"]) == (len(ids), len(ids) - 1,
                                                                                len(ids) - 1, 1, 0)
