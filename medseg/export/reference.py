@@ -217,3 +217,19 @@ def load_reference(path: str | os.PathLike, series: str | int | None = None) -> 
     }
     return ReferenceSeries(path, datasets, files, rows, cols, row_dir, col_dir, (float(spacing[0]), float(spacing[1])),
                            pos, meta)
+
+
+def read_volume(ref: ReferenceSeries) -> Image:
+    """The series' pixel values (rescale applied) as an ``Image`` on its grid, ``[column, row, slice]``.
+
+    For building and checking exports; general DICOM loading is :func:`medseg.io.dicom.load_series`.
+    """
+    import pydicom
+
+    slices = []
+    for f in ref.files:
+        ds = pydicom.dcmread(str(f))
+        arr = ds.pixel_array.astype(np.float32) * float(ds.get("RescaleSlope", 1) or 1) + \
+            float(ds.get("RescaleIntercept", 0) or 0)
+        slices.append(arr.T)
+    return Image(np.stack(slices, axis=-1), ref.grid_affine(), dict(ref.meta))
