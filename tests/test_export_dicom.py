@@ -64,12 +64,14 @@ def mr():
     from scipy import ndimage as ndi
     from skimage.filters import threshold_multiotsu, threshold_otsu
 
-    from medseg.export.reference import load_reference, read_volume
+    from medseg.export.reference import load_reference
+    from medseg.io.dicom import load_series
 
     path = data_path(*MR_SERIES)
     ref = load_reference(path)
-    vol = read_volume(ref)
-    v = vol.array
+    vol = load_series(path)  # medseg.io's loader: its grid must be the reference grid
+    assert vol.shape == ref.shape and np.allclose(vol.affine, ref.grid_affine(), atol=1e-4)
+    v = vol.array.astype(np.float32)
     head = _largest(v > threshold_otsu(v))
     head = np.stack([ndi.binary_fill_holes(head[:, :, k]) for k in range(head.shape[2])], axis=-1)
     bright = _largest((v > threshold_multiotsu(v[head], 3)[1]) & head)
