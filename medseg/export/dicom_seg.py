@@ -147,6 +147,10 @@ def read_seg_masks(path: str | os.PathLike):
     # highdicom: axes (slice, row, column[, segment]), affine to LPS; medseg: [i=column, j=row, k=slice]
     arr = np.transpose(arr, (3, 2, 1, 0)) > 0
     aff_lps = np.asarray(vol.affine, float)[:, [2, 1, 0, 3]]
+    if np.dot(np.cross(aff_lps[:3, 0], aff_lps[:3, 1]), aff_lps[:3, 2]) < 0:  # slices along the normal, as a series
+        arr = arr[..., ::-1]
+        aff_lps[:3, 3] += (arr.shape[-1] - 1) * aff_lps[:3, 2]
+        aff_lps[:3, 2] *= -1
     names = {n: str(seg.get_segment_description(n).SegmentLabel) for n in numbers}
     meta = {"source": str(path), "format": "dicom-seg", "frame_of_reference_uid": str(seg.FrameOfReferenceUID),
             "referenced_series_uids": [str(s.SeriesInstanceUID) for s in seg.get("ReferencedSeriesSequence", [])]}

@@ -117,44 +117,11 @@ def _read_headers(files: list[Path]) -> list[tuple[Path, object]]:
 
 
 def _series_files(path: Path, series) -> list[Path]:
-    """Files of the chosen series, through the I/O engineer's discovery when available."""
-    try:
-        from medseg.io.dicom import discover_series
+    """Files of the chosen series, picked with medseg.io's discovery (same indices as ``medseg info``)."""
+    from medseg.io.dicom import discover_series, select_series
 
-        infos = discover_series(path)
-    except NotImplementedError:
-        infos = None
-    if infos is not None:
-        if not infos:
-            raise InputError("no DICOM image series found", path=path)
-        if series is None:
-            if len(infos) > 1:
-                listing = "; ".join(f"{s.index}: {s.series_uid} {s.description!r}" for s in infos)
-                raise InputError(f"holds {len(infos)} series, choose one with --series UID|INDEX ({listing})",
-                                 path=path)
-            return list(infos[0].files)
-        for s in infos:
-            if str(series) == s.series_uid or (str(series).isdigit() and int(series) == s.index):
-                return list(s.files)
-        raise InputError(f"no series {series!r} here (series: {', '.join(s.series_uid for s in infos)})", path=path)
-    # Fallback until medseg.io.dicom lands: group image headers by SeriesInstanceUID.
-    files = [p for p in sorted(path.rglob("*")) if p.is_file()] if path.is_dir() else [path]
-    groups: dict[str, list[Path]] = {}
-    for f, ds in _read_headers(files):
-        groups.setdefault(str(ds.get("SeriesInstanceUID", "")), []).append(f)
-    if not groups:
-        raise InputError("no DICOM image series found", path=path)
-    uids = sorted(groups)
-    if series is None:
-        if len(uids) > 1:
-            raise InputError(f"holds {len(uids)} series, choose one with --series UID|INDEX "
-                             f"({'; '.join(f'{i}: {u}' for i, u in enumerate(uids))})", path=path)
-        return groups[uids[0]]
-    if str(series) in groups:
-        return groups[str(series)]
-    if str(series).isdigit() and int(series) < len(uids):
-        return groups[uids[int(series)]]
-    raise InputError(f"no series {series!r} here (series: {', '.join(uids)})", path=path)
+    info = select_series(discover_series(path), series, path)
+    return list(dict.fromkeys(info.files))  # an enhanced multi-frame file is listed once per frame
 
 
 def load_reference(path: str | os.PathLike, series: str | int | None = None) -> ReferenceSeries:
@@ -217,3 +184,4 @@ def load_reference(path: str | os.PathLike, series: str | int | None = None) -> 
     }
     return ReferenceSeries(path, datasets, files, rows, cols, row_dir, col_dir, (float(spacing[0]), float(spacing[1])),
                            pos, meta)
+

@@ -14,8 +14,8 @@ Contour convention (documented, and what the importer assumes):
 * Holes are separate CLOSED_PLANAR contours on the same slice (no keyhole); a slice's contours
   combine by the even-odd rule (XOR), which is the common practice of planning systems and of
   plastimatch.
-* The importer fills pixel centres inside each polygon with ``skimage.draw.polygon`` and XORs the
-  contours of one ROI on one slice.
+* The importer fills the pixel centres inside the contours of one ROI on one slice, even-odd rule
+  (:func:`medseg.export.raster.fill_polygons`).
 """
 
 from __future__ import annotations
@@ -37,11 +37,11 @@ _PATIENT_STUDY = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", 
                   "ReferringPhysicianName", "StudyID", "AccessionNumber", "StudyDescription")
 
 
-def mask_contours(mask2d: np.ndarray, tolerance: float = 0.05) -> list[np.ndarray]:
+def mask_contours(mask2d: np.ndarray) -> list[np.ndarray]:
     """Closed contours (in pixel index coordinates, no repeated last point) of a 2D binary mask.
 
-    Outer boundaries and hole boundaries alike; collinear points are dropped (``tolerance`` in
-    pixels, far below the 0.35 pixel margin to the nearest pixel centre).
+    Outer boundaries and hole boundaries alike; points in the middle of straight runs are dropped
+    (exactly: only points where the direction does not change).
 
     Examples
     --------
@@ -49,22 +49,41 @@ def mask_contours(mask2d: np.ndarray, tolerance: float = 0.05) -> list[np.ndarra
     >>> [c.shape for c in mask_contours(m)]
     [(8, 2)]
     """
-    from skimage.measure import approximate_polygon, find_contours
+    from skimage.measure import find_contours
 
     padded = np.pad(np.asarray(mask2d, bool), 1).astype(np.uint8)
     out = []
     for c in find_contours(padded, 0.5, fully_connected="low"):
-        c = approximate_polygon(c, tolerance) - 1.0
         if len(c) > 1 and np.allclose(c[0], c[-1]):
             c = c[:-1]
+        d_in = c - np.roll(c, 1, axis=0)
+        d_out = np.roll(c, -1, axis=0) - c
+        turn = np.abs(d_in[:, 0] * d_out[:, 1] - d_in[:, 1] * d_out[:, 0]) > 1e-9
+        c = c[turn] - 1.0
         if len(c) >= 3:
             out.append(c)
     return out
 
 
-def _ds_values(points: np.ndarray) -> list[str]:
-    # Decimal String holds 16 characters: 4 decimals (0.1 µm) is far below any voxel size
-    return [f"{v:.4f}" for v in points.ravel()]
+def _contour_data(points: np.ndarray):
+    """ContourData as a raw element: pydicom's per-value DS objects cost seconds on large structures."""
+    from pydicom.dataelem import RawDataElement
+    from pydicom.tag import Tag
+
+    text = "\\".join(f"{v:.4f}" for v in points.ravel()).encode("ascii")  # 0.1 µm: far below a voxel
+    if len(text) % 2:
+        text += b" "
+    return RawDataElement(Tag(0x3006, 0x0050), "DS", len(text), text, 0, True, True)
+
+
+def _read_contour_data(item) -> np.ndarray:
+    """ContourData as floats without building one pydicom DS object per value."""
+    from pydicom.dataelem import RawDataElement
+
+    elem = item.get_item(0x30060050)
+    if isinstance(elem, RawDataElement) and isinstance(elem.value, bytes):
+        return np.array(elem.value.replace(b"\\", b" ").split(), dtype=float).reshape(-1, 3)
+    return np.asarray([float(v) for v in item.ContourData], float).reshape(-1, 3)
 
 
 def _now():
@@ -77,7 +96,7 @@ def build_rtstruct(labels_on_ref: np.ndarray, ref, infos, *, model_name: str | N
     import highdicom as hd
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.sequence import Sequence
-    from pydicom.uid import ExplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID
+    from pydicom.uid import ImplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID
 
     ds0 = ref.datasets[0]
     date, time = _now()
@@ -147,7 +166,7 @@ def build_rtstruct(labels_on_ref: np.ndarray, ref, infos, *, model_name: str | N
                 item.ContourImageSequence = Sequence([image_ref(k)])
                 item.ContourGeometricType = "CLOSED_PLANAR"
                 item.NumberOfContourPoints = len(pts)
-                item.ContourData = _ds_values(pts)
+                item[0x30060050] = _contour_data(pts)
                 items.append(item)
         cont.ContourSequence = Sequence(items)
         contours.append(cont)
@@ -164,7 +183,7 @@ def build_rtstruct(labels_on_ref: np.ndarray, ref, infos, *, model_name: str | N
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = ds.SOPClassUID
     meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    meta.TransferSyntaxUID = ImplicitVRLittleEndian  # explicit VR caps a contour at 64 kB of text
     meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
     ds.file_meta = meta
     return ds
@@ -188,7 +207,8 @@ def read_rtstruct_masks(path: str | os.PathLike, ref, *, slice_tol: float | None
     name (in channel order) and the number of contours that lie on no slice of ``ref``.
     """
     import pydicom
-    from skimage.draw import polygon
+
+    from medseg.export.raster import fill_polygons
 
     path = Path(path)
     try:
@@ -210,6 +230,7 @@ def read_rtstruct_masks(path: str | os.PathLike, ref, *, slice_tol: float | None
         gaps = np.diff(depth)
         slice_tol = 0.5 * (float(gaps.min()) if gaps.size else float(ref.datasets[0].get("SliceThickness") or 1.0))
     skipped = 0
+    polys: dict[tuple[int, int], list[np.ndarray]] = {}
     for roi in rs.get("ROIContourSequence", []):
         num = int(roi.ReferencedROINumber)
         if num not in names:
@@ -218,14 +239,15 @@ def read_rtstruct_masks(path: str | os.PathLike, ref, *, slice_tol: float | None
         for c in roi.get("ContourSequence", []):
             if c.get("ContourGeometricType", "CLOSED_PLANAR") != "CLOSED_PLANAR":
                 continue
-            pts = np.asarray([float(v) for v in c.ContourData], float).reshape(-1, 3)
-            k = int(np.argmin(np.abs(depth - float(np.mean(pts @ normal)))))
-            if abs(depth[k] - float(np.mean(pts @ normal))) > slice_tol:
+            pts = _read_contour_data(c)
+            d = float(np.mean(pts @ normal))
+            k = int(np.argmin(np.abs(depth - d)))
+            if abs(depth[k] - d) > slice_tol:
                 skipped += 1
                 continue
             rel = pts - ref.positions[k]
-            ci = rel @ ref.row_dir / ref.spacing_rc[1]
-            rj = rel @ ref.col_dir / ref.spacing_rc[0]
-            ii, jj = polygon(ci, rj, shape=(ref.columns, ref.rows))
-            masks[ch, ii, jj, k] ^= True  # even-odd rule: holes are contours inside contours
+            ij = np.c_[rel @ ref.row_dir / ref.spacing_rc[1], rel @ ref.col_dir / ref.spacing_rc[0]]
+            polys.setdefault((ch, k), []).append(ij)
+    for (ch, k), group in polys.items():  # even-odd rule over one ROI's contours on one slice
+        masks[ch, :, :, k] = fill_polygons(group, (ref.columns, ref.rows))
     return masks, {n: names[n] for n in numbers}, skipped
