@@ -99,3 +99,37 @@ def test_jpeg2000_ct_decodes_through_a_direct_decoder(decoder, monkeypatch):
     ds = pydicom.dcmread(first, stop_before_pixels=True)
     expected = reference * float(ds.RescaleSlope) + float(ds.RescaleIntercept)
     np.testing.assert_array_equal(img.array[:, :, k], expected.T)
+
+
+def test_jpeg_baseline_series_decodes_like_an_independent_jpeg_decoder(tmp_path):
+    """8-bit JPEG baseline made with Pillow from the real MR slices; medseg (pydicom + pylibjpeg-libjpeg)
+    must decode what Pillow (libjpeg-turbo) decodes, up to IDCT rounding."""
+    import io
+
+    from PIL import Image as PILImage
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import JPEGBaseline8Bit
+
+    rel = SERIES["hippo"]
+    (tmp_path / "j").mkdir()
+    expected = {}
+    for f in sorted(data_path(*rel).glob("*.dcm")):
+        ds = pydicom.dcmread(f)
+        arr = ds.pixel_array.astype(np.float64)
+        arr8 = np.clip(arr / max(arr.max(), 1) * 255, 0, 255).astype(np.uint8)
+        buf = io.BytesIO()
+        PILImage.fromarray(arr8).save(buf, format="JPEG", quality=90)
+        expected[float(ds.ImagePositionPatient[2])] = np.asarray(PILImage.open(io.BytesIO(buf.getvalue())))
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+        ds.PhotometricInterpretation = "MONOCHROME2"
+        ds.PixelData = encapsulate([buf.getvalue()])
+        ds["PixelData"].VR = "OB"
+        ds.file_meta.TransferSyntaxUID = JPEGBaseline8Bit
+        ds.save_as(tmp_path / "j" / f.name, enforce_file_format=True)
+    img = load_series(tmp_path / "j")
+    ref = load_series(data_path(*rel))
+    np.testing.assert_allclose(img.affine, ref.affine, atol=1e-9)
+    for k in range(img.shape[2]):
+        z = float(img.index_to_world([0, 0, k])[0][2])
+        got = img.array[:, :, k].T.astype(int)
+        assert np.abs(got - expected[z].astype(int)).max() <= 2

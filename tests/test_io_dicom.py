@@ -155,3 +155,18 @@ def test_convert_one_series_by_uid_and_by_index(tmp_path, mr_study):
     assert run_cli("convert", folder, b, "--series", str(s.index)).code == 0
     assert nib.load(str(a)).shape == (35, 51, 32)
     np.testing.assert_array_equal(nib.load(str(a)).get_fdata(), nib.load(str(b)).get_fdata())
+
+
+@pytest.mark.parametrize("rel", [("totalseg_example", "ct_dicom"), ("dicom", "dcmqi_segmentations", "ct-3slice")])
+def test_converted_ct_values_equal_simpleitk_after_rescale(tmp_path, rel):
+    import nibabel as nib
+
+    folder = data_path(*rel)
+    out = tmp_path / "ct.nii.gz"
+    res = run_cli("convert", folder, out)
+    assert res.code == 0, res.err
+    ref = Image.from_sitk(sitk_series(folder))
+    nimg = nib.load(str(out))
+    np.testing.assert_allclose(nimg.affine, ref.affine, atol=1e-3)
+    np.testing.assert_array_equal(np.asanyarray(nimg.dataobj), ref.array)
+    assert ref.array.min() < 0  # HU after RescaleIntercept, in both
