@@ -133,3 +133,17 @@ def test_jpeg_baseline_series_decodes_like_an_independent_jpeg_decoder(tmp_path)
         z = float(img.index_to_world([0, 0, k])[0][2])
         got = img.array[:, :, k].T.astype(int)
         assert np.abs(got - expected[z].astype(int)).max() <= 2
+
+
+def test_deflated_transfer_syntax(tmp_path):
+    """Deflated Explicit VR: the whole dataset is zlib-compressed, so pixel data offsets are not file offsets."""
+    from pydicom.uid import DeflatedExplicitVRLittleEndian
+
+    rel = SERIES["hippo"]
+    (tmp_path / "d").mkdir()
+    for f in sorted(data_path(*rel).glob("*.dcm")):
+        ds = pydicom.dcmread(f)
+        ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+        ds.save_as(tmp_path / "d" / f.name, enforce_file_format=True)
+    assert (tmp_path / "d" / "1.dcm").stat().st_size < (data_path(*rel) / "1.dcm").stat().st_size
+    np.testing.assert_array_equal(load_series(tmp_path / "d").array, load_series(data_path(*rel)).array)

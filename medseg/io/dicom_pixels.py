@@ -18,6 +18,7 @@ import numpy as np
 from medseg.errors import InputError
 
 PIXEL_DATA = 0x7FE00010
+_DEFLATED = "1.2.840.10008.1.2.1.99"
 _J2K = {"1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91", "1.2.840.10008.1.2.4.201",
         "1.2.840.10008.1.2.4.202", "1.2.840.10008.1.2.4.203"}
 
@@ -114,6 +115,11 @@ def _raw_pixel_bytes(ds, path: Path) -> tuple[bytes, bool]:
     length = getattr(elem, "length", None)
     encapsulated = length == 0xFFFFFFFF
     value = elem.value
+    file_meta = getattr(ds, "file_meta", None)
+    if value is None and str(file_meta.get("TransferSyntaxUID", "") if file_meta is not None else "") == _DEFLATED:
+        import pydicom  # offsets point into the inflated stream, not the file: let pydicom inflate it all
+
+        value = pydicom.dcmread(path).get_item(PIXEL_DATA).value
     if value is None:  # deferred by the header read: fetch it from the file ourselves
         with open(path, "rb") as fh:
             fh.seek(elem.value_tell)
