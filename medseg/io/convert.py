@@ -194,7 +194,7 @@ def convert(input: str | os.PathLike, output: str | os.PathLike, series: str | i
                 if to_folder and not dst.exists():
                     dst.mkdir()
                     created = True
-                img = item if isinstance(item, Image) else load_series(item, allow_tilt=allow_tilt)
+                img = item if isinstance(item, Image) else load_series(item, allow_tilt=allow_tilt, progress=True)
                 tmp = stack.enter_context(atomic_path(out, protect=[src]))
                 write_unchecked(img, tmp, full_suffix(out))
                 written.append(out)

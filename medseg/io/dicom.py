@@ -32,7 +32,7 @@ import numpy as np
 
 from medseg.errors import InputError
 from medseg.io import dicom_geometry as geo
-from medseg.io.dicom_headers import Frame, Rejected, read_headers
+from medseg.io.dicom_headers import Frame, Rejected, progress_iter, read_headers
 from medseg.io.image import Image
 
 _ORIENT_ATOL = 1e-3  # cosines; slices within this are "the same orientation"
@@ -202,7 +202,7 @@ def select_series(series: list[SeriesInfo], which: str | int | None, path) -> Se
     return hits[0]
 
 
-def _read_pixels(frames: list[Frame]) -> np.ndarray:
+def _read_pixels(frames: list[Frame], progress: bool = False) -> np.ndarray:
     """Stored values of every frame, stacked in slice order: (slices, rows, columns).
 
     Files whose decoder releases the GIL (JPEG 2000 through imagecodecs) decode in a thread pool.
@@ -219,9 +219,9 @@ def _read_pixels(frames: list[Frame]) -> np.ndarray:
     workers = min(len(jobs), os.cpu_count() or 1, 8)
     if workers > 1 and parallel_decode_helps(jobs[0][2].dataset):
         with ThreadPoolExecutor(workers) as pool:
-            decoded = list(pool.map(read, jobs))
+            decoded = list(progress_iter(pool.map(read, jobs), len(jobs), "decoding DICOM", progress))
     else:
-        decoded = [read(j) for j in jobs]
+        decoded = [read(j) for j in progress_iter(jobs, len(jobs), "reading DICOM", progress)]
     first = frames[0]
     stacked = np.empty((len(frames), first.rows, first.cols), dtype=decoded[0].dtype)
     for (path, ks, _), data in zip(jobs, decoded):
@@ -233,7 +233,7 @@ def _read_pixels(frames: list[Frame]) -> np.ndarray:
 
 
 def load_series(path: str | os.PathLike | SeriesInfo, series: str | int | SeriesInfo | None = None,
-                allow_tilt: bool = False) -> Image:
+                allow_tilt: bool = False, progress: bool = False) -> Image:
     """Load one DICOM series as an ``Image`` (RAS affine, rescale applied).
 
     Parameters
@@ -246,6 +246,8 @@ def load_series(path: str | os.PathLike | SeriesInfo, series: str | int | Series
     allow_tilt : bool
         Resample a gantry-tilted series onto an orthogonal grid (linear interpolation)
         instead of refusing it.
+    progress : bool
+        Show a (transient) progress bar on a terminal for long series.
     """
     if isinstance(path, SeriesInfo):
         info, where = path, path.folder
@@ -263,7 +265,7 @@ def load_series(path: str | os.PathLike | SeriesInfo, series: str | int | Series
 
     frames = info.frames
     first = frames[0]
-    stacked = _read_pixels(frames)
+    stacked = _read_pixels(frames, progress)
     stored = stacked.dtype
     slopes = [f.slope for f in frames]
     intercepts = [f.intercept for f in frames]

@@ -232,17 +232,25 @@ def _enhanced_frames(ds, path: Path, n: int, common: dict) -> list[Frame]:
     return out
 
 
+def progress_iter(items, total: int, what: str, progress: bool):
+    """``items`` with a transient progress bar on stderr, when asked for, worth it, and stderr is a terminal."""
+    import sys
+
+    if not progress or total < 50 or not sys.stderr.isatty():
+        return items
+    from rich.console import Console
+    from rich.progress import track
+
+    return track(items, total=total, description=what, transient=True, console=Console(stderr=True))
+
+
 def read_headers(path: Path, progress: bool = False) -> tuple[list[Frame], list[Rejected]]:
     """Frame records of every DICOM image under ``path`` (one parse per file), and the images that
     cannot be volume slices (with the reason). Damaged files raise ``InputError``."""
     files = list_candidate_files(path)
     frames: list[Frame] = []
     rejected: list[Rejected] = []
-    it = files
-    if progress and len(files) > 50:
-        from rich.progress import track
-
-        it = track(files, description="reading DICOM headers", transient=True)
+    it = progress_iter(files, len(files), "reading DICOM headers", progress)
     for f in it:
         ds = _read_one(f)
         try:
