@@ -230,7 +230,13 @@ def _plastimatch_mask(ss: Image, index: int) -> np.ndarray:
 def _surface_dice(a, b, spacing, tol=1.0) -> float:
     import surface_distance as sd
 
-    d = sd.compute_surface_distances(np.asarray(a, bool), np.asarray(b, bool), spacing)
+    a, b = np.asarray(a, bool), np.asarray(b, bool)
+    if np.array_equal(a, b):
+        return 1.0  # identical masks: every surface point at distance 0 (and saves seconds per ROI)
+    idx = np.argwhere(a | b)  # crop to both masks (+2 voxels): same distances, far less work
+    lo, hi = np.maximum(idx.min(0) - 2, 0), idx.max(0) + 3
+    box = tuple(slice(x, y) for x, y in zip(lo, hi))
+    d = sd.compute_surface_distances(a[box], b[box], spacing)
     return float(sd.compute_surface_dice_at_tolerance(d, tol))
 
 

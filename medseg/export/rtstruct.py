@@ -66,22 +66,20 @@ def mask_contours(mask2d: np.ndarray) -> list[np.ndarray]:
 
 
 def _contour_data(points: np.ndarray):
-    """ContourData as a raw element: pydicom's per-value DS objects cost seconds on large structures."""
-    from pydicom.dataelem import RawDataElement
-    from pydicom.tag import Tag
+    """ContourData as preformatted DS text. pydicom would build one DS object per value (seconds for
+    a large structure); in Implicit VR the bytes are written as they are and read back as DS."""
+    from pydicom.dataelem import DataElement
 
     text = "\\".join(f"{v:.4f}" for v in points.ravel()).encode("ascii")  # 0.1 µm: far below a voxel
     if len(text) % 2:
         text += b" "
-    return RawDataElement(Tag(0x3006, 0x0050), "DS", len(text), text, 0, True, True)
+    return DataElement(0x30060050, "OB", text)  # bytes as they are; the implicit VR file carries no VR
 
 
 def _read_contour_data(item) -> np.ndarray:
     """ContourData as floats without building one pydicom DS object per value."""
-    from pydicom.dataelem import RawDataElement
-
     elem = item.get_item(0x30060050)
-    if isinstance(elem, RawDataElement) and isinstance(elem.value, bytes):
+    if elem is not None and isinstance(elem.value, bytes):
         return np.array(elem.value.replace(b"\\", b" ").split(), dtype=float).reshape(-1, 3)
     return np.asarray([float(v) for v in item.ContourData], float).reshape(-1, 3)
 
