@@ -170,12 +170,13 @@ def test_postprocessing_matches_skimage():
     lab = (rng.random((30, 30, 30)) > 0.93).astype(np.int64)
     lab[5:12, 5:12, 5:12] = 1
     out = postprocess_labels(lab, (1.0, 2.0, 1.0), False, 10.0)  # 10 mm³ = 5 voxels of 2 mm³
+    # medseg's components use full connectivity (26-neighbourhood in 3D), as nnU-Net's clean-up does
     try:  # removes objects of <= 4 voxels (< 5 voxels = < 10 mm³)
-        ref = remove_small_objects(lab.astype(bool), max_size=4, connectivity=1)
+        ref = remove_small_objects(lab.astype(bool), max_size=4, connectivity=3)
     except TypeError:  # scikit-image < 0.26
-        ref = remove_small_objects(lab.astype(bool), min_size=5, connectivity=1)
+        ref = remove_small_objects(lab.astype(bool), min_size=5, connectivity=3)
     assert np.array_equal(out == 1, ref)
     big = postprocess_labels(lab, (1, 1, 1), True, 0)
-    cc = cc_label(lab == 1, connectivity=1)
+    cc = cc_label(lab == 1, connectivity=3)
     sizes = np.bincount(cc.ravel())[1:]
     assert np.array_equal(big == 1, cc == 1 + int(np.argmax(sizes)))

@@ -137,33 +137,12 @@ def predict_image(network: torch.nn.Module, plan: Plan, image: Image, overlap=No
 
 
 def postprocess_labels(lab: np.ndarray, spacing, largest_component: bool, min_size_mm3: float) -> np.ndarray:
-    """Keep the largest component per class and/or remove components smaller than ``min_size_mm3``."""
-    try:  # the project's post-processing module, when merged
-        from medseg.postprocess import components as pc
+    """Keep the largest component per class and/or remove components smaller than ``min_size_mm3``
+    (full connectivity; see :mod:`medseg.postprocess.components`)."""
+    from medseg.postprocess import components as pc
 
-        if largest_component:
-            lab = pc.keep_largest_component(lab)
-        if min_size_mm3:
-            lab = pc.remove_small_objects(lab, min_size_mm3, spacing=spacing)
-        return lab
-    except (ImportError, AttributeError):
-        pass
-    from scipy import ndimage
-
-    out = lab.copy()
-    vox = float(np.prod(spacing))
-    for k in np.unique(lab):
-        if k == 0:
-            continue
-        cc, n = ndimage.label(lab == k)
-        if n == 0:
-            continue
-        sizes = np.bincount(cc.ravel())[1:]
-        drop = np.zeros(n + 1, bool)
-        if largest_component:
-            drop[1:] = True
-            drop[1 + int(np.argmax(sizes))] = False
-        if min_size_mm3:
-            drop[1:] |= sizes * vox < min_size_mm3
-        out[drop[cc] & (lab == k)] = 0
-    return out
+    if largest_component:
+        lab = pc.keep_largest_component(lab)
+    if min_size_mm3:
+        lab = pc.remove_small_components(lab, min_size_mm3, spacing=spacing)
+    return lab
