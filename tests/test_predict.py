@@ -186,7 +186,7 @@ def test_dicom_input_export_dicom_seg(tmp_path):
     """--export dicom-seg on a DICOM series writes a SEG that references the input series."""
     import pydicom
 
-    folder = data_path("dicom", "mr_study", "13_HCropVolume")
+    folder = data_path("dicom", "dcmqi_segmentations", "ct-3slice")
     try:
         from medseg.io.readers import read_image
 
