@@ -140,5 +140,5 @@ def make_plan(dataset: str | os.PathLike | Dataset, device: str = "cpu", memory_
                 spatial_dims=spatial_dims, patch_size=[int(p) for p in patch], batch_size=batch,
                 base_filters=base, max_filters=320, max_epochs=epochs, iterations_per_epoch=iters_per_epoch,
                 max_minutes=minutes, foreground_oversample=0.66 if rare else 0.33,
-                bf16=False, val_every=max(1, epochs // 20))  # bf16 measured no faster on CPU (RESULTS.md)
+                bf16=False, val_every=max(1, epochs // 20))  # bf16 on CPU: measurements so far inconclusive (RESULTS.md)
     return plan.validate()
