@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import os
 import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -100,7 +101,13 @@ def _series_sort_key(info: SeriesInfo):
 
 def _build_series(frames: list[Frame], split_note: str | None, split_order: int) -> SeriesInfo:
     first = frames[0]
-    row, col, normal = geo.slice_axes(first.iop)
+    try:
+        row, col, normal = geo.slice_axes(first.iop)
+    except ValueError as exc:  # a broken orientation: listed with the reason, never loaded
+        info = SeriesInfo(-1, first.series_uid, first.description, first.modality,
+                          list(dict.fromkeys(f.path for f in frames)), {}, str(exc), 0.0, frames)
+        info.meta.update(study_uid=first.study_uid, series_number=first.series_number, _split_order=split_order)
+        return info
     order = geo.sort_positions([f.ipp for f in frames], normal)
     frames = [frames[i] for i in order]
     files = list(dict.fromkeys(f.path for f in frames))  # unique, in slice order (a multi-frame file once)
@@ -215,7 +222,17 @@ def _read_pixels(frames: list[Frame], progress: bool = False) -> np.ndarray:
     for k, f in enumerate(frames):
         by_file.setdefault(f.path, []).append(k)
     jobs = [(p, ks, frames[ks[0]]) for p, ks in by_file.items()]
-    read = lambda job: read_frames(job[2].dataset, job[0], job[2].n_frames_in_file)  # noqa: E731
+    def read(job) -> np.ndarray:
+        path, _, frame = job
+        try:
+            with warnings.catch_warnings():  # pydicom warns (multi-line) about what we report in one line
+                warnings.simplefilter("ignore")
+                return read_frames(frame.dataset, path, frame.n_frames_in_file)
+        except InputError:
+            raise
+        except Exception as exc:  # an attribute pydicom cannot convert: the file is damaged
+            raise InputError(f"unreadable image attributes ({type(exc).__name__}: {exc})", path=path) from None
+
     workers = min(len(jobs), os.cpu_count() or 1, 8)
     if workers > 1 and parallel_decode_helps(jobs[0][2].dataset):
         with ThreadPoolExecutor(workers) as pool:
