@@ -151,7 +151,7 @@ def convert(input: str | os.PathLike, output: str | os.PathLike, series: str | i
     to_folder = dst.is_dir() or full_suffix(dst) not in WRITABLE
     if to_folder and full_suffix(dst) not in ("",) and not dst.is_dir():
         raise InputError(f"cannot write format '{full_suffix(dst)}' (use one of {', '.join(WRITABLE)}, "
-                         "or a folder)", path=dst)
+                         "a name without suffix for a new folder, or an existing folder)", path=dst)
     if suffix not in WRITABLE:
         raise InputError(f"cannot write format '{suffix}'", path=dst)
     skipped: list = []
