@@ -18,7 +18,24 @@ Geometry: slices are sorted by ImagePositionPatient along the slice normal (row 
 cosines), ascending, like ITK; index axes are (column, row, slice). A series that is not a
 regular volume (missing slices, irregular spacing, several slices at one position, gantry
 tilt unless ``allow_tilt``) raises ``InputError`` with the reason; ``SeriesInfo.problem``
-holds the same reason after discovery, so listing never fails on a bad series.
+holds the same reason after discovery, so listing never fails on a bad series. Images that can
+never be volume slices (no patient geometry, colour, cine) are listed with ``is_volume=False``.
+Damaged files (truncated, corrupt, not DICOM under a DICOM-like name) raise ``InputError``
+naming the file. ``select_series(series, which, path)`` is the picking rule shared by the CLI.
+
+Values: the output dtype follows from the header (not the voxels): the stored type when there is
+no rescale, else the smallest of int16/int32 holding every rescaled value the stored bits allow
+(SimpleITK's choice), else float32 for non-integral slopes. Arrays are Fortran-ordered views
+(``[i, j, k]`` over the ``(slice, row, column)`` buffer), like nibabel's.
+
+Examples
+--------
+>>> from medseg.io.dicom import discover_series, load_series
+>>> found = discover_series("../shared/data/dicom/mr_study")  # doctest: +SKIP
+>>> [s.label() for s in found][:2]  # doctest: +SKIP
+['0: T1post (MR, 22 slices)', '1: T1pre_reg (MR, 22 slices)']
+>>> load_series(found[4]).shape  # doctest: +SKIP
+(35, 51, 32)
 """
 
 from __future__ import annotations
