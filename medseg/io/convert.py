@@ -23,7 +23,10 @@ from medseg.io.readers import ITK, MICROSCOPY, NIFTI, WRITABLE, is_dicom_file, r
 
 
 def image_summary(img: Image) -> dict[str, Any]:
-    """Geometry and intensity summary of one image (JSON-ready; origin/direction in RAS)."""
+    """Geometry and intensity summary of one image (JSON-ready; origin/direction in RAS).
+
+    ``direction`` is the 3x3 matrix as a list of rows; its columns are the index axes' unit vectors.
+    """
     arr = img.array
     finite = arr[np.isfinite(arr)] if np.issubdtype(arr.dtype, np.floating) else arr
     rng = [float(finite.min()), float(finite.max())] if finite.size else [None, None]
@@ -94,7 +97,8 @@ def format_summary(rec: dict[str, Any]) -> str:
             f"    shape        {tuple(rec['shape'])}" + (f" x {rec['channels']} channels" if rec["channels"] > 1 else ""),
             f"    spacing      {fmt(rec['spacing'])} mm",
             f"    origin       {fmt(rec['origin'])} mm (RAS)",
-            f"    direction    {' '.join(fmt(r) for r in rec['direction'])} (RAS, rows)",
+            "    direction    " + "  ".join(f"{ax} {fmt(c)}" for ax, c in zip("ijk", np.array(rec["direction"]).T))
+            + "  (RAS unit vector of each index axis)",
             f"    orientation  {rec['orientation']}",
             f"    dtype        {rec['dtype']}   range [{rec['intensity_range'][0]:.6g}, {rec['intensity_range'][1]:.6g}]",
         ]

@@ -184,7 +184,8 @@ def discover_series(path: str | os.PathLike, progress: bool = False) -> list[Ser
             note = None
             if len(stacks) > 1:
                 note = (f"SeriesInstanceUID {key[1] or '(empty)'} mixes {len(stacks)} orientations/sizes "
-                        f"({', '.join(str(len(s)) for s in stacks)} slices); this is part {k + 1}")
+                        f"({', '.join(str(len(s)) for s in stacks)} slices); this is part {k + 1}"
+                        + (" (a single slice: a localizer?)" if len(st) == 1 else ""))
             series.append(_build_series(st, note, k))
     others: dict[tuple, list[Rejected]] = {}
     for r in rejected:
