@@ -34,7 +34,8 @@ def image_summary(img: Image) -> dict[str, Any]:
         "shape": list(img.shape), "channels": img.num_channels, "dtype": str(arr.dtype),
         "spacing": [round(s, 6) for s in img.spacing], "origin": [round(o, 4) for o in img.origin],
         "direction": np.round(img.direction[: img.ndim, : img.ndim] if img.ndim == 2 else img.direction, 6).tolist(),
-        "orientation": img.orientation, "intensity_range": rng,
+        "orientation": img.orientation if "unit" not in img.meta else "", "intensity_range": rng,
+        "unit": img.meta.get("unit", "mm"),  # microscopy: 'um' or 'pixel'; no patient frame, no orientation
         "modality": img.meta.get("modality", ""), "series_description": img.meta.get("series_description", ""),
         "series_uid": img.meta.get("series_uid", ""),
     }
@@ -95,11 +96,11 @@ def format_summary(rec: dict[str, Any]) -> str:
         fmt = lambda v: "(" + ", ".join(f"{x:.6g}" for x in v) + ")"  # noqa: E731
         lines += [
             f"    shape        {tuple(rec['shape'])}" + (f" x {rec['channels']} channels" if rec["channels"] > 1 else ""),
-            f"    spacing      {fmt(rec['spacing'])} mm",
-            f"    origin       {fmt(rec['origin'])} mm (RAS)",
+            f"    spacing      {fmt(rec['spacing'])} {rec.get('unit', 'mm')}",
+            f"    origin       {fmt(rec['origin'])} {rec.get('unit', 'mm')}" + (" (RAS)" if rec.get("orientation") else ""),
             "    direction    " + "  ".join(f"{ax} {fmt(c)}" for ax, c in zip("ijk", np.array(rec["direction"]).T))
-            + "  (RAS unit vector of each index axis)",
-            f"    orientation  {rec['orientation']}",
+            + ("  (RAS unit vector of each index axis)" if rec.get("orientation") else ""),
+            f"    orientation  {rec['orientation'] or '(none: microscopy, file axis order)'}",
             f"    dtype        {rec['dtype']}   range [{rec['intensity_range'][0]:.6g}, {rec['intensity_range'][1]:.6g}]",
         ]
     if rec.get("note"):
