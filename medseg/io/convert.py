@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from medseg.errors import InputError
-from medseg.io.atomic import atomic_path, full_suffix
+from medseg.io.atomic import atomic_path, case_name, full_suffix
 from medseg.io.image import Image
 from medseg.io.readers import ITK, MICROSCOPY, NIFTI, WRITABLE, is_dicom_file, read_image, write_unchecked
 
@@ -182,8 +182,7 @@ def convert(input: str | os.PathLike, output: str | os.PathLike, series: str | i
                   for s in picked]
     else:
         img = read_image(src, series, allow_tilt=allow_tilt)
-        images = [(dst / f"{Path(src.name[: len(src.name) - len(full_suffix(src))]).name}{suffix}"
-                   if to_folder else dst, img)]
+        images = [(dst / f"{case_name(src)}{suffix}" if to_folder else dst, img)]
     if to_folder:
         if dst.exists() and not dst.is_dir():
             raise InputError("output exists and is not a folder", path=dst)
