@@ -66,7 +66,8 @@ def _nifti_with(tmp_path, sform, s_code, qform, q_code, name="x.nii"):
     return p
 
 
-@pytest.mark.parametrize("s_code,q_code", [(1, 1), (2, 1), (4, 1), (1, 0), (0, 1), (2, 0), (1, 2), (3, 1), (2, 2), (1, 4), (3, 3)])
+@pytest.mark.parametrize("s_code,q_code", [(1, 1), (2, 1), (4, 1), (1, 0), (0, 1), (2, 0), (1, 2), (3, 1), (2, 2),
+                                            (1, 4), (3, 3)])
 def test_sform_qform_disagreement_follows_itk(tmp_path, s_code, q_code):
     """Synthetic headers (mechanics only): where the two libraries differ, medseg reads what ITK reads."""
     import SimpleITK as sitk

@@ -95,13 +95,16 @@ def format_summary(rec: dict[str, Any]) -> str:
     else:
         fmt = lambda v: "(" + ", ".join(f"{x:.6g}" for x in v) + ")"  # noqa: E731
         lines += [
-            f"    shape        {tuple(rec['shape'])}" + (f" x {rec['channels']} channels" if rec["channels"] > 1 else ""),
+            f"    shape        {tuple(rec['shape'])}"
+            + (f" x {rec['channels']} channels" if rec["channels"] > 1 else ""),
             f"    spacing      {fmt(rec['spacing'])} {rec.get('unit', 'mm')}",
-            f"    origin       {fmt(rec['origin'])} {rec.get('unit', 'mm')}" + (" (RAS)" if rec.get("orientation") else ""),
+            f"    origin       {fmt(rec['origin'])} {rec.get('unit', 'mm')}"
+            + (" (RAS)" if rec.get("orientation") else ""),
             "    direction    " + "  ".join(f"{ax} {fmt(c)}" for ax, c in zip("ijk", np.array(rec["direction"]).T))
             + ("  (RAS unit vector of each index axis)" if rec.get("orientation") else ""),
             f"    orientation  {rec['orientation'] or '(none: microscopy, file axis order)'}",
-            f"    dtype        {rec['dtype']}   range [{rec['intensity_range'][0]:.6g}, {rec['intensity_range'][1]:.6g}]",
+            f"    dtype        {rec['dtype']}   range "
+            f"[{rec['intensity_range'][0]:.6g}, {rec['intensity_range'][1]:.6g}]",
         ]
     if rec.get("note"):
         lines.append(f"    note         {rec['note']}")

@@ -311,7 +311,8 @@ def load_series(path: str | os.PathLike | SeriesInfo, series: str | int | Series
     volume = values.transpose(2, 1, 0)
     meta = {
         "source": str(where), "format": "dicom", "modality": info.modality, "series_uid": info.series_uid,
-        "study_uid": info.meta.get("study_uid", ""), "frame_of_reference_uid": info.meta.get("frame_of_reference_uid", ""),
+        "study_uid": info.meta.get("study_uid", ""),
+        "frame_of_reference_uid": info.meta.get("frame_of_reference_uid", ""),
         "series_description": info.description, "series_number": info.meta.get("series_number"),
         "sop_instance_uids": [f.sop_uid for f in frames], "files": [str(f.path) for f in frames],
         "frame_numbers": [(f.frame_index or 0) + 1 for f in frames], "series_index": info.index,

@@ -228,7 +228,8 @@ def _enhanced_frames(ds, path: Path, n: int, common: dict) -> list[Frame]:
                          iop=_floats(iop, 6, "ImageOrientationPatient", path),
                          pixel_spacing=tuple(_floats(ps, 2, "PixelSpacing", path)),
                          slope=float(slope) if slope not in (None, "") else _num(ds, "RescaleSlope", 1.0),
-                         intercept=float(intercept) if intercept not in (None, "") else _num(ds, "RescaleIntercept", 0.0),
+                         intercept=(float(intercept) if intercept not in (None, "")
+                                    else _num(ds, "RescaleIntercept", 0.0)),
                          slice_spacing_hint=float(thick) if thick not in (None, "") else None, **common))
     return out
 
