@@ -282,3 +282,10 @@ def test_orientation_that_is_not_a_rotation(tmp_path):
         ds.ImageOrientationPatient = [1, 0, 0, 1, 0, 0]
         ds.save_as(f)
     assert_convert_fails(tmp_path, tmp_path / "s", "not perpendicular")
+
+
+def test_folder_of_nifti_files_says_to_pass_a_file(tmp_path):
+    folder = data_path("brats2015_sample", "brats_2013_pat0001_1")
+    assert_clean_error(run_cli("info", folder), "no DICOM image series", "pass one of them")
+    assert_clean_error(run_cli("convert", folder, tmp_path / "o"), "no DICOM image series", "pass one of them")
+    assert not (tmp_path / "o").exists()

@@ -61,11 +61,11 @@ def describe(path: str | os.PathLike, series: str | int | None = None) -> list[d
         else:
             img = read_image(path)
         return [{"index": 0, "source": str(path), **image_summary(img)}]
-    from medseg.io.dicom import discover_series, load_series, select_series
+    from medseg.io.dicom import discover_series, load_series, no_series_message, select_series
 
     found = discover_series(path)
     if not found:
-        raise InputError("no DICOM image series found", path=path)
+        raise InputError(no_series_message(path), path=path)
     if series is not None:
         found = [select_series(found, series, path)]
     out = []
@@ -167,7 +167,7 @@ def convert(input: str | os.PathLike, output: str | os.PathLike, series: str | i
     if modality in ("SEG", "RTSTRUCT"):
         images = [(dst / f"{src.stem}{suffix}" if to_folder else dst, _import_segmentation(src, reference))]
     elif _is_dicom_input(src):
-        from medseg.io.dicom import discover_series, load_series, select_series
+        from medseg.io.dicom import discover_series, load_series, no_series_message, select_series
 
         found = discover_series(src, progress=True)
         if to_folder and series is None:  # whole folder: every volume; images that are no volume are skipped
@@ -176,8 +176,10 @@ def convert(input: str | os.PathLike, output: str | os.PathLike, series: str | i
         else:
             picked = [select_series(found, series, src)]
         if not picked:
-            why = f" ({len(skipped)} non-volume image series: {skipped[0].problem})" if skipped else ""
-            raise InputError(f"no DICOM {'volume' if skipped else 'image'} series found{why}", path=src)
+            if not skipped:
+                raise InputError(no_series_message(src), path=src)
+            raise InputError(f"no DICOM volume series found ({len(skipped)} non-volume image series: "
+                             f"{skipped[0].problem})", path=src)
         bad = [s for s in picked if s.problem or (s.tilt_degrees and not allow_tilt)]
         if bad:  # fail before writing: the message says which series and why
             load_series(bad[0], allow_tilt=allow_tilt)

@@ -203,10 +203,24 @@ def discover_series(path: str | os.PathLike, progress: bool = False) -> list[Ser
     return series
 
 
+def no_series_message(path) -> str:
+    """'no DICOM image series found', with a hint when the folder holds images of other formats."""
+    from medseg.io.atomic import full_suffix
+
+    msg = "no DICOM image series found"
+    p = Path(path)
+    if p.is_dir():
+        others = [f for f in p.rglob("*") if f.is_file() and full_suffix(f) in
+                  (".nii", ".nii.gz", ".nrrd", ".mha", ".mhd", ".tif", ".tiff", ".png")]
+        if others:
+            msg += f" (it holds {len(others)} NIfTI/NRRD/MHA/TIFF/PNG files: pass one of them, e.g. {others[0].name})"
+    return msg
+
+
 def select_series(series: list[SeriesInfo], which: str | int | None, path) -> SeriesInfo:
     """Pick one series by index or SeriesInstanceUID; ``None`` works only when there is one."""
     if not series:
-        raise InputError("no DICOM image series found", path=path)
+        raise InputError(no_series_message(path), path=path)
     if which is None:
         if len(series) == 1:
             return series[0]
