@@ -67,3 +67,17 @@ def test_label_specs_and_tolerances():
     loose = evaluate_case(pred, ref, labels={1: "liver"}, nsd_tolerance={"liver": 2.0})["classes"]["liver"]["nsd"]
     tight = evaluate_case(pred, ref, labels={1: "liver"}, nsd_tolerance={"default": 0.5})["classes"]["liver"]["nsd"]
     assert loose == 1.0 and tight < 1.0
+
+
+def test_images_on_different_grids_are_refused():
+    from medseg.errors import InputError
+    from medseg.io.image import Image
+
+    a = np.zeros((4, 4, 4), np.uint8)
+    a[1:3, 1:3, 1:3] = 1
+    ref = Image(a, np.diag([1.0, 1.0, 2.0, 1.0]))
+    r = evaluate_case(ref.with_array(a.copy()), ref)
+    assert r["spacing"] == [1.0, 1.0, 2.0] and r["classes"]["label_1"]["dice"] == 1.0
+    assert r["classes"]["label_1"]["volume_ref_ml"] == pytest.approx(8 * 2 / 1000)
+    with pytest.raises(InputError, match="same grid"):
+        evaluate_case(Image(a, np.diag([1.0, 1.0, 3.0, 1.0])), ref)
