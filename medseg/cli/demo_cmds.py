@@ -1,5 +1,22 @@
-"""CLI: `medseg demo`, `medseg data` (issues 2 and 7)."""
+"""CLI: `medseg demo` (issue 2; later issues add steps in ``medseg.demo``)."""
 
 from __future__ import annotations
 
-from medseg.cli.app import app  # noqa: F401
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from medseg.cli.app import app
+
+
+@app.command("demo")
+def demo_cmd(
+    data: Optional[Path] = typer.Option(None, "--data", help="Sample data folder (default: $MEDSEG_DATA, "
+                                        "else ../shared/data next to the repository or the current folder)."),
+    out: Path = typer.Option(Path("demo_output"), "--out", "-o", help="Folder for the demo's outputs."),
+) -> None:
+    """Run the main job on the real sample data: load the DICOM study, print its geometry, write NIfTI."""
+    from medseg.demo import find_data, run_demo
+
+    run_demo(find_data(data), out)
