@@ -48,8 +48,8 @@ def _check_monai(pred, ref, labels, spacing, tol=2.0, subset=None):
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_hippocampus_equal_monai(kind):
-    checked = sum(_check_monai(perturb(ref, kind), ref, [1, 2], SPACING) for _, ref, _ in hippocampus(3))
-    assert checked >= 3
+    checked = sum(_check_monai(perturb(ref, kind), ref, [1, 2], SPACING) for _, ref, _ in hippocampus(2))
+    assert checked >= 2
 
 
 def test_totalseg_42_labels_equal_monai_fortran_order():

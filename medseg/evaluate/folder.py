@@ -31,7 +31,10 @@ def _evaluate_pair(pair: CasePair, labels: dict[int, str] | None, spacing_from: 
             if unknown:
                 raise InputError(f"label value(s) {unknown[:5]} not in the labels of dataset.json "
                                  f"({sorted(known)})", path=path)
-    res = evaluate_case(pred.array, ref.array, labels=labels, spacing=spacing, **kwargs)
+    try:
+        res = evaluate_case(pred.array, ref.array, labels=labels, spacing=spacing, **kwargs)
+    except ValueError as exc:  # e.g. too many label values for a semantic label map
+        raise InputError(str(exc), path=pair.pred) from exc
     return {"case": pair.case, **res}
 
 
