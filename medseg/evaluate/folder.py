@@ -103,6 +103,8 @@ def evaluate_folder(pred: str | os.PathLike, ref: str | os.PathLike, out_dir: st
         if known_names is not None and str(lc) not in known_names:
             raise InputError(f"lesion class '{lc}' is not one of the labels ({', '.join(sorted(names.values()))})")
     pairs = pair_cases(pred, ref)
+    if out_dir is not None and Path(out_dir).exists() and not Path(out_dir).is_dir():
+        raise InputError("output exists and is not a folder", path=out_dir)  # before hours of work, not after
     kwargs = dict(nsd_tolerance=nsd_tolerance, lesion_classes=tuple(lesion_classes),
                   lesion_thresholds=tuple(lesion_thresholds), connectivity=connectivity,
                   distance_cap=distance_cap, surface=surface)
