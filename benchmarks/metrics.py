@@ -2,7 +2,7 @@
 
 The 42-value TotalSegmentator example segmentation (``../shared/data/totalseg_example/example_seg.nii.gz``,
 122x101x30 at 3 mm) is perturbed at its native resolution (borders eroded, classes dilated, shifted,
-a class deleted) and both maps are upsampled by nearest neighbour to ~512x512x300 here, in memory
+the reference region of one class cleared) and both maps are upsampled by nearest neighbour to ~512x512x300 here, in memory
 (nothing is written). Then, on the same arrays:
 
 * overlap: ``medseg.evaluate.overlap`` (one bincount confusion matrix) vs MONAI ``DiceMetric`` +
@@ -53,7 +53,7 @@ def perturb(ref: np.ndarray) -> np.ndarray:
         m[1:] = (ref == c)[:-1]
         pred[(pred == c) & ~m] = 0
         pred[m & (pred == 0)] = c
-    pred[ref == labels[-1]] = 0  # one organ missed entirely
+    pred[ref == labels[-1]] = 0  # the last organ missed where the reference has it (a shifted sliver may remain)
     return pred
 
 
