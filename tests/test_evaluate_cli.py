@@ -129,3 +129,10 @@ def test_non_integer_and_unknown_labels(folders, tmp_path):
     _bad(pred, ref, tmp_path, "nsd-tolerance", extra=("--nsd-tolerance", "abc"))
     _bad(pred, ref, tmp_path, "lesion class", extra=("--labels", data_path("msd_hippocampus", "dataset.json"),
                                                      "--lesion-classes", "tumour"))
+
+
+def test_bad_case_with_workers(folders, tmp_path):
+    pred, ref, first = _copy(folders, tmp_path)
+    img = nib.load(str(first))
+    nib.save(nib.Nifti1Image(np.asanyarray(img.dataobj)[:-1], img.affine), str(first))
+    _bad(pred, ref, tmp_path, str(first), "shape", extra=("--workers", "2"))

@@ -116,9 +116,13 @@ def evaluate_folder(pred: str | os.PathLike, ref: str | os.PathLike, out_dir: st
 
             with ProcessPoolExecutor(min(workers, len(pairs)), mp_context=mp.get_context("spawn")) as ex:
                 futs = [ex.submit(_evaluate_pair, p, names, spacing_from, kwargs) for p in pairs]
-                for f in futs:
-                    per_case.append(f.result())
-                    bar.advance(task)
+                try:
+                    for f in futs:
+                        per_case.append(f.result())
+                        bar.advance(task)
+                except BaseException:
+                    ex.shutdown(wait=True, cancel_futures=True)  # a bad case stops the rest at once
+                    raise
         else:
             for p in pairs:
                 per_case.append(_evaluate_pair(p, names, spacing_from, kwargs))
