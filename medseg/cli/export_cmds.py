@@ -23,6 +23,8 @@ def export_cmd(
     series: Optional[str] = typer.Option(None, "--series", help="Series UID or index when the folder holds several."),
     model_name: Optional[str] = typer.Option(None, "--model-name", help="Model name recorded in the DICOM objects."),
     seg_type: str = typer.Option("binary", "--seg-type", help="DICOM-SEG type: binary (default) or labelmap."),
+    rt_holes: str = typer.Option("keyhole", "--rt-holes",
+                                 help="RTSTRUCT holes: keyhole (default; any reader) or separate (even-odd rule)."),
 ) -> None:
     """Export a label map to DICOM-SEG, RTSTRUCT, 3D Slicer .seg.nrrd or NIfTI with colour tables."""
     from medseg.errors import InputError
@@ -38,5 +40,5 @@ def export_cmd(
         raise InputError("no such reference series folder", path=reference)
     image = read_image(seg)
     out = export_segmentation(image, reference, fmt, output, labels=names, series=series, model_name=model_name,
-                              seg_type=seg_type)
+                              seg_type=seg_type, rt_holes=rt_holes)
     typer.echo(str(out))

@@ -39,7 +39,7 @@ def _integer_labels(label_image, source) -> np.ndarray:
 
 def export_segmentation(label_image, reference: str | os.PathLike | None, fmt: str, out_path: str | os.PathLike,
                         labels: dict[int, str] | None = None, series: str | int | None = None,
-                        model_name: str | None = None, seg_type: str = "binary") -> Path:
+                        model_name: str | None = None, seg_type: str = "binary", rt_holes: str = "keyhole") -> Path:
     """Export a label map for viewers and planning systems.
 
     Parameters
@@ -61,6 +61,9 @@ def export_segmentation(label_image, reference: str | os.PathLike | None, fmt: s
         Recorded in the algorithm identification.
     seg_type : {'binary', 'labelmap'}
         DICOM-SEG type.
+    rt_holes : {'keyhole', 'separate'}
+        RTSTRUCT holes: joined to their outer contour by zero-width keyholes (readers agree whether
+        they union or XOR contours), or separate contours for the even-odd rule.
 
     Returns
     -------
@@ -77,6 +80,8 @@ def export_segmentation(label_image, reference: str | os.PathLike | None, fmt: s
 
     if fmt not in FORMATS:
         raise InputError(f"unknown export format {fmt!r} (use one of {', '.join(FORMATS)})")
+    if rt_holes not in ("keyhole", "separate"):
+        raise InputError(f"unknown RTSTRUCT hole style {rt_holes!r} (use keyhole or separate)")
     source = label_image.meta.get("source")
     arr = _integer_labels(label_image, source)
     label_image = Image(arr, label_image.affine, dict(label_image.meta))
@@ -105,7 +110,7 @@ def export_segmentation(label_image, reference: str | os.PathLike | None, fmt: s
                                    protect=protect)
         from medseg.export.rtstruct import write_rtstruct
 
-        return write_rtstruct(arr, ref, infos, out_path, model_name=model_name, protect=protect)
+        return write_rtstruct(arr, ref, infos, out_path, model_name=model_name, holes=rt_holes, protect=protect)
     if ref is not None:
         if not ref.is_regular():
             raise InputError("the series has tilted or unevenly spaced slices; a regular-grid file cannot hold "

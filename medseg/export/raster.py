@@ -37,6 +37,10 @@ def fill_polygons(polygons, shape: tuple[int, int]) -> np.ndarray:
     if not x0s:
         return mask
     x0, y0, x1, y1 = (np.concatenate(a) for a in (x0s, y0s, x1s, y1s))
+    # every edge upwards, so an edge walked both ways (a keyhole bridge) gives bit-identical crossings
+    down = y0 > y1
+    x0, x1 = np.where(down, x1, x0), np.where(down, x0, x1)
+    y0, y1 = np.where(down, y1, y0), np.where(down, y0, y1)
     lo, hi = np.minimum(y0, y1), np.maximum(y0, y1)
     first = np.maximum(np.ceil(lo), 0).astype(np.int64)  # scan lines y = j with lo <= j < hi
     last = np.minimum(np.ceil(hi) - 1, ny - 1).astype(np.int64)

@@ -1,21 +1,21 @@
 """RTSTRUCT: planar contours from a label map on a reference series, and back to masks.
 
 Built with pydicom (the RT Structure Set IOD, every Type 1/2 attribute filled: rt-utils leaves out
-the Frame of Reference and several Type 2 attributes, and its OpenCV contours run through pixel
-centres, which makes the round trip depend on the reader's rasteriser).
+the Frame of Reference and several Type 2 attributes, writes Decimal Strings longer than 16
+characters, and its OpenCV contours run through pixel centres, which makes the round trip depend on
+the reader's rasteriser). Implicit VR Little Endian, as explicit VR caps one contour's text at 64 kB.
 
 Contour convention (documented, and what the importer assumes):
 
-* Contours are iso-lines at 0.5 of the binary mask (scikit-image ``find_contours``, foreground
-  4-connected), so they run half-way between foreground and background pixel centres: every
-  foreground pixel centre is strictly inside, every background centre strictly outside. Any reader
-  that fills "pixel centres inside the polygon" recovers the mask exactly, whichever way it breaks
-  ties on the boundary.
-* Holes are separate CLOSED_PLANAR contours on the same slice (no keyhole); a slice's contours
-  combine by the even-odd rule (XOR), which is the common practice of planning systems and of
-  plastimatch.
-* The importer fills the pixel centres inside the contours of one ROI on one slice, even-odd rule
-  (:func:`medseg.export.raster.fill_polygons`).
+* Contours are iso-lines at 0.5 of the binary mask, half-way between foreground and background
+  pixel centres: every foreground pixel centre is strictly inside, every background centre strictly
+  outside, so any reader that fills "pixel centres inside the polygon" recovers the mask, whichever
+  way it breaks ties on the boundary (see :mod:`medseg.export.contours`).
+* Holes are joined to their outer contour by zero-width keyholes by default (readers that take the
+  union of contours and readers that XOR them then agree); ``holes="separate"`` writes them as
+  separate contours for the even-odd rule instead.
+* The importer fills the pixel centres inside the contours of one ROI on one slice by the even-odd
+  rule (:func:`medseg.export.raster.fill_polygons`), which reads both styles.
 """
 
 from __future__ import annotations
@@ -37,51 +37,21 @@ _PATIENT_STUDY = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", 
                   "ReferringPhysicianName", "StudyID", "AccessionNumber", "StudyDescription")
 
 
-def mask_contours(mask2d: np.ndarray) -> list[np.ndarray]:
-    """Closed contours (in pixel index coordinates, no repeated last point) of a 2D binary mask.
-
-    Outer boundaries and hole boundaries alike; points in the middle of straight runs are dropped
-    (exactly: only points where the direction does not change).
-
-    Examples
-    --------
-    >>> m = np.zeros((5, 5), bool); m[1:4, 1:4] = True
-    >>> [c.shape for c in mask_contours(m)]
-    [(8, 2)]
-    """
-    from skimage.measure import find_contours
-
-    padded = np.pad(np.asarray(mask2d, bool), 1).astype(np.uint8)
-    out = []
-    for c in find_contours(padded, 0.5, fully_connected="low"):
-        if len(c) > 1 and np.allclose(c[0], c[-1]):
-            c = c[:-1]
-        d_in = c - np.roll(c, 1, axis=0)
-        d_out = np.roll(c, -1, axis=0) - c
-        turn = np.abs(d_in[:, 0] * d_out[:, 1] - d_in[:, 1] * d_out[:, 0]) > 1e-9
-        c = c[turn] - 1.0
-        if len(c) >= 3:
-            out.append(c)
-    return out
-
-
 def _contour_data(points: np.ndarray):
-    """ContourData as a raw element: pydicom's per-value DS objects cost seconds on large structures."""
-    from pydicom.dataelem import RawDataElement
-    from pydicom.tag import Tag
+    """ContourData as preformatted DS text. pydicom would build one DS object per value (seconds for
+    a large structure); in Implicit VR the bytes are written as they are and read back as DS."""
+    from pydicom.dataelem import DataElement
 
     text = "\\".join(f"{v:.4f}" for v in points.ravel()).encode("ascii")  # 0.1 µm: far below a voxel
     if len(text) % 2:
         text += b" "
-    return RawDataElement(Tag(0x3006, 0x0050), "DS", len(text), text, 0, True, True)
+    return DataElement(0x30060050, "OB", text)  # bytes as they are; the implicit VR file carries no VR
 
 
 def _read_contour_data(item) -> np.ndarray:
     """ContourData as floats without building one pydicom DS object per value."""
-    from pydicom.dataelem import RawDataElement
-
     elem = item.get_item(0x30060050)
-    if isinstance(elem, RawDataElement) and isinstance(elem.value, bytes):
+    if elem is not None and isinstance(elem.value, bytes):
         return np.array(elem.value.replace(b"\\", b" ").split(), dtype=float).reshape(-1, 3)
     return np.asarray([float(v) for v in item.ContourData], float).reshape(-1, 3)
 
@@ -91,9 +61,12 @@ def _now():
     return now.strftime("%Y%m%d"), now.strftime("%H%M%S")
 
 
-def build_rtstruct(labels_on_ref: np.ndarray, ref, infos, *, model_name: str | None = None):
+def build_rtstruct(labels_on_ref: np.ndarray, ref, infos, *, model_name: str | None = None,
+                   holes: str = "keyhole"):
     """The RTSTRUCT dataset for a label array on ``ref``'s grid (``[column, row, slice]``)."""
     import highdicom as hd
+
+    from medseg.export.contours import mask_contours
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.sequence import Sequence
     from pydicom.uid import ImplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID
@@ -160,7 +133,7 @@ def build_rtstruct(labels_on_ref: np.ndarray, ref, infos, *, model_name: str | N
             if not mask.any():
                 continue
             m = ref.slice_lps(k)
-            for c in mask_contours(mask):  # c[:, 0] = column index i, c[:, 1] = row index j
+            for c in mask_contours(mask, holes):  # c[:, 0] = column index i, c[:, 1] = row index j
                 pts = c[:, 0:1] * m[:3, 0] + c[:, 1:2] * m[:3, 1] + m[:3, 3]
                 item = Dataset()
                 item.ContourImageSequence = Sequence([image_ref(k)])
@@ -190,11 +163,11 @@ def build_rtstruct(labels_on_ref: np.ndarray, ref, infos, *, model_name: str | N
 
 
 def write_rtstruct(labels_on_ref: np.ndarray, ref, infos, out_path: str | os.PathLike, *,
-                   model_name: str | None = None, protect=()) -> Path:
+                   model_name: str | None = None, holes: str = "keyhole", protect=()) -> Path:
     """Write an RTSTRUCT (one ROI per ``infos`` entry) for a label array on ``ref``'s grid."""
     from medseg.io.atomic import atomic_path
 
-    ds = build_rtstruct(labels_on_ref, ref, infos, model_name=model_name)
+    ds = build_rtstruct(labels_on_ref, ref, infos, model_name=model_name, holes=holes)
     with atomic_path(out_path, protect=protect) as tmp:
         ds.save_as(str(tmp), enforce_file_format=True)
     return Path(out_path)
