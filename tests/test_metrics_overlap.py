@@ -92,7 +92,7 @@ def test_random_confusion_matrix_equals_counting():
     from hypothesis import given, settings, strategies as st
     from hypothesis.extra.numpy import arrays
 
-    @settings(max_examples=60, deadline=None)
+    @settings(max_examples=40, deadline=None)
     @given(st.integers(1, 300).flatmap(lambda n: st.tuples(
         arrays(np.uint16, n, elements=st.integers(0, 300)), arrays(np.uint16, n, elements=st.integers(0, 300)))))
     def check(maps):
