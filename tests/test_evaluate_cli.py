@@ -107,6 +107,8 @@ def test_shape_and_affine_mismatch(folders, tmp_path):
     moved[0, 3] += 5.0
     nib.save(nib.Nifti1Image(arr, moved), str(first))
     _bad(pred, ref, tmp_path, str(first), "geometry differs")
+    res = run_cli("evaluate", "--pred", pred, "--ref", ref, "-o", tmp_path / "tol", "--geometry-tolerance", "6", "-q")
+    assert res.code == 0, res.err  # a 5 mm shift is within a (silly) 6 mm tolerance
     # the documented override: same shape, spacing taken from the reference
     res = run_cli("evaluate", "--pred", pred, "--ref", ref, "-o", tmp_path / "ok", "--spacing-from", "ref", "-q")
     assert res.code == 0, res.err

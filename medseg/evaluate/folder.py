@@ -18,11 +18,12 @@ from medseg.evaluate.overlap import present_labels
 from medseg.evaluate.summary import summarize
 
 
-def _evaluate_pair(pair: CasePair, labels: dict[int, str] | None, spacing_from: str | None, kwargs: dict) -> dict:
+def _evaluate_pair(pair: CasePair, labels: dict[int, str] | None, spacing_from: str | None, kwargs: dict,
+                   atol: float = 1e-3) -> dict:
     """Read, check and evaluate one case (runs in a worker process)."""
     ref = read_label_map(pair.ref)
     pred = read_label_map(pair.pred)
-    check_geometry(pred, ref, pair.pred, spacing_from=spacing_from)
+    check_geometry(pred, ref, pair.pred, spacing_from=spacing_from, atol=atol)
     spacing = pred.spacing if spacing_from == "pred" else ref.spacing
     if labels is not None:
         known = set(labels) | {0}
@@ -67,7 +68,7 @@ def evaluate_folder(pred: str | os.PathLike, ref: str | os.PathLike, out_dir: st
                     nsd_tolerance: float | Mapping = DEFAULT_NSD_TOLERANCE, lesion_classes: Sequence = (),
                     lesion_thresholds=DEFAULT_THRESHOLDS, connectivity: int | None = None,
                     distance_cap: float | str | None = None, surface: bool = True, workers: int = 1,
-                    progress: bool | None = None) -> dict:
+                    progress: bool | None = None, geometry_tolerance: float = 1e-3) -> dict:
     """Evaluate prediction files against reference files matched by case name; optionally write the report.
 
     Parameters
@@ -84,6 +85,9 @@ def evaluate_folder(pred: str | os.PathLike, ref: str | os.PathLike, out_dir: st
         the shape must match and that side's spacing is used (predictions saved without geometry).
     workers : int
         Processes over cases.
+    geometry_tolerance : float
+        Largest difference (mm) allowed between the two affines' entries (float32 NIfTI headers
+        written by different tools differ by ~1e-5 mm).
 
     Other parameters are those of :func:`medseg.evaluate.metrics.evaluate_case`.
 
@@ -115,7 +119,7 @@ def evaluate_folder(pred: str | os.PathLike, ref: str | os.PathLike, out_dir: st
             import multiprocessing as mp
 
             with ProcessPoolExecutor(min(workers, len(pairs)), mp_context=mp.get_context("spawn")) as ex:
-                futs = [ex.submit(_evaluate_pair, p, names, spacing_from, kwargs) for p in pairs]
+                futs = [ex.submit(_evaluate_pair, p, names, spacing_from, kwargs, geometry_tolerance) for p in pairs]
                 try:
                     for f in futs:
                         per_case.append(f.result())
@@ -125,7 +129,7 @@ def evaluate_folder(pred: str | os.PathLike, ref: str | os.PathLike, out_dir: st
                     raise
         else:
             for p in pairs:
-                per_case.append(_evaluate_pair(p, names, spacing_from, kwargs))
+                per_case.append(_evaluate_pair(p, names, spacing_from, kwargs, geometry_tolerance))
                 bar.advance(task)
     if names is None:
         found = sorted({v for c in per_case for v in c["labels"].values()})
@@ -136,6 +140,7 @@ def evaluate_folder(pred: str | os.PathLike, ref: str | os.PathLike, out_dir: st
         "labels": {str(v): n for v, n in names.items()},
         "nsd_tolerance_mm": dict(nsd_tolerance) if isinstance(nsd_tolerance, Mapping) else float(nsd_tolerance),
         "spacing_from": spacing_from or "checked (pred and ref share the grid)",
+        "geometry_tolerance_mm": geometry_tolerance,
         "distance_cap": distance_cap, "lesion_classes": [str(x) for x in lesion_classes],
         "lesion_thresholds": list(lesion_thresholds), "lesion_connectivity": connectivity or "full",
         "hd95": "max of the two directed 95th percentiles (linear interpolation) of border-voxel distances",
