@@ -135,8 +135,10 @@ def evaluate_folder(pred: str | os.PathLike, ref: str | os.PathLike, out_dir: st
         found = sorted({v for c in per_case for v in c["labels"].values()})
         names = label_names(found)
     _fill_missing(per_case, names, kwargs)
+    import medseg
+
     settings = {
-        "pred": str(pred), "ref": str(ref), "n_cases": len(per_case),
+        "medseg_version": medseg.__version__, "pred": str(pred), "ref": str(ref), "n_cases": len(per_case),
         "labels": {str(v): n for v, n in names.items()},
         "nsd_tolerance_mm": dict(nsd_tolerance) if isinstance(nsd_tolerance, Mapping) else float(nsd_tolerance),
         "spacing_from": spacing_from or "checked (pred and ref share the grid)",
