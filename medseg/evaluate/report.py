@@ -185,12 +185,6 @@ def to_html(report: dict) -> str:
             f"<h2>Worst cases</h2>\n{worst}\n<h2>Settings</h2>\n<ul>{settings}</ul>\n</body></html>\n")
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def write_report(report: dict, out_dir: str | os.PathLike, protect=()) -> dict[str, Path]:
     """Render the four files in memory, then write each atomically into ``out_dir`` (created if needed)."""
     out_dir = Path(out_dir)
@@ -204,6 +198,5 @@ def write_report(report: dict, out_dir: str | os.PathLike, protect=()) -> dict[s
     for name in REPORT_FILES:
         with atomic_path(out_dir / name, protect=protect) as tmp:
             tmp.write_text(texts[name], encoding="utf-8")
-            os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a report is an ordinary file
         written[name] = out_dir / name
     return written
