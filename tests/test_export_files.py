@@ -209,3 +209,35 @@ def test_lps_ras_boundary_in_seg_nrrd_origin(liver_spine):
     _, label = liver_spine
     hdr = seg_nrrd_header(label, [])
     assert np.allclose(hdr["space origin"], (LPS_TO_RAS @ label.affine)[:3, 3])
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_keyhole_contours_read_the_same_by_union_and_even_odd_readers(seed):
+    """Mechanics on random masks with holes and islands in holes: keyhole contours filled one by one
+    with skimage.draw.polygon and OR-ed (a 'union' reader) give the mask, and so does medseg's even-odd
+    fill; separate hole contours give it under even-odd only."""
+    from scipy import ndimage as ndi
+    from skimage.draw import polygon
+
+    from medseg.export.contours import mask_contours
+    from medseg.export.raster import fill_polygons
+
+    rng = np.random.default_rng(seed)
+    mask = ndi.gaussian_filter(rng.normal(size=(60, 70)), 2.0) > 0.05
+    mask[20:40, 20:40] = True
+    mask[25:35, 25:35] = False  # a hole
+    mask[29:31, 29:31] = True  # an island in the hole
+
+    def union(contours):
+        out = np.zeros(mask.shape, bool)
+        for c in contours:
+            rr, cc = polygon(c[:, 0], c[:, 1], mask.shape)
+            out[rr, cc] = True
+        return out
+
+    keyhole, separate = mask_contours(mask), mask_contours(mask, holes="separate")
+    assert len(keyhole) < len(separate)
+    assert np.array_equal(fill_polygons(keyhole, mask.shape), mask)
+    assert np.array_equal(union(keyhole), mask)
+    assert np.array_equal(fill_polygons(separate, mask.shape), mask)
+    assert not np.array_equal(union(separate), mask)  # a union reader fills separate holes
