@@ -138,8 +138,13 @@ def main(argv=None) -> None:
         t = time.process_time()
         mine = export_segmentation(label, series_dir, "rtstruct", work / "medseg.dcm", labels=names)
         t_mine = time.process_time() - t
+        t = time.process_time()
+        sep = export_segmentation(label, series_dir, "rtstruct", work / "sep.dcm", labels=names, rt_holes="separate")
+        t_sep = time.process_time() - t
         t_rtu = _rt_utils(series_dir, label, names, work / "rtutils.dcm")
-        for tool, path, secs in (("medseg", mine, t_mine), ("rt-utils 1.2.7", work / "rtutils.dcm", t_rtu)):
+        for tool, path, secs in (("medseg (keyhole holes, default)", mine, t_mine),
+                                 ("medseg --rt-holes separate", sep, t_sep),
+                                 ("rt-utils 1.2.7 (defaults)", work / "rtutils.dcm", t_rtu)):
             d_plain = _plastimatch_dice(path, series_dir, truth, False, work)
             d_xor = _plastimatch_dice(path, series_dir, truth, True, work)
             rows.append((tool, secs, _dciodvfy_errors(path), d_plain, d_xor, path.stat().st_size))

@@ -241,3 +241,24 @@ def test_keyhole_contours_read_the_same_by_union_and_even_odd_readers(seed):
     assert np.array_equal(union(keyhole), mask)
     assert np.array_equal(fill_polygons(separate, mask.shape), mask)
     assert not np.array_equal(union(separate), mask)  # a union reader fills separate holes
+
+
+def test_resample_to_reference_uses_each_slice_position():
+    """Mechanics: an irregular series (uneven slice gaps, each slice shifted along the column direction)
+    samples the label map at every slice's own voxel centres, not on a grid through the first slice."""
+    from medseg.export.reference import ReferenceSeries
+    from medseg.export.resample import resample_to_reference
+
+    arr = np.arange(10 * 12 * 8, dtype=np.uint16).reshape(10, 12, 8)
+    label = Image(arr, np.diag([-1.0, -1.0, 2.0, 1.0]))  # LPS: identity in-plane, 2 mm slices
+    shift = [0.0, 0.6, 1.7, 2.2]  # mm along the column direction
+    z = [0.0, 2.0, 4.2, 9.9]
+    pos = np.array([[0.0, 2 + s, zz] for s, zz in zip(shift, z)])
+    ref = ReferenceSeries(path=None, datasets=[None] * 4, files=[], rows=6, columns=5,
+                          row_dir=np.array([1.0, 0, 0]), col_dir=np.array([0, 1.0, 0]), spacing_rc=(1.0, 1.0),
+                          positions=pos)
+    assert not ref.is_regular()
+    got = resample_to_reference(label, ref)
+    for k in range(4):
+        j0, kk = int(np.floor(2 + shift[k] + 0.5)), int(np.floor(z[k] / 2 + 0.5))
+        assert np.array_equal(got[:, :, k], arr[:5, j0:j0 + 6, kk])
