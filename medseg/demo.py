@@ -40,23 +40,17 @@ def step(title: str):
 
 
 def find_data(data: str | os.PathLike | None = None) -> Path:
-    """The sample data folder: ``data``, else ``$MEDSEG_DATA``, else ``../shared/data`` next to the
-    repository or the current folder; ``InputError`` saying what to pass when none exists."""
+    """The sample data folder (``medseg.data.find_sample_data``: ``data``, else ``$MEDSEG_DATA``, else
+    ``../shared/data``); ``InputError`` saying what to pass when there is none."""
+    from medseg.data import find_sample_data
+
+    found = find_sample_data(data)
+    if found is not None:
+        return found
     if data is not None:
-        p = Path(data)
-        if not p.is_dir():
-            raise InputError("sample data folder not found", path=p)
-        return p.resolve()
-    candidates = []
-    if os.environ.get("MEDSEG_DATA"):
-        candidates.append(Path(os.environ["MEDSEG_DATA"]))
-    repo = Path(__file__).resolve().parents[1]
-    candidates += [repo.parent / "shared" / "data", Path.cwd().parent / "shared" / "data", Path.cwd() / "shared" / "data"]
-    for c in candidates:
-        if c.is_dir():
-            return c.resolve()
-    raise InputError("sample data not found (looked in $MEDSEG_DATA and ../shared/data); "
-                     "pass --data DIR or set MEDSEG_DATA", path=candidates[0] if candidates else Path("."))
+        raise InputError("sample data folder not found", path=data)
+    raise InputError("sample data not found (looked at $MEDSEG_DATA and ../shared/data); pass --data DIR "
+                     "or set MEDSEG_DATA", path=Path.cwd().parent / "shared" / "data")
 
 
 @step("DICOM study -> NIfTI: every series of dicom/mr_study, with its geometry")

@@ -1,5 +1,88 @@
-"""CLI: `medseg cells train|count|evaluate` (issue 5)."""
+"""CLI: `medseg cells train|count|evaluate` (issue 5): thin wrappers over ``medseg.cells``."""
 
 from __future__ import annotations
 
-from medseg.cli.app import app  # noqa: F401
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from medseg.cli.app import cells_app
+from medseg.errors import InputError
+
+
+def _pixel_size(text: Optional[str]):
+    if text is None:
+        return None
+    try:
+        vals = [float(v) for v in text.replace("x", ",").split(",") if v.strip()]
+    except ValueError:
+        raise InputError(f"--pixel-size must be numbers like 0.65 or 2,0.65,0.65 (got '{text}')") from None
+    if not vals or any(v <= 0 for v in vals):
+        raise InputError(f"--pixel-size must be positive (got '{text}')")
+    return vals[0] if len(vals) == 1 else tuple(vals)
+
+
+@cells_app.command("train")
+def train_cmd(
+    data: Path = typer.Argument(..., help="Dataset folder: images/<id>.<ext> and labels/<id>.tif."),
+    out: Path = typer.Option(..., "-o", "--out", help="Run folder (model.json, model.pt, checkpoint.pt, log.csv)."),
+    max_minutes: float = typer.Option(20.0, "--max-minutes", help="Training time budget (wall clock)."),
+    max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Stop after this many steps."),
+    patch: int = typer.Option(256, "--patch", help="Training crop size (pixels per axis)."),
+    batch_size: int = typer.Option(8, "--batch-size"),
+    channel: Optional[int] = typer.Option(None, "--channel", help="Channel of multi-channel images (0-based)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from RUN/checkpoint.pt."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for torch."),
+) -> None:
+    """Train a 2D cell model (interior/boundary U-Net) within a time budget."""
+    from medseg.cells.train import CellTrainConfig, train_cells
+
+    if max_minutes <= 0:
+        raise InputError(f"--max-minutes must be positive (got {max_minutes})")
+    cfg = CellTrainConfig(max_minutes=max_minutes, max_steps=max_steps, patch_size=(patch, patch),
+                          batch_size=batch_size, channel=channel, threads=threads)
+    run = train_cells(data, out, cfg, resume=resume)
+    typer.echo(f"model written to {run}")
+
+
+@cells_app.command("count")
+def count_cmd(
+    input: Path = typer.Option(..., "-i", "--input", help="An image (.tif/.tiff/.png) or a folder of images."),
+    out: Path = typer.Option(..., "-o", "--out", help="Output folder."),
+    model: Optional[Path] = typer.Option(None, "-m", "--model", help="Trained run folder (medseg cells train)."),
+    classical: bool = typer.Option(False, "--classical", help="Threshold + distance watershed, no model."),
+    method: str = typer.Option("otsu", "--threshold", help="Classical mode threshold: otsu or local."),
+    channel: Optional[int] = typer.Option(None, "--channel", help="Channel of multi-channel images (0-based)."),
+    pixel_size: Optional[str] = typer.Option(None, "--pixel-size",
+                                             help="Pixel size in µm: 'XY' or 'Z,Y,X' (overrides the file)."),
+    exclude_border: bool = typer.Option(False, "--exclude-border", help="Drop cells touching the image border."),
+    roi_zip: bool = typer.Option(False, "--roi-zip", help="Also write <id>_rois.zip (ImageJ ROIs, 2D)."),
+) -> None:
+    """Segment and count cells: <id>_labels.tif, <id>_overlay.png, <id>_cells.csv per image; counts.csv."""
+    from medseg.cells.count import count_cells
+
+    if (model is None) == (not classical):
+        raise InputError("choose exactly one of -m RUN or --classical")
+    if method not in ("otsu", "local"):
+        raise InputError(f"--threshold must be otsu or local (got '{method}')")
+    rows = count_cells(input, out, model=model, classical=classical, channel=channel,
+                       pixel_size=_pixel_size(pixel_size), method=method, exclude_border=exclude_border,
+                       roi_zip=roi_zip)
+    total = sum(r["count"] for r in rows)
+    typer.echo(f"{total} cells in {len(rows)} image(s); results in {out}")
+
+
+@cells_app.command("evaluate")
+def evaluate_cmd(
+    pred: Path = typer.Option(..., "--pred", help="Predicted label map, or a folder (<id>_labels.tif or <id>.tif)."),
+    ref: Path = typer.Option(..., "--ref", help="Reference label map, or a folder (or a dataset with labels/)."),
+    out: Optional[Path] = typer.Option(None, "-o", "--out", help="Folder for metrics.json and metrics.csv."),
+) -> None:
+    """Instance metrics (AP, precision, recall, F1, PQ at IoU 0.5..0.9) and count errors."""
+    from medseg.cells.evaluate import evaluate_cells
+
+    res = evaluate_cells(pred, ref, out)
+    m, p = res["mean"], res["pooled"]
+    typer.echo(f"{res['n_images']} image(s): AP@0.5 {m['ap@0.5']:.3f} (pooled {p['ap@0.5']:.3f}), "
+               f"F1@0.5 {m['f1@0.5']:.3f}, mean |count error| {m['abs_relative_count_error']:.1%}")

@@ -80,7 +80,8 @@ def evaluate_case(pred, ref, labels=None, spacing=None, nsd_tolerance=DEFAULT_NS
     Parameters
     ----------
     pred, ref : Image or ndarray of int
-        Label maps on the same grid (check geometry before: see ``medseg.evaluate.cases``).
+        Label maps on the same grid (two ``Image``: checked with ``Image.same_grid``, a mismatch is
+        an ``InputError``; arrays: only the shapes are checked).
     labels : mapping or sequence, optional
         Classes to evaluate (see :func:`label_names`); default: every non-zero value present.
     spacing : sequence of float, optional
@@ -108,6 +109,11 @@ def evaluate_case(pred, ref, labels=None, spacing=None, nsd_tolerance=DEFAULT_NS
     >>> round(r["classes"]["label_1"]["dice"], 4), r["classes"]["label_1"]["hd"]
     (0.6667, 1.0)
     """
+    if hasattr(ref, "same_grid") and hasattr(pred, "same_grid") and not pred.same_grid(ref):
+        from medseg.errors import InputError
+
+        raise InputError("prediction and reference are not on the same grid (shape/affine); resample explicitly",
+                         path=pred.meta.get("source") if hasattr(pred, "meta") else None)
     ref_a, spacing = _array_and_spacing(ref, spacing)
     pred_a, _ = _array_and_spacing(pred, None)
     if ref_a.shape != pred_a.shape:

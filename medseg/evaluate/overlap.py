@@ -81,13 +81,28 @@ def confusion_matrix(ref, pred, labels=None) -> tuple[np.ndarray, np.ndarray]:
     if ref.shape != pred.shape:
         raise ValueError(f"shape mismatch: reference {ref.shape} vs prediction {pred.shape}")
     extra = np.asarray([] if labels is None else labels, dtype=np.int64)
+    r, p = _same_order_flat(ref, pred)
+    top = int(max(r.max(initial=0), p.max(initial=0), extra.max(initial=0))) + 1
+    if top * top <= (1 << 24):
+        # small label values (semantic maps): key = ref * top + pred directly, in the narrowest dtype;
+        # the labels present are read off the matrix's row and column sums (no extra pass)
+        kdt = np.uint16 if top * top <= (1 << 16) else np.uint32
+        full = np.zeros(top * top, np.int64)
+        for s in range(0, r.size, _CHUNK):
+            key = r[s:s + _CHUNK].astype(kdt)
+            key *= kdt(top)
+            np.add(key, p[s:s + _CHUNK], out=key, casting="unsafe")  # values < top: no overflow
+            full += np.bincount(key, minlength=top * top)
+        full = full.reshape(top, top)
+        present = np.flatnonzero(full.sum(axis=0) + full.sum(axis=1))
+        labels = np.union1d(present, extra).astype(np.int64)
+        return full[np.ix_(labels, labels)], labels
     labels = np.union1d(np.union1d(present_labels(ref), present_labels(pred)), extra).astype(np.int64)
     n = len(labels)
     if n * n > (1 << 26):  # many labels (instance maps): sparse pairs instead of a dense matrix
         raise ValueError(f"{n} labels: too many for a dense confusion matrix (use medseg.evaluate.instances)")
-    lut = np.zeros(int(labels.max(initial=0)) + 1, dtype=np.int32)
+    lut = np.zeros(top, dtype=np.int32)
     lut[labels] = np.arange(n)
-    r, p = _same_order_flat(ref, pred)
     cm = np.zeros(n * n, np.int64)
     for s in range(0, r.size, _CHUNK):
         key = lut[r[s:s + _CHUNK]].astype(np.int64)

@@ -9,7 +9,7 @@ Definitions (the voxel-based ones of MONAI's ``compute_hausdorff_distance``,
   scaled by the spacing) to the nearest border voxel of the reference; ``d(R->P)`` alike;
 * HD = max of both; HD95 = max of the two directed 95th percentiles (linear interpolation,
   ``numpy.percentile``); ASSD = mean of all distances of both directions pooled;
-  NSD(tau) = fraction of the pooled border voxels whose distance is <= tau.
+  NSD(tau) = fraction of the pooled border voxels whose distance is <= tau (up to float rounding).
 
 DeepMind's ``surface-distance`` weights surface elements by their area and places them on the
 voxel corners; its numbers differ from these by up to about one voxel diagonal (tested).
@@ -113,6 +113,8 @@ def summarize_distances(d_pr: np.ndarray, d_rp: np.ndarray, tolerance: float) ->
     (3.0, 1.2, 0.6)
     """
     n = len(d_pr) + len(d_rp)
+    # a distance equal to tau up to float rounding (sqrt(1.2**2 + 1.6**2) = 2.0000000000000004) counts as within
+    tolerance = float(tolerance) * (1 + 1e-9)
     if n == 0:
         return {"hd95": 0.0, "hd": 0.0, "assd": 0.0, "nsd": 1.0}
     if len(d_pr) == 0 or len(d_rp) == 0:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -140,8 +141,9 @@ def convert(input: str | os.PathLike, output: str | os.PathLike, series: str | i
     """Convert an image, a DICOM series or a whole DICOM folder; returns the files written.
 
     ``output`` is a file (its suffix picks NIfTI/NRRD/MHA) or a folder (an existing folder, or
-    a path without an image suffix): then one ``suffix`` file per DICOM series. Every series is
-    loaded (validated) before the first file appears; the files are renamed into place together.
+    a path without an image suffix): then one ``suffix`` file per DICOM volume series (images
+    that cannot be volumes, such as screenshots, are skipped with a note on stderr; a damaged or
+    irregular series stops everything). The files are renamed into place together at the end.
     """
     src, dst = Path(input), Path(output)
     if not src.exists():
@@ -152,6 +154,7 @@ def convert(input: str | os.PathLike, output: str | os.PathLike, series: str | i
                          "or a folder)", path=dst)
     if suffix not in WRITABLE:
         raise InputError(f"cannot write format '{suffix}'", path=dst)
+    skipped: list = []
     modality = _dicom_modality(src)
     if modality in ("SEG", "RTSTRUCT"):
         images = [(dst / f"{src.stem}{suffix}" if to_folder else dst, _import_segmentation(src, reference))]
@@ -159,9 +162,14 @@ def convert(input: str | os.PathLike, output: str | os.PathLike, series: str | i
         from medseg.io.dicom import discover_series, load_series, select_series
 
         found = discover_series(src, progress=True)
-        picked = found if (to_folder and series is None) else [select_series(found, series, src)]
+        if to_folder and series is None:  # whole folder: every volume; images that are no volume are skipped
+            picked = [s for s in found if s.is_volume]
+            skipped.extend(s for s in found if not s.is_volume)
+        else:
+            picked = [select_series(found, series, src)]
         if not picked:
-            raise InputError("no DICOM image series found", path=src)
+            why = f" ({len(skipped)} non-volume image series: {skipped[0].problem})" if skipped else ""
+            raise InputError(f"no DICOM {'volume' if skipped else 'image'} series found{why}", path=src)
         bad = [s for s in picked if s.problem or (s.tilt_degrees and not allow_tilt)]
         if bad:  # fail before writing: the message says which series and why
             load_series(bad[0], allow_tilt=allow_tilt)
@@ -176,6 +184,8 @@ def convert(input: str | os.PathLike, output: str | os.PathLike, series: str | i
             raise InputError("output exists and is not a folder", path=dst)
         if not dst.parent.is_dir():
             raise InputError("output's parent folder does not exist", path=dst.parent)
+    for s in skipped:  # said once, on stderr, without stopping the conversion
+        print(f"medseg: note: {s.folder}: skipped series {s.label()}: {s.problem}", file=sys.stderr)
     written: list[Path] = []
     created = False
     try:
@@ -184,7 +194,7 @@ def convert(input: str | os.PathLike, output: str | os.PathLike, series: str | i
                 if to_folder and not dst.exists():
                     dst.mkdir()
                     created = True
-                img = item if isinstance(item, Image) else load_series(item, allow_tilt=allow_tilt)
+                img = item if isinstance(item, Image) else load_series(item, allow_tilt=allow_tilt, progress=True)
                 tmp = stack.enter_context(atomic_path(out, protect=[src]))
                 write_unchecked(img, tmp, full_suffix(out))
                 written.append(out)

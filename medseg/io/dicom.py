@@ -32,7 +32,7 @@ import numpy as np
 
 from medseg.errors import InputError
 from medseg.io import dicom_geometry as geo
-from medseg.io.dicom_headers import Frame, read_headers
+from medseg.io.dicom_headers import Frame, Rejected, progress_iter, read_headers
 from medseg.io.image import Image
 
 _ORIENT_ATOL = 1e-3  # cosines; slices within this are "the same orientation"
@@ -41,12 +41,14 @@ _SPACING_ATOL = 1e-4  # mm
 
 @dataclass
 class SeriesInfo:
-    """One discovered series: its files in slice order and the identifiers a user picks it by.
+    """One discovered series: its files in slice order (each file once) and the identifiers a user picks it by.
 
     ``meta`` holds ``study_uid``, ``frame_of_reference_uid``, ``series_number``, ``shape``,
     ``spacing``, ``affine`` (RAS, 4x4 list), ``orientation`` and, for a UID that had to be
     split, ``split`` (why). ``problem`` is why the series cannot load as a regular volume
-    (``None`` when it can); ``tilt_degrees`` is non-zero for a gantry-tilted series.
+    (``None`` when it can); ``tilt_degrees`` is non-zero for a gantry-tilted series. Images that
+    can never be volume slices (no patient geometry, colour, cine) are listed too, with
+    ``is_volume=False`` and the reason in ``problem``.
     """
 
     index: int
@@ -58,10 +60,11 @@ class SeriesInfo:
     problem: str | None = None
     tilt_degrees: float = 0.0
     frames: list[Frame] = field(default_factory=list, repr=False)
+    is_volume: bool = True  # False for images that cannot be volume slices (screenshots, colour, cine)
 
     @property
     def num_slices(self) -> int:
-        return len(self.frames)
+        return len(self.frames) if self.is_volume else len(self.files)
 
     @property
     def folder(self) -> Path:
@@ -82,7 +85,7 @@ def _same_stack(a: Frame, b: Frame) -> bool:
             and np.allclose(a.pixel_spacing, b.pixel_spacing, atol=_SPACING_ATOL))
 
 
-def _group_key(f: Frame) -> tuple:
+def _group_key(f: Frame | Rejected) -> tuple:
     # Empty SeriesInstanceUIDs happen (anonymisers): fall back to what identifies a series to a human.
     if f.series_uid:
         return (f.study_uid, f.series_uid)
@@ -100,8 +103,8 @@ def _build_series(frames: list[Frame], split_note: str | None, split_order: int)
     row, col, normal = geo.slice_axes(first.iop)
     order = geo.sort_positions([f.ipp for f in frames], normal)
     frames = [frames[i] for i in order]
-    info = SeriesInfo(-1, first.series_uid, first.description, first.modality, [f.path for f in frames], {}, None,
-                      0.0, frames)
+    files = list(dict.fromkeys(f.path for f in frames))  # unique, in slice order (a multi-frame file once)
+    info = SeriesInfo(-1, first.series_uid, first.description, first.modality, files, {}, None, 0.0, frames)
     info.meta.update(study_uid=first.study_uid, frame_of_reference_uid=first.frame_of_reference_uid,
                      series_number=first.series_number, _split_order=split_order)
     if split_note:
@@ -138,7 +141,7 @@ def discover_series(path: str | os.PathLike, progress: bool = False) -> list[Ser
     path = Path(path)
     if not path.exists():
         raise InputError("no such file or folder", path=path)
-    frames = read_headers(path, progress=progress)
+    frames, rejected = read_headers(path, progress=progress)
     groups: dict[tuple, list[Frame]] = {}
     for f in frames:
         groups.setdefault(_group_key(f), []).append(f)
@@ -159,6 +162,15 @@ def discover_series(path: str | os.PathLike, progress: bool = False) -> list[Ser
                 note = (f"SeriesInstanceUID {key[1] or '(empty)'} mixes {len(stacks)} orientations/sizes "
                         f"({', '.join(str(len(s)) for s in stacks)} slices); this is part {k + 1}")
             series.append(_build_series(st, note, k))
+    others: dict[tuple, list[Rejected]] = {}
+    for r in rejected:
+        others.setdefault(_group_key(r), []).append(r)
+    for members in others.values():
+        r = members[0]
+        info = SeriesInfo(-1, r.series_uid, r.description, r.modality, [m.path for m in members],
+                          {"study_uid": r.study_uid, "series_number": r.series_number, "_split_order": 1 << 20},
+                          f"not a volume: {r.reason}", is_volume=False)
+        series.append(info)
     series.sort(key=_series_sort_key)
     for i, s in enumerate(series):
         s.index = i
@@ -190,8 +202,38 @@ def select_series(series: list[SeriesInfo], which: str | int | None, path) -> Se
     return hits[0]
 
 
+def _read_pixels(frames: list[Frame], progress: bool = False) -> np.ndarray:
+    """Stored values of every frame, stacked in slice order: (slices, rows, columns).
+
+    Files whose decoder releases the GIL (JPEG 2000 through imagecodecs) decode in a thread pool.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    from medseg.io.dicom_pixels import parallel_decode_helps, read_frames
+
+    by_file: dict[Path, list[int]] = {}
+    for k, f in enumerate(frames):
+        by_file.setdefault(f.path, []).append(k)
+    jobs = [(p, ks, frames[ks[0]]) for p, ks in by_file.items()]
+    read = lambda job: read_frames(job[2].dataset, job[0], job[2].n_frames_in_file)  # noqa: E731
+    workers = min(len(jobs), os.cpu_count() or 1, 8)
+    if workers > 1 and parallel_decode_helps(jobs[0][2].dataset):
+        with ThreadPoolExecutor(workers) as pool:
+            decoded = list(progress_iter(pool.map(read, jobs), len(jobs), "decoding DICOM", progress))
+    else:
+        decoded = [read(j) for j in progress_iter(jobs, len(jobs), "reading DICOM", progress)]
+    first = frames[0]
+    stacked = np.empty((len(frames), first.rows, first.cols), dtype=decoded[0].dtype)
+    for (path, ks, _), data in zip(jobs, decoded):
+        if data.dtype != stacked.dtype:
+            raise InputError(f"slices differ in pixel type ({data.dtype} vs {stacked.dtype})", path=path)
+        for k in ks:
+            stacked[k] = data[frames[k].frame_index or 0]
+    return stacked
+
+
 def load_series(path: str | os.PathLike | SeriesInfo, series: str | int | SeriesInfo | None = None,
-                allow_tilt: bool = False) -> Image:
+                allow_tilt: bool = False, progress: bool = False) -> Image:
     """Load one DICOM series as an ``Image`` (RAS affine, rescale applied).
 
     Parameters
@@ -204,6 +246,8 @@ def load_series(path: str | os.PathLike | SeriesInfo, series: str | int | Series
     allow_tilt : bool
         Resample a gantry-tilted series onto an orthogonal grid (linear interpolation)
         instead of refusing it.
+    progress : bool
+        Show a (transient) progress bar on a terminal for long series.
     """
     if isinstance(path, SeriesInfo):
         info, where = path, path.folder
@@ -217,30 +261,19 @@ def load_series(path: str | os.PathLike | SeriesInfo, series: str | int | Series
     if info.tilt_degrees and not allow_tilt:
         raise InputError(f"series {info.label()} has a gantry tilt of {info.tilt_degrees:.2f} degrees "
                          "(use --allow-tilt to resample it onto an orthogonal grid)", path=info.folder)
-    from medseg.io.dicom_pixels import apply_rescale, read_frames, rescaled_dtype
+    from medseg.io.dicom_pixels import apply_rescale, rescaled_dtype
 
     frames = info.frames
     first = frames[0]
-    stacked = np.empty((len(frames), first.rows, first.cols), dtype=np.float64)  # replaced below
-    by_file: dict[Path, list[int]] = {}
-    for k, f in enumerate(frames):
-        by_file.setdefault(f.path, []).append(k)
-    stored = None
-    for fpath, ks in by_file.items():
-        ds = frames[ks[0]].dataset
-        data = read_frames(ds, fpath, frames[ks[0]].n_frames_in_file)
-        if stored is None:
-            stored = data.dtype
-            stacked = np.empty((len(frames), first.rows, first.cols), dtype=stored)
-        elif data.dtype != stored:
-            raise InputError(f"slices differ in pixel type ({data.dtype} vs {stored})", path=fpath)
-        for k in ks:
-            stacked[k] = data[frames[k].frame_index or 0]
+    stacked = _read_pixels(frames, progress)
+    stored = stacked.dtype
     slopes = [f.slope for f in frames]
     intercepts = [f.intercept for f in frames]
     out_dtype = rescaled_dtype(first.bits_stored, first.signed, slopes, intercepts, np.dtype(stored))
     values = apply_rescale(stacked, slopes, intercepts, out_dtype)
-    volume = np.ascontiguousarray(values.transpose(2, 1, 0))  # (k, row, col) -> [i=col, j=row, k]
+    # (k, row, col) -> [i=col, j=row, k] as a view: Fortran-ordered, like nibabel's arrays, and what
+    # NIfTI writing and SimpleITK conversion want (a C-ordered copy would cost ~60 ms per 512x512x22)
+    volume = values.transpose(2, 1, 0)
     meta = {
         "source": str(where), "format": "dicom", "modality": info.modality, "series_uid": info.series_uid,
         "study_uid": info.meta.get("study_uid", ""), "frame_of_reference_uid": info.meta.get("frame_of_reference_uid", ""),

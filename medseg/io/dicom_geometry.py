@@ -95,7 +95,7 @@ def stack_geometry(positions, normal, fallback_spacing: float = 1.0) -> tuple[fl
     bad = np.abs(steps - med) > max(STEP_ATOL, STEP_RTOL * med)
     if np.any(bad):
         k = int(np.argmax(np.abs(steps - med)))
-        kind = "missing slices" if steps[k] > med else "inconsistent slice spacing"
+        kind = "missing slices" if steps[k] > 1.5 * med else "inconsistent slice spacing"
         raise ValueError(f"{kind}: gap of {steps[k]:.4g} mm between slices {k} and {k + 1} "
                          f"where the series steps {med:.4g} mm ({int(bad.sum())} irregular gaps)")
     spacing = float(along[-1] / (len(p) - 1))

@@ -8,6 +8,7 @@ read from its file offset when the series is loaded, so no file is parsed twice.
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,32 @@ NON_DICOM_SUFFIXES = {
 #: objects that are not images to stack into a volume
 NON_IMAGE_MODALITIES = {"SEG", "RTSTRUCT", "RTPLAN", "RTRECORD", "SR", "PR", "KO", "REG", "RWV", "DOC", "RTDOSE"}
 DICOMDIR_SOP = "1.2.840.10008.1.3.10"
+#: SOP class prefixes of non-image objects: structured reports, presentation states, raw data,
+#: registrations, SEG, RT objects (RT Image included: planar, no patient position), documents, waveforms
+NON_IMAGE_SOP_PREFIXES = ("1.2.840.10008.5.1.4.1.1.88", "1.2.840.10008.5.1.4.1.1.11.", "1.2.840.10008.5.1.4.1.1.66",
+                          "1.2.840.10008.5.1.4.1.1.481", "1.2.840.10008.5.1.4.1.1.104", "1.2.840.10008.5.1.4.1.1.9.",
+                          "1.2.840.10008.5.1.4.1.1.11", DICOMDIR_SOP)
 _DEFER = 2048  # bytes: larger values (pixel data, big private blobs) are read only when needed
+
+
+class NotAVolume(InputError):
+    """A readable DICOM image that cannot be a slice of a volume (no patient geometry, colour, cine...).
+
+    Discovery lists such images as a series with this reason instead of failing.
+    """
+
+
+@dataclass
+class Rejected:
+    """A DICOM image that is not a volume slice, with the identifiers its series is listed by."""
+
+    path: Path
+    reason: str
+    series_uid: str
+    study_uid: str
+    series_number: int | None
+    description: str
+    modality: str
 
 
 @dataclass
@@ -113,7 +139,11 @@ def _read_one(path: Path):
     from pydicom.errors import InvalidDicomError
 
     try:
-        ds = pydicom.dcmread(path, defer_size=_DEFER)
+        with warnings.catch_warnings():  # pydicom warns about damage we report ourselves, in one line
+            warnings.simplefilter("ignore")
+            ds = pydicom.dcmread(path, defer_size=_DEFER)
+    except OSError as exc:  # permissions, vanished file, I/O error: not damage to the file itself
+        raise InputError(f"cannot read file ({exc.strerror or exc})", path=path) from None
     except InvalidDicomError:
         raise InputError("not a DICOM file (no DICM preamble); remove it from the folder", path=path) from None
     except Exception as exc:  # struct.error, EOFError, OSError...: a damaged file
@@ -132,10 +162,13 @@ def frames_of(ds, path: Path) -> list[Frame]:
     """Frame records of one dataset; ``[]`` for non-image objects (SEG, RTSTRUCT, DICOMDIR, ...)."""
     sop_class = str(ds.get("SOPClassUID", "") or getattr(ds.get("file_meta", None), "MediaStorageSOPClassUID", ""))
     modality = str(ds.get("Modality", "") or "")
-    if sop_class == DICOMDIR_SOP or modality.upper() in NON_IMAGE_MODALITIES or "Rows" not in ds:
+    if len(ds) == 0:  # pydicom gives up silently on an unterminated element at the end of the file
+        raise InputError("no data elements could be read: truncated or corrupt DICOM file", path=path)
+    if sop_class.startswith(NON_IMAGE_SOP_PREFIXES) or modality.upper() in NON_IMAGE_MODALITIES:
         return []
-    if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
-        raise InputError("DICOM image without pixel data (truncated file?)", path=path)
+    if "Rows" not in ds or "PixelData" not in ds:  # pydicom stops quietly at the end of a truncated file
+        what = "pixel data" if "Rows" in ds else "image attributes (Rows) or pixel data"
+        raise InputError(f"DICOM image without {what}: truncated file, or not an image", path=path)
     common = dict(
         path=path, dataset=ds, rows=int(ds.Rows), cols=int(ds.Columns),
         bits_stored=int(ds.get("BitsStored", ds.get("BitsAllocated", 16)) or 16),
@@ -147,15 +180,19 @@ def frames_of(ds, path: Path) -> list[Frame]:
         sop_uid=str(ds.get("SOPInstanceUID", "") or ""),
     )
     n = int(ds.get("NumberOfFrames", 1) or 1)
+    if int(ds.get("SamplesPerPixel", 1) or 1) != 1:
+        raise NotAVolume(f"colour image (SamplesPerPixel={ds.SamplesPerPixel}): not a grey-level volume", path=path)
+    if int(ds.get("BitsAllocated", 16) or 16) not in (8, 16, 32):
+        raise NotAVolume(f"BitsAllocated={ds.BitsAllocated} is not supported (8, 16 or 32)", path=path)
     if "PerFrameFunctionalGroupsSequence" in ds:
         return _enhanced_frames(ds, path, n, common)
     if n > 1:
-        raise InputError(f"multi-frame image ({n} frames) without per-frame positions is not a volume", path=path)
+        raise NotAVolume(f"multi-frame image ({n} frames) without per-frame positions is not a volume", path=path)
     if "ImagePositionPatient" not in ds or "ImageOrientationPatient" not in ds:
-        raise InputError("no ImagePositionPatient/ImageOrientationPatient: not a cross-sectional slice "
+        raise NotAVolume("no ImagePositionPatient/ImageOrientationPatient: not a cross-sectional slice "
                          "(medseg never invents geometry)", path=path)
     if "PixelSpacing" not in ds:
-        raise InputError("no PixelSpacing: the pixel size is unknown", path=path)
+        raise NotAVolume("no PixelSpacing: the pixel size is unknown", path=path)
     return [Frame(frame_index=None, n_frames_in_file=1,
                   ipp=_floats(ds.ImagePositionPatient, 3, "ImagePositionPatient", path),
                   iop=_floats(ds.ImageOrientationPatient, 6, "ImageOrientationPatient", path),
@@ -180,7 +217,7 @@ def _enhanced_frames(ds, path: Path, n: int, common: dict) -> list[Frame]:
             item, "PlaneOrientationSequence", "ImageOrientationPatient")
         ps = get(item, "PixelMeasuresSequence", "PixelSpacing")
         if ipp is None or iop is None or ps is None:
-            raise InputError(f"frame {k + 1} lacks its position, orientation or pixel spacing", path=path)
+            raise NotAVolume(f"frame {k + 1} lacks its position, orientation or pixel spacing", path=path)
         slope = get(item, "PixelValueTransformationSequence", "RescaleSlope")
         intercept = get(item, "PixelValueTransformationSequence", "RescaleIntercept")
         thick = get(item, "PixelMeasuresSequence", "SpacingBetweenSlices") or get(
@@ -195,15 +232,31 @@ def _enhanced_frames(ds, path: Path, n: int, common: dict) -> list[Frame]:
     return out
 
 
-def read_headers(path: Path, progress: bool = False) -> list[Frame]:
-    """Frame records of every DICOM image under ``path`` (one parse per file)."""
+def progress_iter(items, total: int, what: str, progress: bool):
+    """``items`` with a transient progress bar on stderr, when asked for, worth it, and stderr is a terminal."""
+    import sys
+
+    if not progress or total < 50 or not sys.stderr.isatty():
+        return items
+    from rich.console import Console
+    from rich.progress import track
+
+    return track(items, total=total, description=what, transient=True, console=Console(stderr=True))
+
+
+def read_headers(path: Path, progress: bool = False) -> tuple[list[Frame], list[Rejected]]:
+    """Frame records of every DICOM image under ``path`` (one parse per file), and the images that
+    cannot be volume slices (with the reason). Damaged files raise ``InputError``."""
     files = list_candidate_files(path)
     frames: list[Frame] = []
-    it = files
-    if progress and len(files) > 50:
-        from rich.progress import track
-
-        it = track(files, description="reading DICOM headers", transient=True)
+    rejected: list[Rejected] = []
+    it = progress_iter(files, len(files), "reading DICOM headers", progress)
     for f in it:
-        frames.extend(frames_of(_read_one(f), f))
-    return frames
+        ds = _read_one(f)
+        try:
+            frames.extend(frames_of(ds, f))
+        except NotAVolume as exc:
+            rejected.append(Rejected(f, exc.problem, str(ds.get("SeriesInstanceUID", "") or ""),
+                                     str(ds.get("StudyInstanceUID", "") or ""), _int_or_none(ds.get("SeriesNumber")),
+                                     str(ds.get("SeriesDescription", "") or ""), str(ds.get("Modality", "") or "")))
+    return frames, rejected

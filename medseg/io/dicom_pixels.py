@@ -1,13 +1,16 @@
 """Pixel data of DICOM images: stored values per frame, and the rescale to modality units.
 
 Uncompressed pixel data is read straight from the file (the header parse deferred it, so
-every file is parsed once); JPEG 2000 goes to OpenJPEG directly (pydicom's generic pipeline
-costs ~60% more per frame); every other transfer syntax goes through ``Dataset.pixel_array``
-(pydicom with the pylibjpeg / pyjpegls plugins: JPEG, JPEG-LS, RLE, deflate).
+every file is parsed once); JPEG 2000 frames go to OpenJPEG directly, through imagecodecs when it
+is installed (it releases the GIL, so the files of a series decode in parallel threads) or
+pylibjpeg-openjpeg (pydicom's generic pipeline costs ~60% more per frame); every other transfer
+syntax goes through ``Dataset.pixel_array`` (pydicom with the pylibjpeg / pyjpegls plugins: JPEG,
+JPEG-LS, RLE, deflate).
 """
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +18,7 @@ import numpy as np
 from medseg.errors import InputError
 
 PIXEL_DATA = 0x7FE00010
+_DEFLATED = "1.2.840.10008.1.2.1.99"
 _J2K = {"1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91", "1.2.840.10008.1.2.4.201",
         "1.2.840.10008.1.2.4.202", "1.2.840.10008.1.2.4.203"}
 
@@ -24,8 +28,8 @@ def stored_dtype(bits_allocated: int, signed: bool, little_endian: bool = True) 
 
     Examples
     --------
-    >>> stored_dtype(16, True)
-    dtype('int16')
+    >>> stored_dtype(16, True).str, stored_dtype(16, False, little_endian=False).str
+    ('<i2', '>u2')
     """
     if bits_allocated not in (8, 16, 32):
         raise ValueError(f"BitsAllocated {bits_allocated} is not supported (8, 16 or 32)")
@@ -111,6 +115,11 @@ def _raw_pixel_bytes(ds, path: Path) -> tuple[bytes, bool]:
     length = getattr(elem, "length", None)
     encapsulated = length == 0xFFFFFFFF
     value = elem.value
+    file_meta = getattr(ds, "file_meta", None)
+    if value is None and str(file_meta.get("TransferSyntaxUID", "") if file_meta is not None else "") == _DEFLATED:
+        import pydicom  # offsets point into the inflated stream, not the file: let pydicom inflate it all
+
+        value = pydicom.dcmread(path).get_item(PIXEL_DATA).value
     if value is None:  # deferred by the header read: fetch it from the file ourselves
         with open(path, "rb") as fh:
             fh.seek(elem.value_tell)
@@ -131,23 +140,17 @@ def read_frames(ds, path: Path, n_frames: int) -> np.ndarray:
     signed = int(ds.get("PixelRepresentation", 0)) == 1
     bits_stored = int(ds.get("BitsStored", ds.BitsAllocated))
     try:
-        dt = stored_dtype(int(ds.BitsAllocated), signed, bool(getattr(ds, "is_little_endian", True)))
+        enc = getattr(ds, "original_encoding", (None, True))  # (implicit VR, little endian) as read
+        dt = stored_dtype(int(ds.BitsAllocated), signed, enc[1] is not False)
     except ValueError as exc:
         raise InputError(str(exc), path=path) from None
     file_meta = getattr(ds, "file_meta", None)
     tsuid = str(file_meta.get("TransferSyntaxUID", "")) if file_meta is not None else ""
     data, encapsulated = _raw_pixel_bytes(ds, path)
     try:
-        if not encapsulated:
-            need = rows * cols * n_frames * dt.itemsize
-            if len(data) < need:
-                raise InputError(f"truncated pixel data ({len(data)} of {need} bytes)", path=path)
-            arr = np.frombuffer(data, dtype=dt, count=rows * cols * n_frames).reshape(n_frames, rows, cols)
-            arr = arr.astype(dt.newbyteorder("="), copy=False)
-        elif tsuid in _J2K:
-            arr = _decode_j2k(ds, data, n_frames, rows, cols, dt)
-        else:
-            arr = np.asarray(ds.pixel_array).reshape(n_frames, rows, cols)
+        with warnings.catch_warnings():  # decoder plugins warn about what we turn into an InputError
+            warnings.simplefilter("ignore")
+            arr = _decode(ds, data, encapsulated, tsuid, n_frames, rows, cols, dt, path)
     except InputError:
         raise
     except Exception as exc:  # decoders raise many types on corrupt streams
@@ -157,10 +160,47 @@ def read_frames(ds, path: Path, n_frames: int) -> np.ndarray:
     return fix_stored_bits(arr, bits_stored, signed)
 
 
-def _decode_j2k(ds, data: bytes, n_frames: int, rows: int, cols: int, dt: np.dtype) -> np.ndarray:
+def _decode(ds, data: bytes, encapsulated: bool, tsuid: str, n_frames: int, rows: int, cols: int, dt: np.dtype,
+            path: Path) -> np.ndarray:
+    if not encapsulated:
+        need = rows * cols * n_frames * dt.itemsize
+        if len(data) < need:
+            raise InputError(f"truncated pixel data ({len(data)} of {need} bytes)", path=path)
+        arr = np.frombuffer(data, dtype=dt, count=rows * cols * n_frames).reshape(n_frames, rows, cols)
+        return arr.astype(dt.newbyteorder("="), copy=False)
+    if tsuid in _J2K:
+        return _decode_j2k(ds, data, n_frames, rows, cols, dt)
+    return np.asarray(ds.pixel_array).reshape(n_frames, rows, cols)
+
+
+def _j2k_decoder():
+    """The JPEG 2000 frame decoder: imagecodecs (releases the GIL, so files decode in parallel threads)
+    when installed, else pylibjpeg-openjpeg (holds the GIL), else ``None`` (pydicom decides)."""
+    try:
+        import imagecodecs
+
+        if imagecodecs.JPEG2K.available:
+            return imagecodecs.jpeg2k_decode, True
+    except ImportError:
+        pass
     try:
         import openjpeg
-    except ImportError:  # pydicom finds another plugin, or says which one to install
+
+        return (lambda b: openjpeg.decode(b, j2k_format=0 if b[:2] == b"\xff\x4f" else None)), False
+    except ImportError:
+        return None, False
+
+
+def parallel_decode_helps(ds) -> bool:
+    """Whether decoding this file's pixel data in threads beside others runs in parallel (GIL released)."""
+    file_meta = getattr(ds, "file_meta", None)
+    tsuid = str(file_meta.get("TransferSyntaxUID", "")) if file_meta is not None else ""
+    return tsuid in _J2K and _j2k_decoder()[1]
+
+
+def _decode_j2k(ds, data: bytes, n_frames: int, rows: int, cols: int, dt: np.dtype) -> np.ndarray:
+    decode, _ = _j2k_decoder()
+    if decode is None:  # pydicom finds another plugin, or says which one to install
         return np.asarray(ds.pixel_array).reshape(n_frames, rows, cols)
     from pydicom.encaps import generate_frames
 
@@ -173,7 +213,7 @@ def _decode_j2k(ds, data: bytes, n_frames: int, rows: int, cols: int, dt: np.dty
         raise ValueError(f"only {len(frames)} of {n_frames} frames in the pixel data")
     out = np.empty((n_frames, rows, cols), dtype=dt.newbyteorder("="))
     for k, frame in enumerate(frames):
-        dec = np.asarray(openjpeg.decode_pixel_data(frame))
+        dec = np.asarray(decode(frame))
         if dec.size != rows * cols or (dec.dtype.kind == "i") != (dt.kind == "i"):
             # J2K header disagrees with the DICOM header: pydicom knows the corrections
             return np.asarray(ds.pixel_array).reshape(n_frames, rows, cols)

@@ -180,7 +180,9 @@ class Image:
         aff_lps = np.eye(4)
         aff_lps[:sd, :sd] = direction * spacing[None, :]
         aff_lps[:sd, 3] = origin
-        return cls(np.ascontiguousarray(arr), LPS_TO_RAS @ aff_lps, dict(meta or {}), channels)
+        # scalar images stay a transposed view of SimpleITK's copy (Fortran order, like nibabel's arrays)
+        arr = np.ascontiguousarray(arr) if channels else arr
+        return cls(arr, LPS_TO_RAS @ aff_lps, dict(meta or {}), channels)
 
     def to_sitk(self):
         """To a ``SimpleITK.Image`` (LPS); multi-channel arrays become vector images."""

@@ -1,12 +1,17 @@
-"""Microscopy images: 2D/3D TIFF and PNG with pixel size from metadata (issue 5 fills this in).
+"""Microscopy images: 2D/3D TIFF and PNG with the pixel size from the file's metadata.
 
-Array axes are the file's: ``(y, x)`` or ``(z, y, x)``, channels first when present;
-the affine is ``diag(spacing)`` in that order (microscopy has no patient frame).
+Array axes are the file's: ``(y, x)`` or ``(z, y, x)``, channels first when present; the affine is
+``diag(spacing)`` in that order (microscopy has no patient frame), spacing in micrometres when the
+file says so (``meta["unit"] == "um"``) and 1 "pixel" otherwise.
+
+Pixel size, first found wins: OME-XML ``PhysicalSizeX/Y/Z``; ImageJ ``spacing`` + ``unit`` (z) with
+the TIFF resolution tags (x, y); TIFF ``XResolution``/``YResolution`` with a centimetre or inch unit.
 """
 
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -14,41 +19,219 @@ import numpy as np
 from medseg.errors import InputError
 from medseg.io.image import Image
 
+_TO_UM = {"m": 1e6, "cm": 1e4, "mm": 1e3, "um": 1.0, "µm": 1.0, "μm": 1.0, "micron": 1.0, "microns": 1.0,
+          "micrometer": 1.0, "micrometre": 1.0, "nm": 1e-3, "\\u00B5m": 1.0, "\\u00b5m": 1.0}
+_CHANNEL_AXES = "CS"
+_Z_AXES = "ZQI"
 
-def read_microscopy(path: str | os.PathLike) -> Image:
-    """Read a TIFF or PNG (pixel size 1 where the file has none)."""
+
+def _unit_scale(unit) -> float | None:
+    if unit is None:
+        return None
+    u = str(unit).strip()
+    return _TO_UM.get(u, _TO_UM.get(u.lower()))
+
+
+def _tiff_spacing(tif) -> tuple[dict, str]:
+    """Pixel size per axis letter ('Z', 'Y', 'X') in µm from OME, ImageJ or resolution tags."""
+    sp: dict = {}
+    source = "none"
+    if tif.is_ome and tif.ome_metadata:
+        pix = re.search(r"<(?:\w+:)?Pixels\b[^>]*>", tif.ome_metadata)
+        if pix:
+            for ax in "XYZ":
+                m = re.search(rf'PhysicalSize{ax}="([^"]+)"', pix.group(0))
+                u = re.search(rf'PhysicalSize{ax}Unit="([^"]+)"', pix.group(0))
+                if m:
+                    scale = _unit_scale(u.group(1)) if u else 1.0
+                    if scale and float(m.group(1)) > 0:
+                        sp[ax] = float(m.group(1)) * scale
+            source = "ome" if sp else source
+    page = tif.pages[0]
+    tags = page.tags
+    if "X" not in sp and "XResolution" in tags:
+        resunit = int(tags["ResolutionUnit"].value) if "ResolutionUnit" in tags else 2
+        ij = tif.imagej_metadata or {}
+        scale = {3: 1e4, 2: 25400.0}.get(resunit)
+        if resunit == 1 and ij.get("unit"):  # ImageJ: resolution is pixels per `unit`
+            scale = _unit_scale(ij["unit"])
+        for ax, tag in (("X", "XResolution"), ("Y", "YResolution")):
+            if tag in tags and scale:
+                num, den = tags[tag].value
+                if num > 0 and den > 0 and not (num == den == 1 and resunit != 1):
+                    sp[ax] = scale * den / num
+        if sp:
+            source = "imagej" if (resunit == 1 and ij.get("unit")) else "tiff-resolution"
+    ij = tif.imagej_metadata or {}
+    if "Z" not in sp and ij.get("spacing"):
+        scale = _unit_scale(ij.get("unit")) or 1.0
+        sp["Z"] = float(ij["spacing"]) * scale
+        source = "imagej"
+    return sp, source
+
+
+def _read_tiff(path: Path):
+    import tifffile
+
+    with tifffile.TiffFile(path) as tif:
+        series = tif.series[0]
+        arr = series.asarray()
+        axes = series.axes.upper()
+        spacing, source = _tiff_spacing(tif)
+    # tifffile may squeeze or add axes letters beyond what we support
+    for ax in "T":  # time: only a single frame is supported
+        if ax in axes:
+            i = axes.index(ax)
+            if arr.shape[i] != 1:
+                raise InputError(f"time series with {arr.shape[i]} frames is not supported (axes {axes})",
+                                 path=path)
+            arr = arr.take(0, axis=i)
+            axes = axes.replace(ax, "")
+    return arr, axes, spacing, source
+
+
+def read_microscopy(path: str | os.PathLike, channel: int | None = None,
+                    pixel_size: tuple[float, ...] | float | None = None) -> Image:
+    """Read a TIFF (2D, 3D stack, multi-channel, ImageJ, OME) or PNG microscopy image.
+
+    Parameters
+    ----------
+    path : path
+        ``.tif``/``.tiff``/``.png``.
+    channel : int, optional
+        Keep only this channel (0-based) of a multi-channel image. Without it, a multi-channel image keeps
+        its channels (``channels_first=True``) unless all colour channels are equal (a grey image saved
+        as RGB/RGBA), which is reduced to one channel.
+    pixel_size : float or tuple, optional
+        Override the file's pixel size (µm), ``(y, x)`` or ``(z, y, x)``; one number means isotropic in-plane.
+
+    Returns
+    -------
+    Image
+        ``meta`` has ``spacing_from_file`` (bool), ``spacing_source`` and ``unit`` ("um" or "pixel").
+    """
     path = Path(path)
+    suffix = path.suffix.lower()
+    if not path.is_file():
+        raise InputError("no such file", path=path)
     try:
-        if path.suffix.lower() == ".png":
+        if suffix == ".png":
             import imageio.v3 as iio
 
             arr = np.asarray(iio.imread(path))
+            axes = "YXS" if arr.ndim == 3 else "YX"
+            spacing, source = {}, "none"
+        elif suffix in (".tif", ".tiff"):
+            arr, axes, spacing, source = _read_tiff(path)
         else:
-            import tifffile
-
-            arr = tifffile.imread(path)
+            raise InputError(f"unsupported microscopy format '{suffix}' (use .tif, .tiff or .png)", path=path)
+    except InputError:
+        raise
     except Exception as exc:
-        raise InputError(f"cannot read image ({exc})", path=path) from exc
-    channels_first = False
-    if arr.ndim == 3 and arr.shape[-1] in (3, 4) and path.suffix.lower() == ".png":
-        arr = np.moveaxis(arr, -1, 0)
-        channels_first = True
-    ndim = arr.ndim - int(channels_first)
+        raise InputError(f"cannot read image ({' '.join(str(exc).split())[:200]})", path=path) from exc
+    if arr.size == 0:
+        raise InputError(f"empty image (shape {arr.shape})", path=path)
+    arr, axes = _to_standard_axes(arr, axes, path)
+    has_c = axes[0] == "C"
+    if has_c:
+        arr = _drop_constant_alpha(arr)
+        if channel is not None:
+            if not -arr.shape[0] <= channel < arr.shape[0]:
+                raise InputError(f"channel {channel} out of range: the image has {arr.shape[0]} channels",
+                                 path=path)
+            arr, has_c = arr[channel], False
+        elif arr.shape[0] == 1 or all(np.array_equal(arr[0], arr[i]) for i in range(1, arr.shape[0])):
+            arr, has_c = arr[0], False
+    elif channel not in (None, 0, -1):
+        raise InputError(f"channel {channel} requested but the image has a single channel", path=path)
+    spatial = arr.shape[1:] if has_c else arr.shape
+    if any(s == 0 for s in spatial) or len(spatial) not in (2, 3):
+        raise InputError(f"expected a 2D or 3D image, got shape {arr.shape}", path=path)
+    letters = "ZYX"[-len(spatial):]
+    sp = [float(spacing.get(a, 1.0)) for a in letters]
+    from_file = any(a in spacing for a in letters)
+    if pixel_size is not None:
+        sp = _override_spacing(sp, pixel_size, path)
+        from_file, source = False, "user"
     aff = np.eye(4)
-    return Image(arr, aff, {"source": str(path), "format": path.suffix.lower().lstrip("."), "spacing_from_file": False},
-                 channels_first) if ndim in (2, 3) else (_ for _ in ()).throw(
-        InputError(f"expected a 2D or 3D image, got shape {arr.shape}", path=path))
+    aff[range(len(sp)), range(len(sp))] = sp
+    meta = {"source": str(path), "format": suffix.lstrip("."), "spacing_from_file": from_file,
+            "spacing_source": source, "unit": "um" if (from_file or pixel_size is not None) else "pixel",
+            "axes": ("C" if has_c else "") + letters}
+    return Image(arr, aff, meta, channels_first=has_c)
+
+
+def _to_standard_axes(arr: np.ndarray, axes: str, path: Path) -> tuple[np.ndarray, str]:
+    """Reorder to (C?, Z?, Y, X); any unknown leading axis of a 3D array counts as Z."""
+    if len(axes) != arr.ndim:
+        axes = "ZYX"[-arr.ndim:] if arr.ndim <= 3 else axes
+    chan = [i for i, a in enumerate(axes) if a in _CHANNEL_AXES]
+    if len(chan) > 1:  # e.g. CYXS: merge is ambiguous
+        raise InputError(f"unsupported axes {axes} (more than one channel axis)", path=path)
+    other = [i for i, a in enumerate(axes) if a not in _CHANNEL_AXES and a not in "YX"]
+    if len(other) > 1:
+        raise InputError(f"unsupported axes {axes} (at most Z, Y, X and one channel axis)", path=path)
+    if "Y" not in axes or "X" not in axes:
+        raise InputError(f"unsupported axes {axes}", path=path)
+    order = chan + other + [axes.index("Y"), axes.index("X")]
+    arr = np.transpose(arr, order)
+    return arr, ("C" if chan else "") + ("Z" if other else "") + "YX"
+
+
+def _drop_constant_alpha(arr: np.ndarray) -> np.ndarray:
+    if arr.shape[0] in (2, 4) and np.all(arr[-1] == arr[-1].flat[0]):
+        return arr[:-1]
+    return arr
+
+
+def _override_spacing(sp: list, pixel_size, path: Path) -> list:
+    vals = [float(v) for v in np.atleast_1d(pixel_size)]
+    if any(not np.isfinite(v) or v <= 0 for v in vals):
+        raise InputError(f"pixel size must be positive, got {pixel_size}", path=path)
+    if len(vals) == 1:
+        return sp[:-2] + vals * 2
+    if len(vals) == len(sp):
+        return vals
+    if len(vals) == 2 and len(sp) == 3:
+        return [sp[0]] + vals
+    raise InputError(f"pixel size {pixel_size} does not fit a {len(sp)}D image", path=path)
+
+
+def single_channel(image: Image, path=None) -> np.ndarray:
+    """The image's pixel array, refusing a multi-channel image (choose one with ``channel=``)."""
+    if image.channels_first:
+        raise InputError(f"image has {image.array.shape[0]} different channels: choose one with --channel",
+                         path=path or image.meta.get("source"))
+    return image.array
 
 
 def write_microscopy(image: Image, path: str | os.PathLike) -> None:
-    """Write TIFF (ImageJ-compatible, with spacing) or PNG."""
+    """Write a TIFF (ImageJ-compatible, with the pixel size in µm when known) or a PNG.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> p = pathlib.Path(tempfile.mkdtemp()) / "a.tif"
+    >>> write_microscopy(Image(np.ones((3, 4, 5), np.uint16), np.diag([2.0, 0.5, 0.5, 1])), p)
+    >>> read_microscopy(p).spacing
+    (2.0, 0.5, 0.5)
+    """
     path = Path(path)
     arr = image.array
-    if path.suffix.lower() == ".png" or str(path).lower().endswith(".png"):
+    if str(path).lower().endswith(".png"):
         import imageio.v3 as iio
 
         iio.imwrite(path, np.moveaxis(arr, 0, -1) if image.channels_first else arr, extension=".png")
-    else:
-        import tifffile
+        return
+    import tifffile
 
-        tifffile.imwrite(path, arr, imagej=arr.dtype in (np.uint8, np.uint16, np.float32))
+    sp = image.spacing
+    ndim = len(image.shape)
+    imagej = arr.dtype in (np.uint8, np.uint16, np.float32) and not image.channels_first
+    if imagej:
+        meta = {"unit": "um" if image.meta.get("unit", "um") == "um" else "pixel", "axes": "ZYX" if ndim == 3 else "YX"}
+        if ndim == 3:
+            meta["spacing"] = float(sp[0])
+        tifffile.imwrite(path, arr, imagej=True, resolution=(1.0 / sp[-1], 1.0 / sp[-2]), metadata=meta)
+    else:
+        tifffile.imwrite(path, arr, resolution=(1e4 / sp[-1], 1e4 / sp[-2]), resolutionunit="CENTIMETER")

@@ -1,0 +1,64 @@
+"""Microscopy augmentations on (image, target) pairs: random crops, flips, 90° rotations, intensity, blur, noise.
+
+NumPy only and cheap (the CPU budget goes to the network); image and target get the same geometry.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage as ndi
+
+
+def random_crop(image: np.ndarray, target: np.ndarray, size, rng: np.random.Generator,
+                fg_bias: float = 0.5):
+    """Crop ``size`` (padding with zeros/background where the image is smaller); with probability ``fg_bias``
+    the crop is centred near a random foreground pixel so that sparse images still teach nuclei."""
+    size = tuple(int(s) for s in size)
+    pad = [(0, max(0, s - d)) for s, d in zip(size, image.shape)]
+    if any(p[1] for p in pad):
+        image = np.pad(image, pad, mode="reflect" if all(d > p[1] for d, p in zip(image.shape, pad)) else "constant")
+        target = np.pad(target, pad, mode="constant")
+    starts = []
+    fg = np.flatnonzero(target) if rng.random() < fg_bias else np.empty(0)
+    centre = np.unravel_index(fg[rng.integers(len(fg))], target.shape) if len(fg) else None
+    for ax, (s, d) in enumerate(zip(size, image.shape)):
+        if centre is not None:
+            lo = int(np.clip(centre[ax] - s // 2 + rng.integers(-s // 4, s // 4 + 1), 0, d - s))
+        else:
+            lo = int(rng.integers(0, d - s + 1))
+        starts.append(lo)
+    sl = tuple(slice(a, a + s) for a, s in zip(starts, size))
+    return image[sl], target[sl]
+
+
+def flip_rotate(image: np.ndarray, target: np.ndarray, rng: np.random.Generator, rotate_axes=(-2, -1)):
+    """Random flips along every axis and a random multiple of 90° in the (y, x) plane."""
+    for ax in range(image.ndim):
+        if rng.random() < 0.5:
+            image, target = np.flip(image, ax), np.flip(target, ax)
+    k = int(rng.integers(4))
+    if k and image.shape[rotate_axes[0]] == image.shape[rotate_axes[1]]:
+        image, target = np.rot90(image, k, rotate_axes), np.rot90(target, k, rotate_axes)
+    return np.ascontiguousarray(image), np.ascontiguousarray(target)
+
+
+def intensity(image: np.ndarray, rng: np.random.Generator, p_blur: float = 0.2, p_noise: float = 0.2,
+              p_gamma: float = 0.3) -> np.ndarray:
+    """Contrast/brightness, gamma, Gaussian blur and Gaussian noise on a [0, 1]-normalised image."""
+    img = image.astype(np.float32, copy=True)
+    img = img * rng.uniform(0.7, 1.3) + rng.uniform(-0.1, 0.1)
+    if rng.random() < p_gamma:
+        lo = img.min()
+        img = (np.clip(img - lo, 0, None) ** rng.uniform(0.7, 1.5)) + lo
+    if rng.random() < p_blur:
+        img = ndi.gaussian_filter(img, rng.uniform(0.5, 1.5))
+    if rng.random() < p_noise:
+        img = img + rng.normal(0, rng.uniform(0.01, 0.08), img.shape).astype(np.float32)
+    return img
+
+
+def augment(image: np.ndarray, target: np.ndarray, size, rng: np.random.Generator):
+    """Crop + flips/rotations + intensity: one training sample."""
+    image, target = random_crop(image, target, size, rng)
+    image, target = flip_rotate(image, target, rng)
+    return intensity(image, rng), target

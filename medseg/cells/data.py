@@ -1,0 +1,170 @@
+"""Cell datasets: ``images/<id>.<ext>`` + ``labels/<id>.tif``, a deterministic split, normalisation, targets.
+
+The split is a pure function of the case id (a hash), so it is stable when cases are added or removed and
+needs no file; ``split.json`` (``{"train": [...], "val": [...]}``) in the dataset folder overrides it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage as ndi
+
+from medseg.errors import InputError
+from medseg.io.atomic import case_name
+from medseg.io.image import Image
+from medseg.io.microscopy import read_microscopy, single_channel
+
+IMAGE_EXTS = (".png", ".tif", ".tiff")
+BACKGROUND, INTERIOR, BOUNDARY = 0, 1, 2
+
+
+def percentile_normalize(image: np.ndarray, low: float = 1.0, high: float = 99.8, eps: float = 1e-6) -> np.ndarray:
+    """Map the ``low``..``high`` intensity percentiles to 0..1 (float32, not clipped), as CSBDeep does.
+
+    Examples
+    --------
+    >>> x = percentile_normalize(np.arange(101.0), 0, 100)
+    >>> float(x[0]), float(x[-1])
+    (0.0, 1.0)
+    """
+    img = np.asarray(image, dtype=np.float32)
+    lo, hi = np.percentile(img, [low, high])
+    return (img - lo) / max(hi - lo, eps)
+
+
+def check_labels(labels: np.ndarray, path=None) -> np.ndarray:
+    """Validate an instance label map: integer values >= 0 (float maps with integral values are accepted)."""
+    arr = np.asarray(labels)
+    if arr.dtype.kind == "f":
+        if not np.all(np.isfinite(arr)) or np.any(arr != np.round(arr)):
+            raise InputError("label map has non-integer values (expected instance ids)", path=path)
+        arr = arr.astype(np.int64)
+    elif arr.dtype.kind == "b":
+        arr = arr.astype(np.uint8)
+    elif arr.dtype.kind not in "iu":
+        raise InputError(f"label map has dtype {arr.dtype} (expected integer instance ids)", path=path)
+    if arr.size == 0:
+        raise InputError("empty label map", path=path)
+    if arr.min() < 0:
+        raise InputError("label map has negative values", path=path)
+    return arr
+
+
+def read_labels(path) -> np.ndarray:
+    """Read an instance label map (TIFF/PNG), validated."""
+    img = read_microscopy(path)
+    if img.channels_first:
+        raise InputError(f"label map has {img.array.shape[0]} channels (expected one)", path=path)
+    return check_labels(img.array, path)
+
+
+def boundary_targets(labels: np.ndarray) -> np.ndarray:
+    """3-class target: 0 background, 1 interior, 2 boundary (inner boundary of every object, so that
+    touching objects are always separated by boundary pixels).
+
+    Examples
+    --------
+    >>> lab = np.zeros((5, 8), int); lab[1:4, 1:4] = 1; lab[1:4, 4:7] = 2
+    >>> boundary_targets(lab)[2].tolist()
+    [0, 2, 1, 2, 2, 1, 2, 0]
+    """
+    from skimage.segmentation import find_boundaries
+
+    t = (labels > 0).astype(np.uint8)
+    t[find_boundaries(labels, mode="inner") & (labels > 0)] = BOUNDARY
+    return t
+
+
+def distance_targets(labels: np.ndarray, spacing=None) -> np.ndarray:
+    """Per-object distance to the object's edge, normalised to 1 at each object's centre (float32)."""
+    out = np.zeros(labels.shape, np.float32)
+    for i, sl in enumerate(ndi.find_objects(labels), start=1):
+        if sl is None:
+            continue
+        sl = tuple(slice(max(s.start - 1, 0), s.stop + 1) for s in sl)
+        m = labels[sl] == i
+        d = ndi.distance_transform_edt(m, sampling=spacing)
+        out[sl][m] = (d / d.max())[m]
+    return out
+
+
+@dataclass
+class CellCase:
+    """One image with its instance labels."""
+
+    case: str
+    image_path: Path
+    label_path: Path | None
+    image: np.ndarray = field(repr=False, default=None)
+    labels: np.ndarray = field(repr=False, default=None)
+    spacing: tuple = (1.0, 1.0)
+
+
+def split_of(case: str, val_fraction: float = 0.15, seed: str = "medseg-cells") -> str:
+    """'train' or 'val' from a hash of the id: stable, no file needed."""
+    h = int(hashlib.sha1(f"{seed}:{case}".encode()).hexdigest()[:8], 16) / 16**8
+    return "val" if h < val_fraction else "train"
+
+
+def list_cases(root: str | os.PathLike, require_labels: bool = True) -> list[CellCase]:
+    """Cases of a dataset folder ``images/<id>.<ext>`` (+ ``labels/<id>.tif``), sorted by id."""
+    root = Path(root)
+    img_dir, lab_dir = root / "images", root / "labels"
+    if not img_dir.is_dir():
+        raise InputError("not a cell dataset (expected images/<id>.<ext> and labels/<id>.tif)", path=root)
+    cases = []
+    for p in sorted(img_dir.iterdir()):
+        if p.suffix.lower() not in IMAGE_EXTS or p.name.startswith("."):
+            continue
+        cid = case_name(p)
+        lab = next((lab_dir / f"{cid}{e}" for e in (".tif", ".tiff", ".png") if (lab_dir / f"{cid}{e}").exists()),
+                   None)
+        if lab is None and require_labels:
+            raise InputError(f"image {p.name} has no label map labels/{cid}.tif", path=root)
+        cases.append(CellCase(cid, p, lab))
+    if not cases:
+        raise InputError("no images found in images/", path=root)
+    return cases
+
+
+def dataset_split(root, cases: list[CellCase], val_fraction: float = 0.15) -> dict[str, list[CellCase]]:
+    """Split cases into train/val: ``split.json`` in ``root`` if present, else :func:`split_of`."""
+    f = Path(root) / "split.json"
+    if f.exists():
+        try:
+            spec = json.loads(f.read_text())
+            val = set(spec["val"])
+        except Exception as exc:
+            raise InputError(f"cannot read split ({exc})", path=f) from exc
+        return {"train": [c for c in cases if c.case not in val], "val": [c for c in cases if c.case in val]}
+    out: dict = {"train": [], "val": []}
+    for c in cases:
+        out[split_of(c.case, val_fraction)].append(c)
+    return out
+
+
+def load_case(case: CellCase, channel: int | None = None) -> CellCase:
+    """Read image (one channel) and labels, checking that they match."""
+    img = read_microscopy(case.image_path, channel=channel)
+    case.image = single_channel(img, case.image_path)
+    case.spacing = img.spacing
+    if case.label_path is not None:
+        lab = read_labels(case.label_path)
+        if lab.shape != case.image.shape:
+            raise InputError(f"label map shape {lab.shape} does not match image shape {case.image.shape}",
+                             path=case.label_path)
+        case.labels = lab
+    return case
+
+
+def load_image(path, channel: int | None = None, pixel_size=None) -> Image:
+    """Read one image for counting; refuses multi-channel without ``channel`` and empty/constant images."""
+    img = read_microscopy(path, channel=channel, pixel_size=pixel_size)
+    single_channel(img, path)
+    return img

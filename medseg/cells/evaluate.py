@@ -1,0 +1,103 @@
+"""Cell-level evaluation: instance metrics per image and overall, through ``medseg.evaluate.instances``.
+
+Per image: AP = TP/(TP+FP+FN), precision, recall, F1, panoptic quality at IoU 0.5..0.9, count and count
+error. Overall: the mean over images of every per-image score, the pooled scores (TP/FP/FN summed over
+images, as the DSB2018 leaderboard did not but StarDist's ``matching_dataset`` does) and the mean absolute
+relative count error.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from medseg.errors import InputError
+from medseg.evaluate.instances import instance_metrics
+from medseg.io.atomic import atomic_path, case_name
+
+THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.9)
+
+
+def evaluate_pair(ref: np.ndarray, pred: np.ndarray, thresholds=THRESHOLDS) -> dict:
+    """Instance metrics of one image (a flat dict, see :func:`medseg.evaluate.instances.instance_metrics`)."""
+    return instance_metrics(ref, pred, thresholds)
+
+
+def summarize(per_image: list[dict], thresholds=THRESHOLDS) -> dict:
+    """Mean and pooled scores over images.
+
+    Examples
+    --------
+    >>> s = summarize([{"n_ref": 2, "n_pred": 2, "count_error": 0, "relative_count_error": 0.0,
+    ...                 "ap@0.5": 1.0, "tp@0.5": 2, "fp@0.5": 0, "fn@0.5": 0}], thresholds=[0.5])
+    >>> s["mean"]["ap@0.5"], s["pooled"]["ap@0.5"]
+    (1.0, 1.0)
+    """
+    if not per_image:
+        return {"n_images": 0}
+    keys = [k for k in per_image[0] if k != "case" and isinstance(per_image[0][k], (int, float))]
+    mean = {k: float(np.mean([r[k] for r in per_image])) for k in keys}
+    mean["abs_count_error"] = float(np.mean([abs(r["count_error"]) for r in per_image]))
+    mean["abs_relative_count_error"] = float(np.mean([r["relative_count_error"] for r in per_image]))
+    pooled = {}
+    for t in thresholds:
+        t = f"{float(t):g}"
+        tp, fp, fn = (sum(r[f"{k}@{t}"] for r in per_image) for k in ("tp", "fp", "fn"))
+        pooled[f"ap@{t}"] = tp / (tp + fp + fn) if tp + fp + fn else 1.0
+        pooled[f"precision@{t}"] = tp / (tp + fp) if tp + fp else 1.0
+        pooled[f"recall@{t}"] = tp / (tp + fn) if tp + fn else 1.0
+        pooled[f"f1@{t}"] = 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 1.0
+    n_ref = sum(r["n_ref"] for r in per_image)
+    n_pred = sum(r["n_pred"] for r in per_image)
+    pooled.update({"n_ref": n_ref, "n_pred": n_pred,
+                   "relative_count_error": (n_pred - n_ref) / n_ref if n_ref else 0.0})
+    return {"n_images": len(per_image), "mean": mean, "pooled": pooled}
+
+
+def _pair_files(pred, ref) -> list[tuple[str, Path, Path]]:
+    from medseg.cells.count import list_images
+
+    pred, ref = Path(pred), Path(ref)
+    if pred.is_file() and ref.is_file():
+        return [(case_name(ref), pred, ref)]
+    if pred.is_dir() != ref.is_dir():
+        raise InputError("--pred and --ref must both be files or both be folders", path=pred)
+    refs = list_images(ref / "labels" if (ref / "labels").is_dir() else ref)
+    preds = {}
+    for p in list_images(pred):
+        cid = case_name(p)
+        preds[cid[: -len("_labels")] if cid.endswith("_labels") else cid] = p
+    pairs = [(case_name(r), preds[case_name(r)], r) for r in refs if case_name(r) in preds]
+    if not pairs:
+        raise InputError("no prediction matches a reference by name (<id>.tif or <id>_labels.tif)", path=pred)
+    return pairs
+
+
+def evaluate_cells(pred, ref, out_dir=None, thresholds=THRESHOLDS) -> dict:
+    """Evaluate predicted instance maps against references (files or folders matched by id).
+
+    Writes ``metrics.json`` and ``metrics.csv`` (one row per image) into ``out_dir`` when given.
+    """
+    from medseg.cells.data import read_labels
+    from medseg.cells.tables import rows_to_csv
+
+    pairs = _pair_files(pred, ref)
+    loaded = []
+    for cid, p, r in pairs:  # validate everything before writing
+        a, b = read_labels(p), read_labels(r)
+        if a.shape != b.shape:
+            raise InputError(f"prediction shape {a.shape} does not match reference shape {b.shape}", path=p)
+        loaded.append((cid, a, b))
+    per_image = [{"case": cid, **evaluate_pair(b, a, thresholds)} for cid, a, b in loaded]
+    result = {"per_image": per_image, **summarize(per_image, thresholds),
+              "settings": {"thresholds": list(thresholds), "ap": "TP/(TP+FP+FN)"}}
+    if out_dir is not None:
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        with atomic_path(out_dir / "metrics.json") as tmp:
+            tmp.write_text(json.dumps(result, indent=2))
+        with atomic_path(out_dir / "metrics.csv") as tmp:
+            tmp.write_text(rows_to_csv(per_image))
+    return result

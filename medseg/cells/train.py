@@ -1,0 +1,225 @@
+"""Time-budgeted training of the cell model: DynUNet (shared builder) predicting background/interior/boundary.
+
+The run folder holds ``model.json`` (everything inference needs), ``model.pt`` (weights), ``checkpoint.pt``
+(weights + optimiser + progress, written every ``checkpoint_every_s`` seconds: ``resume=True`` continues from
+it, within the same overall time budget) and ``log.csv``. The learning rate decays with the fraction of the
+time budget used (poly schedule), so a short budget still ends with a small learning rate.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from medseg.errors import InputError
+from medseg.io.atomic import atomic_path
+
+
+@dataclass
+class CellTrainConfig:
+    """Settings of a cell-model training run (saved in ``model.json``)."""
+
+    spatial_dims: int = 2
+    patch_size: tuple = (256, 256)
+    batch_size: int = 8
+    base_filters: int = 16
+    max_filters: int = 256
+    lr: float = 3e-3
+    weight_decay: float = 1e-4
+    max_minutes: float = 20.0
+    max_steps: int | None = None
+    val_fraction: float = 0.15
+    channel: int | None = None
+    norm_percentiles: tuple = (1.0, 99.8)
+    seed: int = 0
+    threads: int | None = None
+    checkpoint_every_s: float = 60.0
+    # post-processing used by `count` (stored with the model)
+    threshold: float = 0.5
+    seed_threshold: float = 0.5
+    min_size_px: float = 8.0
+    extra: dict = field(default_factory=dict)
+
+
+def _save_json(obj, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2))
+
+
+def _save_torch(obj, path: Path) -> None:
+    import torch
+
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
+
+
+def prepare_training_data(data_dir, cfg: CellTrainConfig):
+    """Load and normalise the training split; returns (train pairs, val cases, split dict)."""
+    from medseg.cells.data import boundary_targets, dataset_split, list_cases, load_case, percentile_normalize
+
+    cases = list_cases(data_dir)
+    split = dataset_split(data_dir, cases, cfg.val_fraction)
+    pairs = []
+    for c in split["train"]:
+        load_case(c, cfg.channel)
+        if c.image.ndim != cfg.spatial_dims:
+            raise InputError(f"image is {c.image.ndim}D but the run trains a {cfg.spatial_dims}D model",
+                             path=c.image_path)
+        pairs.append((percentile_normalize(c.image, *cfg.norm_percentiles), boundary_targets(c.labels)))
+    if not pairs:
+        raise InputError("the training split is empty", path=data_dir)
+    return pairs, split["val"], {k: [c.case for c in v] for k, v in split.items()}
+
+
+def build_cell_network(cfg: CellTrainConfig):
+    from medseg.train.network import build_network
+
+    return build_network(cfg.spatial_dims, 1, 3, list(cfg.patch_size), base_filters=cfg.base_filters,
+                         max_filters=cfg.max_filters)
+
+
+def train_cells(data_dir, run_dir, cfg: CellTrainConfig | None = None, resume: bool = False,
+                progress: bool = True) -> Path:
+    """Train a cell model on a dataset folder within ``cfg.max_minutes``; returns the run folder.
+
+    Examples
+    --------
+    ``train_cells("../shared/data/dsb2018_fluo", "runs/dsb", CellTrainConfig(max_minutes=20))``
+    """
+    import torch
+    from monai.losses import DiceCELoss
+
+    cfg = cfg or CellTrainConfig()
+    run_dir = Path(run_dir)
+    ckpt_path = run_dir / "checkpoint.pt"
+    if resume and not ckpt_path.exists():
+        raise InputError("nothing to resume: no checkpoint.pt", path=run_dir)
+    if not Path(data_dir).is_dir():
+        raise InputError("dataset folder does not exist", path=data_dir)
+    pairs, _, split = prepare_training_data(data_dir, cfg)  # validate before writing anything
+    run_dir.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(cfg.threads or auto_threads())
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    net = build_cell_network(cfg)
+    opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    step, elapsed = 0, 0.0
+    if resume:
+        state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+        net.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        step, elapsed = int(state["step"]), float(state["elapsed_s"])
+        rng = np.random.default_rng(cfg.seed + step)
+    meta = {"kind": "medseg-cells", "version": 1, "config": _jsonable(asdict(cfg)), "split": split,
+            "classes": ["background", "interior", "boundary"], "in_channels": 1, "out_channels": 3}
+    _save_json(meta, run_dir / "model.json")
+    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, include_background=True, smooth_nr=1e-5, smooth_dr=1e-5)
+    budget = cfg.max_minutes * 60.0
+    log_f = open(run_dir / "log.csv", "a")
+    if not resume:
+        log_f.write("step,elapsed_s,lr,loss\n")
+    t0, last_ckpt, losses = time.perf_counter() - elapsed, time.perf_counter(), []
+    net.train()
+    bar = _progress(progress, budget, elapsed)
+    try:
+        while True:
+            elapsed = time.perf_counter() - t0
+            if elapsed >= budget or (cfg.max_steps is not None and step >= cfg.max_steps):
+                break
+            lr = cfg.lr * (1 - min(elapsed / budget, 0.99)) ** 0.9
+            for g in opt.param_groups:
+                g["lr"] = lr
+            x, y = _batch(pairs, cfg, rng)
+            opt.zero_grad(set_to_none=True)
+            out = net(torch.from_numpy(x))
+            loss = loss_fn(out, torch.from_numpy(y))
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(net.parameters(), 12.0)
+            opt.step()
+            step += 1
+            losses.append(loss.item())
+            if step % 10 == 0:
+                log_f.write(f"{step},{elapsed:.1f},{lr:.2e},{np.mean(losses[-10:]):.4f}\n")
+                log_f.flush()
+            if bar is not None:
+                bar[0].update(bar[1], completed=min(elapsed, budget), description=f"loss {np.mean(losses[-20:]):.3f}")
+            if time.perf_counter() - last_ckpt > cfg.checkpoint_every_s:
+                _checkpoint(net, opt, step, time.perf_counter() - t0, ckpt_path)
+                last_ckpt = time.perf_counter()
+    finally:
+        log_f.close()
+        if bar is not None:
+            bar[0].stop()
+    elapsed = time.perf_counter() - t0
+    _checkpoint(net, opt, step, elapsed, ckpt_path)
+    _save_torch(net.state_dict(), run_dir / "model.pt")
+    meta.update({"steps": step, "train_seconds": round(elapsed, 1), "final_loss": float(np.mean(losses[-20:]))
+                 if losses else None})
+    _save_json(meta, run_dir / "model.json")
+    return run_dir
+
+
+def auto_threads() -> int:
+    """CPU threads for torch: the cores not already busy (at least 1). On a shared machine, more threads than
+    free cores make every step several times slower (threads spin waiting for each other)."""
+    n = os.cpu_count() or 1
+    try:
+        busy = os.getloadavg()[0]
+    except OSError:
+        busy = 0.0
+    return max(1, min(n, int(round(n - busy))))
+
+
+def _batch(pairs, cfg: CellTrainConfig, rng):
+    from medseg.cells.augment import augment
+
+    xs, ys = [], []
+    for _ in range(cfg.batch_size):
+        img, tgt = pairs[int(rng.integers(len(pairs)))]
+        x, y = augment(img, tgt, cfg.patch_size, rng)
+        xs.append(x[None])
+        ys.append(y[None])
+    return np.stack(xs).astype(np.float32), np.stack(ys).astype(np.int64)
+
+
+def _checkpoint(net, opt, step, elapsed, path):
+    _save_torch({"model": net.state_dict(), "optimizer": opt.state_dict(), "step": step, "elapsed_s": elapsed}, path)
+
+
+def _progress(enabled: bool, budget: float, done: float):
+    if not enabled or os.environ.get("PYTEST_CURRENT_TEST"):
+        return None
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    p = Progress(TextColumn("{task.description}"), BarColumn(), TimeRemainingColumn(), transient=True)
+    p.start()
+    return p, p.add_task("training", total=budget, completed=done)
+
+
+def _jsonable(d):
+    return json.loads(json.dumps(d, default=lambda o: list(o) if isinstance(o, tuple) else str(o)))
+
+
+def load_config(run_dir) -> tuple[dict, CellTrainConfig]:
+    """Read ``model.json`` of a run folder (or the file itself)."""
+    p = Path(run_dir)
+    p = p / "model.json" if p.is_dir() else p
+    if not p.exists():
+        raise InputError("not a cell model run (no model.json)", path=p.parent if p.name == "model.json" else p)
+    try:
+        meta = json.loads(p.read_text())
+        if meta.get("kind") != "medseg-cells":
+            raise ValueError("model.json is not a medseg cell model")
+        fields = CellTrainConfig.__dataclass_fields__
+        cfg = CellTrainConfig(**{k: tuple(v) if isinstance(v, list) else v
+                                 for k, v in meta["config"].items() if k in fields})
+    except InputError:
+        raise
+    except Exception as exc:
+        raise InputError(f"cannot read cell model ({exc})", path=p) from exc
+    return meta, cfg

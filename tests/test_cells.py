@@ -1,0 +1,161 @@
+"""Cell pipeline pieces: targets, split, normalisation, per-cell tables, overlays, ROIs, training (issue 5)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import tifffile
+from scipy import ndimage as ndi
+
+from medseg.cells.data import (boundary_targets, check_labels, dataset_split, list_cases, percentile_normalize,
+                               split_of)
+from medseg.cells.tables import cell_table, overlay_rgb
+from medseg.errors import InputError
+from conftest import data_path
+
+
+def _real_labels(n=3):
+    labs = sorted(data_path("dsb2018_fluo", "labels").glob("*.tif"))
+    return [tifffile.imread(p) for p in labs[:: max(1, len(labs) // n)][:n]]
+
+
+def test_boundary_targets_separate_every_real_object():
+    for lab in _real_labels():
+        t = boundary_targets(lab)
+        assert set(np.unique(t)) <= {0, 1, 2}
+        np.testing.assert_array_equal(t > 0, lab > 0)
+        # no interior pixel of one object touches an interior pixel of another (4-connectivity)
+        interior = np.where(t == 1, lab, 0)
+        for ax in (0, 1):
+            a, b = np.moveaxis(interior, ax, 0)[1:], np.moveaxis(interior, ax, 0)[:-1]
+            assert not np.any((a > 0) & (b > 0) & (a != b))
+        # so the interior's connected components never merge two objects
+        cc = ndi.label(t == 1)[0]
+        for i in np.unique(cc[cc > 0]):
+            assert len(np.unique(lab[cc == i])) == 1
+
+
+def test_percentile_normalize_against_numpy():
+    x = np.random.default_rng(0).gamma(2.0, 10.0, (50, 60))
+    lo, hi = np.percentile(x, [1, 99.8])
+    np.testing.assert_allclose(percentile_normalize(x), (x - lo) / (hi - lo), rtol=1e-5, atol=1e-6)
+    assert np.all(np.isfinite(percentile_normalize(np.zeros((4, 4)))))
+
+
+def test_split_is_deterministic_and_disjoint():
+    cases = list_cases(data_path("dsb2018_fluo"))
+    s1 = dataset_split(data_path("dsb2018_fluo"), cases)
+    ids_val = {c.case for c in s1["val"]}
+    assert ids_val and not ids_val & {c.case for c in s1["train"]}
+    assert len(s1["val"]) + len(s1["train"]) == len(cases)
+    assert 0.08 < len(ids_val) / len(cases) < 0.25
+    assert all(split_of(c) == "val" for c in ids_val)
+
+
+def test_split_file_overrides(tmp_path):
+    (tmp_path / "images").mkdir()
+    (tmp_path / "labels").mkdir()
+    for cid in "abc":
+        tifffile.imwrite(tmp_path / "images" / f"{cid}.tif", np.zeros((8, 8), np.uint8))
+        tifffile.imwrite(tmp_path / "labels" / f"{cid}.tif", np.zeros((8, 8), np.uint16))
+    (tmp_path / "split.json").write_text(json.dumps({"train": ["a", "b"], "val": ["c"]}))
+    s = dataset_split(tmp_path, list_cases(tmp_path))
+    assert [c.case for c in s["val"]] == ["c"] and [c.case for c in s["train"]] == ["a", "b"]
+
+
+def test_check_labels_rejects_non_integer():
+    with pytest.raises(InputError, match="non-integer"):
+        check_labels(np.array([[0.5, 1.0]]))
+    assert check_labels(np.array([[0.0, 2.0]])).dtype.kind == "i"
+
+
+def test_cell_table_matches_skimage_regionprops():
+    from skimage.measure import regionprops
+
+    png = sorted(data_path("dsb2018_fluo", "images").glob("*.png"))[5]
+    lab = tifffile.imread(data_path("dsb2018_fluo", "labels", png.stem + ".tif"))
+    from medseg.cells.data import load_image
+
+    img = load_image(png).array.astype(float)
+    sp = (0.4, 0.4)
+    rows = {r["id"]: r for r in cell_table(lab, img, spacing=sp)}
+    props = regionprops(lab, intensity_image=img)
+    assert len(rows) == len(props)
+    for p in props:
+        r = rows[p.label]
+        assert r["area_px"] == p.area
+        assert r["area"] == pytest.approx(p.area * 0.16, rel=1e-6)
+        assert (r["centroid_y_px"], r["centroid_x_px"]) == pytest.approx(p.centroid, abs=1e-3)
+        assert r["centroid_x"] == pytest.approx(p.centroid[1] * 0.4, abs=1e-3)
+        assert r["equivalent_diameter"] == pytest.approx(p.equivalent_diameter_area * 0.4, rel=1e-4)
+        assert r["mean_intensity"] == pytest.approx(p.intensity_mean, rel=1e-4)
+        assert r["integrated_intensity"] == pytest.approx(p.intensity_mean * p.area, rel=1e-4)
+        minr, minc, maxr, maxc = p.bbox
+        assert r["touches_border"] == (minr == 0 or minc == 0 or maxr == lab.shape[0] or maxc == lab.shape[1])
+
+
+def test_cell_table_3d_volume():
+    lab = np.zeros((4, 10, 10), np.uint16)
+    lab[1:3, 2:5, 2:6] = 3
+    (r,) = cell_table(lab, None, spacing=(2.0, 0.5, 0.5))
+    assert r["volume_px"] == 24 and r["volume"] == pytest.approx(24 * 0.5)
+    assert r["equivalent_diameter"] == pytest.approx(2 * (3 * 12 / (4 * np.pi)) ** (1 / 3), rel=1e-4)
+    assert (r["centroid_z"], r["centroid_y"], r["centroid_x"]) == pytest.approx((3.0, 1.5, 1.75))
+
+
+def test_overlay_3d_projection():
+    lab = np.zeros((3, 12, 12), np.uint16)
+    lab[1, 3:8, 3:8] = 1
+    rgb = overlay_rgb(np.random.default_rng(0).random((3, 12, 12)), lab)
+    assert rgb.shape == (12, 12, 3) and tuple(rgb[3, 3]) == (255, 40, 40)
+
+
+def test_roi_zip_polygons_roundtrip(tmp_path):
+    roifile = pytest.importorskip("roifile")
+    from skimage.draw import polygon2mask
+
+    from medseg.cells.rois import write_roi_zip
+
+    lab = _real_labels(1)[0]
+    write_roi_zip(lab, tmp_path / "r.zip")
+    rois = roifile.roiread(tmp_path / "r.zip")
+    assert len(rois) == len(np.unique(lab)) - 1
+    # the polygon read back (by an independent reader) covers its object
+    r = rois[0]
+    cid = int(r.name.split("_")[1])
+    poly = r.coordinates()
+    mask = polygon2mask(lab.shape, poly[:, ::-1] + 0.5)
+    obj = lab == cid
+    assert (mask & obj).sum() / (mask | obj).sum() > 0.6
+
+
+def test_training_runs_and_resumes(tmp_path):
+    """Bounded training (a few steps on three real images), checkpoint, resume, load for inference."""
+    from medseg.cells.count import CellModel
+    from medseg.cells.train import CellTrainConfig, train_cells
+
+    src = data_path("dsb2018_fluo")
+    ds = tmp_path / "ds"
+    (ds / "images").mkdir(parents=True)
+    (ds / "labels").mkdir()
+    ids = [p.stem for p in sorted((src / "images").glob("*.png"))[:3]]
+    for cid in ids:
+        (ds / "images" / f"{cid}.png").symlink_to(src / "images" / f"{cid}.png")
+        (ds / "labels" / f"{cid}.tif").symlink_to(src / "labels" / f"{cid}.tif")
+    (ds / "split.json").write_text(json.dumps({"train": ids[:2], "val": ids[2:]}))
+    cfg = CellTrainConfig(patch_size=(64, 64), batch_size=2, base_filters=4, max_steps=2, max_minutes=5, threads=1)
+    run = train_cells(ds, tmp_path / "run", cfg, progress=False)
+    meta = json.loads((run / "model.json").read_text())
+    assert meta["steps"] == 2 and meta["split"]["val"] == ids[2:]
+    cfg.max_steps = 4
+    train_cells(ds, run, cfg, resume=True, progress=False)
+    assert json.loads((run / "model.json").read_text())["steps"] == 4
+    model = CellModel.load(run)
+    img = tifffile.imread(src / "labels" / f"{ids[2]}.tif").astype(np.float32)
+    p = model.probabilities(img)
+    assert p.shape == (3,) + img.shape
+    np.testing.assert_allclose(p.sum(0), 1.0, atol=1e-4)
+    with pytest.raises(InputError, match="nothing to resume"):
+        train_cells(ds, tmp_path / "other", cfg, resume=True, progress=False)

@@ -1,0 +1,108 @@
+"""Microscopy reading: pixel size from ImageJ / OME / resolution tags, channels, bad files (issue 5)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tifffile
+
+from medseg.errors import InputError
+from medseg.io import read_image
+from medseg.io.image import Image
+from medseg.io.microscopy import read_microscopy, single_channel, write_microscopy
+from conftest import data_path
+
+
+def test_imagej_hyperstack_spacing_and_channel(tmp_path):
+    arr = np.arange(4 * 2 * 5 * 6, dtype=np.uint16).reshape(4, 2, 5, 6)  # Z C Y X
+    p = tmp_path / "hyper.tif"
+    tifffile.imwrite(p, arr, imagej=True, resolution=(1 / 0.25, 1 / 0.25),
+                     metadata={"axes": "ZCYX", "spacing": 2.0, "unit": "um"})
+    img = read_microscopy(p)
+    assert img.channels_first and img.array.shape == (2, 4, 5, 6)
+    assert img.spacing == pytest.approx((2.0, 0.25, 0.25))
+    assert img.meta["unit"] == "um" and img.meta["spacing_from_file"]
+    one = read_microscopy(p, channel=1)
+    assert not one.channels_first
+    np.testing.assert_array_equal(one.array, arr[:, 1])
+    with pytest.raises(InputError, match="channel"):
+        single_channel(img)
+    with pytest.raises(InputError, match="out of range"):
+        read_microscopy(p, channel=5)
+
+
+def test_ome_physical_size_units(tmp_path):
+    p = tmp_path / "a.ome.tif"
+    tifffile.imwrite(p, np.zeros((3, 7, 9), np.uint8), metadata={
+        "axes": "ZYX", "PhysicalSizeX": 650.0, "PhysicalSizeXUnit": "nm", "PhysicalSizeY": 650.0,
+        "PhysicalSizeYUnit": "nm", "PhysicalSizeZ": 1.5, "PhysicalSizeZUnit": "µm"})
+    img = read_microscopy(p)
+    assert img.array.shape == (3, 7, 9)
+    assert img.spacing == pytest.approx((1.5, 0.65, 0.65))
+    assert img.meta["spacing_source"] == "ome"
+
+
+@pytest.mark.parametrize("unit,ppu,expected", [("CENTIMETER", 1e4 / 0.5, 0.5), ("INCH", 25400 / 0.4, 0.4)])
+def test_resolution_tags(tmp_path, unit, ppu, expected):
+    p = tmp_path / "r.tif"
+    tifffile.imwrite(p, np.zeros((5, 6), np.uint16), resolution=(ppu, ppu), resolutionunit=unit)
+    assert read_microscopy(p).spacing == pytest.approx((expected, expected))
+
+
+def test_no_metadata_means_pixel_units_and_override(tmp_path):
+    p = tmp_path / "plain.tif"
+    tifffile.imwrite(p, np.zeros((5, 6), np.uint16))
+    img = read_microscopy(p)
+    assert img.spacing == (1.0, 1.0) and img.meta["unit"] == "pixel"
+    assert read_microscopy(p, pixel_size=0.3).spacing == pytest.approx((0.3, 0.3))
+    with pytest.raises(InputError):
+        read_microscopy(p, pixel_size=(1, 2, 3))
+
+
+def test_roundtrip_is_fiji_compatible(tmp_path):
+    p = tmp_path / "lab.tif"
+    lab = np.zeros((4, 8, 9), np.uint16)
+    lab[1:3, 2:5, 2:6] = 7
+    write_microscopy(Image(lab, np.diag([3.0, 0.5, 0.5, 1.0]), {"unit": "um"}), p)
+    with tifffile.TiffFile(p) as t:  # what Fiji reads: ImageJ metadata + resolution tags
+        assert t.is_imagej and t.imagej_metadata["spacing"] == pytest.approx(3.0)
+        assert t.imagej_metadata["unit"] == "um"
+        num, den = t.pages[0].tags["XResolution"].value
+        assert den / num == pytest.approx(0.5)
+        np.testing.assert_array_equal(t.asarray(), lab)
+    assert read_microscopy(p).spacing == pytest.approx((3.0, 0.5, 0.5))
+
+
+def test_rgb_png_channels(tmp_path):
+    import imageio.v3 as iio
+
+    grey = np.random.default_rng(0).integers(0, 255, (6, 7), dtype=np.uint8)
+    p = tmp_path / "grey_rgba.png"
+    iio.imwrite(p, np.stack([grey, grey, grey, np.full_like(grey, 255)], -1))
+    img = read_microscopy(p)  # equal colour channels + opaque alpha = a grey image
+    assert not img.channels_first
+    np.testing.assert_array_equal(img.array, grey)
+    q = tmp_path / "colour.png"
+    iio.imwrite(q, np.stack([grey, 255 - grey, grey // 2], -1))
+    img = read_microscopy(q)
+    assert img.channels_first and img.array.shape == (3, 6, 7)
+    np.testing.assert_array_equal(read_microscopy(q, channel=1).array, 255 - grey)
+
+
+@pytest.mark.parametrize("content", [b"", b"II*\x00garbage", b"\x89PNG\r\n\x1a\nxx"])
+def test_corrupt_files(tmp_path, content):
+    p = tmp_path / ("bad.png" if content.startswith(b"\x89") else "bad.tif")
+    p.write_bytes(content)
+    with pytest.raises(InputError) as e:
+        read_microscopy(p)
+    assert str(p) in str(e.value) and "\n" not in str(e.value)
+
+
+def test_real_dsb_and_3d_read():
+    png = sorted(data_path("dsb2018_fluo", "images").glob("*.png"))[0]
+    img = read_image(png)  # dispatch from the generic reader
+    lab = tifffile.imread(data_path("dsb2018_fluo", "labels", png.stem + ".tif"))
+    assert img.shape == lab.shape and not img.channels_first
+    stack = read_image(data_path("nuclei_stardist", "img3d.tif"))
+    np.testing.assert_array_equal(stack.array, tifffile.imread(data_path("nuclei_stardist", "img3d.tif")))
+    assert stack.array.ndim == 3 and stack.meta["axes"] == "ZYX"
