@@ -262,3 +262,15 @@ def test_resample_to_reference_uses_each_slice_position():
     for k in range(4):
         j0, kk = int(np.floor(2 + shift[k] + 0.5)), int(np.floor(z[k] / 2 + 0.5))
         assert np.array_equal(got[:, :, k], arr[:5, j0:j0 + 6, kk])
+
+
+def test_cli_never_overwrites_its_input(liver_spine, tmp_path):
+    import shutil
+
+    src, label = liver_spine
+    copy = tmp_path / "seg.nrrd"
+    shutil.copy(src, copy)
+    before = copy.read_bytes()
+    res = run_cli("export", copy, "--format", "seg-nrrd", "-o", copy)
+    assert_clean_error(res, "overwrite an input")
+    assert copy.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["seg.nrrd"]
