@@ -132,9 +132,18 @@ def test_dicom_seg_mr_oblique_validates_and_reads_back(mr, tmp_path):
     seg = _check_seg(out, ref, label, names)
     head = seg.get_segment_description(1)
     assert head.SegmentedPropertyTypeCodeSequence[0].CodeValue == "69536005"  # SCT Head
-    algo = head.SegmentAlgorithmName if "SegmentAlgorithmName" in head else head.AlgorithmIdentificationSequence[0]
-    assert "medseg" in str(seg.Manufacturer) and "otsu-test" in str(seg.ManufacturerModelName)
-    assert algo is not None
+    import medseg
+
+    algo = head.SegmentationAlgorithmIdentificationSequence[0]
+    assert (head.SegmentAlgorithmType, head.SegmentAlgorithmName) == ("AUTOMATIC", "medseg otsu-test")
+    assert (algo.AlgorithmName, algo.AlgorithmVersion) == ("medseg otsu-test", medseg.__version__)
+    assert "otsu-test" in str(algo.AlgorithmParameters) and str(seg.ManufacturerModelName) == "otsu-test"
+    # medseg's importer, given the whole study (5 series), picks the series the SEG references
+    from medseg.export.importers import import_segmentation
+
+    back = import_segmentation(out, data_path("dicom", "mr_study"))
+    assert back.same_grid(label) and np.array_equal(back.array, label.array)
+    assert back.meta["labels"] == {1: "head", 2: "bright tissue"}
     # empty frames omitted: the bright structure is absent from the last slice
     n_frames_with = sum(int((label.array[:, :, k] == v).any()) for v in (1, 2) for k in range(label.shape[2]))
     assert int(seg.NumberOfFrames) == n_frames_with
