@@ -136,10 +136,9 @@ def cells(ctx: DemoContext) -> None:
             f"in {time.perf_counter() - t0:.1f} s (classical mode: threshold + distance-transform watershed)")
     refs = _link_folder(ctx.out / "cells_ref", [root / "labels" / f"{p.stem}.tif" for p in images])
     res = evaluate_cells(out, refs, out_dir=out / "evaluation")
-    overall = res.get("overall", res)
-    ap = overall.get("ap@0.5", overall.get("ap", {}).get("0.5") if isinstance(overall.get("ap"), dict) else None)
-    if ap is not None:
-        ctx.say(f"  AP@0.5 against the manual masks: {ap:.3f}")
+    mean = res["mean"]
+    ctx.say(f"  against the manual masks: AP@0.5 {mean['ap@0.5']:.3f} (mean over images), "
+            f"mean relative count error {100 * mean['relative_count_error']:.1f} %")
     ctx.say(f"  counts:   {out / 'counts.csv'}")
     ctx.say(f"  per image: {out}/<id>_labels.tif, <id>_overlay.png, <id>_cells.csv")
 
