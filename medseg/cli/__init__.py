@@ -15,7 +15,7 @@ from medseg.cli.app import app
 from medseg.errors import MedsegError
 
 # Each module registers its commands on ``app`` (one module per pipeline stage).
-from medseg.cli import io_cmds, evaluate_cmds, train_cmds, cells_cmds, export_cmds, demo_cmds  # noqa: E402,F401
+from medseg.cli import io_cmds, evaluate_cmds, train_cmds, cells_cmds, export_cmds, demo_cmds, data_cmds  # noqa: E402,F401
 
 
 def _one_line(text: str) -> str:

@@ -1,5 +1,44 @@
-"""CLI: `medseg export` (issue 6)."""
+"""CLI: `medseg export` (issue 6): a thin layer over :func:`medseg.export.export_segmentation`."""
 
 from __future__ import annotations
 
-from medseg.cli.app import app  # noqa: F401
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from medseg.cli.app import app
+
+_FORMATS = "dicom-seg|rtstruct|seg-nrrd|nifti"
+
+
+@app.command("export")
+def export_cmd(
+    seg: Path = typer.Argument(..., help="Label map (NIfTI, NRRD, MHA, ...) on the series grid or any grid covering it."),
+    fmt: str = typer.Option(..., "--format", "-f", help=f"Output format: {_FORMATS}."),
+    output: Path = typer.Option(..., "--output", "-o", help="File to write (nifti also writes .itksnap.txt and .ctbl)."),
+    reference: Optional[Path] = typer.Option(None, "--reference", "-r",
+                                             help="DICOM series folder (required for dicom-seg and rtstruct)."),
+    labels: Optional[Path] = typer.Option(None, "--labels", help="dataset.json (MSD or nnU-Net) naming the labels."),
+    series: Optional[str] = typer.Option(None, "--series", help="Series UID or index when the folder holds several."),
+    model_name: Optional[str] = typer.Option(None, "--model-name", help="Model name recorded in the DICOM objects."),
+    seg_type: str = typer.Option("binary", "--seg-type", help="DICOM-SEG type: binary (default) or labelmap."),
+    rt_holes: str = typer.Option("keyhole", "--rt-holes",
+                                 help="RTSTRUCT holes: keyhole (default; any reader) or separate (even-odd rule)."),
+) -> None:
+    """Export a label map to DICOM-SEG, RTSTRUCT, 3D Slicer .seg.nrrd or NIfTI with colour tables."""
+    from medseg.errors import InputError
+    from medseg.export import FORMATS, export_segmentation
+    from medseg.export.colors import read_label_names
+    from medseg.io.readers import read_image
+
+    fmt = fmt.lower()
+    if fmt not in FORMATS:
+        raise InputError(f"unknown --format {fmt!r} (use one of {', '.join(FORMATS)})")
+    names = read_label_names(labels) if labels is not None else None  # validate every input before reading big ones
+    if reference is not None and not reference.exists():
+        raise InputError("no such reference series folder", path=reference)
+    image = read_image(seg)
+    out = export_segmentation(image, reference, fmt, output, labels=names, series=series, model_name=model_name,
+                              seg_type=seg_type, rt_holes=rt_holes)
+    typer.echo(str(out))

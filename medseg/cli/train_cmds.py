@@ -1,5 +1,130 @@
-"""CLI: `medseg dataset convert`, `medseg plan`, `medseg train`, `medseg predict` (issue 4)."""
+"""CLI: `medseg dataset convert|check`, `medseg plan`, `medseg train`, `medseg predict` (issue 4)."""
 
 from __future__ import annotations
 
-from medseg.cli.app import app  # noqa: F401
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from medseg.cli.app import app, dataset_app
+from medseg.errors import InputError
+
+
+@dataset_app.command("convert")
+def dataset_convert(
+    source: Path = typer.Argument(..., help="BraTS-style folder: one sub-folder per patient."),
+    output: Path = typer.Option(..., "-o", "--output", help="Dataset folder to write (MSD/nnU-Net layout)."),
+    modalities: str = typer.Option("Flair,T1c", help="Comma-separated modality file prefixes, in channel order."),
+    label: str = typer.Option("OTMultiClass", help="Label file name (without suffix)."),
+) -> None:
+    """Convert a per-patient folder layout (BraTS sample) into the MSD/nnU-Net layout."""
+    from medseg.train.dataset import convert_brats
+
+    ds = convert_brats(source, output, tuple(m.strip() for m in modalities.split(",") if m.strip()), label)
+    typer.echo(f"wrote {len(ds.cases)} cases to {output}")
+
+
+@dataset_app.command("check")
+def dataset_check(dataset: Path = typer.Argument(..., help="MSD/nnU-Net dataset folder.")) -> None:
+    """Integrity check: geometry of image and label agree, label values are in dataset.json (exit 2 if not)."""
+    from medseg.train.dataset import check_dataset, open_dataset
+
+    ds = open_dataset(dataset)
+    problems = check_dataset(ds, progress=True)
+    if problems:
+        for p in problems[1:]:
+            typer.echo(p)
+        raise InputError(f"{len(problems)} problem(s); first: {problems[0]}", path=dataset)
+    typer.echo(f"{dataset}: {len(ds.cases)} cases OK")
+
+
+@app.command("plan")
+def plan_cmd(
+    dataset: Path = typer.Argument(..., help="MSD/nnU-Net dataset folder."),
+    output: Path = typer.Option(..., "-o", "--output", help="plan.yaml to write."),
+    device: str = typer.Option("cpu", help="Target device for training: cpu or cuda."),
+    memory_gb: Optional[float] = typer.Option(None, help="Memory budget of the device (GB)."),
+    max_minutes: Optional[float] = typer.Option(None, "--max-minutes", help="Training time budget to plan for."),
+) -> None:
+    """Fingerprint a dataset and write an editable training plan (YAML)."""
+    from medseg.plan.planner import make_plan
+
+    plan = make_plan(dataset, device=device, memory_gb=memory_gb, minutes=max_minutes, progress=True)
+    plan.to_yaml(output)
+    typer.echo(f"wrote {output}: {plan.spatial_dims}D, patch {plan.patch_size}, batch {plan.batch_size}, "
+               f"spacing {plan.target_spacing}")
+
+
+def _load_plan(source: Path):
+    from medseg.plan.plan import Plan
+
+    if source.is_dir() and (source / "dataset.json").is_file():
+        from medseg.plan.planner import make_plan
+
+        return make_plan(source, progress=True)
+    if source.is_file() and source.suffix in (".yaml", ".yml"):
+        return Plan.from_yaml(source)
+    raise InputError("expected a dataset folder (with dataset.json) or a plan/config .yaml file", path=source)
+
+
+@app.command("train")
+def train_cmd(
+    source: Path = typer.Argument(..., help="Dataset folder, or a plan/config YAML."),
+    output: Path = typer.Option(..., "-o", "--output", help="Run folder."),
+    fold: Optional[int] = typer.Option(None, help="Fold of the k-fold split to validate on."),
+    max_epochs: Optional[int] = typer.Option(None, "--max-epochs"),
+    max_minutes: Optional[float] = typer.Option(None, "--max-minutes", help="Time budget; ends cleanly."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from checkpoint_latest.pt in the run folder."),
+    device: str = typer.Option("auto", help="auto, cpu or cuda."),
+    threads: Optional[int] = typer.Option(None, help="CPU threads for torch."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+) -> None:
+    """Train a model; writes checkpoints, log.csv, splits.json and the model artifact model.pt to the run folder."""
+    from medseg.train.trainer import train
+
+    if resume and not source.exists():
+        raise InputError("no such file or folder", path=source)
+    plan = _load_plan(source) if not resume else _resume_plan(source, output)
+    res = train(plan, output, fold=fold, max_epochs=max_epochs, max_minutes=max_minutes, resume=resume,
+                device=device, progress=not quiet, num_threads=threads)
+    dice = ", ".join(f"{k} {v:.4f}" for k, v in res.val_dice.items())
+    typer.echo(f"trained {res.epochs} epochs ({res.iterations} iterations, {res.elapsed_s / 60:.1f} min); "
+               f"validation Dice: {dice or 'n/a'}; model: {res.model_path}")
+
+
+def _resume_plan(source: Path, run_dir: Path):
+    from medseg.plan.plan import Plan
+
+    if not (run_dir / "plan.yaml").is_file():
+        raise InputError("--resume: the run folder has no plan.yaml", path=run_dir)
+    plan = Plan.from_yaml(run_dir / "plan.yaml")
+    if source.is_dir() and (source / "dataset.json").is_file():
+        plan.dataset = str(source.resolve())
+    return plan
+
+
+@app.command("predict")
+def predict_cmd(
+    model: Path = typer.Option(..., "-m", "--model", help="model.pt or the run folder."),
+    input: Path = typer.Option(..., "-i", "--input", help="Image file, folder of images, or DICOM series folder."),
+    output: Path = typer.Option(..., "-o", "--output", help="Output folder (one label map per case)."),
+    overlap: Optional[float] = typer.Option(None, help="Sliding-window overlap (default: the plan's)."),
+    tta: bool = typer.Option(False, "--tta", help="Mirroring test-time augmentation."),
+    device: str = typer.Option("auto", help="auto, cpu or cuda."),
+    shard: Optional[str] = typer.Option(None, help="i/n: predict only every n-th case starting at i (0-based)."),
+    probabilities: bool = typer.Option(False, "--probabilities", help="Also write <case>_probs.nii.gz."),
+    largest_component: bool = typer.Option(False, "--largest-component", help="Keep the largest component per class."),
+    min_size: float = typer.Option(0.0, "--min-size", help="Remove components smaller than this (mm³)."),
+    export: Optional[str] = typer.Option(None, "--export", help="dicom-seg or rtstruct (DICOM input only)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Re-predict cases whose output exists."),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+) -> None:
+    """Predict label maps in the inputs' own geometry (same shape and affine)."""
+    from medseg.infer.cohort import parse_shard, predict_path
+
+    written, skipped = predict_path(model, input, output, overlap=overlap, tta=tta, device=device,
+                                    shard=parse_shard(shard), probabilities=probabilities,
+                                    largest_component=largest_component, min_size_mm3=min_size, export=export,
+                                    overwrite=overwrite, progress=not quiet)
+    typer.echo(f"wrote {len(written)} prediction(s) to {output}" + (f", skipped {skipped} finished" if skipped else ""))

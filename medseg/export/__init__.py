@@ -1,1 +1,144 @@
-"""medseg.export"""
+"""Export label maps to radiology viewers (DICOM-SEG, RTSTRUCT, Slicer seg.nrrd, NIfTI + colour
+tables) and import DICOM-SEG / RTSTRUCT back to label maps.
+
+>>> from medseg.export import FORMATS
+>>> FORMATS
+('dicom-seg', 'rtstruct', 'seg-nrrd', 'nifti')
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from medseg.errors import InputError
+
+FORMATS = ("dicom-seg", "rtstruct", "seg-nrrd", "nifti")
+DICOM_FORMATS = ("dicom-seg", "rtstruct")
+
+
+def _integer_labels(label_image, source) -> np.ndarray:
+    arr = np.asarray(label_image.array)
+    if label_image.channels_first or arr.ndim != 3:
+        raise InputError(f"expected a 3D single-channel label map, got array shape {arr.shape}", path=source)
+    if arr.dtype.kind == "f":
+        if not np.all(np.isfinite(arr)) or not np.array_equal(arr, np.round(arr)):
+            raise InputError("the label map holds non-integer values (probabilities?); export needs labels",
+                             path=source)
+        arr = arr.astype(np.int64)
+    elif arr.dtype.kind == "b":
+        arr = arr.astype(np.uint8)
+    elif arr.dtype.kind not in "iu":
+        raise InputError(f"unsupported label map type {arr.dtype}", path=source)
+    if arr.size and arr.min() < 0:
+        raise InputError("the label map holds negative values", path=source)
+    return arr
+
+
+def export_segmentation(label_image, reference: str | os.PathLike | None, fmt: str, out_path: str | os.PathLike,
+                        labels: dict[int, str] | None = None, series: str | int | None = None,
+                        model_name: str | None = None, seg_type: str = "binary", rt_holes: str = "keyhole") -> Path:
+    """Export a label map for viewers and planning systems.
+
+    Parameters
+    ----------
+    label_image : Image
+        3D label map (0 = background) on the series grid or on any grid covering it; it is resampled
+        to the series grid by nearest neighbour through world coordinates.
+    reference : path or None
+        The DICOM series folder (required for ``dicom-seg`` and ``rtstruct``; optional for the others,
+        where it puts the label map on the series grid).
+    fmt : {'dicom-seg', 'rtstruct', 'seg-nrrd', 'nifti'}
+    out_path : path
+        The file to write (``nifti`` also writes ``<stem>.itksnap.txt`` and ``<stem>.ctbl``).
+    labels : dict[int, str], optional
+        Label value -> name (e.g. from ``dataset.json``); names pick SNOMED CT codes and colours.
+    series : str or int, optional
+        Series UID or index when ``reference`` holds several series.
+    model_name : str, optional
+        Recorded in the algorithm identification.
+    seg_type : {'binary', 'labelmap'}
+        DICOM-SEG type.
+    rt_holes : {'keyhole', 'separate'}
+        RTSTRUCT holes: joined to their outer contour by zero-width keyholes (readers agree whether
+        they union or XOR contours), or separate contours for the even-odd rule.
+
+    Returns
+    -------
+    Path
+        ``out_path``.
+
+    Notes
+    -----
+    An empty label map (no foreground on the series grid) is refused for DICOM-SEG and RTSTRUCT (an
+    object without segments is not valid); ``seg-nrrd`` and ``nifti`` write it with no segments.
+    """
+    from medseg.export.colors import segment_info
+    from medseg.io.image import Image
+
+    if fmt not in FORMATS:
+        raise InputError(f"unknown export format {fmt!r} (use one of {', '.join(FORMATS)})")
+    if rt_holes not in ("keyhole", "separate"):
+        raise InputError(f"unknown RTSTRUCT hole style {rt_holes!r} (use keyhole or separate)")
+    source = label_image.meta.get("source")
+    arr = _integer_labels(label_image, source)
+    label_image = Image(arr, label_image.affine, dict(label_image.meta))
+    out_path = Path(out_path)
+    protect = [p for p in [source] if p]
+    ref = None
+    if reference is not None:
+        from medseg.export.reference import load_reference
+        from medseg.export.resample import resample_to_reference
+
+        ref = load_reference(reference, series)
+        protect += [str(f) for f in ref.files]
+        arr = resample_to_reference(label_image, ref)
+    elif fmt in DICOM_FORMATS:
+        raise InputError(f"--format {fmt} needs the DICOM series it refers to (--reference DIR)")
+    values = [int(v) for v in np.unique(arr) if v != 0]
+    names = {int(k): str(v) for k, v in (labels or {}).items() if str(k).lstrip("-").isdigit()}  # "1" or 1
+    infos = [segment_info(v, names.get(v)) for v in values]
+    if fmt in DICOM_FORMATS:
+        if not values:
+            raise InputError("the label map is empty on the series grid (no foreground): nothing to export",
+                             path=source)
+        if fmt == "dicom-seg":
+            from medseg.export.dicom_seg import write_dicom_seg
+
+            return write_dicom_seg(arr, ref, infos, out_path, model_name=model_name, seg_type=seg_type,
+                                   protect=protect)
+        from medseg.export.rtstruct import write_rtstruct
+
+        return write_rtstruct(arr, ref, infos, out_path, model_name=model_name, holes=rt_holes, protect=protect)
+    if ref is not None:
+        if not ref.is_regular():
+            raise InputError("the series has tilted or unevenly spaced slices; a regular-grid file cannot hold "
+                             "it exactly (export without --reference, or as dicom-seg/rtstruct)", path=reference)
+        label_image = Image(arr, ref.grid_affine(), {**label_image.meta, **ref.meta})
+    from medseg.io.readers import label_dtype
+
+    label_image = label_image.with_array(arr.astype(label_dtype(max(values, default=0))))
+    if fmt == "seg-nrrd":
+        from medseg.export.slicer import write_seg_nrrd
+
+        if not out_path.name.lower().endswith(".nrrd"):
+            raise InputError("a Slicer segmentation file ends with .seg.nrrd", path=out_path)
+        return write_seg_nrrd(label_image, infos, out_path, protect=protect)
+    from medseg.export.slicer import write_nifti_with_tables
+
+    if not out_path.name.lower().endswith((".nii", ".nii.gz")):
+        raise InputError("a NIfTI file ends with .nii.gz or .nii", path=out_path)
+    return write_nifti_with_tables(label_image, infos, out_path, protect=protect)
+
+
+def __getattr__(name):  # light package import; the importer loads highdicom only when used
+    if name == "import_segmentation":
+        from medseg.export.importers import import_segmentation
+
+        return import_segmentation
+    raise AttributeError(name)
+
+
+__all__ = ["FORMATS", "export_segmentation", "import_segmentation"]

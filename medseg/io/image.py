@@ -153,24 +153,36 @@ class Image:
     # --- conversions -------------------------------------------------------------------------
     @classmethod
     def from_sitk(cls, simg, meta: dict | None = None) -> "Image":
-        """From a ``SimpleITK.Image`` (LPS) without any loss of geometry."""
+        """From a ``SimpleITK.Image`` (LPS) without any loss of geometry.
+
+        Vector images become channels-first; a 4D image keeps the geometry of its first three
+        axes and turns the fourth into channels (the NIfTI/MONAI reading of 4D).
+        """
         import SimpleITK as sitk
 
         dim = simg.GetDimension()
-        arr = sitk.GetArrayFromImage(simg)  # (z, y, x[, c])
+        arr = sitk.GetArrayFromImage(simg)  # (z, y, x[, c]) or (t, z, y, x)
         ncomp = simg.GetNumberOfComponentsPerPixel()
+        channels = ncomp > 1 or dim == 4
+        if ncomp > 1 and dim == 4:
+            raise ValueError("4D vector images are not supported")
         if ncomp > 1:
             arr = np.moveaxis(arr, -1, 0)
             arr = np.transpose(arr, (0, *range(arr.ndim - 1, 0, -1)))
+        elif dim == 4:  # (t, z, y, x) -> (t, x, y, z)
+            arr = np.transpose(arr, (0, 3, 2, 1))
         else:
             arr = np.transpose(arr, tuple(range(arr.ndim - 1, -1, -1)))
-        spacing = np.array(simg.GetSpacing(), float)
-        origin = np.array(simg.GetOrigin(), float)
-        direction = np.array(simg.GetDirection(), float).reshape(dim, dim)
+        sd = min(dim, 3)
+        spacing = np.array(simg.GetSpacing(), float)[:sd]
+        origin = np.array(simg.GetOrigin(), float)[:sd]
+        direction = np.array(simg.GetDirection(), float).reshape(dim, dim)[:sd, :sd]
         aff_lps = np.eye(4)
-        aff_lps[:dim, :dim] = direction * spacing[None, :]
-        aff_lps[:dim, 3] = origin
-        return cls(np.ascontiguousarray(arr), LPS_TO_RAS @ aff_lps, dict(meta or {}), ncomp > 1)
+        aff_lps[:sd, :sd] = direction * spacing[None, :]
+        aff_lps[:sd, 3] = origin
+        # scalar images stay a transposed view of SimpleITK's copy (Fortran order, like nibabel's arrays)
+        arr = np.ascontiguousarray(arr) if channels else arr
+        return cls(arr, LPS_TO_RAS @ aff_lps, dict(meta or {}), channels)
 
     def to_sitk(self):
         """To a ``SimpleITK.Image`` (LPS); multi-channel arrays become vector images."""
@@ -200,6 +212,12 @@ class Image:
         """From a nibabel image; the affine is taken as is (nibabel's best affine: sform, else qform)."""
         arr = np.asanyarray(nimg.dataobj)
         channels_first = False
+        if arr.ndim == 5 and arr.shape[3] == 1:  # NIfTI vector images: (x, y, z, 1, c)
+            arr = arr[:, :, :, 0, :]
+        if arr.ndim == 4 and arr.shape[3] == 1:  # a 3D volume stored with a singleton 4th axis
+            arr = arr[..., 0]
+        if arr.ndim > 4:
+            raise ValueError(f"{arr.ndim}D images are not supported (shape {arr.shape})")
         if arr.ndim == 4:
             arr = np.moveaxis(arr, -1, 0)
             channels_first = True
@@ -214,8 +232,12 @@ class Image:
             arr = np.moveaxis(arr, 0, -1)
         if arr.dtype == bool:
             arr = arr.astype(np.uint8)
-        if arr.dtype == np.int64 and arr.size and arr.min() >= 0 and arr.max() < 65536:
-            arr = arr.astype(np.uint16)
+        if arr.dtype in (np.int64, np.uint64) and arr.size:  # NIfTI readers handle 64-bit integers badly
+            lo, hi = int(arr.min()), int(arr.max())
+            if 0 <= lo and hi < 65536:
+                arr = arr.astype(np.uint16)
+            elif np.iinfo(np.int32).min <= lo and hi <= np.iinfo(np.int32).max:
+                arr = arr.astype(np.int32)
         nimg = nib.Nifti1Image(arr, self.affine)
         nimg.set_sform(self.affine, code=1)
         nimg.set_qform(self.affine, code=1)

@@ -1,7 +1,9 @@
 """``read_image`` / ``write_image``: one entry point for every supported format.
 
-First version (skeleton): NIfTI through nibabel, NRRD/MHA through SimpleITK, TIFF/PNG through
-``medseg.io.microscopy``, DICOM folders through ``medseg.io.dicom``. Hardened in issue 2.
+NIfTI through nibabel (with ITK's choice between sform and qform where they disagree, see
+:func:`nifti_affine`), NRRD/MHA/MHD through SimpleITK, TIFF/PNG through
+``medseg.io.microscopy``, DICOM (folders, single files, enhanced multi-frame) through
+``medseg.io.dicom``.
 """
 
 from __future__ import annotations
@@ -16,73 +18,188 @@ from medseg.io.atomic import atomic_path, full_suffix
 from medseg.io.image import Image
 
 NIFTI = (".nii", ".nii.gz")
-ITK = (".nrrd", ".seg.nrrd", ".mha", ".mhd")
+ITK = (".nrrd", ".seg.nrrd", ".nhdr", ".mha", ".mhd")
 MICROSCOPY = (".tif", ".tiff", ".png")
-WRITABLE = NIFTI + ITK + MICROSCOPY
+DICOM_SUFFIXES = (".dcm", ".dicom", ".ima", "")
+WRITABLE = (".nii", ".nii.gz", ".nrrd", ".seg.nrrd", ".mha") + MICROSCOPY
 
 
-def read_image(path: str | os.PathLike, series: str | int | None = None) -> Image:
-    """Read a file (NIfTI, NRRD, MHA/MHD, TIFF, PNG) or a DICOM folder into an ``Image``.
+def is_dicom_file(path: str | os.PathLike) -> bool:
+    """True when the file carries the DICOM Part 10 preamble (``DICM`` at byte 128)."""
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(128)
+            return fh.read(4) == b"DICM"
+    except OSError:
+        return False
 
-    ``series`` picks one DICOM series (UID or index) when a folder holds several.
+
+def nifti_affine(header) -> tuple[np.ndarray, str]:
+    """The index-to-RAS affine of a NIfTI header, and which field it came from.
+
+    nibabel and ITK agree whenever sform and qform agree or only one is set (every NIfTI in the
+    sample data). Where both are set and disagree they differ: nibabel takes the sform whatever
+    its code, ITK the sform only when its code is SCANNER_ANAT (1) and it is a rotation+scale
+    (no shear), else the qform. medseg follows ITK there, because DICOM tools (ITK, Slicer, dcmqi)
+    read the scanner frame that way and medseg's geometry contract is "equal to SimpleITK".
+
+    Returns
+    -------
+    affine : (4, 4) ndarray
+    source : str
+        ``'sform'``, ``'qform'``, or ``'sform (qform disagrees)'`` / ``'qform (sform disagrees)'``.
+    """
+    s_code, q_code = int(header["sform_code"]), int(header["qform_code"])
+    sform, qform = header.get_sform(), header.get_qform()
+    if s_code > 0 and q_code > 0:
+        if np.allclose(sform, qform, atol=1e-4, rtol=1e-5):
+            return sform, "sform"
+        m = sform[:3, :3]
+        gram = m.T @ m
+        no_shear = np.allclose(gram - np.diag(np.diag(gram)), 0, atol=1e-4 * float(np.max(np.abs(gram))))
+        if s_code == 1 and no_shear:
+            return sform, "sform (qform disagrees)"
+        return qform, "qform (sform disagrees)"
+    if s_code > 0:
+        return sform, "sform"
+    if q_code > 0:
+        return qform, "qform"
+    return header.get_best_affine(), "none (no sform/qform: nibabel's default)"
+
+
+def _read_nifti(path: Path) -> Image:
+    import nibabel as nib
+
+    try:
+        nimg = nib.load(str(path))
+        affine, source = nifti_affine(nimg.header)
+        img = Image.from_nibabel(nimg, meta={"source": str(path), "format": "nifti", "affine_source": source})
+    except InputError:
+        raise
+    except Exception as exc:  # nibabel raises many types for corrupt or truncated files
+        raise InputError(f"cannot read NIfTI ({type(exc).__name__}: {exc})", path=path) from None
+    if not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
+        raise InputError("NIfTI affine is singular or not finite", path=path)
+    img.affine = np.asarray(affine, dtype=float)
+    return img
+
+
+def _read_itk(path: Path, suffix: str) -> Image:
+    import SimpleITK as sitk
+
+    try:
+        simg = sitk.ReadImage(str(path))
+        return Image.from_sitk(simg, meta={"source": str(path), "format": suffix.lstrip(".")})
+    except Exception as exc:
+        lines = [ln for ln in str(exc).strip().splitlines() if ln.strip()]
+        raise InputError(f"cannot read image ({lines[-1] if lines else type(exc).__name__})", path=path) from None
+
+
+def _read_dicom(path: Path, series, allow_tilt: bool) -> Image:
+    from medseg.io.dicom import load_series
+
+    return load_series(path, series=series, allow_tilt=allow_tilt)
+
+
+def read_image(path: str | os.PathLike, series: str | int | None = None, *, allow_tilt: bool = False,
+               spatial_dims: int | None = None) -> Image:
+    """Read a file (NIfTI, NRRD, MHA/MHD, TIFF, PNG, DICOM) or a DICOM folder into an ``Image``.
+
+    Parameters
+    ----------
+    path : path
+        File or DICOM folder.
+    series : int or str, optional
+        DICOM series (index or SeriesInstanceUID) when a folder holds several.
+    allow_tilt : bool
+        Resample gantry-tilted DICOM series instead of refusing them.
+    spatial_dims : int, optional
+        Refuse (``InputError``) anything that is not a single-channel image with this many
+        spatial dimensions (``3`` where a volume is expected).
+
+    Examples
+    --------
+    >>> read_image("missing.nii.gz")  # doctest: +IGNORE_EXCEPTION_DETAIL
+    Traceback (most recent call last):
+    medseg.errors.InputError: missing.nii.gz: no such file or folder
     """
     path = Path(path)
     if not path.exists():
         raise InputError("no such file or folder", path=path)
-    if path.is_dir():
-        from medseg.io.dicom import load_series
-
-        return load_series(path, series=series)
     suffix = full_suffix(path)
-    if suffix in NIFTI:
-        import nibabel as nib
-
-        try:
-            nimg = nib.load(str(path))
-            return Image.from_nibabel(nimg, meta={"source": str(path), "format": "nifti"})
-        except Exception as exc:  # nibabel raises many types for corrupt files
-            raise InputError(f"cannot read NIfTI ({exc})", path=path) from exc
-    if suffix in ITK:
-        import SimpleITK as sitk
-
-        try:
-            simg = sitk.ReadImage(str(path))
-        except Exception as exc:
-            raise InputError(f"cannot read image ({str(exc).strip().splitlines()[-1]})", path=path) from exc
-        return Image.from_sitk(simg, meta={"source": str(path), "format": suffix.lstrip(".")})
-    if suffix in MICROSCOPY:
+    if path.is_file() and path.stat().st_size == 0:
+        raise InputError("empty file", path=path)
+    if path.is_dir():
+        img = _read_dicom(path, series, allow_tilt)
+    elif suffix in NIFTI:
+        img = _read_nifti(path)
+    elif suffix in ITK:
+        img = _read_itk(path, suffix)
+    elif suffix in MICROSCOPY:
         from medseg.io.microscopy import read_microscopy
 
-        return read_microscopy(path)
-    if suffix in (".dcm", "") and path.is_file():
-        from medseg.io.dicom import load_series
+        img = read_microscopy(path)
+    elif is_dicom_file(path):
+        img = _read_dicom(path, series, allow_tilt)
+    elif suffix in DICOM_SUFFIXES:
+        raise InputError("not a DICOM file (no DICM preamble)", path=path)
+    else:
+        raise InputError(f"unsupported format '{suffix}' (NIfTI, NRRD, MHA/MHD, TIFF, PNG or DICOM)", path=path)
+    if spatial_dims is not None:
+        check_dims(img, spatial_dims, path)
+    return img
 
-        return load_series(path, series=series)
-    raise InputError(f"unsupported format '{suffix or path.name}'", path=path)
+
+def check_dims(img: Image, spatial_dims: int, path) -> None:
+    """``InputError`` unless ``img`` is single-channel with ``spatial_dims`` spatial axes."""
+    if img.channels_first and img.num_channels > 1:
+        raise InputError(f"expected a {spatial_dims}D image, got {img.ndim}D with {img.num_channels} "
+                         f"channels/time points (shape {tuple(img.array.shape)})", path=path)
+    if img.ndim != spatial_dims:
+        raise InputError(f"expected a {spatial_dims}D image, got {img.ndim}D (shape {img.shape})", path=path)
+
+
+def read_volume(path: str | os.PathLike, series: str | int | None = None, *, allow_tilt: bool = False) -> Image:
+    """``read_image`` that accepts only single-channel 3D images (what segmentation needs)."""
+    return read_image(path, series, allow_tilt=allow_tilt, spatial_dims=3)
 
 
 def write_image(image: Image, path: str | os.PathLike, protect=()) -> Path:
-    """Write ``image`` atomically; the format follows the suffix. Returns the path written."""
+    """Write ``image`` atomically; the format follows the suffix. Returns the path written.
+
+    ``protect`` lists input paths that must not be overwritten.
+    """
     path = Path(path)
     suffix = full_suffix(path)
     if suffix not in WRITABLE:
-        raise InputError(f"cannot write format '{suffix}' (use one of {', '.join(WRITABLE)})", path=path)
+        raise InputError(f"cannot write format '{suffix or path.name}' (use one of {', '.join(WRITABLE)})", path=path)
     with atomic_path(path, protect=protect) as tmp:
-        if suffix in NIFTI:
-            import nibabel as nib
-
-            nib.save(image.to_nibabel(), str(tmp))
-        elif suffix in ITK:
-            import SimpleITK as sitk
-
-            sitk.WriteImage(image.to_sitk(), str(tmp), useCompression=True)
-        else:
-            from medseg.io.microscopy import write_microscopy
-
-            write_microscopy(image, tmp)
+        write_unchecked(image, tmp, suffix)
     return path
 
 
+def write_unchecked(image: Image, path: Path, suffix: str) -> None:
+    """Write ``image`` to ``path`` in the format of ``suffix`` (no atomicity: callers use ``atomic_path``)."""
+    if suffix in NIFTI:
+        import nibabel as nib
+
+        nib.save(image.to_nibabel(), str(path))
+    elif suffix in ITK:
+        import SimpleITK as sitk
+
+        sitk.WriteImage(image.to_sitk(), str(path), useCompression=True)
+    else:
+        from medseg.io.microscopy import write_microscopy
+
+        write_microscopy(image, path)
+
+
 def label_dtype(max_label: int) -> np.dtype:
-    """Smallest unsigned dtype for a label map."""
+    """Smallest unsigned dtype for a label map.
+
+    Examples
+    --------
+    >>> label_dtype(42), label_dtype(300)
+    (dtype('uint8'), dtype('uint16'))
+    """
     return np.dtype(np.uint8) if max_label < 256 else np.dtype(np.uint16) if max_label < 65536 else np.dtype(np.uint32)

@@ -1,0 +1,86 @@
+"""MSD hippocampus under a time budget: train fold 0 (5-fold split) for --minutes, report validation Dice.
+
+    python benchmarks/hippocampus.py --minutes 30 --data ../shared/data/msd_hippocampus [--eval DIR] [--out RUN]
+
+``--eval DIR`` (a folder in the same layout, never used for training) adds Dice on an independent set. The
+recipe is ``configs/hippocampus.yaml``; the whole wall time (caching the data included) counts against the budget.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def evaluate_folder(model_dir: Path, folder: Path, tta: bool = False) -> dict:
+    """Mean per-case Dice per class of the model on every labelled case of ``folder``."""
+    import torch
+
+    from medseg.infer.predict import predict_image
+    from medseg.train.artifact import load_model
+    from medseg.train.dataset import load_case, open_dataset
+    from medseg.train.losses import confusion_dice
+
+    art = load_model(model_dir)
+    net = art.build()
+    ds = open_dataset(folder)
+    per = {k: [] for k in art.plan.labels if k}
+    t0 = time.monotonic()
+    for case in ds.cases:
+        image, label = load_case(case)
+        with torch.no_grad():
+            lab, _ = predict_image(net, art.plan, image, tta=tta)
+        for k, d in confusion_dice(lab.array, label.array, art.plan.num_classes).items():
+            if not np.isnan(d):
+                per[k].append(d)
+    res = {art.plan.labels[k]: float(np.mean(v)) for k, v in per.items()}
+    res["mean"] = float(np.mean(list(res.values())))
+    res["cases"] = len(ds.cases)
+    res["seconds"] = round(time.monotonic() - t0, 1)
+    return res
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--minutes", type=float, default=30)
+    ap.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared/data/msd_hippocampus")
+    ap.add_argument("--eval", type=Path, default=None, help="independent evaluation folder (MSD layout)")
+    ap.add_argument("--out", type=Path, default=Path("runs/hippocampus"))
+    ap.add_argument("--config", type=Path, default=Path(__file__).resolve().parents[1] / "configs/hippocampus.yaml")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--fold", type=int, default=0)
+    ap.add_argument("--resume", action="store_true")
+    args = ap.parse_args(argv)
+
+    import torch
+
+    from medseg.plan.plan import Plan
+    from medseg.train.trainer import train
+
+    torch.set_num_threads(args.threads)
+    plan = Plan.from_yaml(args.config)
+    plan.dataset = str(args.data.resolve())
+    t0 = time.monotonic()
+    res = train(plan, args.out, fold=args.fold, max_minutes=args.minutes, resume=args.resume, progress=False,
+                num_threads=args.threads)
+    wall = time.monotonic() - t0
+    out = {"minutes_budget": args.minutes, "train_wall_min": round(wall / 60, 2), "epochs": res.epochs,
+           "iterations": res.iterations, "s_per_iteration": round(res.elapsed_s / max(res.iterations, 1), 3),
+           "fold": args.fold, "val_dice": res.val_dice, "threads": args.threads,
+           "config": str(args.config), "load_avg_at_end": list(__import__("os").getloadavg())}
+    if args.eval:
+        out["eval_dice"] = evaluate_folder(args.out, args.eval)
+    (args.out / "benchmark.json").write_text(json.dumps(out, indent=1))
+    print(json.dumps(out, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,129 @@
+"""Finding prediction/reference pairs, reading them, checking their geometry, reading dataset.json."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from medseg.errors import InputError
+from medseg.io.atomic import case_name, full_suffix
+from medseg.io.image import Image
+
+LABEL_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".seg.nrrd", ".mha", ".mhd", ".tif", ".tiff", ".png")
+
+
+@dataclass(frozen=True)
+class CasePair:
+    """One case: its name and the prediction and reference files."""
+
+    case: str
+    pred: Path
+    ref: Path
+
+
+def _label_files(folder: Path) -> dict[str, Path]:
+    out: dict[str, Path] = {}
+    for p in sorted(folder.iterdir()):
+        if p.is_file() and not p.name.startswith(".") and full_suffix(p) in LABEL_SUFFIXES:
+            name = case_name(p)
+            if name in out:
+                raise InputError(f"two files for case '{name}' ({out[name].name}, {p.name})", path=folder)
+            out[name] = p
+    return out
+
+
+def pair_cases(pred: str | os.PathLike, ref: str | os.PathLike) -> list[CasePair]:
+    """Match prediction and reference files by case name (file name without extension).
+
+    Both may be files (one case, named after the reference) or folders (every label file in them;
+    a case present on one side only is an error).
+    """
+    pred, ref = Path(pred), Path(ref)
+    for p, what in ((pred, "prediction"), (ref, "reference")):
+        if not p.exists():
+            raise InputError(f"{what} not found", path=p)
+    if pred.is_file() and ref.is_file():
+        return [CasePair(case_name(ref), pred, ref)]
+    if pred.is_dir() != ref.is_dir():
+        raise InputError("--pred and --ref must both be files or both be folders", path=pred if pred.is_file() else ref)
+    pf, rf = _label_files(pred), _label_files(ref)
+    if not rf:
+        raise InputError("no label files in the reference folder", path=ref)
+    for name, path in rf.items():
+        if name not in pf:
+            raise InputError(f"no prediction for case '{name}' (expected in {pred})", path=path)
+    for name, path in pf.items():
+        if name not in rf:
+            raise InputError(f"no reference for case '{name}' (expected in {ref})", path=path)
+    return [CasePair(n, pf[n], rf[n]) for n in sorted(rf)]
+
+
+def read_label_map(path: str | os.PathLike) -> Image:
+    """Read a label map; non-integer, negative or multi-channel values are an ``InputError``."""
+    from medseg.io.readers import read_image
+
+    img = read_image(path)
+    if img.channels_first and img.num_channels > 1:
+        raise InputError(f"label map has {img.num_channels} channels (expected one)", path=path)
+    if img.channels_first:
+        img = Image(img.array[0], img.affine, img.meta)
+    arr = np.asarray(img.array)
+    if arr.dtype.kind == "b":
+        arr = arr.view(np.uint8)
+    elif arr.dtype.kind == "f":
+        if arr.size and (not np.isfinite(arr).all() or np.any(arr != np.round(arr))):
+            raise InputError("not a label map: non-integer values", path=path)
+        top = arr.max(initial=0)
+        arr = arr.astype(np.uint8 if top < 256 else np.uint16 if top < 65536 else np.int64)
+    elif arr.dtype.kind not in "iu":
+        raise InputError(f"not a label map: {arr.dtype} values", path=path)
+    if arr.dtype.kind == "i" and arr.size and arr.min() < 0:
+        raise InputError("not a label map: negative values", path=path)
+    return Image(arr, img.affine, img.meta)
+
+
+def check_geometry(pred: Image, ref: Image, pred_path, spacing_from: str | None = None, atol: float = 1e-3) -> None:
+    """Raise ``InputError`` (naming the prediction) unless both images share the grid.
+
+    ``spacing_from='ref'`` or ``'pred'`` checks the shape only (for predictions saved without
+    geometry, e.g. PNG/TIFF): the metrics then use that side's spacing.
+    """
+    if pred.shape != ref.shape:
+        raise InputError(f"shape {pred.shape} differs from the reference's {ref.shape} (no resampling is done)",
+                         path=pred_path)
+    if spacing_from is None and not pred.same_grid(ref, atol=atol):
+        diff = float(np.abs(pred.affine - ref.affine).max())
+        sp = ", ".join(f"{s:.4g}" for s in pred.spacing)
+        rsp = ", ".join(f"{s:.4g}" for s in ref.spacing)
+        raise InputError(f"geometry differs from the reference's (affine differs by up to {diff:.4g} mm; spacing "
+                         f"({sp}) vs ({rsp}); no resampling is done; --spacing-from ref skips this check)",
+                         path=pred_path)
+
+
+def read_labels_json(path: str | os.PathLike) -> dict[int, str]:
+    """``{value: name}`` from an MSD (``{"1": "liver"}``) or nnU-Net v2 (``{"liver": 1}``) dataset.json."""
+    from medseg.evaluate.metrics import label_names
+
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise InputError("labels file not found", path=path) from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InputError(f"cannot read labels JSON ({exc})", path=path) from exc
+    labels = data.get("labels") if isinstance(data, dict) else None
+    if not isinstance(labels, dict) or not labels:
+        raise InputError("no 'labels' mapping in the JSON file", path=path)
+    try:
+        if any(isinstance(v, (list, tuple)) for v in labels.values()):
+            raise ValueError("region-based labels (lists of values) are not supported")
+        names = label_names(labels)
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"bad 'labels' entry ({exc})", path=path) from exc
+    if len(set(names.values())) != len(names):
+        raise InputError("two labels share one name", path=path)
+    return names

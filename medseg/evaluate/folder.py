@@ -1,0 +1,158 @@
+"""``evaluate_folder``: every case of a prediction folder against a reference folder, in parallel, into a report."""
+
+from __future__ import annotations
+
+import os
+import sys
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from medseg.errors import InputError
+from medseg.evaluate.cases import CasePair, check_geometry, pair_cases, read_label_map, read_labels_json
+from medseg.evaluate.instances import DEFAULT_THRESHOLDS
+from medseg.evaluate.metrics import DEFAULT_NSD_TOLERANCE, evaluate_case, label_names
+from medseg.evaluate.overlap import present_labels
+from medseg.evaluate.summary import summarize
+
+
+def _evaluate_pair(pair: CasePair, labels: dict[int, str] | None, spacing_from: str | None, kwargs: dict,
+                   atol: float = 1e-3) -> dict:
+    """Read, check and evaluate one case (runs in a worker process)."""
+    ref = read_label_map(pair.ref)
+    pred = read_label_map(pair.pred)
+    check_geometry(pred, ref, pair.pred, spacing_from=spacing_from, atol=atol)
+    spacing = pred.spacing if spacing_from == "pred" else ref.spacing
+    if labels is not None:
+        known = set(labels) | {0}
+        for img, path in ((ref, pair.ref), (pred, pair.pred)):
+            unknown = sorted(set(present_labels(img.array).tolist()) - known)
+            if unknown:
+                raise InputError(f"label value(s) {unknown[:5]} not in the labels of dataset.json "
+                                 f"({sorted(known)})", path=path)
+    try:
+        res = evaluate_case(pred.array, ref.array, labels=labels, spacing=spacing, **kwargs)
+    except ValueError as exc:  # e.g. too many label values for a semantic label map
+        raise InputError(str(exc), path=pair.pred) from exc
+    return {"case": pair.case, **res}
+
+
+def _fill_missing(per_case: list[dict], names: dict[int, str], kwargs: dict) -> None:
+    """Classes absent from a case (labels found per case) get the both-empty values."""
+    for c in per_case:
+        missing = {v: n for v, n in names.items() if n not in c["classes"]}
+        if missing:
+            nd = len(c["spacing"])
+            empty = evaluate_case(np.zeros((1,) * nd, np.uint8), np.zeros((1,) * nd, np.uint8),
+                                  labels=missing, spacing=c["spacing"], **kwargs)
+            c["classes"].update(empty["classes"])
+            c["labels"].update(empty["labels"])
+            c["classes"] = {n: c["classes"][n] for n in names.values()}
+            c["labels"] = {n: c["labels"][n] for n in names.values()}
+
+
+def _progress(total: int, enabled: bool | None):
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    if enabled is None:
+        enabled = total > 1 and sys.stderr.isatty()
+    return Progress(TextColumn("evaluating"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                    console=Console(stderr=True), transient=True, disable=not enabled)
+
+
+def evaluate_folder(pred: str | os.PathLike, ref: str | os.PathLike, out_dir: str | os.PathLike | None = None,
+                    labels: Mapping | Sequence | str | os.PathLike | None = None, spacing_from: str | None = None,
+                    nsd_tolerance: float | Mapping = DEFAULT_NSD_TOLERANCE, lesion_classes: Sequence = (),
+                    lesion_thresholds=DEFAULT_THRESHOLDS, connectivity: int | None = None,
+                    distance_cap: float | str | None = None, surface: bool = True, workers: int = 1,
+                    progress: bool | None = None, geometry_tolerance: float = 1e-3) -> dict:
+    """Evaluate prediction files against reference files matched by case name; optionally write the report.
+
+    Parameters
+    ----------
+    pred, ref : path
+        Two label-map files, or two folders of them (matched by file name without extension).
+    out_dir : path, optional
+        Where to write ``metrics.json``, ``metrics.csv``, ``report.html`` and ``report.md``.
+    labels : path to dataset.json, mapping or sequence, optional
+        Class names and values (MSD/nnU-Net ``dataset.json``); a value found in a label map but not
+        listed is an error. Default: every non-zero value found, named ``label_<k>``.
+    spacing_from : {None, "ref", "pred"}
+        None: prediction and reference must share the grid (shape and affine). "ref"/"pred": only
+        the shape must match and that side's spacing is used (predictions saved without geometry).
+    workers : int
+        Processes over cases.
+    geometry_tolerance : float
+        Largest difference (mm) allowed between the two affines' entries (float32 NIfTI headers
+        written by different tools differ by ~1e-5 mm).
+
+    Other parameters are those of :func:`medseg.evaluate.metrics.evaluate_case`.
+
+    Returns
+    -------
+    dict
+        ``{"per_case", "mean", "std", "foreground_mean", "overall", "settings"}``.
+    """
+    if spacing_from not in (None, "ref", "pred"):
+        raise InputError(f"--spacing-from must be 'ref' or 'pred', not {spacing_from!r}")
+    if isinstance(labels, (str, os.PathLike)):
+        names: dict[int, str] | None = read_labels_json(labels)
+    else:
+        names = label_names(labels) if labels is not None else None
+    known_names = set(names.values()) | {str(v) for v in names} if names else None
+    for lc in lesion_classes:
+        if known_names is not None and str(lc) not in known_names:
+            raise InputError(f"lesion class '{lc}' is not one of the labels ({', '.join(sorted(names.values()))})")
+    pairs = pair_cases(pred, ref)
+    if out_dir is not None and Path(out_dir).exists() and not Path(out_dir).is_dir():
+        raise InputError("output exists and is not a folder", path=out_dir)  # before hours of work, not after
+    kwargs = dict(nsd_tolerance=nsd_tolerance, lesion_classes=tuple(lesion_classes),
+                  lesion_thresholds=tuple(lesion_thresholds), connectivity=connectivity,
+                  distance_cap=distance_cap, surface=surface)
+    per_case: list[dict] = []
+    with _progress(len(pairs), progress) as bar:
+        task = bar.add_task("cases", total=len(pairs))
+        if workers > 1 and len(pairs) > 1:
+            import multiprocessing as mp
+
+            with ProcessPoolExecutor(min(workers, len(pairs)), mp_context=mp.get_context("spawn")) as ex:
+                futs = [ex.submit(_evaluate_pair, p, names, spacing_from, kwargs, geometry_tolerance) for p in pairs]
+                try:
+                    for f in futs:
+                        per_case.append(f.result())
+                        bar.advance(task)
+                except BaseException:
+                    ex.shutdown(wait=True, cancel_futures=True)  # a bad case stops the rest at once
+                    raise
+        else:
+            for p in pairs:
+                per_case.append(_evaluate_pair(p, names, spacing_from, kwargs, geometry_tolerance))
+                bar.advance(task)
+    if names is None:
+        found = sorted({v for c in per_case for v in c["labels"].values()})
+        names = label_names(found)
+    _fill_missing(per_case, names, kwargs)
+    import medseg
+
+    settings = {
+        "medseg_version": medseg.__version__, "pred": str(pred), "ref": str(ref), "n_cases": len(per_case),
+        "labels": {str(v): n for v, n in names.items()},
+        "nsd_tolerance_mm": dict(nsd_tolerance) if isinstance(nsd_tolerance, Mapping) else float(nsd_tolerance),
+        "spacing_from": spacing_from or "checked (pred and ref share the grid)",
+        "geometry_tolerance_mm": geometry_tolerance,
+        "distance_cap": distance_cap, "lesion_classes": [str(x) for x in lesion_classes],
+        "lesion_thresholds": list(lesion_thresholds), "lesion_connectivity": connectivity or "full",
+        "hd95": "max of the two directed 95th percentiles (linear interpolation) of border-voxel distances",
+        "assd": "mean of the pooled distances of both directions",
+        "empty_policy": "both empty: dice 1, distances 0, nsd 1 (flag both_empty); one empty: dice 0, nsd 0, "
+                        "distances NaN (null) left out of means unless distance_cap is set",
+    }
+    report = {"per_case": per_case, **summarize(per_case, list(names.values())), "settings": settings}
+    if out_dir is not None:
+        from medseg.evaluate.report import write_report
+
+        write_report(report, out_dir, protect=[p.pred for p in pairs] + [p.ref for p in pairs])
+    return report

@@ -1,0 +1,164 @@
+"""``evaluate_case``: every per-class metric of one prediction against its reference.
+
+Empty-class policy (explicit, flagged, never a silent NaN in a mean):
+
+* both empty: Dice = IoU = precision = recall = NSD = 1, HD/HD95/ASSD = 0, flag ``both_empty``;
+* prediction empty, reference not: Dice = IoU = precision = recall = NSD = 0, flag ``pred_empty``;
+* reference empty, prediction not: Dice = IoU = precision = recall = NSD = 0, flag ``ref_empty``;
+* with one side empty the distances are undefined: NaN (``null`` in JSON), left out of the means
+  (whose ``n_surface_cases`` says how many cases they average), or set to ``distance_cap`` mm
+  (flag ``distance_capped``) when a cap is given (``"diagonal"``: the image diagonal in mm);
+* ``rel_volume_diff`` is NaN when the reference is empty (left out of the means alike).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from medseg.evaluate.instances import DEFAULT_THRESHOLDS
+from medseg.evaluate.lesions import lesion_metrics
+from medseg.evaluate.overlap import confusion_matrix, overlap_from_confusion, pixel_accuracy
+from medseg.evaluate.surface import SURFACE_KEYS, surface_metrics
+
+OVERLAP_KEYS = ("dice", "iou", "precision", "recall")
+VOLUME_KEYS = ("volume_pred_ml", "volume_ref_ml", "volume_diff_ml", "abs_volume_diff_ml", "rel_volume_diff")
+COUNT_KEYS = ("tp", "fp", "fn")
+METRIC_KEYS = OVERLAP_KEYS + SURFACE_KEYS + VOLUME_KEYS + COUNT_KEYS
+DEFAULT_NSD_TOLERANCE = 2.0
+
+
+def label_names(labels) -> dict[int, str]:
+    """Normalise a label spec to ``{value: name}`` (background 0 dropped).
+
+    Accepts ``{value: name}``, ``{name: value}`` (nnU-Net v2) or a sequence of values.
+
+    Examples
+    --------
+    >>> label_names({"0": "background", "1": "anterior"}), label_names([2, 1])
+    ({1: 'anterior'}, {1: 'label_1', 2: 'label_2'})
+    >>> label_names({"background": 0, "liver": 1})
+    {1: 'liver'}
+    """
+    out: dict[int, str] = {}
+    if isinstance(labels, Mapping):
+        for k, v in labels.items():
+            if isinstance(v, str) or v is None:
+                value, name = int(k), str(v) if v is not None else f"label_{int(k)}"
+            else:
+                value, name = int(v), str(k)
+            out[value] = name
+    else:
+        out = {int(v): f"label_{int(v)}" for v in labels}
+    return {k: out[k] for k in sorted(out) if k != 0}
+
+
+def tolerance_for(tol, value: int, name: str) -> float:
+    """NSD tolerance (mm) of one class from a float or a ``{name|value|"default": mm}`` mapping."""
+    if isinstance(tol, Mapping):
+        for key in (name, value, str(value)):
+            if key in tol:
+                return float(tol[key])
+        return float(tol.get("default", DEFAULT_NSD_TOLERANCE))
+    return float(tol)
+
+
+def _array_and_spacing(x, spacing):
+    if hasattr(x, "array") and hasattr(x, "spacing"):
+        return np.asarray(x.array), (x.spacing if spacing is None else spacing)
+    return np.asarray(x), spacing
+
+
+def evaluate_case(pred, ref, labels=None, spacing=None, nsd_tolerance=DEFAULT_NSD_TOLERANCE,
+                  lesion_classes: Sequence = (), lesion_thresholds=DEFAULT_THRESHOLDS,
+                  connectivity: int | None = None, distance_cap: float | str | None = None,
+                  surface: bool = True, workers: int = 1) -> dict:
+    """All metrics of one case.
+
+    Parameters
+    ----------
+    pred, ref : Image or ndarray of int
+        Label maps on the same grid (two ``Image``: checked with ``Image.same_grid``, a mismatch is
+        an ``InputError``; arrays: only the shapes are checked).
+    labels : mapping or sequence, optional
+        Classes to evaluate (see :func:`label_names`); default: every non-zero value present.
+    spacing : sequence of float, optional
+        Voxel size (mm) per array axis; default: the reference ``Image``'s spacing, else 1.
+    nsd_tolerance : float or mapping
+        NSD tolerance in mm, one for all classes or per class name/value (key ``"default"``).
+    lesion_classes : sequence of str or int
+        "Thing" classes whose connected components are matched as objects (lesion-wise metrics).
+    distance_cap : float, "diagonal" or None
+        Value of HD/HD95/ASSD when exactly one side is empty (None: NaN, left out of means).
+    surface : bool
+        Compute the surface distances (the expensive part).
+
+    Returns
+    -------
+    dict
+        ``{"classes": {name: {metric: value, ..., "flags": [...]}}, "labels": {name: value},
+        "pixel_accuracy": float, "mean_iou": float, "spacing": [...]}``
+
+    Examples
+    --------
+    >>> ref = np.zeros((6, 6), np.uint8); ref[1:4, 1:4] = 1
+    >>> pred = np.zeros((6, 6), np.uint8); pred[1:4, 2:5] = 1
+    >>> r = evaluate_case(pred, ref, spacing=(1.0, 1.0))
+    >>> round(r["classes"]["label_1"]["dice"], 4), r["classes"]["label_1"]["hd"]
+    (0.6667, 1.0)
+    """
+    if hasattr(ref, "same_grid") and hasattr(pred, "same_grid") and not pred.same_grid(ref):
+        from medseg.errors import InputError
+
+        raise InputError("prediction and reference are not on the same grid (shape/affine); resample explicitly",
+                         path=pred.meta.get("source") if hasattr(pred, "meta") else None)
+    ref_a, spacing = _array_and_spacing(ref, spacing)
+    pred_a, _ = _array_and_spacing(pred, None)
+    if ref_a.shape != pred_a.shape:
+        raise ValueError(f"shape mismatch: reference {ref_a.shape} vs prediction {pred_a.shape}")
+    spacing = tuple(float(s) for s in (spacing if spacing is not None else (1.0,) * ref_a.ndim))
+    if len(spacing) != ref_a.ndim:
+        raise ValueError(f"spacing {spacing} does not match the {ref_a.ndim}D label map")
+    requested = label_names(labels) if labels is not None else None
+    cm, values = confusion_matrix(ref_a, pred_a, labels=list(requested) if requested else None)
+    if requested is None:
+        requested = label_names([v for v in values.tolist() if v != 0])
+    ov = overlap_from_confusion(cm, float(np.prod(spacing)) / 1000.0)
+    row = {int(v): i for i, v in enumerate(values.tolist())}
+    classes = list(requested)
+    if surface and classes:
+        tol = {c: tolerance_for(nsd_tolerance, c, requested[c]) for c in classes}
+        surf = surface_metrics(ref_a, pred_a, classes, spacing, tol, workers=workers)
+    cap = distance_cap
+    if isinstance(cap, str):
+        cap = float(np.linalg.norm(np.asarray(ref_a.shape) * np.asarray(spacing)))
+    lesion_set = {str(x) for x in lesion_classes}
+    out: dict = {}
+    for c in classes:
+        i = row[c]
+        m: dict = {k: float(ov[k][i]) for k in OVERLAP_KEYS}
+        flags = []
+        n_ref, n_pred = int(ov["n_ref"][i]), int(ov["n_pred"][i])
+        if n_ref == 0 and n_pred == 0:
+            flags.append("both_empty")
+        elif n_pred == 0:
+            flags.append("pred_empty")
+        elif n_ref == 0:
+            flags.append("ref_empty")
+        if surface:
+            m.update(surf[c])
+            if cap is not None and math.isnan(m["hd"]):
+                m.update(hd95=float(cap), hd=float(cap), assd=float(cap))
+                flags.append("distance_capped")
+        m.update({k: float(ov[k][i]) for k in VOLUME_KEYS})
+        m.update({k: int(ov[k][i]) for k in COUNT_KEYS})
+        if requested[c] in lesion_set or str(c) in lesion_set:
+            m["lesions"] = lesion_metrics(ref_a == c, pred_a == c, lesion_thresholds, connectivity)
+        m["flags"] = flags
+        out[requested[c]] = m
+    ious = [out[requested[c]]["iou"] for c in classes]
+    return {"classes": out, "labels": {requested[c]: c for c in classes},
+            "pixel_accuracy": pixel_accuracy(cm), "mean_iou": float(np.mean(ious)) if ious else 1.0,
+            "spacing": list(spacing)}

@@ -1,0 +1,202 @@
+"""Writing a metrics report: ``metrics.json``, ``metrics.csv``, ``report.md`` and a self-contained ``report.html``.
+
+Everything is rendered in memory first, then each file is written atomically, so a failure
+leaves no partial report. The HTML embeds its plot as a base64 PNG (matplotlib Agg): no network.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import io
+import json
+import math
+import os
+from pathlib import Path
+
+from medseg.errors import InputError
+from medseg.evaluate.metrics import METRIC_KEYS
+from medseg.evaluate.summary import PIXEL_ACCURACY_NOTE, worst_cases
+from medseg.io.atomic import atomic_path
+
+REPORT_FILES = ("metrics.json", "metrics.csv", "report.html", "report.md")
+TABLE_KEYS = ("dice", "iou", "hd95", "assd", "nsd", "volume_ref_ml", "volume_pred_ml")
+
+
+def _clean(obj):
+    """NaN/inf -> None (JSON has no NaN), numpy scalars -> Python."""
+    if isinstance(obj, dict):
+        return {str(k): _clean(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_clean(v) for v in obj]
+    if hasattr(obj, "item") and not isinstance(obj, (str, bytes)):
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+def to_json(report: dict) -> str:
+    return json.dumps(_clean(report), indent=1, allow_nan=False) + "\n"
+
+
+def to_csv(report: dict) -> str:
+    """One row per case x class; lesion metrics as ``lesion_<key>`` columns."""
+    lesion_keys: list[str] = []
+    for c in report["per_case"]:
+        for m in c["classes"].values():
+            for k in m.get("lesions", {}):
+                if k not in lesion_keys:
+                    lesion_keys.append(k)
+    header = ["case", "class", "label", *METRIC_KEYS, *(f"lesion_{k}" for k in lesion_keys), "flags"]
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(header)
+    for c in report["per_case"]:
+        for name, m in c["classes"].items():
+            row = [c["case"], name, c["labels"][name]]
+            row += [_fmt_csv(m.get(k)) for k in METRIC_KEYS]
+            row += [_fmt_csv(m.get("lesions", {}).get(k)) for k in lesion_keys]
+            row.append(";".join(m["flags"]))
+            w.writerow(row)
+    return buf.getvalue()
+
+
+def _fmt_csv(v):
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return ""
+    return repr(float(v)) if isinstance(v, float) else v
+
+
+def _fmt(v, digits=4) -> str:
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return "n/a"
+    return f"{v:.{digits}g}" if abs(v) >= 1000 else f"{v:.{digits}f}".rstrip("0").rstrip(".") if v else "0"
+
+
+def _table_rows(report: dict) -> tuple[list[str], list[list[str]]]:
+    keys = [k for k in TABLE_KEYS if any(k in m for m in report["mean"].values())]
+    tol = report["settings"].get("nsd_tolerance_mm")
+    heads = ["class", "n"] + [f"nsd@{tol}mm" if k == "nsd" and not isinstance(tol, dict) else k for k in keys]
+    rows = []
+    for name, m in report["mean"].items():
+        s = report["std"][name]
+        row = [name, str(m["n_cases"])]
+        for k in keys:
+            row.append(f"{_fmt(m.get(k))} ± {_fmt(s.get(k))}" if k in ("dice", "iou", "hd95", "assd", "nsd")
+                       else _fmt(m.get(k)))
+        rows.append(row)
+    fg = report["foreground_mean"]
+    rows.append(["**foreground mean**", ""] + [_fmt(fg.get(k)) for k in keys])
+    return heads, rows
+
+
+def _notes(report: dict) -> list[str]:
+    ov = report["overall"]
+    notes = [f"pixel accuracy {_fmt(ov['pixel_accuracy']['mean'])}, mean IoU {_fmt(ov['mean_iou']['mean'])} "
+             f"(mean over cases): {PIXEL_ACCURACY_NOTE}."]
+    for name, m in report["mean"].items():
+        parts = [f"{m[f'n_{f}']} {f.replace('_', ' ')}" for f in ("both_empty", "pred_empty", "ref_empty")
+                 if m.get(f"n_{f}")]
+        if parts:
+            notes.append(f"{name}: {', '.join(parts)} (distances averaged over {m.get('n_surface_cases', 0)} "
+                         f"of {m['n_cases']} cases).")
+    return notes
+
+
+def to_markdown(report: dict) -> str:
+    heads, rows = _table_rows(report)
+    lines = [f"# Segmentation metrics ({len(report['per_case'])} cases)", "",
+             "| " + " | ".join(heads) + " |", "|" + "---|" * len(heads)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    lesions = {n: m["lesions"] for n, m in report["mean"].items() if "lesions" in m}
+    if lesions:
+        lines += ["", "Lesion-wise (pooled over cases, IoU >= 0.5):", "",
+                  "| class | n_ref | n_pred | TP | FP | FN | precision | recall | F1 | AP | PQ |",
+                  "|" + "---|" * 11]
+        for n, d in lesions.items():
+            lines.append(f"| {n} | {d['n_ref']} | {d['n_pred']} | {d.get('tp@0.5', '')} | {d.get('fp@0.5', '')} | "
+                         f"{d.get('fn@0.5', '')} | " + " | ".join(_fmt(d.get(f"{k}@0.5")) for k in
+                                                                 ("precision", "recall", "f1", "ap",
+                                                                  "panoptic_quality")) + " |")
+    lines += ["", *(f"- {n}" for n in _notes(report)), "", "Worst cases (lowest mean Dice):", "",
+              "| case | mean dice | worst class | its dice |", "|---|---|---|---|"]
+    for w in worst_cases(report["per_case"]):
+        lines.append(f"| {w['case']} | {_fmt(w['mean_dice'])} | {w['worst_class']} | {_fmt(w['worst_dice'])} |")
+    lines += ["", "Settings: " + ", ".join(f"{k}={v}" for k, v in report["settings"].items()), ""]
+    return "\n".join(lines)
+
+
+def dice_plot_png(report: dict) -> bytes:
+    """Box plot with the per-case points (strip) of Dice per class, as PNG bytes."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    from matplotlib.figure import Figure
+    import numpy as np
+
+    names = list(report["mean"])
+    data = [[c["classes"][n]["dice"] for c in report["per_case"] if n in c["classes"]] for n in names]
+    fig = Figure(figsize=(max(4.0, 0.35 * len(names) + 2), 3.6), dpi=100)
+    ax = fig.add_subplot()
+    ax.boxplot(data, showfliers=False)
+    rng = np.random.default_rng(0)
+    for i, d in enumerate(data, 1):
+        ax.scatter(i + rng.uniform(-0.15, 0.15, len(d)), d, s=6, alpha=0.5, color="tab:blue")
+    ax.set_xticks(range(1, len(names) + 1), names, rotation=90 if len(names) > 6 else 0, fontsize=8)
+    ax.set_ylabel("Dice")
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_title("Dice per class (box: quartiles, dots: cases)", fontsize=9)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return buf.getvalue()
+
+
+def to_html(report: dict) -> str:
+    heads, rows = _table_rows(report)
+    e = html.escape
+    table = "<table><tr>" + "".join(f"<th>{e(h)}</th>" for h in heads) + "</tr>" + "".join(
+        "<tr>" + "".join(f"<td>{e(c.replace('**', ''))}</td>" for c in r) + "</tr>" for r in rows) + "</table>"
+    png = base64.b64encode(dice_plot_png(report)).decode("ascii")
+    worst = "<table><tr><th>case</th><th>mean dice</th><th>worst class</th><th>its dice</th></tr>" + "".join(
+        f"<tr><td>{e(w['case'])}</td><td>{_fmt(w['mean_dice'])}</td><td>{e(w['worst_class'])}</td>"
+        f"<td>{_fmt(w['worst_dice'])}</td></tr>" for w in worst_cases(report["per_case"])) + "</table>"
+    notes = "".join(f"<li>{e(n)}</li>" for n in _notes(report))
+    lesions = {n: m["lesions"] for n, m in report["mean"].items() if "lesions" in m}
+    lesion_html = ""
+    if lesions:
+        keys = ("precision", "recall", "f1", "ap", "panoptic_quality")
+        lesion_html = ("<h2>Lesion-wise (pooled over cases, IoU &ge; 0.5)</h2>\n<table><tr><th>class</th><th>n_ref</th>"
+                       "<th>n_pred</th><th>TP</th><th>FP</th><th>FN</th>" + "".join(f"<th>{k}</th>" for k in keys)
+                       + "</tr>" + "".join(
+                           f"<tr><td>{e(n)}</td><td>{d['n_ref']}</td><td>{d['n_pred']}</td><td>{d.get('tp@0.5', '')}"
+                           f"</td><td>{d.get('fp@0.5', '')}</td><td>{d.get('fn@0.5', '')}</td>"
+                           + "".join(f"<td>{_fmt(d.get(f'{k}@0.5'))}</td>" for k in keys) + "</tr>"
+                           for n, d in lesions.items()) + "</table>\n")
+    settings = "".join(f"<li>{e(str(k))}: {e(json.dumps(_clean(v)))}</li>" for k, v in report["settings"].items())
+    style = ("body{font-family:sans-serif;margin:2em;max-width:1200px}table{border-collapse:collapse;margin:1em 0}"
+             "td,th{border:1px solid #ccc;padding:2px 8px;text-align:right}td:first-child{text-align:left}")
+    return (f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>medseg evaluation</title>"
+            f"<style>{style}</style></head><body>\n<h1>Segmentation metrics ({len(report['per_case'])} cases)</h1>\n"
+            f"<h2>Summary (mean ± std over cases)</h2>\n{table}\n<ul>{notes}</ul>\n{lesion_html}"
+            f"<h2>Dice per class</h2>\n<img alt=\"Dice per class\" src=\"data:image/png;base64,{png}\">\n"
+            f"<h2>Worst cases</h2>\n{worst}\n<h2>Settings</h2>\n<ul>{settings}</ul>\n</body></html>\n")
+
+
+def write_report(report: dict, out_dir: str | os.PathLike, protect=()) -> dict[str, Path]:
+    """Render the four files in memory, then write each atomically into ``out_dir`` (created if needed)."""
+    out_dir = Path(out_dir)
+    texts = {"metrics.json": to_json(report), "metrics.csv": to_csv(report),
+             "report.html": to_html(report), "report.md": to_markdown(report)}
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"cannot create the output folder ({exc.strerror or exc})", path=out_dir) from exc
+    written = {}
+    for name in REPORT_FILES:
+        with atomic_path(out_dir / name, protect=protect) as tmp:
+            tmp.write_text(texts[name], encoding="utf-8")
+        written[name] = out_dir / name
+    return written

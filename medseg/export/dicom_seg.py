@@ -1,0 +1,165 @@
+"""DICOM-SEG with highdicom: write from a label map on a reference series, read back to masks.
+
+Writing: one segment per label value present (numbered 1..N in increasing label value, as the
+standard requires consecutive segment numbers), SNOMED CT coded category/type (see
+:mod:`medseg.export.colors`), CIELab display colour, algorithm identification (medseg, version,
+model name). highdicom takes the patient/study identifiers, frame of reference and per-frame plane
+positions from the referenced instances themselves, and omits empty frames.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+import medseg
+from medseg.errors import InputError
+from medseg.io.image import LPS_TO_RAS, Image
+
+SEG_TYPES = ("binary", "labelmap")
+
+
+def _algorithm(model_name: str | None):
+    import highdicom as hd
+    from pydicom.sr.codedict import codes
+
+    params = {"model": model_name} if model_name else None
+    return hd.AlgorithmIdentificationSequence(name="medseg" if not model_name else f"medseg {model_name}"[:64],
+                                              family=codes.DCM.ArtificialIntelligence,
+                                              version=str(medseg.__version__), source="medseg", parameters=params)
+
+
+def segment_descriptions(infos, model_name: str | None = None) -> list:
+    """highdicom ``SegmentDescription`` per :class:`~medseg.export.colors.SegmentInfo` (numbered 1..N)."""
+    import highdicom as hd
+    from highdicom.sr.coding import CodedConcept
+
+    algo = _algorithm(model_name)
+    out = []
+    for number, info in enumerate(infos, start=1):
+        desc = hd.seg.SegmentDescription(
+            segment_number=number, segment_label=info.name[:64],
+            segmented_property_category=info.category, segmented_property_type=info.type,
+            algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC, algorithm_identification=algo,
+            display_color=hd.color.CIELabColor.from_rgb(*info.color),
+        )
+        if info.laterality is not None:  # e.g. Kidney + Left (the standard's modifier, not a new code)
+            desc.SegmentedPropertyTypeCodeSequence[0].SegmentedPropertyTypeModifierCodeSequence = [
+                CodedConcept(info.laterality.value, info.laterality.scheme_designator, info.laterality.meaning)]
+        out.append(desc)
+    return out
+
+
+# Patient and General Study attributes highdicom copies from the source images; Type 2 in the SEG IOD.
+_TYPE2_COPIED = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
+                 "ReferringPhysicianName", "StudyID", "AccessionNumber")
+
+
+def write_dicom_seg(labels_on_ref: np.ndarray, ref, infos, out_path: str | os.PathLike, *,
+                    model_name: str | None = None, seg_type: str = "binary", protect=()) -> Path:
+    """Write a DICOM-SEG for a label array on the reference grid.
+
+    Parameters
+    ----------
+    labels_on_ref : ndarray, shape (columns, rows, slices)
+        Label values on ``ref``'s grid, in its slice order (see ``resample_to_reference``).
+    ref : ReferenceSeries
+    infos : list of SegmentInfo
+        One per label value to write, in segment order.
+    seg_type : {'binary', 'labelmap'}
+        BINARY (default; what older validators know) or LABELMAP (DICOM 2024, one frame per slice).
+    """
+    import highdicom as hd
+    import pydicom
+
+    from medseg.io.atomic import atomic_path
+
+    seg_type = seg_type.lower()
+    if seg_type not in SEG_TYPES:
+        raise InputError(f"unknown SEG type {seg_type!r} (use one of {', '.join(SEG_TYPES)})")
+    # segment numbers on the series grid, frames in the reference's slice order: (slices, rows, columns)
+    seg_arr = np.zeros(labels_on_ref.shape[::-1], np.uint16 if len(infos) > 255 else np.uint8)
+    frames = np.transpose(labels_on_ref, (2, 1, 0))
+    for number, info in enumerate(infos, start=1):
+        seg_arr[frames == info.value] = number
+    sources = []
+    for f in ref.files:  # highdicom reads geometry and identifiers; pixel data is not needed
+        ds = pydicom.dcmread(str(f), stop_before_pixels=True)
+        if "SpecificCharacterSet" in ds and not ds.SpecificCharacterSet:
+            del ds.SpecificCharacterSet  # empty = default repertoire; highdicom rejects the empty value
+        for keyword in _TYPE2_COPIED:  # Type 2 in the SEG: present, possibly empty (real series omit some)
+            if keyword not in ds:
+                setattr(ds, keyword, "")
+        sources.append(ds)
+    desc = str(ref.meta.get("series_description") or "")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # highdicom's person-name style hints on source names
+        try:
+            seg = hd.seg.Segmentation(
+                source_images=sources, pixel_array=seg_arr,
+                segmentation_type=hd.seg.SegmentationTypeValues[seg_type.upper()],
+                segment_descriptions=segment_descriptions(infos, model_name),
+                series_instance_uid=hd.UID(), series_number=_series_number(ref), sop_instance_uid=hd.UID(),
+                instance_number=1, manufacturer="medseg", manufacturer_model_name=(model_name or "medseg")[:64],
+                software_versions=str(medseg.__version__), device_serial_number="none",
+                series_description=f"medseg segmentation{' of ' + desc if desc else ''}"[:64],
+                content_label="MEDSEG", content_description="medseg segmentation",
+                content_creator_name="medseg^", omit_empty_frames=True,
+            )
+        except (ValueError, TypeError, AttributeError) as exc:  # highdicom's own checks of the reference
+            raise InputError(f"cannot build a DICOM-SEG on this series ({exc})", path=ref.path) from exc
+    with atomic_path(out_path, protect=protect) as tmp:
+        seg.save_as(str(tmp))
+    return Path(out_path)
+
+
+def _series_number(ref) -> int:
+    try:
+        return int(ref.datasets[0].get("SeriesNumber") or 0) + 1000
+    except (TypeError, ValueError):
+        return 1000
+
+
+def read_seg_masks(path: str | os.PathLike):
+    """Read a DICOM-SEG into per-segment binary masks on its own frame grid.
+
+    Returns
+    -------
+    masks : Image
+        ``channels_first`` uint8 stack ``[segment, i, j, k]`` with a RAS affine (frames the SEG omits
+        are empty).
+    names : dict[int, str]
+        Segment number -> segment label, in channel order.
+    seg : highdicom.seg.Segmentation
+    """
+    import highdicom as hd
+
+    path = Path(path)
+    try:
+        seg = hd.seg.segread(str(path))
+    except Exception as exc:
+        raise InputError(f"cannot read DICOM-SEG ({exc})", path=path) from exc
+    numbers = [n for n in seg.get_segment_numbers() if n != 0]  # LABELMAP SEGs may describe background as 0
+    if not numbers:
+        raise InputError("the DICOM-SEG has no segments", path=path)
+    try:
+        vol = seg.get_volume(segment_numbers=numbers, combine_segments=False)
+    except Exception as exc:
+        raise InputError(f"the DICOM-SEG frames do not form one volume ({exc})", path=path) from exc
+    arr = np.asarray(vol.array)
+    if arr.ndim == 3:
+        arr = arr[..., None]
+    # highdicom: axes (slice, row, column[, segment]), affine to LPS; medseg: [i=column, j=row, k=slice]
+    arr = np.transpose(arr, (3, 2, 1, 0)) > 0
+    aff_lps = np.asarray(vol.affine, float)[:, [2, 1, 0, 3]]
+    if np.dot(np.cross(aff_lps[:3, 0], aff_lps[:3, 1]), aff_lps[:3, 2]) < 0:  # slices along the normal, as a series
+        arr = arr[..., ::-1]
+        aff_lps[:3, 3] += (arr.shape[-1] - 1) * aff_lps[:3, 2]
+        aff_lps[:3, 2] *= -1
+    names = {n: str(seg.get_segment_description(n).SegmentLabel) for n in numbers}
+    meta = {"source": str(path), "format": "dicom-seg", "frame_of_reference_uid": str(seg.FrameOfReferenceUID),
+            "referenced_series_uids": [str(s.SeriesInstanceUID) for s in seg.get("ReferencedSeriesSequence", [])]}
+    return Image(arr.astype(np.uint8), LPS_TO_RAS @ aff_lps, meta, channels_first=True), names, seg

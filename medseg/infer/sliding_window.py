@@ -1,0 +1,365 @@
+"""Sliding-window prediction with Gaussian blending, streamed slab by slab along the last spatial axis.
+
+Why not call MONAI's ``sliding_window_inference`` directly: it holds the blended output for every class at full
+resolution (float32) plus a count map, which for a 512x512x800 CT with 105 classes is ~88 GB; it runs fp32 on
+CPU by default. Here the windows, their placement and the Gaussian weights are MONAI's (so results agree with it,
+tested), but windows are visited in order of their start along the last axis and every plane that no later
+window can touch is finalised at once (divided by the weight sum, then softmax / argmax) and written to the
+output. Only a slab one window deep is ever accumulated, so RAM is bounded by ``C x X x Y x patch_z`` whatever
+the number of slices. On CPUs with native bf16 (AVX512-BF16 / AMX) the network runs under bf16 autocast, which
+is several times faster than fp32 on such CPUs (see ``benchmarks/inference.py``); on CUDA it runs under fp16 AMP.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from typing import Callable, Literal, Sequence
+
+import numpy as np
+import torch
+
+__all__ = ["sliding_window_predict", "gaussian_importance_map", "window_starts", "resolve_device",
+           "cpu_has_native_bf16", "flip_sets"]
+
+Output = Literal["probabilities", "labels", "logits"]
+
+
+def gaussian_importance_map(patch_size: Sequence[int], sigma_scale: float = 0.125, min_weight: float = 1e-3,
+                            device: torch.device | str | None = None) -> torch.Tensor:
+    """Separable Gaussian window weights, the convention of MONAI (``mode="gaussian"``) and nnU-Net.
+
+    sigma = ``sigma_scale`` x patch size per axis (1/8 of the patch, as in nnU-Net and MONAI's default), centred
+    on the patch centre, peak 1, clamped below at ``min_weight`` so that border voxels still get some weight.
+
+    Examples
+    --------
+    >>> w = gaussian_importance_map([5, 5])
+    >>> w.shape, float(w[2, 2]), bool(w[0, 0] < w[1, 1])
+    (torch.Size([5, 5]), 1.0, True)
+    """
+    w = None
+    for size in patch_size:
+        x = torch.arange(-(size - 1) / 2.0, (size - 1) / 2.0 + 1, dtype=torch.float32, device=device)
+        g = torch.exp(x**2 / (-2 * (size * sigma_scale) ** 2))
+        w = g if w is None else w.unsqueeze(-1) * g
+    return torch.clamp(w, min=max(float(w.min()), min_weight))
+
+
+def window_starts(image_size: Sequence[int], patch_size: Sequence[int], overlap: float) -> list[list[int]]:
+    """Start index of the windows along each axis (MONAI's placement: step ``int(patch * (1 - overlap))``, the
+    last window flush with the end). ``image_size`` must be >= ``patch_size`` (pad first).
+
+    Examples
+    --------
+    >>> window_starts([100, 64], [64, 64], 0.5)
+    [[0, 32, 36], [0]]
+    """
+    if not 0 <= overlap < 1:
+        raise ValueError(f"overlap must be in [0, 1), got {overlap}")
+    starts = []
+    for n, p in zip(image_size, patch_size):
+        if n < p:
+            raise ValueError(f"image size {tuple(image_size)} is smaller than the patch {tuple(patch_size)}")
+        step = p if n == p else max(int(p * (1 - overlap)), 1)
+        count = next(i for i in range(n) if i * step + p >= n) + 1
+        starts.append([i * step - max(i * step + p - n, 0) for i in range(count)])
+    return starts
+
+
+def flip_sets(tta: bool | Sequence[int] | Sequence[Sequence[int]], spatial_dims: int) -> list[tuple[int, ...]]:
+    """The mirrorings used for test-time augmentation, as tuples of spatial axes (0-based), identity first.
+
+    ``tta=True`` mirrors over every subset of the spatial axes (nnU-Net's mirroring: 8 passes in 3D);
+    a list of axes mirrors over every subset of those axes; a list of tuples is taken as given.
+
+    Examples
+    --------
+    >>> flip_sets([0, 2], 3)
+    [(), (0,), (2,), (0, 2)]
+    """
+    if tta is False or tta is None:
+        return [()]
+    if tta is True:
+        axes = list(range(spatial_dims))
+    elif all(isinstance(a, (tuple, list)) for a in tta):
+        sets = [tuple(a) for a in tta]
+        return sets if () in sets else [()] + sets
+    else:
+        axes = sorted(int(a) for a in tta)
+    if any(not 0 <= a < spatial_dims for a in axes):
+        raise ValueError(f"TTA axes {axes} out of range for {spatial_dims} spatial dims")
+    return [c for r in range(len(axes) + 1) for c in itertools.combinations(axes, r)]
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``"auto"`` → CUDA when available, else CPU."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def cpu_has_native_bf16() -> bool:
+    """True where the CPU computes bf16 natively (AVX512-BF16 or AMX), where bf16 autocast pays off."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((ln for ln in f if ln.startswith("flags")), "")
+    except OSError:
+        return False
+    return any(f in flags.split() for f in ("avx512_bf16", "amx_bf16"))
+
+
+def _autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    if precision == "fp32":
+        return None
+    if precision == "bf16":
+        return torch.bfloat16
+    if precision == "fp16":
+        return torch.float16
+    if precision != "auto":
+        raise ValueError(f"precision must be auto, fp32, bf16 or fp16, got {precision!r}")
+    if device.type == "cuda":
+        return torch.float16
+    return torch.bfloat16 if device.type == "cpu" and cpu_has_native_bf16() else None
+
+
+class _Slab:
+    """Accumulator for the planes [base, base + depth) of the last axis: weighted logits and weight sum."""
+
+    def __init__(self, classes: int, size: Sequence[int], depth: int, dtype: torch.dtype, device: torch.device):
+        self.acc = torch.zeros((classes, *size[:-1], depth), dtype=dtype, device=device)
+        self.wsum = torch.zeros((*size[:-1], depth), dtype=torch.float32, device=device)
+        self.base = 0
+
+    def add(self, logits: torch.Tensor, weight: torch.Tensor, starts: Sequence[int]) -> None:
+        idx = tuple(slice(s, s + n) for s, n in zip(starts[:-1], logits.shape[1:-1]))
+        z = starts[-1] - self.base
+        idx = idx + (slice(z, z + logits.shape[-1]),)
+        self.acc[(slice(None),) + idx] += (logits * weight).to(self.acc.dtype)
+        self.wsum[idx] += weight
+
+    def pop(self, n: int) -> torch.Tensor:
+        """Blended logits (float32) of the first ``n`` planes; the slab then moves ``n`` planes on."""
+        out = self.acc[..., :n].float() / self.wsum[..., :n]
+        depth = self.acc.shape[-1]
+        if n < depth:
+            self.acc[..., : depth - n] = self.acc[..., n:].clone()
+            self.wsum[..., : depth - n] = self.wsum[..., n:].clone()
+        self.acc[..., depth - n:] = 0
+        self.wsum[..., depth - n:] = 0
+        self.base += n
+        return out
+
+
+def _finish(logits: torch.Tensor, output: str, activation: str | None) -> torch.Tensor:
+    if output == "logits" or activation is None and output != "labels":
+        return logits
+    if activation == "sigmoid":
+        return (logits > 0).to(torch.uint8) if output == "labels" else torch.sigmoid(logits)
+    if output == "labels":
+        return torch.argmax(logits, dim=0)
+    return torch.softmax(logits, dim=0)
+
+
+def sliding_window_predict(
+    network: torch.nn.Module | Callable[[torch.Tensor], torch.Tensor],
+    image: torch.Tensor | np.ndarray,
+    patch_size: Sequence[int],
+    overlap: float = 0.5,
+    tta: bool | Sequence[int] = False,
+    batch_size: int = 1,
+    device: str | torch.device = "auto",
+    num_classes: int | None = None,
+    output: Output = "probabilities",
+    activation: Literal["softmax", "sigmoid"] | None = "softmax",
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto",
+    channels_last: bool | None = None,
+    accumulate_dtype: torch.dtype | None = None,
+    out_dtype: torch.dtype = torch.float32,
+    memory_budget: float = 4 * 2**30,
+    stitch_device: str | torch.device = "auto",
+    progress: bool = False,
+) -> torch.Tensor:
+    """Predict a whole image with overlapping windows blended by a Gaussian (2D or 3D).
+
+    Parameters
+    ----------
+    network : torch.nn.Module or callable
+        Maps a batch ``(B, C_in, *patch_size)`` to logits ``(B, C_out, *patch_size)``. A module is put in eval
+        mode and moved to ``device`` for the call (its train flag and memory format are restored afterwards).
+    image : (C_in, *spatial) tensor or array
+        Already normalised input; stays on the CPU (windows are copied to ``device`` one batch at a time).
+    patch_size : sequence of int
+        Window size; the image is zero-padded (centred, as MONAI does) where it is smaller.
+    overlap : float
+        Fraction of a window shared with its neighbour (MONAI's definition; 0.5 is nnU-Net's default).
+    tta : bool or sequence of int
+        Mirroring test-time augmentation: ``True`` for all spatial axes, or the axes to mirror (every subset).
+        Logits of the mirrored passes are averaged, as nnU-Net does.
+    batch_size : int
+        Windows per forward pass.
+    device : "auto", "cpu", "cuda" or torch.device
+        Where the network runs; ``"auto"`` picks CUDA when available.
+    num_classes : int, optional
+        Output channels, if known (otherwise read from the first forward pass).
+    output : "probabilities", "labels" or "logits"
+        ``"labels"`` returns the argmax (uint8 up to 256 classes, else int32; with ``activation="sigmoid"`` one
+        binary uint8 mask per channel).
+    activation : "softmax", "sigmoid" or None
+        Applied to the blended logits for ``output="probabilities"`` (None: return blended logits).
+    precision : "auto", "fp32", "bf16", "fp16"
+        Autocast dtype for the network. ``"auto"``: fp16 on CUDA, bf16 on CPUs with native bf16, else fp32.
+    channels_last : bool, optional
+        Run the network in channels-last memory format; default: on where it was measured to help (CPU fp32).
+    accumulate_dtype : torch.dtype, optional
+        dtype of the blending buffer; default float32, or float16 when a float32 slab would exceed
+        ``memory_budget`` (e.g. a hundred classes on a 512x512 CT).
+    out_dtype : torch.dtype
+        dtype of returned probabilities / logits (float16 halves the result's RAM).
+    memory_budget : float
+        Bytes the blending slab may use before it falls back to float16.
+    stitch_device : "auto", "cpu", "cuda"
+        Where the slab is accumulated; ``"auto"``: the network's device if the slab fits in a quarter of its
+        free memory, else the CPU (window on the GPU, stitching on the CPU).
+    progress : bool
+        Show a progress bar over the windows.
+
+    Returns
+    -------
+    torch.Tensor
+        ``(C_out, *spatial)`` probabilities / logits, or ``(*spatial)`` labels, on the CPU, in the input's grid.
+
+    Examples
+    --------
+    >>> net = torch.nn.Conv2d(1, 3, 3, padding=1)
+    >>> probs = sliding_window_predict(net, torch.rand(1, 50, 40), [32, 32], device="cpu")
+    >>> probs.shape, bool(torch.allclose(probs.sum(0), torch.ones(50, 40)))
+    (torch.Size([3, 50, 40]), True)
+    """
+    if output not in ("probabilities", "labels", "logits"):
+        raise ValueError(f"output must be probabilities, labels or logits, got {output!r}")
+    image = torch.as_tensor(image).float()
+    patch = [int(p) for p in patch_size]
+    nd = len(patch)
+    if image.ndim != nd + 1:
+        raise ValueError(f"image must be (C, *spatial) with {nd} spatial dims for patch {patch}, got {tuple(image.shape)}")
+    dev = resolve_device(device)
+    cast = _autocast_dtype(precision, dev)
+    if channels_last is None:
+        channels_last = dev.type == "cpu" and cast is None and nd in (2, 3)
+    flips = flip_sets(tta, nd)
+
+    # centred zero padding up to the patch, as MONAI does
+    orig = list(image.shape[1:])
+    pad_lo = [max(p - n, 0) // 2 for n, p in zip(orig, patch)]
+    if any(n < p for n, p in zip(orig, patch)):
+        pads = []
+        for n, p, lo in reversed(list(zip(orig, patch, pad_lo))):
+            pads += [lo, max(p - n, 0) - lo]
+        image = torch.nn.functional.pad(image, pads)
+    size = list(image.shape[1:])
+    starts = window_starts(size, patch, overlap)
+    # z-major order: a plane is final once every window starting at or before it has been added
+    windows = sorted(itertools.product(*starts), key=lambda s: (s[-1], s))
+    z_starts = starts[-1]
+
+    is_module = isinstance(network, torch.nn.Module)
+    if is_module:
+        was_training = network.training
+        network.eval().to(dev)
+        mf = torch.channels_last_3d if nd == 3 else torch.channels_last
+        if channels_last:
+            network.to(memory_format=mf)
+    weight = gaussian_importance_map(patch, device=dev)
+
+    def forward(batch: torch.Tensor) -> torch.Tensor:
+        batch = batch.to(dev, non_blocking=True)
+        if channels_last:
+            batch = batch.contiguous(memory_format=mf)
+        total = None
+        for axes in flips:
+            dims = [a + 2 for a in axes]
+            x = torch.flip(batch, dims) if dims else batch
+            with torch.autocast(dev.type, dtype=cast or torch.float32, enabled=cast is not None):
+                y = network(x)
+            y = y[0] if isinstance(y, (list, tuple)) else y  # deep supervision: full-resolution head
+            y = (torch.flip(y, dims) if dims else y).float()
+            total = y if total is None else total + y
+        return total / len(flips) if len(flips) > 1 else total
+
+    slab, result, done = None, None, 0  # done: planes (padded coords) already emitted
+    out_lo = pad_lo[-1]
+
+    def emit(n: int) -> None:
+        nonlocal done, result
+        blended = slab.pop(n)
+        crop = tuple(slice(lo, lo + o) for lo, o in zip(pad_lo[:-1], orig[:-1]))
+        z0, z1 = max(done, out_lo), min(done + n, out_lo + orig[-1])
+        if z1 > z0:
+            part = _finish(blended[(slice(None),) + crop + (slice(z0 - done, z1 - done),)], output, activation)
+            part = part.cpu()
+            if result is None:
+                shape = (*part.shape[:-1], orig[-1])
+                dtype = part.dtype if output == "labels" else out_dtype
+                if output == "labels" and part.ndim == nd:
+                    dtype = torch.uint8 if blended.shape[0] <= 256 else torch.int32
+                result = torch.empty(shape, dtype=dtype)
+            result[..., z0 - out_lo: z1 - out_lo] = part.to(result.dtype)
+        done += n
+
+    bar = _progress(len(windows) * len(flips), progress)
+    try:
+        with torch.inference_mode():
+            for b0 in range(0, len(windows), batch_size):
+                group = windows[b0: b0 + batch_size]
+                batch = torch.stack([image[(slice(None),) + tuple(slice(s, s + p) for s, p in zip(w, patch))]
+                                     for w in group])
+                logits = forward(batch)
+                if slab is None:
+                    classes = num_classes or logits.shape[1]
+                    slab = _make_slab(classes, size, patch[-1], accumulate_dtype, memory_budget, dev,
+                                      stitch_device)
+                    weight = weight.to(slab.acc.device)
+                logits = logits.to(slab.acc.device)
+                for w, y in zip(group, logits):
+                    if w[-1] > slab.base:  # all windows before this z-start are in: planes below it are final
+                        emit(w[-1] - slab.base)
+                    slab.add(y, weight, w)
+                if bar is not None:
+                    bar[0].advance(bar[1], len(group) * len(flips))
+            emit(size[-1] - done)
+    finally:
+        if bar is not None:
+            bar[0].stop()
+        if is_module:
+            if channels_last:
+                network.to(memory_format=torch.contiguous_format)
+            network.train(was_training)
+    assert z_starts[-1] + patch[-1] == size[-1]
+    return result
+
+
+def _make_slab(classes: int, size: Sequence[int], depth: int, dtype: torch.dtype | None, budget: float,
+               dev: torch.device, stitch_device) -> _Slab:
+    voxels = classes * math.prod(size[:-1]) * depth
+    if dtype is None:
+        dtype = torch.float32 if voxels * 4 <= budget else torch.float16
+    sdev = stitch_device
+    if str(sdev) == "auto":
+        sdev = "cpu"
+        if dev.type == "cuda":
+            free, _ = torch.cuda.mem_get_info(dev)
+            if voxels * torch.finfo(dtype).bits // 8 < free / 4:
+                sdev = dev
+    return _Slab(classes, size, depth, dtype, torch.device(sdev))
+
+
+def _progress(total: int, show: bool):
+    if not show:
+        return None
+    from rich.progress import Progress
+
+    bar = Progress(transient=True)
+    bar.start()
+    return bar, bar.add_task("sliding window", total=total)
+

@@ -1,0 +1,215 @@
+"""What ``medseg info`` and ``medseg convert`` do, as functions.
+
+``describe(path)`` lists every image (series) in a file or DICOM folder with its geometry;
+``convert(input, output)`` writes NIfTI/NRRD/MHA, one file per series when ``output`` is a folder.
+Inputs are validated before anything is written, and every output is written atomically.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medseg.errors import InputError
+from medseg.io.atomic import atomic_path, case_name, full_suffix
+from medseg.io.image import Image
+from medseg.io.readers import ITK, MICROSCOPY, NIFTI, WRITABLE, is_dicom_file, read_image, write_unchecked
+
+
+def image_summary(img: Image) -> dict[str, Any]:
+    """Geometry and intensity summary of one image (JSON-ready; origin/direction in RAS).
+
+    ``direction`` is the 3x3 matrix as a list of rows; its columns are the index axes' unit vectors.
+    """
+    arr = img.array
+    finite = arr[np.isfinite(arr)] if np.issubdtype(arr.dtype, np.floating) else arr
+    rng = [float(finite.min()), float(finite.max())] if finite.size else [None, None]
+    return {
+        "shape": list(img.shape), "channels": img.num_channels, "dtype": str(arr.dtype),
+        "spacing": [round(s, 6) for s in img.spacing], "origin": [round(o, 4) for o in img.origin],
+        "direction": np.round(img.direction[: img.ndim, : img.ndim] if img.ndim == 2 else img.direction, 6).tolist(),
+        "orientation": img.orientation if "unit" not in img.meta else "", "intensity_range": rng,
+        "unit": img.meta.get("unit", "mm"),  # microscopy: 'um' or 'pixel'; no patient frame, no orientation
+        "modality": img.meta.get("modality", ""), "series_description": img.meta.get("series_description", ""),
+        "series_uid": img.meta.get("series_uid", ""),
+    }
+
+
+def _is_dicom_input(path: Path) -> bool:
+    return path.is_dir() or (path.is_file() and full_suffix(path) not in NIFTI + ITK + MICROSCOPY
+                             and is_dicom_file(path))
+
+
+def describe(path: str | os.PathLike, series: str | int | None = None) -> list[dict[str, Any]]:
+    """One summary per image: per DICOM series for a folder, else one for the file.
+
+    A DICOM series that is not a regular volume is listed with its ``problem`` instead of
+    voxel statistics (listing a study never fails because of one bad series).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise InputError("no such file or folder", path=path)
+    if not _is_dicom_input(path) or (path.is_file() and _dicom_modality(path) in ("SEG", "RTSTRUCT")):
+        if path.is_file() and _dicom_modality(path) in ("SEG", "RTSTRUCT"):
+            img = _import_segmentation(path, None)
+        else:
+            img = read_image(path)
+        return [{"index": 0, "source": str(path), **image_summary(img)}]
+    from medseg.io.dicom import discover_series, load_series, no_series_message, select_series
+
+    found = discover_series(path)
+    if not found:
+        raise InputError(no_series_message(path), path=path)
+    if series is not None:
+        found = [select_series(found, series, path)]
+    out = []
+    for s in found:
+        rec: dict[str, Any] = {"index": s.index, "source": str(s.folder), "num_slices": s.num_slices}
+        if s.problem or s.tilt_degrees:
+            why = s.problem or f"gantry tilt of {s.tilt_degrees:.2f} degrees (convert with --allow-tilt)"
+            rec.update(modality=s.modality, series_description=s.description, series_uid=s.series_uid, problem=why)
+        else:
+            rec.update(image_summary(load_series(s)))
+        if s.meta.get("split"):
+            rec["note"] = s.meta["split"]
+        out.append(rec)
+    return out
+
+
+def format_summary(rec: dict[str, Any]) -> str:
+    """Human-readable lines for one ``describe`` record."""
+    head = f"[{rec['index']}] {rec.get('series_description') or Path(rec['source']).name}"
+    if rec.get("modality"):
+        head += f"  ({rec['modality']})"
+    lines = [head, f"    source       {rec['source']}"]
+    if rec.get("series_uid"):
+        lines.append(f"    series uid   {rec['series_uid']}")
+    if rec.get("problem"):
+        lines.append(f"    NOT LOADABLE {rec['problem']}")
+    else:
+        fmt = lambda v: "(" + ", ".join(f"{x:.6g}" for x in v) + ")"  # noqa: E731
+        lines += [
+            f"    shape        {tuple(rec['shape'])}"
+            + (f" x {rec['channels']} channels" if rec["channels"] > 1 else ""),
+            f"    spacing      {fmt(rec['spacing'])} {rec.get('unit', 'mm')}",
+            f"    origin       {fmt(rec['origin'])} {rec.get('unit', 'mm')}"
+            + (" (RAS)" if rec.get("orientation") else ""),
+            "    direction    " + "  ".join(f"{ax} {fmt(c)}" for ax, c in zip("ijk", np.array(rec["direction"]).T))
+            + ("  (RAS unit vector of each index axis)" if rec.get("orientation") else ""),
+            f"    orientation  {rec['orientation'] or '(none: microscopy, file axis order)'}",
+            f"    dtype        {rec['dtype']}   range "
+            f"[{rec['intensity_range'][0]:.6g}, {rec['intensity_range'][1]:.6g}]",
+        ]
+    if rec.get("note"):
+        lines.append(f"    note         {rec['note']}")
+    return "\n".join(lines)
+
+
+def _dicom_modality(path: Path) -> str:
+    if not (path.is_file() and is_dicom_file(path)):
+        return ""
+    import pydicom
+
+    try:
+        return str(pydicom.dcmread(path, stop_before_pixels=True).get("Modality", "") or "").upper()
+    except Exception as exc:
+        raise InputError(f"corrupt DICOM file ({type(exc).__name__}: {exc})", path=path) from None
+
+
+def _import_segmentation(path: Path, reference) -> Image:
+    try:
+        from medseg.export.importers import import_segmentation
+    except ImportError:
+        raise InputError("reading DICOM-SEG/RTSTRUCT needs medseg.export.importers, which this installation "
+                         "lacks", path=path) from None
+    return import_segmentation(path, reference=reference)
+
+
+def series_file_name(index: int, description: str, modality: str, suffix: str = ".nii.gz") -> str:
+    """File name for one series of a converted DICOM folder.
+
+    Examples
+    --------
+    >>> series_file_name(3, "T2 reg / axial", "MR")
+    '03_T2_reg_axial.nii.gz'
+    """
+    slug = re.sub(r"[^A-Za-z0-9]+", "_", description or modality or "series").strip("_")[:60] or "series"
+    return f"{index:02d}_{slug}{suffix}"
+
+
+def convert(input: str | os.PathLike, output: str | os.PathLike, series: str | int | None = None,
+            allow_tilt: bool = False, reference: str | os.PathLike | None = None,
+            suffix: str = ".nii.gz") -> list[Path]:
+    """Convert an image, a DICOM series or a whole DICOM folder; returns the files written.
+
+    ``output`` is a file (its suffix picks NIfTI/NRRD/MHA) or a folder (an existing folder, or
+    a path without an image suffix): then one ``suffix`` file per DICOM volume series (images
+    that cannot be volumes, such as screenshots, are skipped with a note on stderr; a damaged or
+    irregular series stops everything). The files are renamed into place together at the end.
+    """
+    src, dst = Path(input), Path(output)
+    if not src.exists():
+        raise InputError("no such file or folder", path=src)
+    to_folder = dst.is_dir() or full_suffix(dst) not in WRITABLE
+    if to_folder and full_suffix(dst) not in ("",) and not dst.is_dir():
+        raise InputError(f"cannot write format '{full_suffix(dst)}' (use one of {', '.join(WRITABLE)}, "
+                         "a name without suffix for a new folder, or an existing folder)", path=dst)
+    if suffix not in WRITABLE:
+        raise InputError(f"cannot write format '{suffix}'", path=dst)
+    skipped: list = []
+    modality = _dicom_modality(src)
+    if modality in ("SEG", "RTSTRUCT"):
+        images = [(dst / f"{src.stem}{suffix}" if to_folder else dst, _import_segmentation(src, reference))]
+    elif _is_dicom_input(src):
+        from medseg.io.dicom import discover_series, load_series, no_series_message, select_series
+
+        found = discover_series(src, progress=True)
+        if to_folder and series is None:  # whole folder: every volume; images that are no volume are skipped
+            picked = [s for s in found if s.is_volume]
+            skipped.extend(s for s in found if not s.is_volume)
+        else:
+            picked = [select_series(found, series, src)]
+        if not picked:
+            if not skipped:
+                raise InputError(no_series_message(src), path=src)
+            raise InputError(f"no DICOM volume series found ({len(skipped)} non-volume image series: "
+                             f"{skipped[0].problem})", path=src)
+        bad = [s for s in picked if s.problem or (s.tilt_degrees and not allow_tilt)]
+        if bad:  # fail before writing: the message says which series and why
+            load_series(bad[0], allow_tilt=allow_tilt)
+        images = [(dst / series_file_name(s.index, s.description, s.modality, suffix) if to_folder else dst, s)
+                  for s in picked]
+    else:
+        img = read_image(src, series, allow_tilt=allow_tilt)
+        images = [(dst / f"{case_name(src)}{suffix}" if to_folder else dst, img)]
+    if to_folder:
+        if dst.exists() and not dst.is_dir():
+            raise InputError("output exists and is not a folder", path=dst)
+        if not dst.parent.is_dir():
+            raise InputError("output's parent folder does not exist", path=dst.parent)
+    for s in skipped:  # said once, on stderr, without stopping the conversion
+        print(f"medseg: note: {s.folder}: skipped series {s.label()}: {s.problem}", file=sys.stderr)
+    written: list[Path] = []
+    created = False
+    try:
+        with contextlib.ExitStack() as stack:
+            for out, item in images:
+                if to_folder and not dst.exists():
+                    dst.mkdir()
+                    created = True
+                img = item if isinstance(item, Image) else load_series(item, allow_tilt=allow_tilt, progress=True)
+                tmp = stack.enter_context(atomic_path(out, protect=[src]))
+                write_unchecked(img, tmp, full_suffix(out))
+                written.append(out)
+    except BaseException:
+        if created:
+            with contextlib.suppress(OSError):
+                dst.rmdir()  # only if still empty: nothing partial stays behind
+        raise
+    return written

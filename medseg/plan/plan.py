@@ -1,0 +1,171 @@
+"""The editable plan: every choice training and prediction make, as a readable, validated YAML file."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from medseg.errors import InputError
+from medseg.io.atomic import atomic_path
+
+NORMALISATIONS = ("zscore", "ct", "none")
+LOSSES = ("dice_ce", "dice_focal", "ce", "dice")
+OPTIMIZERS = ("adamw", "sgd")
+
+
+@dataclass
+class Normalisation:
+    """How one channel is normalised: ``zscore`` (per case), ``ct`` (clip to dataset foreground percentiles, then
+    z-score with dataset statistics) or ``none``."""
+
+    scheme: str = "zscore"
+    clip: tuple[float, float] | None = None
+    mean: float | None = None
+    std: float | None = None
+
+
+@dataclass
+class Plan:
+    """Everything a training run and a prediction need; ``to_yaml``/``from_yaml`` round-trip it."""
+
+    name: str = "dataset"
+    dataset: str | None = None
+    channels: list[str] = field(default_factory=lambda: ["image"])
+    labels: dict[int, str] = field(default_factory=lambda: {0: "background", 1: "foreground"})
+    normalisation: list[Normalisation] = field(default_factory=lambda: [Normalisation()])
+    target_spacing: list[float] = field(default_factory=lambda: [1.0, 1.0, 1.0])
+    spatial_dims: int = 3
+    patch_size: list[int] = field(default_factory=lambda: [64, 64, 64])
+    batch_size: int = 2
+    # network
+    base_filters: int = 32
+    max_filters: int = 320
+    deep_supervision: bool = False
+    # training
+    loss: str = "dice_ce"
+    class_weights: list[float] | None = None
+    optimizer: str = "adamw"
+    learning_rate: float = 2e-3
+    weight_decay: float = 1e-5
+    max_epochs: int = 100
+    iterations_per_epoch: int = 100
+    max_minutes: float | None = None
+    foreground_oversample: float = 0.5
+    augment: dict[str, Any] = field(default_factory=lambda: {"rotate_deg": 15.0, "scale": [0.85, 1.15],
+                                                             "flip_axes": [], "intensity": True, "gamma": True,
+                                                             "noise": 0.05, "prob": 0.3})
+    val_every: int = 5
+    num_folds: int = 5
+    fold: int = 0
+    seed: int = 0
+    bf16: bool = True
+    num_threads: int | None = None
+    # inference
+    overlap: float = 0.5
+    tta: bool = False
+
+    @property
+    def num_classes(self) -> int:
+        return max(self.labels) + 1
+
+    @property
+    def in_channels(self) -> int:
+        return len(self.channels)
+
+    # --- validation ------------------------------------------------------------------------
+    def validate(self, where: str | os.PathLike | None = None) -> "Plan":
+        """Raise ``InputError`` with a helpful message on the first inconsistent value."""
+        def bad(msg):
+            raise InputError(f"invalid plan: {msg}", path=where)
+
+        if self.spatial_dims not in (2, 3):
+            bad(f"spatial_dims must be 2 or 3, got {self.spatial_dims}")
+        if len(self.patch_size) != self.spatial_dims:
+            bad(f"patch_size {self.patch_size} must have {self.spatial_dims} entries (spatial_dims)")
+        if any(int(p) < 8 for p in self.patch_size):
+            bad(f"patch_size {self.patch_size}: every entry must be >= 8")
+        if len(self.target_spacing) != 3 or any(s <= 0 for s in self.target_spacing):
+            bad(f"target_spacing {self.target_spacing} must be 3 positive numbers (mm)")
+        if len(self.normalisation) != len(self.channels):
+            bad(f"{len(self.channels)} channels but {len(self.normalisation)} normalisation entries")
+        for n in self.normalisation:
+            if n.scheme not in NORMALISATIONS:
+                bad(f"normalisation scheme '{n.scheme}' is not one of {', '.join(NORMALISATIONS)}")
+            if n.scheme == "ct" and (n.clip is None or n.mean is None or not n.std):
+                bad("normalisation 'ct' needs clip, mean and std (run 'medseg plan' to compute them)")
+        if 0 not in self.labels:
+            bad("labels must include 0 (background)")
+        if self.loss not in LOSSES:
+            bad(f"loss '{self.loss}' is not one of {', '.join(LOSSES)}")
+        if self.optimizer not in OPTIMIZERS:
+            bad(f"optimizer '{self.optimizer}' is not one of {', '.join(OPTIMIZERS)}")
+        if self.class_weights is not None and len(self.class_weights) != self.num_classes:
+            bad(f"class_weights needs {self.num_classes} entries (one per class incl. background)")
+        if self.batch_size < 1 or self.max_epochs < 1 or self.iterations_per_epoch < 1:
+            bad("batch_size, max_epochs and iterations_per_epoch must be >= 1")
+        if not 0 <= self.foreground_oversample <= 1:
+            bad(f"foreground_oversample must be in [0, 1], got {self.foreground_oversample}")
+        if not 0 <= self.overlap < 1:
+            bad(f"overlap must be in [0, 1), got {self.overlap}")
+        if not 0 <= self.fold < self.num_folds:
+            bad(f"fold {self.fold} is not in 0..{self.num_folds - 1}")
+        return self
+
+    # --- (de)serialisation -------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["labels"] = {int(k): str(v) for k, v in self.labels.items()}
+        d["normalisation"] = [{k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(n).items()}
+                              for n in self.normalisation]
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict, where: str | os.PathLike | None = None) -> "Plan":
+        if not isinstance(d, dict):
+            raise InputError("invalid plan: expected a mapping of settings", path=where)
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            import difflib
+
+            hints = [f"'{u}'" + (f" (did you mean '{m[0]}'?)" if (m := difflib.get_close_matches(u, known, 1)) else "")
+                     for u in unknown]
+            raise InputError(f"invalid plan: unknown setting {', '.join(hints)}", path=where)
+        d = dict(d)
+        try:
+            if "labels" in d:
+                d["labels"] = {int(k): str(v) for k, v in d["labels"].items()}
+            if "normalisation" in d:
+                d["normalisation"] = [Normalisation(**{**n, "clip": tuple(n["clip"]) if n.get("clip") else None})
+                                      for n in d["normalisation"]]
+            plan = cls(**d)
+        except (TypeError, ValueError, AttributeError) as exc:
+            raise InputError(f"invalid plan: {exc}", path=where) from exc
+        return plan.validate(where)
+
+    def to_yaml(self, path: str | os.PathLike | None = None) -> str:
+        text = "# medseg plan: edit freely; 'medseg train' validates it.\n" + yaml.safe_dump(
+            self.to_dict(), sort_keys=False, default_flow_style=None, width=110)
+        if path is not None:
+            with atomic_path(path) as tmp:
+                tmp.write_text(text)
+        return text
+
+    @classmethod
+    def from_yaml(cls, path: str | os.PathLike) -> "Plan":
+        path = Path(path)
+        if not path.is_file():
+            raise InputError("plan file does not exist", path=path)
+        try:
+            d = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as exc:
+            raise InputError(f"invalid YAML ({' '.join(str(exc).split())})", path=path) from exc
+        plan = cls.from_dict(d, where=path)
+        if plan.dataset and not os.path.isabs(plan.dataset):  # relative to the plan file
+            plan.dataset = str((path.parent / plan.dataset).resolve())
+        return plan

@@ -1,0 +1,144 @@
+"""From a fingerprint to a plan: target spacing, normalisation, 2D/3D, patch, batch and width fitted to budgets."""
+
+from __future__ import annotations
+
+import math
+import os
+
+import numpy as np
+
+from medseg.plan.fingerprint import Fingerprint, compute_fingerprint
+from medseg.plan.plan import Normalisation, Plan
+from medseg.train.dataset import Dataset, open_dataset
+from medseg.train.network import dynunet_strides
+
+# Effective training throughput assumed when fitting to a time budget (forward+backward FLOP/s). Conservative
+# numbers measured on this project's 2-core CPU (bf16 autocast) and a mid-range GPU; override with throughput=.
+THROUGHPUT = {"cpu": 6e10, "cuda": 1.5e13}
+ANISOTROPY = 3.0
+
+
+def target_spacing(fp: Fingerprint) -> list[float]:
+    """Median spacing; for strongly anisotropic data the coarse axis takes the 10th percentile (nnU-Net)."""
+    sp = np.asarray(fp.spacings, float)
+    med = np.median(sp, axis=0)
+    worst = int(np.argmax(med))
+    others = [i for i in range(3) if i != worst]
+    if med[worst] > ANISOTROPY * med[others].max():
+        med[worst] = max(np.percentile(sp[:, worst], 10), med[others].max())
+    return [round(float(s), 4) for s in med]
+
+
+def normalisations(fp: Fingerprint) -> list[Normalisation]:
+    """CT channels: clip to foreground 0.5–99.5 percentiles and z-score with dataset stats; others: per case."""
+    out = []
+    for name, st in zip(fp.channel_names, fp.intensity or [{}] * len(fp.channel_names)):
+        if name.strip().upper() == "CT" and st:
+            out.append(Normalisation("ct", (st["p00_5"], st["p99_5"]), st["mean"], max(st["std"], 1e-6)))
+        else:
+            out.append(Normalisation("zscore"))
+    return out
+
+
+def estimate_cost(patch: list[int], base_filters: int, max_filters: int = 320,
+                  in_channels: int = 1, num_classes: int = 2) -> tuple[float, float]:
+    """(activation bytes per sample, training FLOPs per sample) of a DynUNet on ``patch``.
+
+    Coarse but monotone: two 3^d convolutions per level in encoder and decoder; backward ≈ 2× forward;
+    about 12 float32 activation maps of each level's size are kept for the backward pass.
+    """
+    kernels, strides = dynunet_strides(patch)
+    d = len(patch)
+    size = np.asarray(patch, float)
+    mem = flops = 0.0
+    prev = in_channels
+    for lvl, st in enumerate(strides):
+        size = size / np.asarray(st)
+        f = min(base_filters * 2 ** lvl, max_filters)
+        vox = float(np.prod(size))
+        conv = 2 * vox * (3 ** d) * (prev * f + f * f)
+        flops += conv * (2 if lvl < len(strides) - 1 else 1)  # decoder mirrors all but the bottleneck
+        mem += vox * f * 12 * 4
+        prev = f
+    return mem, 3 * flops
+
+
+def fit_patch(median_shape, spacing, spatial_dims: int, memory_bytes: float, base_filters: int,
+              batch_size: int, max_voxels: float | None = None) -> list[int]:
+    """Patch = the median case shape, rounded up to the network's divisibility, shrunk (largest axis first,
+    in mm) until activations of ``batch_size`` samples fit in ``memory_bytes`` and (optionally) ``max_voxels``."""
+    shape = [int(s) for s in median_shape][-spatial_dims:] if spatial_dims == 2 else [int(s) for s in median_shape]
+    sp = list(spacing)[-spatial_dims:] if spatial_dims == 2 else list(spacing)
+
+    def round_up(p):
+        _, strides = dynunet_strides(p, sp)
+        div = np.prod(np.asarray(strides), axis=0)
+        return [int(math.ceil(x / dv) * dv) for x, dv in zip(p, div)]
+
+    patch = round_up([max(s, 8) for s in shape])
+    for _ in range(100):
+        mem, _ = estimate_cost(patch, base_filters)
+        if mem * batch_size <= memory_bytes and (max_voxels is None or np.prod(patch) <= max_voxels):
+            break
+        mm = [p * s if p > 8 else 0 for p, s in zip(patch, sp)]
+        if max(mm) == 0:
+            break
+        i = int(np.argmax(mm))
+        _, strides = dynunet_strides(patch, sp)
+        step = int(np.prod([st[i] for st in strides]))
+        patch[i] = max(8, patch[i] - max(step, 1))  # one divisibility unit at a time: always shrinks
+    return patch
+
+
+def make_plan(dataset: str | os.PathLike | Dataset, device: str = "cpu", memory_gb: float | None = None,
+              minutes: float | None = None, fingerprint: Fingerprint | None = None,
+              throughput: float | None = None, min_iterations: int = 6000, progress: bool = False) -> Plan:
+    """Plan a dataset for ``device`` with a memory budget (GB) and, if given, a training time budget (minutes).
+
+    With a time budget the network width and patch are reduced until at least ``min_iterations`` iterations fit
+    (small shallow networks that see many more patches beat big ones that see few, on a CPU).
+    """
+    ds = dataset if isinstance(dataset, Dataset) else open_dataset(dataset)
+    fp = fingerprint or compute_fingerprint(ds, progress=progress)
+    spacing = target_spacing(fp)
+    med_shape = np.median([np.asarray(s) * np.asarray(sp) / np.asarray(spacing)
+                           for s, sp in zip(fp.shapes, fp.spacings)], axis=0)
+    # 2D when one axis is much coarser than the others (thick slices): the in-plane axes carry the detail
+    spatial_dims = 2 if max(spacing) > ANISOTROPY * min(spacing) else 3
+    if memory_gb is None:
+        memory_gb = 8.0 if device == "cuda" else 4.0
+    budget = memory_gb * 1e9 * 0.5  # half for activations, the rest for weights, optimiser, data
+    base, batch = (32, 2) if spatial_dims == 3 else (32, 12)
+    if float(np.prod(med_shape)) < 64 ** 3 / 4:  # small images: several per batch
+        batch = 4
+    patch = fit_patch(med_shape if spatial_dims == 3 else med_shape[[i for i in range(3) if i != int(np.argmax(spacing))]],
+                      spacing, spatial_dims, budget, base, batch)
+    tp = throughput or THROUGHPUT.get(device, THROUGHPUT["cpu"])
+    iters_per_epoch, epochs = 250, 1000
+    if minutes:
+        # make room for min_iterations in the budget: narrower first, then a smaller patch
+        for _ in range(50):
+            _, flops = estimate_cost(patch, base)
+            n_iter = minutes * 60 * tp / (flops * batch)
+            if n_iter >= min_iterations or (base <= 16 and np.prod(patch) <= 32 ** spatial_dims):
+                break
+            if base > 16:
+                base //= 2
+            else:
+                smaller = fit_patch(patch, spacing, spatial_dims, budget, base, batch,
+                                    max_voxels=float(np.prod(patch)) * 0.7)
+                if smaller == patch:
+                    break
+                patch = smaller
+        epochs = max(1, int(n_iter // iters_per_epoch))
+    labels = {int(k): v for k, v in ds.labels.items()}
+    # rare classes (< 1% of foreground voxels) get foreground-heavy sampling
+    fg = {k: v for k, v in fp.class_voxels.items() if k != 0}
+    rare = fg and min(fg.values()) < 0.01 * sum(fg.values())
+    plan = Plan(name=str(ds.meta.get("name", ds.root.name)), dataset=str(ds.root), channels=fp.channel_names,
+                labels=labels, normalisation=normalisations(fp), target_spacing=spacing,
+                spatial_dims=spatial_dims, patch_size=[int(p) for p in patch], batch_size=batch,
+                base_filters=base, max_filters=320, max_epochs=epochs, iterations_per_epoch=iters_per_epoch,
+                max_minutes=minutes, foreground_oversample=0.66 if rare else 0.33,
+                bf16=device == "cpu", val_every=max(1, epochs // 20))
+    return plan.validate()

@@ -1,0 +1,96 @@
+"""The model artifact: one self-describing file (``model.pt``) with plan, label names, weights and versions.
+
+It holds only tensors, numbers, strings, lists and dicts, so it loads with ``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from medseg.errors import InputError
+from medseg.io.atomic import atomic_path
+from medseg.plan.plan import Plan
+
+FORMAT = "medseg-model"
+MODEL_FILE = "model.pt"
+
+
+def versions() -> dict[str, str]:
+    import monai
+
+    import medseg
+
+    return {"medseg": str(medseg.__version__), "monai": str(monai.__version__), "torch": str(torch.__version__),
+            "python": platform.python_version()}
+
+
+@dataclass
+class ModelArtifact:
+    """A trained model: plan + weights (+ where it came from)."""
+
+    plan: Plan
+    state_dict: dict
+    info: dict
+
+    def build(self) -> torch.nn.Module:
+        """The network with its weights, in eval mode."""
+        net = build_from_plan(self.plan, deep_supervision=False)
+        missing, unexpected = net.load_state_dict(self.state_dict, strict=False)
+        if [m for m in missing if "deep_supervision" not in m and "heads" not in m]:
+            raise InputError(f"model weights do not match the plan (missing {missing[:3]})")
+        return net.eval()
+
+    @property
+    def labels(self) -> dict[int, str]:
+        return self.plan.labels
+
+
+def build_from_plan(plan: Plan, deep_supervision: bool | None = None) -> torch.nn.Module:
+    from medseg.train.network import build_network
+
+    sp = plan.target_spacing
+    if plan.spatial_dims == 2:
+        ax = max(range(3), key=lambda i: sp[i])
+        sp = [s for i, s in enumerate(sp) if i != ax]
+    return build_network(plan.spatial_dims, plan.in_channels, plan.num_classes, plan.patch_size, sp,
+                         base_filters=plan.base_filters, max_filters=plan.max_filters,
+                         deep_supervision=plan.deep_supervision if deep_supervision is None else deep_supervision)
+
+
+def strip_ddp(state_dict: dict) -> dict:
+    return {k[7:] if k.startswith("module.") else k: v for k, v in state_dict.items()}
+
+
+def save_model(path: str | os.PathLike, plan: Plan, state_dict: dict, **info) -> Path:
+    """Write the artifact atomically."""
+    path = Path(path)
+    payload = {"format": FORMAT, "format_version": 1, "plan": plan.to_dict(),
+               "labels": {int(k): v for k, v in plan.labels.items()},
+               "state_dict": {k: v.detach().cpu() for k, v in strip_ddp(state_dict).items()},
+               "versions": versions(), "info": info}
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+    return path
+
+
+def load_model(path: str | os.PathLike) -> ModelArtifact:
+    """Load ``model.pt`` (or a run folder holding one) safely (``weights_only=True``)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / MODEL_FILE
+    if not path.is_file():
+        raise InputError("no model here (expected a model.pt file or a run folder with one)", path=path)
+    try:
+        d = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise InputError(f"cannot load model ({' '.join(str(exc).split())[:200]})", path=path) from exc
+    if not isinstance(d, dict) or d.get("format") != FORMAT:
+        raise InputError("not a medseg model file", path=path)
+    plan = Plan.from_dict(d["plan"], where=path)
+    return ModelArtifact(plan, d["state_dict"], {"versions": d.get("versions", {}), **d.get("info", {}),
+                                                 "path": str(path)})

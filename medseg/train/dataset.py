@@ -1,0 +1,232 @@
+"""Datasets in the MSD / nnU-Net layout: discovery, loading, integrity check, BraTS-sample conversion.
+
+Layout::
+
+    DATASET/dataset.json
+    DATASET/imagesTr/<case>.nii.gz            (MSD: 3D, or 4D with channels last)
+    DATASET/imagesTr/<case>_0000.nii.gz ...   (nnU-Net v2: one file per channel)
+    DATASET/labelsTr/<case>.nii.gz
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from medseg.errors import InputError
+from medseg.io.atomic import atomic_path, case_name, full_suffix
+from medseg.io.image import Image
+from medseg.io.readers import NIFTI, read_image
+
+_CHANNEL = re.compile(r"^(?P<case>.+)_(?P<ch>\d{4})$")
+
+
+@dataclass
+class Case:
+    """One training case: its id, one or more channel files, and its label file (if any)."""
+
+    id: str
+    images: list[Path]
+    label: Path | None = None
+
+
+@dataclass
+class Dataset:
+    """A dataset folder: its ``dataset.json`` content and its cases, sorted by id."""
+
+    root: Path
+    meta: dict
+    cases: list[Case] = field(default_factory=list)
+
+    @property
+    def labels(self) -> dict[int, str]:
+        """Label value → name (both MSD ``{"1": "x"}`` and nnU-Net v2 ``{"x": 1}`` forms)."""
+        return parse_labels(self.meta.get("labels", {}))
+
+    @property
+    def channel_names(self) -> list[str]:
+        ch = self.meta.get("channel_names", self.meta.get("modality", {"0": "image"}))
+        return [str(ch[k]) for k in sorted(ch, key=int)]
+
+
+def parse_labels(labels: dict) -> dict[int, str]:
+    """Normalise a ``dataset.json`` label table to ``{value: name}``.
+
+    Examples
+    --------
+    >>> parse_labels({"0": "background", "1": "tumour"})
+    {0: 'background', 1: 'tumour'}
+    >>> parse_labels({"background": 0, "tumour": 1})
+    {0: 'background', 1: 'tumour'}
+    """
+    out: dict[int, str] = {}
+    for k, v in labels.items():
+        if isinstance(v, (int, np.integer)) or (isinstance(v, str) and v.isdigit() and not str(k).isdigit()):
+            out[int(v)] = str(k)
+        elif isinstance(v, (list, tuple)):  # nnU-Net region labels: not supported as regions, keep first value
+            out[int(v[0])] = str(k)
+        else:
+            out[int(k)] = str(v)
+    return dict(sorted(out.items()))
+
+
+def open_dataset(root: str | os.PathLike) -> Dataset:
+    """Discover the cases of an MSD / nnU-Net dataset folder (nothing is read but file names and JSON)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise InputError("dataset folder does not exist", path=root)
+    js = root / "dataset.json"
+    if not js.is_file():
+        raise InputError("not an MSD/nnU-Net dataset: dataset.json is missing", path=root)
+    try:
+        meta = json.loads(js.read_text())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InputError(f"invalid JSON ({exc})", path=js) from exc
+    if "labels" not in meta:
+        raise InputError("dataset.json has no 'labels' table", path=js)
+    img_dir, lab_dir = root / "imagesTr", root / "labelsTr"
+    if not img_dir.is_dir():
+        raise InputError("imagesTr/ is missing", path=root)
+    by_case: dict[str, list[Path]] = {}
+    for p in sorted(img_dir.iterdir()):
+        if p.name.startswith(".") or full_suffix(p) not in NIFTI + (".nrrd", ".mha"):
+            continue
+        name = case_name(p)
+        m = _CHANNEL.match(name)
+        by_case.setdefault(m.group("case") if m else name, []).append(p)
+    cases = []
+    for cid, imgs in sorted(by_case.items()):
+        label = None
+        if lab_dir.is_dir():
+            found = [q for q in lab_dir.glob(f"{cid}.*") if case_name(q) == cid]
+            label = found[0] if found else None
+        cases.append(Case(cid, sorted(imgs), label))
+    if not cases:
+        raise InputError("imagesTr/ holds no images", path=img_dir)
+    return Dataset(root, meta, cases)
+
+
+def load_case(case: Case, with_label: bool = True) -> tuple[Image, Image | None]:
+    """Read a case: a channels-first float32 image (all channels) and its label map (or ``None``).
+
+    Channel files must share one grid; a 4D MSD file contributes all its channels.
+    """
+    chans, ref = [], None
+    for p in case.images:
+        img = read_image(p)
+        if ref is not None and not ref.same_grid(img):
+            raise InputError(f"case {case.id}: channel files are on different grids", path=p)
+        ref = ref or img
+        arr = np.asarray(img.array, dtype=np.float32)
+        chans.extend(list(arr) if img.channels_first else [arr])
+    image = Image(np.stack(chans), ref.affine, {"source": str(case.images[0]), "case": case.id}, True)
+    label = None
+    if with_label and case.label is not None:
+        lab = read_image(case.label)
+        if lab.channels_first:
+            raise InputError(f"case {case.id}: label map has several channels", path=case.label)
+        label = Image(np.asarray(lab.array).astype(np.int16, copy=False), lab.affine, {"source": str(case.label)})
+    return image, label
+
+
+def check_case(case: Case, allowed: set[int], atol: float = 1e-3) -> list[str]:
+    """Problems of one case (empty list when fine): missing label, geometry mismatch, unknown label values."""
+    if case.label is None:
+        return [f"{case.id}: no label file in labelsTr"]
+    try:
+        image, label = load_case(case)
+    except InputError as exc:
+        return [f"{case.id}: {exc}"]
+    problems = []
+    if image.shape != label.shape:
+        problems.append(f"{case.id}: image shape {image.shape} != label shape {label.shape}")
+    elif not np.allclose(image.affine, label.affine, atol=atol):
+        problems.append(f"{case.id}: image and label affines differ (max {np.abs(image.affine - label.affine).max():.3g} mm)")
+    values = set(np.unique(label.array).tolist())
+    extra = sorted(values - allowed)
+    if extra:
+        problems.append(f"{case.id}: label values {extra} are not in dataset.json labels {sorted(allowed)}")
+    if not np.isfinite(image.array).all():
+        problems.append(f"{case.id}: image has NaN or infinite values")
+    return problems
+
+
+def check_dataset(ds: Dataset, progress: bool = False) -> list[str]:
+    """Integrity check of every case; returns the problems, each naming its case."""
+    allowed = set(ds.labels)
+    n_ch = None
+    problems = []
+    for case in _progress(ds.cases, progress, "checking"):
+        problems.extend(check_case(case, allowed))
+        if n_ch is None:
+            n_ch = len(case.images)
+        elif len(case.images) != n_ch:
+            problems.append(f"{case.id}: {len(case.images)} channel files, other cases have {n_ch}")
+    return problems
+
+
+def _progress(items, enabled: bool, desc: str):
+    if not enabled:
+        return items
+    from rich.progress import track
+
+    return track(items, description=desc, transient=True)
+
+
+# --- BraTS sample → MSD/nnU-Net -----------------------------------------------------------------
+BRATS_LABELS = {"0": "background", "1": "necrosis", "2": "edema", "3": "non-enhancing", "4": "enhancing"}
+
+
+def convert_brats(src: str | os.PathLike, dst: str | os.PathLike,
+                  modalities: tuple[str, ...] = ("Flair", "T1c"), label_file: str = "OTMultiClass") -> Dataset:
+    """Convert the BraTS per-patient folder layout into nnU-Net v2 layout (``case_0000`` = first modality).
+
+    Each patient folder holds ``<Modality>_*.nii.gz`` files and ``OTMultiClass.nii.gz``. All inputs are validated
+    before anything is written; each output is written atomically.
+    """
+    src, dst = Path(src), Path(dst)
+    if not src.is_dir():
+        raise InputError("source folder does not exist", path=src)
+    plan = []
+    for pat in sorted(p for p in src.iterdir() if p.is_dir()):
+        files = {}
+        for mod in modalities:
+            hits = sorted(q for q in pat.iterdir() if q.name.startswith(mod + "_") or case_name(q) == mod)
+            if not hits:
+                raise InputError(f"no {mod} image in patient folder", path=pat)
+            files[mod] = hits[0]
+        lab = [q for q in pat.iterdir() if case_name(q) == label_file]
+        plan.append((pat.name, files, lab[0] if lab else None))
+    if not plan:
+        raise InputError("no patient folders found", path=src)
+    for pid, files, lab in plan:  # validate geometry before writing anything
+        ref = read_image(files[modalities[0]])
+        for p in list(files.values())[1:] + ([lab] if lab else []):
+            if not ref.same_grid(read_image(p)):
+                raise InputError(f"patient {pid}: not on the grid of {files[modalities[0]].name}", path=p)
+    (dst / "imagesTr").mkdir(parents=True, exist_ok=True)
+    (dst / "labelsTr").mkdir(parents=True, exist_ok=True)
+    import shutil
+
+    training = []
+    for pid, files, lab in plan:
+        for i, mod in enumerate(modalities):
+            with atomic_path(dst / "imagesTr" / f"{pid}_{i:04d}.nii.gz", protect=[files[mod]]) as tmp:
+                shutil.copyfile(files[mod], tmp)
+        if lab is not None:
+            with atomic_path(dst / "labelsTr" / f"{pid}.nii.gz", protect=[lab]) as tmp:
+                shutil.copyfile(lab, tmp)
+            training.append({"image": f"./imagesTr/{pid}.nii.gz", "label": f"./labelsTr/{pid}.nii.gz"})
+    meta = {"name": "BraTS sample", "description": f"converted from {src.name} by medseg",
+            "tensorImageSize": "4D", "channel_names": {str(i): m for i, m in enumerate(modalities)},
+            "modality": {str(i): m for i, m in enumerate(modalities)}, "labels": BRATS_LABELS,
+            "numTraining": len(training), "training": training, "file_ending": ".nii.gz",
+            "normalization": "zscore"}
+    with atomic_path(dst / "dataset.json") as tmp:
+        tmp.write_text(json.dumps(meta, indent=1))
+    return open_dataset(dst)

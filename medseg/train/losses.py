@@ -1,0 +1,59 @@
+"""Losses (MONAI Dice+CE, Dice+focal, plain CE) and the small confusion-matrix Dice used for validation."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from medseg.plan.plan import Plan
+
+
+class SegLoss(torch.nn.Module):
+    """The plan's loss on logits (B, K, *S) and integer labels (B, *S); deep-supervision outputs
+    (B, H, K, *S) are weighted 1, 1/2, 1/4, ... (normalised)."""
+
+    def __init__(self, plan: Plan):
+        super().__init__()
+        from monai.losses import DiceCELoss, DiceFocalLoss, DiceLoss
+
+        w = torch.tensor(plan.class_weights, dtype=torch.float32) if plan.class_weights else None
+        self.kind = plan.loss
+        if plan.loss == "dice_ce":
+            self.fn = DiceCELoss(to_onehot_y=True, softmax=True, batch=True, weight=w)
+        elif plan.loss == "dice_focal":
+            self.fn = DiceFocalLoss(to_onehot_y=True, softmax=True, batch=True, weight=w)
+        elif plan.loss == "dice":
+            self.fn = DiceLoss(to_onehot_y=True, softmax=True, batch=True)
+        else:
+            self.fn = torch.nn.CrossEntropyLoss(weight=w)
+
+    def _one(self, logits, y):
+        logits = logits.float()
+        if self.kind == "ce":
+            return self.fn(logits, y)
+        return self.fn(logits, y[:, None])
+
+    def forward(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if out.ndim == y.ndim + 2:  # deep supervision: (B, heads, K, *S)
+            ws = [0.5 ** i for i in range(out.shape[1])]
+            return sum(w * self._one(out[:, i], y) for i, w in enumerate(ws)) / sum(ws)
+        return self._one(out, y)
+
+
+def confusion_dice(pred: np.ndarray, ref: np.ndarray, num_classes: int) -> dict[int, float]:
+    """Per-class Dice 2TP/(2TP+FP+FN) from one confusion matrix; NaN where the class is absent from both.
+
+    Examples
+    --------
+    >>> confusion_dice(np.array([0, 1, 1, 2]), np.array([0, 1, 2, 2]), 3)
+    {1: 0.6666666666666666, 2: 0.6666666666666666}
+    """
+    cm = np.bincount(ref.astype(np.int64).ravel() * num_classes + pred.astype(np.int64).ravel(),
+                     minlength=num_classes ** 2).reshape(num_classes, num_classes)
+    out = {}
+    for k in range(1, num_classes):
+        tp = cm[k, k]
+        fp = cm[:, k].sum() - tp
+        fn = cm[k, :].sum() - tp
+        out[k] = float(2 * tp / (2 * tp + fp + fn)) if (2 * tp + fp + fn) else float("nan")
+    return out

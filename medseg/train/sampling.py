@@ -1,0 +1,151 @@
+"""Patch sampling with foreground oversampling, and batch augmentation on tensors.
+
+All randomness comes from one ``numpy.random.Generator`` (sampling) and one ``torch.Generator`` (augmentation)
+whose states go into the checkpoint, so a resumed run draws exactly the patches it would have drawn.
+Augmentation works on whole batches with ``affine_grid``/``grid_sample`` (one call per batch, cheap on CPU).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+@dataclass
+class CachedCase:
+    """A preprocessed case on the network grid (2D plans: slice axis moved first)."""
+
+    id: str
+    image: torch.Tensor            # (C, *spatial) float32
+    label: torch.Tensor            # (*spatial) int16
+    fg: dict[int, np.ndarray]      # class -> (N, ndim) voxel indices (subsampled)
+
+
+def foreground_index(label: torch.Tensor, max_points: int = 10000, seed: int = 0) -> dict[int, np.ndarray]:
+    """Voxel indices of every foreground class (at most ``max_points`` per class, evenly subsampled)."""
+    lab = label.numpy()
+    out = {}
+    for k in np.unique(lab):
+        if k == 0:
+            continue
+        idx = np.argwhere(lab == k).astype(np.int32)
+        if len(idx) > max_points:
+            idx = idx[np.random.default_rng(seed).choice(len(idx), max_points, replace=False)]
+        out[int(k)] = idx
+    return out
+
+
+def pad_to(case: CachedCase, size) -> CachedCase:
+    """Pad image (0) and label (0) symmetrically so every axis is at least ``size``."""
+    shape = case.image.shape[1:]
+    before = [max(0, s - d) // 2 for s, d in zip(size, shape)]
+    after = [max(0, s - d) - b for s, d, b in zip(size, shape, before)]
+    if not any(before) and not any(after):
+        return case
+    pad = [v for b, a in zip(reversed(before), reversed(after)) for v in (b, a)]
+    img = F.pad(case.image, pad)
+    lab = F.pad(case.label[None].to(torch.int32), pad)[0].to(case.label.dtype)
+    fg = {k: v + np.asarray(before, np.int32) for k, v in case.fg.items()}
+    return CachedCase(case.id, img, lab, fg)
+
+
+def sample_patch(case: CachedCase, size, rng: np.random.Generator, foreground: bool):
+    """Crop ``size`` from a (padded) case: centred on a random voxel of a random present class if ``foreground``."""
+    shape = case.image.shape[1:]
+    if foreground and case.fg:
+        k = list(case.fg)[rng.integers(len(case.fg))]  # classes uniformly: rare classes get their share
+        centre = case.fg[k][rng.integers(len(case.fg[k]))]
+        start = [int(rng.integers(max(0, c - p + 1), min(c, s - p) + 1)) for c, p, s in zip(centre, size, shape)]
+    else:
+        start = [int(rng.integers(0, s - p + 1)) for p, s in zip(size, shape)]
+    sl = tuple(slice(a, a + p) for a, p in zip(start, size))
+    return case.image[(slice(None), *sl)], case.label[sl]
+
+
+def sample_batch(cases: list[CachedCase], size, batch_size: int, rng: np.random.Generator,
+                 oversample: float, squeeze_first: bool = False):
+    """A batch of patches; at least ``round(oversample * batch)`` of them (>= 1 if oversample > 0) are
+    foreground-centred, like nnU-Net. ``squeeze_first`` drops the (size-1) slice axis of 2D plans."""
+    n_fg = int(round(oversample * batch_size))
+    if oversample > 0:
+        n_fg = max(1, n_fg)
+    xs, ys = [], []
+    for b in range(batch_size):
+        case = cases[rng.integers(len(cases))]
+        x, y = sample_patch(case, size, rng, foreground=b >= batch_size - n_fg)
+        if squeeze_first:
+            x, y = x[:, 0], y[0]
+        xs.append(x)
+        ys.append(y)
+    return torch.stack(xs), torch.stack(ys).long()
+
+
+def _rotation(angles: torch.Tensor, dims: int) -> torch.Tensor:
+    if dims == 2:
+        c, s = torch.cos(angles[0]), torch.sin(angles[0])
+        return torch.stack([torch.stack([c, -s]), torch.stack([s, c])])
+    rs = []
+    for ax, a in enumerate(angles):
+        c, s = torch.cos(a), torch.sin(a)
+        i, j = [d for d in range(3) if d != ax]
+        r = torch.eye(3)
+        r[i, i], r[i, j], r[j, i], r[j, j] = c, -s, s, c
+        rs.append(r)
+    return rs[0] @ rs[1] @ rs[2]
+
+
+def augment(x: torch.Tensor, y: torch.Tensor, gen: torch.Generator, cfg: dict, spacing=None):
+    """Random rotation/scaling (in mm, so anisotropic grids stay right), flips, intensity scale/shift, gamma
+    and Gaussian noise, each applied to a sample with probability ``cfg['prob']``. x: (B, C, *S), y: (B, *S)."""
+    B, dims = x.shape[0], x.ndim - 2
+    p = float(cfg.get("prob", 0.3))
+
+    def u(lo, hi, n=1):
+        return lo + (hi - lo) * torch.rand(n, generator=gen)
+
+    def coin():
+        return bool(torch.rand(1, generator=gen) < p)
+
+    rot = math.radians(float(cfg.get("rotate_deg", 0)))
+    s_lo, s_hi = cfg.get("scale", [1.0, 1.0])
+    if rot or s_lo != 1 or s_hi != 1:
+        extent = torch.tensor(list(x.shape[2:]), dtype=torch.float32)
+        if spacing is not None:
+            extent = extent * torch.tensor(list(spacing)[-dims:], dtype=torch.float32)
+        D = torch.diag(extent.flip(0))  # affine_grid works in (x, y, z) = reversed axis order
+        thetas, todo = [], []
+        for b in range(B):
+            do_rot, do_scale = coin(), coin()
+            R = _rotation(u(-rot, rot, 1 if dims == 2 else 3), dims) if do_rot else torch.eye(dims)
+            S = torch.eye(dims) / (u(s_lo, s_hi) if do_scale else 1.0)
+            if do_rot or do_scale:
+                todo.append(b)
+                thetas.append(torch.cat([torch.linalg.solve(D, R @ S @ D), torch.zeros(dims, 1)], 1))
+        if todo:
+            theta = torch.stack(thetas)
+            grid = F.affine_grid(theta, [len(todo), 1, *x.shape[2:]], align_corners=False)
+            x = x.clone()
+            y = y.clone()
+            x[todo] = F.grid_sample(x[todo], grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+            y[todo] = F.grid_sample(y[todo][:, None].float(), grid, mode="nearest", padding_mode="zeros",
+                                    align_corners=False)[:, 0].long()
+    for ax in cfg.get("flip_axes", []) or []:
+        for b in range(B):
+            if bool(torch.rand(1, generator=gen) < 0.5):
+                x[b] = x[b].flip(ax + 1)
+                y[b] = y[b].flip(ax)
+    for b in range(B):
+        if cfg.get("intensity", True) and coin():
+            x[b] = x[b] * u(0.75, 1.25) + u(-0.1, 0.1)
+        if cfg.get("gamma", True) and coin():
+            lo, hi = x[b].min(), x[b].max()
+            rng_ = (hi - lo).clamp_min(1e-6)
+            x[b] = ((x[b] - lo) / rng_) ** u(0.7, 1.5) * rng_ + lo
+        sigma = float(cfg.get("noise", 0) or 0)
+        if sigma and coin():
+            x[b] = x[b] + torch.randn(x[b].shape, generator=gen) * u(0, sigma)
+    return x, y

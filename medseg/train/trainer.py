@@ -1,0 +1,343 @@
+"""The training loop: k-fold split, cached preprocessed cases, Dice+CE, poly LR fitted to epochs *and* a time
+budget, validation by sliding window with per-class Dice, atomic checkpoints, exact resume, DDP (torchrun).
+
+A run folder holds ``plan.yaml``, ``splits.json``, ``log.csv``, ``checkpoint_latest.pt``, ``checkpoint_best.pt``
+and the model artifact ``model.pt`` (final weights).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from medseg.errors import InputError
+from medseg.io.atomic import atomic_path
+from medseg.plan.plan import Plan
+from medseg.train import ddp
+from medseg.train.artifact import build_from_plan, save_model, strip_ddp, MODEL_FILE
+from medseg.train.dataset import open_dataset, load_case
+from medseg.train.losses import SegLoss, confusion_dice
+from medseg.train.preprocess import preprocess, slice_axis
+from medseg.train.sampling import CachedCase, augment, foreground_index, pad_to, sample_batch
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    epochs: int
+    iterations: int
+    elapsed_s: float
+    val_dice: dict[str, float]
+    best_mean_dice: float
+    model_path: Path
+
+
+def make_splits(case_ids: list[str], k: int, seed: int = 0) -> list[dict[str, list[str]]]:
+    """Seeded k-fold split of case ids (each case is validated in exactly one fold).
+
+    Examples
+    --------
+    >>> s = make_splits([f"c{i}" for i in range(10)], 5)
+    >>> len(s), sorted(sum((f["val"] for f in s), [])) == sorted(f"c{i}" for i in range(10))
+    (5, True)
+    """
+    ids = sorted(case_ids)
+    if k < 2 or len(ids) < 2:
+        return [{"train": ids, "val": ids}]
+    order = np.random.default_rng(seed).permutation(len(ids))
+    folds = np.array_split(order, min(k, len(ids)))
+    return [{"train": sorted(ids[i] for j, f in enumerate(folds) if j != n for i in f),
+             "val": sorted(ids[i] for i in fold)} for n, fold in enumerate(folds)]
+
+
+class PolyLR:
+    """Poly decay on progress = max(iterations done / planned, time used / budget), so a time budget ends with
+    a decayed LR. Its state (progress) is saved and restored."""
+
+    def __init__(self, optimizer, base_lr: float, exponent: float = 0.9):
+        self.opt, self.base_lr, self.exponent, self.progress = optimizer, base_lr, exponent, 0.0
+
+    def step(self, progress: float) -> float:
+        self.progress = min(max(progress, self.progress), 1.0)
+        lr = self.base_lr * (1 - self.progress) ** self.exponent
+        for g in self.opt.param_groups:
+            g["lr"] = lr
+        return lr
+
+    def state_dict(self):
+        return {"progress": self.progress, "base_lr": self.base_lr, "exponent": self.exponent}
+
+    def load_state_dict(self, d):
+        self.progress, self.base_lr, self.exponent = d["progress"], d["base_lr"], d["exponent"]
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise InputError(f"--device {device}: CUDA is not available on this machine")
+    return torch.device(device)
+
+
+def cache_cases(plan: Plan, cases, progress: bool = False) -> list[CachedCase]:
+    """Preprocess training cases once into RAM (2D plans: slice axis first, patch with a leading 1)."""
+    out = []
+    from medseg.train.dataset import _progress
+
+    size = _sample_size(plan)
+    for case in _progress(cases, progress, "preprocessing"):
+        image, label = load_case(case)
+        x, y = preprocess(image.array, image.spacing, plan, label.array)
+        if plan.spatial_dims == 2:
+            ax = slice_axis(image.spacing)
+            x, y = x.movedim(ax + 1, 1), y.movedim(ax, 0)
+        out.append(pad_to(CachedCase(case.id, x, y, foreground_index(y)), size))
+    return out
+
+
+def _sample_size(plan: Plan) -> list[int]:
+    return [1, *plan.patch_size] if plan.spatial_dims == 2 else list(plan.patch_size)
+
+
+def validate(network, plan: Plan, val_cases, device, progress=False) -> dict[str, float]:
+    """Mean per-case Dice per class (native geometry) of ``val_cases`` = [(array, spacing, label_array)]."""
+    from medseg.infer.predict import predict_probabilities, to_native
+
+    network.eval()
+    per_class: dict[int, list[float]] = {k: [] for k in plan.labels if k}
+    for arr, spacing, lab in val_cases:
+        probs = predict_probabilities(network, plan, arr, spacing, device=device, batch_size=plan.batch_size)
+        pred, _ = to_native(probs, lab.shape)
+        for k, d in confusion_dice(pred, lab, plan.num_classes).items():
+            if k in per_class and not math.isnan(d):
+                per_class[k].append(d)
+    network.train()
+    res = {plan.labels[k]: float(np.mean(v)) if v else float("nan") for k, v in per_class.items()}
+    res["mean"] = float(np.nanmean(list(res.values()))) if res else float("nan")
+    return res
+
+
+def _rng_state(np_rng, gen):
+    return {"torch": torch.get_rng_state(), "numpy": np_rng.bit_generator.state, "python": random.getstate(),
+            "augment": gen.get_state()}
+
+
+def _set_rng_state(d, np_rng, gen):
+    torch.set_rng_state(d["torch"])
+    np_rng.bit_generator.state = d["numpy"]
+    st = d["python"]
+    random.setstate((st[0], tuple(st[1]), st[2]))
+    gen.set_state(d["augment"])
+
+
+def _save(path: Path, payload: dict):
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+
+
+def train(plan: Plan, run_dir: str | os.PathLike, fold: int | None = None, max_epochs: int | None = None,
+          max_minutes: float | None = None, resume: bool = False, device: str = "auto",
+          progress: bool = True, num_threads: int | None = None) -> TrainResult:
+    """Train ``plan`` into ``run_dir``; see the module docstring. Runs under torchrun (DDP) unchanged."""
+    t_start = time.monotonic()
+    run_dir = Path(run_dir)
+    rank, world = ddp.setup(device)
+    dev = resolve_device(device) if world == 1 or device != "auto" else ddp.device()
+    latest = run_dir / "checkpoint_latest.pt"
+    if resume:
+        if not latest.is_file():
+            raise InputError("--resume: no checkpoint_latest.pt in the run folder", path=run_dir)
+        saved = Plan.from_yaml(run_dir / "plan.yaml")
+        saved.dataset = plan.dataset or saved.dataset
+        plan = saved
+    elif latest.exists():
+        raise InputError("run folder already holds a checkpoint: use --resume, or another folder", path=run_dir)
+    if fold is not None:
+        plan.fold = fold
+    if max_epochs is not None:
+        plan.max_epochs = max_epochs
+    if max_minutes is not None:
+        plan.max_minutes = max_minutes
+    plan.validate()
+    if num_threads or plan.num_threads:
+        torch.set_num_threads(int(num_threads or plan.num_threads))
+    if rank == 0:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        plan.to_yaml(run_dir / "plan.yaml")
+    if plan.dataset is None:
+        raise InputError("the plan names no dataset folder (set 'dataset:' in the plan)")
+    ds = open_dataset(plan.dataset)
+    split_file = run_dir / "splits.json"
+    if split_file.is_file():
+        splits = json.loads(split_file.read_text())
+    else:
+        splits = make_splits([c.id for c in ds.cases if c.label is not None], plan.num_folds, plan.seed)
+        if rank == 0:
+            with atomic_path(split_file) as tmp:
+                tmp.write_text(json.dumps(splits, indent=1))
+    split = splits[min(plan.fold, len(splits) - 1)]
+    by_id = {c.id: c for c in ds.cases}
+    missing = [i for i in split["train"] + split["val"] if i not in by_id]
+    if missing:
+        raise InputError(f"splits.json names cases that are not in the dataset: {missing[:3]}", path=split_file)
+
+    torch.manual_seed(plan.seed + rank)
+    random.seed(plan.seed + rank)
+    np_rng = np.random.default_rng(plan.seed + rank)
+    gen = torch.Generator().manual_seed(plan.seed + 1000 + rank)
+
+    show = progress and rank == 0
+    train_cases = cache_cases(plan, [by_id[i] for i in split["train"]], show)
+    val_cases = []
+    if rank == 0:
+        for i in split["val"]:
+            image, label = load_case(by_id[i])
+            val_cases.append((image.array, image.spacing, label.array))
+
+    network = build_from_plan(plan).to(dev)
+    opt = (torch.optim.AdamW(network.parameters(), lr=plan.learning_rate, weight_decay=plan.weight_decay)
+           if plan.optimizer == "adamw" else
+           torch.optim.SGD(network.parameters(), lr=plan.learning_rate, momentum=0.99, nesterov=True,
+                           weight_decay=plan.weight_decay))
+    sched = PolyLR(opt, plan.learning_rate)
+    loss_fn = SegLoss(plan)
+    epoch, iteration, elapsed_before, best = 0, 0, 0.0, -1.0
+    history: list[dict] = []
+    if resume:
+        ck = torch.load(latest, map_location="cpu", weights_only=True)
+        network.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["optimizer"])
+        sched.load_state_dict(ck["scheduler"])
+        epoch, iteration, elapsed_before, best = ck["epoch"], ck["iteration"], ck["elapsed_s"], ck["best"]
+        rs = ck["rng"][rank] if rank < len(ck["rng"]) else ck["rng"][0]
+        _set_rng_state(rs, np_rng, gen)
+        history = list(ck.get("history", []))
+        if rank == 0:  # the log is exactly the checkpoint's history: rows of a killed epoch are dropped
+            _rewrite_log(run_dir / "log.csv", history, plan)
+    model = ddp.wrap(network, dev) if world > 1 else network
+    budget = plan.max_minutes * 60 if plan.max_minutes else None
+    total_iters = plan.max_epochs * plan.iterations_per_epoch
+    use_amp = plan.bf16 or dev.type == "cuda"
+    log_path = run_dir / "log.csv"
+    val_cost = 0.0
+    last_val: dict[str, float] = {}
+    spacing_sample = plan.target_spacing
+    if plan.spatial_dims == 2:
+        ax = int(np.argmax(plan.target_spacing))
+        spacing_sample = [s for i, s in enumerate(plan.target_spacing) if i != ax]
+
+    def elapsed():
+        return elapsed_before + time.monotonic() - t_start
+
+    stop = False
+    while epoch < plan.max_epochs and not stop:
+        model.train()
+        losses = []
+        bar = _bar(show, f"epoch {epoch + 1}/{plan.max_epochs}", plan.iterations_per_epoch)
+        for _ in range(plan.iterations_per_epoch):
+            prog = iteration / total_iters
+            if budget:
+                prog = max(prog, elapsed() / max(budget - val_cost, 1e-6))
+            lr = sched.step(prog)
+            x, y = sample_batch(train_cases, _sample_size(plan), plan.batch_size, np_rng,
+                                plan.foreground_oversample, squeeze_first=plan.spatial_dims == 2)
+            x, y = augment(x, y, gen, plan.augment, spacing_sample)
+            x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
+            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=use_amp):
+                out = model(x)
+            loss = loss_fn(out, y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(network.parameters(), 12.0)
+            opt.step()
+            losses.append(float(loss.detach()))
+            iteration += 1
+            if bar:
+                bar.update(1, loss=losses[-1])
+            local_stop = bool(budget and elapsed() + val_cost >= budget)
+            if ddp.any_true(local_stop, world):
+                stop = True
+                break
+        if bar:
+            bar.close()
+        epoch += 1
+        train_loss = ddp.mean(float(np.mean(losses)), world)
+        final = stop or epoch >= plan.max_epochs
+        row = {"epoch": epoch, "iteration": iteration, "train_loss": round(train_loss, 5), "lr": f"{lr:.6g}"}
+        if rank == 0:
+            if final or epoch % plan.val_every == 0:
+                t0 = time.monotonic()
+                last_val = validate(network, plan, val_cases, dev)
+                val_cost = max(val_cost, time.monotonic() - t0)
+                row.update({f"val_{k}": round(v, 5) for k, v in last_val.items()})
+                if last_val["mean"] > best:
+                    best = last_val["mean"]
+                    _save(run_dir / "checkpoint_best.pt", {"model": strip_ddp(network.state_dict()),
+                                                           "epoch": epoch, "val": last_val})
+            row["elapsed_s"] = round(elapsed(), 1)
+            history.append(row)
+        rng_all = ddp.gather_objects(_rng_state(np_rng, gen), world)
+        if rank == 0:
+            _save(latest, {"model": strip_ddp(network.state_dict()), "optimizer": opt.state_dict(),
+                           "scheduler": sched.state_dict(), "epoch": epoch, "iteration": iteration,
+                           "elapsed_s": elapsed(), "best": best, "rng": rng_all, "history": history})
+            _log(log_path, row, plan)
+        val_cost = ddp.broadcast_float(val_cost, world)
+        ddp.barrier(world)
+    model_path = run_dir / MODEL_FILE
+    if rank == 0:
+        save_model(model_path, plan, network.state_dict(), epochs=epoch, iterations=iteration,
+                   elapsed_s=round(elapsed(), 1), fold=plan.fold, val_dice=last_val)
+    ddp.barrier(world)
+    ddp.cleanup(world)
+    return TrainResult(run_dir, epoch, iteration, elapsed(), last_val, best, model_path)
+
+
+def _cols(plan: Plan) -> list[str]:
+    return ["epoch", "iteration", "train_loss", "lr", "elapsed_s", "val_mean"] + \
+           [f"val_{n}" for k, n in sorted(plan.labels.items()) if k]
+
+
+def _rewrite_log(path: Path, rows: list[dict], plan: Plan):
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=_cols(plan), extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)
+
+
+def _log(path: Path, row: dict, plan: Plan):
+    cols = _cols(plan)
+    new = not path.exists()
+    with open(path, "a", newline="") as f:  # append-only log: each row is written whole, then flushed
+        w = csv.DictWriter(f, fieldnames=cols, extrasaction="ignore")
+        if new:
+            w.writeheader()
+        w.writerow(row)
+        f.flush()
+
+
+class _Bar:
+    def __init__(self, desc, total):
+        from tqdm import tqdm
+
+        self.t = tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True)
+
+    def update(self, n, loss):
+        self.t.set_postfix(loss=f"{loss:.3f}", refresh=False)
+        self.t.update(n)
+
+    def close(self):
+        self.t.close()
+
+
+def _bar(show, desc, total):
+    return _Bar(desc, total) if show else None

@@ -1,0 +1,106 @@
+"""`medseg data`: finding sample data and the verify/unpack logic of fetch, on local archives (no network)."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import tarfile
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from medseg import data as mdata
+from medseg.errors import InputError
+
+from conftest import assert_clean_error, data_path, run_cli
+
+
+def _tar(path: Path, files: dict[str, bytes]) -> Path:
+    with tarfile.open(path, "w") as tf:
+        for name, content in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(content)
+            tf.addfile(info, io.BytesIO(content))
+    return path
+
+
+def _md5(p: Path) -> str:
+    return hashlib.md5(p.read_bytes()).hexdigest()
+
+
+def test_unpack_verifies_checksum_and_leaves_nothing_on_mismatch(tmp_path):
+    arc = _tar(tmp_path / "a.tar", {"Task/dataset.json": b"{}", "Task/imagesTr/x.nii.gz": b"123"})
+    with pytest.raises(InputError, match="checksum mismatch"):
+        mdata.unpack_archive(arc, tmp_path / "out", expected_md5="0" * 32)
+    assert not (tmp_path / "out").exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["a.tar"]
+    out = mdata.unpack_archive(arc, tmp_path / "out", expected_md5=_md5(arc))
+    assert (out / "Task" / "imagesTr" / "x.nii.gz").read_bytes() == b"123"
+
+
+def test_unpack_refuses_truncated_and_unsafe_archives(tmp_path):
+    arc = _tar(tmp_path / "a.tar", {"Task/f.bin": b"x" * 5000})
+    trunc = tmp_path / "t.tar"
+    trunc.write_bytes(arc.read_bytes()[:700])
+    with pytest.raises(InputError):
+        mdata.unpack_archive(trunc, tmp_path / "o1")
+    assert not (tmp_path / "o1").exists()
+    evil = _tar(tmp_path / "evil.tar", {"../escape.txt": b"x"})
+    with pytest.raises(InputError, match="outside"):
+        mdata.unpack_archive(evil, tmp_path / "o2")
+    assert not (tmp_path / "escape.txt").exists()
+
+
+def test_fetch_msd_layout_with_local_downloader(tmp_path, monkeypatch):
+    arc = _tar(tmp_path / "src.tar", {"Task04_Hippocampus/dataset.json": b'{"labels": {}}',
+                                      "Task04_Hippocampus/imagesTr/h_001.nii.gz": b"img"})
+    src = mdata.SOURCES["msd-hippocampus"]
+    monkeypatch.setitem(mdata.SOURCES, "msd-hippocampus",
+                        mdata.Source(src.name, "file:///local/Task04_Hippocampus.tar", _md5(arc), src.archive_root,
+                                     src.licence, src.description))
+    calls = []
+
+    def fake_download(url, dest):
+        calls.append(url)
+        dest.write_bytes(arc.read_bytes())
+        return dest
+
+    out = mdata.fetch("msd-hippocampus", tmp_path / "data", downloader=fake_download)
+    assert calls == ["file:///local/Task04_Hippocampus.tar"]
+    assert (out / "imagesTr" / "h_001.nii.gz").read_bytes() == b"img"
+    with pytest.raises(InputError, match="already exists"):
+        mdata.fetch("msd-hippocampus", tmp_path / "data", downloader=fake_download)
+
+
+def test_dsb_conversion_rebuilds_instance_maps_from_real_masks(tmp_path):
+    """Split a real DSB label map into one PNG per nucleus (the upstream layout); conversion must rebuild it."""
+    import imageio.v3 as iio
+    import tifffile
+
+    labels_dir = data_path("dsb2018_fluo", "labels")
+    label_file = sorted(labels_dir.glob("*.tif"))[0]
+    cid = label_file.stem
+    ref = tifffile.imread(label_file)
+    img = np.asarray(iio.imread(data_path("dsb2018_fluo", "images", f"{cid}.png")))
+    buf = tmp_path / "stage1.zip"
+    with zipfile.ZipFile(buf, "w") as zf:
+        zf.writestr(f"stage1_train/{cid}/images/{cid}.png", iio.imwrite("<bytes>", img, extension=".png"))
+        for k in np.unique(ref)[1:]:
+            mask = ((ref == k) * 255).astype(np.uint8)
+            zf.writestr(f"stage1_train/{cid}/masks/m{k:04d}.png", iio.imwrite("<bytes>", mask, extension=".png"))
+    unpacked = mdata.unpack_archive(buf, tmp_path / "u")
+    n = mdata.dsb_to_instance_layout(unpacked / "stage1_train", tmp_path / "out")
+    assert n == 1
+    got = tifffile.imread(tmp_path / "out" / "labels" / f"{cid}.tif")
+    # same partition into objects (ids may be renumbered)
+    assert len(np.unique(got)) == len(np.unique(ref))
+    pairs = np.unique(np.stack([ref.ravel(), got.ravel()]), axis=1)
+    assert pairs.shape[1] == len(np.unique(ref))
+
+
+def test_cli_data_fetch_unknown_and_where(tmp_path):
+    assert_clean_error(run_cli("data", "fetch", "no-such-set", "-o", str(tmp_path)), "unknown dataset")
+    assert list(tmp_path.iterdir()) == []
+    assert_clean_error(run_cli("data", "where", "--data", str(tmp_path / "missing")), "no sample data")

@@ -1,0 +1,155 @@
+"""Datasets in MSD/nnU-Net layout (issue 4): discovery, loading, integrity check naming the bad case, BraTS convert."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from conftest import assert_clean_error, data_path, run_cli
+
+HIPPO = ("msd_hippocampus",)
+
+
+def tiny_dataset(dst: Path, n: int = 4) -> Path:
+    """A dataset folder with the first ``n`` real hippocampus cases, linked (not copied) from the shared data."""
+    src = data_path(*HIPPO)
+    (dst / "imagesTr").mkdir(parents=True, exist_ok=True)
+    (dst / "labelsTr").mkdir(exist_ok=True)
+    meta = json.loads((src / "dataset.json").read_text())
+    ids = sorted(p.name for p in (src / "imagesTr").iterdir())[:n]
+    for i in ids:
+        for d in ("imagesTr", "labelsTr"):
+            os.symlink(src / d / i, dst / d / i)
+    meta["training"] = [t for t in meta["training"] if Path(t["image"]).name in ids]
+    (dst / "dataset.json").write_text(json.dumps(meta))
+    return dst
+
+
+def test_open_real_hippocampus_matches_dataset_json():
+    from medseg.train.dataset import open_dataset
+
+    root = data_path(*HIPPO)
+    ds = open_dataset(root)
+    meta = json.loads((root / "dataset.json").read_text())
+    assert len(ds.cases) == meta["numTraining"] == 217
+    assert {c.id + ".nii.gz" for c in ds.cases} == {Path(t["image"]).name for t in meta["training"]}
+    assert ds.labels == {0: "background", 1: "anterior", 2: "posterior"}
+    assert all(c.label is not None and len(c.images) == 1 for c in ds.cases)
+
+
+def test_load_case_geometry_equals_simpleitk():
+    """The loaded case's affine equals SimpleITK's geometry (LPS→RAS), independent of nibabel."""
+    from medseg.train.dataset import load_case, open_dataset
+
+    ds = open_dataset(data_path(*HIPPO))
+    image, label = load_case(ds.cases[3])
+    s = sitk.ReadImage(str(ds.cases[3].images[0]))
+    assert image.array.shape == (1, *s.GetSize())
+    assert np.allclose(image.spacing, s.GetSpacing())
+    assert np.allclose(image.origin_lps, s.GetOrigin(), atol=1e-4)
+    ref = sitk.GetArrayFromImage(s).transpose(2, 1, 0)
+    assert np.array_equal(image.array[0], ref.astype(np.float32))
+    assert label.shape == image.shape
+
+
+def test_check_passes_on_real_subset(tmp_path):
+    from medseg.train.dataset import check_dataset, open_dataset
+
+    assert check_dataset(open_dataset(tiny_dataset(tmp_path / "ds", 5))) == []
+
+
+def test_check_names_bad_cases(tmp_path):
+    """A label with an unknown value and a label on another grid are both reported with their case ids."""
+    ds_dir = tiny_dataset(tmp_path / "ds", 3)
+    labs = sorted((ds_dir / "labelsTr").iterdir())
+    # case 0: label value 7 (not in dataset.json)
+    nimg = nib.load(labs[0])
+    arr = np.asarray(nimg.dataobj).copy()
+    arr[0, 0, 0] = 7
+    labs[0].unlink()
+    nib.save(nib.Nifti1Image(arr, nimg.affine), labs[0])
+    # case 1: label shifted by 5 mm
+    nimg = nib.load(labs[1])
+    aff = nimg.affine.copy()
+    aff[0, 3] += 5
+    data = np.asarray(nimg.dataobj)
+    labs[1].unlink()
+    nib.save(nib.Nifti1Image(data, aff), labs[1])
+    res = run_cli("dataset", "check", ds_dir)
+    assert res.code == 2
+    bad0, bad1 = labs[0].name.split(".")[0], labs[1].name.split(".")[0]
+    text = res.out + res.err
+    assert bad0 in text and "[7]" in text
+    assert bad1 in text and "affine" in text
+    assert len([ln for ln in res.err.splitlines() if ln.strip()]) == 1
+
+
+def test_multichannel_nnunet_layout(tmp_path):
+    """case_0000/case_0001 files become one channels-first case (channel order kept)."""
+    from medseg.train.dataset import load_case, open_dataset
+
+    src = data_path("brats2015_sample", "brats_2013_pat0001_1")
+    root = tmp_path / "ds"
+    (root / "imagesTr").mkdir(parents=True)
+    (root / "labelsTr").mkdir()
+    os.symlink(src / "Flair_subtrMeanDivStd.nii.gz", root / "imagesTr" / "p1_0000.nii.gz")
+    os.symlink(src / "T1c_subtrMeanDivStd.nii.gz", root / "imagesTr" / "p1_0001.nii.gz")
+    os.symlink(src / "OTMultiClass.nii.gz", root / "labelsTr" / "p1.nii.gz")
+    (root / "dataset.json").write_text(json.dumps({"channel_names": {"0": "Flair", "1": "T1c"},
+                                                   "labels": {"background": 0, "a": 1, "b": 2, "c": 3, "d": 4}}))
+    ds = open_dataset(root)
+    assert [c.id for c in ds.cases] == ["p1"] and ds.channel_names == ["Flair", "T1c"]
+    image, label = load_case(ds.cases[0])
+    flair = sitk.GetArrayFromImage(sitk.ReadImage(str(src / "Flair_subtrMeanDivStd.nii.gz"))).transpose(2, 1, 0)
+    assert image.array.shape[0] == 2 and np.allclose(image.array[0], flair)
+    assert set(np.unique(label.array)) <= {0, 1, 2, 3, 4}
+
+
+def test_msd_4d_file(tmp_path):
+    """An MSD 4D image (channels last) yields all its channels."""
+    from medseg.train.dataset import load_case, open_dataset
+
+    root = tmp_path / "ds"
+    (root / "imagesTr").mkdir(parents=True)
+    (root / "labelsTr").mkdir()
+    img = nib.load(data_path(*HIPPO, "imagesTr", "hippocampus_001.nii.gz"))
+    a = np.asarray(img.dataobj).astype(np.float32)
+    nib.save(nib.Nifti1Image(np.stack([a, 2 * a], -1), img.affine), root / "imagesTr" / "c.nii.gz")
+    os.symlink(data_path(*HIPPO, "labelsTr", "hippocampus_001.nii.gz"), root / "labelsTr" / "c.nii.gz")
+    (root / "dataset.json").write_text(json.dumps({"modality": {"0": "A", "1": "B"},
+                                                   "labels": {"0": "bg", "1": "x", "2": "y"}}))
+    image, _ = load_case(open_dataset(root).cases[0])
+    assert image.array.shape == (2, *a.shape) and np.allclose(image.array[1], 2 * a)
+
+
+def test_convert_brats_sample(tmp_path):
+    src = data_path("brats2015_sample")
+    before = {p: p.stat().st_mtime for p in src.rglob("*.nii.gz")}
+    res = run_cli("dataset", "convert", src, "-o", tmp_path / "brats")
+    assert res.code == 0, res.err
+    out = tmp_path / "brats"
+    meta = json.loads((out / "dataset.json").read_text())
+    assert meta["numTraining"] == 4 and meta["channel_names"] == {"0": "Flair", "1": "T1c"}
+    pat = sorted(p.name for p in src.iterdir() if p.is_dir())[0]
+    a = nib.load(out / "imagesTr" / f"{pat}_0001.nii.gz")
+    b = nib.load(src / pat / "T1c_subtrMeanDivStd.nii.gz")
+    assert np.array_equal(np.asarray(a.dataobj), np.asarray(b.dataobj)) and np.allclose(a.affine, b.affine)
+    assert run_cli("dataset", "check", out).code == 0
+    assert before == {p: p.stat().st_mtime for p in src.rglob("*.nii.gz")}  # inputs untouched
+    assert not list(out.rglob(".*tmp*"))
+
+
+def test_convert_errors_are_clean(tmp_path):
+    bad = tmp_path / "src" / "pat1"
+    bad.mkdir(parents=True)
+    (bad / "OTMultiClass.nii.gz").write_bytes(b"")
+    assert_clean_error(run_cli("dataset", "convert", tmp_path / "src", "-o", tmp_path / "out"), "Flair")
+    assert not (tmp_path / "out").exists()
+    assert_clean_error(run_cli("dataset", "check", tmp_path / "nothing"), "does not exist")

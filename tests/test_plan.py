@@ -1,0 +1,112 @@
+"""Fingerprint and plan (issue 4): statistics against independent computations, budgets, YAML validation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import yaml
+
+from conftest import assert_clean_error, run_cli
+from test_dataset import tiny_dataset
+
+
+def test_fingerprint_matches_simpleitk_statistics(tmp_path):
+    """Spacings, shapes, class counts and foreground percentiles equal those computed with SimpleITK/numpy."""
+    from medseg.plan.fingerprint import compute_fingerprint
+    from medseg.train.dataset import open_dataset
+
+    ds = open_dataset(tiny_dataset(tmp_path / "ds", 4))
+    fp = compute_fingerprint(ds, samples_per_case=10**9)  # keep every foreground voxel
+    fg_vals, counts = [], {}
+    for case, sp, sh in zip(ds.cases, fp.spacings, fp.shapes):
+        img, lab = sitk.ReadImage(str(case.images[0])), sitk.ReadImage(str(case.label))
+        assert np.allclose(sp, img.GetSpacing()) and list(sh) == list(img.GetSize())
+        a, l = sitk.GetArrayFromImage(img), sitk.GetArrayFromImage(lab)
+        fg_vals.append(a[l > 0].astype(np.float64))
+        for v, n in zip(*np.unique(l, return_counts=True)):
+            counts[int(v)] = counts.get(int(v), 0) + int(n)
+    v = np.concatenate(fg_vals)
+    st = fp.intensity[0]
+    assert st["p00_5"] == pytest.approx(np.percentile(v, 0.5)) and st["p99_5"] == pytest.approx(np.percentile(v, 99.5))
+    assert st["mean"] == pytest.approx(v.mean()) and st["std"] == pytest.approx(v.std())
+    assert fp.class_voxels == counts
+
+
+def _fp(spacings, shapes, channels=("MRI",)):
+    from medseg.plan.fingerprint import Fingerprint
+
+    return Fingerprint([list(s) for s in spacings], [list(s) for s in shapes], list(channels),
+                       [{"mean": 40.0, "std": 100.0, "p00_5": -900.0, "p99_5": 300.0, "min": -1000, "max": 2000}
+                        for _ in channels], {0: 1000, 1: 5}, {0: 2, 1: 2}, len(spacings))
+
+
+def test_target_spacing_median_and_anisotropy():
+    from medseg.plan.planner import target_spacing
+
+    assert target_spacing(_fp([[1, 1, 1], [1, 1, 1.2], [1, 1, 1.4]], [[10] * 3] * 3)) == [1.0, 1.0, 1.2]
+    # thick slices: the coarse axis takes the 10th percentile, not the median
+    sp = [[0.8, 0.8, 5.0]] * 8 + [[0.8, 0.8, 2.5]] * 2
+    t = target_spacing(_fp(sp, [[100, 100, 30]] * 10))
+    assert t[:2] == [0.8, 0.8] and t[2] == pytest.approx(np.percentile([s[2] for s in sp], 10))
+
+
+def test_ct_normalisation_and_2d_choice(tmp_path):
+    from medseg.plan.planner import make_plan, normalisations
+
+    n = normalisations(_fp([[1, 1, 1]], [[10] * 3], channels=("CT",)))[0]
+    assert n.scheme == "ct" and n.clip == (-900.0, 300.0) and n.std == 100.0
+    assert normalisations(_fp([[1, 1, 1]], [[10] * 3]))[0].scheme == "zscore"
+    ds = tiny_dataset(tmp_path / "ds", 2)
+    plan = make_plan(ds, fingerprint=_fp([[0.7, 0.7, 6.0]] * 2, [[256, 256, 20]] * 2))
+    assert plan.spatial_dims == 2 and len(plan.patch_size) == 2
+
+
+def test_budgets_shrink_patch_and_network(tmp_path):
+    """A tight memory budget gives a smaller patch; a short time budget a narrower/smaller network."""
+    from medseg.plan.planner import estimate_cost, make_plan
+
+    ds = tiny_dataset(tmp_path / "ds", 2)
+    fp = _fp([[1, 1, 1]] * 2, [[160, 160, 160]] * 2)
+    big = make_plan(ds, memory_gb=32, fingerprint=fp)
+    small = make_plan(ds, memory_gb=1, fingerprint=fp)
+    assert np.prod(small.patch_size) < np.prod(big.patch_size)
+    assert estimate_cost(small.patch_size, small.base_filters)[0] * small.batch_size <= 0.5e9
+    quick = make_plan(ds, memory_gb=32, minutes=5, fingerprint=fp)
+    cost = lambda p: estimate_cost(p.patch_size, p.base_filters)[1] * p.batch_size  # noqa: E731
+    assert cost(quick) < cost(big)
+
+
+def test_plan_yaml_round_trip_and_cli(tmp_path):
+    from medseg.plan.plan import Plan
+
+    ds = tiny_dataset(tmp_path / "ds", 3)
+    res = run_cli("plan", ds, "-o", tmp_path / "plan.yaml", "--max-minutes", "30")
+    assert res.code == 0, res.err
+    plan = Plan.from_yaml(tmp_path / "plan.yaml")
+    assert plan.labels == {0: "background", 1: "anterior", 2: "posterior"} and plan.spatial_dims == 3
+    assert plan.target_spacing == [1.0, 1.0, 1.0]
+    # patch divisible by the network's total stride on every axis
+    from medseg.train.network import dynunet_strides
+
+    _, strides = dynunet_strides(plan.patch_size)
+    assert all(p % int(np.prod([s[i] for s in strides])) == 0 for i, p in enumerate(plan.patch_size))
+    again = Plan.from_dict(yaml.safe_load(plan.to_yaml()))
+    assert again == plan
+
+
+@pytest.mark.parametrize("edit, needle", [
+    ({"patch_szie": [32, 32, 32]}, "did you mean 'patch_size'"),
+    ({"patch_size": [32, 32]}, "3 entries"),
+    ({"loss": "hinge"}, "dice_ce"),
+    ({"labels": {1: "x"}}, "background"),
+    ({"class_weights": [1.0]}, "class_weights"),
+    ({"normalisation": [{"scheme": "ct"}]}, "clip"),
+])
+def test_plan_validation_messages(tmp_path, edit, needle):
+    from medseg.plan.plan import Plan
+
+    path = tmp_path / "plan.yaml"
+    path.write_text(yaml.safe_dump({**Plan().to_dict(), **edit}))
+    assert_clean_error(run_cli("train", path, "-o", tmp_path / "run"), "plan.yaml", needle)
+    assert not (tmp_path / "run").exists()

@@ -1,0 +1,182 @@
+"""Prediction (issue 4): output on exactly the input's grid (NIfTI, anisotropic oblique, DICOM), folder runs that
+skip finished cases, shards, probabilities, post-processing, clean errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+from conftest import assert_clean_error, data_path, run_cli
+
+HIPPO_IMG = ("msd_hippocampus", "imagesTr")
+
+
+def make_model(path: Path, **kw) -> Path:
+    """A model artifact with random weights (geometry tests do not need a trained network)."""
+    from medseg.plan.plan import Plan
+    from medseg.train.artifact import build_from_plan, save_model
+
+    torch.manual_seed(0)
+    base = dict(channels=["MRI"], labels={0: "background", 1: "a", 2: "b"}, patch_size=[32, 32, 32],
+                base_filters=4, max_filters=16, target_spacing=[1.0, 1.0, 1.0])
+    plan = Plan(**{**base, **kw}).validate()
+    return save_model(path, plan, build_from_plan(plan).state_dict())
+
+
+def oblique_copy(src: Path, dst: Path, degrees: float = 20.0) -> Path:
+    """The real voxels of ``src`` with its affine rotated about two axes (a non-axis-aligned scan)."""
+    img = nib.load(src)
+    a, b = np.radians(degrees), np.radians(degrees / 2)
+    rz = np.array([[np.cos(a), -np.sin(a), 0], [np.sin(a), np.cos(a), 0], [0, 0, 1]])
+    rx = np.array([[1, 0, 0], [0, np.cos(b), -np.sin(b)], [0, np.sin(b), np.cos(b)]])
+    aff = img.affine.copy()
+    aff[:3, :3] = rz @ rx @ aff[:3, :3]
+    nib.save(nib.Nifti1Image(np.asarray(img.dataobj), aff), dst)
+    return dst
+
+
+def assert_same_grid(pred: Path, ref: Path):
+    p, r = nib.load(pred), nib.load(ref)
+    assert p.shape == r.shape[:3]
+    assert np.allclose(p.affine, r.affine, atol=1e-5), (p.affine, r.affine)
+    # and as ITK sees it (LPS geometry, independent of nibabel's affine handling)
+    ps, rs = sitk.ReadImage(str(pred)), sitk.ReadImage(str(ref))
+    assert np.allclose(ps.GetOrigin(), rs.GetOrigin(), atol=1e-4)
+    assert np.allclose(ps.GetDirection(), rs.GetDirection(), atol=1e-5)
+    assert np.allclose(ps.GetSpacing(), rs.GetSpacing(), atol=1e-5)
+    assert p.get_data_dtype() == np.uint8
+
+
+@pytest.mark.parametrize("spacing", [[1.0, 1.0, 1.0], [1.3, 0.8, 1.7]])
+def test_nifti_output_has_input_grid(tmp_path, spacing):
+    src = data_path(*HIPPO_IMG, "hippocampus_001.nii.gz")
+    model = make_model(tmp_path / "model.pt", target_spacing=spacing)
+    res = run_cli("predict", "-m", model, "-i", src, "-o", tmp_path / "out", "-q")
+    assert res.code == 0, res.err
+    assert_same_grid(tmp_path / "out" / "hippocampus_001.nii.gz", src)
+
+
+@pytest.mark.parametrize("dims", [3, 2])
+def test_anisotropic_oblique_ct(tmp_path, dims):
+    """Real CT voxels (0.8 x 0.8 x 5 mm), affine rotated off the axes; 3D and 2D (slice-wise) plans."""
+    src = oblique_copy(data_path("ct_spleen_sample", "sub-spleen2", "ct", "sub-spleen2_ct.nii.gz"),
+                       tmp_path / "ct_oblique.nii.gz")
+    kw = dict(channels=["CT"], normalisation=[{"scheme": "ct", "clip": (-100.0, 300.0), "mean": 50.0, "std": 80.0}],
+              labels={0: "background", 1: "spleen"})
+    from medseg.plan.plan import Normalisation
+
+    kw["normalisation"] = [Normalisation(**kw["normalisation"][0])]
+    if dims == 3:
+        model = make_model(tmp_path / "m.pt", target_spacing=[1.6, 1.6, 5.0], patch_size=[48, 48, 16], **kw)
+    else:
+        model = make_model(tmp_path / "m.pt", target_spacing=[1.6, 1.6, 5.0], patch_size=[64, 64],
+                           spatial_dims=2, **kw)
+    res = run_cli("predict", "-m", model, "-i", src, "-o", tmp_path / "out", "--probabilities", "-q")
+    assert res.code == 0, res.err
+    assert_same_grid(tmp_path / "out" / "ct_oblique.nii.gz", src)
+    probs = nib.load(tmp_path / "out" / "ct_oblique_probs.nii.gz")
+    lab = np.asarray(nib.load(tmp_path / "out" / "ct_oblique.nii.gz").dataobj)
+    p = np.asarray(probs.dataobj)
+    assert p.shape == (*lab.shape, 2) and np.allclose(p.sum(-1), 1, atol=1e-4)
+    assert np.array_equal(p.argmax(-1), lab)
+
+
+def test_dicom_series_input(tmp_path):
+    """A DICOM series folder: the label map lies on the series' grid as SimpleITK reads it."""
+    folder = data_path("dicom", "mr_study", "13_HCropVolume")
+    try:
+        from medseg.io.readers import read_image
+
+        read_image(folder)
+    except Exception as exc:  # the I/O engineer's loader is not merged into this branch yet
+        pytest.skip(f"DICOM loader not available here: {exc}")
+    model = make_model(tmp_path / "m.pt", target_spacing=[1.2, 1.2, 1.2])
+    res = run_cli("predict", "-m", model, "-i", folder, "-o", tmp_path / "out", "-q")
+    assert res.code == 0, res.err
+    r = sitk.ImageSeriesReader()
+    r.SetFileNames(r.GetGDCMSeriesFileNames(str(folder)))
+    ref = r.Execute()
+    p = sitk.ReadImage(str(tmp_path / "out" / f"{folder.name}.nii.gz"))
+    assert p.GetSize() == ref.GetSize()
+    assert np.allclose(p.GetOrigin(), ref.GetOrigin(), atol=1e-3)
+    assert np.allclose(p.GetDirection(), ref.GetDirection(), atol=1e-4)
+    assert np.allclose(p.GetSpacing(), ref.GetSpacing(), atol=1e-4)
+
+
+def test_folder_skip_shard_and_atomic(tmp_path):
+    from test_dataset import tiny_dataset
+
+    ds = tiny_dataset(tmp_path / "ds", 5)
+    model = make_model(tmp_path / "m.pt")
+    out = tmp_path / "out"
+    assert run_cli("predict", "-m", model, "-i", ds / "imagesTr", "-o", out, "--shard", "0/2", "-q").code == 0
+    first = {p.name for p in out.iterdir()}
+    assert run_cli("predict", "-m", model, "-i", ds / "imagesTr", "-o", out, "--shard", "1/2", "-q").code == 0
+    allp = {p.name for p in out.iterdir()}
+    names = {p.name for p in (ds / "imagesTr").iterdir()}
+    assert allp == names and len(first) == 3
+    mtimes = {p: p.stat().st_mtime_ns for p in out.iterdir()}
+    res = run_cli("predict", "-m", model, "-i", ds / "imagesTr", "-o", out, "-q")
+    assert res.code == 0 and "skipped 5" in res.out
+    assert mtimes == {p: p.stat().st_mtime_ns for p in out.iterdir()}
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]
+
+
+def test_bad_inputs_are_clean(tmp_path):
+    model = make_model(tmp_path / "m.pt")
+    bad = tmp_path / "in" / "broken.nii.gz"
+    bad.parent.mkdir()
+    good = data_path(*HIPPO_IMG, "hippocampus_001.nii.gz")
+    bad.write_bytes(good.read_bytes()[:2000])  # truncated gzip
+    res = run_cli("predict", "-m", model, "-i", bad.parent, "-o", tmp_path / "out")
+    assert_clean_error(res, "broken.nii.gz")
+    assert not [p for p in (tmp_path / "out").iterdir()]
+    assert_clean_error(run_cli("predict", "-m", tmp_path / "nomodel", "-i", good, "-o", tmp_path / "o2"), "nomodel")
+    assert_clean_error(run_cli("predict", "-m", model, "-i", good, "-o", tmp_path / "o3", "--shard", "3/2"), "shard")
+    notmodel = tmp_path / "x.pt"
+    torch.save({"a": 1}, notmodel)
+    assert_clean_error(run_cli("predict", "-m", notmodel, "-i", good, "-o", tmp_path / "o4"), "not a medseg model")
+
+
+def test_to_native_resamples_a_sphere():
+    """Probabilities of a sphere on a coarse grid come back on the fine grid where the analytic sphere is."""
+    from medseg.infer.predict import to_native
+
+    coarse, fine = 20, 50
+    def sphere(n):
+        c = (np.arange(n) + 0.5) / n - 0.5
+        z, y, x = np.meshgrid(c, c, c, indexing="ij")
+        return (x**2 + y**2 + z**2) < 0.3**2
+    s = sphere(coarse).astype(np.float32)
+    probs = torch.from_numpy(np.stack([1 - s, s]))
+    lab, _ = to_native(probs, (fine,) * 3)
+    ref = sphere(fine)
+    dice = 2 * np.sum((lab == 1) & ref) / (np.sum(lab == 1) + ref.sum())
+    assert dice > 0.95
+
+
+def test_postprocessing_matches_skimage():
+    from skimage.measure import label as cc_label
+    from skimage.morphology import remove_small_objects
+
+    from medseg.infer.predict import postprocess_labels
+
+    rng = np.random.default_rng(1)
+    lab = (rng.random((30, 30, 30)) > 0.93).astype(np.int64)
+    lab[5:12, 5:12, 5:12] = 1
+    out = postprocess_labels(lab, (1.0, 2.0, 1.0), False, 10.0)  # 10 mm³ = 5 voxels of 2 mm³
+    # medseg's components use full connectivity (26-neighbourhood in 3D), as nnU-Net's clean-up does
+    try:  # removes objects of <= 4 voxels (< 5 voxels = < 10 mm³)
+        ref = remove_small_objects(lab.astype(bool), max_size=4, connectivity=3)
+    except TypeError:  # scikit-image < 0.26
+        ref = remove_small_objects(lab.astype(bool), min_size=5, connectivity=3)
+    assert np.array_equal(out == 1, ref)
+    big = postprocess_labels(lab, (1, 1, 1), True, 0)
+    cc = cc_label(lab == 1, connectivity=3)
+    sizes = np.bincount(cc.ravel())[1:]
+    assert np.array_equal(big == 1, cc == 1 + int(np.argmax(sizes)))
