@@ -29,7 +29,7 @@ def train_cmd(
     out: Path = typer.Option(..., "-o", "--out", help="Run folder (model.json, model.pt, checkpoint.pt, log.csv)."),
     max_minutes: float = typer.Option(20.0, "--max-minutes", help="Training time budget (wall clock)."),
     max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Stop after this many steps."),
-    patch: int = typer.Option(256, "--patch", help="Training crop size (pixels per axis)."),
+    patch: int = typer.Option(128, "--patch", help="Training crop size (pixels per axis)."),
     batch_size: int = typer.Option(8, "--batch-size"),
     channel: Optional[int] = typer.Option(None, "--channel", help="Channel of multi-channel images (0-based)."),
     resume: bool = typer.Option(False, "--resume", help="Continue from RUN/checkpoint.pt."),
