@@ -110,11 +110,13 @@ def main(argv=None):
                  lambda: sitk_load(sorted(p for p in mr.iterdir() if p.is_dir())), args.repeat),
     ]
     info = {"machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.python_version()}",
-            "simpleitk": sitk.Version_VersionString(), "sitk_threads": sitk.ProcessObject.GetGlobalDefaultNumberOfThreads(),
+            "simpleitk": sitk.Version_VersionString(),
+            "sitk_threads": sitk.ProcessObject.GetGlobalDefaultNumberOfThreads(),
             "repeat": args.repeat, "load_avg_at_end": os.getloadavg()}
     print(f"machine: {info['machine']}; SimpleITK {info['simpleitk']} ({info['sitk_threads']} threads); "
           f"median of {args.repeat}; load average {info['load_avg_at_end'][0]:.2f}")
-    print("| job | medseg wall (s) | SimpleITK wall (s) | SimpleITK / medseg (wall) | medseg CPU (s) | SimpleITK CPU (s) |")
+    print("| job | medseg wall (s) | SimpleITK wall (s) | SimpleITK / medseg (wall) | medseg CPU (s) "
+          "| SimpleITK CPU (s) |")
     print("|---|---|---|---|---|---|")
     for r in results:
         print(f"| {r['job']} | {r['medseg_s']:.3f} | {r['simpleitk_s']:.3f} | {r['ratio_simpleitk_over_medseg']:.2f} "

@@ -23,6 +23,7 @@ class DemoContext:
     data: Path
     out: Path
     results: dict = field(default_factory=dict)
+    train_minutes: float = 3.0
 
     def say(self, text: str = "") -> None:
         print(text, flush=True)
@@ -66,8 +67,10 @@ def dicom_study(ctx: DemoContext) -> None:
     found = discover_series(study)
     ctx.say(f"  {len(found)} series in {study} (headers read in {time.perf_counter() - t0:.2f} s)")
     for s in found:
-        rec = {"index": s.index, "source": str(s.folder), **image_summary(load_series(s))}
+        img = load_series(s)
+        rec = {"index": s.index, "source": str(s.folder), **image_summary(img)}
         ctx.say("  " + format_summary(rec).replace("\n", "\n  "))
+        ctx.say("      " + _check_against_simpleitk(img, s))
     out = ctx.out / "mr_study_nifti"
     written = convert(study, out)
     ctx.results["mr_study_nifti"] = written
@@ -76,11 +79,33 @@ def dicom_study(ctx: DemoContext) -> None:
         ctx.say(f"    {p}")
 
 
-def run_demo(data: Path, out: Path) -> DemoContext:
+def _check_against_simpleitk(img, info) -> str:
+    """One line: does SimpleITK's ImageSeriesReader (GDCM) read the same geometry and voxels?"""
+    try:
+        import SimpleITK as sitk
+    except ImportError:
+        return "check: SimpleITK not installed"
+    import numpy as np
+
+    from medseg.io.image import Image
+
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(info.folder), info.series_uid))
+    ref = Image.from_sitk(reader.Execute())
+    same = ref.shape == img.shape and np.array_equal(ref.array, img.array)
+    diff = float(np.abs(ref.affine - img.affine).max()) if ref.shape == img.shape else float("nan")
+    return (f"check: SimpleITK reads {'the same' if same else 'DIFFERENT'} voxels, affine differs by "
+            f"{diff:.1e} mm at most")
+
+
+def run_demo(data: Path, out: Path, train_minutes: float = 3.0) -> DemoContext:
     """Run every registered step; returns the context with the steps' results."""
+    from medseg.demo_steps import register_all
+
+    register_all()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    ctx = DemoContext(Path(data), out)
+    ctx = DemoContext(Path(data), out, train_minutes=train_minutes)
     ctx.say(f"medseg demo: data {ctx.data}, outputs in {out.resolve()}")
     for i, (title, fn) in enumerate(STEPS, 1):
         ctx.say(f"\n[{i}/{len(STEPS)}] {title}")

@@ -74,3 +74,15 @@ def test_cli_version_and_usage_error():
     assert res.code == 0 and medseg.__version__ in res.out
     res = run_cli("no-such-command")
     assert res.code == 2
+
+
+def test_atomic_outputs_are_ordinary_files(tmp_path):
+    import os
+    import stat
+
+    with atomic_path(tmp_path / "o.txt") as tmp:
+        tmp.write_text("x")
+    mode = stat.S_IMODE(os.stat(tmp_path / "o.txt").st_mode)
+    umask = os.umask(0)
+    os.umask(umask)
+    assert mode == 0o666 & ~umask

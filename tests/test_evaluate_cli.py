@@ -107,6 +107,8 @@ def test_shape_and_affine_mismatch(folders, tmp_path):
     moved[0, 3] += 5.0
     nib.save(nib.Nifti1Image(arr, moved), str(first))
     _bad(pred, ref, tmp_path, str(first), "geometry differs")
+    res = run_cli("evaluate", "--pred", pred, "--ref", ref, "-o", tmp_path / "tol", "--geometry-tolerance", "6", "-q")
+    assert res.code == 0, res.err  # a 5 mm shift is within a (silly) 6 mm tolerance
     # the documented override: same shape, spacing taken from the reference
     res = run_cli("evaluate", "--pred", pred, "--ref", ref, "-o", tmp_path / "ok", "--spacing-from", "ref", "-q")
     assert res.code == 0, res.err
@@ -129,3 +131,10 @@ def test_non_integer_and_unknown_labels(folders, tmp_path):
     _bad(pred, ref, tmp_path, "nsd-tolerance", extra=("--nsd-tolerance", "abc"))
     _bad(pred, ref, tmp_path, "lesion class", extra=("--labels", data_path("msd_hippocampus", "dataset.json"),
                                                      "--lesion-classes", "tumour"))
+
+
+def test_bad_case_with_workers(folders, tmp_path):
+    pred, ref, first = _copy(folders, tmp_path)
+    img = nib.load(str(first))
+    nib.save(nib.Nifti1Image(np.asanyarray(img.dataobj)[:-1], img.affine), str(first))
+    _bad(pred, ref, tmp_path, str(first), "shape", extra=("--workers", "2"))

@@ -132,9 +132,18 @@ def test_dicom_seg_mr_oblique_validates_and_reads_back(mr, tmp_path):
     seg = _check_seg(out, ref, label, names)
     head = seg.get_segment_description(1)
     assert head.SegmentedPropertyTypeCodeSequence[0].CodeValue == "69536005"  # SCT Head
-    algo = head.SegmentAlgorithmName if "SegmentAlgorithmName" in head else head.AlgorithmIdentificationSequence[0]
-    assert "medseg" in str(seg.Manufacturer) and "otsu-test" in str(seg.ManufacturerModelName)
-    assert algo is not None
+    import medseg
+
+    algo = head.SegmentationAlgorithmIdentificationSequence[0]
+    assert (head.SegmentAlgorithmType, head.SegmentAlgorithmName) == ("AUTOMATIC", "medseg otsu-test")
+    assert (algo.AlgorithmName, algo.AlgorithmVersion) == ("medseg otsu-test", medseg.__version__)
+    assert "otsu-test" in str(algo.AlgorithmParameters) and str(seg.ManufacturerModelName) == "otsu-test"
+    # medseg's importer, given the whole study (5 series), picks the series the SEG references
+    from medseg.export.importers import import_segmentation
+
+    back = import_segmentation(out, data_path("dicom", "mr_study"))
+    assert back.same_grid(label) and np.array_equal(back.array, label.array)
+    assert back.meta["labels"] == {1: "head", 2: "bright tissue"}
     # empty frames omitted: the bright structure is absent from the last slice
     n_frames_with = sum(int((label.array[:, :, k] == v).any()) for v in (1, 2) for k in range(label.shape[2]))
     assert int(seg.NumberOfFrames) == n_frames_with
@@ -277,3 +286,31 @@ def test_rtstruct_ct_3slice_plastimatch_default_command(ct3, tmp_path):
         truth, pm = label.array == value, _plastimatch_mask(ss, idx)
         assert _surface_dice(truth, pm, label.spacing) >= 0.95
         assert dice(truth, pm) >= 0.95
+
+
+def test_dicom_seg_on_a_series_without_type2_patient_attributes(tmp_path):
+    """The real HippoCrop series has no PatientBirthDate: the SEG gets it empty (Type 2), validates, reads back."""
+    import shutil
+    import subprocess
+
+    import numpy as np
+    import pydicom
+
+    from medseg.export import export_segmentation
+    from medseg.export.importers import import_segmentation
+    from medseg.io import read_image
+
+    series = data_path("dicom", "mr_study", "13_HCropVolume")
+    first = pydicom.dcmread(next(p for p in sorted(series.iterdir()) if p.is_file()), stop_before_pixels=True)
+    assert "PatientBirthDate" not in first  # the situation under test
+    img = read_image(series)
+    lab = np.zeros(img.shape, np.uint8)
+    lab[img.array > np.percentile(img.array, 90)] = 1
+    out = export_segmentation(img.with_array(lab), series, "dicom-seg", tmp_path / "seg.dcm", labels={1: "bright"})
+    ds = pydicom.dcmread(out)
+    assert "PatientBirthDate" in ds and ds.PatientBirthDate == ""
+    back = import_segmentation(out, reference=series)
+    assert np.array_equal(back.array > 0, lab > 0)
+    if shutil.which("dciodvfy"):
+        res = subprocess.run(["dciodvfy", str(out)], capture_output=True, text=True)
+        assert not [ln for ln in (res.stdout + res.stderr).splitlines() if ln.startswith("Error")]

@@ -209,3 +209,68 @@ def test_lps_ras_boundary_in_seg_nrrd_origin(liver_spine):
     _, label = liver_spine
     hdr = seg_nrrd_header(label, [])
     assert np.allclose(hdr["space origin"], (LPS_TO_RAS @ label.affine)[:3, 3])
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_keyhole_contours_read_the_same_by_union_and_even_odd_readers(seed):
+    """Mechanics on random masks with holes and islands in holes: keyhole contours filled one by one
+    with skimage.draw.polygon and OR-ed (a 'union' reader) give the mask, and so does medseg's even-odd
+    fill; separate hole contours give it under even-odd only."""
+    from scipy import ndimage as ndi
+    from skimage.draw import polygon
+
+    from medseg.export.contours import mask_contours
+    from medseg.export.raster import fill_polygons
+
+    rng = np.random.default_rng(seed)
+    mask = ndi.gaussian_filter(rng.normal(size=(60, 70)), 2.0) > 0.05
+    mask[20:40, 20:40] = True
+    mask[25:35, 25:35] = False  # a hole
+    mask[29:31, 29:31] = True  # an island in the hole
+
+    def union(contours):
+        out = np.zeros(mask.shape, bool)
+        for c in contours:
+            rr, cc = polygon(c[:, 0], c[:, 1], mask.shape)
+            out[rr, cc] = True
+        return out
+
+    keyhole, separate = mask_contours(mask), mask_contours(mask, holes="separate")
+    assert len(keyhole) < len(separate)
+    assert np.array_equal(fill_polygons(keyhole, mask.shape), mask)
+    assert np.array_equal(union(keyhole), mask)
+    assert np.array_equal(fill_polygons(separate, mask.shape), mask)
+    assert not np.array_equal(union(separate), mask)  # a union reader fills separate holes
+
+
+def test_resample_to_reference_uses_each_slice_position():
+    """Mechanics: an irregular series (uneven slice gaps, each slice shifted along the column direction)
+    samples the label map at every slice's own voxel centres, not on a grid through the first slice."""
+    from medseg.export.reference import ReferenceSeries
+    from medseg.export.resample import resample_to_reference
+
+    arr = np.arange(10 * 12 * 8, dtype=np.uint16).reshape(10, 12, 8)
+    label = Image(arr, np.diag([-1.0, -1.0, 2.0, 1.0]))  # LPS: identity in-plane, 2 mm slices
+    shift = [0.0, 0.6, 1.7, 2.2]  # mm along the column direction
+    z = [0.0, 2.0, 4.2, 9.9]
+    pos = np.array([[0.0, 2 + s, zz] for s, zz in zip(shift, z)])
+    ref = ReferenceSeries(path=None, datasets=[None] * 4, files=[], rows=6, columns=5,
+                          row_dir=np.array([1.0, 0, 0]), col_dir=np.array([0, 1.0, 0]), spacing_rc=(1.0, 1.0),
+                          positions=pos)
+    assert not ref.is_regular()
+    got = resample_to_reference(label, ref)
+    for k in range(4):
+        j0, kk = int(np.floor(2 + shift[k] + 0.5)), int(np.floor(z[k] / 2 + 0.5))
+        assert np.array_equal(got[:, :, k], arr[:5, j0:j0 + 6, kk])
+
+
+def test_cli_never_overwrites_its_input(liver_spine, tmp_path):
+    import shutil
+
+    src, label = liver_spine
+    copy = tmp_path / "seg.nrrd"
+    shutil.copy(src, copy)
+    before = copy.read_bytes()
+    res = run_cli("export", copy, "--format", "seg-nrrd", "-o", copy)
+    assert_clean_error(res, "overwrite an input")
+    assert copy.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["seg.nrrd"]

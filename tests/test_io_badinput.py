@@ -273,3 +273,19 @@ def test_image_without_geometry_is_listed_not_fatal(tmp_path):
     assert_clean_error(run_cli("convert", tmp_path / "s", tmp_path / "sc.nii.gz", "--series", "1"),
                        "not a volume", "ImagePositionPatient")
     assert not (tmp_path / "sc.nii.gz").exists()
+
+
+def test_orientation_that_is_not_a_rotation(tmp_path):
+    files = copy_series(T1, tmp_path / "s")
+    for f in files:  # every slice: row and column cosines parallel
+        ds = pydicom.dcmread(f)
+        ds.ImageOrientationPatient = [1, 0, 0, 1, 0, 0]
+        ds.save_as(f)
+    assert_convert_fails(tmp_path, tmp_path / "s", "not perpendicular")
+
+
+def test_folder_of_nifti_files_says_to_pass_a_file(tmp_path):
+    folder = data_path("brats2015_sample", "brats_2013_pat0001_1")
+    assert_clean_error(run_cli("info", folder), "no DICOM image series", "pass one of them")
+    assert_clean_error(run_cli("convert", folder, tmp_path / "o"), "no DICOM image series", "pass one of them")
+    assert not (tmp_path / "o").exists()

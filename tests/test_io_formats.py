@@ -66,7 +66,8 @@ def _nifti_with(tmp_path, sform, s_code, qform, q_code, name="x.nii"):
     return p
 
 
-@pytest.mark.parametrize("s_code,q_code", [(1, 1), (2, 1), (4, 1), (1, 0), (0, 1), (2, 0)])
+@pytest.mark.parametrize("s_code,q_code", [(1, 1), (2, 1), (4, 1), (1, 0), (0, 1), (2, 0), (1, 2), (3, 1), (2, 2),
+                                            (1, 4), (3, 3)])
 def test_sform_qform_disagreement_follows_itk(tmp_path, s_code, q_code):
     """Synthetic headers (mechanics only): where the two libraries differ, medseg reads what ITK reads."""
     import SimpleITK as sitk
@@ -136,3 +137,17 @@ def test_info_json_matches_simpleitk():
     import nibabel as nib
 
     assert rec["orientation"] == "".join(nib.aff2axcodes(nib.load(str(p)).affine))
+
+
+def test_sheared_sform_falls_back_to_qform_like_itk(tmp_path):
+    import SimpleITK as sitk
+
+    q = affine_from_geometry([2, 2, 3], [10, 20, 30], np.eye(3))
+    s = q.copy()
+    s[0, 1] += 0.5  # shear: not a rotation times a scale
+    s[:3, 3] = [11, 21, 31]
+    p = _nifti_with(tmp_path, s, 1, q, 1)
+    ref = Image.from_sitk(sitk.ReadImage(str(p)))
+    img = read_image(p)
+    np.testing.assert_allclose(img.affine, ref.affine, atol=1e-4)
+    assert img.meta["affine_source"] == "qform (sform disagrees)"

@@ -86,3 +86,22 @@ def test_requested_absent_label_and_float_labels():
         confusion_matrix(ref + 0.5, pred)
     with pytest.raises(ValueError, match="shape"):
         confusion_matrix(ref, pred[:1])
+
+
+def test_random_confusion_matrix_equals_counting():
+    from hypothesis import given, settings, strategies as st
+    from hypothesis.extra.numpy import arrays
+
+    @settings(max_examples=40, deadline=None)
+    @given(st.integers(1, 300).flatmap(lambda n: st.tuples(
+        arrays(np.uint16, n, elements=st.integers(0, 300)), arrays(np.uint16, n, elements=st.integers(0, 300)))))
+    def check(maps):
+        ref, pred = maps
+        cm, labels = confusion_matrix(ref, pred)
+        assert labels.tolist() == sorted(set(ref.tolist()) | set(pred.tolist()))
+        for i, a in enumerate(labels):
+            assert cm[i].sum() == np.count_nonzero(ref == a) and cm[:, i].sum() == np.count_nonzero(pred == a)
+            assert cm[i, i] == np.count_nonzero((ref == a) & (pred == a))
+        assert cm.sum() == ref.size
+
+    check()

@@ -48,8 +48,8 @@ def _check_monai(pred, ref, labels, spacing, tol=2.0, subset=None):
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_hippocampus_equal_monai(kind):
-    checked = sum(_check_monai(perturb(ref, kind), ref, [1, 2], SPACING) for _, ref, _ in hippocampus(3))
-    assert checked >= 3
+    checked = sum(_check_monai(perturb(ref, kind), ref, [1, 2], SPACING) for _, ref, _ in hippocampus(2))
+    assert checked >= 2
 
 
 def test_totalseg_42_labels_equal_monai_fortran_order():
@@ -57,9 +57,9 @@ def test_totalseg_42_labels_equal_monai_fortran_order():
     pred = perturb(ref, "mixed")
     labels = [int(v) for v in np.unique(ref) if v]
     # NIfTI arrays come F-ordered: the border pass must not mix memory orders
-    # MONAI is slow (one-hot, class by class): compare a spread of 14 of the 41 organs
+    # MONAI is slow (one-hot, class by class): compare a spread of 11 of the 41 organs
     assert _check_monai(np.asfortranarray(pred), np.asfortranarray(ref), labels, spacing, tol=3.0,
-                        subset=labels[::3]) >= 11
+                        subset=labels[::4]) >= 8
 
 
 def test_hippocampus_close_to_surface_distance_and_medpy():
@@ -107,3 +107,51 @@ def test_2d_and_hand_checked_values():
     same = surface_metrics(ref, ref, [1], (0.5, 2.0))[1]
     assert same == {"hd95": 0.0, "hd": 0.0, "assd": 0.0, "nsd": 1.0}
     _check_monai(pred, ref, [1], (0.7, 1.3), tol=1.0)
+
+
+def _brute_force(ref, pred, c, spacing, tol):
+    """Independent reference: per-class scipy erosion, all-pairs distances (scipy.spatial.distance.cdist)."""
+    from scipy.spatial.distance import cdist
+
+    def border(m):
+        return np.argwhere(m & ~ndi.binary_erosion(m)) * np.asarray(spacing)
+
+    r, p = border(ref == c), border(pred == c)
+    if len(r) == 0 or len(p) == 0:
+        return None
+    d = cdist(p, r)
+    d_pr, d_rp = d.min(axis=1), d.min(axis=0)
+    pooled = np.concatenate([d_pr, d_rp])
+    return {"hd95": max(np.percentile(d_pr, 95), np.percentile(d_rp, 95)), "hd": pooled.max(),
+            "assd": pooled.mean(), "nsd": np.mean(pooled <= tol + 1e-9)}
+
+
+def test_random_label_maps_equal_brute_force():
+    from hypothesis import given, settings, strategies as st
+    from hypothesis.extra.numpy import arrays
+
+    shapes = st.one_of(st.tuples(st.integers(2, 9), st.integers(2, 9)),
+                       st.tuples(st.integers(2, 7), st.integers(2, 7), st.integers(2, 6)))
+
+    @settings(max_examples=40, deadline=None)
+    @given(shapes.flatmap(lambda s: st.tuples(arrays(np.uint8, s, elements=st.integers(0, 3)),
+                                              arrays(np.uint8, s, elements=st.integers(0, 3)),
+                                              st.lists(st.floats(0.3, 3.0), min_size=len(s), max_size=len(s)))),
+           st.floats(0.0, 4.0), st.booleans())
+    def check(maps, tol, fortran):
+        ref, pred, spacing = maps
+        if fortran:
+            ref, pred = np.asfortranarray(ref), np.asfortranarray(pred)
+        ours = surface_metrics(ref, pred, [1, 2, 3], spacing, tol)
+        for c in (1, 2, 3):
+            bf = _brute_force(ref, pred, c, spacing, tol)
+            if bf is None:
+                continue
+            for k in ("hd95", "hd", "assd", "nsd"):
+                assert ours[c][k] == pytest.approx(bf[k], rel=1e-9, abs=1e-9), (c, k)
+        swapped = surface_metrics(pred, ref, [1, 2, 3], spacing, tol)  # symmetric metrics
+        for c in (1, 2, 3):
+            for k in ("hd95", "hd", "assd", "nsd"):
+                assert swapped[c][k] == pytest.approx(ours[c][k], rel=1e-12, abs=1e-12, nan_ok=True)
+
+    check()

@@ -54,6 +54,8 @@ def evaluate(
     spacing_from: Optional[str] = typer.Option(
         None, "--spacing-from", help="'ref' or 'pred': only the shapes must match, use that side's spacing "
         "(default: pred and ref must share shape and affine)."),
+    geometry_tolerance: float = typer.Option(1e-3, "--geometry-tolerance", min=0.0, help="Largest affine "
+                                             "difference (mm) still taken as the same grid."),
     nsd_tolerance: str = typer.Option("2", "--nsd-tolerance", help="NSD tolerance in mm: MM or CLASS=MM,...,default=MM."),
     lesion_classes: str = typer.Option("", "--lesion-classes", help="Comma-separated 'thing' classes (names or "
                                        "values) for lesion-wise metrics (connected components matched at IoU)."),
@@ -71,6 +73,7 @@ def evaluate(
         nsd_tolerance=parse_tolerance(nsd_tolerance),
         lesion_classes=[s.strip() for s in lesion_classes.split(",") if s.strip()],
         distance_cap=_parse_cap(distance_cap), surface=not no_surface, workers=workers,
+        geometry_tolerance=geometry_tolerance,
         progress=False if quiet else None)
     if not quiet:
         fg = report["foreground_mean"]

@@ -16,8 +16,10 @@ from medseg.cli.app import app
 
 @app.command("info")
 def info_cmd(
-    path: Path = typer.Argument(..., help="Image file (NIfTI, NRRD, MHA, TIFF, PNG, DICOM) or DICOM folder."),
-    series: Optional[str] = typer.Option(None, "--series", help="Only this DICOM series (index or SeriesInstanceUID)."),
+    path: Path = typer.Argument(..., metavar="PATH",
+                                help="Image file (NIfTI, NRRD, MHA, TIFF, PNG, DICOM) or DICOM folder."),
+    series: Optional[str] = typer.Option(None, "--series",
+                                         help="Only this DICOM series (index or SeriesInstanceUID)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON (a list with one record per series)."),
 ) -> None:
     """Print shape, spacing, origin, direction, orientation, dtype, intensity range, modality and series
@@ -33,13 +35,17 @@ def info_cmd(
 
 @app.command("convert")
 def convert_cmd(
-    input: Path = typer.Argument(..., help="Image file, DICOM folder, or DICOM-SEG/RTSTRUCT file."),
-    output: Path = typer.Argument(..., help="Output file (.nii.gz, .nii, .nrrd, .mha) or folder (one file per series)."),
-    series: Optional[str] = typer.Option(None, "--series", help="DICOM series to convert (index or SeriesInstanceUID)."),
-    allow_tilt: bool = typer.Option(False, "--allow-tilt", help="Resample gantry-tilted series onto an orthogonal grid."),
-    reference: Optional[Path] = typer.Option(None, "--reference", help="Image series a DICOM-SEG/RTSTRUCT refers to."),
+    input: Path = typer.Argument(..., metavar="INPUT", help="Image file, DICOM folder, or DICOM-SEG/RTSTRUCT file."),
+    output: Path = typer.Argument(..., metavar="OUTPUT",
+                                  help="Output file (.nii.gz, .nii, .nrrd, .mha) or folder (one file per series)."),
+    series: Optional[str] = typer.Option(None, "--series",
+                                         help="DICOM series to convert (index or SeriesInstanceUID)."),
+    allow_tilt: bool = typer.Option(False, "--allow-tilt",
+                                    help="Resample gantry-tilted series onto an orthogonal grid."),
+    reference: Optional[Path] = typer.Option(None, "--reference",
+                                             help="Image series a DICOM-SEG/RTSTRUCT refers to."),
 ) -> None:
-    """Convert between NIfTI/NRRD/MHA, or DICOM (folder or file) to any of them."""
+    """Convert between NIfTI/NRRD/MHA, or DICOM (folder or file) to any of them; prints the files written."""
     from medseg.io.convert import convert
 
     for p in convert(input, output, series=series, allow_tilt=allow_tilt, reference=reference):

@@ -18,11 +18,12 @@ from medseg.evaluate.overlap import present_labels
 from medseg.evaluate.summary import summarize
 
 
-def _evaluate_pair(pair: CasePair, labels: dict[int, str] | None, spacing_from: str | None, kwargs: dict) -> dict:
+def _evaluate_pair(pair: CasePair, labels: dict[int, str] | None, spacing_from: str | None, kwargs: dict,
+                   atol: float = 1e-3) -> dict:
     """Read, check and evaluate one case (runs in a worker process)."""
     ref = read_label_map(pair.ref)
     pred = read_label_map(pair.pred)
-    check_geometry(pred, ref, pair.pred, spacing_from=spacing_from)
+    check_geometry(pred, ref, pair.pred, spacing_from=spacing_from, atol=atol)
     spacing = pred.spacing if spacing_from == "pred" else ref.spacing
     if labels is not None:
         known = set(labels) | {0}
@@ -31,7 +32,10 @@ def _evaluate_pair(pair: CasePair, labels: dict[int, str] | None, spacing_from: 
             if unknown:
                 raise InputError(f"label value(s) {unknown[:5]} not in the labels of dataset.json "
                                  f"({sorted(known)})", path=path)
-    res = evaluate_case(pred.array, ref.array, labels=labels, spacing=spacing, **kwargs)
+    try:
+        res = evaluate_case(pred.array, ref.array, labels=labels, spacing=spacing, **kwargs)
+    except ValueError as exc:  # e.g. too many label values for a semantic label map
+        raise InputError(str(exc), path=pair.pred) from exc
     return {"case": pair.case, **res}
 
 
@@ -64,7 +68,7 @@ def evaluate_folder(pred: str | os.PathLike, ref: str | os.PathLike, out_dir: st
                     nsd_tolerance: float | Mapping = DEFAULT_NSD_TOLERANCE, lesion_classes: Sequence = (),
                     lesion_thresholds=DEFAULT_THRESHOLDS, connectivity: int | None = None,
                     distance_cap: float | str | None = None, surface: bool = True, workers: int = 1,
-                    progress: bool | None = None) -> dict:
+                    progress: bool | None = None, geometry_tolerance: float = 1e-3) -> dict:
     """Evaluate prediction files against reference files matched by case name; optionally write the report.
 
     Parameters
@@ -81,6 +85,9 @@ def evaluate_folder(pred: str | os.PathLike, ref: str | os.PathLike, out_dir: st
         the shape must match and that side's spacing is used (predictions saved without geometry).
     workers : int
         Processes over cases.
+    geometry_tolerance : float
+        Largest difference (mm) allowed between the two affines' entries (float32 NIfTI headers
+        written by different tools differ by ~1e-5 mm).
 
     Other parameters are those of :func:`medseg.evaluate.metrics.evaluate_case`.
 
@@ -100,6 +107,8 @@ def evaluate_folder(pred: str | os.PathLike, ref: str | os.PathLike, out_dir: st
         if known_names is not None and str(lc) not in known_names:
             raise InputError(f"lesion class '{lc}' is not one of the labels ({', '.join(sorted(names.values()))})")
     pairs = pair_cases(pred, ref)
+    if out_dir is not None and Path(out_dir).exists() and not Path(out_dir).is_dir():
+        raise InputError("output exists and is not a folder", path=out_dir)  # before hours of work, not after
     kwargs = dict(nsd_tolerance=nsd_tolerance, lesion_classes=tuple(lesion_classes),
                   lesion_thresholds=tuple(lesion_thresholds), connectivity=connectivity,
                   distance_cap=distance_cap, surface=surface)
@@ -110,23 +119,30 @@ def evaluate_folder(pred: str | os.PathLike, ref: str | os.PathLike, out_dir: st
             import multiprocessing as mp
 
             with ProcessPoolExecutor(min(workers, len(pairs)), mp_context=mp.get_context("spawn")) as ex:
-                futs = [ex.submit(_evaluate_pair, p, names, spacing_from, kwargs) for p in pairs]
-                for f in futs:
-                    per_case.append(f.result())
-                    bar.advance(task)
+                futs = [ex.submit(_evaluate_pair, p, names, spacing_from, kwargs, geometry_tolerance) for p in pairs]
+                try:
+                    for f in futs:
+                        per_case.append(f.result())
+                        bar.advance(task)
+                except BaseException:
+                    ex.shutdown(wait=True, cancel_futures=True)  # a bad case stops the rest at once
+                    raise
         else:
             for p in pairs:
-                per_case.append(_evaluate_pair(p, names, spacing_from, kwargs))
+                per_case.append(_evaluate_pair(p, names, spacing_from, kwargs, geometry_tolerance))
                 bar.advance(task)
     if names is None:
         found = sorted({v for c in per_case for v in c["labels"].values()})
         names = label_names(found)
     _fill_missing(per_case, names, kwargs)
+    import medseg
+
     settings = {
-        "pred": str(pred), "ref": str(ref), "n_cases": len(per_case),
+        "medseg_version": medseg.__version__, "pred": str(pred), "ref": str(ref), "n_cases": len(per_case),
         "labels": {str(v): n for v, n in names.items()},
         "nsd_tolerance_mm": dict(nsd_tolerance) if isinstance(nsd_tolerance, Mapping) else float(nsd_tolerance),
         "spacing_from": spacing_from or "checked (pred and ref share the grid)",
+        "geometry_tolerance_mm": geometry_tolerance,
         "distance_cap": distance_cap, "lesion_classes": [str(x) for x in lesion_classes],
         "lesion_thresholds": list(lesion_thresholds), "lesion_connectivity": connectivity or "full",
         "hd95": "max of the two directed 95th percentiles (linear interpolation) of border-voxel distances",

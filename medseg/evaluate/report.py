@@ -147,7 +147,7 @@ def dice_plot_png(report: dict) -> bytes:
     ax.set_xticks(range(1, len(names) + 1), names, rotation=90 if len(names) > 6 else 0, fontsize=8)
     ax.set_ylabel("Dice")
     ax.set_ylim(-0.02, 1.02)
-    ax.set_title("Dice per class (box: quartiles; dots: cases)")
+    ax.set_title("Dice per class (box: quartiles, dots: cases)", fontsize=9)
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
@@ -164,20 +164,25 @@ def to_html(report: dict) -> str:
         f"<tr><td>{e(w['case'])}</td><td>{_fmt(w['mean_dice'])}</td><td>{e(w['worst_class'])}</td>"
         f"<td>{_fmt(w['worst_dice'])}</td></tr>" for w in worst_cases(report["per_case"])) + "</table>"
     notes = "".join(f"<li>{e(n)}</li>" for n in _notes(report))
+    lesions = {n: m["lesions"] for n, m in report["mean"].items() if "lesions" in m}
+    lesion_html = ""
+    if lesions:
+        keys = ("precision", "recall", "f1", "ap", "panoptic_quality")
+        lesion_html = ("<h2>Lesion-wise (pooled over cases, IoU &ge; 0.5)</h2>\n<table><tr><th>class</th><th>n_ref</th>"
+                       "<th>n_pred</th><th>TP</th><th>FP</th><th>FN</th>" + "".join(f"<th>{k}</th>" for k in keys)
+                       + "</tr>" + "".join(
+                           f"<tr><td>{e(n)}</td><td>{d['n_ref']}</td><td>{d['n_pred']}</td><td>{d.get('tp@0.5', '')}"
+                           f"</td><td>{d.get('fp@0.5', '')}</td><td>{d.get('fn@0.5', '')}</td>"
+                           + "".join(f"<td>{_fmt(d.get(f'{k}@0.5'))}</td>" for k in keys) + "</tr>"
+                           for n, d in lesions.items()) + "</table>\n")
     settings = "".join(f"<li>{e(str(k))}: {e(json.dumps(_clean(v)))}</li>" for k, v in report["settings"].items())
     style = ("body{font-family:sans-serif;margin:2em;max-width:1200px}table{border-collapse:collapse;margin:1em 0}"
              "td,th{border:1px solid #ccc;padding:2px 8px;text-align:right}td:first-child{text-align:left}")
     return (f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>medseg evaluation</title>"
             f"<style>{style}</style></head><body>\n<h1>Segmentation metrics ({len(report['per_case'])} cases)</h1>\n"
-            f"<h2>Summary (mean ± std over cases)</h2>\n{table}\n<ul>{notes}</ul>\n"
+            f"<h2>Summary (mean ± std over cases)</h2>\n{table}\n<ul>{notes}</ul>\n{lesion_html}"
             f"<h2>Dice per class</h2>\n<img alt=\"Dice per class\" src=\"data:image/png;base64,{png}\">\n"
             f"<h2>Worst cases</h2>\n{worst}\n<h2>Settings</h2>\n<ul>{settings}</ul>\n</body></html>\n")
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def write_report(report: dict, out_dir: str | os.PathLike, protect=()) -> dict[str, Path]:
@@ -193,6 +198,5 @@ def write_report(report: dict, out_dir: str | os.PathLike, protect=()) -> dict[s
     for name in REPORT_FILES:
         with atomic_path(out_dir / name, protect=protect) as tmp:
             tmp.write_text(texts[name], encoding="utf-8")
-            os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a report is an ordinary file
         written[name] = out_dir / name
     return written

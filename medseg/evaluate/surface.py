@@ -12,7 +12,9 @@ Definitions (the voxel-based ones of MONAI's ``compute_hausdorff_distance``,
   NSD(tau) = fraction of the pooled border voxels whose distance is <= tau (up to float rounding).
 
 DeepMind's ``surface-distance`` weights surface elements by their area and places them on the
-voxel corners; its numbers differ from these by up to about one voxel diagonal (tested).
+voxel corners; its numbers differ from these by up to about one voxel diagonal (tested). medpy's
+``hd95`` takes the 95th percentile of the pooled distances and its ``assd`` the mean of the two
+directed means: both can differ from these by more than a voxel when the errors are one-sided.
 
 Speed: the borders of *all* classes come from one pass of neighbour comparisons over the label
 map (a voxel is a border voxel of its own class exactly when a face neighbour has another label),

@@ -98,7 +98,8 @@ def export_segmentation(label_image, reference: str | os.PathLike | None, fmt: s
     elif fmt in DICOM_FORMATS:
         raise InputError(f"--format {fmt} needs the DICOM series it refers to (--reference DIR)")
     values = [int(v) for v in np.unique(arr) if v != 0]
-    infos = [segment_info(v, (labels or {}).get(v)) for v in values]
+    names = {int(k): str(v) for k, v in (labels or {}).items() if str(k).lstrip("-").isdigit()}  # "1" or 1
+    infos = [segment_info(v, names.get(v)) for v in values]
     if fmt in DICOM_FORMATS:
         if not values:
             raise InputError("the label map is empty on the series grid (no foreground): nothing to export",

@@ -139,14 +139,12 @@ def segment_info(value: int, name: str | None = None) -> SegmentInfo:
     'Tissue'
     """
     from pydicom.sr.codedict import codes
-    from pydicom.sr.coding import Code
 
     name = str(name) if name else f"label_{value}"
     key, side = _normalise(name)
     if key in ORGANS:
         keyword, cat, rgb = ORGANS[key]
-        category = codes.SCT.AnatomicalStructure if cat == _ANAT else \
-            Code("49755003", "SCT", "Morphologically Altered Structure")
+        category = codes.SCT.AnatomicalStructure if cat == _ANAT else codes.SCT.MorphologicallyAbnormalStructure
         lat = None if side is None else (codes.SCT.Left if side == "left" else codes.SCT.Right)
         return SegmentInfo(int(value), name, rgb, category, getattr(codes.SCT, keyword), lat, True)
     return SegmentInfo(int(value), name, PALETTE[(int(value) - 1) % len(PALETTE)], codes.SCT.Tissue, codes.SCT.Tissue)

@@ -27,16 +27,6 @@ def _signed_area(p: np.ndarray) -> float:
     return 0.5 * float(np.dot(x, np.roll(y, -1)) - np.dot(np.roll(x, -1), y))
 
 
-def _inside(pt: np.ndarray, poly: np.ndarray) -> bool:
-    """Even-odd point-in-polygon (ray along +x)."""
-    x0, y0 = poly[:, 0], poly[:, 1]
-    x1, y1 = np.roll(x0, -1), np.roll(y0, -1)
-    cross = (y0 > pt[1]) != (y1 > pt[1])
-    with np.errstate(divide="ignore", invalid="ignore"):
-        xs = x0 + (pt[1] - y0) * (x1 - x0) / (y1 - y0)
-    return bool(np.count_nonzero(cross & (xs > pt[0])) % 2)
-
-
 def _edges(polys: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     if not polys:
         return np.zeros((0, 2)), np.zeros((0, 2))
@@ -58,10 +48,15 @@ def _crosses(a: np.ndarray, b: np.ndarray, c: np.ndarray, d: np.ndarray) -> bool
 
 def _bridge(outer: np.ndarray, hole: np.ndarray, others: list[np.ndarray], tries: int = 64):
     """``outer`` (counter-clockwise) with ``hole`` (clockwise) joined by a zero-width bridge, or None."""
-    d2 = ((hole[:, None, :] - outer[None, :, :]) ** 2).sum(-1)
+    from scipy.spatial import cKDTree
+
     c, d = _edges([outer, hole, *others])
-    for flat in np.argsort(d2, axis=None)[:tries]:
-        q, p = np.unravel_index(flat, d2.shape)
+    k = min(8, len(outer))
+    dist, idx = cKDTree(outer).query(hole, k=k)  # the nearest outer vertices of every hole vertex
+    dist, idx = np.asarray(dist).reshape(len(hole), k), np.asarray(idx).reshape(len(hole), k)
+    order = np.argsort(dist, axis=None)[:tries]
+    for q, p in zip(*np.unravel_index(order, dist.shape)):
+        p = int(idx[q, p])
         if not _crosses(outer[p], hole[q], c, d):
             return np.concatenate([outer[: p + 1], hole[q:], hole[: q + 1], outer[p:]])
     return None
@@ -82,34 +77,39 @@ def mask_contours(mask2d: np.ndarray, holes: str = "keyhole") -> list[np.ndarray
 
     if holes not in HOLES:
         raise ValueError(f"holes must be one of {HOLES}, not {holes!r}")
+    from skimage.measure import label
+
     padded = np.pad(np.asarray(mask2d, bool), 1).astype(np.uint8)
-    polys = []
+    comp = label(padded, connectivity=1)  # foreground 4-connected, as the contours separate it
+    polys, owner = [], []
     for c in find_contours(padded, 0.5, fully_connected="low"):
         if len(c) > 1 and np.allclose(c[0], c[-1]):
             c = c[:-1]
         d_in = c - np.roll(c, 1, axis=0)
         d_out = np.roll(c, -1, axis=0) - c
         turn = np.abs(d_in[:, 0] * d_out[:, 1] - d_in[:, 1] * d_out[:, 0]) > 1e-9
-        c = c[turn] - 1.0
-        if len(c) >= 3:
-            polys.append(c)
+        c = c[turn]
+        if len(c) < 3:
+            continue
+        # a vertex lies half-way between a foreground and a background pixel: the component it bounds
+        x, y = c[0]
+        pair = [(int(np.floor(x)), int(y)), (int(np.ceil(x)), int(y))] if x % 1 else \
+            [(int(x), int(np.floor(y))), (int(x), int(np.ceil(y)))]
+        owner.append(max(int(comp[q]) for q in pair))
+        polys.append(c - 1.0)
     if holes == "separate" or len(polys) < 2:
         return polys
-    # nesting depth: even = boundary of foreground, odd = boundary of a hole
-    depth = [sum(_inside(p[0], polys[o]) for o in range(len(polys)) if o != n) for n, p in enumerate(polys)]
-    area = [abs(_signed_area(p)) for p in polys]
-    parent = {}
-    for n, p in enumerate(polys):
-        if depth[n] % 2:
-            cands = [o for o in range(len(polys)) if depth[o] == depth[n] - 1 and _inside(p[0], polys[o])]
-            parent[n] = min(cands, key=lambda o: area[o])
+    # per component: the outer boundary is its largest contour, the others are its holes
+    area = [_signed_area(p) for p in polys]
+    groups: dict[int, list[int]] = {}
+    for n, o in enumerate(owner):
+        groups.setdefault(o, []).append(n)
     out, kept_holes = [], []
-    for n, p in enumerate(polys):
-        if depth[n] % 2:
-            continue
-        merged = p if _signed_area(p) > 0 else p[::-1]
-        mine = [polys[h] if _signed_area(polys[h]) < 0 else polys[h][::-1] for h in parent if parent[h] == n]
-        mine.sort(key=lambda h: -abs(_signed_area(h)))
+    for members in groups.values():
+        members.sort(key=lambda n: -abs(area[n]))
+        outer = polys[members[0]]
+        merged = outer if area[members[0]] > 0 else outer[::-1]  # outer counter-clockwise, holes clockwise
+        mine = [polys[h] if area[h] < 0 else polys[h][::-1] for h in members[1:]]
         for i, h in enumerate(mine):
             joined = _bridge(merged, h, mine[i + 1:])
             if joined is None:

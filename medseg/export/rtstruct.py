@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -115,8 +116,11 @@ def build_rtstruct(labels_on_ref: np.ndarray, ref, infos, *, model_name: str | N
     for_item.RTReferencedStudySequence = Sequence([study_item])
     ds.ReferencedFrameOfReferenceSequence = Sequence([for_item])
 
+    from tqdm import tqdm
+
     rois, contours, observations = [], [], []
-    for number, info in enumerate(infos, start=1):
+    quiet = not sys.stderr.isatty()  # a bar on a terminal only (large CTs with many ROIs take minutes)
+    for number, info in enumerate(tqdm(infos, desc="RTSTRUCT contours", leave=False, disable=quiet), start=1):
         roi = Dataset()
         roi.ROINumber = number
         roi.ReferencedFrameOfReferenceUID = ref.frame_of_reference_uid

@@ -14,6 +14,9 @@ from typing import Iterable, Iterator
 
 from medseg.errors import InputError
 
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)  # read once: the process umask, for the permissions of renamed temp files
+
 _DOUBLE_SUFFIXES = (".nii.gz", ".seg.nrrd", ".tar.gz")
 
 
@@ -73,6 +76,7 @@ def atomic_path(
     fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=f".tmp{full_suffix(dest)}", dir=parent)
     os.close(fd)
     tmp = Path(tmp)
+    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; an output is an ordinary file
     try:
         yield tmp
         os.replace(tmp, dest)

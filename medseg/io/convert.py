@@ -17,13 +17,16 @@ from typing import Any
 import numpy as np
 
 from medseg.errors import InputError
-from medseg.io.atomic import atomic_path, full_suffix
+from medseg.io.atomic import atomic_path, case_name, full_suffix
 from medseg.io.image import Image
 from medseg.io.readers import ITK, MICROSCOPY, NIFTI, WRITABLE, is_dicom_file, read_image, write_unchecked
 
 
 def image_summary(img: Image) -> dict[str, Any]:
-    """Geometry and intensity summary of one image (JSON-ready; origin/direction in RAS)."""
+    """Geometry and intensity summary of one image (JSON-ready; origin/direction in RAS).
+
+    ``direction`` is the 3x3 matrix as a list of rows; its columns are the index axes' unit vectors.
+    """
     arr = img.array
     finite = arr[np.isfinite(arr)] if np.issubdtype(arr.dtype, np.floating) else arr
     rng = [float(finite.min()), float(finite.max())] if finite.size else [None, None]
@@ -31,7 +34,8 @@ def image_summary(img: Image) -> dict[str, Any]:
         "shape": list(img.shape), "channels": img.num_channels, "dtype": str(arr.dtype),
         "spacing": [round(s, 6) for s in img.spacing], "origin": [round(o, 4) for o in img.origin],
         "direction": np.round(img.direction[: img.ndim, : img.ndim] if img.ndim == 2 else img.direction, 6).tolist(),
-        "orientation": img.orientation, "intensity_range": rng,
+        "orientation": img.orientation if "unit" not in img.meta else "", "intensity_range": rng,
+        "unit": img.meta.get("unit", "mm"),  # microscopy: 'um' or 'pixel'; no patient frame, no orientation
         "modality": img.meta.get("modality", ""), "series_description": img.meta.get("series_description", ""),
         "series_uid": img.meta.get("series_uid", ""),
     }
@@ -57,11 +61,11 @@ def describe(path: str | os.PathLike, series: str | int | None = None) -> list[d
         else:
             img = read_image(path)
         return [{"index": 0, "source": str(path), **image_summary(img)}]
-    from medseg.io.dicom import discover_series, load_series, select_series
+    from medseg.io.dicom import discover_series, load_series, no_series_message, select_series
 
     found = discover_series(path)
     if not found:
-        raise InputError("no DICOM image series found", path=path)
+        raise InputError(no_series_message(path), path=path)
     if series is not None:
         found = [select_series(found, series, path)]
     out = []
@@ -91,12 +95,16 @@ def format_summary(rec: dict[str, Any]) -> str:
     else:
         fmt = lambda v: "(" + ", ".join(f"{x:.6g}" for x in v) + ")"  # noqa: E731
         lines += [
-            f"    shape        {tuple(rec['shape'])}" + (f" x {rec['channels']} channels" if rec["channels"] > 1 else ""),
-            f"    spacing      {fmt(rec['spacing'])} mm",
-            f"    origin       {fmt(rec['origin'])} mm (RAS)",
-            f"    direction    {' '.join(fmt(r) for r in rec['direction'])} (RAS, rows)",
-            f"    orientation  {rec['orientation']}",
-            f"    dtype        {rec['dtype']}   range [{rec['intensity_range'][0]:.6g}, {rec['intensity_range'][1]:.6g}]",
+            f"    shape        {tuple(rec['shape'])}"
+            + (f" x {rec['channels']} channels" if rec["channels"] > 1 else ""),
+            f"    spacing      {fmt(rec['spacing'])} {rec.get('unit', 'mm')}",
+            f"    origin       {fmt(rec['origin'])} {rec.get('unit', 'mm')}"
+            + (" (RAS)" if rec.get("orientation") else ""),
+            "    direction    " + "  ".join(f"{ax} {fmt(c)}" for ax, c in zip("ijk", np.array(rec["direction"]).T))
+            + ("  (RAS unit vector of each index axis)" if rec.get("orientation") else ""),
+            f"    orientation  {rec['orientation'] or '(none: microscopy, file axis order)'}",
+            f"    dtype        {rec['dtype']}   range "
+            f"[{rec['intensity_range'][0]:.6g}, {rec['intensity_range'][1]:.6g}]",
         ]
     if rec.get("note"):
         lines.append(f"    note         {rec['note']}")
@@ -151,7 +159,7 @@ def convert(input: str | os.PathLike, output: str | os.PathLike, series: str | i
     to_folder = dst.is_dir() or full_suffix(dst) not in WRITABLE
     if to_folder and full_suffix(dst) not in ("",) and not dst.is_dir():
         raise InputError(f"cannot write format '{full_suffix(dst)}' (use one of {', '.join(WRITABLE)}, "
-                         "or a folder)", path=dst)
+                         "a name without suffix for a new folder, or an existing folder)", path=dst)
     if suffix not in WRITABLE:
         raise InputError(f"cannot write format '{suffix}'", path=dst)
     skipped: list = []
@@ -159,7 +167,7 @@ def convert(input: str | os.PathLike, output: str | os.PathLike, series: str | i
     if modality in ("SEG", "RTSTRUCT"):
         images = [(dst / f"{src.stem}{suffix}" if to_folder else dst, _import_segmentation(src, reference))]
     elif _is_dicom_input(src):
-        from medseg.io.dicom import discover_series, load_series, select_series
+        from medseg.io.dicom import discover_series, load_series, no_series_message, select_series
 
         found = discover_series(src, progress=True)
         if to_folder and series is None:  # whole folder: every volume; images that are no volume are skipped
@@ -168,8 +176,10 @@ def convert(input: str | os.PathLike, output: str | os.PathLike, series: str | i
         else:
             picked = [select_series(found, series, src)]
         if not picked:
-            why = f" ({len(skipped)} non-volume image series: {skipped[0].problem})" if skipped else ""
-            raise InputError(f"no DICOM {'volume' if skipped else 'image'} series found{why}", path=src)
+            if not skipped:
+                raise InputError(no_series_message(src), path=src)
+            raise InputError(f"no DICOM volume series found ({len(skipped)} non-volume image series: "
+                             f"{skipped[0].problem})", path=src)
         bad = [s for s in picked if s.problem or (s.tilt_degrees and not allow_tilt)]
         if bad:  # fail before writing: the message says which series and why
             load_series(bad[0], allow_tilt=allow_tilt)
@@ -177,8 +187,7 @@ def convert(input: str | os.PathLike, output: str | os.PathLike, series: str | i
                   for s in picked]
     else:
         img = read_image(src, series, allow_tilt=allow_tilt)
-        images = [(dst / f"{Path(src.name[: len(src.name) - len(full_suffix(src))]).name}{suffix}"
-                   if to_folder else dst, img)]
+        images = [(dst / f"{case_name(src)}{suffix}" if to_folder else dst, img)]
     if to_folder:
         if dst.exists() and not dst.is_dir():
             raise InputError("output exists and is not a folder", path=dst)

@@ -18,13 +18,31 @@ Geometry: slices are sorted by ImagePositionPatient along the slice normal (row 
 cosines), ascending, like ITK; index axes are (column, row, slice). A series that is not a
 regular volume (missing slices, irregular spacing, several slices at one position, gantry
 tilt unless ``allow_tilt``) raises ``InputError`` with the reason; ``SeriesInfo.problem``
-holds the same reason after discovery, so listing never fails on a bad series.
+holds the same reason after discovery, so listing never fails on a bad series. Images that can
+never be volume slices (no patient geometry, colour, cine) are listed with ``is_volume=False``.
+Damaged files (truncated, corrupt, not DICOM under a DICOM-like name) raise ``InputError``
+naming the file. ``select_series(series, which, path)`` is the picking rule shared by the CLI.
+
+Values: the output dtype follows from the header (not the voxels): the stored type when there is
+no rescale, else the smallest of int16/int32 holding every rescaled value the stored bits allow
+(SimpleITK's choice), else float32 for non-integral slopes. Arrays are Fortran-ordered views
+(``[i, j, k]`` over the ``(slice, row, column)`` buffer), like nibabel's.
+
+Examples
+--------
+>>> from medseg.io.dicom import discover_series, load_series
+>>> found = discover_series("../shared/data/dicom/mr_study")  # doctest: +SKIP
+>>> [s.label() for s in found][:2]  # doctest: +SKIP
+['0: T1post (MR, 22 slices)', '1: T1pre_reg (MR, 22 slices)']
+>>> load_series(found[4]).shape  # doctest: +SKIP
+(35, 51, 32)
 """
 
 from __future__ import annotations
 
 import os
 import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -100,7 +118,13 @@ def _series_sort_key(info: SeriesInfo):
 
 def _build_series(frames: list[Frame], split_note: str | None, split_order: int) -> SeriesInfo:
     first = frames[0]
-    row, col, normal = geo.slice_axes(first.iop)
+    try:
+        row, col, normal = geo.slice_axes(first.iop)
+    except ValueError as exc:  # a broken orientation: listed with the reason, never loaded
+        info = SeriesInfo(-1, first.series_uid, first.description, first.modality,
+                          list(dict.fromkeys(f.path for f in frames)), {}, str(exc), 0.0, frames)
+        info.meta.update(study_uid=first.study_uid, series_number=first.series_number, _split_order=split_order)
+        return info
     order = geo.sort_positions([f.ipp for f in frames], normal)
     frames = [frames[i] for i in order]
     files = list(dict.fromkeys(f.path for f in frames))  # unique, in slice order (a multi-frame file once)
@@ -160,7 +184,8 @@ def discover_series(path: str | os.PathLike, progress: bool = False) -> list[Ser
             note = None
             if len(stacks) > 1:
                 note = (f"SeriesInstanceUID {key[1] or '(empty)'} mixes {len(stacks)} orientations/sizes "
-                        f"({', '.join(str(len(s)) for s in stacks)} slices); this is part {k + 1}")
+                        f"({', '.join(str(len(s)) for s in stacks)} slices); this is part {k + 1}"
+                        + (" (a single slice: a localizer?)" if len(st) == 1 else ""))
             series.append(_build_series(st, note, k))
     others: dict[tuple, list[Rejected]] = {}
     for r in rejected:
@@ -178,10 +203,24 @@ def discover_series(path: str | os.PathLike, progress: bool = False) -> list[Ser
     return series
 
 
+def no_series_message(path) -> str:
+    """'no DICOM image series found', with a hint when the folder holds images of other formats."""
+    from medseg.io.atomic import full_suffix
+
+    msg = "no DICOM image series found"
+    p = Path(path)
+    if p.is_dir():
+        others = [f for f in p.rglob("*") if f.is_file() and full_suffix(f) in
+                  (".nii", ".nii.gz", ".nrrd", ".mha", ".mhd", ".tif", ".tiff", ".png")]
+        if others:
+            msg += f" (it holds {len(others)} NIfTI/NRRD/MHA/TIFF/PNG files: pass one of them, e.g. {others[0].name})"
+    return msg
+
+
 def select_series(series: list[SeriesInfo], which: str | int | None, path) -> SeriesInfo:
     """Pick one series by index or SeriesInstanceUID; ``None`` works only when there is one."""
     if not series:
-        raise InputError("no DICOM image series found", path=path)
+        raise InputError(no_series_message(path), path=path)
     if which is None:
         if len(series) == 1:
             return series[0]
@@ -215,7 +254,17 @@ def _read_pixels(frames: list[Frame], progress: bool = False) -> np.ndarray:
     for k, f in enumerate(frames):
         by_file.setdefault(f.path, []).append(k)
     jobs = [(p, ks, frames[ks[0]]) for p, ks in by_file.items()]
-    read = lambda job: read_frames(job[2].dataset, job[0], job[2].n_frames_in_file)  # noqa: E731
+    def read(job) -> np.ndarray:
+        path, _, frame = job
+        try:
+            with warnings.catch_warnings():  # pydicom warns (multi-line) about what we report in one line
+                warnings.simplefilter("ignore")
+                return read_frames(frame.dataset, path, frame.n_frames_in_file)
+        except InputError:
+            raise
+        except Exception as exc:  # an attribute pydicom cannot convert: the file is damaged
+            raise InputError(f"unreadable image attributes ({type(exc).__name__}: {exc})", path=path) from None
+
     workers = min(len(jobs), os.cpu_count() or 1, 8)
     if workers > 1 and parallel_decode_helps(jobs[0][2].dataset):
         with ThreadPoolExecutor(workers) as pool:
@@ -276,7 +325,8 @@ def load_series(path: str | os.PathLike | SeriesInfo, series: str | int | Series
     volume = values.transpose(2, 1, 0)
     meta = {
         "source": str(where), "format": "dicom", "modality": info.modality, "series_uid": info.series_uid,
-        "study_uid": info.meta.get("study_uid", ""), "frame_of_reference_uid": info.meta.get("frame_of_reference_uid", ""),
+        "study_uid": info.meta.get("study_uid", ""),
+        "frame_of_reference_uid": info.meta.get("frame_of_reference_uid", ""),
         "series_description": info.description, "series_number": info.meta.get("series_number"),
         "sop_instance_uids": [f.sop_uid for f in frames], "files": [str(f.path) for f in frames],
         "frame_numbers": [(f.frame_index or 0) + 1 for f in frames], "series_index": info.index,

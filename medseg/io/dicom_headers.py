@@ -166,8 +166,9 @@ def frames_of(ds, path: Path) -> list[Frame]:
         raise InputError("no data elements could be read: truncated or corrupt DICOM file", path=path)
     if sop_class.startswith(NON_IMAGE_SOP_PREFIXES) or modality.upper() in NON_IMAGE_MODALITIES:
         return []
-    if "Rows" not in ds or "PixelData" not in ds:  # pydicom stops quietly at the end of a truncated file
-        what = "pixel data" if "Rows" in ds else "image attributes (Rows) or pixel data"
+    if "Rows" not in ds or "Columns" not in ds or "BitsAllocated" not in ds or "PixelData" not in ds:
+        # pydicom stops quietly at the end of a truncated file
+        what = "pixel data" if "Rows" in ds else "image attributes (Rows, Columns, BitsAllocated) or pixel data"
         raise InputError(f"DICOM image without {what}: truncated file, or not an image", path=path)
     common = dict(
         path=path, dataset=ds, rows=int(ds.Rows), cols=int(ds.Columns),
@@ -227,7 +228,8 @@ def _enhanced_frames(ds, path: Path, n: int, common: dict) -> list[Frame]:
                          iop=_floats(iop, 6, "ImageOrientationPatient", path),
                          pixel_spacing=tuple(_floats(ps, 2, "PixelSpacing", path)),
                          slope=float(slope) if slope not in (None, "") else _num(ds, "RescaleSlope", 1.0),
-                         intercept=float(intercept) if intercept not in (None, "") else _num(ds, "RescaleIntercept", 0.0),
+                         intercept=(float(intercept) if intercept not in (None, "")
+                                    else _num(ds, "RescaleIntercept", 0.0)),
                          slice_spacing_hint=float(thick) if thick not in (None, "") else None, **common))
     return out
 
@@ -251,12 +253,22 @@ def read_headers(path: Path, progress: bool = False) -> tuple[list[Frame], list[
     frames: list[Frame] = []
     rejected: list[Rejected] = []
     it = progress_iter(files, len(files), "reading DICOM headers", progress)
-    for f in it:
-        ds = _read_one(f)
-        try:
-            frames.extend(frames_of(ds, f))
-        except NotAVolume as exc:
-            rejected.append(Rejected(f, exc.problem, str(ds.get("SeriesInstanceUID", "") or ""),
-                                     str(ds.get("StudyInstanceUID", "") or ""), _int_or_none(ds.get("SeriesNumber")),
-                                     str(ds.get("SeriesDescription", "") or ""), str(ds.get("Modality", "") or "")))
+    with warnings.catch_warnings():  # pydicom validates values lazily, on access: damage is reported by us
+        warnings.simplefilter("ignore")
+        for f in it:
+            _collect(f, frames, rejected)
     return frames, rejected
+
+
+def _collect(f: Path, frames: list[Frame], rejected: list[Rejected]) -> None:
+    ds = _read_one(f)
+    try:
+        frames.extend(frames_of(ds, f))
+    except NotAVolume as exc:
+        rejected.append(Rejected(f, exc.problem, str(ds.get("SeriesInstanceUID", "") or ""),
+                                 str(ds.get("StudyInstanceUID", "") or ""), _int_or_none(ds.get("SeriesNumber")),
+                                 str(ds.get("SeriesDescription", "") or ""), str(ds.get("Modality", "") or "")))
+    except InputError:
+        raise
+    except Exception as exc:  # a value pydicom cannot convert (IS/DS garbage, odd VRs, broken sequences)
+        raise InputError(f"unreadable DICOM header ({type(exc).__name__}: {exc})", path=f) from None

@@ -101,7 +101,8 @@ def apply_rescale(frames: np.ndarray, slopes, intercepts, dtype: np.dtype) -> np
             return out
         return (out * slopes.astype(dtype)[:, None, None] + intercepts.astype(dtype)[:, None, None]).astype(dtype)
     calc = np.float64 if dtype == np.float64 else np.float32
-    return (frames.astype(calc) * slopes.astype(calc)[:, None, None] + intercepts.astype(calc)[:, None, None]).astype(dtype)
+    scaled = frames.astype(calc) * slopes.astype(calc)[:, None, None] + intercepts.astype(calc)[:, None, None]
+    return scaled.astype(dtype, copy=False)
 
 
 def _raw_pixel_bytes(ds, path: Path) -> tuple[bytes, bool]:
