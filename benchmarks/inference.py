@@ -198,33 +198,60 @@ def ram(args) -> None:
 
 
 def presets(args) -> None:
-    """Speed / Dice of overlap and TTA presets with a trained model on hippocampus cases."""
+    """Speed / Dice of overlap, TTA and precision presets with a trained model on hippocampus validation cases.
+
+    Runs the project's ``predict_image`` (preprocessing, resampling back) with the engine swapped per preset:
+    medseg's engine with the given overlap / mirroring TTA (all axes) / precision, or MONAI's
+    ``sliding_window_inference`` in fp32 (the reference for the agreement column).
+    """
     import torch
 
-    from medseg.infer.predict import predict_image
+    import medseg.infer.predict as pred
     from medseg.io.readers import read_image
     from medseg.train.artifact import load_model
 
     torch.set_num_threads(args.threads)
     art = load_model(args.model)
     net = art.build()
+    plan = art.plan
+    plan.bf16 = False  # the MONAI fallback then runs in fp32; medseg's precision is set per preset below
     images = sorted((Path(args.data) / "imagesTr").glob("*.nii.gz"))
     split = Path(args.model) / "splits.json"
-    if args.cases_from_split and split.exists():
+    if split.exists():
         val = set(json.loads(split.read_text())[args.fold]["val"])
         images = [p for p in images if p.name.split(".")[0] in val]
-    images = images[-args.num_cases:]
-    for overlap, tta in [(0.25, False), (0.5, False), (0.75, False), (0.5, True)]:
-        t, dices = 0.0, []
-        for p in images:
-            img = read_image(p)
-            ref = read_image(Path(args.data) / "labelsTr" / p.name).array
+    images = images[: args.num_cases]
+    cases = [(read_image(p), read_image(Path(args.data) / "labelsTr" / p.name).array) for p in images]
+    engine = pred._engine()
+    presets = [("monai", 0.5, False, "fp32"), ("medseg", 0.5, False, "fp32"), ("medseg", 0.5, False, "auto"),
+               ("medseg", 0.25, False, "auto"), ("medseg", 0.75, False, "auto"), ("medseg", 0.5, True, "auto")]
+    print(f"{len(cases)} validation cases of fold {args.fold}, {args.threads} thread(s), "
+          f"load avg {os.getloadavg()[0]:.1f}")
+    print("| engine | overlap | TTA | precision | s/case | Dice anterior | Dice posterior | Dice vs MONAI fp32 |")
+    print("|---|---|---|---|---|---|---|---|")
+    ref_labels = None
+    for name, overlap, tta, prec in presets:
+        if name == "monai":
+            pred._engine = lambda: None
+        else:
+            def wrapped(*a, _tta=tta, _prec=prec, **k):
+                k.update(tta=_tta, precision=_prec)
+                return engine(*a, **k)
+            pred._engine = lambda w=wrapped: w
+        t, dices, agree, labels = 0.0, [], [], []
+        for img, ref in cases:
             t0 = time.perf_counter()
-            lab, _ = predict_image(net, art.plan, img, overlap=overlap, tta=tta, device="cpu")
+            lab, _ = pred.predict_image(net, plan, img, overlap=overlap, tta=False, device="cpu")
             t += time.perf_counter() - t0
+            labels.append(lab.array)
             dices.append(list(dice(lab.array, ref, 3).values()))
+        if ref_labels is None:
+            ref_labels = labels
+        agree = np.mean([list(dice(a, b, 3).values()) for a, b in zip(labels, ref_labels)])
         m = np.mean(dices, axis=0)
-        print(f"| {overlap} | {'on' if tta else 'off'} | {t / len(images):.2f} | {m[0]:.4f} | {m[1]:.4f} |", flush=True)
+        print(f"| {name} | {overlap} | {'all axes' if tta else 'off'} | {prec} | {t / len(cases):.3f} | {m[0]:.4f} "
+              f"| {m[1]:.4f} | {agree:.4f} |", flush=True)
+    pred._engine = lambda: engine
 
 
 def main(argv=None) -> None:
@@ -247,7 +274,6 @@ def main(argv=None) -> None:
     ap.add_argument("--data", default=str(DATA / "msd_hippocampus"))
     ap.add_argument("--num-cases", type=int, default=20)
     ap.add_argument("--fold", type=int, default=0)
-    ap.add_argument("--cases-from-split", action="store_true", default=True)
     args = ap.parse_args(argv)
     if args.net is None:
         args.net = "tiny" if args.mode == "ram" else "full"

@@ -113,7 +113,7 @@ def test_zero_min_size_and_empty_and_input_unchanged():
         remove_small_components(lab, -1)
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=25, deadline=None)
 @given(arrays(np.uint8, st.tuples(st.integers(1, 9), st.integers(1, 9), st.integers(1, 9)),
               elements=st.integers(0, 3)), st.integers(1, 6))
 def test_random_label_maps_match_simpleitk(lab, min_voxels):
