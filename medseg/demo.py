@@ -23,6 +23,7 @@ class DemoContext:
     data: Path
     out: Path
     results: dict = field(default_factory=dict)
+    train_minutes: float = 3.0
 
     def say(self, text: str = "") -> None:
         print(text, flush=True)
@@ -97,11 +98,14 @@ def _check_against_simpleitk(img, info) -> str:
             f"{diff:.1e} mm at most")
 
 
-def run_demo(data: Path, out: Path) -> DemoContext:
+def run_demo(data: Path, out: Path, train_minutes: float = 3.0) -> DemoContext:
     """Run every registered step; returns the context with the steps' results."""
+    from medseg.demo_steps import register_all
+
+    register_all()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    ctx = DemoContext(Path(data), out)
+    ctx = DemoContext(Path(data), out, train_minutes=train_minutes)
     ctx.say(f"medseg demo: data {ctx.data}, outputs in {out.resolve()}")
     for i, (title, fn) in enumerate(STEPS, 1):
         ctx.say(f"\n[{i}/{len(STEPS)}] {title}")

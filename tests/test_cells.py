@@ -157,5 +157,9 @@ def test_training_runs_and_resumes(tmp_path):
     p = model.probabilities(img)
     assert p.shape == (3,) + img.shape
     np.testing.assert_allclose(p.sum(0), 1.0, atol=1e-4)
+    model.tta = True  # flip averaging: still probabilities, and the same prediction for a flipped image
+    pt = model.probabilities(img)
+    np.testing.assert_allclose(pt.sum(0), 1.0, atol=1e-4)
+    np.testing.assert_allclose(model.probabilities(img[:, ::-1].copy())[:, :, ::-1], pt, atol=2e-3)
     with pytest.raises(InputError, match="nothing to resume"):
         train_cells(ds, tmp_path / "other", cfg, resume=True, progress=False)

@@ -286,3 +286,31 @@ def test_rtstruct_ct_3slice_plastimatch_default_command(ct3, tmp_path):
         truth, pm = label.array == value, _plastimatch_mask(ss, idx)
         assert _surface_dice(truth, pm, label.spacing) >= 0.95
         assert dice(truth, pm) >= 0.95
+
+
+def test_dicom_seg_on_a_series_without_type2_patient_attributes(tmp_path):
+    """The real HippoCrop series has no PatientBirthDate: the SEG gets it empty (Type 2), validates, reads back."""
+    import shutil
+    import subprocess
+
+    import numpy as np
+    import pydicom
+
+    from medseg.export import export_segmentation
+    from medseg.export.importers import import_segmentation
+    from medseg.io import read_image
+
+    series = data_path("dicom", "mr_study", "13_HCropVolume")
+    first = pydicom.dcmread(next(p for p in sorted(series.iterdir()) if p.is_file()), stop_before_pixels=True)
+    assert "PatientBirthDate" not in first  # the situation under test
+    img = read_image(series)
+    lab = np.zeros(img.shape, np.uint8)
+    lab[img.array > np.percentile(img.array, 90)] = 1
+    out = export_segmentation(img.with_array(lab), series, "dicom-seg", tmp_path / "seg.dcm", labels={1: "bright"})
+    ds = pydicom.dcmread(out)
+    assert "PatientBirthDate" in ds and ds.PatientBirthDate == ""
+    back = import_segmentation(out, reference=series)
+    assert np.array_equal(back.array > 0, lab > 0)
+    if shutil.which("dciodvfy"):
+        res = subprocess.run(["dciodvfy", str(out)], capture_output=True, text=True)
+        assert not [ln for ln in (res.stdout + res.stderr).splitlines() if ln.startswith("Error")]

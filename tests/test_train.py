@@ -182,3 +182,18 @@ def test_train_bad_inputs(tmp_path):
     assert_clean_error(run_cli("train", tmp_path / "none.yaml", "-o", tmp_path / "r"), "none.yaml")
     plan = tiny_plan(tmp_path)
     assert_clean_error(run_cli("train", plan, "-o", tmp_path / "r2", "--resume"), "plan.yaml")
+
+
+def test_train_2d_plan_and_predict(tmp_path):
+    """A 2D plan trains on slices along the coarsest axis and predicts a 3D volume slice by slice."""
+    import nibabel as nib
+
+    plan = tiny_plan(tmp_path, spatial_dims=2, patch_size=[32, 32], batch_size=4, max_epochs=1,
+                     augment={"rotate_deg": 10, "scale": [0.9, 1.1], "flip_axes": [0], "prob": 0.5})
+    res = run_cli("train", plan, "-o", tmp_path / "run", "-q")
+    assert res.code == 0, res.err
+    img = next((tmp_path / "ds" / "imagesTr").iterdir())
+    res = run_cli("predict", "-m", tmp_path / "run", "-i", img, "-o", tmp_path / "out", "--tta", "-q")
+    assert res.code == 0, res.err
+    out = nib.load(tmp_path / "out" / img.name)
+    assert out.shape == nib.load(img).shape and np.allclose(out.affine, nib.load(img).affine)

@@ -30,11 +30,11 @@ class CellModel:
     ``labels = CellModel.load("runs/dsb").segment(image)``
     """
 
-    def __init__(self, net, cfg, meta, overlap: float = 0.25):
-        self.net, self.cfg, self.meta, self.overlap = net, cfg, meta, overlap
+    def __init__(self, net, cfg, meta, overlap: float = 0.25, tta: bool = False):
+        self.net, self.cfg, self.meta, self.overlap, self.tta = net, cfg, meta, overlap, tta
 
     @classmethod
-    def load(cls, run_dir, overlap: float = 0.25) -> "CellModel":
+    def load(cls, run_dir, overlap: float = 0.25, tta: bool = False) -> "CellModel":
         import torch
 
         from medseg.cells.train import build_cell_network, load_config
@@ -49,7 +49,7 @@ class CellModel:
         except Exception as exc:
             raise InputError(f"cannot load model weights ({' '.join(str(exc).split())[:160]})", path=weights) from exc
         net.eval()
-        return cls(net, cfg, meta, overlap)
+        return cls(net, cfg, meta, overlap, tta)
 
     def probabilities(self, image: np.ndarray) -> np.ndarray:
         """Class probabilities (3, *spatial) of one single-channel image (percentile-normalised here)."""
@@ -66,8 +66,15 @@ class CellModel:
         roi = list(self.cfg.patch_size)
         with torch.inference_mode():
             t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))[None, None]
-            logits = sliding_window_inference(t, roi, 4, self.net, overlap=self.overlap, mode="gaussian")
-            prob = torch.softmax(logits, 1)[0].numpy()
+            # test-time augmentation: mean of the probabilities over flips of the in-plane axes
+            flips = [()] + ([(-1,), (-2,), (-2, -1)] if self.tta else [])
+            prob = 0
+            for f in flips:
+                tf = torch.flip(t, f) if f else t
+                logits = sliding_window_inference(tf, roi, 4, self.net, overlap=self.overlap, mode="gaussian")
+                p = torch.softmax(logits, 1)
+                prob = prob + (torch.flip(p, f) if f else p)
+            prob = (prob / len(flips))[0].numpy()
         return prob
 
     def segment(self, image: np.ndarray, spacing=None) -> np.ndarray:
@@ -77,7 +84,7 @@ class CellModel:
         c = self.cfg
         return watershed_instances(p[1] + p[2], boundary=p[2], spacing=None, threshold=c.threshold,
                                    seed_threshold=c.seed_threshold, min_size=c.min_size_px,
-                                   min_seed_size=min(c.min_size_px, 4))
+                                   min_seed_size=min(c.min_size_px, 4), keep_unseeded=False)
 
 
 @dataclass
@@ -112,7 +119,7 @@ def list_images(path) -> list[Path]:
 
 def count_cells(inputs, out_dir, model=None, classical: bool = False, channel: int | None = None,
                 pixel_size=None, method: str = "otsu", exclude_border: bool = False, roi_zip: bool = False,
-                progress: bool = True) -> list[dict]:
+                tta: bool = False, progress: bool = True) -> list[dict]:
     """Segment and count the cells of an image or a folder; write per-image outputs and ``counts.csv``.
 
     Writes ``<id>_labels.tif`` (uint16 ImageJ TIFF with the pixel size), ``<id>_overlay.png``,
@@ -137,7 +144,13 @@ def count_cells(inputs, out_dir, model=None, classical: bool = False, channel: i
             raise InputError(f"two images share the id '{cid}' ({names[cid].name}, {f.name})", path=f)
         names[cid] = f
     seg = ClassicalSegmenter(method) if classical else (
-        model if isinstance(model, CellModel) else CellModel.load(model))
+        model if isinstance(model, CellModel) else CellModel.load(model, tta=tta))
+    if not classical:
+        import torch
+
+        from medseg.cells.train import auto_threads
+
+        torch.set_num_threads(auto_threads())
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     counts = []

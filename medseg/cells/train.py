@@ -25,7 +25,7 @@ class CellTrainConfig:
     """Settings of a cell-model training run (saved in ``model.json``)."""
 
     spatial_dims: int = 2
-    patch_size: tuple = (256, 256)
+    patch_size: tuple = (128, 128)
     batch_size: int = 8
     base_filters: int = 16
     max_filters: int = 256

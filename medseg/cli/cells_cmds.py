@@ -29,7 +29,7 @@ def train_cmd(
     out: Path = typer.Option(..., "-o", "--out", help="Run folder (model.json, model.pt, checkpoint.pt, log.csv)."),
     max_minutes: float = typer.Option(20.0, "--max-minutes", help="Training time budget (wall clock)."),
     max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Stop after this many steps."),
-    patch: int = typer.Option(256, "--patch", help="Training crop size (pixels per axis)."),
+    patch: int = typer.Option(128, "--patch", help="Training crop size (pixels per axis)."),
     batch_size: int = typer.Option(8, "--batch-size"),
     channel: Optional[int] = typer.Option(None, "--channel", help="Channel of multi-channel images (0-based)."),
     resume: bool = typer.Option(False, "--resume", help="Continue from RUN/checkpoint.pt."),
@@ -58,6 +58,7 @@ def count_cmd(
                                              help="Pixel size in µm: 'XY' or 'Z,Y,X' (overrides the file)."),
     exclude_border: bool = typer.Option(False, "--exclude-border", help="Drop cells touching the image border."),
     roi_zip: bool = typer.Option(False, "--roi-zip", help="Also write <id>_rois.zip (ImageJ ROIs, 2D)."),
+    tta: bool = typer.Option(False, "--tta", help="Average the model over flips (4x slower, usually better)."),
 ) -> None:
     """Segment and count cells: <id>_labels.tif, <id>_overlay.png, <id>_cells.csv per image; counts.csv."""
     from medseg.cells.count import count_cells
@@ -68,7 +69,7 @@ def count_cmd(
         raise InputError(f"--threshold must be otsu or local (got '{method}')")
     rows = count_cells(input, out, model=model, classical=classical, channel=channel,
                        pixel_size=_pixel_size(pixel_size), method=method, exclude_border=exclude_border,
-                       roi_zip=roi_zip)
+                       roi_zip=roi_zip, tta=tta)
     total = sum(r["count"] for r in rows)
     typer.echo(f"{total} cells in {len(rows)} image(s); results in {out}")
 

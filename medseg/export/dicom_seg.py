@@ -53,6 +53,11 @@ def segment_descriptions(infos, model_name: str | None = None) -> list:
     return out
 
 
+# Patient and General Study attributes highdicom copies from the source images; Type 2 in the SEG IOD.
+_TYPE2_COPIED = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
+                 "ReferringPhysicianName", "StudyID", "AccessionNumber")
+
+
 def write_dicom_seg(labels_on_ref: np.ndarray, ref, infos, out_path: str | os.PathLike, *,
                     model_name: str | None = None, seg_type: str = "binary", protect=()) -> Path:
     """Write a DICOM-SEG for a label array on the reference grid.
@@ -85,6 +90,9 @@ def write_dicom_seg(labels_on_ref: np.ndarray, ref, infos, out_path: str | os.Pa
         ds = pydicom.dcmread(str(f), stop_before_pixels=True)
         if "SpecificCharacterSet" in ds and not ds.SpecificCharacterSet:
             del ds.SpecificCharacterSet  # empty = default repertoire; highdicom rejects the empty value
+        for keyword in _TYPE2_COPIED:  # Type 2 in the SEG: present, possibly empty (real series omit some)
+            if keyword not in ds:
+                setattr(ds, keyword, "")
         sources.append(ds)
     desc = str(ref.meta.get("series_description") or "")
     with warnings.catch_warnings():

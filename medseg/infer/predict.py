@@ -42,17 +42,19 @@ def sliding_window(network: torch.nn.Module, x: torch.Tensor, patch_size, overla
         return network(batch)
 
     use_amp = bf16 or device.type == "cuda"
-    with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-        engine = _engine()
-        if engine is not None and not two_d:
+    engine = _engine()
+    if engine is not None and not two_d:
+        precision = "auto" if device.type == "cuda" else ("bf16" if bf16 else "fp32")
+        with torch.no_grad():  # not inference_mode: its tensors would poison a later training step
             logits = engine(network, x, patch_size, overlap=overlap, tta=False, batch_size=batch_size,
-                            device=device, output="logits")
-        else:
-            from monai.inferers import sliding_window_inference
+                            device=device, output="logits", precision=precision)
+        return torch.softmax(logits.float(), 0)
+    from monai.inferers import sliding_window_inference
 
-            logits = sliding_window_inference(x[None], roi_size=list(patch_size), sw_batch_size=batch_size,
-                                              predictor=predictor, overlap=overlap, mode="gaussian",
-                                              sw_device=device, device=torch.device("cpu"))[0]
+    with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+        logits = sliding_window_inference(x[None], roi_size=list(patch_size), sw_batch_size=batch_size,
+                                          predictor=predictor, overlap=overlap, mode="gaussian",
+                                          sw_device=device, device=torch.device("cpu"))[0]
     return torch.softmax(logits.float(), 0)
 
 

@@ -210,7 +210,8 @@ def sliding_window_predict(
     precision : "auto", "fp32", "bf16", "fp16"
         Autocast dtype for the network. ``"auto"``: fp16 on CUDA, bf16 on CPUs with native bf16, else fp32.
     channels_last : bool, optional
-        Run the network in channels-last memory format; default: on where it was measured to help (CPU fp32).
+        Run the network in channels-last memory format (off by default: no consistent gain measured on CPU,
+        see ``benchmarks/RESULTS.md``).
     accumulate_dtype : torch.dtype, optional
         dtype of the blending buffer; default float32, or float16 when a float32 slab would exceed
         ``memory_budget`` (e.g. a hundred classes on a 512x512 CT).
@@ -245,8 +246,7 @@ def sliding_window_predict(
         raise ValueError(f"image must be (C, *spatial) with {nd} spatial dims for patch {patch}, got {tuple(image.shape)}")
     dev = resolve_device(device)
     cast = _autocast_dtype(precision, dev)
-    if channels_last is None:
-        channels_last = dev.type == "cpu" and cast is None and nd in (2, 3)
+    channels_last = bool(channels_last) and nd in (2, 3)
     flips = flip_sets(tta, nd)
 
     # centred zero padding up to the patch, as MONAI does
@@ -264,10 +264,10 @@ def sliding_window_predict(
     z_starts = starts[-1]
 
     is_module = isinstance(network, torch.nn.Module)
+    mf = torch.channels_last_3d if nd == 3 else torch.channels_last
     if is_module:
         was_training = network.training
         network.eval().to(dev)
-        mf = torch.channels_last_3d if nd == 3 else torch.channels_last
         if channels_last:
             network.to(memory_format=mf)
     weight = gaussian_importance_map(patch, device=dev)

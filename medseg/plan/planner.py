@@ -12,8 +12,8 @@ from medseg.plan.plan import Normalisation, Plan
 from medseg.train.dataset import Dataset, open_dataset
 from medseg.train.network import dynunet_strides
 
-# Effective training throughput assumed when fitting to a time budget (forward+backward FLOP/s). Conservative
-# numbers measured on this project's 2-core CPU (bf16 autocast) and a mid-range GPU; override with throughput=.
+# Effective training throughput assumed when fitting to a time budget (forward+backward FLOP/s): rough,
+# conservative assumptions for a 2-core CPU and a mid-range GPU (not calibrated yet); override with throughput=.
 THROUGHPUT = {"cpu": 6e10, "cuda": 1.5e13}
 ANISOTROPY = 3.0
 
@@ -140,5 +140,5 @@ def make_plan(dataset: str | os.PathLike | Dataset, device: str = "cpu", memory_
                 spatial_dims=spatial_dims, patch_size=[int(p) for p in patch], batch_size=batch,
                 base_filters=base, max_filters=320, max_epochs=epochs, iterations_per_epoch=iters_per_epoch,
                 max_minutes=minutes, foreground_oversample=0.66 if rare else 0.33,
-                bf16=device == "cpu", val_every=max(1, epochs // 20))
+                bf16=False, val_every=max(1, epochs // 20))  # bf16 measured no faster on CPU (RESULTS.md)
     return plan.validate()

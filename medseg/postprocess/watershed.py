@@ -125,7 +125,7 @@ def watershed_instances(foreground: np.ndarray, boundary: np.ndarray | None = No
                         distance: np.ndarray | None = None, *, spacing=None, threshold: float = 0.5,
                         seed_threshold: float = 0.5, min_distance: float | None = None, h: float = 0.0,
                         min_size: float = 0.0, min_seed_size: float = 0.0,
-                        exclude_border: bool = False) -> np.ndarray:
+                        exclude_border: bool = False, keep_unseeded: bool = True) -> np.ndarray:
     """Instances from probability maps by marker-controlled watershed, restricted to the foreground.
 
     Parameters
@@ -149,6 +149,9 @@ def watershed_instances(foreground: np.ndarray, boundary: np.ndarray | None = No
         Smallest object / marker kept (area or volume in physical units).
     exclude_border : bool
         Remove objects that touch the image border.
+    keep_unseeded : bool
+        Keep foreground components that contain no marker as objects of their own (with a boundary map,
+        such components are usually low-confidence debris: pass False).
 
     Returns
     -------
@@ -182,7 +185,7 @@ def watershed_instances(foreground: np.ndarray, boundary: np.ndarray | None = No
         surface = -dist
     labels = watershed(surface, markers, mask=mask)
     # foreground parts that received no marker (tiny or seedless blobs) become objects of their own
-    orphans = ndi.label(mask & (labels == 0), structure=conn)[0]
+    orphans = ndi.label(mask & (labels == 0), structure=conn)[0] if keep_unseeded else np.zeros(1, int)
     if orphans.max():
         labels = np.where(orphans > 0, orphans + labels.max(), labels)
     labels = remove_small_instances(labels, min_size, sp)

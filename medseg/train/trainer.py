@@ -238,6 +238,13 @@ def train(plan: Plan, run_dir: str | os.PathLike, fold: int | None = None, max_e
     def elapsed():
         return elapsed_before + time.monotonic() - t_start
 
+    if budget and rank == 0 and val_cases:
+        # reserve time for the final validation inside the budget: time one case now, scale by the count
+        t0 = time.monotonic()
+        validate(network, plan, val_cases[:1], dev)
+        val_cost = 1.25 * (time.monotonic() - t0) * len(val_cases)
+    val_cost = ddp.broadcast_float(val_cost, world)
+
     stop = False
     while epoch < plan.max_epochs and not stop:
         model.train()
