@@ -123,15 +123,8 @@ def predict_cmd(
     """Predict label maps in the inputs' own geometry (same shape and affine)."""
     from medseg.infer.cohort import parse_shard, predict_path
 
-    created = not output.exists()
-    try:
-        written, skipped = predict_path(model, input, output, overlap=overlap, tta=tta, device=device,
-                                        shard=parse_shard(shard), probabilities=probabilities,
-                                        largest_component=largest_component, min_size_mm3=min_size, export=export,
-                                        overwrite=overwrite, progress=not quiet)
-    except BaseException:
-        # predict_path makes the output folder before reading the first case: a failure leaves no empty folder
-        if created and output.is_dir() and not any(output.iterdir()):
-            output.rmdir()
-        raise
+    written, skipped = predict_path(model, input, output, overlap=overlap, tta=tta, device=device,
+                                    shard=parse_shard(shard), probabilities=probabilities,
+                                    largest_component=largest_component, min_size_mm3=min_size, export=export,
+                                    overwrite=overwrite, progress=not quiet)
     typer.echo(f"wrote {len(written)} prediction(s) to {output}" + (f", skipped {skipped} finished" if skipped else ""))
