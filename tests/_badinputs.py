@@ -27,8 +27,11 @@ def tree_hashes(*roots: Path) -> dict[str, str]:
 
 
 def listing(folder: Path) -> set[str]:
-    """Every path under ``folder`` (hidden temp files included), relative to it."""
-    return {str(p.relative_to(folder)) for p in folder.rglob("*")} if folder.exists() else set()
+    """Every file under ``folder`` (hidden temp files included), relative to it. Folders are left out: an
+    output folder made before a failure is no partial output as long as it holds no file."""
+    if not folder.exists():
+        return set()
+    return {str(p.relative_to(folder)) for p in folder.rglob("*") if not p.is_dir()}
 
 
 def truncated(src: Path, dst: Path, fraction: float = 0.5) -> Path:
