@@ -111,7 +111,7 @@ def mount_tiny_tmpfs(path: Path, size: str = "64k") -> bool:
     import subprocess
 
     path.mkdir(parents=True, exist_ok=True)
-    if os.geteuid() != 0:
+    if os.geteuid() != 0 or shutil.which("mount") is None:
         return False
     p = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True)
     return p.returncode == 0
