@@ -127,9 +127,14 @@ def load_case(case: Case, with_label: bool = True) -> tuple[Image, Image | None]
     image = Image(np.stack(chans), ref.affine, {"source": str(case.images[0]), "case": case.id}, True)
     label = None
     if with_label and case.label is not None:
-        lab = read_image(case.label)
-        if lab.channels_first:
-            raise InputError(f"case {case.id}: label map has several channels", path=case.label)
+        from medseg.evaluate.cases import read_label_map
+
+        lab = read_label_map(case.label)  # rejects NaN/inf, fractions, negatives, several channels
+        top = int(np.asarray(lab.array).max(initial=0))
+        if top > np.iinfo(np.int16).max:  # the int16 cast below would wrap it silently
+            raise InputError(f"case {case.id}: label value {top} is out of range (max 32767)", path=case.label)
+        if lab.shape != image.shape:  # else fingerprint/sampling fail later with an IndexError
+            raise InputError(f"case {case.id}: label shape {lab.shape} != image shape {image.shape}", path=case.label)
         label = Image(np.asarray(lab.array).astype(np.int16, copy=False), lab.affine, {"source": str(case.label)})
     return image, label
 
