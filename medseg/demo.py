@@ -29,6 +29,8 @@ class DemoContext:
         print(text, flush=True)
 
 
+SAMPLE_PARTS = ("dicom/mr_study", "msd_hippocampus", "dsb2018_fluo")
+
 STEPS: list[tuple[str, Callable[[DemoContext], None]]] = []
 
 
@@ -47,6 +49,9 @@ def find_data(data: str | os.PathLike | None = None) -> Path:
 
     found = find_sample_data(data)
     if found is not None:
+        if not any((found / part).exists() for part in SAMPLE_PARTS):
+            raise InputError(f"no sample data in this folder (expected one of {', '.join(SAMPLE_PARTS)}); "
+                             "pass --data DIR pointing at the shared data folder", path=found)
         return found
     if data is not None:
         raise InputError("sample data folder not found", path=data)

@@ -62,11 +62,30 @@ def test_convert_dicom_file_with_odd_name_and_single_file(tmp_path):
 
 
 def test_demo_writes_nifti_for_every_series(tmp_path):
+    """The main job end to end (a very short training budget): every artefact it prints exists and validates."""
+    import json
+    import shutil
+    import subprocess
+
     import nibabel as nib
 
     data = data_path()
-    res = run_cli("demo", "--data", data, "--out", tmp_path / "demo")
+    res = run_cli("demo", "--data", data, "--out", tmp_path / "demo", "--train-minutes", "0.2")
     assert res.code == 0, res.err
+    out = tmp_path / "demo"
+    report = out / "hippocampus_report"
+    assert {p.name for p in report.iterdir()} >= {"metrics.json", "metrics.csv", "report.html", "report.md"}
+    assert str(report / "report.html") in res.out
+    assert len(json.loads((report / "metrics.json").read_text())["per_case"]) == 10
+    assert (out / "cells" / "counts.csv").is_file() and "AP@0.5" in res.out
+    for f in ("hippocampus_seg.dcm", "hippocampus_rtstruct.dcm"):
+        if "nothing to export" in res.out:  # an untrained model may find nothing: then it says so
+            break
+        path = out / "dicom_out" / f
+        assert path.is_file() and str(path) in res.out
+        if shutil.which("dciodvfy"):
+            v = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True)
+            assert not [ln for ln in (v.stdout + v.stderr).splitlines() if ln.startswith("Error")]
     written = sorted((tmp_path / "demo" / "mr_study_nifti").glob("*.nii.gz"))
     assert len(written) == 5
     assert all(str(p) in res.out for p in written)
@@ -80,6 +99,7 @@ def test_demo_without_data_says_what_to_pass(tmp_path, monkeypatch):
     from medseg.demo import find_data
 
     monkeypatch.setenv("MEDSEG_DATA", str(tmp_path))
+    (tmp_path / "msd_hippocampus").mkdir()
     assert find_data() == tmp_path.resolve()
 
 

@@ -404,8 +404,6 @@ def test_data_list_works():
     assert res.code == 0 and "msd-hippocampus" in res.out and "dsb2018" in res.out
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: 'medseg demo --data DIR' with a folder lacking the sample data skips "
-                   "every step and exits 0 instead of saying what to pass (medseg/demo.py)")
 def test_demo_with_folder_lacking_sample_data(corpus, tmp_path):
     assert_clean_error(run_cli("demo", "--data", corpus["empty"], "-o", tmp_path / "demo"), "empty")
 
@@ -427,9 +425,7 @@ def tiny_tmpfs(tmp_path):
     subprocess.run(["umount", str(mnt)], check=False)
 
 
-@pytest.mark.parametrize("cmd", ["convert", "export", pytest.param("evaluate", marks=pytest.mark.xfail(
-    strict=True, reason="BUG: evaluate writes metrics.json, then fails on the next report file and leaves "
-    "metrics.json behind (a multi-file output is not all-or-nothing; medseg/evaluate)")), "predict", "cells-count"])
+@pytest.mark.parametrize("cmd", ["convert", "export", "evaluate", "predict", "cells-count"])
 def test_disk_full(cmd, corpus, model, tiny_tmpfs):
     """Output on a full file system: a clean one-line error naming the output, no partial file left."""
     ct = data_path("ct_spleen_sample", "sub-spleen2", "ct", "sub-spleen2_ct.nii.gz")  # ~MBs uncompressed

@@ -12,6 +12,7 @@ import html
 import io
 import json
 import math
+import contextlib
 import os
 from pathlib import Path
 
@@ -194,9 +195,9 @@ def write_report(report: dict, out_dir: str | os.PathLike, protect=()) -> dict[s
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise InputError(f"cannot create the output folder ({exc.strerror or exc})", path=out_dir) from exc
-    written = {}
-    for name in REPORT_FILES:
-        with atomic_path(out_dir / name, protect=protect) as tmp:
+    # all four or none: every temp file is written before any is renamed into place
+    with contextlib.ExitStack() as stack:
+        for name in REPORT_FILES:
+            tmp = stack.enter_context(atomic_path(out_dir / name, protect=protect))
             tmp.write_text(texts[name], encoding="utf-8")
-        written[name] = out_dir / name
-    return written
+    return {name: out_dir / name for name in REPORT_FILES}
