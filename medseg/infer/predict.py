@@ -17,44 +17,26 @@ from medseg.plan.plan import Plan
 from medseg.train.preprocess import preprocess, resize, slice_axis
 
 
-def _engine():
-    """The project's sliding-window engine when available, else ``None`` (MONAI is used)."""
-    try:
-        from medseg.infer.sliding_window import sliding_window_predict  # the inference engineer's engine
-
-        return sliding_window_predict
-    except ImportError:
-        return None
-
-
 def sliding_window(network: torch.nn.Module, x: torch.Tensor, patch_size, overlap: float = 0.5,
                    batch_size: int = 2, device: str | torch.device = "cpu", bf16: bool = False) -> torch.Tensor:
-    """Softmax probabilities (K, *S) of a (C, *S) volume by Gaussian-blended sliding windows.
+    """Softmax probabilities (K, *S) of a (C, *S) volume by Gaussian-blended sliding windows
+    (:func:`medseg.infer.sliding_window.sliding_window_predict`).
 
     ``patch_size`` may have a leading 1 for 2D networks applied slice by slice to a 3D volume.
     """
+    from medseg.infer.sliding_window import sliding_window_predict
+
     device = torch.device(device)
     two_d = len(patch_size) == x.ndim - 1 and patch_size[0] == 1 and x.ndim == 4 and _is_2d(network)
 
-    def predictor(batch):
-        if two_d:
-            return network(batch[:, :, 0])[:, :, None]
-        return network(batch)
+    def slice_by_slice(batch):  # (B, C, 1, H, W) windows through a 2D network
+        return network(batch[:, :, 0])[:, :, None]
 
-    use_amp = bf16 or device.type == "cuda"
-    engine = _engine()
-    if engine is not None and not two_d:
-        precision = "auto" if device.type == "cuda" else ("bf16" if bf16 else "fp32")
-        with torch.no_grad():  # not inference_mode: its tensors would poison a later training step
-            logits = engine(network, x, patch_size, overlap=overlap, tta=False, batch_size=batch_size,
-                            device=device, output="logits", precision=precision)
-        return torch.softmax(logits.float(), 0)
-    from monai.inferers import sliding_window_inference
-
-    with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-        logits = sliding_window_inference(x[None], roi_size=list(patch_size), sw_batch_size=batch_size,
-                                          predictor=predictor, overlap=overlap, mode="gaussian",
-                                          sw_device=device, device=torch.device("cpu"))[0]
+    precision = "auto" if device.type == "cuda" else ("bf16" if bf16 else "fp32")
+    with torch.no_grad():  # not inference_mode: its tensors would poison a later training step
+        logits = sliding_window_predict(slice_by_slice if two_d else network, x, patch_size, overlap=overlap,
+                                        tta=False, batch_size=batch_size, device=device, output="logits",
+                                        precision=precision)
     return torch.softmax(logits.float(), 0)
 
 
