@@ -77,3 +77,18 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "slow" in item.keywords:
             item.add_marker(skip)
+
+
+def linked_cell_dataset(dst: Path, n: int) -> list[str]:
+    """A cell dataset folder of ``n`` real DSB2018 images + labels, linked (not copied); the last one is validation."""
+    import json
+
+    src = data_path("dsb2018_fluo")
+    (dst / "images").mkdir(parents=True)
+    (dst / "labels").mkdir()
+    ids = [p.stem for p in sorted((src / "images").glob("*.png"))[:n]]
+    for cid in ids:
+        (dst / "images" / f"{cid}.png").symlink_to(src / "images" / f"{cid}.png")
+        (dst / "labels" / f"{cid}.tif").symlink_to(src / "labels" / f"{cid}.tif")
+    (dst / "split.json").write_text(json.dumps({"train": ids[:-1], "val": ids[-1:]}))
+    return ids

@@ -13,7 +13,7 @@ from medseg.cells.data import (boundary_targets, check_labels, dataset_split, li
                                split_of)
 from medseg.cells.tables import cell_table, overlay_rgb
 from medseg.errors import InputError
-from conftest import data_path
+from conftest import linked_cell_dataset, data_path
 
 
 def _real_labels(n=3):
@@ -136,15 +136,8 @@ def test_training_runs_and_resumes(tmp_path):
     from medseg.cells.count import CellModel
     from medseg.cells.train import CellTrainConfig, train_cells
 
-    src = data_path("dsb2018_fluo")
     ds = tmp_path / "ds"
-    (ds / "images").mkdir(parents=True)
-    (ds / "labels").mkdir()
-    ids = [p.stem for p in sorted((src / "images").glob("*.png"))[:3]]
-    for cid in ids:
-        (ds / "images" / f"{cid}.png").symlink_to(src / "images" / f"{cid}.png")
-        (ds / "labels" / f"{cid}.tif").symlink_to(src / "labels" / f"{cid}.tif")
-    (ds / "split.json").write_text(json.dumps({"train": ids[:2], "val": ids[2:]}))
+    ids = linked_cell_dataset(ds, 3)
     cfg = CellTrainConfig(patch_size=(64, 64), batch_size=2, base_filters=4, max_steps=2, max_minutes=5, threads=1)
     run = train_cells(ds, tmp_path / "run", cfg, progress=False)
     meta = json.loads((run / "model.json").read_text())
@@ -153,7 +146,7 @@ def test_training_runs_and_resumes(tmp_path):
     train_cells(ds, run, cfg, resume=True, progress=False)
     assert json.loads((run / "model.json").read_text())["steps"] == 4
     model = CellModel.load(run)
-    img = tifffile.imread(src / "labels" / f"{ids[2]}.tif").astype(np.float32)
+    img = tifffile.imread(ds / "labels" / f"{ids[2]}.tif").astype(np.float32)
     p = model.probabilities(img)
     assert p.shape == (3,) + img.shape
     np.testing.assert_allclose(p.sum(0), 1.0, atol=1e-4)

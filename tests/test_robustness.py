@@ -18,7 +18,7 @@ import pytest
 import tifffile
 
 import _badinputs as bad
-from conftest import assert_clean_error, data_path, run_cli, run_cli_subprocess
+from conftest import linked_cell_dataset, assert_clean_error, data_path, run_cli, run_cli_subprocess
 
 HIPPO = ("msd_hippocampus",)
 CASES = ("hippocampus_001", "hippocampus_004", "hippocampus_006")
@@ -308,15 +308,8 @@ def cell_model(tmp_path_factory):
     """A cell model trained for one step on two real DSB2018 images (mechanics, not accuracy)."""
     from medseg.cells.train import CellTrainConfig, train_cells
 
-    src = data_path("dsb2018_fluo")
     ds = tmp_path_factory.mktemp("cells") / "cell data ü"
-    (ds / "images").mkdir(parents=True)
-    (ds / "labels").mkdir()
-    ids = [p.stem for p in sorted((src / "images").glob("*.png"))[:2]]
-    for cid in ids:
-        (ds / "images" / f"{cid}.png").symlink_to(src / "images" / f"{cid}.png")
-        (ds / "labels" / f"{cid}.tif").symlink_to(src / "labels" / f"{cid}.tif")
-    (ds / "split.json").write_text(json.dumps({"train": ids[:1], "val": ids[1:]}))
+    linked_cell_dataset(ds, 2)
     cfg = CellTrainConfig(patch_size=(64, 64), batch_size=1, base_filters=4, max_steps=1, max_minutes=2, threads=1)
     return train_cells(ds, ds.parent / "run dïr", cfg, progress=False)
 
