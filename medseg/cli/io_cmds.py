@@ -44,9 +44,13 @@ def convert_cmd(
                                     help="Resample gantry-tilted series onto an orthogonal grid."),
     reference: Optional[Path] = typer.Option(None, "--reference",
                                              help="Image series a DICOM-SEG/RTSTRUCT refers to."),
+    rt_fill: str = typer.Option("centre", "--rt-fill",
+                                help="RTSTRUCT rasterisation: 'centre' (pixel centres inside, like plastimatch) or "
+                                     "'edge' (also pixels the contour crosses, like rt-utils/OpenCV)."),
 ) -> None:
     """Convert between NIfTI/NRRD/MHA, or DICOM (folder or file) to any of them; prints the files written."""
     from medseg.io.convert import convert
 
-    for p in convert(input, output, series=series, allow_tilt=allow_tilt, reference=reference):
+    for p in convert(input, output, series=series, allow_tilt=allow_tilt, reference=reference,
+                     rt_fill=rt_fill):
         typer.echo(str(p))

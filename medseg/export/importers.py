@@ -60,8 +60,12 @@ def _load_ref(reference, series, referenced: list[str]):
 
 
 def import_masks(path: str | os.PathLike, reference: str | os.PathLike | None = None,
-                 series: str | int | None = None) -> tuple[Image, dict[int, str]]:
+                 series: str | int | None = None, rt_fill: str = "centre") -> tuple[Image, dict[int, str]]:
     """Every segment / ROI of a DICOM-SEG or RTSTRUCT as a binary mask on the reference grid.
+
+    RTSTRUCT contours are rasterised with ``rt_fill``: ``"centre"`` (pixel centres inside, as
+    plastimatch does) or ``"edge"`` (also the pixels the contour line crosses, as OpenCV-based tools
+    such as rt-utils do); see :mod:`medseg.export.raster`.
 
     Returns
     -------
@@ -103,7 +107,11 @@ def import_masks(path: str | os.PathLike, reference: str | os.PathLike | None = 
                                  path=path) from exc
         else:
             ref = _load_ref(reference, series, referenced)
-        masks, names, skipped = read_rtstruct_masks(path, ref)
+        from medseg.export.raster import FILL_RULES
+
+        if rt_fill not in FILL_RULES:
+            raise InputError(f"unknown contour fill rule {rt_fill!r} (use one of {', '.join(FILL_RULES)})")
+        masks, names, skipped = read_rtstruct_masks(path, ref, fill=rt_fill)
         labels = {i + 1: name for i, name in enumerate(names.values())}
         meta = {**ref.meta, "source": str(path), "format": "rtstruct", "skipped_contours": skipped}
         return Image(masks.astype(np.uint8), ref.grid_affine(), meta, True), labels
@@ -136,7 +144,7 @@ def combine_masks(masks: np.ndarray, values: list[int], overlap: str = "smallest
 
 
 def import_segmentation(path: str | os.PathLike, reference: str | os.PathLike | None = None,
-                        series: str | int | None = None, overlap: str = "smallest") -> Image:
+                        series: str | int | None = None, overlap: str = "smallest", rt_fill: str = "centre") -> Image:
     """A DICOM-SEG or RTSTRUCT as a label map on its referenced series' grid.
 
     Parameters
@@ -150,12 +158,14 @@ def import_segmentation(path: str | os.PathLike, reference: str | os.PathLike | 
         Series UID / index in ``reference``; by default the series the object references.
     overlap : {'smallest', 'order', 'error'}
         How overlapping segments share voxels (see the module docstring).
+    rt_fill : {'centre', 'edge'}
+        RTSTRUCT rasterisation rule (see :func:`import_masks`).
 
     Returns
     -------
     Image
         Label map with ``meta["labels"]`` = {value: name}.
     """
-    masks, names = import_masks(path, reference, series)
+    masks, names = import_masks(path, reference, series, rt_fill)
     labels = combine_masks(masks.array, list(names), overlap)
     return Image(labels, masks.affine, {**masks.meta, "labels": dict(names)})

@@ -177,11 +177,12 @@ def write_rtstruct(labels_on_ref: np.ndarray, ref, infos, out_path: str | os.Pat
     return Path(out_path)
 
 
-def read_rtstruct_masks(path: str | os.PathLike, ref, *, slice_tol: float | None = None):
+def read_rtstruct_masks(path: str | os.PathLike, ref, *, slice_tol: float | None = None, fill: str = "centre"):
     """Rasterise every ROI of an RTSTRUCT on the reference series grid.
 
     Returns ``(masks, names, skipped)``: a bool array ``[roi, column, row, slice]``, ROI number ->
-    name (in channel order) and the number of contours that lie on no slice of ``ref``.
+    name (in channel order) and the number of contours that lie on no slice of ``ref``. ``fill`` is the
+    rasterisation rule of :func:`medseg.export.raster.fill_polygons` (``"centre"`` or ``"edge"``).
     """
     import pydicom
 
@@ -226,5 +227,5 @@ def read_rtstruct_masks(path: str | os.PathLike, ref, *, slice_tol: float | None
             ij = np.c_[rel @ ref.row_dir / ref.spacing_rc[1], rel @ ref.col_dir / ref.spacing_rc[0]]
             polys.setdefault((ch, k), []).append(ij)
     for (ch, k), group in polys.items():  # even-odd rule over one ROI's contours on one slice
-        masks[ch, :, :, k] = fill_polygons(group, (ref.columns, ref.rows))
+        masks[ch, :, :, k] = fill_polygons(group, (ref.columns, ref.rows), rule=fill)
     return masks, {n: names[n] for n in numbers}, skipped

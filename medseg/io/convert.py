@@ -122,13 +122,13 @@ def _dicom_modality(path: Path) -> str:
         raise InputError(f"corrupt DICOM file ({type(exc).__name__}: {exc})", path=path) from None
 
 
-def _import_segmentation(path: Path, reference) -> Image:
+def _import_segmentation(path: Path, reference, rt_fill: str = "centre") -> Image:
     try:
         from medseg.export.importers import import_segmentation
     except ImportError:
         raise InputError("reading DICOM-SEG/RTSTRUCT needs medseg.export.importers, which this installation "
                          "lacks", path=path) from None
-    return import_segmentation(path, reference=reference)
+    return import_segmentation(path, reference=reference, rt_fill=rt_fill)
 
 
 def series_file_name(index: int, description: str, modality: str, suffix: str = ".nii.gz") -> str:
@@ -145,17 +145,21 @@ def series_file_name(index: int, description: str, modality: str, suffix: str = 
 
 def convert(input: str | os.PathLike, output: str | os.PathLike, series: str | int | None = None,
             allow_tilt: bool = False, reference: str | os.PathLike | None = None,
-            suffix: str = ".nii.gz") -> list[Path]:
+            suffix: str = ".nii.gz", rt_fill: str = "centre") -> list[Path]:
     """Convert an image, a DICOM series or a whole DICOM folder; returns the files written.
 
     ``output`` is a file (its suffix picks NIfTI/NRRD/MHA) or a folder (an existing folder, or
     a path without an image suffix): then one ``suffix`` file per DICOM volume series (images
     that cannot be volumes, such as screenshots, are skipped with a note on stderr; a damaged or
     irregular series stops everything). The files are renamed into place together at the end.
+    A DICOM-SEG or RTSTRUCT becomes a label map on its series' grid (``rt_fill``: RTSTRUCT
+    rasterisation rule, ``"centre"`` or ``"edge"``).
     """
     src, dst = Path(input), Path(output)
     if not src.exists():
         raise InputError("no such file or folder", path=src)
+    if rt_fill not in ("centre", "edge"):  # medseg.export.raster.FILL_RULES, checked before any work
+        raise InputError(f"unknown contour fill rule {rt_fill!r} (use centre or edge)")
     to_folder = dst.is_dir() or full_suffix(dst) not in WRITABLE
     if to_folder and full_suffix(dst) not in ("",) and not dst.is_dir():
         raise InputError(f"cannot write format '{full_suffix(dst)}' (use one of {', '.join(WRITABLE)}, "
@@ -165,7 +169,7 @@ def convert(input: str | os.PathLike, output: str | os.PathLike, series: str | i
     skipped: list = []
     modality = _dicom_modality(src)
     if modality in ("SEG", "RTSTRUCT"):
-        images = [(dst / f"{src.stem}{suffix}" if to_folder else dst, _import_segmentation(src, reference))]
+        images = [(dst / f"{src.stem}{suffix}" if to_folder else dst, _import_segmentation(src, reference, rt_fill))]
     elif _is_dicom_input(src):
         from medseg.io.dicom import discover_series, load_series, no_series_message, select_series
 
