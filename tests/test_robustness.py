@@ -435,7 +435,7 @@ def test_disk_full(cmd, corpus, model, tiny_tmpfs):
                             "--classical"]}[cmd]
     before = bad.tree_hashes(corpus["root"])
     res = run_cli(*argv)
-    assert_clean_error(res, "cannot write")
+    assert_clean_error(res, "cannot write", "disk full")
     leftovers = [p for p in tiny_tmpfs.rglob("*") if p.is_file() and p.name != "filler"]
     assert leftovers == [], f"partial output on the full disk: {leftovers}"
     assert bad.tree_hashes(corpus["root"]) == before

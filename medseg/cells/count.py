@@ -30,11 +30,12 @@ class CellModel:
     ``labels = CellModel.load("runs/dsb").segment(image)``
     """
 
-    def __init__(self, net, cfg, meta, overlap: float = 0.25, tta: bool = False):
+    def __init__(self, net, cfg, meta, overlap: float = 0.25, tta: bool = False, device: str = "auto"):
         self.net, self.cfg, self.meta, self.overlap, self.tta = net, cfg, meta, overlap, tta
+        self.device = device
 
     @classmethod
-    def load(cls, run_dir, overlap: float = 0.25, tta: bool = False) -> "CellModel":
+    def load(cls, run_dir, overlap: float = 0.25, tta: bool = False, device: str = "auto") -> "CellModel":
         import torch
 
         from medseg.cells.train import build_cell_network, load_config
@@ -49,33 +50,25 @@ class CellModel:
         except Exception as exc:
             raise InputError(f"cannot load model weights ({' '.join(str(exc).split())[:160]})", path=weights) from exc
         net.eval()
-        return cls(net, cfg, meta, overlap, tta)
+        return cls(net, cfg, meta, overlap, tta, device)
 
     def probabilities(self, image: np.ndarray) -> np.ndarray:
         """Class probabilities (3, *spatial) of one single-channel image (percentile-normalised here)."""
-        import torch
-        from monai.inferers import sliding_window_inference
-
         from medseg.cells.data import percentile_normalize
+        from medseg.infer.sliding_window import sliding_window_predict
 
         if image.ndim != self.cfg.spatial_dims:
             raise InputError(f"image is {image.ndim}D but the model is {self.cfg.spatial_dims}D",
                              path=None)
         x = percentile_normalize(image, *self.cfg.norm_percentiles)
-        # MONAI pads images smaller than the window; windows are the training patch (divisible by the strides)
-        roi = list(self.cfg.patch_size)
-        with torch.inference_mode():
-            t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))[None, None]
-            # test-time augmentation: mean of the probabilities over flips of the in-plane axes
-            flips = [()] + ([(-1,), (-2,), (-2, -1)] if self.tta else [])
-            prob = 0
-            for f in flips:
-                tf = torch.flip(t, f) if f else t
-                logits = sliding_window_inference(tf, roi, 4, self.net, overlap=self.overlap, mode="gaussian")
-                p = torch.softmax(logits, 1)
-                prob = prob + (torch.flip(p, f) if f else p)
-            prob = (prob / len(flips))[0].numpy()
-        return prob
+        # windows are the training patch (divisible by the strides; smaller images are padded); TTA mirrors the
+        # in-plane axes only (a z-stack is not symmetric in z); bf16 where the CPU computes it natively
+        nd = self.cfg.spatial_dims
+        tta = [nd - 2, nd - 1] if self.tta else False
+        prob = sliding_window_predict(self.net, np.ascontiguousarray(x, dtype=np.float32)[None],
+                                      list(self.cfg.patch_size), overlap=self.overlap, tta=tta, batch_size=4,
+                                      device=self.device, num_classes=3)
+        return prob.numpy()
 
     def segment(self, image: np.ndarray, spacing=None) -> np.ndarray:
         from medseg.postprocess.watershed import watershed_instances

@@ -24,7 +24,7 @@ def sliding_window(network: torch.nn.Module, x: torch.Tensor, patch_size, overla
 
     ``patch_size`` may have a leading 1 for 2D networks applied slice by slice to a 3D volume.
     """
-    from medseg.infer.sliding_window import sliding_window_predict
+    from medseg.infer.sliding_window import cpu_has_native_bf16, sliding_window_predict
 
     device = torch.device(device)
     two_d = len(patch_size) == x.ndim - 1 and patch_size[0] == 1 and x.ndim == 4 and _is_2d(network)
@@ -32,7 +32,7 @@ def sliding_window(network: torch.nn.Module, x: torch.Tensor, patch_size, overla
     def slice_by_slice(batch):  # (B, C, 1, H, W) windows through a 2D network
         return network(batch[:, :, 0])[:, :, None]
 
-    precision = "auto" if device.type == "cuda" else ("bf16" if bf16 else "fp32")
+    precision = "auto" if device.type == "cuda" else ("bf16" if bf16 and cpu_has_native_bf16() else "fp32")
     with torch.no_grad():  # not inference_mode: its tensors would poison a later training step
         logits = sliding_window_predict(slice_by_slice if two_d else network, x, patch_size, overlap=overlap,
                                         tta=False, batch_size=batch_size, device=device, output="logits",

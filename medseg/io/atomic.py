@@ -7,6 +7,7 @@ and an input file is never overwritten.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import tempfile
 from pathlib import Path
@@ -82,7 +83,9 @@ def atomic_path(
         os.replace(tmp, dest)
     except OSError as exc:
         tmp.unlink(missing_ok=True)
-        raise InputError(f"cannot write output ({exc.strerror or exc})", path=dest) from exc
+        full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
+        raise InputError(f"cannot write output ({'disk full: ' if full else ''}{exc.strerror or exc})",
+                         path=dest) from exc
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

@@ -63,7 +63,7 @@ class Plan:
     num_folds: int = 5
     fold: int = 0
     seed: int = 0
-    bf16: bool = True
+    bf16: bool = True  # bf16 autocast on CPUs that compute it natively (AVX512-BF16/AMX); CUDA always uses AMP
     num_threads: int | None = None
     # inference
     overlap: float = 0.5

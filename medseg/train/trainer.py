@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from medseg.errors import InputError
+from medseg.infer.sliding_window import cpu_has_native_bf16
 from medseg.io.atomic import atomic_path
 from medseg.plan.plan import Plan
 from medseg.train import ddp
@@ -226,7 +227,7 @@ def train(plan: Plan, run_dir: str | os.PathLike, fold: int | None = None, max_e
     model = ddp.wrap(network, dev) if world > 1 else network
     budget = plan.max_minutes * 60 if plan.max_minutes else None
     total_iters = plan.max_epochs * plan.iterations_per_epoch
-    use_amp = plan.bf16 or dev.type == "cuda"
+    use_amp = dev.type == "cuda" or (plan.bf16 and cpu_has_native_bf16())  # emulated bf16 is slower than fp32
     log_path = run_dir / "log.csv"
     val_cost = 0.0
     last_val: dict[str, float] = {}
