@@ -193,10 +193,7 @@ def test_edge_rule_adds_only_pixels_the_contour_crosses():
 
     rng = np.random.default_rng(3)
     for _ in range(10):
-        n = rng.integers(3, 10)
-        ang = np.sort(rng.uniform(0, 2 * np.pi, n))
-        r = rng.uniform(4, 18, n)
-        pts = np.c_[25 + r * np.cos(ang), 25 + r * np.sin(ang)]
+        pts, _ = _star_polygon(rng, 10, (4, 18))
         added = fill_polygons([pts], (50, 50), rule="edge") & ~fill_polygons([pts], (50, 50))
         t = np.linspace(0, 1, 2001)[:, None, None]
         dense = (pts + t * (np.roll(pts, -1, axis=0) - pts)).reshape(-1, 2)
@@ -204,6 +201,14 @@ def test_edge_rule_adds_only_pixels_the_contour_crosses():
             assert np.abs(dense - c).max(axis=1).min() <= 0.5 + 0.02
         for v in np.rint(pts).astype(int):  # the pixel holding each vertex is in
             assert fill_polygons([pts], (50, 50), rule="edge")[tuple(v)]
+
+
+def _star_polygon(rng, max_vertices: int, radii: tuple[float, float]):
+    """A random star-shaped polygon around (25, 25) with real-valued vertices, and its vertex angles."""
+    n = rng.integers(3, max_vertices)
+    ang = np.sort(rng.uniform(0, 2 * np.pi, n))
+    r = rng.uniform(*radii, n)
+    return np.c_[25 + r * np.cos(ang), 25 + r * np.sin(ang)], ang
 
 
 def test_fill_polygons_matches_skimage_off_the_boundary():
@@ -215,10 +220,7 @@ def test_fill_polygons_matches_skimage_off_the_boundary():
 
     rng = np.random.default_rng(0)
     for _ in range(20):
-        n = rng.integers(3, 12)
-        ang = np.sort(rng.uniform(0, 2 * np.pi, n))
-        r = rng.uniform(5, 20, n)
-        pts = np.c_[25 + r * np.cos(ang), 25 + r * np.sin(ang)]
+        pts, ang = _star_polygon(rng, 12, (5, 20))
         hole = np.c_[25.3 + 3 * np.cos(ang), 24.6 + 3 * np.sin(ang)]
         expected = np.zeros((50, 50), bool)
         expected[polygon(pts[:, 0], pts[:, 1], (50, 50))] = True

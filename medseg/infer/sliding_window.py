@@ -12,6 +12,7 @@ is several times faster than fp32 on such CPUs (see ``benchmarks/inference.py``)
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 from typing import Callable, Literal, Sequence
@@ -99,6 +100,7 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     return torch.device(device)
 
 
+@functools.lru_cache(maxsize=1)
 def cpu_has_native_bf16() -> bool:
     """True where the CPU computes bf16 natively (AVX512-BF16 or AMX), where bf16 autocast pays off."""
     try:

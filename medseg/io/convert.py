@@ -158,8 +158,10 @@ def convert(input: str | os.PathLike, output: str | os.PathLike, series: str | i
     src, dst = Path(input), Path(output)
     if not src.exists():
         raise InputError("no such file or folder", path=src)
-    if rt_fill not in ("centre", "edge"):  # medseg.export.raster.FILL_RULES, checked before any work
-        raise InputError(f"unknown contour fill rule {rt_fill!r} (use centre or edge)")
+    from medseg.export.raster import FILL_RULES  # numpy only
+
+    if rt_fill not in FILL_RULES:  # checked before any work, whatever the input
+        raise InputError(f"unknown contour fill rule {rt_fill!r} (use one of {', '.join(FILL_RULES)})")
     to_folder = dst.is_dir() or full_suffix(dst) not in WRITABLE
     if to_folder and full_suffix(dst) not in ("",) and not dst.is_dir():
         raise InputError(f"cannot write format '{full_suffix(dst)}' (use one of {', '.join(WRITABLE)}, "

@@ -7,6 +7,7 @@ import os
 
 import numpy as np
 
+from medseg.infer.sliding_window import cpu_has_native_bf16
 from medseg.plan.fingerprint import Fingerprint, compute_fingerprint
 from medseg.plan.plan import Normalisation, Plan
 from medseg.train.dataset import Dataset, open_dataset
@@ -140,13 +141,6 @@ def make_plan(dataset: str | os.PathLike | Dataset, device: str = "cpu", memory_
                 spatial_dims=spatial_dims, patch_size=[int(p) for p in patch], batch_size=batch,
                 base_filters=base, max_filters=320, max_epochs=epochs, iterations_per_epoch=iters_per_epoch,
                 max_minutes=minutes, foreground_oversample=0.66 if rare else 0.33,
-                bf16=device != "cuda" and _native_bf16(), val_every=max(1, epochs // 20))
+                # bf16 halves the CPU step where native (0.25 vs 0.51 s, RESULTS.md); emulated it is slower
+                bf16=device != "cuda" and cpu_has_native_bf16(), val_every=max(1, epochs // 20))
     return plan.validate()
-
-
-def _native_bf16() -> bool:
-    # bf16 autocast halves the CPU step where the CPU computes bf16 natively (0.25 vs 0.51 s, RESULTS.md);
-    # elsewhere it emulates bf16 and is slower than fp32. CUDA uses AMP regardless of this flag.
-    from medseg.infer.sliding_window import cpu_has_native_bf16
-
-    return cpu_has_native_bf16()
