@@ -466,3 +466,19 @@ def test_predict_with_networking_disabled(corpus, model, tmp_path):
                         tmp_path / "fetched"], capture_output=True, text=True, env=env, timeout=120)
     assert p.returncode in (1, 2) and len(p.stderr.strip().splitlines()) == 1 and "Traceback" not in p.stderr
     assert not (tmp_path / "fetched" / "dsb2018").exists()
+
+
+def test_short_write_without_errno_reads_as_disk_full(tmp_path):
+    """numpy's tofile (under tifffile) reports a full disk as a bare OSError with no errno."""
+    from medseg.errors import InputError
+    from medseg.io.atomic import atomic_path
+
+    with pytest.raises(InputError, match="disk full") as info:
+        with atomic_path(tmp_path / "x.tif"):
+            raise OSError("107787 requested and 1864 written")
+    assert "x.tif" in str(info.value)
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(InputError) as info:  # an unrelated failure on a roomy disk is not called "disk full"
+        with atomic_path(tmp_path / "y.tif"):
+            raise OSError("bad tag")
+    assert "disk full" not in str(info.value)

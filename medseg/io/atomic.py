@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -48,6 +49,23 @@ def case_name(path: str | os.PathLike) -> str:
     return name[: len(name) - len(full_suffix(name))] if full_suffix(name) else name
 
 
+def _looks_full(exc: OSError, folder: Path) -> bool:
+    """Whether a failed write ran out of space.
+
+    numpy's ``tofile`` (used by tifffile) reports a short write as a bare OSError with no errno
+    ("N requested and M written"), so the errno alone misses it; the free space decides then.
+    """
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    if exc.errno is None and re.search(r"requested and \d+ written", str(exc)):
+        return True
+    try:
+        st = os.statvfs(folder)
+    except OSError:
+        return False
+    return st.f_bavail * st.f_frsize < 1 << 20
+
+
 @contextlib.contextmanager
 def atomic_path(
     dest: str | os.PathLike, protect: Iterable[str | os.PathLike] = ()
@@ -82,8 +100,8 @@ def atomic_path(
         yield tmp
         os.replace(tmp, dest)
     except OSError as exc:
+        full = _looks_full(exc, parent)
         tmp.unlink(missing_ok=True)
-        full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
         raise InputError(f"cannot write output ({'disk full: ' if full else ''}{exc.strerror or exc})",
                          path=dest) from exc
     except BaseException:
