@@ -77,6 +77,8 @@ def main(argv=None) -> int:
     ap.add_argument("--base-filters", type=int, default=16)
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: the free cores)")
     ap.add_argument("--limit", type=int, default=None, help="score only the first N evaluation images")
+    ap.add_argument("--tune-fraction", type=float, default=0.1,
+                    help="training images held out to choose the watershed thresholds (0: the 0.5 defaults)")
     ap.add_argument("--tta", action="store_true", help="flip test-time augmentation for the learned model")
     ap.add_argument("--no-learned", action="store_true", help="score only the classical methods")
     ap.add_argument("--learned-only", action="store_true", help="skip the classical baselines and 3D")
@@ -93,7 +95,8 @@ def main(argv=None) -> int:
     run = Path(args.run)
     if not args.no_learned and not (args.skip_train and (run / "model.pt").exists()):
         cfg = CellTrainConfig(max_minutes=args.minutes, patch_size=(args.patch, args.patch),
-                              batch_size=args.batch_size, base_filters=args.base_filters, threads=args.threads)
+                              batch_size=args.batch_size, base_filters=args.base_filters, threads=args.threads,
+                              tune_fraction=args.tune_fraction)
         t = time.perf_counter()
         train_cells(args.data, run, cfg, progress=sys.stderr.isatty())
         info["train_wall_s"] = round(time.perf_counter() - t, 1)
@@ -167,6 +170,10 @@ def main(argv=None) -> int:
     if "train" in info:
         tr = info["train"]
         print(f"\ntraining: {tr.get('steps')} steps in {tr.get('train_seconds')} s")
+        if tr.get("tuning"):
+            t = tr["tuning"]
+            print(f"thresholds chosen on {t['n_images']} held-out training images in {t['seconds']} s: foreground "
+                  f"{t['threshold']}, seed {t['seed_threshold']} (AP@0.5 there {t['ap']:.3f})")
     return 0
 
 

@@ -156,3 +156,65 @@ def test_training_runs_and_resumes(tmp_path):
     np.testing.assert_allclose(model.probabilities(img[:, ::-1].copy())[:, :, ::-1], pt, atol=2e-3)
     with pytest.raises(InputError, match="nothing to resume"):
         train_cells(ds, tmp_path / "other", cfg, resume=True, progress=False)
+
+
+class _FixedProbModel:
+    """Stands in for CellModel: fixed probabilities, the real watershed post-processing."""
+
+    def __init__(self, prob):
+        from medseg.cells.count import CellModel
+        from medseg.cells.train import CellTrainConfig
+
+        self._prob = prob
+        self._real = CellModel(None, CellTrainConfig(min_size_px=1), {})
+
+    def probabilities(self, image):
+        return self._prob
+
+    def postprocess(self, prob, threshold=None, seed_threshold=None):
+        return self._real.postprocess(prob, threshold, seed_threshold)
+
+
+def test_tune_thresholds_splits_a_weak_bridge():
+    """Two touching nuclei joined by a bridge of interior probability 0.55: a seed threshold of 0.5 merges them,
+    the search must pick a higher one (mechanics on a synthetic map; the real effect is in benchmarks/cells.py)."""
+    from types import SimpleNamespace
+
+    from medseg.cells.tune import SEED_GRID, THRESHOLD_GRID, tune_thresholds
+
+    lab = np.zeros((12, 21), np.uint16)
+    lab[2:10, 2:10], lab[2:10, 10:18] = 1, 2
+    p1 = np.where(lab > 0, 0.9, 0.0)
+    p1[:, 9:11] = np.where(lab[:, 9:11] > 0, 0.55, 0.0)  # the contact between the two nuclei
+    p2 = np.where(lab > 0, 0.05, 0.0)
+    p2[:, 9:11] = np.where(lab[:, 9:11] > 0, 0.4, 0.0)
+    prob = np.stack([1 - p1 - p2, p1, p2])
+    case = SimpleNamespace(image=lab.astype(np.float32), labels=lab)
+    res = tune_thresholds(_FixedProbModel(prob), [case])
+    assert len(res["table"]) == len(THRESHOLD_GRID) * len(SEED_GRID)
+    merged = [r for r in res["table"] if r["seed_threshold"] < 0.55]
+    assert merged and all(r["count_error"] == 0.5 and r["ap"] < 1.0 for r in merged)  # one object for two
+    assert res["seed_threshold"] > 0.55 and res["ap"] == 1.0 and res["count_error"] == 0.0
+
+
+def test_training_holds_out_tuning_images(tmp_path):
+    """train_cells keeps tune_fraction of the training images out of training and stores the chosen thresholds."""
+    from medseg.cells.count import CellModel
+    from medseg.cells.train import CellTrainConfig, train_cells
+
+    ds = tmp_path / "ds"
+    ids = linked_cell_dataset(ds, 30)
+    cfg = CellTrainConfig(patch_size=(64, 64), batch_size=2, base_filters=4, max_steps=1, max_minutes=5, threads=1,
+                          tune_fraction=0.3)
+    run = train_cells(ds, tmp_path / "run", cfg, progress=False)
+    meta = json.loads((run / "model.json").read_text())
+    split = meta["split"]
+    assert len(split["tune"]) >= 3 and split["val"] == ids[-1:]
+    assert not set(split["tune"]) & (set(split["train"]) | set(split["val"]))
+    assert sorted(split["tune"] + split["train"] + split["val"]) == sorted(ids)
+    t = meta["tuning"]
+    assert t["n_images"] == len(split["tune"]) and 0.0 <= t["ap"] <= 1.0
+    best = max(r["ap"] for r in t["table"])
+    assert t["ap"] == best
+    model = CellModel.load(run)
+    assert (model.cfg.threshold, model.cfg.seed_threshold) == (t["threshold"], t["seed_threshold"])

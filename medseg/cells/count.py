@@ -70,14 +70,20 @@ class CellModel:
                                       device=self.device, num_classes=3)
         return prob.numpy()
 
-    def segment(self, image: np.ndarray, spacing=None) -> np.ndarray:
+    def postprocess(self, prob: np.ndarray, threshold: float | None = None,
+                    seed_threshold: float | None = None) -> np.ndarray:
+        """Instances from class probabilities by the interior/boundary watershed (the run's thresholds
+        unless given)."""
         from medseg.postprocess.watershed import watershed_instances
 
-        p = self.probabilities(image)
         c = self.cfg
-        return watershed_instances(p[1] + p[2], boundary=p[2], spacing=None, threshold=c.threshold,
-                                   seed_threshold=c.seed_threshold, min_size=c.min_size_px,
-                                   min_seed_size=min(c.min_size_px, 4), keep_unseeded=False)
+        return watershed_instances(prob[1] + prob[2], boundary=prob[2], spacing=None,
+                                   threshold=c.threshold if threshold is None else threshold,
+                                   seed_threshold=c.seed_threshold if seed_threshold is None else seed_threshold,
+                                   min_size=c.min_size_px, min_seed_size=min(c.min_size_px, 4), keep_unseeded=False)
+
+    def segment(self, image: np.ndarray, spacing=None) -> np.ndarray:
+        return self.postprocess(self.probabilities(image))
 
 
 @dataclass

@@ -34,6 +34,7 @@ class CellTrainConfig:
     max_minutes: float = 20.0
     max_steps: int | None = None
     val_fraction: float = 0.15
+    tune_fraction: float = 0.1  # of the training split, held out to choose the watershed thresholds (0: off)
     channel: int | None = None
     norm_percentiles: tuple = (1.0, 99.8)
     seed: int = 0
@@ -60,11 +61,25 @@ def _save_torch(obj, path: Path) -> None:
 
 
 def prepare_training_data(data_dir, cfg: CellTrainConfig):
-    """Load and normalise the training split; returns (train pairs, val cases, split dict)."""
-    from medseg.cells.data import boundary_targets, dataset_split, list_cases, load_case, percentile_normalize
+    """Load and normalise the training split; returns (train pairs, val cases, split dict, tuning cases).
+
+    ``tune_fraction`` of the training split (by a hash of the id, like the validation split) is kept out of
+    training to choose the watershed thresholds; with too few images nothing is held out.
+    """
+    from medseg.cells.data import (boundary_targets, dataset_split, list_cases, load_case, percentile_normalize,
+                                   split_of)
 
     cases = list_cases(data_dir)
     split = dataset_split(data_dir, cases, cfg.val_fraction)
+    tune = [c for c in split["train"] if cfg.tune_fraction and split_of(c.case, cfg.tune_fraction, "medseg-tune")
+            == "val"]
+    if len(tune) < 3 or len(tune) == len(split["train"]):
+        tune = []
+    split["tune"] = tune
+    tune_ids = {c.case for c in tune}
+    split["train"] = [c for c in split["train"] if c.case not in tune_ids]
+    for c in tune:
+        load_case(c, cfg.channel)
     pairs = []
     for c in split["train"]:
         load_case(c, cfg.channel)
@@ -74,7 +89,7 @@ def prepare_training_data(data_dir, cfg: CellTrainConfig):
         pairs.append((percentile_normalize(c.image, *cfg.norm_percentiles), boundary_targets(c.labels)))
     if not pairs:
         raise InputError("the training split is empty", path=data_dir)
-    return pairs, split["val"], {k: [c.case for c in v] for k, v in split.items()}
+    return pairs, split["val"], {k: [c.case for c in v] for k, v in split.items()}, tune
 
 
 def build_cell_network(cfg: CellTrainConfig):
@@ -104,7 +119,7 @@ def train_cells(data_dir, run_dir, cfg: CellTrainConfig | None = None, resume: b
         raise InputError("nothing to resume: no checkpoint.pt", path=run_dir)
     if not Path(data_dir).is_dir():
         raise InputError("dataset folder does not exist", path=data_dir)
-    pairs, _, split = prepare_training_data(data_dir, cfg)  # validate before writing anything
+    pairs, _, split, tune = prepare_training_data(data_dir, cfg)  # validate before writing anything
     run_dir.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(cfg.threads or auto_threads())
     torch.manual_seed(cfg.seed)
@@ -122,7 +137,8 @@ def train_cells(data_dir, run_dir, cfg: CellTrainConfig | None = None, resume: b
             "classes": ["background", "interior", "boundary"], "in_channels": 1, "out_channels": 3}
     _save_json(meta, run_dir / "model.json")
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, include_background=True, smooth_nr=1e-5, smooth_dr=1e-5)
-    budget = cfg.max_minutes * 60.0
+    # the threshold search counts against the time budget: keep a little of it back
+    budget = cfg.max_minutes * 60.0 - (min(90.0, 0.075 * cfg.max_minutes * 60.0) if tune else 0.0)
     use_bf16 = bool(cfg.bf16) and cpu_has_native_bf16()
     log_f = open(run_dir / "log.csv", "a")
     if not resume:
@@ -165,8 +181,22 @@ def train_cells(data_dir, run_dir, cfg: CellTrainConfig | None = None, resume: b
     _save_torch(net.state_dict(), run_dir / "model.pt")
     meta.update({"steps": step, "train_seconds": round(elapsed, 1), "final_loss": float(np.mean(losses[-20:]))
                  if losses else None})
+    if tune:
+        meta["tuning"] = _tune(net, cfg, meta, tune)
+        meta["config"].update(threshold=meta["tuning"]["threshold"], seed_threshold=meta["tuning"]["seed_threshold"])
     _save_json(meta, run_dir / "model.json")
     return run_dir
+
+
+def _tune(net, cfg: CellTrainConfig, meta: dict, cases) -> dict:
+    from medseg.cells.count import CellModel
+    from medseg.cells.tune import tune_thresholds
+
+    t = time.perf_counter()
+    net.eval()
+    res = tune_thresholds(CellModel(net, cfg, meta, device="cpu"), cases)
+    res["seconds"] = round(time.perf_counter() - t, 1)
+    return res
 
 
 def auto_threads() -> int:

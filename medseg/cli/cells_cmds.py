@@ -34,14 +34,19 @@ def train_cmd(
     channel: Optional[int] = typer.Option(None, "--channel", help="Channel of multi-channel images (0-based)."),
     resume: bool = typer.Option(False, "--resume", help="Continue from RUN/checkpoint.pt."),
     threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for torch."),
+    tune_fraction: float = typer.Option(0.1, "--tune-fraction",
+                                        help="Share of the training images held out to choose the watershed "
+                                             "thresholds (0: keep the 0.5 defaults)."),
 ) -> None:
     """Train a 2D cell model (interior/boundary U-Net) within a time budget."""
     from medseg.cells.train import CellTrainConfig, train_cells
 
     if max_minutes <= 0:
         raise InputError(f"--max-minutes must be positive (got {max_minutes})")
+    if not 0 <= tune_fraction < 1:
+        raise InputError(f"--tune-fraction must be in [0, 1) (got {tune_fraction})")
     cfg = CellTrainConfig(max_minutes=max_minutes, max_steps=max_steps, patch_size=(patch, patch),
-                          batch_size=batch_size, channel=channel, threads=threads)
+                          batch_size=batch_size, channel=channel, threads=threads, tune_fraction=tune_fraction)
     run = train_cells(data, out, cfg, resume=resume)
     typer.echo(f"model written to {run}")
 
