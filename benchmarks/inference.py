@@ -230,6 +230,9 @@ def presets(args) -> None:
     engine = pred._engine()
     presets = [("monai", 0.5, False, "fp32"), ("medseg", 0.5, False, "fp32"), ("medseg", 0.5, False, "auto"),
                ("medseg", 0.25, False, "auto"), ("medseg", 0.75, False, "auto"), ("medseg", 0.5, True, "auto")]
+    trained_flips = list(plan.augment.get("flip_axes") or [])
+    if trained_flips:  # mirroring only the axes the model was trained to be invariant to
+        presets.append(("medseg", 0.5, trained_flips, "auto"))
     print(f"{len(cases)} validation cases of fold {args.fold}, {args.threads} thread(s), "
           f"load avg {os.getloadavg()[0]:.1f}")
     print("| engine | overlap | TTA | precision | s/case | Dice anterior | Dice posterior | Dice vs MONAI fp32 |")
@@ -254,7 +257,8 @@ def presets(args) -> None:
             ref_labels = labels
         agree = np.mean([list(dice(a, b, 3).values()) for a, b in zip(labels, ref_labels)])
         m = np.mean(dices, axis=0)
-        print(f"| {name} | {overlap} | {'all axes' if tta else 'off'} | {prec} | {t / len(cases):.3f} | {m[0]:.4f} "
+        tta_name = "all axes" if tta is True else (f"axes {tta}" if tta else "off")
+        print(f"| {name} | {overlap} | {tta_name} | {prec} | {t / len(cases):.3f} | {m[0]:.4f} "
               f"| {m[1]:.4f} | {agree:.4f} |", flush=True)
     pred._engine = lambda: engine
 

@@ -138,7 +138,7 @@ def train_cells(data_dir, run_dir, cfg: CellTrainConfig | None = None, resume: b
     _save_json(meta, run_dir / "model.json")
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, include_background=True, smooth_nr=1e-5, smooth_dr=1e-5)
     # the threshold search counts against the time budget: keep a little of it back
-    budget = cfg.max_minutes * 60.0 - (min(90.0, 0.075 * cfg.max_minutes * 60.0) if tune else 0.0)
+    budget = cfg.max_minutes * 60.0 - (min(30.0, 0.05 * cfg.max_minutes * 60.0) if tune else 0.0)
     use_bf16 = bool(cfg.bf16) and cpu_has_native_bf16()
     log_f = open(run_dir / "log.csv", "a")
     if not resume:

@@ -13,8 +13,8 @@ from typing import Sequence
 
 import numpy as np
 
-THRESHOLD_GRID = (0.4, 0.5, 0.6)
-SEED_GRID = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
+THRESHOLD_GRID = (0.4, 0.5, 0.6, 0.7)
+SEED_GRID = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95)
 
 
 def best_thresholds(table: list[dict]) -> dict:
