@@ -227,7 +227,6 @@ def presets(args) -> None:
         images = [p for p in images if p.name.split(".")[0] in val]
     images = images[: args.num_cases]
     cases = [(read_image(p), read_image(Path(args.data) / "labelsTr" / p.name).array) for p in images]
-    engine = pred._engine()
     presets = [("monai", 0.5, False, "fp32"), ("medseg", 0.5, False, "fp32"), ("medseg", 0.5, False, "auto"),
                ("medseg", 0.25, False, "auto"), ("medseg", 0.75, False, "auto"), ("medseg", 0.5, True, "auto")]
     trained_flips = list(plan.augment.get("flip_axes") or [])
@@ -238,15 +237,10 @@ def presets(args) -> None:
     print("| engine | overlap | TTA | precision | s/case | Dice anterior | Dice posterior | Dice vs MONAI fp32 |")
     print("|---|---|---|---|---|---|---|---|")
     ref_labels = None
+    original = pred.sliding_window
     for name, overlap, tta, prec in presets:
-        if name == "monai":
-            pred._engine = lambda: None
-        else:
-            def wrapped(*a, _tta=tta, _prec=prec, **k):
-                k.update(tta=_tta, precision=_prec)
-                return engine(*a, **k)
-            pred._engine = lambda w=wrapped: w
-        t, dices, agree, labels = 0.0, [], [], []
+        pred.sliding_window = _preset_engine(name, tta, prec)  # predict_image's window engine, swapped
+        t, dices, labels = 0.0, [], []
         for img, ref in cases:
             t0 = time.perf_counter()
             lab, _ = pred.predict_image(net, plan, img, overlap=overlap, tta=False, device="cpu")
@@ -260,7 +254,30 @@ def presets(args) -> None:
         tta_name = "all axes" if tta is True else (f"axes {tta}" if tta else "off")
         print(f"| {name} | {overlap} | {tta_name} | {prec} | {t / len(cases):.3f} | {m[0]:.4f} "
               f"| {m[1]:.4f} | {agree:.4f} |", flush=True)
-    pred._engine = lambda: engine
+    pred.sliding_window = original
+
+
+def _preset_engine(name: str, tta, precision: str):
+    """A stand-in for ``medseg.infer.predict.sliding_window``: MONAI's inferer (fp32) or medseg's engine with the
+    preset's TTA and precision; softmax probabilities (K, *S) either way."""
+    import torch
+
+    from medseg.infer.sliding_window import sliding_window_predict
+
+    def engine(network, x, patch_size, overlap=0.5, batch_size=2, device="cpu", bf16=False):
+        with torch.no_grad():
+            if name == "monai":
+                from monai.inferers import sliding_window_inference
+
+                logits = sliding_window_inference(x[None].float(), list(patch_size), batch_size, network,
+                                                  overlap=overlap, mode="gaussian")[0]
+            else:
+                logits = sliding_window_predict(network, x, patch_size, overlap=overlap, tta=tta,
+                                                batch_size=batch_size, device="cpu", output="logits",
+                                                precision=precision)
+        return torch.softmax(logits.float(), 0)
+
+    return engine
 
 
 def main(argv=None) -> None:
