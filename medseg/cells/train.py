@@ -3,7 +3,8 @@
 The run folder holds ``model.json`` (everything inference needs), ``model.pt`` (weights), ``checkpoint.pt``
 (weights + optimiser + progress, written every ``checkpoint_every_s`` seconds: ``resume=True`` continues from
 it, within the same overall time budget) and ``log.csv``. The learning rate decays with the fraction of the
-time budget used (poly schedule), so a short budget still ends with a small learning rate.
+time budget used (poly schedule), so a short budget still ends with a small learning rate. ``tune_fraction`` of the
+training images is held out and used, after training, to choose the watershed thresholds (``medseg.cells.tune``).
 """
 
 from __future__ import annotations

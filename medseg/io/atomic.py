@@ -57,7 +57,9 @@ def _looks_full(exc: OSError, folder: Path) -> bool:
     """
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return True
-    if exc.errno is None and re.search(r"requested and \d+ written", str(exc)):
+    if exc.errno is not None:
+        return False
+    if re.search(r"requested and \d+ written", str(exc)):
         return True
     try:
         st = os.statvfs(folder)
