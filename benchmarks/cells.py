@@ -79,6 +79,10 @@ def main(argv=None) -> int:
     ap.add_argument("--limit", type=int, default=None, help="score only the first N evaluation images")
     ap.add_argument("--tune-fraction", type=float, default=0.1,
                     help="training images held out to choose the watershed thresholds (0: the 0.5 defaults)")
+    ap.add_argument("--thresholds", default=None, metavar="FG,SEED",
+                    help="score the learned model with these watershed thresholds instead of the run's (e.g. 0.5,0.5)")
+    ap.add_argument("--retune", action="store_true",
+                    help="re-run the threshold search (current grid) on the run's held-out tuning images first")
     ap.add_argument("--tta", action="store_true", help="flip test-time augmentation for the learned model")
     ap.add_argument("--no-learned", action="store_true", help="score only the classical methods")
     ap.add_argument("--learned-only", action="store_true", help="skip the classical baselines and 3D")
@@ -113,6 +117,18 @@ def main(argv=None) -> int:
         info["eval_set"] += f", first {len(cases)} used"
     torch.set_num_threads(args.threads or auto_threads())
     model = None if args.no_learned else CellModel.load(run, tta=args.tta)
+    if model is not None and args.retune:  # e.g. after the search grid changed, without retraining
+        from medseg.cells.tune import tune_thresholds
+
+        tune_ids = set(model.meta["split"].get("tune", []))
+        tune = [load_case(c) for c in list_cases(args.data) if c.case in tune_ids]
+        found = tune_thresholds(model, tune)
+        model.cfg.threshold, model.cfg.seed_threshold = found["threshold"], found["seed_threshold"]
+        info["retuned"] = {k: v for k, v in found.items() if k != "table"}
+    if model is not None and args.thresholds:
+        model.cfg.threshold, model.cfg.seed_threshold = (float(v) for v in args.thresholds.split(","))
+    if model is not None:
+        info["thresholds_used"] = [model.cfg.threshold, model.cfg.seed_threshold]
     classical = ClassicalSegmenter()
     distances = (2, 3, 5, 7, 10, 15)
     rows = {"learned": [], "classical": [], "connected_components": []}
@@ -167,6 +183,9 @@ def main(argv=None) -> int:
         print(f"| {k} | {r['n_images']} | {r['ap@0.5']:.3f} | {r['ap@0.7']:.3f} | {r['ap@0.9']:.3f} | "
               f"{r['f1@0.5']:.3f} | {r['pq@0.5']:.3f} | {r['pooled_ap@0.5']:.3f} | {r['abs_rel_count_error']:.1%} | "
               f"{r['total_count_error']:+.1%} |")
+    if "thresholds_used" in info:
+        print(f"\nlearned model scored with watershed thresholds foreground {info['thresholds_used'][0]}, "
+              f"seed {info['thresholds_used'][1]}")
     if "train" in info:
         tr = info["train"]
         print(f"\ntraining: {tr.get('steps')} steps in {tr.get('train_seconds')} s")
