@@ -34,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from medseg.cells.data import dataset_split, list_cases, load_case, percentile_normalize  # noqa: E402
 from medseg.cells.evaluate import THRESHOLDS, evaluate_pair, summarize  # noqa: E402
+from medseg.cells.scale import median_diameter  # noqa: E402
 
 
 def gallery_recipe(image: np.ndarray, min_distance: int) -> np.ndarray:
@@ -56,6 +57,43 @@ def connected_components(image: np.ndarray) -> np.ndarray:
     return ndi.label(image > threshold_otsu(image))[0]
 
 
+def error_breakdown(ref: np.ndarray, pred: np.ndarray, iou: float = 0.5) -> dict:
+    """Why reference nuclei go unmatched (IoU <= ``iou``) and what the unmatched predictions are.
+
+    * merged: the prediction covering most of the nucleus also covers (>20 % of) another nucleus or matches one;
+    * missed: no prediction covers half of it; misshapen: otherwise;
+    * unmatched predictions: merger (covers >20 % of two or more nuclei), split (lies mostly, >50 %, inside one
+      nucleus), spurious (otherwise: mostly on background).
+    """
+    ref, pred = np.asarray(ref, np.int64), np.asarray(pred, np.int64)
+    nr, npd = int(ref.max()), int(pred.max())
+    ov = np.bincount((ref * (npd + 1) + pred).ravel(), minlength=(nr + 1) * (npd + 1)).reshape(nr + 1, npd + 1)
+    ar, ap = ov.sum(1), ov.sum(0)
+    io = ov / np.maximum(ar[:, None] + ap[None, :] - ov, 1)
+    io[0, :] = io[:, 0] = 0
+    rids = [i for i in range(1, nr + 1) if ar[i]]
+    pids = [j for j in range(1, npd + 1) if ap[j]]
+    matched_p = {j for j in pids if io[:, j].max() > iou}
+    out = {"ref": len(rids), "pred": len(pids), "matched": sum(io[i].max() > iou for i in rids), "merged": 0,
+           "missed": 0, "misshapen": 0, "merger": 0, "split": 0, "spurious": 0}
+    for i in rids:
+        if io[i].max() > iou:
+            continue
+        j = int(ov[i, 1:].argmax()) + 1 if npd else 0
+        if not npd or ov[i, j] < 0.5 * ar[i]:
+            out["missed"] += 1
+        elif j in matched_p or (ov[1:, j] > 0.2 * ar[1:]).sum() > 1:
+            out["merged"] += 1
+        else:
+            out["misshapen"] += 1
+    for j in set(pids) - matched_p:
+        if (ov[1:, j] > 0.2 * ar[1:]).sum() > 1:
+            out["merger"] += 1
+        else:
+            out["split" if ov[1:, j].max() > 0.5 * ap[j] else "spurious"] += 1
+    return out
+
+
 def score(rows):
     s = summarize(rows, THRESHOLDS)
     m, p = s["mean"], s["pooled"]
@@ -72,20 +110,30 @@ def main(argv=None) -> int:
     ap.add_argument("--eval", default=None, help="independent evaluation set (images/ + labels/)")
     ap.add_argument("--run", default="runs/cells_dsb", help="run folder for the model")
     ap.add_argument("--skip-train", action="store_true", help="reuse the model in --run")
-    ap.add_argument("--patch", type=int, default=128)
-    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--patch", type=int, default=256)
+    ap.add_argument("--batch-size", type=int, default=2)
     ap.add_argument("--base-filters", type=int, default=16)
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: the free cores)")
     ap.add_argument("--limit", type=int, default=None, help="score only the first N evaluation images")
     ap.add_argument("--tune-fraction", type=float, default=0.1,
                     help="training images held out to choose the watershed thresholds (0: the 0.5 defaults)")
-    ap.add_argument("--thresholds", default=None, metavar="FG,SEED",
-                    help="score the learned model with these watershed thresholds instead of the run's (e.g. 0.5,0.5)")
+    ap.add_argument("--thresholds", default=None, metavar="FG,SEED[,MARKERS]",
+                    help="score the learned model with these watershed thresholds instead of the run's (e.g. 0.5,0.5 "
+                         "or 0.5,0.4,distance; markers: distance or boundary)")
+    ap.add_argument("--seed", type=int, default=0, help="training seed (patch sampling, augmentation, weights)")
+    ap.add_argument("--diameter", type=float, default=None,
+                    help="train with scale normalisation: images enlarged to this median nucleus diameter (px)")
+    ap.add_argument("--no-distance-head", action="store_true",
+                    help="train the 3-class model only (markers from interior minus boundary)")
     ap.add_argument("--retune", action="store_true",
                     help="re-run the threshold search (current grid) on the run's held-out tuning images first")
     ap.add_argument("--tta", action="store_true", help="flip test-time augmentation for the learned model")
     ap.add_argument("--no-learned", action="store_true", help="score only the classical methods")
     ap.add_argument("--learned-only", action="store_true", help="skip the classical baselines and 3D")
+    ap.add_argument("--by-size", action="store_true",
+                    help="also score the learned model per nucleus-size group (median annotated diameter per image)")
+    ap.add_argument("--errors", action="store_true",
+                    help="also count the learned model's errors by kind (merged, missed, split, spurious)")
     ap.add_argument("--json", default=None, help="write the summary here")
     args = ap.parse_args(argv)
 
@@ -100,7 +148,8 @@ def main(argv=None) -> int:
     if not args.no_learned and not (args.skip_train and (run / "model.pt").exists()):
         cfg = CellTrainConfig(max_minutes=args.minutes, patch_size=(args.patch, args.patch),
                               batch_size=args.batch_size, base_filters=args.base_filters, threads=args.threads,
-                              tune_fraction=args.tune_fraction)
+                              tune_fraction=args.tune_fraction, distance_head=not args.no_distance_head,
+                              diameter=args.diameter, seed=args.seed)
         t = time.perf_counter()
         train_cells(args.data, run, cfg, progress=sys.stderr.isatty())
         info["train_wall_s"] = round(time.perf_counter() - t, 1)
@@ -124,23 +173,32 @@ def main(argv=None) -> int:
         tune = [load_case(c) for c in list_cases(args.data) if c.case in tune_ids]
         found = tune_thresholds(model, tune)
         model.cfg.threshold, model.cfg.seed_threshold = found["threshold"], found["seed_threshold"]
+        model.cfg.seeds = found["seeds"]
         info["retuned"] = {k: v for k, v in found.items() if k != "table"}
     if model is not None and args.thresholds:
-        model.cfg.threshold, model.cfg.seed_threshold = (float(v) for v in args.thresholds.split(","))
+        fg, seed, *src = args.thresholds.split(",")
+        model.cfg.threshold, model.cfg.seed_threshold = float(fg), float(seed)
+        model.cfg.seeds = src[0] if src else model.cfg.seeds
     if model is not None:
-        info["thresholds_used"] = [model.cfg.threshold, model.cfg.seed_threshold]
+        info["thresholds_used"] = [model.cfg.threshold, model.cfg.seed_threshold, model.cfg.seeds]
     classical = ClassicalSegmenter()
     distances = (2, 3, 5, 7, 10, 15)
     rows = {"learned": [], "classical": [], "connected_components": []}
     gallery = {d: [] for d in distances}
     times = {"learned": 0.0, "classical": 0.0}
+    diameters, errors = [], {}
     for c in cases:
         load_case(c)
         img = c.image
+        diameters.append(median_diameter(c.labels))
         if model is not None:
             t = time.perf_counter()
-            rows["learned"].append(evaluate_pair(c.labels, model.segment(img)))
+            pred = model.segment(img)
+            rows["learned"].append(evaluate_pair(c.labels, pred))
             times["learned"] += time.perf_counter() - t
+            if args.errors:
+                for k, v in error_breakdown(c.labels, pred).items():
+                    errors[k] = errors.get(k, 0) + int(v)
         if args.learned_only:
             continue
         t = time.perf_counter()
@@ -154,6 +212,13 @@ def main(argv=None) -> int:
     if not args.learned_only:
         best_d = max(distances, key=lambda d: score(gallery[d])["ap@0.5"])
         results[f"gallery (best min_distance={best_d})"] = score(gallery[best_d])
+    if args.by_size and rows["learned"]:
+        groups = [(0, 12), (12, 20), (20, 30), (30, np.inf)]
+        for lo, hi in groups:
+            sel = [r for r, d in zip(rows["learned"], diameters) if lo <= d < hi]
+            if sel:
+                size = f"{lo:g}-{hi:g}" if np.isfinite(hi) else f">= {lo:g}"
+                results[f"learned, images with nuclei {size} px across"] = score(sel)
     info["seconds_per_image"] = {k: round(v / max(len(cases), 1), 3) for k, v in times.items() if rows[k]}
 
     # 3D sample: classical (no 3D model is trained by this benchmark)
@@ -171,6 +236,8 @@ def main(argv=None) -> int:
         lab3a = classical.segment(img3, (2.0, 1.0, 1.0))
         results["3D classical, --pixel-size 2,1,1"] = score([evaluate_pair(ref3, lab3a)])
 
+    if errors:
+        info["learned_errors_at_iou_0.5"] = errors
     summary = {"info": info, "results": results}
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
@@ -185,14 +252,18 @@ def main(argv=None) -> int:
               f"{r['total_count_error']:+.1%} |")
     if "thresholds_used" in info:
         print(f"\nlearned model scored with watershed thresholds foreground {info['thresholds_used'][0]}, "
-              f"seed {info['thresholds_used'][1]}")
+              f"seed {info['thresholds_used'][1]} (markers: {info['thresholds_used'][2]})")
+    if errors:
+        print("\nlearned model's errors at IoU 0.5 (nuclei / predictions): " + ", ".join(f"{k} {v}" for k, v in
+                                                                                    errors.items()))
     if "train" in info:
         tr = info["train"]
         print(f"\ntraining: {tr.get('steps')} steps in {tr.get('train_seconds')} s")
         if tr.get("tuning"):
             t = tr["tuning"]
             print(f"thresholds chosen on {t['n_images']} held-out training images in {t['seconds']} s: foreground "
-                  f"{t['threshold']}, seed {t['seed_threshold']} (AP@0.5 there {t['ap']:.3f})")
+                  f"{t['threshold']}, seed {t['seed_threshold']}, markers {t.get('seeds', 'boundary')} "
+                  f"(AP@0.5 there {t['ap']:.3f})")
     return 0
 
 

@@ -65,6 +65,14 @@ def run_variant(variant: str, net, x, patch, overlap: float, batch_size: int):
         with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=variant == "monai-bf16"):
             logits = sliding_window_inference(x[None], patch, batch_size, net, overlap=overlap, mode="gaussian")
         return logits[0].argmax(0).to(torch.uint8).numpy()
+    if variant == "onnxruntime":  # the same weights exported to ONNX, windows run by ONNX Runtime (fp32)
+        from medseg.infer.sliding_window import sliding_window_predict
+
+        sess = _ORT_SESSION[0]
+        lab = sliding_window_predict(lambda xb: torch.from_numpy(sess.run(None, {"x": xb.float().numpy()})[0]), x,
+                                     patch, overlap=overlap, batch_size=batch_size, device="cpu", output="labels",
+                                     precision="fp32")
+        return lab.numpy()
     if variant == "nnunet":
         from types import SimpleNamespace
 
@@ -86,6 +94,26 @@ def run_variant(variant: str, net, x, patch, overlap: float, batch_size: int):
     return lab.numpy()
 
 
+_ORT_SESSION: list = []
+
+
+def _onnx_session(net, args):
+    """Export ``net`` to ONNX (dynamic batch) and open an ONNX Runtime CPU session with ``args.threads`` threads.
+    Needs ``pip install onnx onnxscript onnxruntime`` (benchmark only)."""
+    import onnxruntime as ort
+    import torch
+
+    path = os.path.join(tempfile.mkdtemp(), "net.onnx")
+    torch.onnx.export(net, (torch.zeros(args.batch_size, 1, *[args.patch] * 3),), path, input_names=["x"],
+                      output_names=["y"], dynamic_axes={"x": {0: "b"}, "y": {0: "b"}})
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = args.threads
+    opts.inter_op_num_threads = 1
+    sess = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+    sess.run(None, {"x": np.zeros((args.batch_size, 1, *[args.patch] * 3), np.float32)})
+    return sess
+
+
 def worker(args) -> None:
     """One variant in this (fresh) process; prints one JSON line."""
     import torch
@@ -97,6 +125,8 @@ def worker(args) -> None:
     if "compile" in args.variant:  # e.g. medseg:compile=1 -- torch.compile (inductor, C++ codegen on CPU)
         net = torch.compile(net, dynamic=False)
     t_warm = time.perf_counter()
+    if args.variant == "onnxruntime":  # export + session creation count as warm-up, like compilation
+        _ORT_SESSION.append(_onnx_session(net, args))
     with torch.inference_mode():  # warm-up window (oneDNN primitive creation; compilation), same precision
         bf16 = args.variant in ("monai-bf16",) or (args.variant.startswith("medseg") and "fp32" not in args.variant)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):

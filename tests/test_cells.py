@@ -147,13 +147,15 @@ def test_training_runs_and_resumes(tmp_path):
     assert json.loads((run / "model.json").read_text())["steps"] == 4
     model = CellModel.load(run)
     img = tifffile.imread(ds / "labels" / f"{ids[2]}.tif").astype(np.float32)
-    p = model.probabilities(img)
-    assert p.shape == (3,) + img.shape
-    np.testing.assert_allclose(p.sum(0), 1.0, atol=1e-4)
+    assert model.segment(img).shape == img.shape  # whatever the scale the nuclei were brought to
+    p = model.probabilities(img, scale=1.0)
+    assert p.shape == (4,) + img.shape  # 3 classes + the distance map
+    np.testing.assert_allclose(p[:3].sum(0), 1.0, atol=1e-4)
+    assert 0 <= p[3].min() and p[3].max() <= 1
     model.tta = True  # flip averaging: still probabilities, and the same prediction for a flipped image
-    pt = model.probabilities(img)
-    np.testing.assert_allclose(pt.sum(0), 1.0, atol=1e-4)
-    np.testing.assert_allclose(model.probabilities(img[:, ::-1].copy())[:, :, ::-1], pt, atol=2e-3)
+    pt = model.probabilities(img, scale=1.0)
+    np.testing.assert_allclose(pt[:3].sum(0), 1.0, atol=1e-4)
+    np.testing.assert_allclose(model.probabilities(img[:, ::-1].copy(), scale=1.0)[:, :, ::-1], pt, atol=2e-3)
     with pytest.raises(InputError, match="nothing to resume"):
         train_cells(ds, tmp_path / "other", cfg, resume=True, progress=False)
 
@@ -171,8 +173,8 @@ class _FixedProbModel:
     def probabilities(self, image):
         return self._prob
 
-    def postprocess(self, prob, threshold=None, seed_threshold=None):
-        return self._real.postprocess(prob, threshold, seed_threshold)
+    def postprocess(self, prob, threshold=None, seed_threshold=None, seeds=None, shape=None):
+        return self._real.postprocess(prob, threshold, seed_threshold, seeds, shape)
 
 
 def test_tune_thresholds_splits_a_weak_bridge():
@@ -197,6 +199,88 @@ def test_tune_thresholds_splits_a_weak_bridge():
     assert res["seed_threshold"] > 0.55 and res["ap"] == 1.0 and res["count_error"] == 0.0
 
 
+def test_tune_searches_distance_markers_when_the_model_has_a_distance_map():
+    """A 4-channel map (classes + distance) whose boundary never separates two nuclei: only distance-core markers
+    do, and the search must find them (mechanics; the real effect is measured in benchmarks/cells.py)."""
+    from types import SimpleNamespace
+
+    from medseg.cells.data import distance_targets
+    from medseg.cells.tune import DISTANCE_SEED_GRID, SEED_GRID, THRESHOLD_GRID, tune_thresholds
+
+    lab = np.zeros((12, 21), np.uint16)
+    lab[2:10, 2:10], lab[2:10, 10:18] = 1, 2
+    p1 = np.where(lab > 0, 0.97, 0.0)  # no boundary signal at the contact at all
+    p2 = np.where(lab > 0, 0.02, 0.0)
+    prob = np.stack([1 - p1 - p2, p1, p2, distance_targets(lab)])
+    case = SimpleNamespace(image=lab.astype(np.float32), labels=lab)
+    res = tune_thresholds(_FixedProbModel(prob), [case])
+    assert len(res["table"]) == len(THRESHOLD_GRID) * (len(SEED_GRID) + len(DISTANCE_SEED_GRID))
+    assert all(r["count_error"] == 0.5 for r in res["table"] if r["seeds"] == "boundary")
+    assert res["seeds"] == "distance" and res["ap"] == 1.0
+
+
+def test_augment_keeps_extra_maps_aligned():
+    """The distance target goes through the same crop, flips and rotations as the class target."""
+    from medseg.cells.augment import augment
+    from medseg.cells.data import distance_targets
+
+    lab = _real_labels(1)[0]
+    img = percentile_normalize(lab.astype(np.float32))
+    tgt, dist = boundary_targets(lab), distance_targets(lab)
+    rng = np.random.default_rng(3)
+    for size in [(64, 64), (600, 80)]:  # the second pads one axis
+        for _ in range(10):
+            x, y, d = augment(img, tgt, size, rng, extra=(dist,))
+            assert x.shape == y.shape == d.shape == size
+            np.testing.assert_array_equal(d > 0, y > 0)  # the distance is positive exactly on the objects
+
+
+def test_runs_without_distance_head_still_load(tmp_path):
+    """model.json written before the distance head and scale normalisation existed loads as the 3-class model at
+    native scale."""
+    from medseg.cells.count import CellModel
+    from medseg.cells.train import CellTrainConfig, train_cells
+
+    ds = tmp_path / "ds"
+    ids = linked_cell_dataset(ds, 3)
+    cfg = CellTrainConfig(patch_size=(64, 64), batch_size=2, base_filters=4, max_steps=1, max_minutes=5, threads=1,
+                          distance_head=False)
+    run = train_cells(ds, tmp_path / "run", cfg, progress=False)
+    meta = json.loads((run / "model.json").read_text())
+    for key in ("distance_head", "seeds", "diameter"):  # keys added since
+        del meta["config"][key]
+    (run / "model.json").write_text(json.dumps(meta))
+    model = CellModel.load(run)
+    img = tifffile.imread(ds / "labels" / f"{ids[0]}.tif").astype(np.float32)
+    p = model.probabilities(img)
+    assert p.shape == (3,) + img.shape
+    assert model.segment(img).shape == img.shape
+    with pytest.raises(InputError, match="distance head"):
+        model.postprocess(p, seeds="distance")
+
+
+def test_scale_normalised_model_predicts_at_the_training_size(tmp_path):
+    """A model trained with ``diameter`` resizes each image (by a given diameter here) and returns labels of the
+    input's shape."""
+    from medseg.cells.count import CellModel
+    from medseg.cells.scale import median_diameter
+    from medseg.cells.train import CellTrainConfig, train_cells
+
+    ds = tmp_path / "ds"
+    ids = linked_cell_dataset(ds, 3)
+    cfg = CellTrainConfig(patch_size=(64, 64), batch_size=2, base_filters=4, max_steps=1, max_minutes=5, threads=1,
+                          diameter=17.0)
+    run = train_cells(ds, tmp_path / "run", cfg, progress=False)
+    lab = tifffile.imread(ds / "labels" / f"{ids[2]}.tif")
+    img = lab.astype(np.float32)
+    d = median_diameter(lab)
+    model = CellModel.load(run, diameter=d)
+    s = model.scale_for(img)
+    assert s == pytest.approx(max(1.0, 17.0 / d))
+    assert model.probabilities(img).shape[1:] == tuple(round(n * s) for n in img.shape)
+    assert model.segment(img).shape == img.shape
+
+
 def test_training_holds_out_tuning_images(tmp_path):
     """train_cells keeps tune_fraction of the training images out of training and stores the chosen thresholds."""
     from medseg.cells.count import CellModel
@@ -218,3 +302,4 @@ def test_training_holds_out_tuning_images(tmp_path):
     assert t["ap"] == best
     model = CellModel.load(run)
     assert (model.cfg.threshold, model.cfg.seed_threshold) == (t["threshold"], t["seed_threshold"])
+    assert model.cfg.seeds == t["seeds"] and {r["seeds"] for r in t["table"]} == {"boundary", "distance"}

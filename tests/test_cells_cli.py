@@ -145,3 +145,19 @@ def test_train_size_mismatch_and_usage(tmp_path):
     assert_clean_error(run_cli("cells", "count", "-i", ds / "images", "-o", tmp_path / "o"), "--classical")
     assert_clean_error(run_cli("cells", "count", "-i", ds / "images", "-o", tmp_path / "o", "-m", tmp_path),
                        "model.json")
+
+
+def test_count_with_known_diameter(tmp_path, two_images):
+    """--diameter sizes the classical markers (a huge one merges nuclei); a non-positive one is refused."""
+    counts = {}
+    for d in ("8", "60"):
+        out = tmp_path / f"out{d}"
+        res = run_cli("cells", "count", "-i", two_images, "-o", out, "--classical", "--diameter", d)
+        assert res.code == 0, res.err
+        with open(out / "counts.csv") as f:
+            counts[d] = sum(int(r["count"]) for r in csv.DictReader(f))
+    assert counts["60"] < counts["8"]
+    out = tmp_path / "bad"
+    assert_clean_error(run_cli("cells", "count", "-i", two_images, "-o", out, "--classical", "--diameter", "0"),
+                       "--diameter")
+    assert not out.exists()

@@ -51,6 +51,31 @@ def test_boundary_mode():
     assert out.max() == 2 and (out[5:15, 5:35] > 0).all()  # boundary pixels are given back to the objects
 
 
+def test_distance_core_markers_split_where_the_boundary_is_faint():
+    """Two touching discs whose shared edge the boundary map barely marks: boundary markers merge them, the
+    cores of a per-object normalised distance map (as the cell model predicts) keep them apart."""
+    from medseg.cells.data import distance_targets
+
+    lab = _discs((40, 60), [(20, 20), (20, 37)], 10)
+    fg = (lab > 0).astype(float)
+    bd = np.zeros_like(fg)
+    bd[lab > 0] = 0.05
+    bd[(lab > 0) & (np.abs(np.arange(60) - 28.5) < 1)[None, :]] = 0.3  # faint contact line
+    assert watershed_instances(fg, boundary=bd, seed_threshold=0.5).max() == 1
+    dist = distance_targets(lab)
+    out = watershed_instances(fg, boundary=bd, distance=dist, seed_threshold=0.4, markers="distance")
+    assert out.max() == 2 and out[20, 20] != out[20, 37]
+    assert (out > 0).sum() == (lab > 0).sum()  # the flooding gives every foreground pixel back
+    # per object, agreement with the truth (the split follows the distance valley)
+    for c in [(20, 20), (20, 37)]:
+        a, b = out == out[c], lab == lab[c]
+        assert (a & b).sum() / (a | b).sum() > 0.9
+    with pytest.raises(ValueError, match="needs a distance map"):
+        watershed_instances(fg, markers="distance")
+    with pytest.raises(ValueError, match="unknown markers"):
+        watershed_instances(fg, markers="centres")
+
+
 def test_peak_markers_match_skimage_peak_local_max():
     from skimage.feature import peak_local_max
 

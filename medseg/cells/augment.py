@@ -10,14 +10,16 @@ from scipy import ndimage as ndi
 
 
 def random_crop(image: np.ndarray, target: np.ndarray, size, rng: np.random.Generator,
-                fg_bias: float = 0.5):
+                fg_bias: float = 0.5, extra: tuple = ()):
     """Crop ``size`` (padding with zeros/background where the image is smaller); with probability ``fg_bias``
-    the crop is centred near a random foreground pixel so that sparse images still teach nuclei."""
+    the crop is centred near a random foreground pixel so that sparse images still teach nuclei. ``extra``
+    maps (e.g. a distance target) get the same crop and are returned after ``target``."""
     size = tuple(int(s) for s in size)
     pad = [(0, max(0, s - d)) for s, d in zip(size, image.shape)]
     if any(p[1] for p in pad):
         image = np.pad(image, pad, mode="reflect" if all(d > p[1] for d, p in zip(image.shape, pad)) else "constant")
         target = np.pad(target, pad, mode="constant")
+        extra = tuple(np.pad(e, pad, mode="constant") for e in extra)
     starts = []
     fg = np.flatnonzero(target) if rng.random() < fg_bias else np.empty(0)
     centre = np.unravel_index(fg[rng.integers(len(fg))], target.shape) if len(fg) else None
@@ -28,18 +30,20 @@ def random_crop(image: np.ndarray, target: np.ndarray, size, rng: np.random.Gene
             lo = int(rng.integers(0, d - s + 1))
         starts.append(lo)
     sl = tuple(slice(a, a + s) for a, s in zip(starts, size))
-    return image[sl], target[sl]
+    return (image[sl], target[sl], *(e[sl] for e in extra))
 
 
-def flip_rotate(image: np.ndarray, target: np.ndarray, rng: np.random.Generator, rotate_axes=(-2, -1)):
-    """Random flips along every axis and a random multiple of 90° in the (y, x) plane."""
+def flip_rotate(image: np.ndarray, target: np.ndarray, rng: np.random.Generator, rotate_axes=(-2, -1),
+                extra: tuple = ()):
+    """Random flips along every axis and a random multiple of 90° in the (y, x) plane (``extra`` maps alike)."""
+    maps = [image, target, *extra]
     for ax in range(image.ndim):
         if rng.random() < 0.5:
-            image, target = np.flip(image, ax), np.flip(target, ax)
+            maps = [np.flip(m, ax) for m in maps]
     k = int(rng.integers(4))
     if k and image.shape[rotate_axes[0]] == image.shape[rotate_axes[1]]:
-        image, target = np.rot90(image, k, rotate_axes), np.rot90(target, k, rotate_axes)
-    return np.ascontiguousarray(image), np.ascontiguousarray(target)
+        maps = [np.rot90(m, k, rotate_axes) for m in maps]
+    return tuple(np.ascontiguousarray(m) for m in maps)
 
 
 def intensity(image: np.ndarray, rng: np.random.Generator, p_blur: float = 0.2, p_noise: float = 0.2,
@@ -57,8 +61,8 @@ def intensity(image: np.ndarray, rng: np.random.Generator, p_blur: float = 0.2, 
     return img
 
 
-def augment(image: np.ndarray, target: np.ndarray, size, rng: np.random.Generator):
-    """Crop + flips/rotations + intensity: one training sample."""
-    image, target = random_crop(image, target, size, rng)
-    image, target = flip_rotate(image, target, rng)
-    return intensity(image, rng), target
+def augment(image: np.ndarray, target: np.ndarray, size, rng: np.random.Generator, extra: tuple = ()):
+    """Crop + flips/rotations + intensity: one training sample ``(image, target, *extra)``."""
+    image, target, *extra = random_crop(image, target, size, rng, extra=extra)
+    image, target, *extra = flip_rotate(image, target, rng, extra=tuple(extra))
+    return (intensity(image, rng), target, *extra)

@@ -3,8 +3,8 @@
 Two segmenters behind one interface (``segment(image, spacing) -> labels``):
 
 * :class:`CellModel`: a trained run (``model.json`` + ``model.pt``), sliding-window U-Net prediction of
-  background/interior/boundary, then marker-controlled watershed (markers = interior, flooding restricted to
-  interior + boundary).
+  background/interior/boundary (+ a normalised distance map), then marker-controlled watershed (markers = cores
+  of the distance map, or interior minus boundary; flooding restricted to interior + boundary).
 * :class:`ClassicalSegmenter`: Otsu/local threshold + distance-transform watershed (no training).
 
 Every input is read and validated before anything is written; every file is written atomically.
@@ -30,12 +30,15 @@ class CellModel:
     ``labels = CellModel.load("runs/dsb").segment(image)``
     """
 
-    def __init__(self, net, cfg, meta, overlap: float = 0.25, tta: bool = False, device: str = "auto"):
+    def __init__(self, net, cfg, meta, overlap: float = 0.25, tta: bool = False, device: str = "auto",
+                 diameter: float | None = None):
         self.net, self.cfg, self.meta, self.overlap, self.tta = net, cfg, meta, overlap, tta
         self.device = device
+        self.diameter = diameter  # the images' nucleus diameter in pixels, if known (else estimated per image)
 
     @classmethod
-    def load(cls, run_dir, overlap: float = 0.25, tta: bool = False, device: str = "auto") -> "CellModel":
+    def load(cls, run_dir, overlap: float = 0.25, tta: bool = False, device: str = "auto",
+             diameter: float | None = None) -> "CellModel":
         import torch
 
         from medseg.cells.train import build_cell_network, load_config
@@ -50,55 +53,110 @@ class CellModel:
         except Exception as exc:
             raise InputError(f"cannot load model weights ({' '.join(str(exc).split())[:160]})", path=weights) from exc
         net.eval()
-        return cls(net, cfg, meta, overlap, tta, device)
+        return cls(net, cfg, meta, overlap, tta, device, diameter)
 
-    def probabilities(self, image: np.ndarray) -> np.ndarray:
-        """Class probabilities (3, *spatial) of one single-channel image (percentile-normalised here)."""
+    def scale_for(self, image: np.ndarray) -> float:
+        """Resize factor that brings the image's nuclei to the model's training diameter (1: none)."""
+        from medseg.cells.scale import estimate_scale, scale_to
+
+        if not self.cfg.diameter or image.ndim != 2:
+            return 1.0
+        if self.diameter:
+            return scale_to(self.cfg.diameter, self.diameter)
+        return estimate_scale(image, lambda x: self.postprocess(self._probabilities(x)), self.cfg.diameter)
+
+    def probabilities(self, image: np.ndarray, scale: float | None = None) -> np.ndarray:
+        """Class probabilities (3, *spatial) of one single-channel image, followed by the predicted distance map
+        (0..1) as a 4th channel when the model has a distance head. The image is first resized by ``scale``
+        (default :meth:`scale_for`), and so are the maps: pass ``shape`` to :meth:`postprocess` to get labels
+        of the input's size."""
+        from medseg.cells.scale import resize_image, scaled_shape
+
+        if image.ndim != self.cfg.spatial_dims:
+            raise InputError(f"image is {image.ndim}D but the model is {self.cfg.spatial_dims}D", path=None)
+        scale = self.scale_for(image) if scale is None else scale
+        return self._probabilities(resize_image(image, scaled_shape(image.shape, scale)))  # float32 even at 1.0
+
+    def _probabilities(self, image: np.ndarray) -> np.ndarray:
+        import hashlib
+
+        if not (self.cfg.diameter and image.ndim == 2 and self.diameter is None):
+            return self._predict(image)
+        # the scale estimate's pass is usually also the final one: remember the last image's maps
+        key = (image.shape, hashlib.blake2b(np.ascontiguousarray(image).tobytes(), digest_size=16).digest(),
+               self.tta, self.overlap)
+        cached = getattr(self, "_last", None)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        prob = self._predict(image)
+        self._last = (key, prob)
+        return prob
+
+    def _predict(self, image: np.ndarray) -> np.ndarray:
+        import torch
+
         from medseg.cells.data import percentile_normalize
         from medseg.infer.sliding_window import sliding_window_predict
 
-        if image.ndim != self.cfg.spatial_dims:
-            raise InputError(f"image is {image.ndim}D but the model is {self.cfg.spatial_dims}D",
-                             path=None)
         x = percentile_normalize(image, *self.cfg.norm_percentiles)
         # windows are the training patch (divisible by the strides; smaller images are padded); TTA mirrors the
         # in-plane axes only (a z-stack is not symmetric in z); bf16 where the CPU computes it natively
         nd = self.cfg.spatial_dims
         tta = [nd - 2, nd - 1] if self.tta else False
-        prob = sliding_window_predict(self.net, np.ascontiguousarray(x, dtype=np.float32)[None],
-                                      list(self.cfg.patch_size), overlap=self.overlap, tta=tta, batch_size=4,
-                                      device=self.device, num_classes=3)
+        # blended logits (flip TTA averages them, as for the classes), then softmax over the classes and a
+        # sigmoid for the distance channel
+        logits = sliding_window_predict(self.net, np.ascontiguousarray(x, dtype=np.float32)[None],
+                                        list(self.cfg.patch_size), overlap=self.overlap, tta=tta, batch_size=4,
+                                        device=self.device, num_classes=4 if self.cfg.distance_head else 3,
+                                        activation=None)
+        prob = torch.softmax(logits[:3], 0)
+        if self.cfg.distance_head:
+            prob = torch.cat([prob, torch.sigmoid(logits[3:])])
         return prob.numpy()
 
     def postprocess(self, prob: np.ndarray, threshold: float | None = None,
-                    seed_threshold: float | None = None) -> np.ndarray:
-        """Instances from class probabilities by the interior/boundary watershed (the run's thresholds
-        unless given)."""
+                    seed_threshold: float | None = None, seeds: str | None = None, shape=None) -> np.ndarray:
+        """Instances from :meth:`probabilities` by marker-controlled watershed (the run's thresholds and marker
+        source unless given): markers are the cores ``distance > seed_threshold`` of the predicted distance map
+        (``seeds="distance"``) or ``interior - boundary > seed_threshold`` (``"boundary"``). With ``shape``, the
+        labels are resized (nearest neighbour) to it."""
+        from medseg.cells.scale import resize_labels
         from medseg.postprocess.watershed import watershed_instances
 
         c = self.cfg
-        return watershed_instances(prob[1] + prob[2], boundary=prob[2], spacing=None,
-                                   threshold=c.threshold if threshold is None else threshold,
-                                   seed_threshold=c.seed_threshold if seed_threshold is None else seed_threshold,
-                                   min_size=c.min_size_px, min_seed_size=min(c.min_size_px, 4), keep_unseeded=False)
+        seeds = seeds or c.seeds
+        if seeds == "distance" and prob.shape[0] < 4:
+            raise InputError("seeds='distance' needs a model with a distance head", path=None)
+        labels = watershed_instances(prob[1] + prob[2], boundary=prob[2],
+                                     distance=prob[3] if seeds == "distance" else None, spacing=None,
+                                     threshold=c.threshold if threshold is None else threshold,
+                                     seed_threshold=c.seed_threshold if seed_threshold is None else seed_threshold,
+                                     min_size=c.min_size_px, min_seed_size=min(c.min_size_px, 4),
+                                     keep_unseeded=False, markers=seeds)
+        # nearest neighbour back to the input's size (outlines that follow the resized foreground probability
+        # instead changed AP@0.5-0.9 by < 0.005 on held-out training images)
+        return labels if shape is None else resize_labels(labels, tuple(shape))
 
     def segment(self, image: np.ndarray, spacing=None) -> np.ndarray:
-        return self.postprocess(self.probabilities(image))
+        return self.postprocess(self.probabilities(image), shape=image.shape)
 
 
 @dataclass
 class ClassicalSegmenter:
-    """Threshold + distance-transform watershed with the nucleus size estimated per image."""
+    """Threshold + distance-transform watershed with the nucleus size estimated per image (or a known in-plane
+    ``diameter`` in pixels)."""
 
     method: str = "otsu"
-    radius: float | None = None
+    diameter: float | None = None
 
     def segment(self, image: np.ndarray, spacing=None) -> np.ndarray:
         from medseg.cells.data import percentile_normalize
         from medseg.postprocess.watershed import classical_instances
 
-        return classical_instances(percentile_normalize(image), spacing=spacing, method=self.method,
-                                   radius=self.radius)
+        radius = None
+        if self.diameter:  # pixels -> the physical units classical_instances works in
+            radius = self.diameter / 2 * (float(np.min(spacing[-2:])) if spacing is not None else 1.0)
+        return classical_instances(percentile_normalize(image), spacing=spacing, method=self.method, radius=radius)
 
 
 def list_images(path) -> list[Path]:
@@ -118,8 +176,11 @@ def list_images(path) -> list[Path]:
 
 def count_cells(inputs, out_dir, model=None, classical: bool = False, channel: int | None = None,
                 pixel_size=None, method: str = "otsu", exclude_border: bool = False, roi_zip: bool = False,
-                tta: bool = False, progress: bool = True) -> list[dict]:
+                tta: bool = False, diameter: float | None = None, progress: bool = True) -> list[dict]:
     """Segment and count the cells of an image or a folder; write per-image outputs and ``counts.csv``.
+
+    ``diameter`` (pixels) is the nuclei's typical size when known; 2D models otherwise estimate it per image and
+    resize the image to the size they were trained at; the classical mode sizes its markers by it.
 
     Writes ``<id>_labels.tif`` (uint16 ImageJ TIFF with the pixel size), ``<id>_overlay.png``,
     ``<id>_cells.csv`` (and ``<id>_rois.zip`` with ``roi_zip``) per image and ``counts.csv`` for all.
@@ -142,8 +203,8 @@ def count_cells(inputs, out_dir, model=None, classical: bool = False, channel: i
         if cid in names:
             raise InputError(f"two images share the id '{cid}' ({names[cid].name}, {f.name})", path=f)
         names[cid] = f
-    seg = ClassicalSegmenter(method) if classical else (
-        model if isinstance(model, CellModel) else CellModel.load(model, tta=tta))
+    seg = ClassicalSegmenter(method, diameter) if classical else (
+        model if isinstance(model, CellModel) else CellModel.load(model, tta=tta, diameter=diameter))
     if not classical:
         import torch
 

@@ -3,7 +3,8 @@
 A short training run leaves the interior/boundary probabilities less confident than a long one, so the fixed
 0.5 thresholds split or merge nuclei depending on the run. ``train_cells`` therefore keeps a few training images
 out of training (``tune_fraction``), picks the foreground and seed thresholds that maximise AP@0.5 on them, and
-stores the choice in ``model.json``. The validation images are never used.
+stores the choice in ``model.json``. With a distance head, the marker source (cores of the distance map, or
+interior minus boundary) is part of the search. The validation images are never used.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import numpy as np
 
 THRESHOLD_GRID = (0.4, 0.5, 0.6, 0.7)
 SEED_GRID = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95)
+DISTANCE_SEED_GRID = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7)  # per-nucleus normalised distance: 1 at the centre
 
 
 def best_thresholds(table: list[dict]) -> dict:
@@ -31,7 +33,8 @@ def best_thresholds(table: list[dict]) -> dict:
 
 
 def tune_thresholds(model, cases, threshold_grid: Sequence[float] = THRESHOLD_GRID,
-                    seed_grid: Sequence[float] = SEED_GRID, iou: float = 0.5) -> dict:
+                    seed_grid: Sequence[float] = SEED_GRID, iou: float = 0.5,
+                    distance_seed_grid: Sequence[float] = DISTANCE_SEED_GRID) -> dict:
     """Grid-search the watershed's foreground and seed thresholds of ``model`` on labelled ``cases``.
 
     Parameters
@@ -41,23 +44,30 @@ def tune_thresholds(model, cases, threshold_grid: Sequence[float] = THRESHOLD_GR
     cases : list of CellCase
         Loaded cases (``image`` and ``labels`` set) that the model was not trained on.
 
+    seed_grid, distance_seed_grid : sequence of float
+        Seed thresholds for boundary markers and (models with a distance head) for distance-core markers.
+
     Returns
     -------
     dict
-        ``threshold``, ``seed_threshold`` (the best pair), ``ap`` and ``count_error`` at that pair, ``n_images``
-        and the whole ``table`` (mean AP@``iou`` and mean absolute relative count error per pair).
+        ``threshold``, ``seed_threshold``, ``seeds`` (the best setting), ``ap`` and ``count_error`` there,
+        ``n_images`` and the whole ``table`` (mean AP@``iou`` and mean absolute relative count error per setting).
     """
     from medseg.evaluate.instances import instance_metrics
 
     probs = [model.probabilities(c.image) for c in cases]
+    grid = [("boundary", t, s) for t, s in itertools.product(threshold_grid, seed_grid)]
+    if probs and probs[0].shape[0] > 3:
+        grid += [("distance", t, s) for t, s in itertools.product(threshold_grid, distance_seed_grid)]
     table = []
-    for t, s in itertools.product(threshold_grid, seed_grid):
+    for src, t, s in grid:
         aps, errs = [], []
         for c, p in zip(cases, probs):
-            m = instance_metrics(c.labels, model.postprocess(p, threshold=t, seed_threshold=s), [iou])
+            pred = model.postprocess(p, threshold=t, seed_threshold=s, seeds=src, shape=c.labels.shape)
+            m = instance_metrics(c.labels, pred, [iou])
             aps.append(m[f"ap@{iou:g}"])
             errs.append(m["relative_count_error"])
-        table.append({"threshold": t, "seed_threshold": s, "ap": float(np.mean(aps)),
+        table.append({"seeds": src, "threshold": t, "seed_threshold": s, "ap": float(np.mean(aps)),
                       "count_error": float(np.mean(errs))})
     best = best_thresholds(table)
     return {**best, "n_images": len(cases), "iou": iou, "table": table}

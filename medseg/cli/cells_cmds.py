@@ -29,14 +29,20 @@ def train_cmd(
     out: Path = typer.Option(..., "-o", "--out", help="Run folder (model.json, model.pt, checkpoint.pt, log.csv)."),
     max_minutes: float = typer.Option(20.0, "--max-minutes", help="Training time budget (wall clock)."),
     max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Stop after this many steps."),
-    patch: int = typer.Option(128, "--patch", help="Training crop size (pixels per axis)."),
-    batch_size: int = typer.Option(8, "--batch-size"),
+    patch: int = typer.Option(256, "--patch", help="Training crop size (pixels per axis)."),
+    batch_size: int = typer.Option(2, "--batch-size"),
     channel: Optional[int] = typer.Option(None, "--channel", help="Channel of multi-channel images (0-based)."),
     resume: bool = typer.Option(False, "--resume", help="Continue from RUN/checkpoint.pt."),
     threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for torch."),
     tune_fraction: float = typer.Option(0.1, "--tune-fraction",
                                         help="Share of the training images held out to choose the watershed "
                                              "thresholds (0: keep the 0.5 defaults)."),
+    distance_head: bool = typer.Option(True, "--distance-head/--no-distance-head",
+                                       help="Also predict each nucleus's distance map (watershed markers from its "
+                                            "cores; the threshold search picks these or interior-minus-boundary)."),
+    diameter: Optional[float] = typer.Option(None, "--diameter",
+                                             help="Enlarge training images to this median nucleus diameter (px); "
+                                                  "counting then resizes each image alike (default: native scale)."),
 ) -> None:
     """Train a 2D cell model (interior/boundary U-Net) within a time budget."""
     from medseg.cells.train import CellTrainConfig, train_cells
@@ -45,8 +51,11 @@ def train_cmd(
         raise InputError(f"--max-minutes must be positive (got {max_minutes})")
     if not 0 <= tune_fraction < 1:
         raise InputError(f"--tune-fraction must be in [0, 1) (got {tune_fraction})")
+    if diameter is not None and not diameter > 0:
+        raise InputError(f"--diameter must be a positive number of pixels (got {diameter})")
     cfg = CellTrainConfig(max_minutes=max_minutes, max_steps=max_steps, patch_size=(patch, patch),
-                          batch_size=batch_size, channel=channel, threads=threads, tune_fraction=tune_fraction)
+                          batch_size=batch_size, channel=channel, threads=threads, tune_fraction=tune_fraction,
+                          distance_head=distance_head, diameter=diameter)
     run = train_cells(data, out, cfg, resume=resume)
     typer.echo(f"model written to {run}")
 
@@ -64,6 +73,10 @@ def count_cmd(
     exclude_border: bool = typer.Option(False, "--exclude-border", help="Drop cells touching the image border."),
     roi_zip: bool = typer.Option(False, "--roi-zip", help="Also write <id>_rois.zip (ImageJ ROIs, 2D)."),
     tta: bool = typer.Option(False, "--tta", help="Average the model over flips (4x slower, usually better)."),
+    diameter: Optional[float] = typer.Option(None, "--diameter",
+                                             help="Typical nucleus diameter in pixels, if known: sizes the "
+                                                  "classical markers, and skips the per-image estimate of models "
+                                                  "trained with --diameter."),
 ) -> None:
     """Segment and count cells: <id>_labels.tif, <id>_overlay.png, <id>_cells.csv per image; counts.csv."""
     from medseg.cells.count import count_cells
@@ -72,9 +85,11 @@ def count_cmd(
         raise InputError("choose exactly one of -m RUN or --classical")
     if method not in ("otsu", "local"):
         raise InputError(f"--threshold must be otsu or local (got '{method}')")
+    if diameter is not None and not diameter > 0:
+        raise InputError(f"--diameter must be a positive number of pixels (got {diameter})")
     rows = count_cells(input, out, model=model, classical=classical, channel=channel,
                        pixel_size=_pixel_size(pixel_size), method=method, exclude_border=exclude_border,
-                       roi_zip=roi_zip, tta=tta)
+                       roi_zip=roi_zip, tta=tta, diameter=diameter)
     total = sum(r["count"] for r in rows)
     typer.echo(f"{total} cells in {len(rows)} image(s); results in {out}")
 

@@ -4,7 +4,7 @@ Everything works in 2D and 3D, with distances in physical units (``spacing`` per
 anisotropic stack (z-steps coarser than pixels) gets a correctly shaped neighbourhood.
 
 * :func:`watershed_instances`: instances from a foreground map plus a boundary map (markers = foreground
-  minus boundary) and/or a distance map (markers = its regional maxima).
+  minus boundary) and/or a distance map (markers = its thresholded cores or its regional maxima).
 * :func:`classical_instances`: no training: threshold (Otsu or local) + distance-transform watershed with
   the nucleus size estimated from the image itself.
 * Small helpers: :func:`peak_markers`, :func:`remove_small_instances`, :func:`clear_border_instances`,
@@ -125,7 +125,8 @@ def watershed_instances(foreground: np.ndarray, boundary: np.ndarray | None = No
                         distance: np.ndarray | None = None, *, spacing=None, threshold: float = 0.5,
                         seed_threshold: float = 0.5, min_distance: float | None = None, h: float = 0.0,
                         min_size: float = 0.0, min_seed_size: float = 0.0,
-                        exclude_border: bool = False, keep_unseeded: bool = True) -> np.ndarray:
+                        exclude_border: bool = False, keep_unseeded: bool = True,
+                        markers: str = "auto") -> np.ndarray:
     """Instances from probability maps by marker-controlled watershed, restricted to the foreground.
 
     Parameters
@@ -152,6 +153,12 @@ def watershed_instances(foreground: np.ndarray, boundary: np.ndarray | None = No
     keep_unseeded : bool
         Keep foreground components that contain no marker as objects of their own (with a boundary map,
         such components are usually low-confidence debris: pass False).
+    markers : {"auto", "boundary", "distance", "peaks"}
+        Where the markers come from: ``"boundary"``, connected parts of ``foreground - boundary >
+        seed_threshold``; ``"distance"``, connected parts of ``distance > seed_threshold`` (a predicted distance
+        map normalised to 1 at each object's centre falls to ~0 where two objects touch, so its cores stay
+        apart even where the boundary prediction is faint); ``"peaks"``, regional maxima of the distance map.
+        ``"auto"``: boundary when given, else peaks. With a distance map the flooding follows ``-distance``.
 
     Returns
     -------
@@ -171,19 +178,28 @@ def watershed_instances(foreground: np.ndarray, boundary: np.ndarray | None = No
     sp = _spacing(spacing, fg.ndim)
     mask = fg > threshold
     conn = ndi.generate_binary_structure(fg.ndim, 1)
-    if boundary is not None:
-        b = np.asarray(boundary, dtype=float)
-        seeds = (fg - b) > seed_threshold
-        markers = ndi.label(seeds & mask, structure=conn)[0]
-        markers = remove_small_instances(markers, min_seed_size, sp)
-        surface = b - fg  # flood from the interior across rising boundary probability
-    else:
+    mode = ("boundary" if boundary is not None else "peaks") if markers == "auto" else markers
+    if mode not in ("boundary", "distance", "peaks"):
+        raise ValueError(f"unknown markers {markers!r} (auto, boundary, distance, peaks)")
+    if mode == "boundary" and boundary is None:
+        raise ValueError("markers='boundary' needs a boundary map")
+    if mode == "distance" and distance is None:
+        raise ValueError("markers='distance' needs a distance map")
+    dist = None
+    if distance is not None or mode == "peaks":
         dist = (ndi.distance_transform_edt(mask, sampling=sp) if distance is None
                 else np.asarray(distance, dtype=float))
-        markers = peak_markers(dist, mask, min_distance if min_distance else float(sp.min()), sp, h=h)
-        markers = remove_small_instances(markers, min_seed_size, sp)
-        surface = -dist
-    labels = watershed(surface, markers, mask=mask)
+    if mode == "boundary":
+        b = np.asarray(boundary, dtype=float)
+        seeds = ndi.label(((fg - b) > seed_threshold) & mask, structure=conn)[0]
+    elif mode == "distance":
+        seeds = ndi.label((dist > seed_threshold) & mask, structure=conn)[0]
+    else:
+        seeds = peak_markers(dist, mask, min_distance if min_distance else float(sp.min()), sp, h=h)
+    seeds = remove_small_instances(seeds, min_seed_size, sp)
+    # flood down the distance map when there is one, else from the interior across rising boundary probability
+    surface = -dist if dist is not None else np.asarray(boundary, dtype=float) - fg
+    labels = watershed(surface, seeds, mask=mask)
     # foreground parts that received no marker (tiny or seedless blobs) become objects of their own
     orphans = ndi.label(mask & (labels == 0), structure=conn)[0] if keep_unseeded else np.zeros(1, int)
     if orphans.max():

@@ -1,0 +1,90 @@
+"""Bounded runs of the benchmark scripts' modes, so that a refactor cannot break them silently (the presets mode of
+benchmarks/inference.py once did). They check that each mode runs and reports sane numbers, not the numbers
+themselves (those are in benchmarks/RESULTS.md, from full runs)."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+
+from conftest import data_path, linked_cell_dataset
+from test_train import tiny_plan
+
+
+def _table_rows(text: str, first_cell: str) -> list[list[str]]:
+    return [[c.strip() for c in ln.strip().strip("|").split("|")] for ln in text.splitlines()
+            if ln.startswith(f"| {first_cell}")]
+
+
+def test_inference_speed_mode_tiny(capsys):
+    """speed: MONAI, medseg and medseg fp32 workers on a crop of the real CT; all succeed and agree."""
+    data_path("totalseg_example", "example_ct.nii.gz")
+    from benchmarks.inference import main
+
+    main(["speed", "--net", "tiny", "--crop", "48", "--patch", "32", "--repeats", "1", "--threads", "1",
+          "--variants", "monai", "medseg-fp32", "medseg"])
+    out = capsys.readouterr().out
+    assert "failed" not in out
+    rows = {r[0]: r for r in _table_rows(out, "m")}
+    assert set(rows) == {"monai", "medseg-fp32", "medseg"}
+    assert float(rows["monai"][3]) == 1.0  # the ratio column is relative to MONAI
+    # fp32 blending of the same weights: the same labels as MONAI (up to ties)
+    assert all(float(d) > 0.99 for d in rows["medseg-fp32"][5].split(", ") if d)
+
+
+def test_inference_presets_mode_tiny(tmp_path, capsys):
+    """presets: a 1-epoch model on 4 real hippocampus cases; every preset row is filled and MONAI agrees with itself."""
+    from benchmarks.inference import main
+    from medseg.plan.plan import Plan
+    from medseg.train.trainer import train
+
+    plan_path = tiny_plan(tmp_path, max_epochs=1)
+    plan = Plan.from_yaml(plan_path)
+    train(plan, tmp_path / "run", progress=False)
+    main(["presets", "-m", str(tmp_path / "run"), "--data", str(tmp_path / "ds"), "--num-cases", "2",
+          "--threads", "1"])
+    out = capsys.readouterr().out
+    rows = _table_rows(out, "m")
+    assert len(rows) >= 6 and rows[0][0] == "monai"
+    assert float(rows[0][-1]) == 1.0
+    for r in rows:
+        assert float(r[4]) > 0  # seconds per case
+        assert all(0.0 <= float(v) <= 1.0 for v in r[5:])
+
+
+def test_cells_benchmark_bounded(tmp_path, capsys):
+    """benchmarks/cells.py: train a few seconds, score, then re-score the run with given thresholds/markers."""
+    from benchmarks.cells import main
+
+    ds = tmp_path / "ds"
+    linked_cell_dataset(ds, 4)
+    common = ["--data", str(ds), "--run", str(tmp_path / "run"), "--learned-only", "--threads", "1",
+              "--patch", "64", "--base-filters", "4", "--batch-size", "2"]
+    assert main(["--minutes", "0.05", "--tune-fraction", "0", *common]) == 0
+    first = capsys.readouterr().out
+    assert len(_table_rows(first, "learned")) == 1 and "markers: boundary" in first
+    for markers in ("boundary", "distance"):
+        assert main(["--skip-train", "--thresholds", f"0.5,0.5,{markers}", *common]) == 0
+        out = capsys.readouterr().out
+        assert f"markers: {markers}" in out
+        row = _table_rows(out, "learned")[0]
+        assert 0.0 <= float(row[2]) <= 1.0 and re.fullmatch(r"[\d.]+%", row[8])
+
+
+def test_error_breakdown_hand_checkable():
+    """Three reference nuclei in a row, the first two merged by one prediction, the third missed; plus a prediction
+    on background and one cut out of a fourth nucleus."""
+    from benchmarks.cells import error_breakdown
+
+    ref = np.zeros((10, 40), int)
+    ref[2:8, 1:7], ref[2:8, 7:13], ref[2:8, 20:26], ref[2:8, 30:38] = 1, 2, 3, 4
+    pred = np.zeros_like(ref)
+    pred[2:8, 1:13] = 1        # 1 + 2 merged (IoU 0.5 each: not a match)
+    pred[0:2, 15:18] = 2       # on background
+    pred[3:5, 31:33] = 3       # a small piece inside nucleus 4
+    e = error_breakdown(ref, pred)
+    assert e == {"ref": 4, "pred": 3, "matched": 0, "merged": 2, "missed": 2, "misshapen": 0, "merger": 1,
+                 "split": 1, "spurious": 1}
+    assert error_breakdown(ref, ref)["matched"] == 4
