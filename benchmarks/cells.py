@@ -58,39 +58,39 @@ def connected_components(image: np.ndarray) -> np.ndarray:
 
 
 def error_breakdown(ref: np.ndarray, pred: np.ndarray, iou: float = 0.5) -> dict:
-    """Why reference nuclei go unmatched (IoU <= ``iou``) and what the unmatched predictions are.
+    """Why reference nuclei go unmatched (IoU < ``iou``, StarDist's matching as in the metrics) and what the
+    unmatched predictions are.
 
     * merged: the prediction covering most of the nucleus also covers (>20 % of) another nucleus or matches one;
     * missed: no prediction covers half of it; misshapen: otherwise;
     * unmatched predictions: merger (covers >20 % of two or more nuclei), split (lies mostly, >50 %, inside one
       nucleus), spurious (otherwise: mostly on background).
     """
-    ref, pred = np.asarray(ref, np.int64), np.asarray(pred, np.int64)
-    nr, npd = int(ref.max()), int(pred.max())
-    ov = np.bincount((ref * (npd + 1) + pred).ravel(), minlength=(nr + 1) * (npd + 1)).reshape(nr + 1, npd + 1)
-    ar, ap = ov.sum(1), ov.sum(0)
-    io = ov / np.maximum(ar[:, None] + ap[None, :] - ov, 1)
-    io[0, :] = io[:, 0] = 0
-    rids = [i for i in range(1, nr + 1) if ar[i]]
-    pids = [j for j in range(1, npd + 1) if ap[j]]
-    matched_p = {j for j in pids if io[:, j].max() > iou}
-    out = {"ref": len(rids), "pred": len(pids), "matched": sum(io[i].max() > iou for i in rids), "merged": 0,
-           "missed": 0, "misshapen": 0, "merger": 0, "split": 0, "spurious": 0}
-    for i in rids:
-        if io[i].max() > iou:
-            continue
-        j = int(ov[i, 1:].argmax()) + 1 if npd else 0
-        if not npd or ov[i, j] < 0.5 * ar[i]:
+    from medseg.evaluate.instances import overlaps
+
+    ov = overlaps(ref, pred)
+    nr, npd = len(ov.ref_ids), len(ov.pred_ids)
+    inter = np.zeros((nr, npd))
+    inter[ov.pair_ref, ov.pair_pred] = ov.pair_inter
+    io = np.zeros((nr, npd))
+    io[ov.pair_ref, ov.pair_pred] = ov.pair_iou
+    big = inter > 0.2 * ov.ref_sizes[:, None]  # the prediction covers >20 % of the nucleus
+    matched_p = io.max(0, initial=0) >= iou
+    out = {"ref": nr, "pred": npd, "matched": int((io.max(1, initial=0) >= iou).sum()), "merged": 0, "missed": 0,
+           "misshapen": 0, "merger": 0, "split": 0, "spurious": 0}
+    for i in np.flatnonzero(io.max(1, initial=0) < iou):
+        j = int(inter[i].argmax()) if npd else -1
+        if j < 0 or inter[i, j] < 0.5 * ov.ref_sizes[i]:
             out["missed"] += 1
-        elif j in matched_p or (ov[1:, j] > 0.2 * ar[1:]).sum() > 1:
+        elif matched_p[j] or big[:, j].sum() > 1:
             out["merged"] += 1
         else:
             out["misshapen"] += 1
-    for j in set(pids) - matched_p:
-        if (ov[1:, j] > 0.2 * ar[1:]).sum() > 1:
+    for j in np.flatnonzero(~matched_p):
+        if big[:, j].sum() > 1:
             out["merger"] += 1
         else:
-            out["split" if ov[1:, j].max() > 0.5 * ap[j] else "spurious"] += 1
+            out["split" if inter[:, j].max(initial=0) > 0.5 * ov.pred_sizes[j] else "spurious"] += 1
     return out
 
 

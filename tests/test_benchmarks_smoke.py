@@ -81,10 +81,17 @@ def test_error_breakdown_hand_checkable():
     ref = np.zeros((10, 40), int)
     ref[2:8, 1:7], ref[2:8, 7:13], ref[2:8, 20:26], ref[2:8, 30:38] = 1, 2, 3, 4
     pred = np.zeros_like(ref)
-    pred[2:8, 1:13] = 1        # 1 + 2 merged (IoU 0.5 each: not a match)
+    pred[2:8, 1:14] = 1        # 1 + 2 merged (IoU 36/78 each: no match)
     pred[0:2, 15:18] = 2       # on background
     pred[3:5, 31:33] = 3       # a small piece inside nucleus 4
     e = error_breakdown(ref, pred)
     assert e == {"ref": 4, "pred": 3, "matched": 0, "merged": 2, "missed": 2, "misshapen": 0, "merger": 1,
                  "split": 1, "spurious": 1}
     assert error_breakdown(ref, ref)["matched"] == 4
+    # the same matching as the metrics: a nucleus half covered (IoU exactly 0.5) counts as matched in both
+    from medseg.evaluate.instances import instance_metrics
+
+    half = np.zeros_like(ref)
+    half[2:8, 30:34] = 1
+    one = np.where(ref == 4, 1, 0)
+    assert error_breakdown(one, half)["matched"] == 1 == instance_metrics(one, half, [0.5])["tp@0.5"]

@@ -33,6 +33,9 @@ class Overlaps:
     pair_ref: np.ndarray  # index into ref_ids
     pair_pred: np.ndarray  # index into pred_ids
     pair_iou: np.ndarray
+    ref_sizes: np.ndarray | None = None  # voxels per object, aligned with ref_ids / pred_ids
+    pred_sizes: np.ndarray | None = None
+    pair_inter: np.ndarray | None = None  # shared voxels of each pair
 
 
 @dataclass(frozen=True)
@@ -98,7 +101,7 @@ def overlaps(ref: np.ndarray, pred: np.ndarray) -> Overlaps:
     pair_ref = keys // max(len(pred_ids), 1)
     pair_pred = keys % max(len(pred_ids), 1)
     union = ref_sizes[pair_ref] + pred_sizes[pair_pred] - inter
-    return Overlaps(ref_ids, pred_ids, pair_ref, pair_pred, inter / union)
+    return Overlaps(ref_ids, pred_ids, pair_ref, pair_pred, inter / union, ref_sizes, pred_sizes, inter)
 
 
 def _matches(ov: Overlaps, thresh: float) -> np.ndarray:
