@@ -156,7 +156,7 @@ def train_cells(data_dir, run_dir, cfg: CellTrainConfig | None = None, resume: b
         rng = np.random.default_rng(cfg.seed + step)
     meta = {"kind": "medseg-cells", "version": 1, "config": _jsonable(asdict(cfg)), "split": split,
             "classes": ["background", "interior", "boundary"], "in_channels": 1,
-            "out_channels": 4 if cfg.distance_head else 3, "distance_head": bool(cfg.distance_head)}
+            "out_channels": 4 if cfg.distance_head else 3}
     _save_json(meta, run_dir / "model.json")
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, include_background=True, smooth_nr=1e-5, smooth_dr=1e-5)
     # the threshold search counts against the time budget: keep a little of it back
