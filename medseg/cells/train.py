@@ -27,8 +27,8 @@ class CellTrainConfig:
     """Settings of a cell-model training run (saved in ``model.json``)."""
 
     spatial_dims: int = 2
-    # 2D: 256² crops, 2 per step (the same pixels per step as 8 x 128²): the larger context scored AP@0.5 0.871 and
-    # 0.864 vs 0.856-0.857 for 128² on DSB2018's validation split in 20 minutes (benchmarks/RESULTS.md)
+    # 2D: 256² crops, 2 per step (the same pixels per step as 8 x 128²): the larger context scored AP@0.5 0.864-0.871
+    # (3 seeds) vs 0.856-0.857 for 128² on DSB2018's validation split in 20 minutes (benchmarks/RESULTS.md)
     patch_size: tuple = (256, 256)
     batch_size: int = 2
     base_filters: int = 16
