@@ -33,9 +33,9 @@ class Overlaps:
     pair_ref: np.ndarray  # index into ref_ids
     pair_pred: np.ndarray  # index into pred_ids
     pair_iou: np.ndarray
-    ref_sizes: np.ndarray | None = None  # voxels per object, aligned with ref_ids / pred_ids
-    pred_sizes: np.ndarray | None = None
-    pair_inter: np.ndarray | None = None  # shared voxels of each pair
+    ref_sizes: np.ndarray  # voxels per object, aligned with ref_ids / pred_ids
+    pred_sizes: np.ndarray
+    pair_inter: np.ndarray  # shared voxels of each pair
 
 
 @dataclass(frozen=True)
