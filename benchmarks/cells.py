@@ -123,6 +123,8 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0, help="training seed (patch sampling, augmentation, weights)")
     ap.add_argument("--diameter", type=float, default=None,
                     help="train with scale normalisation: images enlarged to this median nucleus diameter (px)")
+    ap.add_argument("--contact-weight", type=float, default=None,
+                    help="w0 of the U-Net weight map near touching nuclei (default: the training default, 10; 0: off)")
     ap.add_argument("--no-distance-head", action="store_true",
                     help="train the 3-class model only (markers from interior minus boundary)")
     ap.add_argument("--retune", action="store_true",
@@ -149,7 +151,8 @@ def main(argv=None) -> int:
         cfg = CellTrainConfig(max_minutes=args.minutes, patch_size=(args.patch, args.patch),
                               batch_size=args.batch_size, base_filters=args.base_filters, threads=args.threads,
                               tune_fraction=args.tune_fraction, distance_head=not args.no_distance_head,
-                              diameter=args.diameter, seed=args.seed)
+                              diameter=args.diameter, seed=args.seed,
+                              **({} if args.contact_weight is None else {"contact_weight": args.contact_weight}))
         t = time.perf_counter()
         train_cells(args.data, run, cfg, progress=sys.stderr.isatty())
         info["train_wall_s"] = round(time.perf_counter() - t, 1)

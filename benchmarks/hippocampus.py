@@ -2,7 +2,8 @@
 
     python benchmarks/hippocampus.py --minutes 30 --data ../shared/data/msd_hippocampus [--eval DIR] [--out RUN]
 
-``--eval DIR`` (a folder in the same layout, never used for training) adds Dice on an independent set. The
+``--eval DIR`` (a folder in the same layout, never used for training) adds Dice on an independent set;
+``--postprocess-check`` scores an existing run's validation fold with and without largest-component cleanup. The
 recipe is ``configs/hippocampus.yaml``; the whole wall time (caching the data included) counts against the budget.
 """
 
@@ -19,8 +20,10 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
-def evaluate_folder(model_dir: Path, folder: Path, tta: bool = False) -> dict:
-    """Mean per-case Dice per class of the model on every labelled case of ``folder``."""
+def evaluate_folder(model_dir: Path, folder: Path, tta: bool | None = False, cases=None,
+                    largest_component: bool = False) -> dict:
+    """Mean per-case Dice per class of the model on every labelled case of ``folder`` (or those in ``cases``),
+    optionally keeping only the largest connected component per class. ``tta=None``: the plan's setting."""
     import torch
 
     from medseg.infer.predict import predict_image
@@ -33,16 +36,17 @@ def evaluate_folder(model_dir: Path, folder: Path, tta: bool = False) -> dict:
     ds = open_dataset(folder)
     per = {k: [] for k in art.plan.labels if k}
     t0 = time.monotonic()
-    for case in ds.cases:
+    chosen = [c for c in ds.cases if cases is None or c.id in set(cases)]
+    for case in chosen:
         image, label = load_case(case)
         with torch.no_grad():
-            lab, _ = predict_image(net, art.plan, image, tta=tta)
+            lab, _ = predict_image(net, art.plan, image, tta=tta, largest_component=largest_component)
         for k, d in confusion_dice(lab.array, label.array, art.plan.num_classes).items():
             if not np.isnan(d):
                 per[k].append(d)
     res = {art.plan.labels[k]: float(np.mean(v)) for k, v in per.items()}
     res["mean"] = float(np.mean(list(res.values())))
-    res["cases"] = len(ds.cases)
+    res["cases"] = len(chosen)
     res["seconds"] = round(time.monotonic() - t0, 1)
     return res
 
@@ -57,7 +61,17 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--fold", type=int, default=0)
     ap.add_argument("--resume", action="store_true")
+    ap.add_argument("--postprocess-check", action="store_true",
+                    help="no training: score the model in --out on its validation fold with and without keeping the "
+                         "largest component per class")
     args = ap.parse_args(argv)
+    if args.postprocess_check:
+        val = json.loads((args.out / "splits.json").read_text())[args.fold]["val"]
+        tta = None  # the plan's setting
+        out = {name: evaluate_folder(args.out, args.data, tta, val, lcc)
+               for name, lcc in (("plain", False), ("largest_component", True))}
+        print(json.dumps(out, indent=1))
+        return 0
 
     import torch
 

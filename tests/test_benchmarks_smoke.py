@@ -52,6 +52,17 @@ def test_inference_presets_mode_tiny(tmp_path, capsys):
     for r in rows:
         assert float(r[4]) > 0  # seconds per case
         assert all(0.0 <= float(v) <= 1.0 for v in r[5:])
+    # the hippocampus benchmark's post-processing check on the same run: both variants score the validation fold
+    import json
+
+    from benchmarks.hippocampus import main as hippo
+
+    assert hippo(["--out", str(tmp_path / "run"), "--data", str(tmp_path / "ds"), "--postprocess-check",
+                  "--threads", "1"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    val = json.loads((tmp_path / "run" / "splits.json").read_text())[0]["val"]
+    for name in ("plain", "largest_component"):
+        assert res[name]["cases"] == len(val) and 0.0 <= res[name]["mean"] <= 1.0
 
 
 def test_cells_benchmark_bounded(tmp_path, capsys):
@@ -71,6 +82,47 @@ def test_cells_benchmark_bounded(tmp_path, capsys):
         assert f"markers: {markers}" in out
         row = _table_rows(out, "learned")[0]
         assert 0.0 <= float(row[2]) <= 1.0 and re.fullmatch(r"[\d.]+%", row[8])
+
+
+def test_cells_analysis_runs_on_a_bounded_model(tmp_path, capsys):
+    """benchmarks/cells_analysis.py: every section runs on a few-seconds model and prints sane numbers."""
+    from benchmarks.cells import main as bench
+    from benchmarks.cells_analysis import main
+
+    ds = tmp_path / "ds"
+    linked_cell_dataset(ds, 4)
+    assert bench(["--minutes", "0.05", "--tune-fraction", "0", "--data", str(ds), "--run", str(tmp_path / "run"),
+                  "--learned-only", "--threads", "1", "--patch", "64", "--base-filters", "4"]) == 0
+    capsys.readouterr()
+    assert main(["--run", str(tmp_path / "run"), "--data", str(ds), "--threads", "1"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"unmatched validation nuclei by seed: \{'seedless': \d+, 'shared': \d+, 'own': \d+\}", out)
+    assert "no tuning images" in out  # markers need held-out tuning images
+    assert re.search(r"oracle: lowest validation count error over the threshold grid [\d.]+%", out)
+    assert "mean-probability filter, val" in out and "largest relative count errors" in out
+
+
+def test_cells_analysis_pieces_hand_checkable():
+    """Seed causes and marker variants on two touching squares and a faint third object."""
+    from benchmarks.cells_analysis import mean_probability_filter, seed_causes, segment
+
+    ref = np.zeros((12, 30), np.uint16)
+    ref[1:11, 1:11], ref[1:11, 11:21], ref[3:8, 24:29] = 1, 2, 3
+    p = np.zeros((4,) + ref.shape, np.float32)
+    p[1][ref > 0] = 0.95  # interior everywhere: no boundary between 1 and 2
+    p[1][ref == 3] = 0.6  # faint: above the foreground threshold, below the seed threshold
+    p[0] = 1 - p[1]
+    merged = np.zeros_like(ref)
+    merged[0:12, 0:22] = 1  # one prediction over both squares (IoU < 0.5 with each)
+    merged[ref == 3] = 2
+    assert seed_causes(ref, merged, p, 0.5, 0.9) == {"seedless": 0, "shared": 2, "own": 0}
+    assert seed_causes(ref, np.zeros_like(ref), p, 0.5, 0.9) == {"seedless": 1, "shared": 2, "own": 0}
+    p[2][:, 10:12] = 0.9  # now a boundary between them
+    p[1][:, 10:12] = 0.05
+    assert segment(p, "boundary", t=0.5, s=0.8).max() == 2  # the faint object has no seed: dropped
+    assert segment(p, "boundary", t=0.5, s=0.5).max() == 3
+    lab = segment(p, "boundary", t=0.5, s=0.5)
+    assert mean_probability_filter(lab, p[1] + p[2], 0.7).max() == 2  # the faint one goes
 
 
 def test_error_breakdown_hand_checkable():

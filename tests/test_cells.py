@@ -247,10 +247,11 @@ def test_runs_without_distance_head_still_load(tmp_path):
                           distance_head=False)
     run = train_cells(ds, tmp_path / "run", cfg, progress=False)
     meta = json.loads((run / "model.json").read_text())
-    for key in ("distance_head", "seeds", "diameter"):  # keys added since
+    for key in ("distance_head", "seeds", "diameter", "contact_weight", "contact_sigma"):  # keys added since
         del meta["config"][key]
     (run / "model.json").write_text(json.dumps(meta))
     model = CellModel.load(run)
+    assert model.cfg.contact_weight == 0.0  # trained without the weight map, whatever today's default
     img = tifffile.imread(ds / "labels" / f"{ids[0]}.tif").astype(np.float32)
     p = model.probabilities(img)
     assert p.shape == (3,) + img.shape

@@ -94,6 +94,37 @@ def distance_targets(labels: np.ndarray, spacing=None) -> np.ndarray:
     return out
 
 
+def contact_weights(labels: np.ndarray, w0: float = 10.0, sigma: float = 5.0, spacing=None) -> np.ndarray:
+    """Extra loss weight where objects nearly touch: ``w0 * exp(-(d1 + d2)**2 / (2 * sigma**2))`` with d1, d2
+    the distances to the nearest and second-nearest object (0 inside an object), as in the U-Net paper
+    (Ronneberger et al. 2015, eq. 2) without its class-balance term. Large in the gaps and along the contacts
+    between neighbouring objects, where a network that misses the separating boundary merges them; ~0 for
+    isolated objects. float32, same shape as ``labels``; distances in ``spacing`` units (default pixels).
+
+    Examples
+    --------
+    >>> lab = np.zeros((5, 12), int); lab[1:4, 1:5] = 1; lab[1:4, 5:9] = 2   # two touching objects
+    >>> w = contact_weights(lab)
+    >>> bool(w[2, 4] > 9 and w[2, 5] > 9 and w[2, 11] < w[2, 9] < w[2, 5])
+    True
+    """
+    labels = np.asarray(labels)
+    sp = np.ones(labels.ndim) if spacing is None else np.asarray(spacing, float)
+    reach = 3.0 * sigma  # beyond d1 + d2 > 3 sigma the weight is < 1.2 % of w0: not worth computing
+    pad = np.ceil(reach / sp).astype(int)
+    d1 = np.full(labels.shape, np.inf, np.float32)
+    d2 = np.full(labels.shape, np.inf, np.float32)
+    for i, sl in enumerate(ndi.find_objects(labels), start=1):
+        if sl is None:
+            continue
+        box = tuple(slice(max(s.start - p, 0), min(s.stop + p, n)) for s, p, n in zip(sl, pad, labels.shape))
+        d = ndi.distance_transform_edt(labels[box] != i, sampling=sp).astype(np.float32)
+        a, b = d1[box], d2[box]
+        b[...] = np.where(d < a, a, np.minimum(b, d))  # views: updates d1/d2 in place
+        a[...] = np.minimum(a, d)
+    return (w0 * np.exp(-((d1 + d2) ** 2) / (2.0 * sigma**2))).astype(np.float32)
+
+
 @dataclass
 class CellCase:
     """One image with its instance labels."""

@@ -43,6 +43,10 @@ def train_cmd(
     diameter: Optional[float] = typer.Option(None, "--diameter",
                                              help="Enlarge training images to this median nucleus diameter (px); "
                                                   "counting then resizes each image alike (default: native scale)."),
+    contact_weight: Optional[float] = typer.Option(None, "--contact-weight",
+                                                   help="Extra cross-entropy weight (w0 of the U-Net paper's weight "
+                                                        "map) where nuclei touch; 0: off (default 10, the "
+                                                        "paper's)."),
 ) -> None:
     """Train a 2D cell model (interior/boundary U-Net) within a time budget."""
     from medseg.cells.train import CellTrainConfig, train_cells
@@ -53,9 +57,12 @@ def train_cmd(
         raise InputError(f"--tune-fraction must be in [0, 1) (got {tune_fraction})")
     if diameter is not None and not diameter > 0:
         raise InputError(f"--diameter must be a positive number of pixels (got {diameter})")
+    if contact_weight is not None and not 0 <= contact_weight < float("inf"):
+        raise InputError(f"--contact-weight must be a number >= 0 (got {contact_weight})")
+    extra = {} if contact_weight is None else {"contact_weight": contact_weight}
     cfg = CellTrainConfig(max_minutes=max_minutes, max_steps=max_steps, patch_size=(patch, patch),
                           batch_size=batch_size, channel=channel, threads=threads, tune_fraction=tune_fraction,
-                          distance_head=distance_head, diameter=diameter)
+                          distance_head=distance_head, diameter=diameter, **extra)
     run = train_cells(data, out, cfg, resume=resume)
     typer.echo(f"model written to {run}")
 

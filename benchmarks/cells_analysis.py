@@ -1,0 +1,180 @@
+"""Where a trained cell model's count errors come from, on its tuning and validation images (no training).
+
+    python benchmarks/cells_analysis.py --run RUN [--data ../shared/data/dsb2018_fluo] [--only causes,markers,...]
+
+Each image's probability maps are computed once; then:
+
+* ``causes``: every validation nucleus left unmatched at IoU 0.5, by its watershed seed (interior - boundary above
+  the run's seed threshold): none inside it ("seedless"), one shared with another nucleus ("shared"), or its own;
+* ``markers``: marker variants, each with its thresholds chosen on the tuning images and then scored on the
+  validation images: interior - boundary (the default), seeds that must also lie in the distance map's core
+  ("and"), h-maxima of the distance map ("hmax"), interior seeds split by distance h-maxima ("split");
+* ``oracle``: the run's own threshold grid scored on the validation images (the best count error any threshold
+  pair could give, for scale only: choosing it would be tuning to the validation set);
+* ``filters``: dropping objects whose mean foreground probability is below m, on both sets;
+* ``images``: the validation images with the largest relative count errors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import sys
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage as ndi
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+MARKER_GRIDS = {
+    "boundary": [dict(t=t, s=s) for t in (0.4, 0.5, 0.6) for s in (0.8, 0.85, 0.9, 0.95)],
+    "and": [dict(t=t, s=s, d=d) for t in (0.5, 0.6) for s in (0.5, 0.8, 0.9) for d in (0.2, 0.3, 0.4, 0.5)],
+    "hmax": [dict(t=t, h=h) for t in (0.5, 0.6) for h in (0.05, 0.1, 0.2, 0.3, 0.4)],
+    "split": [dict(t=t, s=s, h=h) for t in (0.5, 0.6) for s in (0.8, 0.9) for h in (0.1, 0.2, 0.3, 0.4)],
+}
+
+
+def segment(p: np.ndarray, mode: str, t: float, s: float | None = None, d: float | None = None,
+            h: float | None = None) -> np.ndarray:
+    """Instances from maps ``p`` (background, interior, boundary, distance) with one marker variant."""
+    from skimage.morphology import h_maxima
+    from skimage.segmentation import watershed
+
+    from medseg.postprocess.watershed import relabel_sequential, remove_small_instances
+
+    fg, dist = p[1] + p[2], p[3]
+    mask, inner = fg > t, fg - p[2]
+    surface = p[2] - fg
+    if mode == "boundary":
+        seeds = remove_small_instances(ndi.label((inner > s) & mask)[0], 4)
+    elif mode == "and":
+        seeds = remove_small_instances(ndi.label((inner > s) & (dist > d) & mask)[0], 4)
+        surface = -dist
+    elif mode == "hmax":
+        seeds = ndi.label(h_maxima(np.where(mask, dist, 0).astype(np.float64), h) & mask)[0]
+        surface = -dist
+    elif mode == "split":
+        core = (inner > s) & mask
+        peaks = ndi.label(h_maxima(np.where(core, dist, 0).astype(np.float64), h) & core)[0]
+        seeds = watershed(-dist, peaks, mask=core)
+        rest = ndi.label(core & (seeds == 0))[0]  # seed parts without a peak stay whole
+        seeds = np.where(rest > 0, rest + seeds.max(), seeds)
+    else:
+        raise ValueError(mode)
+    return relabel_sequential(remove_small_instances(watershed(surface, seeds, mask=mask), 8))
+
+
+def mean_probability_filter(labels: np.ndarray, fg: np.ndarray, minimum: float) -> np.ndarray:
+    """Drop objects whose mean foreground probability is below ``minimum``."""
+    from medseg.postprocess.watershed import relabel_sequential
+
+    n = int(labels.max())
+    if not n or not minimum:
+        return labels
+    idx = np.arange(1, n + 1)
+    keep = np.asarray(ndi.mean(fg, labels, idx)) >= minimum
+    return relabel_sequential(np.concatenate([[0], np.where(keep, idx, 0)])[labels])
+
+
+def scores(refs, preds) -> tuple[float, float]:
+    """Mean AP@0.5 and mean absolute relative count error over images."""
+    from medseg.evaluate.instances import instance_metrics
+
+    ms = [instance_metrics(r, p, [0.5]) for r, p in zip(refs, preds)]
+    return float(np.mean([m["ap@0.5"] for m in ms])), float(np.mean([abs(m["relative_count_error"]) for m in ms]))
+
+
+def seed_causes(ref: np.ndarray, pred: np.ndarray, p: np.ndarray, threshold: float, seed_threshold: float) -> dict:
+    """Unmatched reference nuclei (IoU < 0.5) by their seeds: seedless, shared with another nucleus, own."""
+    from medseg.evaluate.instances import overlaps
+
+    seeds = ndi.label(((p[1]) > seed_threshold) & (p[1] + p[2] > threshold))[0]
+    ov = overlaps(ref, pred)
+    best = np.zeros(len(ov.ref_ids))
+    np.maximum.at(best, ov.pair_ref, ov.pair_iou)
+    out = {"seedless": 0, "shared": 0, "own": 0}
+    for i in np.flatnonzero(best < 0.5):
+        ids = np.unique(seeds[ref == ov.ref_ids[i]])
+        ids = ids[ids > 0]
+        if not len(ids):
+            out["seedless"] += 1
+        elif any(len(np.unique(ref[seeds == s][ref[seeds == s] > 0])) == 1 for s in ids):
+            out["own"] += 1
+        else:
+            out["shared"] += 1
+    return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--run", required=True, help="a trained cell model (medseg cells train / benchmarks/cells.py)")
+    ap.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared/data/dsb2018_fluo"))
+    ap.add_argument("--only", default="causes,markers,oracle,filters,images")
+    ap.add_argument("--limit", type=int, default=None, help="first N images of each set (smoke tests)")
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args(argv)
+    import torch
+
+    from medseg.cells.count import CellModel
+    from medseg.cells.data import dataset_split, list_cases, load_case
+    from medseg.cells.tune import DISTANCE_SEED_GRID, SEED_GRID, THRESHOLD_GRID
+
+    torch.set_num_threads(args.threads)
+    model = CellModel.load(args.run)
+    cfg, parts = model.cfg, set(args.only.split(","))
+    tune_ids = set(model.meta["split"].get("tune", []))
+    sets = {"tune": [c for c in list_cases(args.data) if c.case in tune_ids],
+            "val": dataset_split(args.data, list_cases(args.data))["val"]}
+    data = {}
+    for name, cases in sets.items():
+        cases = [load_case(c) for c in cases[: args.limit]]
+        data[name] = ([c.case for c in cases], [c.labels for c in cases],
+                      [model.probabilities(c.image) for c in cases])
+    print(f"{args.run}: {len(data['tune'][0])} tuning, {len(data['val'][0])} validation images; run thresholds "
+          f"fg {cfg.threshold}, seed {cfg.seed_threshold}, markers {cfg.seeds}")
+    ids, refs, probs = data["val"]
+    preds = [model.postprocess(p) for p in probs]
+    if "causes" in parts:
+        tot = {}
+        for r, q, p in zip(refs, preds, probs):
+            for k, v in seed_causes(r, q, p, cfg.threshold, cfg.seed_threshold).items():
+                tot[k] = tot.get(k, 0) + v
+        print("unmatched validation nuclei by seed:", tot)
+    if "markers" in parts and not data["tune"][0]:
+        print("markers: the run held out no tuning images (--tune-fraction 0), nothing to choose thresholds on")
+    elif "markers" in parts and probs and probs[0].shape[0] > 3:
+        for mode, grid in MARKER_GRIDS.items():
+            tuned = [(scores(data["tune"][1], [segment(p, mode, **g) for p in data["tune"][2]]), g) for g in grid]
+            (ta, te), g = max(tuned, key=lambda r: (round(r[0][0], 4), -r[0][1]))
+            va, ve = scores(refs, [segment(p, mode, **g) for p in probs])
+            print(f"markers {mode:8s} {g}: tuning AP@0.5 {ta:.3f}, count err {te:.1%} | validation {va:.3f}, {ve:.1%}")
+    if "oracle" in parts:
+        grid = [("boundary", t, s) for t, s in itertools.product(THRESHOLD_GRID, SEED_GRID)]
+        if probs and probs[0].shape[0] > 3:
+            grid += [("distance", t, s) for t, s in itertools.product(THRESHOLD_GRID, DISTANCE_SEED_GRID)]
+        rows = [(scores(refs, [model.postprocess(p, t, s, src) for p in probs]), (src, t, s)) for src, t, s in grid]
+        (va, ve), g = min(rows, key=lambda r: r[0][1])
+        print(f"oracle: lowest validation count error over the threshold grid {ve:.1%} (AP@0.5 {va:.3f}) at {g}")
+    if "filters" in parts:
+        for name, (_, rs, ps) in data.items():
+            if not rs:
+                continue
+            base = [model.postprocess(p) for p in ps]
+            cells = []
+            for m in (0.0, 0.6, 0.7, 0.8, 0.85):
+                a, e = scores(rs, [mean_probability_filter(b, p[1] + p[2], m) for b, p in zip(base, ps)])
+                cells.append(f"{m:g}: {a:.3f} / {e:.1%}")
+            print(f"mean-probability filter, {name} (AP@0.5 / count err): " + "; ".join(cells))
+    if "images" in parts:
+        rows = sorted(((abs(int(q.max()) - len(np.unique(r)) + 1) / max(len(np.unique(r)) - 1, 1), i,
+                        len(np.unique(r)) - 1, int(q.max())) for i, r, q in zip(ids, refs, preds)), reverse=True)
+        total = sum(r[0] for r in rows)
+        print("largest relative count errors (validation): " + "; ".join(
+            f"{i[:12]} {n} -> {m} ({e:.0%})" for e, i, n, m in rows[:6]) +
+            f"; the top 6 make {sum(r[0] for r in rows[:6]) / max(total, 1e-9):.0%} of the mean")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
