@@ -41,7 +41,7 @@ def segment(p: np.ndarray, mode: str, t: float, s: float | None = None, d: float
     is ``medseg.postprocess.watershed_instances`` as ``CellModel.postprocess`` calls it. "hmax" uses scikit-image's
     ``h_maxima``: its ``markers="peaks"`` mode (``peak_markers``, made for the distance transform of a mask, with
     a minimum distance) also keeps one-pixel maxima of a predicted map's low domes (53 markers for 22 objects on
-    the first validation image vs 20), which scores far worse (AP@0.5 0.65)."""
+    the first validation image vs 20), which scores far worse here (AP@0.5 0.65)."""
     from skimage.morphology import h_maxima
     from skimage.segmentation import watershed
 
