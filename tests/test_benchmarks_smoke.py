@@ -123,6 +123,14 @@ def test_cells_analysis_pieces_hand_checkable():
     assert segment(p, "boundary", t=0.5, s=0.5).max() == 3
     lab = segment(p, "boundary", t=0.5, s=0.5)
     assert mean_probability_filter(lab, p[1] + p[2], 0.7).max() == 2  # the faint one goes
+    # the distance-map variants separate the squares too (each square's normalised distance dips at the contact)
+    from medseg.cells.data import distance_targets
+
+    p[3] = distance_targets(ref)
+    for mode, kw in (("and", dict(s=0.5, d=0.3)), ("hmax", dict(h=0.3)), ("split", dict(s=0.5, h=0.3))):
+        out = segment(p, mode, t=0.5, **kw)
+        assert out.max() == 3, mode
+        assert len(np.unique(out[ref == 1])) == 1 and np.unique(out[ref == 1]) != np.unique(out[ref == 2])
 
 
 def test_error_breakdown_hand_checkable():
