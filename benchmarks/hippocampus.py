@@ -3,8 +3,10 @@
     python benchmarks/hippocampus.py --minutes 30 --data ../shared/data/msd_hippocampus [--eval DIR] [--out RUN]
 
 ``--eval DIR`` (a folder in the same layout, never used for training) adds Dice on an independent set;
-``--postprocess-check`` scores an existing run's validation fold with and without largest-component cleanup. The
-recipe is ``configs/hippocampus.yaml``; the whole wall time (caching the data included) counts against the budget.
+``--postprocess-check`` scores an existing run's validation fold with and without largest-component cleanup;
+``--ensemble K`` trains K networks in the budget and averages them (``medseg.train.ensemble``); ``--join RUN ...``
+scores separately trained runs and their ensembles. The recipe is
+``configs/hippocampus.yaml``; the whole wall time (caching the data included) counts against the budget.
 """
 
 from __future__ import annotations
@@ -61,10 +63,28 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--fold", type=int, default=0)
     ap.add_argument("--resume", action="store_true")
+    ap.add_argument("--ensemble", type=int, default=None,
+                    help="train this many networks in the budget and average them (default: the config's)")
     ap.add_argument("--postprocess-check", action="store_true",
                     help="no training: score the model in --out on its validation fold with and without keeping the "
                          "largest component per class")
+    ap.add_argument("--join", type=Path, nargs="+", default=None, metavar="RUN",
+                    help="no training: score each of these runs (same split) on the validation fold, then the "
+                         "ensembles of the first 2, 3, ... of them (written to --out/ensemble_K)")
     args = ap.parse_args(argv)
+    if args.join:
+        from medseg.train.ensemble import combine_models
+
+        val = json.loads((args.join[0] / "splits.json").read_text())[args.fold]["val"]
+        for r in args.join[1:]:
+            if json.loads((r / "splits.json").read_text())[args.fold]["val"] != val:
+                ap.error(f"{r} was validated on another split than {args.join[0]}")
+        out = {str(r): evaluate_folder(r, args.data, None, val) for r in args.join}
+        for k in range(2, len(args.join) + 1):
+            out[f"ensemble of the first {k}"] = evaluate_folder(
+                combine_models(args.join[:k], args.out / f"ensemble_{k}"), args.data, None, val)
+        print(json.dumps(out, indent=1))
+        return 0
     if args.postprocess_check:
         val = json.loads((args.out / "splits.json").read_text())[args.fold]["val"]
         tta = None  # the plan's setting
@@ -76,18 +96,23 @@ def main(argv=None) -> int:
     import torch
 
     from medseg.plan.plan import Plan
+    from medseg.train.ensemble import train_ensemble
     from medseg.train.trainer import train
 
     torch.set_num_threads(args.threads)
     plan = Plan.from_yaml(args.config)
     plan.dataset = str(args.data.resolve())
     t0 = time.monotonic()
-    res = train(plan, args.out, fold=args.fold, max_minutes=args.minutes, resume=args.resume, progress=False,
-                num_threads=args.threads)
+    kw = dict(fold=args.fold, max_minutes=args.minutes, resume=args.resume, progress=False, num_threads=args.threads)
+    if (args.ensemble or plan.ensemble) > 1:
+        res = train_ensemble(plan, args.out, members=args.ensemble, **kw)
+    else:
+        res = train(plan, args.out, **kw)
     wall = time.monotonic() - t0
     out = {"minutes_budget": args.minutes, "train_wall_min": round(wall / 60, 2), "epochs": res.epochs,
            "iterations": res.iterations, "s_per_iteration": round(res.elapsed_s / max(res.iterations, 1), 3),
            "fold": args.fold, "val_dice": res.val_dice, "threads": args.threads,
+           "ensemble": args.ensemble or plan.ensemble,
            "config": str(args.config), "load_avg_at_end": list(__import__("os").getloadavg())}
     if args.eval:
         out["eval_dice"] = evaluate_folder(args.out, args.eval)

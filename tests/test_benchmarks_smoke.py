@@ -63,6 +63,17 @@ def test_inference_presets_mode_tiny(tmp_path, capsys):
     val = json.loads((tmp_path / "run" / "splits.json").read_text())[0]["val"]
     for name in ("plain", "largest_component"):
         assert res[name]["cases"] == len(val) and 0.0 <= res[name]["mean"] <= 1.0
+    # --join: a second network on the same split, each scored, then their ensemble
+    (tmp_path / "run2").mkdir()
+    (tmp_path / "run2" / "splits.json").write_text((tmp_path / "run" / "splits.json").read_text())
+    plan.seed = 1
+    train(plan, tmp_path / "run2", progress=False)
+    assert hippo(["--out", str(tmp_path / "joined"), "--data", str(tmp_path / "ds"), "--join", str(tmp_path / "run"),
+                  str(tmp_path / "run2"), "--threads", "1"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert list(res) == [str(tmp_path / "run"), str(tmp_path / "run2"), "ensemble of the first 2"]
+    assert all(r["cases"] == len(val) and 0.0 <= r["mean"] <= 1.0 for r in res.values())
+    assert (tmp_path / "joined" / "ensemble_2" / "model.pt").is_file()
 
 
 def test_cells_benchmark_bounded(tmp_path, capsys):

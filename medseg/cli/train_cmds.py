@@ -78,16 +78,28 @@ def train_cmd(
     resume: bool = typer.Option(False, "--resume", help="Continue from checkpoint_latest.pt in the run folder."),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
     threads: Optional[int] = typer.Option(None, help="CPU threads for torch."),
+    ensemble: Optional[int] = typer.Option(None, "--ensemble", min=1,
+                                           help="Train this many networks (seeds seed, seed+1, ...) one after "
+                                                "another within the budget and average them (default: the plan's)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
-    """Train a model; writes checkpoints, log.csv, splits.json and the model artifact model.pt to the run folder."""
+    """Train a model; writes checkpoints, log.csv, splits.json and the model artifact model.pt to the run folder
+    (an ensemble: one sub-folder per member and model.pt holding all of them)."""
+    from medseg.train.ensemble import train_ensemble
     from medseg.train.trainer import train
 
     if resume and not source.exists():
         raise InputError("no such file or folder", path=source)
     plan = _load_plan(source) if not resume else _resume_plan(source, output)
-    res = train(plan, output, fold=fold, max_epochs=max_epochs, max_minutes=max_minutes, resume=resume,
-                device=device, progress=not quiet, num_threads=threads)
+    if resume and ensemble is not None and ensemble != plan.ensemble:
+        raise InputError(f"--ensemble {ensemble}: the run being resumed has ensemble {plan.ensemble}", path=output)
+    if (ensemble or plan.ensemble) > 1:
+        res = train_ensemble(plan, output, members=ensemble, fold=fold, max_epochs=max_epochs,
+                             max_minutes=max_minutes, resume=resume, device=device, progress=not quiet,
+                             num_threads=threads)
+    else:
+        res = train(plan, output, fold=fold, max_epochs=max_epochs, max_minutes=max_minutes, resume=resume,
+                    device=device, progress=not quiet, num_threads=threads)
     dice = ", ".join(f"{k} {v:.4f}" for k, v in res.val_dice.items())
     typer.echo(f"trained {res.epochs} epochs ({res.iterations} iterations, {res.elapsed_s / 60:.1f} min); "
                f"validation Dice: {dice or 'n/a'}; model: {res.model_path}")
@@ -102,6 +114,20 @@ def _resume_plan(source: Path, run_dir: Path):
     if source.is_dir() and (source / "dataset.json").is_file():
         plan.dataset = str(source.resolve())
     return plan
+
+
+@app.command("ensemble")
+def ensemble_cmd(
+    models: list[Path] = typer.Argument(..., help="Two or more model.pt files or run folders of one plan."),
+    output: Path = typer.Option(..., "-o", "--output", help="model.pt (or a folder) to write."),
+) -> None:
+    """Join separately trained models (folds, seeds, machines) into one model that averages their probabilities."""
+    from medseg.train.ensemble import combine_models
+
+    from medseg.train.artifact import load_model
+
+    path = combine_models(models, output)
+    typer.echo(f"wrote {path}: {len(load_model(path).members)} networks averaged")
 
 
 @app.command("predict")

@@ -63,6 +63,9 @@ class Plan:
     num_folds: int = 5
     fold: int = 0
     seed: int = 0
+    # networks trained one after another (seeds seed, seed+1, ...) on the same split, each with an equal share of
+    # the time budget, their probabilities averaged at prediction (medseg.train.ensemble)
+    ensemble: int = 1
     bf16: bool = True  # bf16 autocast on CPUs that compute it natively (AVX512-BF16/AMX); CUDA always uses AMP
     num_threads: int | None = None
     # inference
@@ -112,6 +115,8 @@ class Plan:
             bad(f"foreground_oversample must be in [0, 1], got {self.foreground_oversample}")
         if not 0 <= self.overlap < 1:
             bad(f"overlap must be in [0, 1), got {self.overlap}")
+        if not isinstance(self.ensemble, int) or isinstance(self.ensemble, bool) or self.ensemble < 1:
+            bad(f"ensemble must be a whole number of networks (>= 1), got {self.ensemble!r}")
         if not 0 <= self.fold < self.num_folds:
             bad(f"fold {self.fold} is not in 0..{self.num_folds - 1}")
         return self

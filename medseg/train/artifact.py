@@ -1,6 +1,8 @@
 """The model artifact: one self-describing file (``model.pt``) with plan, label names, weights and versions.
 
 It holds only tensors, numbers, strings, lists and dicts, so it loads with ``torch.load(weights_only=True)``.
+An ensemble (``medseg.train.ensemble``) is the same file with the weights of several networks of one plan
+(``members``) instead of one ``state_dict``; ``build`` then returns a network that averages their probabilities.
 """
 
 from __future__ import annotations
@@ -36,11 +38,20 @@ class ModelArtifact:
     plan: Plan
     state_dict: dict
     info: dict
+    members: list[dict] | None = None  # an ensemble's weights, one state dict per network (state_dict: the first)
 
     def build(self) -> torch.nn.Module:
-        """The network with its weights, in eval mode."""
+        """The network with its weights, in eval mode (an ensemble: one module averaging its members)."""
+        nets = [self._build_one(sd) for sd in (self.members or [self.state_dict])]
+        if len(nets) == 1:
+            return nets[0]
+        from medseg.train.ensemble import SoftmaxEnsemble
+
+        return SoftmaxEnsemble(nets).eval()
+
+    def _build_one(self, state_dict: dict) -> torch.nn.Module:
         net = build_from_plan(self.plan, deep_supervision=False)
-        missing, unexpected = net.load_state_dict(self.state_dict, strict=False)
+        missing, unexpected = net.load_state_dict(state_dict, strict=False)
         if [m for m in missing if "deep_supervision" not in m and "heads" not in m]:
             raise InputError(f"model weights do not match the plan (missing {missing[:3]})")
         return net.eval()
@@ -66,12 +77,17 @@ def strip_ddp(state_dict: dict) -> dict:
     return {k[7:] if k.startswith("module.") else k: v for k, v in state_dict.items()}
 
 
-def save_model(path: str | os.PathLike, plan: Plan, state_dict: dict, **info) -> Path:
-    """Write the artifact atomically."""
+def save_model(path: str | os.PathLike, plan: Plan, state_dict: dict | list[dict], **info) -> Path:
+    """Write the artifact atomically; a list of state dicts makes an ensemble of that many networks."""
     path = Path(path)
+
+    def cpu(sd):
+        return {k: v.detach().cpu() for k, v in strip_ddp(sd).items()}
+
+    weights = ({"members": [cpu(sd) for sd in state_dict]} if isinstance(state_dict, list)
+               else {"state_dict": cpu(state_dict)})
     payload = {"format": FORMAT, "format_version": 1, "plan": plan.to_dict(),
-               "labels": {int(k): v for k, v in plan.labels.items()},
-               "state_dict": {k: v.detach().cpu() for k, v in strip_ddp(state_dict).items()},
+               "labels": {int(k): v for k, v in plan.labels.items()}, **weights,
                "versions": versions(), "info": info}
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)
@@ -92,5 +108,10 @@ def load_model(path: str | os.PathLike) -> ModelArtifact:
     if not isinstance(d, dict) or d.get("format") != FORMAT:
         raise InputError("not a medseg model file", path=path)
     plan = Plan.from_dict(d["plan"], where=path)
-    return ModelArtifact(plan, d["state_dict"], {"versions": d.get("versions", {}), **d.get("info", {}),
-                                                 "path": str(path)})
+    members = d.get("members")
+    if not (isinstance(members, list) and members and all(isinstance(m, dict) for m in members)):
+        members = None
+        if not isinstance(d.get("state_dict"), dict):
+            raise InputError("model file holds no weights", path=path)
+    info = {"versions": d.get("versions", {}), **d.get("info", {}), "path": str(path)}
+    return ModelArtifact(plan, members[0] if members else d["state_dict"], info, members)

@@ -89,19 +89,26 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-def cache_cases(plan: Plan, cases, progress: bool = False) -> list[CachedCase]:
-    """Preprocess training cases once into RAM (2D plans: slice axis first, patch with a leading 1)."""
+def cache_cases(plan: Plan, cases, progress: bool = False, cache: dict | None = None) -> list[CachedCase]:
+    """Preprocess training cases once into RAM (2D plans: slice axis first, patch with a leading 1).
+
+    ``cache`` (case id -> CachedCase), when given, is reused and filled: an ensemble's members share it."""
     out = []
     from medseg.train.dataset import _progress
 
     size = _sample_size(plan)
     for case in _progress(cases, progress, "preprocessing"):
+        if cache is not None and case.id in cache:
+            out.append(cache[case.id])
+            continue
         image, label = load_case(case)
         x, y = preprocess(image.array, image.spacing, plan, label.array)
         if plan.spatial_dims == 2:
             ax = slice_axis(image.spacing)
             x, y = x.movedim(ax + 1, 1), y.movedim(ax, 0)
         out.append(pad_to(CachedCase(case.id, x, y, foreground_index(y)), size))
+        if cache is not None:
+            cache[case.id] = out[-1]
     return out
 
 
@@ -147,8 +154,12 @@ def _save(path: Path, payload: dict):
 
 def train(plan: Plan, run_dir: str | os.PathLike, fold: int | None = None, max_epochs: int | None = None,
           max_minutes: float | None = None, resume: bool = False, device: str = "auto",
-          progress: bool = True, num_threads: int | None = None) -> TrainResult:
-    """Train ``plan`` into ``run_dir``; see the module docstring. Runs under torchrun (DDP) unchanged."""
+          progress: bool = True, num_threads: int | None = None, validation: bool = True,
+          cache: dict | None = None) -> TrainResult:
+    """Train ``plan`` into ``run_dir``; see the module docstring. Runs under torchrun (DDP) unchanged.
+
+    ``validation=False`` skips validation (an ensemble validates its members together); ``cache``: see
+    :func:`cache_cases`."""
     t_start = time.monotonic()
     run_dir = Path(run_dir)
     rank, world = ddp.setup(device)
@@ -197,9 +208,9 @@ def train(plan: Plan, run_dir: str | os.PathLike, fold: int | None = None, max_e
     gen = torch.Generator().manual_seed(plan.seed + 1000 + rank)
 
     show = progress and rank == 0
-    train_cases = cache_cases(plan, [by_id[i] for i in split["train"]], show)
+    train_cases = cache_cases(plan, [by_id[i] for i in split["train"]], show, cache)
     val_cases = []
-    if rank == 0:
+    if rank == 0 and validation:
         for i in split["val"]:
             image, label = load_case(by_id[i])
             val_cases.append((image.array, image.spacing, label.array))
@@ -282,7 +293,7 @@ def train(plan: Plan, run_dir: str | os.PathLike, fold: int | None = None, max_e
         final = stop or epoch >= plan.max_epochs
         row = {"epoch": epoch, "iteration": iteration, "train_loss": round(train_loss, 5), "lr": f"{lr:.6g}"}
         if rank == 0:
-            if final or epoch % plan.val_every == 0:
+            if val_cases and (final or epoch % plan.val_every == 0):
                 t0 = time.monotonic()
                 last_val = validate(network, plan, val_cases, dev)
                 val_cost = max(val_cost, time.monotonic() - t0)

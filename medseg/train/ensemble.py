@@ -1,0 +1,206 @@
+"""Ensembles: several networks of one plan, averaged at prediction.
+
+On a small dataset one network stops improving long before a CPU time budget ends (MSD hippocampus, fold 0: mean
+Dice 0.886-0.889 after 3,300, 6,100 or 10,100 iterations; benchmarks/RESULTS.md), so the budget buys more as K
+networks trained one after another on the same split with different seeds, each with 1/K of it, whose softmax
+probabilities are averaged. nnU-Net averages its five fold models for the same reason.
+
+An ensemble run folder holds ``plan.yaml`` (with ``ensemble: K``), ``splits.json`` (shared by every member), one
+ordinary run folder per member (``member_0``, ``member_1``, ...; ``--resume`` continues member by member), ``log.csv``
+(one row per member, then the ensemble's validation) and ``model.pt``: one artifact with every member's weights
+(:mod:`medseg.train.artifact`). :func:`combine_models` joins separately trained models (e.g. the folds of a
+cross-validation, or members trained on several machines) into the same kind of artifact.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import time
+from pathlib import Path
+
+import torch
+
+from medseg.errors import InputError
+from medseg.io.atomic import atomic_path
+from medseg.plan.plan import Plan
+
+# plan settings that must agree for networks to be averaged (same input, same output, same network)
+_SAME = ("channels", "labels", "normalisation", "target_spacing", "spatial_dims", "patch_size", "base_filters",
+         "max_filters")
+
+
+class SoftmaxEnsemble(torch.nn.Module):
+    """Averages the softmax probabilities of ``members`` (same input and classes) and returns their logarithm,
+    so that a softmax downstream (sliding-window prediction, validation) gives exactly the mean probabilities.
+
+    Examples
+    --------
+    >>> a, b = torch.nn.Conv3d(1, 3, 1), torch.nn.Conv3d(1, 3, 1)
+    >>> x = torch.randn(1, 1, 4, 4, 4)
+    >>> mean = (a(x).softmax(1) + b(x).softmax(1)) / 2
+    >>> bool(torch.allclose(SoftmaxEnsemble([a, b])(x).softmax(1), mean, atol=1e-6))
+    True
+    """
+
+    def __init__(self, members):
+        super().__init__()
+        self.members = torch.nn.ModuleList(members)
+        self.spatial_dims = getattr(members[0], "spatial_dims", 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        p = None
+        for m in self.members:
+            q = torch.softmax(m(x).float(), 1)
+            p = q if p is None else p.add_(q)
+        return torch.log(p.div_(len(self.members)).clamp_min_(1e-12))
+
+
+def train_ensemble(plan: Plan, run_dir: str | os.PathLike, members: int | None = None, fold: int | None = None,
+                   max_epochs: int | None = None, max_minutes: float | None = None, resume: bool = False,
+                   device: str = "auto", progress: bool = True, num_threads: int | None = None):
+    """Train ``members`` (default ``plan.ensemble``) networks one after another within one time budget and write
+    the ensemble artifact; returns a :class:`medseg.train.trainer.TrainResult` (iterations summed over members,
+    Dice of the ensemble on the validation fold).
+
+    Each member gets an equal share of what is left of ``max_minutes`` when it starts (less a reserve for the
+    ensemble's final validation); member i uses seed ``plan.seed + i`` and the split written for ``plan.seed``.
+    """
+    from medseg.train.artifact import MODEL_FILE, load_model, save_model
+    from medseg.train.dataset import load_case, open_dataset
+    from medseg.train.trainer import TrainResult, make_splits, resolve_device, train, validate
+
+    t0 = time.monotonic()
+    run_dir = Path(run_dir)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise InputError("an ensemble trains its members one after another in one process; under torchrun, train "
+                         "each member as its own run (another seed) and join them with 'medseg ensemble'")
+    if resume:
+        if not (run_dir / "plan.yaml").is_file():
+            raise InputError("--resume: the run folder has no plan.yaml", path=run_dir)
+        saved = Plan.from_yaml(run_dir / "plan.yaml")
+        saved.dataset = plan.dataset or saved.dataset
+        plan = saved
+    elif (run_dir / MODEL_FILE).exists() or (run_dir / "checkpoint_latest.pt").exists() or \
+            any(run_dir.glob("member_*")):
+        raise InputError("run folder already holds a run: use --resume, or another folder", path=run_dir)
+    for name, value in (("fold", fold), ("max_epochs", max_epochs), ("max_minutes", max_minutes),
+                        ("ensemble", members)):
+        if value is not None and not (resume and name == "ensemble"):
+            setattr(plan, name, value)
+    plan.validate()
+    if plan.dataset is None:
+        raise InputError("the plan names no dataset folder (set 'dataset:' in the plan)")
+    if num_threads or plan.num_threads:
+        torch.set_num_threads(int(num_threads or plan.num_threads))
+    k = plan.ensemble
+    run_dir.mkdir(parents=True, exist_ok=True)
+    plan.to_yaml(run_dir / "plan.yaml")
+    ds = open_dataset(plan.dataset)
+    split_file = run_dir / "splits.json"
+    if split_file.is_file():
+        splits = json.loads(split_file.read_text())
+    else:
+        splits = make_splits([c.id for c in ds.cases if c.label is not None], plan.num_folds, plan.seed)
+        with atomic_path(split_file) as tmp:
+            tmp.write_text(json.dumps(splits, indent=1))
+    by_id = {c.id: c for c in ds.cases}
+    val_ids = splits[min(plan.fold, len(splits) - 1)]["val"]
+    missing = [i for i in val_ids if i not in by_id]
+    if missing:
+        raise InputError(f"splits.json names cases that are not in the dataset: {missing[:3]}", path=split_file)
+    val_cases = []
+    for i in val_ids:
+        image, label = load_case(by_id[i])
+        val_cases.append((image.array, image.spacing, label.array))
+    dev = resolve_device(device)
+
+    budget = plan.max_minutes * 60 if plan.max_minutes else None
+    reserve = _validation_reserve(plan, val_cases, dev, k) if budget and val_cases else 0.0
+    cache: dict = {}
+    done, in_calls, rows = [], 0.0, []
+    for i in range(k):
+        mdir = run_dir / f"member_{i}"
+        if (mdir / MODEL_FILE).is_file():  # finished (written last, atomically)
+            info = load_model(mdir).info
+        else:
+            mdir.mkdir(parents=True, exist_ok=True)
+            if not (mdir / "splits.json").is_file():
+                (mdir / "splits.json").write_text(split_file.read_text())
+            continuing = (mdir / "checkpoint_latest.pt").is_file()
+            member = Plan.from_dict(plan.to_dict())
+            member.dataset, member.seed, member.ensemble = plan.dataset, plan.seed + i, 1
+            minutes = None
+            if budget and not continuing:  # a continuing member keeps the share it was given
+                spent = sum(d["elapsed_s"] for d in done) + (time.monotonic() - t0 - in_calls)
+                minutes = max(budget - reserve - spent, 0.0) / (k - i) / 60
+            t = time.monotonic()
+            train(member, mdir, fold=plan.fold, max_minutes=minutes, resume=continuing, device=device,
+                  progress=progress, num_threads=num_threads, validation=False, cache=cache)
+            in_calls += time.monotonic() - t
+            info = load_model(mdir).info
+        done.append({"elapsed_s": float(info.get("elapsed_s", 0.0)), "epochs": int(info.get("epochs", 0)),
+                     "iterations": int(info.get("iterations", 0))})
+        rows.append({"member": i, "seed": plan.seed + i, **done[-1]})
+
+    arts = [load_model(run_dir / f"member_{i}") for i in range(k)]
+    net = SoftmaxEnsemble([a.build() for a in arts]).to(dev) if k > 1 else arts[0].build().to(dev)
+    val = validate(net, plan, val_cases, dev) if val_cases else {}
+    elapsed = sum(d["elapsed_s"] for d in done) + (time.monotonic() - t0 - in_calls)
+    iterations, epochs = sum(d["iterations"] for d in done), sum(d["epochs"] for d in done)
+    rows.append({"member": "ensemble", "elapsed_s": round(elapsed, 1), "iterations": iterations,
+                 **{f"val_{n}": round(v, 5) for n, v in val.items()}})
+    _write_log(run_dir / "log.csv", rows)
+    model_path = save_model(run_dir / MODEL_FILE, plan, [a.state_dict for a in arts], epochs=epochs,
+                            iterations=iterations, elapsed_s=round(elapsed, 1), fold=plan.fold, val_dice=val,
+                            members=k)
+    return TrainResult(run_dir, epochs, iterations, elapsed, val, val.get("mean", float("nan")), model_path)
+
+
+def _validation_reserve(plan: Plan, val_cases, dev, k: int) -> float:
+    """Seconds the ensemble's final validation will take: one case through one untrained member, scaled."""
+    from medseg.train.artifact import build_from_plan
+    from medseg.train.trainer import validate
+
+    net = build_from_plan(plan, deep_supervision=False).to(dev)
+    t = time.monotonic()
+    validate(net, plan, val_cases[:1], dev)
+    return 1.25 * (time.monotonic() - t) * len(val_cases) * k
+
+
+def _write_log(path: Path, rows: list[dict]) -> None:
+    cols = list(dict.fromkeys(c for r in rows for c in r))
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=cols)
+        w.writeheader()
+        w.writerows(rows)
+
+
+def combine_models(models, output: str | os.PathLike) -> Path:
+    """Join trained models of one plan (same channels, labels, preprocessing and network) into one ensemble
+    artifact at ``output`` (a ``model.pt`` file or a folder to hold one); members of an ensemble are unpacked.
+
+    Examples
+    --------
+    ``combine_models(["runs/fold0", "runs/fold1", "runs/fold2"], "runs/folds012")``
+    """
+    from medseg.train.artifact import MODEL_FILE, load_model, save_model
+
+    paths = [Path(m) for m in models]
+    if len(paths) < 2:
+        raise InputError("an ensemble needs at least two models")
+    arts = [load_model(p) for p in paths]
+    ref = arts[0].plan.to_dict()
+    for p, a in zip(paths[1:], arts[1:]):
+        d = a.plan.to_dict()
+        diff = [key for key in _SAME if d[key] != ref[key]]
+        if diff:
+            raise InputError(f"cannot be averaged with {paths[0]}: its plan differs in {', '.join(diff)}", path=p)
+    out = Path(output)
+    out = out / MODEL_FILE if out.suffix != ".pt" else out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    weights = [sd for a in arts for sd in (a.members or [a.state_dict])]
+    plan = Plan.from_dict({**ref, "ensemble": len(weights)})
+    return save_model(out, plan, weights, members=len(weights),
+                      sources=[str(p.resolve()) for p in paths])
