@@ -9,10 +9,17 @@ Each image's probability maps are computed once; then:
 * ``markers``: marker variants, each with its thresholds chosen on the tuning images and then scored on the
   validation images: interior - boundary (the default), seeds that must also lie in the distance map's core
   ("and"), h-maxima of the distance map ("hmax"), interior seeds split by distance h-maxima ("split");
+  Also interior seeds plus distance-map cores where a nucleus has none ("or"), and foreground parts without any
+  seed kept as objects of their own ("orphans");
 * ``oracle``: the run's own threshold grid scored on the validation images (the best count error any threshold
   pair could give, for scale only: choosing it would be tuning to the validation set);
+* ``rule``: thresholds chosen on the tuning images by AP@0.5 minus count error instead of AP@0.5 alone;
 * ``filters``: dropping objects whose mean foreground probability is below m, on both sets;
-* ``images``: the validation images with the largest relative count errors.
+* ``images``: the validation images with the largest relative count errors;
+* ``tta``: flip TTA (4 passes, what ``count --tta`` does) and all eight 90-degree rotations and flips (the
+  training augmentations), with the run's thresholds;
+* ``enlarge``: test-time enlargement of images whose nuclei are smaller than D px across (the ``--diameter``
+  machinery applied to a model trained at native scale), D chosen on the tuning images.
 """
 
 from __future__ import annotations
@@ -32,6 +39,8 @@ MARKER_GRIDS = {
     "and": [dict(t=t, s=s, d=d) for t in (0.5, 0.6) for s in (0.5, 0.8, 0.9) for d in (0.2, 0.3, 0.4, 0.5)],
     "hmax": [dict(t=t, h=h) for t in (0.5, 0.6) for h in (0.05, 0.1, 0.2, 0.3, 0.4)],
     "split": [dict(t=t, s=s, h=h) for t in (0.5, 0.6) for s in (0.8, 0.9) for h in (0.1, 0.2, 0.3, 0.4)],
+    "or": [dict(t=t, s=s, d=d) for t in (0.5, 0.6, 0.7) for s in (0.85, 0.9) for d in (0.3, 0.4, 0.5, 0.6)],
+    "orphans": [dict(t=t, s=s) for t in (0.4, 0.5, 0.6, 0.7) for s in (0.8, 0.85, 0.9, 0.95)],
 }
 
 
@@ -48,9 +57,9 @@ def segment(p: np.ndarray, mode: str, t: float, s: float | None = None, d: float
     from medseg.postprocess.watershed import relabel_sequential, remove_small_instances, watershed_instances
 
     fg, dist = p[1] + p[2], p[3]
-    common = dict(threshold=t, min_size=8, keep_unseeded=False)
-    if mode == "boundary":  # what CellModel.postprocess does
-        return watershed_instances(fg, boundary=p[2], seed_threshold=s, min_seed_size=4, markers="boundary", **common)
+    if mode in ("boundary", "orphans"):  # "boundary" is what CellModel.postprocess does
+        return watershed_instances(fg, boundary=p[2], seed_threshold=s, min_seed_size=4, markers="boundary",
+                                   threshold=t, min_size=8, keep_unseeded=mode == "orphans")
     mask, inner = fg > t, fg - p[2]
     if mode == "hmax":
         seeds = ndi.label(h_maxima(np.where(mask, dist, 0).astype(np.float64), h) & mask)[0]
@@ -64,6 +73,12 @@ def segment(p: np.ndarray, mode: str, t: float, s: float | None = None, d: float
         seeds = watershed(-dist, peaks, mask=core)
         rest = ndi.label(core & (seeds == 0))[0]  # seed parts without a peak stay whole
         seeds = np.where(rest > 0, rest + seeds.max(), seeds)
+        surface = p[2] - fg
+    elif mode == "or":  # interior seeds, plus distance cores that hold none of them
+        seeds = remove_small_instances(ndi.label((inner > s) & mask)[0], 4)
+        cores = ndi.label((dist > d) & mask)[0]
+        extra = remove_small_instances(ndi.label((cores > 0) & ~np.isin(cores, np.unique(cores[seeds > 0])))[0], 4)
+        seeds = np.where(extra > 0, extra + seeds.max(), seeds)
         surface = p[2] - fg
     else:
         raise ValueError(mode)
@@ -111,11 +126,30 @@ def seed_causes(ref: np.ndarray, pred: np.ndarray, p: np.ndarray, threshold: flo
     return out
 
 
+def dihedral_probabilities(model, image: np.ndarray) -> np.ndarray:
+    """Maps of ``model`` averaged (as logits) over all eight 90-degree rotations and flips of a 2D image."""
+    import torch
+
+    from medseg.cells.data import percentile_normalize
+    from medseg.infer.sliding_window import sliding_window_predict
+
+    x = percentile_normalize(image, *model.cfg.norm_percentiles)
+    logits = 0
+    for k in (0, 1):  # flips of the image and of its 90-degree rotation: the whole dihedral group
+        lg = sliding_window_predict(model.net, np.ascontiguousarray(np.rot90(x, k), dtype=np.float32)[None],
+                                    list(model.cfg.patch_size), overlap=model.overlap, tta=[0, 1], batch_size=4,
+                                    device=model.device, num_classes=4 if model.cfg.distance_head else 3,
+                                    activation=None)
+        logits = logits + torch.rot90(lg, -k, (1, 2)) / 2
+    prob = torch.softmax(logits[:3], 0)
+    return torch.cat([prob, torch.sigmoid(logits[3:])]).numpy() if model.cfg.distance_head else prob.numpy()
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--run", required=True, help="a trained cell model (medseg cells train / benchmarks/cells.py)")
     ap.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared/data/dsb2018_fluo"))
-    ap.add_argument("--only", default="causes,markers,oracle,filters,images")
+    ap.add_argument("--only", default="causes,markers,oracle,rule,filters,images,tta,enlarge")
     ap.add_argument("--limit", type=int, default=None, help="first N images of each set (smoke tests)")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args(argv)
@@ -163,6 +197,15 @@ def main(argv=None) -> int:
         rows = [(scores(refs, [model.postprocess(p, t, s, src) for p in probs]), (src, t, s)) for src, t, s in grid]
         (va, ve), g = min(rows, key=lambda r: r[0][1])
         print(f"oracle: lowest validation count error over the threshold grid {ve:.1%} (AP@0.5 {va:.3f}) at {g}")
+    if "rule" in parts and not model.meta.get("tuning"):
+        print("rule: the run held out no tuning images (--tune-fraction 0)")
+    elif "rule" in parts:
+        best = max(model.meta["tuning"]["table"], key=lambda r: r["ap"] - r["count_error"])
+        va, ve = scores(refs, [model.postprocess(p, best["threshold"], best["seed_threshold"], best["seeds"])
+                               for p in probs])
+        print(f"rule AP - count error on the tuning images: {best['seeds']} fg {best['threshold']}, seed "
+              f"{best['seed_threshold']} (tuning {best['ap']:.3f}, {best['count_error']:.1%}) | validation {va:.3f}, "
+              f"{ve:.1%}")
     if "filters" in parts:
         for name, (_, rs, ps) in data.items():
             if not rs:
@@ -182,6 +225,29 @@ def main(argv=None) -> int:
         print("largest relative count errors (validation): " + "; ".join(
             f"{i[:12]} {n} -> {m} ({e:.0%})" for e, i, n, m in rows[:6]) +
             f"; the top 6 make {sum(r[0] for r in rows[:6]) / max(total, 1e-9):.0%} of the mean")
+    if "tta" in parts:
+        images = [load_case(c).image for c in sets["val"][: args.limit]]
+        model.tta = True
+        flips = [model.probabilities(im) for im in images]
+        model.tta = False
+        for name, maps in (("flip TTA (4 passes)", flips),
+                           ("dihedral TTA (8 passes)", [dihedral_probabilities(model, im) for im in images])):
+            va, ve = scores(refs, [model.postprocess(p) for p in maps])
+            print(f"{name}: validation AP@0.5 {va:.3f}, count err {ve:.1%}")
+    if "enlarge" in parts and cfg.diameter:
+        print(f"enlarge: the run was trained with --diameter {cfg.diameter} already")
+    elif "enlarge" in parts:
+        imgs = {n: [load_case(c).image for c in sets[n][: args.limit]] for n in ("tune", "val")}
+        rows = []
+        for d in (None, 10.0, 12.0, 14.0):
+            model.cfg.diameter, model._last = d, None
+            rows.append((d, *(scores(data[n][1], [model.segment(im) for im in imgs[n]]) for n in ("tune", "val"))))
+        model.cfg.diameter = None
+        for d, (ta, te), (va, ve) in rows:
+            print(f"enlarge below {d or 'off'} px: tuning AP@0.5 {ta:.3f}, count err {te:.1%} | validation {va:.3f}, "
+                  f"{ve:.1%}")
+        d, _, (va, ve) = max(rows, key=lambda r: (round(r[1][0], 4), -r[1][1]))
+        print(f"enlarge: chosen on the tuning images: {d or 'off'} -> validation {va:.3f}, {ve:.1%}")
     return 0
 
 
