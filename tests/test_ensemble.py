@@ -5,19 +5,15 @@ from __future__ import annotations
 
 import doctest
 import importlib
-import os
-import signal
-import subprocess
-import sys
 import time
 
 import numpy as np
 import pytest
 import torch
 
-from conftest import REPO, assert_clean_error, run_cli
+from conftest import assert_clean_error, run_cli
 from test_predict import make_model
-from test_train import read_log, tiny_plan
+from test_train import kill_when_logged, read_log, tiny_plan
 
 
 def test_docstring_examples_run():
@@ -107,18 +103,7 @@ def test_ensemble_kill_and_resume(tmp_path):
     plan = tiny_plan(tmp_path, max_epochs=4, ensemble=2)
     ref = run_cli("train", plan, "-o", tmp_path / "ref", "-q")
     assert ref.code == 0, ref.err
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.Popen([sys.executable, "-m", "medseg", "train", str(plan), "-o", str(tmp_path / "run"), "-q"],
-                            cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    log = tmp_path / "run" / "member_1" / "log.csv"
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline and proc.poll() is None:
-        if log.exists() and len(log.read_text().strip().splitlines()) >= 3:
-            break
-        time.sleep(0.05)
-    assert proc.poll() is None, "training finished before it could be killed"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill_when_logged(plan, tmp_path / "run", tmp_path / "run" / "member_1" / "log.csv", 3)
     assert not (tmp_path / "run" / "model.pt").exists()
     first = (tmp_path / "run" / "member_0" / "model.pt").stat().st_mtime_ns
     res = run_cli("train", plan, "-o", tmp_path / "run", "--resume", "-q")

@@ -128,18 +128,7 @@ def test_kill_and_resume_continues_exactly(tmp_path):
     plan = tiny_plan(tmp_path, max_epochs=4)
     ref = run_cli("train", plan, "-o", tmp_path / "ref", "-q")
     assert ref.code == 0, ref.err
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.Popen([sys.executable, "-m", "medseg", "train", str(plan), "-o", str(tmp_path / "run"), "-q"],
-                            cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    log = tmp_path / "run" / "log.csv"
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline and proc.poll() is None:
-        if log.exists() and len(log.read_text().strip().splitlines()) >= 3:  # header + 2 epochs
-            break
-        time.sleep(0.05)
-    assert proc.poll() is None, "training finished before it could be killed"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill_when_logged(plan, tmp_path / "run", tmp_path / "run" / "log.csv", 3)  # header + 2 epochs
     assert not (tmp_path / "run" / "model.pt").exists()
     killed_at = torch.load(tmp_path / "run" / "checkpoint_latest.pt", weights_only=True)["epoch"]
     assert 2 <= killed_at < 4
@@ -151,6 +140,21 @@ def test_kill_and_resume_continues_exactly(tmp_path):
         assert ra["iteration"] == rb["iteration"] and ra["lr"] == rb["lr"]
         assert float(ra["train_loss"]) == pytest.approx(float(rb["train_loss"]), rel=1e-3, abs=1e-4)
         assert float(ra["val_mean"]) == pytest.approx(float(rb["val_mean"]), abs=1e-3)
+
+
+def kill_when_logged(plan: Path, run: Path, log: Path, lines: int) -> None:
+    """Start ``medseg train PLAN -o RUN`` in a process and SIGKILL it once ``log`` has ``lines`` lines."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen([sys.executable, "-m", "medseg", "train", str(plan), "-o", str(run), "-q"],
+                            cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and proc.poll() is None:
+        if log.exists() and len(log.read_text().strip().splitlines()) >= lines:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "training finished before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
 
 
 def _free_port() -> int:

@@ -122,9 +122,8 @@ def ensemble_cmd(
     output: Path = typer.Option(..., "-o", "--output", help="model.pt (or a folder) to write."),
 ) -> None:
     """Join separately trained models (folds, seeds, machines) into one model that averages their probabilities."""
-    from medseg.train.ensemble import combine_models
-
     from medseg.train.artifact import load_model
+    from medseg.train.ensemble import combine_models
 
     path = combine_models(models, output)
     typer.echo(f"wrote {path}: {len(load_model(path).members)} networks averaged")

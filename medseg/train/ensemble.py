@@ -15,7 +15,6 @@ cross-validation, or members trained on several machines) into the same kind of 
 from __future__ import annotations
 
 import csv
-import json
 import os
 import time
 from pathlib import Path
@@ -69,7 +68,7 @@ def train_ensemble(plan: Plan, run_dir: str | os.PathLike, members: int | None =
     """
     from medseg.train.artifact import MODEL_FILE, load_model, save_model
     from medseg.train.dataset import load_case, open_dataset
-    from medseg.train.trainer import TrainResult, make_splits, resolve_device, train, validate
+    from medseg.train.trainer import TrainResult, fold_split, resolve_device, train, validate
 
     t0 = time.monotonic()
     run_dir = Path(run_dir)
@@ -99,17 +98,8 @@ def train_ensemble(plan: Plan, run_dir: str | os.PathLike, members: int | None =
     plan.to_yaml(run_dir / "plan.yaml")
     ds = open_dataset(plan.dataset)
     split_file = run_dir / "splits.json"
-    if split_file.is_file():
-        splits = json.loads(split_file.read_text())
-    else:
-        splits = make_splits([c.id for c in ds.cases if c.label is not None], plan.num_folds, plan.seed)
-        with atomic_path(split_file) as tmp:
-            tmp.write_text(json.dumps(splits, indent=1))
+    val_ids = fold_split(run_dir, ds, plan)["val"]
     by_id = {c.id: c for c in ds.cases}
-    val_ids = splits[min(plan.fold, len(splits) - 1)]["val"]
-    missing = [i for i in val_ids if i not in by_id]
-    if missing:
-        raise InputError(f"splits.json names cases that are not in the dataset: {missing[:3]}", path=split_file)
     val_cases = []
     for i in val_ids:
         image, label = load_case(by_id[i])

@@ -60,6 +60,25 @@ def make_splits(case_ids: list[str], k: int, seed: int = 0) -> list[dict[str, li
              "val": sorted(ids[i] for i in fold)} for n, fold in enumerate(folds)]
 
 
+def fold_split(run_dir: Path, ds, plan: Plan, write: bool = True) -> dict[str, list[str]]:
+    """The plan's fold of the run's ``splits.json`` (written from :func:`make_splits` with the plan's seed when the
+    run has none yet, so that a resumed run or an ensemble's members keep it); checks its case ids exist."""
+    split_file = run_dir / "splits.json"
+    if split_file.is_file():
+        splits = json.loads(split_file.read_text())
+    else:
+        splits = make_splits([c.id for c in ds.cases if c.label is not None], plan.num_folds, plan.seed)
+        if write:
+            with atomic_path(split_file) as tmp:
+                tmp.write_text(json.dumps(splits, indent=1))
+    split = splits[min(plan.fold, len(splits) - 1)]
+    known = {c.id for c in ds.cases}
+    missing = [i for i in split["train"] + split["val"] if i not in known]
+    if missing:
+        raise InputError(f"splits.json names cases that are not in the dataset: {missing[:3]}", path=split_file)
+    return split
+
+
 class PolyLR:
     """Poly decay on progress = max(iterations done / planned, time used / budget), so a time budget ends with
     a decayed LR. Its state (progress) is saved and restored."""
@@ -188,19 +207,8 @@ def train(plan: Plan, run_dir: str | os.PathLike, fold: int | None = None, max_e
     if plan.dataset is None:
         raise InputError("the plan names no dataset folder (set 'dataset:' in the plan)")
     ds = open_dataset(plan.dataset)
-    split_file = run_dir / "splits.json"
-    if split_file.is_file():
-        splits = json.loads(split_file.read_text())
-    else:
-        splits = make_splits([c.id for c in ds.cases if c.label is not None], plan.num_folds, plan.seed)
-        if rank == 0:
-            with atomic_path(split_file) as tmp:
-                tmp.write_text(json.dumps(splits, indent=1))
-    split = splits[min(plan.fold, len(splits) - 1)]
+    split = fold_split(run_dir, ds, plan, write=rank == 0)
     by_id = {c.id: c for c in ds.cases}
-    missing = [i for i in split["train"] + split["val"] if i not in by_id]
-    if missing:
-        raise InputError(f"splits.json names cases that are not in the dataset: {missing[:3]}", path=split_file)
 
     torch.manual_seed(plan.seed + rank)
     random.seed(plan.seed + rank)
