@@ -16,6 +16,8 @@ Each image's probability maps are computed once; then:
 * ``rule``: thresholds chosen on the tuning images by AP@0.5 minus count error instead of AP@0.5 alone;
 * ``filters``: dropping objects whose mean foreground probability is below m, on both sets;
 * ``images``: the validation images with the largest relative count errors;
+* ``unmatched``: validation nuclei without a match, split into those no prediction covers (at least half of their
+  pixels background) and the rest (merged or misshapen), with their areas and contrasts next to the matched ones';
 * ``tta``: flip TTA (4 passes, what ``count --tta`` does) and all eight 90-degree rotations and flips (the
   training augmentations), with the run's thresholds;
 * ``enlarge``: test-time enlargement of images whose nuclei are smaller than D px across (the ``--diameter``
@@ -105,6 +107,24 @@ def scores(refs, preds) -> tuple[float, float]:
     return float(np.mean([m["ap@0.5"] for m in ms])), float(np.mean([abs(m["relative_count_error"]) for m in ms]))
 
 
+def nucleus_table(ref: np.ndarray, pred: np.ndarray, image: np.ndarray) -> np.ndarray:
+    """One row per reference nucleus: area (px), contrast (mean normalised intensity minus the median of the pixels
+    that are background in both maps), share of its pixels inside any prediction, best IoU with a prediction."""
+    from medseg.cells.data import percentile_normalize
+    from medseg.evaluate.instances import overlaps
+
+    img = percentile_normalize(image)
+    both_bg = (ref == 0) & (pred == 0)
+    bg = float(np.median(img[both_bg])) if both_bg.any() else 0.0
+    ov = overlaps(ref, pred)
+    best = np.zeros(len(ov.ref_ids))
+    np.maximum.at(best, ov.pair_ref, ov.pair_iou)
+    idx = ov.ref_ids
+    contrast = np.asarray(ndi.mean(img, ref, idx)) - bg
+    covered = np.asarray(ndi.mean(pred > 0, ref, idx))
+    return np.stack([ov.ref_sizes, contrast, covered, best], 1) if len(idx) else np.zeros((0, 4))
+
+
 def seed_causes(ref: np.ndarray, pred: np.ndarray, p: np.ndarray, threshold: float, seed_threshold: float) -> dict:
     """Unmatched reference nuclei (IoU < 0.5) by their seeds: seedless, shared with another nucleus, own."""
     from medseg.evaluate.instances import overlaps
@@ -149,7 +169,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--run", required=True, help="a trained cell model (medseg cells train / benchmarks/cells.py)")
     ap.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared/data/dsb2018_fluo"))
-    ap.add_argument("--only", default="causes,markers,oracle,rule,filters,images,tta,enlarge")
+    ap.add_argument("--only", default="causes,markers,oracle,rule,filters,images,unmatched,tta,enlarge")
     ap.add_argument("--limit", type=int, default=None, help="first N images of each set (smoke tests)")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args(argv)
@@ -225,6 +245,14 @@ def main(argv=None) -> int:
         print("largest relative count errors (validation): " + "; ".join(
             f"{i[:12]} {n} -> {m} ({e:.0%})" for e, i, n, m in rows[:6]) +
             f"; the top 6 make {sum(r[0] for r in rows[:6]) / max(total, 1e-9):.0%} of the mean")
+    if "unmatched" in parts:
+        rows = np.concatenate([nucleus_table(r, q, load_case(c).image)
+                               for r, q, c in zip(refs, preds, sets["val"][: args.limit])])
+        groups = {"matched": rows[:, 3] >= 0.5, "uncovered": (rows[:, 3] < 0.5) & (rows[:, 2] < 0.5),
+                  "covered but unmatched": (rows[:, 3] < 0.5) & (rows[:, 2] >= 0.5)}
+        print("validation nuclei: " + "; ".join(
+            f"{name} {int(sel.sum())} (median area {np.median(rows[sel, 0]) if sel.any() else 0:.0f} px, contrast "
+            f"{np.median(rows[sel, 1]) if sel.any() else 0:.2f})" for name, sel in groups.items()))
     if "tta" in parts:
         images = [load_case(c).image for c in sets["val"][: args.limit]]
         model.tta = True

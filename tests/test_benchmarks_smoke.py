@@ -112,6 +112,7 @@ def test_cells_analysis_runs_on_a_bounded_model(tmp_path, capsys):
     assert re.search(r"oracle: lowest validation count error over the threshold grid [\d.]+%", out)
     assert "mean-probability filter, val" in out and "largest relative count errors" in out
     assert "rule: the run held out no tuning images" in out
+    assert re.search(r"validation nuclei: matched \d+ \(median area [\d.]+ px, contrast -?[\d.]+\); uncovered \d+", out)
     assert re.search(r"flip TTA \(4 passes\): validation AP@0.5 [\d.]+, count err [\d.]+%", out)
     assert re.search(r"dihedral TTA \(8 passes\): validation AP@0.5 [\d.]+, count err [\d.]+%", out)
     assert len(re.findall(r"enlarge below (off|[\d.]+) px: tuning", out)) == 4 and "enlarge: chosen" in out
@@ -146,6 +147,13 @@ def test_cells_analysis_pieces_hand_checkable():
         out = segment(p, mode, t=0.5, **kw)
         assert out.max() == 3, mode
         assert len(np.unique(out[ref == 1])) == 1 and np.unique(out[ref == 1]) != np.unique(out[ref == 2])
+    # per-nucleus table: the merged squares are covered but unmatched, the third matched
+    from benchmarks.cells_analysis import nucleus_table
+
+    img = (ref > 0).astype(np.float32) * 100 + 10
+    tab = nucleus_table(ref, merged, img)
+    assert tab[:, 0].tolist() == [100, 100, 25] and tab[:, 2].tolist() == [1.0, 1.0, 1.0]
+    assert tab[0, 3] < 0.5 and tab[2, 3] == 1.0 and tab[2, 1] > 0.9
     # the faint object has no interior seed at 0.8: "or" seeds it from its distance core, "orphans" keeps it whole
     assert segment(p, "or", t=0.5, s=0.8, d=0.5).max() == 3
     assert segment(p, "or", t=0.5, s=0.8, d=1.01).max() == 2  # no core either
