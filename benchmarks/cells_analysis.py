@@ -185,11 +185,12 @@ def main(argv=None) -> int:
     tune_ids = set(model.meta["split"].get("tune", []))
     sets = {"tune": [c for c in list_cases(args.data) if c.case in tune_ids],
             "val": dataset_split(args.data, list_cases(args.data))["val"]}
-    data = {}
+    data, images = {}, {}
     for name, cases in sets.items():
         cases = [load_case(c) for c in cases[: args.limit]]
+        images[name] = [c.image for c in cases]
         data[name] = ([c.case for c in cases], [c.labels for c in cases],
-                      [model.probabilities(c.image) for c in cases])
+                      [model.probabilities(im) for im in images[name]])
     print(f"{args.run}: {len(data['tune'][0])} tuning, {len(data['val'][0])} validation images; run thresholds "
           f"fg {cfg.threshold}, seed {cfg.seed_threshold}, markers {cfg.seeds}")
     ids, refs, probs = data["val"]
@@ -246,30 +247,27 @@ def main(argv=None) -> int:
             f"{i[:12]} {n} -> {m} ({e:.0%})" for e, i, n, m in rows[:6]) +
             f"; the top 6 make {sum(r[0] for r in rows[:6]) / max(total, 1e-9):.0%} of the mean")
     if "unmatched" in parts:
-        rows = np.concatenate([nucleus_table(r, q, load_case(c).image)
-                               for r, q, c in zip(refs, preds, sets["val"][: args.limit])])
+        rows = np.concatenate([nucleus_table(r, q, im) for r, q, im in zip(refs, preds, images["val"])])
         groups = {"matched": rows[:, 3] >= 0.5, "uncovered": (rows[:, 3] < 0.5) & (rows[:, 2] < 0.5),
                   "covered but unmatched": (rows[:, 3] < 0.5) & (rows[:, 2] >= 0.5)}
         print("validation nuclei: " + "; ".join(
             f"{name} {int(sel.sum())} (median area {np.median(rows[sel, 0]) if sel.any() else 0:.0f} px, contrast "
             f"{np.median(rows[sel, 1]) if sel.any() else 0:.2f})" for name, sel in groups.items()))
     if "tta" in parts:
-        images = [load_case(c).image for c in sets["val"][: args.limit]]
         model.tta = True
-        flips = [model.probabilities(im) for im in images]
+        flips = [model.probabilities(im) for im in images["val"]]
         model.tta = False
         for name, maps in (("flip TTA (4 passes)", flips),
-                           ("dihedral TTA (8 passes)", [dihedral_probabilities(model, im) for im in images])):
+                           ("dihedral TTA (8 passes)", [dihedral_probabilities(model, im) for im in images["val"]])):
             va, ve = scores(refs, [model.postprocess(p) for p in maps])
             print(f"{name}: validation AP@0.5 {va:.3f}, count err {ve:.1%}")
     if "enlarge" in parts and cfg.diameter:
         print(f"enlarge: the run was trained with --diameter {cfg.diameter} already")
     elif "enlarge" in parts:
-        imgs = {n: [load_case(c).image for c in sets[n][: args.limit]] for n in ("tune", "val")}
         rows = []
         for d in (None, 10.0, 12.0, 14.0):
             model.cfg.diameter, model._last = d, None
-            rows.append((d, *(scores(data[n][1], [model.segment(im) for im in imgs[n]]) for n in ("tune", "val"))))
+            rows.append((d, *(scores(data[n][1], [model.segment(im) for im in images[n]]) for n in ("tune", "val"))))
         model.cfg.diameter = None
         for d, (ta, te), (va, ve) in rows:
             print(f"enlarge below {d or 'off'} px: tuning AP@0.5 {ta:.3f}, count err {te:.1%} | validation {va:.3f}, "

@@ -101,7 +101,8 @@ def train_cmd(
         res = train(plan, output, fold=fold, max_epochs=max_epochs, max_minutes=max_minutes, resume=resume,
                     device=device, progress=not quiet, num_threads=threads)
     dice = ", ".join(f"{k} {v:.4f}" for k, v in res.val_dice.items())
-    typer.echo(f"trained {res.epochs} epochs ({res.iterations} iterations, {res.elapsed_s / 60:.1f} min); "
+    what = f"an ensemble of {ensemble or plan.ensemble} networks, " if (ensemble or plan.ensemble) > 1 else ""
+    typer.echo(f"trained {what}{res.epochs} epochs ({res.iterations} iterations, {res.elapsed_s / 60:.1f} min); "
                f"validation Dice: {dice or 'n/a'}; model: {res.model_path}")
 
 
@@ -122,11 +123,10 @@ def ensemble_cmd(
     output: Path = typer.Option(..., "-o", "--output", help="model.pt (or a folder) to write."),
 ) -> None:
     """Join separately trained models (folds, seeds, machines) into one model that averages their probabilities."""
-    from medseg.train.artifact import load_model
     from medseg.train.ensemble import combine_models
 
     path = combine_models(models, output)
-    typer.echo(f"wrote {path}: {len(load_model(path).members)} networks averaged")
+    typer.echo(f"wrote {path}: {len(models)} models joined")
 
 
 @app.command("predict")

@@ -32,7 +32,8 @@ _SAME = ("channels", "labels", "normalisation", "target_spacing", "spatial_dims"
 
 class SoftmaxEnsemble(torch.nn.Module):
     """Averages the softmax probabilities of ``members`` (same input and classes) and returns their logarithm,
-    so that a softmax downstream (sliding-window prediction, validation) gives exactly the mean probabilities.
+    so that a softmax of one window's output gives exactly the members' mean probabilities (overlapping windows
+    are then blended like any network's logits).
 
     Examples
     --------
@@ -66,9 +67,9 @@ def train_ensemble(plan: Plan, run_dir: str | os.PathLike, members: int | None =
     Each member gets an equal share of what is left of ``max_minutes`` when it starts (less a reserve for the
     ensemble's final validation); member i uses seed ``plan.seed + i`` and the split written for ``plan.seed``.
     """
-    from medseg.train.artifact import MODEL_FILE, load_model, save_model
+    from medseg.train.artifact import MODEL_FILE, build_from_plan, load_model, save_model
     from medseg.train.dataset import load_case, open_dataset
-    from medseg.train.trainer import TrainResult, fold_split, resolve_device, train, validate
+    from medseg.train.trainer import TrainResult, fold_split, resolve_device, train, validate, validation_cost
 
     t0 = time.monotonic()
     run_dir = Path(run_dir)
@@ -107,14 +108,14 @@ def train_ensemble(plan: Plan, run_dir: str | os.PathLike, members: int | None =
     dev = resolve_device(device)
 
     budget = plan.max_minutes * 60 if plan.max_minutes else None
-    reserve = _validation_reserve(plan, val_cases, dev, k) if budget and val_cases else 0.0
+    reserve = 0.0
+    if budget and val_cases:  # the ensemble's final validation: k networks per case
+        reserve = k * validation_cost(build_from_plan(plan, deep_supervision=False).to(dev), plan, val_cases, dev)
     cache: dict = {}
-    done, in_calls, rows = [], 0.0, []
+    done, in_calls, rows, arts = [], 0.0, [], []
     for i in range(k):
         mdir = run_dir / f"member_{i}"
-        if (mdir / MODEL_FILE).is_file():  # finished (written last, atomically)
-            info = load_model(mdir).info
-        else:
+        if not (mdir / MODEL_FILE).is_file():  # model.pt is written last, atomically: present = finished
             mdir.mkdir(parents=True, exist_ok=True)
             if not (mdir / "splits.json").is_file():
                 (mdir / "splits.json").write_text(split_file.read_text())
@@ -129,12 +130,12 @@ def train_ensemble(plan: Plan, run_dir: str | os.PathLike, members: int | None =
             train(member, mdir, fold=plan.fold, max_minutes=minutes, resume=continuing, device=device,
                   progress=progress, num_threads=num_threads, validation=False, cache=cache)
             in_calls += time.monotonic() - t
-            info = load_model(mdir).info
+        arts.append(load_model(mdir))
+        info = arts[-1].info
         done.append({"elapsed_s": float(info.get("elapsed_s", 0.0)), "epochs": int(info.get("epochs", 0)),
                      "iterations": int(info.get("iterations", 0))})
         rows.append({"member": i, "seed": plan.seed + i, **done[-1]})
 
-    arts = [load_model(run_dir / f"member_{i}") for i in range(k)]
     net = SoftmaxEnsemble([a.build() for a in arts]).to(dev) if k > 1 else arts[0].build().to(dev)
     val = validate(net, plan, val_cases, dev) if val_cases else {}
     elapsed = sum(d["elapsed_s"] for d in done) + (time.monotonic() - t0 - in_calls)
@@ -146,17 +147,6 @@ def train_ensemble(plan: Plan, run_dir: str | os.PathLike, members: int | None =
                             iterations=iterations, elapsed_s=round(elapsed, 1), fold=plan.fold, val_dice=val,
                             members=k)
     return TrainResult(run_dir, epochs, iterations, elapsed, val, val.get("mean", float("nan")), model_path)
-
-
-def _validation_reserve(plan: Plan, val_cases, dev, k: int) -> float:
-    """Seconds the ensemble's final validation will take: one case through one untrained member, scaled."""
-    from medseg.train.artifact import build_from_plan
-    from medseg.train.trainer import validate
-
-    net = build_from_plan(plan, deep_supervision=False).to(dev)
-    t = time.monotonic()
-    validate(net, plan, val_cases[:1], dev)
-    return 1.25 * (time.monotonic() - t) * len(val_cases) * k
 
 
 def _write_log(path: Path, rows: list[dict]) -> None:

@@ -153,6 +153,14 @@ def validate(network, plan: Plan, val_cases, device, progress=False) -> dict[str
     return res
 
 
+def validation_cost(network, plan: Plan, val_cases, device, margin: float = 1.25) -> float:
+    """Seconds a validation of ``val_cases`` will take, to reserve inside a time budget: one case timed now,
+    scaled by the count and a safety ``margin``."""
+    t0 = time.monotonic()
+    validate(network, plan, val_cases[:1], device)
+    return margin * (time.monotonic() - t0) * len(val_cases)
+
+
 def _rng_state(np_rng, gen):
     return {"torch": torch.get_rng_state(), "numpy": np_rng.bit_generator.state, "python": random.getstate(),
             "augment": gen.get_state()}
@@ -259,10 +267,7 @@ def train(plan: Plan, run_dir: str | os.PathLike, fold: int | None = None, max_e
         return elapsed_before + time.monotonic() - t_start
 
     if budget and rank == 0 and val_cases:
-        # reserve time for the final validation inside the budget: time one case now, scale by the count
-        t0 = time.monotonic()
-        validate(network, plan, val_cases[:1], dev)
-        val_cost = 1.25 * (time.monotonic() - t0) * len(val_cases)
+        val_cost = validation_cost(network, plan, val_cases, dev)
     val_cost = ddp.broadcast_float(val_cost, world)
 
     stop = False
