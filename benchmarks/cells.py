@@ -119,7 +119,7 @@ def main(argv=None) -> int:
                     help="training images held out to choose the watershed thresholds (0: the 0.5 defaults)")
     ap.add_argument("--thresholds", default=None, metavar="FG,SEED[,MARKERS]",
                     help="score the learned model with these watershed thresholds instead of the run's (e.g. 0.5,0.5 "
-                         "or 0.5,0.4,distance; markers: distance or boundary)")
+                         "or 0.5,0.4,distance; markers: boundary, distance or votes)")
     ap.add_argument("--seed", type=int, default=0, help="training seed (patch sampling, augmentation, weights)")
     ap.add_argument("--diameter", type=float, default=None,
                     help="train with scale normalisation: images enlarged to this median nucleus diameter (px)")
@@ -127,9 +127,15 @@ def main(argv=None) -> int:
                     help="w0 of the U-Net weight map near touching nuclei (default: the training default, 10; 0: off)")
     ap.add_argument("--no-distance-head", action="store_true",
                     help="train the 3-class model only (markers from interior minus boundary)")
+    ap.add_argument("--offset-head", action=argparse.BooleanOptionalAction, default=True,
+                    help="also train offsets to the nuclei's centres (the default; centre-voting markers join the "
+                         "threshold search)")
     ap.add_argument("--retune", action="store_true",
                     help="re-run the threshold search (current grid) on the run's held-out tuning images first")
     ap.add_argument("--tta", action="store_true", help="flip test-time augmentation for the learned model")
+    ap.add_argument("--min-snr", type=float, default=None,
+                    help="contrast test of the learned model's objects (default: the model's, 2; 0: off, which "
+                         "reproduces the numbers recorded before session 8)")
     ap.add_argument("--no-learned", action="store_true", help="score only the classical methods")
     ap.add_argument("--learned-only", action="store_true", help="skip the classical baselines and 3D")
     ap.add_argument("--by-size", action="store_true",
@@ -151,7 +157,7 @@ def main(argv=None) -> int:
         cfg = CellTrainConfig(max_minutes=args.minutes, patch_size=(args.patch, args.patch),
                               batch_size=args.batch_size, base_filters=args.base_filters, threads=args.threads,
                               tune_fraction=args.tune_fraction, distance_head=not args.no_distance_head,
-                              diameter=args.diameter, seed=args.seed,
+                              diameter=args.diameter, seed=args.seed, offset_head=args.offset_head,
                               **({} if args.contact_weight is None else {"contact_weight": args.contact_weight}))
         t = time.perf_counter()
         train_cells(args.data, run, cfg, progress=sys.stderr.isatty())
@@ -183,7 +189,10 @@ def main(argv=None) -> int:
         model.cfg.threshold, model.cfg.seed_threshold = float(fg), float(seed)
         model.cfg.seeds = src[0] if src else model.cfg.seeds
     if model is not None:
+        if args.min_snr is not None:
+            model.cfg.min_snr = args.min_snr
         info["thresholds_used"] = [model.cfg.threshold, model.cfg.seed_threshold, model.cfg.seeds]
+        info["min_snr"] = model.cfg.min_snr
     classical = ClassicalSegmenter()
     distances = (2, 3, 5, 7, 10, 15)
     rows = {"learned": [], "classical": [], "connected_components": []}

@@ -21,7 +21,10 @@ Each image's probability maps are computed once; then:
 * ``tta``: flip TTA (4 passes, what ``count --tta`` does) and all eight 90-degree rotations and flips (the
   training augmentations), with the run's thresholds;
 * ``enlarge``: test-time enlargement of images whose nuclei are smaller than D px across (the ``--diameter``
-  machinery applied to a model trained at native scale), D chosen on the tuning images.
+  machinery applied to a model trained at native scale), D chosen on the tuning images;
+* ``votes`` (models with an offset head): interior - boundary markers, centre voting
+  (``medseg.postprocess.votes``), and interior - boundary objects split where their pixels vote for two or more
+  centres ("split by votes"), each with its thresholds chosen on the tuning images.
 """
 
 from __future__ import annotations
@@ -87,6 +90,30 @@ def segment(p: np.ndarray, mode: str, t: float, s: float | None = None, d: float
     return relabel_sequential(remove_small_instances(watershed(surface, seeds, mask=mask), 8))
 
 
+def split_by_votes(objects: np.ndarray, votes: np.ndarray, fg: np.ndarray, min_size: float = 8.0,
+                   share: float = 0.2) -> np.ndarray:
+    """Split each object of ``objects`` whose pixels fall into two or more vote groups of ``votes`` (each holding
+    at least ``min_size`` pixels and ``share`` of the object); other objects are kept whole."""
+    from skimage.segmentation import watershed
+
+    from medseg.postprocess.watershed import relabel_sequential
+
+    objects, votes = np.asarray(objects, np.int64), np.asarray(votes, np.int64)
+    nv = int(votes.max()) + 1
+    pair = np.bincount((objects * nv + votes).ravel(), minlength=(int(objects.max()) + 1) * nv).reshape(-1, nv)
+    area = pair.sum(1)
+    big = (pair >= np.maximum(min_size, share * area[:, None])) & (np.arange(nv) > 0)[None]
+    split = big.sum(1) >= 2
+    split[0] = False
+    markers = np.where(split[objects], 0, objects)
+    nxt = int(objects.max()) + 1
+    for o in np.flatnonzero(split):
+        for v in np.flatnonzero(big[o]):
+            markers[(objects == o) & (votes == v)] = nxt
+            nxt += 1
+    return relabel_sequential(watershed(-np.asarray(fg, float), markers, mask=objects > 0))
+
+
 def mean_probability_filter(labels: np.ndarray, fg: np.ndarray, minimum: float) -> np.ndarray:
     """Drop objects whose mean foreground probability is below ``minimum``."""
     from medseg.postprocess.watershed import relabel_sequential
@@ -99,10 +126,14 @@ def mean_probability_filter(labels: np.ndarray, fg: np.ndarray, minimum: float) 
     return relabel_sequential(np.concatenate([[0], np.where(keep, idx, 0)])[labels])
 
 
-def scores(refs, preds) -> tuple[float, float]:
-    """Mean AP@0.5 and mean absolute relative count error over images."""
+def scores(refs, preds, images=None, min_snr: float = 0.0, polarity: int = 1) -> tuple[float, float]:
+    """Mean AP@0.5 and mean absolute relative count error over images; with ``images`` and ``min_snr``, objects
+    no brighter than the background's noise are dropped first (what ``count`` does)."""
     from medseg.evaluate.instances import instance_metrics
+    from medseg.postprocess.contrast import remove_faint_instances
 
+    if images is not None and min_snr:
+        preds = [remove_faint_instances(p, im, min_snr, polarity) for p, im in zip(preds, images)]
     ms = [instance_metrics(r, p, [0.5]) for r, p in zip(refs, preds)]
     return float(np.mean([m["ap@0.5"] for m in ms])), float(np.mean([abs(m["relative_count_error"]) for m in ms]))
 
@@ -147,41 +178,61 @@ def seed_causes(ref: np.ndarray, pred: np.ndarray, p: np.ndarray, threshold: flo
 
 
 def dihedral_probabilities(model, image: np.ndarray) -> np.ndarray:
-    """Maps of ``model`` averaged (as logits) over all eight 90-degree rotations and flips of a 2D image."""
+    """Maps of ``model`` averaged (as logits) over all eight 90-degree rotations and flips of a 2D image; an
+    offset head's vectors are turned back with the maps."""
     import torch
 
     from medseg.cells.data import percentile_normalize
+    from medseg.cells.train import out_channels
     from medseg.infer.sliding_window import sliding_window_predict
 
-    x = percentile_normalize(image, *model.cfg.norm_percentiles)
+    cfg = model.cfg
+    x = percentile_normalize(image, *cfg.norm_percentiles)
     logits = 0
-    for k in (0, 1):  # flips of the image and of its 90-degree rotation: the whole dihedral group
-        lg = sliding_window_predict(model.net, np.ascontiguousarray(np.rot90(x, k), dtype=np.float32)[None],
-                                    list(model.cfg.patch_size), overlap=model.overlap, tta=[0, 1], batch_size=4,
-                                    device=model.device, num_classes=4 if model.cfg.distance_head else 3,
-                                    activation=None)
-        logits = logits + torch.rot90(lg, -k, (1, 2)) / 2
-    prob = torch.softmax(logits[:3], 0)
-    return torch.cat([prob, torch.sigmoid(logits[3:])]).numpy() if model.cfg.distance_head else prob.numpy()
+    for k, flips in itertools.product((0, 1), ((), (0,), (1,), (0, 1))):  # the whole dihedral group
+        xt = np.rot90(x, k)
+        xt = np.flip(xt, flips) if flips else xt
+        lg = sliding_window_predict(model.net, np.ascontiguousarray(xt, dtype=np.float32)[None],
+                                    list(cfg.patch_size), overlap=model.overlap, batch_size=4, device=model.device,
+                                    num_classes=out_channels(cfg), activation=None)
+        lg = torch.flip(lg, [a + 1 for a in flips]) if flips else lg
+        if cfg.offset_head:
+            for a in flips:  # a mirrored axis's offsets point the other way
+                lg[-2 + a] = -lg[-2 + a]
+        lg = torch.rot90(lg, -k, (1, 2))
+        if cfg.offset_head and k:  # offsets (w_y, w_x) of the turned image are (v_x, -v_y) of the original
+            lg[-2:] = torch.stack([lg[-1], -lg[-2]])
+        logits = logits + lg / 8
+    parts = [torch.softmax(logits[:3], 0)]
+    if cfg.distance_head:
+        parts.append(torch.sigmoid(logits[3:4]))
+    if cfg.offset_head:
+        parts.append(logits[-2:] * cfg.offset_scale)
+    return torch.cat(parts).numpy()
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--run", required=True, help="a trained cell model (medseg cells train / benchmarks/cells.py)")
     ap.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared/data/dsb2018_fluo"))
-    ap.add_argument("--only", default="causes,markers,oracle,rule,filters,images,unmatched,tta,enlarge")
+    ap.add_argument("--only", default="causes,markers,oracle,rule,filters,images,unmatched,tta,enlarge,votes")
     ap.add_argument("--limit", type=int, default=None, help="first N images of each set (smoke tests)")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--min-snr", type=float, default=None,
+                    help="contrast test applied to every variant (default: the model's, 2; 0: off, as before session 8)")
     args = ap.parse_args(argv)
     import torch
 
     from medseg.cells.count import CellModel
     from medseg.cells.data import dataset_split, list_cases, load_case
-    from medseg.cells.tune import DISTANCE_SEED_GRID, SEED_GRID, THRESHOLD_GRID
+    from medseg.cells.tune import DISTANCE_SEED_GRID, SEED_GRID, THRESHOLD_GRID, VOTE_GRID
 
     torch.set_num_threads(args.threads)
     model = CellModel.load(args.run)
     cfg, parts = model.cfg, set(args.only.split(","))
+    # the contrast test is applied once, in score(), to every variant alike (model.segment would apply it too)
+    min_snr = cfg.min_snr if args.min_snr is None else args.min_snr
+    cfg.min_snr, polarity = 0.0, int(model.meta.get("polarity", 1))
     tune_ids = set(model.meta["split"].get("tune", []))
     sets = {"tune": [c for c in list_cases(args.data) if c.case in tune_ids],
             "val": dataset_split(args.data, list_cases(args.data))["val"]}
@@ -193,8 +244,16 @@ def main(argv=None) -> int:
                       [model.probabilities(im) for im in images[name]])
     print(f"{args.run}: {len(data['tune'][0])} tuning, {len(data['val'][0])} validation images; run thresholds "
           f"fg {cfg.threshold}, seed {cfg.seed_threshold}, markers {cfg.seeds}")
+    def score(name, preds):
+        return scores(data[name][1], preds, images[name], min_snr, polarity)
+
+    def contrast(preds, name="val"):
+        from medseg.postprocess.contrast import remove_faint_instances
+
+        return [remove_faint_instances(p, im, min_snr, polarity) for p, im in zip(preds, images[name])]
+
     ids, refs, probs = data["val"]
-    preds = [model.postprocess(p) for p in probs]
+    preds = contrast([model.postprocess(p) for p in probs])
     if "causes" in parts and cfg.seeds != "boundary":
         print(f"causes: the run's markers are '{cfg.seeds}'; the seed analysis models interior - boundary seeds only")
     elif "causes" in parts:
@@ -205,24 +264,26 @@ def main(argv=None) -> int:
         print("unmatched validation nuclei by seed:", tot)
     if "markers" in parts and not data["tune"][0]:
         print("markers: the run held out no tuning images (--tune-fraction 0), nothing to choose thresholds on")
-    elif "markers" in parts and probs and probs[0].shape[0] > 3:
+    elif "markers" in parts and cfg.distance_head:
         for mode, grid in MARKER_GRIDS.items():
-            tuned = [(scores(data["tune"][1], [segment(p, mode, **g) for p in data["tune"][2]]), g) for g in grid]
+            tuned = [(score("tune", [segment(p, mode, **g) for p in data["tune"][2]]), g) for g in grid]
             (ta, te), g = max(tuned, key=lambda r: (round(r[0][0], 4), -r[0][1]))
-            va, ve = scores(refs, [segment(p, mode, **g) for p in probs])
+            va, ve = score("val", [segment(p, mode, **g) for p in probs])
             print(f"markers {mode:8s} {g}: tuning AP@0.5 {ta:.3f}, count err {te:.1%} | validation {va:.3f}, {ve:.1%}")
     if "oracle" in parts:
         grid = [("boundary", t, s) for t, s in itertools.product(THRESHOLD_GRID, SEED_GRID)]
-        if probs and probs[0].shape[0] > 3:
+        if cfg.distance_head:
             grid += [("distance", t, s) for t, s in itertools.product(THRESHOLD_GRID, DISTANCE_SEED_GRID)]
-        rows = [(scores(refs, [model.postprocess(p, t, s, src) for p in probs]), (src, t, s)) for src, t, s in grid]
+        if cfg.offset_head:
+            grid += [("votes", t, s) for t, s in itertools.product(THRESHOLD_GRID, VOTE_GRID)]
+        rows = [(score("val", [model.postprocess(p, t, s, src) for p in probs]), (src, t, s)) for src, t, s in grid]
         (va, ve), g = min(rows, key=lambda r: r[0][1])
         print(f"oracle: lowest validation count error over the threshold grid {ve:.1%} (AP@0.5 {va:.3f}) at {g}")
     if "rule" in parts and not model.meta.get("tuning"):
         print("rule: the run held out no tuning images (--tune-fraction 0)")
     elif "rule" in parts:
         best = max(model.meta["tuning"]["table"], key=lambda r: r["ap"] - r["count_error"])
-        va, ve = scores(refs, [model.postprocess(p, best["threshold"], best["seed_threshold"], best["seeds"])
+        va, ve = score("val", [model.postprocess(p, best["threshold"], best["seed_threshold"], best["seeds"])
                                for p in probs])
         print(f"rule AP - count error on the tuning images: {best['seeds']} fg {best['threshold']}, seed "
               f"{best['seed_threshold']} (tuning {best['ap']:.3f}, {best['count_error']:.1%}) | validation {va:.3f}, "
@@ -231,10 +292,10 @@ def main(argv=None) -> int:
         for name, (_, rs, ps) in data.items():
             if not rs:
                 continue
-            base = [model.postprocess(p) for p in ps]
+            base = contrast([model.postprocess(p) for p in ps], name)
             cells = []
             for m in (0.0, 0.6, 0.7, 0.8, 0.85):
-                a, e = scores(rs, [mean_probability_filter(b, p[1] + p[2], m) for b, p in zip(base, ps)])
+                a, e = score(name, [mean_probability_filter(b, p[1] + p[2], m) for b, p in zip(base, ps)])
                 cells.append(f"{m:g}: {a:.3f} / {e:.1%}")
             print(f"mean-probability filter, {name} (AP@0.5 / count err): " + "; ".join(cells))
     if "images" in parts:
@@ -259,7 +320,7 @@ def main(argv=None) -> int:
         model.tta = False
         for name, maps in (("flip TTA (4 passes)", flips),
                            ("dihedral TTA (8 passes)", [dihedral_probabilities(model, im) for im in images["val"]])):
-            va, ve = scores(refs, [model.postprocess(p) for p in maps])
+            va, ve = score("val", [model.postprocess(p) for p in maps])
             print(f"{name}: validation AP@0.5 {va:.3f}, count err {ve:.1%}")
     if "enlarge" in parts and cfg.diameter:
         print(f"enlarge: the run was trained with --diameter {cfg.diameter} already")
@@ -267,13 +328,34 @@ def main(argv=None) -> int:
         rows = []
         for d in (None, 10.0, 12.0, 14.0):
             model.cfg.diameter, model._last = d, None
-            rows.append((d, *(scores(data[n][1], [model.segment(im) for im in images[n]]) for n in ("tune", "val"))))
+            rows.append((d, *(score(n, [model.segment(im) for im in images[n]]) for n in ("tune", "val"))))
         model.cfg.diameter = None
         for d, (ta, te), (va, ve) in rows:
             print(f"enlarge below {d or 'off'} px: tuning AP@0.5 {ta:.3f}, count err {te:.1%} | validation {va:.3f}, "
                   f"{ve:.1%}")
         d, _, (va, ve) = max(rows, key=lambda r: (round(r[1][0], 4), -r[1][1]))
         print(f"enlarge: chosen on the tuning images: {d or 'off'} -> validation {va:.3f}, {ve:.1%}")
+    if "votes" in parts and not (cfg.offset_head and data["tune"][0]):
+        print("votes: the run has no offset head or no tuning images")
+    elif "votes" in parts:
+        fgs, seeds = (0.4, 0.5, 0.6, 0.7), (0.85, 0.9, 0.95)
+        table = {}  # set -> {(variant, fg, seed, votes): (AP, count error)}; each map segmented once per setting
+        for name in ("tune", "val"):
+            probs_ = data[name][2]
+            bnd = {(t, s): [model.postprocess(p, t, s, "boundary") for p in probs_] for t in fgs for s in seeds}
+            vot = {(t, v): [model.postprocess(p, t, v, "votes") for p in probs_] for t in fgs for v in VOTE_GRID}
+            out = {("boundary", t, s, None): score(name, segs) for (t, s), segs in bnd.items()}
+            out.update({("votes", t, None, v): score(name, segs) for (t, v), segs in vot.items()})
+            for t, s, v in itertools.product(fgs, seeds, VOTE_GRID):
+                out[("split by votes", t, s, v)] = score(name, [split_by_votes(b, w, p[1] + p[2]) for b, w, p in
+                                                                zip(bnd[t, s], vot[t, v], probs_)])
+            table[name] = out
+        for k in ("boundary", "votes", "split by votes"):
+            keys = [key for key in table["tune"] if key[0] == k]
+            best = max(keys, key=lambda key: (round(table["tune"][key][0], 4), -table["tune"][key][1]))
+            (ta, te), (va, ve) = table["tune"][best], table["val"][best]
+            print(f"votes: {k:15s} fg {best[1]}, seed {best[2]}, votes {best[3]}: tuning AP@0.5 {ta:.3f}, count err "
+                  f"{te:.1%} | validation {va:.3f}, {ve:.1%}")
     return 0
 
 

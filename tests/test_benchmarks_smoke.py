@@ -116,6 +116,37 @@ def test_cells_analysis_runs_on_a_bounded_model(tmp_path, capsys):
     assert re.search(r"flip TTA \(4 passes\): validation AP@0.5 [\d.]+, count err [\d.]+%", out)
     assert re.search(r"dihedral TTA \(8 passes\): validation AP@0.5 [\d.]+, count err [\d.]+%", out)
     assert len(re.findall(r"enlarge below (off|[\d.]+) px: tuning", out)) == 4 and "enlarge: chosen" in out
+    assert "votes: the run has no offset head or no tuning images" in out
+    # the dihedral average is equivariant: a transposed image gets the transposed maps, offsets' components swapped
+    from benchmarks.cells_analysis import dihedral_probabilities
+    from medseg.cells.count import CellModel
+
+    model = CellModel.load(tmp_path / "run")
+    assert model.cfg.offset_head
+    import tifffile
+
+    img = np.ascontiguousarray(tifffile.imread(sorted((ds / "labels").iterdir())[0])[:64, :64].astype(np.float32))
+    p, pt = dihedral_probabilities(model, img), dihedral_probabilities(model, np.ascontiguousarray(img.T))
+    pt = np.concatenate([pt[:4], pt[[5, 4]]]).transpose(0, 2, 1)
+    np.testing.assert_allclose(pt, p, atol=2e-3 * max(1.0, float(np.abs(p).max())))
+
+
+def test_split_by_votes_hand_checkable():
+    """An object over two touching squares is split where its pixels vote for two centres; an object with one
+    vote group, or with a second group too small to be a nucleus, stays whole."""
+    from benchmarks.cells_analysis import split_by_votes
+
+    ref = np.zeros((12, 40), np.uint16)
+    ref[1:11, 1:11], ref[1:11, 11:21], ref[2:10, 25:35] = 1, 2, 3
+    objects = np.where(ref > 0, np.where(ref == 3, 2, 1), 0)  # the squares merged; the third alone
+    votes = ref.astype(np.int64).copy()
+    votes[5, 33] = 4  # one stray pixel voting elsewhere: 1 px < min_size
+    out = split_by_votes(objects, votes, (ref > 0).astype(float))
+    assert out.max() == 3
+    assert len(np.unique(out[ref == 1])) == len(np.unique(out[ref == 2])) == len(np.unique(out[ref == 3])) == 1
+    assert len({int(out[5, 5]), int(out[5, 15]), int(out[5, 30])}) == 3 and out[5, 33] == out[5, 30]
+    assert np.array_equal(split_by_votes(objects, np.where(ref > 0, 1, 0), ref > 0) > 0, ref > 0)
+    assert split_by_votes(objects, np.where(ref > 0, 1, 0), ref > 0).max() == 2
 
 
 def test_cells_analysis_pieces_hand_checkable():

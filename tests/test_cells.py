@@ -149,13 +149,16 @@ def test_training_runs_and_resumes(tmp_path):
     img = tifffile.imread(ds / "labels" / f"{ids[2]}.tif").astype(np.float32)
     assert model.segment(img).shape == img.shape  # whatever the scale the nuclei were brought to
     p = model.probabilities(img, scale=1.0)
-    assert p.shape == (4,) + img.shape  # 3 classes + the distance map
+    assert p.shape == (6,) + img.shape  # 3 classes + the distance map + offsets along y and x (the defaults)
     np.testing.assert_allclose(p[:3].sum(0), 1.0, atol=1e-4)
     assert 0 <= p[3].min() and p[3].max() <= 1
     model.tta = True  # flip averaging: still probabilities, and the same prediction for a flipped image
     pt = model.probabilities(img, scale=1.0)
     np.testing.assert_allclose(pt[:3].sum(0), 1.0, atol=1e-4)
-    np.testing.assert_allclose(model.probabilities(img[:, ::-1].copy(), scale=1.0)[:, :, ::-1], pt, atol=2e-3)
+    flipped = model.probabilities(img[:, ::-1].copy(), scale=1.0)[:, :, ::-1]
+    flipped[-1] = -flipped[-1]  # the x offsets of a mirrored image point the other way
+    np.testing.assert_allclose(flipped[:4], pt[:4], atol=2e-3)
+    np.testing.assert_allclose(flipped[4:], pt[4:], atol=2e-3 * max(1.0, float(np.abs(pt[4:]).max())))
     with pytest.raises(InputError, match="nothing to resume"):
         train_cells(ds, tmp_path / "other", cfg, resume=True, progress=False)
 
@@ -168,13 +171,15 @@ class _FixedProbModel:
         from medseg.cells.train import CellTrainConfig
 
         self._prob = prob
-        self._real = CellModel(None, CellTrainConfig(min_size_px=1), {})
+        self._real = CellModel(None, CellTrainConfig(min_size_px=1, distance_head=prob.shape[0] > 3, offset_head=False),
+                               {})
+        self.cfg = self._real.cfg
 
     def probabilities(self, image):
         return self._prob
 
-    def postprocess(self, prob, threshold=None, seed_threshold=None, seeds=None, shape=None):
-        return self._real.postprocess(prob, threshold, seed_threshold, seeds, shape)
+    def postprocess(self, prob, threshold=None, seed_threshold=None, seeds=None, shape=None, image=None):
+        return self._real.postprocess(prob, threshold, seed_threshold, seeds, shape, image)
 
 
 def test_tune_thresholds_splits_a_weak_bridge():
@@ -244,10 +249,11 @@ def test_runs_without_distance_head_still_load(tmp_path):
     ds = tmp_path / "ds"
     ids = linked_cell_dataset(ds, 3)
     cfg = CellTrainConfig(patch_size=(64, 64), batch_size=2, base_filters=4, max_steps=1, max_minutes=5, threads=1,
-                          distance_head=False)
+                          distance_head=False, offset_head=False)
     run = train_cells(ds, tmp_path / "run", cfg, progress=False)
     meta = json.loads((run / "model.json").read_text())
-    for key in ("distance_head", "seeds", "diameter", "contact_weight", "contact_sigma"):  # keys added since
+    for key in ("distance_head", "seeds", "diameter", "contact_weight", "contact_sigma", "offset_head",
+                "min_snr"):  # keys added since
         del meta["config"][key]
     (run / "model.json").write_text(json.dumps(meta))
     model = CellModel.load(run)
@@ -303,4 +309,4 @@ def test_training_holds_out_tuning_images(tmp_path):
     assert t["ap"] == best
     model = CellModel.load(run)
     assert (model.cfg.threshold, model.cfg.seed_threshold) == (t["threshold"], t["seed_threshold"])
-    assert model.cfg.seeds == t["seeds"] and {r["seeds"] for r in t["table"]} == {"boundary", "distance"}
+    assert model.cfg.seeds == t["seeds"] and {r["seeds"] for r in t["table"]} == {"boundary", "distance", "votes"}

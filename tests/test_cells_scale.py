@@ -71,9 +71,10 @@ def test_training_pairs_are_at_the_canonical_diameter(tmp_path):
     cfg = CellTrainConfig(tune_fraction=0, diameter=17.0)
     pairs, _, split, _ = prepare_training_data(ds, cfg)
     by_id = {c.case: load_case(c) for c in list_cases(ds)}
-    for (img, tgt, dist, weight), cid in zip(pairs, split["train"]):
+    for (img, tgt, dist, weight, offsets), cid in zip(pairs, split["train"]):
         lab = by_id[cid].labels
         want = scaled_shape(lab.shape, scale_to(17.0, median_diameter(lab)))
-        assert img.shape == tgt.shape == dist.shape == weight.shape == want  # every target at the canonical size
+        # every target at the canonical size
+        assert img.shape == tgt.shape == dist.shape == weight.shape == offsets[0].shape == offsets[1].shape == want
     native, *_ = prepare_training_data(ds, CellTrainConfig(tune_fraction=0, diameter=None))
     assert [p[0].shape for p in native] == [by_id[c].labels.shape for c in split["train"]]

@@ -34,16 +34,28 @@ def random_crop(image: np.ndarray, target: np.ndarray, size, rng: np.random.Gene
 
 
 def flip_rotate(image: np.ndarray, target: np.ndarray, rng: np.random.Generator, rotate_axes=(-2, -1),
-                extra: tuple = ()):
-    """Random flips along every axis and a random multiple of 90° in the (y, x) plane (``extra`` maps alike)."""
+                extra: tuple = (), vectors: tuple = ()):
+    """Random flips along every axis and a random multiple of 90° in the (y, x) plane (``extra`` maps alike).
+
+    ``vectors`` holds the components of a vector field, one map per axis (e.g. offsets to object centres): they
+    are moved like the other maps and their directions turned with the image (a flip along an axis negates that
+    axis's component), returned after ``extra``."""
+    nd = image.ndim
     maps = [image, target, *extra]
-    for ax in range(image.ndim):
+    vec = list(vectors)
+    for ax in range(nd):
         if rng.random() < 0.5:
             maps = [np.flip(m, ax) for m in maps]
+            vec = [-np.flip(v, ax) if i == ax else np.flip(v, ax) for i, v in enumerate(vec)]
     k = int(rng.integers(4))
     if k and image.shape[rotate_axes[0]] == image.shape[rotate_axes[1]]:
         maps = [np.rot90(m, k, rotate_axes) for m in maps]
-    return tuple(np.ascontiguousarray(m) for m in maps)
+        vec = [np.rot90(v, k, rotate_axes) for v in vec]
+        if vec:  # each quarter turn from axis a towards axis b maps a vector (v_a, v_b) to (-v_b, v_a)
+            a, b = (ax % nd for ax in rotate_axes)
+            for _ in range(k):
+                vec[a], vec[b] = -vec[b], vec[a]
+    return tuple(np.ascontiguousarray(m) for m in (*maps, *vec))
 
 
 def intensity(image: np.ndarray, rng: np.random.Generator, p_blur: float = 0.2, p_noise: float = 0.2,
@@ -61,8 +73,10 @@ def intensity(image: np.ndarray, rng: np.random.Generator, p_blur: float = 0.2, 
     return img
 
 
-def augment(image: np.ndarray, target: np.ndarray, size, rng: np.random.Generator, extra: tuple = ()):
-    """Crop + flips/rotations + intensity: one training sample ``(image, target, *extra)``."""
-    image, target, *extra = random_crop(image, target, size, rng, extra=extra)
-    image, target, *extra = flip_rotate(image, target, rng, extra=tuple(extra))
-    return (intensity(image, rng), target, *extra)
+def augment(image: np.ndarray, target: np.ndarray, size, rng: np.random.Generator, extra: tuple = (),
+            vectors: tuple = ()):
+    """Crop + flips/rotations + intensity: one training sample ``(image, target, *extra, *vectors)``."""
+    image, target, *maps = random_crop(image, target, size, rng, extra=(*extra, *vectors))
+    image, target, *maps = flip_rotate(image, target, rng, extra=tuple(maps[:len(extra)]),
+                                       vectors=tuple(maps[len(extra):]))
+    return (intensity(image, rng), target, *maps)

@@ -3,8 +3,9 @@
 Two segmenters behind one interface (``segment(image, spacing) -> labels``):
 
 * :class:`CellModel`: a trained run (``model.json`` + ``model.pt``), sliding-window U-Net prediction of
-  background/interior/boundary (+ a normalised distance map), then marker-controlled watershed (markers = cores
-  of the distance map, or interior minus boundary; flooding restricted to interior + boundary).
+  background/interior/boundary (+ a normalised distance map, + offsets to the nuclei's centres), then
+  marker-controlled watershed (markers = cores of the distance map, or interior minus boundary; flooding
+  restricted to interior + boundary) or centre voting; objects no brighter than the background's noise dropped.
 * :class:`ClassicalSegmenter`: Otsu/local threshold + distance-transform watershed (no training).
 
 Every input is read and validated before anything is written; every file is written atomically.
@@ -67,7 +68,8 @@ class CellModel:
 
     def probabilities(self, image: np.ndarray, scale: float | None = None) -> np.ndarray:
         """Class probabilities (3, *spatial) of one single-channel image, followed by the predicted distance map
-        (0..1) as a 4th channel when the model has a distance head. The image is first resized by ``scale``
+        (0..1) when the model has a distance head and by the offsets to the nuclei's centres (pixels, one channel
+        per axis) when it has an offset head. The image is first resized by ``scale``
         (default :meth:`scale_for`), and so are the maps: pass ``shape`` to :meth:`postprocess` to get labels
         of the input's size."""
         from medseg.cells.scale import resize_image, scaled_shape
@@ -96,49 +98,92 @@ class CellModel:
         import torch
 
         from medseg.cells.data import percentile_normalize
-        from medseg.infer.sliding_window import sliding_window_predict
+        from medseg.cells.train import out_channels
+        from medseg.infer.sliding_window import flip_sets, sliding_window_predict
 
-        x = percentile_normalize(image, *self.cfg.norm_percentiles)
+        x = np.ascontiguousarray(percentile_normalize(image, *self.cfg.norm_percentiles), dtype=np.float32)[None]
         # windows are the training patch (divisible by the strides; smaller images are padded); TTA mirrors the
         # in-plane axes only (a z-stack is not symmetric in z); bf16 where the CPU computes it natively
-        nd = self.cfg.spatial_dims
+        nd, c = self.cfg.spatial_dims, self.cfg
         tta = [nd - 2, nd - 1] if self.tta else False
-        # blended logits (flip TTA averages them, as for the classes), then softmax over the classes and a
-        # sigmoid for the distance channel
-        logits = sliding_window_predict(self.net, np.ascontiguousarray(x, dtype=np.float32)[None],
-                                        list(self.cfg.patch_size), overlap=self.overlap, tta=tta, batch_size=4,
-                                        device=self.device, num_classes=4 if self.cfg.distance_head else 3,
-                                        activation=None)
-        prob = torch.softmax(logits[:3], 0)
-        if self.cfg.distance_head:
-            prob = torch.cat([prob, torch.sigmoid(logits[3:])])
-        return prob.numpy()
+
+        def predict(img, flips):
+            return sliding_window_predict(self.net, img, list(c.patch_size), overlap=self.overlap, tta=flips,
+                                          batch_size=4, device=self.device, num_classes=out_channels(c),
+                                          activation=None)
+
+        if c.offset_head and tta:
+            # a mirrored image has mirrored offsets: flip the maps back and negate the flipped axes' components
+            logits = 0
+            for axes in flip_sets(tta, nd):
+                dims = [a + 1 for a in axes]
+                y = predict(np.ascontiguousarray(np.flip(x, dims)), False) if dims else predict(x, False)
+                y = torch.flip(y, dims) if dims else y
+                for a in axes:
+                    y[-nd + a] = -y[-nd + a]
+                logits = logits + y
+            logits = logits / len(flip_sets(tta, nd))
+        else:
+            # blended logits (flip TTA averages them, as for the classes)
+            logits = predict(x, tta)
+        # softmax over the classes, a sigmoid for the distance channel, offsets back in pixels
+        parts = [torch.softmax(logits[:3], 0)]
+        if c.distance_head:
+            parts.append(torch.sigmoid(logits[3:4]))
+        if c.offset_head:
+            parts.append(logits[-nd:] * c.offset_scale)
+        return torch.cat(parts).numpy()
 
     def postprocess(self, prob: np.ndarray, threshold: float | None = None,
-                    seed_threshold: float | None = None, seeds: str | None = None, shape=None) -> np.ndarray:
+                    seed_threshold: float | None = None, seeds: str | None = None, shape=None,
+                    image: np.ndarray | None = None) -> np.ndarray:
         """Instances from :meth:`probabilities` by marker-controlled watershed (the run's thresholds and marker
         source unless given): markers are the cores ``distance > seed_threshold`` of the predicted distance map
-        (``seeds="distance"``) or ``interior - boundary > seed_threshold`` (``"boundary"``). With ``shape``, the
-        labels are resized (nearest neighbour) to it."""
-        from medseg.cells.scale import resize_labels
+        (``seeds="distance"``) or ``interior - boundary > seed_threshold`` (``"boundary"``); ``"votes"`` groups
+        the pixels whose predicted offsets lead to the same centre instead (``seed_threshold``: the vote density a
+        centre needs; :func:`medseg.postprocess.votes.vote_instances`). With ``shape``, the
+        labels are resized (nearest neighbour) to it. With ``image`` (of that shape), objects no brighter than the
+        background's noise are dropped (``min_snr``; :mod:`medseg.postprocess.contrast`), dark objects instead for
+        a model trained on dark nuclei."""
         from medseg.postprocess.watershed import watershed_instances
 
         c = self.cfg
         seeds = seeds or c.seeds
-        if seeds == "distance" and prob.shape[0] < 4:
+        if seeds == "distance" and not c.distance_head:
             raise InputError("seeds='distance' needs a model with a distance head", path=None)
+        if seeds == "votes":
+            if not c.offset_head:
+                raise InputError("seeds='votes' needs a model with an offset head", path=None)
+            from medseg.postprocess.votes import vote_instances
+
+            labels = vote_instances(prob[1] + prob[2], prob[-c.spatial_dims:],
+                                    threshold=c.threshold if threshold is None else threshold,
+                                    min_votes=c.seed_threshold if seed_threshold is None else seed_threshold,
+                                    min_size=c.min_size_px)
+            return self._finish(labels, shape, image)
         labels = watershed_instances(prob[1] + prob[2], boundary=prob[2],
                                      distance=prob[3] if seeds == "distance" else None, spacing=None,
                                      threshold=c.threshold if threshold is None else threshold,
                                      seed_threshold=c.seed_threshold if seed_threshold is None else seed_threshold,
                                      min_size=c.min_size_px, min_seed_size=min(c.min_size_px, 4),
                                      keep_unseeded=False, markers=seeds)
+        return self._finish(labels, shape, image)
+
+    def _finish(self, labels: np.ndarray, shape, image) -> np.ndarray:
+        from medseg.cells.scale import resize_labels
+        from medseg.postprocess.contrast import remove_faint_instances
+
         # nearest neighbour back to the input's size (outlines that follow the resized foreground probability
         # instead changed AP@0.5-0.9 by < 0.005 on held-out training images)
-        return labels if shape is None else resize_labels(labels, tuple(shape))
+        labels = labels if shape is None else resize_labels(labels, tuple(shape))
+        if image is not None and self.cfg.min_snr:
+            if image.shape != labels.shape:
+                raise ValueError(f"image shape {image.shape} differs from the labels' {labels.shape}: pass shape")
+            labels = remove_faint_instances(labels, image, self.cfg.min_snr, int(self.meta.get("polarity", 1)))
+        return labels
 
     def segment(self, image: np.ndarray, spacing=None) -> np.ndarray:
-        return self.postprocess(self.probabilities(image), shape=image.shape)
+        return self.postprocess(self.probabilities(image), shape=image.shape, image=image)
 
 
 @dataclass
@@ -176,11 +221,13 @@ def list_images(path) -> list[Path]:
 
 def count_cells(inputs, out_dir, model=None, classical: bool = False, channel: int | None = None,
                 pixel_size=None, method: str = "otsu", exclude_border: bool = False, roi_zip: bool = False,
-                tta: bool = False, diameter: float | None = None, progress: bool = True) -> list[dict]:
+                tta: bool = False, diameter: float | None = None, min_snr: float | None = None,
+                progress: bool = True) -> list[dict]:
     """Segment and count the cells of an image or a folder; write per-image outputs and ``counts.csv``.
 
     ``diameter`` (pixels) is the nuclei's typical size when known; 2D models otherwise estimate it per image and
-    resize the image to the size they were trained at; the classical mode sizes its markers by it.
+    resize the image to the size they were trained at; the classical mode sizes its markers by it. ``min_snr``
+    overrides the model's contrast test (:mod:`medseg.postprocess.contrast`; 0 turns it off).
 
     Writes ``<id>_labels.tif`` (uint16 ImageJ TIFF with the pixel size), ``<id>_overlay.png``,
     ``<id>_cells.csv`` (and ``<id>_rois.zip`` with ``roi_zip``) per image and ``counts.csv`` for all.
@@ -205,6 +252,8 @@ def count_cells(inputs, out_dir, model=None, classical: bool = False, channel: i
         names[cid] = f
     seg = ClassicalSegmenter(method, diameter) if classical else (
         model if isinstance(model, CellModel) else CellModel.load(model, tta=tta, diameter=diameter))
+    if min_snr is not None and not classical:
+        seg.cfg.min_snr = float(min_snr)
     if not classical:
         import torch
 

@@ -94,6 +94,45 @@ def distance_targets(labels: np.ndarray, spacing=None) -> np.ndarray:
     return out
 
 
+def offset_targets(labels: np.ndarray) -> np.ndarray:
+    """Each object pixel's offset to its object's centroid, in pixels per axis: shape ``(ndim, *labels.shape)``,
+    float32, 0 on the background. The target of the offset head, whose predictions are followed to the centres
+    (:func:`medseg.postprocess.votes.vote_instances`): on the two sides of a contact the offsets point to
+    different centres even where the interior probability runs across it.
+
+    Examples
+    --------
+    >>> lab = np.zeros((3, 7), int); lab[:, :3] = 1; lab[:, 3:] = 2
+    >>> offset_targets(lab)[1, 1].tolist()
+    [1.0, 0.0, -1.0, 1.5, 0.5, -0.5, -1.5]
+    """
+    labels = np.asarray(labels)
+    out = np.zeros((labels.ndim, *labels.shape), np.float32)
+    for i, sl in enumerate(ndi.find_objects(labels), start=1):
+        if sl is None:
+            continue
+        m = labels[sl] == i
+        coords = np.nonzero(m)
+        for ax, c in enumerate(coords):
+            out[(ax, *sl)][m] = c.mean() - c
+    return out
+
+
+def object_polarity(images, targets) -> int:
+    """+1 when the annotated objects are brighter than the background (fluorescence), -1 when darker (e.g.
+    bright-field): the sign of the median over images of (mean object intensity - median background intensity).
+
+    Examples
+    --------
+    >>> img = np.zeros((4, 4)); img[1:3, 1:3] = 5
+    >>> object_polarity([img, -img], [img > 0, img > 0]), object_polarity([-img], [img > 0])
+    (1, -1)
+    """
+    diffs = [float(np.mean(im[t > 0]) - np.median(im[t == 0])) for im, t in zip(images, targets)
+             if (t > 0).any() and (t == 0).any()]
+    return -1 if diffs and np.median(diffs) < 0 else 1
+
+
 def contact_weights(labels: np.ndarray, w0: float = 10.0, sigma: float = 5.0, spacing=None) -> np.ndarray:
     """Extra loss weight where objects nearly touch: ``w0 * exp(-(d1 + d2)**2 / (2 * sigma**2))`` with d1, d2
     the distances to the nearest and second-nearest object (0 inside an object), as in the U-Net paper

@@ -4,7 +4,8 @@ A short training run leaves the interior/boundary probabilities less confident t
 0.5 thresholds split or merge nuclei depending on the run. ``train_cells`` therefore keeps a few training images
 out of training (``tune_fraction``), picks the foreground and seed thresholds that maximise AP@0.5 on them, and
 stores the choice in ``model.json``. With a distance head, the marker source (cores of the distance map, or
-interior minus boundary) is part of the search. The validation images are never used.
+interior minus boundary) is part of the search, and so, with an offset head, are centres found by
+following the predicted offsets. The validation images are never used.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import numpy as np
 THRESHOLD_GRID = (0.4, 0.5, 0.6, 0.7)
 SEED_GRID = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95)
 DISTANCE_SEED_GRID = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7)  # per-nucleus normalised distance: 1 at the centre
+VOTE_GRID = (8.0, 16.0, 32.0)  # vote density a centre needs (medseg.postprocess.votes.vote_instances)
 
 
 def best_thresholds(table: list[dict]) -> dict:
@@ -34,7 +36,8 @@ def best_thresholds(table: list[dict]) -> dict:
 
 def tune_thresholds(model, cases, threshold_grid: Sequence[float] = THRESHOLD_GRID,
                     seed_grid: Sequence[float] = SEED_GRID, iou: float = 0.5,
-                    distance_seed_grid: Sequence[float] = DISTANCE_SEED_GRID) -> dict:
+                    distance_seed_grid: Sequence[float] = DISTANCE_SEED_GRID,
+                    vote_grid: Sequence[float] = VOTE_GRID) -> dict:
     """Grid-search the watershed's foreground and seed thresholds of ``model`` on labelled ``cases``.
 
     Parameters
@@ -44,8 +47,9 @@ def tune_thresholds(model, cases, threshold_grid: Sequence[float] = THRESHOLD_GR
     cases : list of CellCase
         Loaded cases (``image`` and ``labels`` set) that the model was not trained on.
 
-    seed_grid, distance_seed_grid : sequence of float
-        Seed thresholds for boundary markers and (models with a distance head) for distance-core markers.
+    seed_grid, distance_seed_grid, vote_grid : sequence of float
+        Seed thresholds for boundary markers, (models with a distance head) for distance-core markers and (models
+        with an offset head) the vote density of a centre.
 
     Returns
     -------
@@ -57,13 +61,16 @@ def tune_thresholds(model, cases, threshold_grid: Sequence[float] = THRESHOLD_GR
 
     probs = [model.probabilities(c.image) for c in cases]
     grid = [("boundary", t, s) for t, s in itertools.product(threshold_grid, seed_grid)]
-    if probs and probs[0].shape[0] > 3:
+    if model.cfg.distance_head:
         grid += [("distance", t, s) for t, s in itertools.product(threshold_grid, distance_seed_grid)]
+    if model.cfg.offset_head:
+        grid += [("votes", t, s) for t, s in itertools.product(threshold_grid, vote_grid)]
     table = []
     for src, t, s in grid:
         aps, errs = [], []
         for c, p in zip(cases, probs):
-            pred = model.postprocess(p, threshold=t, seed_threshold=s, seeds=src, shape=c.labels.shape)
+            pred = model.postprocess(p, threshold=t, seed_threshold=s, seeds=src, shape=c.labels.shape,
+                                     image=c.image)
             m = instance_metrics(c.labels, pred, [iou])
             aps.append(m[f"ap@{iou:g}"])
             errs.append(m["relative_count_error"])

@@ -47,6 +47,9 @@ def train_cmd(
                                                    help="Extra cross-entropy weight (w0 of the U-Net paper's weight "
                                                         "map) where nuclei touch; 0: off (default 10, the "
                                                         "paper's)."),
+    offset_head: bool = typer.Option(True, "--offset-head/--no-offset-head",
+                                     help="Also predict each pixel's offset to its nucleus's centre (markers by "
+                                          "following them to the centres join the threshold search)."),
 ) -> None:
     """Train a 2D cell model (interior/boundary U-Net) within a time budget."""
     from medseg.cells.train import CellTrainConfig, train_cells
@@ -62,7 +65,7 @@ def train_cmd(
     extra = {} if contact_weight is None else {"contact_weight": contact_weight}
     cfg = CellTrainConfig(max_minutes=max_minutes, max_steps=max_steps, patch_size=(patch, patch),
                           batch_size=batch_size, channel=channel, threads=threads, tune_fraction=tune_fraction,
-                          distance_head=distance_head, diameter=diameter, **extra)
+                          distance_head=distance_head, diameter=diameter, offset_head=offset_head, **extra)
     run = train_cells(data, out, cfg, resume=resume)
     typer.echo(f"model written to {run}")
 
@@ -84,6 +87,9 @@ def count_cmd(
                                              help="Typical nucleus diameter in pixels, if known: sizes the "
                                                   "classical markers, and skips the per-image estimate of models "
                                                   "trained with --diameter."),
+    min_snr: Optional[float] = typer.Option(None, "--min-snr",
+                                            help="Drop objects less than this many background-noise sigmas "
+                                                 "brighter than the background (model default 2; 0: keep all)."),
 ) -> None:
     """Segment and count cells: <id>_labels.tif, <id>_overlay.png, <id>_cells.csv per image; counts.csv."""
     from medseg.cells.count import count_cells
@@ -94,9 +100,11 @@ def count_cmd(
         raise InputError(f"--threshold must be otsu or local (got '{method}')")
     if diameter is not None and not diameter > 0:
         raise InputError(f"--diameter must be a positive number of pixels (got {diameter})")
+    if min_snr is not None and not 0 <= min_snr < float("inf"):
+        raise InputError(f"--min-snr must be a number >= 0 (got {min_snr})")
     rows = count_cells(input, out, model=model, classical=classical, channel=channel,
                        pixel_size=_pixel_size(pixel_size), method=method, exclude_border=exclude_border,
-                       roi_zip=roi_zip, tta=tta, diameter=diameter)
+                       roi_zip=roi_zip, tta=tta, diameter=diameter, min_snr=min_snr)
     total = sum(r["count"] for r in rows)
     typer.echo(f"{total} cells in {len(rows)} image(s); results in {out}")
 

@@ -2,4 +2,6 @@
 
 ``components``: connected-component cleanup (largest component, small-object removal).
 ``watershed``: marker-controlled watershed that separates touching instances (2D and 3D).
+``votes``: instances by following predicted offsets to object centres.
+``contrast``: dropping objects no brighter than the image's background noise.
 """

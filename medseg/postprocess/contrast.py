@@ -1,0 +1,73 @@
+"""Objects that do not stand out from the image's background noise.
+
+A network with instance normalisation, run window by window, sees a window without any nucleus with its noise
+stretched to unit variance, and may draw nuclei into that texture (measured on DSB2018: a near-empty dark field,
+5 nuclei, 16-72 predicted depending on the run). Those objects are no brighter than the background around them;
+every real nucleus is. The test is the usual detection rule: an object's mean intensity must exceed the
+background's median by ``min_snr`` times the background's robust standard deviation.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage as ndi
+
+from medseg.postprocess.watershed import relabel_sequential
+
+
+def background_stats(image: np.ndarray, labels: np.ndarray, margin: int = 3) -> tuple[float, float] | None:
+    """Median and robust standard deviation (1.4826 x MAD; the plain standard deviation where the MAD is 0, as on
+    quantised flat backgrounds) of the pixels farther than ``margin`` pixels from any object; None without any.
+
+    Examples
+    --------
+    >>> img = np.full((20, 20), 10.0); img[::2] += 2; lab = np.zeros((20, 20), int); lab[5:9, 5:9] = 1
+    >>> background_stats(img, lab)
+    (11.0, 1.4826)
+    """
+    bg = ~ndi.binary_dilation(np.asarray(labels) > 0, iterations=margin) if margin else np.asarray(labels) == 0
+    if not bg.any():
+        return None
+    values = np.asarray(image, dtype=np.float64)[bg]
+    med = float(np.median(values))
+    sd = 1.4826 * float(np.median(np.abs(values - med)))
+    return med, sd if sd > 0 else float(values.std())
+
+
+def object_snr(image: np.ndarray, labels: np.ndarray, polarity: int = 1, margin: int = 3) -> np.ndarray:
+    """Each object's contrast to the background in units of the background's noise: ``polarity * (mean inside -
+    background median) / background sd``, for labels 1..max (``polarity=-1`` for dark objects on a bright
+    background). Objects in an image without background, or with a noiseless one, get +inf.
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0); img = rng.normal(10, 1, (40, 40))
+    >>> lab = np.zeros((40, 40), int); lab[5:10, 5:10] = 1; lab[20:25, 20:25] = 2; img[lab == 1] += 8
+    >>> [bool(s > 3) for s in object_snr(img, lab)]
+    [True, False]
+    """
+    labels = np.asarray(labels)
+    n = int(labels.max())
+    stats = background_stats(image, labels, margin) if n else None
+    if stats is None or stats[1] == 0:
+        return np.full(n, np.inf)
+    means = np.asarray(ndi.mean(np.asarray(image, dtype=np.float64), labels, np.arange(1, n + 1)))
+    return polarity * (means - stats[0]) / stats[1]
+
+
+def remove_faint_instances(labels: np.ndarray, image: np.ndarray, min_snr: float = 2.0, polarity: int = 1,
+                           margin: int = 3) -> np.ndarray:
+    """Drop objects whose :func:`object_snr` is below ``min_snr`` (0 keeps everything); labels renumbered 1..n.
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0); img = rng.normal(10, 1, (40, 40))
+    >>> lab = np.zeros((40, 40), int); lab[5:10, 5:10] = 1; lab[20:25, 20:25] = 2; img[lab == 1] += 8
+    >>> int(remove_faint_instances(lab, img).max())
+    1
+    """
+    labels = np.asarray(labels)
+    if not min_snr or not labels.max():
+        return labels
+    keep = object_snr(image, labels, polarity, margin) >= min_snr
+    return relabel_sequential(np.concatenate([[0], np.where(keep, np.arange(1, len(keep) + 1), 0)])[labels])

@@ -1,0 +1,113 @@
+"""Dropping objects no brighter than the background's noise (medseg.postprocess.contrast) and the polarity that
+decides which way that test looks (issue 5)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+from scipy import ndimage as ndi
+
+from medseg.cells.data import object_polarity, percentile_normalize
+from medseg.postprocess.contrast import background_stats, object_snr, remove_faint_instances
+from conftest import data_path
+
+
+def _real_pairs(n=3):
+    from medseg.cells.data import list_cases, load_case
+
+    cases = list_cases(data_path("dsb2018_fluo"))[::97][:n]
+    return [(c.image.astype(np.float64), c.labels) for c in map(load_case, cases)]
+
+
+def test_object_snr_against_numpy_on_real_images():
+    for img, lab in _real_pairs():
+        bg = ~ndi.binary_dilation(lab > 0, iterations=3)
+        med = np.median(img[bg])
+        mad = 1.4826 * np.median(np.abs(img[bg] - med))
+        sd = mad if mad > 0 else img[bg].std()
+        for i in np.unique(lab[lab > 0])[::5]:
+            expect = (img[lab == i].mean() - med) / sd
+            assert np.isclose(object_snr(img, lab)[i - 1], expect)
+        assert background_stats(img, lab)[0] == med
+
+
+def test_annotated_nuclei_pass_and_background_patches_fail_on_real_images():
+    """The annotated nuclei of real fluorescence images stand out from their background; patches of pure
+    background cut into the same images as fake objects do not, and are the ones removed."""
+    kept = total = 0
+    for img, lab in _real_pairs():
+        fake = lab.astype(np.int64).copy()
+        bg = ~ndi.binary_dilation(lab > 0, iterations=15)
+        ys, xs = np.nonzero(bg)
+        n0, placed = int(lab.max()), 0
+        for k in range(0, len(ys), max(1, len(ys) // 4)):  # up to four 5x5 patches of background
+            y, x = ys[k], xs[k]
+            if bg[max(y - 2, 0):y + 3, max(x - 2, 0):x + 3].all():
+                placed += 1
+                fake[max(y - 2, 0):y + 3, max(x - 2, 0):x + 3] = n0 + placed
+        out = remove_faint_instances(fake, img)
+        assert placed and not (out[fake > n0] > 0).any()
+        kept += len(np.unique(out[lab > 0])) - (0 in out[lab > 0])
+        total += len(np.unique(lab[lab > 0]))
+    assert kept >= 0.97 * total
+
+
+def test_polarity_follows_the_annotated_objects():
+    pairs = _real_pairs()
+    imgs = [percentile_normalize(i) for i, _ in pairs]
+    assert object_polarity(imgs, [lab for _, lab in pairs]) == 1
+    assert object_polarity([1 - i for i in imgs], [lab for _, lab in pairs]) == -1
+    img, lab = pairs[0]
+    inverted = img.max() - img
+    assert remove_faint_instances(lab, inverted).max() == 0  # bright-object test on dark nuclei: nothing left
+    assert remove_faint_instances(lab, inverted, polarity=-1).max() >= 0.97 * len(np.unique(lab[lab > 0]))
+
+
+def test_model_postprocess_applies_the_filter_with_the_image():
+    from medseg.cells.count import CellModel
+    from medseg.cells.train import CellTrainConfig
+
+    img, lab = _real_pairs(1)[0]
+    speck = np.zeros_like(lab, dtype=bool)
+    bg = ~ndi.binary_dilation(lab > 0, iterations=15)
+    y, x = np.argwhere(bg)[len(np.argwhere(bg)) // 2]
+    speck[y - 3:y + 4, x - 3:x + 4] = True
+    assert bg[speck].all()
+    fg = ((lab > 0) | speck).astype(np.float32)
+    prob = np.stack([1 - fg, fg, np.zeros_like(fg)])
+    model = CellModel(None, CellTrainConfig(min_size_px=1, distance_head=False, seed_threshold=0.5), {})
+    without = model.postprocess(prob)
+    with_image = model.postprocess(prob, image=img)
+    assert without.max() == with_image.max() + 1 and not with_image[speck].any()
+    model.cfg.min_snr = 0
+    assert model.postprocess(prob, image=img).max() == without.max()
+
+
+def test_cli_count_min_snr_and_train_without_offset_head(tmp_path):
+    """`cells train --no-offset-head` then `cells count --min-snr`: a huge value leaves nothing, 0 keeps at least as
+    many objects as the model's default; a negative one is refused before anything is written."""
+    import csv
+
+    from conftest import assert_clean_error, linked_cell_dataset, run_cli
+
+    ds = tmp_path / "ds"
+    ids = linked_cell_dataset(ds, 3)
+    run = tmp_path / "run"
+    res = run_cli("cells", "train", ds, "-o", run, "--max-steps", "2", "--patch", "64", "--threads", "1",
+                  "--tune-fraction", "0", "--no-offset-head")
+    assert res.code == 0, res.err
+    assert json.loads((run / "model.json").read_text())["config"]["offset_head"] is False  # on by default
+    counts = {}
+    for snr in ("1e9", "0", None):
+        out = tmp_path / f"out{snr}"
+        res = run_cli("cells", "count", "-i", ds / "images" / f"{ids[2]}.png", "-o", out, "-m", run,
+                      *(("--min-snr", snr) if snr else ()))
+        assert res.code == 0, res.err
+        with open(out / "counts.csv") as f:
+            counts[snr] = sum(int(r["count"]) for r in csv.DictReader(f))
+    assert counts["1e9"] == 0 and counts["0"] >= counts[None]
+    bad = tmp_path / "bad"
+    assert_clean_error(run_cli("cells", "count", "-i", ds / "images", "-o", bad, "-m", run, "--min-snr", "-1"),
+                       "--min-snr")
+    assert not bad.exists()
