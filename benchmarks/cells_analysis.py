@@ -24,7 +24,10 @@ Each image's probability maps are computed once; then:
   machinery applied to a model trained at native scale), D chosen on the tuning images;
 * ``votes`` (models with an offset head): interior - boundary markers, centre voting
   (``medseg.postprocess.votes``), and interior - boundary objects split where their pixels vote for two or more
-  centres ("split by votes"), each with its thresholds chosen on the tuning images.
+  centres ("split by votes"), each with its thresholds chosen on the tuning images;
+* ``contrast``: the contrast test's basis: the signal-to-noise ratio (``medseg.postprocess.contrast.object_snr``)
+  of every annotated nucleus of the dataset against its own background, of the run's matched and unmatched
+  objects (without the test), and the run scored with larger sliding windows (whole-image context) instead.
 """
 
 from __future__ import annotations
@@ -215,7 +218,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--run", required=True, help="a trained cell model (medseg cells train / benchmarks/cells.py)")
     ap.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared/data/dsb2018_fluo"))
-    ap.add_argument("--only", default="causes,markers,oracle,rule,filters,images,unmatched,tta,enlarge,votes")
+    ap.add_argument("--only",
+                    default="causes,markers,oracle,rule,filters,images,unmatched,tta,enlarge,votes,contrast")
     ap.add_argument("--limit", type=int, default=None, help="first N images of each set (smoke tests)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--min-snr", type=float, default=None,
@@ -356,7 +360,50 @@ def main(argv=None) -> int:
             (ta, te), (va, ve) = table["tune"][best], table["val"][best]
             print(f"votes: {k:15s} fg {best[1]}, seed {best[2]}, votes {best[3]}: tuning AP@0.5 {ta:.3f}, count err "
                   f"{te:.1%} | validation {va:.3f}, {ve:.1%}")
+    if "contrast" in parts:
+        contrast_section(model, data, images, args, min_snr, polarity)
     return 0
+
+
+def contrast_section(model, data, images, args, min_snr: float, polarity: int) -> None:
+    """Print the SNR of annotated nuclei (whole dataset), of the run's matched / unmatched objects, and the run's
+    scores with larger sliding windows."""
+    from medseg.cells.data import list_cases, load_case
+    from medseg.evaluate.instances import overlaps
+    from medseg.postprocess.contrast import object_snr
+
+    ann = []
+    for c in list_cases(args.data)[: args.limit]:
+        c = load_case(c)
+        ids = np.unique(c.labels[c.labels > 0])
+        ann.append(object_snr(c.image, c.labels, polarity)[ids - 1] if len(ids) else np.zeros(0))
+        c.image = c.labels = None
+    ann = np.concatenate(ann)
+    print(f"contrast: annotated nuclei {len(ann)}: SNR < 1 {int((ann < 1).sum())}, < 2 {int((ann < 2).sum())}, "
+          f"< 3 {int((ann < 3).sum())}")
+    for name in ("tune", "val"):
+        matched, unmatched = [], []
+        for ref, p, im in zip(data[name][1], data[name][2], images[name]):
+            pred = model.postprocess(p)
+            snr = object_snr(im, pred, polarity)
+            ov = overlaps(ref, pred)
+            best = np.zeros(len(ov.pred_ids))
+            np.maximum.at(best, ov.pair_pred, ov.pair_iou)
+            matched.append(snr[best >= 0.5])
+            unmatched.append(snr[best < 0.5])
+        if not matched:
+            continue
+        m, u = np.concatenate(matched), np.concatenate(unmatched)
+        print(f"contrast: {name} predictions, SNR < 2 / < 3: matched {int((m < 2).sum())} / {int((m < 3).sum())} of "
+              f"{len(m)}, unmatched {int((u < 2).sum())} / {int((u < 3).sum())} of {len(u)}")
+    patch = model.cfg.patch_size
+    for size in (384, 512):
+        model.cfg.patch_size = (size,) * len(patch)
+        res = [scores(data[n][1], [model.postprocess(model.probabilities(im)) for im in images[n]], images[n],
+                      min_snr, polarity) if images[n] else (float("nan"), float("nan")) for n in ("tune", "val")]
+        print(f"contrast: {size}-px windows: tuning AP@0.5 {res[0][0]:.3f}, count err {res[0][1]:.1%} | validation "
+              f"{res[1][0]:.3f}, {res[1][1]:.1%}")
+    model.cfg.patch_size = patch
 
 
 if __name__ == "__main__":

@@ -117,6 +117,9 @@ def test_cells_analysis_runs_on_a_bounded_model(tmp_path, capsys):
     assert re.search(r"dihedral TTA \(8 passes\): validation AP@0.5 [\d.]+, count err [\d.]+%", out)
     assert len(re.findall(r"enlarge below (off|[\d.]+) px: tuning", out)) == 4 and "enlarge: chosen" in out
     assert "votes: the run has no offset head or no tuning images" in out
+    assert re.search(r"contrast: annotated nuclei \d+: SNR < 1 \d+, < 2 \d+, < 3 \d+", out)
+    assert re.search(r"contrast: val predictions, SNR < 2 / < 3: matched \d+ / \d+ of \d+", out)
+    assert len(re.findall(r"contrast: (384|512)-px windows: tuning AP@0.5", out)) == 2
     # the dihedral average is equivariant: a transposed image gets the transposed maps, offsets' components swapped
     from benchmarks.cells_analysis import dihedral_probabilities
     from medseg.cells.count import CellModel
