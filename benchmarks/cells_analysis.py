@@ -206,12 +206,7 @@ def dihedral_probabilities(model, image: np.ndarray) -> np.ndarray:
         if cfg.offset_head and k:  # offsets (w_y, w_x) of the turned image are (v_x, -v_y) of the original
             lg[-2:] = torch.stack([lg[-1], -lg[-2]])
         logits = logits + lg / 8
-    parts = [torch.softmax(logits[:3], 0)]
-    if cfg.distance_head:
-        parts.append(torch.sigmoid(logits[3:4]))
-    if cfg.offset_head:
-        parts.append(logits[-2:] * cfg.offset_scale)
-    return torch.cat(parts).numpy()
+    return model.activate(logits)
 
 
 def main(argv=None) -> int:

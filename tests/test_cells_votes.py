@@ -141,3 +141,28 @@ def test_training_with_an_offset_head_and_flip_tta(tmp_path):
     np.testing.assert_allclose(flipped, pt, atol=2e-3 * max(1.0, np.abs(pt).max()))
     with pytest.raises(InputError, match="offset head"):
         CellModel(model.net, CellTrainConfig(offset_head=False), meta).postprocess(p, seeds="votes")
+
+
+def test_3d_training_with_an_offset_head(tmp_path):
+    """A 3D cell model (the real nuclei stack, linked twice) trains a few steps with three offset channels and
+    counts with votes and with the watershed."""
+    from medseg.cells.count import CellModel
+    from medseg.cells.train import CellTrainConfig, train_cells
+
+    src = data_path("nuclei_stardist")
+    ds = tmp_path / "ds"
+    (ds / "images").mkdir(parents=True)
+    (ds / "labels").mkdir()
+    for cid in ("a", "b"):
+        (ds / "images" / f"{cid}.tif").symlink_to(src / "img3d.tif")
+        (ds / "labels" / f"{cid}.tif").symlink_to(src / "mask3d.tif")
+    (ds / "split.json").write_text(json.dumps({"train": ["a"], "val": ["b"]}))
+    cfg = CellTrainConfig(spatial_dims=3, patch_size=(16, 32, 32), batch_size=1, base_filters=4, max_steps=2,
+                          max_minutes=5, threads=1, tune_fraction=0)
+    run = train_cells(ds, tmp_path / "run", cfg, progress=False)
+    model = CellModel.load(run)
+    stack = tifffile.imread(src / "img3d.tif").astype(np.float32)
+    p = model.probabilities(stack)
+    assert p.shape == (7,) + stack.shape  # 3 classes, distance, offsets along z, y, x
+    assert model.segment(stack).shape == stack.shape
+    assert model.postprocess(p, threshold=0.3, seed_threshold=8.0, seeds="votes").shape == stack.shape

@@ -126,12 +126,19 @@ class CellModel:
         else:
             # blended logits (flip TTA averages them, as for the classes)
             logits = predict(x, tta)
-        # softmax over the classes, a sigmoid for the distance channel, offsets back in pixels
+        return self.activate(logits)
+
+    def activate(self, logits) -> np.ndarray:
+        """The network's (C, *spatial) output tensor as maps: softmax over the classes, a sigmoid for the distance
+        channel, offsets back in pixels."""
+        import torch
+
+        c = self.cfg
         parts = [torch.softmax(logits[:3], 0)]
         if c.distance_head:
             parts.append(torch.sigmoid(logits[3:4]))
         if c.offset_head:
-            parts.append(logits[-nd:] * c.offset_scale)
+            parts.append(logits[-c.spatial_dims:] * c.offset_scale)
         return torch.cat(parts).numpy()
 
     def postprocess(self, prob: np.ndarray, threshold: float | None = None,
