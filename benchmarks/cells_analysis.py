@@ -119,24 +119,18 @@ def split_by_votes(objects: np.ndarray, votes: np.ndarray, fg: np.ndarray, min_s
 
 def mean_probability_filter(labels: np.ndarray, fg: np.ndarray, minimum: float) -> np.ndarray:
     """Drop objects whose mean foreground probability is below ``minimum``."""
-    from medseg.postprocess.watershed import relabel_sequential
+    from medseg.postprocess.watershed import keep_instances
 
     n = int(labels.max())
     if not n or not minimum:
         return labels
-    idx = np.arange(1, n + 1)
-    keep = np.asarray(ndi.mean(fg, labels, idx)) >= minimum
-    return relabel_sequential(np.concatenate([[0], np.where(keep, idx, 0)])[labels])
+    return keep_instances(labels, np.asarray(ndi.mean(fg, labels, np.arange(1, n + 1))) >= minimum)
 
 
-def scores(refs, preds, images=None, min_snr: float = 0.0, polarity: int = 1) -> tuple[float, float]:
-    """Mean AP@0.5 and mean absolute relative count error over images; with ``images`` and ``min_snr``, objects
-    no brighter than the background's noise are dropped first (what ``count`` does)."""
+def scores(refs, preds) -> tuple[float, float]:
+    """Mean AP@0.5 and mean absolute relative count error over images."""
     from medseg.evaluate.instances import instance_metrics
-    from medseg.postprocess.contrast import remove_faint_instances
 
-    if images is not None and min_snr:
-        preds = [remove_faint_instances(p, im, min_snr, polarity) for p, im in zip(preds, images)]
     ms = [instance_metrics(r, p, [0.5]) for r, p in zip(refs, preds)]
     return float(np.mean([m["ap@0.5"] for m in ms])), float(np.mean([abs(m["relative_count_error"]) for m in ms]))
 
@@ -243,13 +237,13 @@ def main(argv=None) -> int:
                       [model.probabilities(im) for im in images[name]])
     print(f"{args.run}: {len(data['tune'][0])} tuning, {len(data['val'][0])} validation images; run thresholds "
           f"fg {cfg.threshold}, seed {cfg.seed_threshold}, markers {cfg.seeds}")
-    def score(name, preds):
-        return scores(data[name][1], preds, images[name], min_snr, polarity)
-
-    def contrast(preds, name="val"):
+    def contrast(preds, name="val"):  # what count does after the watershed
         from medseg.postprocess.contrast import remove_faint_instances
 
         return [remove_faint_instances(p, im, min_snr, polarity) for p, im in zip(preds, images[name])]
+
+    def score(name, preds):
+        return scores(data[name][1], contrast(preds, name))
 
     ids, refs, probs = data["val"]
     preds = contrast([model.postprocess(p) for p in probs])
@@ -365,7 +359,7 @@ def contrast_section(model, data, images, args, min_snr: float, polarity: int) -
     scores with larger sliding windows."""
     from medseg.cells.data import list_cases, load_case
     from medseg.evaluate.instances import overlaps
-    from medseg.postprocess.contrast import object_snr
+    from medseg.postprocess.contrast import object_snr, remove_faint_instances
 
     ann = []
     for c in list_cases(args.data)[: args.limit]:
@@ -394,8 +388,9 @@ def contrast_section(model, data, images, args, min_snr: float, polarity: int) -
     patch = model.cfg.patch_size
     for size in (384, 512):
         model.cfg.patch_size = (size,) * len(patch)
-        res = [scores(data[n][1], [model.postprocess(model.probabilities(im)) for im in images[n]], images[n],
-                      min_snr, polarity) if images[n] else (float("nan"), float("nan")) for n in ("tune", "val")]
+        res = [scores(data[n][1], [remove_faint_instances(model.postprocess(model.probabilities(im)), im, min_snr,
+                                                          polarity) for im in images[n]])
+               if images[n] else (float("nan"), float("nan")) for n in ("tune", "val")]
         print(f"contrast: {size}-px windows: tuning AP@0.5 {res[0][0]:.3f}, count err {res[0][1]:.1%} | validation "
               f"{res[1][0]:.3f}, {res[1][1]:.1%}")
     model.cfg.patch_size = patch

@@ -114,15 +114,15 @@ class CellModel:
 
         if c.offset_head and tta:
             # a mirrored image has mirrored offsets: flip the maps back and negate the flipped axes' components
-            logits = 0
-            for axes in flip_sets(tta, nd):
+            logits, sets = 0, flip_sets(tta, nd)
+            for axes in sets:
                 dims = [a + 1 for a in axes]
                 y = predict(np.ascontiguousarray(np.flip(x, dims)), False) if dims else predict(x, False)
                 y = torch.flip(y, dims) if dims else y
                 for a in axes:
                     y[-nd + a] = -y[-nd + a]
                 logits = logits + y
-            logits = logits / len(flip_sets(tta, nd))
+            logits = logits / len(sets)
         else:
             # blended logits (flip TTA averages them, as for the classes)
             logits = predict(x, tta)

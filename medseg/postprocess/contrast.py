@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage as ndi
 
-from medseg.postprocess.watershed import relabel_sequential
+from medseg.postprocess.watershed import keep_instances
 
 
 def background_stats(image: np.ndarray, labels: np.ndarray, margin: int = 3) -> tuple[float, float] | None:
@@ -69,5 +69,4 @@ def remove_faint_instances(labels: np.ndarray, image: np.ndarray, min_snr: float
     labels = np.asarray(labels)
     if not min_snr or not labels.max():
         return labels
-    keep = object_snr(image, labels, polarity, margin) >= min_snr
-    return relabel_sequential(np.concatenate([[0], np.where(keep, np.arange(1, len(keep) + 1), 0)])[labels])
+    return keep_instances(labels, object_snr(image, labels, polarity, margin) >= min_snr)

@@ -100,9 +100,8 @@ def vote_instances(foreground: np.ndarray, offsets: np.ndarray, *, threshold: fl
         return relabel_sequential(np.zeros(fg.shape, np.int32))
     pts = follow_offsets(offsets, mask, iterations)
     idx = tuple(np.round(pts).astype(np.intp))
-    density = np.zeros(fg.shape, np.float32)
-    np.add.at(density, idx, 1.0)
-    density = ndi.gaussian_filter(density, sigma) * float((2 * np.pi * sigma**2) ** (fg.ndim / 2))
+    density = np.bincount(np.ravel_multi_index(idx, fg.shape), minlength=fg.size).reshape(fg.shape)
+    density = ndi.gaussian_filter(density.astype(np.float32), sigma) * float((2 * np.pi * sigma**2) ** (fg.ndim / 2))
     centres = ndi.label(density >= min_votes)[0]
     labels = np.zeros(fg.shape, np.int32)
     labels[mask] = centres[idx]

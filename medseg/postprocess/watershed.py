@@ -94,6 +94,19 @@ def remove_small_instances(labels: np.ndarray, min_size: float, spacing=None) ->
     return out
 
 
+def keep_instances(labels: np.ndarray, keep: np.ndarray) -> np.ndarray:
+    """Keep the objects whose ``keep[id - 1]`` is true, renumbered 1..n.
+
+    Examples
+    --------
+    >>> keep_instances(np.array([[1, 1, 0, 2, 3]]), np.array([True, False, True])).tolist()
+    [[1, 1, 0, 0, 2]]
+    """
+    labels = np.asarray(labels)
+    keep = np.asarray(keep, bool)
+    return relabel_sequential(np.concatenate([[0], np.where(keep, np.arange(1, len(keep) + 1), 0)])[labels])
+
+
 def clear_border_instances(labels: np.ndarray) -> np.ndarray:
     """Remove objects that touch the image border (cut objects bias size statistics).
 
