@@ -130,6 +130,9 @@ def main(argv=None) -> int:
     ap.add_argument("--offset-head", action=argparse.BooleanOptionalAction, default=True,
                     help="also train offsets to the nuclei's centres (the default; centre-voting markers join the "
                          "threshold search)")
+    ap.add_argument("--scale-range", default=None, metavar="LO,HI",
+                    help="zoom augmentation: half the crops resized by a factor in [LO, HI] (default: off)")
+    ap.add_argument("--norm", choices=("instance", "batch"), default="instance", help="normalisation layers")
     ap.add_argument("--retune", action="store_true",
                     help="re-run the threshold search (current grid) on the run's held-out tuning images first")
     ap.add_argument("--tta", action="store_true", help="flip test-time augmentation for the learned model")
@@ -158,6 +161,9 @@ def main(argv=None) -> int:
                               batch_size=args.batch_size, base_filters=args.base_filters, threads=args.threads,
                               tune_fraction=args.tune_fraction, distance_head=not args.no_distance_head,
                               diameter=args.diameter, seed=args.seed, offset_head=args.offset_head,
+                              norm=args.norm,
+                              scale_range=tuple(float(v) for v in args.scale_range.split(",")) if args.scale_range
+                              else None,
                               **({} if args.contact_weight is None else {"contact_weight": args.contact_weight}))
         t = time.perf_counter()
         train_cells(args.data, run, cfg, progress=sys.stderr.isatty())

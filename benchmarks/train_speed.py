@@ -1,12 +1,15 @@
 """Seconds per training iteration: medseg's hippocampus recipe vs nnU-Net's default 3D network, same process.
 
     python benchmarks/train_speed.py [--threads 2] [--iters 5]
+    python benchmarks/train_speed.py --cells [--iters 20]     # the 2D cell network instead
 
 nnU-Net side: ``dynamic_network_architectures.PlainConvUNet`` with nnU-Net v2's 3d_fullres plan for MSD
 Hippocampus (patch 40x56x40, batch 9, 32..256 features, 4 stages, deep supervision) and its Dice+CE loss on every
 deep-supervision output, SGD-Nesterov — i.e. the work of one ``nnUNetTrainer.train_step`` without data loading.
 medseg side: ``configs/hippocampus.yaml`` (DynUNet 16..128, batch 2, same patch), fp32, bf16 autocast and
 channels-last variants. Both report s/iteration and training voxels/s (batch x patch voxels per second).
+``--cells``: the cell trainer's default 2D network (``medseg.cells.train.CellTrainConfig``: DynUNet 16..256, 256²
+crops, batch 2, 6 outputs), bf16 autocast, contiguous vs channels-last, instance vs batch normalisation.
 """
 
 from __future__ import annotations
@@ -26,8 +29,9 @@ def time_steps(net, loss_fn, batch, patch, classes, iters, bf16=False, channels_
     x = torch.randn(batch, 1, *patch)
     y = torch.randint(0, classes, (batch, *patch))
     if channels_last:
-        net = net.to(memory_format=torch.channels_last_3d)
-        x = x.contiguous(memory_format=torch.channels_last_3d)
+        fmt = torch.channels_last_3d if len(patch) == 3 else torch.channels_last
+        net = net.to(memory_format=fmt)
+        x = x.contiguous(memory_format=fmt)
     opt = (torch.optim.SGD(net.parameters(), 1e-2, momentum=0.99, nesterov=True) if sgd
            else torch.optim.AdamW(net.parameters(), 1e-3))
     times = []
@@ -61,9 +65,13 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--iters", type=int, default=5)
     ap.add_argument("--skip-nnunet", action="store_true")
+    ap.add_argument("--cells", action="store_true", help="time the 2D cell network's variants instead")
     args = ap.parse_args(argv)
     import torch
     import torch.nn.functional as F
+
+    if args.cells:
+        return cells_speed(args)
 
     from medseg.plan.plan import Plan
     from medseg.train.artifact import build_from_plan
@@ -104,6 +112,34 @@ def main(argv=None) -> int:
                 res[name]["batch"] = 9
                 print(name, res[name], flush=True)
     res["load_avg"] = list(__import__("os").getloadavg())
+    print(json.dumps(res, indent=1))
+    return 0
+
+
+def cells_speed(args) -> int:
+    """s/step of the cell network: bf16, contiguous vs channels-last, instance vs batch norm (same process)."""
+    import os
+
+    import torch
+    import torch.nn.functional as F
+
+    from medseg.cells.train import CellTrainConfig, build_cell_network
+
+    torch.set_num_threads(args.threads)
+    res = {"threads": args.threads}
+
+    def loss(out, y):  # the class part of the cell loss: what differs between the variants is the network
+        return F.cross_entropy(out.float()[:, :3], y)
+
+    for norm in ("instance", "batch"):
+        for cl in (False, True):
+            cfg = CellTrainConfig(norm=norm)
+            torch.manual_seed(0)
+            name = f"cells_{norm}_{'channels_last' if cl else 'contiguous'}_bf16"
+            res[name] = time_steps(build_cell_network(cfg), loss, cfg.batch_size, list(cfg.patch_size), 3,
+                                   args.iters, bf16=True, channels_last=cl)
+            print(name, res[name], flush=True)
+    res["load_avg"] = list(os.getloadavg())
     print(json.dumps(res, indent=1))
     return 0
 

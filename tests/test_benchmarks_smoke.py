@@ -216,3 +216,28 @@ def test_error_breakdown_hand_checkable():
     half[2:8, 30:34] = 1
     one = np.where(ref == 4, 1, 0)
     assert error_breakdown(one, half)["matched"] == 1 == instance_metrics(one, half, [0.5])["tp@0.5"]
+
+
+def test_cells_benchmark_passes_norm_and_zoom_options(tmp_path, capsys):
+    import json
+
+    from benchmarks.cells import main
+
+    ds = tmp_path / "ds"
+    linked_cell_dataset(ds, 4)
+    run = tmp_path / "run"
+    assert main(["--data", str(ds), "--run", str(run), "--learned-only", "--threads", "1", "--patch", "64",
+                 "--base-filters", "4", "--minutes", "0.05", "--tune-fraction", "0", "--norm", "batch",
+                 "--scale-range", "0.8,1.25"]) == 0
+    assert len(_table_rows(capsys.readouterr().out, "learned")) == 1
+    config = json.loads((run / "model.json").read_text())["config"]
+    assert config["norm"] == "batch" and config["scale_range"] == [0.8, 1.25]
+
+
+def test_train_speed_cells_mode(capsys):
+    from benchmarks.train_speed import main
+
+    assert main(["--cells", "--iters", "1", "--threads", "1"]) == 0
+    out = capsys.readouterr().out
+    for name in ("cells_instance_contiguous_bf16", "cells_instance_channels_last_bf16", "cells_batch_contiguous_bf16"):
+        assert re.search(rf"{name} {{'s_per_iter': [\d.]+", out), name

@@ -253,7 +253,7 @@ def test_runs_without_distance_head_still_load(tmp_path):
     run = train_cells(ds, tmp_path / "run", cfg, progress=False)
     meta = json.loads((run / "model.json").read_text())
     for key in ("distance_head", "seeds", "diameter", "contact_weight", "contact_sigma", "offset_head",
-                "min_snr"):  # keys added since
+                "min_snr", "norm", "scale_range", "scale_prob"):  # keys added since
         del meta["config"][key]
     (run / "model.json").write_text(json.dumps(meta))
     model = CellModel.load(run)
@@ -264,6 +264,33 @@ def test_runs_without_distance_head_still_load(tmp_path):
     assert model.segment(img).shape == img.shape
     with pytest.raises(InputError, match="distance head"):
         model.postprocess(p, seeds="distance")
+    assert model.cfg.norm == "instance" and model.cfg.scale_range is None  # what those runs were trained with
+
+
+def test_batch_norm_model_trains_saves_and_loads(tmp_path):
+    """``norm="batch"`` builds BatchNorm layers, is stored in model.json and predicts in eval mode (running
+    statistics); an unknown norm is a clear error."""
+    import torch
+
+    from medseg.cells.count import CellModel
+    from medseg.cells.train import CellTrainConfig, train_cells
+
+    ds = tmp_path / "ds"
+    ids = linked_cell_dataset(ds, 3)
+    cfg = CellTrainConfig(patch_size=(64, 64), batch_size=2, base_filters=4, max_steps=2, max_minutes=5, threads=1,
+                          tune_fraction=0, norm="batch")
+    run = train_cells(ds, tmp_path / "run", cfg, progress=False)
+    model = CellModel.load(run)
+    assert model.cfg.norm == "batch" and not model.net.training
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.net.modules())
+    img = tifffile.imread(ds / "labels" / f"{ids[0]}.tif").astype(np.float32)
+    p = model.probabilities(img)
+    assert p.shape == (6,) + img.shape and np.allclose(p[:3].sum(0), 1, atol=1e-4)
+    meta = json.loads((run / "model.json").read_text())
+    meta["config"]["norm"] = "group"
+    (run / "model.json").write_text(json.dumps(meta))
+    with pytest.raises(InputError, match="norm 'group'"):
+        CellModel.load(run)
 
 
 def test_scale_normalised_model_predicts_at_the_training_size(tmp_path):

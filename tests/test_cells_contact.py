@@ -92,10 +92,10 @@ def test_training_with_contact_weights(tmp_path):
     cfg = CellTrainConfig(patch_size=(64, 64), batch_size=2, base_filters=4, max_steps=2, max_minutes=5, threads=1,
                           tune_fraction=0, contact_weight=10.0)
     pairs, *_ = prepare_training_data(ds, cfg)
-    img, tgt, dist, weight, _ = pairs[0]
+    img, tgt, dist, weight, _, _ = pairs[0]
     assert dist is not None and weight.shape == tgt.shape and weight.max() > 5
     # the weights travel with the crop, flips and rotations: with the target itself as "weights", they must agree
-    probe = [(im, t, dd, t.astype(np.float32), None) for im, t, dd, _, _ in pairs]
+    probe = [(im, t, dd, t.astype(np.float32), None, lab) for im, t, dd, _, _, lab in pairs]
     for seed in range(5):
         x, y, d, w, o = _batch(probe, cfg, np.random.default_rng(seed))
         assert x.shape == w.shape == d.shape == y.shape == (2, 1, 64, 64) and o is None

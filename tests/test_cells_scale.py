@@ -71,7 +71,7 @@ def test_training_pairs_are_at_the_canonical_diameter(tmp_path):
     cfg = CellTrainConfig(tune_fraction=0, diameter=17.0)
     pairs, _, split, _ = prepare_training_data(ds, cfg)
     by_id = {c.case: load_case(c) for c in list_cases(ds)}
-    for (img, tgt, dist, weight, offsets), cid in zip(pairs, split["train"]):
+    for (img, tgt, dist, weight, offsets, _), cid in zip(pairs, split["train"]):
         lab = by_id[cid].labels
         want = scaled_shape(lab.shape, scale_to(17.0, median_diameter(lab)))
         # every target at the canonical size

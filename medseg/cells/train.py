@@ -33,6 +33,9 @@ class CellTrainConfig:
     batch_size: int = 2
     base_filters: int = 16
     max_filters: int = 256
+    # the network's normalisation layers, "instance" or "batch" (DynUNet's norm_name). On DSB2018 in 20 minutes batch
+    # norm ran 26 % more steps and scored the same (benchmarks/RESULTS.md, session 9)
+    norm: str = "instance"
     lr: float = 3e-3
     weight_decay: float = 1e-4
     max_minutes: float = 20.0
@@ -65,6 +68,12 @@ class CellTrainConfig:
     offset_head: bool = True
     offset_weight: float = 1.0
     offset_scale: float = 10.0
+    # zoom augmentation (2D and the in-plane axes of 3D): with probability scale_prob a crop of patch / z resized to the
+    # patch, z log-uniform in scale_range (nuclei seen at other magnifications, as Cellpose trains); class targets
+    # are recomputed from the resized labels. None: off (on DSB2018, one magnification mix in training and
+    # validation, [0.75, 1.33] scored worse: benchmarks/RESULTS.md, session 9)
+    scale_range: tuple | None = None
+    scale_prob: float = 0.5
     # post-processing used by `count` (stored with the model)
     threshold: float = 0.5
     seed_threshold: float = 0.5
@@ -100,7 +109,7 @@ def prepare_training_data(data_dir, cfg: CellTrainConfig):
     """Load and normalise the training split; returns (train pairs, val cases, split dict, tuning cases).
 
     Each pair is ``(image, 3-class target, distance target or None, contact weight map or None, offsets or
-    None)``, the offsets as one map per axis.
+    None, labels)``, the offsets as one map per axis (the instance labels feed the zoom augmentation).
 
     ``tune_fraction`` of the training split (by a hash of the id, like the validation split) is kept out of
     training to choose the watershed thresholds; with too few images nothing is held out.
@@ -135,7 +144,7 @@ def prepare_training_data(data_dir, cfg: CellTrainConfig):
                  contact_weights(labels, cfg.contact_weight, cfg.contact_sigma, spacing) if cfg.contact_weight
                  else None,
                  tuple(offset_targets(labels)) if cfg.offset_head else None)
-        pairs.append((image, boundary_targets(labels), *extra))
+        pairs.append((image, boundary_targets(labels), *extra, labels))
     if not pairs:
         raise InputError("the training split is empty", path=data_dir)
     return pairs, split["val"], {k: [c.case for c in v] for k, v in split.items()}, tune
@@ -151,7 +160,7 @@ def build_cell_network(cfg: CellTrainConfig):
 
     return build_network(cfg.spatial_dims, 1, out_channels(cfg), list(cfg.patch_size),
                          base_filters=cfg.base_filters,
-                         max_filters=cfg.max_filters)
+                         max_filters=cfg.max_filters, norm=cfg.norm)
 
 
 def train_cells(data_dir, run_dir, cfg: CellTrainConfig | None = None, resume: bool = False,
@@ -183,6 +192,9 @@ def train_cells(data_dir, run_dir, cfg: CellTrainConfig | None = None, resume: b
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     net = build_cell_network(cfg)
+    # 2D convolutions run ~10 % faster per step in channels-last on this CPU (bf16; benchmarks/RESULTS.md)
+    memory_format = torch.channels_last if cfg.spatial_dims == 2 else torch.contiguous_format
+    net = net.to(memory_format=memory_format)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     step, elapsed = 0, 0.0
     if resume:
@@ -220,7 +232,7 @@ def train_cells(data_dir, run_dir, cfg: CellTrainConfig | None = None, resume: b
             x, y, d, w, o = _batch(pairs, cfg, rng)
             opt.zero_grad(set_to_none=True)
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16):
-                out = net(torch.from_numpy(x))
+                out = net(torch.from_numpy(x).contiguous(memory_format=memory_format))
             out = out.float()
             loss = cell_loss(out, torch.from_numpy(y), dice_fn, None if d is None else torch.from_numpy(d),
                              None if w is None else torch.from_numpy(w), cfg.distance_weight,
@@ -299,12 +311,22 @@ def auto_threads() -> int:
 def _batch(pairs, cfg: CellTrainConfig, rng):
     """One training batch: images, 3-class targets, and the distance, contact-weight and offset targets (each
     None when the run has none)."""
-    from medseg.cells.augment import augment
+    from medseg.cells.augment import augment, zoom_crop
+    from medseg.cells.data import boundary_targets
 
     xs, ys, ds, ws, os_ = [], [], [], [], []
     for _ in range(cfg.batch_size):
-        img, tgt, dist, weight, offsets = pairs[int(rng.integers(len(pairs)))]
+        img, tgt, dist, weight, offsets, labels = pairs[int(rng.integers(len(pairs)))]
         maps = tuple(m for m in (dist, weight) if m is not None)
+        if cfg.scale_range and rng.random() < cfg.scale_prob:
+            # the distance, weight and offset maps were computed on the whole image (nuclei cut by the crop keep
+            # their true centres) and are resized; the 1-pixel boundary class is redrawn at the new scale
+            img, labels, *rest = zoom_crop(img, labels, cfg.patch_size, rng, tuple(cfg.scale_range), extra=maps,
+                                           vectors=offsets or ())
+            tgt, maps, offsets = boundary_targets(labels), list(rest[:len(maps)]), tuple(rest[len(maps):]) or None
+            if dist is not None:  # the linear resize blurs it one pixel past the nuclei
+                maps[0] = maps[0] * (labels > 0)
+            maps = tuple(maps)
         x, y, *e = augment(img, tgt, cfg.patch_size, rng, extra=maps, vectors=offsets or ())
         xs.append(x[None])
         ys.append(y[None])
@@ -351,12 +373,14 @@ def load_config(run_dir) -> tuple[dict, CellTrainConfig]:
         fields = CellTrainConfig.__dataclass_fields__
         # runs from before the distance head / scale normalisation / contact weights have none of them
         conf = {"distance_head": False, "diameter": None, "contact_weight": 0.0, "offset_head": False,
-                **meta["config"]}
+                "norm": "instance", **meta["config"]}
         cfg = CellTrainConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in conf.items() if k in fields})
         if cfg.seeds not in ("boundary", "distance", "votes") or (cfg.seeds == "distance" and not cfg.distance_head) \
                 or (cfg.seeds == "votes" and not cfg.offset_head):
             raise ValueError(f"seeds '{cfg.seeds}' (expected boundary, distance with a distance head, or votes with "
                              "an offset head)")
+        if cfg.norm not in ("instance", "batch"):
+            raise ValueError(f"norm '{cfg.norm}' (expected instance or batch)")
     except InputError:
         raise
     except Exception as exc:

@@ -23,6 +23,19 @@ def _pixel_size(text: Optional[str]):
     return vals[0] if len(vals) == 1 else tuple(vals)
 
 
+def _scale_range(text: Optional[str]):
+    """``LO,HI`` (zoom factors, 0 < LO <= HI), or ``off`` (None)."""
+    if text.strip().lower() == "off":
+        return None
+    try:
+        lo, hi = (float(v) for v in text.split(","))
+    except ValueError:
+        raise InputError(f"--scale-range must be two numbers LO,HI like 0.75,1.33, or off (got '{text}')") from None
+    if not 0 < lo <= hi < float("inf"):
+        raise InputError(f"--scale-range needs 0 < LO <= HI (got '{text}')")
+    return lo, hi
+
+
 @cells_app.command("train")
 def train_cmd(
     data: Path = typer.Argument(..., help="Dataset folder: images/<id>.<ext> and labels/<id>.tif."),
@@ -50,6 +63,9 @@ def train_cmd(
     offset_head: bool = typer.Option(True, "--offset-head/--no-offset-head",
                                      help="Also predict each pixel's offset to its nucleus's centre (markers by "
                                           "following them to the centres join the threshold search)."),
+    scale_range: Optional[str] = typer.Option(None, "--scale-range", metavar="LO,HI",
+                                              help="Zoom augmentation: half the training crops resized by a random "
+                                                   "factor in [LO, HI], e.g. 0.75,1.33; 'off' disables it."),
 ) -> None:
     """Train a 2D cell model (interior/boundary U-Net) within a time budget."""
     from medseg.cells.train import CellTrainConfig, train_cells
@@ -63,6 +79,8 @@ def train_cmd(
     if contact_weight is not None and not 0 <= contact_weight < float("inf"):
         raise InputError(f"--contact-weight must be a number >= 0 (got {contact_weight})")
     extra = {} if contact_weight is None else {"contact_weight": contact_weight}
+    if scale_range is not None:
+        extra["scale_range"] = _scale_range(scale_range)
     cfg = CellTrainConfig(max_minutes=max_minutes, max_steps=max_steps, patch_size=(patch, patch),
                           batch_size=batch_size, channel=channel, threads=threads, tune_fraction=tune_fraction,
                           distance_head=distance_head, diameter=diameter, offset_head=offset_head, **extra)
