@@ -34,7 +34,8 @@ class CellTrainConfig:
     base_filters: int = 16
     max_filters: int = 256
     # the network's normalisation layers, "instance" or "batch" (DynUNet's norm_name). On DSB2018 in 20 minutes batch
-    # norm ran 26 % more steps and scored the same (benchmarks/RESULTS.md, session 9)
+    # norm ran 26 % more steps but scored no better (two seeds: AP@0.5 0.876 / 0.861, count error 6.1 / 7.0 %;
+    # benchmarks/RESULTS.md, session 9)
     norm: str = "instance"
     lr: float = 3e-3
     weight_decay: float = 1e-4
