@@ -108,10 +108,10 @@ def test_training_with_contact_weights(tmp_path):
     assert prepare_training_data(ds, off)[0][0][3] is None
 
 
-@pytest.mark.parametrize("value", ["-1", "nan", "inf"])
-def test_cli_rejects_a_bad_contact_weight(tmp_path, value):
+@pytest.mark.parametrize("option, value", [("--contact-weight", v) for v in ("-1", "nan", "inf")]
+                         + [("--scale-range", v) for v in ("1.2", "a,b", "0,1", "1.5,1.2", "nan,1")])
+def test_cli_rejects_a_bad_training_option(tmp_path, option, value):
     ds = tmp_path / "ds"
     linked_cell_dataset(ds, 3)
-    assert_clean_error(run_cli("cells", "train", ds, "-o", tmp_path / "run", "--contact-weight", value),
-                       "--contact-weight")
+    assert_clean_error(run_cli("cells", "train", ds, "-o", tmp_path / "run", option, value), option)
     assert not (tmp_path / "run").exists()

@@ -110,7 +110,8 @@ def prepare_training_data(data_dir, cfg: CellTrainConfig):
     """Load and normalise the training split; returns (train pairs, val cases, split dict, tuning cases).
 
     Each pair is ``(image, 3-class target, distance target or None, contact weight map or None, offsets or
-    None, labels)``, the offsets as one map per axis (the instance labels feed the zoom augmentation).
+    None, instance labels or None)``, the offsets as one map per axis; the labels are kept for the zoom augmentation
+    (``scale_range``) only.
 
     ``tune_fraction`` of the training split (by a hash of the id, like the validation split) is kept out of
     training to choose the watershed thresholds; with too few images nothing is held out.
@@ -145,7 +146,7 @@ def prepare_training_data(data_dir, cfg: CellTrainConfig):
                  contact_weights(labels, cfg.contact_weight, cfg.contact_sigma, spacing) if cfg.contact_weight
                  else None,
                  tuple(offset_targets(labels)) if cfg.offset_head else None)
-        pairs.append((image, boundary_targets(labels), *extra, labels))
+        pairs.append((image, boundary_targets(labels), *extra, labels if cfg.scale_range else None))
     if not pairs:
         raise InputError("the training split is empty", path=data_dir)
     return pairs, split["val"], {k: [c.case for c in v] for k, v in split.items()}, tune
