@@ -117,6 +117,7 @@ def test_cells_analysis_runs_on_a_bounded_model(tmp_path, capsys):
     assert re.search(r"dihedral TTA \(8 passes\): validation AP@0.5 [\d.]+, count err [\d.]+%", out)
     assert len(re.findall(r"enlarge below (off|[\d.]+) px: tuning", out)) == 4 and "enlarge: chosen" in out
     assert "votes: the run has no offset head or no tuning images" in out
+    assert "small: the run held out no tuning images" in out
     assert re.search(r"contrast: annotated nuclei \d+: SNR < 1 \d+, < 2 \d+, < 3 \d+", out)
     assert re.search(r"contrast: val predictions, SNR < 2 / < 3: matched \d+ / \d+ of \d+", out)
     assert len(re.findall(r"contrast: (384|512)-px windows: tuning AP@0.5", out)) == 2
@@ -241,3 +242,20 @@ def test_train_speed_cells_mode(capsys):
     out = capsys.readouterr().out
     for name in ("cells_instance_contiguous_bf16", "cells_instance_channels_last_bf16", "cells_batch_contiguous_bf16"):
         assert re.search(rf"{name} {{'s_per_iter': [\d.]+", out), name
+
+
+def test_small_object_rules_hand_checkable():
+    """A seeded 6 x 6 nucleus and a seedless 3 x 3 blob: the blob is an object only while seedless parts of its size
+    are kept, and minimum sizes drop what is below them."""
+    from benchmarks.cells_analysis import segment_small
+
+    p = np.zeros((4, 20, 20))
+    p[0] = 1.0
+    p[1, 2:8, 2:8], p[0, 2:8, 2:8] = 1.0, 0.0  # interior: a seed
+    p[2, 12:15, 12:15], p[0, 12:15, 12:15] = 1.0, 0.0  # boundary only: no seed
+    kw = dict(t=0.5, s=0.5, min_seed=1)
+    assert segment_small(p, min_size=0, orphan_max=0, **kw).max() == 1
+    assert segment_small(p, min_size=0, orphan_max=9, **kw).max() == 2
+    assert segment_small(p, min_size=0, orphan_max=8, **kw).max() == 1  # 9 px > 8
+    assert segment_small(p, min_size=10, orphan_max=9, **kw).max() == 1  # the blob is below 10 px
+    assert segment_small(p, min_size=0, orphan_max=0, t=0.5, s=0.5, min_seed=37).max() == 0  # 36-px seed dropped
