@@ -25,8 +25,9 @@ Each image's probability maps are computed once; then:
 * ``votes`` (models with an offset head): interior - boundary markers, centre voting
   (``medseg.postprocess.votes``), and interior - boundary objects split where their pixels vote for two or more
   centres ("split by votes"), each with its thresholds chosen on the tuning images;
-* ``small``: small-object rules (minimum object size, minimum seed size, seedless foreground parts up to A px kept
-  as objects), chosen on the tuning images and scored on both sets (the run's own: 8 px, 4 px, none);
+* ``small`` (runs with interior - boundary markers): small-object rules (minimum object size, minimum seed size,
+  seedless foreground parts up to A px kept as objects) at the run's thresholds, chosen on the tuning images and
+  scored on both sets (``CellModel.postprocess``'s own: 8 px, 4 px, none);
 * ``contrast``: the contrast test's basis: the signal-to-noise ratio (``medseg.postprocess.contrast.object_snr``)
   of every annotated nucleus of the dataset against its own background, of the run's matched and unmatched
   objects (without the test), and the run scored with larger sliding windows (whole-image context) instead.
@@ -374,6 +375,8 @@ def main(argv=None) -> int:
                   f"{te:.1%} | validation {va:.3f}, {ve:.1%}")
     if "small" in parts and not data["tune"][0]:
         print("small: the run held out no tuning images (--tune-fraction 0)")
+    elif "small" in parts and cfg.seeds != "boundary":
+        print(f"small: the run's markers are '{cfg.seeds}'; the rules vary interior - boundary seeds only")
     elif "small" in parts:
         rows = []
         for g in SMALL_GRID:

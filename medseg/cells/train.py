@@ -194,7 +194,7 @@ def train_cells(data_dir, run_dir, cfg: CellTrainConfig | None = None, resume: b
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     net = build_cell_network(cfg)
-    # 2D convolutions run ~10 % faster per step in channels-last on this CPU (bf16; benchmarks/RESULTS.md)
+    # 2D convolutions run ~7 % faster per step in channels-last on this CPU (bf16; benchmarks/train_speed.py --cells)
     memory_format = torch.channels_last if cfg.spatial_dims == 2 else torch.contiguous_format
     net = net.to(memory_format=memory_format)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -325,10 +325,9 @@ def _batch(pairs, cfg: CellTrainConfig, rng):
             # their true centres) and are resized; the 1-pixel boundary class is redrawn at the new scale
             img, labels, *rest = zoom_crop(img, labels, cfg.patch_size, rng, tuple(cfg.scale_range), extra=maps,
                                            vectors=offsets or ())
-            tgt, maps, offsets = boundary_targets(labels), list(rest[:len(maps)]), tuple(rest[len(maps):]) or None
             if dist is not None:  # the linear resize blurs it one pixel past the nuclei
-                maps[0] = maps[0] * (labels > 0)
-            maps = tuple(maps)
+                rest[0] = rest[0] * (labels > 0)
+            tgt, maps, offsets = boundary_targets(labels), tuple(rest[:len(maps)]), tuple(rest[len(maps):]) or None
         x, y, *e = augment(img, tgt, cfg.patch_size, rng, extra=maps, vectors=offsets or ())
         xs.append(x[None])
         ys.append(y[None])
