@@ -37,17 +37,23 @@ def evaluate_folder(model_dir: Path, folder: Path, tta: bool | None = False, cas
     net = art.build()
     ds = open_dataset(folder)
     per = {k: [] for k in art.plan.labels if k}
+    case_means = {}
     t0 = time.monotonic()
     chosen = [c for c in ds.cases if cases is None or c.id in set(cases)]
     for case in chosen:
         image, label = load_case(case)
         with torch.no_grad():
             lab, _ = predict_image(net, art.plan, image, tta=tta, largest_component=largest_component)
-        for k, d in confusion_dice(lab.array, label.array, art.plan.num_classes).items():
-            if not np.isnan(d):
-                per[k].append(d)
+        dice = {k: d for k, d in confusion_dice(lab.array, label.array, art.plan.num_classes).items()
+                if not np.isnan(d)}
+        for k, d in dice.items():
+            per[k].append(d)
+        case_means[case.id] = float(np.mean(list(dice.values()))) if dice else float("nan")
     res = {art.plan.labels[k]: float(np.mean(v)) for k, v in per.items()}
     res["mean"] = float(np.mean(list(res.values())))
+    # is the mean pulled down by a few failed cases, or is every case a little off?
+    res["median_case"] = float(np.nanmedian(list(case_means.values())))
+    res["worst_cases"] = {c: round(m, 4) for c, m in sorted(case_means.items(), key=lambda x: x[1])[:5]}
     res["cases"] = len(chosen)
     res["seconds"] = round(time.monotonic() - t0, 1)
     return res

@@ -63,6 +63,9 @@ def test_inference_presets_mode_tiny(tmp_path, capsys):
     val = json.loads((tmp_path / "run" / "splits.json").read_text())[0]["val"]
     for name in ("plain", "largest_component"):
         assert res[name]["cases"] == len(val) and 0.0 <= res[name]["mean"] <= 1.0
+        worst = res[name]["worst_cases"]
+        assert set(worst) <= set(val) and len(worst) == min(5, len(val))
+        assert min(worst.values()) <= res[name]["median_case"] + 1e-4  # worst values are rounded to 4 places
     # --join: a second network on the same split, each scored, then their ensemble
     (tmp_path / "run2").mkdir()
     (tmp_path / "run2" / "splits.json").write_text((tmp_path / "run" / "splits.json").read_text())

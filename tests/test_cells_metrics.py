@@ -104,3 +104,17 @@ def test_count_error_and_summary():
     assert s["mean"]["ap@0.5"] == pytest.approx((0.5 + 1.0) / 2)
     assert s["pooled"]["ap@0.5"] == pytest.approx(6 / 8)
     assert s["mean"]["abs_relative_count_error"] == pytest.approx(0.25)
+
+
+def test_pooled_count_error_weighs_images_by_their_nuclei():
+    # 10 nuclei, one missed (10 %); 2 nuclei, two spurious added (100 %)
+    big = np.zeros((1, 40), int)
+    big[0, ::4] = np.arange(1, 11)
+    small_ref = np.array([[1, 0, 2, 0, 0, 0, 0]])
+    small_pred = np.array([[1, 0, 2, 0, 3, 0, 4]])
+    rows = [evaluate_pair(big, np.where(big == 10, 0, big), thresholds=(0.5,)),
+            evaluate_pair(small_ref, small_pred, thresholds=(0.5,))]
+    s = summarize(rows, thresholds=(0.5,))
+    assert s["mean"]["abs_relative_count_error"] == pytest.approx((0.1 + 1.0) / 2)
+    assert s["pooled"]["abs_relative_count_error"] == pytest.approx((1 + 2) / 12)
+    assert s["pooled"]["relative_count_error"] == pytest.approx((13 - 12) / 12)

@@ -139,4 +139,5 @@ def evaluate_cmd(
     res = evaluate_cells(pred, ref, out)
     m, p = res["mean"], res["pooled"]
     typer.echo(f"{res['n_images']} image(s): AP@0.5 {m['ap@0.5']:.3f} (pooled {p['ap@0.5']:.3f}), "
-               f"F1@0.5 {m['f1@0.5']:.3f}, mean |count error| {m['abs_relative_count_error']:.1%}")
+               f"F1@0.5 {m['f1@0.5']:.3f}, mean |count error| {m['abs_relative_count_error']:.1%} "
+               f"(over all cells {p['abs_relative_count_error']:.1%})")
