@@ -55,7 +55,7 @@ def summarize(per_image: list[dict], thresholds=THRESHOLDS) -> dict:
     # the absolute error over all nuclei: a 7-nucleus image weighs what its 7 nuclei weigh, not 1/len(images)
     pooled.update({"n_ref": n_ref, "n_pred": n_pred,
                    "relative_count_error": (n_pred - n_ref) / n_ref if n_ref else 0.0,
-                   "abs_relative_count_error": abs_err / n_ref if n_ref else float(abs_err > 0)})
+                   "abs_relative_count_error": abs_err / n_ref if n_ref else 0.0})  # as per image
     return {"n_images": len(per_image), "mean": mean, "pooled": pooled}
 
 
