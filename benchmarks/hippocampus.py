@@ -53,7 +53,8 @@ def evaluate_folder(model_dir: Path, folder: Path, tta: bool | None = False, cas
     res["mean"] = float(np.mean(list(res.values())))
     # is the mean pulled down by a few failed cases, or is every case a little off?
     res["median_case"] = float(np.nanmedian(list(case_means.values())))
-    res["worst_cases"] = {c: round(m, 4) for c, m in sorted(case_means.items(), key=lambda x: x[1])[:5]}
+    scored = [(c, m) for c, m in case_means.items() if not np.isnan(m)]  # NaN (nothing to score) would unsort
+    res["worst_cases"] = {c: round(m, 4) for c, m in sorted(scored, key=lambda x: x[1])[:5]}
     res["cases"] = len(chosen)
     res["seconds"] = round(time.monotonic() - t0, 1)
     return res
