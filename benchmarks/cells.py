@@ -134,8 +134,12 @@ def main(argv=None) -> int:
     ap.add_argument("--scale-range", default=None, metavar="LO,HI",
                     help="zoom augmentation: half the crops resized by a factor in [LO, HI] (default: off)")
     ap.add_argument("--norm", choices=("instance", "batch"), default="instance", help="normalisation layers")
+    ap.add_argument("--ema", type=float, default=0.0, help="EMA decay of the weights (e.g. 0.999; default 0: off)")
     ap.add_argument("--retune", action="store_true",
                     help="re-run the threshold search (current grid) on the run's held-out tuning images first")
+    ap.add_argument("--raw-weights", action="store_true",
+                    help="with --ema runs: score the final training weights (checkpoint.pt) instead of their moving "
+                         "average, thresholds re-chosen on the tuning images (implies --retune)")
     ap.add_argument("--tta", action="store_true", help="flip test-time augmentation for the learned model")
     ap.add_argument("--min-snr", type=float, default=None,
                     help="contrast test of the learned model's objects (default: the model's, 2; 0: off, which "
@@ -162,7 +166,7 @@ def main(argv=None) -> int:
                               batch_size=args.batch_size, base_filters=args.base_filters, threads=args.threads,
                               tune_fraction=args.tune_fraction, distance_head=not args.no_distance_head,
                               diameter=args.diameter, seed=args.seed, offset_head=args.offset_head,
-                              norm=args.norm,
+                              norm=args.norm, ema=args.ema,
                               scale_range=tuple(float(v) for v in args.scale_range.split(",")) if args.scale_range
                               else None,
                               **({} if args.contact_weight is None else {"contact_weight": args.contact_weight}))
@@ -182,10 +186,16 @@ def main(argv=None) -> int:
         info["eval_set"] += f", first {len(cases)} used"
     torch.set_num_threads(args.threads or auto_threads())
     model = None if args.no_learned else CellModel.load(run, tta=args.tta)
+    if model is not None and args.raw_weights:
+        model.net.load_state_dict(torch.load(run / "checkpoint.pt", map_location="cpu", weights_only=True)["model"])
+        info["weights"] = "raw final weights from checkpoint.pt"
+        args.retune = bool(model.meta["split"].get("tune"))  # else the run's own (default) thresholds
     if model is not None and args.retune:  # e.g. after the search grid changed, without retraining
         from medseg.cells.tune import tune_thresholds
 
         tune_ids = set(model.meta["split"].get("tune", []))
+        if not tune_ids:
+            ap.error(f"--retune: {run} holds no tuning images (trained with --tune-fraction 0)")
         tune = [load_case(c) for c in list_cases(args.data) if c.case in tune_ids]
         found = tune_thresholds(model, tune)
         model.cfg.threshold, model.cfg.seed_threshold = found["threshold"], found["seed_threshold"]

@@ -3,7 +3,8 @@
     python benchmarks/hippocampus.py --minutes 30 --data ../shared/data/msd_hippocampus [--eval DIR] [--out RUN]
 
 ``--eval DIR`` (a folder in the same layout, never used for training) adds Dice on an independent set;
-``--postprocess-check`` scores an existing run's validation fold with and without largest-component cleanup;
+``--postprocess-check`` scores an existing run's validation fold with and without largest-component cleanup (and, for
+a run with weight averaging, its final training weights);
 ``--ensemble K`` trains K networks in the budget and averages them (``medseg.train.ensemble``); ``--join RUN ...``
 scores separately trained runs and their ensembles. The recipe is
 ``configs/hippocampus.yaml``; the whole wall time (caching the data included) counts against the budget.
@@ -39,7 +40,9 @@ def evaluate_folder(model_dir: Path, folder: Path, tta: bool | None = False, cas
     per = {k: [] for k in art.plan.labels if k}
     case_means = {}
     t0 = time.monotonic()
-    chosen = [c for c in ds.cases if cases is None or c.id in set(cases)]
+    chosen = [c for c in ds.cases if (cases is None or c.id in set(cases)) and c.label is not None]
+    if not chosen:
+        raise SystemExit(f"{folder}: no labelled case to score (labelsTr/ missing or empty)")
     for case in chosen:
         image, label = load_case(case)
         with torch.no_grad():
@@ -56,8 +59,26 @@ def evaluate_folder(model_dir: Path, folder: Path, tta: bool | None = False, cas
     scored = [(c, m) for c, m in case_means.items() if not np.isnan(m)]  # NaN (nothing to score) would unsort
     res["worst_cases"] = {c: round(m, 4) for c, m in sorted(scored, key=lambda x: x[1])[:5]}
     res["cases"] = len(chosen)
+    res["unlabelled_skipped"] = sum(c.label is None for c in ds.cases if cases is None or c.id in set(cases))
     res["seconds"] = round(time.monotonic() - t0, 1)
     return res
+
+
+def raw_weights_model(run: Path) -> Path | None:
+    """For a run trained with ``ema``: its final training weights (checkpoint_latest.pt) as a model file in
+    ``run/raw_weights``; None for a run without weight averaging."""
+    import torch
+
+    from medseg.train.artifact import load_model, save_model
+
+    latest = run / "checkpoint_latest.pt"  # an ensemble's are in its members' folders
+    ck = torch.load(latest, map_location="cpu", weights_only=True) if latest.is_file() else {}
+    if "ema" not in ck:
+        return None
+    art = load_model(run)
+    (run / "raw_weights").mkdir(exist_ok=True)
+    path = save_model(run / "raw_weights" / "model.pt", art.plan, ck["model"], source=str(run), weights="raw final")
+    return path.parent
 
 
 def main(argv=None) -> int:
@@ -97,6 +118,9 @@ def main(argv=None) -> int:
         tta = None  # the plan's setting
         out = {name: evaluate_folder(args.out, args.data, tta, val, lcc)
                for name, lcc in (("plain", False), ("largest_component", True))}
+        raw = raw_weights_model(args.out)
+        if raw is not None:  # a run with weight averaging: its final training weights too, for comparison
+            out["raw_final_weights"] = evaluate_folder(raw, args.data, tta, val)
         print(json.dumps(out, indent=1))
         return 0
 

@@ -136,6 +136,32 @@ def test_cells_analysis_runs_on_a_bounded_model(tmp_path, capsys):
     p, pt = dihedral_probabilities(model, img), dihedral_probabilities(model, np.ascontiguousarray(img.T))
     pt = np.concatenate([pt[:4], pt[[5, 4]]]).transpose(0, 2, 1)
     np.testing.assert_allclose(pt, p, atol=2e-3 * max(1.0, float(np.abs(p).max())))
+    # the error-budget script on the same model
+    from benchmarks.cells_error_budget import main as budget
+
+    assert budget(["--run", str(tmp_path / "run"), "--data", str(ds), "--threads", "1"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"1 val images: \d+ nuclei, \d+ predicted; uncovered \d+, merged \d+, split \d+", out)
+    assert re.search(r"mean abs count error [\d.]+%; with no uncovered nuclei [\d.]+%", out)
+
+
+def test_error_budget_hand_checkable():
+    """Reference nuclei 1-4; predicted: 1 split in two, 2 and 3 merged into one, 4 missed, and a background speck."""
+    from benchmarks.cells_error_budget import border_strengths, error_budget
+
+    ref = np.zeros((6, 20), int)
+    ref[1:5, 0:4], ref[1:5, 4:8], ref[1:5, 8:12], ref[1:5, 14:18] = 1, 2, 3, 4
+    pred = np.zeros_like(ref)
+    pred[1:5, 0:2], pred[1:5, 2:4] = 1, 2  # nucleus 1 split in two
+    pred[1:5, 4:12] = 3  # nuclei 2 and 3 merged
+    pred[0, 18:20] = 4  # a speck on the background
+    assert error_budget(ref, pred) == {"ref": 4, "pred": 4, "uncovered": 1, "merged": 1, "split": 1, "spurious": 1}
+    edge = np.zeros(ref.shape)
+    edge[:, 1], edge[:, 2] = 0.2, 0.4  # the border between pieces 1 and 2 lies between columns 1 and 2
+    edge[:, 3], edge[:, 4] = 0.6, 1.0  # between pieces 2 and 3: columns 3 and 4
+    pairs, mean = border_strengths(pred, edge)
+    assert pairs.tolist() == [[1, 2], [2, 3]]
+    np.testing.assert_allclose(mean, [0.3, 0.8])
 
 
 def test_split_by_votes_hand_checkable():
@@ -236,6 +262,59 @@ def test_cells_benchmark_passes_norm_and_zoom_options(tmp_path, capsys):
     assert len(_table_rows(capsys.readouterr().out, "learned")) == 1
     config = json.loads((run / "model.json").read_text())["config"]
     assert config["norm"] == "batch" and config["scale_range"] == [0.8, 1.25]
+
+
+def test_cells_benchmark_ema_raw_weights_and_eval_folder(tmp_path, capsys):
+    """--ema trains with weight averaging; --raw-weights scores the final training weights instead; --eval scores a
+    separate folder (all of its images)."""
+    import json
+
+    from benchmarks.cells import main
+
+    ds, ev = tmp_path / "ds", tmp_path / "ev"
+    linked_cell_dataset(ds, 4)
+    linked_cell_dataset(ev, 2)
+    common = ["--data", str(ds), "--run", str(tmp_path / "run"), "--learned-only", "--threads", "1", "--patch", "64",
+              "--base-filters", "4"]
+    assert main(["--minutes", "0.05", "--tune-fraction", "0", "--ema", "0.9", *common]) == 0
+    capsys.readouterr()
+    assert json.loads((tmp_path / "run" / "model.json").read_text())["config"]["ema"] == 0.9
+    summary = tmp_path / "summary.json"
+    assert main(["--skip-train", "--raw-weights", "--eval", str(ev), "--json", str(summary), *common]) == 0
+    s = json.loads(summary.read_text())
+    assert s["info"]["eval_set"] == f"all 2 images of {ev}" and s["info"]["weights"].startswith("raw")
+    assert s["results"]["learned"]["n_images"] == 2
+    with pytest.raises(SystemExit):  # nothing to re-tune on: an argparse error, not a traceback
+        main(["--skip-train", "--retune", *common])
+
+
+def test_hippocampus_benchmark_trains_and_scores_an_eval_folder(tmp_path, capsys):
+    """The training mode with --eval: a few seconds on 4 real cases, then Dice on a separate folder's labelled cases
+    (an unlabelled one is skipped and counted); with ``ema`` the post-processing check also scores the raw weights."""
+    import json
+    import shutil
+
+    import yaml
+
+    from benchmarks.hippocampus import main as hippo
+
+    plan = tiny_plan(tmp_path, ema=0.9)
+    ev = tmp_path / "ev"
+    shutil.copytree(tmp_path / "ds", ev, symlinks=True)
+    unlabelled = sorted((ev / "labelsTr").iterdir())[0]
+    unlabelled.unlink()
+    cfg = yaml.safe_load(plan.read_text())
+    assert hippo(["--minutes", "0.1", "--data", cfg["dataset"], "--eval", str(ev), "--out", str(tmp_path / "run"),
+                  "--config", str(plan), "--threads", "1"]) == 0
+    capsys.readouterr()
+    bench = json.loads((tmp_path / "run" / "benchmark.json").read_text())
+    assert bench["eval_dice"]["cases"] == 3 and bench["eval_dice"]["unlabelled_skipped"] == 1
+    assert 0.0 <= bench["eval_dice"]["mean"] <= 1.0 and bench["iterations"] >= 1
+    assert hippo(["--out", str(tmp_path / "run"), "--data", cfg["dataset"], "--postprocess-check", "--threads",
+                  "1"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert set(res) == {"plain", "largest_component", "raw_final_weights"}
+    assert res["raw_final_weights"]["cases"] == res["plain"]["cases"]
 
 
 def test_train_speed_cells_mode(capsys):

@@ -13,85 +13,14 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 
+from medseg.cells.config import CellTrainConfig, load_config  # noqa: F401 (load_config: re-exported)
 from medseg.errors import InputError
 from medseg.io.atomic import atomic_path
-
-
-@dataclass
-class CellTrainConfig:
-    """Settings of a cell-model training run (saved in ``model.json``)."""
-
-    spatial_dims: int = 2
-    # 2D: 256² crops, 2 per step (the same pixels per step as 8 x 128²): the larger context scored AP@0.5 0.864-0.871
-    # (3 seeds) vs 0.856-0.857 for 128² on DSB2018's validation split in 20 minutes (benchmarks/RESULTS.md)
-    patch_size: tuple = (256, 256)
-    batch_size: int = 2
-    base_filters: int = 16
-    max_filters: int = 256
-    # the network's normalisation layers, "instance" or "batch" (DynUNet's norm_name). On DSB2018 in 20 minutes batch
-    # norm ran 26 % more steps but scored no better (two seeds: AP@0.5 0.876 / 0.861, count error 6.1 / 7.0 %;
-    # benchmarks/RESULTS.md, session 9)
-    norm: str = "instance"
-    lr: float = 3e-3
-    weight_decay: float = 1e-4
-    max_minutes: float = 20.0
-    max_steps: int | None = None
-    val_fraction: float = 0.15
-    tune_fraction: float = 0.1  # of the training split, held out to choose the watershed thresholds (0: off)
-    channel: int | None = None
-    norm_percentiles: tuple = (1.0, 99.8)
-    seed: int = 0
-    threads: int | None = None
-    checkpoint_every_s: float = 60.0
-    bf16: bool = True  # autocast where the CPU computes bf16 natively (about 2x per step here), AMP on CUDA
-    # a 4th output channel regressing the per-nucleus normalised distance map, whose cores are an alternative source
-    # of watershed markers (the threshold search picks one per run). Measured on DSB2018: AP unchanged, count error
-    # 7.2 vs 8.0 % (benchmarks/RESULTS.md); it costs no measurable time per step
-    distance_head: bool = True
-    distance_weight: float = 1.0  # weight of its MSE next to Dice+CE
-    # U-Net-paper weight map (its w0 = 10, sigma = 5 px): cross-entropy weighted by 1 + w0 exp(-(d1+d2)²/2σ²) near
-    # touching nuclei, where a missed boundary merges two of them (medseg.cells.data.contact_weights). On DSB2018
-    # in 20 minutes: count error 5.7-7.7 % over three seeds (7.1-7.5 % without), AP unchanged (benchmarks/
-    # RESULTS.md); 0 turns it off
-    contact_weight: float = 10.0
-    contact_sigma: float = 5.0  # pixels (3D: the units of the stack's spacing)
-    # ndim more output channels regressing each pixel's offset to its nucleus's centroid (medseg.cells.data.
-    # offset_targets; L1 on nucleus pixels, in units of offset_scale pixels): markers="votes" then groups the
-    # pixels whose offsets lead to the same centre (medseg.postprocess.votes), the threshold search deciding.
-    # On DSB2018 in 20 minutes, over three seeds, the extra task raised AP@0.5 on the tuning images from
-    # 0.829-0.832 to 0.836-0.845 and on the validation images from 0.869-0.875 to 0.882-0.884, at the same count
-    # error and steps; the search still picked interior - boundary markers (benchmarks/RESULTS.md)
-    offset_head: bool = True
-    offset_weight: float = 1.0
-    offset_scale: float = 10.0
-    # zoom augmentation (2D and the in-plane axes of 3D): with probability scale_prob a crop of patch / z resized to the
-    # patch, z log-uniform in scale_range (nuclei seen at other magnifications, as Cellpose trains); class targets
-    # are recomputed from the resized labels. None: off (on DSB2018, one magnification mix in training and
-    # validation, [0.75, 1.33] scored worse: benchmarks/RESULTS.md, session 9)
-    scale_range: tuple | None = None
-    scale_prob: float = 0.5
-    # post-processing used by `count` (stored with the model)
-    threshold: float = 0.5
-    seed_threshold: float = 0.5
-    min_size_px: float = 8.0
-    # objects whose mean intensity is less than this many background noise sigmas above the background median are
-    # dropped (medseg.postprocess.contrast: the speckle an instance-normalised network can draw into windows with no
-    # nucleus; the direction follows the training nuclei, stored as "polarity"); 0 keeps everything. 2: 0.4 % of
-    # DSB2018's 18,223 annotated nuclei are fainter than that against their own background (1.2 % below 3)
-    min_snr: float = 2.0
-    # watershed markers: "boundary" (interior minus boundary), "distance" (its cores) or "votes" (offset head;
-    # then seed_threshold is the vote density a centre needs)
-    seeds: str = "boundary"
-    # 2D: enlarge every image whose median nucleus is smaller than this many pixels across (Cellpose's nuclei
-    # convention is 17; medseg.cells.scale); counting then estimates each image's size. None (default): native scale,
-    # which scored the same on DSB2018 in 20 minutes (benchmarks/RESULTS.md)
-    diameter: float | None = None
-    extra: dict = field(default_factory=dict)
 
 
 def _save_json(obj, path: Path) -> None:
@@ -166,8 +95,9 @@ def build_cell_network(cfg: CellTrainConfig):
 
 
 def train_cells(data_dir, run_dir, cfg: CellTrainConfig | None = None, resume: bool = False,
-                progress: bool = True) -> Path:
-    """Train a cell model on a dataset folder within ``cfg.max_minutes``; returns the run folder.
+                progress: bool = True, tensorboard: bool = False) -> Path:
+    """Train a cell model on a dataset folder within ``cfg.max_minutes``; returns the run folder
+    (``tensorboard``: loss and learning rate also to ``run_dir/tensorboard``).
 
     Examples
     --------
@@ -178,6 +108,8 @@ def train_cells(data_dir, run_dir, cfg: CellTrainConfig | None = None, resume: b
 
     from medseg.cells.data import object_polarity
     from medseg.infer.sliding_window import cpu_has_native_bf16
+    from medseg.train.ema import WeightEMA
+    from medseg.train.tblog import ScalarLog, require_tensorboard
 
     cfg = cfg or CellTrainConfig()
     run_dir = Path(run_dir)
@@ -186,6 +118,8 @@ def train_cells(data_dir, run_dir, cfg: CellTrainConfig | None = None, resume: b
         raise InputError("nothing to resume: no checkpoint.pt", path=run_dir)
     if not Path(data_dir).is_dir():
         raise InputError("dataset folder does not exist", path=data_dir)
+    if tensorboard:
+        require_tensorboard()
     started = time.perf_counter()
     pairs, _, split, tune = prepare_training_data(data_dir, cfg)  # validate before writing anything
     prepared_s = time.perf_counter() - started
@@ -199,10 +133,13 @@ def train_cells(data_dir, run_dir, cfg: CellTrainConfig | None = None, resume: b
     net = net.to(memory_format=memory_format)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     step, elapsed = 0, 0.0
+    ema = WeightEMA(net, cfg.ema) if cfg.ema else None
     if resume:
         state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
         net.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
+        if ema is not None:
+            ema.load_state_dict(state.get("ema") or state["model"])
         step, elapsed = int(state["step"]), float(state["elapsed_s"])
         rng = np.random.default_rng(cfg.seed + step)
     meta = {"kind": "medseg-cells", "version": 1, "config": _jsonable(asdict(cfg)), "split": split,
@@ -217,6 +154,7 @@ def train_cells(data_dir, run_dir, cfg: CellTrainConfig | None = None, resume: b
     reserve = min(60.0, 0.05 * cfg.max_minutes * 60.0) if tune else 0.0
     budget = max(0.0, cfg.max_minutes * 60.0 - prepared_s - reserve)
     use_bf16 = bool(cfg.bf16) and cpu_has_native_bf16()
+    scalars = ScalarLog(run_dir, tensorboard, purge_step=step if resume else None)
     log_f = open(run_dir / "log.csv", "a")
     if not resume:
         log_f.write("step,elapsed_s,lr,loss\n")
@@ -242,22 +180,28 @@ def train_cells(data_dir, run_dir, cfg: CellTrainConfig | None = None, resume: b
             loss.backward()
             torch.nn.utils.clip_grad_norm_(net.parameters(), 12.0)
             opt.step()
+            if ema is not None:
+                ema.update(net)
             step += 1
             losses.append(loss.item())
             if step % 10 == 0:
                 log_f.write(f"{step},{elapsed:.1f},{lr:.2e},{np.mean(losses[-10:]):.4f}\n")
                 log_f.flush()
+                scalars.add(step, **{"train/loss": np.mean(losses[-10:]), "train/lr": lr})
             if bar is not None:
                 bar[0].update(bar[1], completed=min(elapsed, budget), description=f"loss {np.mean(losses[-20:]):.3f}")
             if time.perf_counter() - last_ckpt > cfg.checkpoint_every_s:
-                _checkpoint(net, opt, step, time.perf_counter() - t0, ckpt_path)
+                _checkpoint(net, opt, step, time.perf_counter() - t0, ckpt_path, ema)
                 last_ckpt = time.perf_counter()
     finally:
         log_f.close()
+        scalars.close()
         if bar is not None:
             bar[0].stop()
     elapsed = time.perf_counter() - t0
-    _checkpoint(net, opt, step, elapsed, ckpt_path)
+    _checkpoint(net, opt, step, elapsed, ckpt_path, ema)
+    if ema is not None:
+        net.load_state_dict(ema.state_dict())
     _save_torch(net.state_dict(), run_dir / "model.pt")
     meta.update({"steps": step, "train_seconds": round(elapsed, 1), "final_loss": float(np.mean(losses[-20:]))
                  if losses else None})
@@ -343,8 +287,11 @@ def _batch(pairs, cfg: CellTrainConfig, rng):
     return np.stack(xs).astype(np.float32), np.stack(ys).astype(np.int64), d, w, o
 
 
-def _checkpoint(net, opt, step, elapsed, path):
-    _save_torch({"model": net.state_dict(), "optimizer": opt.state_dict(), "step": step, "elapsed_s": elapsed}, path)
+def _checkpoint(net, opt, step, elapsed, path, ema=None):
+    state = {"model": net.state_dict(), "optimizer": opt.state_dict(), "step": step, "elapsed_s": elapsed}
+    if ema is not None:
+        state["ema"] = ema.state_dict()
+    _save_torch(state, path)
 
 
 def _progress(enabled: bool, budget: float, done: float):
@@ -359,31 +306,3 @@ def _progress(enabled: bool, budget: float, done: float):
 
 def _jsonable(d):
     return json.loads(json.dumps(d, default=lambda o: list(o) if isinstance(o, tuple) else str(o)))
-
-
-def load_config(run_dir) -> tuple[dict, CellTrainConfig]:
-    """Read ``model.json`` of a run folder (or the file itself)."""
-    p = Path(run_dir)
-    p = p / "model.json" if p.is_dir() else p
-    if not p.exists():
-        raise InputError("not a cell model run (no model.json)", path=p.parent if p.name == "model.json" else p)
-    try:
-        meta = json.loads(p.read_text())
-        if meta.get("kind") != "medseg-cells":
-            raise ValueError("model.json is not a medseg cell model")
-        fields = CellTrainConfig.__dataclass_fields__
-        # runs from before the distance head / scale normalisation / contact weights have none of them
-        conf = {"distance_head": False, "diameter": None, "contact_weight": 0.0, "offset_head": False,
-                "norm": "instance", **meta["config"]}
-        cfg = CellTrainConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in conf.items() if k in fields})
-        if cfg.seeds not in ("boundary", "distance", "votes") or (cfg.seeds == "distance" and not cfg.distance_head) \
-                or (cfg.seeds == "votes" and not cfg.offset_head):
-            raise ValueError(f"seeds '{cfg.seeds}' (expected boundary, distance with a distance head, or votes with "
-                             "an offset head)")
-        if cfg.norm not in ("instance", "batch"):
-            raise ValueError(f"norm '{cfg.norm}' (expected instance or batch)")
-    except InputError:
-        raise
-    except Exception as exc:
-        raise InputError(f"cannot read cell model ({exc})", path=p) from exc
-    return meta, cfg

@@ -66,6 +66,9 @@ def train_cmd(
     scale_range: Optional[str] = typer.Option(None, "--scale-range", metavar="LO,HI",
                                               help="Zoom augmentation: half the training crops resized by a random "
                                                    "factor in [LO, HI], e.g. 0.75,1.33; 'off' disables it."),
+    tensorboard: bool = typer.Option(False, "--tensorboard",
+                                     help="Also log loss and learning rate to RUN/tensorboard (needs the "
+                                          "tensorboard package)."),
 ) -> None:
     """Train a 2D cell model (interior/boundary U-Net) within a time budget."""
     from medseg.cells.train import CellTrainConfig, train_cells
@@ -84,7 +87,7 @@ def train_cmd(
     cfg = CellTrainConfig(max_minutes=max_minutes, max_steps=max_steps, patch_size=(patch, patch),
                           batch_size=batch_size, channel=channel, threads=threads, tune_fraction=tune_fraction,
                           distance_head=distance_head, diameter=diameter, offset_head=offset_head, **extra)
-    run = train_cells(data, out, cfg, resume=resume)
+    run = train_cells(data, out, cfg, resume=resume, tensorboard=tensorboard)
     typer.echo(f"model written to {run}")
 
 

@@ -81,6 +81,9 @@ def train_cmd(
     ensemble: Optional[int] = typer.Option(None, "--ensemble", min=1,
                                            help="Train this many networks (seeds seed, seed+1, ...) one after "
                                                 "another within the budget and average them (default: the plan's)."),
+    tensorboard: bool = typer.Option(False, "--tensorboard",
+                                     help="Also log loss, learning rate and validation Dice to RUN/tensorboard "
+                                          "(needs the tensorboard package)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Train a model; writes checkpoints, log.csv, splits.json and the model artifact model.pt to the run folder
@@ -96,10 +99,10 @@ def train_cmd(
     if (ensemble or plan.ensemble) > 1:
         res = train_ensemble(plan, output, members=ensemble, fold=fold, max_epochs=max_epochs,
                              max_minutes=max_minutes, resume=resume, device=device, progress=not quiet,
-                             num_threads=threads)
+                             num_threads=threads, tensorboard=tensorboard)
     else:
         res = train(plan, output, fold=fold, max_epochs=max_epochs, max_minutes=max_minutes, resume=resume,
-                    device=device, progress=not quiet, num_threads=threads)
+                    device=device, progress=not quiet, num_threads=threads, tensorboard=tensorboard)
     dice = ", ".join(f"{k} {v:.4f}" for k, v in res.val_dice.items())
     what = f"an ensemble of {ensemble or plan.ensemble} networks, " if (ensemble or plan.ensemble) > 1 else ""
     typer.echo(f"trained {what}{res.epochs} epochs ({res.iterations} iterations, {res.elapsed_s / 60:.1f} min); "

@@ -52,6 +52,8 @@ class Plan:
     optimizer: str = "adamw"
     learning_rate: float = 2e-3
     weight_decay: float = 1e-5
+    # exponential moving average of the weights (e.g. 0.999): validation and the saved model use the average; 0: off
+    ema: float = 0.0
     max_epochs: int = 100
     iterations_per_epoch: int = 100
     max_minutes: float | None = None
@@ -113,6 +115,8 @@ class Plan:
             bad("batch_size, max_epochs and iterations_per_epoch must be >= 1")
         if not 0 <= self.foreground_oversample <= 1:
             bad(f"foreground_oversample must be in [0, 1], got {self.foreground_oversample}")
+        if not 0 <= self.ema < 1:
+            bad(f"ema must be in [0, 1) (0: off; e.g. 0.999), got {self.ema}")
         if not 0 <= self.overlap < 1:
             bad(f"overlap must be in [0, 1), got {self.overlap}")
         if not isinstance(self.ensemble, int) or isinstance(self.ensemble, bool) or self.ensemble < 1:

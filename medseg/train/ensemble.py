@@ -59,13 +59,15 @@ class SoftmaxEnsemble(torch.nn.Module):
 
 def train_ensemble(plan: Plan, run_dir: str | os.PathLike, members: int | None = None, fold: int | None = None,
                    max_epochs: int | None = None, max_minutes: float | None = None, resume: bool = False,
-                   device: str = "auto", progress: bool = True, num_threads: int | None = None):
+                   device: str = "auto", progress: bool = True, num_threads: int | None = None,
+                   tensorboard: bool = False):
     """Train ``members`` (default ``plan.ensemble``) networks one after another within one time budget and write
     the ensemble artifact; returns a :class:`medseg.train.trainer.TrainResult` (iterations summed over members,
     Dice of the ensemble on the validation fold).
 
     Each member gets an equal share of what is left of ``max_minutes`` when it starts (less a reserve for the
     ensemble's final validation); member i uses seed ``plan.seed + i`` and the split written for ``plan.seed``.
+    ``tensorboard``: each member's curves in its folder's ``tensorboard/``.
     """
     from medseg.train.artifact import MODEL_FILE, build_from_plan, load_model, save_model
     from medseg.train.dataset import load_case, open_dataset
@@ -128,7 +130,7 @@ def train_ensemble(plan: Plan, run_dir: str | os.PathLike, members: int | None =
                 minutes = max(budget - reserve - spent, 0.0) / (k - i) / 60
             t = time.monotonic()
             train(member, mdir, fold=plan.fold, max_minutes=minutes, resume=continuing, device=device,
-                  progress=progress, num_threads=num_threads, validation=False, cache=cache)
+                  progress=progress, num_threads=num_threads, validation=False, cache=cache, tensorboard=tensorboard)
             in_calls += time.monotonic() - t
         arts.append(load_model(mdir))
         info = arts[-1].info

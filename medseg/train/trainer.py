@@ -26,9 +26,11 @@ from medseg.plan.plan import Plan
 from medseg.train import ddp
 from medseg.train.artifact import build_from_plan, save_model, strip_ddp, MODEL_FILE
 from medseg.train.dataset import open_dataset, load_case
+from medseg.train.ema import WeightEMA, averaged_weights
 from medseg.train.losses import SegLoss, confusion_dice
 from medseg.train.preprocess import preprocess, slice_axis
 from medseg.train.sampling import CachedCase, augment, foreground_index, pad_to, sample_batch
+from medseg.train.tblog import ScalarLog, require_tensorboard
 
 
 @dataclass
@@ -182,12 +184,14 @@ def _save(path: Path, payload: dict):
 def train(plan: Plan, run_dir: str | os.PathLike, fold: int | None = None, max_epochs: int | None = None,
           max_minutes: float | None = None, resume: bool = False, device: str = "auto",
           progress: bool = True, num_threads: int | None = None, validation: bool = True,
-          cache: dict | None = None) -> TrainResult:
+          cache: dict | None = None, tensorboard: bool = False) -> TrainResult:
     """Train ``plan`` into ``run_dir``; see the module docstring. Runs under torchrun (DDP) unchanged.
 
     ``validation=False`` skips validation (an ensemble validates its members together); ``cache``: see
-    :func:`cache_cases`."""
+    :func:`cache_cases`; ``tensorboard``: loss, learning rate and validation Dice also to ``run_dir/tensorboard``."""
     t_start = time.monotonic()
+    if tensorboard:
+        require_tensorboard()  # before anything is written
     run_dir = Path(run_dir)
     rank, world = ddp.setup(device)
     dev = resolve_device(device) if world == 1 or device != "auto" else ddp.device()
@@ -237,6 +241,7 @@ def train(plan: Plan, run_dir: str | os.PathLike, fold: int | None = None, max_e
            torch.optim.SGD(network.parameters(), lr=plan.learning_rate, momentum=0.99, nesterov=True,
                            weight_decay=plan.weight_decay))
     sched = PolyLR(opt, plan.learning_rate)
+    ema = WeightEMA(network, plan.ema) if plan.ema else None
     loss_fn = SegLoss(plan)
     epoch, iteration, elapsed_before, best = 0, 0, 0.0, -1.0
     history: list[dict] = []
@@ -245,6 +250,8 @@ def train(plan: Plan, run_dir: str | os.PathLike, fold: int | None = None, max_e
         network.load_state_dict(ck["model"])
         opt.load_state_dict(ck["optimizer"])
         sched.load_state_dict(ck["scheduler"])
+        if ema is not None:
+            ema.load_state_dict(ck.get("ema") or ck["model"])
         epoch, iteration, elapsed_before, best = ck["epoch"], ck["iteration"], ck["elapsed_s"], ck["best"]
         rs = ck["rng"][rank] if rank < len(ck["rng"]) else ck["rng"][0]
         _set_rng_state(rs, np_rng, gen)
@@ -252,6 +259,7 @@ def train(plan: Plan, run_dir: str | os.PathLike, fold: int | None = None, max_e
         if rank == 0:  # the log is exactly the checkpoint's history: rows of a killed epoch are dropped
             _rewrite_log(run_dir / "log.csv", history, plan)
     model = ddp.wrap(network, dev) if world > 1 else network
+    scalars = ScalarLog(run_dir, tensorboard and rank == 0, purge_step=iteration if resume else None)
     budget = plan.max_minutes * 60 if plan.max_minutes else None
     total_iters = plan.max_epochs * plan.iterations_per_epoch
     use_amp = dev.type == "cuda" or (plan.bf16 and cpu_has_native_bf16())  # emulated bf16 is slower than fp32
@@ -291,6 +299,8 @@ def train(plan: Plan, run_dir: str | os.PathLike, fold: int | None = None, max_e
             loss.backward()
             torch.nn.utils.clip_grad_norm_(network.parameters(), 12.0)
             opt.step()
+            if ema is not None:
+                ema.update(network)
             losses.append(float(loss.detach()))
             iteration += 1
             if bar:
@@ -308,26 +318,31 @@ def train(plan: Plan, run_dir: str | os.PathLike, fold: int | None = None, max_e
         if rank == 0:
             if val_cases and (final or epoch % plan.val_every == 0):
                 t0 = time.monotonic()
-                last_val = validate(network, plan, val_cases, dev)
+                with averaged_weights(network, ema):
+                    last_val = validate(network, plan, val_cases, dev)
+                    if last_val["mean"] > best:
+                        best = last_val["mean"]
+                        _save(run_dir / "checkpoint_best.pt", {"model": strip_ddp(network.state_dict()),
+                                                               "epoch": epoch, "val": last_val})
                 val_cost = max(val_cost, time.monotonic() - t0)
                 row.update({f"val_{k}": round(v, 5) for k, v in last_val.items()})
-                if last_val["mean"] > best:
-                    best = last_val["mean"]
-                    _save(run_dir / "checkpoint_best.pt", {"model": strip_ddp(network.state_dict()),
-                                                           "epoch": epoch, "val": last_val})
             row["elapsed_s"] = round(elapsed(), 1)
             history.append(row)
+            scalars.add(iteration, **{"train/loss": train_loss, "train/lr": lr},
+                        **{f"val/dice_{k}": v for k, v in last_val.items() if "val_mean" in row})
         rng_all = ddp.gather_objects(_rng_state(np_rng, gen), world)
         if rank == 0:
             _save(latest, {"model": strip_ddp(network.state_dict()), "optimizer": opt.state_dict(),
                            "scheduler": sched.state_dict(), "epoch": epoch, "iteration": iteration,
-                           "elapsed_s": elapsed(), "best": best, "rng": rng_all, "history": history})
+                           "elapsed_s": elapsed(), "best": best, "rng": rng_all, "history": history,
+                           **({"ema": strip_ddp(ema.state_dict())} if ema is not None else {})})
             _log(log_path, row, plan)
         val_cost = ddp.broadcast_float(val_cost, world)
         ddp.barrier(world)
+    scalars.close()
     model_path = run_dir / MODEL_FILE
     if rank == 0:
-        save_model(model_path, plan, network.state_dict(), epochs=epoch, iterations=iteration,
+        save_model(model_path, plan, (network if ema is None else ema).state_dict(), epochs=epoch, iterations=iteration,
                    elapsed_s=round(elapsed(), 1), fold=plan.fold, val_dice=last_val)
     ddp.barrier(world)
     ddp.cleanup(world)
