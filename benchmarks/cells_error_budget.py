@@ -9,6 +9,9 @@ On the run's validation (or tuning) images, with the run's thresholds and contra
   sharing one reference are *split* pieces, predictions mostly on background are *spurious*. Then the mean absolute
   relative count error as measured, and as it would be if each kind of error were removed (an upper bound on what
   fixing that kind alone could give: an oracle, not a method);
+* **faint**: the uncovered nuclei's peak and mean foreground probability, and what a lower foreground threshold
+  would add: its connected components (>= 8 px) that touch no prediction, as those holding mostly an uncovered
+  nucleus against all others;
 * **borders**: for every pair of touching predictions, the mean predicted boundary probability over the pixel pairs
   across their shared border, for pairs inside one reference nucleus (over-splits) and pairs of two reference nuclei
   (true contacts), and how many of each a merge of borders weaker than t would join.
@@ -22,6 +25,7 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
+from scipy import ndimage as ndi
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -94,7 +98,8 @@ def main(argv=None) -> int:
     tune_ids = set(model.meta["split"].get("tune", []))
     cases = ([c for c in list_cases(args.data) if c.case in tune_ids] if args.set == "tune"
              else dataset_split(args.data, list_cases(args.data))["val"])[: args.limit]
-    rows, split_b, contact_b = [], [], []
+    rows, split_b, contact_b, peak, mean_fg = [], [], [], [], []
+    low = {t: [0, 0] for t in (0.1, 0.3, 0.5)}
     for c in cases:
         load_case(c)
         p = model.probabilities(c.image)
@@ -102,10 +107,25 @@ def main(argv=None) -> int:
         rows.append(error_budget(c.labels, pred))
         if p.shape[1:] != c.labels.shape:
             continue  # a model with scale normalisation: its maps are on another grid than the labels
+        fg = p[1] + p[2]
+        covered = majority(c.labels, pred)
+        uncovered = [int(r) for r in np.unique(c.labels[c.labels > 0]) if int(r) not in covered]
+        for r in uncovered:
+            peak.append(fg[c.labels == r].max())
+            mean_fg.append(fg[c.labels == r].mean())
+        for t, tally in low.items():
+            comps, n = ndi.label(fg > t)
+            sizes = np.bincount(comps.ravel(), minlength=n + 1)
+            touching = np.zeros(n + 1, bool)
+            touching[np.unique(comps[pred > 0])] = True
+            own = majority(comps, c.labels)
+            for k in range(1, n + 1):
+                if not touching[k] and sizes[k] >= 8:
+                    tally[0 if own.get(k) in uncovered else 1] += 1
         owner = majority(pred, c.labels)
-        for (i, j), s in zip(*border_strengths(pred, p[2])):
+        for (i, j), strength in zip(*border_strengths(pred, p[2])):
             if owner.get(int(i)) and owner.get(int(j)):
-                (split_b if owner[int(i)] == owner[int(j)] else contact_b).append(s)
+                (split_b if owner[int(i)] == owner[int(j)] else contact_b).append(strength)
     t = {k: np.array([r[k] for r in rows], float) for k in rows[0]}
     ref = np.maximum(t["ref"], 1)
 
@@ -119,15 +139,23 @@ def main(argv=None) -> int:
           f", no merges {err(t['pred'] + t['merged']):.1%}, no splits {err(t['pred'] - t['split']):.1%}, no "
           f"spurious {err(t['pred'] - t['spurious']):.1%}, no merges and no uncovered "
           f"{err(t['pred'] + t['merged'] + t['uncovered']):.1%}")
-    s, c = np.array(split_b), np.array(contact_b)
-    if len(s) and len(c):
-        q = (0.25, 0.5, 0.75)
-        print(f"borders: {len(s)} inside one nucleus (boundary probability quartiles "
-              f"{', '.join(f'{v:.2f}' for v in np.quantile(s, q))}), {len(c)} between two nuclei "
-              f"({', '.join(f'{v:.2f}' for v in np.quantile(c, q))})")
+    q = (0.25, 0.5, 0.75)
+
+    def quartiles(v):
+        return ", ".join(f"{x:.2f}" for x in np.quantile(v, q))
+
+    if peak:
+        print(f"faint: uncovered nuclei's foreground probability quartiles: peak {quartiles(peak)}; mean "
+              f"{quartiles(mean_fg)}")
+        for th, (good, other) in low.items():
+            print(f"  foreground > {th}: components touching no prediction hold {good} uncovered nuclei, {other} other")
+    inside, between = np.array(split_b), np.array(contact_b)
+    if len(inside) and len(between):
+        print(f"borders: {len(inside)} inside one nucleus (boundary probability quartiles {quartiles(inside)}), "
+              f"{len(between)} between two nuclei ({quartiles(between)})")
         for th in (0.2, 0.3, 0.4, 0.5):
-            print(f"  merging borders weaker than {th}: joins {(s < th).sum()} over-splits and {(c < th).sum()} "
-                  "true contacts")
+            print(f"  merging borders weaker than {th}: joins {(inside < th).sum()} over-splits and "
+                  f"{(between < th).sum()} true contacts")
     return 0
 
 
