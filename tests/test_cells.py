@@ -337,3 +337,16 @@ def test_training_holds_out_tuning_images(tmp_path):
     model = CellModel.load(run)
     assert (model.cfg.threshold, model.cfg.seed_threshold) == (t["threshold"], t["seed_threshold"])
     assert model.cfg.seeds == t["seeds"] and {r["seeds"] for r in t["table"]} == {"boundary", "distance", "votes"}
+
+
+def test_learning_rate_schedule_follows_max_steps(tmp_path):
+    """With max_steps ending the run long before the time budget, the poly schedule still decays to ~0 by then."""
+    from medseg.cells.train import CellTrainConfig, train_cells
+
+    ds = tmp_path / "ds"
+    linked_cell_dataset(ds, 3)
+    cfg = CellTrainConfig(patch_size=(64, 64), batch_size=2, base_filters=4, max_steps=30, max_minutes=60, threads=1,
+                          tune_fraction=0)
+    run = train_cells(ds, tmp_path / "run", cfg, progress=False)
+    lrs = [float(line.split(",")[2]) for line in (run / "log.csv").read_text().splitlines()[1:]]
+    assert len(lrs) == 3 and lrs[0] > 0.6 * cfg.lr and lrs[-1] < 0.1 * cfg.lr and lrs == sorted(lrs, reverse=True)

@@ -4,8 +4,9 @@ and (``distance_head``) each nucleus's distance to its edge, normalised to 1 at 
 The run folder holds ``model.json`` (everything inference needs), ``model.pt`` (weights), ``checkpoint.pt``
 (weights + optimiser + progress, written every ``checkpoint_every_s`` seconds: ``resume=True`` continues from
 it, within the same overall time budget) and ``log.csv``. The learning rate decays with the fraction of the
-time budget used (poly schedule), so a short budget still ends with a small learning rate. ``tune_fraction`` of the
-training images is held out and used, after training, to choose the watershed thresholds (``medseg.cells.tune``).
+time budget used, or of ``max_steps`` if that ends sooner (poly schedule), so a short run still ends with a small
+learning rate. ``tune_fraction`` of the training images is held out and used, after training, to choose the
+watershed thresholds (``medseg.cells.tune``).
 """
 
 from __future__ import annotations
@@ -166,7 +167,9 @@ def train_cells(data_dir, run_dir, cfg: CellTrainConfig | None = None, resume: b
             elapsed = time.perf_counter() - t0
             if elapsed >= budget or (cfg.max_steps is not None and step >= cfg.max_steps):
                 break
-            lr = cfg.lr * (1 - min(elapsed / budget, 0.99)) ** 0.9
+            # the schedule follows whichever ends first, the time budget or max_steps (as the semantic trainer's)
+            progress = max(elapsed / budget, step / cfg.max_steps if cfg.max_steps else 0.0)
+            lr = cfg.lr * (1 - min(progress, 0.99)) ** 0.9
             for g in opt.param_groups:
                 g["lr"] = lr
             x, y, d, w, o = _batch(pairs, cfg, rng)
