@@ -135,6 +135,9 @@ def main(argv=None) -> int:
                     help="zoom augmentation: half the crops resized by a factor in [LO, HI] (default: off)")
     ap.add_argument("--norm", choices=("instance", "batch"), default="instance", help="normalisation layers")
     ap.add_argument("--ema", type=float, default=0.0, help="EMA decay of the weights (e.g. 0.999; default 0: off)")
+    ap.add_argument("--contact-boundary", type=int, default=1,
+                    help="boundary-class width (px) where nuclei touch (default 1: the 1-px inner boundary)")
+    ap.add_argument("--boundary-width", type=int, default=1, help="boundary-class width (px) everywhere (default 1)")
     ap.add_argument("--retune", action="store_true",
                     help="re-run the threshold search (current grid) on the run's held-out tuning images first")
     ap.add_argument("--raw-weights", action="store_true",
@@ -166,7 +169,8 @@ def main(argv=None) -> int:
                               batch_size=args.batch_size, base_filters=args.base_filters, threads=args.threads,
                               tune_fraction=args.tune_fraction, distance_head=not args.no_distance_head,
                               diameter=args.diameter, seed=args.seed, offset_head=args.offset_head,
-                              norm=args.norm, ema=args.ema,
+                              norm=args.norm, ema=args.ema, contact_boundary=args.contact_boundary,
+                              boundary_width=args.boundary_width,
                               scale_range=tuple(float(v) for v in args.scale_range.split(",")) if args.scale_range
                               else None,
                               **({} if args.contact_weight is None else {"contact_weight": args.contact_weight}))

@@ -37,6 +37,24 @@ def test_boundary_targets_separate_every_real_object():
             assert len(np.unique(lab[cc == i])) == 1
 
 
+def test_wider_boundaries_match_brute_force_on_real_labels():
+    """contact_width=2: the 1-px boundary plus every nucleus pixel within 2 px (chessboard) of another nucleus;
+    width=2: plus every nucleus pixel within 2 px of anything else (the crop's edge is not 'else')."""
+    for lab in _real_labels():
+        lab = lab[:96, :96].astype(np.int64)
+        contact, wide, thin = (boundary_targets(lab, contact_width=2), boundary_targets(lab, width=2),
+                               boundary_targets(lab))
+        near_other, near_any = np.zeros(lab.shape, bool), np.zeros(lab.shape, bool)
+        for y, x in zip(*np.nonzero(lab)):
+            win = lab[max(y - 2, 0):y + 3, max(x - 2, 0):x + 3]
+            near_other[y, x] = np.any((win > 0) & (win != lab[y, x]))
+            near_any[y, x] = np.any(win != lab[y, x])
+        np.testing.assert_array_equal(contact == 2, (thin == 2) | near_other)
+        np.testing.assert_array_equal(wide == 2, (thin == 2) | near_any)
+        for t in (contact, wide):
+            np.testing.assert_array_equal(t > 0, lab > 0)
+
+
 def test_percentile_normalize_against_numpy():
     x = np.random.default_rng(0).gamma(2.0, 10.0, (50, 60))
     lo, hi = np.percentile(x, [1, 99.8])

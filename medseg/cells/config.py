@@ -51,6 +51,11 @@ class CellTrainConfig:
     # RESULTS.md); 0 turns it off
     contact_weight: float = 10.0
     contact_sigma: float = 5.0  # pixels (3D: the units of the stack's spacing)
+    # boundary-class width (medseg.cells.data.boundary_targets): 1 = the 1-pixel inner boundary of every nucleus;
+    # boundary_width 2 = every nucleus pixel within 2 px of anything else; contact_boundary 2 = within 2 px of another
+    # nucleus only (interiors of touching nuclei further apart, isolated nuclei unchanged)
+    boundary_width: int = 1
+    contact_boundary: int = 1
     # ndim more output channels regressing each pixel's offset to its nucleus's centroid (medseg.cells.data.
     # offset_targets; L1 on nucleus pixels, in units of offset_scale pixels): markers="votes" then groups the
     # pixels whose offsets lead to the same centre (medseg.postprocess.votes), the threshold search deciding.

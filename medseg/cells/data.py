@@ -64,20 +64,38 @@ def read_labels(path) -> np.ndarray:
     return check_labels(img.array, path)
 
 
-def boundary_targets(labels: np.ndarray) -> np.ndarray:
+def boundary_targets(labels: np.ndarray, contact_width: int = 1, width: int = 1) -> np.ndarray:
     """3-class target: 0 background, 1 interior, 2 boundary (inner boundary of every object, so that
     touching objects are always separated by boundary pixels).
+
+    ``width > 1`` thickens the boundary everywhere: every object pixel within that many pixels (chessboard
+    distance) of anything else, background or another object, is boundary. ``contact_width > 1`` thickens it only
+    where objects touch: every object pixel within that many pixels of another object is boundary, so the interiors
+    of touching nuclei lie further apart while isolated nuclei keep their 1-pixel ring.
 
     Examples
     --------
     >>> lab = np.zeros((5, 8), int); lab[1:4, 1:4] = 1; lab[1:4, 4:7] = 2
     >>> boundary_targets(lab)[2].tolist()
     [0, 2, 1, 2, 2, 1, 2, 0]
+    >>> boundary_targets(lab, contact_width=2)[2].tolist()
+    [0, 2, 2, 2, 2, 2, 2, 0]
+    >>> lab = np.zeros((7, 7), int); lab[1:6, 1:6] = 1
+    >>> boundary_targets(lab, contact_width=2)[3].tolist(), boundary_targets(lab, width=2)[3].tolist()
+    ([0, 2, 1, 1, 1, 2, 0], [0, 2, 2, 1, 2, 2, 0])
     """
     from skimage.segmentation import find_boundaries
 
     t = (labels > 0).astype(np.uint8)
     t[find_boundaries(labels, mode="inner") & (labels > 0)] = BOUNDARY
+    for w, background_counts in ((width, True), (contact_width, False)):
+        if w > 1:
+            size = 2 * int(w) + 1  # a pixel and its neighbours up to w pixels away
+            # (a larger neighbour shows in the maximum, a smaller one in the minimum; background is 0, or out of the
+            # way above every label when only other objects count)
+            low = labels if background_counts else np.where(labels > 0, labels, labels.max() + 1)
+            other = (ndi.maximum_filter(labels, size=size) != labels) | (ndi.minimum_filter(low, size=size) != labels)
+            t[(labels > 0) & other] = BOUNDARY
     return t
 
 

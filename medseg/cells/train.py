@@ -76,7 +76,8 @@ def prepare_training_data(data_dir, cfg: CellTrainConfig):
                  contact_weights(labels, cfg.contact_weight, cfg.contact_sigma, spacing) if cfg.contact_weight
                  else None,
                  tuple(offset_targets(labels)) if cfg.offset_head else None)
-        pairs.append((image, boundary_targets(labels), *extra, labels if cfg.scale_range else None))
+        pairs.append((image, boundary_targets(labels, cfg.contact_boundary, cfg.boundary_width), *extra,
+                      labels if cfg.scale_range else None))
     if not pairs:
         raise InputError("the training split is empty", path=data_dir)
     return pairs, split["val"], {k: [c.case for c in v] for k, v in split.items()}, tune
@@ -274,7 +275,8 @@ def _batch(pairs, cfg: CellTrainConfig, rng):
                                            vectors=offsets or ())
             if dist is not None:  # the linear resize blurs it one pixel past the nuclei
                 rest[0] = rest[0] * (labels > 0)
-            tgt, maps, offsets = boundary_targets(labels), tuple(rest[:len(maps)]), tuple(rest[len(maps):]) or None
+            tgt, maps = boundary_targets(labels, cfg.contact_boundary, cfg.boundary_width), tuple(rest[:len(maps)])
+            offsets = tuple(rest[len(maps):]) or None
         x, y, *e = augment(img, tgt, cfg.patch_size, rng, extra=maps, vectors=offsets or ())
         xs.append(x[None])
         ys.append(y[None])
