@@ -11,28 +11,34 @@ from conftest import assert_clean_error, linked_cell_dataset, run_cli
 from test_train import kill_when_logged, tiny_plan
 
 
-def test_ema_follows_the_closed_form_and_copies_integer_buffers():
+def test_ema_follows_the_closed_form():
+    """First update copies the weights; then each update moves the average (decay) towards them, buffers too."""
     from medseg.train.ema import WeightEMA
 
     net = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.BatchNorm1d(2))
-    w0 = {k: v.clone() for k, v in net.state_dict().items()}
     ema = WeightEMA(net, 0.8)
+    ema.update(net)
+    w1 = {k: v.clone() for k, v in net.state_dict().items()}
     with torch.no_grad():
         for p in net.parameters():
             p.add_(1.0)
-        net[1].num_batches_tracked += 5
+        net[1].running_mean += 2.0
     for _ in range(3):  # the weights stay put: the average approaches them geometrically
         ema.update(net)
     got = ema.state_dict()
     for k, v in net.state_dict().items():
         if v.is_floating_point():
-            torch.testing.assert_close(got[k], v + (w0[k] - v) * 0.8 ** 3)
-        else:
-            assert torch.equal(got[k], v)
+            torch.testing.assert_close(got[k], v + (w1[k] - v) * 0.8 ** 3)
+    assert not torch.equal(got["1.running_mean"], w1["1.running_mean"])
     with pytest.raises(ValueError, match="decay"):
         WeightEMA(net, 1.0)
     with pytest.raises(KeyError):
         ema.load_state_dict({"x": torch.zeros(1)})
+    # a resumed average continues from the saved weights instead of copying the network again
+    fresh = WeightEMA(net, 0.8)
+    fresh.load_state_dict(got)
+    fresh.update(net)
+    torch.testing.assert_close(fresh.state_dict()["0.weight"], net[0].weight + (got["0.weight"] - net[0].weight) * 0.8)
 
 
 def test_averaged_weights_restores_the_training_weights():
@@ -40,6 +46,7 @@ def test_averaged_weights_restores_the_training_weights():
 
     net = torch.nn.Linear(2, 2)
     ema = WeightEMA(net, 0.5)
+    ema.update(net)
     with torch.no_grad():
         net.weight.mul_(3.0)
     ema.update(net)

@@ -275,8 +275,9 @@ def _batch(pairs, cfg: CellTrainConfig, rng):
                                            vectors=offsets or ())
             if dist is not None:  # the linear resize blurs it one pixel past the nuclei
                 rest[0] = rest[0] * (labels > 0)
-            tgt, maps = boundary_targets(labels, cfg.contact_boundary, cfg.boundary_width), tuple(rest[:len(maps)])
-            offsets = tuple(rest[len(maps):]) or None
+            n = len(maps)
+            tgt = boundary_targets(labels, cfg.contact_boundary, cfg.boundary_width)
+            maps, offsets = tuple(rest[:n]), tuple(rest[n:]) or None
         x, y, *e = augment(img, tgt, cfg.patch_size, rng, extra=maps, vectors=offsets or ())
         xs.append(x[None])
         ys.append(y[None])

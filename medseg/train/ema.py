@@ -1,7 +1,7 @@
 """Exponential moving average of a network's weights (Polyak averaging), shared by both trainers.
 
 The averaged weights are what validation, threshold tuning and the saved model use; the optimiser keeps stepping the
-raw weights. Float parameters and buffers are averaged; integer buffers (batch-norm step counters) are copied.
+raw weights.
 """
 
 from __future__ import annotations
@@ -12,7 +12,9 @@ import torch
 
 
 class WeightEMA:
-    """``shadow = decay * shadow + (1 - decay) * weights`` after every optimiser step.
+    """``average = decay * average + (1 - decay) * weights`` after every optimiser step (the first step copies the
+    weights): PyTorch's ``AveragedModel`` with its EMA update, parameters and buffers alike, plus the state-dict
+    round trip a resumable checkpoint needs.
 
     Parameters
     ----------
@@ -25,6 +27,7 @@ class WeightEMA:
     --------
     >>> net = torch.nn.Linear(2, 1)
     >>> ema = WeightEMA(net, 0.5)
+    >>> ema.update(net)  # the first update copies
     >>> with torch.no_grad():
     ...     _ = net.weight.add_(2.0)
     >>> ema.update(net)
@@ -33,29 +36,26 @@ class WeightEMA:
     """
 
     def __init__(self, network: torch.nn.Module, decay: float):
+        from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
         if not 0.0 < decay < 1.0:
             raise ValueError(f"EMA decay must lie in (0, 1), got {decay}")
-        self.decay = float(decay)
-        self.shadow = {k: v.detach().clone() for k, v in network.state_dict().items()}
+        self.averaged = AveragedModel(network, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
 
-    @torch.no_grad()
     def update(self, network: torch.nn.Module) -> None:
-        state = network.state_dict()
-        floats = [k for k, v in self.shadow.items() if v.is_floating_point()]
-        torch._foreach_lerp_([self.shadow[k] for k in floats], [state[k].detach() for k in floats], 1.0 - self.decay)
-        for k, v in self.shadow.items():
-            if not v.is_floating_point():
-                v.copy_(state[k])
+        self.averaged.update_parameters(network)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        return self.shadow
+        """The averaged weights, keyed like ``network.state_dict()``."""
+        return self.averaged.module.state_dict()
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        missing = set(self.shadow) ^ set(state)
+        """Continue from saved averaged weights (a resumed run): the next update averages into them."""
+        missing = set(self.state_dict()) ^ set(state)
         if missing:
             raise KeyError(f"EMA state does not match the network: {sorted(missing)[:3]}")
-        for k, v in state.items():
-            self.shadow[k].copy_(v)
+        self.averaged.module.load_state_dict(state)
+        self.averaged.n_averaged.fill_(1)
 
 
 @contextmanager
