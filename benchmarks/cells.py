@@ -138,6 +138,9 @@ def main(argv=None) -> int:
     ap.add_argument("--contact-boundary", type=int, default=1,
                     help="boundary-class width (px) where nuclei touch (default 1: the 1-px inner boundary)")
     ap.add_argument("--boundary-width", type=int, default=1, help="boundary-class width (px) everywhere (default 1)")
+    ap.add_argument("--tune-objective", choices=("ap", "ap-count"), default=None,
+                    help="what the threshold search maximises (CellTrainConfig.tune_objective; default ap); with "
+                         "--skip-train it re-chooses the thresholds (implies --retune)")
     ap.add_argument("--retune", action="store_true",
                     help="re-run the threshold search (current grid) on the run's held-out tuning images first")
     ap.add_argument("--raw-weights", action="store_true",
@@ -170,7 +173,7 @@ def main(argv=None) -> int:
                               tune_fraction=args.tune_fraction, distance_head=not args.no_distance_head,
                               diameter=args.diameter, seed=args.seed, offset_head=args.offset_head,
                               norm=args.norm, ema=args.ema, contact_boundary=args.contact_boundary,
-                              boundary_width=args.boundary_width,
+                              boundary_width=args.boundary_width, tune_objective=args.tune_objective or "ap",
                               scale_range=tuple(float(v) for v in args.scale_range.split(",")) if args.scale_range
                               else None,
                               **({} if args.contact_weight is None else {"contact_weight": args.contact_weight}))
@@ -194,6 +197,8 @@ def main(argv=None) -> int:
         model.net.load_state_dict(torch.load(run / "checkpoint.pt", map_location="cpu", weights_only=True)["model"])
         info["weights"] = "raw final weights from checkpoint.pt"
         args.retune = bool(model.meta["split"].get("tune"))  # else the run's own (default) thresholds
+    if model is not None and args.skip_train and args.tune_objective:
+        args.retune = True
     if model is not None and args.retune:  # e.g. after the search grid changed, without retraining
         from medseg.cells.tune import tune_thresholds
 
@@ -201,7 +206,7 @@ def main(argv=None) -> int:
         if not tune_ids:
             ap.error(f"--retune: {run} holds no tuning images (trained with --tune-fraction 0)")
         tune = [load_case(c) for c in list_cases(args.data) if c.case in tune_ids]
-        found = tune_thresholds(model, tune)
+        found = tune_thresholds(model, tune, objective=args.tune_objective or model.cfg.tune_objective)
         model.cfg.threshold, model.cfg.seed_threshold = found["threshold"], found["seed_threshold"]
         model.cfg.seeds = found["seeds"]
         info["retuned"] = {k: v for k, v in found.items() if k != "table"}

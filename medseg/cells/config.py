@@ -1,12 +1,21 @@
-"""Settings of a cell-model training run (``CellTrainConfig``, saved in ``model.json``) and reading them back."""
+"""Settings of a cell-model training run (``CellTrainConfig``, saved in ``model.json``; a YAML file of them is what
+``medseg cells train --config`` reads) and reading them back."""
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+import math
+import os
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
+from medseg.cells.tune import OBJECTIVES
 from medseg.errors import InputError
+from medseg.io.atomic import atomic_path
+from medseg.settings import read_yaml_mapping, reject_unknown
+
+NORMS = ("instance", "batch")
+SEED_SOURCES = ("boundary", "distance", "votes")
 
 
 @dataclass
@@ -34,6 +43,9 @@ class CellTrainConfig:
     max_steps: int | None = None
     val_fraction: float = 0.15
     tune_fraction: float = 0.1  # of the training split, held out to choose the watershed thresholds (0: off)
+    # what the threshold search maximises on those images: "ap" (AP@0.5, as StarDist's) or "ap-count" (AP@0.5 minus
+    # the mean absolute relative count error; medseg.cells.tune.best_thresholds)
+    tune_objective: str = "ap"
     channel: int | None = None
     norm_percentiles: tuple = (1.0, 99.8)
     seed: int = 0
@@ -89,6 +101,121 @@ class CellTrainConfig:
     diameter: float | None = None
     extra: dict = field(default_factory=dict)
 
+    def validate(self, where: str | os.PathLike | None = None) -> "CellTrainConfig":
+        """Raise ``InputError`` with a helpful message on the first impossible value; returns ``self``."""
+        def bad(msg):
+            raise InputError(f"invalid cell training config: {msg}", path=where)
+
+        def need(ok, msg):
+            if not ok:  # written so that NaN fails too
+                bad(msg)
+
+        need(self.spatial_dims in (2, 3), f"spatial_dims must be 2 or 3, got {self.spatial_dims}")
+        need(len(self.patch_size) == self.spatial_dims and all(p >= 16 for p in self.patch_size),
+             f"patch_size {list(self.patch_size)} needs {self.spatial_dims} entries (spatial_dims), each >= 16")
+        for name in ("batch_size", "base_filters", "boundary_width", "contact_boundary"):
+            need(getattr(self, name) >= 1, f"{name} must be >= 1, got {getattr(self, name)}")
+        need(self.max_filters >= self.base_filters, f"max_filters ({self.max_filters}) must be >= base_filters "
+             f"({self.base_filters})")
+        need(self.norm in NORMS, f"norm '{self.norm}' is not one of {', '.join(NORMS)}")
+        for name in ("lr", "max_minutes", "checkpoint_every_s", "contact_sigma", "offset_scale"):
+            need(0 < getattr(self, name) < math.inf, f"{name} must be a positive number, got {getattr(self, name)}")
+        for name in ("weight_decay", "distance_weight", "contact_weight", "offset_weight", "min_size_px", "min_snr"):
+            need(0 <= getattr(self, name) < math.inf, f"{name} must be a number >= 0, got {getattr(self, name)}")
+        need(0 <= self.ema < 1, f"ema must be in [0, 1) (0: off; e.g. 0.999), got {self.ema}")
+        for name in ("val_fraction", "tune_fraction"):
+            need(0 <= getattr(self, name) < 1, f"{name} must be in [0, 1), got {getattr(self, name)}")
+        for name in ("max_steps", "threads"):
+            need(getattr(self, name) is None or getattr(self, name) >= 1, f"{name} must be >= 1 or empty (none), "
+                 f"got {getattr(self, name)}")
+        need(self.channel is None or self.channel >= 0, f"channel must be >= 0 (0-based) or empty, got {self.channel}")
+        lo, hi = (tuple(self.norm_percentiles) + (None, None))[:2]
+        need(len(self.norm_percentiles) == 2 and 0 <= lo < hi <= 100,
+             f"norm_percentiles {list(self.norm_percentiles)} must be two percentiles LO < HI in [0, 100]")
+        need(self.scale_range is None or (len(self.scale_range) == 2 and 0 < self.scale_range[0] <= self.scale_range[1]
+                                          < math.inf),
+             f"scale_range {self.scale_range} must be two factors 0 < LO <= HI, e.g. [0.75, 1.33], or empty (off)")
+        need(self.tune_objective in OBJECTIVES,
+             f"tune_objective '{self.tune_objective}' is not one of {', '.join(OBJECTIVES)}")
+        need(0 <= self.scale_prob <= 1, f"scale_prob must be in [0, 1], got {self.scale_prob}")
+        need(0 < self.threshold < 1, f"threshold must be in (0, 1), got {self.threshold}")
+        need(0 < self.seed_threshold < math.inf, f"seed_threshold must be a positive number, got {self.seed_threshold}")
+        need(self.seeds in SEED_SOURCES, f"seeds '{self.seeds}' is not one of {', '.join(SEED_SOURCES)}")
+        need(self.seeds != "distance" or self.distance_head, "seeds 'distance' needs distance_head: true")
+        need(self.seeds != "votes" or self.offset_head, "seeds 'votes' needs offset_head: true")
+        need(self.diameter is None or 0 < self.diameter < math.inf,
+             f"diameter must be a positive number of pixels or empty (native scale), got {self.diameter}")
+        return self
+
+    @classmethod
+    def from_dict(cls, d: dict, where: str | os.PathLike | None = None) -> "CellTrainConfig":
+        """Settings from a mapping (e.g. a YAML file's); unset ones keep their defaults, unknown ones are refused.
+
+        Examples
+        --------
+        >>> CellTrainConfig.from_dict({"max_minutes": 5, "patch_size": [128, 128]}).patch_size
+        (128, 128)
+        """
+        if not isinstance(d, dict):
+            raise InputError("invalid cell training config: expected a mapping of settings", path=where)
+        kinds = {f.name: str(f.type) for f in fields(cls)}
+        reject_unknown(d, kinds, "cell training config", where)
+        try:
+            values = {k: _coerce(k, v, kinds[k]) for k, v in d.items()}
+        except ValueError as exc:
+            raise InputError(f"invalid cell training config: {exc}", path=where) from None
+        return cls(**values).validate(where)
+
+    @classmethod
+    def from_yaml(cls, path: str | os.PathLike) -> "CellTrainConfig":
+        """Read a YAML file of settings (as ``to_yaml`` writes, or any subset of them)."""
+        return cls.from_dict(read_yaml_mapping(path, "cell training config"), where=path)
+
+    def to_yaml(self, path: str | os.PathLike | None = None) -> str:
+        """The settings as YAML (written atomically to ``path`` if given)."""
+        import yaml
+
+        d = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+        text = "# medseg cell training config: edit freely; 'medseg cells train --config' validates it.\n" + \
+            yaml.safe_dump(d, sort_keys=False, default_flow_style=None, width=110)
+        if path is not None:
+            with atomic_path(path) as tmp:
+                tmp.write_text(text)
+        return text
+
+
+def _coerce(name: str, value, kind: str):
+    """``value`` as the field's type: numbers may come as text (YAML 1.1 reads ``3e-3``, without a dot, as text)."""
+    base = kind.removesuffix(" | None")
+    if value is None:
+        if kind.endswith("| None"):
+            return None
+        raise ValueError(f"{name} needs a value")
+    if base in ("bool", "str", "dict"):
+        if not isinstance(value, {"bool": bool, "str": str, "dict": dict}[base]):
+            want = {"bool": "true or false", "str": "text", "dict": "a mapping"}[base]
+            raise ValueError(f"{name} must be {want} (got {value!r})")
+        return value
+    if base == "tuple":
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"{name} must be a list of numbers (got {value!r})")
+        return tuple(_number(name, v, whole=name == "patch_size") for v in value)
+    return _number(name, value, whole=base == "int")
+
+
+def _number(name: str, value, whole: bool):
+    if isinstance(value, bool):
+        raise ValueError(f"{name} must be a number (got {value!r})")
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a number (got {value!r})") from None
+    if whole:
+        if not v.is_integer():
+            raise ValueError(f"{name} must be a whole number (got {value!r})")
+        return int(v)
+    return v
+
 
 def load_config(run_dir) -> tuple[dict, CellTrainConfig]:
     """Read ``model.json`` of a run folder (or the file itself)."""
@@ -116,3 +243,27 @@ def load_config(run_dir) -> tuple[dict, CellTrainConfig]:
     except Exception as exc:
         raise InputError(f"cannot read cell model ({exc})", path=p) from exc
     return meta, cfg
+
+
+# settings a resumed run may change: its budget and threads, and what the threshold search re-chooses at the end
+RESUMABLE = ("max_minutes", "max_steps", "threads", "checkpoint_every_s", "tune_objective", "threshold",
+             "seed_threshold", "seeds", "min_size_px", "min_snr", "extra")
+
+
+def resumed_config(run_dir, cfg: CellTrainConfig | None = None) -> CellTrainConfig:
+    """The settings a resumed run continues with: the run's own (``model.json``), or ``cfg`` if it differs from
+    them only in ``RESUMABLE`` settings (a longer budget, say); anything else is an ``InputError``, since the
+    checkpoint's network and data were built from the saved settings."""
+    saved = load_config(run_dir)[1]
+    if cfg is None:
+        return saved
+    differ = [f"{k} {getattr(saved, k)!r} (given {getattr(cfg, k)!r})" for k in CellTrainConfig.__dataclass_fields__
+              if k not in RESUMABLE and _norm(getattr(cfg, k)) != _norm(getattr(saved, k))]
+    if differ:
+        raise InputError(f"cannot resume with other settings than the run's: {'; '.join(differ)}",
+                         path=Path(run_dir) / "model.json")
+    return cfg
+
+
+def _norm(v):
+    return tuple(v) if isinstance(v, list) else v

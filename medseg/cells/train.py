@@ -19,7 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from medseg.cells.config import CellTrainConfig, load_config  # noqa: F401 (load_config: re-exported)
+# load_config: re-exported (it lived here)
+from medseg.cells.config import CellTrainConfig, load_config, resumed_config  # noqa: F401
 from medseg.errors import InputError
 from medseg.io.atomic import atomic_path
 
@@ -113,11 +114,12 @@ def train_cells(data_dir, run_dir, cfg: CellTrainConfig | None = None, resume: b
     from medseg.train.ema import WeightEMA
     from medseg.train.tblog import ScalarLog, require_tensorboard
 
-    cfg = cfg or CellTrainConfig()
     run_dir = Path(run_dir)
     ckpt_path = run_dir / "checkpoint.pt"
     if resume and not ckpt_path.exists():
         raise InputError("nothing to resume: no checkpoint.pt", path=run_dir)
+    cfg = resumed_config(run_dir, cfg) if resume else (cfg or CellTrainConfig())
+    cfg.validate()
     if not Path(data_dir).is_dir():
         raise InputError("dataset folder does not exist", path=data_dir)
     if tensorboard:
@@ -242,7 +244,7 @@ def _tune(net, cfg: CellTrainConfig, meta: dict, cases) -> dict:
 
     t = time.perf_counter()
     net.eval()
-    res = tune_thresholds(CellModel(net, cfg, meta, device="cpu"), cases)
+    res = tune_thresholds(CellModel(net, cfg, meta, device="cpu"), cases, objective=cfg.tune_objective)
     res["seconds"] = round(time.perf_counter() - t, 1)
     return res
 

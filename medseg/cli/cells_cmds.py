@@ -40,19 +40,32 @@ def _scale_range(text: Optional[str]):
 def train_cmd(
     data: Path = typer.Argument(..., help="Dataset folder: images/<id>.<ext> and labels/<id>.tif."),
     out: Path = typer.Option(..., "-o", "--out", help="Run folder (model.json, model.pt, checkpoint.pt, log.csv)."),
-    max_minutes: float = typer.Option(20.0, "--max-minutes", help="Training time budget (wall clock)."),
+    config: Optional[Path] = typer.Option(None, "--config",
+                                          help="YAML file of training settings (every CellTrainConfig field, e.g. "
+                                               "configs/cells_dsb2018.yaml); the options below override it."),
+    max_minutes: Optional[float] = typer.Option(None, "--max-minutes",
+                                                help="Training time budget (wall clock; default 20)."),
     max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Stop after this many steps."),
-    patch: int = typer.Option(256, "--patch", help="Training crop size (pixels per axis)."),
-    batch_size: int = typer.Option(2, "--batch-size"),
+    patch: Optional[int] = typer.Option(None, "--patch", help="2D training crop size (pixels per axis; default 256)."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Crops per step (default 2)."),
     channel: Optional[int] = typer.Option(None, "--channel", help="Channel of multi-channel images (0-based)."),
-    resume: bool = typer.Option(False, "--resume", help="Continue from RUN/checkpoint.pt."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Random seed (crops, augmentation, weights; default 0)."),
+    resume: bool = typer.Option(False, "--resume",
+                                help="Continue from RUN/checkpoint.pt with the run's own settings (--max-minutes, "
+                                     "--max-steps, --threads and --tune-objective may change)."),
     threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for torch."),
-    tune_fraction: float = typer.Option(0.1, "--tune-fraction",
-                                        help="Share of the training images held out to choose the watershed "
-                                             "thresholds (0: keep the 0.5 defaults)."),
-    distance_head: bool = typer.Option(True, "--distance-head/--no-distance-head",
-                                       help="Also predict each nucleus's distance map (watershed markers from its "
-                                            "cores; the threshold search picks these or interior-minus-boundary)."),
+    tune_fraction: Optional[float] = typer.Option(None, "--tune-fraction",
+                                                  help="Share of the training images held out to choose the "
+                                                       "watershed thresholds (default 0.1; 0: keep the 0.5 "
+                                                       "defaults)."),
+    tune_objective: Optional[str] = typer.Option(None, "--tune-objective",
+                                                 help="What the threshold search maximises on those images: ap "
+                                                      "(AP@0.5; default) or ap-count (AP@0.5 minus the mean "
+                                                      "absolute count error)."),
+    distance_head: Optional[bool] = typer.Option(None, "--distance-head/--no-distance-head",
+                                                 help="Also predict each nucleus's distance map (watershed markers "
+                                                      "from its cores; the threshold search picks these or "
+                                                      "interior-minus-boundary). Default: on."),
     diameter: Optional[float] = typer.Option(None, "--diameter",
                                              help="Enlarge training images to this median nucleus diameter (px); "
                                                   "counting then resizes each image alike (default: native scale)."),
@@ -60,9 +73,10 @@ def train_cmd(
                                                    help="Extra cross-entropy weight (w0 of the U-Net paper's weight "
                                                         "map) where nuclei touch; 0: off (default 10, the "
                                                         "paper's)."),
-    offset_head: bool = typer.Option(True, "--offset-head/--no-offset-head",
-                                     help="Also predict each pixel's offset to its nucleus's centre (markers by "
-                                          "following them to the centres join the threshold search)."),
+    offset_head: Optional[bool] = typer.Option(None, "--offset-head/--no-offset-head",
+                                               help="Also predict each pixel's offset to its nucleus's centre "
+                                                    "(markers by following them to the centres join the threshold "
+                                                    "search). Default: on."),
     scale_range: Optional[str] = typer.Option(None, "--scale-range", metavar="LO,HI",
                                               help="Zoom augmentation: half the training crops resized by a random "
                                                    "factor in [LO, HI], e.g. 0.75,1.33; 'off' disables it."),
@@ -70,25 +84,52 @@ def train_cmd(
                                      help="Also log loss and learning rate to RUN/tensorboard (needs the "
                                           "tensorboard package)."),
 ) -> None:
-    """Train a 2D cell model (interior/boundary U-Net) within a time budget."""
-    from medseg.cells.train import CellTrainConfig, train_cells
+    """Train a cell model (interior/boundary U-Net) within a time budget: 2D, or 3D with spatial_dims: 3 and a
+    three-entry patch_size in --config."""
+    from medseg.cells.config import CellTrainConfig, resumed_config
+    from medseg.cells.train import train_cells
 
-    if max_minutes <= 0:
-        raise InputError(f"--max-minutes must be positive (got {max_minutes})")
-    if not 0 <= tune_fraction < 1:
-        raise InputError(f"--tune-fraction must be in [0, 1) (got {tune_fraction})")
-    if diameter is not None and not diameter > 0:
-        raise InputError(f"--diameter must be a positive number of pixels (got {diameter})")
-    if contact_weight is not None and not 0 <= contact_weight < float("inf"):
-        raise InputError(f"--contact-weight must be a number >= 0 (got {contact_weight})")
-    extra = {} if contact_weight is None else {"contact_weight": contact_weight}
+    given = {"max_minutes": max_minutes, "max_steps": max_steps, "batch_size": batch_size, "channel": channel,
+             "seed": seed, "threads": threads, "tune_fraction": tune_fraction, "tune_objective": tune_objective,
+             "distance_head": distance_head, "diameter": diameter, "contact_weight": contact_weight,
+             "offset_head": offset_head,
+             "patch_size": None if patch is None else (patch, patch)}
+    given = {k: v for k, v in given.items() if v is not None}
     if scale_range is not None:
-        extra["scale_range"] = _scale_range(scale_range)
-    cfg = CellTrainConfig(max_minutes=max_minutes, max_steps=max_steps, patch_size=(patch, patch),
-                          batch_size=batch_size, channel=channel, threads=threads, tune_fraction=tune_fraction,
-                          distance_head=distance_head, diameter=diameter, offset_head=offset_head, **extra)
+        given["scale_range"] = _scale_range(scale_range)
+    if resume:
+        if config is not None:
+            raise InputError("--resume continues with the run's own settings; leave out --config")
+        fixed = sorted(set(given) - {"max_minutes", "max_steps", "threads", "tune_objective"})
+        if fixed:
+            raise InputError(f"--resume continues with the run's own settings; only --max-minutes, --max-steps, "
+                             f"--threads and --tune-objective may change (got {', '.join(map(_option, fixed))})")
+        if not (out / "checkpoint.pt").exists():
+            raise InputError("nothing to resume: no checkpoint.pt", path=out)
+        base = resumed_config(out)
+    else:
+        base = CellTrainConfig.from_yaml(config) if config is not None else CellTrainConfig()
+    cfg = _with_options(base, given)
     run = train_cells(data, out, cfg, resume=resume, tensorboard=tensorboard)
     typer.echo(f"model written to {run}")
+
+
+def _with_options(cfg, given: dict):
+    """``cfg`` with the command-line options applied, validated; an impossible value names its option."""
+    import dataclasses
+
+    try:
+        return dataclasses.replace(cfg, **given).validate()
+    except InputError as exc:
+        for k in given:  # "invalid cell training config: max_minutes must be ..." -> "--max-minutes must be ..."
+            if exc.problem.startswith(f"invalid cell training config: {k} "):
+                raise InputError(exc.problem.replace(f"invalid cell training config: {k}", _option(k), 1))
+        raise
+
+
+def _option(field: str) -> str:
+    """The command-line option of a CellTrainConfig field."""
+    return "--patch" if field == "patch_size" else "--" + field.replace("_", "-")
 
 
 @cells_app.command("count")

@@ -12,6 +12,7 @@ import yaml
 
 from medseg.errors import InputError
 from medseg.io.atomic import atomic_path
+from medseg.settings import read_yaml_mapping, reject_unknown
 
 NORMALISATIONS = ("zscore", "ct", "none")
 LOSSES = ("dice_ce", "dice_focal", "ce", "dice")
@@ -138,14 +139,7 @@ class Plan:
     def from_dict(cls, d: dict, where: str | os.PathLike | None = None) -> "Plan":
         if not isinstance(d, dict):
             raise InputError("invalid plan: expected a mapping of settings", path=where)
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            import difflib
-
-            hints = [f"'{u}'" + (f" (did you mean '{m[0]}'?)" if (m := difflib.get_close_matches(u, known, 1)) else "")
-                     for u in unknown]
-            raise InputError(f"invalid plan: unknown setting {', '.join(hints)}", path=where)
+        reject_unknown(d, [f.name for f in fields(cls)], "plan", where)
         d = dict(d)
         try:
             if "labels" in d:
@@ -169,12 +163,7 @@ class Plan:
     @classmethod
     def from_yaml(cls, path: str | os.PathLike) -> "Plan":
         path = Path(path)
-        if not path.is_file():
-            raise InputError("plan file does not exist", path=path)
-        try:
-            d = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as exc:
-            raise InputError(f"invalid YAML ({' '.join(str(exc).split())})", path=path) from exc
+        d = read_yaml_mapping(path, "plan")
         plan = cls.from_dict(d, where=path)
         if plan.dataset and not os.path.isabs(plan.dataset):  # relative to the plan file
             plan.dataset = str((path.parent / plan.dataset).resolve())

@@ -1,0 +1,109 @@
+"""Cell training settings as a YAML file (`medseg cells train --config`), their validation, and `--resume` keeping
+the run's own settings."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+
+from conftest import assert_clean_error, linked_cell_dataset, run_cli
+from medseg.cells.config import CellTrainConfig, resumed_config
+from medseg.errors import InputError
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_example_config_states_the_defaults():
+    """configs/cells_dsb2018.yaml documents the default recipe: it must not drift from the code's defaults."""
+    assert CellTrainConfig.from_yaml(REPO / "configs" / "cells_dsb2018.yaml") == CellTrainConfig()
+
+
+def test_yaml_round_trip_and_number_text(tmp_path):
+    cfg = CellTrainConfig(patch_size=(128, 128), ema=0.999, scale_range=(0.8, 1.25), contact_boundary=2, seed=3,
+                          max_steps=100, diameter=17.0)
+    p = tmp_path / "c.yaml"
+    cfg.to_yaml(p)
+    assert CellTrainConfig.from_yaml(p) == cfg
+    # YAML 1.1 reads 3e-3 (no dot) as text; a whole number is a valid float setting
+    p.write_text("lr: 3e-3\nmax_minutes: 5\npatch_size: [64, 64]\n")
+    got = CellTrainConfig.from_yaml(p)
+    assert got.lr == pytest.approx(0.003) and got.max_minutes == 5.0 and got.patch_size == (64, 64)
+
+
+@pytest.mark.parametrize("text, needle", [
+    ("max_minute: 5\n", "did you mean 'max_minutes'"),
+    ("patch_size: [8, 8]\n", "patch_size"),
+    ("patch_size: [64, 64, 64]\n", "spatial_dims"),
+    ("ema: 1.0\n", "ema must be in [0, 1)"),
+    ("offset_head: false\nseeds: votes\n", "needs offset_head"),
+    ("lr: fast\n", "lr must be a number"),
+    ("batch_size: 2.5\n", "whole number"),
+    ("distance_head: 'yes'\n", "true or false"),
+    ("norm: group\n", "norm 'group'"),
+    ("tune_objective: f1\n", "tune_objective 'f1'"),
+    ("tune_fraction: 1\n", "tune_fraction"),
+    ("max_minutes: .nan\n", "max_minutes"),
+    ("scale_range: [1.3, 0.7]\n", "scale_range"),
+    ("[1, 2]\n", "expected a mapping"),
+    ("lr: [\n", "invalid YAML"),
+])
+def test_bad_settings_name_the_file_and_the_problem(tmp_path, text, needle):
+    p = tmp_path / "bad.yaml"
+    p.write_text(text)
+    with pytest.raises(InputError) as exc:
+        CellTrainConfig.from_yaml(p)
+    assert needle in str(exc.value) and str(p) in str(exc.value)
+
+
+def test_validate_catches_python_api_values():
+    with pytest.raises(InputError, match="batch_size must be >= 1"):
+        CellTrainConfig(batch_size=0).validate()
+    assert CellTrainConfig().validate() == CellTrainConfig()
+
+
+def test_cli_config_options_override_and_resume_keeps_the_runs_settings(tmp_path):
+    """A YAML config plus options trains; --resume continues with the run's settings (here a non-default head and
+    width) and may extend only its budget; anything else is refused before training."""
+    ds = tmp_path / "ds"
+    linked_cell_dataset(ds, 3)
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("base_filters: 4\noffset_head: false\ntune_fraction: 0\nmax_steps: 50\nthreads: 1\n")
+    run = tmp_path / "run"
+    res = run_cli("cells", "train", ds, "-o", run, "--config", cfg, "--patch", "64", "--max-steps", "2")
+    assert res.code == 0, res.err
+    meta = json.loads((run / "model.json").read_text())
+    assert meta["steps"] == 2  # the option beat the file's 50
+    assert meta["config"]["base_filters"] == 4 and meta["config"]["offset_head"] is False
+    assert meta["config"]["patch_size"] == [64, 64]
+    res = run_cli("cells", "train", ds, "-o", run, "--resume", "--max-steps", "3")
+    assert res.code == 0, res.err
+    meta = json.loads((run / "model.json").read_text())
+    assert meta["steps"] == 3 and meta["config"]["offset_head"] is False and meta["config"]["base_filters"] == 4
+    before = (run / "model.pt").read_bytes()
+    assert_clean_error(run_cli("cells", "train", ds, "-o", run, "--resume", "--patch", "32"), "--patch", "--resume")
+    assert_clean_error(run_cli("cells", "train", ds, "-o", run, "--resume", "--config", cfg), "--config")
+    assert (run / "model.pt").read_bytes() == before
+    # the Python API refuses a resume whose network or data settings differ from the run's
+    saved = resumed_config(run)
+    with pytest.raises(InputError, match="base_filters 4"):
+        resumed_config(run, dataclasses.replace(saved, base_filters=8))
+    assert resumed_config(run, dataclasses.replace(saved, max_minutes=60)).max_minutes == 60
+
+
+def test_cli_bad_config_and_options_write_nothing(tmp_path):
+    ds = tmp_path / "ds"
+    linked_cell_dataset(ds, 3)
+    run = tmp_path / "run"
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("contact_boundary: 0\n")
+    assert_clean_error(run_cli("cells", "train", ds, "-o", run, "--config", bad), "bad.yaml", "contact_boundary")
+    assert_clean_error(run_cli("cells", "train", ds, "-o", run, "--config", tmp_path / "none.yaml"), "does not exist")
+    assert_clean_error(run_cli("cells", "train", ds, "-o", run, "--max-minutes", "0"), "--max-minutes")
+    assert_clean_error(run_cli("cells", "train", ds, "-o", run, "--tune-fraction", "1"), "--tune-fraction")
+    assert_clean_error(run_cli("cells", "train", ds, "-o", run, "--patch", "8"), "--patch")
+    assert_clean_error(run_cli("cells", "train", ds, "-o", run, "--tune-objective", "f1"), "--tune-objective",
+                       "ap-count")
+    assert not run.exists()
