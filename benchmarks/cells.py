@@ -138,6 +138,9 @@ def main(argv=None) -> int:
     ap.add_argument("--contact-boundary", type=int, default=1,
                     help="boundary-class width (px) where nuclei touch (default 1: the 1-px inner boundary)")
     ap.add_argument("--boundary-width", type=int, default=1, help="boundary-class width (px) everywhere (default 1)")
+    ap.add_argument("--small-weight", type=float, default=0.0,
+                    help="extra cross-entropy weight on nuclei smaller than --small-size px (default 0: off)")
+    ap.add_argument("--small-size", type=float, default=100.0, help="pixels (default 100)")
     ap.add_argument("--tune-objective", choices=("ap", "ap-count"), default=None,
                     help="what the threshold search maximises (CellTrainConfig.tune_objective; default ap); with "
                          "--skip-train it re-chooses the thresholds (implies --retune)")
@@ -174,6 +177,7 @@ def main(argv=None) -> int:
                               diameter=args.diameter, seed=args.seed, offset_head=args.offset_head,
                               norm=args.norm, ema=args.ema, contact_boundary=args.contact_boundary,
                               boundary_width=args.boundary_width, tune_objective=args.tune_objective or "ap",
+                              small_weight=args.small_weight, small_size_px=args.small_size,
                               scale_range=tuple(float(v) for v in args.scale_range.split(",")) if args.scale_range
                               else None,
                               **({} if args.contact_weight is None else {"contact_weight": args.contact_weight}))

@@ -299,7 +299,9 @@ def main(argv=None) -> int:
     if "rule" in parts and not model.meta.get("tuning"):
         print("rule: the run held out no tuning images (--tune-fraction 0)")
     elif "rule" in parts:
-        best = max(model.meta["tuning"]["table"], key=lambda r: r["ap"] - r["count_error"])
+        from medseg.cells.tune import best_thresholds
+
+        best = best_thresholds(model.meta["tuning"]["table"], "ap-count")  # what `cells train --tune-objective` does
         va, ve = score("val", [model.postprocess(p, best["threshold"], best["seed_threshold"], best["seeds"])
                                for p in probs])
         print(f"rule AP - count error on the tuning images: {best['seeds']} fg {best['threshold']}, seed "

@@ -47,8 +47,8 @@ def prepare_training_data(data_dir, cfg: CellTrainConfig):
     ``tune_fraction`` of the training split (by a hash of the id, like the validation split) is kept out of
     training to choose the watershed thresholds; with too few images nothing is held out.
     """
-    from medseg.cells.data import (boundary_targets, contact_weights, dataset_split, distance_targets, list_cases,
-                                   load_case, offset_targets, percentile_normalize, split_of)
+    from medseg.cells.data import (boundary_targets, dataset_split, distance_targets, list_cases, load_case,
+                                   offset_targets, percentile_normalize, split_of)
     from medseg.cells.scale import median_diameter, resize_image, resize_labels, scale_to, scaled_shape
 
     cases = list_cases(data_dir)
@@ -73,15 +73,23 @@ def prepare_training_data(data_dir, cfg: CellTrainConfig):
             shape = scaled_shape(labels.shape, scale_to(cfg.diameter, median_diameter(labels)))
             image, labels = resize_image(image, shape), resize_labels(labels, shape)
         spacing = c.spacing if cfg.spatial_dims == 3 else None
-        extra = (distance_targets(labels, spacing) if cfg.distance_head else None,
-                 contact_weights(labels, cfg.contact_weight, cfg.contact_sigma, spacing) if cfg.contact_weight
-                 else None,
+        extra = (distance_targets(labels, spacing) if cfg.distance_head else None, _weight_map(labels, cfg, spacing),
                  tuple(offset_targets(labels)) if cfg.offset_head else None)
         pairs.append((image, boundary_targets(labels, cfg.contact_boundary, cfg.boundary_width), *extra,
                       labels if cfg.scale_range else None))
     if not pairs:
         raise InputError("the training split is empty", path=data_dir)
     return pairs, split["val"], {k: [c.case for c in v] for k, v in split.items()}, tune
+
+
+def _weight_map(labels, cfg: CellTrainConfig, spacing):
+    """The extra cross-entropy weight of each pixel: near contacts (``contact_weight``) plus on small nuclei
+    (``small_weight``); None when both are off."""
+    from medseg.cells.data import contact_weights, small_object_weights
+
+    maps = ([contact_weights(labels, cfg.contact_weight, cfg.contact_sigma, spacing)] if cfg.contact_weight else []) + \
+        ([small_object_weights(labels, cfg.small_size_px, cfg.small_weight)] if cfg.small_weight else [])
+    return sum(maps) if maps else None
 
 
 def out_channels(cfg: CellTrainConfig) -> int:
