@@ -258,10 +258,12 @@ def test_cells_benchmark_passes_norm_and_zoom_options(tmp_path, capsys):
     run = tmp_path / "run"
     assert main(["--data", str(ds), "--run", str(run), "--learned-only", "--threads", "1", "--patch", "64",
                  "--base-filters", "4", "--minutes", "0.05", "--tune-fraction", "0", "--norm", "batch",
-                 "--scale-range", "0.8,1.25", "--contact-boundary", "2"]) == 0
+                 "--scale-range", "0.8,1.25", "--contact-boundary", "2", "--small-weight", "2", "--small-size", "50",
+                 "--tune-objective", "ap-count"]) == 0
     assert len(_table_rows(capsys.readouterr().out, "learned")) == 1
     config = json.loads((run / "model.json").read_text())["config"]
     assert config["norm"] == "batch" and config["scale_range"] == [0.8, 1.25] and config["contact_boundary"] == 2
+    assert config["small_weight"] == 2.0 and config["small_size_px"] == 50.0 and config["tune_objective"] == "ap-count"
 
 
 def test_cells_benchmark_ema_raw_weights_and_eval_folder(tmp_path, capsys):

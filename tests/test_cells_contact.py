@@ -115,3 +115,32 @@ def test_cli_rejects_a_bad_training_option(tmp_path, option, value):
     linked_cell_dataset(ds, 3)
     assert_clean_error(run_cli("cells", "train", ds, "-o", tmp_path / "run", option, value), option)
     assert not (tmp_path / "run").exists()
+
+
+def test_small_object_weights_on_real_labels_add_to_the_contact_map(tmp_path):
+    """small_weight weighs exactly the nuclei under small_size_px (and the 1-pixel ring around them), on top of the
+    contact map."""
+    from medseg.cells.data import dataset_split, list_cases
+    from medseg.cells.train import CellTrainConfig, prepare_training_data
+
+    ds = tmp_path / "ds"
+    linked_cell_dataset(ds, 3)
+    train_ids = [c.case for c in dataset_split(ds, list_cases(ds))["train"]]
+    labels = [tifffile.imread(ds / "labels" / f"{cid}.tif") for cid in train_ids]
+    sizes = np.concatenate([np.bincount(lab.ravel())[1:] for lab in labels])
+    limit = float(np.median(sizes[sizes > 0]))  # about half the nuclei count as small
+    base = dict(patch_size=(64, 64), tune_fraction=0)
+    contact = prepare_training_data(ds, CellTrainConfig(**base))[0]
+    only = prepare_training_data(ds, CellTrainConfig(**base, contact_weight=0, small_weight=4.0,
+                                                     small_size_px=limit))[0]
+    both = prepare_training_data(ds, CellTrainConfig(**base, small_weight=4.0, small_size_px=limit))[0]
+    kinds = set()
+    for lab, c, o, b in zip(labels, contact, only, both):
+        np.testing.assert_allclose(b[3], c[3] + o[3], rtol=1e-6)
+        counts = np.bincount(lab.ravel())
+        small = (lab > 0) & (counts[lab] < limit)
+        kinds |= {"small"} if small.any() else set()
+        kinds |= {"large"} if ((lab > 0) & ~small).any() else set()
+        near = ndi.binary_dilation(small, np.ones((3, 3), bool))
+        assert np.all(o[3][near] == 4.0) and np.all(o[3][~near] == 0.0)  # the large nuclei among the latter
+    assert kinds == {"small", "large"}
