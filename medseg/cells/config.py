@@ -238,12 +238,7 @@ def load_config(run_dir) -> tuple[dict, CellTrainConfig]:
         conf = {"distance_head": False, "diameter": None, "contact_weight": 0.0, "offset_head": False,
                 "norm": "instance", **meta["config"]}
         cfg = CellTrainConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in conf.items() if k in fields})
-        if cfg.seeds not in ("boundary", "distance", "votes") or (cfg.seeds == "distance" and not cfg.distance_head) \
-                or (cfg.seeds == "votes" and not cfg.offset_head):
-            raise ValueError(f"seeds '{cfg.seeds}' (expected boundary, distance with a distance head, or votes with "
-                             "an offset head)")
-        if cfg.norm not in ("instance", "batch"):
-            raise ValueError(f"norm '{cfg.norm}' (expected instance or batch)")
+        cfg.validate(p)
     except InputError:
         raise
     except Exception as exc:

@@ -94,8 +94,8 @@ def overlay_rgb(image: np.ndarray, labels: np.ndarray, colour=(255, 40, 40)) -> 
     --------
     >>> lab = np.zeros((8, 8), np.uint16); lab[2:6, 2:6] = 1
     >>> rgb = overlay_rgb(np.random.rand(8, 8), lab)
-    >>> rgb.shape, tuple(rgb[2, 2])
-    ((8, 8, 3), (255, 40, 40))
+    >>> rgb.shape, rgb[2, 2].tolist()
+    ((8, 8, 3), [255, 40, 40])
     """
     from skimage.segmentation import find_boundaries
 
