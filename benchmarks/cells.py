@@ -1,6 +1,6 @@
 """Cell counting accuracy: learned (U-Net + watershed) vs classical vs the scikit-image gallery recipe.
 
-    python benchmarks/cells.py --minutes 20 --data ../shared/data/dsb2018_fluo [--eval DIR] [--run RUN]
+    python benchmarks/cells.py --minutes 20 --data ../shared/data/dsb2018_fluo [--eval DIR] [--run RUN] [--config FILE]
 
 Trains a 2D cell model on the training split of DATA for at most MINUTES (skipped with --skip-train when
 RUN already holds a model), then scores on the validation split of DATA (or on every image of --eval DIR,
@@ -104,43 +104,67 @@ def score(rows):
             "n_ref": p["n_ref"], "n_pred": p["n_pred"]}
 
 
+def training_config(args):
+    """The run's CellTrainConfig: ``--config`` (or the defaults) with the flags given on the command line applied."""
+    import dataclasses
+
+    from medseg.cells.config import CellTrainConfig
+
+    given = {"max_minutes": args.minutes, "batch_size": args.batch_size, "base_filters": args.base_filters,
+             "threads": args.threads, "tune_fraction": args.tune_fraction, "diameter": args.diameter, "seed": args.seed,
+             "offset_head": args.offset_head, "norm": args.norm, "ema": args.ema, "contact_weight": args.contact_weight,
+             "contact_boundary": args.contact_boundary, "boundary_width": args.boundary_width,
+             "tune_objective": args.tune_objective, "small_weight": args.small_weight, "small_size_px": args.small_size,
+             "patch_size": None if args.patch is None else (args.patch, args.patch),
+             "distance_head": False if args.no_distance_head else None,
+             "scale_range": tuple(float(v) for v in args.scale_range.split(",")) if args.scale_range else None}
+    base = CellTrainConfig.from_yaml(args.config) if args.config else CellTrainConfig()
+    return dataclasses.replace(base, **{k: v for k, v in given.items() if v is not None}).validate()
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--minutes", type=float, default=20.0)
+    ap.add_argument("--minutes", type=float, default=None, help="training budget (default: the config's, 20)")
+    ap.add_argument("--config", default=None,
+                    help="YAML file of training settings (as `medseg cells train --config`, e.g. "
+                         "configs/cells_dsb2018.yaml); the flags below override it")
     ap.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared/data/dsb2018_fluo"))
     ap.add_argument("--eval", default=None, help="independent evaluation set (images/ + labels/)")
     ap.add_argument("--run", default="runs/cells_dsb", help="run folder for the model")
     ap.add_argument("--skip-train", action="store_true", help="reuse the model in --run")
-    ap.add_argument("--patch", type=int, default=256)
-    ap.add_argument("--batch-size", type=int, default=2)
-    ap.add_argument("--base-filters", type=int, default=16)
+    ap.add_argument("--patch", type=int, default=None, help="crop size (default 256)")
+    ap.add_argument("--batch-size", type=int, default=None, help="crops per step (default 2)")
+    ap.add_argument("--base-filters", type=int, default=None, help="network width (default 16)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: the free cores)")
     ap.add_argument("--limit", type=int, default=None, help="score only the first N evaluation images")
-    ap.add_argument("--tune-fraction", type=float, default=0.1,
-                    help="training images held out to choose the watershed thresholds (0: the 0.5 defaults)")
+    ap.add_argument("--tune-fraction", type=float, default=None,
+                    help="training images held out to choose the watershed thresholds (default 0.1; 0: the 0.5 "
+                         "defaults)")
     ap.add_argument("--thresholds", default=None, metavar="FG,SEED[,MARKERS]",
                     help="score the learned model with these watershed thresholds instead of the run's (e.g. 0.5,0.5 "
                          "or 0.5,0.4,distance; markers: boundary, distance or votes)")
-    ap.add_argument("--seed", type=int, default=0, help="training seed (patch sampling, augmentation, weights)")
+    ap.add_argument("--seed", type=int, default=None,
+                    help="training seed (patch sampling, augmentation, weights; default 0)")
     ap.add_argument("--diameter", type=float, default=None,
                     help="train with scale normalisation: images enlarged to this median nucleus diameter (px)")
     ap.add_argument("--contact-weight", type=float, default=None,
                     help="w0 of the U-Net weight map near touching nuclei (default: the training default, 10; 0: off)")
     ap.add_argument("--no-distance-head", action="store_true",
                     help="train the 3-class model only (markers from interior minus boundary)")
-    ap.add_argument("--offset-head", action=argparse.BooleanOptionalAction, default=True,
+    ap.add_argument("--offset-head", action=argparse.BooleanOptionalAction, default=None,
                     help="also train offsets to the nuclei's centres (the default; centre-voting markers join the "
                          "threshold search)")
     ap.add_argument("--scale-range", default=None, metavar="LO,HI",
                     help="zoom augmentation: half the crops resized by a factor in [LO, HI] (default: off)")
-    ap.add_argument("--norm", choices=("instance", "batch"), default="instance", help="normalisation layers")
-    ap.add_argument("--ema", type=float, default=0.0, help="EMA decay of the weights (e.g. 0.999; default 0: off)")
-    ap.add_argument("--contact-boundary", type=int, default=1,
+    ap.add_argument("--norm", choices=("instance", "batch"), default=None,
+                    help="normalisation layers (default instance)")
+    ap.add_argument("--ema", type=float, default=None, help="EMA decay of the weights (e.g. 0.999; default 0: off)")
+    ap.add_argument("--contact-boundary", type=int, default=None,
                     help="boundary-class width (px) where nuclei touch (default 1: the 1-px inner boundary)")
-    ap.add_argument("--boundary-width", type=int, default=1, help="boundary-class width (px) everywhere (default 1)")
-    ap.add_argument("--small-weight", type=float, default=0.0,
+    ap.add_argument("--boundary-width", type=int, default=None, help="boundary-class width (px) everywhere (default 1)")
+    ap.add_argument("--small-weight", type=float, default=None,
                     help="extra cross-entropy weight on nuclei smaller than --small-size px (default 0: off)")
-    ap.add_argument("--small-size", type=float, default=100.0, help="pixels (default 100)")
+    ap.add_argument("--small-size", type=float, default=None, help="pixels (default 100)")
     ap.add_argument("--tune-objective", choices=("ap", "ap-count"), default=None,
                     help="what the threshold search maximises (CellTrainConfig.tune_objective; default ap); with "
                          "--skip-train it re-chooses the thresholds (implies --retune)")
@@ -165,22 +189,19 @@ def main(argv=None) -> int:
     import torch
 
     from medseg.cells.count import CellModel, ClassicalSegmenter
-    from medseg.cells.train import CellTrainConfig, auto_threads, train_cells
+    from medseg.cells.train import auto_threads, train_cells
+    from medseg.errors import InputError
 
     info = {"machine": f"{platform.machine()}, {os.cpu_count()} CPU cores (shared), {platform.python_version()}",
-            "load_avg_start": os.getloadavg()[0], "minutes": args.minutes, "data": args.data, "eval": args.eval}
+            "load_avg_start": os.getloadavg()[0], "minutes": args.minutes, "config": args.config, "data": args.data,
+            "eval": args.eval}
     run = Path(args.run)
     if not args.no_learned and not (args.skip_train and (run / "model.pt").exists()):
-        cfg = CellTrainConfig(max_minutes=args.minutes, patch_size=(args.patch, args.patch),
-                              batch_size=args.batch_size, base_filters=args.base_filters, threads=args.threads,
-                              tune_fraction=args.tune_fraction, distance_head=not args.no_distance_head,
-                              diameter=args.diameter, seed=args.seed, offset_head=args.offset_head,
-                              norm=args.norm, ema=args.ema, contact_boundary=args.contact_boundary,
-                              boundary_width=args.boundary_width, tune_objective=args.tune_objective or "ap",
-                              small_weight=args.small_weight, small_size_px=args.small_size,
-                              scale_range=tuple(float(v) for v in args.scale_range.split(",")) if args.scale_range
-                              else None,
-                              **({} if args.contact_weight is None else {"contact_weight": args.contact_weight}))
+        try:
+            cfg = training_config(args)
+        except InputError as exc:
+            ap.error(str(exc))
+        info["minutes"] = cfg.max_minutes
         t = time.perf_counter()
         train_cells(args.data, run, cfg, progress=sys.stderr.isatty())
         info["train_wall_s"] = round(time.perf_counter() - t, 1)

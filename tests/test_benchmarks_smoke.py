@@ -256,14 +256,21 @@ def test_cells_benchmark_passes_norm_and_zoom_options(tmp_path, capsys):
     ds = tmp_path / "ds"
     linked_cell_dataset(ds, 4)
     run = tmp_path / "run"
+    yaml_file = tmp_path / "cells.yaml"  # settings from a file, the flags on top
+    yaml_file.write_text("norm: batch\ncontact_boundary: 2\nbase_filters: 8\nseed: 3\n")
     assert main(["--data", str(ds), "--run", str(run), "--learned-only", "--threads", "1", "--patch", "64",
-                 "--base-filters", "4", "--minutes", "0.05", "--tune-fraction", "0", "--norm", "batch",
-                 "--scale-range", "0.8,1.25", "--contact-boundary", "2", "--small-weight", "2", "--small-size", "50",
+                 "--base-filters", "4", "--minutes", "0.05", "--tune-fraction", "0", "--config", str(yaml_file),
+                 "--scale-range", "0.8,1.25", "--small-weight", "2", "--small-size", "50",
                  "--tune-objective", "ap-count"]) == 0
     assert len(_table_rows(capsys.readouterr().out, "learned")) == 1
     config = json.loads((run / "model.json").read_text())["config"]
     assert config["norm"] == "batch" and config["scale_range"] == [0.8, 1.25] and config["contact_boundary"] == 2
     assert config["small_weight"] == 2.0 and config["small_size_px"] == 50.0 and config["tune_objective"] == "ap-count"
+    assert config["base_filters"] == 4 and config["seed"] == 3 and config["offset_head"] is True  # flag, file, default
+    yaml_file.write_text("nrom: batch\n")
+    with pytest.raises(SystemExit):  # an argparse error naming the file, not a traceback
+        main(["--data", str(ds), "--run", str(tmp_path / "run2"), "--learned-only", "--config", str(yaml_file)])
+    assert not (tmp_path / "run2").exists()
 
 
 def test_cells_benchmark_ema_raw_weights_and_eval_folder(tmp_path, capsys):
