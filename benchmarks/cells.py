@@ -106,8 +106,6 @@ def score(rows):
 
 def training_config(args):
     """The run's CellTrainConfig: ``--config`` (or the defaults) with the flags given on the command line applied."""
-    import dataclasses
-
     from medseg.cells.config import CellTrainConfig
 
     given = {"max_minutes": args.minutes, "batch_size": args.batch_size, "base_filters": args.base_filters,
@@ -119,7 +117,7 @@ def training_config(args):
              "distance_head": False if args.no_distance_head else None,
              "scale_range": tuple(float(v) for v in args.scale_range.split(",")) if args.scale_range else None}
     base = CellTrainConfig.from_yaml(args.config) if args.config else CellTrainConfig()
-    return dataclasses.replace(base, **{k: v for k, v in given.items() if v is not None}).validate()
+    return base.updated(**given)
 
 
 def main(argv=None) -> int:

@@ -135,8 +135,8 @@ class CellTrainConfig:
             need(getattr(self, name) is None or getattr(self, name) >= 1, f"{name} must be >= 1 or empty (none), "
                  f"got {getattr(self, name)}")
         need(self.channel is None or self.channel >= 0, f"channel must be >= 0 (0-based) or empty, got {self.channel}")
-        lo, hi = (tuple(self.norm_percentiles) + (None, None))[:2]
-        need(len(self.norm_percentiles) == 2 and 0 <= lo < hi <= 100,
+        pct = tuple(self.norm_percentiles)
+        need(len(pct) == 2 and 0 <= pct[0] < pct[1] <= 100,
              f"norm_percentiles {list(self.norm_percentiles)} must be two percentiles LO < HI in [0, 100]")
         need(self.scale_range is None or (len(self.scale_range) == 2 and 0 < self.scale_range[0] <= self.scale_range[1]
                                           < math.inf),
@@ -152,6 +152,18 @@ class CellTrainConfig:
         need(self.diameter is None or 0 < self.diameter < math.inf,
              f"diameter must be a positive number of pixels or empty (native scale), got {self.diameter}")
         return self
+
+    def updated(self, **changes) -> "CellTrainConfig":
+        """A validated copy with the given settings changed; ``None`` leaves a setting as it is (an option not given).
+
+        Examples
+        --------
+        >>> CellTrainConfig().updated(seed=3, patch_size=None).seed
+        3
+        """
+        import dataclasses
+
+        return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None}).validate()
 
     @classmethod
     def from_dict(cls, d: dict, where: str | os.PathLike | None = None) -> "CellTrainConfig":

@@ -92,10 +92,9 @@ def train_cmd(
     given = {"max_minutes": max_minutes, "max_steps": max_steps, "batch_size": batch_size, "channel": channel,
              "seed": seed, "threads": threads, "tune_fraction": tune_fraction, "tune_objective": tune_objective,
              "distance_head": distance_head, "diameter": diameter, "contact_weight": contact_weight,
-             "offset_head": offset_head,
-             "patch_size": None if patch is None else (patch, patch)}
+             "offset_head": offset_head, "patch_size": None if patch is None else (patch, patch)}
     given = {k: v for k, v in given.items() if v is not None}
-    if scale_range is not None:
+    if scale_range is not None:  # "off" is None: given, not unchanged
         given["scale_range"] = _scale_range(scale_range)
     if resume:
         if config is not None:
@@ -118,7 +117,7 @@ def _with_options(cfg, given: dict):
     """``cfg`` with the command-line options applied, validated; an impossible value names its option."""
     import dataclasses
 
-    try:
+    try:  # not cfg.updated(): "--scale-range off" sets None
         return dataclasses.replace(cfg, **given).validate()
     except InputError as exc:
         for k in given:  # "invalid cell training config: max_minutes must be ..." -> "--max-minutes must be ..."
