@@ -287,25 +287,26 @@ def presets(args) -> None:
     pred.sliding_window = original
 
 
-def _preset_engine(name: str, tta, precision: str):
+def _preset_engine(name: str, preset_tta, precision: str):
     """A stand-in for ``medseg.infer.predict.sliding_window``: MONAI's inferer (fp32) or medseg's engine with the
-    preset's TTA and precision; softmax probabilities (K, *S) either way."""
+    preset's TTA and precision; softmax probabilities (K, *S), handed to ``sink`` when one is given."""
     import torch
 
     from medseg.infer.sliding_window import sliding_window_predict
 
-    def engine(network, x, patch_size, overlap=0.5, batch_size=2, device="cpu", bf16=False):
+    def engine(network, x, patch_size, overlap=0.5, batch_size=2, device="cpu", bf16=False, tta=False,
+               sink=None):  # the preset's TTA and precision replace the caller's
         with torch.no_grad():
             if name == "monai":
                 from monai.inferers import sliding_window_inference
 
                 logits = sliding_window_inference(x[None].float(), list(patch_size), batch_size, network,
                                                   overlap=overlap, mode="gaussian")[0]
-            else:
-                logits = sliding_window_predict(network, x, patch_size, overlap=overlap, tta=tta,
-                                                batch_size=batch_size, device="cpu", output="logits",
-                                                precision=precision)
-        return torch.softmax(logits.float(), 0)
+                probs = torch.softmax(logits.float(), 0)
+                return sink(probs, 0) if sink is not None else probs
+            return sliding_window_predict(network, x, patch_size, overlap=overlap, tta=preset_tta,
+                                          batch_size=batch_size, device="cpu", output="probabilities",
+                                          precision=precision, sink=sink)
 
     return engine
 

@@ -350,3 +350,26 @@ def test_small_object_rules_hand_checkable():
     assert segment_small(p, min_size=0, orphan_max=8, **kw).max() == 1  # 9 px > 8
     assert segment_small(p, min_size=10, orphan_max=9, **kw).max() == 1  # the blob is below 10 px
     assert segment_small(p, min_size=0, orphan_max=0, t=0.5, s=0.5, min_seed=37).max() == 0  # 36-px seed dropped
+
+
+def test_hippocampus_peer_recipe_runs_on_medseg_split(tmp_path, capsys):
+    """The MONAI-tutorial peer trains a few iterations on real cases of medseg's fold and scores its validation
+    cases; the split it uses is the one medseg's trainer writes for the same data."""
+    import json
+
+    import yaml
+
+    from benchmarks.hippocampus_peer import main as peer
+    from medseg.plan.plan import Plan
+    from medseg.train.dataset import open_dataset
+    from medseg.train.trainer import fold_split
+
+    cfg = yaml.safe_load(tiny_plan(tmp_path).read_text())
+    assert peer(["--minutes", "5", "--max-iterations", "3", "--data", cfg["dataset"], "--out", str(tmp_path / "peer"),
+                 "--threads", "1"]) == 0
+    capsys.readouterr()
+    bench = json.loads((tmp_path / "peer" / "benchmark.json").read_text())
+    assert bench["iterations"] == 3 and bench["val_dice"]["cases"] >= 1
+    assert 0.0 <= bench["val_dice"]["mean"] <= 1.0
+    ours = fold_split(tmp_path / "fresh", open_dataset(cfg["dataset"]), Plan(num_folds=5, seed=0), write=False)
+    assert json.loads((tmp_path / "peer" / "splits.json").read_text())[0] == ours

@@ -143,9 +143,9 @@ def test_bad_inputs_are_clean(tmp_path):
     assert_clean_error(run_cli("predict", "-m", notmodel, "-i", good, "-o", tmp_path / "o4"), "not a medseg model")
 
 
-def test_to_native_resamples_a_sphere():
+def test_resampling_back_puts_a_sphere_where_it_is():
     """Probabilities of a sphere on a coarse grid come back on the fine grid where the analytic sphere is."""
-    from medseg.infer.predict import to_native
+    from medseg.infer.native import PlaneResampler
 
     coarse, fine = 20, 50
     def sphere(n):
@@ -154,7 +154,9 @@ def test_to_native_resamples_a_sphere():
         return (x**2 + y**2 + z**2) < 0.3**2
     s = sphere(coarse).astype(np.float32)
     probs = torch.from_numpy(np.stack([1 - s, s]))
-    lab, _ = to_native(probs, (fine,) * 3)
+    out = PlaneResampler(probs.shape[1:], (fine,) * 3, 2)
+    out.add(probs, 0)
+    lab = out.labels
     ref = sphere(fine)
     dice = 2 * np.sum((lab == 1) & ref) / (np.sum(lab == 1) + ref.sum())
     assert dice > 0.95
@@ -206,3 +208,61 @@ def test_dicom_input_export_dicom_seg(tmp_path):
     assert ds.Modality == "SEG"
     assert ds.ReferencedSeriesSequence[0].SeriesInstanceUID == src.SeriesInstanceUID
     assert (tmp_path / "out" / f"{folder.name}.nii.gz").is_file()
+
+
+@pytest.mark.parametrize("dims,spacing", [(3, [1.3, 0.8, 1.7]), (2, [0.7, 0.7, 2.5])])
+def test_streamed_prediction_equals_resizing_the_whole_volume(tmp_path, dims, spacing):
+    """Labels and probabilities of ``predict_labels`` (handed back plane by plane) equal predicting the whole
+    network-grid volume and resizing all classes at once (the straightforward, memory-hungry way)."""
+    import torch.nn.functional as F
+
+    from medseg.infer.predict import predict_labels
+    from medseg.infer.sliding_window import sliding_window_predict
+    from medseg.train.artifact import load_model
+    from medseg.train.preprocess import preprocess, slice_axis
+
+    img = nib.load(data_path(*HIPPO_IMG, "hippocampus_001.nii.gz"))
+    arr = np.asarray(img.dataobj, np.float32)[None]
+    native = [1.0, 1.2, 0.9]
+    kw = dict(spatial_dims=2, patch_size=[32, 32]) if dims == 2 else {}
+    art = load_model(make_model(tmp_path / "m.pt", target_spacing=spacing, bf16=False, **kw))
+    net = art.build()
+    lab, prob = predict_labels(net, art.plan, arr, native, probabilities=True, device="cpu")
+    x, _ = preprocess(arr, native, art.plan)
+    if dims == 2:
+        ax = slice_axis(native)
+        net2 = lambda b: net(b[:, :, 0])[:, :, None]  # noqa: E731
+        p = sliding_window_predict(net2, x.movedim(ax + 1, 1), [1, 32, 32], device="cpu", precision="fp32")
+        p = p.movedim(1, ax + 1)
+    else:
+        p = sliding_window_predict(net, x, [32, 32, 32], device="cpu", precision="fp32")
+    ref = F.interpolate(p[None], size=arr.shape[1:], mode="trilinear", align_corners=False)[0]
+    assert lab.shape == arr.shape[1:] and prob.shape == (3, *arr.shape[1:])
+    np.testing.assert_allclose(prob, ref.numpy(), atol=1e-5)
+    top2 = torch.topk(ref, 2, dim=0).values
+    clear = (top2[0] - top2[1] > 1e-4).numpy()
+    np.testing.assert_array_equal(lab[clear], ref.argmax(0).numpy()[clear])
+
+
+def test_tta_mirrors_only_the_axes_the_model_was_trained_to_mirror(tmp_path):
+    """``--tta`` averages over the plan's flip axes only: mirroring an axis the model never saw mirrored would
+    swap left/right-defined classes (RESULTS: hippocampus anterior/posterior)."""
+    from medseg.infer.predict import predict_labels
+    from medseg.train.artifact import load_model
+
+    arr = np.asarray(nib.load(data_path(*HIPPO_IMG, "hippocampus_001.nii.gz")).dataobj, np.float32)[None]
+    art = load_model(make_model(tmp_path / "m.pt", bf16=False))
+    net = art.build()
+    plain = predict_labels(net, art.plan, arr, [1, 1, 1], tta=False, probabilities=True, device="cpu")[1]
+    art.plan.augment["flip_axes"] = []
+    assert np.array_equal(predict_labels(net, art.plan, arr, [1, 1, 1], tta=True, probabilities=True,
+                                         device="cpu")[1], plain)
+    art.plan.augment["flip_axes"] = [0]
+    mirrored = predict_labels(net, art.plan, arr, [1, 1, 1], tta=True, probabilities=True, device="cpu")[1]
+    assert not np.allclose(mirrored, plain, atol=1e-4)
+    from medseg.infer.sliding_window import sliding_window_predict
+    from medseg.train.preprocess import preprocess
+
+    ref = sliding_window_predict(net, preprocess(arr, [1, 1, 1], art.plan)[0], [32, 32, 32], tta=[0],
+                                 device="cpu", precision="fp32")
+    np.testing.assert_allclose(mirrored, ref.numpy(), atol=1e-5)  # float noise of another batch size

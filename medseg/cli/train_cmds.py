@@ -138,7 +138,9 @@ def predict_cmd(
     input: Path = typer.Option(..., "-i", "--input", help="Image file, folder of images, or DICOM series folder."),
     output: Path = typer.Option(..., "-o", "--output", help="Output folder (one label map per case)."),
     overlap: Optional[float] = typer.Option(None, help="Sliding-window overlap (default: the plan's)."),
-    tta: bool = typer.Option(False, "--tta", help="Mirroring test-time augmentation."),
+    tta: Optional[bool] = typer.Option(None, "--tta/--no-tta",
+                                       help="Mirroring TTA over the axes the model was trained to mirror "
+                                            "(default: the plan's `tta`)."),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
     shard: Optional[str] = typer.Option(None, help="i/n: predict only every n-th case starting at i (0-based)."),
     probabilities: bool = typer.Option(False, "--probabilities", help="Also write <case>_probs.nii.gz."),

@@ -65,10 +65,13 @@ def read_case(paths: list[Path]) -> Image:
     return Image(arr, ref.affine, {**ref.meta, "source": str(paths[0])}, True)
 
 
-def predict_path(model, input: str | os.PathLike, output: str | os.PathLike, overlap=None, tta=False,
+def predict_path(model, input: str | os.PathLike, output: str | os.PathLike, overlap=None, tta=None,
                  device="auto", shard=None, probabilities=False, largest_component=False, min_size_mm3=0.0,
                  export: str | None = None, overwrite=False, progress=False, batch_size: int = 2):
-    """Predict every case under ``input`` into ``output``; returns (written paths, number skipped)."""
+    """Predict every case under ``input`` into ``output``; returns (written paths, number skipped).
+
+    ``overlap`` and ``tta`` default to the plan's; ``tta=True`` mirrors over the plan's flip axes only.
+    """
     import torch
 
     from medseg.infer.predict import predict_image

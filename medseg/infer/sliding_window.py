@@ -126,7 +126,14 @@ def _autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
 
 
 class _Slab:
-    """Accumulator for the planes [base, base + depth) of the last axis: weighted logits and weight sum."""
+    """Accumulator for the planes [base, base + depth) of the last axis: weighted logits and weight sum.
+
+    A ring buffer over the last axis (plane z lives at z % depth), so that moving on copies nothing: every
+    window starts at ``base`` when it is added (windows come in order of their start along the last axis and
+    the planes before it have been popped), and popped planes are read in blocks of a few planes.
+    """
+
+    BLOCK = 16  # planes per popped block: bounds the float32 temporaries of a pop (and of softmax after it)
 
     def __init__(self, classes: int, size: Sequence[int], depth: int, dtype: torch.dtype, device: torch.device):
         self.acc = torch.zeros((classes, *size[:-1], depth), dtype=dtype, device=device)
@@ -134,23 +141,30 @@ class _Slab:
         self.base = 0
 
     def add(self, logits: torch.Tensor, weight: torch.Tensor, starts: Sequence[int]) -> None:
-        idx = tuple(slice(s, s + n) for s, n in zip(starts[:-1], logits.shape[1:-1]))
-        z = starts[-1] - self.base
-        idx = idx + (slice(z, z + logits.shape[-1]),)
-        self.acc[(slice(None),) + idx] += (logits * weight).to(self.acc.dtype)
-        self.wsum[idx] += weight
-
-    def pop(self, n: int) -> torch.Tensor:
-        """Blended logits (float32) of the first ``n`` planes; the slab then moves ``n`` planes on."""
-        out = self.acc[..., :n].float() / self.wsum[..., :n]
         depth = self.acc.shape[-1]
-        if n < depth:
-            self.acc[..., : depth - n] = self.acc[..., n:].clone()
-            self.wsum[..., : depth - n] = self.wsum[..., n:].clone()
-        self.acc[..., depth - n:] = 0
-        self.wsum[..., depth - n:] = 0
-        self.base += n
-        return out
+        assert starts[-1] == self.base and logits.shape[-1] == depth
+        idx = tuple(slice(s, s + n) for s, n in zip(starts[:-1], logits.shape[1:-1]))
+        r = self.base % depth
+        for ring, win in ((slice(r, depth), slice(0, depth - r)), (slice(0, r), slice(depth - r, depth))):
+            if ring.stop > ring.start:
+                w = weight[..., win]
+                self.acc[(slice(None),) + idx + (ring,)] += (logits[..., win] * w).to(self.acc.dtype)
+                self.wsum[idx + (ring,)] += w
+
+    def pop(self, n: int):
+        """Blended logits (float32) of the next ``n`` planes, as blocks of at most ``BLOCK`` planes in order;
+        the slab then moves ``n`` planes on."""
+        depth = self.acc.shape[-1]
+        end = self.base + n
+        while self.base < end:
+            r = self.base % depth
+            k = min(end - self.base, depth - r, self.BLOCK)
+            ring = slice(r, r + k)
+            out = self.acc[..., ring].float() / self.wsum[..., ring]
+            self.acc[..., ring] = 0
+            self.wsum[..., ring] = 0
+            self.base += k
+            yield out
 
 
 def _finish(logits: torch.Tensor, output: str, activation: str | None) -> torch.Tensor:
@@ -181,7 +195,8 @@ def sliding_window_predict(
     memory_budget: float = 4 * 2**30,
     stitch_device: str | torch.device = "auto",
     progress: bool = False,
-) -> torch.Tensor:
+    sink: Callable[[torch.Tensor, int], None] | None = None,
+) -> torch.Tensor | None:
     """Predict a whole image with overlapping windows blended by a Gaussian (2D or 3D).
 
     Parameters
@@ -226,11 +241,16 @@ def sliding_window_predict(
         free memory, else the CPU (window on the GPU, stitching on the CPU).
     progress : bool
         Show a progress bar over the windows.
+    sink : callable, optional
+        Called as ``sink(part, first)`` with each finished run of planes along the last axis (the output for
+        planes ``first .. first + n - 1``, in order) instead of assembling the whole result, so that a caller
+        can resample or write them without ever holding the whole output (see ``medseg.infer.predict``).
 
     Returns
     -------
-    torch.Tensor
-        ``(C_out, *spatial)`` probabilities / logits, or ``(*spatial)`` labels, on the CPU, in the input's grid.
+    torch.Tensor or None
+        ``(C_out, *spatial)`` probabilities / logits, or ``(*spatial)`` labels, on the CPU, in the input's grid;
+        None when a ``sink`` took the output.
 
     Examples
     --------
@@ -293,21 +313,28 @@ def sliding_window_predict(
     out_lo = pad_lo[-1]
 
     def emit(n: int) -> None:
+        for blended in slab.pop(n):
+            store(blended)
+
+    def store(blended: torch.Tensor) -> None:
         nonlocal done, result
-        blended = slab.pop(n)
+        first, done = done, done + blended.shape[-1]
         crop = tuple(slice(lo, lo + o) for lo, o in zip(pad_lo[:-1], orig[:-1]))
-        z0, z1 = max(done, out_lo), min(done + n, out_lo + orig[-1])
-        if z1 > z0:
-            part = _finish(blended[(slice(None),) + crop + (slice(z0 - done, z1 - done),)], output, activation)
-            part = part.cpu()
-            if result is None:
-                shape = (*part.shape[:-1], orig[-1])
-                dtype = part.dtype if output == "labels" else out_dtype
-                if output == "labels" and part.ndim == nd:
-                    dtype = torch.uint8 if blended.shape[0] <= 256 else torch.int32
-                result = torch.empty(shape, dtype=dtype)
-            result[..., z0 - out_lo: z1 - out_lo] = part.to(result.dtype)
-        done += n
+        z0, z1 = max(first, out_lo), min(done, out_lo + orig[-1])
+        if z1 <= z0:  # padding planes only
+            return
+        part = _finish(blended[(slice(None),) + crop + (slice(z0 - first, z1 - first),)], output, activation)
+        part = part.cpu()
+        if sink is not None:
+            sink(part if output == "labels" else part.to(out_dtype), z0 - out_lo)
+            return
+        if result is None:
+            shape = (*part.shape[:-1], orig[-1])
+            dtype = part.dtype if output == "labels" else out_dtype
+            if output == "labels" and part.ndim == nd:
+                dtype = torch.uint8 if blended.shape[0] <= 256 else torch.int32
+            result = torch.empty(shape, dtype=dtype)
+        result[..., z0 - out_lo: z1 - out_lo] = part.to(result.dtype)
 
     bar = _progress(len(windows) * len(flips), progress)
     try:

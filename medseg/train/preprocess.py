@@ -25,15 +25,18 @@ def normalise(array: np.ndarray, plan: Plan, mask: np.ndarray | None = None) -> 
     """
     out = np.empty(array.shape, np.float32)
     for c, norm in enumerate(plan.normalisation):
-        x = array[c].astype(np.float32, copy=False)
+        x = out[c]
+        x[...] = array[c]  # in place from here on: no full-size temporaries on large CTs
         if norm.scheme == "ct":
-            x = np.clip(x, *norm.clip)
-            out[c] = (x - norm.mean) / norm.std
+            np.clip(x, *norm.clip, out=x)
+            mean, std = norm.mean, norm.std
         elif norm.scheme == "zscore":
             sel = x[mask] if mask is not None and mask.any() else x
-            out[c] = (x - sel.mean()) / max(float(sel.std()), 1e-8)
+            mean, std = sel.mean(), max(float(sel.std()), 1e-8)
         else:
-            out[c] = x
+            continue
+        x -= np.float32(mean)
+        x /= np.float32(std)
     return out
 
 

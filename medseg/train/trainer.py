@@ -139,13 +139,12 @@ def _sample_size(plan: Plan) -> list[int]:
 
 def validate(network, plan: Plan, val_cases, device, progress=False) -> dict[str, float]:
     """Mean per-case Dice per class (native geometry) of ``val_cases`` = [(array, spacing, label_array)]."""
-    from medseg.infer.predict import predict_probabilities, to_native
+    from medseg.infer.predict import predict_labels
 
     network.eval()
     per_class: dict[int, list[float]] = {k: [] for k in plan.labels if k}
     for arr, spacing, lab in val_cases:
-        probs = predict_probabilities(network, plan, arr, spacing, device=device, batch_size=plan.batch_size)
-        pred, _ = to_native(probs, lab.shape)
+        pred, _ = predict_labels(network, plan, arr, spacing, device=device, batch_size=plan.batch_size)
         for k, d in confusion_dice(pred, lab, plan.num_classes).items():
             if k in per_class and not math.isnan(d):
                 per_class[k].append(d)
