@@ -145,7 +145,7 @@ def main(argv=None) -> int:
             loss.backward()
             opt.step()
             its += 1
-            losses.append(float(loss))
+            losses.append(loss.item())
     train_s = time.monotonic() - t_train
     res = score(net, val_cases)
     out = {"recipe": "MONAI tutorial (UNet 16..256, DiceCE, Adam 1e-3, 32^3 pos/neg crops, fp32)",
