@@ -229,12 +229,14 @@ def list_images(path) -> list[Path]:
 def count_cells(inputs, out_dir, model=None, classical: bool = False, channel: int | None = None,
                 pixel_size=None, method: str = "otsu", exclude_border: bool = False, roi_zip: bool = False,
                 tta: bool = False, diameter: float | None = None, min_snr: float | None = None,
-                progress: bool = True) -> list[dict]:
+                threads: int | None = None, progress: bool = True) -> list[dict]:
     """Segment and count the cells of an image or a folder; write per-image outputs and ``counts.csv``.
 
     ``diameter`` (pixels) is the nuclei's typical size when known; 2D models otherwise estimate it per image and
     resize the image to the size they were trained at; the classical mode sizes its markers by it. ``min_snr``
-    overrides the model's contrast test (:mod:`medseg.postprocess.contrast`; 0 turns it off).
+    overrides the model's contrast test (:mod:`medseg.postprocess.contrast`; 0 turns it off). ``threads`` are the
+    CPU threads for torch (default: the cores not already busy); fix it where runs must give identical results,
+    since a different thread count changes the order of floating-point sums.
 
     Writes ``<id>_labels.tif`` (uint16 ImageJ TIFF with the pixel size), ``<id>_overlay.png``,
     ``<id>_cells.csv`` (and ``<id>_rois.zip`` with ``roi_zip``) per image and ``counts.csv`` for all.
@@ -266,7 +268,7 @@ def count_cells(inputs, out_dir, model=None, classical: bool = False, channel: i
 
         from medseg.cells.train import auto_threads
 
-        torch.set_num_threads(auto_threads())
+        torch.set_num_threads(threads or auto_threads())
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     counts = []

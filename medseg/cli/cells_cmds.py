@@ -151,6 +151,8 @@ def count_cmd(
     min_snr: Optional[float] = typer.Option(None, "--min-snr",
                                             help="Drop objects less than this many background-noise sigmas "
                                                  "brighter than the background (model default 2; 0: keep all)."),
+    threads: Optional[int] = typer.Option(None, "--threads",
+                                          help="CPU threads for torch (default: the cores not already busy)."),
 ) -> None:
     """Segment and count cells: <id>_labels.tif, <id>_overlay.png, <id>_cells.csv per image; counts.csv."""
     from medseg.cells.count import count_cells
@@ -163,9 +165,12 @@ def count_cmd(
         raise InputError(f"--diameter must be a positive number of pixels (got {diameter})")
     if min_snr is not None and not 0 <= min_snr < float("inf"):
         raise InputError(f"--min-snr must be a number >= 0 (got {min_snr})")
+    if threads is not None and threads < 1:
+        raise InputError(f"--threads must be at least 1 (got {threads})")
     rows = count_cells(input, out, model=model, classical=classical, channel=channel,
                        pixel_size=_pixel_size(pixel_size), method=method, exclude_border=exclude_border,
-                       roi_zip=roi_zip, tta=tta, diameter=diameter, min_snr=min_snr)
+                       roi_zip=roi_zip, tta=tta, diameter=diameter, min_snr=min_snr,
+                       threads=threads)
     total = sum(r["count"] for r in rows)
     typer.echo(f"{total} cells in {len(rows)} image(s); results in {out}")
 
