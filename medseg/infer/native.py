@@ -18,6 +18,8 @@ import torch.nn.functional as F
 
 __all__ = ["PlaneResampler"]
 
+BLOCK = 16  # planes per argmax on an identical grid: bounds its int64 temporary for callers passing whole volumes
+
 
 class PlaneResampler:
     """Receives class probabilities on a source grid in plane order and keeps their argmax on ``shape``.
@@ -75,8 +77,8 @@ class PlaneResampler:
         chunk = torch.as_tensor(chunk)
         end = first + chunk.shape[-1]
         if self.source_shape == self.shape:
-            for a in range(first, end, 16):  # the same grid: argmax in blocks (int64 argmax of 16 planes at most)
-                b = min(a + 16, end)
+            for a in range(first, end, BLOCK):  # the same grid: argmax in blocks
+                b = min(a + BLOCK, end)
                 part = chunk[..., a - first: b - first]
                 self.labels[..., a:b] = part.argmax(0).numpy()
                 if self.probabilities is not None:
