@@ -227,6 +227,23 @@ def dihedral_probabilities(model, image: np.ndarray) -> np.ndarray:
     return model.activate(logits)
 
 
+def load_sets(model, data_dir, limit: int | None = None) -> tuple[dict, dict]:
+    """The run's tuning and validation images: ``data[set] = (ids, reference labels, probability maps)`` and
+    ``images[set]``; the first ``limit`` of each set only, if given."""
+    from medseg.cells.data import dataset_split, list_cases, load_case
+
+    tune_ids = set(model.meta["split"].get("tune", []))
+    sets = {"tune": [c for c in list_cases(data_dir) if c.case in tune_ids],
+            "val": dataset_split(data_dir, list_cases(data_dir))["val"]}
+    data, images = {}, {}
+    for name, cases in sets.items():
+        cases = [load_case(c) for c in cases[:limit]]
+        images[name] = [c.image for c in cases]
+        data[name] = ([c.case for c in cases], [c.labels for c in cases],
+                      [model.probabilities(im) for im in images[name]])
+    return data, images
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--run", required=True, help="a trained cell model (medseg cells train / benchmarks/cells.py)")
@@ -241,7 +258,6 @@ def main(argv=None) -> int:
     import torch
 
     from medseg.cells.count import CellModel
-    from medseg.cells.data import dataset_split, list_cases, load_case
     from medseg.cells.tune import DISTANCE_SEED_GRID, SEED_GRID, THRESHOLD_GRID, VOTE_GRID
 
     torch.set_num_threads(args.threads)
@@ -250,15 +266,7 @@ def main(argv=None) -> int:
     # the contrast test is applied once, in score(), to every variant alike (model.segment would apply it too)
     min_snr = cfg.min_snr if args.min_snr is None else args.min_snr
     cfg.min_snr, polarity = 0.0, int(model.meta.get("polarity", 1))
-    tune_ids = set(model.meta["split"].get("tune", []))
-    sets = {"tune": [c for c in list_cases(args.data) if c.case in tune_ids],
-            "val": dataset_split(args.data, list_cases(args.data))["val"]}
-    data, images = {}, {}
-    for name, cases in sets.items():
-        cases = [load_case(c) for c in cases[: args.limit]]
-        images[name] = [c.image for c in cases]
-        data[name] = ([c.case for c in cases], [c.labels for c in cases],
-                      [model.probabilities(im) for im in images[name]])
+    data, images = load_sets(model, args.data, args.limit)
     print(f"{args.run}: {len(data['tune'][0])} tuning, {len(data['val'][0])} validation images; run thresholds "
           f"fg {cfg.threshold}, seed {cfg.seed_threshold}, markers {cfg.seeds}")
     def contrast(preds, name="val"):  # what count does after the watershed

@@ -143,6 +143,36 @@ def test_cells_analysis_runs_on_a_bounded_model(tmp_path, capsys):
     out = capsys.readouterr().out
     assert re.search(r"1 val images: \d+ nuclei, \d+ predicted; uncovered \d+, merged \d+, split \d+", out)
     assert re.search(r"mean abs count error [\d.]+%; with no uncovered nuclei [\d.]+%", out)
+    # the declumping script on the same model: the run's labels and every variant scored
+    from benchmarks.cells_declump import main as declump
+
+    assert declump(["--run", str(tmp_path / "run"), "--data", str(ds), "--threads", "1"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"declump none \(the run's labels\): val AP@0.5 [\d.]+, count err [\d.]+%", out)
+    assert len(re.findall(r"declump ratio [\d.]+, solidity [\d.]+, (prob|shape): val AP@0.5", out)) == 18
+
+
+def test_split_clumps_splits_a_peanut_not_a_disc():
+    """Two overlapping discs labelled as one object are split (by probability seeds and by shape); a round
+    object and small specks stay whole."""
+    from benchmarks.cells_declump import split_clumps
+
+    yy, xx = np.mgrid[:40, :80]
+    disc = lambda y, x, r2: (yy - y) ** 2 + (xx - x) ** 2 < r2  # noqa: E731
+    a, b, c = disc(20, 20, 100), disc(20, 36, 100), disc(20, 65, 100)
+    labels = np.zeros((40, 80), np.int32)
+    labels[a | b], labels[c] = 1, 2
+    for i, (y, x) in enumerate([(5, 5), (5, 75), (35, 5)]):
+        labels[y - 2:y + 2, x - 2:x + 2] = 3 + i
+    interior = np.where(labels > 0, 0.92, 0.0)
+    interior[disc(20, 20, 30) | disc(20, 36, 30)] = 0.99  # two cores above the seed threshold levels
+    for mode in ("prob", "shape"):
+        out = split_clumps(labels, interior, 1.3, 0.95, mode)
+        assert out.max() == 6, mode
+        assert len(np.unique(out[a & ~b])) == len(np.unique(out[b & ~a])) == 1
+        assert out[20, 15] != out[20, 40] and len(np.unique(out[c])) == 1
+        # a solidity gate below the peanut's keeps it whole
+        assert split_clumps(labels, interior, 1.3, 0.5, mode).max() == 5
 
 
 def test_error_budget_hand_checkable():
@@ -373,3 +403,26 @@ def test_hippocampus_peer_recipe_runs_on_medseg_split(tmp_path, capsys):
     assert 0.0 <= bench["val_dice"]["mean"] <= 1.0
     ours = fold_split(tmp_path / "fresh", open_dataset(cfg["dataset"]), Plan(num_folds=5, seed=0), write=False)
     assert json.loads((tmp_path / "peer" / "splits.json").read_text())[0] == ours
+
+
+def test_hippocampus_nnunet_peer_runs_on_medseg_split(tmp_path, capsys):
+    """nnU-Net's own pipeline (plan, preprocess, its trainer, its validation) runs a few iterations on real cases of
+    medseg's fold, reads the data in place (links), and its exported predictions are scored in native geometry."""
+    import json
+
+    pytest.importorskip("nnunetv2.training.nnUNetTrainer.nnUNetTrainer",
+                        reason="nnunetv2 is a benchmark-only extra (pip install nnunetv2 --no-deps, then its "
+                               "runtime dependencies)")
+    data = data_path("msd_hippocampus", "imagesTr").parent
+    from benchmarks.hippocampus_nnunet import main
+
+    assert main(["--minutes", "5", "--max-cases", "4", "--max-iterations", "2", "--schedule", "stock",
+                 "--no-mirroring", "--data", str(data), "--out", str(tmp_path / "nn"), "--threads", "1"]) == 0
+    capsys.readouterr()
+    bench = json.loads((tmp_path / "nn" / "benchmark.json").read_text())
+    assert bench["iterations"] == 2 and bench["schedule"] == "stock"
+    for key in ("val_dice_mirroring", "val_dice_no_mirroring"):
+        assert bench[key]["cases"] == 4 and 0.0 <= bench[key]["mean"] <= 1.0
+    assert bench["val_dice_mirroring"]["mirror_axes"] and bench["val_dice_no_mirroring"]["mirror_axes"] is None
+    raw = list((tmp_path / "nn" / "raw").rglob("*.nii.gz"))
+    assert len(raw) == 16 and all(p.is_symlink() for p in raw)  # 8 cases, image + label, never copied
