@@ -135,6 +135,7 @@ def main(argv=None) -> int:
     plan_experiments([4])
     preprocess([4], configurations=("3d_fullres",), num_processes=(args.threads,), show_progress_bar=False)
     pre = out / "preprocessed" / DATASET
+    # nnU-Net reads fold k as entry k of this list; only that entry is used, the ones before it are placeholders
     (pre / "splits_final.json").write_text(json.dumps([{"train": train_ids, "val": val_ids}] * (args.fold + 1)))
     plans = json.loads((pre / "nnUNetPlans.json").read_text())
     plans["continue_training"] = False
