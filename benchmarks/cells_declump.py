@@ -29,7 +29,8 @@ from scipy import ndimage as ndi
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-RATIOS, SOLIDITIES, MODES = (1.3, 1.6, 2.0), (0.85, 0.9, 0.95), ("prob", "shape")
+# session 15 first ran r <= 2.0, s <= 0.95; its tuning images chose the corner (2.0, 0.95), hence the wider grid
+RATIOS, SOLIDITIES, MODES = (1.3, 1.6, 2.0, 2.5, 3.0), (0.85, 0.9, 0.95, 0.97), ("prob", "shape")
 LEVELS = (0.95, 0.98, 0.99, 0.995)
 
 

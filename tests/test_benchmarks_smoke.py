@@ -149,7 +149,10 @@ def test_cells_analysis_runs_on_a_bounded_model(tmp_path, capsys):
     assert declump(["--run", str(tmp_path / "run"), "--data", str(ds), "--threads", "1"]) == 0
     out = capsys.readouterr().out
     assert re.search(r"declump none \(the run's labels\): val AP@0.5 [\d.]+, count err [\d.]+%", out)
-    assert len(re.findall(r"declump ratio [\d.]+, solidity [\d.]+, (prob|shape): val AP@0.5", out)) == 18
+    from benchmarks.cells_declump import MODES, RATIOS, SOLIDITIES
+
+    assert len(re.findall(r"declump ratio [\d.]+, solidity [\d.]+, (prob|shape): val AP@0.5", out)) == \
+        len(RATIOS) * len(SOLIDITIES) * len(MODES)
 
 
 def test_split_clumps_splits_a_peanut_not_a_disc():
