@@ -23,7 +23,6 @@ dynamic-network-architectures, connected-components-3d, blosc2, ...); nothing of
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import random
@@ -57,21 +56,16 @@ def score_folder(pred_dir: Path, data: Path, ids: list[str]) -> dict:
     """Mean per-case Dice per class of the label maps ``pred_dir/<id>.nii.gz`` against ``data/labelsTr``."""
     import nibabel as nib
 
-    from medseg.train.losses import confusion_dice
+    from benchmarks.hippocampus_peer import add_case_dice, dice_summary
 
     per = {1: [], 2: []}
     for c in ids:
         pred_img, ref_img = nib.load(str(pred_dir / f"{c}.nii.gz")), nib.load(str(data / "labelsTr" / f"{c}.nii.gz"))
         if pred_img.shape != ref_img.shape or not np.allclose(pred_img.affine, ref_img.affine, atol=1e-4):
             raise SystemExit(f"{pred_dir / c}.nii.gz: not in the reference's geometry")
-        pred = np.asarray(pred_img.dataobj).astype(np.int64)
-        for k, d in confusion_dice(pred, np.asarray(ref_img.dataobj).astype(np.int64), 3).items():
-            if k in per and not np.isnan(d):
-                per[k].append(d)
-    res = {"anterior": float(np.mean(per[1])), "posterior": float(np.mean(per[2]))}
-    res["mean"] = (res["anterior"] + res["posterior"]) / 2
-    res["cases"] = len(ids)
-    return res
+        add_case_dice(per, np.asarray(pred_img.dataobj).astype(np.int64),
+                      np.asarray(ref_img.dataobj).astype(np.int64))
+    return dice_summary(per, len(ids))
 
 
 def validate(trainer, mirror_axes, folder: Path, data: Path, ids: list[str]) -> dict:
@@ -87,20 +81,12 @@ def validate(trainer, mirror_axes, folder: Path, data: Path, ids: list[str]) -> 
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--minutes", type=float, default=30)
-    ap.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared/data/msd_hippocampus")
-    ap.add_argument("--out", type=Path, default=Path("runs/hippocampus_nnunet"))
-    ap.add_argument("--fold", type=int, default=0)
-    ap.add_argument("--splits", type=Path, default=None, help="splits.json of a medseg run (default: medseg's seed-0 "
-                                                              "5-fold split, which is what such runs write)")
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--seed", type=int, default=0)
+    from benchmarks.hippocampus_peer import load_split, peer_arguments
+
+    ap = peer_arguments(__doc__.splitlines()[0], "runs/hippocampus_nnunet")
     ap.add_argument("--schedule", choices=("budget", "stock"), default="budget",
                     help="poly decay over the wall-time budget, or nnU-Net's over 1,000 epochs of 250 iterations")
     ap.add_argument("--no-mirroring", action="store_true", help="also score without nnU-Net's mirroring TTA")
-    ap.add_argument("--max-cases", type=int, default=None, help="use only this many training/validation cases (smoke)")
-    ap.add_argument("--max-iterations", type=int, default=None, help="stop after this many iterations (smoke)")
     args = ap.parse_args(argv)
     t_start = time.monotonic()
     budget = args.minutes * 60
@@ -113,8 +99,6 @@ def main(argv=None) -> int:
     os.environ.setdefault("nnUNet_n_proc_DA", "1")
     os.environ.setdefault("nnUNet_def_n_proc", str(args.threads))
     import torch
-
-    from benchmarks.hippocampus_peer import load_split
 
     torch.set_num_threads(args.threads)
     random.seed(args.seed)

@@ -70,8 +70,6 @@ def score(net, cases, device="cpu") -> dict:
     import torch
     from monai.inferers import sliding_window_inference
 
-    from medseg.train.losses import confusion_dice
-
     net.eval()
     per = {1: [], 2: []}
     for img_path, lab_path in cases:
@@ -85,20 +83,33 @@ def score(net, cases, device="cpu") -> dict:
         with torch.no_grad():
             logits = sliding_window_inference(x, (32, 32, 32), 4, net, overlap=0.25)[0]
         pred = logits.argmax(0).numpy()[tuple(slice(l, l + s) for l, s in zip(lo, img.shape))]
-        for k, d in confusion_dice(pred, lab, 3).items():
-            if k in per and not np.isnan(d):
-                per[k].append(d)
+        add_case_dice(per, pred, lab)
+    return dice_summary(per, len(cases))
+
+
+def add_case_dice(per: dict, pred: np.ndarray, ref: np.ndarray) -> None:
+    """Append one case's Dice of anterior (1) and posterior (2) to ``per`` (a class absent from both: skipped)."""
+    from medseg.train.losses import confusion_dice
+
+    for k, d in confusion_dice(pred, ref, 3).items():
+        if k in per and not np.isnan(d):
+            per[k].append(d)
+
+
+def dice_summary(per: dict, cases: int) -> dict:
+    """Mean over cases per class, and the mean of the two classes."""
     res = {"anterior": float(np.mean(per[1])), "posterior": float(np.mean(per[2]))}
     res["mean"] = (res["anterior"] + res["posterior"]) / 2
-    res["cases"] = len(cases)
+    res["cases"] = cases
     return res
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def peer_arguments(description: str, out: str) -> argparse.ArgumentParser:
+    """The options every hippocampus peer benchmark takes (this one and ``hippocampus_nnunet.py``)."""
+    ap = argparse.ArgumentParser(description=description)
     ap.add_argument("--minutes", type=float, default=30)
     ap.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared/data/msd_hippocampus")
-    ap.add_argument("--out", type=Path, default=Path("runs/hippocampus_peer"))
+    ap.add_argument("--out", type=Path, default=Path(out))
     ap.add_argument("--fold", type=int, default=0)
     ap.add_argument("--splits", type=Path, default=None, help="splits.json of a medseg run (default: medseg's seed-0 "
                                                               "5-fold split, which is what such runs write)")
@@ -106,7 +117,11 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--max-cases", type=int, default=None, help="use only this many training/validation cases (smoke)")
     ap.add_argument("--max-iterations", type=int, default=None, help="stop after this many iterations (smoke)")
-    args = ap.parse_args(argv)
+    return ap
+
+
+def main(argv=None) -> int:
+    args = peer_arguments(__doc__.splitlines()[0], "runs/hippocampus_peer").parse_args(argv)
     t_start = time.monotonic()
     budget = args.minutes * 60
     import torch
