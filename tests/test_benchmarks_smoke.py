@@ -368,6 +368,19 @@ def test_train_speed_cells_mode(capsys):
         assert re.search(rf"{name} {{'s_per_iter': [\d.]+", out), name
 
 
+def test_train_cache_benchmark_bounded(tmp_path, capsys):
+    """Two BraTS cases, one iteration per epoch: the three variants run and the disk ones write a cache."""
+    if not data_path("brats2015_sample").is_dir():
+        pytest.skip("real data not available: ../shared/data/brats2015_sample")
+    from benchmarks.train_cache import main
+
+    assert main(["--cases", "2", "--iters", "1", "--threads", "1", "--out", str(tmp_path)]) == 0
+    rows = _table_rows(capsys.readouterr().out, "2")
+    assert [r[2] for r in rows] == ["memory", "disk", "disk-warm"]
+    assert rows[0][1] == "-" and float(rows[1][1]) == float(rows[2][1]) > 0
+    assert all(float(r[5]) > 0 and float(r[4]) > 0 for r in rows)
+
+
 def test_small_object_rules_hand_checkable():
     """A seeded 6 x 6 nucleus and a seedless 3 x 3 blob: the blob is an object only while seedless parts of its size
     are kept, and minimum sizes drop what is below them."""

@@ -163,9 +163,11 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_ddp_two_processes_gloo(tmp_path):
-    """torchrun with 2 CPU processes (gloo) trains a few iterations and writes one artifact."""
-    plan = tiny_plan(tmp_path, max_epochs=2)
+@pytest.mark.parametrize("cache", ["memory", "disk"])
+def test_ddp_two_processes_gloo(tmp_path, cache):
+    """torchrun with 2 CPU processes (gloo) trains a few iterations and writes one artifact; with a disk cache,
+    rank 0 preprocesses and the other rank reads its files."""
+    plan = tiny_plan(tmp_path, max_epochs=2, cache=cache)
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
                         f"--master_port={_free_port()}", "-m", "medseg", "train", str(plan), "-o",
@@ -180,6 +182,7 @@ def test_ddp_two_processes_gloo(tmp_path):
     from medseg.train.artifact import load_model
 
     load_model(tmp_path / "run").build()
+    assert len(list((tmp_path / "run" / "cache").glob("*.json"))) == (3 if cache == "disk" else 0)
 
 
 def test_train_bad_inputs(tmp_path):

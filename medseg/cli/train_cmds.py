@@ -84,10 +84,19 @@ def train_cmd(
     tensorboard: bool = typer.Option(False, "--tensorboard",
                                      help="Also log loss, learning rate and validation Dice to RUN/tensorboard "
                                           "(needs the tensorboard package)."),
+    cache: Optional[str] = typer.Option(None, "--cache",
+                                        help="Preprocessed cases: memory, disk (memory-mapped; datasets larger "
+                                             "than RAM) or auto (disk once they would fill 40 % of the free RAM). "
+                                             "Default: the plan's (auto)."),
+    cache_dir: Optional[Path] = typer.Option(None, "--cache-dir",
+                                             help="Folder of the disk cache; give runs and folds of one plan the "
+                                                  "same folder to preprocess once (default: RUN/cache)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Train a model; writes checkpoints, log.csv, splits.json and the model artifact model.pt to the run folder
-    (an ensemble: one sub-folder per member and model.pt holding all of them)."""
+    (an ensemble: one sub-folder per member and model.pt holding all of them).
+
+    Example: medseg train ../shared/data/msd_hippocampus -o runs/hippo --max-minutes 30"""
     from medseg.train.ensemble import train_ensemble
     from medseg.train.trainer import train
 
@@ -96,13 +105,22 @@ def train_cmd(
     plan = _load_plan(source) if not resume else _resume_plan(source, output)
     if resume and ensemble is not None and ensemble != plan.ensemble:
         raise InputError(f"--ensemble {ensemble}: the run being resumed has ensemble {plan.ensemble}", path=output)
+    from medseg.plan.plan import CACHE_MODES
+
+    if cache is not None and cache not in CACHE_MODES:
+        raise InputError(f"--cache {cache}: expected one of {', '.join(CACHE_MODES)}")
+    if cache is not None:
+        plan.cache = cache
+    if cache_dir is not None:
+        plan.cache_dir = str(cache_dir.resolve())
     if (ensemble or plan.ensemble) > 1:
         res = train_ensemble(plan, output, members=ensemble, fold=fold, max_epochs=max_epochs,
                              max_minutes=max_minutes, resume=resume, device=device, progress=not quiet,
                              num_threads=threads, tensorboard=tensorboard)
     else:
         res = train(plan, output, fold=fold, max_epochs=max_epochs, max_minutes=max_minutes, resume=resume,
-                    device=device, progress=not quiet, num_threads=threads, tensorboard=tensorboard)
+                    device=device, progress=not quiet, num_threads=threads, tensorboard=tensorboard,
+                    cache_mode=cache, cache_dir=cache_dir)
     dice = ", ".join(f"{k} {v:.4f}" for k, v in res.val_dice.items())
     what = f"an ensemble of {ensemble or plan.ensemble} networks, " if (ensemble or plan.ensemble) > 1 else ""
     typer.echo(f"trained {what}{res.epochs} epochs ({res.iterations} iterations, {res.elapsed_s / 60:.1f} min); "

@@ -17,6 +17,7 @@ from medseg.settings import read_yaml_mapping, reject_unknown
 NORMALISATIONS = ("zscore", "ct", "none")
 LOSSES = ("dice_ce", "dice_focal", "ce", "dice")
 OPTIMIZERS = ("adamw", "sgd")
+CACHE_MODES = ("auto", "memory", "disk")
 
 
 @dataclass
@@ -72,6 +73,10 @@ class Plan:
     ensemble: int = 1
     bf16: bool = True  # bf16 autocast on CPUs that compute it natively (AVX512-BF16/AMX); CUDA always uses AMP
     num_threads: int | None = None
+    # preprocessed training cases: in RAM ('memory'), memory-mapped from disk ('disk'), or in RAM while they fit
+    # in 40 % of the available RAM, else on disk ('auto'); the disk cache lives in cache_dir, else RUN/cache
+    cache: str = "auto"
+    cache_dir: str | None = None
     # inference
     overlap: float = 0.5
     tta: bool = False
@@ -123,6 +128,8 @@ class Plan:
             bad(f"overlap must be in [0, 1), got {self.overlap}")
         if not isinstance(self.ensemble, int) or isinstance(self.ensemble, bool) or self.ensemble < 1:
             bad(f"ensemble must be a whole number of networks (>= 1), got {self.ensemble!r}")
+        if self.cache not in CACHE_MODES:
+            bad(f"cache '{self.cache}' is not one of {', '.join(CACHE_MODES)}")
         if not 0 <= self.fold < self.num_folds:
             bad(f"fold {self.fold} is not in 0..{self.num_folds - 1}")
         return self
@@ -167,4 +174,6 @@ class Plan:
         plan = cls.from_dict(d, where=path)
         if plan.dataset and not os.path.isabs(plan.dataset):  # relative to the plan file
             plan.dataset = str((path.parent / plan.dataset).resolve())
+        if plan.cache_dir and not os.path.isabs(plan.cache_dir):
+            plan.cache_dir = str((path.parent / plan.cache_dir).resolve())
         return plan

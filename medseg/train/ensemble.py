@@ -70,7 +70,8 @@ def train_ensemble(plan: Plan, run_dir: str | os.PathLike, members: int | None =
     ``tensorboard``: each member's curves in its folder's ``tensorboard/``.
     """
     from medseg.train.artifact import MODEL_FILE, build_from_plan, load_model, save_model
-    from medseg.train.dataset import load_case, open_dataset
+    from medseg.train.cache import LazyCases
+    from medseg.train.dataset import open_dataset
     from medseg.train.trainer import TrainResult, fold_split, resolve_device, train, validate, validation_cost
 
     t0 = time.monotonic()
@@ -103,10 +104,7 @@ def train_ensemble(plan: Plan, run_dir: str | os.PathLike, members: int | None =
     split_file = run_dir / "splits.json"
     val_ids = fold_split(run_dir, ds, plan)["val"]
     by_id = {c.id: c for c in ds.cases}
-    val_cases = []
-    for i in val_ids:
-        image, label = load_case(by_id[i])
-        val_cases.append((image.array, image.spacing, label.array))
+    val_cases = LazyCases([by_id[i] for i in val_ids])  # read once, at the end: no need to hold them meanwhile
     dev = resolve_device(device)
 
     budget = plan.max_minutes * 60 if plan.max_minutes else None
@@ -124,13 +122,15 @@ def train_ensemble(plan: Plan, run_dir: str | os.PathLike, members: int | None =
             continuing = (mdir / "checkpoint_latest.pt").is_file()
             member = Plan.from_dict(plan.to_dict())
             member.dataset, member.seed, member.ensemble = plan.dataset, plan.seed + i, 1
+            member.cache_dir = plan.cache_dir or str(run_dir / "cache")  # one disk cache for all members
             minutes = None
             if budget and not continuing:  # a continuing member keeps the share it was given
                 spent = sum(d["elapsed_s"] for d in done) + (time.monotonic() - t0 - in_calls)
                 minutes = max(budget - reserve - spent, 0.0) / (k - i) / 60
             t = time.monotonic()
             train(member, mdir, fold=plan.fold, max_minutes=minutes, resume=continuing, device=device,
-                  progress=progress, num_threads=num_threads, validation=False, cache=cache, tensorboard=tensorboard)
+                  progress=progress, num_threads=num_threads, validation=False, cache=cache, tensorboard=tensorboard,
+                  cache_mode=member.cache, cache_dir=member.cache_dir)
             in_calls += time.monotonic() - t
         arts.append(load_model(mdir))
         info = arts[-1].info

@@ -17,11 +17,12 @@ import torch.nn.functional as F
 
 @dataclass
 class CachedCase:
-    """A preprocessed case on the network grid (2D plans: slice axis moved first)."""
+    """A preprocessed case on the network grid (2D plans: slice axis moved first); its arrays are tensors in RAM
+    or read-only numpy memory maps of a disk cache (:mod:`medseg.train.cache`)."""
 
     id: str
-    image: torch.Tensor            # (C, *spatial) float32
-    label: torch.Tensor            # (*spatial) int16
+    image: torch.Tensor | np.ndarray   # (C, *spatial) float32
+    label: torch.Tensor | np.ndarray   # (*spatial) int16
     fg: dict[int, np.ndarray]      # class -> (N, ndim) voxel indices (subsampled)
 
 
@@ -63,7 +64,10 @@ def sample_patch(case: CachedCase, size, rng: np.random.Generator, foreground: b
     else:
         start = [int(rng.integers(0, s - p + 1)) for p, s in zip(size, shape)]
     sl = tuple(slice(a, a + p) for a, p in zip(start, size))
-    return case.image[(slice(None), *sl)], case.label[sl]
+    x, y = case.image[(slice(None), *sl)], case.label[sl]
+    if isinstance(x, np.ndarray):  # memory-mapped: copy out just the patch
+        x, y = torch.from_numpy(np.array(x)), torch.from_numpy(np.array(y))
+    return x, y
 
 
 def sample_batch(cases: list[CachedCase], size, batch_size: int, rng: np.random.Generator,

@@ -26,10 +26,10 @@ from medseg.plan.plan import Plan
 from medseg.train import ddp
 from medseg.train.artifact import build_from_plan, save_model, strip_ddp, MODEL_FILE
 from medseg.train.dataset import open_dataset, load_case
+from medseg.train.cache import AUTO_SHARE, DiskCache, LazyCases, available_memory, cache_cases, on_disk, sample_size
 from medseg.train.ema import WeightEMA, averaged_weights
 from medseg.train.losses import SegLoss, confusion_dice
-from medseg.train.preprocess import preprocess, slice_axis
-from medseg.train.sampling import CachedCase, augment, foreground_index, pad_to, sample_batch
+from medseg.train.sampling import augment, sample_batch
 from medseg.train.tblog import ScalarLog, require_tensorboard
 
 
@@ -110,31 +110,24 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-def cache_cases(plan: Plan, cases, progress: bool = False, cache: dict | None = None) -> list[CachedCase]:
-    """Preprocess training cases once into RAM (2D plans: slice axis first, patch with a leading 1).
+def cache_folder(plan: Plan, run_dir: Path) -> Path:
+    """Where the plan's disk cache lives: ``cache_dir`` (shared by runs and folds of one plan), else ``RUN/cache``."""
+    return Path(plan.cache_dir) if plan.cache_dir else run_dir / "cache"
 
-    ``cache`` (case id -> CachedCase), when given, is reused and filled: an ensemble's members share it."""
-    out = []
-    from medseg.train.dataset import _progress
 
-    size = _sample_size(plan)
-    for case in _progress(cases, progress, "preprocessing"):
-        if cache is not None and case.id in cache:
-            out.append(cache[case.id])
-            continue
-        image, label = load_case(case)
-        x, y = preprocess(image.array, image.spacing, plan, label.array)
-        if plan.spatial_dims == 2:
-            ax = slice_axis(image.spacing)
-            x, y = x.movedim(ax + 1, 1), y.movedim(ax, 0)
-        out.append(pad_to(CachedCase(case.id, x, y, foreground_index(y)), size))
-        if cache is not None:
-            cache[case.id] = out[-1]
+def _cache_training_cases(plan: Plan, run_dir: Path, cases, show: bool, cache: dict | None, rank: int, world: int):
+    """The plan's ``cache`` mode applied; under DDP rank 0 fills a disk cache first and the others then read it."""
+    if plan.cache == "memory":
+        return cache_cases(plan, cases, show, cache)
+    disk = DiskCache(cache_folder(plan, run_dir))
+    limit = ddp.broadcast_float(AUTO_SHARE * available_memory() / world, world)
+    out = None
+    if rank == 0:
+        out = cache_cases(plan, cases, show, cache, disk, plan.cache, limit)
+    ddp.barrier(world)
+    if rank > 0:  # the same decisions on the same cases: every case rank 0 moved to disk is read from there
+        out = cache_cases(plan, cases, False, cache, disk, plan.cache, limit)
     return out
-
-
-def _sample_size(plan: Plan) -> list[int]:
-    return [1, *plan.patch_size] if plan.spatial_dims == 2 else list(plan.patch_size)
 
 
 def validate(network, plan: Plan, val_cases, device, progress=False) -> dict[str, float]:
@@ -183,11 +176,14 @@ def _save(path: Path, payload: dict):
 def train(plan: Plan, run_dir: str | os.PathLike, fold: int | None = None, max_epochs: int | None = None,
           max_minutes: float | None = None, resume: bool = False, device: str = "auto",
           progress: bool = True, num_threads: int | None = None, validation: bool = True,
-          cache: dict | None = None, tensorboard: bool = False) -> TrainResult:
+          cache: dict | None = None, tensorboard: bool = False, cache_mode: str | None = None,
+          cache_dir: str | os.PathLike | None = None) -> TrainResult:
     """Train ``plan`` into ``run_dir``; see the module docstring. Runs under torchrun (DDP) unchanged.
 
     ``validation=False`` skips validation (an ensemble validates its members together); ``cache``: see
-    :func:`cache_cases`; ``tensorboard``: loss, learning rate and validation Dice also to ``run_dir/tensorboard``."""
+    :func:`~medseg.train.cache.cache_cases`; ``tensorboard``: loss, learning rate and validation Dice also to
+    ``run_dir/tensorboard``; ``cache_mode`` / ``cache_dir`` override the plan's ``cache`` / ``cache_dir`` (also when
+    resuming, e.g. on a machine with less RAM)."""
     t_start = time.monotonic()
     if tensorboard:
         require_tensorboard()  # before anything is written
@@ -209,6 +205,10 @@ def train(plan: Plan, run_dir: str | os.PathLike, fold: int | None = None, max_e
         plan.max_epochs = max_epochs
     if max_minutes is not None:
         plan.max_minutes = max_minutes
+    if cache_mode is not None:
+        plan.cache = cache_mode
+    if cache_dir is not None:
+        plan.cache_dir = str(Path(cache_dir).resolve())
     plan.validate()
     if num_threads or plan.num_threads:
         torch.set_num_threads(int(num_threads or plan.num_threads))
@@ -227,12 +227,15 @@ def train(plan: Plan, run_dir: str | os.PathLike, fold: int | None = None, max_e
     gen = torch.Generator().manual_seed(plan.seed + 1000 + rank)
 
     show = progress and rank == 0
-    train_cases = cache_cases(plan, [by_id[i] for i in split["train"]], show, cache)
-    val_cases = []
+    train_cases = _cache_training_cases(plan, run_dir, [by_id[i] for i in split["train"]], show, cache, rank, world)
+    val_cases: list | LazyCases = []
     if rank == 0 and validation:
-        for i in split["val"]:
-            image, label = load_case(by_id[i])
-            val_cases.append((image.array, image.spacing, label.array))
+        if on_disk(train_cases):  # the dataset does not fit in RAM: neither would its validation cases
+            val_cases = LazyCases([by_id[i] for i in split["val"]])
+        else:
+            for i in split["val"]:
+                image, label = load_case(by_id[i])
+                val_cases.append((image.array, image.spacing, label.array))
 
     network = build_from_plan(plan).to(dev)
     opt = (torch.optim.AdamW(network.parameters(), lr=plan.learning_rate, weight_decay=plan.weight_decay)
@@ -287,7 +290,7 @@ def train(plan: Plan, run_dir: str | os.PathLike, fold: int | None = None, max_e
             if budget:
                 prog = max(prog, elapsed() / max(budget - val_cost, 1e-6))
             lr = sched.step(prog)
-            x, y = sample_batch(train_cases, _sample_size(plan), plan.batch_size, np_rng,
+            x, y = sample_batch(train_cases, sample_size(plan), plan.batch_size, np_rng,
                                 plan.foreground_oversample, squeeze_first=plan.spatial_dims == 2)
             x, y = augment(x, y, gen, plan.augment, spacing_sample)
             x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
