@@ -3,8 +3,8 @@ run, the folds of one plan and the ranks of a DDP run reuse one preprocessing (l
 
 Each case is three files and a marker, ``<case>.<key>.{image.npy,label.npy,fg.npz,json}``; ``key`` hashes what
 the arrays depend on (the plan's normalisation, spacing, dimensionality and patch padding, the source files' sizes
-and modification times, this module's format version), so a changed plan or a replaced file misses instead of
-reusing stale arrays. The marker is written last, each file atomically: a half-written case is never read. A patch
+and modification times, medseg's version and this module's format), so a changed plan or a replaced file misses
+instead of reusing stale arrays. The marker is written last, each file atomically: a half-written case is never read. A patch
 sampled from a memory map is copied out of it, so batches are the same values as from the in-RAM cache.
 """
 
@@ -25,7 +25,7 @@ from medseg.train.dataset import _progress, load_case
 from medseg.train.preprocess import preprocess, slice_axis
 from medseg.train.sampling import CachedCase, foreground_index, pad_to
 
-FORMAT = 1
+FORMAT = 1  # bump when what preprocess_case computes changes: older caches then miss
 # 'auto' keeps cases in RAM until they would hold this share of the RAM available when caching starts (divided
 # among DDP ranks), then moves them all to disk: the network, the optimiser and the batches need the rest
 AUTO_SHARE = 0.4
@@ -49,8 +49,10 @@ def case_key(plan: Plan, case, size) -> str:
         return [str(Path(p).resolve()), st.st_size, st.st_mtime_ns]
 
     d = plan.to_dict()
-    what = {"format": FORMAT, "normalisation": d["normalisation"], "target_spacing": d["target_spacing"],
-            "spatial_dims": d["spatial_dims"], "size": [int(s) for s in size],
+    from medseg import __version__
+
+    what = {"format": FORMAT, "medseg": __version__, "normalisation": d["normalisation"],
+            "target_spacing": d["target_spacing"], "spatial_dims": d["spatial_dims"], "size": [int(s) for s in size],
             "sources": [stat(p) for p in case.images] + ([stat(case.label)] if case.label else [])}
     return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:16]
 
