@@ -4,8 +4,9 @@ run, the folds of one plan and the ranks of a DDP run reuse one preprocessing (l
 Each case is three files and a marker, ``<case>.<key>.{image.npy,label.npy,fg.npz,json}``; ``key`` hashes what
 the arrays depend on (the plan's normalisation, spacing, dimensionality and patch padding, the source files' sizes
 and modification times, medseg's version and this module's format), so a changed plan or a replaced file misses
-instead of reusing stale arrays. The marker is written last, each file atomically: a half-written case is never read. A patch
-sampled from a memory map is copied out of it, so batches are the same values as from the in-RAM cache.
+instead of reusing stale arrays. The marker is written last, each file atomically: a half-written case is never
+read. A patch sampled from a memory map is copied out of it, so batches are the same values as from the in-RAM
+cache.
 """
 
 from __future__ import annotations
