@@ -140,6 +140,7 @@ def test_training_from_the_disk_cache_equals_training_from_ram(tmp_path):
     a = run_cli("train", plan, "-o", tmp_path / "ram", "--cache", "memory", "-q")
     b = run_cli("train", plan, "-o", tmp_path / "disk", "--cache", "disk", "--cache-dir", tmp_path / "shared", "-q")
     assert a.code == 0 and b.code == 0, a.err + b.err
+    assert "on disk" not in a.out and f"preprocessed cases on disk: {tmp_path / 'shared'}" in b.out
     ra, rb = read_log(tmp_path / "ram"), read_log(tmp_path / "disk")
     assert [r["iteration"] for r in ra] == [r["iteration"] for r in rb] == ["2", "4"]
     for x, y in zip(ra, rb):
