@@ -165,8 +165,8 @@ def _free_port() -> int:
 
 @pytest.mark.parametrize("cache", ["memory", "disk"])
 def test_ddp_two_processes_gloo(tmp_path, cache):
-    """torchrun with 2 CPU processes (gloo) trains a few iterations and writes one artifact; with a disk cache,
-    rank 0 preprocesses and the other rank reads its files."""
+    """torchrun with 2 CPU processes (gloo) trains a few iterations and writes one artifact; with a disk cache the
+    ranks share one set of preprocessed files."""
     plan = tiny_plan(tmp_path, max_epochs=2, cache=cache)
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",

@@ -138,13 +138,15 @@ def preprocess_case(plan: Plan, case) -> CachedCase:
 
 
 def cache_cases(plan: Plan, cases, progress: bool = False, cache: dict | None = None,
-                disk: DiskCache | None = None, mode: str = "memory", limit: float | None = None) -> list[CachedCase]:
-    """Preprocess training cases once.
+                disk: DiskCache | None = None, mode: str = "memory", limit: float | None = None,
+                start: int = 0) -> list[CachedCase]:
+    """Preprocess training cases once; returns them in the order of ``cases``.
 
     ``mode``: ``'memory'`` keeps them in RAM; ``'disk'`` writes them to ``disk`` and reads them back as memory
     maps; ``'auto'`` keeps them in RAM until they would hold more than ``limit`` bytes, then moves every case to
     ``disk``. With a ``disk``, cases already there (same key) are read, not preprocessed again. ``cache`` (case id
-    -> CachedCase), when given, is reused and filled: an ensemble's members share it.
+    -> CachedCase), when given, is reused and filled: an ensemble's members share it. ``start``: begin with that
+    case and wrap around, so that DDP ranks preprocess different cases first and read the others' files.
     """
     if mode not in ("auto", "memory", "disk"):
         raise ValueError(f"unknown cache mode {mode!r}")
@@ -153,9 +155,10 @@ def cache_cases(plan: Plan, cases, progress: bool = False, cache: dict | None = 
     size = sample_size(plan)
     cases = list(cases)
     keys = {c.id: case_key(plan, c, size) for c in cases} if mode != "memory" else {}
-    out: list[CachedCase] = []
+    order = cases[start % len(cases):] + cases[:start % len(cases)] if cases else []
+    done: dict[str, CachedCase] = {}
     held = 0
-    for case in _progress(cases, progress, "preprocessing"):
+    for case in _progress(order, progress, "preprocessing"):
         c = cache.get(case.id) if cache is not None else None
         if c is None and mode != "memory":
             c = disk.get(case.id, keys[case.id])
@@ -164,12 +167,13 @@ def cache_cases(plan: Plan, cases, progress: bool = False, cache: dict | None = 
             if mode == "disk":
                 c = disk.put(c, keys[case.id])
         held += nbytes(c)
-        out.append(c)
+        done[case.id] = c
         if mode == "auto" and limit is not None and held > limit:  # spill: every case in RAM goes to disk
-            out = [disk.put(o, keys[o.id]) if nbytes(o) else o for o in out]
+            done = {i: disk.put(o, keys[i]) if nbytes(o) else o for i, o in done.items()}
             mode, held = "disk", 0
+    out = [done[c.id] for c in cases]
     if cache is not None:
-        cache.update({o.id: o for o in out})
+        cache.update(done)
     return out
 
 

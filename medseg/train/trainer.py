@@ -116,18 +116,13 @@ def cache_folder(plan: Plan, run_dir: Path) -> Path:
 
 
 def _cache_training_cases(plan: Plan, run_dir: Path, cases, show: bool, cache: dict | None, rank: int, world: int):
-    """The plan's ``cache`` mode applied; under DDP rank 0 fills a disk cache first and the others then read it."""
+    """The plan's ``cache`` mode applied. DDP ranks start at different cases and read what the others wrote (no
+    rank waits for another, so a long preprocessing cannot time out a collective)."""
     if plan.cache == "memory":
         return cache_cases(plan, cases, show, cache)
     disk = DiskCache(cache_folder(plan, run_dir))
-    limit = ddp.broadcast_float(AUTO_SHARE * available_memory() / world, world)
-    out = None
-    if rank == 0:
-        out = cache_cases(plan, cases, show, cache, disk, plan.cache, limit)
-    ddp.barrier(world)
-    if rank > 0:  # the same decisions on the same cases: every case rank 0 moved to disk is read from there
-        out = cache_cases(plan, cases, False, cache, disk, plan.cache, limit)
-    return out
+    limit = AUTO_SHARE * available_memory() / world
+    return cache_cases(plan, cases, show, cache, disk, plan.cache, limit, start=rank * len(cases) // world)
 
 
 def validate(network, plan: Plan, val_cases, device, progress=False) -> dict[str, float]:
