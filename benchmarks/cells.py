@@ -108,7 +108,8 @@ def training_config(args):
     """The run's CellTrainConfig: ``--config`` (or the defaults) with the flags given on the command line applied."""
     from medseg.cells.config import CellTrainConfig
 
-    given = {"max_minutes": args.minutes, "batch_size": args.batch_size, "base_filters": args.base_filters,
+    given = {"max_minutes": args.minutes, "max_steps": args.steps, "batch_size": args.batch_size,
+             "base_filters": args.base_filters,
              "threads": args.threads, "tune_fraction": args.tune_fraction, "diameter": args.diameter, "seed": args.seed,
              "offset_head": args.offset_head, "norm": args.norm, "ema": args.ema, "contact_weight": args.contact_weight,
              "contact_boundary": args.contact_boundary, "boundary_width": args.boundary_width,
@@ -123,6 +124,9 @@ def training_config(args):
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--minutes", type=float, default=None, help="training budget (default: the config's, 20)")
+    ap.add_argument("--steps", type=int, default=None,
+                    help="also stop after this many training steps (with a generous --minutes, a step-matched run: "
+                         "the 20-minute budget buys 2-2.5x fewer steps on a slow day than on a fast one)")
     ap.add_argument("--config", default=None,
                     help="YAML file of training settings (as `medseg cells train --config`, e.g. "
                          "configs/cells_dsb2018.yaml); the flags below override it")
@@ -191,7 +195,8 @@ def main(argv=None) -> int:
     from medseg.errors import InputError
 
     info = {"machine": f"{platform.machine()}, {os.cpu_count()} CPU cores (shared), {platform.python_version()}",
-            "load_avg_start": os.getloadavg()[0], "minutes": args.minutes, "config": args.config, "data": args.data,
+            "load_avg_start": os.getloadavg()[0], "minutes": args.minutes, "max_steps": args.steps,
+            "config": args.config, "data": args.data,
             "eval": args.eval}
     run = Path(args.run)
     if not args.no_learned and not (args.skip_train and (run / "model.pt").exists()):

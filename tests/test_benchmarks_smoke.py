@@ -4,6 +4,7 @@ themselves (those are in benchmarks/RESULTS.md, from full runs)."""
 
 from __future__ import annotations
 
+import json
 import re
 
 import numpy as np
@@ -87,8 +88,9 @@ def test_cells_benchmark_bounded(tmp_path, capsys):
     linked_cell_dataset(ds, 4)
     common = ["--data", str(ds), "--run", str(tmp_path / "run"), "--learned-only", "--threads", "1",
               "--patch", "64", "--base-filters", "4", "--batch-size", "2"]
-    assert main(["--minutes", "0.05", "--tune-fraction", "0", *common]) == 0
+    assert main(["--minutes", "2", "--steps", "3", "--tune-fraction", "0", *common]) == 0
     first = capsys.readouterr().out
+    assert json.loads((tmp_path / "run" / "model.json").read_text())["steps"] == 3  # --steps ends it, not minutes
     assert len(_table_rows(first, "learned")) == 1 and "markers: boundary" in first
     for markers in ("boundary", "distance"):
         assert main(["--skip-train", "--thresholds", f"0.5,0.5,{markers}", *common]) == 0
