@@ -123,7 +123,9 @@ def train_cmd(
                     cache_mode=cache, cache_dir=cache_dir)
     dice = ", ".join(f"{k} {v:.4f}" for k, v in res.val_dice.items())
     what = f"an ensemble of {ensemble or plan.ensemble} networks, " if (ensemble or plan.ensemble) > 1 else ""
-    cached = Path(plan.cache_dir) if plan.cache_dir else output / "cache"
+    from medseg.train.cache import cache_folder
+
+    cached = cache_folder(plan, output)
     where = f"; preprocessed cases on disk: {cached} (reused by runs of this plan; delete when done)" \
         if cached.is_dir() else ""
     typer.echo(f"trained {what}{res.epochs} epochs ({res.iterations} iterations, {res.elapsed_s / 60:.1f} min); "

@@ -58,6 +58,11 @@ def case_key(plan: Plan, case, size) -> str:
     return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def cache_folder(plan: Plan, run_dir: str | os.PathLike) -> Path:
+    """Where the plan's disk cache lives: ``cache_dir`` (shared by runs and folds of one plan), else ``RUN/cache``."""
+    return Path(plan.cache_dir) if plan.cache_dir else Path(run_dir) / "cache"
+
+
 def available_memory() -> int:
     """Bytes of RAM available to new allocations (``MemAvailable`` on Linux)."""
     try:

@@ -70,7 +70,7 @@ def train_ensemble(plan: Plan, run_dir: str | os.PathLike, members: int | None =
     ``tensorboard``: each member's curves in its folder's ``tensorboard/``.
     """
     from medseg.train.artifact import MODEL_FILE, build_from_plan, load_model, save_model
-    from medseg.train.cache import LazyCases
+    from medseg.train.cache import LazyCases, cache_folder
     from medseg.train.dataset import open_dataset
     from medseg.train.trainer import TrainResult, fold_split, resolve_device, train, validate, validation_cost
 
@@ -122,7 +122,7 @@ def train_ensemble(plan: Plan, run_dir: str | os.PathLike, members: int | None =
             continuing = (mdir / "checkpoint_latest.pt").is_file()
             member = Plan.from_dict(plan.to_dict())
             member.dataset, member.seed, member.ensemble = plan.dataset, plan.seed + i, 1
-            member.cache_dir = plan.cache_dir or str(run_dir / "cache")  # one disk cache for all members
+            member.cache_dir = str(cache_folder(plan, run_dir))  # one disk cache for all members
             minutes = None
             if budget and not continuing:  # a continuing member keeps the share it was given
                 spent = sum(d["elapsed_s"] for d in done) + (time.monotonic() - t0 - in_calls)

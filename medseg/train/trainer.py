@@ -26,7 +26,8 @@ from medseg.plan.plan import Plan
 from medseg.train import ddp
 from medseg.train.artifact import build_from_plan, save_model, strip_ddp, MODEL_FILE
 from medseg.train.dataset import open_dataset, load_case
-from medseg.train.cache import AUTO_SHARE, DiskCache, LazyCases, available_memory, cache_cases, on_disk, sample_size
+from medseg.train.cache import (AUTO_SHARE, DiskCache, LazyCases, available_memory, cache_cases, cache_folder, on_disk,
+                                sample_size)
 from medseg.train.ema import WeightEMA, averaged_weights
 from medseg.train.losses import SegLoss, confusion_dice
 from medseg.train.sampling import augment, sample_batch
@@ -108,11 +109,6 @@ def resolve_device(device: str) -> torch.device:
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise InputError(f"--device {device}: CUDA is not available on this machine")
     return torch.device(device)
-
-
-def cache_folder(plan: Plan, run_dir: Path) -> Path:
-    """Where the plan's disk cache lives: ``cache_dir`` (shared by runs and folds of one plan), else ``RUN/cache``."""
-    return Path(plan.cache_dir) if plan.cache_dir else run_dir / "cache"
 
 
 def _cache_training_cases(plan: Plan, run_dir: Path, cases, show: bool, cache: dict | None, rank: int, world: int):
