@@ -18,6 +18,8 @@ from typing import Sequence
 import numpy as np
 from scipy import ndimage as ndi
 
+from medseg.postprocess.morphology import distance_transform, h_transform, maxima_within
+
 
 def _spacing(spacing, ndim: int) -> np.ndarray:
     sp = np.ones(ndim) if spacing is None else np.asarray(spacing, dtype=float).reshape(-1)
@@ -59,17 +61,18 @@ def peak_markers(distance: np.ndarray, mask: np.ndarray | None = None, min_dista
     >>> peak_markers(d, min_distance=1).tolist()
     [[0, 0, 1, 0, 0, 0, 2, 0, 0]]
     """
-    from skimage.morphology import reconstruction
-
     distance = np.asarray(distance, dtype=float)
     sp = _spacing(spacing, distance.ndim)
     mask = np.ones(distance.shape, bool) if mask is None else np.asarray(mask, bool)
     d = np.where(mask, distance, distance.min() if distance.size else 0)
     if h > 0:  # h-maxima transform: keep only domes at least h high
-        d = reconstruction(d - h, d, method="dilation")
-    peaks = (d == ndi.maximum_filter(d, footprint=ellipsoid_footprint(min_distance, sp))) & mask
-    peaks &= d > threshold
-    if h > 0:  # the h-transform leaves plateaus; keep those that are regional maxima
+        d = h_transform(d, h)
+    footprint = ellipsoid_footprint(min_distance, sp)
+    peaks = maxima_within(d, footprint, mask & (d > threshold))
+    # the h-transform leaves plateaus; keep those that are regional maxima (implied when the footprint holds
+    # every neighbour)
+    if h > 0 and not (min(footprint.shape) >= 3 and footprint[tuple(slice(k // 2 - 1, k // 2 + 2)
+                                                                      for k in footprint.shape)].all()):
         peaks &= d >= ndi.grey_dilation(d, footprint=ndi.generate_binary_structure(d.ndim, d.ndim)) - 1e-12
     return ndi.label(peaks, structure=ndi.generate_binary_structure(d.ndim, d.ndim))[0]
 
@@ -203,7 +206,7 @@ def watershed_instances(foreground: np.ndarray, boundary: np.ndarray | None = No
         raise ValueError("markers='distance' needs a distance map")
     dist = None
     if distance is not None or mode == "peaks":
-        dist = (ndi.distance_transform_edt(mask, sampling=sp) if distance is None
+        dist = (distance_transform(mask, sp) if distance is None
                 else np.asarray(distance, dtype=float))
     if mode == "boundary":
         b = np.asarray(boundary, dtype=float)
@@ -226,9 +229,11 @@ def watershed_instances(foreground: np.ndarray, boundary: np.ndarray | None = No
     return relabel_sequential(labels)
 
 
-def estimate_radius(mask: np.ndarray, spacing=None) -> float:
+def estimate_radius(mask: np.ndarray, spacing=None, distance: np.ndarray | None = None) -> float:
     """Typical object radius (physical units): the median over connected components of the largest
     inscribed-ball radius. Clumps of touching objects barely change it, unlike their area.
+
+    ``distance``, the mask's Euclidean distance transform with this spacing, saves computing it again.
 
     Examples
     --------
@@ -240,9 +245,11 @@ def estimate_radius(mask: np.ndarray, spacing=None) -> float:
     lab, n = ndi.label(mask)
     if n == 0:
         return 0.0
-    edt = ndi.distance_transform_edt(mask, sampling=sp)
-    peaks = ndi.maximum(edt, lab, index=np.arange(1, n + 1))
-    return float(np.median(peaks))
+    edt = distance_transform(mask, sp) if distance is None else np.asarray(distance)
+    inside = lab > 0
+    peaks = np.zeros(n + 1)
+    np.maximum.at(peaks, lab[inside], edt[inside])  # ndi.maximum's sort takes ~10x longer
+    return float(np.median(peaks[1:]))
 
 
 def threshold_mask(image: np.ndarray, method: str = "otsu", block_size: int | None = None,
@@ -299,12 +306,12 @@ def classical_instances(image: np.ndarray, spacing=None, method: str = "otsu", r
     else:
         mask = threshold_mask(img_s, "otsu", smooth=0)
     mask = ndi.binary_fill_holes(mask) if img.ndim == 2 else np.stack([ndi.binary_fill_holes(m) for m in mask])
-    r = float(radius) if radius else estimate_radius(mask, sp)
+    edt = distance_transform(mask, sp)
+    r = float(radius) if radius else estimate_radius(mask, sp, distance=edt)
     if r <= 0:
         labels = np.zeros(img.shape, np.uint16)
         return (labels, {"radius": 0.0}) if return_info else labels
-    dist = ndi.distance_transform_edt(mask, sampling=sp)
-    dist = ndi.gaussian_filter(dist, 0.15 * r / sp)
+    dist = ndi.gaussian_filter(edt, 0.15 * r / sp)
     unit_ball = np.pi * (r / 3) ** 2 if img.ndim == 2 else 4 / 3 * np.pi * (r / 3) ** 3
     labels = watershed_instances(mask.astype(float), distance=dist, spacing=sp, min_distance=0.8 * r, h=0.15 * r,
                                  min_size=unit_ball if min_size is None else min_size,
