@@ -148,6 +148,36 @@ def test_slab_is_one_window_deep(monkeypatch):
     _assert_labels_equal_except_ties(lab, ref)
 
 
+def test_many_classes_shrink_the_batch_and_the_popped_blocks(monkeypatch):
+    """A hundred-class model: fewer windows per forward pass and fewer planes per popped block, same result."""
+    net = torch.nn.Conv3d(1, 40, 3, padding=1)
+    x = torch.randn(1, 20, 24, 60)
+    seen, blocks = [], []
+
+    def counting(batch):
+        seen.append(batch.shape[0])
+        return net(batch)
+
+    def sink(part, first):
+        blocks.append(part.shape[-1])
+        parts.append(part)
+
+    ref = sliding_window_predict(net, x, (16, 16, 16), device="cpu", precision="fp32", batch_size=4)
+    # room for two windows' logits and for three planes of all classes
+    monkeypatch.setattr(sw, "BATCH_OUTPUT_BYTES", 2 * 4 * 40 * 16**3 + 1)
+    monkeypatch.setattr(sw._Slab, "BLOCK_BYTES", 3 * 4 * 40 * 20 * 24 + 1)
+    parts = []
+    got = sliding_window_predict(counting, x, (16, 16, 16), device="cpu", precision="fp32", batch_size=4)
+    assert seen[0] == 4 and max(seen[1:]) == 2 and min(seen[1:-1]) == 2  # the classes known after one pass
+    torch.testing.assert_close(got, ref, atol=1e-6, rtol=1e-5)
+    seen.clear()
+    assert sliding_window_predict(counting, x, (16, 16, 16), device="cpu", precision="fp32", num_classes=40,
+                                  batch_size=4, sink=sink) is None
+    assert max(seen) == 2 and max(blocks) == 3 and sum(blocks) == 60
+    torch.testing.assert_close(torch.cat(parts, -1), ref, atol=1e-6, rtol=1e-5)
+    assert sw._batch_cap(4, None, (16, 16, 16)) == 4 and sw._batch_cap(4, 10**6, (16, 16, 16)) == 1
+
+
 def test_sigmoid_logits_and_module_state_restored():
     net = torch.nn.Conv2d(1, 2, 3, padding=1).train()
     x = torch.randn(1, 40, 30)

@@ -19,7 +19,7 @@ from medseg.train.preprocess import preprocess, slice_axis
 
 def sliding_window(network: torch.nn.Module, x: torch.Tensor, patch_size, overlap: float = 0.5,
                    batch_size: int = 2, device: str | torch.device = "cpu", bf16: bool = False, tta=False,
-                   sink=None) -> torch.Tensor | None:
+                   sink=None, num_classes: int | None = None) -> torch.Tensor | None:
     """Softmax probabilities (K, *S) of a (C, *S) volume by Gaussian-blended sliding windows
     (:func:`medseg.infer.sliding_window.sliding_window_predict`); with ``sink``, handed over plane by plane.
 
@@ -38,7 +38,7 @@ def sliding_window(network: torch.nn.Module, x: torch.Tensor, patch_size, overla
     with torch.no_grad():  # not inference_mode: its tensors would poison a later training step
         return sliding_window_predict(slice_by_slice if two_d else network, x, patch_size, overlap=overlap,
                                       tta=tta, batch_size=batch_size, device=device, output="probabilities",
-                                      precision=precision, sink=sink)
+                                      precision=precision, sink=sink, num_classes=num_classes)
 
 
 def _is_2d(network) -> bool:
@@ -66,7 +66,8 @@ def predict_labels(network: torch.nn.Module, plan: Plan, array: np.ndarray, spac
         flips = [a + 1 for a in flips]
         shape = (shape[ax], *[s for i, s in enumerate(shape) if i != ax])
     out = PlaneResampler(x.shape[1:], shape, plan.num_classes, keep_probabilities=probabilities)
-    sliding_window(network, x, patch, overlap, batch_size, device, plan.bf16, tta=flips or False, sink=out.add)
+    sliding_window(network, x, patch, overlap, batch_size, device, plan.bf16, tta=flips or False, sink=out.add,
+                   num_classes=plan.num_classes)
     lab, prob = out.labels, out.probabilities
     if plan.spatial_dims == 2:
         lab = np.moveaxis(lab, 0, ax)

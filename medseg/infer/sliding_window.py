@@ -133,7 +133,8 @@ class _Slab:
     the planes before it have been popped), and popped planes are read in blocks of a few planes.
     """
 
-    BLOCK = 16  # planes per popped block: bounds the float32 temporaries of a pop (and of softmax after it)
+    BLOCK = 16  # planes per popped block at most: bounds the float32 temporaries of a pop (and of softmax after it)
+    BLOCK_BYTES = 128 * 2**20  # ... and fewer planes when a block of all classes would exceed this
 
     def __init__(self, classes: int, size: Sequence[int], depth: int, dtype: torch.dtype, device: torch.device):
         self.acc = torch.zeros((classes, *size[:-1], depth), dtype=dtype, device=device)
@@ -148,7 +149,8 @@ class _Slab:
         for ring, win in ((slice(r, depth), slice(0, depth - r)), (slice(0, r), slice(depth - r, depth))):
             if ring.stop > ring.start:
                 w = weight[..., win]
-                self.acc[(slice(None),) + idx + (ring,)] += (logits[..., win] * w).to(self.acc.dtype)
+                # fused: a hundred classes' window is ~1 GB in float32, and logits * w would be another
+                self.acc[(slice(None),) + idx + (ring,)].addcmul_(logits[..., win], w)
                 self.wsum[idx + (ring,)] += w
 
     def pop(self, n: int):
@@ -156,9 +158,10 @@ class _Slab:
         the slab then moves ``n`` planes on."""
         depth = self.acc.shape[-1]
         end = self.base + n
+        block = max(1, min(self.BLOCK, self.BLOCK_BYTES // (4 * self.acc[..., 0].numel())))
         while self.base < end:
             r = self.base % depth
-            k = min(end - self.base, depth - r, self.BLOCK)
+            k = min(end - self.base, depth - r, block)
             ring = slice(r, r + k)
             out = self.acc[..., ring].float() / self.wsum[..., ring]
             self.acc[..., ring] = 0
@@ -192,7 +195,7 @@ def sliding_window_predict(
     channels_last: bool | None = None,
     accumulate_dtype: torch.dtype | None = None,
     out_dtype: torch.dtype = torch.float32,
-    memory_budget: float = 4 * 2**30,
+    memory_budget: float = 2 * 2**30,
     stitch_device: str | torch.device = "auto",
     progress: bool = False,
     sink: Callable[[torch.Tensor, int], None] | None = None,
@@ -214,11 +217,12 @@ def sliding_window_predict(
         Mirroring test-time augmentation: ``True`` for all spatial axes, or the axes to mirror (every subset).
         Logits of the mirrored passes are averaged, as nnU-Net does.
     batch_size : int
-        Windows per forward pass.
+        Windows per forward pass (fewer when their float32 logits would exceed 512 MiB, e.g. a hundred classes).
     device : "auto", "cpu", "cuda" or torch.device
         Where the network runs; ``"auto"`` picks CUDA when available.
     num_classes : int, optional
-        Output channels, if known (otherwise read from the first forward pass).
+        Output channels, if known (otherwise read from the first forward pass, which then uses ``batch_size``
+        windows whatever their size).
     output : "probabilities", "labels" or "logits"
         ``"labels"`` returns the argmax (uint8 up to 256 classes, else int32; with ``activation="sigmoid"`` one
         binary uint8 mask per channel).
@@ -235,7 +239,8 @@ def sliding_window_predict(
     out_dtype : torch.dtype
         dtype of returned probabilities / logits (float16 halves the result's RAM).
     memory_budget : float
-        Bytes the blending slab may use before it falls back to float16.
+        Bytes the blending slab may use before it falls back to float16 (2 GiB: 14 classes on a 512x512 grid
+        with 128-deep windows stay float32; 105 classes on TotalSegmentator's 1.5 mm grid, 3.7 GiB, do not).
     stitch_device : "auto", "cpu", "cuda"
         Where the slab is accumulated; ``"auto"``: the network's device if the slab fits in a quarter of its
         free memory, else the CPU (window on the GPU, stitching on the CPU).
@@ -339,13 +344,16 @@ def sliding_window_predict(
     bar = _progress(len(windows) * len(flips), progress)
     try:
         with torch.inference_mode():
-            for b0 in range(0, len(windows), batch_size):
-                group = windows[b0: b0 + batch_size]
+            b0, step = 0, _batch_cap(batch_size, num_classes, patch)
+            while b0 < len(windows):
+                group = windows[b0: b0 + step]
+                b0 += len(group)
                 batch = torch.stack([image[(slice(None),) + tuple(slice(s, s + p) for s, p in zip(w, patch))]
                                      for w in group])
                 logits = forward(batch)
                 if slab is None:
                     classes = num_classes or logits.shape[1]
+                    step = _batch_cap(batch_size, classes, patch)
                     slab = _make_slab(classes, size, patch[-1], accumulate_dtype, memory_budget, dev,
                                       stitch_device)
                     weight = weight.to(slab.acc.device)
@@ -366,6 +374,17 @@ def sliding_window_predict(
             network.train(was_training)
     assert z_starts[-1] + patch[-1] == size[-1]
     return result
+
+
+BATCH_OUTPUT_BYTES = 512 * 2**20  # float32 logits of one batch of windows, beyond which the batch shrinks
+
+
+def _batch_cap(batch_size: int, classes: int | None, patch: Sequence[int]) -> int:
+    """Windows per forward pass: ``batch_size``, fewer when their float32 logits would exceed
+    ``BATCH_OUTPUT_BYTES`` (a 105-class 128³ window alone is 0.9 GB), never below one."""
+    if not classes:
+        return max(1, batch_size)
+    return max(1, min(batch_size, BATCH_OUTPUT_BYTES // (4 * classes * math.prod(patch))))
 
 
 def _make_slab(classes: int, size: Sequence[int], depth: int, dtype: torch.dtype | None, budget: float,
