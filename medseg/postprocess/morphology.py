@@ -119,7 +119,6 @@ def maxima_within(image: np.ndarray, footprint: np.ndarray, candidates: np.ndarr
     if any(h >= n for h, n in zip(half, image.shape)) or len(points[0]) * 8 > image.size:
         return keep & (image == ndi.maximum_filter(image, footprint=footprint))
     values = image[points]
-    ok = np.ones(len(values), bool)
     size = np.array(image.shape)
     for offset in np.argwhere(footprint) - half:
         if not offset.any():
@@ -129,7 +128,11 @@ def maxima_within(image: np.ndarray, footprint: np.ndarray, candidates: np.ndarr
             j = points[ax] + off
             j = np.where(j < 0, -j - 1, j)  # SciPy's "reflect": d c b a | a b c d | d c b a
             idx.append(np.where(j >= size[ax], 2 * size[ax] - 1 - j, j))
-        ok &= image[tuple(idx)] <= values
+        ok = image[tuple(idx)] <= values
+        if not ok.all():  # drop the beaten pixels: later offsets visit fewer
+            points, values = tuple(p[ok] for p in points), values[ok]
+            if not len(values):
+                break
     out = np.zeros(image.shape, bool)
-    out[tuple(p[ok] for p in points)] = True
+    out[points] = True
     return out
