@@ -268,23 +268,25 @@ def presets(args) -> None:
     print("|---|---|---|---|---|---|---|---|")
     ref_labels = None
     original = pred.sliding_window
-    for name, overlap, tta, prec in presets:
-        pred.sliding_window = _preset_engine(name, tta, prec)  # predict_image's window engine, swapped
-        t, dices, labels = 0.0, [], []
-        for img, ref in cases:
-            t0 = time.perf_counter()
-            lab, _ = pred.predict_image(net, plan, img, overlap=overlap, tta=False, device="cpu")
-            t += time.perf_counter() - t0
-            labels.append(lab.array)
-            dices.append(list(dice(lab.array, ref, 3).values()))
-        if ref_labels is None:
-            ref_labels = labels
-        agree = np.mean([list(dice(a, b, 3).values()) for a, b in zip(labels, ref_labels)])
-        m = np.mean(dices, axis=0)
-        tta_name = "all axes" if tta is True else (f"axes {tta}" if tta else "off")
-        print(f"| {name} | {overlap} | {tta_name} | {prec} | {t / len(cases):.3f} | {m[0]:.4f} "
-              f"| {m[1]:.4f} | {agree:.4f} |", flush=True)
-    pred.sliding_window = original
+    try:  # restore the engine whatever happens: the smoke test runs this in the test process
+        for name, overlap, tta, prec in presets:
+            pred.sliding_window = _preset_engine(name, tta, prec)  # predict_image's window engine, swapped
+            t, dices, labels = 0.0, [], []
+            for img, ref in cases:
+                t0 = time.perf_counter()
+                lab, _ = pred.predict_image(net, plan, img, overlap=overlap, tta=False, device="cpu")
+                t += time.perf_counter() - t0
+                labels.append(lab.array)
+                dices.append(list(dice(lab.array, ref, 3).values()))
+            if ref_labels is None:
+                ref_labels = labels
+            agree = np.mean([list(dice(a, b, 3).values()) for a, b in zip(labels, ref_labels)])
+            m = np.mean(dices, axis=0)
+            tta_name = "all axes" if tta is True else (f"axes {tta}" if tta else "off")
+            print(f"| {name} | {overlap} | {tta_name} | {prec} | {t / len(cases):.3f} | {m[0]:.4f} "
+                  f"| {m[1]:.4f} | {agree:.4f} |", flush=True)
+    finally:
+        pred.sliding_window = original
 
 
 def _preset_engine(name: str, preset_tta, precision: str):
@@ -295,7 +297,7 @@ def _preset_engine(name: str, preset_tta, precision: str):
     from medseg.infer.sliding_window import sliding_window_predict
 
     def engine(network, x, patch_size, overlap=0.5, batch_size=2, device="cpu", bf16=False, tta=False,
-               sink=None):  # the preset's TTA and precision replace the caller's
+               sink=None, num_classes=None):  # the preset's TTA and precision replace the caller's
         with torch.no_grad():
             if name == "monai":
                 from monai.inferers import sliding_window_inference
@@ -306,7 +308,7 @@ def _preset_engine(name: str, preset_tta, precision: str):
                 return sink(probs, 0) if sink is not None else probs
             return sliding_window_predict(network, x, patch_size, overlap=overlap, tta=preset_tta,
                                           batch_size=batch_size, device="cpu", output="probabilities",
-                                          precision=precision, sink=sink)
+                                          precision=precision, sink=sink, num_classes=num_classes)
 
     return engine
 
