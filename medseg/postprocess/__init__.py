@@ -2,7 +2,8 @@
 
 ``components``: connected-component cleanup (largest component, small-object removal).
 ``watershed``: marker-controlled watershed that separates touching instances (2D and 3D).
-``morphology``: the distance transform and regional maxima the watershed's markers come from (fast, exact).
+``morphology``: the distance transform and regional maxima behind the watershed's markers (SciPy's and
+scikit-image's results, faster).
 ``votes``: instances by following predicted offsets to object centres.
 ``contrast``: dropping objects no brighter than the image's background noise.
 """

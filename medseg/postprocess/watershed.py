@@ -69,10 +69,11 @@ def peak_markers(distance: np.ndarray, mask: np.ndarray | None = None, min_dista
         d = h_transform(d, h)
     footprint = ellipsoid_footprint(min_distance, sp)
     peaks = maxima_within(d, footprint, mask & (d > threshold))
-    # the h-transform leaves plateaus; keep those that are regional maxima (implied when the footprint holds
-    # every neighbour)
-    if h > 0 and not (min(footprint.shape) >= 3 and footprint[tuple(slice(k // 2 - 1, k // 2 + 2)
-                                                                      for k in footprint.shape)].all()):
+    centre = tuple(slice(k // 2 - 1, k // 2 + 2) for k in footprint.shape)
+    all_neighbours = min(footprint.shape) >= 3 and footprint[centre].all()
+    # the h-transform leaves plateaus; keep those that are regional maxima (implied if the footprint covers
+    # every neighbour: a pixel then equals the maximum of its neighbourhood already)
+    if h > 0 and not all_neighbours:
         peaks &= d >= ndi.grey_dilation(d, footprint=ndi.generate_binary_structure(d.ndim, d.ndim)) - 1e-12
     return ndi.label(peaks, structure=ndi.generate_binary_structure(d.ndim, d.ndim))[0]
 
