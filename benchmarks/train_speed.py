@@ -7,7 +7,8 @@ nnU-Net side: ``dynamic_network_architectures.PlainConvUNet`` with nnU-Net v2's 
 Hippocampus (patch 40x56x40, batch 9, 32..256 features, 4 stages, deep supervision) and its Dice+CE loss on every
 deep-supervision output, SGD-Nesterov — i.e. the work of one ``nnUNetTrainer.train_step`` without data loading.
 medseg side: ``configs/hippocampus.yaml`` (DynUNet 16..128, batch 2, same patch), fp32, bf16 autocast and
-channels-last variants. Both report s/iteration and training voxels/s (batch x patch voxels per second).
+channels-last variants, and bf16 with residual blocks (``residual: true``). Both report s/iteration and training
+voxels/s (batch x patch voxels per second).
 ``--cells``: the cell trainer's default 2D network (``medseg.cells.train.CellTrainConfig``: DynUNet 16..256, 256²
 crops, batch 2, 6 outputs), bf16 autocast, contiguous vs channels-last, instance vs batch normalisation.
 """
@@ -18,6 +19,7 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -84,8 +86,9 @@ def main(argv=None) -> int:
     res = {"threads": args.threads, "patch": patch}
     loss = SegLoss(plan)
     for name, kw in {"medseg_fp32": {}, "medseg_bf16": {"bf16": True},
-                     "medseg_fp32_channels_last": {"channels_last": True}}.items():
-        res[name] = time_steps(build_from_plan(plan), loss, plan.batch_size, patch, 3, args.iters, **kw)
+                     "medseg_fp32_channels_last": {"channels_last": True}, "medseg_bf16_residual": {"bf16": True}}.items():
+        net = build_from_plan(replace(plan, residual=name.endswith("residual")))
+        res[name] = time_steps(net, loss, plan.batch_size, patch, 3, args.iters, **kw)
         res[name]["batch"] = plan.batch_size
         print(name, res[name], flush=True)
     if not args.skip_nnunet:

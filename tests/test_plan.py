@@ -95,6 +95,26 @@ def test_plan_yaml_round_trip_and_cli(tmp_path):
     assert again == plan
 
 
+
+def test_residual_plan_builds_and_reloads_residual_blocks(tmp_path):
+    """``residual: true`` survives YAML and the model file, and the reloaded network computes the same output."""
+    import torch
+    from monai.networks.blocks.dynunet_block import UnetResBlock
+
+    from medseg.plan.plan import Plan
+    from medseg.train.artifact import build_from_plan, load_model, save_model
+
+    plan = Plan(patch_size=[16, 16, 16], base_filters=4, max_filters=8, residual=True).validate()
+    assert Plan.from_dict(yaml.safe_load(plan.to_yaml())).residual is True
+    torch.manual_seed(0)
+    net = build_from_plan(plan).eval()
+    assert isinstance(net.input_block, UnetResBlock) and all(isinstance(b, UnetResBlock) for b in net.downsamples)
+    assert UnetResBlock not in {type(m) for m in build_from_plan(Plan(patch_size=[16, 16, 16])).modules()}
+    art = load_model(save_model(tmp_path / "m.pt", plan, net.state_dict()))
+    x = torch.randn(1, 1, 16, 16, 16)
+    with torch.no_grad():
+        assert torch.equal(art.build()(x), net(x))
+
 @pytest.mark.parametrize("edit, needle", [
     ({"patch_szie": [32, 32, 32]}, "did you mean 'patch_size'"),
     ({"patch_size": [32, 32]}, "3 entries"),

@@ -48,6 +48,7 @@ class Plan:
     base_filters: int = 32
     max_filters: int = 320
     deep_supervision: bool = False
+    residual: bool = False  # residual convolution blocks (MONAI UnetResBlock) instead of plain conv-norm-act pairs
     # training
     loss: str = "dice_ce"
     class_weights: list[float] | None = None

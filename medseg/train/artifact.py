@@ -70,7 +70,8 @@ def build_from_plan(plan: Plan, deep_supervision: bool | None = None) -> torch.n
         sp = [s for i, s in enumerate(sp) if i != ax]
     return build_network(plan.spatial_dims, plan.in_channels, plan.num_classes, plan.patch_size, sp,
                          base_filters=plan.base_filters, max_filters=plan.max_filters,
-                         deep_supervision=plan.deep_supervision if deep_supervision is None else deep_supervision)
+                         deep_supervision=plan.deep_supervision if deep_supervision is None else deep_supervision,
+                         residual=plan.residual)
 
 
 def strip_ddp(state_dict: dict) -> dict:

@@ -35,7 +35,8 @@ def dynunet_strides(patch_size: Sequence[int], spacing: Sequence[float] | None =
 
 def build_network(spatial_dims: int, in_channels: int, out_channels: int, patch_size: Sequence[int],
                   spacing: Sequence[float] | None = None, base_filters: int = 32, max_filters: int = 320,
-                  deep_supervision: bool = False, norm: str = "instance") -> torch.nn.Module:
+                  deep_supervision: bool = False, norm: str = "instance",
+                  residual: bool = False) -> torch.nn.Module:
     """A MONAI DynUNet sized from the patch (and spacing), as used by both pipelines.
 
     Examples
@@ -52,5 +53,5 @@ def build_network(spatial_dims: int, in_channels: int, out_channels: int, patch_
         spatial_dims=spatial_dims, in_channels=in_channels, out_channels=out_channels,
         kernel_size=kernels, strides=strides, upsample_kernel_size=strides[1:], filters=filters,
         norm_name=norm, deep_supervision=deep_supervision, deep_supr_num=max(1, min(2, len(strides) - 2)),
-        res_block=False,
+        res_block=residual,
     )
