@@ -134,7 +134,8 @@ class _Slab:
     """
 
     BLOCK = 16  # planes per popped block at most: bounds the float32 temporaries of a pop (and of softmax after it)
-    BLOCK_BYTES = 128 * 2**20  # ... and fewer planes when a block of all classes would exceed this
+    BLOCK_BYTES = 128 * 2**20  # ... and fewer planes when a block of all classes would exceed this (and the
+    # classes of a window are added this many float32 bytes at a time)
 
     def __init__(self, classes: int, size: Sequence[int], depth: int, dtype: torch.dtype, device: torch.device):
         self.acc = torch.zeros((classes, *size[:-1], depth), dtype=dtype, device=device)
@@ -146,11 +147,14 @@ class _Slab:
         assert starts[-1] == self.base and logits.shape[-1] == depth
         idx = tuple(slice(s, s + n) for s, n in zip(starts[:-1], logits.shape[1:-1]))
         r = self.base % depth
+        # a few classes at a time: where logits (bf16) or the slab (float16) are not float32, the multiply-add
+        # makes float32 copies of its operands, ~1 GB each for a hundred classes' 128³ window
+        step = max(1, self.BLOCK_BYTES // (4 * logits[0].numel()))
         for ring, win in ((slice(r, depth), slice(0, depth - r)), (slice(0, r), slice(depth - r, depth))):
             if ring.stop > ring.start:
                 w = weight[..., win]
-                # fused: a hundred classes' window is ~1 GB in float32, and logits * w would be another
-                self.acc[(slice(None),) + idx + (ring,)].addcmul_(logits[..., win], w)
+                for c in range(0, logits.shape[0], step):
+                    self.acc[(slice(c, c + step),) + idx + (ring,)].addcmul_(logits[c: c + step, ..., win], w)
                 self.wsum[idx + (ring,)] += w
 
     def pop(self, n: int):
