@@ -89,12 +89,6 @@ def test_anisotropic_oblique_ct(tmp_path, dims):
 def test_dicom_series_input(tmp_path):
     """A DICOM series folder: the label map lies on the series' grid as SimpleITK reads it."""
     folder = data_path("dicom", "mr_study", "13_HCropVolume")
-    try:
-        from medseg.io.readers import read_image
-
-        read_image(folder)
-    except Exception as exc:  # the I/O engineer's loader is not merged into this branch yet
-        pytest.skip(f"DICOM loader not available here: {exc}")
     model = make_model(tmp_path / "m.pt", target_spacing=[1.2, 1.2, 1.2])
     res = run_cli("predict", "-m", model, "-i", folder, "-o", tmp_path / "out", "-q")
     assert res.code == 0, res.err
@@ -106,6 +100,148 @@ def test_dicom_series_input(tmp_path):
     assert np.allclose(p.GetOrigin(), ref.GetOrigin(), atol=1e-3)
     assert np.allclose(p.GetDirection(), ref.GetDirection(), atol=1e-4)
     assert np.allclose(p.GetSpacing(), ref.GetSpacing(), atol=1e-4)
+
+
+def assert_on_series_grid(pred: Path, folder: Path, uid: str = ""):
+    """``pred`` lies on the grid of the DICOM series ``uid`` (or the only one) of ``folder`` as medseg's loader
+    (RAS affine) and SimpleITK's ImageSeriesReader (LPS origin, direction, spacing) read it."""
+    from medseg.io.readers import read_image
+
+    ref = read_image(folder, uid or None)
+    p = nib.load(pred)
+    assert p.shape == ref.shape and p.get_data_dtype() == np.uint8
+    np.testing.assert_allclose(p.affine, ref.affine, atol=1e-4)
+    r = sitk.ImageSeriesReader()
+    r.SetFileNames(r.GetGDCMSeriesFileNames(str(folder), uid))
+    s, ps = r.Execute(), sitk.ReadImage(str(pred))
+    assert ps.GetSize() == s.GetSize()
+    np.testing.assert_allclose(ps.GetOrigin(), s.GetOrigin(), atol=1e-3)
+    np.testing.assert_allclose(ps.GetDirection(), s.GetDirection(), atol=1e-4)
+    np.testing.assert_allclose(ps.GetSpacing(), s.GetSpacing(), atol=1e-4)
+
+
+def coarse_model(path: Path) -> Path:
+    """A random-weight model on a coarse grid: a 512x512x22 series is a few windows (fast on a CPU)."""
+    return make_model(path, target_spacing=[7.0, 7.0, 6.5], patch_size=[32, 32, 16], max_filters=8)
+
+
+def test_anisotropic_oblique_dicom_series(tmp_path):
+    """Real T1 post-contrast series, 0.43 x 0.43 x 6.5 mm, slices tilted off the axes: the label map has the
+    series' shape and affine as medseg's DICOM loader and SimpleITK's ImageSeriesReader give them."""
+    folder = data_path("dicom", "mr_study", "12-T1post-05670")
+    res = run_cli("predict", "-m", coarse_model(tmp_path / "m.pt"), "-i", folder, "-o", tmp_path / "out", "-q")
+    assert res.code == 0, res.err
+    pred = tmp_path / "out" / "12-T1post-05670.nii.gz"
+    aff = nib.load(pred).affine
+    cosines = aff[:3, :3] / np.linalg.norm(aff[:3, :3], axis=0)
+    assert not np.allclose(np.abs(cosines), np.round(np.abs(cosines)), atol=1e-2)  # really non-axis-aligned
+    np.testing.assert_allclose(nib.load(pred).header.get_zooms(), [0.4297, 0.4297, 6.5], atol=1e-3)
+    assert nib.load(pred).shape == (512, 512, 22)
+    assert_on_series_grid(pred, folder)
+
+
+def test_folder_of_series_subfolders_shard_and_skip(tmp_path):
+    """A study folder with one series per subfolder: one output per series, named after its folder; shards
+    split the series, a rerun skips them all and changes nothing."""
+    study = data_path("dicom", "mr_study")
+    model, out = coarse_model(tmp_path / "m.pt"), tmp_path / "out"
+    names = sorted(p.name for p in study.iterdir() if p.is_dir())
+    res = run_cli("predict", "-m", model, "-i", study, "-o", out, "--shard", "0/2", "-q")
+    assert res.code == 0, res.err
+    assert len(list(out.iterdir())) == 3
+    assert run_cli("predict", "-m", model, "-i", study, "-o", out, "--shard", "1/2", "-q").code == 0
+    assert sorted(p.name for p in out.iterdir()) == [f"{n}.nii.gz" for n in names]
+    mtimes = {p: p.stat().st_mtime_ns for p in out.iterdir()}
+    res = run_cli("predict", "-m", model, "-i", study, "-o", out, "-q")
+    assert res.code == 0 and "skipped 5" in res.out, res
+    assert mtimes == {p: p.stat().st_mtime_ns for p in out.iterdir()}
+    assert_on_series_grid(out / "13_HCropVolume.nii.gz", study / "13_HCropVolume")
+
+
+def flat_study(dst: Path) -> tuple[Path, dict[str, str]]:
+    """One folder holding the files of two real series (MR crop and a 3-slice CT); returns it and name -> UID."""
+    from medseg.io.dicom import discover_series
+
+    dst.mkdir()
+    uids = {}
+    for name, src in (("HippoCrop", data_path("dicom", "mr_study", "13_HCropVolume")),
+                      ("2_CT", data_path("dicom", "dcmqi_segmentations", "ct-3slice"))):
+        for f in sorted(src.iterdir()):
+            (dst / f"{name}_{f.name}").symlink_to(f.resolve())
+        uids[name] = discover_series(src)[0].series_uid
+    return dst, uids
+
+
+def test_flat_folder_of_series_and_series_option(tmp_path):
+    """Several series' files in one folder: ``--series UID`` predicts that one, named <SeriesNumber>_<description>
+    (the crop has no SeriesNumber, the CT no description); the folder run predicts the other and skips it."""
+    study, uids = flat_study(tmp_path / "flat")
+    model, out = coarse_model(tmp_path / "m.pt"), tmp_path / "out"
+    res = run_cli("predict", "-m", model, "-i", study, "-o", out, "--series", uids["HippoCrop"], "-q")
+    assert res.code == 0, res.err
+    assert [p.name for p in out.iterdir()] == ["HippoCrop.nii.gz"]
+    res = run_cli("predict", "-m", model, "-i", study, "-o", out, "-q")
+    assert res.code == 0 and "wrote 1 prediction(s)" in res.out and "skipped 1" in res.out, res
+    assert sorted(p.name for p in out.iterdir()) == ["2_CT.nii.gz", "HippoCrop.nii.gz"]
+    for name, uid in uids.items():
+        assert_on_series_grid(out / f"{name}.nii.gz", study, uid)
+    res = run_cli("predict", "-m", model, "-i", data_path("dicom", "mr_study"), "-o", tmp_path / "o2",
+                  "--series", "4", "-q")  # by index, as `medseg info` lists the series
+    assert res.code == 0, res.err
+    assert [p.name for p in (tmp_path / "o2").iterdir()] == ["13_HCropVolume.nii.gz"]
+
+
+def test_bad_series_value_is_clean(tmp_path):
+    """A --series that picks nothing: exit 2, one line naming the input and the problem, nothing written."""
+    study = data_path("dicom", "mr_study")
+    nifti = data_path(*HIPPO_IMG, "hippocampus_001.nii.gz")
+    model = make_model(tmp_path / "m.pt")
+    (tmp_path / "niftis").mkdir()
+    (tmp_path / "niftis" / nifti.name).symlink_to(nifti)
+    for inp, series, needles in ((study, "99", ["mr_study", "index 99 out of range"]),
+                                 (study, "1.2.3.4", ["mr_study", "no series with SeriesInstanceUID 1.2.3.4"]),
+                                 (nifti, "0", [nifti.name, "not a DICOM file"]),
+                                 (tmp_path / "niftis", "0", ["niftis", "no DICOM image series"])):
+        out = tmp_path / f"out_{series}_{inp.name}"
+        assert_clean_error(run_cli("predict", "-m", model, "-i", inp, "-o", out, "--series", series), *needles)
+        assert not out.exists()
+
+
+
+def test_folder_with_a_broken_series_writes_nothing(tmp_path):
+    """A series with a missing slice among good ones: exit 2 naming it before any series is predicted."""
+    study, _ = flat_study(tmp_path / "flat")
+    from medseg.io.dicom import discover_series
+
+    crop = discover_series(data_path("dicom", "mr_study", "13_HCropVolume"))[0]
+    (study / f"HippoCrop_{crop.files[len(crop.files) // 2].name}").unlink()  # a gap in the middle of the stack
+    out = tmp_path / "out"
+    res = run_cli("predict", "-m", coarse_model(tmp_path / "m.pt"), "-i", study, "-o", out)
+    assert_clean_error(res, "HippoCrop", "not a regular volume")
+    assert not out.exists()
+
+
+def test_tta_without_flip_axes_warns_and_records(tmp_path):
+    """``--tta`` (or the plan's ``tta``) on a model trained without mirroring: one warning line, the labels of
+    a prediction without TTA, and the output's NIfTI descrip says TTA was not applied."""
+    src = data_path(*HIPPO_IMG, "hippocampus_001.nii.gz")
+    fast = dict(bf16=False, target_spacing=[2.0, 2.0, 2.0])  # one window per pass
+    model = make_model(tmp_path / "m.pt", **fast)
+    plain = run_cli("predict", "-m", model, "-i", src, "-o", tmp_path / "plain", "--no-tta", "-q")
+    assert plain.code == 0 and plain.err == "", plain
+    for args, who, model_ in ((["--tta"], "--tta", model),
+                              ([], "plan tta: true", make_model(tmp_path / "t.pt", tta=True, **fast))):
+        res = run_cli("predict", "-m", model_, "-i", src, "-o", tmp_path / who, *args, "-q")
+        assert res.code == 0, res.err
+        lines = res.err.strip().splitlines()
+        assert len(lines) == 1 and who in lines[0] and "flip_axes is empty" in lines[0], res.err
+        out = nib.load(tmp_path / who / src.name)
+        assert b"no TTA" in out.header["descrip"].tobytes()
+        assert np.array_equal(np.asarray(out.dataobj), np.asarray(nib.load(tmp_path / "plain" / src.name).dataobj))
+    flipped = make_model(tmp_path / "f.pt", augment={"flip_axes": [0]}, **fast)
+    res = run_cli("predict", "-m", flipped, "-i", src, "-o", tmp_path / "flip", "--tta", "-q")
+    assert res.code == 0 and res.err == "", res
+    assert b"axes [0]" in nib.load(tmp_path / "flip" / src.name).header["descrip"].tobytes()
 
 
 def test_folder_skip_shard_and_atomic(tmp_path):
@@ -189,14 +325,7 @@ def test_dicom_input_export_dicom_seg(tmp_path):
     import pydicom
 
     folder = data_path("dicom", "dcmqi_segmentations", "ct-3slice")
-    try:
-        from medseg.io.readers import read_image
-
-        read_image(folder)
-        from medseg.export import export_segmentation  # noqa: F401
-    except Exception as exc:
-        pytest.skip(f"DICOM loader or exporter not available here: {exc}")
-    model = make_model(tmp_path / "m.pt", target_spacing=[1.5, 1.5, 1.5])
+    model = coarse_model(tmp_path / "m.pt")
     res = run_cli("predict", "-m", model, "-i", folder, "-o", tmp_path / "out", "--export", "dicom-seg", "-q")
     if res.code != 0 and "empty" in res.err.lower():
         pytest.skip(f"random model predicted only background: {res.err}")

@@ -43,7 +43,8 @@ def dataset_check(dataset: Path = typer.Argument(..., help="MSD/nnU-Net dataset 
 def plan_cmd(
     dataset: Path = typer.Argument(..., help="MSD/nnU-Net dataset folder."),
     output: Path = typer.Option(..., "-o", "--output", help="plan.yaml to write."),
-    device: str = typer.Option("cpu", help="Target device for training: cpu or cuda."),
+    device: str = typer.Option("cpu", help="Target device for training: auto, cpu, cuda or cuda:N (the GPU may be "
+                                           "on another machine)."),
     memory_gb: Optional[float] = typer.Option(None, help="Memory budget of the device (GB)."),
     max_minutes: Optional[float] = typer.Option(None, "--max-minutes", help="Training time budget to plan for."),
 ) -> None:
@@ -56,13 +57,15 @@ def plan_cmd(
                f"spacing {plan.target_spacing}")
 
 
-def _load_plan(source: Path):
+def _load_plan(source: Path, device: str = "cpu", max_minutes: float | None = None):
+    """The plan of a dataset folder, made as `medseg plan DATASET --device D --max-minutes M` makes it (so that a
+    time budget also fits the network, not only stops the run); a plan/config YAML as the user wrote it."""
     from medseg.plan.plan import Plan
 
     if source.is_dir() and (source / "dataset.json").is_file():
         from medseg.plan.planner import make_plan
 
-        return make_plan(source, progress=True)
+        return make_plan(source, device=device, minutes=max_minutes, progress=True)
     if source.is_file() and source.suffix in (".yaml", ".yml"):
         return Plan.from_yaml(source)
     raise InputError("expected a dataset folder (with dataset.json) or a plan/config .yaml file", path=source)
@@ -74,9 +77,11 @@ def train_cmd(
     output: Path = typer.Option(..., "-o", "--output", help="Run folder."),
     fold: Optional[int] = typer.Option(None, help="Fold of the k-fold split to validate on."),
     max_epochs: Optional[int] = typer.Option(None, "--max-epochs"),
-    max_minutes: Optional[float] = typer.Option(None, "--max-minutes", help="Time budget; ends cleanly."),
+    max_minutes: Optional[float] = typer.Option(None, "--max-minutes",
+                                                help="Time budget; ends cleanly. From a dataset folder the plan is "
+                                                     "also fitted to it, as `medseg plan --max-minutes` does."),
     resume: bool = typer.Option(False, "--resume", help="Continue from checkpoint_latest.pt in the run folder."),
-    device: str = typer.Option("auto", help="auto, cpu or cuda."),
+    device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
     threads: Optional[int] = typer.Option(None, help="CPU threads for torch."),
     ensemble: Optional[int] = typer.Option(None, "--ensemble", min=1,
                                            help="Train this many networks (seeds seed, seed+1, ...) one after "
@@ -97,12 +102,14 @@ def train_cmd(
     (an ensemble: one sub-folder per member and model.pt holding all of them).
 
     Example: medseg train ../shared/data/msd_hippocampus -o runs/hippo --max-minutes 30"""
+    from medseg.infer.devices import parse_device
     from medseg.train.ensemble import train_ensemble
     from medseg.train.trainer import train
 
+    dev = parse_device(device)  # a typo or a missing GPU fails before minutes of fingerprinting
     if resume and not source.exists():
         raise InputError("no such file or folder", path=source)
-    plan = _load_plan(source) if not resume else _resume_plan(source, output)
+    plan = _load_plan(source, str(dev), max_minutes) if not resume else _resume_plan(source, output)
     if resume and ensemble is not None and ensemble != plan.ensemble:
         raise InputError(f"--ensemble {ensemble}: the run being resumed has ensemble {plan.ensemble}", path=output)
     from medseg.plan.plan import CACHE_MODES
@@ -164,20 +171,23 @@ def predict_cmd(
     tta: Optional[bool] = typer.Option(None, "--tta/--no-tta",
                                        help="Mirroring TTA over the axes the model was trained to mirror "
                                             "(default: the plan's `tta`)."),
-    device: str = typer.Option("auto", help="auto, cpu or cuda."),
+    device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
     shard: Optional[str] = typer.Option(None, help="i/n: predict only every n-th case starting at i (0-based)."),
     probabilities: bool = typer.Option(False, "--probabilities", help="Also write <case>_probs.nii.gz."),
     largest_component: bool = typer.Option(False, "--largest-component", help="Keep the largest component per class."),
     min_size: float = typer.Option(0.0, "--min-size", help="Remove components smaller than this (mm³)."),
     export: Optional[str] = typer.Option(None, "--export", help="dicom-seg or rtstruct (DICOM input only)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Re-predict cases whose output exists."),
+    series: Optional[str] = typer.Option(None, "--series", help="DICOM series index or UID; default: all series."),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ) -> None:
     """Predict label maps in the inputs' own geometry (same shape and affine)."""
     from medseg.infer.cohort import parse_shard, predict_path
+    from medseg.infer.devices import parse_device
 
+    parse_device(device)  # before the model is loaded: `--device gpu` is a usage error (exit 2), not a crash
     written, skipped = predict_path(model, input, output, overlap=overlap, tta=tta, device=device,
                                     shard=parse_shard(shard), probabilities=probabilities,
                                     largest_component=largest_component, min_size_mm3=min_size, export=export,
-                                    overwrite=overwrite, progress=not quiet)
+                                    overwrite=overwrite, progress=not quiet, series=series)
     typer.echo(f"wrote {len(written)} prediction(s) to {output}" + (f", skipped {skipped} finished" if skipped else ""))

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import math
 import os
+from pathlib import Path
 
 import numpy as np
+import torch
 
+from medseg.infer.devices import parse_device
 from medseg.infer.sliding_window import cpu_has_native_bf16
 from medseg.plan.fingerprint import Fingerprint, compute_fingerprint
 from medseg.plan.plan import Normalisation, Plan
@@ -17,6 +20,14 @@ from medseg.train.network import dynunet_strides
 # conservative assumptions for a 2-core CPU and a mid-range GPU (not calibrated yet); override with throughput=.
 THROUGHPUT = {"cpu": 6e10, "cuda": 1.5e13}
 ANISOTROPY = 3.0
+# Default memory budgets (GB) when make_plan is given none: a share of the machine's *total* memory, not of what
+# is free right now, so that planning twice (or on every torchrun rank) gives the same plan. RAM: a quarter
+# (the case cache may take 40 % of the free RAM, data loading and the OS the rest), at most 16 GB (beyond that a
+# CPU is too slow for the patches it would allow). GPU: 85 % (CUDA context, cuDNN workspaces, fragmentation),
+# at most 32 GB (larger GPUs make iterations faster, not the patch larger; as nnU-Net, which plans for a fixed
+# budget). A GPU this machine does not have: the 8 GB of a mid-range card.
+RAM_SHARE, RAM_CAP_GB = 0.25, 16.0
+GPU_SHARE, GPU_CAP_GB, GPU_ELSEWHERE_GB = 0.85, 32.0, 8.0
 
 
 def target_spacing(fp: Fingerprint) -> list[float]:
@@ -91,14 +102,65 @@ def fit_patch(median_shape, spacing, spatial_dims: int, memory_bytes: float, bas
     return patch
 
 
+def total_ram_bytes() -> int | None:
+    """Physical RAM of this machine, or the container's memory limit (cgroup v2 or v1) when that is lower."""
+    try:
+        total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        total = None
+    for limit_file in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            text = Path(limit_file).read_text().strip()
+        except OSError:
+            continue
+        if text.isdigit():  # "max" (v2) means no limit; v1 writes a huge number instead
+            total = int(text) if total is None else min(total, int(text))
+        break
+    return total
+
+
+def default_memory_gb(device: str | torch.device = "cpu") -> float:
+    """The memory budget (GB) :func:`make_plan` plans for when given none: see ``RAM_SHARE`` / ``GPU_SHARE``.
+
+    Parameters
+    ----------
+    device : str or torch.device
+        ``cpu``, ``cuda`` or ``cuda:N`` (the GPU whose memory counts; ``cuda`` is the current one).
+
+    Returns
+    -------
+    float
+        GB, at least 0.5.
+
+    Examples
+    --------
+    >>> 0.5 <= default_memory_gb("cpu") <= RAM_CAP_GB
+    True
+    """
+    dev = parse_device(device, require_available=False)
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            return GPU_ELSEWHERE_GB  # planning here for a GPU machine elsewhere
+        index = torch.cuda.current_device() if dev.index is None else dev.index
+        _, total = torch.cuda.mem_get_info(index)
+        return max(0.5, min(GPU_SHARE * total / 1e9, GPU_CAP_GB))
+    total = total_ram_bytes()
+    if total is None:
+        return 4.0  # unknown machine: the budget medseg planned for before it asked
+    return max(0.5, min(RAM_SHARE * total / 1e9, RAM_CAP_GB))
+
+
 def make_plan(dataset: str | os.PathLike | Dataset, device: str = "cpu", memory_gb: float | None = None,
               minutes: float | None = None, fingerprint: Fingerprint | None = None,
               throughput: float | None = None, min_iterations: int = 6000, progress: bool = False) -> Plan:
     """Plan a dataset for ``device`` with a memory budget (GB) and, if given, a training time budget (minutes).
 
-    With a time budget the network width and patch are reduced until at least ``min_iterations`` iterations fit
-    (small shallow networks that see many more patches beat big ones that see few, on a CPU).
+    ``device``: auto, cpu, cuda or cuda:N (checked for spelling only: the GPU may be on another machine).
+    ``memory_gb``: default :func:`default_memory_gb` of ``device``. With a time budget the network width and
+    patch are reduced until at least ``min_iterations`` iterations fit (small shallow networks that see many
+    more patches beat big ones that see few, on a CPU).
     """
+    dev = parse_device(device, require_available=False)  # before the fingerprint: a typo fails at once
     ds = dataset if isinstance(dataset, Dataset) else open_dataset(dataset)
     fp = fingerprint or compute_fingerprint(ds, progress=progress)
     spacing = target_spacing(fp)
@@ -107,14 +169,15 @@ def make_plan(dataset: str | os.PathLike | Dataset, device: str = "cpu", memory_
     # 2D when one axis is much coarser than the others (thick slices): the in-plane axes carry the detail
     spatial_dims = 2 if max(spacing) > ANISOTROPY * min(spacing) else 3
     if memory_gb is None:
-        memory_gb = 8.0 if device == "cuda" else 4.0
+        memory_gb = default_memory_gb(dev)
     budget = memory_gb * 1e9 * 0.5  # half for activations, the rest for weights, optimiser, data
     base, batch = (32, 2) if spatial_dims == 3 else (32, 12)
     if float(np.prod(med_shape)) < 64 ** 3 / 4:  # small images: several per batch
         batch = 4
-    patch = fit_patch(med_shape if spatial_dims == 3 else med_shape[[i for i in range(3) if i != int(np.argmax(spacing))]],
-                      spacing, spatial_dims, budget, base, batch)
-    tp = throughput or THROUGHPUT.get(device, THROUGHPUT["cpu"])
+    in_plane = [i for i in range(3) if i != int(np.argmax(spacing))]
+    patch = fit_patch(med_shape if spatial_dims == 3 else med_shape[in_plane], spacing, spatial_dims, budget, base,
+                      batch)
+    tp = throughput or THROUGHPUT[dev.type]
     iters_per_epoch, epochs = 250, 1000
     if minutes:
         # make room for min_iterations in the budget: narrower first, then a smaller patch
@@ -142,5 +205,5 @@ def make_plan(dataset: str | os.PathLike | Dataset, device: str = "cpu", memory_
                 base_filters=base, max_filters=320, max_epochs=epochs, iterations_per_epoch=iters_per_epoch,
                 max_minutes=minutes, foreground_oversample=0.66 if rare else 0.33,
                 # bf16 halves the CPU step where native (0.25 vs 0.51 s, RESULTS.md); emulated it is slower
-                bf16=device != "cuda" and cpu_has_native_bf16(), val_every=max(1, epochs // 20))
+                bf16=dev.type != "cuda" and cpu_has_native_bf16(), val_every=max(1, epochs // 20))
     return plan.validate()

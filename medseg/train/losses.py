@@ -10,7 +10,12 @@ from medseg.plan.plan import Plan
 
 class SegLoss(torch.nn.Module):
     """The plan's loss on logits (B, K, *S) and integer labels (B, *S); deep-supervision outputs
-    (B, H, K, *S) are weighted 1, 1/2, 1/4, ... (normalised)."""
+    (B, H, K, *S) are weighted 1, 1/2, 1/4, ... (normalised).
+
+    The plan's ``class_weights`` (one per class, background included) weight every term of every loss: the
+    per-class Dice terms (MONAI ``weight``), cross-entropy and focal. Move the module to the training device
+    (``.to(device)``): the cross-entropy weights are a buffer on the CPU until then.
+    """
 
     def __init__(self, plan: Plan):
         super().__init__()
@@ -23,7 +28,9 @@ class SegLoss(torch.nn.Module):
         elif plan.loss == "dice_focal":
             self.fn = DiceFocalLoss(to_onehot_y=True, softmax=True, batch=True, weight=w)
         elif plan.loss == "dice":
-            self.fn = DiceLoss(to_onehot_y=True, softmax=True, batch=True)
+            # weighted like the Dice term of dice_ce / dice_focal (MONAI passes their weight on to DiceLoss);
+            # without weight= the plan's class_weights were silently ignored
+            self.fn = DiceLoss(to_onehot_y=True, softmax=True, batch=True, weight=w)
         else:
             self.fn = torch.nn.CrossEntropyLoss(weight=w)
 

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from medseg.errors import InputError
+from medseg.infer.devices import parse_device
 from medseg.infer.sliding_window import cpu_has_native_bf16
 from medseg.io.atomic import atomic_path
 from medseg.plan.plan import Plan
@@ -103,12 +104,10 @@ class PolyLR:
         self.progress, self.base_lr, self.exponent = d["progress"], d["base_lr"], d["exponent"]
 
 
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise InputError(f"--device {device}: CUDA is not available on this machine")
-    return torch.device(device)
+def resolve_device(device: str | torch.device) -> torch.device:
+    """The training device; kept as the name the ensemble and predict code import. See
+    :func:`medseg.infer.devices.parse_device` (an unknown or absent device is an InputError)."""
+    return parse_device(device)
 
 
 def _cache_training_cases(plan: Plan, run_dir: Path, cases, show: bool, cache: dict | None, rank: int, world: int):
@@ -179,8 +178,9 @@ def train(plan: Plan, run_dir: str | os.PathLike, fold: int | None = None, max_e
     if tensorboard:
         require_tensorboard()  # before anything is written
     run_dir = Path(run_dir)
+    requested = resolve_device(device)  # a bad --device fails before any process group is set up
     rank, world = ddp.setup(device)
-    dev = resolve_device(device) if world == 1 or device != "auto" else ddp.device()
+    dev = requested if world == 1 or device != "auto" else ddp.device()
     latest = run_dir / "checkpoint_latest.pt"
     if resume:
         if not latest.is_file():
@@ -235,7 +235,7 @@ def train(plan: Plan, run_dir: str | os.PathLike, fold: int | None = None, max_e
                            weight_decay=plan.weight_decay))
     sched = PolyLR(opt, plan.learning_rate)
     ema = WeightEMA(network, plan.ema) if plan.ema else None
-    loss_fn = SegLoss(plan)
+    loss_fn = SegLoss(plan).to(dev)  # its class weights must sit where the logits are
     epoch, iteration, elapsed_before, best = 0, 0, 0.0, -1.0
     history: list[dict] = []
     if resume:
