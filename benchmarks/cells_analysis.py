@@ -156,7 +156,7 @@ def scores(refs, preds) -> tuple[float, float]:
     from medseg.evaluate.instances import instance_metrics
 
     ms = [instance_metrics(r, p, [0.5]) for r, p in zip(refs, preds)]
-    return float(np.mean([m["ap@0.5"] for m in ms])), float(np.mean([abs(m["relative_count_error"]) for m in ms]))
+    return float(np.mean([m["ap@0.5"] for m in ms])), float(np.mean([m["abs_relative_count_error"] for m in ms]))
 
 
 def nucleus_table(ref: np.ndarray, pred: np.ndarray, image: np.ndarray) -> np.ndarray:
@@ -329,7 +329,7 @@ def main(argv=None) -> int:
         from medseg.evaluate.instances import instance_metrics
 
         ms = [instance_metrics(r, q, [0.5]) for r, q in zip(refs, preds)]
-        rows = sorted(((m["relative_count_error"], i, m["n_ref"], m["n_pred"]) for i, m in zip(ids, ms)), reverse=True)
+        rows = sorted(((m["abs_relative_count_error"], i, m["n_ref"], m["n_pred"]) for i, m in zip(ids, ms)), reverse=True)
         total = sum(r[0] for r in rows)
         print("largest relative count errors (validation): " + "; ".join(
             f"{i[:12]} {n} -> {m} ({e:.0%})" for e, i, n, m in rows[:6]) +

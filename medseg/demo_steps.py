@@ -138,7 +138,7 @@ def cells(ctx: DemoContext) -> None:
     res = evaluate_cells(out, refs, out_dir=out / "evaluation")
     mean = res["mean"]
     ctx.say(f"  against the manual masks: AP@0.5 {mean['ap@0.5']:.3f} (mean over images), "
-            f"mean relative count error {100 * mean['relative_count_error']:.1f} %")
+            f"mean absolute count error {100 * mean['abs_relative_count_error']:.1f} %")
     ctx.say(f"  counts:   {out / 'counts.csv'}")
     ctx.say(f"  per image: {out}/<id>_labels.tif, <id>_overlay.png, <id>_cells.csv")
 

@@ -273,8 +273,10 @@ def test_runs_without_distance_head_still_load(tmp_path):
     for key in ("distance_head", "seeds", "diameter", "contact_weight", "contact_sigma", "offset_head",
                 "min_snr", "norm", "scale_range", "scale_prob"):  # keys added since
         del meta["config"][key]
+    del meta["versions"]  # recorded since
     (run / "model.json").write_text(json.dumps(meta))
     model = CellModel.load(run)
+    assert "versions" not in model.meta
     assert model.cfg.contact_weight == 0.0  # trained without the weight map, whatever today's default
     img = tifffile.imread(ds / "labels" / f"{ids[0]}.tif").astype(np.float32)
     p = model.probabilities(img)
@@ -371,3 +373,33 @@ def test_learning_rate_schedule_follows_max_steps(tmp_path):
     run = train_cells(ds, tmp_path / "run", cfg, progress=False)
     lrs = [float(line.split(",")[2]) for line in (run / "log.csv").read_text().splitlines()[1:]]
     assert len(lrs) == 3 and lrs[0] > 0.6 * cfg.lr and lrs[-1] < 0.1 * cfg.lr and lrs == sorted(lrs, reverse=True)
+
+
+def test_model_loads_from_its_folder_json_or_weights_and_records_versions(tmp_path):
+    """``CellModel.load`` takes the run folder, its model.json or its model.pt (weights_only); model.json records
+    the medseg/torch/MONAI versions; a checkpoint or an unrelated file is a clear InputError."""
+    import monai
+    import torch
+
+    import medseg
+    from medseg.cells.count import CellModel
+    from medseg.cells.train import CellTrainConfig, train_cells
+
+    ds = tmp_path / "ds"
+    linked_cell_dataset(ds, 3)
+    cfg = CellTrainConfig(patch_size=(64, 64), batch_size=1, base_filters=4, max_steps=1, max_minutes=5, threads=1,
+                          tune_fraction=0)
+    run = train_cells(ds, tmp_path / "run", cfg, progress=False)
+    v = json.loads((run / "model.json").read_text())["versions"]
+    assert (v["medseg"], v["torch"], v["monai"]) == (medseg.__version__, torch.__version__, monai.__version__)
+    ref = CellModel.load(run).net.state_dict()
+    for given in (run / "model.json", run / "model.pt"):
+        model = CellModel.load(given)
+        assert model.meta["versions"] == v
+        assert all(torch.equal(ref[k], t) for k, t in model.net.state_dict().items())
+    with pytest.raises(InputError, match="checkpoint"):
+        CellModel.load(run / "checkpoint.pt")
+    with pytest.raises(InputError, match="not a cell model"):
+        CellModel.load(run / "log.csv")
+    with pytest.raises(InputError, match="no such"):
+        CellModel.load(run / "missing.pt")

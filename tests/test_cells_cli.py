@@ -161,3 +161,159 @@ def test_count_with_known_diameter(tmp_path, two_images):
     assert_clean_error(run_cli("cells", "count", "-i", two_images, "-o", out, "--classical", "--diameter", "0"),
                        "--diameter")
     assert not out.exists()
+
+
+# ---- mixed dimensionality, options per mode, uint16 limit, staged outputs ------------------------------------
+
+COUNT_HEADER = ["image", "id", "count", "count_not_touching_border", "mean_area", "median_area", "mean_volume",
+                "median_volume", "unit", "method"]
+
+
+def _mixed_folder(tmp_path):
+    """One real 2D image (sorted first) and one real 3D stack."""
+    d = tmp_path / "mixed"
+    d.mkdir()
+    cid = _dsb_ids(1)[0]
+    (d / f"{cid}.png").symlink_to(data_path("dsb2018_fluo", "images", f"{cid}.png"))
+    (d / "img3d.tif").symlink_to(data_path("nuclei_stardist", "img3d.tif"))
+    return d, cid
+
+
+def test_count_mixed_2d_3d_folder_one_table_and_rois_for_2d_only(tmp_path):
+    """2D and 3D images in one folder: counts.csv has one header (areas and volumes in their own columns, blank
+    where they do not apply); --roi-zip writes the 2D image's ROIs and says in one line that the stack got none."""
+    d, cid = _mixed_folder(tmp_path)
+    out = tmp_path / "out"
+    res = run_cli("cells", "count", "-i", d, "-o", out, "--classical", "--roi-zip")
+    assert res.code == 0, res.err
+    note = [ln for ln in res.err.splitlines() if ln.strip()]
+    assert len(note) == 1 and "img3d.tif" in note[0] and "--roi-zip" in note[0]
+    with open(out / "counts.csv") as f:
+        reader = csv.DictReader(f)
+        rows = {r["id"]: r for r in reader}
+        assert reader.fieldnames == COUNT_HEADER
+    flat, stack = rows[cid], rows["img3d"]
+    assert int(flat["count"]) > 0 and int(stack["count"]) > 0
+    assert float(flat["mean_area"]) > 0 and flat["mean_volume"] == flat["median_volume"] == ""
+    assert float(stack["mean_volume"]) > 0 and stack["mean_area"] == stack["median_area"] == ""
+    assert (out / f"{cid}_rois.zip").exists() and not (out / "img3d_rois.zip").exists()
+    assert (out / "img3d_labels.tif").exists() and not list(out.glob(".*"))
+
+
+def test_roi_zip_refused_when_every_image_is_3d(tmp_path):
+    out = tmp_path / "out"
+    res = run_cli("cells", "count", "-i", data_path("nuclei_stardist", "img3d.tif"), "-o", out, "--classical",
+                  "--roi-zip")
+    assert_clean_error(res, "img3d.tif", "--roi-zip", "2D")
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("opts", [["--tta"], ["--min-snr", "2"], ["--threads", "1"], ["--tta", "--threads", "2"]])
+def test_classical_refuses_model_only_options(tmp_path, two_images, opts):
+    out = tmp_path / "out"
+    res = run_cli("cells", "count", "-i", two_images, "-o", out, "--classical", *opts)
+    assert_clean_error(res, *[o for o in opts if o.startswith("--")], "--classical")
+    assert not out.exists()
+
+
+def test_model_refuses_the_classical_threshold(tmp_path, two_images):
+    out = tmp_path / "out"
+    res = run_cli("cells", "count", "-i", two_images, "-o", out, "-m", tmp_path, "--threshold", "local")
+    assert_clean_error(res, "--threshold", "--classical")
+    assert not out.exists()
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """A 2D cell model trained for one step on three real images (the weights are irrelevant here)."""
+    from conftest import linked_cell_dataset
+    from medseg.cells.train import CellTrainConfig, train_cells
+
+    root = tmp_path_factory.mktemp("tiny_cells")
+    linked_cell_dataset(root / "ds", 3)
+    cfg = CellTrainConfig(patch_size=(64, 64), batch_size=1, base_filters=4, max_steps=1, max_minutes=5, threads=1,
+                          tune_fraction=0)
+    return train_cells(root / "ds", root / "run", cfg, progress=False)
+
+
+def test_2d_model_refuses_a_3d_image_before_writing(tmp_path, tiny_run):
+    """The 2D image sorts first: the stack must be refused up front, not after the 2D outputs were written."""
+    d, _ = _mixed_folder(tmp_path)
+    out = tmp_path / "out"
+    res = run_cli("cells", "count", "-i", d, "-o", out, "-m", tiny_run, "--threads", "1")
+    assert_clean_error(res, "img3d.tif", "3D", "model is 2D")
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("given", ["model.pt", "model.json", ""])
+def test_count_accepts_the_run_folder_its_json_or_its_weights(tmp_path, tiny_run, given):
+    cid = _dsb_ids(1)[0]
+    img = data_path("dsb2018_fluo", "images", f"{cid}.png")
+    out = tmp_path / "out"
+    res = run_cli("cells", "count", "-i", img, "-o", out, "-m", tiny_run / given if given else tiny_run,
+                  "--threads", "1")
+    assert res.code == 0, res.err
+    assert (out / f"{cid}_labels.tif").exists() and (out / "counts.csv").exists()
+
+
+def test_more_labels_than_uint16_is_refused_and_nothing_written(tmp_path, monkeypatch):
+    """An image with more than 65,535 objects (here faked: one per pixel) exits 2 naming it, after an earlier image
+    was already segmented, and no output of either is left; large but few ids are renumbered into uint16."""
+    from medseg.cells.count import ClassicalSegmenter
+
+    rng = np.random.default_rng(0)
+    d = tmp_path / "in"
+    d.mkdir()
+    tifffile.imwrite(d / "a_small.tif", rng.integers(0, 255, (32, 32), dtype=np.uint8))
+    tifffile.imwrite(d / "b_huge.tif", rng.integers(0, 255, (300, 300), dtype=np.uint8))
+    tifffile.imwrite(d / "c_big_ids.tif", rng.integers(0, 255, (40, 40), dtype=np.uint8))
+
+    def fake(self, image, spacing=None):
+        if image.shape == (300, 300):  # 90,000 objects
+            return np.arange(1, image.size + 1, dtype=np.uint32).reshape(image.shape)
+        lab = np.zeros(image.shape, np.uint32)
+        lab[2:6, 2:6], lab[10:14, 10:14] = 70000, 70001
+        return lab
+
+    monkeypatch.setattr(ClassicalSegmenter, "segment", fake)
+    out = tmp_path / "out"
+    assert_clean_error(run_cli("cells", "count", "-i", d, "-o", out, "--classical"), "b_huge.tif", "90000",
+                       "65,535")
+    assert not out.exists()
+    (d / "b_huge.tif").unlink()
+    assert run_cli("cells", "count", "-i", d, "-o", out, "--classical").code == 0
+    lab = tifffile.imread(out / "c_big_ids_labels.tif")
+    assert lab.dtype == np.uint16 and sorted(np.unique(lab).tolist()) == [0, 1, 2]
+
+
+def test_output_that_would_replace_an_input_is_refused(tmp_path):
+    d = tmp_path / "in"
+    d.mkdir()
+    rng = np.random.default_rng(1)
+    tifffile.imwrite(d / "a.tif", rng.integers(0, 255, (32, 32), dtype=np.uint8))
+    tifffile.imwrite(d / "a_labels.tif", rng.integers(0, 255, (32, 32), dtype=np.uint8))
+    before = (d / "a_labels.tif").read_bytes()
+    assert_clean_error(run_cli("cells", "count", "-i", d, "-o", d, "--classical"), "a_labels.tif", "input")
+    assert (d / "a_labels.tif").read_bytes() == before and sorted(p.name for p in d.iterdir()) == ["a.tif",
+                                                                                                 "a_labels.tif"]
+
+
+def test_evaluate_needs_an_output_folder_and_names_count_errors_by_sign(tmp_path):
+    """-o is required (as for medseg evaluate); relative_count_error is signed and abs_relative_count_error
+    absolute, per image, in the means and pooled."""
+    ref = np.zeros((8, 16), np.uint16)
+    ref[1:3, 1:3], ref[1:3, 5:7], ref[5:7, 1:3], ref[5:7, 5:7] = 1, 2, 3, 4
+    pred = np.where(ref <= 1, ref, 0).astype(np.uint16)  # one of four found
+    tifffile.imwrite(tmp_path / "ref.tif", ref)
+    tifffile.imwrite(tmp_path / "pred.tif", pred)
+    assert_clean_error(run_cli("cells", "evaluate", "--pred", tmp_path / "pred.tif", "--ref", tmp_path / "ref.tif"),
+                       "--out")
+    out = tmp_path / "ev"
+    res = run_cli("cells", "evaluate", "--pred", tmp_path / "pred.tif", "--ref", tmp_path / "ref.tif", "-o", out)
+    assert res.code == 0, res.err
+    m = json.loads((out / "metrics.json").read_text())
+    for part in (m["per_image"][0], m["mean"], m["pooled"]):
+        assert part["relative_count_error"] == pytest.approx(-0.75)
+        assert part["abs_relative_count_error"] == pytest.approx(0.75)
+    with open(out / "metrics.csv") as f:
+        assert {"relative_count_error", "abs_relative_count_error"} <= set(next(csv.reader(f)))

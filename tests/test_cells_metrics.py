@@ -99,7 +99,7 @@ def test_count_error_and_summary():
     ref = np.array([[1, 0, 2, 0, 3, 0, 4]])
     pred = np.array([[1, 0, 2, 0, 0, 0, 0]])
     d = evaluate_pair(ref, pred, thresholds=(0.5,))
-    assert d["count_error"] == -2 and d["relative_count_error"] == pytest.approx(0.5)
+    assert d["count_error"] == -2 and d["abs_relative_count_error"] == pytest.approx(0.5)
     s = summarize([d, evaluate_pair(ref, ref, thresholds=(0.5,))], thresholds=(0.5,))
     assert s["mean"]["ap@0.5"] == pytest.approx((0.5 + 1.0) / 2)
     assert s["pooled"]["ap@0.5"] == pytest.approx(6 / 8)

@@ -55,9 +55,10 @@ def test_empty_images_and_count_error():
     one[1:3, 1:3] = 4
     d = instance_metrics(one, z, thresholds=[0.5])
     assert d["ap@0.5"] == 0.0 and d["recall@0.5"] == 0.0 and d["count_error"] == -1
-    assert d["relative_count_error"] == 1.0
+    assert d["relative_count_error"] == -1.0 and d["abs_relative_count_error"] == 1.0
     d = instance_metrics(z, one, thresholds=[0.5])
     assert d["precision@0.5"] == 0.0 and d["count_error"] == 1
+    assert d["relative_count_error"] == 0.0 == d["abs_relative_count_error"]  # no reference objects: undefined, 0
 
 
 def test_invalid_inputs():

@@ -1,214 +1,23 @@
-"""Counting: image(s) in, instance label maps + per-cell tables + overlays + ``counts.csv`` out.
+"""Counting: image(s) in, instance label maps + per-cell tables + overlays + ``counts.csv`` out, with either
+segmenter of :mod:`medseg.cells.segmenters` (a trained :class:`CellModel` or the :class:`ClassicalSegmenter`).
 
-Two segmenters behind one interface (``segment(image, spacing) -> labels``):
-
-* :class:`CellModel`: a trained run (``model.json`` + ``model.pt``), sliding-window U-Net prediction of
-  background/interior/boundary (+ a normalised distance map, + offsets to the nuclei's centres), then
-  marker-controlled watershed (markers = cores of the distance map, or interior minus boundary; flooding
-  restricted to interior + boundary) or centre voting; objects no brighter than the background's noise dropped.
-* :class:`ClassicalSegmenter`: Otsu/local threshold + distance-transform watershed (no training).
-
-Every input is read and validated before anything is written; every file is written atomically.
+Every input is read and validated before anything is written, and the outputs appear together, each atomically.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
-from dataclasses import dataclass
+import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from medseg.errors import InputError
 from medseg.io.atomic import atomic_path, case_name
-
-
-class CellModel:
-    """A trained cell model loaded from its run folder.
-
-    Examples
-    --------
-    ``labels = CellModel.load("runs/dsb").segment(image)``
-    """
-
-    def __init__(self, net, cfg, meta, overlap: float = 0.25, tta: bool = False, device: str = "auto",
-                 diameter: float | None = None):
-        self.net, self.cfg, self.meta, self.overlap, self.tta = net, cfg, meta, overlap, tta
-        self.device = device
-        self.diameter = diameter  # the images' nucleus diameter in pixels, if known (else estimated per image)
-
-    @classmethod
-    def load(cls, run_dir, overlap: float = 0.25, tta: bool = False, device: str = "auto",
-             diameter: float | None = None) -> "CellModel":
-        import torch
-
-        from medseg.cells.train import build_cell_network, load_config
-
-        meta, cfg = load_config(run_dir)
-        weights = Path(run_dir) / "model.pt"
-        if not weights.exists():
-            raise InputError("cell model has no weights (model.pt): was training finished?", path=run_dir)
-        net = build_cell_network(cfg)
-        try:
-            net.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
-        except Exception as exc:
-            raise InputError(f"cannot load model weights ({' '.join(str(exc).split())[:160]})", path=weights) from exc
-        net.eval()
-        return cls(net, cfg, meta, overlap, tta, device, diameter)
-
-    def scale_for(self, image: np.ndarray) -> float:
-        """Resize factor that brings the image's nuclei to the model's training diameter (1: none)."""
-        from medseg.cells.scale import estimate_scale, scale_to
-
-        if not self.cfg.diameter or image.ndim != 2:
-            return 1.0
-        if self.diameter:
-            return scale_to(self.cfg.diameter, self.diameter)
-        return estimate_scale(image, lambda x: self.postprocess(self._probabilities(x)), self.cfg.diameter)
-
-    def probabilities(self, image: np.ndarray, scale: float | None = None) -> np.ndarray:
-        """Class probabilities (3, *spatial) of one single-channel image, followed by the predicted distance map
-        (0..1) when the model has a distance head and by the offsets to the nuclei's centres (pixels, one channel
-        per axis) when it has an offset head. The image is first resized by ``scale``
-        (default :meth:`scale_for`), and so are the maps: pass ``shape`` to :meth:`postprocess` to get labels
-        of the input's size."""
-        from medseg.cells.scale import resize_image, scaled_shape
-
-        if image.ndim != self.cfg.spatial_dims:
-            raise InputError(f"image is {image.ndim}D but the model is {self.cfg.spatial_dims}D", path=None)
-        scale = self.scale_for(image) if scale is None else scale
-        return self._probabilities(resize_image(image, scaled_shape(image.shape, scale)))  # float32 even at 1.0
-
-    def _probabilities(self, image: np.ndarray) -> np.ndarray:
-        import hashlib
-
-        if not (self.cfg.diameter and image.ndim == 2 and self.diameter is None):
-            return self._predict(image)
-        # the scale estimate's pass is usually also the final one: remember the last image's maps
-        key = (image.shape, hashlib.blake2b(np.ascontiguousarray(image).tobytes(), digest_size=16).digest(),
-               self.tta, self.overlap)
-        cached = getattr(self, "_last", None)
-        if cached is not None and cached[0] == key:
-            return cached[1]
-        prob = self._predict(image)
-        self._last = (key, prob)
-        return prob
-
-    def _predict(self, image: np.ndarray) -> np.ndarray:
-        import torch
-
-        from medseg.cells.data import percentile_normalize
-        from medseg.cells.train import out_channels
-        from medseg.infer.sliding_window import flip_sets, sliding_window_predict
-
-        x = np.ascontiguousarray(percentile_normalize(image, *self.cfg.norm_percentiles), dtype=np.float32)[None]
-        # windows are the training patch (divisible by the strides; smaller images are padded); TTA mirrors the
-        # in-plane axes only (a z-stack is not symmetric in z); bf16 where the CPU computes it natively
-        nd, c = self.cfg.spatial_dims, self.cfg
-        tta = [nd - 2, nd - 1] if self.tta else False
-
-        def predict(img, flips):
-            return sliding_window_predict(self.net, img, list(c.patch_size), overlap=self.overlap, tta=flips,
-                                          batch_size=4, device=self.device, num_classes=out_channels(c),
-                                          activation=None)
-
-        if c.offset_head and tta:
-            # a mirrored image has mirrored offsets: flip the maps back and negate the flipped axes' components
-            logits, sets = 0, flip_sets(tta, nd)
-            for axes in sets:
-                dims = [a + 1 for a in axes]
-                y = predict(np.ascontiguousarray(np.flip(x, dims)), False) if dims else predict(x, False)
-                y = torch.flip(y, dims) if dims else y
-                for a in axes:
-                    y[-nd + a] = -y[-nd + a]
-                logits = logits + y
-            logits = logits / len(sets)
-        else:
-            # blended logits (flip TTA averages them, as for the classes)
-            logits = predict(x, tta)
-        return self.activate(logits)
-
-    def activate(self, logits) -> np.ndarray:
-        """The network's (C, *spatial) output tensor as maps: softmax over the classes, a sigmoid for the distance
-        channel, offsets back in pixels."""
-        import torch
-
-        c = self.cfg
-        parts = [torch.softmax(logits[:3], 0)]
-        if c.distance_head:
-            parts.append(torch.sigmoid(logits[3:4]))
-        if c.offset_head:
-            parts.append(logits[-c.spatial_dims:] * c.offset_scale)
-        return torch.cat(parts).numpy()
-
-    def postprocess(self, prob: np.ndarray, threshold: float | None = None,
-                    seed_threshold: float | None = None, seeds: str | None = None, shape=None,
-                    image: np.ndarray | None = None) -> np.ndarray:
-        """Instances from :meth:`probabilities` by marker-controlled watershed (the run's thresholds and marker
-        source unless given): markers are the cores ``distance > seed_threshold`` of the predicted distance map
-        (``seeds="distance"``) or ``interior - boundary > seed_threshold`` (``"boundary"``); ``"votes"`` groups
-        the pixels whose predicted offsets lead to the same centre instead (``seed_threshold``: the vote density a
-        centre needs; :func:`medseg.postprocess.votes.vote_instances`). With ``shape``, the
-        labels are resized (nearest neighbour) to it. With ``image`` (of that shape), objects no brighter than the
-        background's noise are dropped (``min_snr``; :mod:`medseg.postprocess.contrast`), dark objects instead for
-        a model trained on dark nuclei."""
-        from medseg.postprocess.watershed import watershed_instances
-
-        c = self.cfg
-        seeds = seeds or c.seeds
-        if seeds == "distance" and not c.distance_head:
-            raise InputError("seeds='distance' needs a model with a distance head", path=None)
-        if seeds == "votes":
-            if not c.offset_head:
-                raise InputError("seeds='votes' needs a model with an offset head", path=None)
-            from medseg.postprocess.votes import vote_instances
-
-            labels = vote_instances(prob[1] + prob[2], prob[-c.spatial_dims:],
-                                    threshold=c.threshold if threshold is None else threshold,
-                                    min_votes=c.seed_threshold if seed_threshold is None else seed_threshold,
-                                    min_size=c.min_size_px)
-            return self._finish(labels, shape, image)
-        labels = watershed_instances(prob[1] + prob[2], boundary=prob[2],
-                                     distance=prob[3] if seeds == "distance" else None, spacing=None,
-                                     threshold=c.threshold if threshold is None else threshold,
-                                     seed_threshold=c.seed_threshold if seed_threshold is None else seed_threshold,
-                                     min_size=c.min_size_px, min_seed_size=min(c.min_size_px, 4),
-                                     keep_unseeded=False, markers=seeds)
-        return self._finish(labels, shape, image)
-
-    def _finish(self, labels: np.ndarray, shape, image) -> np.ndarray:
-        from medseg.cells.scale import resize_labels
-        from medseg.postprocess.contrast import remove_faint_instances
-
-        # nearest neighbour back to the input's size (outlines that follow the resized foreground probability
-        # instead changed AP@0.5-0.9 by < 0.005 on held-out training images)
-        labels = labels if shape is None else resize_labels(labels, tuple(shape))
-        if image is not None and self.cfg.min_snr:
-            if image.shape != labels.shape:
-                raise ValueError(f"image shape {image.shape} differs from the labels' {labels.shape}: pass shape")
-            labels = remove_faint_instances(labels, image, self.cfg.min_snr, int(self.meta.get("polarity", 1)))
-        return labels
-
-    def segment(self, image: np.ndarray, spacing=None) -> np.ndarray:
-        return self.postprocess(self.probabilities(image), shape=image.shape, image=image)
-
-
-@dataclass
-class ClassicalSegmenter:
-    """Threshold + distance-transform watershed with the nucleus size estimated per image (or a known in-plane
-    ``diameter`` in pixels)."""
-
-    method: str = "otsu"
-    diameter: float | None = None
-
-    def segment(self, image: np.ndarray, spacing=None) -> np.ndarray:
-        from medseg.cells.data import percentile_normalize
-        from medseg.postprocess.watershed import classical_instances
-
-        radius = None
-        if self.diameter:  # pixels -> the physical units classical_instances works in
-            radius = self.diameter / 2 * (float(np.min(spacing[-2:])) if spacing is not None else 1.0)
-        return classical_instances(percentile_normalize(image), spacing=spacing, method=self.method, radius=radius)
+from medseg.cells.segmenters import CellModel, ClassicalSegmenter, model_files  # noqa: F401 (API)
 
 
 def list_images(path) -> list[Path]:
@@ -226,41 +35,43 @@ def list_images(path) -> list[Path]:
     return files
 
 
+# the columns of counts.csv, whatever mix of 2D and 3D images: sizes are areas for 2D images and volumes for 3D
+# ones, each in its own columns (blank where it does not apply), so a column never mixes units
+COUNT_COLUMNS = ["image", "id", "count", "count_not_touching_border", "mean_area", "median_area", "mean_volume",
+                 "median_volume", "unit", "method"]
+MAX_LABEL = 65535  # the label TIFF is uint16: what napari and Fiji open as a label image
+
+
 def count_cells(inputs, out_dir, model=None, classical: bool = False, channel: int | None = None,
-                pixel_size=None, method: str = "otsu", exclude_border: bool = False, roi_zip: bool = False,
+                pixel_size=None, method: str | None = None, exclude_border: bool = False, roi_zip: bool = False,
                 tta: bool = False, diameter: float | None = None, min_snr: float | None = None,
-                threads: int | None = None, progress: bool = True) -> list[dict]:
+                threads: int | None = None, progress: bool = True, note=None) -> list[dict]:
     """Segment and count the cells of an image or a folder; write per-image outputs and ``counts.csv``.
 
     ``diameter`` (pixels) is the nuclei's typical size when known; 2D models otherwise estimate it per image and
-    resize the image to the size they were trained at; the classical mode sizes its markers by it. ``min_snr``
-    overrides the model's contrast test (:mod:`medseg.postprocess.contrast`; 0 turns it off). ``threads`` are the
-    CPU threads for torch (default: the cores not already busy); fix it where runs must give identical results,
-    since a different thread count changes the order of floating-point sums.
+    resize the image to the size they were trained at; the classical mode sizes its markers by it. ``method``
+    (``otsu``, the default, or ``local``) is the classical mode's threshold. ``tta``, ``min_snr`` and ``threads``
+    apply to a model only: ``min_snr`` overrides the model's contrast test (:mod:`medseg.postprocess.contrast`;
+    0 turns it off), ``threads`` are the CPU threads for torch (default: the cores not already busy); fix it
+    where runs must give identical results, since a different thread count changes the order of floating-point
+    sums. An option that cannot apply to the mode is an ``InputError``.
 
     Writes ``<id>_labels.tif`` (uint16 ImageJ TIFF with the pixel size), ``<id>_overlay.png``,
-    ``<id>_cells.csv`` (and ``<id>_rois.zip`` with ``roi_zip``) per image and ``counts.csv`` for all.
-    Returns the rows of ``counts.csv``.
+    ``<id>_cells.csv`` (and ``<id>_rois.zip`` of 2D images with ``roi_zip``) per image and ``counts.csv``
+    (:data:`COUNT_COLUMNS`) for all. Every image is read and checked (readable, one channel, the model's
+    dimensionality, unique ids) before anything is written, and the outputs are moved into ``out_dir`` only once
+    all of them exist: an ``InputError`` (such as an image with more than 65,535 cells) leaves nothing behind.
+    ``note`` receives one-line remarks (3D images of a folder get no ROIs; default: ``warnings.warn``).
+    Returns the rows of ``counts.csv`` (None where the table is blank).
     """
-    from medseg.cells.data import load_image
-    from medseg.cells.tables import cell_table, overlay_rgb, rows_to_csv, table_columns
-    from medseg.io.image import Image
-    from medseg.io.microscopy import write_microscopy
-    from medseg.postprocess.watershed import clear_border_instances, relabel_sequential
-
     files = list_images(inputs)
-    if model is None and not classical:
-        raise InputError("choose a model (-m RUN) or --classical", path=inputs)
-    # validate every input (readable, one channel, not empty) before writing anything
-    names = {}
-    for f in files:
-        img = load_image(f, channel, pixel_size)
-        cid = case_name(f)
-        if cid in names:
-            raise InputError(f"two images share the id '{cid}' ({names[cid].name}, {f.name})", path=f)
-        names[cid] = f
-    seg = ClassicalSegmenter(method, diameter) if classical else (
+    _check_mode(model, classical, method, tta, min_snr, threads, inputs)
+    seg = ClassicalSegmenter(method or "otsu", diameter) if classical else (
         model if isinstance(model, CellModel) else CellModel.load(model, tta=tta, diameter=diameter))
+    ndims = _check_images(files, channel, pixel_size, None if classical else seg.cfg.spatial_dims)
+    with_rois = _roi_images(files, ndims, roi_zip, inputs, note)
+    out_dir = Path(out_dir)
+    _check_outputs(files, out_dir, with_rois)
     if min_snr is not None and not classical:
         seg.cfg.min_snr = float(min_snr)
     if not classical:
@@ -269,42 +80,179 @@ def count_cells(inputs, out_dir, model=None, classical: bool = False, channel: i
         from medseg.cells.train import auto_threads
 
         torch.set_num_threads(threads or auto_threads())
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    counts = []
-    it = _track(files, progress)
-    for f in it:
-        img = load_image(f, channel, pixel_size)
-        arr = img.array
-        sp = img.spacing
-        labels = seg.segment(arr, sp)
-        if exclude_border:
-            labels = relabel_sequential(clear_border_instances(labels))
-        labels = labels.astype(np.uint16) if labels.max() < 65536 else labels
-        cid = case_name(f)
-        rows = cell_table(labels, arr, sp)
-        with atomic_path(out_dir / f"{cid}_labels.tif", protect=files) as tmp:
-            write_microscopy(Image(labels, img.affine, {"unit": img.meta.get("unit", "pixel")}), tmp)
-        with atomic_path(out_dir / f"{cid}_cells.csv", protect=files) as tmp:
-            tmp.write_text(rows_to_csv(rows, table_columns(arr.ndim)))
-        with atomic_path(out_dir / f"{cid}_overlay.png", protect=files) as tmp:
-            import imageio.v3 as iio
+    from medseg.cells.tables import rows_to_csv
 
-            iio.imwrite(tmp, overlay_rgb(arr, labels), extension=".png")
-        if roi_zip and arr.ndim == 2:
-            from medseg.cells.rois import write_roi_zip
-
-            write_roi_zip(labels, out_dir / f"{cid}_rois.zip")
-        size_key = "area" if arr.ndim == 2 else "volume"
-        sizes = [r[size_key] for r in rows]
-        counts.append({"image": f.name, "id": cid, "count": len(rows),
-                       "count_not_touching_border": sum(not r["touches_border"] for r in rows),
-                       f"mean_{size_key}": round(float(np.mean(sizes)), 4) if sizes else 0.0,
-                       f"median_{size_key}": round(float(np.median(sizes)), 4) if sizes else 0.0,
-                       "unit": img.meta.get("unit", "pixel"), "method": "classical" if classical else "model"})
-    with atomic_path(out_dir / "counts.csv", protect=files) as tmp:
-        tmp.write_text(rows_to_csv(counts))
+    with _staged(out_dir) as place:
+        counts = [_count_one(f, seg, channel, pixel_size, exclude_border, f in with_rois, place,
+                             "classical" if classical else "model") for f in _track(files, progress)]
+        with place("counts.csv") as tmp:
+            tmp.write_text(rows_to_csv(counts, COUNT_COLUMNS))
     return counts
+
+
+def _check_mode(model, classical: bool, method, tta: bool, min_snr, threads, where) -> None:
+    """Refuse options that the chosen mode would ignore."""
+    if (model is None) == (not classical):
+        raise InputError("choose exactly one of -m RUN or --classical", path=where)
+    if classical:
+        unused = [o for o, v in (("--tta", tta), ("--min-snr", min_snr is not None), ("--threads", threads is not None))
+                  if v]
+        if unused:
+            raise InputError(f"{', '.join(unused)} appl{'y' if len(unused) > 1 else 'ies'} to a model (-m RUN), "
+                             f"not to --classical")
+    elif method is not None:
+        raise InputError("--threshold applies to --classical only (a model uses the thresholds it was tuned with)")
+
+
+def _check_images(files, channel, pixel_size, model_dims: int | None) -> list[int]:
+    """Read every image (readable, one channel, not empty, of the model's dimensionality) and check that the ids
+    are unique; returns each image's number of dimensions."""
+    from medseg.cells.data import load_image
+
+    names, ndims = {}, []
+    for f in files:
+        arr = load_image(f, channel, pixel_size).array
+        if model_dims is not None and arr.ndim != model_dims:
+            # an (unmarked) channel axis reads as a z axis: say so where that is the likely cause
+            hint = "; if its first axis holds channels, choose one with --channel" if (
+                channel is None and arr.ndim == model_dims + 1) else ""
+            raise InputError(f"image is {arr.ndim}D {tuple(arr.shape)} but the model is {model_dims}D{hint}",
+                             path=f)
+        cid = case_name(f)
+        if cid in names:
+            raise InputError(f"two images share the id '{cid}' ({names[cid].name}, {f.name})", path=f)
+        names[cid] = f
+        ndims.append(arr.ndim)
+    return ndims
+
+
+def _roi_images(files, ndims, roi_zip: bool, where, note) -> set:
+    """The images that get ``<id>_rois.zip``: the 2D ones (ImageJ ROIs are 2D). Only 3D images: an error; a mix:
+    a note that the 3D ones get none."""
+    if not roi_zip:
+        return set()
+    flat = {f for f, nd in zip(files, ndims) if nd == 2}
+    stacks = [f.name for f, nd in zip(files, ndims) if nd != 2]
+    if not flat:
+        raise InputError("--roi-zip writes ImageJ ROIs of 2D images only, and the input is 3D (leave out --roi-zip)",
+                         path=where)
+    if stacks:
+        shown = ", ".join(stacks[:3]) + (f" and {len(stacks) - 3} more" if len(stacks) > 3 else "")
+        _note(note, f"--roi-zip: no ROIs for the {len(stacks)} 3D image(s) ({shown}); ImageJ ROIs are 2D")
+    return flat
+
+
+def _note(note, message: str) -> None:
+    if note is not None:
+        note(message)
+    else:
+        import warnings
+
+        warnings.warn(message, stacklevel=3)
+
+
+def _output_names(cid: str, rois: bool) -> list[str]:
+    return [f"{cid}_labels.tif", f"{cid}_cells.csv", f"{cid}_overlay.png"] + ([f"{cid}_rois.zip"] if rois else [])
+
+
+def _check_outputs(files, out_dir: Path, with_rois) -> None:
+    """Refuse an output folder where an output would replace an input (``-o`` the input folder, say)."""
+    inputs = {f.resolve() for f in files}
+    names = [n for f in files for n in _output_names(case_name(f), f in with_rois)] + ["counts.csv"]
+    for n in names:
+        dest = out_dir / n
+        if dest.exists() and dest.resolve() in inputs:
+            raise InputError("refusing to overwrite an input file", path=dest)
+
+
+@contextlib.contextmanager
+def _staged(out_dir: Path):
+    """Yield ``place(name)``, a context giving a temporary path for the output ``name``. The outputs are written
+    to a hidden folder inside ``out_dir`` and renamed to their final names only when the block succeeds, so that a
+    failure part-way (an image with too many cells, a full disk) leaves no outputs of the earlier images."""
+    created = not out_dir.exists()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if not os.access(out_dir, os.W_OK):
+        raise InputError("output folder is not writable", path=out_dir)
+    try:
+        stage = Path(tempfile.mkdtemp(prefix=".cells-count.", suffix=".tmp", dir=out_dir))
+    except OSError as exc:
+        full = "disk full: " if exc.errno in (errno.ENOSPC, errno.EDQUOT) else ""
+        raise InputError(f"cannot write output ({full}{exc.strerror or exc})", path=out_dir) from exc
+
+    @contextlib.contextmanager
+    def place(name: str):
+        try:
+            with atomic_path(stage / name) as tmp:
+                yield tmp
+        except InputError as exc:  # name the output asked for, not the hidden folder
+            raise InputError(exc.problem, path=out_dir / name) from exc
+
+    try:
+        yield place
+        for p in sorted(stage.iterdir(), key=lambda p: p.name == "counts.csv"):  # counts.csv last
+            os.replace(p, out_dir / p.name)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+        if created and not any(out_dir.iterdir()):
+            out_dir.rmdir()
+
+
+def _count_one(f: Path, seg, channel, pixel_size, exclude_border: bool, rois: bool, place, method: str) -> dict:
+    """Segment one image, write its outputs (through ``place``) and return its row of ``counts.csv``."""
+    import imageio.v3 as iio
+
+    from medseg.cells.data import load_image
+    from medseg.cells.tables import cell_table, overlay_rgb, rows_to_csv, table_columns
+    from medseg.io.image import Image
+    from medseg.io.microscopy import write_microscopy
+    from medseg.postprocess.watershed import clear_border_instances, relabel_sequential
+
+    img = load_image(f, channel, pixel_size)
+    arr, sp, cid = img.array, img.spacing, case_name(f)
+    labels = seg.segment(arr, sp)
+    if exclude_border:
+        labels = relabel_sequential(clear_border_instances(labels))
+    labels = _as_uint16(labels, f)
+    rows = cell_table(labels, arr, sp)
+    with place(f"{cid}_labels.tif") as tmp:
+        write_microscopy(Image(labels, img.affine, {"unit": img.meta.get("unit", "pixel")}), tmp)
+    with place(f"{cid}_cells.csv") as tmp:
+        tmp.write_text(rows_to_csv(rows, table_columns(arr.ndim)))
+    with place(f"{cid}_overlay.png") as tmp:
+        iio.imwrite(tmp, overlay_rgb(arr, labels), extension=".png")
+    if rois:
+        from medseg.cells.rois import write_roi_zip
+
+        with place(f"{cid}_rois.zip") as tmp:
+            write_roi_zip(labels, tmp)
+    return _count_row(f, rows, arr.ndim, img.meta.get("unit", "pixel"), method)
+
+
+def _as_uint16(labels: np.ndarray, path) -> np.ndarray:
+    """The label map as uint16 (ids made consecutive if needed); more objects than uint16 holds: an InputError."""
+    from medseg.postprocess.watershed import relabel_sequential
+
+    if labels.size and labels.max() > MAX_LABEL:
+        labels = relabel_sequential(labels)
+        n = int(labels.max())
+        if n > MAX_LABEL:
+            raise InputError(f"{n} objects found, more than the {MAX_LABEL:,} a uint16 label TIFF (napari, Fiji) "
+                             f"holds: split the image into tiles", path=path)
+    return labels.astype(np.uint16)
+
+
+def _count_row(f: Path, rows: list[dict], ndim: int, unit: str, method: str) -> dict:
+    """One image's row of ``counts.csv``: the size columns of the other dimensionality stay empty (None)."""
+    size_key = "area" if ndim == 2 else "volume"
+    sizes = [r[size_key] for r in rows]
+    row = {"image": f.name, "id": case_name(f), "count": len(rows),
+           "count_not_touching_border": sum(not r["touches_border"] for r in rows),
+           "mean_area": None, "median_area": None, "mean_volume": None, "median_volume": None,
+           "unit": unit, "method": method}
+    row[f"mean_{size_key}"] = round(float(np.mean(sizes)), 4) if sizes else 0.0
+    row[f"median_{size_key}"] = round(float(np.median(sizes)), 4) if sizes else 0.0
+    return row
 
 
 def _track(files, progress):

@@ -1,9 +1,11 @@
 """Cell-level evaluation: instance metrics per image and overall, through ``medseg.evaluate.instances``.
 
 Per image: AP = TP/(TP+FP+FN), precision, recall, F1, panoptic quality at IoU 0.5..0.9, count and count
-error. Overall: the mean over images of every per-image score, the pooled scores (TP/FP/FN summed over
-images, as the DSB2018 leaderboard did not but StarDist's ``matching_dataset`` does), the mean absolute
-relative count error per image, and the pooled one (sum of |n_pred - n_ref| over the sum of n_ref).
+error: ``relative_count_error`` is signed ((n_pred - n_ref) / n_ref: + over-, - under-counted),
+``abs_relative_count_error`` its absolute value. Overall: the mean over images of every per-image score (so both
+of those), the pooled scores (TP/FP/FN summed over images, as the DSB2018 leaderboard did not but StarDist's
+``matching_dataset`` does), and the pooled count errors under the same names (signed: (sum n_pred - sum n_ref) /
+sum n_ref; absolute: sum |n_pred - n_ref| / sum n_ref).
 """
 
 from __future__ import annotations
@@ -21,17 +23,27 @@ THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.9)
 
 
 def evaluate_pair(ref: np.ndarray, pred: np.ndarray, thresholds=THRESHOLDS) -> dict:
-    """Instance metrics of one image (a flat dict, see :func:`medseg.evaluate.instances.instance_metrics`)."""
+    """Instance metrics of one image (a flat dict, see :func:`medseg.evaluate.instances.instance_metrics`), with
+    the count error signed (``count_error``, ``relative_count_error``: + over-, - under-counted) and absolute
+    (``abs_relative_count_error``).
+
+    Examples
+    --------
+    >>> d = evaluate_pair(np.array([[1, 0, 2, 0, 3, 0, 4]]), np.array([[1, 0, 2, 0, 0, 0, 0]]), [0.5])
+    >>> d["count_error"], d["relative_count_error"], d["abs_relative_count_error"]
+    (-2, -0.5, 0.5)
+    """
     return instance_metrics(ref, pred, thresholds)
 
 
 def summarize(per_image: list[dict], thresholds=THRESHOLDS) -> dict:
-    """Mean and pooled scores over images.
+    """Mean and pooled scores over images (rows of :func:`evaluate_pair`).
 
     Examples
     --------
     >>> s = summarize([{"n_ref": 2, "n_pred": 2, "count_error": 0, "relative_count_error": 0.0,
-    ...                 "ap@0.5": 1.0, "tp@0.5": 2, "fp@0.5": 0, "fn@0.5": 0}], thresholds=[0.5])
+    ...                 "abs_relative_count_error": 0.0, "ap@0.5": 1.0, "tp@0.5": 2, "fp@0.5": 0, "fn@0.5": 0}],
+    ...               thresholds=[0.5])
     >>> s["mean"]["ap@0.5"], s["pooled"]["ap@0.5"]
     (1.0, 1.0)
     """
@@ -39,8 +51,8 @@ def summarize(per_image: list[dict], thresholds=THRESHOLDS) -> dict:
         return {"n_images": 0}
     keys = [k for k in per_image[0] if k != "case" and isinstance(per_image[0][k], (int, float))]
     mean = {k: float(np.mean([r[k] for r in per_image])) for k in keys}
+    # (relative_count_error and abs_relative_count_error are averaged above, signed and absolute)
     mean["abs_count_error"] = float(np.mean([abs(r["count_error"]) for r in per_image]))
-    mean["abs_relative_count_error"] = float(np.mean([r["relative_count_error"] for r in per_image]))
     pooled = {}
     for t in thresholds:
         t = f"{float(t):g}"

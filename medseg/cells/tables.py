@@ -67,9 +67,16 @@ def cell_table(labels: np.ndarray, image: np.ndarray | None = None, spacing=None
 
 
 def rows_to_csv(rows: list[dict], columns: list[str] | None = None) -> str:
-    """CSV text of a list of dicts (header from the first row, or ``columns`` when there are no rows)."""
+    """CSV text of a list of dicts: the header is ``columns`` when given (a row's missing or None values are
+    blank), else the first row's keys.
+
+    Examples
+    --------
+    >>> rows_to_csv([{"a": 1, "b": None}, {"a": 2}], ["a", "b"]).split()
+    ['a,b', '1,', '2,']
+    """
     buf = io.StringIO()
-    cols = list(rows[0].keys()) if rows else list(columns or [])
+    cols = list(columns) if columns is not None else list(rows[0].keys()) if rows else []
     w = csv.DictWriter(buf, fieldnames=cols, lineterminator="\n")
     w.writeheader()
     w.writerows(rows)

@@ -1,7 +1,8 @@
 """Time-budgeted training of the cell model: DynUNet (shared builder) predicting background/interior/boundary
 and (``distance_head``) each nucleus's distance to its edge, normalised to 1 at its centre.
 
-The run folder holds ``model.json`` (everything inference needs), ``model.pt`` (weights), ``checkpoint.pt``
+The run folder holds ``model.json`` (everything inference needs, and the medseg/torch/MONAI versions that trained
+it), ``model.pt`` (weights), ``checkpoint.pt``
 (weights + optimiser + progress, written every ``checkpoint_every_s`` seconds: ``resume=True`` continues from
 it, within the same overall time budget) and ``log.csv``. The learning rate decays with the fraction of the
 time budget used, or of ``max_steps`` if that ends sooner (poly schedule), so a short run still ends with a small
@@ -120,6 +121,7 @@ def train_cells(data_dir, run_dir, cfg: CellTrainConfig | None = None, resume: b
     from medseg.cells.data import object_polarity
     from medseg.infer.sliding_window import cpu_has_native_bf16
     from medseg.train.ema import WeightEMA
+    from medseg.train.artifact import versions
     from medseg.train.tblog import ScalarLog, require_tensorboard
 
     run_dir = Path(run_dir)
@@ -154,7 +156,8 @@ def train_cells(data_dir, run_dir, cfg: CellTrainConfig | None = None, resume: b
             ema.load_state_dict(state.get("ema") or state["model"])
         step, elapsed = int(state["step"]), float(state["elapsed_s"])
         rng = np.random.default_rng(cfg.seed + step)
-    meta = {"kind": "medseg-cells", "version": 1, "config": _jsonable(asdict(cfg)), "split": split,
+    meta = {"kind": "medseg-cells", "version": 1, "versions": versions(), "config": _jsonable(asdict(cfg)),
+            "split": split,
             "classes": ["background", "interior", "boundary"], "in_channels": 1,
             "out_channels": out_channels(cfg),
             # which way min_snr looks: nuclei brighter (fluorescence) or darker than the background

@@ -135,31 +135,38 @@ def _option(field: str) -> str:
 def count_cmd(
     input: Path = typer.Option(..., "-i", "--input", help="An image (.tif/.tiff/.png) or a folder of images."),
     out: Path = typer.Option(..., "-o", "--out", help="Output folder."),
-    model: Optional[Path] = typer.Option(None, "-m", "--model", help="Trained run folder (medseg cells train)."),
+    model: Optional[Path] = typer.Option(None, "-m", "--model",
+                                         help="Trained run (medseg cells train): its folder, model.json or model.pt."),
     classical: bool = typer.Option(False, "--classical", help="Threshold + distance watershed, no model."),
-    method: str = typer.Option("otsu", "--threshold", help="Classical mode threshold: otsu or local."),
+    method: Optional[str] = typer.Option(None, "--threshold",
+                                         help="Classical mode threshold: otsu (default) or local."),
     channel: Optional[int] = typer.Option(None, "--channel", help="Channel of multi-channel images (0-based)."),
     pixel_size: Optional[str] = typer.Option(None, "--pixel-size",
                                              help="Pixel size in µm: 'XY' or 'Z,Y,X' (overrides the file)."),
     exclude_border: bool = typer.Option(False, "--exclude-border", help="Drop cells touching the image border."),
-    roi_zip: bool = typer.Option(False, "--roi-zip", help="Also write <id>_rois.zip (ImageJ ROIs, 2D)."),
-    tta: bool = typer.Option(False, "--tta", help="Average the model over flips (4x slower, usually better)."),
+    roi_zip: bool = typer.Option(False, "--roi-zip",
+                                 help="Also write <id>_rois.zip (ImageJ ROIs) of the 2D images."),
+    tta: bool = typer.Option(False, "--tta",
+                             help="Average the model over flips (4x slower, usually better; model only)."),
     diameter: Optional[float] = typer.Option(None, "--diameter",
                                              help="Typical nucleus diameter in pixels, if known: sizes the "
                                                   "classical markers, and skips the per-image estimate of models "
                                                   "trained with --diameter."),
     min_snr: Optional[float] = typer.Option(None, "--min-snr",
                                             help="Drop objects less than this many background-noise sigmas "
-                                                 "brighter than the background (model default 2; 0: keep all)."),
+                                                 "brighter than the background (model only; default 2; 0: keep "
+                                                 "all)."),
     threads: Optional[int] = typer.Option(None, "--threads",
-                                          help="CPU threads for torch (default: the cores not already busy)."),
+                                          help="CPU threads for torch (model only; default: the cores not already "
+                                               "busy)."),
 ) -> None:
-    """Segment and count cells: <id>_labels.tif, <id>_overlay.png, <id>_cells.csv per image; counts.csv."""
+    """Segment and count cells: <id>_labels.tif, <id>_overlay.png, <id>_cells.csv per image; counts.csv.
+    Every image is checked before anything is written; options the mode cannot use are refused."""
     from medseg.cells.count import count_cells
 
     if (model is None) == (not classical):
         raise InputError("choose exactly one of -m RUN or --classical")
-    if method not in ("otsu", "local"):
+    if method is not None and method not in ("otsu", "local"):
         raise InputError(f"--threshold must be otsu or local (got '{method}')")
     if diameter is not None and not diameter > 0:
         raise InputError(f"--diameter must be a positive number of pixels (got {diameter})")
@@ -170,7 +177,7 @@ def count_cmd(
     rows = count_cells(input, out, model=model, classical=classical, channel=channel,
                        pixel_size=_pixel_size(pixel_size), method=method, exclude_border=exclude_border,
                        roi_zip=roi_zip, tta=tta, diameter=diameter, min_snr=min_snr,
-                       threads=threads)
+                       threads=threads, note=lambda msg: typer.echo(f"medseg: note: {msg}", err=True))
     total = sum(r["count"] for r in rows)
     typer.echo(f"{total} cells in {len(rows)} image(s); results in {out}")
 
@@ -179,9 +186,10 @@ def count_cmd(
 def evaluate_cmd(
     pred: Path = typer.Option(..., "--pred", help="Predicted label map, or a folder (<id>_labels.tif or <id>.tif)."),
     ref: Path = typer.Option(..., "--ref", help="Reference label map, or a folder (or a dataset with labels/)."),
-    out: Optional[Path] = typer.Option(None, "-o", "--out", help="Folder for metrics.json and metrics.csv."),
+    out: Path = typer.Option(..., "-o", "--out", help="Folder for metrics.json and metrics.csv."),
 ) -> None:
-    """Instance metrics (AP, precision, recall, F1, PQ at IoU 0.5..0.9) and count errors."""
+    """Instance metrics (AP, precision, recall, F1, PQ at IoU 0.5..0.9) and count errors: metrics.json and
+    metrics.csv in the output folder (required, as for medseg evaluate), a summary on stdout."""
     from medseg.cells.evaluate import evaluate_cells
 
     res = evaluate_cells(pred, ref, out)

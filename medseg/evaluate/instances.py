@@ -170,16 +170,24 @@ def match_instances(ref: np.ndarray, pred: np.ndarray, thresholds=(0.5,)) -> lis
 def instance_metrics(ref: np.ndarray, pred: np.ndarray, thresholds=DEFAULT_THRESHOLDS) -> dict:
     """Instance metrics as a flat dict: counts, count error and per-threshold scores.
 
+    The count error is signed (``count_error``, ``relative_count_error`` = (n_pred - n_ref) / n_ref: + over-,
+    - under-counted) and absolute (``abs_relative_count_error``); both relative errors are 0 without reference
+    objects.
+
     Examples
     --------
     >>> d = instance_metrics(np.array([[1, 0, 2]]), np.array([[1, 0, 0]]), thresholds=[0.5])
-    >>> d["n_ref"], d["n_pred"], d["count_error"], d["ap@0.5"]
-    (2, 1, -1, 0.5)
+    >>> d["n_ref"], d["n_pred"], d["count_error"], d["relative_count_error"], d["abs_relative_count_error"]
+    (2, 1, -1, -0.5, 0.5)
+    >>> d["ap@0.5"]
+    0.5
     """
     res = match_instances(ref, pred, thresholds)
     first = res[0]
-    d: dict = {"n_ref": first.n_ref, "n_pred": first.n_pred, "count_error": first.n_pred - first.n_ref,
-               "relative_count_error": _ratio(abs(first.n_pred - first.n_ref), first.n_ref, 0.0)}
+    err = first.n_pred - first.n_ref
+    d: dict = {"n_ref": first.n_ref, "n_pred": first.n_pred, "count_error": err,
+               "relative_count_error": _ratio(err, first.n_ref, 0.0),
+               "abs_relative_count_error": _ratio(abs(err), first.n_ref, 0.0)}
     for m in res:
         t = f"{m.thresh:g}"
         for k in ("ap", "precision", "recall", "f1", "panoptic_quality", "tp", "fp", "fn"):
