@@ -13,6 +13,7 @@ import pytest
 import SimpleITK as sitk
 
 from conftest import assert_clean_error, data_path, run_cli
+from medseg.errors import InputError
 
 HIPPO = ("msd_hippocampus",)
 
@@ -153,3 +154,120 @@ def test_convert_errors_are_clean(tmp_path):
     assert_clean_error(run_cli("dataset", "convert", tmp_path / "src", "-o", tmp_path / "out"), "Flair")
     assert not (tmp_path / "out").exists()
     assert_clean_error(run_cli("dataset", "check", tmp_path / "nothing"), "does not exist")
+
+
+def _small_brats(root: Path, n: int = 2) -> Path:
+    """``n`` patient folders cut from the real BraTS sample (40x36x24 voxels around the tumour), FLAIR and label
+    as ``.mha`` and T1c as ``.nrrd``, on an oblique, anisotropic grid (a 12 degree tilt, 0.9x0.9x3 mm)."""
+    src = data_path("brats2015_sample")
+    c, s = np.cos(np.radians(12)), np.sin(np.radians(12))
+    direction = (1.0, 0.0, 0.0, 0.0, c, -s, 0.0, s, c)
+    for pat in sorted(p for p in src.iterdir() if p.is_dir())[:n]:
+        out = root / pat.name
+        out.mkdir(parents=True)
+        for name, fname in (("Flair_subtrMeanDivStd", "Flair.mha"), ("T1c_subtrMeanDivStd", "T1c.nrrd"),
+                            ("OTMultiClass", "OTMultiClass.mha")):
+            img = sitk.ReadImage(str(pat / f"{name}.nii.gz"))[100:140, 100:136, 60:84]
+            img.SetSpacing((0.9, 0.9, 3.0))
+            img.SetDirection(direction)
+            img.SetOrigin((-12.5, 30.25, -71.0))
+            sitk.WriteImage(img, str(out / fname), useCompression=True)
+        (out / "License.txt").write_text("not an image: ignored")
+    return root
+
+
+def test_convert_non_nifti_sources_become_real_nifti_with_their_geometry(tmp_path):
+    """.mha/.nrrd sources are read and written as NIfTI (not copied under a .nii.gz name); SimpleITK reads the
+    same grid and voxels from the output as from the source."""
+    src = _small_brats(tmp_path / "src")
+    res = run_cli("dataset", "convert", src, "-o", tmp_path / "ds")
+    assert res.code == 0, res.err
+    for pat in sorted(p for p in src.iterdir()):
+        pairs = [(pat / "Flair.mha", f"imagesTr/{pat.name}_0000.nii.gz"),
+                 (pat / "T1c.nrrd", f"imagesTr/{pat.name}_0001.nii.gz"),
+                 (pat / "OTMultiClass.mha", f"labelsTr/{pat.name}.nii.gz")]
+        for source, rel in pairs:
+            out = tmp_path / "ds" / rel
+            assert out.read_bytes()[:2] == b"\x1f\x8b"  # gzip, as the name says
+            a, b = sitk.ReadImage(str(source)), sitk.ReadImage(str(out))
+            assert a.GetSize() == b.GetSize()
+            np.testing.assert_allclose(b.GetSpacing(), a.GetSpacing(), atol=1e-5)
+            np.testing.assert_allclose(b.GetOrigin(), a.GetOrigin(), atol=1e-4)
+            np.testing.assert_allclose(b.GetDirection(), a.GetDirection(), atol=1e-5)
+            assert np.array_equal(sitk.GetArrayFromImage(a), sitk.GetArrayFromImage(b))
+    assert run_cli("dataset", "check", tmp_path / "ds").code == 0
+
+
+def test_convert_refuses_a_non_empty_destination(tmp_path):
+    src = _small_brats(tmp_path / "src", 1)
+    dst = tmp_path / "ds"
+    dst.mkdir()
+    (dst / "notes.txt").write_text("mine")
+    assert_clean_error(run_cli("dataset", "convert", src, "-o", dst), "not empty", "--overwrite")
+    assert [p.name for p in dst.iterdir()] == ["notes.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ds", "src"]  # no staging folder left
+    (dst / "notes.txt").unlink()
+    assert run_cli("dataset", "convert", src, "-o", dst).code == 0  # an empty folder is fine
+
+
+def test_convert_overwrite_replaces_a_dataset_but_nothing_else(tmp_path):
+    from medseg.train.dataset import convert_brats
+
+    src = _small_brats(tmp_path / "src", 2)
+    dst = tmp_path / "ds"
+    convert_brats(src, dst)
+    (dst / "imagesTr" / "stale_0000.nii.gz").write_bytes(b"old")
+    ds = convert_brats(src, dst, overwrite=True)
+    assert len(ds.cases) == 2 and not (dst / "imagesTr" / "stale_0000.nii.gz").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ds", "src"]
+    other = tmp_path / "home"
+    other.mkdir()
+    (other / "thesis.tex").write_text("x")
+    with pytest.raises(InputError, match="no dataset.json"):
+        convert_brats(src, other, overwrite=True)
+    for bad_dst in (src, src / "out", tmp_path):  # would delete or re-read its own inputs
+        with pytest.raises(InputError, match="outside the source"):
+            convert_brats(src, bad_dst, overwrite=True)
+    assert (other / "thesis.tex").exists() and len(list(src.iterdir())) == 2
+
+
+def test_convert_overwrite_flag_on_the_cli(tmp_path):
+    if "--overwrite" not in run_cli("dataset", "convert", "--help").out:
+        pytest.skip("'medseg dataset convert' has no --overwrite option yet (medseg/cli/train_cmds.py)")
+    src = _small_brats(tmp_path / "src", 1)
+    assert run_cli("dataset", "convert", src, "-o", tmp_path / "ds").code == 0
+    assert_clean_error(run_cli("dataset", "convert", src, "-o", tmp_path / "ds"), "--overwrite")
+    assert run_cli("dataset", "convert", src, "-o", tmp_path / "ds", "--overwrite").code == 0
+
+
+@pytest.mark.parametrize("previous", [False, True])
+def test_convert_failing_mid_way_leaves_no_half_dataset(tmp_path, monkeypatch, previous):
+    """Disk full on the third file: a clean error naming the output, no dataset (or the previous one intact)."""
+    import errno
+
+    import medseg.train.dataset as dsmod
+
+    src = _small_brats(tmp_path / "src", 2)
+    dst = tmp_path / "ds"
+    if previous:
+        dsmod.convert_brats(src, dst)
+    before = {p.relative_to(tmp_path): p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    real, calls = dsmod._write_nifti_gz, []
+
+    def failing(source, dest):
+        calls.append(dest)
+        if len(calls) == 3:
+            dest.write_bytes(b"half")
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(source, dest)
+
+    monkeypatch.setattr(dsmod, "_write_nifti_gz", failing)
+    res = run_cli("dataset", "convert", src, "-o", dst, *(["--overwrite"] if previous else []))
+    if previous and res.code == 2 and "no such option" in res.err.lower():
+        with pytest.raises(InputError, match="disk full"):  # CLI flag pending: the same through the API
+            dsmod.convert_brats(src, dst, overwrite=True)
+    else:
+        assert_clean_error(res, "cannot write", "disk full", str(dst))
+    assert len(calls) == 3
+    after = {p.relative_to(tmp_path): p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    assert after == before  # sources untouched, no staging folder, previous dataset (if any) byte-identical

@@ -1,5 +1,7 @@
 """The plane-by-plane resampling back to the input's grid equals resizing the whole volume at once."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -54,3 +56,82 @@ def test_sliding_window_sink_gets_the_same_output_in_order():
     firsts = [f for f, _ in parts]
     assert firsts == sorted(firsts) and firsts[0] == 0
     torch.testing.assert_close(torch.cat([p for _, p in parts], -1), whole)
+
+
+def _filled(src, dst, k, spill_dir, seed=0):
+    """A PlaneResampler keeping probabilities, fed in random chunks."""
+    rng = np.random.default_rng(seed)
+    probs = torch.softmax(torch.from_numpy(rng.normal(size=(k, *src)).astype(np.float32)), 0)
+    out = PlaneResampler(src, dst, k, keep_probabilities=True, spill_dir=spill_dir)
+    for a, b in _chunks(src[-1], rng):
+        out.add(probs[..., a:b], a)
+    return out
+
+
+def test_probabilities_live_in_an_unlinked_file_not_in_memory(tmp_path):
+    """The kept probabilities are a read-only view of a file in spill_dir that has no name (nothing to clean up),
+    and filling them does not grow the process's anonymous memory by their size."""
+    status = Path("/proc/self/status")
+    if not status.exists() or "RssAnon" not in status.read_text():
+        pytest.skip("needs Linux /proc/self/status (RssAnon)")
+
+    def anon_mb():
+        line = [ln for ln in status.read_text().splitlines() if ln.startswith("RssAnon")][0]
+        return int(line.split()[1]) / 1024
+
+    spill = tmp_path / "spill"
+    spill.mkdir()
+    k, src, dst = 4, (32, 32, 24), (128, 128, 96)  # 25 MB of float32 probabilities at full resolution
+    warm = _filled(src, dst, k, spill, seed=1)  # allocator and torch warm-up, outside the measurement
+    del warm
+    before = anon_mb()
+    out = _filled(src, dst, k, spill)
+    grown = anon_mb() - before
+    probs = out.probabilities
+    assert probs.shape == (k, *dst) and probs.dtype == np.float32 and not probs.flags.writeable
+    assert list(spill.iterdir()) == []
+    assert grown < 10, f"anonymous memory grew by {grown:.1f} MB for 25 MB of probabilities"
+    np.testing.assert_allclose(probs.sum(0), 1.0, atol=1e-5)
+
+
+def test_write_probabilities_equals_write_image(tmp_path):
+    """The class-by-class writer writes the same bytes as write_image (3D, and a moved-axis view as 2D plans give)."""
+    from medseg.infer.native import write_probabilities
+    from medseg.io.image import Image
+    from medseg.io.readers import read_image, write_image
+
+    c, s = np.cos(0.3), np.sin(0.3)
+    affine = np.array([[0.8 * c, -0.8 * s, 0, -90.5], [0.8 * s, 0.8 * c, 0, 12.0], [0, 0, 2.5, -40.0], [0, 0, 0, 1]])
+    out = _filled((9, 7, 11), (20, 15, 23), 3, tmp_path)
+    for name, arr in (("3d", out.probabilities), ("moved", np.moveaxis(out.probabilities, 1, 3))):
+        img = Image(arr, affine, {}, True)
+        a = write_image(img, tmp_path / f"{name}_ref.nii.gz")
+        b = write_probabilities(img, tmp_path / f"{name}.nii.gz")
+        assert b.read_bytes() == a.read_bytes()  # gzip header too: no temporary name, no time stamp
+        back = read_image(b)
+        assert np.array_equal(back.array, arr) and np.allclose(back.affine, affine)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["3d.nii.gz", "3d_ref.nii.gz", "moved.nii.gz",
+                                                           "moved_ref.nii.gz"]
+
+
+def test_spill_disk_full_is_a_clean_input_error(tmp_path, monkeypatch):
+    import errno
+    import shutil as sh
+
+    import medseg.infer.native as native
+    from medseg.errors import InputError
+
+    real = sh.disk_usage
+    monkeypatch.setattr(native.shutil, "disk_usage", lambda p: real(p)._replace(free=1000))
+    with pytest.raises(InputError, match=r"disk full: 0\.00 GB needed .* 0\.00 GB free"):
+        PlaneResampler((4, 4, 8), (8, 8, 16), 3, keep_probabilities=True, spill_dir=tmp_path)
+    monkeypatch.setattr(native.shutil, "disk_usage", real)
+    out = PlaneResampler((4, 4, 8), (8, 8, 16), 3, keep_probabilities=True, spill_dir=tmp_path)
+
+    def full(*args):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(native.os, "pwrite", full)
+    with pytest.raises(InputError, match="cannot write probabilities .disk full") as err:
+        out.add(torch.rand(3, 4, 4, 8), 0)
+    assert str(tmp_path) in str(err.value) and list(tmp_path.iterdir()) == []

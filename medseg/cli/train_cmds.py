@@ -17,11 +17,13 @@ def dataset_convert(
     output: Path = typer.Option(..., "-o", "--output", help="Dataset folder to write (MSD/nnU-Net layout)."),
     modalities: str = typer.Option("Flair,T1c", help="Comma-separated modality file prefixes, in channel order."),
     label: str = typer.Option("OTMultiClass", help="Label file name (without suffix)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace the dataset in a non-empty output folder."),
 ) -> None:
     """Convert a per-patient folder layout (BraTS sample) into the MSD/nnU-Net layout."""
     from medseg.train.dataset import convert_brats
 
-    ds = convert_brats(source, output, tuple(m.strip() for m in modalities.split(",") if m.strip()), label)
+    ds = convert_brats(source, output, tuple(m.strip() for m in modalities.split(",") if m.strip()), label,
+                       overwrite=overwrite)
     typer.echo(f"wrote {len(ds.cases)} cases to {output}")
 
 

@@ -239,6 +239,7 @@ def predict_path(model, input: str | os.PathLike, output: str | os.PathLike, ove
     """
     import torch
 
+    from medseg.infer.native import write_probabilities
     from medseg.infer.predict import predict_image
     from medseg.train.artifact import load_model
     from medseg.train.trainer import resolve_device
@@ -270,11 +271,12 @@ def predict_path(model, input: str | os.PathLike, output: str | os.PathLike, ove
         with torch.no_grad():
             lab, prob = predict_image(net, art.plan, image, overlap=overlap, tta=tta, device=dev,
                                       batch_size=batch_size, probabilities=probabilities,
-                                      largest_component=largest_component, min_size_mm3=min_size_mm3)
+                                      largest_component=largest_component, min_size_mm3=min_size_mm3,
+                                      spill_dir=output)  # disk-backed probabilities beside their output
         if export:
             _export(lab, case, export, output / f"{case.name}_{export.replace('-', '')}.dcm", art.plan.labels)
         if prob is not None:
-            write_image(prob, output / f"{case.name}_probs.nii.gz", protect=case.paths)
+            write_probabilities(prob, output / f"{case.name}_probs.nii.gz", protect=case.paths)
         dest = output / f"{case.name}.nii.gz"
         _write_labels(lab, dest, case.paths, note)  # last: its presence marks the case finished
         written.append(dest)

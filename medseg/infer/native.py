@@ -6,17 +6,29 @@ CT, about 90 GB for 105 classes. Linear interpolation is separable, so the same 
 plane (last axis) at a time from the two source planes around it, each resized in-plane once; only the argmax
 is kept. The sliding window hands its output over in plane order (``sink``), so neither the network-grid nor
 the full-resolution probabilities are ever held whole.
+
+When the probabilities are wanted too (``medseg predict --probabilities``), each finished plane goes to an
+unlinked temporary file in NIfTI's voxel order (:class:`ProbabilitySpill`) instead of a ``(K, *shape)`` float32
+array in RAM; :func:`write_probabilities` then streams that file into ``<case>_probs.nii.gz`` slab by slab.
+RAM stays that of the labels; the disk holds ``4 * K`` bytes per voxel until the output is written.
 """
 
 from __future__ import annotations
 
+import mmap
+import os
+import shutil
+import tempfile
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["PlaneResampler"]
+from medseg.errors import InputError
+
+__all__ = ["PlaneResampler", "ProbabilitySpill", "write_probabilities"]
 
 BLOCK = 16  # planes per argmax on an identical grid: bounds its int64 temporary for callers passing whole volumes
 
@@ -37,7 +49,11 @@ class PlaneResampler:
     classes : int
         Number of classes (channels of the probabilities).
     keep_probabilities : bool
-        Also keep the resized probabilities, ``(classes, *shape)`` float32 (as large as that sounds).
+        Also keep the resized probabilities, ``(classes, *shape)`` float32, on disk (:class:`ProbabilitySpill`):
+        :attr:`probabilities` is a read-only array mapped from that file.
+    spill_dir : path, optional
+        Folder of that temporary file (default: the system's temporary folder); the output folder is a good
+        choice, it must have room for the final file anyway.
 
     Examples
     --------
@@ -49,7 +65,7 @@ class PlaneResampler:
     """
 
     def __init__(self, source_shape: Sequence[int], shape: Sequence[int], classes: int,
-                 keep_probabilities: bool = False):
+                 keep_probabilities: bool = False, spill_dir: str | os.PathLike | None = None):
         self.source_shape = tuple(int(s) for s in source_shape)
         self.shape = tuple(int(s) for s in shape)
         if len(self.source_shape) != len(self.shape) or len(self.shape) not in (2, 3):
@@ -61,10 +77,15 @@ class PlaneResampler:
         self._i1 = np.minimum(self._i0 + 1, n_src - 1)
         self._w1 = (pos - self._i0).astype(np.float32)
         self.labels = np.zeros(self.shape, np.uint8 if classes <= 256 else np.int32)
-        self.probabilities = np.zeros((classes, *self.shape), np.float32) if keep_probabilities else None
+        self._spill = ProbabilitySpill(classes, self.shape, spill_dir) if keep_probabilities else None
         self._next = 0  # next output plane
         self._cache: dict[int, torch.Tensor] = {}  # source plane -> resized in-plane
         self._tail: tuple[int, torch.Tensor] | None = None  # the previous chunk's last source plane
+
+    @property
+    def probabilities(self) -> np.ndarray | None:
+        """The resized probabilities ``(classes, *shape)`` float32 (read-only, disk-backed), or ``None``."""
+        return None if self._spill is None else self._spill.array()
 
     @property
     def finished(self) -> bool:
@@ -81,8 +102,8 @@ class PlaneResampler:
                 b = min(a + BLOCK, end)
                 part = chunk[..., a - first: b - first]
                 self.labels[..., a:b] = part.argmax(0).numpy()
-                if self.probabilities is not None:
-                    self.probabilities[..., a:b] = part.float().numpy()
+                if self._spill is not None:
+                    self._spill.write(part.float().numpy(), a)
             self._next = end
             return
         while self._next < self.shape[-1] and self._i1[self._next] < end:
@@ -94,8 +115,8 @@ class PlaneResampler:
             if i1 != i0 and w > 0:
                 p = p * (1.0 - w) + self._plane(i1, chunk, first) * w
             self.labels[..., j] = p.argmax(0).numpy()
-            if self.probabilities is not None:
-                self.probabilities[..., j] = p.numpy()
+            if self._spill is not None:
+                self._spill.write(p.numpy()[..., None], j)
             self._next += 1
         self._tail = (end - 1, chunk[..., -1].clone())
 
@@ -113,3 +134,140 @@ class PlaneResampler:
                 raw = F.interpolate(raw[None], size=self.shape[:-1], mode=mode, align_corners=False)[0]
             self._cache[i] = raw
         return self._cache[i]
+
+
+class ProbabilitySpill:
+    """``(classes, *shape)`` float32 in an unlinked temporary file, laid out as a NIfTI file's voxel block.
+
+    Each class is one Fortran-order volume, so the planes of the last axis, which arrive one after the other,
+    are contiguous per class, and so is each class when the file is written out. Planes go in with ``pwrite``
+    (through the page cache, never into the process's memory); :meth:`array` maps the file read-only. The file
+    has no name from the start: nothing is left behind whatever happens, and its space is freed with the last
+    array that maps it.
+
+    Examples
+    --------
+    >>> s = ProbabilitySpill(2, (2, 3))
+    >>> s.write(np.arange(12, dtype=np.float32).reshape(2, 2, 3), 0)
+    >>> s.array()[1].tolist()
+    [[6.0, 7.0, 8.0], [9.0, 10.0, 11.0]]
+    """
+
+    def __init__(self, classes: int, shape: Sequence[int], folder: str | os.PathLike | None = None):
+        self.classes, self.shape = int(classes), tuple(int(s) for s in shape)
+        self._voxels = int(np.prod(self.shape))
+        self._plane = int(np.prod(self.shape[:-1]))
+        folder = Path(folder) if folder is not None else Path(tempfile.gettempdir())
+        self._folder = folder
+        need = 4 * self.classes * self._voxels
+        try:
+            free = shutil.disk_usage(folder).free
+            if free < need:  # fail before the prediction, not after it
+                raise InputError(f"cannot write probabilities (disk full: {need / 1e9:.2f} GB needed for "
+                                 f"{self.classes} classes, {free / 1e9:.2f} GB free)", path=folder)
+            self._file = tempfile.TemporaryFile(prefix=".medseg-probs-", dir=folder)
+            self._file.truncate(need)  # sparse: the space is taken as planes arrive
+        except OSError as exc:
+            raise InputError(f"cannot write probabilities ({exc.strerror or exc})", path=folder) from exc
+        self._array: np.ndarray | None = None
+
+    def write(self, planes: np.ndarray, first: int) -> None:
+        """Store ``planes`` ``(classes, *shape[:-1], n)``: output planes ``first .. first+n-1`` of every class."""
+        for k in range(self.classes):
+            data = np.asarray(planes[k], np.float32).tobytes(order="F")  # x fastest, as NIfTI stores voxels
+            self._write_at(data, 4 * (k * self._voxels + first * self._plane))
+
+    def _write_at(self, data: bytes, offset: int) -> None:
+        view = memoryview(data)
+        try:
+            while view.nbytes:  # pwrite may write less than asked (2 GiB cap on Linux)
+                done = os.pwrite(self._file.fileno(), view, offset)
+                view, offset = view[done:], offset + done
+        except OSError as exc:
+            from medseg.io.atomic import _looks_full
+
+            full = "disk full: " if _looks_full(exc, self._folder) else ""
+            raise InputError(f"cannot write probabilities ({full}{exc.strerror or exc})", path=self._folder) from exc
+
+    def array(self) -> np.ndarray:
+        """The file as a read-only ``(classes, *shape)`` float32 array (mapped, not read into memory)."""
+        if self._array is None:
+            if self.classes * self._voxels == 0:  # mmap refuses an empty file
+                return np.zeros((self.classes, *self.shape), np.float32)
+            mapped = mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_READ)
+            flat = np.frombuffer(mapped, np.float32).reshape(self.classes, *self.shape[::-1])
+            self._array = flat.transpose(0, *range(len(self.shape), 0, -1))
+        return self._array
+
+
+def release_pages(array: np.ndarray) -> None:
+    """Drop the pages of a file-mapped ``array`` (a :class:`ProbabilitySpill` one) from this process's memory.
+
+    They stay in the page cache, or on disk, and come back on the next access; without this, reading a
+    mapped file through once counts all of it as the process's resident memory.
+    """
+    base = array
+    while isinstance(base, np.ndarray):
+        base = base.base
+    if isinstance(base, memoryview):  # np.frombuffer wraps the mmap in one
+        base = base.obj
+    if isinstance(base, mmap.mmap) and hasattr(mmap, "MADV_DONTNEED"):
+        base.madvise(mmap.MADV_DONTNEED)
+
+
+def write_probabilities(prob, path: str | os.PathLike, protect=()) -> Path:
+    """Write channels-first probabilities (an :class:`~medseg.io.image.Image`) as float32 NIfTI, class by class.
+
+    The file is what :func:`medseg.io.readers.write_image` writes (channels on the 4th axis, the same header),
+    but it is written in slabs of about 16 MB, and the pages of a disk-backed array are dropped after each.
+
+    Parameters
+    ----------
+    prob : Image
+        ``channels_first`` probabilities, e.g. from :func:`medseg.infer.predict.predict_image`.
+    path : path
+        Output ``.nii.gz`` or ``.nii``; written atomically.
+    protect : iterable of path
+        Inputs that must not be overwritten.
+    """
+    import gzip
+
+    from medseg.io.atomic import atomic_path, full_suffix
+
+    path = Path(path)
+    head = _nifti_head(prob)
+    with atomic_path(path, protect=protect) as tmp, open(tmp, "wb") as raw:
+        # as nibabel writes .nii.gz: level 1, no file name (it would be the temporary one) and no time stamp
+        gz = full_suffix(path) == ".nii.gz"
+        with gzip.GzipFile("", "wb", compresslevel=1, fileobj=raw, mtime=0) if gz else raw as fh:
+            fh.write(head)
+            for k in range(prob.array.shape[0]):
+                _write_class(fh, prob.array[k])
+    return path
+
+
+def _write_class(fh, volume: np.ndarray, chunk_bytes: int = 16 << 20) -> None:
+    """Write one class in NIfTI (Fortran) order, in slabs of the last axis, which are consecutive in that order:
+    a whole class at once would put its copy and its compressed copy in memory."""
+    step = max(1, chunk_bytes // (4 * max(1, int(np.prod(volume.shape[:-1])))))
+    for a in range(0, volume.shape[-1], step):
+        fh.write(np.asarray(volume[..., a:a + step], np.float32).tobytes(order="F"))
+        release_pages(volume)
+
+
+def _nifti_head(prob) -> bytes:
+    """Header and padding up to the voxels, exactly as nibabel writes them for ``prob`` (float32)."""
+    import io
+
+    import nibabel as nib
+
+    from medseg.io.image import Image
+
+    k = prob.array.shape[0]
+    tiny = Image(np.zeros((k, *(1,) * (prob.array.ndim - 1)), np.float32), prob.affine, {}, True).to_nibabel()
+    buf = io.BytesIO()
+    tiny.to_file_map({"image": nib.FileHolder(fileobj=buf), "header": nib.FileHolder(fileobj=buf)})
+    hdr = nib.Nifti1Header.from_fileobj(io.BytesIO(buf.getvalue()))
+    hdr.set_data_shape((*prob.array.shape[1:], k))
+    offset = int(hdr.get_data_offset())
+    return hdr.binaryblock + buf.getvalue()[len(hdr.binaryblock):offset]

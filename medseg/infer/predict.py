@@ -46,12 +46,14 @@ def _is_2d(network) -> bool:
 
 
 def predict_labels(network: torch.nn.Module, plan: Plan, array: np.ndarray, spacing, overlap=None,
-                   tta: bool | None = None, device="cpu", batch_size: int = 2, probabilities: bool = False):
+                   tta: bool | None = None, device="cpu", batch_size: int = 2, probabilities: bool = False,
+                   spill_dir=None):
     """Labels on the grid of a channels-first ``array`` (and its class probabilities if asked).
 
     Returns ``(labels, probabilities or None)``: labels uint8 (int32 above 256 classes) of shape
-    ``array.shape[1:]``, probabilities float32 ``(K, *array.shape[1:])``. Mirroring TTA covers the plan's flip
-    axes (the only ones the model was trained to be invariant to).
+    ``array.shape[1:]``, probabilities float32 ``(K, *array.shape[1:])``, read-only and mapped from a temporary
+    file in ``spill_dir`` (see :class:`~medseg.infer.native.ProbabilitySpill`). Mirroring TTA covers the plan's
+    flip axes (the only ones the model was trained to be invariant to).
     """
     x, _ = preprocess(array, spacing, plan)
     overlap = plan.overlap if overlap is None else overlap
@@ -65,7 +67,7 @@ def predict_labels(network: torch.nn.Module, plan: Plan, array: np.ndarray, spac
         patch = [1, *patch]
         flips = [a + 1 for a in flips]
         shape = (shape[ax], *[s for i, s in enumerate(shape) if i != ax])
-    out = PlaneResampler(x.shape[1:], shape, plan.num_classes, keep_probabilities=probabilities)
+    out = PlaneResampler(x.shape[1:], shape, plan.num_classes, keep_probabilities=probabilities, spill_dir=spill_dir)
     sliding_window(network, x, patch, overlap, batch_size, device, plan.bf16, tta=flips or False, sink=out.add,
                    num_classes=plan.num_classes)
     lab, prob = out.labels, out.probabilities
@@ -77,7 +79,7 @@ def predict_labels(network: torch.nn.Module, plan: Plan, array: np.ndarray, spac
 
 def predict_image(network: torch.nn.Module, plan: Plan, image: Image, overlap=None, tta=None, device="cpu",
                   batch_size: int = 2, probabilities: bool = False, largest_component: bool = False,
-                  min_size_mm3: float = 0.0):
+                  min_size_mm3: float = 0.0, spill_dir=None):
     """Predict one ``Image`` (channels-first for multi-channel plans); returns (label Image, prob Image|None)
     on exactly the input's grid."""
     arr = image.array if image.channels_first else image.array[None]
@@ -86,7 +88,8 @@ def predict_image(network: torch.nn.Module, plan: Plan, image: Image, overlap=No
 
         raise InputError(f"image has {arr.shape[0]} channel(s), the model needs {plan.in_channels} "
                          f"({', '.join(plan.channels)})", path=image.meta.get("source"))
-    lab, prob = predict_labels(network, plan, arr, image.spacing, overlap, tta, device, batch_size, probabilities)
+    lab, prob = predict_labels(network, plan, arr, image.spacing, overlap, tta, device, batch_size, probabilities,
+                               spill_dir)
     if largest_component or min_size_mm3:
         lab = postprocess_labels(lab, image.spacing, largest_component, min_size_mm3)
     from medseg.io.readers import label_dtype

@@ -10,18 +10,20 @@ Layout::
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 
 from medseg.errors import InputError
-from medseg.io.atomic import atomic_path, case_name, full_suffix
+from medseg.io.atomic import _looks_full, case_name, full_suffix
 from medseg.io.image import Image
-from medseg.io.readers import NIFTI, read_image
+from medseg.io.readers import ITK, NIFTI, read_image
 
 _CHANNEL = re.compile(r"^(?P<case>.+)_(?P<ch>\d{4})$")
 
@@ -151,7 +153,8 @@ def check_case(case: Case, allowed: set[int], atol: float = 1e-3) -> list[str]:
     if image.shape != label.shape:
         problems.append(f"{case.id}: image shape {image.shape} != label shape {label.shape}")
     elif not np.allclose(image.affine, label.affine, atol=atol):
-        problems.append(f"{case.id}: image and label affines differ (max {np.abs(image.affine - label.affine).max():.3g} mm)")
+        worst = np.abs(image.affine - label.affine).max()
+        problems.append(f"{case.id}: image and label affines differ (max {worst:.3g} mm)")
     values = set(np.unique(label.array).tolist())
     extra = sorted(values - allowed)
     if extra:
@@ -185,53 +188,174 @@ def _progress(items, enabled: bool, desc: str):
 
 # --- BraTS sample → MSD/nnU-Net -----------------------------------------------------------------
 BRATS_LABELS = {"0": "background", "1": "necrosis", "2": "edema", "3": "non-enhancing", "4": "enhancing"}
+_IMAGE_SUFFIXES = NIFTI + ITK  # what a patient folder's image may be; anything else (licence texts) is ignored
 
 
-def convert_brats(src: str | os.PathLike, dst: str | os.PathLike,
-                  modalities: tuple[str, ...] = ("Flair", "T1c"), label_file: str = "OTMultiClass") -> Dataset:
+def convert_brats(src: str | os.PathLike, dst: str | os.PathLike, modalities: tuple[str, ...] = ("Flair", "T1c"),
+                  label_file: str = "OTMultiClass", overwrite: bool = False) -> Dataset:
     """Convert the BraTS per-patient folder layout into nnU-Net v2 layout (``case_0000`` = first modality).
 
-    Each patient folder holds ``<Modality>_*.nii.gz`` files and ``OTMultiClass.nii.gz``. All inputs are validated
-    before anything is written; each output is written atomically.
+    Parameters
+    ----------
+    src : path
+        One sub-folder per patient, holding ``<Modality>_*`` images and ``<label_file>.*`` (NIfTI, NRRD or MHA).
+    dst : path
+        Dataset folder to write; it must not exist or be empty, unless ``overwrite``.
+    modalities : tuple of str
+        File name prefixes, in channel order.
+    label_file : str
+        Label file name without suffix; a patient without one becomes an unlabelled case.
+    overwrite : bool
+        Replace ``dst`` if it already holds a dataset (a folder with ``dataset.json``); any other non-empty
+        folder is refused, so that a mistyped ``-o`` cannot wipe unrelated files.
+
+    Returns
+    -------
+    Dataset
+        The written dataset.
+
+    Notes
+    -----
+    Every input is read and its grid checked before anything is written. NIfTI files keep their bytes (a
+    ``.nii`` is only gzip-compressed), so their headers stay exactly as released; other formats are read and
+    written as NIfTI by medseg's reader and writer (geometry as SimpleITK reads it). The whole dataset is
+    written into a hidden folder beside ``dst`` and renamed onto ``dst`` at the end: a failure never leaves a
+    half dataset under ``dst`` (and with ``overwrite`` the previous dataset stays until the new one is complete).
     """
     src, dst = Path(src), Path(dst)
     if not src.is_dir():
         raise InputError("source folder does not exist", path=src)
+    _check_destination(src, dst, overwrite)
+    plan = _brats_plan(src, modalities, label_file)
+    _check_grids(plan, modalities)
+    with _staged_folder(dst) as stage:
+        training = _write_brats_cases(plan, modalities, stage)
+        meta = {"name": "BraTS sample", "description": f"converted from {src.name} by medseg",
+                "tensorImageSize": "4D", "channel_names": {str(i): m for i, m in enumerate(modalities)},
+                "modality": {str(i): m for i, m in enumerate(modalities)}, "labels": BRATS_LABELS,
+                "numTraining": len(training), "training": training, "file_ending": ".nii.gz",
+                "normalization": "zscore"}
+        (stage / "dataset.json").write_text(json.dumps(meta, indent=1))
+    return open_dataset(dst)
+
+
+def _check_destination(src: Path, dst: Path, overwrite: bool) -> None:
+    """Refuse an output that is a file, overlaps the source, or is a non-empty folder (see ``convert_brats``)."""
+    s, d = src.resolve(), dst.resolve()
+    if d == s or d in s.parents or s in d.parents:  # replacing it would delete inputs, or re-read outputs
+        raise InputError(f"output folder must be outside the source folder {src}", path=dst)
+    if not dst.exists():
+        return
+    if not dst.is_dir():
+        raise InputError("output exists and is not a folder", path=dst)
+    if not any(dst.iterdir()):
+        return
+    if not overwrite:
+        raise InputError("output folder is not empty (pass --overwrite to replace the dataset in it)", path=dst)
+    if not (dst / "dataset.json").is_file():
+        raise InputError("output folder is not empty and holds no dataset.json: refusing to replace it", path=dst)
+
+
+def _brats_plan(src: Path, modalities: tuple[str, ...], label_file: str) -> list[tuple[str, dict, Path | None]]:
+    """``(patient id, {modality: file}, label file or None)`` per patient folder, sorted by id."""
     plan = []
-    for pat in sorted(p for p in src.iterdir() if p.is_dir()):
+    for pat in sorted(p for p in src.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        images = sorted(q for q in pat.iterdir() if q.is_file() and full_suffix(q) in _IMAGE_SUFFIXES)
         files = {}
         for mod in modalities:
-            hits = sorted(q for q in pat.iterdir() if q.name.startswith(mod + "_") or case_name(q) == mod)
+            hits = [q for q in images if q.name.startswith(mod + "_") or case_name(q) == mod]
             if not hits:
                 raise InputError(f"no {mod} image in patient folder", path=pat)
             files[mod] = hits[0]
-        lab = [q for q in pat.iterdir() if case_name(q) == label_file]
+        lab = [q for q in images if case_name(q) == label_file]
         plan.append((pat.name, files, lab[0] if lab else None))
     if not plan:
         raise InputError("no patient folders found", path=src)
-    for pid, files, lab in plan:  # validate geometry before writing anything
+    return plan
+
+
+def _check_grids(plan: list, modalities: tuple[str, ...]) -> None:
+    """Read every file once (so a corrupt one fails before anything is written) and compare the grids."""
+    for pid, files, lab in plan:
         ref = read_image(files[modalities[0]])
         for p in list(files.values())[1:] + ([lab] if lab else []):
             if not ref.same_grid(read_image(p)):
                 raise InputError(f"patient {pid}: not on the grid of {files[modalities[0]].name}", path=p)
-    (dst / "imagesTr").mkdir(parents=True, exist_ok=True)
-    (dst / "labelsTr").mkdir(parents=True, exist_ok=True)
-    import shutil
 
+
+def _write_brats_cases(plan: list, modalities: tuple[str, ...], stage: Path) -> list[dict]:
+    """Write every case into ``stage`` (nnU-Net v2 names); returns the ``training`` list of ``dataset.json``."""
+    (stage / "imagesTr").mkdir()
+    (stage / "labelsTr").mkdir()
     training = []
     for pid, files, lab in plan:
         for i, mod in enumerate(modalities):
-            with atomic_path(dst / "imagesTr" / f"{pid}_{i:04d}.nii.gz", protect=[files[mod]]) as tmp:
-                shutil.copyfile(files[mod], tmp)
+            _write_nifti_gz(files[mod], stage / "imagesTr" / f"{pid}_{i:04d}.nii.gz")
         if lab is not None:
-            with atomic_path(dst / "labelsTr" / f"{pid}.nii.gz", protect=[lab]) as tmp:
-                shutil.copyfile(lab, tmp)
+            _write_nifti_gz(lab, stage / "labelsTr" / f"{pid}.nii.gz")
             training.append({"image": f"./imagesTr/{pid}.nii.gz", "label": f"./labelsTr/{pid}.nii.gz"})
-    meta = {"name": "BraTS sample", "description": f"converted from {src.name} by medseg",
-            "tensorImageSize": "4D", "channel_names": {str(i): m for i, m in enumerate(modalities)},
-            "modality": {str(i): m for i, m in enumerate(modalities)}, "labels": BRATS_LABELS,
-            "numTraining": len(training), "training": training, "file_ending": ".nii.gz",
-            "normalization": "zscore"}
-    with atomic_path(dst / "dataset.json") as tmp:
-        tmp.write_text(json.dumps(meta, indent=1))
-    return open_dataset(dst)
+    return training
+
+
+def _write_nifti_gz(source: Path, dest: Path) -> None:
+    """``dest`` (``.nii.gz``) with the content of ``source``: its bytes if it is NIfTI, else converted."""
+    import gzip
+    import shutil
+
+    from medseg.io.readers import write_unchecked
+
+    suffix = full_suffix(source)
+    if suffix == ".nii.gz":
+        shutil.copyfile(source, dest)
+    elif suffix == ".nii":
+        with open(source, "rb") as fin, gzip.open(dest, "wb", compresslevel=6) as fout:
+            shutil.copyfileobj(fin, fout, 1 << 20)
+    else:  # NRRD/MHA/MHD: a copy would be a mis-named file, so go through medseg's reader and writer
+        write_unchecked(read_image(source), dest, ".nii.gz")  # OSError left to _staged_folder, which names dst
+
+
+@contextlib.contextmanager
+def _staged_folder(dst: Path) -> Iterator[Path]:
+    """Yield a hidden empty folder beside ``dst``; on success it replaces ``dst``, on failure it is removed.
+
+    An existing ``dst`` (already vetted by :func:`_check_destination`) is moved aside first and deleted only
+    once the new folder is in place, so at no time does ``dst`` hold a mix of old and new files.
+    """
+    import shutil
+    import tempfile
+
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        stage = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent))
+    except OSError as exc:
+        raise InputError(f"cannot write output ({exc.strerror or exc})", path=dst) from exc
+    try:
+        yield stage
+        _replace_folder(stage, dst)
+    except OSError as exc:
+        shutil.rmtree(stage, ignore_errors=True)
+        full = _looks_full(exc, dst.parent)
+        raise InputError(f"cannot write output ({'disk full: ' if full else ''}{exc.strerror or exc})",
+                         path=dst) from exc
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+
+
+def _replace_folder(new: Path, dst: Path) -> None:
+    """Rename ``new`` onto ``dst``; a non-empty ``dst`` is renamed aside first and removed after."""
+    import shutil
+    import tempfile
+
+    if dst.is_dir() and any(dst.iterdir()):
+        old = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", suffix=".old", dir=dst.parent))
+        os.replace(dst, old / dst.name)
+        try:
+            os.replace(new, dst)
+        except OSError:
+            os.replace(old / dst.name, dst)  # put the previous dataset back
+            old.rmdir()
+            raise
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(new, dst)  # onto a missing or empty folder: one atomic rename
