@@ -317,3 +317,61 @@ def test_evaluate_needs_an_output_folder_and_names_count_errors_by_sign(tmp_path
         assert part["abs_relative_count_error"] == pytest.approx(0.75)
     with open(out / "metrics.csv") as f:
         assert {"relative_count_error", "abs_relative_count_error"} <= set(next(csv.reader(f)))
+
+
+def _two_random_images(d):
+    d.mkdir()
+    rng = np.random.default_rng(2)
+    for name in ("a.tif", "b.tif"):
+        tifffile.imwrite(d / name, rng.integers(0, 255, (32, 32), dtype=np.uint8))
+    return d
+
+
+def test_output_folder_that_is_a_file_or_holds_an_outputs_name_is_refused(tmp_path):
+    """-o a file (or a folder below one), or a folder already named like an output: exit 2, one line, before
+    any segmenting, and nothing written or moved."""
+    d = _two_random_images(tmp_path / "in")
+    taken = tmp_path / "file.txt"
+    taken.write_text("x")
+    assert_clean_error(run_cli("cells", "count", "-i", d, "-o", taken, "--classical"), "file.txt", "is a file")
+    assert_clean_error(run_cli("cells", "count", "-i", d, "-o", taken / "sub", "--classical"), "file.txt",
+                       "inside a file")
+    assert taken.read_text() == "x"
+    out = tmp_path / "out"
+    (out / "b_cells.csv").mkdir(parents=True)
+    assert_clean_error(run_cli("cells", "count", "-i", d, "-o", out, "--classical"), "b_cells.csv", "folder")
+    assert [p.name for p in out.iterdir()] == ["b_cells.csv"] and not any((out / "b_cells.csv").iterdir())
+
+
+def test_folder_made_under_an_outputs_name_while_counting_stops_the_move(tmp_path, monkeypatch):
+    """A folder that appears under an output's name while the images are segmented: exit 2 before anything is
+    moved; a rename that fails anyway is an InputError naming the output, not a traceback."""
+    import errno
+    import os
+    from pathlib import Path
+
+    from medseg.cells.count import ClassicalSegmenter
+
+    d, out = _two_random_images(tmp_path / "in"), tmp_path / "out"
+    real = ClassicalSegmenter.segment
+
+    def segment_then_block(self, image, spacing=None):
+        (out / "a_overlay.png").mkdir(exist_ok=True)
+        return real(self, image, spacing)
+
+    monkeypatch.setattr(ClassicalSegmenter, "segment", segment_then_block)
+    assert_clean_error(run_cli("cells", "count", "-i", d, "-o", out, "--classical"), "a_overlay.png", "folder")
+    assert [p.name for p in out.iterdir()] == ["a_overlay.png"]
+    monkeypatch.setattr(ClassicalSegmenter, "segment", real)
+    (out / "a_overlay.png").rmdir()
+    real_replace = os.replace
+
+    def refuse_counts(src, dst):
+        if Path(dst) == out / "counts.csv":
+            raise OSError(errno.EACCES, "Permission denied")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", refuse_counts)
+    assert_clean_error(run_cli("cells", "count", "-i", d, "-o", out, "--classical"), "counts.csv",
+                       "cannot move", "Permission denied")
+    assert not (out / "counts.csv").exists() and not list(out.glob(".*tmp*"))

@@ -232,8 +232,6 @@ def test_convert_overwrite_replaces_a_dataset_but_nothing_else(tmp_path):
 
 
 def test_convert_overwrite_flag_on_the_cli(tmp_path):
-    if "--overwrite" not in run_cli("dataset", "convert", "--help").out:
-        pytest.skip("'medseg dataset convert' has no --overwrite option yet (medseg/cli/train_cmds.py)")
     src = _small_brats(tmp_path / "src", 1)
     assert run_cli("dataset", "convert", src, "-o", tmp_path / "ds").code == 0
     assert_clean_error(run_cli("dataset", "convert", src, "-o", tmp_path / "ds"), "--overwrite")
@@ -263,11 +261,99 @@ def test_convert_failing_mid_way_leaves_no_half_dataset(tmp_path, monkeypatch, p
 
     monkeypatch.setattr(dsmod, "_write_nifti_gz", failing)
     res = run_cli("dataset", "convert", src, "-o", dst, *(["--overwrite"] if previous else []))
-    if previous and res.code == 2 and "no such option" in res.err.lower():
-        with pytest.raises(InputError, match="disk full"):  # CLI flag pending: the same through the API
-            dsmod.convert_brats(src, dst, overwrite=True)
-    else:
-        assert_clean_error(res, "cannot write", "disk full", str(dst))
+    assert_clean_error(res, "cannot write", "disk full", str(dst))
     assert len(calls) == 3
     after = {p.relative_to(tmp_path): p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
     assert after == before  # sources untouched, no staging folder, previous dataset (if any) byte-identical
+
+
+def test_converted_folder_has_the_mode_of_a_plain_mkdir(tmp_path):
+    from medseg.train.dataset import convert_brats
+
+    src = _small_brats(tmp_path / "src", 1)
+    os.mkdir(tmp_path / "plain")
+    convert_brats(src, tmp_path / "ds")
+    assert (tmp_path / "ds").stat().st_mode == (tmp_path / "plain").stat().st_mode
+
+
+def _failing_replace(monkeypatch, fail):
+    """Make ``os.replace(a, b)`` raise EACCES when ``fail(Path(a), Path(b))`` is true."""
+    import errno
+
+    real = os.replace
+
+    def replace(a, b, **kw):
+        if fail(Path(a), Path(b)):
+            raise OSError(errno.EACCES, "Permission denied")
+        return real(a, b, **kw)
+
+    monkeypatch.setattr(os, "replace", replace)
+
+
+def _snapshot(root: Path) -> dict:
+    return {p.relative_to(root): p.read_bytes() if p.is_file() else None for p in sorted(root.rglob("*"))}
+
+
+@pytest.mark.parametrize("step", ["aside", "in"])
+def test_overwrite_failing_rename_keeps_the_previous_dataset(tmp_path, monkeypatch, step):
+    """Moving the old dataset aside, or the new one in, fails: clean error, nothing left, old dataset intact."""
+    from medseg.train.dataset import convert_brats
+
+    src = _small_brats(tmp_path / "src", 1)
+    dst = tmp_path / "ds"
+    convert_brats(src, dst)
+    before = _snapshot(tmp_path)
+    moved = []  # "in" fails only once, so the previous dataset can be put back
+
+    def fail(a, b):
+        if step == "aside":
+            return a == dst
+        moved.append(b)
+        return b == dst and moved.count(dst) == 1
+    _failing_replace(monkeypatch, fail)
+    with pytest.raises(InputError, match="cannot write output"):
+        convert_brats(src, dst, overwrite=True)
+    assert _snapshot(tmp_path) == before
+
+
+def test_overwrite_failing_restore_says_where_the_previous_dataset_is(tmp_path, monkeypatch):
+    from medseg.train.dataset import convert_brats
+
+    src = _small_brats(tmp_path / "src", 1)
+    dst = tmp_path / "ds"
+    convert_brats(src, dst)
+    before = _snapshot(dst)
+    _failing_replace(monkeypatch, lambda a, b: b == dst)
+    with pytest.raises(InputError, match="previous dataset could not be put back") as err:
+        convert_brats(src, dst, overwrite=True)
+    aside = Path(str(err.value).rsplit(" is in ", 1)[1])
+    assert _snapshot(aside) == before and not dst.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [aside.parent.name, "src"]  # no staging folder left
+
+
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_convert_checks_the_destination_again_before_the_swap(tmp_path, monkeypatch, overwrite):
+    """Another process fills ``dst`` while the cases are written: it is refused then, not wiped."""
+    import medseg.train.dataset as dsmod
+
+    src = _small_brats(tmp_path / "src", 1)
+    dst = tmp_path / "ds"
+    real = dsmod._write_brats_cases
+
+    def racing(*args):
+        dst.mkdir()
+        (dst / "notes.txt").write_text("theirs")
+        return real(*args)
+
+    monkeypatch.setattr(dsmod, "_write_brats_cases", racing)
+    with pytest.raises(InputError, match="not empty"):
+        dsmod.convert_brats(src, dst, overwrite=overwrite)
+    assert [p.name for p in dst.iterdir()] == ["notes.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ds", "src"]
+
+
+def test_convert_output_under_a_file_is_a_clean_error(tmp_path):
+    src = _small_brats(tmp_path / "src", 1)
+    (tmp_path / "a_file").write_text("x")
+    assert_clean_error(run_cli("dataset", "convert", src, "-o", tmp_path / "a_file" / "ds"), "a_file")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file", "src"]

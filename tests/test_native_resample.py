@@ -135,3 +135,13 @@ def test_spill_disk_full_is_a_clean_input_error(tmp_path, monkeypatch):
     with pytest.raises(InputError, match="cannot write probabilities .disk full") as err:
         out.add(torch.rand(3, 4, 4, 8), 0)
     assert str(tmp_path) in str(err.value) and list(tmp_path.iterdir()) == []
+
+
+def test_spill_without_pwrite_writes_the_same_probabilities(tmp_path, monkeypatch):
+    """Where os.pwrite is missing (Windows), seek + write on the file object stores the same planes."""
+    import os
+
+    ref = _filled((9, 7, 11), (20, 15, 23), 3, tmp_path).probabilities
+    monkeypatch.delattr(os, "pwrite")
+    out = _filled((9, 7, 11), (20, 15, 23), 3, tmp_path).probabilities
+    assert np.array_equal(out, ref) and list(tmp_path.iterdir()) == []

@@ -209,16 +209,41 @@ def test_bad_series_value_is_clean(tmp_path):
 
 
 def test_folder_with_a_broken_series_writes_nothing(tmp_path):
-    """A series with a missing slice among good ones: exit 2 naming it before any series is predicted."""
+    """A series with a missing slice among good ones and a screenshot: exit 2 naming the broken series before any
+    series is predicted, in one line (the note on the skipped screenshot comes only once the input passed)."""
+    import pydicom
+
     study, _ = flat_study(tmp_path / "flat")
     from medseg.io.dicom import discover_series
+    from medseg.infer.cohort import list_cases
 
     crop = discover_series(data_path("dicom", "mr_study", "13_HCropVolume"))[0]
+    shot = pydicom.dcmread(crop.files[0])
+    del shot.ImagePositionPatient
+    shot.SeriesInstanceUID, shot.SeriesDescription = pydicom.uid.generate_uid(), "screenshot"
+    shot.save_as(study / "screenshot.dcm")
     (study / f"HippoCrop_{crop.files[len(crop.files) // 2].name}").unlink()  # a gap in the middle of the stack
     out = tmp_path / "out"
     res = run_cli("predict", "-m", coarse_model(tmp_path / "m.pt"), "-i", study, "-o", out)
     assert_clean_error(res, "HippoCrop", "not a regular volume")
     assert not out.exists()
+    notes: list[str] = []
+    assert len(list_cases(study, notes=notes)) == 2
+    assert len(notes) == 1 and "skipped series" in notes[0] and "screenshot" in notes[0]
+
+
+def test_series_names_that_differ_only_in_case_are_told_apart(tmp_path):
+    """Folders T1 and t1 would write one file on Windows and macOS: both names get their UID's digits, spelled
+    as they were."""
+    from types import SimpleNamespace
+
+    from medseg.infer.cohort import series_case_names
+
+    series = [SimpleNamespace(index=i, folder=tmp_path / name, series_uid=f"1.2.3.{uid}", description="",
+                              modality="MR", meta={}) for i, (name, uid) in enumerate((("T1", 111), ("t1", 222)))]
+    for s in series:
+        s.folder.mkdir()
+    assert series_case_names(series, tmp_path) == {0: "T1_123111", 1: "t1_123222"}
 
 
 def test_tta_without_flip_axes_warns_and_records(tmp_path):

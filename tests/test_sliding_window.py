@@ -210,3 +210,20 @@ def test_helpers_and_errors():
         sliding_window_predict(net, torch.zeros(1, 8, 8, 8), (4, 4, 4), overlap=1.0, device="cpu")
     with pytest.raises(ValueError):
         sliding_window_predict(net, torch.zeros(1, 8, 8, 8), (4, 4, 4), output="nope", device="cpu")
+
+
+def test_resolve_device_is_the_shared_parser(monkeypatch):
+    """Spelled as everywhere else (medseg.infer.devices): `gpu` or an absent GPU is an InputError (exit 2), not
+    torch's RuntimeError; "auto" is CUDA when present, else the CPU."""
+    from medseg.errors import InputError
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert sw.resolve_device() == sw.resolve_device(" CPU") == torch.device("cpu")
+    for bad in ("gpu", "cuda"):
+        with pytest.raises(InputError):
+            sw.resolve_device(bad)
+    with pytest.raises(InputError, match="unknown device 'gpu'"):
+        sliding_window_predict(torch.nn.Conv2d(1, 2, 1), torch.zeros(1, 8, 8), (4, 4), device="gpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert sw.resolve_device("auto") == torch.device("cuda")

@@ -4,6 +4,8 @@ from the machine."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -114,6 +116,43 @@ def test_cli_bad_device_is_a_usage_error(tmp_path, no_cuda):
     assert not out.exists() and not (tmp_path / "p.yaml").exists()
 
 
+@pytest.mark.parametrize("device, backend", [("CPU", "gloo"), (" cpu", "gloo"), (torch.device("cpu"), "gloo"),
+                                             ("cuda", "nccl"), ("Auto", "nccl")])
+def test_ddp_backend_follows_the_device_type(monkeypatch, device, backend):
+    """Under torchrun on a GPU machine `--device CPU` must pick gloo: the old check `device != "cpu"` picked NCCL."""
+    import torch.distributed as dist
+
+    from medseg.train import ddp
+
+    chosen, pinned = [], []
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "set_device", pinned.append)
+    monkeypatch.setattr(dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(dist, "init_process_group", chosen.append)
+    monkeypatch.setattr(dist, "get_rank", lambda: 1)
+    monkeypatch.setattr(dist, "get_world_size", lambda: 2)
+    assert ddp.setup(device) == (1, 2)
+    assert chosen == [backend] and pinned == ([1] if backend == "nccl" else [])
+
+
+def test_train_passes_the_canonical_device_on(tmp_path, monkeypatch):
+    """`medseg train --device CPU` hands "cpu" to the trainer, not what the user typed."""
+    from medseg.errors import InputError
+
+    seen = []
+
+    def fake_train(plan, run_dir, **kw):
+        seen.append(kw["device"])
+        raise InputError("stopped by the test")
+
+    monkeypatch.setattr("medseg.train.trainer.train", fake_train)
+    plan = tiny_plan(tmp_path, max_epochs=1)
+    assert_clean_error(run_cli("train", plan, "-o", tmp_path / "run", "--device", " CPU", "-q"), "stopped by")
+    assert seen == ["cpu"]
+
+
 def test_plan_for_a_gpu_elsewhere(tmp_path, no_cuda):
     """`medseg plan --device cuda` on a machine without CUDA plans for a GPU (a plan can travel), with 8 GB."""
     from medseg.plan.plan import Plan
@@ -165,24 +204,33 @@ def test_dice_loss_honours_class_weights():
     assert not torch.allclose(got, SegLoss(Plan(loss="dice", labels=LABELS3))(logits, y))
 
 
-def test_dice_focal_loss_step_matches_monai_and_learns():
-    from monai.losses import DiceFocalLoss
+def test_dice_focal_loss_worked_out_by_hand():
+    """Two voxels, two classes, weights (0.5, 2), from the definitions in plain floats, not from MONAI.
 
+    Dice: on softmax probabilities, one per class over the batch, (1 - Dice) weighted, mean over classes. Focal:
+    MONAI's DiceFocalLoss builds its FocalLoss without ``use_softmax``, so each channel is a *sigmoid* (one vs rest)
+    focal loss -(1 - p_t)^2 log p_t, weighted per class and averaged over every channel and voxel.
+    """
     from medseg.plan.plan import Plan
     from medseg.train.losses import SegLoss
 
-    logits, y = _logits_labels(2)
-    loss_fn = SegLoss(Plan(loss="dice_focal", labels=LABELS3))
-    ref = DiceFocalLoss(to_onehot_y=True, softmax=True, batch=True)(logits, y[:, None])
-    assert torch.allclose(loss_fn(logits, y), ref)
-    # one optimiser step on the logits themselves lowers the loss: the gradient is finite and points downhill
-    x = logits.clone().requires_grad_(True)
-    opt = torch.optim.SGD([x], lr=1.0)
-    before = loss_fn(x, y)
-    before.backward()
-    assert torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
-    opt.step()
-    assert loss_fn(x, y) < before
+    logits, labels, w = [[2.0, -1.0], [0.0, 1.0]], [0, 1], [0.5, 2.0]  # logits[class][voxel]
+    hot = [[float(lab == k) for lab in labels] for k in range(2)]
+    focal = sum(w[k] * _sigmoid_focal(logits[k][v], hot[k][v]) for k in range(2) for v in range(2)) / 4
+    soft = [[math.exp(logits[k][v]) / sum(math.exp(logits[j][v]) for j in range(2)) for v in range(2)]
+            for k in range(2)]
+    dice = [(2 * sum(p * t for p, t in zip(soft[k], hot[k])) + 1e-5) / (sum(soft[k]) + sum(hot[k]) + 1e-5)
+            for k in range(2)]
+    expected = sum(w[k] * (1 - dice[k]) for k in range(2)) / 2 + focal
+    loss_fn = SegLoss(Plan(loss="dice_focal", labels={0: "background", 1: "foreground"}, class_weights=w))
+    got = loss_fn(torch.tensor([logits]), torch.tensor([labels]))
+    assert got.item() == pytest.approx(expected, rel=1e-5)
+
+
+def _sigmoid_focal(logit: float, target: float, gamma: float = 2.0) -> float:
+    p = 1 / (1 + math.exp(-logit))
+    p_t = p if target else 1 - p
+    return -((1 - p_t) ** gamma) * math.log(p_t)
 
 
 def test_loss_weights_follow_the_module_to_the_device():
@@ -234,17 +282,55 @@ def test_default_memory_from_ram(monkeypatch, no_cuda):
         assert planner.default_memory_gb("auto") == pytest.approx(expected)
 
 
-def test_default_memory_from_the_gpu(monkeypatch):
+@pytest.fixture
+def fake_gpus(monkeypatch):
+    """A machine with ``set(count, total_bytes)`` CUDA devices, as far as torch.cuda tells; ``asked`` lists the
+    indices whose properties were read. ``mem_get_info`` fails the test: it would open a CUDA context (on every
+    torchrun rank, all on GPU 0, before ddp.setup assigns them theirs)."""
+    from types import SimpleNamespace
+
+    gpus = SimpleNamespace(asked=[], count=1, total=16e9)
+
+    def properties(i):
+        assert 0 <= i < gpus.count, f"asked for the properties of cuda:{i} on a {gpus.count}-GPU machine"
+        gpus.asked.append(i)
+        return SimpleNamespace(total_memory=int(gpus.total))
+
+    def no_context(*a, **k):
+        raise AssertionError("mem_get_info opens a CUDA context")
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: gpus.count)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", properties)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", no_context)
+    return gpus
+
+
+def test_default_memory_from_the_gpu(fake_gpus):
     from medseg.plan import planner
 
-    asked = []
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    fake_gpus.count = 2
     for total, expected in [(16e9, 13.6), (141e9, planner.GPU_CAP_GB)]:
-        monkeypatch.setattr(torch.cuda, "mem_get_info", lambda i, total=total: (asked.append(i) or 1e9, total))
+        fake_gpus.total = total
         assert planner.default_memory_gb("cuda:1") == pytest.approx(expected)
     assert planner.default_memory_gb("cuda") == pytest.approx(planner.GPU_CAP_GB)
-    assert asked == [1, 1, 0]  # the named GPU's memory, the current one for plain cuda
+    assert fake_gpus.asked == [1, 1, 0]  # the named GPU's memory, the current one for plain cuda
+
+
+def test_plan_for_a_gpu_index_this_machine_lacks(tmp_path, fake_gpus):
+    """`medseg plan --device cuda:3` on a 1-GPU machine: a plan for another machine (8 GB), not a RuntimeError
+    from torch after the fingerprint (exit 1)."""
+    from medseg.plan.plan import Plan
+    from medseg.plan.planner import GPU_ELSEWHERE_GB, default_memory_gb
+
+    assert default_memory_gb("cuda:3") == GPU_ELSEWHERE_GB
+    assert default_memory_gb("cuda:0") == pytest.approx(13.6)  # the GPU it has still counts its own memory
+    ds = tiny_dataset(tmp_path / "ds", 2)
+    res = run_cli("plan", ds, "-o", tmp_path / "p.yaml", "--device", "cuda:3")
+    assert res.code == 0, res.err
+    assert Plan.from_yaml(tmp_path / "p.yaml").bf16 is False  # planned for the GPU
+    assert fake_gpus.asked == [0]
 
 
 def test_make_plan_uses_the_default_and_an_explicit_budget_wins(tmp_path, monkeypatch):

@@ -17,7 +17,7 @@ import numpy as np
 
 from medseg.errors import InputError
 from medseg.io.atomic import atomic_path, case_name
-from medseg.cells.segmenters import CellModel, ClassicalSegmenter, model_files  # noqa: F401 (API)
+from medseg.cells.segmenters import CellModel, ClassicalSegmenter  # also imported from here (tests, benchmarks)
 
 
 def list_images(path) -> list[Path]:
@@ -64,8 +64,8 @@ def count_cells(inputs, out_dir, model=None, classical: bool = False, channel: i
     ``note`` receives one-line remarks (3D images of a folder get no ROIs; default: ``warnings.warn``).
     Returns the rows of ``counts.csv`` (None where the table is blank).
     """
+    _check_mode(model, classical, method, tta, min_snr, threads, inputs)  # a usage error before any reading
     files = list_images(inputs)
-    _check_mode(model, classical, method, tta, min_snr, threads, inputs)
     seg = ClassicalSegmenter(method or "otsu", diameter) if classical else (
         model if isinstance(model, CellModel) else CellModel.load(model, tta=tta, diameter=diameter))
     ndims = _check_images(files, channel, pixel_size, None if classical else seg.cfg.spatial_dims)
@@ -156,13 +156,24 @@ def _output_names(cid: str, rois: bool) -> list[str]:
 
 
 def _check_outputs(files, out_dir: Path, with_rois) -> None:
-    """Refuse an output folder where an output would replace an input (``-o`` the input folder, say)."""
+    """Refuse, before any segmenting, an output folder that is a file, or where an output would replace an input
+    (``-o`` the input folder, say) or a folder of that name (moving the outputs into place would stop half-way)."""
+    existing = next((p for p in (out_dir, *out_dir.parents) if p.exists()), None)
+    if existing is not None and not existing.is_dir():  # -o a file, or a folder below one
+        raise InputError("the output folder (-o) is a file" if existing == out_dir else
+                         "the output folder (-o) would be inside a file", path=existing)
     inputs = {f.resolve() for f in files}
     names = [n for f in files for n in _output_names(case_name(f), f in with_rois)] + ["counts.csv"]
     for n in names:
         dest = out_dir / n
         if dest.exists() and dest.resolve() in inputs:
             raise InputError("refusing to overwrite an input file", path=dest)
+        _refuse_folder(dest)
+
+
+def _refuse_folder(dest: Path) -> None:
+    if dest.is_dir():
+        raise InputError("an output's name is taken by a folder (move or rename it)", path=dest)
 
 
 @contextlib.contextmanager
@@ -171,7 +182,10 @@ def _staged(out_dir: Path):
     to a hidden folder inside ``out_dir`` and renamed to their final names only when the block succeeds, so that a
     failure part-way (an image with too many cells, a full disk) leaves no outputs of the earlier images."""
     created = not out_dir.exists()
-    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # a file on the way (-o a/b with a a file), no permission
+        raise InputError(f"cannot create the output folder ({exc.strerror or exc})", path=out_dir) from exc
     if not os.access(out_dir, os.W_OK):
         raise InputError("output folder is not writable", path=out_dir)
     try:
@@ -190,12 +204,26 @@ def _staged(out_dir: Path):
 
     try:
         yield place
-        for p in sorted(stage.iterdir(), key=lambda p: p.name == "counts.csv"):  # counts.csv last
-            os.replace(p, out_dir / p.name)
+        _move_outputs(stage, out_dir)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
         if created and not any(out_dir.iterdir()):
             out_dir.rmdir()
+
+
+def _move_outputs(stage: Path, out_dir: Path) -> None:
+    """Rename the staged outputs into ``out_dir``, ``counts.csv`` last. Each rename is atomic but not all of them
+    together, so the destinations are checked again first: a folder made under an output's name while the images
+    were segmented stops the move before anything is moved."""
+    staged = sorted(stage.iterdir(), key=lambda p: p.name == "counts.csv")
+    for p in staged:
+        _refuse_folder(out_dir / p.name)
+    for p in staged:
+        try:
+            os.replace(p, out_dir / p.name)
+        except OSError as exc:
+            problem = f"cannot move the output into place ({exc.strerror or exc})"
+            raise InputError(problem, path=out_dir / p.name) from exc
 
 
 def _count_one(f: Path, seg, channel, pixel_size, exclude_border: bool, rois: bool, place, method: str) -> dict:

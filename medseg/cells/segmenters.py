@@ -46,17 +46,16 @@ class CellModel:
         if not weights.exists():
             raise InputError("cell model has no weights (model.pt): was training finished?", path=weights.parent)
         net = build_cell_network(cfg)
-        try:
+        try:  # unreadable weights and weights of another network: one message
             state = torch.load(weights, map_location="cpu", weights_only=True)
+            checkpoint = isinstance(state, dict) and "optimizer" in state  # not the final (averaged) weights
+            if not checkpoint:
+                net.load_state_dict(state)
         except Exception as exc:
             raise InputError(f"cannot load model weights ({' '.join(str(exc).split())[:160]})", path=weights) from exc
-        if isinstance(state, dict) and "optimizer" in state:  # checkpoint.pt: not the final (averaged) weights
+        if checkpoint:
             raise InputError("a training checkpoint, not the model's weights: give the run folder or its model.pt",
                              path=weights)
-        try:
-            net.load_state_dict(state)
-        except Exception as exc:
-            raise InputError(f"cannot load model weights ({' '.join(str(exc).split())[:160]})", path=weights) from exc
         net.eval()
         return cls(net, cfg, meta, overlap, tta, device, diameter)
 

@@ -66,7 +66,7 @@ def tune_thresholds(model, cases, threshold_grid: Sequence[float] = THRESHOLD_GR
         ``threshold``, ``seed_threshold``, ``seeds`` (the best setting), ``ap`` and ``count_error`` there,
         ``n_images`` and the whole ``table`` (mean AP@``iou`` and mean absolute relative count error per setting).
     """
-    from medseg.cells.evaluate import evaluate_pair
+    from medseg.evaluate.instances import instance_metrics
 
     probs = [model.probabilities(c.image) for c in cases]
     grid = [("boundary", t, s) for t, s in itertools.product(threshold_grid, seed_grid)]
@@ -80,7 +80,7 @@ def tune_thresholds(model, cases, threshold_grid: Sequence[float] = THRESHOLD_GR
         for c, p in zip(cases, probs):
             pred = model.postprocess(p, threshold=t, seed_threshold=s, seeds=src, shape=c.labels.shape,
                                      image=c.image)
-            m = evaluate_pair(c.labels, pred, [iou])
+            m = instance_metrics(c.labels, pred, [iou])
             aps.append(m[f"ap@{iou:g}"])
             errs.append(m["abs_relative_count_error"])
         table.append({"seeds": src, "threshold": t, "seed_threshold": s, "ap": float(np.mean(aps)),

@@ -164,8 +164,6 @@ def count_cmd(
     Every image is checked before anything is written; options the mode cannot use are refused."""
     from medseg.cells.count import count_cells
 
-    if (model is None) == (not classical):
-        raise InputError("choose exactly one of -m RUN or --classical")
     if method is not None and method not in ("otsu", "local"):
         raise InputError(f"--threshold must be otsu or local (got '{method}')")
     if diameter is not None and not diameter > 0:

@@ -9,6 +9,7 @@ import typer
 
 from medseg.cli.app import app, dataset_app
 from medseg.errors import InputError
+from medseg.infer.devices import DEVICE_HELP, parse_device  # torch-free to import: the CLI starts fast
 
 
 @dataset_app.command("convert")
@@ -45,8 +46,8 @@ def dataset_check(dataset: Path = typer.Argument(..., help="MSD/nnU-Net dataset 
 def plan_cmd(
     dataset: Path = typer.Argument(..., help="MSD/nnU-Net dataset folder."),
     output: Path = typer.Option(..., "-o", "--output", help="plan.yaml to write."),
-    device: str = typer.Option("cpu", help="Target device for training: auto, cpu, cuda or cuda:N (the GPU may be "
-                                           "on another machine)."),
+    device: str = typer.Option("cpu", help=f"Target device for training: {DEVICE_HELP} (the GPU may be on "
+                                           "another machine)."),
     memory_gb: Optional[float] = typer.Option(None, help="Memory budget of the device (GB)."),
     max_minutes: Optional[float] = typer.Option(None, "--max-minutes", help="Training time budget to plan for."),
 ) -> None:
@@ -83,7 +84,7 @@ def train_cmd(
                                                 help="Time budget; ends cleanly. From a dataset folder the plan is "
                                                      "also fitted to it, as `medseg plan --max-minutes` does."),
     resume: bool = typer.Option(False, "--resume", help="Continue from checkpoint_latest.pt in the run folder."),
-    device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
+    device: str = typer.Option("auto", help=f"{DEVICE_HELP} (auto: CUDA when available, else the CPU)."),
     threads: Optional[int] = typer.Option(None, help="CPU threads for torch."),
     ensemble: Optional[int] = typer.Option(None, "--ensemble", min=1,
                                            help="Train this many networks (seeds seed, seed+1, ...) one after "
@@ -104,14 +105,15 @@ def train_cmd(
     (an ensemble: one sub-folder per member and model.pt holding all of them).
 
     Example: medseg train ../shared/data/msd_hippocampus -o runs/hippo --max-minutes 30"""
-    from medseg.infer.devices import parse_device
     from medseg.train.ensemble import train_ensemble
     from medseg.train.trainer import train
 
-    dev = parse_device(device)  # a typo or a missing GPU fails before minutes of fingerprinting
+    # parsed once, here: a typo or a missing GPU fails before minutes of fingerprinting, and what goes on is the
+    # canonical spelling (`CPU` reached ddp.setup as "CPU", which is not "cpu", and picked NCCL under torchrun)
+    device = str(parse_device(device))
     if resume and not source.exists():
         raise InputError("no such file or folder", path=source)
-    plan = _load_plan(source, str(dev), max_minutes) if not resume else _resume_plan(source, output)
+    plan = _load_plan(source, device, max_minutes) if not resume else _resume_plan(source, output)
     if resume and ensemble is not None and ensemble != plan.ensemble:
         raise InputError(f"--ensemble {ensemble}: the run being resumed has ensemble {plan.ensemble}", path=output)
     from medseg.plan.plan import CACHE_MODES
@@ -173,7 +175,7 @@ def predict_cmd(
     tta: Optional[bool] = typer.Option(None, "--tta/--no-tta",
                                        help="Mirroring TTA over the axes the model was trained to mirror "
                                             "(default: the plan's `tta`)."),
-    device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
+    device: str = typer.Option("auto", help=f"{DEVICE_HELP} (auto: CUDA when available, else the CPU)."),
     shard: Optional[str] = typer.Option(None, help="i/n: predict only every n-th case starting at i (0-based)."),
     probabilities: bool = typer.Option(False, "--probabilities", help="Also write <case>_probs.nii.gz."),
     largest_component: bool = typer.Option(False, "--largest-component", help="Keep the largest component per class."),
@@ -185,9 +187,9 @@ def predict_cmd(
 ) -> None:
     """Predict label maps in the inputs' own geometry (same shape and affine)."""
     from medseg.infer.cohort import parse_shard, predict_path
-    from medseg.infer.devices import parse_device
 
-    parse_device(device)  # before the model is loaded: `--device gpu` is a usage error (exit 2), not a crash
+    # before the model is loaded: `--device gpu` is a usage error (exit 2), not a crash
+    device = str(parse_device(device))
     written, skipped = predict_path(model, input, output, overlap=overlap, tta=tta, device=device,
                                     shard=parse_shard(shard), probabilities=probabilities,
                                     largest_component=largest_component, min_size_mm3=min_size, export=export,

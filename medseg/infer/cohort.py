@@ -20,7 +20,7 @@ import numpy as np
 from medseg.errors import InputError
 from medseg.io.atomic import atomic_path, case_name, full_suffix
 from medseg.io.image import Image
-from medseg.io.readers import is_dicom_file, read_image, write_image
+from medseg.io.readers import is_dicom_file, read_image
 
 IMAGE_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".mha", ".mhd")
 _CH = re.compile(r"^(?P<case>.+)_(?P<ch>\d{4})$")
@@ -64,7 +64,8 @@ def parse_shard(text: str | None) -> tuple[int, int] | None:
     return int(m.group(1)), int(m.group(2))
 
 
-def list_cases(path: Path, channels: int = 1, series: str | int | None = None) -> list[Case]:
+def list_cases(path: Path, channels: int = 1, series: str | int | None = None,
+               notes: list[str] | None = None) -> list[Case]:
     """The cases under ``path``: a file, a folder of image files, or DICOM series.
 
     Parameters
@@ -77,6 +78,8 @@ def list_cases(path: Path, channels: int = 1, series: str | int | None = None) -
     series : str or int, optional
         Only this DICOM series (index or SeriesInstanceUID, picked by :func:`medseg.io.dicom.select_series`).
         A folder that also holds image files is then searched for DICOM series, not listed as images.
+    notes : list of str, optional
+        Receives the notes on skipped DICOM series (see :func:`dicom_cases`) instead of stderr.
 
     Returns
     -------
@@ -90,11 +93,11 @@ def list_cases(path: Path, channels: int = 1, series: str | int | None = None) -
             return [Case(case_name(path), [path])]
         if not is_dicom_file(path):
             raise InputError("--series picks a DICOM series, but this is not a DICOM file", path=path)
-        return dicom_cases(path, series)
+        return dicom_cases(path, series, notes)
     files = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith(".")
                    and full_suffix(p) in IMAGE_SUFFIXES)
     if not files or series is not None:
-        return dicom_cases(path, series)
+        return dicom_cases(path, series, notes)
     groups: dict[str, list[Path]] = {}
     for p in files:
         m = _CH.match(case_name(p))
@@ -104,11 +107,12 @@ def list_cases(path: Path, channels: int = 1, series: str | int | None = None) -
     return [Case(name, paths) for name, paths in sorted(groups.items())]
 
 
-def dicom_cases(path: Path, series: str | int | None = None) -> list[Case]:
+def dicom_cases(path: Path, series: str | int | None = None, notes: list[str] | None = None) -> list[Case]:
     """One case per DICOM volume series under ``path``, or only the one ``series`` picks.
 
-    Images that can never be volumes (screenshots, colour, cine) are skipped with a note on stderr, as
-    ``medseg convert`` does; a picked series that is not a volume is an ``InputError``.
+    Images that can never be volumes (screenshots, colour, cine) are skipped with a note, as ``medseg convert``
+    does: appended to ``notes`` when given (a caller that still validates prints them once that passed), else
+    printed on stderr. A picked series that is not a volume is an ``InputError``.
     """
     from medseg.io.dicom import discover_series, no_series_message, select_series
 
@@ -125,9 +129,12 @@ def dicom_cases(path: Path, series: str | int | None = None) -> list[Case]:
             raise InputError(no_series_message(path), path=path)
         raise InputError(f"no DICOM volume series found ({len(found)} non-volume image series: "
                          f"{found[0].problem})", path=path)
-    for s in found:
-        if not s.is_volume:  # said once, on stderr, without stopping the cohort
-            print(f"medseg: note: {s.folder}: skipped series {s.label()}: {s.problem}", file=sys.stderr)
+    skipped = [f"medseg: note: {s.folder}: skipped series {s.label()}: {s.problem}" for s in found if not s.is_volume]
+    if notes is not None:
+        notes.extend(skipped)
+    else:  # said once, on stderr, without stopping the cohort
+        for line in skipped:
+            print(line, file=sys.stderr)
     return [Case(names[s.index], [path], s) for s in volumes]
 
 
@@ -153,9 +160,10 @@ def series_case_names(series: "list[SeriesInfo]", root: Path) -> dict[int, str]:
         else:
             names[s.index] = _header_name(s)
     for extra in (lambda s: re.sub(r"\D", "", s.series_uid)[-6:], lambda s: str(s.index)):
-        counts = Counter(names.values())
+        # T1 and t1 are one file on Windows and macOS: compare names as those systems do, keep their spelling
+        counts = Counter(n.casefold() for n in names.values())
         for s in series:
-            if counts[names[s.index]] > 1 and extra(s):
+            if counts[names[s.index].casefold()] > 1 and extra(s):
                 names[s.index] += f"_{extra(s)}"
     return names
 
@@ -249,7 +257,8 @@ def predict_path(model, input: str | os.PathLike, output: str | os.PathLike, ove
         raise InputError(f"--export must be dicom-seg or rtstruct, got '{export}'")
     art = load_model(model)
     dev = resolve_device(device)
-    cases = list_cases(input, art.plan.in_channels, series)
+    notes: list[str] = []  # skipped series: said once the input has passed every check, not before an error
+    cases = list_cases(input, art.plan.in_channels, series, notes)
     if shard:
         cases = cases[shard[0]::shard[1]]
     if export and not all(c.series is not None for c in cases):
@@ -257,6 +266,8 @@ def predict_path(model, input: str | os.PathLike, output: str | os.PathLike, ove
     todo = [c for c in cases if overwrite or not (output / f"{c.name}.nii.gz").exists()]
     skipped = len(cases) - len(todo)
     _check_series(todo)
+    for line in notes:
+        print(line, file=sys.stderr)
     tta, note = resolve_tta(art.plan, tta)
     output.mkdir(parents=True, exist_ok=True)
     net = art.build().to(dev)

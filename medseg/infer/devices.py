@@ -7,13 +7,17 @@ Users type ``gpu`` or ``cuda`` on a machine without CUDA; both must end in a one
 from __future__ import annotations
 
 import re
-
-import torch
+from typing import TYPE_CHECKING
 
 from medseg.errors import InputError
 
+if TYPE_CHECKING:
+    import torch
+
 __all__ = ["parse_device", "DEVICE_HELP"]
 
+# The CLI's --device help strings (read when the CLI starts, which does not import torch: hence torch is imported
+# inside the functions below, not at the top of this module)
 DEVICE_HELP = "auto, cpu, cuda or cuda:N"
 _PATTERN = re.compile(r"^(auto|cpu|cuda)(?::(\d+))?$")
 
@@ -50,6 +54,8 @@ def parse_device(text: str | torch.device, require_available: bool = True) -> to
     ...
     medseg.errors.InputError: unknown device 'gpu' (use auto, cpu, cuda or cuda:N)
     """
+    import torch
+
     raw = str(text).strip()
     match = _PATTERN.match(raw.lower())
     if match is None or (match.group(2) is not None and match.group(1) != "cuda"):
@@ -67,6 +73,8 @@ def parse_device(text: str | torch.device, require_available: bool = True) -> to
 
 def _check_cuda(raw: str, index: int | None) -> None:
     """InputError unless this machine has CUDA and, when ``index`` is given, that many devices."""
+    import torch
+
     if not torch.cuda.is_available():
         raise InputError(f"--device {raw}: no CUDA device on this machine")
     count = torch.cuda.device_count()

@@ -141,9 +141,9 @@ class ProbabilitySpill:
 
     Each class is one Fortran-order volume, so the planes of the last axis, which arrive one after the other,
     are contiguous per class, and so is each class when the file is written out. Planes go in with ``pwrite``
-    (through the page cache, never into the process's memory); :meth:`array` maps the file read-only. The file
-    has no name from the start: nothing is left behind whatever happens, and its space is freed with the last
-    array that maps it.
+    (seek + write on Windows, which has none; through the page cache, never into the process's memory);
+    :meth:`array` maps the file read-only. The file has no name from the start: nothing is left behind whatever
+    happens, and its space is freed with the last array that maps it.
 
     Examples
     --------
@@ -178,16 +178,25 @@ class ProbabilitySpill:
             self._write_at(data, 4 * (k * self._voxels + first * self._plane))
 
     def _write_at(self, data: bytes, offset: int) -> None:
-        view = memoryview(data)
         try:
-            while view.nbytes:  # pwrite may write less than asked (2 GiB cap on Linux)
-                done = os.pwrite(self._file.fileno(), view, offset)
-                view, offset = view[done:], offset + done
+            if hasattr(os, "pwrite"):
+                self._pwrite(data, offset)
+            else:  # Windows has no pwrite; flushed so that array()'s map of the file sees every plane
+                self._file.seek(offset)
+                self._file.write(data)
+                self._file.flush()
         except OSError as exc:
             from medseg.io.atomic import _looks_full
 
             full = "disk full: " if _looks_full(exc, self._folder) else ""
             raise InputError(f"cannot write probabilities ({full}{exc.strerror or exc})", path=self._folder) from exc
+
+    def _pwrite(self, data: bytes, offset: int) -> None:
+        """Write at ``offset`` without moving the file position (one system call per chunk, no seek)."""
+        view = memoryview(data)
+        while view.nbytes:  # pwrite may write less than asked (2 GiB cap on Linux)
+            done = os.pwrite(self._file.fileno(), view, offset)
+            view, offset = view[done:], offset + done
 
     def array(self) -> np.ndarray:
         """The file as a read-only ``(classes, *shape)`` float32 array (mapped, not read into memory)."""

@@ -94,10 +94,14 @@ def flip_sets(tta: bool | Sequence[int] | Sequence[Sequence[int]], spatial_dims:
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``"auto"`` → CUDA when available, else CPU."""
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    """``"auto"`` → CUDA when available, else CPU; otherwise ``cpu``, ``cuda`` or ``cuda:N`` present here.
+
+    Delegates to :func:`medseg.infer.devices.parse_device` so that every entry point spells devices alike and a
+    bad one (``gpu``) is an InputError, not torch's RuntimeError.
+    """
+    from medseg.infer.devices import parse_device
+
+    return parse_device(device)
 
 
 @functools.lru_cache(maxsize=1)

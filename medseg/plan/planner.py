@@ -125,7 +125,8 @@ def default_memory_gb(device: str | torch.device = "cpu") -> float:
     Parameters
     ----------
     device : str or torch.device
-        ``cpu``, ``cuda`` or ``cuda:N`` (the GPU whose memory counts; ``cuda`` is the current one).
+        ``cpu``, ``cuda`` or ``cuda:N`` (the GPU whose memory counts; ``cuda`` is the current one; a GPU this
+        machine does not have counts ``GPU_ELSEWHERE_GB``).
 
     Returns
     -------
@@ -139,15 +140,30 @@ def default_memory_gb(device: str | torch.device = "cpu") -> float:
     """
     dev = parse_device(device, require_available=False)
     if dev.type == "cuda":
-        if not torch.cuda.is_available():
+        total = gpu_total_bytes(dev.index)
+        if total is None:
             return GPU_ELSEWHERE_GB  # planning here for a GPU machine elsewhere
-        index = torch.cuda.current_device() if dev.index is None else dev.index
-        _, total = torch.cuda.mem_get_info(index)
         return max(0.5, min(GPU_SHARE * total / 1e9, GPU_CAP_GB))
     total = total_ram_bytes()
     if total is None:
         return 4.0  # unknown machine: the budget medseg planned for before it asked
     return max(0.5, min(RAM_SHARE * total / 1e9, RAM_CAP_GB))
+
+
+def gpu_total_bytes(index: int | None) -> int | None:
+    """Total memory of this machine's CUDA device ``index`` (``None``: the current one); ``None`` where it has no
+    such device (CUDA absent, or ``cuda:3`` on a 1-GPU machine: the plan is for another machine).
+
+    The device properties, not ``mem_get_info``: that creates a CUDA context on the device, and under torchrun every
+    rank plans before ``ddp.setup`` picks its GPU, so each rank would hold a context on GPU 0.
+    """
+    if not torch.cuda.is_available():
+        return None
+    if index is None:
+        index = torch.cuda.current_device()
+    if not 0 <= index < torch.cuda.device_count():
+        return None
+    return int(torch.cuda.get_device_properties(index).total_memory)
 
 
 def make_plan(dataset: str | os.PathLike | Dataset, device: str = "cpu", memory_gb: float | None = None,

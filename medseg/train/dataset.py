@@ -21,7 +21,7 @@ from typing import Iterator
 import numpy as np
 
 from medseg.errors import InputError
-from medseg.io.atomic import _looks_full, case_name, full_suffix
+from medseg.io.atomic import _UMASK, _looks_full, case_name, full_suffix
 from medseg.io.image import Image
 from medseg.io.readers import ITK, NIFTI, read_image
 
@@ -228,7 +228,7 @@ def convert_brats(src: str | os.PathLike, dst: str | os.PathLike, modalities: tu
     _check_destination(src, dst, overwrite)
     plan = _brats_plan(src, modalities, label_file)
     _check_grids(plan, modalities)
-    with _staged_folder(dst) as stage:
+    with _staged_folder(src, dst, overwrite) as stage:
         training = _write_brats_cases(plan, modalities, stage)
         meta = {"name": "BraTS sample", "description": f"converted from {src.name} by medseg",
                 "tensorImageSize": "4D", "channel_names": {str(i): m for i, m in enumerate(modalities)},
@@ -315,22 +315,23 @@ def _write_nifti_gz(source: Path, dest: Path) -> None:
 
 
 @contextlib.contextmanager
-def _staged_folder(dst: Path) -> Iterator[Path]:
+def _staged_folder(src: Path, dst: Path, overwrite: bool) -> Iterator[Path]:
     """Yield a hidden empty folder beside ``dst``; on success it replaces ``dst``, on failure it is removed.
 
-    An existing ``dst`` (already vetted by :func:`_check_destination`) is moved aside first and deleted only
-    once the new folder is in place, so at no time does ``dst`` hold a mix of old and new files.
+    An existing ``dst`` is checked again just before the swap (another convert may have written it meanwhile),
+    then moved aside and deleted only once the new folder is in place, so at no time does ``dst`` hold a mix
+    of old and new files.
     """
     import shutil
-    import tempfile
 
-    dst.parent.mkdir(parents=True, exist_ok=True)
     try:
-        stage = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent))
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        stage = _hidden_folder(dst, ".tmp")
     except OSError as exc:
         raise InputError(f"cannot write output ({exc.strerror or exc})", path=dst) from exc
     try:
         yield stage
+        _check_destination(src, dst, overwrite)
         _replace_folder(stage, dst)
     except OSError as exc:
         shutil.rmtree(stage, ignore_errors=True)
@@ -342,20 +343,44 @@ def _staged_folder(dst: Path) -> Iterator[Path]:
         raise
 
 
-def _replace_folder(new: Path, dst: Path) -> None:
-    """Rename ``new`` onto ``dst``; a non-empty ``dst`` is renamed aside first and removed after."""
-    import shutil
+def _hidden_folder(dst: Path, suffix: str) -> Path:
+    """A new empty hidden folder beside ``dst``, with the mode a plain ``mkdir`` would give it."""
     import tempfile
 
-    if dst.is_dir() and any(dst.iterdir()):
-        old = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", suffix=".old", dir=dst.parent))
+    folder = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", suffix=suffix, dir=dst.parent))
+    os.chmod(folder, 0o777 & ~_UMASK)  # mkdtemp makes 0700, and the staged folder becomes the dataset
+    return folder
+
+
+def _replace_folder(new: Path, dst: Path) -> None:
+    """Rename ``new`` onto ``dst``: an empty ``dst`` is removed first, a non-empty one is renamed aside
+    first and removed after (or put back if ``new`` cannot be renamed in)."""
+    import shutil
+
+    if dst.is_dir() and not any(dst.iterdir()):
+        dst.rmdir()  # Windows cannot rename onto an existing folder, even an empty one
+    if not dst.exists():
+        os.replace(new, dst)
+        return
+    old = _hidden_folder(dst, ".old")
+    try:
         os.replace(dst, old / dst.name)
-        try:
-            os.replace(new, dst)
-        except OSError:
-            os.replace(old / dst.name, dst)  # put the previous dataset back
-            old.rmdir()
-            raise
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(new, dst)  # onto a missing or empty folder: one atomic rename
+    except OSError:
+        old.rmdir()
+        raise
+    try:
+        os.replace(new, dst)
+    except OSError:
+        _restore(old / dst.name, dst)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _restore(aside: Path, dst: Path) -> None:
+    """Put the previous dataset back after a failed swap; if even that fails, say where it is."""
+    try:
+        os.replace(aside, dst)
+    except OSError as exc:
+        raise InputError(f"cannot write output ({exc.strerror or exc}); the previous dataset could not be put "
+                         f"back and is in {aside}", path=dst) from exc
+    aside.parent.rmdir()

@@ -7,14 +7,19 @@ import os
 import torch
 import torch.distributed as dist
 
+from medseg.infer.devices import parse_device
 
-def setup(device: str = "auto") -> tuple[int, int]:
-    """Initialise the process group when launched by torchrun (gloo on CPU, nccl on CUDA); (rank, world)."""
+
+def setup(device: str | torch.device = "auto") -> tuple[int, int]:
+    """Initialise the process group when launched by torchrun (gloo on CPU, nccl on CUDA); (rank, world).
+
+    The backend follows the parsed device's type, not its spelling: ``CPU`` or ``cpu`` must both pick gloo.
+    """
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return 0, 1
     if not dist.is_initialized():
-        use_cuda = device != "cpu" and torch.cuda.is_available()
+        use_cuda = parse_device(device, require_available=False).type == "cuda" and torch.cuda.is_available()
         if use_cuda:
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         dist.init_process_group("nccl" if use_cuda else "gloo")

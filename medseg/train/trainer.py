@@ -105,9 +105,18 @@ class PolyLR:
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
-    """The training device; kept as the name the ensemble and predict code import. See
-    :func:`medseg.infer.devices.parse_device` (an unknown or absent device is an InputError)."""
+    """:func:`medseg.infer.devices.parse_device` under the name ``ensemble.py`` and ``infer/cohort.py`` import
+    (an unknown or absent device is an InputError); new code should call ``parse_device``."""
     return parse_device(device)
+
+
+def _rank_device(requested: torch.device, world: int) -> torch.device:
+    """This process's training device. Under torchrun an index-less ``cuda`` (also what ``auto`` becomes on a GPU
+    machine) is the rank's own GPU (LOCAL_RANK, set by ``ddp.setup``), so that ranks do not share one; ``cpu`` and
+    an explicit ``cuda:N`` are taken as asked."""
+    if world > 1 and requested.type == "cuda" and requested.index is None:
+        return ddp.device()
+    return requested
 
 
 def _cache_training_cases(plan: Plan, run_dir: Path, cases, show: bool, cache: dict | None, rank: int, world: int):
@@ -178,9 +187,9 @@ def train(plan: Plan, run_dir: str | os.PathLike, fold: int | None = None, max_e
     if tensorboard:
         require_tensorboard()  # before anything is written
     run_dir = Path(run_dir)
-    requested = resolve_device(device)  # a bad --device fails before any process group is set up
-    rank, world = ddp.setup(device)
-    dev = requested if world == 1 or device != "auto" else ddp.device()
+    requested = parse_device(device)  # a bad --device fails before any process group is set up
+    rank, world = ddp.setup(str(requested))
+    dev = _rank_device(requested, world)
     latest = run_dir / "checkpoint_latest.pt"
     if resume:
         if not latest.is_file():
