@@ -207,30 +207,25 @@ def test_dice_loss_honours_class_weights():
 def test_dice_focal_loss_worked_out_by_hand():
     """Two voxels, two classes, weights (0.5, 2), from the definitions in plain floats, not from MONAI.
 
-    Dice: on softmax probabilities, one per class over the batch, (1 - Dice) weighted, mean over classes. Focal:
-    MONAI's DiceFocalLoss builds its FocalLoss without ``use_softmax``, so each channel is a *sigmoid* (one vs rest)
-    focal loss -(1 - p_t)^2 log p_t, weighted per class and averaged over every channel and voxel.
+    Dice: on softmax probabilities, one per class over the batch, (1 - Dice) weighted, mean over classes. Focal: the
+    softmax focal loss -(1 - p_t)^2 log p_t of each voxel's true class p_t, weighted by that class, averaged over
+    every channel and voxel (MONAI's FocalLoss mean; the other channels contribute 0). Not MONAI's DiceFocalLoss,
+    whose focal term is a sigmoid (one vs rest) loss per channel.
     """
     from medseg.plan.plan import Plan
     from medseg.train.losses import SegLoss
 
     logits, labels, w = [[2.0, -1.0], [0.0, 1.0]], [0, 1], [0.5, 2.0]  # logits[class][voxel]
     hot = [[float(lab == k) for lab in labels] for k in range(2)]
-    focal = sum(w[k] * _sigmoid_focal(logits[k][v], hot[k][v]) for k in range(2) for v in range(2)) / 4
     soft = [[math.exp(logits[k][v]) / sum(math.exp(logits[j][v]) for j in range(2)) for v in range(2)]
             for k in range(2)]
+    focal = sum(-w[k] * (1 - soft[k][v]) ** 2 * math.log(soft[k][v]) for v, k in enumerate(labels)) / 4
     dice = [(2 * sum(p * t for p, t in zip(soft[k], hot[k])) + 1e-5) / (sum(soft[k]) + sum(hot[k]) + 1e-5)
             for k in range(2)]
     expected = sum(w[k] * (1 - dice[k]) for k in range(2)) / 2 + focal
     loss_fn = SegLoss(Plan(loss="dice_focal", labels={0: "background", 1: "foreground"}, class_weights=w))
     got = loss_fn(torch.tensor([logits]), torch.tensor([labels]))
     assert got.item() == pytest.approx(expected, rel=1e-5)
-
-
-def _sigmoid_focal(logit: float, target: float, gamma: float = 2.0) -> float:
-    p = 1 / (1 + math.exp(-logit))
-    p_t = p if target else 1 - p
-    return -((1 - p_t) ** gamma) * math.log(p_t)
 
 
 def test_loss_weights_follow_the_module_to_the_device():

@@ -19,14 +19,17 @@ class SegLoss(torch.nn.Module):
 
     def __init__(self, plan: Plan):
         super().__init__()
-        from monai.losses import DiceCELoss, DiceFocalLoss, DiceLoss
+        from monai.losses import DiceCELoss, DiceLoss, FocalLoss
 
         w = torch.tensor(plan.class_weights, dtype=torch.float32) if plan.class_weights else None
         self.kind = plan.loss
         if plan.loss == "dice_ce":
             self.fn = DiceCELoss(to_onehot_y=True, softmax=True, batch=True, weight=w)
         elif plan.loss == "dice_focal":
-            self.fn = DiceFocalLoss(to_onehot_y=True, softmax=True, batch=True, weight=w)
+            # not MONAI's DiceFocalLoss: it builds its FocalLoss without use_softmax, i.e. a sigmoid (one vs rest)
+            # focal term beside a softmax Dice; mutually exclusive classes want the softmax focal loss
+            self.fn = DiceLoss(to_onehot_y=True, softmax=True, batch=True, weight=w)
+            self.focal = FocalLoss(to_onehot_y=True, use_softmax=True, gamma=2.0, weight=w)
         elif plan.loss == "dice":
             # weighted like the Dice term of dice_ce / dice_focal (MONAI passes their weight on to DiceLoss);
             # without weight= the plan's class_weights were silently ignored
@@ -38,6 +41,8 @@ class SegLoss(torch.nn.Module):
         logits = logits.float()
         if self.kind == "ce":
             return self.fn(logits, y)
+        if self.kind == "dice_focal":
+            return self.fn(logits, y[:, None]) + self.focal(logits, y[:, None])
         return self.fn(logits, y[:, None])
 
     def forward(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
