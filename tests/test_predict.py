@@ -345,10 +345,15 @@ def test_postprocessing_matches_skimage():
     assert np.array_equal(big == 1, cc == 1 + int(np.argmax(sizes)))
 
 
-def test_dicom_input_export_dicom_seg(tmp_path):
-    """--export dicom-seg on a DICOM series writes a SEG that references the input series."""
+def test_dicom_input_export_dicom_seg(tmp_path, monkeypatch):
+    """--export dicom-seg on a DICOM series writes a SEG that references the input series, found by one scan of
+    the folder (the export reuses the series the case listing discovered)."""
     import pydicom
 
+    import medseg.io.dicom as dicom
+
+    scans, discover = [], dicom.discover_series
+    monkeypatch.setattr(dicom, "discover_series", lambda *a, **k: scans.append(a) or discover(*a, **k))
     folder = data_path("dicom", "dcmqi_segmentations", "ct-3slice")
     model = coarse_model(tmp_path / "m.pt")
     res = run_cli("predict", "-m", model, "-i", folder, "-o", tmp_path / "out", "--export", "dicom-seg", "-q")
@@ -362,6 +367,7 @@ def test_dicom_input_export_dicom_seg(tmp_path):
     assert ds.Modality == "SEG"
     assert ds.ReferencedSeriesSequence[0].SeriesInstanceUID == src.SeriesInstanceUID
     assert (tmp_path / "out" / f"{folder.name}.nii.gz").is_file()
+    assert len(scans) == 1, scans
 
 
 @pytest.mark.parametrize("dims,spacing", [(3, [1.3, 0.8, 1.7]), (2, [0.7, 0.7, 2.5])])

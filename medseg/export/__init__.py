@@ -55,8 +55,8 @@ def export_segmentation(label_image, reference: str | os.PathLike | None, fmt: s
         The file to write (``nifti`` also writes ``<stem>.itksnap.txt`` and ``<stem>.ctbl``).
     labels : dict[int, str], optional
         Label value -> name (e.g. from ``dataset.json``); names pick SNOMED CT codes and colours.
-    series : str or int, optional
-        Series UID or index when ``reference`` holds several series.
+    series : str, int or SeriesInfo, optional
+        Series UID or index when ``reference`` holds several series (or the discovered series itself).
     model_name : str, optional
         Recorded in the algorithm identification.
     seg_type : {'binary', 'labelmap'}

@@ -117,10 +117,11 @@ def _read_headers(files: list[Path]) -> list[tuple[Path, object]]:
 
 
 def _series_files(path: Path, series) -> list[Path]:
-    """Files of the chosen series, picked with medseg.io's discovery (same indices as ``medseg info``)."""
-    from medseg.io.dicom import discover_series, select_series
+    """Files of the chosen series, picked with medseg.io's discovery (same indices as ``medseg info``), or of a
+    series a caller has already discovered (a ``SeriesInfo``: no second scan of the folder)."""
+    from medseg.io.dicom import SeriesInfo, discover_series, select_series
 
-    info = select_series(discover_series(path), series, path)
+    info = series if isinstance(series, SeriesInfo) else select_series(discover_series(path), series, path)
     return list(dict.fromkeys(info.files))  # an enhanced multi-frame file is listed once per frame
 
 
@@ -131,8 +132,9 @@ def load_reference(path: str | os.PathLike, series: str | int | None = None) -> 
     ----------
     path : path
         A folder holding the series (other series and non-image objects may be there too) or one file.
-    series : str or int, optional
-        SeriesInstanceUID or index, required when ``path`` holds several series.
+    series : str, int or SeriesInfo, optional
+        SeriesInstanceUID or index, required when ``path`` holds several series; or the series as
+        :func:`medseg.io.dicom.discover_series` found it under ``path``.
 
     Raises
     ------

@@ -299,5 +299,6 @@ def _export(label: Image, case: Case, fmt: str, out: Path, labels: dict) -> None
         from medseg.export import export_segmentation
     except ImportError as exc:
         raise InputError(f"--export {fmt}: DICOM export is not available in this installation") from exc
-    which = None if case.series is None else case.series.index  # the index discovery gave under paths[0]
-    export_segmentation(label, case.paths[0], fmt, out, labels={k: v for k, v in labels.items() if k}, series=which)
+    # the series as listing found it: referencing it does not scan the whole folder again for every case
+    export_segmentation(label, case.paths[0], fmt, out, labels={k: v for k, v in labels.items() if k},
+                        series=case.series)
