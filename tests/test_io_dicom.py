@@ -132,13 +132,16 @@ def test_monai_tiny_ct_with_a_gap_is_refused_with_the_reason():
 def test_converted_nifti_has_the_simpleitk_affine_in_nibabel(tmp_path, mr_study):
     import nibabel as nib
 
+    from medseg.io.series_names import series_case_names
+
     folder, found = mr_study
     res = run_cli("convert", folder, tmp_path / "out")
     assert res.code == 0, res.err
-    written = sorted((tmp_path / "out").glob("*.nii.gz"))
-    assert len(written) == 5
-    for s, path in zip(found, written):
-        assert path.name.startswith(f"{s.index:02d}_")
+    names = series_case_names(found, folder)  # one series per subfolder: named after it, as predict names them
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(f"{n}.nii.gz" for n in MR_SERIES)
+    for s in found:
+        path = tmp_path / "out" / f"{names[s.index]}.nii.gz"
+        assert names[s.index] == s.folder.name
         ref = Image.from_sitk(sitk_series(s.folder, s.series_uid))
         nimg = nib.load(str(path))
         np.testing.assert_allclose(nimg.affine, ref.affine, atol=1e-3)

@@ -145,3 +145,38 @@ def test_spill_without_pwrite_writes_the_same_probabilities(tmp_path, monkeypatc
     monkeypatch.delattr(os, "pwrite")
     out = _filled((9, 7, 11), (20, 15, 23), 3, tmp_path).probabilities
     assert np.array_equal(out, ref) and list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("file_axes", [(0, 1, 2), (2, 0, 1), (1, 0, 2), (0, 2, 1), (1, 2, 0), (2, 1, 0)])
+def test_spill_in_file_axis_order_equals_the_transposed_probabilities(tmp_path, monkeypatch, file_axes):
+    """With ``file_axes`` (a 2D model's slices-first output) the probabilities are the same values in the
+    file's axis order, each class Fortran-contiguous (NIfTI order, read contiguously), whatever the buffer."""
+    import medseg.infer.native as native
+
+    src, dst = (9, 7, 11), (20, 15, 23)
+    ref = _filled(src, dst, 3, tmp_path).probabilities
+    monkeypatch.setattr(native.ProbabilitySpill, "BUFFER_BYTES", 3 * 4 * 20 * 15 * 5)  # 5 planes at a time
+    rng = np.random.default_rng(0)
+    probs = torch.softmax(torch.from_numpy(rng.normal(size=(3, *src)).astype(np.float32)), 0)
+    out = PlaneResampler(src, dst, 3, keep_probabilities=True, spill_dir=tmp_path, file_axes=file_axes)
+    for a, b in _chunks(src[-1], rng):
+        out.add(probs[..., a:b], a)
+    got = out.probabilities
+    assert np.array_equal(got, np.moveaxis(ref, [1, 2, 3], [1 + a for a in file_axes]))
+    assert all(got[k].flags.f_contiguous for k in range(3)) and list(tmp_path.iterdir()) == []
+
+
+def test_spill_writes_planes_of_another_axis_in_runs(tmp_path, monkeypatch):
+    """Planes along the file's first axis are gathered and written as one contiguous run per position along
+    the others, not one strided write per voxel row and plane."""
+    from medseg.infer.native import ProbabilitySpill
+
+    spill = ProbabilitySpill(2, (6, 4, 5), tmp_path, plane_axes=(1, 2, 0))
+    sizes = []
+    real = spill._write_at
+    monkeypatch.setattr(spill, "_write_at", lambda data, offset: sizes.append(len(data)) or real(data, offset))
+    vol = np.arange(2 * 6 * 4 * 5, dtype=np.float32).reshape(2, 6, 4, 5)
+    for i in range(6):
+        spill.write(vol[:, i:i + 1].transpose(0, 2, 3, 1), i)  # (classes, 4, 5, 1): plane i of axis 0
+    assert sizes == [4 * 6] * (2 * 4 * 5)  # one run of the 6 planes per (y, z) and class
+    assert np.array_equal(spill.array(), vol)

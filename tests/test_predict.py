@@ -269,6 +269,31 @@ def test_tta_without_flip_axes_warns_and_records(tmp_path):
     assert b"axes [0]" in nib.load(tmp_path / "flip" / src.name).header["descrip"].tobytes()
 
 
+def test_predict_image_resolves_tta_as_the_cli_does(tmp_path):
+    """``predict_image(tta=True)`` (or the plan's ``tta``) on a model trained without mirroring: one warning
+    naming the caller's line, and the labels of a prediction without TTA, as ``medseg predict --tta`` does."""
+    import warnings
+
+    from medseg.infer.cohort import resolve_tta as cli_resolve
+    from medseg.infer.predict import predict_image, resolve_tta
+    from medseg.io.readers import read_image
+    from medseg.train.artifact import load_model
+
+    src = data_path(*HIPPO_IMG, "hippocampus_001.nii.gz")
+    art = load_model(make_model(tmp_path / "m.pt", bf16=False, target_spacing=[2.0, 2.0, 2.0]))
+    net, image = art.build(), read_image(src)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no TTA asked for: no warning
+        plain = predict_image(net, art.plan, image, tta=False)[0].array
+    assert cli_resolve(art.plan, True) == resolve_tta(art.plan, True, warn=lambda line: None)
+    for tta, who in ((True, "tta=True"), (None, "plan tta: true")):
+        art.plan.tta = tta is None
+        with pytest.warns(UserWarning, match="flip_axes is empty") as caught:
+            lab = predict_image(net, art.plan, image, tta=tta)[0].array
+        assert len(caught) == 1 and caught[0].message.args[0].startswith(who)
+        assert caught[0].filename == __file__  # attributed to the caller, not to medseg
+        assert np.array_equal(lab, plain)
+
 def test_folder_skip_shard_and_atomic(tmp_path):
     from test_dataset import tiny_dataset
 
@@ -370,8 +395,10 @@ def test_dicom_input_export_dicom_seg(tmp_path, monkeypatch):
     assert len(scans) == 1, scans
 
 
-@pytest.mark.parametrize("dims,spacing", [(3, [1.3, 0.8, 1.7]), (2, [0.7, 0.7, 2.5])])
-def test_streamed_prediction_equals_resizing_the_whole_volume(tmp_path, dims, spacing):
+@pytest.mark.parametrize("dims,spacing,native", [(3, [1.3, 0.8, 1.7], [1.0, 1.2, 0.9]),
+                                                 (2, [0.7, 0.7, 2.5], [1.0, 1.2, 0.9]),
+                                                 (2, [0.7, 0.7, 2.5], [1.0, 0.9, 1.2])])  # 2D: slices along y, z
+def test_streamed_prediction_equals_resizing_the_whole_volume(tmp_path, dims, spacing, native):
     """Labels and probabilities of ``predict_labels`` (handed back plane by plane) equal predicting the whole
     network-grid volume and resizing all classes at once (the straightforward, memory-hungry way)."""
     import torch.nn.functional as F
@@ -383,7 +410,6 @@ def test_streamed_prediction_equals_resizing_the_whole_volume(tmp_path, dims, sp
 
     img = nib.load(data_path(*HIPPO_IMG, "hippocampus_001.nii.gz"))
     arr = np.asarray(img.dataobj, np.float32)[None]
-    native = [1.0, 1.2, 0.9]
     kw = dict(spatial_dims=2, patch_size=[32, 32]) if dims == 2 else {}
     art = load_model(make_model(tmp_path / "m.pt", target_spacing=spacing, bf16=False, **kw))
     net = art.build()
@@ -398,6 +424,7 @@ def test_streamed_prediction_equals_resizing_the_whole_volume(tmp_path, dims, sp
         p = sliding_window_predict(net, x, [32, 32, 32], device="cpu", precision="fp32")
     ref = F.interpolate(p[None], size=arr.shape[1:], mode="trilinear", align_corners=False)[0]
     assert lab.shape == arr.shape[1:] and prob.shape == (3, *arr.shape[1:])
+    assert all(prob[k].flags.f_contiguous for k in range(3))  # the file in the input's axis order (NIfTI's)
     np.testing.assert_allclose(prob, ref.numpy(), atol=1e-5)
     top2 = torch.topk(ref, 2, dim=0).values
     clear = (top2[0] - top2[1] > 1e-4).numpy()
@@ -415,8 +442,9 @@ def test_tta_mirrors_only_the_axes_the_model_was_trained_to_mirror(tmp_path):
     net = art.build()
     plain = predict_labels(net, art.plan, arr, [1, 1, 1], tta=False, probabilities=True, device="cpu")[1]
     art.plan.augment["flip_axes"] = []
-    assert np.array_equal(predict_labels(net, art.plan, arr, [1, 1, 1], tta=True, probabilities=True,
-                                         device="cpu")[1], plain)
+    with pytest.warns(UserWarning, match="flip_axes is empty"):
+        no_axes = predict_labels(net, art.plan, arr, [1, 1, 1], tta=True, probabilities=True, device="cpu")[1]
+    assert np.array_equal(no_axes, plain)
     art.plan.augment["flip_axes"] = [0]
     mirrored = predict_labels(net, art.plan, arr, [1, 1, 1], tta=True, probabilities=True, device="cpu")[1]
     assert not np.allclose(mirrored, plain, atol=1e-4)

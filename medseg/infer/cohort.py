@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import re
 import sys
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -21,6 +20,7 @@ from medseg.errors import InputError
 from medseg.io.atomic import atomic_path, case_name, full_suffix
 from medseg.io.image import Image
 from medseg.io.readers import is_dicom_file, read_image
+from medseg.io.series_names import pick_series, series_case_names  # noqa: F401 (re-exported)
 
 IMAGE_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".mha", ".mhd")
 _CH = re.compile(r"^(?P<case>.+)_(?P<ch>\d{4})$")
@@ -40,7 +40,8 @@ class Case:
     paths : list of Path
         Its image files (one per channel); for a DICOM series, the file or folder it was discovered in.
     series : SeriesInfo or None
-        The DICOM series (from :func:`medseg.io.dicom.discover_series` on ``paths[0]``), else ``None``.
+        The DICOM series (from :func:`medseg.io.dicom.discover_series` on ``paths[0]``), else ``None``; its
+        headers are released (:meth:`~medseg.io.dicom.SeriesInfo.release_headers`) and read again on loading.
     """
 
     name: str
@@ -110,69 +111,22 @@ def list_cases(path: Path, channels: int = 1, series: str | int | None = None,
 def dicom_cases(path: Path, series: str | int | None = None, notes: list[str] | None = None) -> list[Case]:
     """One case per DICOM volume series under ``path``, or only the one ``series`` picks.
 
-    Images that can never be volumes (screenshots, colour, cine) are skipped with a note, as ``medseg convert``
-    does: appended to ``notes`` when given (a caller that still validates prints them once that passed), else
-    printed on stderr. A picked series that is not a volume is an ``InputError``.
+    Series are picked and named as ``medseg convert`` does (:func:`medseg.io.series_names.pick_series`). Images
+    that can never be volumes (screenshots, colour, cine) are skipped with a note: appended to ``notes`` when
+    given (a caller that still validates prints them once that passed), else printed on stderr. A picked series
+    that is not a volume is an ``InputError``.
     """
-    from medseg.io.dicom import discover_series, no_series_message, select_series
-
-    found = discover_series(path)
-    volumes = [s for s in found if s.is_volume]
-    names = series_case_names(volumes, path)  # over all volumes: a series keeps its name when picked alone
-    if series is not None:
-        s = select_series(found, series, path)
-        if not s.is_volume:
+    picked = pick_series(path, series)
+    for s in picked.series:
+        if not s.is_volume:  # only a picked one: listing takes volumes only
             raise InputError(f"series {s.label()} cannot be predicted: {s.problem}", path=s.folder)
-        return [Case(names[s.index], [path], s)]
-    if not volumes:
-        if not found:
-            raise InputError(no_series_message(path), path=path)
-        raise InputError(f"no DICOM volume series found ({len(found)} non-volume image series: "
-                         f"{found[0].problem})", path=path)
-    skipped = [f"medseg: note: {s.folder}: skipped series {s.label()}: {s.problem}" for s in found if not s.is_volume]
+        s.release_headers()  # a cohort keeps every case's series until it ends: ~60 kB per slice less
     if notes is not None:
-        notes.extend(skipped)
+        notes.extend(picked.notes)
     else:  # said once, on stderr, without stopping the cohort
-        for line in skipped:
+        for line in picked.notes:
             print(line, file=sys.stderr)
-    return [Case(names[s.index], [path], s) for s in volumes]
-
-
-def series_case_names(series: "list[SeriesInfo]", root: Path) -> dict[int, str]:
-    """Output names of the DICOM series discovered under ``root`` (``SeriesInfo.index`` → name).
-
-    A lone series is named after ``root`` (the folder, or the file without suffix), like an image file.
-    Otherwise a series alone in its own folder below ``root`` is named after that folder's path relative to
-    ``root`` (parts joined by ``_``), and series sharing a folder after ``<SeriesNumber>_<description>``
-    (characters other than letters and digits replaced by ``_``). Names that still collide get the last six
-    digits of their SeriesInstanceUID (then their index) appended. Names do not depend on which series are
-    picked, so finished outputs are recognised whether the folder or one series was predicted.
-    """
-    if len(series) == 1:
-        return {series[0].index: case_name(root) if root.is_file() else (root.resolve().name or "series")}
-    base = root.resolve()
-    per_folder = Counter(s.folder.resolve() for s in series)
-    names = {}
-    for s in series:
-        folder = s.folder.resolve()
-        if per_folder[folder] == 1 and folder != base and folder.is_relative_to(base):
-            names[s.index] = "_".join(folder.relative_to(base).parts)
-        else:
-            names[s.index] = _header_name(s)
-    for extra in (lambda s: re.sub(r"\D", "", s.series_uid)[-6:], lambda s: str(s.index)):
-        # T1 and t1 are one file on Windows and macOS: compare names as those systems do, keep their spelling
-        counts = Counter(n.casefold() for n in names.values())
-        for s in series:
-            if counts[names[s.index].casefold()] > 1 and extra(s):
-                names[s.index] += f"_{extra(s)}"
-    return names
-
-
-def _header_name(s: "SeriesInfo") -> str:
-    """``<SeriesNumber>_<description>`` of a series, safe as a file name on every system."""
-    slug = re.sub(r"[^A-Za-z0-9]+", "_", s.description or s.modality or "series").strip("_")[:60] or "series"
-    num = s.meta.get("series_number")
-    return f"{num}_{slug}" if isinstance(num, int) else slug
+    return [Case(name, [path], s) for s, name in zip(picked.series, picked.names)]
 
 
 def read_case(paths: list[Path]) -> Image:
@@ -208,19 +162,13 @@ def _check_series(cases: list[Case]) -> None:
 def resolve_tta(plan, tta: bool | None) -> tuple[bool, str]:
     """Whether mirroring TTA applies, and the note every output records (NIfTI ``descrip``).
 
-    TTA mirrors only the plan's ``augment.flip_axes``: mirroring an axis the model never saw mirrored is out of
-    distribution and swaps classes defined along it (anterior/posterior hippocampus, RESULTS.md: Dice 0.86 →
-    0.52). When TTA is asked for (``--tta`` or the plan's ``tta``) but the plan has no flip axes, it is not
-    applied, and a one-line warning on stderr says so.
+    :func:`medseg.infer.predict.resolve_tta`, which ``predict_image`` applies too, resolved here once per run: its
+    warning (TTA asked for, ``--tta`` or the plan's ``tta``, on a plan without flip axes) is one line on stderr,
+    and the cases then get the resolved value, so they do not warn again.
     """
-    wanted = plan.tta if tta is None else bool(tta)
-    axes = [int(a) for a in (plan.augment.get("flip_axes") or [])]
-    if wanted and not axes:
-        who = "--tta" if tta else "plan tta: true"
-        print(f"medseg: warning: {who}: the model was trained without mirroring (plan augment.flip_axes is empty); "
-              "predicting without TTA", file=sys.stderr)
-        return False, "medseg predict: no TTA (asked for, but the model was trained without mirroring)"
-    return wanted, (f"medseg predict: mirroring TTA over axes {axes}" if wanted else "medseg predict: no TTA")
+    from medseg.infer.predict import resolve_tta as resolve
+
+    return resolve(plan, tta, asked_as="--tta", warn=lambda line: print(f"medseg: warning: {line}", file=sys.stderr))
 
 
 def _write_labels(lab: Image, dest: Path, protect, note: str) -> None:

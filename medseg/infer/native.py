@@ -54,6 +54,10 @@ class PlaneResampler:
     spill_dir : path, optional
         Folder of that temporary file (default: the system's temporary folder); the output folder is a good
         choice, it must have room for the final file anyway.
+    file_axes : sequence of int, optional
+        Axis ``j`` of ``shape`` is axis ``file_axes[j]`` of :attr:`probabilities` (default: the same order).
+        A 2D model's slices come first (``shape`` is slices-first) while the file keeps the input's axis order,
+        which the probabilities file (``--probabilities``) is written in, so that it is read contiguously.
 
     Examples
     --------
@@ -65,7 +69,8 @@ class PlaneResampler:
     """
 
     def __init__(self, source_shape: Sequence[int], shape: Sequence[int], classes: int,
-                 keep_probabilities: bool = False, spill_dir: str | os.PathLike | None = None):
+                 keep_probabilities: bool = False, spill_dir: str | os.PathLike | None = None,
+                 file_axes: Sequence[int] | None = None):
         self.source_shape = tuple(int(s) for s in source_shape)
         self.shape = tuple(int(s) for s in shape)
         if len(self.source_shape) != len(self.shape) or len(self.shape) not in (2, 3):
@@ -77,14 +82,21 @@ class PlaneResampler:
         self._i1 = np.minimum(self._i0 + 1, n_src - 1)
         self._w1 = (pos - self._i0).astype(np.float32)
         self.labels = np.zeros(self.shape, np.uint8 if classes <= 256 else np.int32)
-        self._spill = ProbabilitySpill(classes, self.shape, spill_dir) if keep_probabilities else None
+        self._spill = None
+        if keep_probabilities:
+            axes = list(range(len(self.shape))) if file_axes is None else [int(a) for a in file_axes]
+            file_shape = [0] * len(axes)
+            for j, a in enumerate(axes):
+                file_shape[a] = self.shape[j]
+            self._spill = ProbabilitySpill(classes, file_shape, spill_dir, plane_axes=axes)
         self._next = 0  # next output plane
         self._cache: dict[int, torch.Tensor] = {}  # source plane -> resized in-plane
         self._tail: tuple[int, torch.Tensor] | None = None  # the previous chunk's last source plane
 
     @property
     def probabilities(self) -> np.ndarray | None:
-        """The resized probabilities ``(classes, *shape)`` float32 (read-only, disk-backed), or ``None``."""
+        """The resized probabilities ``(classes, *shape)`` float32 (read-only, disk-backed; axes in the order
+        ``file_axes`` gives), or ``None``."""
         return None if self._spill is None else self._spill.array()
 
     @property
@@ -145,18 +157,38 @@ class ProbabilitySpill:
     :meth:`array` maps the file read-only. The file has no name from the start: nothing is left behind whatever
     happens, and its space is freed with the last array that maps it.
 
+    Planes may also arrive along another axis (``plane_axes``: a 2D model's output, slices first). Such a plane
+    is strided across the whole file, so planes are gathered in a buffer of at most :attr:`BUFFER_BYTES` and
+    written as runs of consecutive planes, each contiguous in the file, rather than one scattered plane at a time.
+
     Examples
     --------
     >>> s = ProbabilitySpill(2, (2, 3))
     >>> s.write(np.arange(12, dtype=np.float32).reshape(2, 2, 3), 0)
     >>> s.array()[1].tolist()
     [[6.0, 7.0, 8.0], [9.0, 10.0, 11.0]]
+    >>> t = ProbabilitySpill(1, (2, 3), plane_axes=(1, 0))  # planes along the file's first axis, in-plane axis first
+    >>> for i in range(2):
+    ...     t.write(np.arange(3 * i, 3 * i + 3, dtype=np.float32).reshape(1, 3, 1), i)
+    >>> t.array()[0].tolist()
+    [[0.0, 1.0, 2.0], [3.0, 4.0, 5.0]]
     """
 
-    def __init__(self, classes: int, shape: Sequence[int], folder: str | os.PathLike | None = None):
+    BUFFER_BYTES = 64 << 20  # planes along another axis than the last are gathered up to this size
+
+    def __init__(self, classes: int, shape: Sequence[int], folder: str | os.PathLike | None = None,
+                 plane_axes: Sequence[int] | None = None):
         self.classes, self.shape = int(classes), tuple(int(s) for s in shape)
         self._voxels = int(np.prod(self.shape))
         self._plane = int(np.prod(self.shape[:-1]))
+        # written planes: their axis j is axis plane_axes[j] of the file; the last one counts the planes
+        axes = tuple(range(len(self.shape))) if plane_axes is None else tuple(int(a) for a in plane_axes)
+        if sorted(axes) != list(range(len(self.shape))):
+            raise ValueError(f"plane_axes {axes} is not an order of the {len(self.shape)} axes")
+        self._to_file = tuple(int(j) for j in np.argsort(axes))  # transposes a written block to file order
+        self._along = axes[-1]
+        self._pending: list[np.ndarray] | None = None  # per class: planes gathered along self._along
+        self._start = self._count = 0
         folder = Path(folder) if folder is not None else Path(tempfile.gettempdir())
         self._folder = folder
         need = 4 * self.classes * self._voxels
@@ -172,10 +204,52 @@ class ProbabilitySpill:
         self._array: np.ndarray | None = None
 
     def write(self, planes: np.ndarray, first: int) -> None:
-        """Store ``planes`` ``(classes, *shape[:-1], n)``: output planes ``first .. first+n-1`` of every class."""
+        """Store ``planes`` ``(classes, *shape[:-1], n)``: output planes ``first .. first+n-1`` of every class
+        (with ``plane_axes``: ``planes[k]`` has the file's axes in that order)."""
+        if self._along == len(self.shape) - 1:  # planes of the last axis: one contiguous run per class
+            for k in range(self.classes):
+                block = np.asarray(planes[k], np.float32).transpose(self._to_file)
+                self._write_at(block.tobytes(order="F"), 4 * (k * self._voxels + first * self._plane))
+            return
+        for i in range(planes.shape[-1]):
+            self._gather(planes[..., i: i + 1], first + i)
+
+    def _gather(self, plane: np.ndarray, index: int) -> None:
+        """Add one plane (``index`` along ``self._along``) to the buffer; write the buffer once it is full, at
+        the last plane, or when planes stop being consecutive."""
+        if self._pending is not None and index != self._start + self._count:
+            self.flush()
+        if self._pending is None:
+            per_plane = 4 * self.classes * self._voxels // self.shape[self._along]
+            depth = min(self.shape[self._along], max(1, self.BUFFER_BYTES // max(1, per_plane)))
+            size = list(self.shape)
+            size[self._along] = depth
+            self._pending = [np.empty(size, np.float32, order="F") for _ in range(self.classes)]
+            self._start, self._count = index, 0
+        cut = [slice(None)] * len(self.shape)
+        cut[self._along] = slice(self._count, self._count + 1)
         for k in range(self.classes):
-            data = np.asarray(planes[k], np.float32).tobytes(order="F")  # x fastest, as NIfTI stores voxels
-            self._write_at(data, 4 * (k * self._voxels + first * self._plane))
+            self._pending[k][tuple(cut)] = np.asarray(plane[k], np.float32).transpose(self._to_file)
+        self._count += 1
+        if self._count == self._pending[0].shape[self._along] or index == self.shape[self._along] - 1:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write the gathered planes: per class, one run per position along the axes after theirs (Fortran
+        order: the axes before theirs and the gathered planes are consecutive in the file)."""
+        if self._pending is None:
+            return
+        a, n = self._along, self._count
+        inner = int(np.prod(self.shape[:a]))  # voxels of one plane before the axes after it
+        rows = inner * n
+        cut = [slice(None)] * len(self.shape)
+        cut[a] = slice(0, n)
+        for k, buf in enumerate(self._pending):
+            runs = buf[tuple(cut)].reshape(rows, -1, order="F")  # column c: the run at outer position c
+            for c in range(runs.shape[1]):
+                offset = k * self._voxels + c * inner * self.shape[a] + self._start * inner
+                self._write_at(np.ascontiguousarray(runs[:, c]).tobytes(), 4 * offset)
+        self._pending = None
 
     def _write_at(self, data: bytes, offset: int) -> None:
         try:
@@ -200,6 +274,7 @@ class ProbabilitySpill:
 
     def array(self) -> np.ndarray:
         """The file as a read-only ``(classes, *shape)`` float32 array (mapped, not read into memory)."""
+        self.flush()
         if self._array is None:
             if self.classes * self._voxels == 0:  # mmap refuses an empty file
                 return np.zeros((self.classes, *self.shape), np.float32)

@@ -20,31 +20,13 @@ from typing import Callable, Literal, Sequence
 import numpy as np
 import torch
 
+from medseg.infer.blending import Slab as _Slab  # noqa: F401  (the accumulator under its former name)
+from medseg.infer.blending import gaussian_importance_map, make_slab
+
 __all__ = ["sliding_window_predict", "gaussian_importance_map", "window_starts", "resolve_device",
            "cpu_has_native_bf16", "flip_sets"]
 
 Output = Literal["probabilities", "labels", "logits"]
-
-
-def gaussian_importance_map(patch_size: Sequence[int], sigma_scale: float = 0.125, min_weight: float = 1e-3,
-                            device: torch.device | str | None = None) -> torch.Tensor:
-    """Separable Gaussian window weights, the convention of MONAI (``mode="gaussian"``) and nnU-Net.
-
-    sigma = ``sigma_scale`` x patch size per axis (1/8 of the patch, as in nnU-Net and MONAI's default), centred
-    on the patch centre, peak 1, clamped below at ``min_weight`` so that border voxels still get some weight.
-
-    Examples
-    --------
-    >>> w = gaussian_importance_map([5, 5])
-    >>> w.shape, float(w[2, 2]), bool(w[0, 0] < w[1, 1])
-    (torch.Size([5, 5]), 1.0, True)
-    """
-    w = None
-    for size in patch_size:
-        x = torch.arange(-(size - 1) / 2.0, (size - 1) / 2.0 + 1, dtype=torch.float32, device=device)
-        g = torch.exp(x**2 / (-2 * (size * sigma_scale) ** 2))
-        w = g if w is None else w.unsqueeze(-1) * g
-    return torch.clamp(w, min=max(float(w.min()), min_weight))
 
 
 def window_starts(image_size: Sequence[int], patch_size: Sequence[int], overlap: float) -> list[list[int]]:
@@ -127,55 +109,6 @@ def _autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     if device.type == "cuda":
         return torch.float16
     return torch.bfloat16 if device.type == "cpu" and cpu_has_native_bf16() else None
-
-
-class _Slab:
-    """Accumulator for the planes [base, base + depth) of the last axis: weighted logits and weight sum.
-
-    A ring buffer over the last axis (plane z lives at z % depth), so that moving on copies nothing: every
-    window starts at ``base`` when it is added (windows come in order of their start along the last axis and
-    the planes before it have been popped), and popped planes are read in blocks of a few planes.
-    """
-
-    BLOCK = 16  # planes per popped block at most: bounds the float32 temporaries of a pop (and of softmax after it)
-    BLOCK_BYTES = 128 * 2**20  # ... and fewer planes when a block of all classes would exceed this (and the
-    # classes of a window are added this many float32 bytes at a time)
-
-    def __init__(self, classes: int, size: Sequence[int], depth: int, dtype: torch.dtype, device: torch.device):
-        self.acc = torch.zeros((classes, *size[:-1], depth), dtype=dtype, device=device)
-        self.wsum = torch.zeros((*size[:-1], depth), dtype=torch.float32, device=device)
-        self.base = 0
-
-    def add(self, logits: torch.Tensor, weight: torch.Tensor, starts: Sequence[int]) -> None:
-        depth = self.acc.shape[-1]
-        assert starts[-1] == self.base and logits.shape[-1] == depth
-        idx = tuple(slice(s, s + n) for s, n in zip(starts[:-1], logits.shape[1:-1]))
-        r = self.base % depth
-        # a few classes at a time: where logits (bf16) or the slab (float16) are not float32, the multiply-add
-        # makes float32 copies of its operands, ~1 GB each for a hundred classes' 128³ window
-        step = max(1, self.BLOCK_BYTES // (4 * logits[0].numel()))
-        for ring, win in ((slice(r, depth), slice(0, depth - r)), (slice(0, r), slice(depth - r, depth))):
-            if ring.stop > ring.start:
-                w = weight[..., win]
-                for c in range(0, logits.shape[0], step):
-                    self.acc[(slice(c, c + step),) + idx + (ring,)].addcmul_(logits[c: c + step, ..., win], w)
-                self.wsum[idx + (ring,)] += w
-
-    def pop(self, n: int):
-        """Blended logits (float32) of the next ``n`` planes, as blocks of at most ``BLOCK`` planes in order;
-        the slab then moves ``n`` planes on."""
-        depth = self.acc.shape[-1]
-        end = self.base + n
-        block = max(1, min(self.BLOCK, self.BLOCK_BYTES // (4 * self.acc[..., 0].numel())))
-        while self.base < end:
-            r = self.base % depth
-            k = min(end - self.base, depth - r, block)
-            ring = slice(r, r + k)
-            out = self.acc[..., ring].float() / self.wsum[..., ring]
-            self.acc[..., ring] = 0
-            self.wsum[..., ring] = 0
-            self.base += k
-            yield out
 
 
 def _finish(logits: torch.Tensor, output: str, activation: str | None) -> torch.Tensor:
@@ -364,8 +297,8 @@ def sliding_window_predict(
                 if slab is None:
                     classes = num_classes or logits.shape[1]
                     step = _batch_cap(batch_size, classes, patch)
-                    slab = _make_slab(classes, size, patch[-1], accumulate_dtype, memory_budget, dev,
-                                      stitch_device)
+                    slab = make_slab(classes, size, patch[-1], accumulate_dtype, memory_budget, dev,
+                                     stitch_device)
                     weight = weight.to(slab.acc.device)
                 logits = logits.to(slab.acc.device)
                 for w, y in zip(group, logits):
@@ -396,21 +329,6 @@ def _batch_cap(batch_size: int, classes: int | None, patch: Sequence[int]) -> in
     if not classes:
         return max(1, batch_size)
     return max(1, min(batch_size, BATCH_OUTPUT_BYTES // (4 * classes * math.prod(patch))))
-
-
-def _make_slab(classes: int, size: Sequence[int], depth: int, dtype: torch.dtype | None, budget: float,
-               dev: torch.device, stitch_device) -> _Slab:
-    voxels = classes * math.prod(size[:-1]) * depth
-    if dtype is None:
-        dtype = torch.float32 if voxels * 4 <= budget else torch.float16
-    sdev = stitch_device
-    if str(sdev) == "auto":
-        sdev = "cpu"
-        if dev.type == "cuda":
-            free, _ = torch.cuda.mem_get_info(dev)
-            if voxels * torch.finfo(dtype).bits // 8 < free / 4:
-                sdev = dev
-    return _Slab(classes, size, depth, dtype, torch.device(sdev))
 
 
 def _progress(total: int, show: bool):

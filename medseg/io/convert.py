@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -131,18 +130,6 @@ def _import_segmentation(path: Path, reference, rt_fill: str = "centre") -> Imag
     return import_segmentation(path, reference=reference, rt_fill=rt_fill)
 
 
-def series_file_name(index: int, description: str, modality: str, suffix: str = ".nii.gz") -> str:
-    """File name for one series of a converted DICOM folder.
-
-    Examples
-    --------
-    >>> series_file_name(3, "T2 reg / axial", "MR")
-    '03_T2_reg_axial.nii.gz'
-    """
-    slug = re.sub(r"[^A-Za-z0-9]+", "_", description or modality or "series").strip("_")[:60] or "series"
-    return f"{index:02d}_{slug}{suffix}"
-
-
 def convert(input: str | os.PathLike, output: str | os.PathLike, series: str | int | None = None,
             allow_tilt: bool = False, reference: str | os.PathLike | None = None,
             suffix: str = ".nii.gz", rt_fill: str = "centre") -> list[Path]:
@@ -151,9 +138,10 @@ def convert(input: str | os.PathLike, output: str | os.PathLike, series: str | i
     ``output`` is a file (its suffix picks NIfTI/NRRD/MHA) or a folder (an existing folder, or
     a path without an image suffix): then one ``suffix`` file per DICOM volume series (images
     that cannot be volumes, such as screenshots, are skipped with a note on stderr; a damaged or
-    irregular series stops everything). The files are renamed into place together at the end.
-    A DICOM-SEG or RTSTRUCT becomes a label map on its series' grid (``rt_fill``: RTSTRUCT
-    rasterisation rule, ``"centre"`` or ``"edge"``).
+    irregular series stops everything), named as ``medseg predict`` names its cases
+    (:func:`medseg.io.series_names.series_case_names`: ``<name><suffix>``). The files are renamed
+    into place together at the end. A DICOM-SEG or RTSTRUCT becomes a label map on its series'
+    grid (``rt_fill``: RTSTRUCT rasterisation rule, ``"centre"`` or ``"edge"``).
     """
     src, dst = Path(input), Path(output)
     if not src.exists():
@@ -168,29 +156,22 @@ def convert(input: str | os.PathLike, output: str | os.PathLike, series: str | i
                          "a name without suffix for a new folder, or an existing folder)", path=dst)
     if suffix not in WRITABLE:
         raise InputError(f"cannot write format '{suffix}'", path=dst)
-    skipped: list = []
+    notes: list[str] = []  # skipped DICOM series: said once the input passed every check
     modality = _dicom_modality(src)
     if modality in ("SEG", "RTSTRUCT"):
         images = [(dst / f"{src.stem}{suffix}" if to_folder else dst, _import_segmentation(src, reference, rt_fill))]
     elif _is_dicom_input(src):
-        from medseg.io.dicom import discover_series, load_series, no_series_message, select_series
+        from medseg.io.dicom import load_series
+        from medseg.io.series_names import pick_series
 
-        found = discover_series(src, progress=True)
-        if to_folder and series is None:  # whole folder: every volume; images that are no volume are skipped
-            picked = [s for s in found if s.is_volume]
-            skipped.extend(s for s in found if not s.is_volume)
-        else:
-            picked = [select_series(found, series, src)]
-        if not picked:
-            if not skipped:
-                raise InputError(no_series_message(src), path=src)
-            raise InputError(f"no DICOM volume series found ({len(skipped)} non-volume image series: "
-                             f"{skipped[0].problem})", path=src)
-        bad = [s for s in picked if s.problem or (s.tilt_degrees and not allow_tilt)]
+        # a whole folder: every volume (non-volume images skipped with a note); one file or --series: one series
+        picked = pick_series(src, series, single=not to_folder, progress=True)
+        notes = picked.notes
+        bad = [s for s in picked.series if s.problem or (s.tilt_degrees and not allow_tilt)]
         if bad:  # fail before writing: the message says which series and why
             load_series(bad[0], allow_tilt=allow_tilt)
-        images = [(dst / series_file_name(s.index, s.description, s.modality, suffix) if to_folder else dst, s)
-                  for s in picked]
+        # named as `medseg predict` names its cases, so converted files and predictions pair up
+        images = [(dst / f"{name}{suffix}" if to_folder else dst, s) for s, name in zip(picked.series, picked.names)]
     else:
         img = read_image(src, series, allow_tilt=allow_tilt)
         images = [(dst / f"{case_name(src)}{suffix}" if to_folder else dst, img)]
@@ -199,8 +180,8 @@ def convert(input: str | os.PathLike, output: str | os.PathLike, series: str | i
             raise InputError("output exists and is not a folder", path=dst)
         if not dst.parent.is_dir():
             raise InputError("output's parent folder does not exist", path=dst.parent)
-    for s in skipped:  # said once, on stderr, without stopping the conversion
-        print(f"medseg: note: {s.folder}: skipped series {s.label()}: {s.problem}", file=sys.stderr)
+    for line in notes:  # said once, on stderr, without stopping the conversion
+        print(line, file=sys.stderr)
     written: list[Path] = []
     created = False
     try:

@@ -21,7 +21,10 @@ tilt unless ``allow_tilt``) raises ``InputError`` with the reason; ``SeriesInfo.
 holds the same reason after discovery, so listing never fails on a bad series. Images that can
 never be volume slices (no patient geometry, colour, cine) are listed with ``is_volume=False``.
 Damaged files (truncated, corrupt, not DICOM under a DICOM-like name) raise ``InputError``
-naming the file. ``select_series(series, which, path)`` is the picking rule shared by the CLI.
+naming the file. ``select_series(series, which, path)`` is the picking rule shared by the CLI
+(:mod:`medseg.io.series_names` picks and names the series ``convert`` and ``predict`` take).
+``SeriesInfo.release_headers()`` drops the parsed headers a listed series holds (they are read
+again on loading), for callers that keep many series.
 
 Values: the output dtype follows from the header (not the voxels): the stored type when there is
 no rescale, else the smallest of int16/int32 holding every rescaled value the stored bits allow
@@ -95,6 +98,16 @@ class SeriesInfo:
         """Short one-line description: ``index: description (modality, N slices)``."""
         desc = self.description or "(no description)"
         return f"{self.index}: {desc} ({self.modality or '?'}, {self.num_slices} slices)"
+
+    def release_headers(self) -> "SeriesInfo":
+        """Drop the parsed headers (pydicom datasets, ~60 kB per slice) the frames hold; returns the series.
+
+        What listing, naming and export use stays; :func:`load_series` reads each file's header again (once per
+        file) when the series is loaded. For callers that keep many series, such as a cohort being predicted.
+        """
+        for f in self.frames:
+            f.dataset = None
+        return self
 
 
 def _same_stack(a: Frame, b: Frame) -> bool:
@@ -241,6 +254,18 @@ def select_series(series: list[SeriesInfo], which: str | int | None, path) -> Se
     return hits[0]
 
 
+def _dataset(frame: Frame):
+    """The frame's parsed header, read again when it was released (:meth:`SeriesInfo.release_headers`)."""
+    if frame.dataset is not None:
+        return frame.dataset
+    from medseg.io.dicom_headers import _read_one
+
+    ds = _read_one(frame.path)  # large values deferred again: pixel data is read from its offset
+    if (int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)) != (frame.rows, frame.cols):
+        raise InputError("the file changed since its folder was listed (image size differs)", path=frame.path)
+    return ds
+
+
 def _read_pixels(frames: list[Frame], progress: bool = False) -> np.ndarray:
     """Stored values of every frame, stacked in slice order: (slices, rows, columns).
 
@@ -253,20 +278,21 @@ def _read_pixels(frames: list[Frame], progress: bool = False) -> np.ndarray:
     by_file: dict[Path, list[int]] = {}
     for k, f in enumerate(frames):
         by_file.setdefault(f.path, []).append(k)
-    jobs = [(p, ks, frames[ks[0]]) for p, ks in by_file.items()]
+    jobs = [(p, ks, _dataset(frames[ks[0]])) for p, ks in by_file.items()]
+
     def read(job) -> np.ndarray:
-        path, _, frame = job
+        path, ks, ds = job
         try:
             with warnings.catch_warnings():  # pydicom warns (multi-line) about what we report in one line
                 warnings.simplefilter("ignore")
-                return read_frames(frame.dataset, path, frame.n_frames_in_file)
+                return read_frames(ds, path, frames[ks[0]].n_frames_in_file)
         except InputError:
             raise
         except Exception as exc:  # an attribute pydicom cannot convert: the file is damaged
             raise InputError(f"unreadable image attributes ({type(exc).__name__}: {exc})", path=path) from None
 
     workers = min(len(jobs), os.cpu_count() or 1, 8)
-    if workers > 1 and parallel_decode_helps(jobs[0][2].dataset):
+    if workers > 1 and parallel_decode_helps(jobs[0][2]):
         with ThreadPoolExecutor(workers) as pool:
             decoded = list(progress_iter(pool.map(read, jobs), len(jobs), "decoding DICOM", progress))
     else:

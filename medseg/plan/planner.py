@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import os
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -13,6 +12,7 @@ from medseg.infer.devices import parse_device
 from medseg.infer.sliding_window import cpu_has_native_bf16
 from medseg.plan.fingerprint import Fingerprint, compute_fingerprint
 from medseg.plan.plan import Normalisation, Plan
+from medseg.system import total_ram_bytes
 from medseg.train.dataset import Dataset, open_dataset
 from medseg.train.network import dynunet_strides
 
@@ -100,23 +100,6 @@ def fit_patch(median_shape, spacing, spatial_dims: int, memory_bytes: float, bas
         step = int(np.prod([st[i] for st in strides]))
         patch[i] = max(8, patch[i] - max(step, 1))  # one divisibility unit at a time: always shrinks
     return patch
-
-
-def total_ram_bytes() -> int | None:
-    """Physical RAM of this machine, or the container's memory limit (cgroup v2 or v1) when that is lower."""
-    try:
-        total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        total = None
-    for limit_file in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
-        try:
-            text = Path(limit_file).read_text().strip()
-        except OSError:
-            continue
-        if text.isdigit():  # "max" (v2) means no limit; v1 writes a huge number instead
-            total = int(text) if total is None else min(total, int(text))
-        break
-    return total
 
 
 def default_memory_gb(device: str | torch.device = "cpu") -> float:

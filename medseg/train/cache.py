@@ -22,6 +22,7 @@ import torch
 
 from medseg.io.atomic import atomic_path
 from medseg.plan.plan import Plan
+from medseg.system import available_memory  # the container's limit counts (cgroups)
 from medseg.train.dataset import _progress, load_case
 from medseg.train.preprocess import preprocess, slice_axis
 from medseg.train.sampling import CachedCase, foreground_index, pad_to
@@ -61,21 +62,6 @@ def case_key(plan: Plan, case, size) -> str:
 def cache_folder(plan: Plan, run_dir: str | os.PathLike) -> Path:
     """Where the plan's disk cache lives: ``cache_dir`` (shared by runs and folds of one plan), else ``RUN/cache``."""
     return Path(plan.cache_dir) if plan.cache_dir else Path(run_dir) / "cache"
-
-
-def available_memory() -> int:
-    """Bytes of RAM available to new allocations (``MemAvailable`` on Linux)."""
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return 1 << 62  # unknown: never spill on this account
 
 
 def nbytes(case: CachedCase) -> int:
