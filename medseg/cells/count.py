@@ -6,17 +6,14 @@ Every input is read and validated before anything is written, and the outputs ap
 
 from __future__ import annotations
 
-import contextlib
-import errno
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from medseg.errors import InputError
-from medseg.io.atomic import atomic_path, case_name
+from medseg.io.atomic import case_name
+from medseg.io.staging import refuse_folder, staged_outputs
 from medseg.cells.segmenters import CellModel, ClassicalSegmenter  # also imported from here (tests, benchmarks)
 
 
@@ -82,7 +79,7 @@ def count_cells(inputs, out_dir, model=None, classical: bool = False, channel: i
         torch.set_num_threads(threads or auto_threads())
     from medseg.cells.tables import rows_to_csv
 
-    with _staged(out_dir) as place:
+    with staged_outputs(out_dir, last=["counts.csv"]) as place:
         counts = [_count_one(f, seg, channel, pixel_size, exclude_border, f in with_rois, place,
                              "classical" if classical else "model") for f in _track(files, progress)]
         with place("counts.csv") as tmp:
@@ -168,62 +165,7 @@ def _check_outputs(files, out_dir: Path, with_rois) -> None:
         dest = out_dir / n
         if dest.exists() and dest.resolve() in inputs:
             raise InputError("refusing to overwrite an input file", path=dest)
-        _refuse_folder(dest)
-
-
-def _refuse_folder(dest: Path) -> None:
-    if dest.is_dir():
-        raise InputError("an output's name is taken by a folder (move or rename it)", path=dest)
-
-
-@contextlib.contextmanager
-def _staged(out_dir: Path):
-    """Yield ``place(name)``, a context giving a temporary path for the output ``name``. The outputs are written
-    to a hidden folder inside ``out_dir`` and renamed to their final names only when the block succeeds, so that a
-    failure part-way (an image with too many cells, a full disk) leaves no outputs of the earlier images."""
-    created = not out_dir.exists()
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:  # a file on the way (-o a/b with a a file), no permission
-        raise InputError(f"cannot create the output folder ({exc.strerror or exc})", path=out_dir) from exc
-    if not os.access(out_dir, os.W_OK):
-        raise InputError("output folder is not writable", path=out_dir)
-    try:
-        stage = Path(tempfile.mkdtemp(prefix=".cells-count.", suffix=".tmp", dir=out_dir))
-    except OSError as exc:
-        full = "disk full: " if exc.errno in (errno.ENOSPC, errno.EDQUOT) else ""
-        raise InputError(f"cannot write output ({full}{exc.strerror or exc})", path=out_dir) from exc
-
-    @contextlib.contextmanager
-    def place(name: str):
-        try:
-            with atomic_path(stage / name) as tmp:
-                yield tmp
-        except InputError as exc:  # name the output asked for, not the hidden folder
-            raise InputError(exc.problem, path=out_dir / name) from exc
-
-    try:
-        yield place
-        _move_outputs(stage, out_dir)
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)
-        if created and not any(out_dir.iterdir()):
-            out_dir.rmdir()
-
-
-def _move_outputs(stage: Path, out_dir: Path) -> None:
-    """Rename the staged outputs into ``out_dir``, ``counts.csv`` last. Each rename is atomic but not all of them
-    together, so the destinations are checked again first: a folder made under an output's name while the images
-    were segmented stops the move before anything is moved."""
-    staged = sorted(stage.iterdir(), key=lambda p: p.name == "counts.csv")
-    for p in staged:
-        _refuse_folder(out_dir / p.name)
-    for p in staged:
-        try:
-            os.replace(p, out_dir / p.name)
-        except OSError as exc:
-            problem = f"cannot move the output into place ({exc.strerror or exc})"
-            raise InputError(problem, path=out_dir / p.name) from exc
+        refuse_folder(dest)
 
 
 def _count_one(f: Path, seg, channel, pixel_size, exclude_border: bool, rois: bool, place, method: str) -> dict:

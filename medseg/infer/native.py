@@ -260,9 +260,9 @@ class ProbabilitySpill:
                 self._file.write(data)
                 self._file.flush()
         except OSError as exc:
-            from medseg.io.atomic import _looks_full
+            from medseg.io.atomic import looks_full
 
-            full = "disk full: " if _looks_full(exc, self._folder) else ""
+            full = "disk full: " if looks_full(exc, self._folder) else ""
             raise InputError(f"cannot write probabilities ({full}{exc.strerror or exc})", path=self._folder) from exc
 
     def _pwrite(self, data: bytes, offset: int) -> None:

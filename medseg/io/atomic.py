@@ -49,7 +49,7 @@ def case_name(path: str | os.PathLike) -> str:
     return name[: len(name) - len(full_suffix(name))] if full_suffix(name) else name
 
 
-def _looks_full(exc: OSError, folder: Path) -> bool:
+def looks_full(exc: OSError, folder: Path) -> bool:
     """Whether a failed write ran out of space.
 
     numpy's ``tofile`` (used by tifffile) reports a short write as a bare OSError with no errno
@@ -102,7 +102,7 @@ def atomic_path(
         yield tmp
         os.replace(tmp, dest)
     except OSError as exc:
-        full = _looks_full(exc, parent)
+        full = looks_full(exc, parent)
         tmp.unlink(missing_ok=True)
         raise InputError(f"cannot write output ({'disk full: ' if full else ''}{exc.strerror or exc})",
                          path=dest) from exc

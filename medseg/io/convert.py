@@ -7,7 +7,6 @@ Inputs are validated before anything is written, and every output is written ato
 
 from __future__ import annotations
 
-import contextlib
 import os
 import sys
 from pathlib import Path
@@ -19,6 +18,7 @@ from medseg.errors import InputError
 from medseg.io.atomic import atomic_path, case_name, full_suffix
 from medseg.io.image import Image
 from medseg.io.readers import ITK, MICROSCOPY, NIFTI, WRITABLE, is_dicom_file, read_image, write_unchecked
+from medseg.io.staging import staged_outputs
 
 
 def image_summary(img: Image) -> dict[str, Any]:
@@ -182,21 +182,23 @@ def convert(input: str | os.PathLike, output: str | os.PathLike, series: str | i
             raise InputError("output's parent folder does not exist", path=dst.parent)
     for line in notes:  # said once, on stderr, without stopping the conversion
         print(line, file=sys.stderr)
-    written: list[Path] = []
-    created = False
-    try:
-        with contextlib.ExitStack() as stack:
-            for out, item in images:
-                if to_folder and not dst.exists():
-                    dst.mkdir()
-                    created = True
-                img = item if isinstance(item, Image) else load_series(item, allow_tilt=allow_tilt, progress=True)
-                tmp = stack.enter_context(atomic_path(out, protect=[src]))
+    if not to_folder:
+        out, item = images[0]
+        with atomic_path(out, protect=[src]) as tmp:
+            write_unchecked(_loaded(item, allow_tilt), tmp, full_suffix(out))
+        return [out]
+    with staged_outputs(dst, protect=[src]) as place:  # every series or none
+        for out, item in images:
+            img = _loaded(item, allow_tilt)  # outside place(): a bad input's error names the input
+            with place(out.name) as tmp:
                 write_unchecked(img, tmp, full_suffix(out))
-                written.append(out)
-    except BaseException:
-        if created:
-            with contextlib.suppress(OSError):
-                dst.rmdir()  # only if still empty: nothing partial stays behind
-        raise
-    return written
+    return [out for out, _ in images]
+
+
+def _loaded(item, allow_tilt: bool) -> Image:
+    """The image to write: read already, or a discovered DICOM series read now (one in memory at a time)."""
+    if isinstance(item, Image):
+        return item
+    from medseg.io.dicom import load_series
+
+    return load_series(item, allow_tilt=allow_tilt, progress=True)

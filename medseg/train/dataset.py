@@ -21,7 +21,7 @@ from typing import Iterator
 import numpy as np
 
 from medseg.errors import InputError
-from medseg.io.atomic import _UMASK, _looks_full, case_name, full_suffix
+from medseg.io.atomic import _UMASK, case_name, full_suffix, looks_full
 from medseg.io.image import Image
 from medseg.io.readers import ITK, NIFTI, read_image
 
@@ -335,7 +335,7 @@ def _staged_folder(src: Path, dst: Path, overwrite: bool) -> Iterator[Path]:
         _replace_folder(stage, dst)
     except OSError as exc:
         shutil.rmtree(stage, ignore_errors=True)
-        full = _looks_full(exc, dst.parent)
+        full = looks_full(exc, dst.parent)
         raise InputError(f"cannot write output ({'disk full: ' if full else ''}{exc.strerror or exc})",
                          path=dst) from exc
     except BaseException:

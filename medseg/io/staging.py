@@ -1,0 +1,100 @@
+"""Several outputs that appear together: staged in a hidden folder, moved into place only when all exist.
+
+:func:`medseg.io.atomic.atomic_path` makes one file appear whole; a command writing several files (one per image or
+series, and a table of them all) also must not leave the earlier ones behind when a later one fails.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Callable, ContextManager, Iterable, Iterator
+
+from medseg.errors import InputError
+from medseg.io.atomic import atomic_path, looks_full
+
+Place = Callable[[str], ContextManager[Path]]
+
+
+def refuse_folder(dest: Path) -> None:
+    """Raise ``InputError`` when an output's name is taken by a folder (a rename onto it would fail half-way)."""
+    if dest.is_dir():
+        raise InputError("an output's name is taken by a folder (move or rename it)", path=dest)
+
+
+@contextlib.contextmanager
+def staged_outputs(out_dir: str | os.PathLike, protect: Iterable[str | os.PathLike] = (),
+                   last: Iterable[str] = ()) -> Iterator[Place]:
+    """Yield ``place(name)``, a context manager giving a temporary path for the output ``out_dir / name``.
+
+    The outputs are written to a hidden folder inside ``out_dir`` and renamed to their final names only when the
+    block succeeds, so that a failure part-way (a bad image, a full disk) leaves none of them. ``out_dir`` is made
+    if missing (and removed again if it is still empty afterwards). ``protect`` lists inputs that an output must
+    never replace; the names in ``last`` (a summary table) are moved after the others.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> d = pathlib.Path(tempfile.mkdtemp()) / "out"
+    >>> with staged_outputs(d) as place:
+    ...     for name in ("a.txt", "b.txt"):
+    ...         with place(name) as tmp:
+    ...             _ = tmp.write_text(name)
+    >>> sorted(p.name for p in d.iterdir())
+    ['a.txt', 'b.txt']
+    """
+    out_dir = Path(out_dir)
+    created = not out_dir.exists()
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # a file on the way (-o a/b with a a file), no permission
+        raise InputError(f"cannot create the output folder ({exc.strerror or exc})", path=out_dir) from exc
+    if not os.access(out_dir, os.W_OK):
+        raise InputError("output folder is not writable", path=out_dir)
+    try:
+        stage = Path(tempfile.mkdtemp(prefix=".medseg-stage.", suffix=".tmp", dir=out_dir))
+    except OSError as exc:
+        full = "disk full: " if looks_full(exc, out_dir) else ""
+        raise InputError(f"cannot write output ({full}{exc.strerror or exc})", path=out_dir) from exc
+
+    @contextlib.contextmanager
+    def place(name: str) -> Iterator[Path]:
+        try:
+            with atomic_path(stage / name) as tmp:
+                yield tmp
+        except InputError as exc:
+            if exc.path is None or stage not in (Path(exc.path), *Path(exc.path).parents):
+                raise  # about an input: keep its name
+            raise InputError(exc.problem, path=out_dir / name) from exc  # the output asked for, not the stage
+
+    try:
+        yield place
+        _move_outputs(stage, out_dir, protect, set(last))
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+        if created:
+            with contextlib.suppress(OSError):
+                if not any(out_dir.iterdir()):
+                    out_dir.rmdir()
+
+
+def _move_outputs(stage: Path, out_dir: Path, protect: Iterable[str | os.PathLike], last: set[str]) -> None:
+    """Rename the staged outputs into ``out_dir``. Each rename is atomic but not all of them together, so every
+    destination is checked first: a folder made under an output's name meanwhile, or an output that would replace
+    an input, stops the move before anything is moved."""
+    staged = sorted(stage.iterdir(), key=lambda p: p.name in last)
+    inputs = {Path(p).resolve() for p in protect if Path(p).exists()}
+    for p in staged:
+        dest = out_dir / p.name
+        refuse_folder(dest)
+        if dest.exists() and dest.resolve() in inputs:
+            raise InputError("refusing to overwrite an input file", path=dest)
+    for p in staged:
+        try:
+            os.replace(p, out_dir / p.name)
+        except OSError as exc:
+            problem = f"cannot move the output into place ({exc.strerror or exc})"
+            raise InputError(problem, path=out_dir / p.name) from exc
