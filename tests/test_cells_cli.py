@@ -375,3 +375,32 @@ def test_folder_made_under_an_outputs_name_while_counting_stops_the_move(tmp_pat
     assert_clean_error(run_cli("cells", "count", "-i", d, "-o", out, "--classical"), "counts.csv",
                        "cannot move", "Permission denied")
     assert not (out / "counts.csv").exists() and not list(out.glob(".*tmp*"))
+
+
+@pytest.mark.parametrize("budget, reads", [(None, 3), (0, 6)])
+def test_count_decodes_each_image_once_when_the_checked_images_fit(tmp_path, monkeypatch, budget, reads):
+    """The pre-check's decoded images are reused for counting (3 reads for 3 images); with no room to keep them
+    each is read again, and the outputs are the same either way."""
+    import medseg.cells.count as count
+    import medseg.cells.data as data
+
+    rng = np.random.default_rng(1)
+    d = tmp_path / "in"
+    d.mkdir()
+    for name in ("a", "b", "c"):
+        img = np.zeros((48, 48), np.uint8)
+        for y, x in rng.integers(6, 42, (4, 2)):
+            img[y - 4:y + 4, x - 4:x + 4] = 200
+        tifffile.imwrite(d / f"{name}.tif", img)
+    ref = count.count_cells(d, tmp_path / "ref", classical=True, progress=False)  # default budget, not watched
+    calls = []
+    real = data.load_image
+    monkeypatch.setattr(data, "load_image", lambda *a, **k: calls.append(a[0]) or real(*a, **k))
+    if budget is not None:
+        monkeypatch.setattr(count, "KEEP_CHECKED_BYTES", budget)
+    rows = count.count_cells(d, tmp_path / "out", classical=True, progress=False)
+    assert len(calls) == reads and sorted({c.name for c in calls}) == ["a.tif", "b.tif", "c.tif"]
+    assert [r["count"] for r in rows] == [r["count"] for r in ref] and all(r["count"] > 0 for r in rows)
+    for name in ("a", "b", "c"):
+        np.testing.assert_array_equal(tifffile.imread(tmp_path / "out" / f"{name}_labels.tif"),
+                                      tifffile.imread(tmp_path / "ref" / f"{name}_labels.tif"))

@@ -37,6 +37,9 @@ def list_images(path) -> list[Path]:
 COUNT_COLUMNS = ["image", "id", "count", "count_not_touching_border", "mean_area", "median_area", "mean_volume",
                  "median_volume", "unit", "method"]
 MAX_LABEL = 65535  # the label TIFF is uint16: what napari and Fiji open as a label image
+# images decoded by the pre-check are kept for counting up to this many bytes in all (a folder of typical
+# microscopy tiles: all of them); larger folders read the rest again rather than hold them all at once
+KEEP_CHECKED_BYTES = 512 * 2**20
 
 
 def count_cells(inputs, out_dir, model=None, classical: bool = False, channel: int | None = None,
@@ -65,7 +68,7 @@ def count_cells(inputs, out_dir, model=None, classical: bool = False, channel: i
     files = list_images(inputs)
     seg = ClassicalSegmenter(method or "otsu", diameter) if classical else (
         model if isinstance(model, CellModel) else CellModel.load(model, tta=tta, diameter=diameter))
-    ndims = _check_images(files, channel, pixel_size, None if classical else seg.cfg.spatial_dims)
+    ndims, kept = _check_images(files, channel, pixel_size, None if classical else seg.cfg.spatial_dims)
     with_rois = _roi_images(files, ndims, roi_zip, inputs, note)
     out_dir = Path(out_dir)
     _check_outputs(files, out_dir, with_rois)
@@ -77,10 +80,14 @@ def count_cells(inputs, out_dir, model=None, classical: bool = False, channel: i
         from medseg.cells.train import auto_threads
 
         torch.set_num_threads(threads or auto_threads())
+    from medseg.cells.data import load_image
     from medseg.cells.tables import rows_to_csv
 
+    def image(f):  # popped, so that each kept image is freed once counted
+        return kept.pop(f) if f in kept else load_image(f, channel, pixel_size)
+
     with staged_outputs(out_dir, last=["counts.csv"]) as place:
-        counts = [_count_one(f, seg, channel, pixel_size, exclude_border, f in with_rois, place,
+        counts = [_count_one(image(f), f, seg, exclude_border, f in with_rois, place,
                              "classical" if classical else "model") for f in _track(files, progress)]
         with place("counts.csv") as tmp:
             tmp.write_text(rows_to_csv(counts, COUNT_COLUMNS))
@@ -101,14 +108,16 @@ def _check_mode(model, classical: bool, method, tta: bool, min_snr, threads, whe
         raise InputError("--threshold applies to --classical only (a model uses the thresholds it was tuned with)")
 
 
-def _check_images(files, channel, pixel_size, model_dims: int | None) -> list[int]:
+def _check_images(files, channel, pixel_size, model_dims: int | None) -> tuple[list[int], dict]:
     """Read every image (readable, one channel, not empty, of the model's dimensionality) and check that the ids
-    are unique; returns each image's number of dimensions."""
+    are unique; returns each image's number of dimensions, and the images read, by file, that fit in
+    :data:`KEEP_CHECKED_BYTES` (so that counting does not decode them twice)."""
     from medseg.cells.data import load_image
 
-    names, ndims = {}, []
+    names, ndims, kept, held = {}, [], {}, 0
     for f in files:
-        arr = load_image(f, channel, pixel_size).array
+        img = load_image(f, channel, pixel_size)
+        arr = img.array
         if model_dims is not None and arr.ndim != model_dims:
             # an (unmarked) channel axis reads as a z axis: say so where that is the likely cause
             hint = "; if its first axis holds channels, choose one with --channel" if (
@@ -120,7 +129,10 @@ def _check_images(files, channel, pixel_size, model_dims: int | None) -> list[in
             raise InputError(f"two images share the id '{cid}' ({names[cid].name}, {f.name})", path=f)
         names[cid] = f
         ndims.append(arr.ndim)
-    return ndims
+        if held + arr.nbytes <= KEEP_CHECKED_BYTES:
+            kept[f] = img
+            held += arr.nbytes
+    return ndims, kept
 
 
 def _roi_images(files, ndims, roi_zip: bool, where, note) -> set:
@@ -168,17 +180,16 @@ def _check_outputs(files, out_dir: Path, with_rois) -> None:
         refuse_folder(dest)
 
 
-def _count_one(f: Path, seg, channel, pixel_size, exclude_border: bool, rois: bool, place, method: str) -> dict:
-    """Segment one image, write its outputs (through ``place``) and return its row of ``counts.csv``."""
+def _count_one(img, f: Path, seg, exclude_border: bool, rois: bool, place, method: str) -> dict:
+    """Segment one image (``img``, read from ``f``), write its outputs (through ``place``) and return its row of
+    ``counts.csv``."""
     import imageio.v3 as iio
 
-    from medseg.cells.data import load_image
     from medseg.cells.tables import cell_table, overlay_rgb, rows_to_csv, table_columns
     from medseg.io.image import Image
     from medseg.io.microscopy import write_microscopy
     from medseg.postprocess.watershed import clear_border_instances, relabel_sequential
 
-    img = load_image(f, channel, pixel_size)
     arr, sp, cid = img.array, img.spacing, case_name(f)
     labels = seg.segment(arr, sp)
     if exclude_border:
