@@ -77,6 +77,21 @@ def test_budgets_shrink_patch_and_network(tmp_path):
     assert cost(quick) < cost(big)
 
 
+def test_time_budget_is_not_cut_short_by_the_epoch_count(tmp_path):
+    """With a time budget the epoch cap leaves room for a machine several times faster than the planner assumes
+    (this CPU runs 3x THROUGHPUT), so the budget ends training; validation stays within ~20 runs of the cap."""
+    from medseg.plan.planner import estimate_cost, make_plan
+
+    ds = tiny_dataset(tmp_path / "ds", 2)
+    fp = _fp([[1, 1, 1]] * 2, [[36, 50, 35]] * 2)
+    for minutes, tp in ((3, 6e10), (30, 6e10), (30, 2e11)):
+        plan = make_plan(ds, memory_gb=8, minutes=minutes, fingerprint=fp, throughput=tp)
+        predicted = minutes * 60 * tp / (estimate_cost(plan.patch_size, plan.base_filters)[1] * plan.batch_size)
+        assert plan.max_epochs * plan.iterations_per_epoch >= 3 * predicted
+        assert plan.max_minutes == minutes
+        assert plan.max_epochs / plan.val_every <= 20
+
+
 def test_plan_yaml_round_trip_and_cli(tmp_path):
     from medseg.plan.plan import Plan
 

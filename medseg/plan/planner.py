@@ -19,6 +19,7 @@ from medseg.train.network import dynunet_strides
 # Effective training throughput assumed when fitting to a time budget (forward+backward FLOP/s): rough,
 # conservative assumptions for a 2-core CPU and a mid-range GPU (not calibrated yet); override with throughput=.
 THROUGHPUT = {"cpu": 6e10, "cuda": 1.5e13}
+SPEED_MARGIN = 4.0  # with a time budget: the epoch cap, as a multiple of the iterations THROUGHPUT predicts
 ANISOTROPY = 3.0
 # Default memory budgets (GB) when make_plan is given none: a share of the machine's *total* memory, not of what
 # is free right now, so that planning twice (or on every torchrun rank) gives the same plan. RAM: a quarter
@@ -157,7 +158,9 @@ def make_plan(dataset: str | os.PathLike | Dataset, device: str = "cpu", memory_
     ``device``: auto, cpu, cuda or cuda:N (checked for spelling only: the GPU may be on another machine).
     ``memory_gb``: default :func:`default_memory_gb` of ``device``. With a time budget the network width and
     patch are reduced until at least ``min_iterations`` iterations fit (small shallow networks that see many
-    more patches beat big ones that see few, on a CPU).
+    more patches beat big ones that see few, on a CPU). The budget, not the epoch count, then ends training:
+    ``max_epochs`` is a cap at :data:`SPEED_MARGIN` times the iterations ``throughput`` (FLOP/s; default
+    :data:`THROUGHPUT` of the device) predicts, and validation runs at most about 20 times.
     """
     dev = parse_device(device, require_available=False)  # before the fingerprint: a typo fails at once
     ds = dataset if isinstance(dataset, Dataset) else open_dataset(dataset)
@@ -193,7 +196,10 @@ def make_plan(dataset: str | os.PathLike | Dataset, device: str = "cpu", memory_
                 if smaller == patch:
                     break
                 patch = smaller
-        epochs = max(1, int(n_iter // iters_per_epoch))
+        # the budget ends training and the learning rate follows the elapsed time, so the epoch count is only a
+        # cap: four times the estimate, so that a machine faster than THROUGHPUT assumes still uses all of its
+        # budget (this CPU runs the demo's plan at ~190 GFLOP/s in bf16, THROUGHPUT says 60)
+        epochs = max(1, int(np.ceil(SPEED_MARGIN * n_iter / iters_per_epoch)))
     labels = {int(k): v for k, v in ds.labels.items()}
     # rare classes (< 1% of foreground voxels) get foreground-heavy sampling
     fg = {k: v for k, v in fp.class_voxels.items() if k != 0}
@@ -204,5 +210,6 @@ def make_plan(dataset: str | os.PathLike | Dataset, device: str = "cpu", memory_
                 base_filters=base, max_filters=320, max_epochs=epochs, iterations_per_epoch=iters_per_epoch,
                 max_minutes=minutes, foreground_oversample=0.66 if rare else 0.33,
                 # bf16 halves the CPU step where native (0.25 vs 0.51 s, RESULTS.md); emulated it is slower
-                bf16=dev.type != "cuda" and cpu_has_native_bf16(), val_every=max(1, epochs // 20))
+                bf16=dev.type != "cuda" and cpu_has_native_bf16(),
+                val_every=max(1, int(np.ceil(epochs / 20))))
     return plan.validate()
