@@ -67,6 +67,15 @@ def test_inference_presets_mode_tiny(tmp_path, capsys):
         worst = res[name]["worst_cases"]
         assert set(worst) <= set(val) and len(worst) == min(5, len(val))
         assert min(worst.values()) <= res[name]["median_case"] + 1e-4  # worst values are rounded to 4 places
+    # where the Dice is lost, on the same run: every scale row and every wrong voxel accounted for
+    from benchmarks.hippocampus_errors import main as errors
+
+    assert errors(["--run", str(tmp_path / "run"), "--data", str(tmp_path / "ds"), "--threads", "1"]) == 0
+    out = capsys.readouterr().out
+    means = [float(m) for m in re.findall(r"s = \S+\s+\S+\s+\S+\s+(\S+)", out)]
+    assert len(means) == 7 and all(0.0 <= m <= 1.0 for m in means)
+    total = int(re.search(r"wrong voxels: (\d+)", out).group(1))
+    assert sum(int(n) for n in re.findall(r"^  (?:swap|outline|far) +(\d+)", out, re.M)) == total
     # --join: a second network on the same split, each scored, then their ensemble
     (tmp_path / "run2").mkdir()
     (tmp_path / "run2" / "splits.json").write_text((tmp_path / "run" / "splits.json").read_text())
@@ -444,3 +453,18 @@ def test_hippocampus_nnunet_peer_runs_on_medseg_split(tmp_path, capsys):
     assert bench["val_dice_mirroring"]["mirror_axes"] and bench["val_dice_no_mirroring"]["mirror_axes"] is None
     raw = list((tmp_path / "nn" / "raw").rglob("*.nii.gz"))
     assert len(raw) == 16 and all(p.is_symlink() for p in raw)  # 8 cases, image + label, never copied
+
+
+def test_hippocampus_error_kinds_by_hand():
+    """Anterior/posterior swaps, errors on the reference outline and errors away from it, on a hand-made line."""
+    from benchmarks.hippocampus_errors import error_kinds
+
+    ref = np.zeros((1, 1, 20), np.uint8)
+    ref[..., 5:10], ref[..., 10:15] = 1, 2  # label changes between 4|5, 9|10, 14|15: outline band 3-6, 8-11, 13-16
+    pred = ref.copy()
+    pred[..., 9] = 2  # a swap
+    pred[..., 16] = 2  # on the outline band
+    pred[..., 0] = pred[..., 18] = 1  # away from it
+    kinds = error_kinds(pred, ref)
+    assert [int(kinds[k].sum()) for k in ("swap", "outline", "far")] == [1, 1, 2]
+    assert kinds["swap"][0, 0, 9] and kinds["outline"][0, 0, 16] and kinds["far"][0, 0, [0, 18]].all()

@@ -1,0 +1,115 @@
+"""Where a trained hippocampus model's Dice is lost: calibration and the kind of each wrong voxel.
+
+    python benchmarks/hippocampus_errors.py --run RUN --data ../shared/data/msd_hippocampus [--set val|train]
+
+Scores the cases of fold ``--fold`` of the run's ``splits.json`` (its validation cases by default) and prints
+
+- the per-case mean Dice when the background probability is scaled by 0.5 ... 2 before the arg-max (a model
+  whose outlines are biased too tight or too loose gains from a factor away from 1), and the ratio of predicted to
+  reference volume per class;
+- every wrong voxel by kind: anterior and posterior swapped (the boundary between the two structures), or
+  structure against background, split into voxels on the reference outline (the voxels on either side of a
+  change of label, and their 6-neighbours) and those further inside or outside; and the Dice each class would have if one kind of error
+  were removed (an oracle bound, not a method).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+SCALES = (0.5, 0.7, 0.85, 1.0, 1.2, 1.5, 2.0)
+KINDS = ("swap", "outline", "far")
+
+
+def outline(ref: np.ndarray) -> np.ndarray:
+    """The voxels on either side of each change of label in ``ref`` (6-neighbours), and their 6-neighbours."""
+    from scipy import ndimage
+
+    edge = np.zeros(ref.shape, bool)
+    for ax in range(ref.ndim):
+        d = np.diff(ref, axis=ax) != 0
+        lo = [slice(None)] * ref.ndim
+        hi = [slice(None)] * ref.ndim
+        lo[ax], hi[ax] = slice(None, -1), slice(1, None)
+        edge[tuple(lo)] |= d
+        edge[tuple(hi)] |= d
+    return ndimage.binary_dilation(edge)
+
+
+def error_kinds(pred: np.ndarray, ref: np.ndarray) -> dict[str, np.ndarray]:
+    """Masks of the wrong voxels by kind (see the module docstring); labels 1 and 2 are the two structures."""
+    wrong = pred != ref
+    swap = wrong & (pred > 0) & (ref > 0)
+    near = outline(ref)
+    return {"swap": swap, "outline": wrong & ~swap & near, "far": wrong & ~swap & ~near}
+
+
+def dice(pred: np.ndarray, ref: np.ndarray, k: int) -> float:
+    p, r = pred == k, ref == k
+    s = p.sum() + r.sum()
+    return float(2 * (p & r).sum() / s) if s else float("nan")
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--run", type=Path, required=True, help="Training run folder (model.pt, splits.json).")
+    ap.add_argument("--data", type=Path, required=True, help="The MSD hippocampus folder.")
+    ap.add_argument("--set", choices=("val", "train"), default="val")
+    ap.add_argument("--fold", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args(argv)
+
+    import torch
+
+    from medseg.infer.predict import predict_image
+    from medseg.train.artifact import load_model
+    from medseg.train.dataset import load_case, open_dataset
+
+    torch.set_num_threads(args.threads)
+    art = load_model(args.run)
+    net = art.build()
+    ids = set(json.loads((args.run / "splits.json").read_text())[args.fold][args.set])
+    cases = [c for c in open_dataset(args.data).cases if c.id in ids and c.label is not None]
+    scaled = {s: [] for s in SCALES}
+    ratios, counts, oracle = [], {k: 0 for k in KINDS}, {k: [] for k in KINDS}
+    for case in cases:
+        image, label = load_case(case)
+        ref = np.asarray(label.array)
+        with torch.no_grad():
+            _, prob = predict_image(net, art.plan, image, probabilities=True)
+        p = np.array(prob.array, dtype=np.float32)
+        for s in SCALES:
+            q = p.copy()
+            q[0] *= s
+            scaled[s].append([dice(q.argmax(0), ref, k) for k in (1, 2)])
+        pred = p.argmax(0)
+        ratios.append([(pred == k).sum() / max(1, (ref == k).sum()) for k in (1, 2)])
+        for kind, mask in error_kinds(pred, ref).items():
+            counts[kind] += int(mask.sum())
+            fixed = np.where(mask, ref, pred)
+            oracle[kind].append([dice(fixed, ref, k) for k in (1, 2)])
+    print(f"{args.run}: {len(cases)} {args.set} cases of fold {args.fold}")
+    print("background probability x s before the arg-max: mean Dice (anterior, posterior, mean)")
+    for s in SCALES:
+        a = np.nanmean(np.array(scaled[s], float), 0)
+        print(f"  s = {s:<4}  {a[0]:.4f}  {a[1]:.4f}  {a.mean():.4f}")
+    r = np.array(ratios, float)
+    print(f"predicted / reference volume (anterior, posterior): median {np.median(r, 0).round(3).tolist()}, "
+          f"mean {r.mean(0).round(3).tolist()}")
+    total = sum(counts.values())
+    print(f"wrong voxels: {total}")
+    for kind in KINDS:
+        a = np.nanmean(np.array(oracle[kind], float), 0)
+        print(f"  {kind:8s} {counts[kind]:7d} ({counts[kind] / max(total, 1):.1%}); Dice without them "
+              f"{a[0]:.4f} / {a[1]:.4f} / {a.mean():.4f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
