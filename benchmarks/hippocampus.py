@@ -6,8 +6,9 @@
 ``--postprocess-check`` scores an existing run's validation fold with and without largest-component cleanup (and, for
 a run with weight averaging, its final training weights);
 ``--ensemble K`` trains K networks in the budget and averages them (``medseg.train.ensemble``); ``--join RUN ...``
-scores separately trained runs and their ensembles. The recipe is
-``configs/hippocampus.yaml``; the whole wall time (caching the data included) counts against the budget.
+scores separately trained runs and their ensembles; ``--train-fraction F`` trains on a share of the fold's training
+cases (the same validation cases; nested: a smaller share is a subset of a larger one), for a learning curve. The
+recipe is ``configs/hippocampus.yaml``; the whole wall time (caching the data included) counts against the budget.
 """
 
 from __future__ import annotations
@@ -81,6 +82,28 @@ def raw_weights_model(run: Path) -> Path | None:
     return path.parent
 
 
+def subsample_split(plan, out: Path, fold: int, fraction: float, split_seed: int | None = None) -> list[str]:
+    """Write ``out/splits.json`` (the split of seed ``split_seed``, default the plan's, as training would) with fold
+    ``fold`` training on the first ``fraction`` of its training cases in a fixed random order; an existing
+    ``splits.json`` (a resumed run) is kept. Returns the fold's training cases."""
+    import random
+
+    from medseg.train.dataset import open_dataset
+    from medseg.train.trainer import make_splits
+
+    path = out / "splits.json"
+    if not path.exists():
+        ds = open_dataset(plan.dataset)
+        seed = plan.seed if split_seed is None else split_seed
+        splits = make_splits([c.id for c in ds.cases if c.label is not None], plan.num_folds, seed)
+        train = sorted(splits[fold]["train"])
+        random.Random(0).shuffle(train)  # one order for every fraction: the shares are nested
+        splits[fold]["train"] = sorted(train[:max(1, round(fraction * len(train)))])
+        out.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(splits, indent=1))
+    return json.loads(path.read_text())[fold]["train"]
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--minutes", type=float, default=30)
@@ -99,7 +122,14 @@ def main(argv=None) -> int:
     ap.add_argument("--join", type=Path, nargs="+", default=None, metavar="RUN",
                     help="no training: score each of these runs (same split) on the validation fold, then the "
                          "ensembles of the first 2, 3, ... of them (written to --out/ensemble_K)")
+    ap.add_argument("--train-fraction", type=float, default=None, metavar="F",
+                    help="train on this share (0-1] of the fold's training cases, drawn in one fixed order so that "
+                         "smaller shares are subsets of larger ones; the validation cases stay the fold's")
+    ap.add_argument("--split-seed", type=int, default=None,
+                    help="with --train-fraction: the seed of the 5-fold split (default: the config's seed)")
     args = ap.parse_args(argv)
+    if args.train_fraction is not None and not 0 < args.train_fraction <= 1:
+        ap.error("--train-fraction must be in (0, 1]")
     if args.join:
         from medseg.train.ensemble import combine_models
 
@@ -133,6 +163,8 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     plan = Plan.from_yaml(args.config)
     plan.dataset = str(args.data.resolve())
+    if args.train_fraction is not None:
+        subsample_split(plan, args.out, args.fold, args.train_fraction, args.split_seed)
     t0 = time.monotonic()
     kw = dict(fold=args.fold, max_minutes=args.minutes, resume=args.resume, progress=False, num_threads=args.threads)
     if (args.ensemble or plan.ensemble) > 1:
@@ -140,9 +172,11 @@ def main(argv=None) -> int:
     else:
         res = train(plan, args.out, **kw)
     wall = time.monotonic() - t0
+    n_train = len(json.loads((args.out / "splits.json").read_text())[args.fold]["train"])
     out = {"minutes_budget": args.minutes, "train_wall_min": round(wall / 60, 2), "epochs": res.epochs,
            "iterations": res.iterations, "s_per_iteration": round(res.elapsed_s / max(res.iterations, 1), 3),
-           "fold": args.fold, "val_dice": res.val_dice, "threads": args.threads,
+           "fold": args.fold, "train_cases": n_train,
+           "val_dice": res.val_dice, "threads": args.threads,
            "ensemble": args.ensemble or plan.ensemble,
            "config": str(args.config), "load_avg_at_end": list(__import__("os").getloadavg())}
     if args.eval:

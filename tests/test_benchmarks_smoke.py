@@ -468,3 +468,23 @@ def test_hippocampus_error_kinds_by_hand():
     kinds = error_kinds(pred, ref)
     assert [int(kinds[k].sum()) for k in ("swap", "outline", "far")] == [1, 1, 2]
     assert kinds["swap"][0, 0, 9] and kinds["outline"][0, 0, 16] and kinds["far"][0, 0, [0, 18]].all()
+
+
+def test_hippocampus_train_fraction_nests_and_keeps_validation(tmp_path):
+    """--train-fraction: a smaller share of the fold's training cases is a subset of a larger one, the validation
+    cases and the other folds are the full split's, and an existing splits.json (a resumed run) is kept."""
+    from benchmarks.hippocampus import subsample_split
+    from medseg.plan.plan import Plan
+    from medseg.train.dataset import open_dataset
+    from medseg.train.trainer import fold_split
+
+    plan = Plan.from_yaml(tiny_plan(tmp_path, n_cases=12))
+    full = json.loads(json.dumps(fold_split(tmp_path / "none", open_dataset(plan.dataset), plan, write=False)))
+    quarter = subsample_split(plan, tmp_path / "q", 0, 0.25)
+    half = subsample_split(plan, tmp_path / "h", 0, 0.5)
+    assert len(quarter) == round(0.25 * len(full["train"])) and len(half) == round(0.5 * len(full["train"]))
+    assert set(quarter) < set(half) < set(full["train"])
+    for run in ("q", "h"):
+        splits = json.loads((tmp_path / run / "splits.json").read_text())
+        assert splits[0]["val"] == full["val"] and len(splits) == plan.num_folds
+    assert subsample_split(plan, tmp_path / "q", 0, 1.0) == quarter  # kept, not redrawn
