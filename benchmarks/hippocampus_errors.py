@@ -9,8 +9,8 @@ Scores the cases of fold ``--fold`` of the run's ``splits.json`` (its validation
   reference volume per class;
 - every wrong voxel by kind: anterior and posterior swapped (the boundary between the two structures), or
   structure against background, split into voxels on the reference outline (the voxels on either side of a
-  change of label, and their 6-neighbours) and those further inside or outside; and the Dice each class would have if one kind of error
-  were removed (an oracle bound, not a method).
+  change of label, and their 6-neighbours) and those further inside or outside; and the Dice each class would
+  have if one kind of error were removed (an oracle bound, not a method).
 """
 from __future__ import annotations
 
@@ -50,10 +50,12 @@ def error_kinds(pred: np.ndarray, ref: np.ndarray) -> dict[str, np.ndarray]:
     return {"swap": swap, "outline": wrong & ~swap & near, "far": wrong & ~swap & ~near}
 
 
-def dice(pred: np.ndarray, ref: np.ndarray, k: int) -> float:
-    p, r = pred == k, ref == k
-    s = p.sum() + r.sum()
-    return float(2 * (p & r).sum() / s) if s else float("nan")
+def structure_dice(pred: np.ndarray, ref: np.ndarray) -> list[float]:
+    """Dice of anterior and posterior (NaN where both are empty), as the training validation scores them."""
+    from medseg.train.losses import confusion_dice
+
+    d = confusion_dice(pred, ref, 3)
+    return [d[1], d[2]]
 
 
 def main(argv=None) -> int:
@@ -87,13 +89,13 @@ def main(argv=None) -> int:
         for s in SCALES:
             q = p.copy()
             q[0] *= s
-            scaled[s].append([dice(q.argmax(0), ref, k) for k in (1, 2)])
+            scaled[s].append(structure_dice(q.argmax(0), ref))
         pred = p.argmax(0)
         ratios.append([(pred == k).sum() / max(1, (ref == k).sum()) for k in (1, 2)])
         for kind, mask in error_kinds(pred, ref).items():
             counts[kind] += int(mask.sum())
             fixed = np.where(mask, ref, pred)
-            oracle[kind].append([dice(fixed, ref, k) for k in (1, 2)])
+            oracle[kind].append(structure_dice(fixed, ref))
     print(f"{args.run}: {len(cases)} {args.set} cases of fold {args.fold}")
     print("background probability x s before the arg-max: mean Dice (anterior, posterior, mean)")
     for s in SCALES:
