@@ -287,7 +287,7 @@ def main(argv=None) -> int:
                 results[f"learned, images with nuclei {size} px across"] = score(sel)
     info["seconds_per_image"] = {k: round(v / max(len(cases), 1), 3) for k, v in times.items() if rows[k]}
 
-    # 3D sample: classical (no 3D model is trained by this benchmark)
+    # 3D sample: classical (a 3D model is trained and scored on halves of the stack by benchmarks/cells3d.py)
     import tifffile
 
     d3 = Path(args.data).parent / "nuclei_stardist"

@@ -488,3 +488,41 @@ def test_hippocampus_train_fraction_nests_and_keeps_validation(tmp_path):
         splits = json.loads((tmp_path / run / "splits.json").read_text())
         assert splits[0]["val"] == full["val"] and len(splits) == plan.num_folds
     assert subsample_split(plan, tmp_path / "q", 0, 1.0) == quarter  # kept, not redrawn
+
+
+def test_cells3d_benchmark_halves_the_real_stack(tmp_path, capsys):
+    """benchmarks/cells3d.py: a few steps of a 3D model on one half of the real stack, scored on the other half
+    next to the classical mode; the written halves keep the z step and the nuclei of the reference."""
+    from benchmarks.cells3d import halves, main
+    from medseg.cells.data import read_labels
+    from medseg.io.microscopy import read_microscopy
+
+    stack = data_path("nuclei_stardist")
+    assert main(["--data", str(stack), "--out", str(tmp_path), "--minutes", "1", "--steps", "2", "--folds", "0",
+                 "--patch", "16", "16", "16", "--base-filters", "4", "--threads", "1",
+                 "--json", str(tmp_path / "r.json")]) == 0
+    out = capsys.readouterr().out
+    ref = read_labels(stack / "mask3d.tif")
+    test = halves(ref.shape[-1])[0]
+    n_test = len(np.unique(ref[..., test])) - 1
+    for method in ("learned", "classical", "components"):
+        row = _table_rows(out, f"{method} | 0")[0]
+        assert int(row[3]) == n_test and 0.0 <= float(row[5]) <= 1.0
+    written = read_microscopy(tmp_path / "fold0" / "data" / "labels" / "test.tif")
+    assert written.spacing == (2.0, 1.0, 1.0) and np.array_equal(written.array, ref[..., test])
+    assert json.loads((tmp_path / "r.json").read_text())["folds"][0]["steps"] == 2
+
+
+def test_hippocampus_planar_cut_by_hand():
+    """The cut that keeps most predicted labels: a ragged boundary becomes one plane, the structure's extent stays."""
+    from benchmarks.hippocampus_errors import mixed_voxels, planar_cut
+
+    pred = np.zeros((2, 10, 3), np.uint8)
+    pred[:, 1:5], pred[:, 5:9] = 2, 1  # posterior below index 5 of axis 1, anterior from it on
+    assert mixed_voxels(pred) == 0 and np.array_equal(planar_cut(pred), pred)
+    ragged = pred.copy()
+    ragged[0, 5, 0] = 2  # one posterior voxel beyond the cut, one anterior before it
+    ragged[1, 3, 2] = 1
+    assert mixed_voxels(ragged) == 2 and np.array_equal(planar_cut(ragged), pred)
+    ragged[:, 9] = 0  # background stays background
+    assert (planar_cut(ragged)[:, 9] == 0).all()
