@@ -4,7 +4,7 @@
 
 ``nuclei_stardist`` holds a single annotated 3D stack (``img3d.tif`` / ``mask3d.tif``), so a 3D model can only be
 trained and scored on it by cutting it: the stack is halved along its last axis, a model is trained on one half
-(``medseg cells train`` with ``spatial_dims: 3``, for MINUTES) and scored on the other, then the halves swap (two
+(``configs/cells_3d.yaml``, for MINUTES) and scored on the other, then the halves swap (two
 folds). The classical mode and connected components are scored on the same held-out halves. The file has no
 voxel size; the nuclei are about half as tall as wide in voxels, so both halves are written with the z step
 ``--z-spacing`` (default 2) times the pixel size, which the model's targets and the classical mode then use.
@@ -70,9 +70,10 @@ def main(argv=None) -> int:
     ap.add_argument("--minutes", type=float, default=8.0, help="Training budget of each fold's model.")
     ap.add_argument("--steps", type=int, default=None, help="End each fold's training after this many steps.")
     ap.add_argument("--z-spacing", type=float, default=2.0, help="z step in units of the pixel size.")
-    ap.add_argument("--patch", type=int, nargs=3, default=[16, 48, 24], help="Training crop (z y x).")
-    ap.add_argument("--batch-size", type=int, default=2)
-    ap.add_argument("--base-filters", type=int, default=16)
+    ap.add_argument("--config", type=Path, default=Path(__file__).resolve().parents[1] / "configs" / "cells_3d.yaml",
+                    help="The recipe (a cells training YAML); the options below override it.")
+    ap.add_argument("--patch", type=int, nargs=3, default=None, help="Training crop (z y x).")
+    ap.add_argument("--base-filters", type=int, default=None)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--folds", type=int, nargs="+", default=[0, 1], choices=[0, 1])
@@ -88,6 +89,7 @@ def main(argv=None) -> int:
     from medseg.io.microscopy import read_microscopy, single_channel
 
     torch.set_num_threads(args.threads)
+    recipe = CellTrainConfig.from_yaml(args.config)
     img_path, lab_path = args.data / "img3d.tif", args.data / "mask3d.tif"
     for p in (img_path, lab_path):
         if not p.is_file():
@@ -106,9 +108,8 @@ def main(argv=None) -> int:
         write_case(data, "train", image[..., train], labels[..., train].astype(np.uint16), spacing)
         write_case(data, "test", image[..., test], labels[..., test].astype(np.uint16), spacing)
         (data / "split.json").write_text(json.dumps({"train": ["train"], "val": ["test"]}))
-        cfg = CellTrainConfig(spatial_dims=3, patch_size=tuple(args.patch), batch_size=args.batch_size,
-                              base_filters=args.base_filters, max_minutes=args.minutes, max_steps=args.steps,
-                              tune_fraction=0.0, seed=args.seed, threads=args.threads)
+        cfg = recipe.updated(max_minutes=args.minutes, max_steps=args.steps, seed=args.seed, threads=args.threads,
+                             patch_size=tuple(args.patch) if args.patch else None, base_filters=args.base_filters)
         t0 = time.perf_counter()
         run = train_cells(data, root / "run", cfg, progress=False)
         train_s = time.perf_counter() - t0
@@ -125,7 +126,7 @@ def main(argv=None) -> int:
                          for m in METHODS}})
     summary = {m: summarize(rows[m]) for m in METHODS}
     print(f"{img_path} {tuple(image.shape)}, z spacing {args.z_spacing}; folds {args.folds}, "
-          f"{args.minutes} min each, patch {args.patch}, batch {args.batch_size}")
+          f"{args.minutes} min each, {args.config.name}: patch {list(cfg.patch_size)}, batch {cfg.batch_size}")
     print("| method | fold | steps | reference nuclei | predicted | AP@0.5 | AP@0.7 | F1@0.5 |")
     print("|---|---|---|---|---|---|---|---|")
     for f in folds:

@@ -107,3 +107,10 @@ def test_cli_bad_config_and_options_write_nothing(tmp_path):
     assert_clean_error(run_cli("cells", "train", ds, "-o", run, "--tune-objective", "f1"), "--tune-objective",
                        "ap-count")
     assert not run.exists()
+
+
+def test_3d_example_config_is_valid_and_3d():
+    """configs/cells_3d.yaml (benchmarks/cells3d.py's recipe) loads, validates and keeps the 2D recipe otherwise."""
+    cfg = CellTrainConfig.from_yaml(REPO / "configs" / "cells_3d.yaml")
+    assert cfg.spatial_dims == 3 and len(cfg.patch_size) == 3
+    assert (cfg.offset_head, cfg.distance_head, cfg.contact_weight) == (True, True, CellTrainConfig().contact_weight)
