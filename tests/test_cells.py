@@ -362,6 +362,29 @@ def test_training_holds_out_tuning_images(tmp_path):
     assert model.cfg.seeds == t["seeds"] and {r["seeds"] for r in t["table"]} == {"boundary", "distance", "votes"}
 
 
+def test_too_few_images_hold_out_a_block_of_each(tmp_path):
+    """With fewer than 3 images for tuning, the last fifth of each training image (longest axis) is held out: the
+    network trains on the rest, and the thresholds are still chosen on pixels it did not see."""
+    from medseg.cells.data import read_labels
+    from medseg.cells.train import CellTrainConfig, prepare_training_data, train_cells
+
+    ds = tmp_path / "ds"
+    ids = linked_cell_dataset(ds, 3)
+    cfg = CellTrainConfig(patch_size=(64, 64), batch_size=2, base_filters=4, max_steps=1, max_minutes=5, threads=1)
+    pairs, _, split, tune = prepare_training_data(ds, cfg)
+    assert split["tune"] == [f"{i}:tune" for i in ids[:2]] and split["train"] == ids[:2]
+    for (image, *_), block, cid in zip(pairs, tune, ids):
+        full = read_labels(ds / "labels" / f"{cid}.tif")
+        axis = full.ndim - 1 - int(np.argmax(full.shape[::-1]))  # the longest axis, the last on a tie
+        k = int(np.ceil(0.2 * full.shape[axis]))
+        assert image.shape[axis] + block.labels.shape[axis] == full.shape[axis] and block.labels.shape[axis] == k
+        assert np.array_equal(block.labels, np.take(full, range(full.shape[axis] - k, full.shape[axis]), axis))
+    meta = json.loads((train_cells(ds, tmp_path / "run", cfg, progress=False) / "model.json").read_text())
+    assert meta["tuning"]["n_images"] == 2
+    assert train_cells(ds, tmp_path / "off", cfg.updated(tune_fraction=0.0), progress=False) and \
+        "tuning" not in json.loads((tmp_path / "off" / "model.json").read_text())
+
+
 def test_learning_rate_schedule_follows_max_steps(tmp_path):
     """With max_steps ending the run long before the time budget, the poly schedule still decays to ~0 by then."""
     from medseg.cells.train import CellTrainConfig, train_cells

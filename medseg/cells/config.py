@@ -42,7 +42,10 @@ class CellTrainConfig:
     max_minutes: float = 20.0
     max_steps: int | None = None
     val_fraction: float = 0.15
-    tune_fraction: float = 0.1  # of the training split, held out to choose the watershed thresholds (0: off)
+    # of the training split, held out to choose the watershed thresholds (0: off); where that is fewer than 3 images,
+    # the last fifth of every training image along its longest axis is held out instead (medseg.cells.data.
+    # tuning_blocks: a few 3D stacks)
+    tune_fraction: float = 0.1
     # what the threshold search maximises on those images: "ap" (AP@0.5, as StarDist's) or "ap-count" (AP@0.5 minus
     # the mean absolute relative count error; medseg.cells.tune.best_thresholds). On DSB2018 "ap-count" lowered the
     # validation count error in no seed (session 7: 6.5 / 6.2 / 7.7 % vs 5.7 / 6.0 / 7.7 %; benchmarks/RESULTS.md)

@@ -257,6 +257,37 @@ def dataset_split(root, cases: list[CellCase], val_fraction: float = 0.15) -> di
     return out
 
 
+def tuning_blocks(cases: list[CellCase], share: float = 0.2, min_block: int = 8,
+                  min_rest: int = 16) -> tuple[list[CellCase], list[CellCase]]:
+    """Hold out the last ``share`` of each loaded case along its longest axis as a tuning case (id ``<id>:tune``);
+    returns (the cases without their blocks, the blocks). For datasets with too few images to hold out whole ones
+    (a few 3D stacks): the watershed thresholds are then still chosen on pixels the network was not trained on.
+    An image whose block would be thinner than ``min_block`` or whose rest thinner than ``min_rest`` is kept whole.
+
+    Examples
+    --------
+    >>> c = CellCase("a", Path("a.tif"), None, np.zeros((10, 40)), np.zeros((10, 40), int))
+    >>> rest, blocks = tuning_blocks([c])
+    >>> rest[0].image.shape, blocks[0].image.shape, blocks[0].case
+    ((10, 32), (10, 8), 'a:tune')
+    """
+    rest, blocks = [], []
+    for c in cases:
+        shape = c.labels.shape
+        axis = max(range(len(shape)), key=lambda a: (shape[a], a))
+        n = shape[axis]
+        k = int(np.ceil(share * n))
+        if k < min_block or n - k < min_rest:
+            rest.append(c)
+            continue
+        head = tuple(slice(0, n - k) if a == axis else slice(None) for a in range(len(shape)))
+        tail = tuple(slice(n - k, n) if a == axis else slice(None) for a in range(len(shape)))
+        rest.append(CellCase(c.case, c.image_path, c.label_path, c.image[head], c.labels[head], c.spacing))
+        blocks.append(CellCase(f"{c.case}:tune", c.image_path, c.label_path, c.image[tail], c.labels[tail],
+                               c.spacing))
+    return rest, blocks
+
+
 def load_case(case: CellCase, channel: int | None = None) -> CellCase:
     """Read image (one channel) and labels, checking that they match."""
     img = read_microscopy(case.image_path, channel=channel)

@@ -6,8 +6,8 @@ it), ``model.pt`` (weights), ``checkpoint.pt``
 (weights + optimiser + progress, written every ``checkpoint_every_s`` seconds: ``resume=True`` continues from
 it, within the same overall time budget) and ``log.csv``. The learning rate decays with the fraction of the
 time budget used, or of ``max_steps`` if that ends sooner (poly schedule), so a short run still ends with a small
-learning rate. ``tune_fraction`` of the training images is held out and used, after training, to choose the
-watershed thresholds (``medseg.cells.tune``).
+learning rate. ``tune_fraction`` of the training images (with fewer than 3 such images: the last fifth of each
+training image) is held out and used, after training, to choose the watershed thresholds (``medseg.cells.tune``).
 """
 
 from __future__ import annotations
@@ -46,10 +46,12 @@ def prepare_training_data(data_dir, cfg: CellTrainConfig):
     (``scale_range``) only.
 
     ``tune_fraction`` of the training split (by a hash of the id, like the validation split) is kept out of
-    training to choose the watershed thresholds; with too few images nothing is held out.
+    training to choose the watershed thresholds; when that would be fewer than 3 images (a few 3D stacks), the
+    last fifth of every training image along its longest axis is held out instead
+    (:func:`medseg.cells.data.tuning_blocks`).
     """
     from medseg.cells.data import (boundary_targets, dataset_split, distance_targets, list_cases, load_case,
-                                   offset_targets, percentile_normalize, split_of)
+                                   offset_targets, percentile_normalize, split_of, tuning_blocks)
     from medseg.cells.scale import median_diameter, resize_image, resize_labels, scale_to, scaled_shape
 
     cases = list_cases(data_dir)
@@ -58,14 +60,15 @@ def prepare_training_data(data_dir, cfg: CellTrainConfig):
             == "val"]
     if len(tune) < 3 or len(tune) == len(split["train"]):
         tune = []
-    split["tune"] = tune
     tune_ids = {c.case for c in tune}
     split["train"] = [c for c in split["train"] if c.case not in tune_ids]
-    for c in tune:
+    for c in tune + split["train"]:
         load_case(c, cfg.channel)
+    if cfg.tune_fraction and not tune:
+        split["train"], tune = tuning_blocks(split["train"])
+    split["tune"] = tune
     pairs = []
     for c in split["train"]:
-        load_case(c, cfg.channel)
         if c.image.ndim != cfg.spatial_dims:
             raise InputError(f"image is {c.image.ndim}D but the run trains a {cfg.spatial_dims}D model",
                              path=c.image_path)
