@@ -114,3 +114,39 @@ def test_3d_example_config_is_valid_and_3d():
     cfg = CellTrainConfig.from_yaml(REPO / "configs" / "cells_3d.yaml")
     assert cfg.spatial_dims == 3 and len(cfg.patch_size) == 3
     assert (cfg.offset_head, cfg.distance_head, cfg.contact_weight) == (True, True, CellTrainConfig().contact_weight)
+
+
+def test_without_a_config_3d_stacks_get_a_fitted_3d_crop(tmp_path):
+    """`cells train` without --config on TIFF stacks trains a 3D model with a crop fitted to the smallest stack
+    (the real sample stack's halves); on 2D images the defaults are the 2D recipe; a mix is refused."""
+    import numpy as np
+
+    from benchmarks.cells3d import halves, write_case
+    from conftest import data_path
+    from medseg.cells.config import config_for_data
+    from medseg.cells.data import read_labels
+    from medseg.io.microscopy import read_microscopy, single_channel
+
+    stack = data_path("nuclei_stardist")
+    image = single_channel(read_microscopy(stack / "img3d.tif"), None)
+    labels = read_labels(stack / "mask3d.tif").astype(np.uint16)
+    ds = tmp_path / "stacks"
+    for i, part in enumerate(halves(image.shape[-1])):
+        write_case(ds, f"half{i}", image[..., part], labels[..., part], (2.0, 1.0, 1.0))
+    (ds / "split.json").write_text(json.dumps({"train": ["half0"], "val": ["half1"]}))
+    cfg = config_for_data(ds)
+    assert cfg.spatial_dims == 3 and cfg.patch_size == (24, 56, 24)  # half0 is 31 x 61 x 28: multiples of 8
+    run = tmp_path / "run"
+    res = run_cli("cells", "train", str(ds), "-o", str(run), "--max-steps", "2", "--threads", "1")
+    assert res.code == 0, res.err
+    saved = json.loads((run / "model.json").read_text())["config"]
+    assert saved["spatial_dims"] == 3 and saved["patch_size"] == [24, 56, 24]
+
+    flat = tmp_path / "flat"
+    linked_cell_dataset(flat, 3)
+    assert config_for_data(flat) == CellTrainConfig()
+    (ds / "images" / "half1.tif").unlink()
+    (ds / "images" / "half1.png").symlink_to(next((flat / "images").iterdir()))
+    (ds / "split.json").unlink()
+    with pytest.raises(InputError, match="mix 2D images and 3D stacks"):
+        config_for_data(ds)

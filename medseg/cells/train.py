@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 # load_config: re-exported (it lived here)
-from medseg.cells.config import CellTrainConfig, load_config, resumed_config  # noqa: F401
+from medseg.cells.config import CellTrainConfig, config_for_data, load_config, resumed_config  # noqa: F401
 from medseg.errors import InputError
 from medseg.io.atomic import atomic_path
 
@@ -70,7 +70,9 @@ def prepare_training_data(data_dir, cfg: CellTrainConfig):
     pairs = []
     for c in split["train"]:
         if c.image.ndim != cfg.spatial_dims:
-            raise InputError(f"image is {c.image.ndim}D but the run trains a {cfg.spatial_dims}D model",
+            hint = " (set spatial_dims: 3 and a three-entry patch_size, as configs/cells_3d.yaml does, or train " \
+                "without a config to have them fitted to the stacks)" if c.image.ndim == 3 else ""
+            raise InputError(f"image is {c.image.ndim}D but the run trains a {cfg.spatial_dims}D model{hint}",
                              path=c.image_path)
         image, labels = percentile_normalize(c.image, *cfg.norm_percentiles), c.labels
         if cfg.diameter and cfg.spatial_dims == 2:  # to the canonical nucleus size, measured on the annotation
@@ -131,10 +133,10 @@ def train_cells(data_dir, run_dir, cfg: CellTrainConfig | None = None, resume: b
     ckpt_path = run_dir / "checkpoint.pt"
     if resume and not ckpt_path.exists():
         raise InputError("nothing to resume: no checkpoint.pt", path=run_dir)
-    cfg = resumed_config(run_dir, cfg) if resume else (cfg or CellTrainConfig())
-    cfg.validate()
     if not Path(data_dir).is_dir():
         raise InputError("dataset folder does not exist", path=data_dir)
+    cfg = resumed_config(run_dir, cfg) if resume else (cfg or config_for_data(data_dir))
+    cfg.validate()
     if tensorboard:
         require_tensorboard()
     started = time.perf_counter()

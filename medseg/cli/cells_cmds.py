@@ -84,9 +84,9 @@ def train_cmd(
                                      help="Also log loss and learning rate to RUN/tensorboard (needs the "
                                           "tensorboard package)."),
 ) -> None:
-    """Train a cell model (interior/boundary U-Net) within a time budget: 2D, or 3D with spatial_dims: 3 and a
-    three-entry patch_size in --config."""
-    from medseg.cells.config import CellTrainConfig, resumed_config
+    """Train a cell model (interior/boundary U-Net) within a time budget: 2D, or 3D for TIFF stacks (without
+    --config the crop is fitted to the stacks; with it, spatial_dims: 3 and a three-entry patch_size)."""
+    from medseg.cells.config import CellTrainConfig, config_for_data, resumed_config
     from medseg.cells.train import train_cells
 
     given = {"max_minutes": max_minutes, "max_steps": max_steps, "batch_size": batch_size, "channel": channel,
@@ -107,7 +107,7 @@ def train_cmd(
             raise InputError("nothing to resume: no checkpoint.pt", path=out)
         base = resumed_config(out)
     else:
-        base = CellTrainConfig.from_yaml(config) if config is not None else CellTrainConfig()
+        base = CellTrainConfig.from_yaml(config) if config is not None else config_for_data(data, channel)
     cfg = _with_options(base, given)
     run = train_cells(data, out, cfg, resume=resume, tensorboard=tensorboard)
     typer.echo(f"model written to {run}")
