@@ -70,8 +70,9 @@ def main(argv=None) -> int:
     ap.add_argument("--minutes", type=float, default=8.0, help="Training budget of each fold's model.")
     ap.add_argument("--steps", type=int, default=None, help="End each fold's training after this many steps.")
     ap.add_argument("--z-spacing", type=float, default=2.0, help="z step in units of the pixel size.")
-    ap.add_argument("--config", type=Path, default=Path(__file__).resolve().parents[1] / "configs" / "cells_3d.yaml",
-                    help="The recipe (a cells training YAML); the options below override it.")
+    ap.add_argument("--config", default=str(Path(__file__).resolve().parents[1] / "configs" / "cells_3d.yaml"),
+                    help="The recipe (a cells training YAML), or 'auto': what `medseg cells train` chooses without "
+                         "one (a crop fitted to the training half); the options below override it.")
     ap.add_argument("--patch", type=int, nargs=3, default=None, help="Training crop (z y x).")
     ap.add_argument("--base-filters", type=int, default=None)
     ap.add_argument("--seed", type=int, default=0)
@@ -82,14 +83,15 @@ def main(argv=None) -> int:
 
     import torch
 
-    from medseg.cells.config import CellTrainConfig
+    from medseg.cells.config import CellTrainConfig, config_for_data
     from medseg.cells.data import read_labels
     from medseg.cells.segmenters import CellModel, ClassicalSegmenter
     from medseg.cells.train import train_cells
     from medseg.io.microscopy import read_microscopy, single_channel
 
     torch.set_num_threads(args.threads)
-    recipe = CellTrainConfig.from_yaml(args.config)
+    auto = args.config == "auto"
+    recipe = None if auto else CellTrainConfig.from_yaml(args.config)
     img_path, lab_path = args.data / "img3d.tif", args.data / "mask3d.tif"
     for p in (img_path, lab_path):
         if not p.is_file():
@@ -108,7 +110,7 @@ def main(argv=None) -> int:
         write_case(data, "train", image[..., train], labels[..., train].astype(np.uint16), spacing)
         write_case(data, "test", image[..., test], labels[..., test].astype(np.uint16), spacing)
         (data / "split.json").write_text(json.dumps({"train": ["train"], "val": ["test"]}))
-        cfg = recipe.updated(max_minutes=args.minutes, max_steps=args.steps, seed=args.seed, threads=args.threads,
+        cfg = (config_for_data(data) if auto else recipe).updated(max_minutes=args.minutes, max_steps=args.steps, seed=args.seed, threads=args.threads,
                              patch_size=tuple(args.patch) if args.patch else None, base_filters=args.base_filters)
         t0 = time.perf_counter()
         run = train_cells(data, root / "run", cfg, progress=False)
@@ -126,7 +128,7 @@ def main(argv=None) -> int:
                          for m in METHODS}})
     summary = {m: summarize(rows[m]) for m in METHODS}
     print(f"{img_path} {tuple(image.shape)}, z spacing {args.z_spacing}; folds {args.folds}, "
-          f"{args.minutes} min each, {args.config.name}: patch {list(cfg.patch_size)}, batch {cfg.batch_size}")
+          f"{args.minutes} min each, {Path(args.config).name}: patch {list(cfg.patch_size)}, batch {cfg.batch_size}")
     print("| method | fold | steps | reference nuclei | predicted | AP@0.5 | AP@0.7 | F1@0.5 |")
     print("|---|---|---|---|---|---|---|---|")
     for f in folds:

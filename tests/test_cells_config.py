@@ -141,6 +141,10 @@ def test_without_a_config_3d_stacks_get_a_fitted_3d_crop(tmp_path):
     assert res.code == 0, res.err
     saved = json.loads((run / "model.json").read_text())["config"]
     assert saved["spatial_dims"] == 3 and saved["patch_size"] == [24, 56, 24]
+    res = run_cli("cells", "train", str(ds), "-o", str(tmp_path / "p16"), "--max-steps", "1", "--threads", "1",
+                  "--patch", "16", "--tune-fraction", "0")
+    assert res.code == 0, res.err  # --patch: one size for every axis of the run's images
+    assert json.loads((tmp_path / "p16" / "model.json").read_text())["config"]["patch_size"] == [16, 16, 16]
 
     flat = tmp_path / "flat"
     linked_cell_dataset(flat, 3)

@@ -46,7 +46,8 @@ def train_cmd(
     max_minutes: Optional[float] = typer.Option(None, "--max-minutes",
                                                 help="Training time budget (wall clock; default 20)."),
     max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Stop after this many steps."),
-    patch: Optional[int] = typer.Option(None, "--patch", help="2D training crop size (pixels per axis; default 256)."),
+    patch: Optional[int] = typer.Option(None, "--patch", help="Training crop size, pixels per axis (default 256 in "
+                                                             "2D; 3D: fitted to the stacks)."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Crops per step (default 2)."),
     channel: Optional[int] = typer.Option(None, "--channel", help="Channel of multi-channel images (0-based)."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Random seed (crops, augmentation, weights; default 0)."),
@@ -92,7 +93,7 @@ def train_cmd(
     given = {"max_minutes": max_minutes, "max_steps": max_steps, "batch_size": batch_size, "channel": channel,
              "seed": seed, "threads": threads, "tune_fraction": tune_fraction, "tune_objective": tune_objective,
              "distance_head": distance_head, "diameter": diameter, "contact_weight": contact_weight,
-             "offset_head": offset_head, "patch_size": None if patch is None else (patch, patch)}
+             "offset_head": offset_head, "patch_size": None if patch is None else (patch,)}
     given = {k: v for k, v in given.items() if v is not None}
     if scale_range is not None:  # "off" is None: given, not unchanged
         given["scale_range"] = _scale_range(scale_range)
@@ -108,6 +109,8 @@ def train_cmd(
         base = resumed_config(out)
     else:
         base = CellTrainConfig.from_yaml(config) if config is not None else config_for_data(data, channel)
+    if "patch_size" in given:  # one size for every axis of the run's images
+        given["patch_size"] = given["patch_size"] * base.spatial_dims
     cfg = _with_options(base, given)
     run = train_cells(data, out, cfg, resume=resume, tensorboard=tensorboard)
     typer.echo(f"model written to {run}")
