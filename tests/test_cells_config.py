@@ -135,12 +135,13 @@ def test_without_a_config_3d_stacks_get_a_fitted_3d_crop(tmp_path):
         write_case(ds, f"half{i}", image[..., part], labels[..., part], (2.0, 1.0, 1.0))
     (ds / "split.json").write_text(json.dumps({"train": ["half0"], "val": ["half1"]}))
     cfg = config_for_data(ds)
-    assert cfg.spatial_dims == 3 and cfg.patch_size == (24, 56, 24)  # half0 is 31 x 61 x 28: multiples of 8
+    # half0 is 31 x 61 x 28; less its tuning block (13 rows) 31 x 48 x 28: multiples of 8
+    assert cfg.spatial_dims == 3 and cfg.patch_size == (24, 48, 24)
     run = tmp_path / "run"
     res = run_cli("cells", "train", str(ds), "-o", str(run), "--max-steps", "2", "--threads", "1")
     assert res.code == 0, res.err
     saved = json.loads((run / "model.json").read_text())["config"]
-    assert saved["spatial_dims"] == 3 and saved["patch_size"] == [24, 56, 24]
+    assert saved["spatial_dims"] == 3 and saved["patch_size"] == [24, 48, 24]
     res = run_cli("cells", "train", str(ds), "-o", str(tmp_path / "p16"), "--max-steps", "1", "--threads", "1",
                   "--patch", "16", "--tune-fraction", "0")
     assert res.code == 0, res.err  # --patch: one size for every axis of the run's images

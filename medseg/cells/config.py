@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 from medseg.cells.tune import OBJECTIVES
@@ -235,8 +235,9 @@ def fit_patch(shapes) -> tuple:
 
 def config_for_data(data_dir, channel: int | None = None) -> CellTrainConfig:
     """The default settings for a dataset folder: the 2D recipe, or for 3D stacks ``spatial_dims`` 3 with a crop
-    fitted to the training stacks (:func:`fit_patch`); what ``medseg cells train`` uses without ``--config``."""
-    from medseg.cells.data import dataset_split, list_cases
+    fitted to the training stacks (:func:`fit_patch`; to what is left of them after their tuning blocks, when
+    those are held out); what ``medseg cells train`` uses without ``--config``."""
+    from medseg.cells.data import dataset_split, list_cases, tuning_block, tuning_images
     from medseg.io.microscopy import read_microscopy
 
     if not Path(data_dir).is_dir():
@@ -250,10 +251,21 @@ def config_for_data(data_dir, channel: int | None = None) -> CellTrainConfig:
 
     if len(spatial_shape(train[0].image_path)) != 3:
         return CellTrainConfig()
-    shapes = [spatial_shape(c.image_path) for c in train]
+    defaults = CellTrainConfig()
+    held = {c.case for c in tuning_images(train, defaults.tune_fraction)}
+    shapes = [spatial_shape(c.image_path) for c in train if c.case not in held]
     if any(len(s) != 3 for s in shapes):
         raise InputError("the training images mix 2D images and 3D stacks", path=data_dir)
-    return CellTrainConfig(spatial_dims=3, patch_size=fit_patch(shapes))
+    if defaults.tune_fraction and not held:
+        shapes = [_without_block(s, tuning_block(s)) for s in shapes]
+    return replace(defaults, spatial_dims=3, patch_size=fit_patch(shapes))
+
+
+def _without_block(shape, block) -> tuple:
+    if block is None:
+        return tuple(shape)
+    axis, k = block
+    return tuple(n - k if a == axis else n for a, n in enumerate(shape))
 
 
 def _coerce(name: str, value, kind: str):

@@ -257,12 +257,32 @@ def dataset_split(root, cases: list[CellCase], val_fraction: float = 0.15) -> di
     return out
 
 
-def tuning_blocks(cases: list[CellCase], share: float = 0.2, min_block: int = 8,
-                  min_rest: int = 16) -> tuple[list[CellCase], list[CellCase]]:
-    """Hold out the last ``share`` of each loaded case along its longest axis as a tuning case (id ``<id>:tune``);
+def tuning_images(train: list[CellCase], fraction: float) -> list[CellCase]:
+    """The training cases held out whole for the threshold search: ``fraction`` of them by a hash of the id (like
+    the validation split); none when that is fewer than 3 (then :func:`tuning_blocks`) or every case."""
+    tune = [c for c in train if fraction and split_of(c.case, fraction, "medseg-tune") == "val"]
+    return [] if len(tune) < 3 or len(tune) == len(train) else tune
+
+
+def tuning_block(shape, share: float = 0.2, min_block: int = 8, min_rest: int = 16) -> tuple[int, int] | None:
+    """(axis, thickness) of the block :func:`tuning_blocks` holds out of an image of ``shape``: the last ``share``
+    along its longest axis (the last of equals); None when the block would be thinner than ``min_block`` or the
+    rest thinner than ``min_rest``.
+
+    Examples
+    --------
+    >>> tuning_block((31, 61, 28)), tuning_block((10, 30))
+    ((1, 13), None)
+    """
+    axis = max(range(len(shape)), key=lambda a: (shape[a], a))
+    k = int(np.ceil(share * shape[axis]))
+    return None if k < min_block or shape[axis] - k < min_rest else (axis, k)
+
+
+def tuning_blocks(cases: list[CellCase], **block) -> tuple[list[CellCase], list[CellCase]]:
+    """Hold out the block :func:`tuning_block` names of each loaded case as a tuning case (id ``<id>:tune``);
     returns (the cases without their blocks, the blocks). For datasets with too few images to hold out whole ones
     (a few 3D stacks): the watershed thresholds are then still chosen on pixels the network was not trained on.
-    An image whose block would be thinner than ``min_block`` or whose rest thinner than ``min_rest`` is kept whole.
 
     Examples
     --------
@@ -273,15 +293,14 @@ def tuning_blocks(cases: list[CellCase], share: float = 0.2, min_block: int = 8,
     """
     rest, blocks = [], []
     for c in cases:
-        shape = c.labels.shape
-        axis = max(range(len(shape)), key=lambda a: (shape[a], a))
-        n = shape[axis]
-        k = int(np.ceil(share * n))
-        if k < min_block or n - k < min_rest:
+        cut = tuning_block(c.labels.shape, **block)
+        if cut is None:
             rest.append(c)
             continue
-        head = tuple(slice(0, n - k) if a == axis else slice(None) for a in range(len(shape)))
-        tail = tuple(slice(n - k, n) if a == axis else slice(None) for a in range(len(shape)))
+        axis, k = cut
+        n = c.labels.shape[axis]
+        head = tuple(slice(0, n - k) if a == axis else slice(None) for a in range(c.labels.ndim))
+        tail = tuple(slice(n - k, n) if a == axis else slice(None) for a in range(c.labels.ndim))
         rest.append(CellCase(c.case, c.image_path, c.label_path, c.image[head], c.labels[head], c.spacing))
         blocks.append(CellCase(f"{c.case}:tune", c.image_path, c.label_path, c.image[tail], c.labels[tail],
                                c.spacing))

@@ -51,15 +51,12 @@ def prepare_training_data(data_dir, cfg: CellTrainConfig):
     (:func:`medseg.cells.data.tuning_blocks`).
     """
     from medseg.cells.data import (boundary_targets, dataset_split, distance_targets, list_cases, load_case,
-                                   offset_targets, percentile_normalize, split_of, tuning_blocks)
+                                   offset_targets, percentile_normalize, tuning_blocks, tuning_images)
     from medseg.cells.scale import median_diameter, resize_image, resize_labels, scale_to, scaled_shape
 
     cases = list_cases(data_dir)
     split = dataset_split(data_dir, cases, cfg.val_fraction)
-    tune = [c for c in split["train"] if cfg.tune_fraction and split_of(c.case, cfg.tune_fraction, "medseg-tune")
-            == "val"]
-    if len(tune) < 3 or len(tune) == len(split["train"]):
-        tune = []
+    tune = tuning_images(split["train"], cfg.tune_fraction)
     tune_ids = {c.case for c in tune}
     split["train"] = [c for c in split["train"] if c.case not in tune_ids]
     for c in tune + split["train"]:
