@@ -110,8 +110,9 @@ def main(argv=None) -> int:
         write_case(data, "train", image[..., train], labels[..., train].astype(np.uint16), spacing)
         write_case(data, "test", image[..., test], labels[..., test].astype(np.uint16), spacing)
         (data / "split.json").write_text(json.dumps({"train": ["train"], "val": ["test"]}))
-        cfg = (config_for_data(data) if auto else recipe).updated(max_minutes=args.minutes, max_steps=args.steps, seed=args.seed, threads=args.threads,
-                             patch_size=tuple(args.patch) if args.patch else None, base_filters=args.base_filters)
+        base = config_for_data(data) if auto else recipe
+        cfg = base.updated(max_minutes=args.minutes, max_steps=args.steps, seed=args.seed, threads=args.threads,
+                           patch_size=tuple(args.patch) if args.patch else None, base_filters=args.base_filters)
         t0 = time.perf_counter()
         run = train_cells(data, root / "run", cfg, progress=False)
         train_s = time.perf_counter() - t0

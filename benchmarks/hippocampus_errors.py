@@ -155,9 +155,9 @@ def main(argv=None) -> int:
           f"holding both ({np.mean(mixed):.1f} per case); prediction's boundary made one plane: Dice "
           f"{a[0]:.4f} / {a[1]:.4f} / {a.mean():.4f}")
     off, n = np.abs(offset), len(offset)
+    spread = ", ".join(f"{int((off == d).sum())} cases at {d}" for d in range(3))
     print(f"  predicted cut minus the reference's, in slices: mean |offset| {off.mean():.2f} "
-          f"(signed mean {np.mean(offset):+.2f}); " + ", ".join(f"{int((off == d).sum())} cases at {d}" for d in range(3)) + f", {int((off > 2).sum())} further "
-          f"(of {n})")
+          f"(signed mean {np.mean(offset):+.2f}); {spread}, {int((off > 2).sum())} further (of {n})")
     frac, length = np.array(where).T
     print(f"  the reference's cut at {frac.mean():.3f} of the structure's extent (s.d. {frac.std():.3f}, "
           f"i.e. {np.mean(frac.std() * length):.2f} slices)")
