@@ -3,15 +3,16 @@
     python benchmarks/cells3d.py --minutes 8 --data ../shared/data/nuclei_stardist --out /tmp/cells3d
 
 ``nuclei_stardist`` holds a single annotated 3D stack (``img3d.tif`` / ``mask3d.tif``), so a 3D model can only be
-trained and scored on it by cutting it: the stack is halved along its last axis, a model is trained on one half
-(``configs/cells_3d.yaml``, for MINUTES) and scored on the other, then the halves swap (two
-folds). The classical mode and connected components are scored on the same held-out halves. The file has no
-voxel size; the nuclei are about half as tall as wide in voxels, so both halves are written with the z step
-``--z-spacing`` (default 2) times the pixel size, which the model's targets and the classical mode then use.
+trained and scored on it by cutting it: the stack is halved along its last axis, a model is trained on one half for
+MINUTES (with the settings ``medseg cells train`` chooses for it, or those of ``--config``) and scored on the other,
+then the halves swap (two folds). The classical mode and the connected components of its foreground are scored on
+the same held-out halves. The file has no voxel size; the nuclei are about half as tall as wide in voxels, so both
+halves are written with the z step ``--z-spacing`` (default 2) times the pixel size, which the model's targets and
+the classical mode then use.
 
-With one training image nothing is held out to choose the watershed thresholds: the model keeps the defaults
-(0.5, 0.5). Nuclei cut by the halving appear as partial objects in both the reference and the predictions.
-Prints a Markdown table; ``--json`` writes the numbers.
+With one training image, the watershed thresholds are chosen on the last fifth of it, held out of training
+(``medseg.cells.data.tuning_blocks``). Nuclei cut by the halving appear as partial objects in both the reference
+and the predictions. Prints a Markdown table; ``--json`` writes the numbers.
 """
 
 from __future__ import annotations
@@ -70,9 +71,10 @@ def main(argv=None) -> int:
     ap.add_argument("--minutes", type=float, default=8.0, help="Training budget of each fold's model.")
     ap.add_argument("--steps", type=int, default=None, help="End each fold's training after this many steps.")
     ap.add_argument("--z-spacing", type=float, default=2.0, help="z step in units of the pixel size.")
-    ap.add_argument("--config", default=str(Path(__file__).resolve().parents[1] / "configs" / "cells_3d.yaml"),
-                    help="The recipe (a cells training YAML), or 'auto': what `medseg cells train` chooses without "
-                         "one (a crop fitted to the training half); the options below override it.")
+    ap.add_argument("--config", default="auto",
+                    help="'auto' (default): what `medseg cells train` chooses without a config (a crop fitted to "
+                         "the training half); or a cells training YAML such as configs/cells_3d.yaml. The options "
+                         "below override it.")
     ap.add_argument("--patch", type=int, nargs=3, default=None, help="Training crop (z y x).")
     ap.add_argument("--base-filters", type=int, default=None)
     ap.add_argument("--seed", type=int, default=0)
