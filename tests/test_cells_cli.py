@@ -404,3 +404,27 @@ def test_count_decodes_each_image_once_when_the_checked_images_fit(tmp_path, mon
     for name in ("a", "b", "c"):
         np.testing.assert_array_equal(tifffile.imread(tmp_path / "out" / f"{name}_labels.tif"),
                                       tifffile.imread(tmp_path / "ref" / f"{name}_labels.tif"))
+
+
+def test_truncated_tiff_is_one_line_although_tifffile_logs(tmp_path, caplog):
+    """A microscopy TIFF cut short (the real 3D stack, and one medseg wrote): tifffile logs what it makes of it
+    before failing; the commands still answer with one line naming the file, exit 2, nothing written."""
+    import logging
+
+    from _badinputs import listing, truncated
+    from medseg.errors import InputError
+    from medseg.io.microscopy import read_microscopy
+
+    stack = data_path("nuclei_stardist", "img3d.tif")
+    ours = tmp_path / "ours.tif"
+    tifffile.imwrite(ours, tifffile.imread(stack), imagej=True, metadata={"axes": "ZYX", "spacing": 2.0})
+    for src in (stack, ours):
+        bad = truncated(src, tmp_path / f"cut_{src.stem}.tif", 0.4)
+        with caplog.at_level(logging.WARNING, logger="tifffile"), pytest.raises(InputError):
+            read_microscopy(bad)
+        assert any(r.name == "tifffile" for r in caplog.records), "the file no longer makes tifffile log"
+        caplog.clear()
+        assert_clean_error(run_cli("info", str(bad)), bad.name)
+        out = tmp_path / f"out_{src.stem}"
+        assert_clean_error(run_cli("cells", "count", "-i", str(bad), "-o", str(out), "--classical"), bad.name)
+        assert not listing(out)

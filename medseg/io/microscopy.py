@@ -10,6 +10,7 @@ the TIFF resolution tags (x, y); TIFF ``XResolution``/``YResolution`` with a cen
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from pathlib import Path
@@ -70,14 +71,37 @@ def _tiff_spacing(tif) -> tuple[dict, str]:
     return sp, source
 
 
+class _Errors(logging.Handler):
+    """Collects the errors tifffile logs instead of raising (a stack cut short can come back as its first page)."""
+
+    def __init__(self):
+        super().__init__(logging.ERROR)
+        self.messages: list[str] = []
+
+    def emit(self, record):
+        self.messages.append(" ".join(record.getMessage().split()))
+
+
 def _read_tiff(path: Path):
     import tifffile
 
-    with tifffile.TiffFile(path) as tif:
-        series = tif.series[0]
-        arr = series.asarray()
-        axes = series.axes.upper()
-        spacing, source = _tiff_spacing(tif)
+    # while reading, tifffile's records go to this handler only (the command line quiets the logger; a handler
+    # here also keeps them off stderr: Python prints a record only when no handler takes it)
+    errors, logger = _Errors(), logging.getLogger("tifffile")
+    level = logger.level
+    logger.addHandler(errors)
+    logger.setLevel(logging.WARNING)
+    try:
+        with tifffile.TiffFile(path) as tif:
+            series = tif.series[0]
+            arr = series.asarray()
+            axes = series.axes.upper()
+            spacing, source = _tiff_spacing(tif)
+    finally:
+        logger.removeHandler(errors)
+        logger.setLevel(level)
+    if errors.messages:
+        raise InputError(f"truncated or corrupt TIFF ({errors.messages[0][:160]})", path=path)
     # tifffile may squeeze or add axes letters beyond what we support
     for ax in "T":  # time: only a single frame is supported
         if ax in axes:
