@@ -60,12 +60,13 @@ def cut_index(labels: np.ndarray, axis: int = 1) -> int:
     return int(np.argmax(np.concatenate([[0], np.cumsum(vote)])))
 
 
-def planar_cut(pred: np.ndarray, axis: int = 1) -> np.ndarray:
-    """Relabel the predicted structure (labels 1 and 2) by one cut across ``axis`` (:func:`cut_index`): 2 below it,
-    1 from it on. (In this dataset posterior, 2, lies at the lower indices of axis 1 in every training label; a
-    wrong orientation would show as a lower Dice, not as an error.)"""
+def planar_cut(pred: np.ndarray, axis: int = 1, k: int | None = None) -> np.ndarray:
+    """Relabel the predicted structure (labels 1 and 2) by one cut across ``axis`` at ``k`` (default
+    :func:`cut_index`): 2 below it, 1 from it on. (In this dataset posterior, 2, lies at the lower indices of
+    axis 1 in every training label; a wrong orientation would show as a lower Dice, not as an error.)"""
     index = np.arange(pred.shape[axis]).reshape([-1 if a == axis else 1 for a in range(pred.ndim)])
-    return np.where(pred > 0, np.where(index < cut_index(pred, axis), 2, 1), 0).astype(pred.dtype)
+    k = cut_index(pred, axis) if k is None else k
+    return np.where(pred > 0, np.where(index < k, 2, 1), 0).astype(pred.dtype)
 
 
 def cut_fraction(ref: np.ndarray, axis: int = 1) -> tuple[float, int]:
@@ -127,9 +128,10 @@ def main(argv=None) -> int:
             q[0] *= s
             scaled[s].append(structure_dice(q.argmax(0), ref))
         pred = p.argmax(0)
-        cut.append(structure_dice(planar_cut(pred, args.cut_axis), ref))
+        k = cut_index(pred, args.cut_axis)
+        cut.append(structure_dice(planar_cut(pred, args.cut_axis, k), ref))
         mixed.append(mixed_voxels(ref, args.cut_axis))
-        offset.append(cut_index(pred, args.cut_axis) - cut_index(ref, args.cut_axis))
+        offset.append(k - cut_index(ref, args.cut_axis))
         where.append(cut_fraction(ref, args.cut_axis))
         ratios.append([(pred == k).sum() / max(1, (ref == k).sum()) for k in (1, 2)])
         for kind, mask in error_kinds(pred, ref).items():

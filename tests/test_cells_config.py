@@ -155,3 +155,22 @@ def test_without_a_config_3d_stacks_get_a_fitted_3d_crop(tmp_path):
     (ds / "split.json").unlink()
     with pytest.raises(InputError, match="mix 2D images and 3D stacks"):
         config_for_data(ds)
+
+
+def test_fitted_3d_crop_follows_the_tune_fraction(tmp_path):
+    """With no tuning blocks held out (--tune-fraction 0) the crop may use the whole stack."""
+    import numpy as np
+
+    from benchmarks.cells3d import halves, write_case
+    from conftest import data_path
+    from medseg.cells.config import config_for_data
+    from medseg.cells.data import read_labels
+    from medseg.io.microscopy import read_microscopy, single_channel
+
+    stack = data_path("nuclei_stardist")
+    image = single_channel(read_microscopy(stack / "img3d.tif"), None)
+    labels = read_labels(stack / "mask3d.tif").astype(np.uint16)
+    part = halves(image.shape[-1])[0]
+    write_case(tmp_path, "half0", image[..., part], labels[..., part], (2.0, 1.0, 1.0))
+    assert config_for_data(tmp_path).patch_size == (24, 48, 24)  # 61 rows less a 13-row tuning block
+    assert config_for_data(tmp_path, tune_fraction=0.0).patch_size == (24, 56, 24)  # all 61 rows

@@ -233,30 +233,33 @@ def fit_patch(shapes) -> tuple:
     return tuple(patch)
 
 
-def config_for_data(data_dir, channel: int | None = None) -> CellTrainConfig:
+def config_for_data(data_dir, channel: int | None = None, tune_fraction: float | None = None) -> CellTrainConfig:
     """The default settings for a dataset folder: the 2D recipe, or for 3D stacks ``spatial_dims`` 3 with a crop
     fitted to the training stacks (:func:`fit_patch`; to what is left of them after their tuning blocks, when
-    those are held out); what ``medseg cells train`` uses without ``--config``."""
+    those are held out with ``tune_fraction``, default the recipe's); what ``medseg cells train`` uses without
+    ``--config``."""
     from medseg.cells.data import dataset_split, list_cases, tuning_block, tuning_images
     from medseg.io.microscopy import read_microscopy
 
     if not Path(data_dir).is_dir():
         raise InputError("dataset folder does not exist", path=data_dir)
+    defaults = CellTrainConfig()
+    fraction = defaults.tune_fraction if tune_fraction is None else tune_fraction
     cases = list_cases(data_dir)
-    train = dataset_split(data_dir, cases, CellTrainConfig.val_fraction)["train"] or cases
+    train = dataset_split(data_dir, cases, defaults.val_fraction)["train"] or cases
 
     def spatial_shape(path):
         img = read_microscopy(path, channel=channel)
         return img.array.shape[1:] if img.channels_first else img.array.shape
 
-    if len(spatial_shape(train[0].image_path)) != 3:
-        return CellTrainConfig()
-    defaults = CellTrainConfig()
-    held = {c.case for c in tuning_images(train, defaults.tune_fraction)}
-    shapes = [spatial_shape(c.image_path) for c in train if c.case not in held]
+    first = spatial_shape(train[0].image_path)
+    if len(first) != 3:
+        return defaults
+    held = {c.case for c in tuning_images(train, fraction)}
+    shapes = [first if i == 0 else spatial_shape(c.image_path) for i, c in enumerate(train) if c.case not in held]
     if any(len(s) != 3 for s in shapes):
         raise InputError("the training images mix 2D images and 3D stacks", path=data_dir)
-    if defaults.tune_fraction and not held:
+    if fraction and not held:
         shapes = [_without_block(s, tuning_block(s)) for s in shapes]
     return replace(defaults, spatial_dims=3, patch_size=fit_patch(shapes))
 

@@ -22,19 +22,11 @@ def _one_line(text: str) -> str:
     return " ".join(str(text).split())
 
 
-# readers that log what they make of a damaged file before raising: the one-line error already says it
-NOISY_LOGGERS = ("tifffile",)
-
-
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns the exit code (the console script exits with it)."""
-    import logging
-
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv or os.environ.get("MEDSEG_DEBUG", "") not in ("", "0")
     argv = [a for a in argv if a != "--debug"]
-    for name in NOISY_LOGGERS:
-        logging.getLogger(name).setLevel(logging.NOTSET if debug else logging.CRITICAL)
     try:
         rv = app(args=argv, prog_name="medseg", standalone_mode=False)
         return rv if isinstance(rv, int) else 0

@@ -108,7 +108,8 @@ def train_cmd(
             raise InputError("nothing to resume: no checkpoint.pt", path=out)
         base = resumed_config(out)
     else:
-        base = CellTrainConfig.from_yaml(config) if config is not None else config_for_data(data, channel)
+        base = CellTrainConfig.from_yaml(config) if config is not None else \
+            config_for_data(data, channel, tune_fraction)
     if "patch_size" in given:  # one size for every axis of the run's images
         given["patch_size"] = given["patch_size"] * base.spatial_dims
     cfg = _with_options(base, given)

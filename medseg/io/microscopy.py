@@ -85,8 +85,8 @@ class _Errors(logging.Handler):
 def _read_tiff(path: Path):
     import tifffile
 
-    # while reading, tifffile's records go to this handler only (the command line quiets the logger; a handler
-    # here also keeps them off stderr: Python prints a record only when no handler takes it)
+    # while reading, tifffile's records reach this handler (whatever level the caller set on its logger), and not
+    # stderr: Python prints a record itself only when no handler takes it
     errors, logger = _Errors(), logging.getLogger("tifffile")
     level = logger.level
     logger.addHandler(errors)
