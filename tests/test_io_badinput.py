@@ -176,6 +176,53 @@ def test_truncated_and_corrupt_nifti(tmp_path):
         sorted(p.name for p in tmp_path.iterdir()) == sorted(["cut.nii.gz", "noise.nii"])
 
 
+def _itk_copies(tmp_path: Path) -> dict[str, Path]:
+    """The real hippocampus image written by SimpleITK as MHA (raw and compressed), MHD+raw and NRRD."""
+    import SimpleITK as sitk
+
+    img = sitk.ReadImage(str(data_path("msd_hippocampus", "imagesTr", "hippocampus_001.nii.gz")))
+    out = {}
+    for name, compress in (("raw.mha", False), ("zip.mha", True), ("pair.mhd", False), ("raw.nrrd", False)):
+        sitk.WriteImage(img, str(tmp_path / name), useCompression=compress)
+        out[name] = tmp_path / name
+    return out
+
+
+def test_truncated_itk_files_give_one_line_on_the_real_stderr(tmp_path):
+    """ITK's MetaIO prints a cut-short file's reason on std::cerr (file descriptor 2, which the in-process
+    CLI runner cannot see) and throws with a stale errno; the subprocess sees both streams as a user does."""
+    from conftest import run_cli_subprocess
+
+    files = _itk_copies(tmp_path)
+    for f in (files["raw.mha"], files["zip.mha"], tmp_path / "pair.raw", files["raw.nrrd"]):
+        data = f.read_bytes()
+        f.write_bytes(data[: int(len(data) * 0.7)])
+    for name in ("raw.mha", "zip.mha", "pair.mhd"):
+        res = run_cli_subprocess("info", files[name], timeout=120)
+        assert_clean_error(res, name, "truncated", "bytes the header declares")
+        assert "No such file" not in res.err
+    assert_clean_error(run_cli_subprocess("convert", files["raw.nrrd"], tmp_path / "o.nii.gz", timeout=120),
+                       "raw.nrrd", "62475")
+    assert not (tmp_path / "o.nii.gz").exists()
+
+
+def test_native_stderr_capture_and_a_clean_itk_read(tmp_path, capfd):
+    """What C code writes to descriptor 2 inside the capture is collected; a good read prints nothing."""
+    import os
+
+    from medseg.io.readers import _native_stderr, read_image
+
+    files = _itk_copies(tmp_path)
+    capfd.readouterr()  # SimpleITK's writer warns about NIfTI-only metadata: not ours to test
+    captured: list[str] = []
+    with _native_stderr(captured):
+        os.write(2, b"native line\n")
+    assert captured == ["native line\n"]
+    img = read_image(files["raw.mha"])
+    assert img.shape == (35, 51, 35)
+    assert capfd.readouterr().err == ""
+
+
 def test_4d_where_3d_expected(tmp_path):
     import nibabel as nib
 

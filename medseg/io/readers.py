@@ -9,6 +9,10 @@ NIfTI through nibabel (with ITK's choice between sform and qform where they disa
 from __future__ import annotations
 
 import os
+import re
+import sys
+import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -84,15 +88,54 @@ def _read_nifti(path: Path) -> Image:
     return img
 
 
+@contextmanager
+def _native_stderr(captured: list[str]):
+    """Collect what C/C++ code writes to file descriptor 2 while the block runs.
+
+    ITK's MetaIO reports a cut-short file on ``std::cerr`` and then throws an exception whose reason is a
+    stale errno ("No such file or directory"): the real reason is in those lines, and left on the terminal
+    they would break the one-line error.
+    """
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as tmp:
+        os.dup2(tmp.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            tmp.seek(0)
+            captured.append(tmp.read().decode(errors="replace"))
+
+
+def _itk_reason(exc: Exception, native: str) -> str:
+    """The reason for a failed ITK read: MetaIO's own words where it printed any (see ``_native_stderr``)."""
+    short = re.search(r"ideal\s*=\s*(\d+)\s*:\s*actual\s*=\s*(\d+)", native)
+    if "not read completely" in native and short:
+        return f"truncated: the pixel data holds {short[2]} of the {short[1]} bytes the header declares"
+    printed = " ".join(ln.strip() for ln in native.splitlines() if ln.strip())
+    lines = [ln for ln in str(exc).splitlines() if ln.strip()]
+    return printed or (lines[-1].strip() if lines else type(exc).__name__)
+
+
 def _read_itk(path: Path, suffix: str) -> Image:
     import SimpleITK as sitk
 
+    native: list[str] = []
     try:
-        simg = sitk.ReadImage(str(path))
-        return Image.from_sitk(simg, meta={"source": str(path), "format": suffix.lstrip(".")})
+        with _native_stderr(native):
+            simg = sitk.ReadImage(str(path))
     except Exception as exc:
-        lines = [ln for ln in str(exc).strip().splitlines() if ln.strip()]
-        raise InputError(f"cannot read image ({lines[-1] if lines else type(exc).__name__})", path=path) from None
+        raise InputError(f"cannot read image ({_itk_reason(exc, ''.join(native))})", path=path) from None
+    if native[0].strip():  # warnings on a successful read stay visible, as without the capture
+        sys.stderr.write(native[0])
+    try:
+        return Image.from_sitk(simg, meta={"source": str(path), "format": suffix.lstrip(".")})
+    except InputError:
+        raise
+    except Exception as exc:
+        raise InputError(f"cannot read image ({type(exc).__name__}: {exc})", path=path) from None
 
 
 def _read_dicom(path: Path, series, allow_tilt: bool) -> Image:
