@@ -101,7 +101,8 @@ def score(rows):
             "f1@0.5": m["f1@0.5"], "pq@0.5": m["panoptic_quality@0.5"], "pooled_ap@0.5": p["ap@0.5"],
             "abs_rel_count_error": m["abs_relative_count_error"], "total_count_error": p["relative_count_error"],
             "pooled_abs_count_error": p["abs_relative_count_error"],
-            "n_ref": p["n_ref"], "n_pred": p["n_pred"]}
+            "n_ref": p["n_ref"], "n_pred": p["n_pred"],
+            "ci95": {"ap@0.5": s["ci95"]["ap@0.5"], "abs_rel_count_error": s["ci95"]["abs_relative_count_error"]}}
 
 
 def training_config(args):
@@ -316,6 +317,11 @@ def main(argv=None) -> int:
         print(f"| {k} | {r['n_images']} | {r['ap@0.5']:.3f} | {r['ap@0.7']:.3f} | {r['ap@0.9']:.3f} | "
               f"{r['f1@0.5']:.3f} | {r['pq@0.5']:.3f} | {r['pooled_ap@0.5']:.3f} | {r['abs_rel_count_error']:.1%} | "
               f"{r['pooled_abs_count_error']:.1%} | {r['total_count_error']:+.1%} |")
+    for k, r in results.items():
+        if r["n_images"] > 1:
+            (a_lo, a_hi), (c_lo, c_hi) = r["ci95"]["ap@0.5"], r["ci95"]["abs_rel_count_error"]
+            print(f"{k}: 95 % bootstrap interval over images, AP@0.5 {a_lo:.3f}-{a_hi:.3f}, mean abs count error "
+                  f"{c_lo:.1%}-{c_hi:.1%}")
     if "thresholds_used" in info:
         print(f"\nlearned model scored with watershed thresholds foreground {info['thresholds_used'][0]}, "
               f"seed {info['thresholds_used'][1]} (markers: {info['thresholds_used'][2]})")

@@ -33,6 +33,7 @@ def evaluate_folder(model_dir: Path, folder: Path, tta: bool | None = False, cas
     from medseg.infer.predict import predict_image
     from medseg.train.artifact import load_model
     from medseg.train.dataset import load_case, open_dataset
+    from medseg.evaluate.summary import bootstrap_mean_ci
     from medseg.train.losses import confusion_dice
 
     art = load_model(model_dir)
@@ -59,6 +60,8 @@ def evaluate_folder(model_dir: Path, folder: Path, tta: bool | None = False, cas
     res["median_case"] = float(np.nanmedian(list(case_means.values())))
     scored = [(c, m) for c, m in case_means.items() if not np.isnan(m)]  # NaN (nothing to score) would unsort
     res["worst_cases"] = {c: round(m, 4) for c, m in sorted(scored, key=lambda x: x[1])[:5]}
+    # how far the mean could move with other cases like these: differences below this are not resolved by the set
+    res["mean_ci95"] = [round(float(b), 4) for b in bootstrap_mean_ci(list(case_means.values()))]
     res["cases"] = len(chosen)
     res["unlabelled_skipped"] = sum(c.label is None for c in ds.cases if cases is None or c.id in set(cases))
     res["seconds"] = round(time.monotonic() - t0, 1)

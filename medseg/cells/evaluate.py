@@ -5,7 +5,8 @@ error: ``relative_count_error`` is signed ((n_pred - n_ref) / n_ref: + over-, - 
 ``abs_relative_count_error`` its absolute value. Overall: the mean over images of every per-image score (so both
 of those), the pooled scores (TP/FP/FN summed over images, as the DSB2018 leaderboard did not but StarDist's
 ``matching_dataset`` does), and the pooled count errors under the same names (signed: (sum n_pred - sum n_ref) /
-sum n_ref; absolute: sum |n_pred - n_ref| / sum n_ref).
+sum n_ref; absolute: sum |n_pred - n_ref| / sum n_ref), and a 95 % bootstrap interval of each mean over images
+(``ci95``: how finely a set of this many images resolves a difference).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import numpy as np
 
 from medseg.errors import InputError
 from medseg.evaluate.instances import instance_metrics
+from medseg.evaluate.summary import bootstrap_mean_ci
 from medseg.io.atomic import atomic_path, case_name
 
 THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.9)
@@ -60,7 +62,10 @@ def summarize(per_image: list[dict], thresholds=THRESHOLDS) -> dict:
     pooled.update({"n_ref": n_ref, "n_pred": n_pred,
                    "relative_count_error": (n_pred - n_ref) / n_ref if n_ref else 0.0,
                    "abs_relative_count_error": abs_err / n_ref if n_ref else 0.0})  # as per image
-    return {"n_images": len(per_image), "mean": mean, "pooled": pooled}
+    # how far each mean could move with other images like these (see bootstrap_mean_ci)
+    bounds = bootstrap_mean_ci([[r[k] for k in keys] for r in per_image])
+    ci95 = {k: [float(bounds[0, j]), float(bounds[1, j])] for j, k in enumerate(keys)}
+    return {"n_images": len(per_image), "mean": mean, "ci95": ci95, "pooled": pooled}
 
 
 def _pair_files(pred, ref) -> list[tuple[str, Path, Path]]:

@@ -97,6 +97,11 @@ def _notes(report: dict) -> list[str]:
     ov = report["overall"]
     notes = [f"pixel accuracy {_fmt(ov['pixel_accuracy']['mean'])}, mean IoU {_fmt(ov['mean_iou']['mean'])} "
              f"(mean over cases): {PIXEL_ACCURACY_NOTE}."]
+    ci = {n: c["dice"] for n, c in report.get("ci95", {}).items() if c.get("dice")}
+    if ci and max(m["n_cases"] for m in report["mean"].values()) > 1:
+        notes.append("95 % bootstrap interval of the mean Dice over cases (differences inside it are not resolved "
+                     "by this many cases): " + ", ".join(f"{n} {_fmt(lo)}-{_fmt(hi)}" for n, (lo, hi) in ci.items())
+                     + ".")
     for name, m in report["mean"].items():
         parts = [f"{m[f'n_{f}']} {f.replace('_', ' ')}" for f in ("both_empty", "pred_empty", "ref_empty")
                  if m.get(f"n_{f}")]

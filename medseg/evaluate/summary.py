@@ -24,6 +24,56 @@ def _mean_std(values) -> tuple[float, float]:
     return float(a.mean()), float(a.std())
 
 
+def bootstrap_mean_ci(values, confidence: float = 0.95, n_boot: int = 10_000, seed: int = 0) -> np.ndarray:
+    """Percentile-bootstrap confidence interval of the mean over cases (rows), per column.
+
+    How far the mean of a validation set of this size could move with other cases like these: two methods whose
+    means differ by less than the interval's half-width are not told apart by the set. Cases with a NaN in a
+    column are left out of that column's resamples (they are not scores).
+
+    Parameters
+    ----------
+    values : array_like, shape (n_cases,) or (n_cases, n_columns)
+    confidence : float
+        Coverage of the interval (0.95: the 2.5th and 97.5th percentiles of the resampled means).
+    n_boot : int
+        Resamples; the same case indices are used for every column.
+    seed : int
+        Resampling seed, so that a report is reproducible.
+
+    Returns
+    -------
+    ndarray, shape (2,) or (2, n_columns)
+        Lower and upper bound (NaN for a column without finite values).
+
+    Examples
+    --------
+    >>> lo, hi = bootstrap_mean_ci([0.80, 0.85, 0.90, 0.95])
+    >>> bool(0.80 <= lo < 0.875 < hi <= 0.95)
+    True
+    >>> bootstrap_mean_ci([0.9, 0.9, 0.9]).tolist()
+    [0.9, 0.9]
+    """
+    a = np.asarray(values, float)
+    flat = a.ndim == 1
+    a = a[:, None] if flat else a
+    out = np.full((2, a.shape[1]), np.nan)
+    if a.shape[0] == 0:
+        return out[:, 0] if flat else out
+    idx = np.random.default_rng(seed).integers(0, a.shape[0], size=(n_boot, a.shape[0]))
+    q = [(1 - confidence) / 2 * 100, (1 + confidence) / 2 * 100]
+    for j in range(a.shape[1]):
+        col = a[:, j]
+        ok = np.isfinite(col)
+        if not ok.any():
+            continue
+        sample = np.where(ok[idx], col[idx], 0.0)
+        counts = ok[idx].sum(axis=1)
+        means = sample.sum(axis=1)[counts > 0] / counts[counts > 0]
+        out[:, j] = np.percentile(means, q)
+    return out[:, 0] if flat else out
+
+
 def _pooled_lesions(items: list[dict]) -> dict:
     """StarDist's dataset-level matching: TP/FP/FN summed over cases before the ratios."""
     out: dict = {"n_ref": sum(d["n_ref"] for d in items), "n_pred": sum(d["n_pred"] for d in items)}
@@ -46,19 +96,25 @@ def _pooled_lesions(items: list[dict]) -> dict:
 
 
 def summarize(per_case: list[dict], class_names: list[str]) -> dict:
-    """``{"mean", "std", "foreground_mean", "overall"}`` of per-case results.
+    """``{"mean", "std", "ci95", "foreground_mean", "overall"}`` of per-case results.
 
-    Means skip NaN values (undefined distances, relative volume with an empty reference);
+    ``ci95`` holds the 95 % bootstrap interval of each class's mean Dice and IoU over cases
+    (:func:`bootstrap_mean_ci`). Means skip NaN values (undefined distances, relative volume with an empty reference);
     ``n_surface_cases`` says how many cases the distance means average.
     """
     mean: dict = {}
     std: dict = {}
+    ci95: dict = {}
     for name in class_names:
         rows = [c["classes"][name] for c in per_case if name in c["classes"]]
-        mean[name], std[name] = {}, {}
+        mean[name], std[name], ci95[name] = {}, {}, {}
         for k in METRIC_KEYS:
             if rows and k in rows[0]:
                 mean[name][k], std[name][k] = _mean_std(r[k] for r in rows)
+        for k in ("dice", "iou"):
+            if rows and k in rows[0]:
+                vals = [np.nan if r[k] is None else r[k] for r in rows]
+                ci95[name][k] = [float(b) for b in bootstrap_mean_ci(vals)]
         flags = [f for r in rows for f in r["flags"]]
         mean[name]["n_cases"] = len(rows)
         if rows and "hd95" in rows[0]:
@@ -78,7 +134,7 @@ def summarize(per_case: list[dict], class_names: list[str]) -> dict:
         m, s = _mean_std(c[k] for c in per_case)
         overall[k] = {"mean": m, "std": s}
     overall["note"] = PIXEL_ACCURACY_NOTE
-    return {"mean": mean, "std": std, "foreground_mean": fg, "overall": overall}
+    return {"mean": mean, "std": std, "ci95": ci95, "foreground_mean": fg, "overall": overall}
 
 
 def worst_cases(per_case: list[dict], n: int = 10, metric: str = "dice") -> list[dict]:

@@ -1,0 +1,78 @@
+"""The bootstrap interval of a mean over cases (``medseg.evaluate.summary.bootstrap_mean_ci``) and where the
+reports carry it. Synthetic numbers: these test the mechanics (coverage, width, NaN handling), not a claim."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from medseg.evaluate.summary import bootstrap_mean_ci
+
+
+def test_width_matches_the_normal_approximation():
+    x = np.random.default_rng(1).normal(0.88, 0.03, size=44)
+    lo, hi = bootstrap_mean_ci(x)
+    half = 1.96 * x.std(ddof=1) / np.sqrt(x.size)
+    assert lo < x.mean() < hi
+    assert abs((hi - lo) / 2 - half) < 0.15 * half
+
+
+def test_coverage_of_the_true_mean():
+    rng = np.random.default_rng(2)
+    hits = 0
+    for i in range(200):
+        lo, hi = bootstrap_mean_ci(rng.exponential(0.06, size=61), n_boot=2000, seed=i)
+        hits += lo <= 0.06 <= hi
+    assert 0.85 <= hits / 200 <= 0.99  # percentile bootstrap on a skewed variable: slightly under 95 %
+
+
+def test_columns_nan_and_empty():
+    rows = [[1.0, np.nan], [2.0, 5.0], [3.0, 5.0], [4.0, np.nan]]
+    out = bootstrap_mean_ci(rows)
+    assert out.shape == (2, 2)
+    assert out[0, 0] < 2.5 < out[1, 0]
+    assert out[:, 1].tolist() == [5.0, 5.0]  # NaN rows are not scores: the finite ones are all 5
+    assert np.isnan(bootstrap_mean_ci([[np.nan], [np.nan]])).all()
+    assert np.isnan(bootstrap_mean_ci([])).all()
+
+
+def test_same_seed_same_interval_and_narrower_with_more_cases():
+    rng = np.random.default_rng(3)
+    few, many = rng.normal(0, 1, 20), rng.normal(0, 1, 500)
+    assert bootstrap_mean_ci(few).tolist() == bootstrap_mean_ci(few).tolist()
+    assert np.ptp(bootstrap_mean_ci(many)) < 0.5 * np.ptp(bootstrap_mean_ci(few))
+
+
+def test_cell_summary_carries_intervals_around_its_means():
+    from medseg.cells.evaluate import evaluate_pair, summarize
+
+    rng = np.random.default_rng(4)
+    rows = []
+    for _ in range(12):
+        ref = np.zeros((40, 40), np.uint16)
+        n = int(rng.integers(2, 6))
+        for k in range(n):
+            ref[4 + 7 * k: 9 + 7 * k, 5:12] = k + 1
+        pred = ref.copy()
+        if rng.random() < 0.5:
+            pred[pred == n] = 0  # one nucleus missed
+        rows.append(evaluate_pair(ref, pred))
+    s = summarize(rows)
+    for k in ("ap@0.5", "abs_relative_count_error"):
+        lo, hi = s["ci95"][k]
+        assert lo <= s["mean"][k] <= hi
+        assert hi > lo  # the images differ, so the interval has a width
+
+
+def test_semantic_report_interval_and_note():
+    from medseg.evaluate.report import to_markdown
+    from medseg.evaluate.summary import summarize
+
+    dice = [0.80, 0.85, 0.90, 0.88, 0.86]
+    per_case = [{"case": f"c{i}", "classes": {"a": {"dice": d, "iou": d / (2 - d), "flags": []}},
+                 "pixel_accuracy": 0.99, "mean_iou": 0.9} for i, d in enumerate(dice)]
+    rep = summarize(per_case, ["a"])
+    lo, hi = rep["ci95"]["a"]["dice"]
+    assert lo <= np.mean(dice) <= hi
+    rep["settings"] = {}
+    rep["per_case"] = per_case
+    assert "95 % bootstrap interval of the mean Dice" in to_markdown(rep)
