@@ -94,6 +94,9 @@ def error_breakdown(ref: np.ndarray, pred: np.ndarray, iou: float = 0.5) -> dict
     return out
 
 
+PER_IMAGE_KEYS = ("n_ref", "n_pred", "ap@0.5", "ap@0.7", "f1@0.5", "abs_relative_count_error")
+
+
 def score(rows):
     s = summarize(rows, THRESHOLDS)
     m, p = s["mean"], s["pooled"]
@@ -305,7 +308,10 @@ def main(argv=None) -> int:
 
     if errors:
         info["learned_errors_at_iou_0.5"] = errors
-    summary = {"info": info, "results": results}
+    # per image, so that two runs on the same images can be compared pairwise (benchmarks/paired.py)
+    per_image = {k: [{"image": c.case, **{m: r[m] for m in PER_IMAGE_KEYS}} for c, r in zip(cases, v)]
+                 for k, v in rows.items() if k in ("learned", "classical") and v}
+    summary = {"info": info, "results": results, "per_image": per_image}
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(summary, indent=2))

@@ -63,6 +63,7 @@ def evaluate_folder(model_dir: Path, folder: Path, tta: bool | None = False, cas
     # how far the mean could move with other cases like these: differences below this are not resolved by the set
     res["mean_ci95"] = [round(float(b), 4) for b in bootstrap_mean_ci(list(case_means.values()))]
     res["cases"] = len(chosen)
+    res["per_case"] = {c: round(m, 5) for c, m in case_means.items()}  # for paired comparisons (paired.py)
     res["unlabelled_skipped"] = sum(c.label is None for c in ds.cases if cases is None or c.id in set(cases))
     res["seconds"] = round(time.monotonic() - t0, 1)
     return res

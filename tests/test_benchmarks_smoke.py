@@ -102,11 +102,37 @@ def test_cells_benchmark_bounded(tmp_path, capsys):
     assert json.loads((tmp_path / "run" / "model.json").read_text())["steps"] == 3  # --steps ends it, not minutes
     assert len(_table_rows(first, "learned")) == 1 and "markers: boundary" in first
     for markers in ("boundary", "distance"):
-        assert main(["--skip-train", "--thresholds", f"0.5,0.5,{markers}", *common]) == 0
+        assert main(["--skip-train", "--thresholds", f"0.5,0.5,{markers}", "--json", str(tmp_path / f"{markers}.json"),
+                     *common]) == 0
         out = capsys.readouterr().out
         assert f"markers: {markers}" in out
         row = _table_rows(out, "learned")[0]
         assert 0.0 <= float(row[2]) <= 1.0 and re.fullmatch(r"[\d.]+%", row[8])
+    # per-image rows (for benchmarks/paired.py): one per scored image, and their mean is the table's
+    doc = json.loads((tmp_path / "distance.json").read_text())
+    rows = doc["per_image"]["learned"]
+    assert len(rows) == doc["results"]["learned"]["n_images"] == len({r["image"] for r in rows})
+    assert np.isclose(np.mean([r["ap@0.5"] for r in rows]), doc["results"]["learned"]["ap@0.5"])
+    from benchmarks.paired import main as paired
+
+    assert paired([str(tmp_path / "boundary.json"), str(tmp_path / "distance.json")]) == 0
+    out = capsys.readouterr().out
+    assert out.count(f"{len(rows)} paired") == 2 and "abs_relative_count_error" in out
+
+
+def test_paired_difference_by_hand():
+    """Differences b - a of 0.1, 0.1, 0.4: mean 0.2; every resample's mean lies in [0.1, 0.4]; runs that share
+    no item are refused; NaN pairs are dropped."""
+    from benchmarks.paired import paired_difference
+
+    r = paired_difference({"x": 0.5, "y": 0.5, "z": 0.2, "w": 0.3}, {"x": 0.6, "y": 0.6, "z": 0.6, "w": np.nan})
+    assert r["n"] == 3 and np.isclose(r["difference"], 0.2) and (r["b_higher"], r["b_lower"]) == (3, 0)
+    lo, hi = r["ci95"]
+    assert 0.1 - 1e-9 <= lo < 0.2 < hi <= 0.4 + 1e-9
+    swapped = paired_difference({"x": 0.6, "y": 0.6, "z": 0.6}, {"x": 0.5, "y": 0.5, "z": 0.2})
+    assert np.isclose(swapped["difference"], -0.2) and swapped["b_lower"] == 3
+    with pytest.raises(ValueError, match="share no"):
+        paired_difference({"x": 1.0}, {"y": 1.0})
 
 
 def test_cells_analysis_runs_on_a_bounded_model(tmp_path, capsys):
@@ -367,7 +393,8 @@ def test_hippocampus_benchmark_trains_and_scores_an_eval_folder(tmp_path, capsys
                   "1"]) == 0
     res = json.loads(capsys.readouterr().out)
     assert set(res) == {"plain", "largest_component", "raw_final_weights"}
-    assert res["raw_final_weights"]["cases"] == res["plain"]["cases"]
+    assert res["raw_final_weights"]["cases"] == res["plain"]["cases"] == len(res["plain"]["per_case"])
+    assert np.isclose(np.median(list(res["plain"]["per_case"].values())), res["plain"]["median_case"], atol=1e-4)
 
 
 def test_train_speed_cells_mode(capsys):
