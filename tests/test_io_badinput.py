@@ -223,6 +223,54 @@ def test_native_stderr_capture_and_a_clean_itk_read(tmp_path, capfd):
     assert capfd.readouterr().err == ""
 
 
+def test_itk_reads_from_threads_keep_stderr(tmp_path, capfd):
+    """Reads from several threads at once (a thread data loader) give every array and leave descriptor 2 where it
+    was: unguarded, one thread's capture restored another's temporary file and stderr was lost."""
+    import os
+    from concurrent.futures import ThreadPoolExecutor
+
+    from medseg.errors import InputError
+    from medseg.io.readers import read_image
+
+    files = _itk_copies(tmp_path)
+    bad = tmp_path / "cut.mha"
+    bad.write_bytes(files["raw.mha"].read_bytes()[:20000])
+    before = os.fstat(2)
+    capfd.readouterr()
+
+    def read(k):
+        try:
+            return read_image(files["raw.mha"] if k % 3 else bad).shape
+        except InputError as exc:
+            return str(exc)
+
+    with ThreadPoolExecutor(4) as pool:
+        out = list(pool.map(read, range(24)))
+    assert out.count((35, 51, 35)) == 16
+    assert all("truncated" in o for o in out if isinstance(o, str)) and len(out) == 24
+    after = os.fstat(2)
+    assert (after.st_dev, after.st_ino) == (before.st_dev, before.st_ino)
+    os.write(2, b"still here\n")
+    assert capfd.readouterr().err == "still here\n"
+
+
+def test_itk_read_without_a_stderr_descriptor(tmp_path):
+    """A daemon without descriptor 2: reads still work and a cut file still gives an InputError naming it."""
+    import subprocess
+    import sys
+
+    files = _itk_copies(tmp_path)
+    cut = tmp_path / "cut.mha"
+    cut.write_bytes(files["raw.mha"].read_bytes()[:20000])
+    code = ("import os\nos.close(2)\nfrom medseg.errors import InputError\nfrom medseg.io.readers import read_image\n"
+            f"print(read_image({str(files['raw.mha'])!r}).shape)\n"
+            f"try:\n    read_image({str(cut)!r})\nexcept InputError as exc:\n    print('refused', exc)\n")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0
+    lines = res.stdout.splitlines()
+    assert lines[0] == "(35, 51, 35)" and lines[1].startswith("refused") and "cut.mha" in lines[1]
+
+
 def test_4d_where_3d_expected(tmp_path):
     import nibabel as nib
 

@@ -12,6 +12,7 @@ import os
 import re
 import sys
 import tempfile
+import threading
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -88,6 +89,11 @@ def _read_nifti(path: Path) -> Image:
     return img
 
 
+# File descriptor 2 belongs to the process: two threads swapping it at once (a thread data loader reading MHA files)
+# would each restore the other's temporary file and lose stderr for good, so one capture at a time.
+_STDERR_LOCK = threading.Lock()
+
+
 @contextmanager
 def _native_stderr(captured: list[str]):
     """Collect what C/C++ code writes to file descriptor 2 while the block runs.
@@ -96,17 +102,24 @@ def _native_stderr(captured: list[str]):
     stale errno ("No such file or directory"): the real reason is in those lines, and left on the terminal
     they would break the one-line error.
     """
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile() as tmp:
-        os.dup2(tmp.fileno(), 2)
+    with _STDERR_LOCK:
+        if sys.stderr is not None:
+            sys.stderr.flush()
         try:
+            saved = os.dup(2)
+        except OSError:  # no descriptor 2 (a daemon): nothing to keep clean
+            captured.append("")
             yield
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-            tmp.seek(0)
-            captured.append(tmp.read().decode(errors="replace"))
+            return
+        with tempfile.TemporaryFile() as tmp:
+            os.dup2(tmp.fileno(), 2)
+            try:
+                yield
+            finally:
+                os.dup2(saved, 2)
+                os.close(saved)
+                tmp.seek(0)
+                captured.append(tmp.read().decode(errors="replace"))
 
 
 def _itk_reason(exc: Exception, native: str) -> str:
@@ -128,7 +141,7 @@ def _read_itk(path: Path, suffix: str) -> Image:
             simg = sitk.ReadImage(str(path))
     except Exception as exc:
         raise InputError(f"cannot read image ({_itk_reason(exc, ''.join(native))})", path=path) from None
-    if native[0].strip():  # warnings on a successful read stay visible, as without the capture
+    if native[0].strip() and sys.stderr is not None:  # a successful read's warnings stay visible, as uncaptured
         sys.stderr.write(native[0])
     try:
         return Image.from_sitk(simg, meta={"source": str(path), "format": suffix.lstrip(".")})
