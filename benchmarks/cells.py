@@ -219,7 +219,8 @@ def main(argv=None) -> int:
         info["eval_set"] = f"all {len(cases)} images of {args.eval}"
     else:
         cases = dataset_split(args.data, list_cases(args.data))["val"]
-        info["eval_set"] = f"validation split of {args.data} ({len(cases)} images, hash split 15%)"
+        how = "its split.json" if (Path(args.data) / "split.json").exists() else "hash split 15%"
+        info["eval_set"] = f"validation split of {args.data} ({len(cases)} images, {how})"
     if args.limit:
         cases = cases[: args.limit]
         info["eval_set"] += f", first {len(cases)} used"
