@@ -24,6 +24,9 @@ def _mean_std(values) -> tuple[float, float]:
     return float(a.mean()), float(a.std())
 
 
+_BOOT_CHUNK = 2**21
+
+
 def bootstrap_mean_ci(values, confidence: float = 0.95, n_boot: int = 10_000, seed: int = 0) -> np.ndarray:
     """Percentile-bootstrap confidence interval of the mean over cases (rows), per column.
 
@@ -60,17 +63,22 @@ def bootstrap_mean_ci(values, confidence: float = 0.95, n_boot: int = 10_000, se
     out = np.full((2, a.shape[1]), np.nan)
     if a.shape[0] == 0:
         return out[:, 0] if flat else out
-    idx = np.random.default_rng(seed).integers(0, a.shape[0], size=(n_boot, a.shape[0]))
+    rng = np.random.default_rng(seed)
+    ok = np.isfinite(a)
+    filled = np.where(ok, a, 0.0)
+    sums, counts = [], []
+    # resamples in chunks of about 2 M case indices, so that a cohort of 10,000 cases needs ~50 MB, not 2 GB
+    chunk = max(1, _BOOT_CHUNK // a.shape[0])
+    for start in range(0, n_boot, chunk):
+        idx = rng.integers(0, a.shape[0], size=(min(chunk, n_boot - start), a.shape[0]))
+        sums.append(filled[idx].sum(axis=1))
+        counts.append(ok[idx].sum(axis=1))
+    sums, counts = np.concatenate(sums), np.concatenate(counts)
     q = [(1 - confidence) / 2 * 100, (1 + confidence) / 2 * 100]
     for j in range(a.shape[1]):
-        col = a[:, j]
-        ok = np.isfinite(col)
-        if not ok.any():
-            continue
-        sample = np.where(ok[idx], col[idx], 0.0)
-        counts = ok[idx].sum(axis=1)
-        means = sample.sum(axis=1)[counts > 0] / counts[counts > 0]
-        out[:, j] = np.percentile(means, q)
+        has = counts[:, j] > 0
+        if has.any():
+            out[:, j] = np.percentile(sums[has, j] / counts[has, j], q)
     return out[:, 0] if flat else out
 
 
