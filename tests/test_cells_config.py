@@ -157,8 +157,9 @@ def test_without_a_config_3d_stacks_get_a_fitted_3d_crop(tmp_path):
         config_for_data(ds)
 
 
-def test_fitted_3d_crop_follows_the_tune_fraction(tmp_path):
-    """With no tuning blocks held out (--tune-fraction 0) the crop may use the whole stack."""
+def test_fitted_3d_crop_follows_the_tune_fraction(tmp_path, monkeypatch):
+    """With no tuning blocks held out (--tune-fraction 0) the crop may use the whole stack; the shapes come from
+    the headers (training reads the pixels, once)."""
     import numpy as np
 
     from benchmarks.cells3d import halves, write_case
@@ -172,5 +173,10 @@ def test_fitted_3d_crop_follows_the_tune_fraction(tmp_path):
     labels = read_labels(stack / "mask3d.tif").astype(np.uint16)
     part = halves(image.shape[-1])[0]
     write_case(tmp_path, "half0", image[..., part], labels[..., part], (2.0, 1.0, 1.0))
+
+    def no_pixels(*args, **kw):
+        raise AssertionError("config_for_data read pixels")
+
+    monkeypatch.setattr("medseg.io.microscopy.read_microscopy", no_pixels)
     assert config_for_data(tmp_path).patch_size == (24, 48, 24)  # 61 rows less a 13-row tuning block
     assert config_for_data(tmp_path, tune_fraction=0.0).patch_size == (24, 56, 24)  # all 61 rows

@@ -106,3 +106,39 @@ def test_real_dsb_and_3d_read():
     stack = read_image(data_path("nuclei_stardist", "img3d.tif"))
     np.testing.assert_array_equal(stack.array, tifffile.imread(data_path("nuclei_stardist", "img3d.tif")))
     assert stack.array.ndim == 3 and stack.meta["axes"] == "ZYX"
+
+
+def _spatial(img: Image) -> tuple:
+    return tuple(img.array.shape[1:] if img.channels_first else img.array.shape)
+
+
+def test_spatial_shape_from_the_header_equals_the_read(tmp_path):
+    """Header-only shapes (crop fitting over many stacks) agree with reading the pixels, across the layouts the
+    reader handles; refusals are the reader's."""
+    from medseg.io.microscopy import spatial_shape
+
+    cases = {
+        "zcyx.tif": (np.zeros((4, 2, 5, 6), np.uint16), {"imagej": True, "metadata": {"axes": "ZCYX"}}),
+        "czyx_ome.tif": (np.zeros((2, 3, 7, 9), np.uint8), {"metadata": {"axes": "CZYX"}}),
+        "tzyx.tif": (np.zeros((1, 3, 7, 9), np.uint8), {"metadata": {"axes": "TZYX"}}),
+        "rgb.tif": (np.zeros((7, 9, 3), np.uint8), {"photometric": "rgb"}),
+        "plain3d.tif": (np.zeros((3, 7, 9), np.float32), {}),
+        "plain2d.tif": (np.zeros((7, 9), np.uint16), {}),
+    }
+    for name, (arr, kw) in cases.items():
+        p = tmp_path / name
+        tifffile.imwrite(p, arr, **kw)
+        assert spatial_shape(p) == _spatial(read_microscopy(p)), name
+    png = sorted(data_path("dsb2018_fluo", "images").glob("*.png"))[0]
+    assert spatial_shape(png) == _spatial(read_microscopy(png))
+    real = data_path("nuclei_stardist", "img3d.tif")
+    assert spatial_shape(real) == _spatial(read_microscopy(real)) == tifffile.imread(real).shape
+    movie = tmp_path / "movie.tif"
+    tifffile.imwrite(movie, np.zeros((2, 3, 7, 9), np.uint8), metadata={"axes": "TZYX"})
+    for bad, words in ((movie, "time series"), (tmp_path / "none.tif", "no such file")):
+        with pytest.raises(InputError, match=words):
+            spatial_shape(bad)
+    garbage = tmp_path / "garbage.tif"
+    garbage.write_bytes(b"II*\x00garbage")
+    with pytest.raises(InputError, match="garbage.tif"):
+        spatial_shape(garbage)

@@ -233,13 +233,13 @@ def fit_patch(shapes) -> tuple:
     return tuple(patch)
 
 
-def config_for_data(data_dir, channel: int | None = None, tune_fraction: float | None = None) -> CellTrainConfig:
+def config_for_data(data_dir, tune_fraction: float | None = None) -> CellTrainConfig:
     """The default settings for a dataset folder: the 2D recipe, or for 3D stacks ``spatial_dims`` 3 with a crop
     fitted to the training stacks (:func:`fit_patch`; to what is left of them after their tuning blocks, when
     those are held out with ``tune_fraction``, default the recipe's); what ``medseg cells train`` uses without
     ``--config``."""
     from medseg.cells.data import dataset_split, list_cases, tuning_block, tuning_images
-    from medseg.io.microscopy import read_microscopy
+    from medseg.io.microscopy import spatial_shape
 
     if not Path(data_dir).is_dir():
         raise InputError("dataset folder does not exist", path=data_dir)
@@ -248,10 +248,7 @@ def config_for_data(data_dir, channel: int | None = None, tune_fraction: float |
     cases = list_cases(data_dir)
     train = dataset_split(data_dir, cases, defaults.val_fraction)["train"] or cases
 
-    def spatial_shape(path):
-        img = read_microscopy(path, channel=channel)
-        return img.array.shape[1:] if img.channels_first else img.array.shape
-
+    # shapes from the headers: training reads the pixels once, later
     first = spatial_shape(train[0].image_path)
     if len(first) != 3:
         return defaults

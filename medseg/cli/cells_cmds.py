@@ -109,7 +109,7 @@ def train_cmd(
         base = resumed_config(out)
     else:
         base = CellTrainConfig.from_yaml(config) if config is not None else \
-            config_for_data(data, channel, tune_fraction)
+            config_for_data(data, tune_fraction=tune_fraction)
     if "patch_size" in given:  # one size for every axis of the run's images
         given["patch_size"] = given["patch_size"] * base.spatial_dims
     cfg = _with_options(base, given)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -82,36 +83,76 @@ class _Errors(logging.Handler):
         self.messages.append(" ".join(record.getMessage().split()))
 
 
-def _read_tiff(path: Path):
-    import tifffile
-
-    # while reading, tifffile's records reach this handler (whatever level the caller set on its logger), and not
-    # stderr: Python prints a record itself only when no handler takes it
+@contextmanager
+def _tifffile_errors():
+    """While the block runs, tifffile's records reach the handler it yields (whatever level the caller set on its
+    logger), and not stderr: Python prints a record itself only when no handler takes it."""
     errors, logger = _Errors(), logging.getLogger("tifffile")
     level = logger.level
     logger.addHandler(errors)
     logger.setLevel(logging.WARNING)
     try:
-        with tifffile.TiffFile(path) as tif:
-            series = tif.series[0]
-            arr = series.asarray()
-            axes = series.axes.upper()
-            spacing, source = _tiff_spacing(tif)
+        yield errors
     finally:
         logger.removeHandler(errors)
         logger.setLevel(level)
+
+
+def _time_axis(shape, axes: str, path: Path) -> int | None:
+    """Index of a single-frame time axis to drop (None without one); a time series is refused."""
+    if "T" not in axes:
+        return None
+    i = axes.index("T")
+    if shape[i] != 1:
+        raise InputError(f"time series with {shape[i]} frames is not supported (axes {axes})", path=path)
+    return i
+
+
+def _read_tiff(path: Path):
+    import tifffile
+
+    with _tifffile_errors() as errors, tifffile.TiffFile(path) as tif:
+        series = tif.series[0]
+        arr = series.asarray()
+        axes = series.axes.upper()
+        spacing, source = _tiff_spacing(tif)
     if errors.messages:
         raise InputError(f"truncated or corrupt TIFF ({errors.messages[0][:160]})", path=path)
-    # tifffile may squeeze or add axes letters beyond what we support
-    for ax in "T":  # time: only a single frame is supported
-        if ax in axes:
-            i = axes.index(ax)
-            if arr.shape[i] != 1:
-                raise InputError(f"time series with {arr.shape[i]} frames is not supported (axes {axes})",
-                                 path=path)
-            arr = arr.take(0, axis=i)
-            axes = axes.replace(ax, "")
+    t = _time_axis(arr.shape, axes, path)
+    if t is not None:
+        arr, axes = arr.take(0, axis=t), axes.replace("T", "")
     return arr, axes, spacing, source
+
+
+def spatial_shape(path: str | os.PathLike) -> tuple[int, ...]:
+    """The ``(y, x)`` or ``(z, y, x)`` shape :func:`read_microscopy` would give, channels left out, from a TIFF's
+    header alone (its pixels are not read; a PNG is read). For sizing crops over many large stacks.
+
+    Errors in the pixel data are not found here: :func:`read_microscopy` finds them when the image is read.
+    """
+    path = Path(path)
+    if path.suffix.lower() not in (".tif", ".tiff"):
+        img = read_microscopy(path)
+        return tuple(img.array.shape[1:] if img.channels_first else img.array.shape)
+    if not path.is_file():
+        raise InputError("no such file", path=path)
+    import tifffile
+
+    try:
+        with _tifffile_errors() as errors, tifffile.TiffFile(path) as tif:
+            shape, axes = tuple(tif.series[0].shape), tif.series[0].axes.upper()
+    except Exception as exc:
+        raise InputError(f"cannot read image ({' '.join(str(exc).split())[:200]})", path=path) from exc
+    if errors.messages:
+        raise InputError(f"truncated or corrupt TIFF ({errors.messages[0][:160]})", path=path)
+    t = _time_axis(shape, axes, path)
+    if t is not None:
+        shape, axes = shape[:t] + shape[t + 1:], axes.replace("T", "")
+    order, std = _standard_order(len(shape), axes, path)
+    spatial = tuple(shape[i] for i, a in zip(order, std) if a != "C")
+    if any(n == 0 for n in spatial) or len(spatial) not in (2, 3):
+        raise InputError(f"expected a 2D or 3D image, got shape {shape}", path=path)
+    return spatial
 
 
 def read_microscopy(path: str | os.PathLike, channel: int | None = None,
@@ -187,8 +228,14 @@ def read_microscopy(path: str | os.PathLike, channel: int | None = None,
 
 def _to_standard_axes(arr: np.ndarray, axes: str, path: Path) -> tuple[np.ndarray, str]:
     """Reorder to (C?, Z?, Y, X); any unknown leading axis of a 3D array counts as Z."""
-    if len(axes) != arr.ndim:
-        axes = "ZYX"[-arr.ndim:] if arr.ndim <= 3 else axes
+    order, std = _standard_order(arr.ndim, axes, path)
+    return np.transpose(arr, order), std
+
+
+def _standard_order(ndim: int, axes: str, path: Path) -> tuple[list[int], str]:
+    """The transpose to (C?, Z?, Y, X) of an array with ``ndim`` axes named ``axes``, and the new axes' letters."""
+    if len(axes) != ndim:
+        axes = "ZYX"[-ndim:] if ndim <= 3 else axes
     chan = [i for i, a in enumerate(axes) if a in _CHANNEL_AXES]
     if len(chan) > 1:  # e.g. CYXS: merge is ambiguous
         raise InputError(f"unsupported axes {axes} (more than one channel axis)", path=path)
@@ -198,8 +245,7 @@ def _to_standard_axes(arr: np.ndarray, axes: str, path: Path) -> tuple[np.ndarra
     if "Y" not in axes or "X" not in axes:
         raise InputError(f"unsupported axes {axes}", path=path)
     order = chan + other + [axes.index("Y"), axes.index("X")]
-    arr = np.transpose(arr, order)
-    return arr, ("C" if chan else "") + ("Z" if other else "") + "YX"
+    return order, ("C" if chan else "") + ("Z" if other else "") + "YX"
 
 
 def _drop_constant_alpha(arr: np.ndarray) -> np.ndarray:
