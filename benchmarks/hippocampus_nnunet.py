@@ -64,7 +64,7 @@ def score_folder(pred_dir: Path, data: Path, ids: list[str]) -> dict:
         if pred_img.shape != ref_img.shape or not np.allclose(pred_img.affine, ref_img.affine, atol=1e-4):
             raise SystemExit(f"{pred_dir / c}.nii.gz: not in the reference's geometry")
         add_case_dice(per, np.asarray(pred_img.dataobj).astype(np.int64),
-                      np.asarray(ref_img.dataobj).astype(np.int64))
+                      np.asarray(ref_img.dataobj).astype(np.int64), c)
     return dice_summary(per, len(ids))
 
 

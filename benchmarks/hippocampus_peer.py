@@ -70,6 +70,8 @@ def score(net, cases, device="cpu") -> dict:
     import torch
     from monai.inferers import sliding_window_inference
 
+    from medseg.io.atomic import case_name
+
     net.eval()
     per = {1: [], 2: []}
     for img_path, lab_path in cases:
@@ -83,24 +85,28 @@ def score(net, cases, device="cpu") -> dict:
         with torch.no_grad():
             logits = sliding_window_inference(x, (32, 32, 32), 4, net, overlap=0.25)[0]
         pred = logits.argmax(0).numpy()[tuple(slice(l, l + s) for l, s in zip(lo, img.shape))]
-        add_case_dice(per, pred, lab)
+        add_case_dice(per, pred, lab, case_name(img_path))
     return dice_summary(per, len(cases))
 
 
-def add_case_dice(per: dict, pred: np.ndarray, ref: np.ndarray) -> None:
-    """Append one case's Dice of anterior (1) and posterior (2) to ``per`` (a class absent from both: skipped)."""
+def add_case_dice(per: dict, pred: np.ndarray, ref: np.ndarray, case: str) -> None:
+    """Append one case's Dice of anterior (1) and posterior (2) to ``per`` (a class absent from both: skipped),
+    and its mean over those classes to ``per["per_case"]`` (as ``benchmarks/hippocampus.py`` keeps it, for
+    ``benchmarks/paired.py``)."""
     from medseg.train.losses import confusion_dice
 
-    for k, d in confusion_dice(pred, ref, 3).items():
-        if k in per and not np.isnan(d):
-            per[k].append(d)
+    dice = {k: d for k, d in confusion_dice(pred, ref, 3).items() if k in (1, 2) and not np.isnan(d)}
+    for k, d in dice.items():
+        per[k].append(d)
+    per.setdefault("per_case", {})[case] = round(float(np.mean(list(dice.values()))), 5) if dice else float("nan")
 
 
 def dice_summary(per: dict, cases: int) -> dict:
-    """Mean over cases per class, and the mean of the two classes."""
+    """Mean over cases per class, the mean of the two classes, and each case's mean."""
     res = {"anterior": float(np.mean(per[1])), "posterior": float(np.mean(per[2]))}
     res["mean"] = (res["anterior"] + res["posterior"]) / 2
     res["cases"] = cases
+    res["per_case"] = per.get("per_case", {})
     return res
 
 

@@ -2,11 +2,13 @@
 
     python benchmarks/paired.py A.json B.json                         # cells.py --json outputs: AP@0.5 and count error
     python benchmarks/paired.py A.json B.json --section plain         # hippocampus.py --postprocess-check output
+    python benchmarks/paired.py PEER/benchmark.json B.json --section val_dice,plain   # hippocampus_peer.py vs medseg
 
 Cells: two JSON files written by ``benchmarks/cells.py --json`` (their ``per_image`` rows, method ``--method``).
 Hippocampus: the JSON that ``benchmarks/hippocampus.py --postprocess-check`` or ``--join`` prints, saved to a file
-(section ``--section``'s ``per_case`` mean Dice), or a ``benchmark.json`` of a run trained with ``--eval``
-(``--section eval_dice``). Only the images or cases both runs scored are compared.
+(section ``--section``'s ``per_case`` mean Dice), a ``benchmark.json`` of a run trained with ``--eval``
+(``--section eval_dice``), or a peer's ``benchmark.json`` (``hippocampus_peer.py``, ``hippocampus_nnunet.py``:
+``--section val_dice``). Only the images or cases both runs scored are compared.
 
 Why paired: two runs' unpaired intervals (``ci95`` in their summaries) mostly measure how the images differ from one
 another, which is the same for both runs. The interval of the per-image *differences* measures only how the runs
@@ -53,7 +55,7 @@ def per_item(doc: dict, method: str, section: str | None, metric: str) -> dict[s
         if rows is None:
             raise SystemExit(f"no per-image rows for method {method!r} (has {sorted(doc['per_image'])})")
         return {r["image"]: float(r[metric]) for r in rows}
-    part = doc.get(section or "", doc)
+    part = doc.get(section, doc) if section else doc
     if "per_case" not in part:
         raise SystemExit("no per_image or per_case rows: re-score the run with the current benchmark scripts"
                          + ("" if section else " (hippocampus outputs need --section)"))
@@ -65,13 +67,17 @@ def main(argv=None) -> int:
     ap.add_argument("a", type=Path)
     ap.add_argument("b", type=Path)
     ap.add_argument("--method", default="learned", help="cells: which method's rows (learned, classical)")
-    ap.add_argument("--section", default=None, help="hippocampus: which scoring (plain, largest_component, ...)")
+    ap.add_argument("--section", default=None,
+                    help="hippocampus: which scoring holds per_case (plain, largest_component, val_dice, ...); "
+                         "SECTION_A,SECTION_B where the two files differ")
     args = ap.parse_args(argv)
     docs = [json.loads(p.read_text()) for p in (args.a, args.b)]
     metrics = CELL_METRICS if "per_image" in docs[0] else ("mean Dice",)
     print(f"A = {args.a}\nB = {args.b}")
+    sections = (args.section or "").split(",")
+    sections = [s or None for s in (sections * 2 if len(sections) == 1 else sections)]
     for metric in metrics:
-        a, b = (per_item(d, args.method, args.section, metric) for d in docs)
+        a, b = (per_item(d, args.method, sec, metric) for d, sec in zip(docs, sections))
         r = paired_difference(a, b)
         print(f"{metric}: A {r['mean_a']:.4f}, B {r['mean_b']:.4f}, B - A {r['difference']:+.4f} "
               f"(95 % interval {r['ci95'][0]:+.4f} to {r['ci95'][1]:+.4f}; {r['n']} paired, "

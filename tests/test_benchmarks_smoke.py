@@ -457,6 +457,13 @@ def test_hippocampus_peer_recipe_runs_on_medseg_split(tmp_path, capsys):
     assert 0.0 <= bench["val_dice"]["mean"] <= 1.0
     ours = fold_split(tmp_path / "fresh", open_dataset(cfg["dataset"]), Plan(num_folds=5, seed=0), write=False)
     assert json.loads((tmp_path / "peer" / "splits.json").read_text())[0] == ours
+    # per-case rows name the validation cases, so that paired.py can pair them with medseg's
+    per_case = bench["val_dice"]["per_case"]
+    assert sorted(per_case) == sorted(ours["val"]) and len(per_case) == bench["val_dice"]["cases"]
+    from benchmarks.paired import main as paired
+
+    assert paired([str(tmp_path / "peer" / "benchmark.json")] * 2 + ["--section", "val_dice,val_dice"]) == 0
+    assert f"{len(per_case)} paired" in capsys.readouterr().out
 
 
 def test_hippocampus_nnunet_peer_runs_on_medseg_split(tmp_path, capsys):
