@@ -12,8 +12,9 @@ Hippocampus: the JSON that ``benchmarks/hippocampus.py --postprocess-check`` or 
 
 Why paired: two runs' unpaired intervals (``ci95`` in their summaries) mostly measure how the images differ from one
 another, which is the same for both runs. The interval of the per-image *differences* measures only how the runs
-disagree, so it resolves much smaller differences; an interval that holds 0 is not a resolved difference. It covers
-the sampling of images, not the training seed: for that, compare several seeds.
+disagree, so it resolves smaller differences (measured: +-0.005-0.007 Dice against +-0.009 on the 44 hippocampus
+cases, +-0.01 AP@0.5 against +-0.03 on the 61 DSB images); an interval that holds 0 is not a resolved difference.
+It covers the sampling of images, not the training seed: for that, compare several seeds.
 """
 
 from __future__ import annotations
@@ -78,7 +79,10 @@ def main(argv=None) -> int:
     sections = [s or None for s in (sections * 2 if len(sections) == 1 else sections)]
     for metric in metrics:
         a, b = (per_item(d, args.method, sec, metric) for d, sec in zip(docs, sections))
-        r = paired_difference(a, b)
+        try:
+            r = paired_difference(a, b)
+        except ValueError as exc:
+            raise SystemExit(f"{args.a} and {args.b}: {exc}") from None
         print(f"{metric}: A {r['mean_a']:.4f}, B {r['mean_b']:.4f}, B - A {r['difference']:+.4f} "
               f"(95 % interval {r['ci95'][0]:+.4f} to {r['ci95'][1]:+.4f}; {r['n']} paired, "
               f"B higher on {r['b_higher']}, lower on {r['b_lower']})")
