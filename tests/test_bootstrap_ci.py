@@ -104,3 +104,22 @@ def test_semantic_report_interval_and_note():
     rep["settings"] = {}
     rep["per_case"] = per_case
     assert "95 % bootstrap interval of the mean Dice" in to_markdown(rep)
+
+
+def test_semantic_summary_resamples_once_for_all_classes(monkeypatch):
+    """Every class and metric shares one resampling (one call), with the same bounds as one call per column."""
+    import medseg.evaluate.summary as summary
+
+    rng = np.random.default_rng(6)
+    per_case = [{"case": f"c{i}", "classes": {n: {"dice": d, "iou": d / (2 - d), "flags": []}
+                                              for n, d in zip("ab", rng.uniform(0.6, 0.95, 2))},
+                 "pixel_accuracy": 0.99, "mean_iou": 0.9} for i in range(9)]
+    calls = []
+    real = summary.bootstrap_mean_ci
+    monkeypatch.setattr(summary, "bootstrap_mean_ci", lambda v, *a, **k: calls.append(1) or real(v, *a, **k))
+    out = summary.summarize(per_case, ["a", "b"])
+    assert len(calls) == 1
+    for n in "ab":
+        for k in ("dice", "iou"):
+            alone = real([c["classes"][n][k] for c in per_case])
+            assert np.allclose(out["ci95"][n][k], alone)

@@ -119,10 +119,6 @@ def summarize(per_case: list[dict], class_names: list[str]) -> dict:
         for k in METRIC_KEYS:
             if rows and k in rows[0]:
                 mean[name][k], std[name][k] = _mean_std(r[k] for r in rows)
-        for k in ("dice", "iou"):
-            if rows and k in rows[0]:
-                vals = [np.nan if r[k] is None else r[k] for r in rows]
-                ci95[name][k] = [float(b) for b in bootstrap_mean_ci(vals)]
         flags = [f for r in rows for f in r["flags"]]
         mean[name]["n_cases"] = len(rows)
         if rows and "hd95" in rows[0]:
@@ -142,7 +138,20 @@ def summarize(per_case: list[dict], class_names: list[str]) -> dict:
         m, s = _mean_std(c[k] for c in per_case)
         overall[k] = {"mean": m, "std": s}
     overall["note"] = PIXEL_ACCURACY_NOTE
+    # one resampling of the cases for every class and metric (a column each; a case without the class is NaN there):
+    # one call per class and metric redrew 10,000 x n_cases indices 82 times for 41 organs
+    cols = [(n, k) for n in class_names for k in ("dice", "iou")
+            if any(k in c["classes"].get(n, {}) for c in per_case)]
+    if cols:
+        table = [[_finite_or_nan(c["classes"].get(n, {}).get(k)) for n, k in cols] for c in per_case]
+        bounds = bootstrap_mean_ci(table)
+        for j, (n, k) in enumerate(cols):
+            ci95[n][k] = [float(bounds[0, j]), float(bounds[1, j])]
     return {"mean": mean, "std": std, "ci95": ci95, "foreground_mean": fg, "overall": overall}
+
+
+def _finite_or_nan(v) -> float:
+    return np.nan if v is None else float(v)
 
 
 def worst_cases(per_case: list[dict], n: int = 10, metric: str = "dice") -> list[dict]:
