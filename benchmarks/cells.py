@@ -1,6 +1,7 @@
 """Cell counting accuracy: learned (U-Net + watershed) vs classical vs the scikit-image gallery recipe.
 
     python benchmarks/cells.py --minutes 20 --data ../shared/data/dsb2018_fluo [--eval DIR] [--run RUN] [--config FILE]
+    python benchmarks/cells.py ... --fold K [--folds 5] --json fK.json   # then: --pool f0.json ... f4.json
 
 Trains a 2D cell model on the training split of DATA for at most MINUTES (skipped with --skip-train when
 RUN already holds a model), then scores on the validation split of DATA (or on every image of --eval DIR,
@@ -116,13 +117,45 @@ def training_config(args):
              "base_filters": args.base_filters,
              "threads": args.threads, "tune_fraction": args.tune_fraction, "diameter": args.diameter, "seed": args.seed,
              "offset_head": args.offset_head, "norm": args.norm, "ema": args.ema, "contact_weight": args.contact_weight,
-             "contact_boundary": args.contact_boundary, "boundary_width": args.boundary_width,
+             "contact_boundary": args.contact_boundary, "fold": args.fold, "folds": args.folds, "boundary_width": args.boundary_width,
              "tune_objective": args.tune_objective, "small_weight": args.small_weight, "small_size_px": args.small_size,
              "patch_size": None if args.patch is None else (args.patch, args.patch),
              "distance_head": False if args.no_distance_head else None,
              "scale_range": tuple(float(v) for v in args.scale_range.split(",")) if args.scale_range else None}
     base = CellTrainConfig.from_yaml(args.config) if args.config else CellTrainConfig()
     return base.updated(**given)
+
+
+def pooled(paths, method: str = "learned") -> dict:
+    """One summary over the per-image rows of several runs' JSON outputs (e.g. the folds of a cross-validation):
+    means over images with their 95 % bootstrap intervals, and the count error pooled over all nuclei."""
+    from medseg.evaluate.summary import bootstrap_mean_ci
+
+    rows, seen = [], set()
+    for p in paths:
+        for r in json.loads(Path(p).read_text())["per_image"][method]:
+            if r["image"] in seen:
+                raise SystemExit(f"error: {p}: image {r['image']} is in two of the pooled runs")
+            seen.add(r["image"])
+            rows.append(r)
+    cols = ("ap@0.5", "ap@0.7", "f1@0.5", "abs_relative_count_error")
+    table = np.array([[r[c] for c in cols] for r in rows], float)
+    lo, hi = bootstrap_mean_ci(table)
+    n_ref, n_pred = sum(r["n_ref"] for r in rows), sum(r["n_pred"] for r in rows)
+    return {"n_runs": len(paths), "n_images": len(rows), "n_ref": n_ref, "n_pred": n_pred,
+            "mean": dict(zip(cols, table.mean(0).tolist())),
+            "ci95": {c: [float(a), float(b)] for c, a, b in zip(cols, lo, hi)},
+            "total_count_error": (n_pred - n_ref) / max(n_ref, 1)}
+
+
+def print_pooled(p: dict) -> None:
+    m, ci = p["mean"], p["ci95"]
+    print(f"{p['n_images']} images from {p['n_runs']} runs, {p['n_ref']} nuclei, {p['n_pred']} predicted")
+    for c, name in (("ap@0.5", "AP@0.5"), ("ap@0.7", "AP@0.7"), ("f1@0.5", "F1@0.5"),
+                    ("abs_relative_count_error", "mean abs count error")):
+        fmt = "{:.1%}" if c == "abs_relative_count_error" else "{:.3f}"
+        print(f"{name}: {fmt.format(m[c])} (95 % interval {fmt.format(ci[c][0])}-{fmt.format(ci[c][1])})")
+    print(f"total count error (all nuclei): {p['total_count_error']:+.1%}")
 
 
 def main(argv=None) -> int:
@@ -149,6 +182,12 @@ def main(argv=None) -> int:
     ap.add_argument("--thresholds", default=None, metavar="FG,SEED[,MARKERS]",
                     help="score the learned model with these watershed thresholds instead of the run's (e.g. 0.5,0.5 "
                          "or 0.5,0.4,distance; markers: boundary, distance or votes)")
+    ap.add_argument("--fold", type=int, default=None,
+                    help="train and score on fold K of a k-fold split by the image ids' hash (cross-validation)")
+    ap.add_argument("--folds", type=int, default=None, help="number of folds for --fold (default 5)")
+    ap.add_argument("--pool", nargs="+", default=None, metavar="JSON",
+                    help="no training: pool the per-image rows of these --json outputs (e.g. the k folds) into one "
+                         "summary with bootstrap intervals")
     ap.add_argument("--seed", type=int, default=None,
                     help="training seed (patch sampling, augmentation, weights; default 0)")
     ap.add_argument("--diameter", type=float, default=None,
@@ -191,6 +230,13 @@ def main(argv=None) -> int:
                     help="also count the learned model's errors by kind (merged, missed, split, spurious)")
     ap.add_argument("--json", default=None, help="write the summary here")
     args = ap.parse_args(argv)
+    if args.pool:
+        summary = pooled(args.pool)
+        if args.json:
+            Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.json).write_text(json.dumps(summary, indent=2))
+        print_pooled(summary)
+        return 0
 
     import torch
 
@@ -217,6 +263,10 @@ def main(argv=None) -> int:
     if args.eval:
         cases = list_cases(args.eval)
         info["eval_set"] = f"all {len(cases)} images of {args.eval}"
+    elif args.fold is not None:
+        folds = args.folds or 5
+        cases = dataset_split(args.data, list_cases(args.data), fold=args.fold, folds=folds)["val"]
+        info["eval_set"] = f"fold {args.fold} of a {folds}-fold hash split of {args.data} ({len(cases)} images)"
     else:
         cases = dataset_split(args.data, list_cases(args.data))["val"]
         how = "its split.json" if (Path(args.data) / "split.json").exists() else "hash split 15%"

@@ -120,6 +120,48 @@ def test_cells_benchmark_bounded(tmp_path, capsys):
     assert out.count(f"{len(rows)} paired") == 2 and "abs_relative_count_error" in out
 
 
+def test_cells_benchmark_scores_the_fold_it_trained_on(tmp_path, capsys):
+    """--fold K: the run's validation images are fold K's, and the benchmark scores exactly those."""
+    from benchmarks.cells import main
+    from medseg.cells.data import fold_of
+
+    ds = tmp_path / "ds"
+    ids = linked_cell_dataset(ds, 8)
+    (ds / "split.json").unlink()
+    k = fold_of(ids[0], 2)
+    assert main(["--data", str(ds), "--run", str(tmp_path / "run"), "--learned-only", "--threads", "1", "--patch",
+                 "64", "--base-filters", "4", "--steps", "2", "--tune-fraction", "0", "--fold", str(k), "--folds",
+                 "2", "--json", str(tmp_path / "f.json")]) == 0
+    capsys.readouterr()
+    val = sorted(i for i in ids if fold_of(i, 2) == k)
+    assert json.loads((tmp_path / "run" / "model.json").read_text())["split"]["val"] == val
+    doc = json.loads((tmp_path / "f.json").read_text())
+    assert sorted(r["image"] for r in doc["per_image"]["learned"]) == val
+    assert doc["info"]["eval_set"].startswith(f"fold {k} of a 2-fold hash split")
+
+
+def test_pooled_folds_by_hand(tmp_path):
+    """benchmarks/cells.py --pool: means over the images of all runs, the count error pooled over nuclei
+    ((10 + 18) / (10 + 20) - 1), and an image scored in two runs refused."""
+    from benchmarks.cells import pooled
+
+    def doc(rows):
+        return json.dumps({"per_image": {"learned": [
+            {"image": i, "n_ref": r, "n_pred": p, "ap@0.5": a, "ap@0.7": a / 2, "f1@0.5": a,
+             "abs_relative_count_error": abs(p - r) / r} for i, r, p, a in rows]}})
+
+    (tmp_path / "f0.json").write_text(doc([("a", 10, 10, 0.9)]))
+    (tmp_path / "f1.json").write_text(doc([("b", 20, 18, 0.6), ("c", 10, 10, 0.6)]))
+    p = pooled([tmp_path / "f0.json", tmp_path / "f1.json"])
+    assert p["n_images"] == 3 and (p["n_ref"], p["n_pred"]) == (40, 38)
+    assert np.isclose(p["mean"]["ap@0.5"], 0.7) and np.isclose(p["mean"]["abs_relative_count_error"], 0.1 / 3)
+    assert np.isclose(p["total_count_error"], -0.05)
+    lo, hi = p["ci95"]["ap@0.5"]
+    assert 0.6 - 1e-9 <= lo <= 0.7 <= hi <= 0.9 + 1e-9
+    with pytest.raises(SystemExit, match="two of the pooled runs"):
+        pooled([tmp_path / "f1.json", tmp_path / "f1.json"])
+
+
 def test_paired_difference_by_hand():
     """Differences b - a of 0.1, 0.1, 0.4: mean 0.2; every resample's mean lies in [0.1, 0.4]; runs that share
     no item are refused; NaN pairs are dropped."""

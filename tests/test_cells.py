@@ -9,8 +9,8 @@ import pytest
 import tifffile
 from scipy import ndimage as ndi
 
-from medseg.cells.data import (boundary_targets, check_labels, dataset_split, list_cases, percentile_normalize,
-                               split_of)
+from medseg.cells.data import (boundary_targets, check_labels, dataset_split, fold_of, list_cases,
+                               percentile_normalize, split_of)
 from medseg.cells.tables import cell_table, overlay_rgb
 from medseg.errors import InputError
 from conftest import linked_cell_dataset, data_path
@@ -70,6 +70,27 @@ def test_split_is_deterministic_and_disjoint():
     assert len(s1["val"]) + len(s1["train"]) == len(cases)
     assert 0.08 < len(ids_val) / len(cases) < 0.25
     assert all(split_of(c) == "val" for c in ids_val)
+
+
+def test_folds_partition_the_images_and_fold_0_holds_the_default_validation_split(tmp_path):
+    """Every image is validation in exactly one of k folds, the folds are about equal, and fold 0 of 5 (hash range
+    [0, 0.2)) contains the default validation split (hash range [0, 0.15))."""
+    cases = list_cases(data_path("dsb2018_fluo"))
+    default_val = {c.case for c in dataset_split(data_path("dsb2018_fluo"), cases)["val"]}
+    seen = []
+    for k in range(5):
+        s = dataset_split(data_path("dsb2018_fluo"), cases, fold=k, folds=5)
+        val = {c.case for c in s["val"]}
+        assert not val & {c.case for c in s["train"]} and len(val) + len(s["train"]) == len(cases)
+        assert all(fold_of(c, 5) == k for c in val)
+        assert 0.1 < len(val) / len(cases) < 0.3
+        seen += sorted(val)
+    assert sorted(seen) == sorted(c.case for c in cases)  # each image once
+    assert default_val <= {c.case for c in dataset_split(data_path("dsb2018_fluo"), cases, fold=0)["val"]}
+    (tmp_path / "images").mkdir()
+    (tmp_path / "split.json").write_text(json.dumps({"train": [], "val": []}))
+    with pytest.raises(InputError, match="split.json"):
+        dataset_split(tmp_path, cases, fold=0)
 
 
 def test_split_file_overrides(tmp_path):

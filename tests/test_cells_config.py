@@ -47,6 +47,8 @@ def test_yaml_round_trip_and_number_text(tmp_path):
     ("tune_fraction: 1\n", "tune_fraction"),
     ("max_minutes: .nan\n", "max_minutes"),
     ("scale_range: [1.3, 0.7]\n", "scale_range"),
+    ("fold: 5\n", "fold must be in 0..4"),
+    ("folds: 1\n", "folds must be >= 2"),
     ("[1, 2]\n", "expected a mapping"),
     ("lr: [\n", "invalid YAML"),
 ])
@@ -104,6 +106,9 @@ def test_cli_bad_config_and_options_write_nothing(tmp_path):
     assert_clean_error(run_cli("cells", "train", ds, "-o", run, "--max-minutes", "0"), "--max-minutes")
     assert_clean_error(run_cli("cells", "train", ds, "-o", run, "--tune-fraction", "1"), "--tune-fraction")
     assert_clean_error(run_cli("cells", "train", ds, "-o", run, "--patch", "8"), "--patch")
+    assert_clean_error(run_cli("cells", "train", ds, "-o", run, "--fold", "3", "--folds", "3"), "--fold", "0..2")
+    # the test dataset has a split.json: a fold would be a second definition of its validation images
+    assert_clean_error(run_cli("cells", "train", ds, "-o", run, "--fold", "0"), "split.json", "fold")
     assert_clean_error(run_cli("cells", "train", ds, "-o", run, "--tune-objective", "f1"), "--tune-objective",
                        "ap-count")
     assert not run.exists()

@@ -42,6 +42,10 @@ class CellTrainConfig:
     max_minutes: float = 20.0
     max_steps: int | None = None
     val_fraction: float = 0.15
+    # k-fold cross-validation: validate on fold `fold` of a `folds`-fold split by the id hash (medseg.cells.data.
+    # fold_of) instead of the val_fraction split; None: off
+    fold: int | None = None
+    folds: int = 5
     # of the training split, held out to choose the watershed thresholds (0: off); where that is fewer than 3 images,
     # the last fifth of every training image along its longest axis is held out instead (medseg.cells.data.
     # tuning_blocks: a few 3D stacks)
@@ -137,6 +141,9 @@ class CellTrainConfig:
         for name in ("max_steps", "threads"):
             need(getattr(self, name) is None or getattr(self, name) >= 1, f"{name} must be >= 1 or empty (none), "
                  f"got {getattr(self, name)}")
+        need(self.folds >= 2, f"folds must be >= 2, got {self.folds}")
+        need(self.fold is None or 0 <= self.fold < self.folds,
+             f"fold must be in 0..{self.folds - 1} (folds: {self.folds}) or empty (off), got {self.fold}")
         need(self.channel is None or self.channel >= 0, f"channel must be >= 0 (0-based) or empty, got {self.channel}")
         pct = tuple(self.norm_percentiles)
         need(len(pct) == 2 and 0 <= pct[0] < pct[1] <= 100,

@@ -1,7 +1,8 @@
 """Cell datasets: ``images/<id>.<ext>`` + ``labels/<id>.tif``, a deterministic split, normalisation, targets.
 
 The split is a pure function of the case id (a hash), so it is stable when cases are added or removed and
-needs no file; ``split.json`` (``{"train": [...], "val": [...]}``) in the dataset folder overrides it.
+needs no file; ``split.json`` (``{"train": [...], "val": [...]}``) in the dataset folder overrides it. The same hash
+cut into ``folds`` equal ranges gives a k-fold split (:func:`fold_of`), for cross-validated numbers.
 """
 
 from __future__ import annotations
@@ -214,10 +215,28 @@ class CellCase:
     spacing: tuple = (1.0, 1.0)
 
 
+def _unit_hash(case: str, seed: str) -> float:
+    return int(hashlib.sha1(f"{seed}:{case}".encode()).hexdigest()[:8], 16) / 16**8
+
+
 def split_of(case: str, val_fraction: float = 0.15, seed: str = "medseg-cells") -> str:
     """'train' or 'val' from a hash of the id: stable, no file needed."""
-    h = int(hashlib.sha1(f"{seed}:{case}".encode()).hexdigest()[:8], 16) / 16**8
-    return "val" if h < val_fraction else "train"
+    return "val" if _unit_hash(case, seed) < val_fraction else "train"
+
+
+def fold_of(case: str, folds: int = 5, seed: str = "medseg-cells") -> int:
+    """The fold (0 .. ``folds`` - 1) of a case in a k-fold split by the same hash as :func:`split_of`.
+
+    Fold 0 of 5 holds the hash range [0, 0.2), so it contains the default validation split ([0, 0.15)).
+
+    Examples
+    --------
+    >>> [fold_of(c, 5) for c in ("a", "b", "c")] == [fold_of(c, 5) for c in ("a", "b", "c")]
+    True
+    >>> split_of("a", 0.2) == ("val" if fold_of("a", 5) == 0 else "train")
+    True
+    """
+    return min(int(_unit_hash(case, seed) * folds), folds - 1)
 
 
 def list_cases(root: str | os.PathLike, require_labels: bool = True) -> list[CellCase]:
@@ -241,9 +260,16 @@ def list_cases(root: str | os.PathLike, require_labels: bool = True) -> list[Cel
     return cases
 
 
-def dataset_split(root, cases: list[CellCase], val_fraction: float = 0.15) -> dict[str, list[CellCase]]:
-    """Split cases into train/val: ``split.json`` in ``root`` if present, else :func:`split_of`."""
+def dataset_split(root, cases: list[CellCase], val_fraction: float = 0.15, fold: int | None = None,
+                  folds: int = 5) -> dict[str, list[CellCase]]:
+    """Split cases into train/val: fold ``fold`` of a ``folds``-fold split (:func:`fold_of`) when a fold is given,
+    else ``split.json`` in ``root`` if present, else :func:`split_of`."""
     f = Path(root) / "split.json"
+    if fold is not None:
+        if f.exists():  # two definitions of the validation images: refuse rather than pick one silently
+            raise InputError("the dataset has its own split.json; a fold cannot be used with it", path=f)
+        val = [c for c in cases if fold_of(c.case, folds) == fold]
+        return {"train": [c for c in cases if fold_of(c.case, folds) != fold], "val": val}
     if f.exists():
         try:
             spec = json.loads(f.read_text())

@@ -55,7 +55,7 @@ def prepare_training_data(data_dir, cfg: CellTrainConfig):
     from medseg.cells.scale import median_diameter, resize_image, resize_labels, scale_to, scaled_shape
 
     cases = list_cases(data_dir)
-    split = dataset_split(data_dir, cases, cfg.val_fraction)
+    split = dataset_split(data_dir, cases, cfg.val_fraction, cfg.fold, cfg.folds)
     tune = tuning_images(split["train"], cfg.tune_fraction)
     tune_ids = {c.case for c in tune}
     split["train"] = [c for c in split["train"] if c.case not in tune_ids]

@@ -81,6 +81,10 @@ def train_cmd(
     scale_range: Optional[str] = typer.Option(None, "--scale-range", metavar="LO,HI",
                                               help="Zoom augmentation: half the training crops resized by a random "
                                                    "factor in [LO, HI], e.g. 0.75,1.33; 'off' disables it."),
+    fold: Optional[int] = typer.Option(None, "--fold",
+                                       help="Validate on this fold (0-based) of a k-fold split by the image ids' "
+                                            "hash instead of the default 15 % split (cross-validation)."),
+    folds: Optional[int] = typer.Option(None, "--folds", help="Number of folds for --fold (default 5)."),
     tensorboard: bool = typer.Option(False, "--tensorboard",
                                      help="Also log loss and learning rate to RUN/tensorboard (needs the "
                                           "tensorboard package)."),
@@ -93,7 +97,8 @@ def train_cmd(
     given = {"max_minutes": max_minutes, "max_steps": max_steps, "batch_size": batch_size, "channel": channel,
              "seed": seed, "threads": threads, "tune_fraction": tune_fraction, "tune_objective": tune_objective,
              "distance_head": distance_head, "diameter": diameter, "contact_weight": contact_weight,
-             "offset_head": offset_head, "patch_size": None if patch is None else (patch,)}
+             "offset_head": offset_head, "patch_size": None if patch is None else (patch,), "fold": fold,
+             "folds": folds}
     given = {k: v for k, v in given.items() if v is not None}
     if scale_range is not None:  # "off" is None: given, not unchanged
         given["scale_range"] = _scale_range(scale_range)
