@@ -126,6 +126,36 @@ def training_config(args):
     return base.updated(**given)
 
 
+def subset_dataset(data, dst: Path, fraction: float, cfg):
+    """A dataset folder ``dst`` of links to ``data``'s validation and tuning images and the first ``fraction`` of its
+    other training images in the order of a seed-0 permutation (so that smaller shares are subsets of larger ones),
+    with a ``split.json`` naming the same validation images; returns (dst, the config to train it with, the kept
+    training images' ids)."""
+    import dataclasses
+
+    from medseg.cells.data import tuning_images
+
+    if not 0 < fraction <= 1:
+        raise SystemExit("error: --train-fraction must be in (0, 1]")
+    cases = list_cases(data)
+    split = dataset_split(data, cases, cfg.val_fraction, cfg.fold, cfg.folds)
+    tune = {c.case for c in tuning_images(split["train"], cfg.tune_fraction)}
+    rest = sorted(c.case for c in split["train"] if c.case not in tune)
+    kept = sorted(np.random.default_rng(0).permutation(rest)[:max(1, round(fraction * len(rest)))].tolist())
+    val = [c.case for c in split["val"]]
+    wanted = set(kept) | tune | set(val)
+    for sub in ("images", "labels"):
+        (dst / sub).mkdir(parents=True, exist_ok=True)
+    for c in cases:
+        if c.case in wanted:
+            for src, sub in ((c.image_path, "images"), (c.label_path, "labels")):
+                link = dst / sub / Path(src).name
+                if not link.is_symlink():
+                    link.symlink_to(Path(src).resolve())
+    (dst / "split.json").write_text(json.dumps({"train": sorted(set(kept) | tune), "val": val}))
+    return dst, dataclasses.replace(cfg, fold=None), kept  # the split.json now names the fold's images
+
+
 def pooled(paths, method: str = "learned") -> dict:
     """One summary over the per-image rows of several runs' JSON outputs (e.g. the folds of a cross-validation):
     means over images with their 95 % bootstrap intervals, and the count error pooled over all nuclei."""
@@ -185,6 +215,10 @@ def main(argv=None) -> int:
     ap.add_argument("--fold", type=int, default=None,
                     help="train and score on fold K of a k-fold split by the image ids' hash (cross-validation)")
     ap.add_argument("--folds", type=int, default=None, help="number of folds for --fold (default 5)")
+    ap.add_argument("--train-fraction", type=float, default=None, metavar="F",
+                    help="train on the first share F of the training images (tuning images excepted) in a fixed "
+                         "random order, so that the shares are nested (a learning curve); validation and tuning "
+                         "images unchanged")
     ap.add_argument("--pool", nargs="+", default=None, metavar="JSON",
                     help="no training: pool the per-image rows of these --json outputs (e.g. the k folds) into one "
                          "summary with bootstrap intervals")
@@ -255,8 +289,12 @@ def main(argv=None) -> int:
         except InputError as exc:
             ap.error(str(exc))
         info["minutes"] = cfg.max_minutes
+        data = args.data
+        if args.train_fraction is not None:  # a learning curve: same validation and tuning images, fewer others
+            data, cfg, kept = subset_dataset(args.data, run / "train_subset", args.train_fraction, cfg)
+            info["train_fraction"] = {"fraction": args.train_fraction, "training_images": len(kept)}
         t = time.perf_counter()
-        train_cells(args.data, run, cfg, progress=sys.stderr.isatty())
+        train_cells(data, run, cfg, progress=sys.stderr.isatty())
         info["train_wall_s"] = round(time.perf_counter() - t, 1)
     if not args.no_learned:
         info["train"] = {k: v for k, v in json.loads((run / "model.json").read_text()).items() if k != "split"}

@@ -140,6 +140,26 @@ def test_cells_benchmark_scores_the_fold_it_trained_on(tmp_path, capsys):
     assert doc["info"]["eval_set"].startswith(f"fold {k} of a 2-fold hash split")
 
 
+def test_cells_train_fraction_shares_are_nested_and_keep_validation(tmp_path, capsys):
+    """--train-fraction: smaller shares are subsets of larger ones, the validation (and tuning) images stay, and the
+    run trains on the share."""
+    from benchmarks.cells import main, subset_dataset
+    from medseg.cells.config import CellTrainConfig
+
+    ds = tmp_path / "ds"
+    ids = linked_cell_dataset(ds, 9)  # the last is validation
+    cfg = CellTrainConfig(tune_fraction=0)
+    shares = {f: subset_dataset(ds, tmp_path / f"s{f}", f, cfg)[2] for f in (0.25, 0.5, 1.0)}
+    assert [len(v) for v in shares.values()] == [2, 4, 8] and shares[1.0] == sorted(ids[:-1])
+    assert set(shares[0.25]) <= set(shares[0.5]) <= set(shares[1.0])
+    assert json.loads((tmp_path / "s0.5" / "split.json").read_text())["val"] == ids[-1:]
+    assert main(["--data", str(ds), "--run", str(tmp_path / "run"), "--learned-only", "--threads", "1", "--patch",
+                 "64", "--base-filters", "4", "--steps", "1", "--tune-fraction", "0", "--train-fraction", "0.5"]) == 0
+    capsys.readouterr()
+    split = json.loads((tmp_path / "run" / "model.json").read_text())["split"]
+    assert split["train"] == shares[0.5] and split["val"] == ids[-1:]
+
+
 def test_pooled_folds_by_hand(tmp_path):
     """benchmarks/cells.py --pool: means over the images of all runs, the count error pooled over nuclei
     ((10 + 18) / (10 + 20) - 1), and an image scored in two runs refused."""
