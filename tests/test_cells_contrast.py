@@ -125,3 +125,22 @@ def test_cli_count_min_snr_and_train_without_offset_head(tmp_path):
     assert_clean_error(run_cli("cells", "count", "-i", ds / "images", "-o", bad, "-m", run, "--threads", "0"),
                        "--threads")
     assert not bad.exists()
+
+
+def test_object_snr_with_label_gaps_warns_nothing():
+    """Labels with gaps (2 missing of 1..3): the missing one scores NaN without a RuntimeWarning; the others as
+    without the gap."""
+    import warnings
+
+    rng = np.random.default_rng(0)
+    img = rng.normal(10, 1, (40, 40))
+    lab = np.zeros((40, 40), np.int32)
+    lab[5:10, 5:10], lab[20:25, 20:25] = 1, 3
+    img[lab == 1] += 8
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        snr = object_snr(img, lab)
+        kept = remove_faint_instances(lab, img)
+    assert np.isnan(snr[1]) and snr[0] > 3 > snr[2]
+    assert np.allclose(snr[[0, 2]], object_snr(img, np.where(lab == 3, 2, lab)))
+    assert int(kept.max()) == 1 and (kept > 0).sum() == 25

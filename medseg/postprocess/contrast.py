@@ -51,7 +51,10 @@ def object_snr(image: np.ndarray, labels: np.ndarray, polarity: int = 1, margin:
     stats = background_stats(image, labels, margin) if n else None
     if stats is None or stats[1] == 0:
         return np.full(n, np.inf)
-    means = np.asarray(ndi.mean(np.asarray(image, dtype=np.float64), labels, np.arange(1, n + 1)))
+    # bincount, not ndi.mean: labels missing from 1..n (gaps) get NaN without a RuntimeWarning reaching the user
+    sums = np.bincount(labels.ravel(), weights=np.asarray(image, dtype=np.float64).ravel(), minlength=n + 1)[1:]
+    counts = np.bincount(labels.ravel(), minlength=n + 1)[1:]
+    means = np.divide(sums, counts, out=np.full(n, np.nan), where=counts > 0)
     return polarity * (means - stats[0]) / stats[1]
 
 
