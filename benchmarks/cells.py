@@ -298,6 +298,11 @@ def main(argv=None) -> int:
         info["train_wall_s"] = round(time.perf_counter() - t, 1)
     if not args.no_learned:
         info["train"] = {k: v for k, v in json.loads((run / "model.json").read_text()).items() if k != "split"}
+        trained = info["train"]["config"]
+        if trained.get("fold") is not None:  # score the fold the run validated on, never its training images
+            if args.fold is not None and (args.fold, args.folds or 5) != (trained["fold"], trained["folds"]):
+                ap.error(f"--fold {args.fold}: {run} was trained on fold {trained['fold']} of {trained['folds']}")
+            args.fold, args.folds = trained["fold"], trained["folds"]
     if args.eval:
         cases = list_cases(args.eval)
         info["eval_set"] = f"all {len(cases)} images of {args.eval}"

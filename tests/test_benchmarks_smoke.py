@@ -138,6 +138,15 @@ def test_cells_benchmark_scores_the_fold_it_trained_on(tmp_path, capsys):
     doc = json.loads((tmp_path / "f.json").read_text())
     assert sorted(r["image"] for r in doc["per_image"]["learned"]) == val
     assert doc["info"]["eval_set"].startswith(f"fold {k} of a 2-fold hash split")
+    # re-scoring the run without --fold scores its fold too (not the default split, which may hold its training
+    # images); another fold is refused
+    assert main(["--skip-train", "--data", str(ds), "--run", str(tmp_path / "run"), "--learned-only", "--threads",
+                 "1", "--json", str(tmp_path / "g.json")]) == 0
+    assert sorted(r["image"] for r in json.loads((tmp_path / "g.json").read_text())["per_image"]["learned"]) == val
+    with pytest.raises(SystemExit):
+        main(["--skip-train", "--data", str(ds), "--run", str(tmp_path / "run"), "--learned-only", "--fold",
+              str(1 - k), "--folds", "2"])
+    assert "was trained on fold" in capsys.readouterr().err
 
 
 def test_cells_train_fraction_shares_are_nested_and_keep_validation(tmp_path, capsys):
