@@ -236,7 +236,7 @@ def fold_of(case: str, folds: int = 5, seed: str = "medseg-cells") -> int:
     >>> split_of("a", 0.2) == ("val" if fold_of("a", 5) == 0 else "train")
     True
     """
-    return min(int(_unit_hash(case, seed) * folds), folds - 1)
+    return int(_unit_hash(case, seed) * folds)  # the hash is below 1, so the fold is below ``folds``
 
 
 def list_cases(root: str | os.PathLike, require_labels: bool = True) -> list[CellCase]:
@@ -268,8 +268,8 @@ def dataset_split(root, cases: list[CellCase], val_fraction: float = 0.15, fold:
     if fold is not None:
         if f.exists():  # two definitions of the validation images: refuse rather than pick one silently
             raise InputError("the dataset has its own split.json; a fold cannot be used with it", path=f)
-        val = [c for c in cases if fold_of(c.case, folds) == fold]
-        return {"train": [c for c in cases if fold_of(c.case, folds) != fold], "val": val}
+        in_fold = [fold_of(c.case, folds) == fold for c in cases]
+        return {"train": [c for c, v in zip(cases, in_fold) if not v], "val": [c for c, v in zip(cases, in_fold) if v]}
     if f.exists():
         try:
             spec = json.loads(f.read_text())
