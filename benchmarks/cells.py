@@ -35,7 +35,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from medseg.cells.data import dataset_split, list_cases, load_case, percentile_normalize  # noqa: E402
 from medseg.cells.evaluate import THRESHOLDS, evaluate_pair, summarize  # noqa: E402
-from medseg.cells.scale import median_diameter  # noqa: E402
+from medseg.cells.scale import (diameter_range, median_diameter, resize_image, resize_labels,  # noqa: E402
+                                scaled_shape)
 
 
 def gallery_recipe(image: np.ndarray, min_distance: int) -> np.ndarray:
@@ -257,6 +258,12 @@ def main(argv=None) -> int:
     ap.add_argument("--min-snr", type=float, default=None,
                     help="contrast test of the learned model's objects (default: the model's, 2; 0: off, which "
                          "reproduces the numbers recorded before session 8)")
+    ap.add_argument("--no-rescale", action="store_true",
+                    help="predict every image at its own scale (CellModel rescale=False; the behaviour before "
+                         "session 27): no resizing of images whose nuclei lie outside the training range")
+    ap.add_argument("--magnify", type=float, default=None, metavar="F",
+                    help="stress test: resize every evaluation image (linear) and its labels (nearest) by F, as "
+                         "if taken at F times the magnification")
     ap.add_argument("--no-learned", action="store_true", help="score only the classical methods")
     ap.add_argument("--learned-only", action="store_true", help="skip the classical baselines and 3D")
     ap.add_argument("--by-size", action="store_true",
@@ -319,7 +326,17 @@ def main(argv=None) -> int:
         cases = cases[: args.limit]
         info["eval_set"] += f", first {len(cases)} used"
     torch.set_num_threads(args.threads or auto_threads())
-    model = None if args.no_learned else CellModel.load(run, tta=args.tta)
+    model = None if args.no_learned else CellModel.load(run, tta=args.tta, rescale=not args.no_rescale)
+    if model is not None and model.rescale and not model.cfg.diameter and "diameter_range" not in model.meta:
+        # runs trained before session 27 did not record it: the same percentiles of the same training images
+        train_ids = set(model.meta["split"]["train"])
+        model.meta["diameter_range"] = list(diameter_range(
+            [load_case(c).labels for c in list_cases(args.data) if c.case in train_ids]))
+        info["diameter_range_computed"] = "from the run's training images (the run predates recording it)"
+    if model is not None:
+        info["rescale"] = {"on": model.rescale, "diameter_range": model.meta.get("diameter_range")}
+    if args.magnify:
+        info["eval_set"] += f", magnified {args.magnify:g}x"
     if model is not None and args.raw_weights:
         model.net.load_state_dict(torch.load(run / "checkpoint.pt", map_location="cpu", weights_only=True)["model"])
         info["weights"] = "raw final weights from checkpoint.pt"
@@ -351,14 +368,20 @@ def main(argv=None) -> int:
     rows = {"learned": [], "classical": [], "connected_components": []}
     gallery = {d: [] for d in distances}
     times = {"learned": 0.0, "classical": 0.0}
-    diameters, errors = [], {}
+    diameters, errors, rescaled = [], {}, {}
     for c in cases:
         load_case(c)
+        if args.magnify:
+            shape = scaled_shape(c.image.shape, args.magnify)
+            c.image, c.labels = resize_image(c.image, shape), resize_labels(c.labels, shape)
         img = c.image
         diameters.append(median_diameter(c.labels))
         if model is not None:
             t = time.perf_counter()
-            pred = model.segment(img)
+            scale = model.scale_for(img)  # what segment() does, with the factor kept for the record
+            pred = model.postprocess(model.probabilities(img, scale), shape=img.shape, image=img)
+            if scale != 1.0:
+                rescaled[c.case] = round(scale, 3)
             rows["learned"].append(evaluate_pair(c.labels, pred))
             times["learned"] += time.perf_counter() - t
             if args.errors:
@@ -403,6 +426,8 @@ def main(argv=None) -> int:
 
     if errors:
         info["learned_errors_at_iou_0.5"] = errors
+    if model is not None:
+        info["rescale"]["images_resized"] = rescaled
     # per image, so that two runs on the same images can be compared pairwise (benchmarks/paired.py)
     per_image = {k: [{"image": c.case, **{m: r[m] for m in PER_IMAGE_KEYS}} for c, r in zip(cases, v)]
                  for k, v in rows.items() if k in ("learned", "classical") and v}

@@ -9,6 +9,7 @@ import re
 
 import numpy as np
 import pytest
+import tifffile
 
 from conftest import data_path, linked_cell_dataset
 from test_train import tiny_plan
@@ -118,6 +119,42 @@ def test_cells_benchmark_bounded(tmp_path, capsys):
     assert paired([str(tmp_path / "boundary.json"), str(tmp_path / "distance.json")]) == 0
     out = capsys.readouterr().out
     assert out.count(f"{len(rows)} paired") == 2 and "abs_relative_count_error" in out
+
+
+def test_cells_benchmark_magnify_and_rescale_options(tmp_path, capsys):
+    """--magnify F scores images and labels resized by F; the run's size range (computed from its training images
+    for runs that predate recording it) and the images it resized are recorded; --no-rescale turns it off."""
+    from benchmarks.cells import main
+    from medseg.cells.scale import diameter_range
+
+    ds = tmp_path / "ds"
+    linked_cell_dataset(ds, 4)
+    run = tmp_path / "run"
+    common = ["--data", str(ds), "--run", str(run), "--learned-only", "--threads", "1"]
+    assert main(["--minutes", "2", "--steps", "1", "--tune-fraction", "0", "--patch", "64", "--base-filters", "4",
+                 *common]) == 0
+    meta = json.loads((run / "model.json").read_text())
+    recorded = meta.pop("diameter_range")
+    (run / "model.json").write_text(json.dumps(meta))  # as a run from before session 27
+    assert main(["--skip-train", "--magnify", "2", "--json", str(tmp_path / "on.json"), *common]) == 0
+    info = json.loads((tmp_path / "on.json").read_text())["info"]
+    assert "magnified 2x" in info["eval_set"] and "diameter_range_computed" in info
+    assert info["rescale"]["on"] and info["rescale"]["diameter_range"] == pytest.approx(recorded, abs=0.01)
+    assert isinstance(info["rescale"]["images_resized"], dict)
+    assert main(["--skip-train", "--magnify", "0.5", "--no-rescale", "--json", str(tmp_path / "off.json"),
+                 *common]) == 0
+    doc = json.loads((tmp_path / "off.json").read_text())
+    assert doc["info"]["rescale"] == {"on": False, "diameter_range": None, "images_resized": {}}
+    # the reference was shrunk with the image: its nuclei counted there
+    from medseg.cells.scale import resize_labels, scaled_shape
+
+    rows = doc["per_image"]["learned"]
+    assert rows
+    for r in rows:
+        lab = tifffile.imread(ds / "labels" / f"{r['image']}.tif")
+        assert r["n_ref"] == len(np.unique(resize_labels(lab, scaled_shape(lab.shape, 0.5)))) - 1
+    assert diameter_range([tifffile.imread(ds / "labels" / f"{c}.tif") for c in meta["split"]["train"]]) == \
+        pytest.approx(recorded, abs=0.01)
 
 
 def test_cells_benchmark_scores_the_fold_it_trained_on(tmp_path, capsys):

@@ -349,6 +349,7 @@ def test_scale_normalised_model_predicts_at_the_training_size(tmp_path):
     lab = tifffile.imread(ds / "labels" / f"{ids[2]}.tif")
     img = lab.astype(np.float32)
     d = median_diameter(lab)
+    assert "diameter_range" not in json.loads((run / "model.json").read_text())  # it has its own normalisation
     model = CellModel.load(run, diameter=d)
     s = model.scale_for(img)
     assert s == pytest.approx(max(1.0, 17.0 / d))
@@ -378,6 +379,12 @@ def test_training_holds_out_tuning_images(tmp_path):
     assert round(t["ap"], 4) == best
     tied = [r for r in t["table"] if round(r["ap"], 4) == best]
     assert round(t["count_error"], 4) == min(round(r["count_error"], 4) for r in tied)
+    # the nucleus sizes it was trained on (percentiles 1 and 99 of the training images' median diameters)
+    from skimage.measure import regionprops
+
+    labels = [tifffile.imread(ds / "labels" / f"{i}.tif") for i in split["train"]]
+    train_d = [np.median([r.equivalent_diameter_area for r in regionprops(lab)]) for lab in labels]
+    assert meta["diameter_range"] == pytest.approx(np.percentile(train_d, [1, 99]), abs=0.01)
     model = CellModel.load(run)
     assert (model.cfg.threshold, model.cfg.seed_threshold) == (t["threshold"], t["seed_threshold"])
     assert model.cfg.seeds == t["seeds"] and {r["seeds"] for r in t["table"]} == {"boundary", "distance", "votes"}
@@ -392,7 +399,7 @@ def test_too_few_images_hold_out_a_block_of_each(tmp_path):
     ds = tmp_path / "ds"
     ids = linked_cell_dataset(ds, 3)
     cfg = CellTrainConfig(patch_size=(64, 64), batch_size=2, base_filters=4, max_steps=1, max_minutes=5, threads=1)
-    pairs, _, split, tune = prepare_training_data(ds, cfg)
+    pairs, _, split, tune, _ = prepare_training_data(ds, cfg)
     assert split["tune"] == [f"{i}:tune" for i in ids[:2]] and split["train"] == ids[:2]
     for (image, *_), block, cid in zip(pairs, tune, ids):
         full = read_labels(ds / "labels" / f"{cid}.tif")

@@ -208,7 +208,8 @@ def test_roi_zip_refused_when_every_image_is_3d(tmp_path):
     assert not out.exists()
 
 
-@pytest.mark.parametrize("opts", [["--tta"], ["--min-snr", "2"], ["--threads", "1"], ["--tta", "--threads", "2"]])
+@pytest.mark.parametrize("opts", [["--tta"], ["--min-snr", "2"], ["--threads", "1"], ["--tta", "--threads", "2"],
+                                  ["--no-rescale"]])
 def test_classical_refuses_model_only_options(tmp_path, two_images, opts):
     out = tmp_path / "out"
     res = run_cli("cells", "count", "-i", two_images, "-o", out, "--classical", *opts)
@@ -254,6 +255,37 @@ def test_count_accepts_the_run_folder_its_json_or_its_weights(tmp_path, tiny_run
                   "--threads", "1")
     assert res.code == 0, res.err
     assert (out / f"{cid}_labels.tif").exists() and (out / "counts.csv").exists()
+
+
+@pytest.mark.parametrize("rescale", [True, False])
+def test_count_resizes_images_outside_the_models_size_range_unless_told_not_to(tmp_path, tiny_run, monkeypatch,
+                                                                              rescale):
+    """A native-scale model enlarges an image whose nuclei are smaller than any it was trained on (here a recorded
+    range far above them); --no-rescale predicts at the image's own size. The labels have the image's shape."""
+    import shutil
+
+    import tifffile
+
+    from medseg.cells.segmenters import CellModel
+
+    run = shutil.copytree(tiny_run, tmp_path / "run")
+    meta = json.loads((run / "model.json").read_text())
+    assert len(meta["diameter_range"]) == 2  # recorded at training
+    meta["diameter_range"] = [150.0, 200.0]
+    (run / "model.json").write_text(json.dumps(meta))
+    seen, predict = [], CellModel._predict
+    monkeypatch.setattr(CellModel, "_predict", lambda self, x: (seen.append(x.shape), predict(self, x))[1])
+    cid = _dsb_ids(1)[0]
+    img = data_path("dsb2018_fluo", "images", f"{cid}.png")
+    out = tmp_path / "out"
+    res = run_cli("cells", "count", "-i", img, "-o", out, "-m", run, "--threads", "1",
+                  *(() if rescale else ("--no-rescale",)))
+    assert res.code == 0, res.err
+    shape = tifffile.imread(out / f"{cid}_labels.tif").shape
+    if rescale:
+        assert max(s[0] for s in seen) > shape[0]
+    else:
+        assert set(seen) == {shape}
 
 
 def test_more_labels_than_uint16_is_refused_and_nothing_written(tmp_path, monkeypatch):

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import tifffile
 
-from medseg.cells.scale import (SCALE_LIMITS, estimate_scale, median_diameter, resize_image, resize_labels,
-                                scale_to, scaled_shape)
+from medseg.cells.scale import (SCALE_LIMITS, diameter_range, estimate_scale, into_range, median_diameter,
+                                resize_image, resize_labels, scale_to, scaled_shape)
 from conftest import data_path, linked_cell_dataset
 
 
@@ -69,7 +69,8 @@ def test_training_pairs_are_at_the_canonical_diameter(tmp_path):
     ds = tmp_path / "ds"
     linked_cell_dataset(ds, 5)
     cfg = CellTrainConfig(tune_fraction=0, diameter=17.0)
-    pairs, _, split, _ = prepare_training_data(ds, cfg)
+    pairs, _, split, _, sizes = prepare_training_data(ds, cfg)
+    assert sizes is None  # a scale-normalised model needs no range of sizes
     by_id = {c.case: load_case(c) for c in list_cases(ds)}
     for (img, tgt, dist, weight, offsets, _), cid in zip(pairs, split["train"]):
         lab = by_id[cid].labels
@@ -78,3 +79,82 @@ def test_training_pairs_are_at_the_canonical_diameter(tmp_path):
         assert img.shape == tgt.shape == dist.shape == weight.shape == offsets[0].shape == offsets[1].shape == want
     native, *_ = prepare_training_data(ds, CellTrainConfig(tune_fraction=0, diameter=None))
     assert [p[0].shape for p in native] == [by_id[c].labels.shape for c in split["train"]]
+
+
+def test_into_range_moves_only_sizes_outside_the_range_to_its_nearer_end():
+    assert into_range(20, 8, 50) == into_range(8, 8, 50) == into_range(50, 8, 50) == 1.0
+    assert into_range(0, 8, 50) == 1.0  # nothing measured
+    assert into_range(100, 8, 50) == 0.5 and into_range(4, 8, 50) == 2.0
+    assert into_range(1000, 8, 50) == 0.25 and into_range(0.5, 8, 50) == 4.0  # within (1/4, 4)
+
+
+def test_diameter_range_of_a_training_set_is_robust_to_one_outlier_image():
+    def squares(n):  # three n x n squares
+        return np.kron(np.diag([1, 2, 3]), np.ones((n, n), int))
+
+    maps = [squares(n) for n in range(5, 25)] * 5  # a training set of 100 images
+    lo, hi = diameter_range(maps)
+    assert 2 * np.sqrt(5 ** 2 / np.pi) <= lo < hi <= 2 * np.sqrt(24 ** 2 / np.pi)
+    assert diameter_range(maps + [squares(200)])[1] < 2 * np.sqrt(30 ** 2 / np.pi)
+    assert diameter_range([np.zeros((8, 8), int)]) is None and diameter_range([]) is None
+
+
+def _discs(diameter: float, n: int = 3) -> np.ndarray:
+    """An n x n grid of bright discs of the given diameter (px) on a dark background."""
+    step = int(2 * diameter)
+    yy, xx = np.mgrid[: n * step, : n * step]
+    cy, cx = (yy % step) - step / 2, (xx % step) - step / 2
+    return (np.hypot(cy, cx) < diameter / 2).astype(np.float32)
+
+
+def _stub_model(size_range, split_above=None):
+    """A CellModel whose maps are the image and whose instances are its connected components; with
+    ``split_above``, components wider than that are cut in two (a model that over-splits large nuclei)."""
+    from scipy import ndimage as ndi
+
+    from medseg.cells.config import CellTrainConfig
+    from medseg.cells.segmenters import CellModel
+
+    def instances(prob, shape=None, **_):
+        lab = ndi.label(prob[0] > 0.5)[0]
+        if split_above:
+            for i, sl in enumerate(ndi.find_objects(lab), 1):
+                if sl[1].stop - sl[1].start > split_above:
+                    mid = (sl[1].start + sl[1].stop) // 2
+                    lab[sl[0], mid] = np.where(lab[sl[0], mid] == i, 0, lab[sl[0], mid])
+            lab = ndi.label(lab > 0)[0]
+        return lab if shape is None else resize_labels(lab, shape)
+
+    model = CellModel(None, CellTrainConfig(), {"diameter_range": list(size_range)})
+    model._probabilities = lambda x: np.asarray(x, np.float32)[None]
+    model.postprocess = instances
+    return model
+
+
+@pytest.mark.parametrize("d", [5.0, 15.0, 40.0])
+def test_native_model_resizes_only_images_whose_nuclei_lie_outside_its_range(d):
+    model = _stub_model((10.0, 20.0))
+    want = into_range(d, 10.0, 20.0)
+    assert model.scale_for(_discs(d)) == pytest.approx(want, rel=0.1)
+    if want != 1.0:  # the labels come back at the input's shape
+        img = _discs(d)
+        assert model.segment(img).shape == img.shape
+    model.rescale = False
+    assert model.scale_for(_discs(d)) == 1.0
+    model.rescale, model.diameter = True, 60.0  # a known diameter is taken as given
+    assert model.scale_for(_discs(d)) == pytest.approx(20.0 / 60.0)
+
+
+def test_over_split_large_nuclei_are_still_recognised_as_too_large():
+    """Pieces of over-split nuclei look in range to the model itself; the Otsu estimate and the second
+    measurement at the first guess's scale find the true size."""
+    model = _stub_model((10.0, 20.0), split_above=25)
+    img = _discs(60.0)
+    assert median_diameter(model.postprocess(img[None])) < 45  # the model alone: halves, ~42 px
+    assert model.scale_for(img) == pytest.approx(20.0 / 60.0, rel=0.1)
+
+
+def test_models_without_a_recorded_range_predict_at_native_scale():
+    model = _stub_model((10.0, 20.0))
+    del model.meta["diameter_range"]
+    assert model.scale_for(_discs(40.0)) == 1.0

@@ -45,11 +45,13 @@ KEEP_CHECKED_BYTES = 512 * 2**20
 def count_cells(inputs, out_dir, model=None, classical: bool = False, channel: int | None = None,
                 pixel_size=None, method: str | None = None, exclude_border: bool = False, roi_zip: bool = False,
                 tta: bool = False, diameter: float | None = None, min_snr: float | None = None,
-                threads: int | None = None, progress: bool = True, note=None) -> list[dict]:
+                threads: int | None = None, progress: bool = True, note=None, rescale: bool = True) -> list[dict]:
     """Segment and count the cells of an image or a folder; write per-image outputs and ``counts.csv``.
 
-    ``diameter`` (pixels) is the nuclei's typical size when known; 2D models otherwise estimate it per image and
-    resize the image to the size they were trained at; the classical mode sizes its markers by it. ``method``
+    ``diameter`` (pixels) is the nuclei's typical size when known, else 2D models measure it per image: a model
+    trained with a canonical diameter resizes every image to it, a native-scale model only images whose nuclei
+    lie outside the range of sizes it was trained on (into that range; ``rescale=False``: never); the classical
+    mode sizes its markers by it. ``method``
     (``otsu``, the default, or ``local``) is the classical mode's threshold. ``tta``, ``min_snr`` and ``threads``
     apply to a model only: ``min_snr`` overrides the model's contrast test (:mod:`medseg.postprocess.contrast`;
     0 turns it off), ``threads`` are the CPU threads for torch (default: the cores not already busy); fix it
@@ -64,10 +66,12 @@ def count_cells(inputs, out_dir, model=None, classical: bool = False, channel: i
     ``note`` receives one-line remarks (3D images of a folder get no ROIs; default: ``warnings.warn``).
     Returns the rows of ``counts.csv`` (None where the table is blank).
     """
-    _check_mode(model, classical, method, tta, min_snr, threads, inputs)  # a usage error before any reading
+    _check_mode(model, classical, method, tta, min_snr, threads, inputs, rescale)  # usage errors before reading
     files = list_images(inputs)
     seg = ClassicalSegmenter(method or "otsu", diameter) if classical else (
         model if isinstance(model, CellModel) else CellModel.load(model, tta=tta, diameter=diameter))
+    if not classical and not rescale:
+        seg.rescale = False
     ndims, kept = _check_images(files, channel, pixel_size, None if classical else seg.cfg.spatial_dims)
     with_rois = _roi_images(files, ndims, roi_zip, inputs, note)
     out_dir = Path(out_dir)
@@ -94,13 +98,13 @@ def count_cells(inputs, out_dir, model=None, classical: bool = False, channel: i
     return counts
 
 
-def _check_mode(model, classical: bool, method, tta: bool, min_snr, threads, where) -> None:
+def _check_mode(model, classical: bool, method, tta: bool, min_snr, threads, where, rescale: bool = True) -> None:
     """Refuse options that the chosen mode would ignore."""
     if (model is None) == (not classical):
         raise InputError("choose exactly one of -m RUN or --classical", path=where)
     if classical:
-        unused = [o for o, v in (("--tta", tta), ("--min-snr", min_snr is not None), ("--threads", threads is not None))
-                  if v]
+        unused = [o for o, v in (("--tta", tta), ("--min-snr", min_snr is not None), ("--threads", threads is not None),
+                                 ("--no-rescale", not rescale)) if v]
         if unused:
             raise InputError(f"{', '.join(unused)} appl{'y' if len(unused) > 1 else 'ies'} to a model (-m RUN), "
                              f"not to --classical")

@@ -8,6 +8,10 @@ estimates each image's diameter -- first from an Otsu mask, then from the model'
 before predicting. Label maps are resized back with nearest-neighbour interpolation, so outputs always have the
 input's shape. Measured on DSB2018 in a 20-minute budget it scored the same as native scale (``benchmarks/RESULTS.md``),
 so it is off by default; it is meant for images whose magnification differs from the training data's.
+
+A model trained at native scale records the range of its training images' median nucleus diameters
+(:func:`diameter_range`) and resizes only the images whose nuclei lie outside it (:func:`into_range`): nuclei
+larger than any it was trained on are otherwise cut into pieces.
 """
 
 from __future__ import annotations
@@ -72,6 +76,39 @@ def scale_to(diameter: float, measured: float) -> float:
     if not measured or measured <= 0:
         return 1.0
     return float(np.clip(diameter / measured, *SCALE_LIMITS))
+
+
+def diameter_range(label_maps, percentiles=(1.0, 99.0)) -> tuple[float, float] | None:
+    """The ``percentiles`` of the median nucleus diameters (pixels) of 2D label maps: the nucleus sizes a model
+    trained on them has seen (percentiles, so one outlier image does not stretch the range). None without
+    objects.
+
+    Examples
+    --------
+    >>> maps = [np.kron(np.diag([1, 2, 3]), np.ones((n, n), int)) for n in (4, 6, 8)]  # three n x n squares each
+    >>> [round(d, 2) for d in diameter_range(maps, (0, 100))]  # 2 * sqrt(n^2 / pi) for n = 4 and 8
+    [4.51, 9.03]
+    """
+    d = [median_diameter(m) for m in label_maps if np.ndim(m) == 2]
+    d = [x for x in d if x > 0]
+    if not d:
+        return None
+    lo, hi = np.percentile(d, percentiles)
+    return float(lo), float(hi)
+
+
+def into_range(measured: float, low: float, high: float) -> float:
+    """Resize factor that brings nuclei ``measured`` px across into ``[low, high]``: 1 inside it (or when nothing
+    was measured), else to the nearer end, within ``(1 / 4, 4)``.
+
+    Examples
+    --------
+    >>> into_range(30, 8, 50), into_range(100, 8, 50), into_range(4, 8, 50)
+    (1.0, 0.5, 2.0)
+    """
+    if not measured or measured <= 0 or low <= measured <= high:
+        return 1.0
+    return float(np.clip((high if measured > high else low) / measured, 0.25, 4.0))
 
 
 def initial_diameter(image: np.ndarray) -> float:

@@ -26,17 +26,19 @@ class CellModel:
     """
 
     def __init__(self, net, cfg, meta, overlap: float = 0.25, tta: bool = False, device: str = "auto",
-                 diameter: float | None = None):
+                 diameter: float | None = None, rescale: bool = True):
         self.net, self.cfg, self.meta, self.overlap, self.tta = net, cfg, meta, overlap, tta
         self.device = device
         self.diameter = diameter  # the images' nucleus diameter in pixels, if known (else estimated per image)
+        self.rescale = rescale  # native-scale models: resize images whose nuclei lie outside the training range
 
     @classmethod
     def load(cls, path, overlap: float = 0.25, tta: bool = False, device: str = "auto",
-             diameter: float | None = None) -> "CellModel":
+             diameter: float | None = None, rescale: bool = True) -> "CellModel":
         """Load a run given as its folder, its ``model.json`` or its weights file (``model.pt``), safely
         (``weights_only=True``). The medseg/torch/MONAI versions it was trained with, where the run recorded them
-        (runs from before did not), are in ``meta["versions"]``."""
+        (runs from before did not), are in ``meta["versions"]``. ``rescale=False`` predicts every image of a
+        native-scale model at its own scale (:meth:`scale_for`)."""
         import torch
 
         from medseg.cells.train import build_cell_network, load_config
@@ -57,17 +59,40 @@ class CellModel:
             raise InputError("a training checkpoint, not the model's weights: give the run folder or its model.pt",
                              path=weights)
         net.eval()
-        return cls(net, cfg, meta, overlap, tta, device, diameter)
+        return cls(net, cfg, meta, overlap, tta, device, diameter, rescale)
 
     def scale_for(self, image: np.ndarray) -> float:
-        """Resize factor that brings the image's nuclei to the model's training diameter (1: none)."""
-        from medseg.cells.scale import estimate_scale, scale_to
+        """Resize factor for a 2D image (1: none). A model trained with ``diameter`` brings the image's nuclei to
+        it; a native-scale model that recorded its training images' range of nucleus sizes
+        (``meta["diameter_range"]``, :func:`medseg.cells.scale.diameter_range`) resizes only images whose nuclei
+        lie outside that range, to its nearer end (unless ``rescale`` is off). The size is the known
+        ``diameter`` or is measured on the model's own segmentation, once more after a resize."""
+        from medseg.cells.scale import (estimate_scale, initial_diameter, into_range, median_diameter, resize_image,
+                                        scale_to, scaled_shape)
 
-        if not self.cfg.diameter or image.ndim != 2:
+        if image.ndim != 2:
+            return 1.0
+        if self.cfg.diameter:
+            if self.diameter:
+                return scale_to(self.cfg.diameter, self.diameter)
+            return estimate_scale(image, lambda x: self.postprocess(self._probabilities(x)), self.cfg.diameter)
+        size_range = self.meta.get("diameter_range")
+        if not (self.rescale and size_range):
             return 1.0
         if self.diameter:
-            return scale_to(self.cfg.diameter, self.diameter)
-        return estimate_scale(image, lambda x: self.postprocess(self._probabilities(x)), self.cfg.diameter)
+            return into_range(self.diameter, *size_range)
+        # float32 as probabilities() passes it, so that the final prediction at scale 1 is this cached pass
+        native = self._probabilities(resize_image(image, image.shape))
+        # nuclei too large for the model come out in pieces, which understate their size; the Otsu mask's
+        # estimate does not split them
+        s = into_range(max(median_diameter(self.postprocess(native)), initial_diameter(image)), *size_range)
+        if s == 1.0:
+            return s
+        # then measure with the model where it is reliable, at the first guess's scale (kept when the two agree
+        # within 10 %: its maps are cached)
+        d = median_diameter(self.postprocess(self._probabilities(resize_image(image, scaled_shape(image.shape, s)))))
+        s2 = into_range(d / s, *size_range) if d > 0 else s
+        return s if abs(s2 / s - 1) <= 0.1 else s2
 
     def probabilities(self, image: np.ndarray, scale: float | None = None) -> np.ndarray:
         """Class probabilities (3, *spatial) of one single-channel image, followed by the predicted distance map
@@ -85,7 +110,7 @@ class CellModel:
     def _probabilities(self, image: np.ndarray) -> np.ndarray:
         import hashlib
 
-        if not (self.cfg.diameter and image.ndim == 2 and self.diameter is None):
+        if not (image.ndim == 2 and self.diameter is None and (self.cfg.diameter or self.rescale)):
             return self._predict(image)
         # the scale estimate's pass is usually also the final one: remember the last image's maps
         key = (image.shape, hashlib.blake2b(np.ascontiguousarray(image).tobytes(), digest_size=16).digest(),

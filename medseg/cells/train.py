@@ -39,7 +39,9 @@ def _save_torch(obj, path: Path) -> None:
 
 
 def prepare_training_data(data_dir, cfg: CellTrainConfig):
-    """Load and normalise the training split; returns (train pairs, val cases, split dict, tuning cases).
+    """Load and normalise the training split; returns (train pairs, val cases, split dict, tuning cases, diameter
+    range). The range is that of the training images' median nucleus diameters
+    (:func:`medseg.cells.scale.diameter_range`; 2D native-scale models only, else None).
 
     Each pair is ``(image, 3-class target, distance target or None, contact weight map or None, offsets or
     None, instance labels or None)``, the offsets as one map per axis; the labels are kept for the zoom augmentation
@@ -52,7 +54,7 @@ def prepare_training_data(data_dir, cfg: CellTrainConfig):
     """
     from medseg.cells.data import (boundary_targets, dataset_split, distance_targets, list_cases, load_case,
                                    offset_targets, percentile_normalize, tuning_blocks, tuning_images)
-    from medseg.cells.scale import median_diameter, resize_image, resize_labels, scale_to, scaled_shape
+    from medseg.cells.scale import diameter_range, median_diameter, resize_image, resize_labels, scale_to, scaled_shape
 
     cases = list_cases(data_dir)
     split = dataset_split(data_dir, cases, cfg.val_fraction, cfg.fold, cfg.folds)
@@ -82,7 +84,9 @@ def prepare_training_data(data_dir, cfg: CellTrainConfig):
                       labels if cfg.scale_range else None))
     if not pairs:
         raise InputError("the training split is empty", path=data_dir)
-    return pairs, split["val"], {k: [c.case for c in v] for k, v in split.items()}, tune
+    native_2d = cfg.spatial_dims == 2 and not cfg.diameter
+    sizes = diameter_range([c.labels for c in split["train"]]) if native_2d else None
+    return pairs, split["val"], {k: [c.case for c in v] for k, v in split.items()}, tune, sizes
 
 
 def _weight_map(labels, cfg: CellTrainConfig, spacing):
@@ -137,7 +141,7 @@ def train_cells(data_dir, run_dir, cfg: CellTrainConfig | None = None, resume: b
     if tensorboard:
         require_tensorboard()
     started = time.perf_counter()
-    pairs, _, split, tune = prepare_training_data(data_dir, cfg)  # validate before writing anything
+    pairs, _, split, tune, sizes = prepare_training_data(data_dir, cfg)  # validate before writing anything
     prepared_s = time.perf_counter() - started
     run_dir.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(cfg.threads or auto_threads())
@@ -164,6 +168,8 @@ def train_cells(data_dir, run_dir, cfg: CellTrainConfig | None = None, resume: b
             "out_channels": out_channels(cfg),
             # which way min_snr looks: nuclei brighter (fluorescence) or darker than the background
             "polarity": object_polarity([p[0] for p in pairs], [p[1] for p in pairs])}
+    if sizes:  # nuclei outside it are resized into it at prediction (CellModel.scale_for)
+        meta["diameter_range"] = [round(d, 2) for d in sizes]
     _save_json(meta, run_dir / "model.json")
     dice_fn = DiceLoss(to_onehot_y=True, softmax=True, include_background=True, smooth_nr=1e-5, smooth_dr=1e-5)
     # reading the data and the threshold search count against the time budget: keep the search's time back

@@ -159,8 +159,10 @@ def count_cmd(
                              help="Average the model over flips (4x slower, usually better; model only)."),
     diameter: Optional[float] = typer.Option(None, "--diameter",
                                              help="Typical nucleus diameter in pixels, if known: sizes the "
-                                                  "classical markers, and skips the per-image estimate of models "
-                                                  "trained with --diameter."),
+                                                  "classical markers, and skips a model's per-image estimate."),
+    rescale: bool = typer.Option(True, "--rescale/--no-rescale",
+                                 help="Resize images whose nuclei are larger or smaller than any the model was "
+                                      "trained on into its range (model only; default on)."),
     min_snr: Optional[float] = typer.Option(None, "--min-snr",
                                             help="Drop objects less than this many background-noise sigmas "
                                                  "brighter than the background (model only; default 2; 0: keep "
@@ -184,7 +186,8 @@ def count_cmd(
     rows = count_cells(input, out, model=model, classical=classical, channel=channel,
                        pixel_size=_pixel_size(pixel_size), method=method, exclude_border=exclude_border,
                        roi_zip=roi_zip, tta=tta, diameter=diameter, min_snr=min_snr,
-                       threads=threads, note=lambda msg: typer.echo(f"medseg: note: {msg}", err=True))
+                       threads=threads, rescale=rescale,
+                       note=lambda msg: typer.echo(f"medseg: note: {msg}", err=True))
     total = sum(r["count"] for r in rows)
     typer.echo(f"{total} cells in {len(rows)} image(s); results in {out}")
 
