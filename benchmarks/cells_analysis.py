@@ -261,7 +261,8 @@ def main(argv=None) -> int:
     from medseg.cells.tune import DISTANCE_SEED_GRID, SEED_GRID, THRESHOLD_GRID, VOTE_GRID
 
     torch.set_num_threads(args.threads)
-    model = CellModel.load(args.run)
+    # maps on the labels' grid, as these analyses (and their recorded numbers) assume: no out-of-range resizing
+    model = CellModel.load(args.run, rescale=False)
     cfg, parts = model.cfg, set(args.only.split(","))
     # the contrast test is applied once, in score(), to every variant alike (model.segment would apply it too)
     min_snr = cfg.min_snr if args.min_snr is None else args.min_snr

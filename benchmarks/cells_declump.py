@@ -92,7 +92,8 @@ def main(argv=None) -> int:
     from medseg.postprocess.contrast import remove_faint_instances
 
     torch.set_num_threads(args.threads)
-    model = CellModel.load(args.run)
+    # maps on the labels' grid, as these analyses (and their recorded numbers) assume: no out-of-range resizing
+    model = CellModel.load(args.run, rescale=False)
     cfg = model.cfg
     min_snr, polarity = cfg.min_snr, int(model.meta.get("polarity", 1))
     cfg.min_snr = 0.0  # applied once below, after splitting, as count applies it after the watershed

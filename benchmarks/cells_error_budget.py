@@ -94,7 +94,8 @@ def main(argv=None) -> int:
     from medseg.cells.data import dataset_split, list_cases, load_case
 
     torch.set_num_threads(args.threads)
-    model = CellModel.load(args.run)
+    # maps on the labels' grid, as these analyses (and their recorded numbers) assume: no out-of-range resizing
+    model = CellModel.load(args.run, rescale=False)
     tune_ids = set(model.meta["split"].get("tune", []))
     cases = ([c for c in list_cases(args.data) if c.case in tune_ids] if args.set == "tune"
              else dataset_split(args.data, list_cases(args.data))["val"])[: args.limit]

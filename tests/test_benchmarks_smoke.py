@@ -157,6 +157,42 @@ def test_cells_benchmark_magnify_and_rescale_options(tmp_path, capsys):
         pytest.approx(recorded, abs=0.01)
 
 
+def test_cells_size_filter_drops_only_relatively_small_objects():
+    from benchmarks.cells_size_filter import drop_relatively_small, weighted_median_area
+
+    lab = np.zeros((60, 60), int)
+    lab[5:35, 5:35], lab[35:58, 35:58] = 1, 2  # two nuclei (900 and 529 px)
+    for i in range(10):
+        lab[1 + 3 * i, 40:42] = 3 + i  # ten 2-px fragments
+    assert weighted_median_area(np.bincount(lab.ravel())[1:]) == 900
+    kept = drop_relatively_small(lab, 0.05)
+    assert set(np.unique(kept)) == {0, 1, 2} and np.array_equal(kept[lab <= 2], lab[lab <= 2])
+    assert drop_relatively_small(lab, 0) is lab
+    assert set(np.unique(drop_relatively_small(lab, 0.7))) == {0, 1}  # 529 < 0.7 x 900
+
+
+def test_cells_size_filter_benchmark_runs_and_pools(tmp_path, capsys):
+    from benchmarks.cells import main as bench
+    from benchmarks.cells_size_filter import RATIOS, main
+
+    ds = tmp_path / "ds"
+    linked_cell_dataset(ds, 4)
+    run = tmp_path / "run"
+    assert bench(["--data", str(ds), "--run", str(run), "--learned-only", "--threads", "1", "--minutes", "2",
+                  "--steps", "1", "--tune-fraction", "0", "--patch", "64", "--base-filters", "4"]) == 0
+    out = tmp_path / "sf.json"
+    assert main(["--run", str(run), "--data", str(ds), "--threads", "1", "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    val = json.loads((run / "model.json").read_text())["split"]["val"]
+    assert sorted(r["image"] for r in rows) == sorted(val) and all(r["set"] == "val" for r in rows)
+    # r = 0 is the model as it counts: never more objects after dropping some
+    for r in rows:
+        assert all(r["scores"][str(k)]["n_pred"] <= r["scores"]["0.0"]["n_pred"] for k in RATIOS)
+    capsys.readouterr()
+    assert main(["--pool", str(out), str(out)]) == 0
+    assert "| 0.05 |" in capsys.readouterr().out
+
+
 def test_cells_benchmark_scores_the_fold_it_trained_on(tmp_path, capsys):
     """--fold K: the run's validation images are fold K's, and the benchmark scores exactly those."""
     from benchmarks.cells import main
