@@ -294,7 +294,7 @@ def test_runs_without_distance_head_still_load(tmp_path):
     for key in ("distance_head", "seeds", "diameter", "contact_weight", "contact_sigma", "offset_head",
                 "min_snr", "norm", "scale_range", "scale_prob"):  # keys added since
         del meta["config"][key]
-    del meta["versions"]  # recorded since
+    del meta["versions"], meta["diameter_range"]  # recorded since
     (run / "model.json").write_text(json.dumps(meta))
     model = CellModel.load(run)
     assert "versions" not in model.meta
