@@ -159,7 +159,9 @@ def dsb_to_instance_layout(stage1_dir: str | os.PathLike, out_dir: str | os.Path
 
 
 def download(url: str, dest: Path, progress: bool = True) -> Path:
-    """Download ``url`` to ``dest`` (temp file + rename). The only network access in medseg."""
+    """Download ``url`` to ``dest`` (temp file + rename). The only network access in medseg, and only when a user
+    asks for it (``medseg data fetch``): offline, or cut short, it is a one-line ``InputError`` and no file."""
+    import http.client
     import urllib.request
 
     tmp = dest.with_name(f".{dest.name}.part")
@@ -175,9 +177,10 @@ def download(url: str, dest: Path, progress: bool = True) -> Path:
         if progress:
             print()
         os.replace(tmp, dest)
-    except OSError as exc:
+    except (OSError, http.client.HTTPException) as exc:  # no network, refused, timed out, or cut short
         tmp.unlink(missing_ok=True)
-        raise InputError(f"download failed ({exc}); medseg needs no network except for this explicit fetch",
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+        raise InputError(f"download failed ({reason}); medseg needs no network except for this explicit fetch",
                          path=url) from exc
     return dest
 

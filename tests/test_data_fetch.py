@@ -104,3 +104,35 @@ def test_cli_data_fetch_unknown_and_where(tmp_path):
     assert_clean_error(run_cli("data", "fetch", "no-such-set", "-o", str(tmp_path)), "unknown dataset")
     assert list(tmp_path.iterdir()) == []
     assert_clean_error(run_cli("data", "where", "--data", str(tmp_path / "missing")), "no sample data")
+
+
+@pytest.mark.parametrize("failure", ["offline", "cut_short"])
+def test_fetch_without_network_is_a_clean_error_and_leaves_nothing(tmp_path, monkeypatch, failure):
+    """`medseg data fetch` is the only network use: offline (or a transfer cut short) it exits 2 with one line naming
+    the URL, and leaves no archive or partial file behind."""
+    import http.client
+    import urllib.error
+    import urllib.request
+
+    class CutShort:
+        headers = {"Content-Length": "100"}
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def read(self, n):
+            raise http.client.IncompleteRead(b"x" * 10, 90)
+
+    def urlopen(url, timeout=None):
+        if failure == "offline":
+            raise urllib.error.URLError(OSError(101, "Network is unreachable"))
+        return CutShort()
+
+    monkeypatch.setattr(urllib.request, "urlopen", urlopen)
+    out = tmp_path / "data"
+    res = run_cli("data", "fetch", "msd-hippocampus", "-o", out)
+    assert_clean_error(res, "download failed", mdata.SOURCES["msd-hippocampus"].url)
+    assert not [p for p in out.rglob("*") if p.is_file()]
