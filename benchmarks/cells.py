@@ -158,6 +158,16 @@ def subset_dataset(data, dst: Path, fraction: float, cfg):
     return dst, dataclasses.replace(cfg, fold=None), kept  # the split.json now names the fold's images
 
 
+def backfill_diameter_range(model, cases) -> bool:
+    """Give a native-scale run trained before session 27 (which did not record it) its ``diameter_range``: the same
+    percentiles of the same training images (among ``cases``). True when it had none."""
+    if model.cfg.diameter or "diameter_range" in model.meta:
+        return False
+    train_ids = set(model.meta["split"]["train"])
+    model.meta["diameter_range"] = list(diameter_range([load_case(c).labels for c in cases if c.case in train_ids]))
+    return True
+
+
 def pooled(paths, method: str = "learned") -> dict:
     """One summary over the per-image rows of several runs' JSON outputs (e.g. the folds of a cross-validation):
     means over images with their 95 % bootstrap intervals, and the count error pooled over all nuclei."""
@@ -327,11 +337,7 @@ def main(argv=None) -> int:
         info["eval_set"] += f", first {len(cases)} used"
     torch.set_num_threads(args.threads or auto_threads())
     model = None if args.no_learned else CellModel.load(run, tta=args.tta, rescale=not args.no_rescale)
-    if model is not None and model.rescale and not model.cfg.diameter and "diameter_range" not in model.meta:
-        # runs trained before session 27 did not record it: the same percentiles of the same training images
-        train_ids = set(model.meta["split"]["train"])
-        model.meta["diameter_range"] = list(diameter_range(
-            [load_case(c).labels for c in list_cases(args.data) if c.case in train_ids]))
+    if model is not None and model.rescale and backfill_diameter_range(model, list_cases(args.data)):
         info["diameter_range_computed"] = "from the run's training images (the run predates recording it)"
     if model is not None:
         info["rescale"] = {"on": model.rescale, "diameter_range": model.meta.get("diameter_range")}

@@ -95,14 +95,12 @@ def main(argv=None) -> int:
     from medseg.cells.count import CellModel
     from medseg.cells.data import dataset_split, list_cases, load_case
     from medseg.cells.evaluate import evaluate_pair
-    from medseg.cells.scale import diameter_range
+    from benchmarks.cells import backfill_diameter_range
 
     torch.set_num_threads(args.threads)
     model = CellModel.load(args.run)
     cases = list_cases(args.data)
-    if not model.cfg.diameter and "diameter_range" not in model.meta:  # runs from before session 27
-        train = set(model.meta["split"]["train"])
-        model.meta["diameter_range"] = list(diameter_range([load_case(c).labels for c in cases if c.case in train]))
+    backfill_diameter_range(model, cases)  # runs from before session 27
     fold = args.fold if args.fold is not None else model.cfg.fold
     val = {c.case for c in dataset_split(args.data, cases, fold=fold, folds=model.cfg.folds or 5)["val"]} \
         if fold is not None else set(model.meta["split"]["val"])

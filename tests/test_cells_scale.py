@@ -158,3 +158,29 @@ def test_models_without_a_recorded_range_predict_at_native_scale():
     model = _stub_model((10.0, 20.0))
     del model.meta["diameter_range"]
     assert model.scale_for(_discs(40.0)) == 1.0
+
+
+def test_an_in_range_image_is_segmented_with_one_watershed():
+    """scale_for's size measurement and segment's result are the same watershed on the same cached maps: run once;
+    other thresholds run again."""
+    from scipy import ndimage as ndi
+
+    from medseg.cells.config import CellTrainConfig
+    from medseg.cells.segmenters import CellModel
+
+    calls = []
+
+    def watershed(prob, threshold, seed_threshold, seeds):
+        calls.append(threshold)
+        return ndi.label(prob[0] > (0.5 if threshold is None else threshold))[0]
+
+    model = CellModel(None, CellTrainConfig(min_snr=0), {"diameter_range": [10.0, 20.0]})
+    model._predict = lambda x: np.asarray(x, np.float32)[None]
+    model._watershed = watershed
+    img = _discs(15.0)
+    lab = model.segment(img)
+    assert calls == [None] and lab.max() == 9
+    lab[:] = 0  # the caller's copy: the remembered labels are not touched
+    assert model.segment(img).max() == 9 and calls == [None]
+    model.postprocess(model.probabilities(img), threshold=0.3)
+    assert calls == [None, 0.3]

@@ -180,10 +180,25 @@ class CellModel:
         labels are resized (nearest neighbour) to it. With ``image`` (of that shape), objects no brighter than the
         background's noise are dropped (``min_snr``; :mod:`medseg.postprocess.contrast`), dark objects instead for
         a model trained on dark nuclei."""
+        return self._finish(self._instances(prob, threshold, seed_threshold, seeds), shape, image)
+
+    def _instances(self, prob: np.ndarray, threshold, seed_threshold, seeds) -> np.ndarray:
+        c = self.cfg
+        seeds = seeds or c.seeds
+        # the size measurement of scale_for and the final segmentation of an image inside the model's size range
+        # are the same watershed on the same (cached) maps: remember the last one
+        key = (threshold, seed_threshold, seeds, c.threshold, c.seed_threshold, c.min_size_px)
+        last = getattr(self, "_last_instances", None)
+        if last is not None and last[0] is prob and last[1] == key:
+            return last[2].copy()
+        labels = self._watershed(prob, threshold, seed_threshold, seeds)
+        self._last_instances = (prob, key, labels)
+        return labels.copy()
+
+    def _watershed(self, prob: np.ndarray, threshold, seed_threshold, seeds: str) -> np.ndarray:
         from medseg.postprocess.watershed import watershed_instances
 
         c = self.cfg
-        seeds = seeds or c.seeds
         if seeds == "distance" and not c.distance_head:
             raise InputError("seeds='distance' needs a model with a distance head", path=None)
         if seeds == "votes":
@@ -191,18 +206,16 @@ class CellModel:
                 raise InputError("seeds='votes' needs a model with an offset head", path=None)
             from medseg.postprocess.votes import vote_instances
 
-            labels = vote_instances(prob[1] + prob[2], prob[-c.spatial_dims:],
-                                    threshold=c.threshold if threshold is None else threshold,
-                                    min_votes=c.seed_threshold if seed_threshold is None else seed_threshold,
-                                    min_size=c.min_size_px)
-            return self._finish(labels, shape, image)
-        labels = watershed_instances(prob[1] + prob[2], boundary=prob[2],
-                                     distance=prob[3] if seeds == "distance" else None, spacing=None,
-                                     threshold=c.threshold if threshold is None else threshold,
-                                     seed_threshold=c.seed_threshold if seed_threshold is None else seed_threshold,
-                                     min_size=c.min_size_px, min_seed_size=min(c.min_size_px, 4),
-                                     keep_unseeded=False, markers=seeds)
-        return self._finish(labels, shape, image)
+            return vote_instances(prob[1] + prob[2], prob[-c.spatial_dims:],
+                                  threshold=c.threshold if threshold is None else threshold,
+                                  min_votes=c.seed_threshold if seed_threshold is None else seed_threshold,
+                                  min_size=c.min_size_px)
+        return watershed_instances(prob[1] + prob[2], boundary=prob[2],
+                                   distance=prob[3] if seeds == "distance" else None, spacing=None,
+                                   threshold=c.threshold if threshold is None else threshold,
+                                   seed_threshold=c.seed_threshold if seed_threshold is None else seed_threshold,
+                                   min_size=c.min_size_px, min_seed_size=min(c.min_size_px, 4),
+                                   keep_unseeded=False, markers=seeds)
 
     def _finish(self, labels: np.ndarray, shape, image) -> np.ndarray:
         from medseg.cells.scale import resize_labels
