@@ -110,6 +110,21 @@ def score(rows):
             "ci95": {"ap@0.5": s["ci95"]["ap@0.5"], "abs_rel_count_error": s["ci95"]["abs_relative_count_error"]}}
 
 
+def photon_limited(image: np.ndarray, photons: float, rng: np.random.Generator) -> np.ndarray:
+    """``image`` as if taken with ``photons`` expected photons at its 99.8th-percentile brightness: Poisson counts
+    of the image scaled so (its own background level included as signal).
+
+    Examples
+    --------
+    >>> img = np.full((50, 50), 100.0); out = photon_limited(img, 10, np.random.default_rng(0))
+    >>> round(float(out.mean())), bool(out.std() > 2)
+    (10, True)
+    """
+    x = np.clip(np.asarray(image, dtype=np.float64), 0, None)
+    top = float(np.percentile(x, 99.8)) or 1.0
+    return rng.poisson(x * (photons / top)).astype(np.float32)
+
+
 def training_config(args):
     """The run's CellTrainConfig: ``--config`` (or the defaults) with the flags given on the command line applied."""
     from medseg.cells.config import CellTrainConfig
@@ -119,7 +134,7 @@ def training_config(args):
              "threads": args.threads, "tune_fraction": args.tune_fraction, "diameter": args.diameter, "seed": args.seed,
              "offset_head": args.offset_head, "norm": args.norm, "ema": args.ema, "contact_weight": args.contact_weight,
              "contact_boundary": args.contact_boundary, "boundary_width": args.boundary_width,
-             "fold": args.fold, "folds": args.folds,
+             "fold": args.fold, "folds": args.folds, "low_light_prob": args.low_light,
              "tune_objective": args.tune_objective, "small_weight": args.small_weight, "small_size_px": args.small_size,
              "patch_size": None if args.patch is None else (args.patch, args.patch),
              "distance_head": False if args.no_distance_head else None,
@@ -249,6 +264,8 @@ def main(argv=None) -> int:
                     help="zoom augmentation: half the crops resized by a factor in [LO, HI] (default: off)")
     ap.add_argument("--norm", choices=("instance", "batch"), default=None,
                     help="normalisation layers (default instance)")
+    ap.add_argument("--low-light", type=float, default=None, metavar="P",
+                    help="probability of dim-acquisition shot noise on a training crop (default 0: off)")
     ap.add_argument("--ema", type=float, default=None, help="EMA decay of the weights (e.g. 0.999; default 0: off)")
     ap.add_argument("--contact-boundary", type=int, default=None,
                     help="boundary-class width (px) where nuclei touch (default 1: the 1-px inner boundary)")
@@ -268,12 +285,18 @@ def main(argv=None) -> int:
     ap.add_argument("--min-snr", type=float, default=None,
                     help="contrast test of the learned model's objects (default: the model's, 2; 0: off, which "
                          "reproduces the numbers recorded before session 8)")
+    ap.add_argument("--merge-boundary", type=float, default=None, metavar="T",
+                    help="merging of fragments across borders of mean boundary probability < T (default: the "
+                         "model's, 0.35; 0: off, which reproduces the numbers recorded before session 28)")
     ap.add_argument("--no-rescale", action="store_true",
                     help="predict every image at its own scale (CellModel rescale=False; the behaviour before "
                          "session 27): no resizing of images whose nuclei lie outside the training range")
     ap.add_argument("--magnify", type=float, default=None, metavar="F",
                     help="stress test: resize every evaluation image (linear) and its labels (nearest) by F, as "
                          "if taken at F times the magnification")
+    ap.add_argument("--photons", type=float, default=None, metavar="K",
+                    help="stress test: every evaluation image as if taken with K photons at its brightest (99.8th "
+                         "percentile): Poisson counts of the image scaled so (shot noise of a dim acquisition)")
     ap.add_argument("--no-learned", action="store_true", help="score only the classical methods")
     ap.add_argument("--learned-only", action="store_true", help="skip the classical baselines and 3D")
     ap.add_argument("--by-size", action="store_true",
@@ -341,8 +364,14 @@ def main(argv=None) -> int:
         info["diameter_range_computed"] = "from the run's training images (the run predates recording it)"
     if model is not None:
         info["rescale"] = {"on": model.rescale, "diameter_range": model.meta.get("diameter_range")}
+        if args.merge_boundary is not None:  # before a re-tuning, which then searches with it
+            model.cfg.merge_boundary = args.merge_boundary
+        info["merge"] = {"boundary": model.cfg.merge_boundary, "area_ratio": model.cfg.merge_area_ratio}
     if args.magnify:
         info["eval_set"] += f", magnified {args.magnify:g}x"
+    if args.photons:
+        info["eval_set"] += f", shot noise at {args.photons:g} photons"
+    dim_rng = np.random.default_rng(0)  # the same noisy images for every model
     if model is not None and args.raw_weights:
         model.net.load_state_dict(torch.load(run / "checkpoint.pt", map_location="cpu", weights_only=True)["model"])
         info["weights"] = "raw final weights from checkpoint.pt"
@@ -380,6 +409,8 @@ def main(argv=None) -> int:
         if args.magnify:
             shape = scaled_shape(c.image.shape, args.magnify)
             c.image, c.labels = resize_image(c.image, shape), resize_labels(c.labels, shape)
+        if args.photons:
+            c.image = photon_limited(c.image, args.photons, dim_rng)
         img = c.image
         diameters.append(median_diameter(c.labels))
         if model is not None:

@@ -192,6 +192,23 @@ def test_cells_size_filter_benchmark_runs_and_pools(tmp_path, capsys):
     assert main(["--pool", str(out), str(out)]) == 0
     assert "| 0.05 |" in capsys.readouterr().out
 
+    # the merge grid on the same run: its "no merging" and default settings are the size filter's r = 0 without and
+    # with the model's default merging
+    from benchmarks.cells_merge import GRID, main as merge_main
+
+    merged, unmerged = tmp_path / "mg.json", tmp_path / "sf0.json"
+    assert merge_main(["--run", str(run), "--data", str(ds), "--threads", "1", "--json", str(merged)]) == 0
+    assert main(["--run", str(run), "--data", str(ds), "--threads", "1", "--merge-boundary", "0",
+                 "--json", str(unmerged)]) == 0
+    grid = {r["image"]: r["scores"] for r in json.loads(merged.read_text())["rows"]}
+    assert sorted(grid) == sorted(val) and all(len(g) == len(GRID) for g in grid.values())
+    for r in json.loads(unmerged.read_text())["rows"]:
+        assert grid[r["image"]]["0,0"] == r["scores"]["0.0"]
+    for r in rows:
+        assert grid[r["image"]]["0.35,0.25"] == r["scores"]["0.0"]
+    assert merge_main(["--pool", str(merged)]) == 0
+    assert "| 0.35,0.25 |" in capsys.readouterr().out
+
 
 def test_cells_benchmark_scores_the_fold_it_trained_on(tmp_path, capsys):
     """--fold K: the run's validation images are fold K's, and the benchmark scores exactly those."""

@@ -86,7 +86,8 @@ def test_model_postprocess_applies_the_filter_with_the_image():
 
 def test_cli_count_min_snr_and_train_without_offset_head(tmp_path):
     """`cells train --no-offset-head` then `cells count --min-snr`: a huge value leaves nothing, 0 keeps at least as
-    many objects as the model's default; a negative one is refused before anything is written."""
+    many objects as the model's default, and so does `--merge-boundary 0`; a negative --min-snr or a
+    --merge-boundary above 1 is refused before anything is written."""
     import csv
 
     from conftest import assert_clean_error, linked_cell_dataset, run_cli
@@ -99,14 +100,17 @@ def test_cli_count_min_snr_and_train_without_offset_head(tmp_path):
     assert res.code == 0, res.err
     assert json.loads((run / "model.json").read_text())["config"]["offset_head"] is False  # on by default
     counts = {}
-    for snr in ("1e9", "0", None):
+    for snr in ("1e9", "0", None, "merge-off"):
         out = tmp_path / f"out{snr}"
+        opts = ("--merge-boundary", "0") if snr == "merge-off" else ("--min-snr", snr) if snr else ()
         # one thread in every run: the thread count changes float sums, and a 2-step model sits near its thresholds
         res = run_cli("cells", "count", "-i", ds / "images" / f"{ids[2]}.png", "-o", out, "-m", run, "--threads", "1",
-                      *(("--min-snr", snr) if snr else ()))
+                      *opts)
         assert res.code == 0, res.err
         with open(out / "counts.csv") as f:
             counts[snr] = sum(int(r["count"]) for r in csv.DictReader(f))
+    # merging fragments only joins objects (the foreground is the same, so is the contrast test's background)
+    assert counts["merge-off"] >= counts[None]
     # a huge threshold leaves nothing, unless the (2-step) model left no background to measure the noise on, or
     # only a noiseless one (all-black pixels), when object_snr's rule keeps every object (+inf)
     import tifffile
@@ -124,6 +128,8 @@ def test_cli_count_min_snr_and_train_without_offset_head(tmp_path):
                        "--min-snr")
     assert_clean_error(run_cli("cells", "count", "-i", ds / "images", "-o", bad, "-m", run, "--threads", "0"),
                        "--threads")
+    assert_clean_error(run_cli("cells", "count", "-i", ds / "images", "-o", bad, "-m", run, "--merge-boundary",
+                               "1.5"), "--merge-boundary")
     assert not bad.exists()
 
 

@@ -174,7 +174,7 @@ def test_an_in_range_image_is_segmented_with_one_watershed():
         calls.append(threshold)
         return ndi.label(prob[0] > (0.5 if threshold is None else threshold))[0]
 
-    model = CellModel(None, CellTrainConfig(min_snr=0), {"diameter_range": [10.0, 20.0]})
+    model = CellModel(None, CellTrainConfig(min_snr=0, merge_boundary=0), {"diameter_range": [10.0, 20.0]})  # 1 map
     model._predict = lambda x: np.asarray(x, np.float32)[None]
     model._watershed = watershed
     img = _discs(15.0)

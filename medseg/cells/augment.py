@@ -107,10 +107,37 @@ def intensity(image: np.ndarray, rng: np.random.Generator, p_blur: float = 0.2, 
     return img
 
 
+def low_light(image: np.ndarray, rng: np.random.Generator, photons=(5.0, 80.0), background=(0.0, 0.05)) -> np.ndarray:
+    """Shot noise of a dim acquisition on a [0, 1]-normalised image.
+
+    The image plus a background level b (uniform in ``background``) is the expected photon count at k photons for
+    full brightness (k log-uniform in ``photons``); the Poisson-sampled counts have about the background's mean
+    subtracted (a camera's offset) and are clipped at 0, then divided by k. The result has the dark backgrounds of
+    mostly zeros with sparse bright pixels of DSB2018's dimmest 8-bit images, where Gaussian noise alone taught the
+    network nothing about such speckle (it drew dozens of fragments into it).
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0); img = np.zeros((64, 64), np.float32); img[20:40, 20:40] = 0.5
+    >>> out = low_light(img, rng)
+    >>> out.dtype.name, bool(out.min() >= 0), bool(out[20:40, 20:40].mean() > 4 * out[:10].mean())
+    ('float32', True, True)
+    """
+    k = float(np.exp(rng.uniform(*np.log(photons))))
+    b = float(rng.uniform(*background))
+    counts = rng.poisson(k * (np.clip(image, 0, None) + b)).astype(np.float32)
+    return (np.clip(counts - k * b * rng.uniform(0.5, 1.5), 0, None) / k).astype(np.float32)
+
+
 def augment(image: np.ndarray, target: np.ndarray, size, rng: np.random.Generator, extra: tuple = (),
-            vectors: tuple = ()):
-    """Crop + flips/rotations + intensity: one training sample ``(image, target, *extra, *vectors)``."""
+            vectors: tuple = (), p_low_light: float = 0.0):
+    """Crop + flips/rotations + intensity (+ :func:`low_light` with probability ``p_low_light``): one training
+    sample ``(image, target, *extra, *vectors)``."""
     image, target, *maps = random_crop(image, target, size, rng, extra=(*extra, *vectors))
     image, target, *maps = flip_rotate(image, target, rng, extra=tuple(maps[:len(extra)]),
                                        vectors=tuple(maps[len(extra):]))
-    return (intensity(image, rng), target, *maps)
+    image = intensity(image, rng)
+    # no draw when off: runs without it keep their random stream
+    if p_low_light and rng.random() < p_low_light:
+        image = low_light(image, rng)
+    return (image, target, *maps)

@@ -45,18 +45,20 @@ KEEP_CHECKED_BYTES = 512 * 2**20
 def count_cells(inputs, out_dir, model=None, classical: bool = False, channel: int | None = None,
                 pixel_size=None, method: str | None = None, exclude_border: bool = False, roi_zip: bool = False,
                 tta: bool = False, diameter: float | None = None, min_snr: float | None = None,
-                threads: int | None = None, progress: bool = True, note=None, rescale: bool = True) -> list[dict]:
+                threads: int | None = None, progress: bool = True, note=None, rescale: bool = True,
+                merge_boundary: float | None = None) -> list[dict]:
     """Segment and count the cells of an image or a folder; write per-image outputs and ``counts.csv``.
 
     ``diameter`` (pixels) is the nuclei's typical size when known, else 2D models measure it per image: a model
     trained with a canonical diameter resizes every image to it, a native-scale model only images whose nuclei
     lie outside the range of sizes it was trained on (into that range; ``rescale=False``: never); the classical
     mode sizes its markers by it. ``method``
-    (``otsu``, the default, or ``local``) is the classical mode's threshold. ``tta``, ``min_snr`` and ``threads``
-    apply to a model only: ``min_snr`` overrides the model's contrast test (:mod:`medseg.postprocess.contrast`;
-    0 turns it off), ``threads`` are the CPU threads for torch (default: the cores not already busy); fix it
-    where runs must give identical results, since a different thread count changes the order of floating-point
-    sums. An option that cannot apply to the mode is an ``InputError``.
+    (``otsu``, the default, or ``local``) is the classical mode's threshold. ``tta``, ``min_snr``,
+    ``merge_boundary`` and ``threads`` apply to a model only: ``min_snr`` overrides the model's contrast test
+    (:mod:`medseg.postprocess.contrast`; 0 turns it off), ``merge_boundary`` its merging of fragments across weak
+    borders (:mod:`medseg.postprocess.merge`; 0 turns it off), ``threads`` are the CPU threads for torch
+    (default: the cores not already busy); fix it where runs must give identical results, since a different thread
+    count changes the order of floating-point sums. An option that cannot apply to the mode is an ``InputError``.
 
     Writes ``<id>_labels.tif`` (uint16 ImageJ TIFF with the pixel size), ``<id>_overlay.png``,
     ``<id>_cells.csv`` (and ``<id>_rois.zip`` of 2D images with ``roi_zip``) per image and ``counts.csv``
@@ -66,7 +68,8 @@ def count_cells(inputs, out_dir, model=None, classical: bool = False, channel: i
     ``note`` receives one-line remarks (3D images of a folder get no ROIs; default: ``warnings.warn``).
     Returns the rows of ``counts.csv`` (None where the table is blank).
     """
-    _check_mode(model, classical, method, tta, min_snr, threads, inputs, rescale)  # usage errors before reading
+    _check_mode(model, classical, method, tta, min_snr, threads, inputs, rescale,  # usage errors before reading
+                merge_boundary)
     files = list_images(inputs)
     seg = ClassicalSegmenter(method or "otsu", diameter) if classical else (
         model if isinstance(model, CellModel) else CellModel.load(model, tta=tta, diameter=diameter))
@@ -78,6 +81,8 @@ def count_cells(inputs, out_dir, model=None, classical: bool = False, channel: i
     _check_outputs(files, out_dir, with_rois)
     if min_snr is not None and not classical:
         seg.cfg.min_snr = float(min_snr)
+    if merge_boundary is not None and not classical:
+        seg.cfg.merge_boundary = float(merge_boundary)
     if not classical:
         import torch
 
@@ -98,13 +103,14 @@ def count_cells(inputs, out_dir, model=None, classical: bool = False, channel: i
     return counts
 
 
-def _check_mode(model, classical: bool, method, tta: bool, min_snr, threads, where, rescale: bool = True) -> None:
+def _check_mode(model, classical: bool, method, tta: bool, min_snr, threads, where, rescale: bool = True,
+                merge_boundary=None) -> None:
     """Refuse options that the chosen mode would ignore."""
     if (model is None) == (not classical):
         raise InputError("choose exactly one of -m RUN or --classical", path=where)
     if classical:
         unused = [o for o, v in (("--tta", tta), ("--min-snr", min_snr is not None), ("--threads", threads is not None),
-                                 ("--no-rescale", not rescale)) if v]
+                                 ("--no-rescale", not rescale), ("--merge-boundary", merge_boundary is not None)) if v]
         if unused:
             raise InputError(f"{', '.join(unused)} appl{'y' if len(unused) > 1 else 'ies'} to a model (-m RUN), "
                              f"not to --classical")

@@ -3,7 +3,8 @@
 * :class:`CellModel`: a trained run (``model.json`` + ``model.pt``), sliding-window U-Net prediction of
   background/interior/boundary (+ a normalised distance map, + offsets to the nuclei's centres), then
   marker-controlled watershed (markers = cores of the distance map, or interior minus boundary; flooding
-  restricted to interior + boundary) or centre voting; objects no brighter than the background's noise dropped.
+  restricted to interior + boundary) or centre voting; small fragments merged back into their neighbour across
+  borders the network does not call boundary; objects no brighter than the background's noise dropped.
 * :class:`ClassicalSegmenter`: Otsu/local threshold + distance-transform watershed (no training).
 """
 
@@ -176,7 +177,9 @@ class CellModel:
         source unless given): markers are the cores ``distance > seed_threshold`` of the predicted distance map
         (``seeds="distance"``) or ``interior - boundary > seed_threshold`` (``"boundary"``); ``"votes"`` groups
         the pixels whose predicted offsets lead to the same centre instead (``seed_threshold``: the vote density a
-        centre needs; :func:`medseg.postprocess.votes.vote_instances`). With ``shape``, the
+        centre needs; :func:`medseg.postprocess.votes.vote_instances`); then small fragments join their
+        neighbour across a border the network does not call boundary (``merge_boundary``,
+        :func:`medseg.postprocess.merge.merge_weak_borders`). With ``shape``, the
         labels are resized (nearest neighbour) to it. With ``image`` (of that shape), objects no brighter than the
         background's noise are dropped (``min_snr``; :mod:`medseg.postprocess.contrast`), dark objects instead for
         a model trained on dark nuclei."""
@@ -187,11 +190,16 @@ class CellModel:
         seeds = seeds or c.seeds
         # the size measurement of scale_for and the final segmentation of an image inside the model's size range
         # are the same watershed on the same (cached) maps: remember the last one
-        key = (threshold, seed_threshold, seeds, c.threshold, c.seed_threshold, c.min_size_px)
+        key = (threshold, seed_threshold, seeds, c.threshold, c.seed_threshold, c.min_size_px, c.merge_boundary,
+               c.merge_area_ratio)
         last = getattr(self, "_last_instances", None)
         if last is not None and last[0] is prob and last[1] == key:
             return last[2].copy()
         labels = self._watershed(prob, threshold, seed_threshold, seeds)
+        if c.merge_boundary and c.merge_area_ratio:
+            from medseg.postprocess.merge import merge_weak_borders
+
+            labels = merge_weak_borders(labels, prob[2], c.merge_boundary, c.merge_area_ratio)
         self._last_instances = (prob, key, labels)
         return labels.copy()
 

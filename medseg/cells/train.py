@@ -299,7 +299,8 @@ def _batch(pairs, cfg: CellTrainConfig, rng):
             n = len(maps)
             tgt = boundary_targets(labels, cfg.contact_boundary, cfg.boundary_width)
             maps, offsets = tuple(rest[:n]), tuple(rest[n:]) or None
-        x, y, *e = augment(img, tgt, cfg.patch_size, rng, extra=maps, vectors=offsets or ())
+        x, y, *e = augment(img, tgt, cfg.patch_size, rng, extra=maps, vectors=offsets or (),
+                           p_low_light=cfg.low_light_prob)
         xs.append(x[None])
         ys.append(y[None])
         if dist is not None:

@@ -167,6 +167,10 @@ def count_cmd(
                                             help="Drop objects less than this many background-noise sigmas "
                                                  "brighter than the background (model only; default 2; 0: keep "
                                                  "all)."),
+    merge_boundary: Optional[float] = typer.Option(None, "--merge-boundary",
+                                                   help="Merge a small fragment into its neighbour across a border "
+                                                        "whose mean boundary probability is below this (model "
+                                                        "only; default: the model's, 0.35; 0: off)."),
     threads: Optional[int] = typer.Option(None, "--threads",
                                           help="CPU threads for torch (model only; default: the cores not already "
                                                "busy)."),
@@ -181,12 +185,14 @@ def count_cmd(
         raise InputError(f"--diameter must be a positive number of pixels (got {diameter})")
     if min_snr is not None and not 0 <= min_snr < float("inf"):
         raise InputError(f"--min-snr must be a number >= 0 (got {min_snr})")
+    if merge_boundary is not None and not 0 <= merge_boundary <= 1:
+        raise InputError(f"--merge-boundary must be in [0, 1] (got {merge_boundary})")
     if threads is not None and threads < 1:
         raise InputError(f"--threads must be at least 1 (got {threads})")
     rows = count_cells(input, out, model=model, classical=classical, channel=channel,
                        pixel_size=_pixel_size(pixel_size), method=method, exclude_border=exclude_border,
                        roi_zip=roi_zip, tta=tta, diameter=diameter, min_snr=min_snr,
-                       threads=threads, rescale=rescale,
+                       threads=threads, rescale=rescale, merge_boundary=merge_boundary,
                        note=lambda msg: typer.echo(f"medseg: note: {msg}", err=True))
     total = sum(r["count"] for r in rows)
     typer.echo(f"{total} cells in {len(rows)} image(s); results in {out}")
