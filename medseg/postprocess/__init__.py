@@ -6,4 +6,5 @@
 scikit-image's results, faster).
 ``votes``: instances by following predicted offsets to object centres.
 ``contrast``: dropping objects no brighter than the image's background noise.
+``merge``: merging fragments back into their neighbour across borders the network does not call boundary.
 """
