@@ -185,7 +185,8 @@ def backfill_diameter_range(model, cases) -> bool:
 
 def pooled(paths, method: str = "learned") -> dict:
     """One summary over the per-image rows of several runs' JSON outputs (e.g. the folds of a cross-validation):
-    means over images with their 95 % bootstrap intervals, and the count error pooled over all nuclei."""
+    means over images with their 95 % bootstrap intervals, and the count error pooled over all nuclei. The rows
+    are kept (``per_image``), so that two pooled cross-validations compare pairwise with ``benchmarks/paired.py``."""
     from medseg.evaluate.summary import bootstrap_mean_ci
 
     rows, seen = [], set()
@@ -202,7 +203,7 @@ def pooled(paths, method: str = "learned") -> dict:
     return {"n_runs": len(paths), "n_images": len(rows), "n_ref": n_ref, "n_pred": n_pred,
             "mean": dict(zip(cols, table.mean(0).tolist())),
             "ci95": {c: [float(a), float(b)] for c, a, b in zip(cols, lo, hi)},
-            "total_count_error": (n_pred - n_ref) / max(n_ref, 1)}
+            "total_count_error": (n_pred - n_ref) / max(n_ref, 1), "per_image": {method: rows}}
 
 
 def print_pooled(p: dict) -> None:
@@ -265,7 +266,7 @@ def main(argv=None) -> int:
     ap.add_argument("--norm", choices=("instance", "batch"), default=None,
                     help="normalisation layers (default instance)")
     ap.add_argument("--low-light", type=float, default=None, metavar="P",
-                    help="probability of dim-acquisition shot noise on a training crop (default 0: off)")
+                    help="probability of dim-acquisition shot noise on a training crop (default 0.25; 0: off)")
     ap.add_argument("--ema", type=float, default=None, help="EMA decay of the weights (e.g. 0.999; default 0: off)")
     ap.add_argument("--contact-boundary", type=int, default=None,
                     help="boundary-class width (px) where nuclei touch (default 1: the 1-px inner boundary)")

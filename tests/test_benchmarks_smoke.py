@@ -279,6 +279,13 @@ def test_pooled_folds_by_hand(tmp_path):
     assert 0.6 - 1e-9 <= lo <= 0.7 <= hi <= 0.9 + 1e-9
     with pytest.raises(SystemExit, match="two of the pooled runs"):
         pooled([tmp_path / "f1.json", tmp_path / "f1.json"])
+    # a pooled summary keeps its rows, so two pooled cross-validations pair image by image
+    from benchmarks.paired import per_item
+
+    (tmp_path / "f1b.json").write_text(doc([("b", 20, 20, 0.9), ("c", 10, 10, 0.6)]))
+    q = pooled([tmp_path / "f0.json", tmp_path / "f1b.json"])
+    a, b = (per_item(json.loads(json.dumps(x)), "learned", None, "ap@0.5") for x in (p, q))
+    assert a == {"a": 0.9, "b": 0.6, "c": 0.6} and b == {"a": 0.9, "b": 0.9, "c": 0.6}
 
 
 def test_paired_difference_by_hand():

@@ -55,3 +55,21 @@ def test_config_rejects_a_probability_outside_0_1():
 
     with pytest.raises(InputError, match="low_light_prob must be in"):
         CellTrainConfig(low_light_prob=1.5).validate()
+
+
+def test_new_runs_train_with_it_and_runs_that_predate_the_field_keep_it_off(tmp_path):
+    """The default is on (P = 0.25, chosen on 5 DSB2018 folds); a model.json written before the field existed was
+    trained without it, so loading it (for scoring or --resume) must not switch the augmentation on mid-run."""
+    import json
+
+    from medseg.cells.config import CellTrainConfig, load_config
+
+    assert CellTrainConfig().low_light_prob == 0.25
+    conf = {k: list(v) if isinstance(v, tuple) else v for k, v in vars(CellTrainConfig()).items()}
+    old = {k: v for k, v in conf.items() if k != "low_light_prob"}
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "model.json").write_text(json.dumps({"kind": "medseg-cells", "config": old}))
+    assert load_config(tmp_path / "old")[1].low_light_prob == 0.0
+    (tmp_path / "new").mkdir()
+    (tmp_path / "new" / "model.json").write_text(json.dumps({"kind": "medseg-cells", "config": conf}))
+    assert load_config(tmp_path / "new")[1].low_light_prob == 0.25
