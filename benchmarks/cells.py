@@ -183,6 +183,18 @@ def backfill_diameter_range(model, cases) -> bool:
     return True
 
 
+def recorded_validation(meta: dict, available, default):
+    """The validation images a run recorded in its ``model.json`` split, where they differ from ``default``; else
+    None. A run trained on a fold before ``model.json`` recorded the fold would otherwise be scored on the default
+    split, which holds some of its training images. Runs whose recorded images are not all in ``available`` (trained
+    on another folder) keep the default."""
+    val = set((meta.get("split") or {}).get("val") or [])
+    by_id = {c.case: c for c in available}
+    if not val or not val <= set(by_id) or val == {c.case for c in default}:
+        return None
+    return [by_id[i] for i in sorted(val)]
+
+
 def pooled(paths, method: str = "learned") -> dict:
     """One summary over the per-image rows of several runs' JSON outputs (e.g. the folds of a cross-validation):
     means over images with their 95 % bootstrap intervals, and the count error pooled over all nuclei. The rows
@@ -356,6 +368,12 @@ def main(argv=None) -> int:
         cases = dataset_split(args.data, list_cases(args.data))["val"]
         how = "its split.json" if (Path(args.data) / "split.json").exists() else "hash split 15%"
         info["eval_set"] = f"validation split of {args.data} ({len(cases)} images, {how})"
+        own = None if args.no_learned else recorded_validation(json.loads((run / "model.json").read_text()),
+                                                                list_cases(args.data), cases)
+        if own is not None:
+            cases = own
+            info["eval_set"] = (f"the run's own validation images of {args.data} ({len(cases)} images, model.json's "
+                                "split: not the default split, e.g. a fold run from before folds were recorded)")
     if args.limit:
         cases = cases[: args.limit]
         info["eval_set"] += f", first {len(cases)} used"

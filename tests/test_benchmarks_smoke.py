@@ -237,6 +237,15 @@ def test_cells_benchmark_scores_the_fold_it_trained_on(tmp_path, capsys):
         main(["--skip-train", "--data", str(ds), "--run", str(tmp_path / "run"), "--learned-only", "--fold",
               str(1 - k), "--folds", "2"])
     assert "was trained on fold" in capsys.readouterr().err
+    # a fold run from before model.json recorded its fold: scored on the validation images its split recorded
+    meta = json.loads((tmp_path / "run" / "model.json").read_text())
+    del meta["config"]["fold"], meta["config"]["folds"]
+    (tmp_path / "run" / "model.json").write_text(json.dumps(meta))
+    assert main(["--skip-train", "--data", str(ds), "--run", str(tmp_path / "run"), "--learned-only", "--threads",
+                 "1", "--json", str(tmp_path / "h.json")]) == 0
+    doc = json.loads((tmp_path / "h.json").read_text())
+    assert sorted(r["image"] for r in doc["per_image"]["learned"]) == val
+    assert doc["info"]["eval_set"].startswith("the run's own validation images")
 
 
 def test_cells_train_fraction_shares_are_nested_and_keep_validation(tmp_path, capsys):
