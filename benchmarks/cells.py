@@ -135,7 +135,8 @@ def training_config(args):
              "offset_head": args.offset_head, "norm": args.norm, "ema": args.ema, "contact_weight": args.contact_weight,
              "contact_boundary": args.contact_boundary, "boundary_width": args.boundary_width,
              "fold": args.fold, "folds": args.folds, "low_light_prob": args.low_light,
-             "tune_objective": args.tune_objective, "small_weight": args.small_weight, "small_size_px": args.small_size,
+             "tune_objective": args.tune_objective, "tune_selection": args.tune_selection,
+             "small_weight": args.small_weight, "small_size_px": args.small_size,
              "patch_size": None if args.patch is None else (args.patch, args.patch),
              "distance_head": False if args.no_distance_head else None,
              "scale_range": tuple(float(v) for v in args.scale_range.split(",")) if args.scale_range else None}
@@ -173,13 +174,20 @@ def subset_dataset(data, dst: Path, fraction: float, cfg):
     return dst, dataclasses.replace(cfg, fold=None), kept  # the split.json now names the fold's images
 
 
-def backfill_diameter_range(model, cases) -> bool:
+def backfill_diameter_range(model, cases, weighting: str | None = None) -> bool:
     """Give a native-scale run trained before session 27 (which did not record it) its ``diameter_range``: the same
-    percentiles of the same training images (among ``cases``). True when it had none."""
-    if model.cfg.diameter or "diameter_range" in model.meta:
+    percentiles of the same training images (among ``cases``). With ``weighting`` (``--diameter-weighting``), the
+    range is measured anew that way, and so are the images' nuclei when counting (``area``: as runs trained since
+    session 30 measure them). True when the range was (re)computed."""
+    if model.cfg.diameter or ("diameter_range" in model.meta and weighting in (None,
+                                                                                 model.meta.get("diameter_weighting",
+                                                                                                "count"))):
         return False
+    weighting = weighting or "count"
     train_ids = set(model.meta["split"]["train"])
-    model.meta["diameter_range"] = list(diameter_range([load_case(c).labels for c in cases if c.case in train_ids]))
+    model.meta["diameter_range"] = list(diameter_range([load_case(c).labels for c in cases if c.case in train_ids],
+                                                       weighting=weighting))
+    model.meta["diameter_weighting"] = weighting
     return True
 
 
@@ -289,6 +297,9 @@ def main(argv=None) -> int:
     ap.add_argument("--tune-objective", choices=("ap", "ap-count"), default=None,
                     help="what the threshold search maximises (CellTrainConfig.tune_objective; default ap); with "
                          "--skip-train it re-chooses the thresholds (implies --retune)")
+    ap.add_argument("--tune-selection", choices=("peak", "plateau"), default=None,
+                    help="how the threshold search picks its setting (CellTrainConfig.tune_selection; default peak); "
+                         "with --skip-train it re-chooses the thresholds (implies --retune)")
     ap.add_argument("--retune", action="store_true",
                     help="re-run the threshold search (current grid) on the run's held-out tuning images first")
     ap.add_argument("--raw-weights", action="store_true",
@@ -304,6 +315,10 @@ def main(argv=None) -> int:
     ap.add_argument("--no-rescale", action="store_true",
                     help="predict every image at its own scale (CellModel rescale=False; the behaviour before "
                          "session 27): no resizing of images whose nuclei lie outside the training range")
+    ap.add_argument("--diameter-weighting", choices=("count", "area"), default=None,
+                    help="measure the run's size range (from its training images) and each image's nuclei by the "
+                         "per-object (count; runs before session 30) or area-weighted (area; runs since) median "
+                         "diameter, instead of as the run recorded")
     ap.add_argument("--magnify", type=float, default=None, metavar="F",
                     help="stress test: resize every evaluation image (linear) and its labels (nearest) by F, as "
                          "if taken at F times the magnification")
@@ -379,10 +394,14 @@ def main(argv=None) -> int:
         info["eval_set"] += f", first {len(cases)} used"
     torch.set_num_threads(args.threads or auto_threads())
     model = None if args.no_learned else CellModel.load(run, tta=args.tta, rescale=not args.no_rescale)
-    if model is not None and model.rescale and backfill_diameter_range(model, list_cases(args.data)):
-        info["diameter_range_computed"] = "from the run's training images (the run predates recording it)"
+    if model is not None and model.rescale and backfill_diameter_range(model, list_cases(args.data),
+                                                                       args.diameter_weighting):
+        info["diameter_range_computed"] = "from the run's training images (" + (
+            f"--diameter-weighting {args.diameter_weighting})" if args.diameter_weighting else
+            "the run predates recording it)")
     if model is not None:
-        info["rescale"] = {"on": model.rescale, "diameter_range": model.meta.get("diameter_range")}
+        info["rescale"] = {"on": model.rescale, "diameter_range": model.meta.get("diameter_range"),
+                           "weighting": model.meta.get("diameter_weighting", "count")}
         if args.merge_boundary is not None:  # before a re-tuning, which then searches with it
             model.cfg.merge_boundary = args.merge_boundary
         info["merge"] = {"boundary": model.cfg.merge_boundary, "area_ratio": model.cfg.merge_area_ratio}
@@ -395,16 +414,19 @@ def main(argv=None) -> int:
         model.net.load_state_dict(torch.load(run / "checkpoint.pt", map_location="cpu", weights_only=True)["model"])
         info["weights"] = "raw final weights from checkpoint.pt"
         args.retune = bool(model.meta["split"].get("tune"))  # else the run's own (default) thresholds
-    if model is not None and args.skip_train and args.tune_objective:
+    if model is not None and args.skip_train and (args.tune_objective or args.tune_selection):
         args.retune = True
     if model is not None and args.retune:  # e.g. after the search grid changed, without retraining
         from medseg.cells.tune import tune_thresholds
 
-        tune_ids = set(model.meta["split"].get("tune", []))
+        from medseg.cells.data import recorded_tuning_cases
+
+        tune_ids = model.meta["split"].get("tune", [])
         if not tune_ids:
             ap.error(f"--retune: {run} holds no tuning images (trained with --tune-fraction 0)")
-        tune = [load_case(c) for c in list_cases(args.data) if c.case in tune_ids]
-        found = tune_thresholds(model, tune, objective=args.tune_objective or model.cfg.tune_objective)
+        tune = recorded_tuning_cases(list_cases(args.data), tune_ids, model.cfg.channel)
+        found = tune_thresholds(model, tune, objective=args.tune_objective or model.cfg.tune_objective,
+                                selection=args.tune_selection or model.cfg.tune_selection)
         model.cfg.threshold, model.cfg.seed_threshold = found["threshold"], found["seed_threshold"]
         model.cfg.seeds = found["seeds"]
         info["retuned"] = {k: v for k, v in found.items() if k != "table"}

@@ -135,16 +135,26 @@ def test_cells_benchmark_magnify_and_rescale_options(tmp_path, capsys):
                  *common]) == 0
     meta = json.loads((run / "model.json").read_text())
     recorded = meta.pop("diameter_range")
+    assert meta.pop("diameter_weighting") == "area"
     (run / "model.json").write_text(json.dumps(meta))  # as a run from before session 27
+    train_maps = [tifffile.imread(ds / "labels" / f"{c}.tif") for c in meta["split"]["train"]]
+    assert diameter_range(train_maps, weighting="area") == pytest.approx(recorded, abs=0.01)
     assert main(["--skip-train", "--magnify", "2", "--json", str(tmp_path / "on.json"), *common]) == 0
     info = json.loads((tmp_path / "on.json").read_text())["info"]
     assert "magnified 2x" in info["eval_set"] and "diameter_range_computed" in info
-    assert info["rescale"]["on"] and info["rescale"]["diameter_range"] == pytest.approx(recorded, abs=0.01)
+    assert info["rescale"]["on"] and info["rescale"]["weighting"] == "count"  # measured as such runs measured
+    assert info["rescale"]["diameter_range"] == pytest.approx(diameter_range(train_maps), abs=0.01)
+    assert main(["--skip-train", "--magnify", "2", "--diameter-weighting", "area", "--json",
+                 str(tmp_path / "area.json"), *common]) == 0
+    info = json.loads((tmp_path / "area.json").read_text())["info"]
+    assert info["rescale"]["weighting"] == "area"
+    assert info["rescale"]["diameter_range"] == pytest.approx(recorded, abs=0.01)
     assert isinstance(info["rescale"]["images_resized"], dict)
     assert main(["--skip-train", "--magnify", "0.5", "--no-rescale", "--json", str(tmp_path / "off.json"),
                  *common]) == 0
     doc = json.loads((tmp_path / "off.json").read_text())
-    assert doc["info"]["rescale"] == {"on": False, "diameter_range": None, "images_resized": {}}
+    assert doc["info"]["rescale"] == {"on": False, "diameter_range": None, "weighting": "count",
+                                      "images_resized": {}}
     # the reference was shrunk with the image: its nuclei counted there
     from medseg.cells.scale import resize_labels, scaled_shape
 
@@ -153,8 +163,6 @@ def test_cells_benchmark_magnify_and_rescale_options(tmp_path, capsys):
     for r in rows:
         lab = tifffile.imread(ds / "labels" / f"{r['image']}.tif")
         assert r["n_ref"] == len(np.unique(resize_labels(lab, scaled_shape(lab.shape, 0.5)))) - 1
-    assert diameter_range([tifffile.imread(ds / "labels" / f"{c}.tif") for c in meta["split"]["train"]]) == \
-        pytest.approx(recorded, abs=0.01)
 
 
 def test_cells_size_filter_drops_only_relatively_small_objects():
@@ -208,6 +216,40 @@ def test_cells_size_filter_benchmark_runs_and_pools(tmp_path, capsys):
         assert grid[r["image"]]["0.35,0.25"] == r["scores"]["0.0"]
     assert merge_main(["--pool", str(merged)]) == 0
     assert "| 0.35,0.25 |" in capsys.readouterr().out
+
+
+def test_cells_tune_rule_benchmark_and_retune_by_plateau(tmp_path, capsys):
+    """benchmarks/cells_tune_rule.py scores every grid setting on the run's tuning images (and only those) and
+    compares the selection rules by split halves; cells.py --tune-selection re-chooses the run's thresholds."""
+    from benchmarks.cells import main as bench
+    from benchmarks.cells_tune_rule import main
+    from medseg.cells.tune import DISTANCE_SEED_GRID, SEED_GRID, THRESHOLD_GRID, VOTE_GRID
+
+    ds = tmp_path / "ds"
+    linked_cell_dataset(ds, 7)
+    run = tmp_path / "run"
+    assert bench(["--data", str(ds), "--run", str(run), "--learned-only", "--threads", "1", "--minutes", "2",
+                  "--steps", "1", "--tune-fraction", "0.4", "--patch", "64", "--base-filters", "4"]) == 0
+    tune = json.loads((run / "model.json").read_text())["split"]["tune"]
+    assert len(tune) >= 2
+    out = tmp_path / "rule.json"
+    capsys.readouterr()
+    assert main(["--run", str(run), "--data", str(ds), "--threads", "1", "--repeats", "10", "--json", str(out)]) == 0
+    doc = json.loads(out.read_text())
+    assert sorted(doc["images"]) == sorted(tune)
+    n_grid = len(THRESHOLD_GRID) * (len(SEED_GRID) + len(DISTANCE_SEED_GRID) + len(VOTE_GRID))
+    assert len(doc["rows"]) == n_grid and all(len(r["ap"]) == len(tune) for r in doc["rows"])
+    assert all(0 <= a <= 1 for r in doc["rows"] for a in r["ap"])
+    capsys.readouterr()
+    (tmp_path / "rule2.json").write_text(out.read_text())
+    assert main(["--pool", str(out), str(tmp_path / "rule2.json"), "--repeats", "10"]) == 0
+    text = capsys.readouterr().out
+    assert len(_table_rows(text, "rule")) == 2 and "mean over 2 runs" in text
+    assert bench(["--skip-train", "--data", str(ds), "--run", str(run), "--learned-only", "--threads", "1",
+                  "--tune-selection", "plateau", "--json", str(tmp_path / "p.json")]) == 0
+    info = json.loads((tmp_path / "p.json").read_text())["info"]
+    assert info["retuned"]["selection"] == "plateau" and info["retuned"]["n_images"] == len(tune)
+    assert info["thresholds_used"][:2] == [info["retuned"]["threshold"], info["retuned"]["seed_threshold"]]
 
 
 def test_cells_benchmark_scores_the_fold_it_trained_on(tmp_path, capsys):

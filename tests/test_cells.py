@@ -263,6 +263,30 @@ def test_tune_searches_distance_markers_when_the_model_has_a_distance_map():
     assert res["seeds"] == "distance" and res["ap"] == 1.0
 
 
+def test_plateau_selection_avoids_a_peak_beside_a_cliff():
+    """Distance-core markers peak one grid step before their AP collapses; flat boundary markers score a hair
+    lower. "peak" takes the distance peak, "plateau" the flat region, and rows of different marker sources are
+    never each other's neighbours (hand-made table)."""
+    from medseg.cells.tune import best_thresholds, plateau_scores
+
+    table = [{"seeds": "boundary", "threshold": t, "seed_threshold": s, "ap": 0.83, "count_error": 0.1}
+             for t in (0.4, 0.5, 0.6) for s in (0.8, 0.9, 0.95)]
+    cliff = {0.3: 0.80, 0.4: 0.82, 0.5: 0.835, 0.6: 0.74, 0.7: 0.30}
+    table += [{"seeds": "distance", "threshold": t, "seed_threshold": s, "ap": a, "count_error": 0.1}
+              for t in (0.4, 0.5, 0.6) for s, a in cliff.items()]
+    peak = best_thresholds(table, selection="peak")
+    assert (peak["seeds"], peak["seed_threshold"]) == ("distance", 0.5)
+    plateau = best_thresholds(table, selection="plateau")
+    assert plateau["seeds"] == "boundary" and plateau["threshold"] == 0.5  # the centre: its window is all 0.83
+    scores = plateau_scores(table, [r["ap"] for r in table])
+    assert all(abs(v - 0.83) < 1e-12 for r, v in zip(table, scores) if r["seeds"] == "boundary")
+    at = {(r["seeds"], r["threshold"], r["seed_threshold"]): v for r, v in zip(table, scores)}
+    assert abs(at["distance", 0.5, 0.5] - (0.82 + 0.835 + 0.74) / 3) < 1e-12
+    assert abs(at["distance", 0.4, 0.3] - (0.80 + 0.82) / 2) < 1e-12  # a corner: a 2x2 window
+    with pytest.raises(ValueError, match="selection 'best'"):
+        best_thresholds(table, selection="best")
+
+
 def test_augment_keeps_extra_maps_aligned():
     """The distance target goes through the same crop, flips and rotations as the class target."""
     from medseg.cells.augment import augment
@@ -294,7 +318,7 @@ def test_runs_without_distance_head_still_load(tmp_path):
     for key in ("distance_head", "seeds", "diameter", "contact_weight", "contact_sigma", "offset_head",
                 "min_snr", "norm", "scale_range", "scale_prob"):  # keys added since
         del meta["config"][key]
-    del meta["versions"], meta["diameter_range"]  # recorded since
+    del meta["versions"], meta["diameter_range"], meta["diameter_weighting"]  # recorded since
     (run / "model.json").write_text(json.dumps(meta))
     model = CellModel.load(run)
     assert "versions" not in model.meta
@@ -379,12 +403,18 @@ def test_training_holds_out_tuning_images(tmp_path):
     assert round(t["ap"], 4) == best
     tied = [r for r in t["table"] if round(r["ap"], 4) == best]
     assert round(t["count_error"], 4) == min(round(r["count_error"], 4) for r in tied)
-    # the nucleus sizes it was trained on (percentiles 1 and 99 of the training images' median diameters)
+    # the nucleus sizes it was trained on (percentiles 1 and 99 of the training images' area-weighted median
+    # diameters: the diameter of the nucleus holding the median nucleus pixel)
     from skimage.measure import regionprops
 
     labels = [tifffile.imread(ds / "labels" / f"{i}.tif") for i in split["train"]]
-    train_d = [np.median([r.equivalent_diameter_area for r in regionprops(lab)]) for lab in labels]
+    train_d = []
+    for lab in labels:
+        props = sorted(regionprops(lab), key=lambda r: r.area)
+        cum = np.cumsum([r.area for r in props])
+        train_d.append(props[int(np.searchsorted(cum, cum[-1] / 2))].equivalent_diameter_area)
     assert meta["diameter_range"] == pytest.approx(np.percentile(train_d, [1, 99]), abs=0.01)
+    assert meta["diameter_weighting"] == "area"
     model = CellModel.load(run)
     assert (model.cfg.threshold, model.cfg.seed_threshold) == (t["threshold"], t["seed_threshold"])
     assert model.cfg.seeds == t["seeds"] and {r["seeds"] for r in t["table"]} == {"boundary", "distance", "votes"}

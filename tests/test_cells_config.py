@@ -47,6 +47,7 @@ def test_yaml_round_trip_and_number_text(tmp_path):
     ("distance_head: 'yes'\n", "true or false"),
     ("norm: group\n", "norm 'group'"),
     ("tune_objective: f1\n", "tune_objective 'f1'"),
+    ("tune_selection: best\n", "tune_selection 'best' is not one of plateau, peak"),
     ("tune_fraction: 1\n", "tune_fraction"),
     ("max_minutes: .nan\n", "max_minutes"),
     ("scale_range: [1.3, 0.7]\n", "scale_range"),
@@ -114,6 +115,8 @@ def test_cli_bad_config_and_options_write_nothing(tmp_path):
     assert_clean_error(run_cli("cells", "train", ds, "-o", run, "--fold", "0"), "split.json", "fold")
     assert_clean_error(run_cli("cells", "train", ds, "-o", run, "--tune-objective", "f1"), "--tune-objective",
                        "ap-count")
+    assert_clean_error(run_cli("cells", "train", ds, "-o", run, "--tune-selection", "best"), "--tune-selection",
+                       "plateau")
     assert not run.exists()
 
 

@@ -9,7 +9,7 @@ import os
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
-from medseg.cells.tune import OBJECTIVES
+from medseg.cells.tune import OBJECTIVES, SELECTIONS
 from medseg.errors import InputError
 from medseg.io.atomic import atomic_path
 from medseg.settings import read_yaml_mapping, reject_unknown
@@ -54,6 +54,9 @@ class CellTrainConfig:
     # the mean absolute relative count error; medseg.cells.tune.best_thresholds). On DSB2018 "ap-count" lowered the
     # validation count error in no seed (session 7: 6.5 / 6.2 / 7.7 % vs 5.7 / 6.0 / 7.7 %; benchmarks/RESULTS.md)
     tune_objective: str = "ap"
+    # how the best setting is picked: "peak" (the best mean) or "plateau" (the best mean over the setting's grid
+    # neighbours, medseg.cells.tune.best_thresholds)
+    tune_selection: str = "peak"
     channel: int | None = None
     norm_percentiles: tuple = (1.0, 99.8)
     seed: int = 0
@@ -166,6 +169,8 @@ class CellTrainConfig:
              f"scale_range {self.scale_range} must be two factors 0 < LO <= HI, e.g. [0.75, 1.33], or empty (off)")
         need(self.tune_objective in OBJECTIVES,
              f"tune_objective '{self.tune_objective}' is not one of {', '.join(OBJECTIVES)}")
+        need(self.tune_selection in SELECTIONS,
+             f"tune_selection '{self.tune_selection}' is not one of {', '.join(SELECTIONS)}")
         need(0 <= self.scale_prob <= 1, f"scale_prob must be in [0, 1], got {self.scale_prob}")
         need(0 <= self.low_light_prob <= 1, f"low_light_prob must be in [0, 1], got {self.low_light_prob}")
         for name in ("merge_boundary", "merge_area_ratio"):
@@ -349,7 +354,8 @@ def load_config(run_dir) -> tuple[dict, CellTrainConfig]:
 
 
 # settings a resumed run may change: its budget and threads, and what the threshold search re-chooses at the end
-RESUMABLE = ("max_minutes", "max_steps", "threads", "checkpoint_every_s", "tune_objective", "threshold",
+RESUMABLE = ("max_minutes", "max_steps", "threads", "checkpoint_every_s", "tune_objective", "tune_selection",
+             "threshold",
              "seed_threshold", "seeds", "min_size_px", "min_snr", "extra")
 
 

@@ -333,6 +333,30 @@ def tuning_blocks(cases: list[CellCase], **block) -> tuple[list[CellCase], list[
     return rest, blocks
 
 
+def recorded_tuning_cases(cases: list[CellCase], tune_ids, channel: int | None = None) -> list[CellCase]:
+    """The loaded tuning cases a run's ``model.json`` split names (``tune_ids``) out of the dataset's ``cases``:
+    whole images by id, and held-out blocks (``<id>:tune``, :func:`tuning_blocks`) cut again from their image, so
+    that thresholds can be re-chosen after training on exactly the pixels training chose them on.
+
+    Examples
+    --------
+    >>> c = CellCase("a", Path("a.tif"), None, np.zeros((10, 40)), np.zeros((10, 40), int))
+    >>> [(t.case, t.image.shape) for t in recorded_tuning_cases([c], ["a:tune"])]
+    [('a:tune', (10, 8))]
+    """
+    want = list(tune_ids)
+    by_id = {c.case: c for c in cases}
+    out = []
+    for tid in want:
+        base = by_id.get(tid.removesuffix(":tune"))
+        if base is None:
+            raise InputError(f"the run's tuning image '{tid}' is not in this dataset")
+        if base.image is None:
+            load_case(base, channel)
+        out += tuning_blocks([base])[1] if tid.endswith(":tune") else [base]
+    return out
+
+
 def load_case(case: CellCase, channel: int | None = None) -> CellCase:
     """Read image (one channel) and labels, checking that they match."""
     img = read_microscopy(case.image_path, channel=channel)

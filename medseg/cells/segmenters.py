@@ -82,16 +82,21 @@ class CellModel:
             return 1.0
         if self.diameter:
             return into_range(self.diameter, *size_range)
+        # measured as the range was: area-weighted since session 30, so that fragments of nuclei split on noise do
+        # not make the nuclei look small (runs trained before recorded a per-object median)
+        weighting = self.meta.get("diameter_weighting", "count")
         # float32 as probabilities() passes it, so that the final prediction at scale 1 is this cached pass
         native = self._probabilities(resize_image(image, image.shape))
         # nuclei too large for the model come out in pieces, which understate their size; the Otsu mask's
         # estimate does not split them
-        s = into_range(max(median_diameter(self.postprocess(native)), initial_diameter(image)), *size_range)
+        s = into_range(max(median_diameter(self.postprocess(native), weighting), initial_diameter(image)),
+                       *size_range)
         if s == 1.0:
             return s
         # then measure with the model where it is reliable, at the first guess's scale (kept when the two agree
         # within 10 %: its maps are cached)
-        d = median_diameter(self.postprocess(self._probabilities(resize_image(image, scaled_shape(image.shape, s)))))
+        d = median_diameter(self.postprocess(self._probabilities(resize_image(image, scaled_shape(image.shape, s)))),
+                            weighting)
         s2 = into_range(d / s, *size_range) if d > 0 else s
         return s if abs(s2 / s - 1) <= 0.1 else s2
 

@@ -40,7 +40,7 @@ def _save_torch(obj, path: Path) -> None:
 
 def prepare_training_data(data_dir, cfg: CellTrainConfig):
     """Load and normalise the training split; returns (train pairs, val cases, split dict, tuning cases, diameter
-    range). The range is that of the training images' median nucleus diameters
+    range). The range is that of the training images' area-weighted median nucleus diameters
     (:func:`medseg.cells.scale.diameter_range`; 2D native-scale models only, else None).
 
     Each pair is ``(image, 3-class target, distance target or None, contact weight map or None, offsets or
@@ -85,7 +85,7 @@ def prepare_training_data(data_dir, cfg: CellTrainConfig):
     if not pairs:
         raise InputError("the training split is empty", path=data_dir)
     native_2d = cfg.spatial_dims == 2 and not cfg.diameter
-    sizes = diameter_range([c.labels for c in split["train"]]) if native_2d else None
+    sizes = diameter_range([c.labels for c in split["train"]], weighting="area") if native_2d else None
     return pairs, split["val"], {k: [c.case for c in v] for k, v in split.items()}, tune, sizes
 
 
@@ -170,6 +170,7 @@ def train_cells(data_dir, run_dir, cfg: CellTrainConfig | None = None, resume: b
             "polarity": object_polarity([p[0] for p in pairs], [p[1] for p in pairs])}
     if sizes:  # nuclei outside it are resized into it at prediction (CellModel.scale_for)
         meta["diameter_range"] = [round(d, 2) for d in sizes]
+        meta["diameter_weighting"] = "area"  # how the range and the images' nuclei are measured
     _save_json(meta, run_dir / "model.json")
     dice_fn = DiceLoss(to_onehot_y=True, softmax=True, include_background=True, smooth_nr=1e-5, smooth_dr=1e-5)
     # reading the data and the threshold search count against the time budget: keep the search's time back
@@ -263,7 +264,8 @@ def _tune(net, cfg: CellTrainConfig, meta: dict, cases) -> dict:
 
     t = time.perf_counter()
     net.eval()
-    res = tune_thresholds(CellModel(net, cfg, meta, device="cpu"), cases, objective=cfg.tune_objective)
+    res = tune_thresholds(CellModel(net, cfg, meta, device="cpu"), cases, objective=cfg.tune_objective,
+                          selection=cfg.tune_selection)
     res["seconds"] = round(time.perf_counter() - t, 1)
     return res
 

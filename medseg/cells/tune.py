@@ -22,12 +22,28 @@ VOTE_GRID = (8.0, 16.0, 32.0)  # vote density a centre needs (medseg.postprocess
 
 
 OBJECTIVES = ("ap", "ap-count")
+SELECTIONS = ("plateau", "peak")
 
 
-def best_thresholds(table: list[dict], objective: str = "ap") -> dict:
-    """The best row: highest mean AP (``objective="ap"``), or highest mean AP minus mean absolute relative count
-    error (``"ap-count"``, both counted as fractions: for users whose number is the count). Ties go to the smaller
-    count error, then to the defaults' side (0.5).
+def best_thresholds(table: list[dict], objective: str = "ap", selection: str = "peak") -> dict:
+    """The best row of a threshold search's ``table``.
+
+    Parameters
+    ----------
+    table : list of dict
+        One row per setting: ``threshold``, ``seed_threshold``, ``ap``, ``count_error`` and optionally ``seeds``
+        (the marker source; rows of different sources are never neighbours).
+    objective : {"ap", "ap-count"}
+        Maximise mean AP, or mean AP minus mean absolute relative count error (both as fractions: for users whose
+        number is the count).
+    selection : {"peak", "plateau"}
+        ``"peak"`` takes the row with the best objective. ``"plateau"`` takes the row whose grid neighbourhood (the
+        row and the rows one grid step away in foreground and/or seed threshold, same marker source) has the best
+        mean objective, then the best own objective: on a few dozen tuning images settings a few thousandths
+        apart are a tie, and a peak beside a cliff (distance-map cores lose half their AP one step on) is a worse
+        bet on new images than a setting inside a flat region.
+
+    Ties go to the smaller count error, then to the defaults' side (0.5).
 
     Examples
     --------
@@ -35,18 +51,61 @@ def best_thresholds(table: list[dict], objective: str = "ap") -> dict:
     ...          {"threshold": 0.5, "seed_threshold": 0.7, "ap": 0.82, "count_error": 0.2}]
     >>> best_thresholds(table)["seed_threshold"], best_thresholds(table, "ap-count")["seed_threshold"]
     (0.7, 0.5)
+    >>> cliff = [{"threshold": 0.5, "seed_threshold": s, "ap": a, "count_error": 0.1}
+    ...          for s, a in [(0.3, 0.80), (0.4, 0.81), (0.5, 0.81), (0.6, 0.82), (0.7, 0.40)]]
+    >>> best_thresholds(cliff)["seed_threshold"], best_thresholds(cliff, selection="plateau")["seed_threshold"]
+    (0.6, 0.5)
     """
     if objective not in OBJECTIVES:
         raise ValueError(f"objective '{objective}' is not one of {', '.join(OBJECTIVES)}")
+    if selection not in SELECTIONS:
+        raise ValueError(f"selection '{selection}' is not one of {', '.join(SELECTIONS)}")
     weight = 1.0 if objective == "ap-count" else 0.0
-    return max(table, key=lambda r: (round(r["ap"] - weight * r["count_error"], 4), -round(r["count_error"], 4),
-                                     -abs(r["threshold"] - 0.5) - abs(r["seed_threshold"] - 0.5)))
+    value = [r["ap"] - weight * r["count_error"] for r in table]
+    score = plateau_scores(table, value) if selection == "plateau" else value
+    best = max(range(len(table)), key=lambda i: (round(score[i], 4), round(value[i], 4),
+                                                 -round(table[i]["count_error"], 4),
+                                                 -abs(table[i]["threshold"] - 0.5)
+                                                 - abs(table[i]["seed_threshold"] - 0.5)))
+    return table[best]
+
+
+def plateau_scores(table: list[dict], value: Sequence[float]) -> list[float]:
+    """Mean of ``value`` over each row's grid neighbourhood: itself and the rows of the same marker source
+    (``seeds``) at most one grid step away in ``threshold`` and in ``seed_threshold`` (a 3x3 window, cut at the
+    grid's edges).
+
+    Examples
+    --------
+    >>> rows = [{"threshold": 0.5, "seed_threshold": s} for s in (0.3, 0.4, 0.5)]
+    >>> [round(v, 3) for v in plateau_scores(rows, [0.9, 0.6, 0.3])]
+    [0.75, 0.6, 0.45]
+    """
+    axes = {}
+    for r in table:
+        fg, sd = axes.setdefault(r.get("seeds"), (set(), set()))
+        fg.add(r["threshold"])
+        sd.add(r["seed_threshold"])
+    index = {src: ({v: i for i, v in enumerate(sorted(fg))}, {v: i for i, v in enumerate(sorted(sd))})
+             for src, (fg, sd) in axes.items()}
+
+    def cell(r):
+        fg, sd = index[r.get("seeds")]
+        return r.get("seeds"), fg[r["threshold"]], sd[r["seed_threshold"]]
+
+    cells = [cell(r) for r in table]
+    out = []
+    for src, i, j in cells:
+        near = [v for (s2, i2, j2), v in zip(cells, value) if s2 == src and abs(i2 - i) <= 1 and abs(j2 - j) <= 1]
+        out.append(float(np.mean(near)))
+    return out
 
 
 def tune_thresholds(model, cases, threshold_grid: Sequence[float] = THRESHOLD_GRID,
                     seed_grid: Sequence[float] = SEED_GRID, iou: float = 0.5,
                     distance_seed_grid: Sequence[float] = DISTANCE_SEED_GRID,
-                    vote_grid: Sequence[float] = VOTE_GRID, objective: str = "ap") -> dict:
+                    vote_grid: Sequence[float] = VOTE_GRID, objective: str = "ap",
+                    selection: str = "peak") -> dict:
     """Grid-search the watershed's foreground and seed thresholds of ``model`` on labelled ``cases``.
 
     Parameters
@@ -59,6 +118,8 @@ def tune_thresholds(model, cases, threshold_grid: Sequence[float] = THRESHOLD_GR
     seed_grid, distance_seed_grid, vote_grid : sequence of float
         Seed thresholds for boundary markers, (models with a distance head) for distance-core markers and (models
         with an offset head) the vote density of a centre.
+    objective, selection : str
+        What is maximised and how the best setting is picked (``best_thresholds``).
 
     Returns
     -------
@@ -66,6 +127,21 @@ def tune_thresholds(model, cases, threshold_grid: Sequence[float] = THRESHOLD_GR
         ``threshold``, ``seed_threshold``, ``seeds`` (the best setting), ``ap`` and ``count_error`` there,
         ``n_images`` and the whole ``table`` (mean AP@``iou`` and mean absolute relative count error per setting).
     """
+    rows = per_image_table(model, cases, threshold_grid, seed_grid, iou, distance_seed_grid, vote_grid)
+    table = [{**{k: r[k] for k in ("seeds", "threshold", "seed_threshold")}, "ap": float(np.mean(r["ap"])),
+              "count_error": float(np.mean(r["count_error"]))} for r in rows]
+    best = best_thresholds(table, objective, selection)
+    return {**best, "n_images": len(cases), "iou": iou, "objective": objective, "selection": selection,
+            "table": table}
+
+
+def per_image_table(model, cases, threshold_grid: Sequence[float] = THRESHOLD_GRID,
+                    seed_grid: Sequence[float] = SEED_GRID, iou: float = 0.5,
+                    distance_seed_grid: Sequence[float] = DISTANCE_SEED_GRID,
+                    vote_grid: Sequence[float] = VOTE_GRID) -> list[dict]:
+    """The threshold search's grid scored per image: one row per setting (``seeds``, ``threshold``,
+    ``seed_threshold``) with ``ap`` and ``count_error`` as arrays over ``cases`` (``tune_thresholds`` averages
+    them; ``benchmarks/cells_tune_rule.py`` resamples them)."""
     from medseg.evaluate.instances import instance_metrics
 
     probs = [model.probabilities(c.image) for c in cases]
@@ -74,7 +150,7 @@ def tune_thresholds(model, cases, threshold_grid: Sequence[float] = THRESHOLD_GR
         grid += [("distance", t, s) for t, s in itertools.product(threshold_grid, distance_seed_grid)]
     if model.cfg.offset_head:
         grid += [("votes", t, s) for t, s in itertools.product(threshold_grid, vote_grid)]
-    table = []
+    rows = []
     for src, t, s in grid:
         aps, errs = [], []
         for c, p in zip(cases, probs):
@@ -83,7 +159,6 @@ def tune_thresholds(model, cases, threshold_grid: Sequence[float] = THRESHOLD_GR
             m = instance_metrics(c.labels, pred, [iou])
             aps.append(m[f"ap@{iou:g}"])
             errs.append(m["abs_relative_count_error"])
-        table.append({"seeds": src, "threshold": t, "seed_threshold": s, "ap": float(np.mean(aps)),
-                      "count_error": float(np.mean(errs))})
-    best = best_thresholds(table, objective)
-    return {**best, "n_images": len(cases), "iou": iou, "objective": objective, "table": table}
+        rows.append({"seeds": src, "threshold": t, "seed_threshold": s, "ap": np.asarray(aps),
+                     "count_error": np.asarray(errs)})
+    return rows

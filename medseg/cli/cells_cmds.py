@@ -53,7 +53,7 @@ def train_cmd(
     seed: Optional[int] = typer.Option(None, "--seed", help="Random seed (crops, augmentation, weights; default 0)."),
     resume: bool = typer.Option(False, "--resume",
                                 help="Continue from RUN/checkpoint.pt with the run's own settings (--max-minutes, "
-                                     "--max-steps, --threads and --tune-objective may change)."),
+                                     "--max-steps, --threads, --tune-objective and --tune-selection may change)."),
     threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for torch."),
     tune_fraction: Optional[float] = typer.Option(None, "--tune-fraction",
                                                   help="Share of the training images held out to choose the "
@@ -63,6 +63,10 @@ def train_cmd(
                                                  help="What the threshold search maximises on those images: ap "
                                                       "(AP@0.5; default) or ap-count (AP@0.5 minus the mean "
                                                       "absolute count error)."),
+    tune_selection: Optional[str] = typer.Option(None, "--tune-selection",
+                                                 help="How the best thresholds are picked: peak (the best mean; "
+                                                      "default) or plateau (the best mean over each setting's grid "
+                                                      "neighbours)."),
     distance_head: Optional[bool] = typer.Option(None, "--distance-head/--no-distance-head",
                                                  help="Also predict each nucleus's distance map (watershed markers "
                                                       "from its cores; the threshold search picks these or "
@@ -96,7 +100,7 @@ def train_cmd(
 
     given = {"max_minutes": max_minutes, "max_steps": max_steps, "batch_size": batch_size, "channel": channel,
              "seed": seed, "threads": threads, "tune_fraction": tune_fraction, "tune_objective": tune_objective,
-             "distance_head": distance_head, "diameter": diameter, "contact_weight": contact_weight,
+             "tune_selection": tune_selection, "distance_head": distance_head, "diameter": diameter, "contact_weight": contact_weight,
              "offset_head": offset_head, "patch_size": None if patch is None else (patch,), "fold": fold,
              "folds": folds}
     given = {k: v for k, v in given.items() if v is not None}
@@ -105,10 +109,10 @@ def train_cmd(
     if resume:
         if config is not None:
             raise InputError("--resume continues with the run's own settings; leave out --config")
-        fixed = sorted(set(given) - {"max_minutes", "max_steps", "threads", "tune_objective"})
+        fixed = sorted(set(given) - {"max_minutes", "max_steps", "threads", "tune_objective", "tune_selection"})
         if fixed:
             raise InputError(f"--resume continues with the run's own settings; only --max-minutes, --max-steps, "
-                             f"--threads and --tune-objective may change (got {', '.join(map(_option, fixed))})")
+                             f"--threads, --tune-objective and --tune-selection may change (got {', '.join(map(_option, fixed))})")
         if not (out / "checkpoint.pt").exists():
             raise InputError("nothing to resume: no checkpoint.pt", path=out)
         base = resumed_config(out)
