@@ -174,20 +174,19 @@ def subset_dataset(data, dst: Path, fraction: float, cfg):
     return dst, dataclasses.replace(cfg, fold=None), kept  # the split.json now names the fold's images
 
 
-def backfill_diameter_range(model, cases, weighting: str | None = None) -> bool:
+def backfill_diameter_range(model, cases, measure: str | None = None) -> bool:
     """Give a native-scale run trained before session 27 (which did not record it) its ``diameter_range``: the same
-    percentiles of the same training images (among ``cases``). With ``weighting`` (``--diameter-weighting``), the
-    range is measured anew that way, and so are the images' nuclei when counting (``area``: as runs trained since
-    session 30 measure them). True when the range was (re)computed."""
-    if model.cfg.diameter or ("diameter_range" in model.meta and weighting in (None,
-                                                                                 model.meta.get("diameter_weighting",
-                                                                                                "count"))):
+    percentiles of the same training images (among ``cases``). With ``measure`` (``--diameter-measure``), both
+    ranges (per-object and area-weighted) are measured anew and the run measures images that way (``both``: as runs
+    trained since session 30 do). True when a range was computed."""
+    if model.cfg.diameter or ("diameter_range" in model.meta and measure is None):
         return False
-    weighting = weighting or "count"
     train_ids = set(model.meta["split"]["train"])
-    model.meta["diameter_range"] = list(diameter_range([load_case(c).labels for c in cases if c.case in train_ids],
-                                                       weighting=weighting))
-    model.meta["diameter_weighting"] = weighting
+    maps = [load_case(c).labels for c in cases if c.case in train_ids]
+    model.meta["diameter_range"] = list(diameter_range(maps))
+    model.meta["diameter_measure"] = measure or "count"
+    if measure:
+        model.meta["diameter_range_area"] = list(diameter_range(maps, weighting="area"))
     return True
 
 
@@ -315,10 +314,10 @@ def main(argv=None) -> int:
     ap.add_argument("--no-rescale", action="store_true",
                     help="predict every image at its own scale (CellModel rescale=False; the behaviour before "
                          "session 27): no resizing of images whose nuclei lie outside the training range")
-    ap.add_argument("--diameter-weighting", choices=("count", "area"), default=None,
-                    help="measure the run's size range (from its training images) and each image's nuclei by the "
-                         "per-object (count; runs before session 30) or area-weighted (area; runs since) median "
-                         "diameter, instead of as the run recorded")
+    ap.add_argument("--diameter-measure", choices=("count", "area", "both"), default=None,
+                    help="re-measure the run's size ranges from its training images and decide resizing by the "
+                         "per-object median diameter (count; runs before session 30), the area-weighted one (area) "
+                         "or both agreeing (both; runs since), instead of as the run recorded")
     ap.add_argument("--magnify", type=float, default=None, metavar="F",
                     help="stress test: resize every evaluation image (linear) and its labels (nearest) by F, as "
                          "if taken at F times the magnification")
@@ -395,13 +394,14 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads or auto_threads())
     model = None if args.no_learned else CellModel.load(run, tta=args.tta, rescale=not args.no_rescale)
     if model is not None and model.rescale and backfill_diameter_range(model, list_cases(args.data),
-                                                                       args.diameter_weighting):
+                                                                       args.diameter_measure):
         info["diameter_range_computed"] = "from the run's training images (" + (
-            f"--diameter-weighting {args.diameter_weighting})" if args.diameter_weighting else
+            f"--diameter-measure {args.diameter_measure})" if args.diameter_measure else
             "the run predates recording it)")
     if model is not None:
         info["rescale"] = {"on": model.rescale, "diameter_range": model.meta.get("diameter_range"),
-                           "weighting": model.meta.get("diameter_weighting", "count")}
+                           "diameter_range_area": model.meta.get("diameter_range_area"),
+                           "measure": model.meta.get("diameter_measure", "count")}
         if args.merge_boundary is not None:  # before a re-tuning, which then searches with it
             model.cfg.merge_boundary = args.merge_boundary
         info["merge"] = {"boundary": model.cfg.merge_boundary, "area_ratio": model.cfg.merge_area_ratio}

@@ -135,26 +135,29 @@ def test_cells_benchmark_magnify_and_rescale_options(tmp_path, capsys):
                  *common]) == 0
     meta = json.loads((run / "model.json").read_text())
     recorded = meta.pop("diameter_range")
-    assert meta.pop("diameter_weighting") == "area"
+    recorded_area = meta.pop("diameter_range_area")
+    assert meta.pop("diameter_measure") == "both"
     (run / "model.json").write_text(json.dumps(meta))  # as a run from before session 27
     train_maps = [tifffile.imread(ds / "labels" / f"{c}.tif") for c in meta["split"]["train"]]
-    assert diameter_range(train_maps, weighting="area") == pytest.approx(recorded, abs=0.01)
+    assert diameter_range(train_maps) == pytest.approx(recorded, abs=0.01)
+    assert diameter_range(train_maps, weighting="area") == pytest.approx(recorded_area, abs=0.01)
     assert main(["--skip-train", "--magnify", "2", "--json", str(tmp_path / "on.json"), *common]) == 0
     info = json.loads((tmp_path / "on.json").read_text())["info"]
     assert "magnified 2x" in info["eval_set"] and "diameter_range_computed" in info
-    assert info["rescale"]["on"] and info["rescale"]["weighting"] == "count"  # measured as such runs measured
-    assert info["rescale"]["diameter_range"] == pytest.approx(diameter_range(train_maps), abs=0.01)
-    assert main(["--skip-train", "--magnify", "2", "--diameter-weighting", "area", "--json",
-                 str(tmp_path / "area.json"), *common]) == 0
-    info = json.loads((tmp_path / "area.json").read_text())["info"]
-    assert info["rescale"]["weighting"] == "area"
+    assert info["rescale"]["on"] and info["rescale"]["measure"] == "count"  # measured as such runs measured
     assert info["rescale"]["diameter_range"] == pytest.approx(recorded, abs=0.01)
+    assert info["rescale"]["diameter_range_area"] is None
+    assert main(["--skip-train", "--magnify", "2", "--diameter-measure", "both", "--json",
+                 str(tmp_path / "both.json"), *common]) == 0
+    info = json.loads((tmp_path / "both.json").read_text())["info"]
+    assert info["rescale"]["measure"] == "both"
+    assert info["rescale"]["diameter_range_area"] == pytest.approx(recorded_area, abs=0.01)
     assert isinstance(info["rescale"]["images_resized"], dict)
     assert main(["--skip-train", "--magnify", "0.5", "--no-rescale", "--json", str(tmp_path / "off.json"),
                  *common]) == 0
     doc = json.loads((tmp_path / "off.json").read_text())
-    assert doc["info"]["rescale"] == {"on": False, "diameter_range": None, "weighting": "count",
-                                      "images_resized": {}}
+    assert doc["info"]["rescale"] == {"on": False, "diameter_range": None, "diameter_range_area": None,
+                                      "measure": "count", "images_resized": {}}
     # the reference was shrunk with the image: its nuclei counted there
     from medseg.cells.scale import resize_labels, scaled_shape
 

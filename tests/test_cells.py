@@ -318,7 +318,8 @@ def test_runs_without_distance_head_still_load(tmp_path):
     for key in ("distance_head", "seeds", "diameter", "contact_weight", "contact_sigma", "offset_head",
                 "min_snr", "norm", "scale_range", "scale_prob"):  # keys added since
         del meta["config"][key]
-    del meta["versions"], meta["diameter_range"], meta["diameter_weighting"]  # recorded since
+    for key in ("versions", "diameter_range", "diameter_range_area", "diameter_measure"):  # recorded since
+        del meta[key]
     (run / "model.json").write_text(json.dumps(meta))
     model = CellModel.load(run)
     assert "versions" not in model.meta
@@ -403,18 +404,20 @@ def test_training_holds_out_tuning_images(tmp_path):
     assert round(t["ap"], 4) == best
     tied = [r for r in t["table"] if round(r["ap"], 4) == best]
     assert round(t["count_error"], 4) == min(round(r["count_error"], 4) for r in tied)
-    # the nucleus sizes it was trained on (percentiles 1 and 99 of the training images' area-weighted median
-    # diameters: the diameter of the nucleus holding the median nucleus pixel)
+    # the nucleus sizes it was trained on (percentiles 1 and 99 of the training images' median diameters, per
+    # object and area-weighted: the diameter of the nucleus holding the median nucleus pixel)
     from skimage.measure import regionprops
 
     labels = [tifffile.imread(ds / "labels" / f"{i}.tif") for i in split["train"]]
-    train_d = []
+    train_d, train_a = [], []
     for lab in labels:
         props = sorted(regionprops(lab), key=lambda r: r.area)
         cum = np.cumsum([r.area for r in props])
-        train_d.append(props[int(np.searchsorted(cum, cum[-1] / 2))].equivalent_diameter_area)
+        train_d.append(np.median([r.equivalent_diameter_area for r in props]))
+        train_a.append(props[int(np.searchsorted(cum, cum[-1] / 2))].equivalent_diameter_area)
     assert meta["diameter_range"] == pytest.approx(np.percentile(train_d, [1, 99]), abs=0.01)
-    assert meta["diameter_weighting"] == "area"
+    assert meta["diameter_range_area"] == pytest.approx(np.percentile(train_a, [1, 99]), abs=0.01)
+    assert meta["diameter_measure"] == "both"
     model = CellModel.load(run)
     assert (model.cfg.threshold, model.cfg.seed_threshold) == (t["threshold"], t["seed_threshold"])
     assert model.cfg.seeds == t["seeds"] and {r["seeds"] for r in t["table"]} == {"boundary", "distance", "votes"}

@@ -154,24 +154,47 @@ def test_over_split_large_nuclei_are_still_recognised_as_too_large():
     assert model.scale_for(img) == pytest.approx(20.0 / 60.0, rel=0.1)
 
 
-def test_fragments_do_not_make_in_range_nuclei_look_small(monkeypatch):
-    """A model that also finds a swarm of 2x2 specks in the background (noise, or a nucleus split on it), on an
-    image whose Otsu estimate fails too (on the real shot-noise image that showed this, 3.4 px): by the per-object
-    median the nuclei look 2 px across and the image would be enlarged 4x; measured area-weighted, as runs trained
-    since session 30 record it, they are the 15 px they are. Runs without the record keep the old measurement
-    (their range was measured per object)."""
-    monkeypatch.setattr("medseg.cells.scale.initial_diameter", lambda image: 3.4)
-    img = _discs(15.0)
-    for cy in range(0, img.shape[0], 30):
-        for cx in range(0, img.shape[1], 30):
-            for dy, dx in ((1, 1), (1, 26), (26, 1), (26, 26)):
+def _speckled(diameter: float = 15.0) -> np.ndarray:
+    """:func:`_discs` with 2x2 specks in every cell's corners: 36 small objects beside 9 nuclei."""
+    img = _discs(diameter)
+    step = int(2 * diameter)
+    for cy in range(0, img.shape[0], step):
+        for cx in range(0, img.shape[1], step):
+            for dy, dx in ((1, 1), (1, step - 4), (step - 4, 1), (step - 4, step - 4)):
                 img[cy + dy: cy + dy + 2, cx + dx: cx + dx + 2] = 1.0
+    return img
+
+
+def test_fragments_do_not_make_in_range_nuclei_look_small(monkeypatch):
+    """A model that also finds a swarm of 2x2 specks (noise, or a nucleus split on it), on an image whose Otsu
+    estimate fails too (on the real shot-noise image that showed this, 3.4 px): by the per-object median the nuclei
+    look 2 px across and the image would be enlarged 4x; runs trained since session 30 enlarge only when the
+    area-weighted median agrees, and it sees the 15 px nuclei. Runs without the area range keep the old rule."""
+    monkeypatch.setattr("medseg.cells.scale.initial_diameter", lambda image: 3.4)
+    img = _speckled()
     model = _stub_model((10.0, 20.0))
     labels = model.postprocess(img[None])
     assert median_diameter(labels) < 3 and 14 < median_diameter(labels, "area") < 16
     assert model.scale_for(img) > 3  # the old measurement
-    model.meta["diameter_weighting"] = "area"
+    model.meta.update(diameter_range_area=[12.0, 24.0], diameter_measure="both")
     assert model.scale_for(img) == 1.0
+    model.meta["diameter_measure"] = "area"
+    assert model.scale_for(img) == 1.0
+
+
+def test_one_giant_object_does_not_make_in_range_nuclei_look_large():
+    """The area-weighted median's failure: one merged blob holding most object pixels beside in-range nuclei makes
+    the area measure shrink the image; "both" shrinks only when the per-object median agrees, and it does not."""
+    img = np.zeros((300, 300), np.float32)
+    img[:90, :90] = _discs(15.0)
+    img[120:290, 120:290] = 1.0  # 170 x 170: more pixels than the nine nuclei together
+    model = _stub_model((10.0, 20.0))
+    model.meta.update(diameter_range_area=[12.0, 24.0], diameter_measure="area")
+    assert model.scale_for(img) < 0.5
+    model.meta["diameter_measure"] = "both"
+    assert model.scale_for(img) == 1.0
+    big = _discs(60.0)  # nuclei truly too large: both measures agree, and it shrinks
+    assert model.scale_for(big) == pytest.approx(20.0 / 60.0, rel=0.1)
 
 
 def test_area_weighted_median_diameter_on_real_masks():

@@ -11,9 +11,11 @@ so it is off by default; it is meant for images whose magnification differs from
 
 A model trained at native scale records the range of its training images' median nucleus diameters
 (:func:`diameter_range`) and resizes only the images whose nuclei lie outside it (:func:`into_range`): nuclei
-larger than any it was trained on are otherwise cut into pieces. Runs trained since session 30 measure both by the
-area-weighted median (``model.json``: ``diameter_weighting``), which fragments of nuclei split on noise do not drag
-down; on DSB2018 the per-object median had one dim image enlarged 1.66x and shattered into 664 objects (13 nuclei).
+larger than any it was trained on are otherwise cut into pieces. Runs trained since session 30 record the range by
+the per-object and by the area-weighted median (``diameter_range``, ``diameter_range_area``) and resize only when
+both measures agree (:func:`agreed_scale`): on DSB2018 fragments had the per-object median enlarge one dim image
+1.66x, which shattered it into 664 objects (13 nuclei); the area-weighted median alone shrank another image 4x
+(its Otsu estimate, 220 px, proposed the shrink, and at a quarter of the size merged nuclei confirmed it).
 """
 
 from __future__ import annotations
@@ -127,6 +129,45 @@ def into_range(measured: float, low: float, high: float) -> float:
     if not measured or measured <= 0 or low <= measured <= high:
         return 1.0
     return float(np.clip((high if measured > high else low) / measured, 0.25, 4.0))
+
+
+MEASURES = ("count", "area", "both")
+
+
+def image_sizes(labels: np.ndarray, scale: float = 1.0, floor: float = 0.0) -> dict:
+    """An image's nucleus size both ways (:func:`median_diameter`: ``count`` and ``area``), from ``labels`` of the
+    image resized by ``scale``, in the image's own pixels, at least ``floor`` (e.g. the Otsu estimate)."""
+    return {w: max(median_diameter(labels, w) / scale, floor) for w in ("count", "area")}
+
+
+def agreed_scale(sizes: dict, ranges: dict, measure: str = "both") -> float:
+    """Resize factor that brings an image's nuclei into the training range (:func:`into_range`), by one measure
+    (``count`` or ``area``: ``sizes[m]`` against ``ranges[m]``) or by ``both``: enlarge only when even the
+    area-weighted size is below its range (fragments drag the per-object median down), shrink only when even the
+    per-object size is above its range (large merged objects drag the area-weighted median up). The per-object
+    size is never above the area-weighted one, so the two rules cannot both fire.
+
+    Examples
+    --------
+    >>> ranges = {"count": (8.0, 50.0), "area": (10.0, 60.0)}
+    >>> agreed_scale({"count": 5.0, "area": 20.0}, ranges)  # fragments among in-range nuclei: left alone
+    1.0
+    >>> agreed_scale({"count": 30.0, "area": 200.0}, ranges)  # a giant object among in-range nuclei: left alone
+    1.0
+    >>> agreed_scale({"count": 4.0, "area": 5.0}, ranges), agreed_scale({"count": 100.0, "area": 120.0}, ranges)
+    (2.0, 0.5)
+    >>> agreed_scale({"count": 5.0, "area": 20.0}, ranges, "count")
+    1.6
+    """
+    if measure not in MEASURES:
+        raise ValueError(f"measure '{measure}' is not one of {', '.join(MEASURES)}")
+    if measure != "both":
+        return into_range(sizes[measure], *ranges[measure])
+    up = into_range(sizes["area"], *ranges["area"])
+    if up > 1.0:
+        return up
+    down = into_range(sizes["count"], *ranges["count"])
+    return down if down < 1.0 else 1.0
 
 
 def initial_diameter(image: np.ndarray) -> float:

@@ -68,8 +68,8 @@ class CellModel:
         (``meta["diameter_range"]``, :func:`medseg.cells.scale.diameter_range`) resizes only images whose nuclei
         lie outside that range, to its nearer end (unless ``rescale`` is off). The size is the known
         ``diameter`` or is measured on the model's own segmentation, once more after a resize."""
-        from medseg.cells.scale import (estimate_scale, initial_diameter, into_range, median_diameter, resize_image,
-                                        scale_to, scaled_shape)
+        from medseg.cells.scale import (agreed_scale, estimate_scale, image_sizes, initial_diameter, into_range,
+                                        resize_image, scale_to, scaled_shape)
 
         if image.ndim != 2:
             return 1.0
@@ -82,22 +82,21 @@ class CellModel:
             return 1.0
         if self.diameter:
             return into_range(self.diameter, *size_range)
-        # measured as the range was: area-weighted since session 30, so that fragments of nuclei split on noise do
-        # not make the nuclei look small (runs trained before recorded a per-object median)
-        weighting = self.meta.get("diameter_weighting", "count")
+        # runs trained before session 30 recorded the per-object range only, and are measured so
+        measure = self.meta.get("diameter_measure", "count")
+        ranges = {"count": size_range, "area": self.meta.get("diameter_range_area")}
         # float32 as probabilities() passes it, so that the final prediction at scale 1 is this cached pass
         native = self._probabilities(resize_image(image, image.shape))
         # nuclei too large for the model come out in pieces, which understate their size; the Otsu mask's
         # estimate does not split them
-        s = into_range(max(median_diameter(self.postprocess(native), weighting), initial_diameter(image)),
-                       *size_range)
+        s = agreed_scale(image_sizes(self.postprocess(native), floor=initial_diameter(image)), ranges, measure)
         if s == 1.0:
             return s
         # then measure with the model where it is reliable, at the first guess's scale (kept when the two agree
         # within 10 %: its maps are cached)
-        d = median_diameter(self.postprocess(self._probabilities(resize_image(image, scaled_shape(image.shape, s)))),
-                            weighting)
-        s2 = into_range(d / s, *size_range) if d > 0 else s
+        sizes = image_sizes(self.postprocess(self._probabilities(resize_image(image, scaled_shape(image.shape, s)))),
+                            s)
+        s2 = agreed_scale(sizes, ranges, measure) if sizes["count"] > 0 else s
         return s if abs(s2 / s - 1) <= 0.1 else s2
 
     def probabilities(self, image: np.ndarray, scale: float | None = None) -> np.ndarray:

@@ -40,8 +40,9 @@ def _save_torch(obj, path: Path) -> None:
 
 def prepare_training_data(data_dir, cfg: CellTrainConfig):
     """Load and normalise the training split; returns (train pairs, val cases, split dict, tuning cases, diameter
-    range). The range is that of the training images' area-weighted median nucleus diameters
-    (:func:`medseg.cells.scale.diameter_range`; 2D native-scale models only, else None).
+    ranges). The ranges are those of the training images' per-object and area-weighted median nucleus diameters
+    (``{"count": ..., "area": ...}``, :func:`medseg.cells.scale.diameter_range`; 2D native-scale models only, else
+    None).
 
     Each pair is ``(image, 3-class target, distance target or None, contact weight map or None, offsets or
     None, instance labels or None)``, the offsets as one map per axis; the labels are kept for the zoom augmentation
@@ -85,7 +86,8 @@ def prepare_training_data(data_dir, cfg: CellTrainConfig):
     if not pairs:
         raise InputError("the training split is empty", path=data_dir)
     native_2d = cfg.spatial_dims == 2 and not cfg.diameter
-    sizes = diameter_range([c.labels for c in split["train"]], weighting="area") if native_2d else None
+    sizes = {w: diameter_range([c.labels for c in split["train"]], weighting=w) for w in ("count", "area")} \
+        if native_2d else None
     return pairs, split["val"], {k: [c.case for c in v] for k, v in split.items()}, tune, sizes
 
 
@@ -168,9 +170,10 @@ def train_cells(data_dir, run_dir, cfg: CellTrainConfig | None = None, resume: b
             "out_channels": out_channels(cfg),
             # which way min_snr looks: nuclei brighter (fluorescence) or darker than the background
             "polarity": object_polarity([p[0] for p in pairs], [p[1] for p in pairs])}
-    if sizes:  # nuclei outside it are resized into it at prediction (CellModel.scale_for)
-        meta["diameter_range"] = [round(d, 2) for d in sizes]
-        meta["diameter_weighting"] = "area"  # how the range and the images' nuclei are measured
+    if sizes and sizes["count"]:  # nuclei outside it are resized into it at prediction (CellModel.scale_for)
+        meta["diameter_range"] = [round(d, 2) for d in sizes["count"]]
+        meta["diameter_range_area"] = [round(d, 2) for d in sizes["area"]]
+        meta["diameter_measure"] = "both"  # resized only where both measures agree (medseg.cells.scale.agreed_scale)
     _save_json(meta, run_dir / "model.json")
     dice_fn = DiceLoss(to_onehot_y=True, softmax=True, include_background=True, smooth_nr=1e-5, smooth_dr=1e-5)
     # reading the data and the threshold search count against the time budget: keep the search's time back
