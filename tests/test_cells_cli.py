@@ -270,8 +270,9 @@ def test_count_resizes_images_outside_the_models_size_range_unless_told_not_to(t
 
     run = shutil.copytree(tiny_run, tmp_path / "run")
     meta = json.loads((run / "model.json").read_text())
-    assert len(meta["diameter_range"]) == 2  # recorded at training
-    meta["diameter_range"] = [150.0, 200.0]
+    assert len(meta["diameter_range"]) == len(meta["diameter_range_area"]) == 2  # recorded at training
+    assert meta["diameter_measure"] == "both"
+    meta["diameter_range"] = meta["diameter_range_area"] = [150.0, 200.0]
     (run / "model.json").write_text(json.dumps(meta))
     seen, predict = [], CellModel._predict
     monkeypatch.setattr(CellModel, "_predict", lambda self, x: (seen.append(x.shape), predict(self, x))[1])
