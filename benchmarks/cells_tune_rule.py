@@ -44,7 +44,7 @@ def split_half(rows: list[dict], repeats: int = 500, seed: int = 0) -> dict:
     >>> round(r["plateau"]["ap"], 3), r["peak"]["ap"] < 0.8
     (0.8, True)
     """
-    from medseg.cells.tune import best_thresholds
+    from medseg.cells.tune import best_thresholds, mean_table
 
     ap = np.stack([r["ap"] for r in rows])  # (settings, images)
     err = np.stack([r["count_error"] for r in rows])
@@ -54,9 +54,7 @@ def split_half(rows: list[dict], repeats: int = 500, seed: int = 0) -> dict:
     for _ in range(repeats):
         order = rng.permutation(n)
         pick, score = order[: n // 2], order[n // 2:]
-        table = [{"seeds": r["seeds"], "threshold": r["threshold"], "seed_threshold": r["seed_threshold"],
-                  "ap": float(ap[i, pick].mean()), "count_error": float(err[i, pick].mean()), "i": i}
-                 for i, r in enumerate(rows)]
+        table = [{**row, "i": i} for i, row in enumerate(mean_table(rows, pick))]
         for rule in RULES:
             i = best_thresholds(table, "ap", rule)["i"]
             held[rule][0].append(ap[i, score].mean())
@@ -70,10 +68,9 @@ def split_half(rows: list[dict], repeats: int = 500, seed: int = 0) -> dict:
 
 def whole_set_picks(rows: list[dict]) -> dict:
     """The setting each rule picks on all the tuning images (what a run records)."""
-    from medseg.cells.tune import best_thresholds
+    from medseg.cells.tune import best_thresholds, mean_table
 
-    table = [{"seeds": r["seeds"], "threshold": r["threshold"], "seed_threshold": r["seed_threshold"],
-              "ap": float(np.mean(r["ap"])), "count_error": float(np.mean(r["count_error"]))} for r in rows]
+    table = mean_table(rows)
     return {rule: best_thresholds(table, "ap", rule) for rule in RULES}
 
 

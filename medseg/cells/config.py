@@ -355,8 +355,7 @@ def load_config(run_dir) -> tuple[dict, CellTrainConfig]:
 
 # settings a resumed run may change: its budget and threads, and what the threshold search re-chooses at the end
 RESUMABLE = ("max_minutes", "max_steps", "threads", "checkpoint_every_s", "tune_objective", "tune_selection",
-             "threshold",
-             "seed_threshold", "seeds", "min_size_px", "min_snr", "extra")
+             "threshold", "seed_threshold", "seeds", "min_size_px", "min_snr", "extra")
 
 
 def resumed_config(run_dir, cfg: CellTrainConfig | None = None) -> CellTrainConfig:

@@ -305,6 +305,9 @@ def tuning_block(shape, share: float = 0.2, min_block: int = 8, min_rest: int = 
     return None if k < min_block or shape[axis] - k < min_rest else (axis, k)
 
 
+TUNE_BLOCK = ":tune"  # id suffix of a held-out block (model.json's split names it so)
+
+
 def tuning_blocks(cases: list[CellCase], **block) -> tuple[list[CellCase], list[CellCase]]:
     """Hold out the block :func:`tuning_block` names of each loaded case as a tuning case (id ``<id>:tune``);
     returns (the cases without their blocks, the blocks). For datasets with too few images to hold out whole ones
@@ -328,7 +331,7 @@ def tuning_blocks(cases: list[CellCase], **block) -> tuple[list[CellCase], list[
         head = tuple(slice(0, n - k) if a == axis else slice(None) for a in range(c.labels.ndim))
         tail = tuple(slice(n - k, n) if a == axis else slice(None) for a in range(c.labels.ndim))
         rest.append(CellCase(c.case, c.image_path, c.label_path, c.image[head], c.labels[head], c.spacing))
-        blocks.append(CellCase(f"{c.case}:tune", c.image_path, c.label_path, c.image[tail], c.labels[tail],
+        blocks.append(CellCase(f"{c.case}{TUNE_BLOCK}", c.image_path, c.label_path, c.image[tail], c.labels[tail],
                                c.spacing))
     return rest, blocks
 
@@ -344,16 +347,15 @@ def recorded_tuning_cases(cases: list[CellCase], tune_ids, channel: int | None =
     >>> [(t.case, t.image.shape) for t in recorded_tuning_cases([c], ["a:tune"])]
     [('a:tune', (10, 8))]
     """
-    want = list(tune_ids)
     by_id = {c.case: c for c in cases}
     out = []
-    for tid in want:
-        base = by_id.get(tid.removesuffix(":tune"))
+    for tid in tune_ids:
+        base = by_id.get(tid.removesuffix(TUNE_BLOCK))
         if base is None:
             raise InputError(f"the run's tuning image '{tid}' is not in this dataset")
         if base.image is None:
             load_case(base, channel)
-        out += tuning_blocks([base])[1] if tid.endswith(":tune") else [base]
+        out += tuning_blocks([base])[1] if tid.endswith(TUNE_BLOCK) else [base]
     return out
 
 

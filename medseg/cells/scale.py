@@ -137,7 +137,7 @@ MEASURES = ("count", "area", "both")
 def image_sizes(labels: np.ndarray, scale: float = 1.0, floor: float = 0.0) -> dict:
     """An image's nucleus size both ways (:func:`median_diameter`: ``count`` and ``area``), from ``labels`` of the
     image resized by ``scale``, in the image's own pixels, at least ``floor`` (e.g. the Otsu estimate)."""
-    return {w: max(median_diameter(labels, w) / scale, floor) for w in ("count", "area")}
+    return {w: max(median_diameter(labels, w) / scale, floor) for w in WEIGHTINGS}
 
 
 def agreed_scale(sizes: dict, ranges: dict, measure: str = "both") -> float:

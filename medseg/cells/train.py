@@ -55,7 +55,8 @@ def prepare_training_data(data_dir, cfg: CellTrainConfig):
     """
     from medseg.cells.data import (boundary_targets, dataset_split, distance_targets, list_cases, load_case,
                                    offset_targets, percentile_normalize, tuning_blocks, tuning_images)
-    from medseg.cells.scale import diameter_range, median_diameter, resize_image, resize_labels, scale_to, scaled_shape
+    from medseg.cells.scale import (WEIGHTINGS, diameter_range, median_diameter, resize_image, resize_labels,
+                                    scale_to, scaled_shape)
 
     cases = list_cases(data_dir)
     split = dataset_split(data_dir, cases, cfg.val_fraction, cfg.fold, cfg.folds)
@@ -86,7 +87,7 @@ def prepare_training_data(data_dir, cfg: CellTrainConfig):
     if not pairs:
         raise InputError("the training split is empty", path=data_dir)
     native_2d = cfg.spatial_dims == 2 and not cfg.diameter
-    sizes = {w: diameter_range([c.labels for c in split["train"]], weighting=w) for w in ("count", "area")} \
+    sizes = {w: diameter_range([c.labels for c in split["train"]], weighting=w) for w in WEIGHTINGS} \
         if native_2d else None
     return pairs, split["val"], {k: [c.case for c in v] for k, v in split.items()}, tune, sizes
 

@@ -127,12 +127,27 @@ def tune_thresholds(model, cases, threshold_grid: Sequence[float] = THRESHOLD_GR
         ``threshold``, ``seed_threshold``, ``seeds`` (the best setting), ``ap`` and ``count_error`` there,
         ``n_images`` and the whole ``table`` (mean AP@``iou`` and mean absolute relative count error per setting).
     """
-    rows = per_image_table(model, cases, threshold_grid, seed_grid, iou, distance_seed_grid, vote_grid)
-    table = [{**{k: r[k] for k in ("seeds", "threshold", "seed_threshold")}, "ap": float(np.mean(r["ap"])),
-              "count_error": float(np.mean(r["count_error"]))} for r in rows]
+    table = mean_table(per_image_table(model, cases, threshold_grid, seed_grid, iou, distance_seed_grid, vote_grid))
     best = best_thresholds(table, objective, selection)
     return {**best, "n_images": len(cases), "iou": iou, "objective": objective, "selection": selection,
             "table": table}
+
+
+def mean_table(rows: list[dict], images=None) -> list[dict]:
+    """:func:`per_image_table` rows averaged over their images (or over the ``images`` indices only): the table
+    :func:`best_thresholds` picks from.
+
+    Examples
+    --------
+    >>> rows = [{"seeds": "boundary", "threshold": 0.5, "seed_threshold": 0.5, "ap": np.array([1.0, 0.5, 0.0]),
+    ...          "count_error": np.array([0.0, 0.2, 0.4])}]
+    >>> mean_table(rows)[0]["ap"], mean_table(rows, [0, 1])[0]["count_error"]
+    (0.5, 0.1)
+    """
+    pick = slice(None) if images is None else np.asarray(images)
+    return [{"seeds": r["seeds"], "threshold": r["threshold"], "seed_threshold": r["seed_threshold"],
+             "ap": float(np.mean(r["ap"][pick])), "count_error": float(np.mean(r["count_error"][pick]))}
+            for r in rows]
 
 
 def per_image_table(model, cases, threshold_grid: Sequence[float] = THRESHOLD_GRID,

@@ -100,7 +100,8 @@ def train_cmd(
 
     given = {"max_minutes": max_minutes, "max_steps": max_steps, "batch_size": batch_size, "channel": channel,
              "seed": seed, "threads": threads, "tune_fraction": tune_fraction, "tune_objective": tune_objective,
-             "tune_selection": tune_selection, "distance_head": distance_head, "diameter": diameter, "contact_weight": contact_weight,
+             "tune_selection": tune_selection, "distance_head": distance_head, "diameter": diameter,
+             "contact_weight": contact_weight,
              "offset_head": offset_head, "patch_size": None if patch is None else (patch,), "fold": fold,
              "folds": folds}
     given = {k: v for k, v in given.items() if v is not None}
@@ -112,7 +113,8 @@ def train_cmd(
         fixed = sorted(set(given) - {"max_minutes", "max_steps", "threads", "tune_objective", "tune_selection"})
         if fixed:
             raise InputError(f"--resume continues with the run's own settings; only --max-minutes, --max-steps, "
-                             f"--threads, --tune-objective and --tune-selection may change (got {', '.join(map(_option, fixed))})")
+                             f"--threads, --tune-objective and --tune-selection may change "
+                             f"(got {', '.join(map(_option, fixed))})")
         if not (out / "checkpoint.pt").exists():
             raise InputError("nothing to resume: no checkpoint.pt", path=out)
         base = resumed_config(out)
