@@ -227,17 +227,25 @@ def dihedral_probabilities(model, image: np.ndarray) -> np.ndarray:
     return model.activate(logits)
 
 
-def load_sets(model, data_dir, limit: int | None = None) -> tuple[dict, dict]:
-    """The run's tuning and validation images: ``data[set] = (ids, reference labels, probability maps)`` and
-    ``images[set]``; the first ``limit`` of each set only, if given."""
-    from medseg.cells.data import dataset_split, list_cases, load_case
+def run_sets(meta: dict, data_dir, limit: int | None = None) -> dict:
+    """The run's tuning and validation cases, loaded: the tuning images (or held-out blocks) its ``model.json``
+    names, and its recorded validation images (a fold run's fold, not the default split, which holds some of its
+    training images), else the default split's; the first ``limit`` of each set only, if given."""
+    from benchmarks.cells import recorded_validation
+    from medseg.cells.data import dataset_split, list_cases, load_case, recorded_tuning_cases
 
-    tune_ids = set(model.meta["split"].get("tune", []))
-    sets = {"tune": [c for c in list_cases(data_dir) if c.case in tune_ids],
-            "val": dataset_split(data_dir, list_cases(data_dir))["val"]}
+    cases = list_cases(data_dir)
+    tune_ids = sorted((meta.get("split") or {}).get("tune", []))
+    default = dataset_split(data_dir, cases)["val"]
+    val = (recorded_validation(meta, cases, default) or default)[:limit]
+    return {"tune": recorded_tuning_cases(cases, tune_ids[:limit]), "val": [load_case(c) for c in val]}
+
+
+def load_sets(model, data_dir, limit: int | None = None) -> tuple[dict, dict]:
+    """The run's tuning and validation images (:func:`run_sets`): ``data[set] = (ids, reference labels,
+    probability maps)`` and ``images[set]``."""
     data, images = {}, {}
-    for name, cases in sets.items():
-        cases = [load_case(c) for c in cases[:limit]]
+    for name, cases in run_sets(model.meta, data_dir, limit).items():
         images[name] = [c.image for c in cases]
         data[name] = ([c.case for c in cases], [c.labels for c in cases],
                       [model.probabilities(im) for im in images[name]])

@@ -782,3 +782,44 @@ def test_hippocampus_planar_cut_by_hand():
     assert mixed_voxels(ragged) == 2 and np.array_equal(planar_cut(ragged), pred)
     ragged[:, 9] = 0  # background stays background
     assert (planar_cut(ragged)[:, 9] == 0).all()
+
+
+def test_cells_scales_averages_resized_maps_and_chooses_on_tuning_images(tmp_path, capsys):
+    """benchmarks/cells_scales.py: the scale-1 variant is the plain model's maps; a 2x variant's maps come back at
+    the image's size with offsets in its pixels; every variant is tuned on the run's tuning images only."""
+    from benchmarks.cells import main as bench
+    from benchmarks.cells_analysis import run_sets
+    from benchmarks.cells_scales import ScaleAveraged, main
+    from medseg.cells.count import CellModel
+
+    ds = tmp_path / "ds"
+    linked_cell_dataset(ds, 7)
+    run = tmp_path / "run"
+    assert bench(["--data", str(ds), "--run", str(run), "--learned-only", "--threads", "1", "--minutes", "2",
+                  "--steps", "1", "--tune-fraction", "0.4", "--patch", "64", "--base-filters", "4"]) == 0
+    model = CellModel.load(run, rescale=False)
+    sets = run_sets(model.meta, ds)
+    assert [c.case for c in sets["tune"]] == sorted(json.loads((run / "model.json").read_text())["split"]["tune"])
+    img = sets["val"][0].image[:96, :80]
+    plain = model.probabilities(img)
+    np.testing.assert_allclose(ScaleAveraged(model, [1.0]).probabilities(img), plain, atol=1e-6)
+    double = ScaleAveraged(model, [2.0]).maps(img, 1.0, 2.0)
+    assert double.shape == plain.shape
+    # a constant offset field of v pixels at 2x is v / 2 pixels of the image
+    class Const:
+        cfg, meta = model.cfg, model.meta
+
+        def _predict(self, x):
+            p = np.zeros((6, *x.shape), np.float32)
+            p[-2:] = 4.0
+            return p
+
+    assert np.allclose(ScaleAveraged(Const(), [2.0]).maps(img, 1.0, 2.0)[-2:], 2.0)
+    capsys.readouterr()
+    out = tmp_path / "scales.json"
+    assert main(["--run", str(run), "--data", str(ds), "--threads", "1", "--variants", "1", "1,2",
+                 "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())["results"]
+    assert [r["scales"] for r in rows] == [[1.0], [1.0, 2.0]]
+    assert all(0 <= r["tune"]["ap@0.5"] <= 1 and r["val"]["n_images"] == len(sets["val"]) for r in rows)
+    assert "best on the tuning images: scales" in capsys.readouterr().out

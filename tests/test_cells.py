@@ -418,9 +418,36 @@ def test_training_holds_out_tuning_images(tmp_path):
     assert meta["diameter_range"] == pytest.approx(np.percentile(train_d, [1, 99]), abs=0.01)
     assert meta["diameter_range_area"] == pytest.approx(np.percentile(train_a, [1, 99]), abs=0.01)
     assert meta["diameter_measure"] == "both"
+
     model = CellModel.load(run)
     assert (model.cfg.threshold, model.cfg.seed_threshold) == (t["threshold"], t["seed_threshold"])
     assert model.cfg.seeds == t["seeds"] and {r["seeds"] for r in t["table"]} == {"boundary", "distance", "votes"}
+
+
+def test_loaded_model_predicts_as_the_network_its_thresholds_were_tuned_with(tmp_path, monkeypatch):
+    """The thresholds are chosen on the in-memory network at the end of training; the model loaded from the run
+    folder must give the same maps (same weights and the same memory format: under bf16 channels-last and
+    contiguous kernels differ by up to 0.3 in a probability, enough to reorder the threshold table)."""
+    import medseg.cells.train as train
+    from medseg.cells.count import CellModel
+
+    ds = tmp_path / "ds"
+    linked_cell_dataset(ds, 12)
+    seen = {}
+
+    def spy(net, cfg, meta, cases):
+        seen.update(model=CellModel(net, cfg, meta, device="cpu"), cases=cases)
+        return tune(net, cfg, meta, cases)
+
+    tune = train._tune
+    monkeypatch.setattr(train, "_tune", spy)
+    cfg = train.CellTrainConfig(patch_size=(64, 64), batch_size=2, base_filters=4, max_steps=2, max_minutes=5,
+                                threads=1, tune_fraction=0.3)
+    run = train.train_cells(ds, tmp_path / "run", cfg, progress=False)
+    loaded = CellModel.load(run)
+    for case in seen["cases"][:2]:
+        image = np.asarray(case.image, np.float32)
+        np.testing.assert_array_equal(loaded._predict(image), seen["model"]._predict(image))
 
 
 def test_too_few_images_hold_out_a_block_of_each(tmp_path):
