@@ -35,8 +35,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from medseg.cells.data import dataset_split, list_cases, load_case, percentile_normalize  # noqa: E402
 from medseg.cells.evaluate import THRESHOLDS, evaluate_pair, summarize  # noqa: E402
-from medseg.cells.scale import (diameter_range, median_diameter, resize_image, resize_labels,  # noqa: E402
-                                scaled_shape)
+from medseg.cells.scale import (MEASURES, median_diameter, resize_image, resize_labels,  # noqa: E402
+                                scaled_shape, size_range_meta)
+from medseg.cells.tune import OBJECTIVES, SELECTIONS  # noqa: E402
 
 
 def gallery_recipe(image: np.ndarray, min_distance: int) -> np.ndarray:
@@ -182,11 +183,7 @@ def backfill_diameter_range(model, cases, measure: str | None = None) -> bool:
     if model.cfg.diameter or ("diameter_range" in model.meta and measure is None):
         return False
     train_ids = set(model.meta["split"]["train"])
-    maps = [load_case(c).labels for c in cases if c.case in train_ids]
-    model.meta["diameter_range"] = list(diameter_range(maps))
-    model.meta["diameter_measure"] = measure or "count"
-    if measure:
-        model.meta["diameter_range_area"] = list(diameter_range(maps, weighting="area"))
+    model.meta.update(size_range_meta([load_case(c).labels for c in cases if c.case in train_ids], measure or "count"))
     return True
 
 
@@ -293,10 +290,10 @@ def main(argv=None) -> int:
     ap.add_argument("--small-weight", type=float, default=None,
                     help="extra cross-entropy weight on nuclei smaller than --small-size px (default 0: off)")
     ap.add_argument("--small-size", type=float, default=None, help="pixels (default 100)")
-    ap.add_argument("--tune-objective", choices=("ap", "ap-count"), default=None,
+    ap.add_argument("--tune-objective", choices=OBJECTIVES, default=None,
                     help="what the threshold search maximises (CellTrainConfig.tune_objective; default ap); with "
                          "--skip-train it re-chooses the thresholds (implies --retune)")
-    ap.add_argument("--tune-selection", choices=("peak", "plateau"), default=None,
+    ap.add_argument("--tune-selection", choices=SELECTIONS, default=None,
                     help="how the threshold search picks its setting (CellTrainConfig.tune_selection; default peak); "
                          "with --skip-train it re-chooses the thresholds (implies --retune)")
     ap.add_argument("--retune", action="store_true",
@@ -314,7 +311,7 @@ def main(argv=None) -> int:
     ap.add_argument("--no-rescale", action="store_true",
                     help="predict every image at its own scale (CellModel rescale=False; the behaviour before "
                          "session 27): no resizing of images whose nuclei lie outside the training range")
-    ap.add_argument("--diameter-measure", choices=("count", "area", "both"), default=None,
+    ap.add_argument("--diameter-measure", choices=MEASURES, default=None,
                     help="re-measure the run's size ranges from its training images and decide resizing by the "
                          "per-object median diameter (count; runs before session 30), the area-weighted one (area) "
                          "or both agreeing (both; runs since), instead of as the run recorded")

@@ -784,19 +784,27 @@ def test_hippocampus_planar_cut_by_hand():
     assert (planar_cut(ragged)[:, 9] == 0).all()
 
 
-def test_cells_scales_averages_resized_maps_and_chooses_on_tuning_images(tmp_path, capsys):
+@pytest.fixture(scope="module")
+def tuned_run(tmp_path_factory):
+    """A one-step 2D cell model with held-out tuning images, on 7 real DSB2018 images: (dataset, run)."""
+    from benchmarks.cells import main as bench
+
+    tmp = tmp_path_factory.mktemp("tuned_run")
+    ds, run = tmp / "ds", tmp / "run"
+    linked_cell_dataset(ds, 7)
+    assert bench(["--data", str(ds), "--run", str(run), "--learned-only", "--threads", "1", "--minutes", "2",
+                  "--steps", "1", "--tune-fraction", "0.4", "--patch", "64", "--base-filters", "4"]) == 0
+    return ds, run
+
+
+def test_cells_scales_averages_resized_maps_and_chooses_on_tuning_images(tuned_run, tmp_path, capsys):
     """benchmarks/cells_scales.py: the scale-1 variant is the plain model's maps; a 2x variant's maps come back at
     the image's size with offsets in its pixels; every variant is tuned on the run's tuning images only."""
-    from benchmarks.cells import main as bench
     from benchmarks.cells_analysis import run_sets
     from benchmarks.cells_scales import ScaleAveraged, main
     from medseg.cells.count import CellModel
 
-    ds = tmp_path / "ds"
-    linked_cell_dataset(ds, 7)
-    run = tmp_path / "run"
-    assert bench(["--data", str(ds), "--run", str(run), "--learned-only", "--threads", "1", "--minutes", "2",
-                  "--steps", "1", "--tune-fraction", "0.4", "--patch", "64", "--base-filters", "4"]) == 0
+    ds, run = tuned_run
     model = CellModel.load(run, rescale=False)
     sets = run_sets(model.meta, ds)
     assert [c.case for c in sets["tune"]] == sorted(json.loads((run / "model.json").read_text())["split"]["tune"])
@@ -823,3 +831,25 @@ def test_cells_scales_averages_resized_maps_and_chooses_on_tuning_images(tmp_pat
     assert [r["scales"] for r in rows] == [[1.0], [1.0, 2.0]]
     assert all(0 <= r["tune"]["ap@0.5"] <= 1 and r["val"]["n_images"] == len(sets["val"]) for r in rows)
     assert "best on the tuning images: scales" in capsys.readouterr().out
+
+
+def test_cells_formats_compares_memory_formats_and_precisions(tuned_run, tmp_path):
+    """benchmarks/cells_formats.py runs on a bounded model, and the map differences it reports are hand-checkable on
+    two small maps."""
+    from benchmarks.cells_formats import main, map_difference
+
+    a = np.zeros((3, 2, 2))
+    a[1] = 1.0  # interior everywhere
+    b = a.copy()
+    b[:, 0, 0] = [0.75, 0.25, 0.0]  # one of four pixels changes class (interior -> background)
+    assert map_difference(a, b) == {"max": 0.75, "mean": 1.5 / 12, "class_changed": 0.25}
+    ds, run = tuned_run
+    out = tmp_path / "formats.json"
+    assert main(["--run", str(run), "--data", str(ds), "--threads", "1", "--size", "96", "--json", str(out)]) == 0
+    doc = json.loads(out.read_text())
+    # (not 0 here: a one-step model's segmentation, which decides out-of-range resizing, changes with the thresholds
+    # training then chose; tests/test_cells.py checks that the loaded model's maps are the tuned network's)
+    assert all(0 <= doc["tuning_table_vs_recorded"][k] <= 1 for k in ("contiguous", "channels_last"))
+    assert all(0 <= doc["maps_bf16_vs_fp32"][k] for k in ("max", "mean", "class_changed"))
+    assert all(doc["seconds_per_image"][k] > 0 for k in ("contiguous", "channels_last"))
+    assert {doc[k]["thresholds"]["seeds"] for k in ("default", "fp32")} <= {"boundary", "distance", "votes"}

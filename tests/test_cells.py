@@ -427,7 +427,7 @@ def test_training_holds_out_tuning_images(tmp_path):
 def test_loaded_model_predicts_as_the_network_its_thresholds_were_tuned_with(tmp_path, monkeypatch):
     """The thresholds are chosen on the in-memory network at the end of training; the model loaded from the run
     folder must give the same maps (same weights and the same memory format: under bf16 channels-last and
-    contiguous kernels differ by up to 0.3 in a probability, enough to reorder the threshold table)."""
+    contiguous kernels round differently, enough to reorder near-tied settings of the threshold table)."""
     import medseg.cells.train as train
     from medseg.cells.count import CellModel
 

@@ -170,6 +170,31 @@ def agreed_scale(sizes: dict, ranges: dict, measure: str = "both") -> float:
     return down if down < 1.0 else 1.0
 
 
+def size_range_meta(label_maps, measure: str = "both") -> dict:
+    """What a native-scale run records in ``model.json`` about its training images' nucleus sizes:
+    ``diameter_range`` (per object, :func:`diameter_range`), how images are measured against it
+    (``diameter_measure``, :func:`agreed_scale`) and, unless that is ``count``, the area-weighted
+    ``diameter_range_area``; rounded to 0.01 px. Empty without objects.
+
+    Examples
+    --------
+    >>> maps = [np.kron(np.eye(3, dtype=int) * [1, 2, 3], np.ones((n, n), int)) for n in (4, 8)]
+    >>> size_range_meta(maps, "count")  # percentiles 1 and 99 of the two maps' 4.51 and 9.03
+    {'diameter_range': [4.56, 8.98], 'diameter_measure': 'count'}
+    >>> sorted(size_range_meta(maps))
+    ['diameter_measure', 'diameter_range', 'diameter_range_area']
+    """
+    if measure not in MEASURES:
+        raise ValueError(f"measure '{measure}' is not one of {', '.join(MEASURES)}")
+    count = diameter_range(label_maps)
+    if count is None:
+        return {}
+    meta = {"diameter_range": [round(d, 2) for d in count], "diameter_measure": measure}
+    if measure != "count":
+        meta["diameter_range_area"] = [round(d, 2) for d in diameter_range(label_maps, weighting="area")]
+    return meta
+
+
 def initial_diameter(image: np.ndarray) -> float:
     """Training-free diameter estimate: twice the median inscribed radius of the Otsu mask's components
     (clumps of touching nuclei barely change it; it under-estimates elongated nuclei, which the model pass of

@@ -27,19 +27,28 @@ class CellModel:
     """
 
     def __init__(self, net, cfg, meta, overlap: float = 0.25, tta: bool = False, device: str = "auto",
-                 diameter: float | None = None, rescale: bool = True):
+                 diameter: float | None = None, rescale: bool = True, precision: str = "auto"):
+        if net is not None:
+            import torch
+
+            # one memory format for every CellModel (2D networks train channels-last, and training chooses the
+            # thresholds through a CellModel): under bf16 the formats round differently, enough to move a threshold
+            # setting's tuning AP by 0.004; contiguous is the faster one here (benchmarks/cells_formats.py)
+            net.to(memory_format=torch.contiguous_format)
         self.net, self.cfg, self.meta, self.overlap, self.tta = net, cfg, meta, overlap, tta
+        self.precision = precision  # of the sliding window: auto (bf16 where the CPU computes it natively), fp32, ...
         self.device = device
         self.diameter = diameter  # the images' nucleus diameter in pixels, if known (else estimated per image)
         self.rescale = rescale  # native-scale models: resize images whose nuclei lie outside the training range
 
     @classmethod
     def load(cls, path, overlap: float = 0.25, tta: bool = False, device: str = "auto",
-             diameter: float | None = None, rescale: bool = True) -> "CellModel":
+             diameter: float | None = None, rescale: bool = True, precision: str = "auto") -> "CellModel":
         """Load a run given as its folder, its ``model.json`` or its weights file (``model.pt``), safely
         (``weights_only=True``). The medseg/torch/MONAI versions it was trained with, where the run recorded them
         (runs from before did not), are in ``meta["versions"]``. ``rescale=False`` predicts every image of a
-        native-scale model at its own scale (:meth:`scale_for`)."""
+        native-scale model at its own scale (:meth:`scale_for`). ``precision``: of the sliding window (``auto``: bf16
+        where the CPU computes it natively; ``fp32``)."""
         import torch
 
         from medseg.cells.train import build_cell_network, load_config
@@ -60,7 +69,7 @@ class CellModel:
             raise InputError("a training checkpoint, not the model's weights: give the run folder or its model.pt",
                              path=weights)
         net.eval()
-        return cls(net, cfg, meta, overlap, tta, device, diameter, rescale)
+        return cls(net, cfg, meta, overlap, tta, device, diameter, rescale, precision)
 
     def scale_for(self, image: np.ndarray) -> float:
         """Resize factor for a 2D image (1: none). A model trained with ``diameter`` brings the image's nuclei to
@@ -119,7 +128,7 @@ class CellModel:
             return self._predict(image)
         # the scale estimate's pass is usually also the final one: remember the last image's maps
         key = (image.shape, hashlib.blake2b(np.ascontiguousarray(image).tobytes(), digest_size=16).digest(),
-               self.tta, self.overlap)
+               self.tta, self.overlap, self.precision)
         cached = getattr(self, "_last", None)
         if cached is not None and cached[0] == key:
             return cached[1]
@@ -143,7 +152,7 @@ class CellModel:
         def predict(img, flips):
             return sliding_window_predict(self.net, img, list(c.patch_size), overlap=self.overlap, tta=flips,
                                           batch_size=4, device=self.device, num_classes=out_channels(c),
-                                          activation=None)
+                                          activation=None, precision=self.precision)
 
         if c.offset_head and tta:
             # a mirrored image has mirrored offsets: flip the maps back and negate the flipped axes' components

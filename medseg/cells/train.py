@@ -55,8 +55,8 @@ def prepare_training_data(data_dir, cfg: CellTrainConfig):
     """
     from medseg.cells.data import (boundary_targets, dataset_split, distance_targets, list_cases, load_case,
                                    offset_targets, percentile_normalize, tuning_blocks, tuning_images)
-    from medseg.cells.scale import (WEIGHTINGS, diameter_range, median_diameter, resize_image, resize_labels,
-                                    scale_to, scaled_shape)
+    from medseg.cells.scale import (median_diameter, resize_image, resize_labels, scale_to, scaled_shape,
+                                    size_range_meta)
 
     cases = list_cases(data_dir)
     split = dataset_split(data_dir, cases, cfg.val_fraction, cfg.fold, cfg.folds)
@@ -87,8 +87,7 @@ def prepare_training_data(data_dir, cfg: CellTrainConfig):
     if not pairs:
         raise InputError("the training split is empty", path=data_dir)
     native_2d = cfg.spatial_dims == 2 and not cfg.diameter
-    sizes = {w: diameter_range([c.labels for c in split["train"]], weighting=w) for w in WEIGHTINGS} \
-        if native_2d else None
+    sizes = size_range_meta([c.labels for c in split["train"]]) if native_2d else None
     return pairs, split["val"], {k: [c.case for c in v] for k, v in split.items()}, tune, sizes
 
 
@@ -171,10 +170,8 @@ def train_cells(data_dir, run_dir, cfg: CellTrainConfig | None = None, resume: b
             "out_channels": out_channels(cfg),
             # which way min_snr looks: nuclei brighter (fluorescence) or darker than the background
             "polarity": object_polarity([p[0] for p in pairs], [p[1] for p in pairs])}
-    if sizes and sizes["count"]:  # nuclei outside it are resized into it at prediction (CellModel.scale_for)
-        meta["diameter_range"] = [round(d, 2) for d in sizes["count"]]
-        meta["diameter_range_area"] = [round(d, 2) for d in sizes["area"]]
-        meta["diameter_measure"] = "both"  # resized only where both measures agree (medseg.cells.scale.agreed_scale)
+    # nuclei outside the ranges are resized into them at prediction (CellModel.scale_for), where both measures agree
+    meta.update(sizes or {})
     _save_json(meta, run_dir / "model.json")
     dice_fn = DiceLoss(to_onehot_y=True, softmax=True, include_background=True, smooth_nr=1e-5, smooth_dr=1e-5)
     # reading the data and the threshold search count against the time budget: keep the search's time back
@@ -263,16 +260,11 @@ def cell_loss(out, target, dice_fn, distance=None, contact=None, distance_weight
 
 
 def _tune(net, cfg: CellTrainConfig, meta: dict, cases) -> dict:
-    import torch
-
     from medseg.cells.count import CellModel
     from medseg.cells.tune import tune_thresholds
 
     t = time.perf_counter()
-    # in the memory format a loaded model predicts in (contiguous; a DSB model took 0.86 s per 1024² image that way
-    # against 1.03 s channels-last, 2 threads): under bf16 the two formats' kernels differ by up to 0.3 in a
-    # probability, enough to reorder near-tied settings of the threshold table
-    net.to(memory_format=torch.contiguous_format).eval()
+    net.eval()  # CellModel predicts in the memory format a loaded model does
     res = tune_thresholds(CellModel(net, cfg, meta, device="cpu"), cases, objective=cfg.tune_objective,
                           selection=cfg.tune_selection)
     res["seconds"] = round(time.perf_counter() - t, 1)

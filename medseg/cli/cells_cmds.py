@@ -95,7 +95,7 @@ def train_cmd(
 ) -> None:
     """Train a cell model (interior/boundary U-Net) within a time budget: 2D, or 3D for TIFF stacks (without
     --config the crop is fitted to the stacks; with it, spatial_dims: 3 and a three-entry patch_size)."""
-    from medseg.cells.config import CellTrainConfig, config_for_data, resumed_config
+    from medseg.cells.config import RESUMABLE, CellTrainConfig, config_for_data, resumed_config
     from medseg.cells.train import train_cells
 
     given = {"max_minutes": max_minutes, "max_steps": max_steps, "batch_size": batch_size, "channel": channel,
@@ -104,17 +104,18 @@ def train_cmd(
              "contact_weight": contact_weight,
              "offset_head": offset_head, "patch_size": None if patch is None else (patch,), "fold": fold,
              "folds": folds}
+    options = set(given)
     given = {k: v for k, v in given.items() if v is not None}
     if scale_range is not None:  # "off" is None: given, not unchanged
         given["scale_range"] = _scale_range(scale_range)
     if resume:
         if config is not None:
             raise InputError("--resume continues with the run's own settings; leave out --config")
-        fixed = sorted(set(given) - {"max_minutes", "max_steps", "threads", "tune_objective", "tune_selection"})
+        fixed = sorted(set(given) - set(RESUMABLE))
         if fixed:
-            raise InputError(f"--resume continues with the run's own settings; only --max-minutes, --max-steps, "
-                             f"--threads, --tune-objective and --tune-selection may change "
-                             f"(got {', '.join(map(_option, fixed))})")
+            *rest, last = [_option(k) for k in RESUMABLE if k in options]
+            raise InputError(f"--resume continues with the run's own settings; only {', '.join(rest)} and {last} "
+                             f"may change (got {', '.join(map(_option, fixed))})")
         if not (out / "checkpoint.pt").exists():
             raise InputError("nothing to resume: no checkpoint.pt", path=out)
         base = resumed_config(out)
