@@ -78,6 +78,40 @@ class PeakMemory(threading.Thread):
             time.sleep(self.every)
 
 
+def run_child(cmd: list[str], threads: int, what: str) -> dict:
+    """Run a benchmark's child process (its own peak memory) with ``threads`` threads; returns the JSON object it
+    prints last, or exits with its error."""
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": str(threads)}
+    p = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if p.returncode != 0:
+        sys.exit(f"{what} failed:\n{p.stderr[-3000:]}")
+    return json.loads(p.stdout.strip().splitlines()[-1])
+
+
+def cache_gb(folder: Path) -> float:
+    """GB of ``.npy`` files in a disk cache folder (0 when there is none)."""
+    return round(sum(f.stat().st_size for f in folder.glob("*.npy")) / 2**30, 3) if folder.exists() else 0
+
+
+def append_row(path: Path | None, row: dict) -> None:
+    """Append ``row`` and the load average as one JSON line to ``path`` (if given)."""
+    if path:
+        with open(path, "a") as f:
+            f.write(json.dumps({**row, "load_avg": os.getloadavg()}) + "\n")
+
+
+def add_common_options(ap: argparse.ArgumentParser, out: Path) -> None:
+    """The options of a cache benchmark's parent (threads, output folder, JSON) and of its children (hidden)."""
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--out", type=Path, default=out)
+    ap.add_argument("--json", type=Path, help="also append the rows, one JSON object per line, to this file")
+    ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--mode", help=argparse.SUPPRESS)
+    ap.add_argument("--dataset", type=Path, help=argparse.SUPPRESS)
+    ap.add_argument("--run", type=Path, help=argparse.SUPPRESS)
+    ap.add_argument("--cache-dir", type=Path, help=argparse.SUPPRESS)
+
+
 def child(args) -> None:
     import torch
 
@@ -107,14 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--cases", type=int, nargs="+", default=[8, 24])
     ap.add_argument("--iters", type=int, default=20)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--out", type=Path, default=Path("/tmp/train_cache"))
-    ap.add_argument("--json", type=Path, help="also append the rows, one JSON object per line, to this file")
-    ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
-    ap.add_argument("--mode", help=argparse.SUPPRESS)
-    ap.add_argument("--dataset", type=Path, help=argparse.SUPPRESS)
-    ap.add_argument("--run", type=Path, help=argparse.SUPPRESS)
-    ap.add_argument("--cache-dir", type=Path, help=argparse.SUPPRESS)
+    add_common_options(ap, Path("/tmp/train_cache"))
     args = ap.parse_args(argv)
     if args.child:
         child(args)
@@ -133,19 +160,11 @@ def main(argv: list[str] | None = None) -> int:
             cmd = [sys.executable, __file__, "--child", "--mode", variant.split("-")[0], "--dataset", str(ds),
                    "--run", str(run), "--cache-dir", str(cache_dir), "--iters", str(args.iters),
                    "--threads", str(args.threads)]
-            env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": str(args.threads)}
-            p = subprocess.run(cmd, capture_output=True, text=True, env=env)
-            if p.returncode != 0:
-                sys.exit(f"{variant} with {n} cases failed:\n{p.stderr[-3000:]}")
-            row = {"cases": n, "variant": variant, **json.loads(p.stdout.strip().splitlines()[-1])}
-            size = sum(f.stat().st_size for f in cache_dir.glob("*.npy")) / 2**30 if cache_dir.exists() else 0
-            row["cache_gb"] = round(size, 3)
+            row = {"cases": n, "variant": variant, **run_child(cmd, args.threads, f"{variant} with {n} cases"),
+                   "cache_gb": cache_gb(cache_dir)}
             print(f"| {n} | {row['cache_gb'] or '-'} | {variant} | {row['first_epoch_s']} | {row['s_per_it']} | "
                   f"{row['peak_anon_gb']} | {row['peak_file_gb']} |", flush=True)
-            if args.json:
-                with open(args.json, "a") as f:
-                    f.write(json.dumps({**row, "iters": args.iters, "threads": args.threads,
-                                        "load_avg": os.getloadavg()}) + "\n")
+            append_row(args.json, {**row, "iters": args.iters, "threads": args.threads})
     return 0
 
 

@@ -79,6 +79,21 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+def linked_stack_dataset(dst: Path) -> Path:
+    """A 3D cell dataset folder: the real nuclei stack (``nuclei_stardist``) linked twice, as training image ``a``
+    and validation image ``b``; returns the source folder."""
+    import json
+
+    src = data_path("nuclei_stardist")
+    (dst / "images").mkdir(parents=True)
+    (dst / "labels").mkdir()
+    for cid in ("a", "b"):
+        (dst / "images" / f"{cid}.tif").symlink_to(src / "img3d.tif")
+        (dst / "labels" / f"{cid}.tif").symlink_to(src / "mask3d.tif")
+    (dst / "split.json").write_text(json.dumps({"train": ["a"], "val": ["b"]}))
+    return src
+
+
 def linked_cell_dataset(dst: Path, n: int) -> list[str]:
     """A cell dataset folder of ``n`` real DSB2018 images + labels, linked (not copied); the last one is validation."""
     import json

@@ -641,6 +641,22 @@ def test_train_cache_benchmark_bounded(tmp_path, capsys):
     assert all(float(r[5]) > 0 and float(r[4]) > 0 for r in rows)
 
 
+def test_cells_cache_benchmark_bounded(tmp_path, capsys):
+    """Four real DSB2018 images linked twice, two steps: the three variants run and the disk ones write a cache."""
+    from benchmarks.cells_cache import main
+
+    linked_cell_dataset(tmp_path / "ds", 4)
+    (tmp_path / "ds" / "split.json").unlink()  # the benchmark validates on fold 0
+    out = tmp_path / "out"
+    assert main(["--data", str(tmp_path / "ds"), "--copies", "2", "--steps", "2", "--threads", "1", "--out", str(out),
+                 "--json", str(tmp_path / "rows.jsonl")]) == 0
+    rows = _table_rows(capsys.readouterr().out, "8 (2)")
+    assert [r[3] for r in rows] == ["memory", "disk", "disk-warm"]
+    assert rows[0][2] == "-" and float(rows[1][2]) == float(rows[2][2]) > 0
+    assert all(float(r[4]) > 0 and float(r[5]) > 0 for r in rows)
+    assert len((tmp_path / "rows.jsonl").read_text().splitlines()) == 3
+
+
 def test_small_object_rules_hand_checkable():
     """A seeded 6 x 6 nucleus and a seedless 3 x 3 blob: the blob is an object only while seedless parts of its size
     are kept, and minimum sizes drop what is below them."""

@@ -15,7 +15,7 @@ from medseg.cells.data import offset_targets
 from medseg.errors import InputError
 from medseg.evaluate.instances import instance_metrics
 from medseg.postprocess.votes import follow_offsets, vote_instances
-from conftest import data_path, linked_cell_dataset
+from conftest import data_path, linked_cell_dataset, linked_stack_dataset
 
 
 def _real_labels(n=4):
@@ -149,14 +149,8 @@ def test_3d_training_with_an_offset_head(tmp_path):
     from medseg.cells.count import CellModel
     from medseg.cells.train import CellTrainConfig, train_cells
 
-    src = data_path("nuclei_stardist")
     ds = tmp_path / "ds"
-    (ds / "images").mkdir(parents=True)
-    (ds / "labels").mkdir()
-    for cid in ("a", "b"):
-        (ds / "images" / f"{cid}.tif").symlink_to(src / "img3d.tif")
-        (ds / "labels" / f"{cid}.tif").symlink_to(src / "mask3d.tif")
-    (ds / "split.json").write_text(json.dumps({"train": ["a"], "val": ["b"]}))
+    src = linked_stack_dataset(ds)
     cfg = CellTrainConfig(spatial_dims=3, patch_size=(16, 32, 32), batch_size=1, base_filters=4, max_steps=2,
                           max_minutes=5, threads=1, tune_fraction=0)
     run = train_cells(ds, tmp_path / "run", cfg, progress=False)

@@ -12,6 +12,7 @@ from pathlib import Path
 from medseg.cells.tune import OBJECTIVES, SELECTIONS
 from medseg.errors import InputError
 from medseg.io.atomic import atomic_path
+from medseg.plan.plan import CACHE_MODES
 from medseg.settings import read_yaml_mapping, reject_unknown
 
 NORMS = ("instance", "batch")
@@ -127,6 +128,11 @@ class CellTrainConfig:
     # convention is 17; medseg.cells.scale); counting then estimates each image's size. None (default): native scale,
     # which scored the same on DSB2018 in 20 minutes (benchmarks/RESULTS.md)
     diameter: float | None = None
+    # where the training pairs (normalised images and their targets) live: "memory", "disk" (memory-mapped from
+    # cache_dir, default RUN/cache: datasets larger than RAM) or "auto" (RAM until they would fill 40 % of the
+    # available RAM, then disk); medseg.cells.pairs. Runs and folds that name the same cache_dir share the pairs
+    cache: str = "auto"
+    cache_dir: str | None = None
     extra: dict = field(default_factory=dict)
 
     def validate(self, where: str | os.PathLike | None = None) -> "CellTrainConfig":
@@ -180,6 +186,7 @@ class CellTrainConfig:
         need(self.seeds in SEED_SOURCES, f"seeds '{self.seeds}' is not one of {', '.join(SEED_SOURCES)}")
         need(self.seeds != "distance" or self.distance_head, "seeds 'distance' needs distance_head: true")
         need(self.seeds != "votes" or self.offset_head, "seeds 'votes' needs offset_head: true")
+        need(self.cache in CACHE_MODES, f"cache '{self.cache}' is not one of {', '.join(CACHE_MODES)}")
         need(self.diameter is None or 0 < self.diameter < math.inf,
              f"diameter must be a positive number of pixels or empty (native scale), got {self.diameter}")
         return self
@@ -218,7 +225,10 @@ class CellTrainConfig:
     @classmethod
     def from_yaml(cls, path: str | os.PathLike) -> "CellTrainConfig":
         """Read a YAML file of settings (as ``to_yaml`` writes, or any subset of them)."""
-        return cls.from_dict(read_yaml_mapping(path, "cell training config"), where=path)
+        cfg = cls.from_dict(read_yaml_mapping(path, "cell training config"), where=path)
+        if cfg.cache_dir and not os.path.isabs(cfg.cache_dir):  # relative to the file, as a plan's
+            cfg.cache_dir = str((Path(path).parent / cfg.cache_dir).resolve())
+        return cfg
 
     def to_yaml(self, path: str | os.PathLike | None = None) -> str:
         """The settings as YAML (written atomically to ``path`` if given)."""
@@ -353,9 +363,10 @@ def load_config(run_dir) -> tuple[dict, CellTrainConfig]:
     return meta, cfg
 
 
-# settings a resumed run may change: its budget and threads, and what the threshold search re-chooses at the end
-RESUMABLE = ("max_minutes", "max_steps", "threads", "checkpoint_every_s", "tune_objective", "tune_selection",
-             "threshold", "seed_threshold", "seeds", "min_size_px", "min_snr", "extra")
+# settings a resumed run may change: its budget, threads and cache, and what the threshold search re-chooses at the
+# end
+RESUMABLE = ("max_minutes", "max_steps", "threads", "checkpoint_every_s", "cache", "cache_dir", "tune_objective",
+             "tune_selection", "threshold", "seed_threshold", "seeds", "min_size_px", "min_snr", "extra")
 
 
 def resumed_config(run_dir, cfg: CellTrainConfig | None = None) -> CellTrainConfig:

@@ -38,67 +38,44 @@ def _save_torch(obj, path: Path) -> None:
         torch.save(obj, tmp)
 
 
-def prepare_training_data(data_dir, cfg: CellTrainConfig):
-    """Load and normalise the training split; returns (train pairs, val cases, split dict, tuning cases, diameter
-    ranges). The ranges are those of the training images' per-object and area-weighted median nucleus diameters
-    (``{"count": ..., "area": ...}``, :func:`medseg.cells.scale.diameter_range`; 2D native-scale models only, else
-    None).
+def prepare_training_data(data_dir, cfg: CellTrainConfig, cache_dir=None, progress: bool = False):
+    """Read the training split and make its training pairs (:mod:`medseg.cells.pairs`); returns (train pairs, val
+    cases, split dict, tuning cases, diameter ranges). The ranges are those of the training images' per-object and
+    area-weighted median nucleus diameters (``{"count": ..., "area": ...}``, :func:`medseg.cells.scale.
+    diameter_range`; 2D native-scale models only, else None).
 
     Each pair is ``(image, 3-class target, distance target or None, contact weight map or None, offsets or
-    None, instance labels or None)``, the offsets as one map per axis; the labels are kept for the zoom augmentation
-    (``scale_range``) only.
+    None, instance labels)``, the offsets as one map per axis; the labels are used by the zoom augmentation
+    (``scale_range``). Without ``cache_dir`` the pairs are kept in RAM; with it, ``cfg.cache`` decides
+    (:func:`medseg.cells.pairs.training_pairs`).
 
     ``tune_fraction`` of the training split (by a hash of the id, like the validation split) is kept out of
     training to choose the watershed thresholds; when that would be fewer than 3 images (a few 3D stacks), the
     last fifth of every training image along its longest axis is held out instead
     (:func:`medseg.cells.data.tuning_blocks`).
     """
-    from medseg.cells.data import (boundary_targets, dataset_split, distance_targets, list_cases, load_case,
-                                   offset_targets, percentile_normalize, tuning_blocks, tuning_images)
-    from medseg.cells.scale import (median_diameter, resize_image, resize_labels, scale_to, scaled_shape,
-                                    size_range_meta)
+    from medseg.cells.data import dataset_split, list_cases, load_case, tuning_images
+    from medseg.cells.pairs import PairCache, training_pairs
+    from medseg.cells.scale import size_range_meta
+    from medseg.system import available_memory
+    from medseg.train.cache import AUTO_SHARE
 
     cases = list_cases(data_dir)
     split = dataset_split(data_dir, cases, cfg.val_fraction, cfg.fold, cfg.folds)
     tune = tuning_images(split["train"], cfg.tune_fraction)
     tune_ids = {c.case for c in tune}
-    split["train"] = [c for c in split["train"] if c.case not in tune_ids]
-    for c in tune + split["train"]:
+    train = [c for c in split["train"] if c.case not in tune_ids]
+    for c in tune:
         load_case(c, cfg.channel)
-    if cfg.tune_fraction and not tune:
-        split["train"], tune = tuning_blocks(split["train"])
-    split["tune"] = tune
-    pairs = []
-    for c in split["train"]:
-        if c.image.ndim != cfg.spatial_dims:
-            hint = " (set spatial_dims: 3 and a three-entry patch_size, as configs/cells_3d.yaml does, or train " \
-                "without a config to have them fitted to the stacks)" if c.image.ndim == 3 else ""
-            raise InputError(f"image is {c.image.ndim}D but the run trains a {cfg.spatial_dims}D model{hint}",
-                             path=c.image_path)
-        image, labels = percentile_normalize(c.image, *cfg.norm_percentiles), c.labels
-        if cfg.diameter and cfg.spatial_dims == 2:  # to the canonical nucleus size, measured on the annotation
-            shape = scaled_shape(labels.shape, scale_to(cfg.diameter, median_diameter(labels)))
-            image, labels = resize_image(image, shape), resize_labels(labels, shape)
-        spacing = c.spacing if cfg.spatial_dims == 3 else None
-        extra = (distance_targets(labels, spacing) if cfg.distance_head else None, _weight_map(labels, cfg, spacing),
-                 tuple(offset_targets(labels)) if cfg.offset_head else None)
-        pairs.append((image, boundary_targets(labels, cfg.contact_boundary, cfg.boundary_width), *extra,
-                      labels if cfg.scale_range else None))
-    if not pairs:
+    blocks = bool(cfg.tune_fraction and not tune)
+    if not train:
         raise InputError("the training split is empty", path=data_dir)
+    cache = PairCache(cache_dir) if cache_dir is not None else None
+    pairs, blks = training_pairs(train, cfg, cache, AUTO_SHARE * available_memory(), blocks, progress)
+    split["train"], split["tune"] = train, tune + blks
     native_2d = cfg.spatial_dims == 2 and not cfg.diameter
-    sizes = size_range_meta([c.labels for c in split["train"]]) if native_2d else None
-    return pairs, split["val"], {k: [c.case for c in v] for k, v in split.items()}, tune, sizes
-
-
-def _weight_map(labels, cfg: CellTrainConfig, spacing):
-    """The extra cross-entropy weight of each pixel: near contacts (``contact_weight``) plus on small nuclei
-    (``small_weight``); None when both are off."""
-    from medseg.cells.data import contact_weights, small_object_weights
-
-    maps = ([contact_weights(labels, cfg.contact_weight, cfg.contact_sigma, spacing)] if cfg.contact_weight else []) + \
-        ([small_object_weights(labels, cfg.small_size_px, cfg.small_weight)] if cfg.small_weight else [])
-    return sum(maps) if maps else None
+    sizes = size_range_meta([p[5] for p in pairs]) if native_2d else None
+    return pairs, split["val"], {k: [c.case for c in v] for k, v in split.items()}, split["tune"], sizes
 
 
 def out_channels(cfg: CellTrainConfig) -> int:
@@ -143,7 +120,8 @@ def train_cells(data_dir, run_dir, cfg: CellTrainConfig | None = None, resume: b
     if tensorboard:
         require_tensorboard()
     started = time.perf_counter()
-    pairs, _, split, tune, sizes = prepare_training_data(data_dir, cfg)  # validate before writing anything
+    show = progress and not os.environ.get("PYTEST_CURRENT_TEST")
+    pairs, _, split, tune, sizes = _prepare(data_dir, run_dir, cfg, show)
     prepared_s = time.perf_counter() - started
     run_dir.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(cfg.threads or auto_threads())
@@ -237,6 +215,25 @@ def train_cells(data_dir, run_dir, cfg: CellTrainConfig | None = None, resume: b
         meta["config"].update({k: meta["tuning"][k] for k in ("threshold", "seed_threshold", "seeds")})
     _save_json(meta, run_dir / "model.json")
     return run_dir
+
+
+def _prepare(data_dir, run_dir: Path, cfg: CellTrainConfig, progress: bool):
+    """:func:`prepare_training_data` with the run's cache; what it created is removed again if the data turn out
+    to be bad, so that a refused dataset leaves nothing behind."""
+    import shutil
+
+    from medseg.cells.pairs import cache_folder
+
+    if cfg.cache == "memory":
+        return prepare_training_data(data_dir, cfg, progress=progress)
+    folder = cache_folder(cfg, run_dir)
+    created = [p for p in (run_dir, folder) if not p.exists()]
+    try:
+        return prepare_training_data(data_dir, cfg, folder, progress)
+    except Exception:  # (an interrupted run keeps what it cached: the next run reads it)
+        for p in created:
+            shutil.rmtree(p, ignore_errors=True)
+        raise
 
 
 def cell_loss(out, target, dice_fn, distance=None, contact=None, distance_weight: float = 1.0, offsets=None,

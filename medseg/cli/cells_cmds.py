@@ -89,6 +89,13 @@ def train_cmd(
                                        help="Validate on this fold (0-based) of a k-fold split by the image ids' "
                                             "hash instead of the default 15 % split (cross-validation)."),
     folds: Optional[int] = typer.Option(None, "--folds", help="Number of folds for --fold (default 5)."),
+    cache: Optional[str] = typer.Option(None, "--cache",
+                                        help="Where the prepared training images live: memory, disk (memory-mapped "
+                                             "from --cache-dir: datasets larger than RAM) or auto (RAM while they "
+                                             "fit in 40 % of it; default)."),
+    cache_dir: Optional[Path] = typer.Option(None, "--cache-dir",
+                                             help="Folder of the disk cache; runs and folds given the same folder "
+                                                  "prepare each image once (default: RUN/cache)."),
     tensorboard: bool = typer.Option(False, "--tensorboard",
                                      help="Also log loss and learning rate to RUN/tensorboard (needs the "
                                           "tensorboard package)."),
@@ -103,7 +110,7 @@ def train_cmd(
              "tune_selection": tune_selection, "distance_head": distance_head, "diameter": diameter,
              "contact_weight": contact_weight,
              "offset_head": offset_head, "patch_size": None if patch is None else (patch,), "fold": fold,
-             "folds": folds}
+             "folds": folds, "cache": cache, "cache_dir": None if cache_dir is None else str(cache_dir.resolve())}
     options = set(given)
     given = {k: v for k, v in given.items() if v is not None}
     if scale_range is not None:  # "off" is None: given, not unchanged

@@ -1,7 +1,8 @@
 """Preprocessed training cases on disk, read back as memory maps: datasets larger than RAM train, and a resumed
 run, the folds of one plan and the ranks of a DDP run reuse one preprocessing (like nnU-Net's preprocessed folder).
 
-Each case is three files and a marker, ``<case>.<key>.{image.npy,label.npy,fg.npz,json}``; ``key`` hashes what
+Each case is an entry of :class:`medseg.train.store.ArrayStore`, ``<case>.<key>.{image.npy,label.npy,small.npz,json}``
+(the foreground index in the ``.npz``); ``key`` hashes what
 the arrays depend on (the plan's normalisation, spacing, dimensionality and patch padding, the source files' sizes
 and modification times, medseg's version and this module's format), so a changed plan or a replaced file misses
 instead of reusing stale arrays. The marker is written last, each file atomically: a half-written case is never
@@ -14,24 +15,22 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from medseg.io.atomic import atomic_path
 from medseg.plan.plan import Plan
 from medseg.system import available_memory  # the container's limit counts (cgroups)
 from medseg.train.dataset import _progress, load_case
 from medseg.train.preprocess import preprocess, slice_axis
 from medseg.train.sampling import CachedCase, foreground_index, pad_to
+from medseg.train.store import ArrayStore, source_stats
 
-FORMAT = 1  # bump when what preprocess_case computes changes: older caches then miss
+FORMAT = 2  # bump when what preprocess_case computes changes: older caches then miss
 # 'auto' keeps cases in RAM until they would hold this share of the RAM available when caching starts (divided
 # among DDP ranks), then moves them all to disk: the network, the optimiser and the batches need the rest
 AUTO_SHARE = 0.4
-_UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
 
 
 def case_key(plan: Plan, case, size) -> str:
@@ -46,16 +45,12 @@ def case_key(plan: Plan, case, size) -> str:
     >>> case_key(Plan(), c, [64, 64, 64]) == case_key(Plan(target_spacing=[2.0, 1.0, 1.0]), c, [64, 64, 64])
     False
     """
-    def stat(p):
-        st = os.stat(p)
-        return [str(Path(p).resolve()), st.st_size, st.st_mtime_ns]
-
     d = plan.to_dict()
     from medseg import __version__
 
     what = {"format": FORMAT, "medseg": __version__, "normalisation": d["normalisation"],
             "target_spacing": d["target_spacing"], "spatial_dims": d["spatial_dims"], "size": [int(s) for s in size],
-            "sources": [stat(p) for p in case.images] + ([stat(case.label)] if case.label else [])}
+            "sources": source_stats([*case.images, *([case.label] if case.label else [])])}
     return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -74,43 +69,23 @@ class DiskCache:
 
     def __init__(self, root: str | os.PathLike):
         self.root = Path(root)
+        self.store = ArrayStore(root)
 
     def _stem(self, case_id: str, key: str) -> Path:
-        return self.root / f"{_UNSAFE.sub('_', case_id)}.{key}"
+        return self.store.stem(case_id, key)
 
     def get(self, case_id: str, key: str) -> CachedCase | None:
-        stem = self._stem(case_id, key)
-        try:
-            meta = json.loads(Path(f"{stem}.json").read_text())
-            if meta.get("id") != case_id or meta.get("key") != key:
-                return None
-            image = np.load(f"{stem}.image.npy", mmap_mode="r")
-            label = np.load(f"{stem}.label.npy", mmap_mode="r")
-            with np.load(f"{stem}.fg.npz", allow_pickle=False) as z:
-                fg = {int(k[1:]): z[k] for k in z.files}
-        except (OSError, ValueError, KeyError, EOFError):  # missing, truncated or foreign: preprocess again
+        got = self.store.get(case_id, key)
+        if got is None or sorted(got[0]) != ["image", "label"]:
             return None
-        if list(image.shape) != meta.get("image_shape") or list(label.shape) != meta.get("label_shape"):
-            return None
-        return CachedCase(case_id, image, label, fg)
+        arrays, fg = got
+        return CachedCase(case_id, arrays["image"], arrays["label"], {int(k[1:]): v for k, v in fg.items()})
 
     def put(self, case: CachedCase, key: str) -> CachedCase:
         """Write ``case`` (in RAM) and return it memory-mapped from disk, so its RAM can be freed."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        stem = self._stem(case.id, key)
-        image, label = case.image.numpy(), case.label.numpy()
-        for suffix, arr in (("image.npy", image), ("label.npy", label)):
-            with atomic_path(Path(f"{stem}.{suffix}")) as tmp, open(tmp, "wb") as f:
-                np.save(f, arr, allow_pickle=False)
-        with atomic_path(Path(f"{stem}.fg.npz")) as tmp, open(tmp, "wb") as f:
-            np.savez(f, **{f"c{k}": v for k, v in case.fg.items()})
-        meta = {"id": case.id, "key": key, "image_shape": list(image.shape), "label_shape": list(label.shape)}
-        with atomic_path(Path(f"{stem}.json")) as tmp:  # last: the case is complete once this exists
-            tmp.write_text(json.dumps(meta))
-        got = self.get(case.id, key)
-        if got is None:  # the files just written do not read back: a broken disk, not a user error
-            raise OSError(f"preprocessed case {case.id} does not read back from {self.root}")
-        return got
+        arrays, fg = self.store.put(case.id, key, {"image": case.image.numpy(), "label": case.label.numpy()},
+                                    {f"c{k}": v for k, v in case.fg.items()})
+        return CachedCase(case.id, arrays["image"], arrays["label"], {int(k[1:]): v for k, v in fg.items()})
 
 
 def sample_size(plan: Plan) -> list[int]:
