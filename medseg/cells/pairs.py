@@ -143,7 +143,8 @@ def training_pairs(cases, cfg, cache: PairCache | None = None, limit: float | No
             (c,), blk = tuning_blocks([whole])
             # copies: a view would keep the whole image in RAM
             tune += [replace(b, image=b.image.copy(), labels=b.labels.copy()) for b in blk]
-            whole.image = whole.labels = None
+            if c is not whole:  # (an image too small for a block is kept whole)
+                whole.image = whole.labels = None
         key = pair_key(cfg, c, blocks) if mode != "memory" else None
         pair = cache.get(c.case, key) if key else None
         if pair is None:
