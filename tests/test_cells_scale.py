@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import tifffile
 
-from medseg.cells.scale import (SCALE_LIMITS, diameter_range, estimate_scale, into_range, median_diameter,
-                                resize_image, resize_labels, scale_to, scaled_shape)
+from medseg.cells.scale import (SCALE_LIMITS, diameter_range, into_range, median_diameter, resize_image,
+                                resize_labels, scale_to, scaled_shape)
 from conftest import data_path, linked_cell_dataset
 
 
@@ -42,24 +42,51 @@ def test_scale_to_limits():
     assert scale_to(17, 1000) == SCALE_LIMITS[0] == 1.0 and scale_to(17, 0.1) == SCALE_LIMITS[1]
 
 
-def test_estimate_scale_with_an_oracle_segmenter_finds_the_annotated_size():
-    """With a segmenter that returns the (resized) annotation, the estimate brings the annotated median diameter
-    to the target; the Otsu-based first guess alone is off on elongated or clumped nuclei."""
+def _diameter_stub(diameter: float = 17.0, oracle=None):
+    """:func:`_stub_model` as a model trained at ``diameter`` (scale-normalised); ``oracle``: its instances are
+    that annotation, resized to the image it is given."""
+    from medseg.cells.config import CellTrainConfig
+
+    model = _stub_model((10.0, 20.0))
+    model.cfg, model.meta = CellTrainConfig(diameter=diameter), {}
+    if oracle is not None:
+        model.postprocess = lambda prob, shape=None, **_: resize_labels(oracle, prob.shape[1:])
+    return model
+
+
+def test_diameter_model_brings_the_annotated_size_of_real_images_to_its_diameter():
+    """With the annotation as the model's segmentation, a model trained at 17 px enlarges each real image so that
+    its area-weighted median nucleus is 17 px across, and never shrinks one."""
     cases = _real(12)
     assert any(median_diameter(c.labels) < 15 for c in cases) and any(median_diameter(c.labels) > 20 for c in cases)
     for c in cases:
-        calls = []
+        s = _diameter_stub(17.0, c.labels).scale_for(c.image.astype(np.float32))
+        d = median_diameter(c.labels, "area")
+        if d >= 17.0 * 1.02:
+            assert s == 1.0
+        elif d < 17.0 / 1.12:
+            resized = resize_labels(c.labels, scaled_shape(c.labels.shape, s))
+            assert median_diameter(resized, "area") == pytest.approx(17.0, rel=0.12)
 
-        def oracle(x, lab=c.labels):
-            calls.append(x.shape)
-            return resize_labels(lab, x.shape)
 
-        s = estimate_scale(c.image, oracle, 17.0)
-        assert len(calls) == 1
-        d = median_diameter(c.labels)
-        # small nuclei are enlarged to the target; larger ones are never shrunk
-        want = 17.0 if d < 17.0 / 1.12 else max(d, 17.0)
-        assert median_diameter(resize_labels(c.labels, scaled_shape(c.labels.shape, s))) == pytest.approx(want, rel=0.12)
+@pytest.mark.parametrize("d", [8.0, 12.0, 30.0])
+def test_diameter_model_enlarges_only_small_nuclei(d):
+    from scipy import ndimage as ndi
+
+    drawn = median_diameter(ndi.label(_discs(d))[0])  # small discs on a pixel grid are a little smaller than d
+    want = max(1.0, 17.0 / drawn)
+    assert _diameter_stub().scale_for(_discs(d)) == pytest.approx(want, rel=0.1)
+
+
+def test_diameter_model_is_not_misled_by_a_failed_otsu_estimate_or_fragments(monkeypatch):
+    """DSB2018's textured images with 35-40 px nuclei have an Otsu estimate of 4 px; a model trained at 17 px that
+    started from it enlarged them 4x and, at that scale, shattered them into thousands of pieces. Measured first
+    with the model at native scale (the Otsu estimate only a floor), large nuclei are left alone, and a swarm of
+    specks beside 15 px nuclei does not make them look small."""
+    monkeypatch.setattr("medseg.cells.scale.initial_diameter", lambda image: 4.0)
+    model = _diameter_stub()
+    assert model.scale_for(_discs(40.0)) == 1.0
+    assert model.scale_for(_speckled(15.0)) == pytest.approx(17.0 / 15.0, rel=0.1)
 
 
 def test_training_pairs_are_at_the_canonical_diameter(tmp_path):

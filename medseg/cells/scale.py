@@ -4,8 +4,9 @@
 Small nuclei are the weak spot of a model trained at native scale (DSB2018 validation images with nuclei under
 12 px across: AP@0.5 0.81, vs 0.87 for 12-20 px; ``benchmarks/cells.py --by-size``). Like Cellpose (which resizes
 to a 17 px nucleus diameter), the trainer then resizes every training image from its annotations, and counting
-estimates each image's diameter -- first from an Otsu mask, then from the model's own segmentation -- and resizes
-before predicting. Label maps are resized back with nearest-neighbour interpolation, so outputs always have the
+measures each image's nuclei -- with the model at native scale, the Otsu mask's estimate as a floor, then again at
+the first guess's scale -- and enlarges the image only when even the area-weighted median nucleus is smaller than
+``diameter`` (:meth:`medseg.cells.segmenters.CellModel.scale_for`). Label maps are resized back with nearest-neighbour interpolation, so outputs always have the
 input's shape. Measured on DSB2018 in a 20-minute budget it scored the same as native scale (``benchmarks/RESULTS.md``),
 so it is off by default; it is meant for images whose magnification differs from the training data's.
 
@@ -19,8 +20,6 @@ both measures agree (:func:`agreed_scale`): on DSB2018 fragments had the per-obj
 """
 
 from __future__ import annotations
-
-from typing import Callable
 
 import numpy as np
 
@@ -197,8 +196,8 @@ def size_range_meta(label_maps, measure: str = "both") -> dict:
 
 def initial_diameter(image: np.ndarray) -> float:
     """Training-free diameter estimate: twice the median inscribed radius of the Otsu mask's components
-    (clumps of touching nuclei barely change it; it under-estimates elongated nuclei, which the model pass of
-    :func:`estimate_scale` corrects)."""
+    (clumps of touching nuclei barely change it; it under-estimates elongated nuclei, and on textured images it can
+    be a fraction of the true size, so it serves only as a floor to the model's measurement)."""
     from scipy import ndimage as ndi
 
     from medseg.cells.data import percentile_normalize
@@ -206,25 +205,3 @@ def initial_diameter(image: np.ndarray) -> float:
 
     mask = ndi.binary_fill_holes(threshold_mask(percentile_normalize(image), "otsu", smooth=1.0))
     return 2.0 * estimate_radius(mask)
-
-
-def estimate_scale(image: np.ndarray, segment: Callable[[np.ndarray], np.ndarray], diameter: float,
-                   tol: float = 0.1) -> float:
-    """Resize factor for ``image`` so that its median nucleus becomes ``diameter`` px across.
-
-    Starts from :func:`initial_diameter`, segments the image resized by that guess (``segment(resized) ->
-    labels``), and re-measures the nuclei there; returns the corrected factor (the first one when the two agree
-    within ``tol``).
-
-    Examples
-    --------
-    >>> img = np.zeros((64, 64), np.float32); img[10:20, 10:20] = img[30:40, 40:50] = 1
-    >>> from scipy import ndimage as ndi
-    >>> s = estimate_scale(img, lambda x: ndi.label(x > 0.5)[0], 20.0)  # 10x10 squares are 11.3 px across
-    >>> bool(abs(s - 20.0 / 11.3) < 0.1)
-    True
-    """
-    s0 = scale_to(diameter, initial_diameter(image))
-    d1 = median_diameter(segment(resize_image(image, scaled_shape(image.shape, s0)))) / s0
-    s1 = scale_to(diameter, d1) if d1 > 0 else s0
-    return s0 if abs(s1 / s0 - 1) <= tol else s1
