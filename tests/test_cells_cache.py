@@ -166,6 +166,7 @@ def test_cli_trains_the_same_from_disk_as_from_ram(tmp_path):
     a = run_cli("cells", "train", ds, "-o", tmp_path / "ram", "--cache", "memory", *common)
     b = run_cli("cells", "train", ds, "-o", tmp_path / "disk", "--cache", "disk", *common)
     assert a.code == 0 and b.code == 0, a.err + b.err
+    assert "on disk" not in a.out and f"prepared training images on disk: {tmp_path / 'disk' / 'cache'}" in b.out
     # CPU training is not bitwise repeatable (two memory runs differ in the 3rd digit): the batches are compared
     # exactly above; here what the run records from its data, and losses that follow the same course
     meta = [json.loads((tmp_path / r / "model.json").read_text()) for r in ("ram", "disk")]
