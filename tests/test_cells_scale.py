@@ -79,10 +79,10 @@ def test_diameter_model_enlarges_only_small_nuclei(d):
 
 
 def test_diameter_model_is_not_misled_by_a_failed_otsu_estimate_or_fragments(monkeypatch):
-    """DSB2018's textured images with 35-40 px nuclei have an Otsu estimate of 4 px; a model trained at 17 px that
-    started from it enlarged them 4x and, at that scale, shattered them into thousands of pieces. Measured first
-    with the model at native scale (the Otsu estimate only a floor), large nuclei are left alone, and a swarm of
-    specks beside 15 px nuclei does not make them look small."""
+    """On DSB2018's textured images with large nuclei the Otsu estimate finds the texture (here: 4 px); a model
+    trained at 17 px that started from it enlarged them 4x and, at that scale, shattered them into thousands of
+    pieces. Measured first with the model at native scale (the Otsu estimate only a floor), large nuclei are left
+    alone, and a swarm of specks beside 15 px nuclei does not make them look small."""
     monkeypatch.setattr("medseg.cells.scale.initial_diameter", lambda image: 4.0)
     model = _diameter_stub()
     assert model.scale_for(_discs(40.0)) == 1.0

@@ -88,8 +88,8 @@ class CellModel:
                 return scale_to(self.cfg.diameter, self.diameter)
             # measured as a native-scale model with the range [diameter, inf) is: enlarged only when even the
             # area-weighted median is small. Starting from the Otsu estimate instead (before session 32) enlarged
-            # textured DSB2018 images of 35-40 px nuclei 4x (their Otsu estimate: 4 px), where the model, at that
-            # scale, shattered them into thousands of pieces that confirmed the guess
+            # textured DSB2018 images with large nuclei up to 4x (the Otsu mask finds the texture's blobs), where the
+            # model, at that scale, shattered them into thousands of pieces that confirmed the guess
             ranges, measure = {m: (self.cfg.diameter, math.inf) for m in ("count", "area")}, "both"
         else:
             size_range = self.meta.get("diameter_range")

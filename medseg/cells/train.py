@@ -224,9 +224,7 @@ def _prepare(data_dir, run_dir: Path, cfg: CellTrainConfig, progress: bool):
 
     from medseg.cells.pairs import cache_folder
 
-    if cfg.cache == "memory":
-        return prepare_training_data(data_dir, cfg, progress=progress)
-    folder = cache_folder(cfg, run_dir)
+    folder = cache_folder(cfg, run_dir)  # (in memory mode nothing is written there)
     created = [p for p in (run_dir, folder) if not p.exists()]
     try:
         return prepare_training_data(data_dir, cfg, folder, progress)
