@@ -131,7 +131,7 @@ def training_config(args):
     from medseg.cells.config import CellTrainConfig
 
     given = {"max_minutes": args.minutes, "max_steps": args.steps, "batch_size": args.batch_size,
-             "base_filters": args.base_filters,
+             "base_filters": args.base_filters, "lr": args.lr, "weight_decay": args.weight_decay,
              "threads": args.threads, "tune_fraction": args.tune_fraction, "diameter": args.diameter, "seed": args.seed,
              "offset_head": args.offset_head, "norm": args.norm, "ema": args.ema, "contact_weight": args.contact_weight,
              "contact_boundary": args.contact_boundary, "boundary_width": args.boundary_width,
@@ -248,6 +248,8 @@ def main(argv=None) -> int:
     ap.add_argument("--patch", type=int, default=None, help="crop size (default 256)")
     ap.add_argument("--batch-size", type=int, default=None, help="crops per step (default 2)")
     ap.add_argument("--base-filters", type=int, default=None, help="network width (default 16)")
+    ap.add_argument("--lr", type=float, default=None, help="AdamW's learning rate before the poly decay (default 3e-3)")
+    ap.add_argument("--weight-decay", type=float, default=None, help="AdamW weight decay (default 1e-4)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: the free cores)")
     ap.add_argument("--limit", type=int, default=None, help="score only the first N evaluation images")
     ap.add_argument("--tune-fraction", type=float, default=None,

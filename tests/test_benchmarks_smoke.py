@@ -98,9 +98,12 @@ def test_cells_benchmark_bounded(tmp_path, capsys):
     linked_cell_dataset(ds, 4)
     common = ["--data", str(ds), "--run", str(tmp_path / "run"), "--learned-only", "--threads", "1",
               "--patch", "64", "--base-filters", "4", "--batch-size", "2"]
-    assert main(["--minutes", "2", "--steps", "3", "--tune-fraction", "0", *common]) == 0
+    assert main(["--minutes", "2", "--steps", "3", "--tune-fraction", "0", "--lr", "0.002", "--weight-decay", "0.01",
+                 *common]) == 0
     first = capsys.readouterr().out
-    assert json.loads((tmp_path / "run" / "model.json").read_text())["steps"] == 3  # --steps ends it, not minutes
+    meta = json.loads((tmp_path / "run" / "model.json").read_text())
+    assert meta["steps"] == 3  # --steps ends it, not minutes
+    assert (meta["config"]["lr"], meta["config"]["weight_decay"]) == (0.002, 0.01)
     assert len(_table_rows(first, "learned")) == 1 and "markers: boundary" in first
     for markers in ("boundary", "distance"):
         assert main(["--skip-train", "--thresholds", f"0.5,0.5,{markers}", "--json", str(tmp_path / f"{markers}.json"),
