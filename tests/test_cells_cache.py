@@ -182,6 +182,10 @@ def test_cli_trains_the_same_from_disk_as_from_ram(tmp_path):
     assert c.code == 0, c.err
     assert json.loads((tmp_path / "disk" / "model.json").read_text())["steps"] == 25
     assert len(list(shared.glob("*.json"))) == 2
+    # a memory run that names the shared folder neither reads nor writes it, and does not point the user at it
+    d = run_cli("cells", "train", ds, "-o", tmp_path / "ram", "--resume", "--max-steps", "22", "--cache", "memory",
+                "--cache-dir", shared)
+    assert d.code == 0 and "on disk" not in d.out, d.err
 
 
 def test_bad_input_with_the_disk_cache_leaves_nothing_behind(tmp_path):
