@@ -34,8 +34,8 @@ class CellTrainConfig:
     # norm ran 26 % more steps but scored no better (two seeds: AP@0.5 0.876 / 0.861, count error 6.1 / 7.0 %;
     # benchmarks/RESULTS.md, session 9)
     norm: str = "instance"
-    # AdamW's starting rate (poly decay). On DSB2018 folds 3 + 4 (181 images) 1.5e-3 scored +0.006-0.009 AP@0.5, not
-    # yet resolved, and 6e-3 worse (benchmarks/RESULTS.md, session 33); the default stays until all five folds agree
+    # AdamW's starting rate (poly decay). On DSB2018's five folds (428 images) 1.5e-3 scored as 3e-3 (AP@0.5 +0.002,
+    # -0.004 to +0.007) and 6e-3 worse on fold 4 (benchmarks/RESULTS.md, sessions 33-34)
     lr: float = 3e-3
     weight_decay: float = 1e-4
     # exponential moving average of the weights (medseg.train.ema), used for tuning and saved as the model; 0: off.
