@@ -23,18 +23,12 @@ from pathlib import Path
 import numpy as np
 
 from medseg.errors import InputError
-from medseg.train.store import ArrayStore, source_stats
+from medseg.train.store import ArrayStore, cache_folder, source_stats  # noqa: F401 (cache_folder: API)
 
 FORMAT = 1  # bump when what make_pair computes changes: older entries then miss
 # the CellTrainConfig settings a pair's arrays depend on
 PAIR_SETTINGS = ("spatial_dims", "channel", "norm_percentiles", "diameter", "distance_head", "contact_weight",
                  "contact_sigma", "small_weight", "small_size_px", "boundary_width", "contact_boundary", "offset_head")
-
-
-def cache_folder(cfg, run_dir) -> Path:
-    """Where a run's disk cache lives: ``cfg.cache_dir`` (shared by the runs and folds of one recipe), else
-    ``RUN/cache``."""
-    return Path(cfg.cache_dir) if cfg.cache_dir else Path(run_dir) / "cache"
 
 
 def pair_key(cfg, case, block: bool = False) -> str:

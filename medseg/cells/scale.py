@@ -8,7 +8,8 @@ measures each image's nuclei -- with the model at native scale, the Otsu mask's 
 the first guess's scale -- and enlarges the image only when even the area-weighted median nucleus is smaller than
 ``diameter`` (:meth:`medseg.cells.segmenters.CellModel.scale_for`). Label maps are resized back with
 nearest-neighbour interpolation, so outputs always have the input's shape. Measured on DSB2018 in a 20-minute
-budget it scored the same as native scale (``benchmarks/RESULTS.md``), so it is off by default; it is meant for images whose magnification differs from the training data's.
+budget it scored the same as native scale (``benchmarks/RESULTS.md``), so it is off by default; it is meant for
+images whose magnification differs from the training data's.
 
 A model trained at native scale records the range of its training images' median nucleus diameters
 (:func:`diameter_range`) and resizes only the images whose nuclei lie outside it (:func:`into_range`): nuclei

@@ -224,8 +224,8 @@ def _prepare(data_dir, run_dir: Path, cfg: CellTrainConfig, progress: bool):
 
     from medseg.cells.pairs import cache_folder
 
-    folder = cache_folder(cfg, run_dir)  # (in memory mode nothing is written there)
-    created = [p for p in (run_dir, folder) if not p.exists()]
+    folder = cache_folder(cfg, run_dir)
+    created = [p for p in (run_dir, folder) if p is not None and not p.exists()]
     try:
         return prepare_training_data(data_dir, cfg, folder, progress)
     except Exception:  # (an interrupted run keeps what it cached: the next run reads it)

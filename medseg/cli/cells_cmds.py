@@ -137,7 +137,7 @@ def train_cmd(
 
     cached = cache_folder(cfg, out)
     where = f"; prepared training images on disk: {cached} (reused by runs with the same target settings; delete " \
-        "when done)" if cfg.cache != "memory" and cached.is_dir() else ""
+        "when done)" if cached and cached.is_dir() else ""
     typer.echo(f"model written to {run}{where}")
 
 

@@ -138,7 +138,7 @@ def train_cmd(
 
     cached = cache_folder(plan, output)
     where = f"; preprocessed cases on disk: {cached} (reused by runs of this plan; delete when done)" \
-        if plan.cache != "memory" and cached.is_dir() else ""  # a memory run may name a shared cache it did not use
+        if cached and cached.is_dir() else ""
     typer.echo(f"trained {what}{res.epochs} epochs ({res.iterations} iterations, {res.elapsed_s / 60:.1f} min); "
                f"validation Dice: {dice or 'n/a'}; model: {res.model_path}{where}")
 

@@ -25,7 +25,7 @@ from medseg.system import available_memory  # the container's limit counts (cgro
 from medseg.train.dataset import _progress, load_case
 from medseg.train.preprocess import preprocess, slice_axis
 from medseg.train.sampling import CachedCase, foreground_index, pad_to
-from medseg.train.store import ArrayStore, source_stats
+from medseg.train.store import ArrayStore, cache_folder, source_stats  # noqa: F401 (cache_folder: API)
 
 FORMAT = 2  # bump when what preprocess_case computes changes: older caches then miss
 # 'auto' keeps cases in RAM until they would hold this share of the RAM available when caching starts (divided
@@ -52,11 +52,6 @@ def case_key(plan: Plan, case, size) -> str:
             "target_spacing": d["target_spacing"], "spatial_dims": d["spatial_dims"], "size": [int(s) for s in size],
             "sources": source_stats([*case.images, *([case.label] if case.label else [])])}
     return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def cache_folder(plan: Plan, run_dir: str | os.PathLike) -> Path:
-    """Where the plan's disk cache lives: ``cache_dir`` (shared by runs and folds of one plan), else ``RUN/cache``."""
-    return Path(plan.cache_dir) if plan.cache_dir else Path(run_dir) / "cache"
 
 
 def nbytes(case: CachedCase) -> int:

@@ -122,7 +122,8 @@ def train_ensemble(plan: Plan, run_dir: str | os.PathLike, members: int | None =
             continuing = (mdir / "checkpoint_latest.pt").is_file()
             member = Plan.from_dict(plan.to_dict())
             member.dataset, member.seed, member.ensemble = plan.dataset, plan.seed + i, 1
-            member.cache_dir = str(cache_folder(plan, run_dir))  # one disk cache for all members
+            if folder := cache_folder(plan, run_dir):
+                member.cache_dir = str(folder)  # one disk cache for all members
             minutes = None
             if budget and not continuing:  # a continuing member keeps the share it was given
                 spent = sum(d["elapsed_s"] for d in done) + (time.monotonic() - t0 - in_calls)

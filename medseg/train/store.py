@@ -22,6 +22,24 @@ from medseg.io.atomic import atomic_path
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
 
 
+def cache_folder(settings, run_dir: str | os.PathLike) -> Path | None:
+    """The disk cache a run reads and writes: ``settings.cache_dir`` (shared by the runs and folds of one plan or
+    recipe), else ``RUN/cache``; ``None`` when ``settings.cache`` is ``"memory"`` (the run uses no folder, even
+    one it names). ``settings``: a :class:`medseg.plan.plan.Plan` or a ``CellTrainConfig``.
+
+    Examples
+    --------
+    >>> from types import SimpleNamespace as S
+    >>> cache_folder(S(cache="auto", cache_dir=None), "runs/a").as_posix()
+    'runs/a/cache'
+    >>> cache_folder(S(cache="memory", cache_dir="shared"), "runs/a") is None
+    True
+    """
+    if settings.cache == "memory":
+        return None
+    return Path(settings.cache_dir) if settings.cache_dir else Path(run_dir) / "cache"
+
+
 def source_stats(paths) -> list:
     """What identifies the contents of source files in a cache key: resolved path, size, modification time (ns).
 
