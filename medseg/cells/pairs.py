@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from medseg.errors import InputError
-from medseg.train.store import ArrayStore, cache_folder, source_stats  # noqa: F401 (cache_folder: API)
+from medseg.train.store import ArrayStore, source_stats
 
 FORMAT = 1  # bump when what make_pair computes changes: older entries then miss
 # the CellTrainConfig settings a pair's arrays depend on

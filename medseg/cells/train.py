@@ -222,7 +222,7 @@ def _prepare(data_dir, run_dir: Path, cfg: CellTrainConfig, progress: bool):
     to be bad, so that a refused dataset leaves nothing behind."""
     import shutil
 
-    from medseg.cells.pairs import cache_folder
+    from medseg.train.store import cache_folder
 
     folder = cache_folder(cfg, run_dir)
     created = [p for p in (run_dir, folder) if p is not None and not p.exists()]

@@ -133,7 +133,7 @@ def train_cmd(
         given["patch_size"] = given["patch_size"] * base.spatial_dims
     cfg = _with_options(base, given)
     run = train_cells(data, out, cfg, resume=resume, tensorboard=tensorboard)
-    from medseg.cells.pairs import cache_folder
+    from medseg.train.store import cache_folder
 
     cached = cache_folder(cfg, out)
     where = f"; prepared training images on disk: {cached} (reused by runs with the same target settings; delete " \

@@ -134,7 +134,7 @@ def train_cmd(
                     cache_mode=cache, cache_dir=cache_dir)
     dice = ", ".join(f"{k} {v:.4f}" for k, v in res.val_dice.items())
     what = f"an ensemble of {ensemble or plan.ensemble} networks, " if (ensemble or plan.ensemble) > 1 else ""
-    from medseg.train.cache import cache_folder
+    from medseg.train.store import cache_folder
 
     cached = cache_folder(plan, output)
     where = f"; preprocessed cases on disk: {cached} (reused by runs of this plan; delete when done)" \

@@ -17,7 +17,6 @@ import json
 import os
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from medseg.plan.plan import Plan
@@ -25,7 +24,7 @@ from medseg.system import available_memory  # the container's limit counts (cgro
 from medseg.train.dataset import _progress, load_case
 from medseg.train.preprocess import preprocess, slice_axis
 from medseg.train.sampling import CachedCase, foreground_index, pad_to
-from medseg.train.store import ArrayStore, cache_folder, source_stats  # noqa: F401 (cache_folder: API)
+from medseg.train.store import ArrayStore, source_stats
 
 FORMAT = 2  # bump when what preprocess_case computes changes: older caches then miss
 # 'auto' keeps cases in RAM until they would hold this share of the RAM available when caching starts (divided

@@ -70,7 +70,8 @@ def train_ensemble(plan: Plan, run_dir: str | os.PathLike, members: int | None =
     ``tensorboard``: each member's curves in its folder's ``tensorboard/``.
     """
     from medseg.train.artifact import MODEL_FILE, build_from_plan, load_model, save_model
-    from medseg.train.cache import LazyCases, cache_folder
+    from medseg.train.cache import LazyCases
+    from medseg.train.store import cache_folder
     from medseg.train.dataset import open_dataset
     from medseg.train.trainer import TrainResult, fold_split, resolve_device, train, validate, validation_cost
 

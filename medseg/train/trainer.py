@@ -27,11 +27,11 @@ from medseg.plan.plan import Plan
 from medseg.train import ddp
 from medseg.train.artifact import build_from_plan, save_model, strip_ddp, MODEL_FILE
 from medseg.train.dataset import open_dataset, load_case
-from medseg.train.cache import (AUTO_SHARE, DiskCache, LazyCases, available_memory, cache_cases, cache_folder, on_disk,
-                                sample_size)
+from medseg.train.cache import AUTO_SHARE, DiskCache, LazyCases, available_memory, cache_cases, on_disk, sample_size
 from medseg.train.ema import WeightEMA, averaged_weights
 from medseg.train.losses import SegLoss, confusion_dice
 from medseg.train.sampling import augment, sample_batch
+from medseg.train.store import cache_folder
 from medseg.train.tblog import ScalarLog, require_tensorboard
 
 
@@ -122,9 +122,10 @@ def _rank_device(requested: torch.device, world: int) -> torch.device:
 def _cache_training_cases(plan: Plan, run_dir: Path, cases, show: bool, cache: dict | None, rank: int, world: int):
     """The plan's ``cache`` mode applied. DDP ranks start at different cases and read what the others wrote (no
     rank waits for another, so a long preprocessing cannot time out a collective)."""
-    if plan.cache == "memory":
+    folder = cache_folder(plan, run_dir)
+    if folder is None:  # cache: memory
         return cache_cases(plan, cases, show, cache)
-    disk = DiskCache(cache_folder(plan, run_dir))
+    disk = DiskCache(folder)
     limit = AUTO_SHARE * available_memory() / world
     return cache_cases(plan, cases, show, cache, disk, plan.cache, limit, start=rank * len(cases) // world)
 
