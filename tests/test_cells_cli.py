@@ -76,6 +76,15 @@ def test_count_3d_stack_and_evaluate(tmp_path):
     assert (tmp_path / "ev" / "metrics.csv").exists()
 
 
+def test_count_stack_without_z_step_refuses_an_in_plane_pixel_size(tmp_path):
+    """The real stack records no voxel size: one number would leave z at 1 pixel under a µm³ heading."""
+    img = data_path("nuclei_stardist", "img3d.tif")
+    out = tmp_path / "o"
+    assert_clean_error(run_cli("cells", "count", "-i", img, "-o", out, "--classical", "--pixel-size", "0.5"),
+                       "img3d.tif", "Z,Y,X")
+    assert not out.exists()
+
+
 def test_evaluate_reference_against_itself_and_folders(tmp_path):
     src = data_path("dsb2018_fluo", "labels")
     pred = tmp_path / "pred"

@@ -131,6 +131,7 @@ def test_info_json_matches_simpleitk():
     arr = sitk.GetArrayViewFromImage(s)
     assert rec["shape"] == list(s.GetSize())
     np.testing.assert_allclose(rec["spacing"], s.GetSpacing(), atol=1e-5)
+    assert rec["frame"] == "RAS"  # says why x and y have the opposite sign of ITK's (LPS)
     np.testing.assert_allclose(rec["origin"], np.array(s.GetOrigin()) * [-1, -1, 1], atol=1e-3)
     assert rec["intensity_range"] == [float(arr.min()), float(arr.max())]
     assert rec["dtype"] == str(sitk.GetArrayFromImage(s).dtype)

@@ -49,6 +49,30 @@ def test_resolution_tags(tmp_path, unit, ppu, expected):
     assert read_microscopy(p).spacing == pytest.approx((expected, expected))
 
 
+@pytest.mark.parametrize("dpi", [72, 96, 300, 1000])
+def test_print_resolutions_in_inches_are_not_a_calibration(tmp_path, dpi):
+    """Image editors tag 72-300 dpi: honoured, a pixel would be 25-353 µm and every area absurd."""
+    p = tmp_path / "edited.tif"
+    tifffile.imwrite(p, np.zeros((5, 6), np.uint8), resolution=(dpi, dpi), resolutionunit="INCH")
+    img = read_microscopy(p)
+    assert img.spacing == (1.0, 1.0) and img.meta["unit"] == "pixel"
+
+
+def test_stack_without_z_step_needs_all_three_sizes(tmp_path):
+    p = tmp_path / "stack.tif"
+    tifffile.imwrite(p, np.zeros((7, 5, 6), np.uint16))
+    for partial in (0.5, (0.5, 0.5)):
+        with pytest.raises(InputError, match="Z,Y,X") as e:
+            read_microscopy(p, pixel_size=partial)
+        assert "stack.tif" in str(e.value)
+    assert read_microscopy(p, pixel_size=(2, 0.5, 0.5)).spacing == pytest.approx((2, 0.5, 0.5))
+    # a file that records its z step keeps it under an in-plane override
+    q = tmp_path / "ij.tif"
+    tifffile.imwrite(q, np.zeros((7, 5, 6), np.uint16), imagej=True, resolution=(4.0, 4.0),
+                     metadata={"axes": "ZYX", "spacing": 1.5, "unit": "um"})
+    assert read_microscopy(q, pixel_size=0.5).spacing == pytest.approx((1.5, 0.5, 0.5))
+
+
 def test_no_metadata_means_pixel_units_and_override(tmp_path):
     p = tmp_path / "plain.tif"
     tifffile.imwrite(p, np.zeros((5, 6), np.uint16))

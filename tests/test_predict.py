@@ -50,6 +50,9 @@ def assert_same_grid(pred: Path, ref: Path):
     assert np.allclose(ps.GetDirection(), rs.GetDirection(), atol=1e-5)
     assert np.allclose(ps.GetSpacing(), rs.GetSpacing(), atol=1e-5)
     assert p.get_data_dtype() == np.uint8
+    for code in ("sform_code", "qform_code"):  # what the affine means (scanner, aligned, ...) is kept too
+        if r.header[code] > 0:
+            assert p.header[code] == r.header[code], code
 
 
 @pytest.mark.parametrize("spacing", [[1.0, 1.0, 1.0], [1.3, 0.8, 1.7]])
@@ -80,6 +83,7 @@ def test_anisotropic_oblique_ct(tmp_path, dims):
     assert res.code == 0, res.err
     assert_same_grid(tmp_path / "out" / "ct_oblique.nii.gz", src)
     probs = nib.load(tmp_path / "out" / "ct_oblique_probs.nii.gz")
+    assert probs.header["sform_code"] == nib.load(src).header["sform_code"] == 2  # nibabel's default: aligned
     lab = np.asarray(nib.load(tmp_path / "out" / "ct_oblique.nii.gz").dataobj)
     p = np.asarray(probs.dataobj)
     assert p.shape == (*lab.shape, 2) and np.allclose(p.sum(-1), 1, atol=1e-4)

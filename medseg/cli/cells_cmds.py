@@ -170,7 +170,8 @@ def count_cmd(
                                          help="Classical mode threshold: otsu (default) or local."),
     channel: Optional[int] = typer.Option(None, "--channel", help="Channel of multi-channel images (0-based)."),
     pixel_size: Optional[str] = typer.Option(None, "--pixel-size",
-                                             help="Pixel size in µm: 'XY' or 'Z,Y,X' (overrides the file)."),
+                                             help="Pixel size in µm, overriding the file's: 'XY', 'Y,X' or 'Z,Y,X' "
+                                                  "(a stack whose file has no z step needs 'Z,Y,X')."),
     exclude_border: bool = typer.Option(False, "--exclude-border", help="Drop cells touching the image border."),
     roi_zip: bool = typer.Option(False, "--roi-zip",
                                  help="Also write <id>_rois.zip (ImageJ ROIs) of the 2D images."),

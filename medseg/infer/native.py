@@ -348,7 +348,7 @@ def _nifti_head(prob) -> bytes:
     from medseg.io.image import Image
 
     k = prob.array.shape[0]
-    tiny = Image(np.zeros((k, *(1,) * (prob.array.ndim - 1)), np.float32), prob.affine, {}, True).to_nibabel()
+    tiny = Image(np.zeros((k, *(1,) * (prob.array.ndim - 1)), np.float32), prob.affine, prob.meta, True).to_nibabel()
     buf = io.BytesIO()
     tiny.to_file_map({"image": nib.FileHolder(fileobj=buf), "header": nib.FileHolder(fileobj=buf)})
     hdr = nib.Nifti1Header.from_fileobj(io.BytesIO(buf.getvalue()))

@@ -148,9 +148,10 @@ def predict_image(network: torch.nn.Module, plan: Plan, image: Image, overlap=No
         lab = postprocess_labels(lab, image.spacing, largest_component, min_size_mm3)
     from medseg.io.readers import label_dtype
 
+    codes = {"nifti_codes": image.meta["nifti_codes"]} if "nifti_codes" in image.meta else {}
     out = Image(lab.astype(label_dtype(max(plan.labels)), copy=False), image.affine.copy(),
-                {"source": image.meta.get("source"), "labels": plan.labels})
-    pimg = Image(prob, image.affine.copy(), {}, True) if prob is not None else None
+                {"source": image.meta.get("source"), "labels": plan.labels, **codes})
+    pimg = Image(prob, image.affine.copy(), dict(codes), True) if prob is not None else None
     return out, pimg
 
 

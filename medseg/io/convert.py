@@ -34,6 +34,7 @@ def image_summary(img: Image) -> dict[str, Any]:
         "spacing": [round(s, 6) for s in img.spacing], "origin": [round(o, 4) for o in img.origin],
         "direction": np.round(img.direction[: img.ndim, : img.ndim] if img.ndim == 2 else img.direction, 6).tolist(),
         "orientation": img.orientation if "unit" not in img.meta else "", "intensity_range": rng,
+        "frame": "RAS" if "unit" not in img.meta else "",  # origin and direction's axes (DICOM/ITK use LPS)
         "unit": img.meta.get("unit", "mm"),  # microscopy: 'um' or 'pixel'; no patient frame, no orientation
         "modality": img.meta.get("modality", ""), "series_description": img.meta.get("series_description", ""),
         "series_uid": img.meta.get("series_uid", ""),

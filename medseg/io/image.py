@@ -224,7 +224,8 @@ class Image:
         return cls(arr, np.asarray(nimg.affine, float), dict(meta or {}), channels_first)
 
     def to_nibabel(self):
-        """To a ``nibabel.Nifti1Image`` (channels go to the 4th axis), with sform and qform set."""
+        """To a ``nibabel.Nifti1Image`` (channels go to the 4th axis), with sform and qform set; their codes are
+        ``meta["nifti_codes"]``'s where positive (what a NIfTI input had), else 1 (scanner)."""
         import nibabel as nib
 
         arr = self.array
@@ -239,8 +240,9 @@ class Image:
             elif np.iinfo(np.int32).min <= lo and hi <= np.iinfo(np.int32).max:
                 arr = arr.astype(np.int32)
         nimg = nib.Nifti1Image(arr, self.affine)
-        nimg.set_sform(self.affine, code=1)
-        nimg.set_qform(self.affine, code=1)
+        codes = self.meta.get("nifti_codes") or {}
+        nimg.set_sform(self.affine, code=int(codes.get("sform") or 1))
+        nimg.set_qform(self.affine, code=int(codes.get("qform") or 1))
         if self.ndim == 3:
             nimg.header.set_xyzt_units("mm")
         return nimg

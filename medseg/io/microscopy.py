@@ -5,7 +5,9 @@ Array axes are the file's: ``(y, x)`` or ``(z, y, x)``, channels first when pres
 file says so (``meta["unit"] == "um"``) and 1 "pixel" otherwise.
 
 Pixel size, first found wins: OME-XML ``PhysicalSizeX/Y/Z``; ImageJ ``spacing`` + ``unit`` (z) with
-the TIFF resolution tags (x, y); TIFF ``XResolution``/``YResolution`` with a centimetre or inch unit.
+the TIFF resolution tags (x, y); TIFF ``XResolution``/``YResolution`` with a centimetre or inch unit. An inch
+resolution of at most 1,000 dpi (the 72, 96 or 300 dpi that image editors write; a pixel of 25 µm or more) is a
+print setting, not a microscope's calibration, and is ignored.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from medseg.io.image import Image
 _TO_UM = {"m": 1e6, "cm": 1e4, "mm": 1e3, "um": 1.0, "µm": 1.0, "μm": 1.0, "micron": 1.0, "microns": 1.0,
           "micrometer": 1.0, "micrometre": 1.0, "nm": 1e-3, "\\u00B5m": 1.0, "\\u00b5m": 1.0}
 _CHANNEL_AXES = "CS"
+_MAX_CALIBRATED_DPI = 1000.0  # inch resolutions up to this are print settings (see the module docstring)
 _Z_AXES = "ZQI"
 
 
@@ -55,6 +58,9 @@ def _tiff_spacing(tif) -> tuple[dict, str]:
         resunit = int(tags["ResolutionUnit"].value) if "ResolutionUnit" in tags else 2
         ij = tif.imagej_metadata or {}
         scale = {3: 1e4, 2: 25400.0}.get(resunit)
+        x_res = tags["XResolution"].value
+        if resunit == 2 and x_res[1] > 0 and x_res[0] <= _MAX_CALIBRATED_DPI * x_res[1]:
+            scale = None
         if resunit == 1 and ij.get("unit"):  # ImageJ: resolution is pixels per `unit`
             scale = _unit_scale(ij["unit"])
         for ax, tag in (("X", "XResolution"), ("Y", "YResolution")):
@@ -216,7 +222,7 @@ def read_microscopy(path: str | os.PathLike, channel: int | None = None,
     sp = [float(spacing.get(a, 1.0)) for a in letters]
     from_file = any(a in spacing for a in letters)
     if pixel_size is not None:
-        sp = _override_spacing(sp, pixel_size, path)
+        sp = _override_spacing(sp, pixel_size, path, z_known="Z" in spacing)
         from_file, source = False, "user"
     aff = np.eye(4)
     aff[range(len(sp)), range(len(sp))] = sp
@@ -254,10 +260,14 @@ def _drop_constant_alpha(arr: np.ndarray) -> np.ndarray:
     return arr
 
 
-def _override_spacing(sp: list, pixel_size, path: Path) -> list:
+def _override_spacing(sp: list, pixel_size, path: Path, z_known: bool = True) -> list:
     vals = [float(v) for v in np.atleast_1d(pixel_size)]
     if any(not np.isfinite(v) or v <= 0 for v in vals):
         raise InputError(f"pixel size must be positive, got {pixel_size}", path=path)
+    if len(sp) == 3 and len(vals) < 3 and not z_known:
+        # keeping the placeholder z of 1 pixel would report volumes in µm³ that mix µm and pixels
+        given = ",".join(f"{v:g}" for v in vals)
+        raise InputError(f"the stack records no z step: give the pixel size as Z,Y,X (got {given})", path=path)
     if len(vals) == 1:
         return sp[:-2] + vals * 2
     if len(vals) == len(sp):

@@ -78,7 +78,10 @@ def _read_nifti(path: Path) -> Image:
     try:
         nimg = nib.load(str(path))
         affine, source = nifti_affine(nimg.header)
-        img = Image.from_nibabel(nimg, meta={"source": str(path), "format": "nifti", "affine_source": source})
+        # kept so that outputs on this grid say what the input said (1 scanner, 2 aligned, 3 Talairach, 4 MNI)
+        codes = {"sform": int(nimg.header["sform_code"]), "qform": int(nimg.header["qform_code"])}
+        img = Image.from_nibabel(nimg, meta={"source": str(path), "format": "nifti", "affine_source": source,
+                                             "nifti_codes": codes})
     except InputError:
         raise
     except Exception as exc:  # nibabel raises many types for corrupt or truncated files

@@ -298,7 +298,9 @@ def classical_instances(image: np.ndarray, spacing=None, method: str = "otsu", r
     """
     img = np.asarray(image, dtype=float)
     sp = _spacing(spacing, img.ndim)
-    smooth = 1.0 / (sp / sp.min())  # about one finest pixel in every axis
+    # about one in-plane pixel (the coarser of y, x) along every axis: smoothing only to the finest pixel left an
+    # image with a finer x than y so noisy that one-pixel specks set the size estimate
+    smooth = sp[-2:].max() / sp
     img_s = ndi.gaussian_filter(img, smooth)
     if method == "local":
         r0 = radius or estimate_radius(threshold_mask(img_s, "otsu", smooth=0), sp) or 5.0
