@@ -47,7 +47,8 @@ def main(argv=None) -> int:
     from medseg.infer.predict import predict_image
     from medseg.plan.plan import Plan
     from medseg.train.artifact import load_model
-    from medseg.train.dataset import convert_brats, load_case
+    from medseg.train.brats import convert_brats
+    from medseg.train.dataset import load_case
     from medseg.train.losses import confusion_dice
     from medseg.train.trainer import train
 

@@ -1,7 +1,7 @@
 """RAM and speed of training from the in-RAM case cache vs the disk cache (memory maps), on real BraTS cases.
 
 The dataset: the 4 BraTS sample patients (FLAIR + T1c, 240x240x155, their manual labels), converted once with
-``medseg.train.dataset.convert_brats`` into ``OUT/brats``, then linked under ``N`` case ids in ``OUT/ds_N``
+``medseg.train.brats.convert_brats`` into ``OUT/brats``, then linked under ``N`` case ids in ``OUT/ds_N``
 (repeats of the 4 real cases: only 4 are here, and this measures memory and speed, not accuracy). The recipe is
 ``configs/brats.yaml`` (patch 64^3, batch 2, DynUNet 16..128) without validation. Each variant trains in a child
 process for two epochs of ``--iters`` iterations (``medseg.train.trainer.train``); a thread in the child reads
@@ -37,7 +37,7 @@ DATA = Path(os.environ.get("MEDSEG_DATA", REPO.parent / "shared" / "data"))
 
 def make_dataset(out: Path, n: int) -> Path:
     """``OUT/ds_N``: ``n`` cases linking to the converted BraTS patients in turn."""
-    from medseg.train.dataset import convert_brats
+    from medseg.train.brats import convert_brats
 
     src = DATA / "brats2015_sample"
     if not src.is_dir():

@@ -74,7 +74,7 @@ def test_cached_pairs_are_reused_without_reading_the_images_and_miss_when_a_file
     from medseg.cells import pairs as pairs_mod
 
     ds = tmp_path / "ds"
-    linked_cell_dataset(ds, 4)
+    val = linked_cell_dataset(ds, 4)[-1]
     cfg = _cfg(cache="disk")
     first = _prepare(ds, cfg, tmp_path / "cache")[0]
     made, read = [], []
@@ -82,7 +82,8 @@ def test_cached_pairs_are_reused_without_reading_the_images_and_miss_when_a_file
     monkeypatch.setattr(pairs_mod, "make_pair", lambda c, k: made.append(c.case) or real_make(c, k))
     monkeypatch.setattr(data_mod, "load_case", lambda c, ch=None: read.append(c.case) or real_load(c, ch))
     again = _prepare(ds, cfg, tmp_path / "cache")[0]
-    assert made == [] and read == []  # all three read back from the cache, no image opened
+    # all three read back from the cache, no training image opened (the validation image is checked, never cached)
+    assert made == [] and read == [val]
     _assert_same_pairs(first, again)
 
     _prepare(ds, _cfg(cache="disk", contact_weight=5.0), tmp_path / "cache")  # other targets: other arrays

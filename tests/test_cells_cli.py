@@ -87,12 +87,14 @@ def test_count_stack_without_z_step_refuses_an_in_plane_pixel_size(tmp_path):
 
 def test_evaluate_reference_against_itself_and_folders(tmp_path):
     src = data_path("dsb2018_fluo", "labels")
-    pred = tmp_path / "pred"
+    pred, ref = tmp_path / "pred", tmp_path / "ds" / "labels"  # --ref: a dataset folder with labels/
     pred.mkdir()
+    ref.mkdir(parents=True)
     ids = _dsb_ids(3)
     for cid in ids:  # prediction files named like `count` names them
         (pred / f"{cid}_labels.tif").symlink_to(src / f"{cid}.tif")
-    res = run_cli("cells", "evaluate", "--pred", pred, "--ref", data_path("dsb2018_fluo"), "-o", tmp_path / "ev")
+        (ref / f"{cid}.tif").symlink_to(src / f"{cid}.tif")
+    res = run_cli("cells", "evaluate", "--pred", pred, "--ref", ref.parent, "-o", tmp_path / "ev")
     assert res.code == 0, res.err
     m = json.loads((tmp_path / "ev" / "metrics.json").read_text())
     assert m["n_images"] == 3
@@ -470,3 +472,113 @@ def test_truncated_tiff_is_one_line_although_tifffile_logs(tmp_path, caplog):
         out = tmp_path / f"out_{src.stem}"
         assert_clean_error(run_cli("cells", "count", "-i", str(bad), "-o", str(out), "--classical"), bad.name)
         assert not listing(out)
+
+
+# ---- evaluate: every reference needs exactly one prediction, every prediction a reference ---------------------
+
+def _label_folder(d, names):
+    """A folder of small synthetic label maps named ``names`` (one object each)."""
+    d.mkdir(exist_ok=True)
+    lab = np.zeros((16, 16), np.uint16)
+    lab[4:10, 4:10] = 1
+    for n in names:
+        tifffile.imwrite(d / n, lab)
+    return d
+
+
+@pytest.mark.parametrize("refs, preds, needles", [
+    (["a.tif", "b.tif", "c.tif"], ["c_labels.tif"], ["ref", "no prediction for 2 cases", "'a', 'b'"]),
+    (["a.tif", "b.tif"], ["a_labels.tif"], ["b.tif", "no prediction for case 'b'"]),
+    (["a.tif"], ["a_labels.tif", "zzz_labels.tif"], ["zzz_labels.tif", "no reference for case 'zzz'"]),
+    (["a.tif", "b.tif"], ["a.tif", "a_labels.tif", "b.tif"],
+     ["pred", "two predictions for case 'a'", "a.tif", "a_labels.tif"]),
+])
+def test_evaluate_refuses_folders_whose_cases_do_not_match(tmp_path, refs, preds, needles):
+    """Scores over the intersection of the two folders would look complete while leaving images out (or score
+    the wrong one of two files): exit 2, one line naming the case(s), nothing written."""
+    ref, pred, out = _label_folder(tmp_path / "ref", refs), _label_folder(tmp_path / "pred", preds), tmp_path / "ev"
+    assert_clean_error(run_cli("cells", "evaluate", "--pred", pred, "--ref", ref, "-o", out), *needles)
+    assert not out.exists()
+
+
+def test_evaluate_takes_a_count_output_folder_as_it_is(tmp_path, two_images):
+    """count's overlays (<id>_overlay.png) beside its label maps are not predictions without a reference."""
+    out = tmp_path / "out"
+    assert run_cli("cells", "count", "-i", two_images, "-o", out, "--classical").code == 0
+    ref = tmp_path / "ref"
+    ref.mkdir()
+    for p in two_images.iterdir():
+        (ref / f"{p.stem}.tif").symlink_to(data_path("dsb2018_fluo", "labels", f"{p.stem}.tif"))
+    res = run_cli("cells", "evaluate", "--pred", out, "--ref", ref, "-o", tmp_path / "ev")
+    assert res.code == 0, res.err
+    assert json.loads((tmp_path / "ev" / "metrics.json").read_text())["n_images"] == 2
+
+
+# ---- NaN or infinite pixels; bad validation images ----------------------------------------------------------
+
+def _nan_image(path, n_nan=3):
+    """A float32 TIFF of random intensities with ``n_nan`` NaN pixels and one infinite one."""
+    img = np.random.default_rng(0).random((48, 48)).astype(np.float32)
+    img.flat[:n_nan] = np.nan
+    img[-1, -1] = np.inf
+    tifffile.imwrite(path, img)
+    return path
+
+
+def test_count_refuses_nan_pixels_classical(tmp_path):
+    out = tmp_path / "out"
+    res = run_cli("cells", "count", "-i", _nan_image(tmp_path / "nan.tif"), "-o", out, "--classical")
+    assert_clean_error(res, "nan.tif", "image has 4 NaN or infinite pixels")
+    assert not out.exists()
+
+
+def test_count_refuses_nan_pixels_with_a_model(tmp_path, tiny_run):
+    out = tmp_path / "out"
+    res = run_cli("cells", "count", "-i", _nan_image(tmp_path / "nan.tif"), "-o", out, "-m", tiny_run,
+                  "--threads", "1")
+    assert_clean_error(res, "nan.tif", "image has 4 NaN or infinite pixels")
+    assert not out.exists()
+
+
+def _train_args(ds, run):
+    return ("cells", "train", ds, "-o", run, "--patch", "64", "--batch-size", "1", "--max-steps", "1",
+            "--tune-fraction", "0", "--threads", "1")
+
+
+def test_train_refuses_a_training_image_with_nan_pixels(tmp_path):
+    from conftest import linked_cell_dataset
+
+    ds = tmp_path / "ds"
+    ids = linked_cell_dataset(ds, 3)
+    (ds / "images" / f"{ids[0]}.png").unlink()
+    bad = _nan_image(ds / "images" / f"{ids[0]}.tif")
+    (ds / "labels" / f"{ids[0]}.tif").unlink()
+    tifffile.imwrite(ds / "labels" / f"{ids[0]}.tif", np.zeros((48, 48), np.uint16))
+    run = tmp_path / "run"
+    assert_clean_error(run_cli(*_train_args(ds, run)), bad.name, "NaN or infinite")
+    assert not run.exists()
+
+
+@pytest.mark.parametrize("damage", ["truncated", "stack"])
+def test_train_checks_the_validation_images_before_training(tmp_path, damage):
+    """Training never reads the validation split: a truncated PNG, or a 3D stack beside a 2D label map, must still
+    be refused before training, with no run folder left."""
+    from _badinputs import truncated
+    from conftest import linked_cell_dataset
+
+    ds = tmp_path / "ds"
+    val = linked_cell_dataset(ds, 3)[-1]  # the last image is the validation split
+    src = ds / "images" / f"{val}.png"
+    real = src.resolve()
+    src.unlink()
+    if damage == "truncated":
+        bad = truncated(real, src, 1 / 3)
+    else:
+        import imageio.v3 as iio
+
+        bad = ds / "images" / f"{val}.tif"
+        plane = iio.imread(real)[..., 0]
+        tifffile.imwrite(bad, np.stack([plane, plane // 2, plane // 3]), imagej=True, metadata={"axes": "ZYX"})
+    run = tmp_path / "run"
+    assert_clean_error(run_cli(*_train_args(ds, run)), val, "shape" if damage == "stack" else "truncated")
+    assert not run.exists()

@@ -211,7 +211,7 @@ def test_convert_refuses_a_non_empty_destination(tmp_path):
 
 
 def test_convert_overwrite_replaces_a_dataset_but_nothing_else(tmp_path):
-    from medseg.train.dataset import convert_brats
+    from medseg.train.brats import convert_brats
 
     src = _small_brats(tmp_path / "src", 2)
     dst = tmp_path / "ds"
@@ -243,7 +243,7 @@ def test_convert_failing_mid_way_leaves_no_half_dataset(tmp_path, monkeypatch, p
     """Disk full on the third file: a clean error naming the output, no dataset (or the previous one intact)."""
     import errno
 
-    import medseg.train.dataset as dsmod
+    import medseg.train.brats as dsmod
 
     src = _small_brats(tmp_path / "src", 2)
     dst = tmp_path / "ds"
@@ -268,7 +268,7 @@ def test_convert_failing_mid_way_leaves_no_half_dataset(tmp_path, monkeypatch, p
 
 
 def test_converted_folder_has_the_mode_of_a_plain_mkdir(tmp_path):
-    from medseg.train.dataset import convert_brats
+    from medseg.train.brats import convert_brats
 
     src = _small_brats(tmp_path / "src", 1)
     os.mkdir(tmp_path / "plain")
@@ -297,7 +297,7 @@ def _snapshot(root: Path) -> dict:
 @pytest.mark.parametrize("step", ["aside", "in"])
 def test_overwrite_failing_rename_keeps_the_previous_dataset(tmp_path, monkeypatch, step):
     """Moving the old dataset aside, or the new one in, fails: clean error, nothing left, old dataset intact."""
-    from medseg.train.dataset import convert_brats
+    from medseg.train.brats import convert_brats
 
     src = _small_brats(tmp_path / "src", 1)
     dst = tmp_path / "ds"
@@ -317,7 +317,7 @@ def test_overwrite_failing_rename_keeps_the_previous_dataset(tmp_path, monkeypat
 
 
 def test_overwrite_failing_restore_says_where_the_previous_dataset_is(tmp_path, monkeypatch):
-    from medseg.train.dataset import convert_brats
+    from medseg.train.brats import convert_brats
 
     src = _small_brats(tmp_path / "src", 1)
     dst = tmp_path / "ds"
@@ -334,7 +334,7 @@ def test_overwrite_failing_restore_says_where_the_previous_dataset_is(tmp_path, 
 @pytest.mark.parametrize("overwrite", [False, True])
 def test_convert_checks_the_destination_again_before_the_swap(tmp_path, monkeypatch, overwrite):
     """Another process fills ``dst`` while the cases are written: it is refused then, not wiped."""
-    import medseg.train.dataset as dsmod
+    import medseg.train.brats as dsmod
 
     src = _small_brats(tmp_path / "src", 1)
     dst = tmp_path / "ds"
@@ -357,3 +357,85 @@ def test_convert_output_under_a_file_is_a_clean_error(tmp_path):
     (tmp_path / "a_file").write_text("x")
     assert_clean_error(run_cli("dataset", "convert", src, "-o", tmp_path / "a_file" / "ds"), "a_file")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file", "src"]
+
+
+def _replace_image(path: Path, edit) -> None:
+    """Rewrite a (linked) NIfTI with ``edit(array)`` applied, same affine."""
+    nimg = nib.load(path)
+    arr = edit(np.asarray(nimg.dataobj).astype(np.float32))
+    path.unlink()
+    nib.save(nib.Nifti1Image(arr, nimg.affine), path)
+
+
+def _nan_voxel(a):
+    a[0, 0, 0] = np.nan
+    return a
+
+
+@pytest.mark.parametrize("bad", ["nan", "label_not_in_json", "4d_image", "two_modalities"])
+def test_plan_and_train_refuse_what_dataset_check_reports(tmp_path, bad):
+    """A NaN voxel (a NaN model, exit 0, before), a label value dataset.json does not name (an internal error
+    after plan.yaml was written), one 2-channel image or a dataset.json naming 2 modalities over 1-channel images:
+    one line naming the case, exit 2, nothing written; `dataset check` names the same case."""
+    ds = tiny_dataset(tmp_path / "ds", 3)
+    victim = sorted((ds / "imagesTr").iterdir())[1]
+    meta = json.loads((ds / "dataset.json").read_text())
+    if bad == "nan":
+        _replace_image(victim, _nan_voxel)
+    elif bad == "label_not_in_json":
+        meta["labels"] = {"0": "background", "1": "anterior"}
+        victim = sorted((ds / "labelsTr").iterdir())[0]
+    elif bad == "4d_image":
+        _replace_image(victim, lambda a: np.stack([a, a], -1))
+    else:
+        meta["modality"] = {"0": "MRI", "1": "T2"}
+        victim = sorted((ds / "imagesTr").iterdir())[0]
+    (ds / "dataset.json").write_text(json.dumps(meta))
+    case = victim.name.split(".")[0]
+    assert_clean_error(run_cli("plan", ds, "-o", tmp_path / "plan.yaml"), case)
+    assert_clean_error(run_cli("train", ds, "-o", tmp_path / "run", "--max-epochs", "1", "-q"), case)
+    assert not (tmp_path / "plan.yaml").exists() and not (tmp_path / "run").exists()
+    res = run_cli("dataset", "check", ds)
+    assert res.code == 2 and case in res.err
+
+
+@pytest.mark.parametrize("labels,needle", [({"zero": "background", "one": "x"}, "integer values"),
+                                           (None, "integer values"), ({"1": "a", "2": "b"}, "no 0")])
+def test_dataset_json_label_tables_that_cannot_be_read(tmp_path, labels, needle):
+    ds = tiny_dataset(tmp_path / "ds", 2)
+    meta = json.loads((ds / "dataset.json").read_text())
+    meta["labels"] = labels
+    (ds / "dataset.json").write_text(json.dumps(meta))
+    for cmd in (("dataset", "check", ds), ("plan", ds, "-o", tmp_path / "p.yaml")):
+        assert_clean_error(run_cli(*cmd), "dataset.json", needle)
+    assert not (tmp_path / "p.yaml").exists()
+
+
+def test_convert_refuses_a_label_map_with_fractions_or_unknown_values(tmp_path):
+    """Both were copied into labelsTr (exit 0), for `dataset check` to reject afterwards."""
+    for name, edit in (("fractions", lambda a: a * 0.5), ("value_9", lambda a: np.where(a == 4, 9, a))):
+        src = _small_brats(tmp_path / name / "src", 1)
+        pat = next(src.iterdir())
+        img = sitk.ReadImage(str(pat / "OTMultiClass.mha"))
+        out = sitk.GetImageFromArray(edit(sitk.GetArrayFromImage(img).astype(np.float32)))
+        out.CopyInformation(img)
+        sitk.WriteImage(out, str(pat / "OTMultiClass.mha"))
+        res = run_cli("dataset", "convert", src, "-o", tmp_path / name / "ds")
+        assert_clean_error(res, "OTMultiClass.mha")
+        assert not (tmp_path / name / "ds").exists()
+
+
+def test_convert_puts_a_patient_without_labels_in_imagests(tmp_path):
+    """nnU-Net keeps imagesTr for labelled cases: the unlabelled patient's images went there, and `dataset check`
+    then failed on the dataset convert had just written."""
+    src = _small_brats(tmp_path / "src", 2)
+    unlabelled = sorted(src.iterdir())[1]
+    (unlabelled / "OTMultiClass.mha").unlink()
+    res = run_cli("dataset", "convert", src, "-o", tmp_path / "ds")
+    assert res.code == 0, res.err
+    meta = json.loads((tmp_path / "ds" / "dataset.json").read_text())
+    assert meta["numTraining"] == 1 and meta["test"] == [f"./imagesTs/{unlabelled.name}.nii.gz"]
+    assert sorted(p.name for p in (tmp_path / "ds" / "imagesTs").iterdir()) == [
+        f"{unlabelled.name}_0000.nii.gz", f"{unlabelled.name}_0001.nii.gz"]
+    assert not list((tmp_path / "ds" / "imagesTr").glob(f"{unlabelled.name}_*"))
+    assert run_cli("dataset", "check", tmp_path / "ds").code == 0

@@ -63,6 +63,11 @@ def test_ensemble_join_refuses_different_models(tmp_path):
     assert_clean_error(run_cli("ensemble", a, "-o", tmp_path / "o3"), "at least two")
     assert_clean_error(run_cli("ensemble", a, tmp_path / "missing.pt", "-o", tmp_path / "o4"), "missing.pt")
     assert not any((tmp_path / f"o{i}").exists() for i in range(1, 5))
+    before = a.read_bytes()
+    d = make_model(tmp_path / "d.pt")
+    assert_clean_error(run_cli("ensemble", a, d, "-o", a), "a.pt", "input")  # replaced model a, exit 0, before
+    assert_clean_error(run_cli("ensemble", a, tmp_path / "a.pt", "-o", tmp_path / "o5"), "twice")
+    assert a.read_bytes() == before and not (tmp_path / "o5").exists()
 
 
 def test_train_ensemble_within_budget(tmp_path):

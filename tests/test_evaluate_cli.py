@@ -129,6 +129,10 @@ def test_non_integer_and_unknown_labels(folders, tmp_path):
     bad_json.write_text('{"labels": {"0": "background", "1": ')
     _bad(pred, ref, tmp_path, str(bad_json), extra=("--labels", bad_json))
     _bad(pred, ref, tmp_path, "nsd-tolerance", extra=("--nsd-tolerance", "abc"))
+    _bad(pred, ref, tmp_path, "nsd-tolerance", extra=("--nsd-tolerance", "nan"))  # scored NSD 0 for equal maps
+    _bad(pred, ref, tmp_path, "hippo", extra=("--labels", data_path("msd_hippocampus", "dataset.json"),
+                                              "--nsd-tolerance", "hippo=1,default=2"))  # a misspelt class
+    _bad(pred, ref, tmp_path, "distance-cap", extra=("--distance-cap", "-5"))
     _bad(pred, ref, tmp_path, "lesion class", extra=("--labels", data_path("msd_hippocampus", "dataset.json"),
                                                      "--lesion-classes", "tumour"))
 

@@ -15,6 +15,7 @@ from medseg.export.colors import read_label_names, segment_info
 from medseg.io.image import LPS_TO_RAS, Image, affine_from_geometry
 
 DCMQI = ("dicom", "dcmqi_segmentations")
+CT_RT = ("dicom", "ct_rtstruct")  # 4-slice CT + Mask.nii.gz with values 1 and 2
 
 
 @pytest.fixture(scope="module")
@@ -108,6 +109,13 @@ def test_read_label_names_msd_and_nnunet(tmp_path):
     bad.write_text("{not json")
     with pytest.raises(InputError, match="cannot read labels"):
         read_label_names(bad)
+
+
+def test_read_label_names_refuses_one_name_for_two_labels(tmp_path):
+    dup = tmp_path / "dup.json"
+    dup.write_text(json.dumps({"labels": {"0": "background", "1": "BODY", "2": "BODY", "3": "cord"}}))
+    with pytest.raises(InputError, match=r"'BODY' names 1, 2"):
+        read_label_names(dup)
 
 
 def test_resample_to_grid_goes_through_world_coordinates():
@@ -274,3 +282,57 @@ def test_cli_never_overwrites_its_input(liver_spine, tmp_path):
     res = run_cli("export", copy, "--format", "seg-nrrd", "-o", copy)
     assert_clean_error(res, "overwrite an input")
     assert copy.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["seg.nrrd"]
+
+
+def _labels_file(tmp_path, labels: dict):
+    path = tmp_path / "labels.json"
+    path.write_text(json.dumps({"labels": labels}))
+    return path
+
+
+@pytest.mark.parametrize("fmt", ["dicom-seg", "nifti"])
+def test_cli_labels_file_must_name_every_value_of_the_map(tmp_path, fmt):
+    """The map holds 1 and 2, the file names only 1: no silent 'label_2' segment (as evaluate refuses it)."""
+    labels = _labels_file(tmp_path, {"0": "background", "1": "BODY"})
+    out = tmp_path / "out" / ("seg.dcm" if fmt == "dicom-seg" else "seg.nii.gz")
+    res = run_cli("export", data_path(*CT_RT, "Mask.nii.gz"), "-r", data_path(*CT_RT), "-f", fmt, "-o", out,
+                  "--labels", labels)
+    assert_clean_error(res, "labels.json", "value(s) 2 ", "Mask.nii.gz", "no name")
+    assert not out.parent.exists() or not list(out.parent.iterdir())
+
+
+def test_cli_labels_file_with_one_name_for_two_labels(tmp_path):
+    labels = _labels_file(tmp_path, {"0": "background", "1": "BODY", "2": "BODY"})
+    out = tmp_path / "out" / "rt.dcm"
+    res = run_cli("export", data_path(*CT_RT, "Mask.nii.gz"), "-r", data_path(*CT_RT), "-f", "rtstruct", "-o", out,
+                  "--labels", labels)
+    assert_clean_error(res, "labels.json", "'BODY'", "share one name")
+    assert not out.parent.exists() or not list(out.parent.iterdir())
+
+
+@pytest.mark.parametrize("fmt", ["dicom-seg", "rtstruct"])
+@pytest.mark.parametrize("name, suffix", [("x.nii.gz", ".nii.gz"), ("x.seg.nrrd", ".seg.nrrd"), ("x.json", ".json")])
+def test_cli_dicom_output_named_as_another_format_is_refused(tmp_path, fmt, name, suffix):
+    res = run_cli("export", data_path(*CT_RT, "Mask.nii.gz"), "-r", data_path(*CT_RT), "-f", fmt,
+                  "-o", tmp_path / name)
+    assert_clean_error(res, name, "DICOM", ".dcm", f"not {suffix}")
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("name", ["RS", "1.2.826.0.1.3680043.8.498", "rt.DCM"])
+def test_cli_dicom_output_without_extension_or_dcm_is_accepted(tmp_path, name):
+    import pydicom
+
+    res = run_cli("export", data_path(*CT_RT, "Mask.nii.gz"), "-r", data_path(*CT_RT), "-f", "rtstruct",
+                  "-o", tmp_path / name)
+    assert res.code == 0, res.err
+    assert pydicom.dcmread(str(tmp_path / name)).Modality == "RTSTRUCT"
+
+
+def test_cli_reference_file_that_is_not_dicom(tmp_path):
+    """A NIfTI file given as the series: the message speaks of that file, not of a folder to clean."""
+    res = run_cli("export", data_path(*CT_RT, "Mask.nii.gz"), "-r", data_path(*CT_RT, "Image.nii.gz"),
+                  "-f", "dicom-seg", "-o", tmp_path / "seg.dcm")
+    assert_clean_error(res, "Image.nii.gz", "not a DICOM file", "--reference takes the DICOM series folder")
+    assert "remove it" not in res.err
+    assert not list(tmp_path.iterdir())

@@ -176,6 +176,35 @@ def test_truncated_and_corrupt_nifti(tmp_path):
         sorted(p.name for p in tmp_path.iterdir()) == sorted(["cut.nii.gz", "noise.nii"])
 
 
+@pytest.mark.parametrize("damage", ["crc", "junk"])
+def test_nifti_gz_with_a_bad_checksum_or_appended_junk(tmp_path, damage):
+    """Both decode to the right number of voxels; only the gzip trailer (CRC, length) or the data after it tells."""
+    raw = bytearray(data_path("msd_hippocampus", "imagesTr", "hippocampus_001.nii.gz").read_bytes())
+    if damage == "crc":
+        raw[-8] ^= 0xFF
+    else:
+        raw += b"garbage after the stream"
+    bad = tmp_path / "bad.nii.gz"
+    bad.write_bytes(bytes(raw))
+    assert_clean_error(run_cli("info", bad), "bad.nii.gz", "gzip")
+    assert_clean_error(run_cli("convert", bad, tmp_path / "o.nii.gz"), "bad.nii.gz")
+    assert not (tmp_path / "o.nii.gz").exists()
+
+
+def test_nifti2_and_big_endian_gz_still_read(tmp_path):
+    import nibabel as nib
+
+    from medseg.io.readers import read_image
+
+    a = np.arange(60, dtype=np.int16).reshape(3, 4, 5)
+    nib.save(nib.Nifti2Image(a, np.diag([2.0, 3.0, 4.0, 1.0])), tmp_path / "n2.nii.gz")
+    nib.save(nib.Nifti1Image(a.astype(">f4"), np.eye(4), nib.Nifti1Header(endianness=">")), tmp_path / "be.nii.gz")
+    n2, be = read_image(tmp_path / "n2.nii.gz"), read_image(tmp_path / "be.nii.gz")
+    np.testing.assert_array_equal(n2.array, a)
+    np.testing.assert_array_equal(be.array, a)
+    assert n2.spacing == (2.0, 3.0, 4.0)
+
+
 def _itk_copies(tmp_path: Path) -> dict[str, Path]:
     """The real hippocampus image written by SimpleITK as MHA (raw and compressed), MHD+raw and NRRD."""
     import SimpleITK as sitk

@@ -325,12 +325,48 @@ def test_bad_inputs_are_clean(tmp_path):
     bad.write_bytes(good.read_bytes()[:2000])  # truncated gzip
     res = run_cli("predict", "-m", model, "-i", bad.parent, "-o", tmp_path / "out")
     assert_clean_error(res, "broken.nii.gz")
-    assert not [p for p in (tmp_path / "out").iterdir()]
+    assert not (tmp_path / "out").exists()  # not even an empty folder
     assert_clean_error(run_cli("predict", "-m", tmp_path / "nomodel", "-i", good, "-o", tmp_path / "o2"), "nomodel")
     assert_clean_error(run_cli("predict", "-m", model, "-i", good, "-o", tmp_path / "o3", "--shard", "3/2"), "shard")
     notmodel = tmp_path / "x.pt"
     torch.save({"a": 1}, notmodel)
     assert_clean_error(run_cli("predict", "-m", notmodel, "-i", good, "-o", tmp_path / "o4"), "not a medseg model")
+
+
+def test_inputs_and_options_that_used_to_end_as_internal_errors(tmp_path):
+    """Each once gave exit 1 (or exit 0 and an all-background map for the NaN image); now one line, exit 2, and no
+    output folder left behind."""
+    model = make_model(tmp_path / "m.pt")
+    good = data_path(*HIPPO_IMG, "hippocampus_001.nii.gz")
+    nimg = nib.load(good)
+    vol = np.asarray(nimg.dataobj).astype(np.float32)
+    vol[3, 4, 5], vol[0, 0, 0] = np.nan, np.inf
+    nib.save(nib.Nifti1Image(vol, nimg.affine), tmp_path / "nan.nii.gz")
+    nib.save(nib.Nifti1Image(vol[:, :, 0], nimg.affine), tmp_path / "flat.nii.gz")
+    (tmp_path / "file").write_text("x")
+    cases = [(("-i", tmp_path / "nan.nii.gz"), ("nan.nii.gz", "NaN")),
+             (("-i", tmp_path / "flat.nii.gz"), ("flat.nii.gz", "3D")),
+             (("-i", good, "--overlap", "1.5"), ("--overlap",)),
+             (("-i", good, "--min-size", "-3"), ("--min-size",))]
+    for args, needles in cases:
+        out = tmp_path / "out"
+        assert_clean_error(run_cli("predict", "-m", model, "-o", out, *args, "-q"), *needles)
+        assert not out.exists(), args
+    assert_clean_error(run_cli("predict", "-m", model, "-i", good, "-o", tmp_path / "file"), "file", "folder")
+    folder = tmp_path / "cases"
+    folder.mkdir()
+    (folder / good.name).symlink_to(good)
+    assert_clean_error(run_cli("predict", "-m", model, "-i", folder, "-o", folder), "input folder")
+
+
+def test_a_pickle_is_refused_without_advice_to_unpickle_it(tmp_path):
+    import pickle
+
+    evil = tmp_path / "evil.pt"
+    evil.write_bytes(pickle.dumps({"x": print}))  # any object beyond tensors and containers
+    res = run_cli("predict", "-m", evil, "-i", data_path(*HIPPO_IMG, "hippocampus_001.nii.gz"), "-o", tmp_path / "o")
+    assert_clean_error(res, "evil.pt", "never unpickled")
+    assert "weights_only" not in res.err
 
 
 def test_resampling_back_puts_a_sphere_where_it_is():

@@ -20,6 +20,7 @@ from medseg.errors import InputError
 from medseg.io.atomic import case_name
 from medseg.io.image import Image
 from medseg.io.microscopy import read_microscopy, single_channel
+from medseg.io.readers import check_finite
 
 IMAGE_EXTS = (".png", ".tif", ".tiff")
 BACKGROUND, INTERIOR, BOUNDARY = 0, 1, 2
@@ -360,9 +361,9 @@ def recorded_tuning_cases(cases: list[CellCase], tune_ids, channel: int | None =
 
 
 def load_case(case: CellCase, channel: int | None = None) -> CellCase:
-    """Read image (one channel) and labels, checking that they match."""
+    """Read image (one channel, finite) and labels, checking that they match."""
     img = read_microscopy(case.image_path, channel=channel)
-    case.image = single_channel(img, case.image_path)
+    case.image = check_finite(single_channel(img, case.image_path), case.image_path)
     case.spacing = img.spacing
     if case.label_path is not None:
         lab = read_labels(case.label_path)
@@ -374,7 +375,8 @@ def load_case(case: CellCase, channel: int | None = None) -> CellCase:
 
 
 def load_image(path, channel: int | None = None, pixel_size=None) -> Image:
-    """Read one image for counting; refuses multi-channel without ``channel`` and empty/constant images."""
+    """Read one image for counting; refuses multi-channel without ``channel``, empty images and NaN or infinite
+    pixels."""
     img = read_microscopy(path, channel=channel, pixel_size=pixel_size)
-    single_channel(img, path)
+    check_finite(single_channel(img, path), path)
     return img

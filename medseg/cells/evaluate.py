@@ -68,7 +68,35 @@ def summarize(per_image: list[dict], thresholds=THRESHOLDS) -> dict:
     return {"n_images": len(per_image), "mean": mean, "ci95": ci95, "pooled": pooled}
 
 
+def _by_case(files, what: str, folder: Path, strip: str = "") -> dict[str, Path]:
+    """``{case id: file}`` of a folder's files, the id without the suffix ``strip``; two files of one case are an
+    ``InputError`` (picking one silently could score the wrong file)."""
+    out: dict[str, Path] = {}
+    for p in files:
+        cid = case_name(p)
+        cid = cid[: -len(strip)] if strip and cid.endswith(strip) else cid
+        if cid in out:
+            raise InputError(f"two {what}s for case '{cid}' ({out[cid].name}, {p.name})", path=folder)
+        out[cid] = p
+    return out
+
+
+def _unmatched(what: str, missing: dict[str, Path], expected_in: Path, folder: Path) -> None:
+    """Refuse cases found on one side only, naming them (as ``medseg evaluate`` does): scores over the
+    intersection would look complete while leaving images out."""
+    if not missing:
+        return
+    names = sorted(missing)
+    if len(names) == 1:
+        raise InputError(f"no {what} for case '{names[0]}' (expected in {expected_in})", path=missing[names[0]])
+    shown = ", ".join(f"'{n}'" for n in names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+    raise InputError(f"no {what} for {len(names)} cases: {shown} (expected in {expected_in})", path=folder)
+
+
 def _pair_files(pred, ref) -> list[tuple[str, Path, Path]]:
+    """(case id, prediction, reference) of two files, or of two folders matched by id: every reference needs
+    exactly one prediction (``<id>_labels.tif`` as ``count`` writes it, or ``<id>.tif``) and every prediction a
+    reference."""
     from medseg.cells.count import list_images
 
     pred, ref = Path(pred), Path(ref)
@@ -76,15 +104,14 @@ def _pair_files(pred, ref) -> list[tuple[str, Path, Path]]:
         return [(case_name(ref), pred, ref)]
     if pred.is_dir() != ref.is_dir():
         raise InputError("--pred and --ref must both be files or both be folders", path=pred)
-    refs = list_images(ref / "labels" if (ref / "labels").is_dir() else ref)
-    preds = {}
-    for p in list_images(pred):
-        cid = case_name(p)
-        preds[cid[: -len("_labels")] if cid.endswith("_labels") else cid] = p
-    pairs = [(case_name(r), preds[case_name(r)], r) for r in refs if case_name(r) in preds]
-    if not pairs:
-        raise InputError("no prediction matches a reference by name (<id>.tif or <id>_labels.tif)", path=pred)
-    return pairs
+    ref_dir = ref / "labels" if (ref / "labels").is_dir() else ref
+    refs = _by_case(list_images(ref_dir), "reference", ref_dir)
+    # count's <id>_overlay.png beside its label maps is a picture, not a prediction
+    preds = _by_case([p for p in list_images(pred) if not case_name(p).endswith("_overlay")], "prediction", pred,
+                     strip="_labels")
+    _unmatched("prediction", {c: r for c, r in refs.items() if c not in preds}, pred, ref_dir)
+    _unmatched("reference", {c: p for c, p in preds.items() if c not in refs}, ref_dir, pred)
+    return [(cid, preds[cid], refs[cid]) for cid in sorted(refs)]
 
 
 def evaluate_cells(pred, ref, out_dir=None, thresholds=THRESHOLDS) -> dict:

@@ -53,16 +53,21 @@ def pair_key(cfg, case, block: bool = False) -> str:
     return hashlib.sha256(json.dumps(what, sort_keys=True, default=list).encode()).hexdigest()[:16]
 
 
-def make_pair(case, cfg) -> tuple:
-    """The training pair of a loaded case (:func:`medseg.cells.data.load_case`)."""
-    from medseg.cells.data import boundary_targets, distance_targets, offset_targets, percentile_normalize
-    from medseg.cells.scale import median_diameter, resize_image, resize_labels, scale_to, scaled_shape
-
+def check_dims(case, cfg) -> None:
+    """Refuse a loaded case whose image is not of the run's dimensionality (``cfg.spatial_dims``)."""
     if case.image.ndim != cfg.spatial_dims:
         hint = " (set spatial_dims: 3 and a three-entry patch_size, as configs/cells_3d.yaml does, or train " \
             "without a config to have them fitted to the stacks)" if case.image.ndim == 3 else ""
         raise InputError(f"image is {case.image.ndim}D but the run trains a {cfg.spatial_dims}D model{hint}",
                          path=case.image_path)
+
+
+def make_pair(case, cfg) -> tuple:
+    """The training pair of a loaded case (:func:`medseg.cells.data.load_case`)."""
+    from medseg.cells.data import boundary_targets, distance_targets, offset_targets, percentile_normalize
+    from medseg.cells.scale import median_diameter, resize_image, resize_labels, scale_to, scaled_shape
+
+    check_dims(case, cfg)
     image, labels = percentile_normalize(case.image, *cfg.norm_percentiles), case.labels
     if cfg.diameter and cfg.spatial_dims == 2:  # to the canonical nucleus size, measured on the annotation
         shape = scaled_shape(labels.shape, scale_to(cfg.diameter, median_diameter(labels)))

@@ -53,20 +53,25 @@ def prepare_training_data(data_dir, cfg: CellTrainConfig, cache_dir=None, progre
     training to choose the watershed thresholds; when that would be fewer than 3 images (a few 3D stacks), the
     last fifth of every training image along its longest axis is held out instead
     (:func:`medseg.cells.data.tuning_blocks`).
+
+    Every image and label map is checked before training: the training and tuning ones as they are read, the
+    validation ones (which training does not otherwise read) first, by :func:`check_cases`; a bad one is an
+    ``InputError``.
     """
     from medseg.cells.data import dataset_split, list_cases, load_case, tuning_images
-    from medseg.cells.pairs import PairCache, training_pairs
+    from medseg.cells.pairs import PairCache, check_dims, training_pairs
     from medseg.cells.scale import size_range_meta
     from medseg.system import available_memory
     from medseg.train.cache import AUTO_SHARE
 
     cases = list_cases(data_dir)
     split = dataset_split(data_dir, cases, cfg.val_fraction, cfg.fold, cfg.folds)
+    check_cases(split["val"], cfg)  # first: cheapest to refuse before the training images are prepared
     tune = tuning_images(split["train"], cfg.tune_fraction)
     tune_ids = {c.case for c in tune}
     train = [c for c in split["train"] if c.case not in tune_ids]
     for c in tune:
-        load_case(c, cfg.channel)
+        check_dims(load_case(c, cfg.channel), cfg)
     blocks = bool(cfg.tune_fraction and not tune)
     if not train:
         raise InputError("the training split is empty", path=data_dir)
@@ -76,6 +81,35 @@ def prepare_training_data(data_dir, cfg: CellTrainConfig, cache_dir=None, progre
     native_2d = cfg.spatial_dims == 2 and not cfg.diameter
     sizes = size_range_meta([p[5] for p in pairs]) if native_2d else None
     return pairs, split["val"], {k: [c.case for c in v] for k, v in split.items()}, split["tune"], sizes
+
+
+def check_cases(cases, cfg: CellTrainConfig) -> None:
+    """Read and check each case as training images are checked, keeping none of the pixels.
+
+    Training never reads the validation images, yet a bad one is a bad dataset: it would surface only when the
+    model is evaluated, after the whole time budget was spent.
+
+    Parameters
+    ----------
+    cases : list of CellCase
+        Cases not loaded by training (the validation split); their arrays are left None.
+    cfg : CellTrainConfig
+        The run's settings (``channel``, ``spatial_dims``).
+
+    Raises
+    ------
+    InputError
+        Naming the first unreadable image or label map, non-integer labels, NaN or infinite pixels, an image
+        and label map of different shapes, or an image of the wrong dimensionality.
+    """
+    from medseg.cells.data import load_case
+    from medseg.cells.pairs import check_dims
+
+    for c in cases:
+        try:
+            check_dims(load_case(c, cfg.channel), cfg)
+        finally:
+            c.image = c.labels = None
 
 
 def out_channels(cfg: CellTrainConfig) -> int:

@@ -6,8 +6,11 @@ Exit codes: 0 success, 2 bad input or usage (one line on stderr), 1 unexpected f
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
+import traceback
+import warnings
 
 import typer
 
@@ -27,6 +30,33 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv or os.environ.get("MEDSEG_DEBUG", "") not in ("", "0")
     argv = [a for a in argv if a != "--debug"]
+    with _quiet_libraries(debug):
+        return _run(argv, debug)
+
+
+class _quiet_libraries:
+    """Without --debug: nibabel's header notes off stderr (medseg's own line says what matters) and Python
+    warnings as one line each, without the library's source line."""
+
+    def __init__(self, debug: bool):
+        self.debug = debug
+
+    def __enter__(self):
+        self.saved = logging.getLogger("nibabel").level, warnings.showwarning
+        if not self.debug:
+            logging.getLogger("nibabel").setLevel(logging.CRITICAL + 1)
+            warnings.showwarning = _warning_line
+
+    def __exit__(self, *exc):
+        logging.getLogger("nibabel").setLevel(self.saved[0])
+        warnings.showwarning = self.saved[1]
+
+
+def _warning_line(message, category, filename, lineno, file=None, line=None) -> None:
+    print(f"medseg: warning: {_one_line(message)}", file=file or sys.stderr)
+
+
+def _run(argv: list[str], debug: bool) -> int:
     try:
         rv = app(args=argv, prog_name="medseg", standalone_mode=False)
         return rv if isinstance(rv, int) else 0
@@ -41,13 +71,13 @@ def main(argv: list[str] | None = None) -> int:
             print(f"medseg: error: {_one_line(msg)} (see 'medseg --help')", file=sys.stderr)
         return int(getattr(exc, "exit_code", 2) or 2)
     except MedsegError as exc:
-        if debug:
-            raise
+        if debug:  # the traceback, and still the exit code scripts test
+            traceback.print_exc()
         print(f"medseg: error: {_one_line(exc)}", file=sys.stderr)
         return exc.exit_code
-    except (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError) as exc:
+    except (FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError, PermissionError) as exc:
         if debug:
-            raise
+            traceback.print_exc()
         where = exc.filename or ""
         print(f"medseg: error: {where}: {_one_line(exc.strerror or exc)}", file=sys.stderr)
         return 2
@@ -56,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except Exception as exc:  # a bug in medseg: still one line unless --debug
         if debug:
-            raise
+            traceback.print_exc()
         print(f"medseg: internal error: {type(exc).__name__}: {_one_line(exc)} (run with --debug for the traceback)",
               file=sys.stderr)
         return 1

@@ -22,14 +22,14 @@ def parse_tolerance(text: str) -> float | dict:
     try:
         if "=" not in text:
             value = float(text)
-            if value < 0:
+            if not 0 <= value < float("inf"):  # NaN too: it would score every surface 0
                 raise ValueError
             return value
         out = {}
         for item in text.split(","):
             name, _, mm = item.partition("=")
             out[name.strip()] = float(mm)
-            if out[name.strip()] < 0:
+            if not 0 <= out[name.strip()] < float("inf"):
                 raise ValueError
         return out
     except ValueError:
@@ -40,9 +40,12 @@ def _parse_cap(text: str | None):
     if text is None or text == "diagonal":
         return text
     try:
-        return float(text)
+        cap = float(text)
+        if not 0 < cap < float("inf"):
+            raise ValueError
+        return cap
     except ValueError:
-        raise InputError(f"--distance-cap: expected MM or 'diagonal', got {text!r}") from None
+        raise InputError(f"--distance-cap: expected a positive MM or 'diagonal', got {text!r}") from None
 
 
 @app.command("evaluate")

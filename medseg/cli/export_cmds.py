@@ -16,7 +16,9 @@ _FORMATS = "dicom-seg|rtstruct|seg-nrrd|nifti"
 def export_cmd(
     seg: Path = typer.Argument(..., help="Label map (NIfTI, NRRD, MHA, ...) on the series grid or any grid covering it."),
     fmt: str = typer.Option(..., "--format", "-f", help=f"Output format: {_FORMATS}."),
-    output: Path = typer.Option(..., "--output", "-o", help="File to write (nifti also writes .itksnap.txt and .ctbl)."),
+    output: Path = typer.Option(..., "--output", "-o",
+                                help="File to write: .dcm or no extension (dicom-seg, rtstruct), .seg.nrrd, .nii.gz "
+                                     "(nifti also writes .itksnap.txt and .ctbl)."),
     reference: Optional[Path] = typer.Option(None, "--reference", "-r",
                                              help="DICOM series folder (required for dicom-seg and rtstruct)."),
     labels: Optional[Path] = typer.Option(None, "--labels", help="dataset.json (MSD or nnU-Net) naming the labels."),
@@ -40,5 +42,5 @@ def export_cmd(
         raise InputError("no such reference series folder", path=reference)
     image = read_image(seg)
     out = export_segmentation(image, reference, fmt, output, labels=names, series=series, model_name=model_name,
-                              seg_type=seg_type, rt_holes=rt_holes)
+                              seg_type=seg_type, rt_holes=rt_holes, labels_file=labels)
     typer.echo(str(out))

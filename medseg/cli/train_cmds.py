@@ -21,7 +21,7 @@ def dataset_convert(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace the dataset in a non-empty output folder."),
 ) -> None:
     """Convert a per-patient folder layout (BraTS sample) into the MSD/nnU-Net layout."""
-    from medseg.train.dataset import convert_brats
+    from medseg.train.brats import convert_brats
 
     ds = convert_brats(source, output, tuple(m.strip() for m in modalities.split(",") if m.strip()), label,
                        overwrite=overwrite)
@@ -54,10 +54,19 @@ def plan_cmd(
     """Fingerprint a dataset and write an editable training plan (YAML)."""
     from medseg.plan.planner import make_plan
 
+    _positive("--memory-gb", memory_gb)
+    _positive("--max-minutes", max_minutes)
+
     plan = make_plan(dataset, device=device, memory_gb=memory_gb, minutes=max_minutes, progress=True)
     plan.to_yaml(output)
     typer.echo(f"wrote {output}: {plan.spatial_dims}D, patch {plan.patch_size}, batch {plan.batch_size}, "
                f"spacing {plan.target_spacing}")
+
+
+def _positive(option: str, value: float | None) -> None:
+    """Budgets must be positive: 0 used to mean 'no limit' and a negative one planned an 8³ patch."""
+    if value is not None and not 0 < value < float("inf"):
+        raise InputError(f"{option} must be a positive number, got {value}")
 
 
 def _load_plan(source: Path, device: str = "cpu", max_minutes: float | None = None):
@@ -111,6 +120,7 @@ def train_cmd(
     # parsed once, here: a typo or a missing GPU fails before minutes of fingerprinting, and what goes on is the
     # canonical spelling (`CPU` reached ddp.setup as "CPU", which is not "cpu", and picked NCCL under torchrun)
     device = str(parse_device(device))
+    _positive("--max-minutes", max_minutes)
     if resume and not source.exists():
         raise InputError("no such file or folder", path=source)
     plan = _load_plan(source, device, max_minutes) if not resume else _resume_plan(source, output)

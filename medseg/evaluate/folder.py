@@ -106,6 +106,11 @@ def evaluate_folder(pred: str | os.PathLike, ref: str | os.PathLike, out_dir: st
     for lc in lesion_classes:
         if known_names is not None and str(lc) not in known_names:
             raise InputError(f"lesion class '{lc}' is not one of the labels ({', '.join(sorted(names.values()))})")
+    if isinstance(nsd_tolerance, Mapping) and known_names is not None:
+        unknown = sorted(str(k) for k in nsd_tolerance if str(k) != "default" and str(k) not in known_names)
+        if unknown:  # a misspelt class would silently get the default tolerance
+            raise InputError(f"--nsd-tolerance names {', '.join(unknown)}, not one of the labels "
+                             f"({', '.join(sorted(names.values()))})")
     pairs = pair_cases(pred, ref)
     if out_dir is not None and Path(out_dir).exists() and not Path(out_dir).is_dir():
         raise InputError("output exists and is not a folder", path=out_dir)  # before hours of work, not after

@@ -37,9 +37,42 @@ def _integer_labels(label_image, source) -> np.ndarray:
     return arr
 
 
+def _check_output_name(fmt: str, out_path: Path) -> None:
+    """Refuse an output name that says another format (a DICOM file named .nii.gz misleads every tool)."""
+    from medseg.io.atomic import full_suffix
+
+    name = out_path.name.lower()
+    if fmt == "seg-nrrd" and not name.endswith(".nrrd"):
+        raise InputError("a Slicer segmentation file ends with .seg.nrrd", path=out_path)
+    if fmt == "nifti" and not name.endswith((".nii", ".nii.gz")):
+        raise InputError("a NIfTI file ends with .nii.gz or .nii", path=out_path)
+    ext = out_path.suffix.lower()
+    if fmt in DICOM_FORMATS and ext not in ("", ".dcm") and not ext[1:].isdigit():  # UID names: 1.2.840.1
+        raise InputError(f"--format {fmt} writes a DICOM file: name it .dcm or without an extension, "
+                         f"not {full_suffix(out_path)}", path=out_path)
+
+
+def _check_all_named(arr: np.ndarray, names: dict[int, str], source, labels_file) -> None:
+    """Given label names must cover the map: a value silently exported as 'label_N' hides a wrong labels file."""
+    from medseg.evaluate.overlap import present_labels
+
+    unnamed = [int(v) for v in present_labels(arr) if v != 0 and int(v) not in names]
+    if not unnamed:
+        return
+    shown = ", ".join(map(str, unnamed[:10])) + (", ..." if len(unnamed) > 10 else "")
+    named = ", ".join(f"{v}={n}" for v, n in sorted(names.items())[:10]) or "no foreground label"
+    if labels_file is None:
+        raise InputError(f"label value(s) {shown} of the label map have no name in the given labels ({named})",
+                         path=source)
+    of_map = f" of {source}" if source else ""
+    raise InputError(f"label value(s) {shown}{of_map} have no name in this labels file (it names {named})",
+                     path=labels_file)
+
+
 def export_segmentation(label_image, reference: str | os.PathLike | None, fmt: str, out_path: str | os.PathLike,
                         labels: dict[int, str] | None = None, series: str | int | None = None,
-                        model_name: str | None = None, seg_type: str = "binary", rt_holes: str = "keyhole") -> Path:
+                        model_name: str | None = None, seg_type: str = "binary", rt_holes: str = "keyhole",
+                        labels_file: str | os.PathLike | None = None) -> Path:
     """Export a label map for viewers and planning systems.
 
     Parameters
@@ -55,6 +88,8 @@ def export_segmentation(label_image, reference: str | os.PathLike | None, fmt: s
         The file to write (``nifti`` also writes ``<stem>.itksnap.txt`` and ``<stem>.ctbl``).
     labels : dict[int, str], optional
         Label value -> name (e.g. from ``dataset.json``); names pick SNOMED CT codes and colours.
+        When given, it must name every non-zero value of the label map (without it, value ``N`` is
+        called ``label_N``).
     series : str, int or SeriesInfo, optional
         Series UID or index when ``reference`` holds several series (or the discovered series itself).
     model_name : str, optional
@@ -64,6 +99,8 @@ def export_segmentation(label_image, reference: str | os.PathLike | None, fmt: s
     rt_holes : {'keyhole', 'separate'}
         RTSTRUCT holes: joined to their outer contour by zero-width keyholes (readers agree whether
         they union or XOR contours), or separate contours for the even-odd rule.
+    labels_file : path, optional
+        The file ``labels`` was read from, named in errors.
 
     Returns
     -------
@@ -74,6 +111,9 @@ def export_segmentation(label_image, reference: str | os.PathLike | None, fmt: s
     -----
     An empty label map (no foreground on the series grid) is refused for DICOM-SEG and RTSTRUCT (an
     object without segments is not valid); ``seg-nrrd`` and ``nifti`` write it with no segments.
+    ``out_path`` must fit the format: ``.dcm`` or no extension for DICOM-SEG and RTSTRUCT (a
+    UID-style name such as ``1.2.826.0.1`` counts as none), ``.seg.nrrd`` (any ``.nrrd``) for
+    seg-nrrd, ``.nii.gz`` or ``.nii`` for nifti.
     """
     from medseg.export.colors import segment_info
     from medseg.io.image import Image
@@ -82,10 +122,16 @@ def export_segmentation(label_image, reference: str | os.PathLike | None, fmt: s
         raise InputError(f"unknown export format {fmt!r} (use one of {', '.join(FORMATS)})")
     if rt_holes not in ("keyhole", "separate"):
         raise InputError(f"unknown RTSTRUCT hole style {rt_holes!r} (use keyhole or separate)")
+    if reference is None and fmt in DICOM_FORMATS:
+        raise InputError(f"--format {fmt} needs the DICOM series it refers to (--reference DIR)")
+    out_path = Path(out_path)
+    _check_output_name(fmt, out_path)
     source = label_image.meta.get("source")
     arr = _integer_labels(label_image, source)
+    names = {int(k): str(v) for k, v in (labels or {}).items() if str(k).lstrip("-").isdigit()}  # "1" or 1
+    if labels is not None:  # on the map as given, before any series is read
+        _check_all_named(arr, names, source, labels_file)
     label_image = Image(arr, label_image.affine, dict(label_image.meta))
-    out_path = Path(out_path)
     protect = [p for p in [source] if p]
     ref = None
     if reference is not None:
@@ -95,10 +141,7 @@ def export_segmentation(label_image, reference: str | os.PathLike | None, fmt: s
         ref = load_reference(reference, series)
         protect += [str(f) for f in ref.files]
         arr = resample_to_reference(label_image, ref)
-    elif fmt in DICOM_FORMATS:
-        raise InputError(f"--format {fmt} needs the DICOM series it refers to (--reference DIR)")
     values = [int(v) for v in np.unique(arr) if v != 0]
-    names = {int(k): str(v) for k, v in (labels or {}).items() if str(k).lstrip("-").isdigit()}  # "1" or 1
     infos = [segment_info(v, names.get(v)) for v in values]
     if fmt in DICOM_FORMATS:
         if not values:
@@ -123,13 +166,9 @@ def export_segmentation(label_image, reference: str | os.PathLike | None, fmt: s
     if fmt == "seg-nrrd":
         from medseg.export.slicer import write_seg_nrrd
 
-        if not out_path.name.lower().endswith(".nrrd"):
-            raise InputError("a Slicer segmentation file ends with .seg.nrrd", path=out_path)
         return write_seg_nrrd(label_image, infos, out_path, protect=protect)
     from medseg.export.slicer import write_nifti_with_tables
 
-    if not out_path.name.lower().endswith((".nii", ".nii.gz")):
-        raise InputError("a NIfTI file ends with .nii.gz or .nii", path=out_path)
     return write_nifti_with_tables(label_image, infos, out_path, protect=protect)
 
 

@@ -154,7 +154,8 @@ def read_label_names(path: str | os.PathLike) -> dict[int, str]:
     """Label names from an MSD / nnU-Net ``dataset.json`` (or any JSON with a ``labels`` mapping).
 
     Accepts ``{"labels": {"1": "liver"}}`` (MSD), ``{"labels": {"liver": 1}}`` (nnU-Net v2; region
-    lists are skipped) or a bare mapping. Background (0) is dropped.
+    lists are skipped) or a bare mapping. Background (0) is dropped. Two labels with one name are
+    refused (as ``medseg evaluate`` does): segments and colour tables are told apart by name.
     """
     path = Path(path)
     try:
@@ -177,7 +178,18 @@ def read_label_names(path: str | os.PathLike) -> dict[int, str]:
         else:
             raise InputError(f"cannot read label entry {k!r}: {v!r}", path=path)
     out.pop(0, None)
+    _refuse_shared_names(out, path)
     return out
+
+
+def _refuse_shared_names(names: dict[int, str], path: Path) -> None:
+    by_name: dict[str, list[int]] = {}
+    for value, name in sorted(names.items()):
+        by_name.setdefault(name, []).append(value)
+    shared = {n: vs for n, vs in by_name.items() if len(vs) > 1}
+    if shared:
+        which = "; ".join(f"{n!r} names {', '.join(map(str, vs))}" for n, vs in shared.items())
+        raise InputError(f"two labels share one name ({which}); give each label its own name", path=path)
 
 
 def itksnap_label_text(infos: list[SegmentInfo]) -> str:

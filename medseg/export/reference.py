@@ -125,6 +125,21 @@ def _series_files(path: Path, series) -> list[Path]:
     return list(dict.fromkeys(info.files))  # an enhanced multi-frame file is listed once per frame
 
 
+def _require_dicom_file(path: Path) -> None:
+    """A file given as the reference must be DICOM; discovery's advice for a stray file in a folder
+    ("remove it from the folder") does not apply to it."""
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    try:
+        pydicom.dcmread(str(path), stop_before_pixels=True, specific_tags=["SOPClassUID"])
+    except InvalidDicomError:
+        raise InputError("not a DICOM file (no DICM preamble); --reference takes the DICOM series folder",
+                         path=path) from None
+    except Exception:  # unreadable or damaged: discovery reports it in its own words
+        pass
+
+
 def load_reference(path: str | os.PathLike, series: str | int | None = None) -> ReferenceSeries:
     """Read and check the DICOM series a segmentation will reference.
 
@@ -145,6 +160,8 @@ def load_reference(path: str | os.PathLike, series: str | int | None = None) -> 
     path = Path(path)
     if not path.exists():
         raise InputError("no such reference series folder", path=path)
+    if path.is_file():
+        _require_dicom_file(path)
     headers = _read_headers(_series_files(path, series))
     if not headers:
         raise InputError("no DICOM image series found", path=path)

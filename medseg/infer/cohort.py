@@ -171,6 +171,19 @@ def resolve_tta(plan, tta: bool | None) -> tuple[bool, str]:
     return resolve(plan, tta, asked_as="--tta", warn=lambda line: print(f"medseg: warning: {line}", file=sys.stderr))
 
 
+def _check_options(input: Path, output: Path, overlap, min_size_mm3) -> None:
+    """Refuse what would fail only after the model has loaded, or mistake inputs for finished outputs."""
+    if overlap is not None and not 0 <= overlap < 1:
+        raise InputError(f"--overlap must be in [0, 1), got {overlap}")
+    if not min_size_mm3 >= 0 or min_size_mm3 == float("inf"):
+        raise InputError(f"--min-size must be a finite number >= 0 (mm³), got {min_size_mm3}")
+    if output.exists() and not output.is_dir():
+        raise InputError("the output must be a folder, and this is a file", path=output)
+    if output.exists() and input.is_dir() and output.resolve() == input.resolve():
+        raise InputError("the output folder is the input folder (its images would count as finished predictions)",
+                         path=output)
+
+
 def _write_labels(lab: Image, dest: Path, protect, note: str) -> None:
     """Write the label map atomically, with ``note`` (how it was predicted) in the NIfTI ``descrip``."""
     import nibabel as nib
@@ -193,16 +206,13 @@ def predict_path(model, input: str | os.PathLike, output: str | os.PathLike, ove
     to do is checked to be loadable as far as its headers tell before anything is written; each output is
     written atomically, the label map last, so its presence marks the case finished.
     """
-    import torch
-
-    from medseg.infer.native import write_probabilities
-    from medseg.infer.predict import predict_image
     from medseg.train.artifact import load_model
     from medseg.train.trainer import resolve_device
 
     input, output = Path(input), Path(output)
     if export not in (None, "dicom-seg", "rtstruct"):
         raise InputError(f"--export must be dicom-seg or rtstruct, got '{export}'")
+    _check_options(input, output, overlap, min_size_mm3)
     art = load_model(model)
     dev = resolve_device(device)
     notes: list[str] = []  # skipped series: said once the input has passed every check, not before an error
@@ -217,7 +227,28 @@ def predict_path(model, input: str | os.PathLike, output: str | os.PathLike, ove
     for line in notes:
         print(line, file=sys.stderr)
     tta, note = resolve_tta(art.plan, tta)
+    created = not output.exists()
     output.mkdir(parents=True, exist_ok=True)
+    try:
+        written = _predict_cases(art, dev, todo, output=output, overlap=overlap, tta=tta,
+                                 batch_size=batch_size, probabilities=probabilities,
+                                 largest_component=largest_component, min_size_mm3=min_size_mm3, export=export,
+                                 note=note, progress=progress)
+    except BaseException:
+        if created and not any(output.iterdir()):  # a bad first case leaves no empty folder behind
+            output.rmdir()
+        raise
+    return written, skipped
+
+
+def _predict_cases(art, dev, todo, output: Path, overlap, tta, batch_size, probabilities, largest_component,
+                   min_size_mm3, export, note, progress) -> list[Path]:
+    """Predict and write each case in turn (the loop of :func:`predict_path`); returns the label maps written."""
+    import torch
+
+    from medseg.infer.native import write_probabilities
+    from medseg.infer.predict import predict_image
+
     net = art.build().to(dev)
     written = []
     it = todo
@@ -239,7 +270,7 @@ def predict_path(model, input: str | os.PathLike, output: str | os.PathLike, ove
         dest = output / f"{case.name}.nii.gz"
         _write_labels(lab, dest, case.paths, note)  # last: its presence marks the case finished
         written.append(dest)
-    return written, skipped
+    return written
 
 
 def _export(label: Image, case: Case, fmt: str, out: Path, labels: dict) -> None:

@@ -136,10 +136,15 @@ def predict_image(network: torch.nn.Module, plan: Plan, image: Image, overlap=No
                   min_size_mm3: float = 0.0, spill_dir=None):
     """Predict one ``Image`` (channels-first for multi-channel plans); returns (label Image, prob Image|None)
     on exactly the input's grid. ``tta`` as in :func:`predict_labels` (resolved by :func:`resolve_tta`)."""
+    from medseg.errors import InputError
+    from medseg.io.readers import check_finite
+
+    source = image.meta.get("source")
+    if image.ndim != 3:  # 2D plans, too, predict volumes slice by slice
+        raise InputError(f"expected a 3D volume, got {image.ndim}D (shape {image.shape})", path=source)
+    check_finite(image, source)
     arr = image.array if image.channels_first else image.array[None]
     if arr.shape[0] != plan.in_channels:
-        from medseg.errors import InputError
-
         raise InputError(f"image has {arr.shape[0]} channel(s), the model needs {plan.in_channels} "
                          f"({', '.join(plan.channels)})", path=image.meta.get("source"))
     lab, prob = predict_labels(network, plan, arr, image.spacing, overlap, tta, device, batch_size, probabilities,

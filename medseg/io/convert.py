@@ -103,8 +103,9 @@ def format_summary(rec: dict[str, Any]) -> str:
             "    direction    " + "  ".join(f"{ax} {fmt(c)}" for ax, c in zip("ijk", np.array(rec["direction"]).T))
             + ("  (RAS unit vector of each index axis)" if rec.get("orientation") else ""),
             f"    orientation  {rec['orientation'] or '(none: microscopy, file axis order)'}",
-            f"    dtype        {rec['dtype']}   range "
-            f"[{rec['intensity_range'][0]:.6g}, {rec['intensity_range'][1]:.6g}]",
+            f"    dtype        {rec['dtype']}   range " + (
+                f"[{rec['intensity_range'][0]:.6g}, {rec['intensity_range'][1]:.6g}]"
+                if rec["intensity_range"][0] is not None else "none (no finite voxel)"),
         ]
     if rec.get("note"):
         lines.append(f"    note         {rec['note']}")

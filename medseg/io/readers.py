@@ -8,6 +8,7 @@ NIfTI through nibabel (with ITK's choice between sform and qform where they disa
 
 from __future__ import annotations
 
+import gzip
 import os
 import re
 import sys
@@ -75,13 +76,27 @@ def nifti_affine(header) -> tuple[np.ndarray, str]:
 def _read_nifti(path: Path) -> Image:
     import nibabel as nib
 
-    try:
-        nimg = nib.load(str(path))
+    def to_image(nimg) -> tuple[Image, np.ndarray]:
         affine, source = nifti_affine(nimg.header)
         # kept so that outputs on this grid say what the input said (1 scanner, 2 aligned, 3 Talairach, 4 MNI)
         codes = {"sform": int(nimg.header["sform_code"]), "qform": int(nimg.header["qform_code"])}
-        img = Image.from_nibabel(nimg, meta={"source": str(path), "format": "nifti", "affine_source": source,
-                                             "nifti_codes": codes})
+        return Image.from_nibabel(nimg, meta={"source": str(path), "format": "nifti", "affine_source": source,
+                                              "nifti_codes": codes}), affine
+
+    try:
+        if str(path).lower().endswith(".gz"):
+            # through our own handle, read to its end: only there does gzip check its CRC and length (nibabel
+            # stops after the voxels, so a flipped byte or appended junk went unnoticed)
+            with gzip.open(path, "rb") as fh:
+                size = fh.read(4)
+                fh.seek(0)
+                klass = nib.Nifti2Image if size in (b"\x1c\x02\x00\x00", b"\x00\x00\x02\x1c") else nib.Nifti1Image
+                holder = nib.FileHolder(fileobj=fh)
+                img, affine = to_image(klass.from_file_map({"image": holder, "header": holder}))
+                while fh.read(16 << 20):
+                    pass
+        else:
+            img, affine = to_image(nib.load(str(path)))
     except InputError:
         raise
     except Exception as exc:  # nibabel raises many types for corrupt or truncated files
@@ -204,9 +219,43 @@ def read_image(path: str | os.PathLike, series: str | int | None = None, *, allo
         raise InputError("not a DICOM file (no DICM preamble)", path=path)
     else:
         raise InputError(f"unsupported format '{suffix}' (NIfTI, NRRD, MHA/MHD, TIFF, PNG or DICOM)", path=path)
+    check_voxels(img, path)
     if spatial_dims is not None:
         check_dims(img, spatial_dims, path)
     return img
+
+
+def check_voxels(img: Image, path) -> None:
+    """``InputError`` for an image with no voxels or with voxels that are not one real number each (complex,
+    RGB records): converting them would silently drop a part."""
+    dt = img.array.dtype
+    if img.array.size == 0:
+        raise InputError(f"empty image (shape {tuple(img.array.shape)})", path=path)
+    if dt.kind == "c":
+        raise InputError(f"complex voxels ({dt}) are not supported: convert to magnitude or real part first",
+                         path=path)
+    if dt.names or dt.kind not in "biuf":
+        raise InputError(f"unsupported voxel type {dt} (one number per voxel expected, e.g. not RGB)", path=path)
+
+
+def check_finite(image, path=None):
+    """Refuse an image (``Image`` or array) with NaN or infinite values: a network's output, percentiles and
+    thresholds would all be NaN. Returns the image.
+
+    Examples
+    --------
+    >>> check_finite(np.array([[np.nan, 1.0, np.inf]]), "a.tif")
+    Traceback (most recent call last):
+    ...
+    medseg.errors.InputError: a.tif: image has 2 NaN or infinite pixels
+    """
+    arr = image.array if isinstance(image, Image) else np.asarray(image)
+    if arr.dtype.kind in "fc":  # integers cannot hold them
+        bad = int(arr.size - np.count_nonzero(np.isfinite(arr)))
+        if bad:
+            ndim = image.ndim if isinstance(image, Image) else arr.ndim
+            raise InputError(f"image has {bad} NaN or infinite {'pixels' if ndim == 2 else 'voxels'}", path=path)
+    return image
 
 
 def check_dims(img: Image, spatial_dims: int, path) -> None:

@@ -51,7 +51,7 @@ def compute_fingerprint(ds: Dataset, max_cases: int | None = None, samples_per_c
     cvox: dict[int, int] = {}
     ccase: dict[int, int] = {}
     for case in _progress(cases, progress, "fingerprint"):
-        image, label = load_case(case)
+        image, label = load_case(case, labels=ds.labels, channels=len(ds.channel_names))
         spacings.append([float(s) for s in image.spacing])
         shapes.append([int(s) for s in image.shape])
         if samples is None:

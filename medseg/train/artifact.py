@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import platform
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -78,8 +79,9 @@ def strip_ddp(state_dict: dict) -> dict:
     return {k[7:] if k.startswith("module.") else k: v for k, v in state_dict.items()}
 
 
-def save_model(path: str | os.PathLike, plan: Plan, state_dict: dict | list[dict], **info) -> Path:
-    """Write the artifact atomically; a list of state dicts makes an ensemble of that many networks."""
+def save_model(path: str | os.PathLike, plan: Plan, state_dict: dict | list[dict], protect=(), **info) -> Path:
+    """Write the artifact atomically; a list of state dicts makes an ensemble of that many networks.
+    ``protect``: input files it must not replace."""
     path = Path(path)
 
     def cpu(sd):
@@ -90,7 +92,7 @@ def save_model(path: str | os.PathLike, plan: Plan, state_dict: dict | list[dict
     payload = {"format": FORMAT, "format_version": 1, "plan": plan.to_dict(),
                "labels": {int(k): v for k, v in plan.labels.items()}, **weights,
                "versions": versions(), "info": info}
-    with atomic_path(path) as tmp:
+    with atomic_path(path, protect=protect) as tmp:
         torch.save(payload, tmp)
     return path
 
@@ -103,9 +105,15 @@ def load_model(path: str | os.PathLike) -> ModelArtifact:
     if not path.is_file():
         raise InputError("no model here (expected a model.pt file or a run folder with one)", path=path)
     try:
-        d = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch's notes on pickle protocols: the one-line error below says it all
+            warnings.simplefilter("ignore")
+            d = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise InputError(f"cannot load model ({' '.join(str(exc).split())[:200]})", path=path) from exc
+        if "weights only" in str(exc).lower():  # torch's text goes on to advise weights_only=False: never
+            raise InputError("not a medseg model: the file holds Python objects other than tensors, which are "
+                             "never unpickled", path=path) from None
+        raise InputError(f"cannot load model ({type(exc).__name__}: {' '.join(str(exc).split())[:200]})",
+                         path=path) from None
     if not isinstance(d, dict) or d.get("format") != FORMAT:
         raise InputError("not a medseg model file", path=path)
     plan = Plan.from_dict(d["plan"], where=path)

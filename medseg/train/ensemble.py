@@ -174,6 +174,10 @@ def combine_models(models, output: str | os.PathLike) -> Path:
     paths = [Path(m) for m in models]
     if len(paths) < 2:
         raise InputError("an ensemble needs at least two models")
+    files = [(p / MODEL_FILE if p.is_dir() else p).resolve() for p in paths]
+    twice = sorted({str(f) for f in files if files.count(f) > 1})
+    if twice:
+        raise InputError(f"the same model is given twice: {twice[0]}")
     arts = [load_model(p) for p in paths]
     ref = arts[0].plan.to_dict()
     for p, a in zip(paths[1:], arts[1:]):
@@ -186,5 +190,5 @@ def combine_models(models, output: str | os.PathLike) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     weights = [sd for a in arts for sd in (a.members or [a.state_dict])]
     plan = Plan.from_dict({**ref, "ensemble": len(weights)})
-    return save_model(out, plan, weights, members=len(weights),
+    return save_model(out, plan, weights, protect=files, members=len(weights),
                       sources=[str(p.resolve()) for p in paths])
