@@ -127,3 +127,16 @@ def test_convert_seg_without_the_importer_is_a_clear_error(tmp_path, monkeypatch
     res = run_cli("convert", data_path("dicom", "dcmqi_segmentations", "liver.dcm"), tmp_path / "x.nii.gz")
     assert_clean_error(res, "liver.dcm", "importers")
     assert not (tmp_path / "x.nii.gz").exists()
+
+
+def test_library_notes_do_not_reach_stderr(tmp_path):
+    """nibabel logs its header repairs (here a wrong sizeof_hdr) to stderr: medseg reads the file, exit 0, and
+    says nothing a script would have to filter."""
+    import gzip
+
+    raw = bytearray(gzip.decompress(data_path("msd_hippocampus", "imagesTr", "hippocampus_001.nii.gz").read_bytes()))
+    raw[:4] = (999).to_bytes(4, "little")
+    odd = tmp_path / "odd.nii.gz"
+    odd.write_bytes(gzip.compress(bytes(raw)))
+    res = run_cli_subprocess("info", odd, timeout=120)
+    assert res.code == 0 and res.err.strip() == "", res.err
