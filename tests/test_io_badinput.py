@@ -364,7 +364,8 @@ def test_localizer_mixed_into_a_series(tmp_path):
     assert all("mixes 2 orientations" in s.meta["split"] for s in found)
     uid = found[0].series_uid
     assert_clean_error(run_cli("convert", tmp_path / "s", tmp_path / "v.nii.gz", "--series", uid),
-                       "mixes orientations", "by index")
+                       "mixes orientations", "by index", "scout.dcm")  # the stray slice is named
+    assert_clean_error(run_cli("convert", tmp_path / "s", tmp_path / "v.nii.gz"), "2 series", "1 slice: scout.dcm")
     assert not (tmp_path / "v.nii.gz").exists()
     main = next(s for s in found if s.num_slices == 22)
     np.testing.assert_array_equal(load_series(main).array, load_series(data_path(*T1)).array)

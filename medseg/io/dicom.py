@@ -95,9 +95,12 @@ class SeriesInfo:
         return Path(os.path.commonpath([str(f.parent) for f in self.files]))
 
     def label(self) -> str:
-        """Short one-line description: ``index: description (modality, N slices)``."""
+        """Short one-line description: ``index: description (modality, N slices)``; a single file is named, so that
+        a stray slice split off a series (another size or orientation) can be found."""
         desc = self.description or "(no description)"
-        return f"{self.index}: {desc} ({self.modality or '?'}, {self.num_slices} slices)"
+        n = self.num_slices
+        what = f"1 slice: {self.files[0].name}" if n == 1 and len(self.files) == 1 else f"{n} slices"
+        return f"{self.index}: {desc} ({self.modality or '?'}, {what})"
 
     def release_headers(self) -> "SeriesInfo":
         """Drop the parsed headers (pydicom datasets, ~60 kB per slice) the frames hold; returns the series.
