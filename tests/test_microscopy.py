@@ -166,3 +166,13 @@ def test_spatial_shape_from_the_header_equals_the_read(tmp_path):
     garbage.write_bytes(b"II*\x00garbage")
     with pytest.raises(InputError, match="garbage.tif"):
         spatial_shape(garbage)
+
+
+def test_tiff_with_several_images_is_refused_not_cut_to_the_first(tmp_path):
+    p = tmp_path / "two.tif"
+    with tifffile.TiffWriter(p) as t:
+        t.write(np.zeros((20, 30), np.uint16))
+        t.write(np.zeros((8, 8), np.uint16))
+    with pytest.raises(InputError, match="holds 2 images") as e:
+        read_microscopy(p)
+    assert "two.tif" in str(e.value)

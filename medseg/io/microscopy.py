@@ -118,6 +118,10 @@ def _read_tiff(path: Path):
     import tifffile
 
     with _tifffile_errors() as errors, tifffile.TiffFile(path) as tif:
+        if len(tif.series) > 1:  # reading the first alone would drop the others without a word
+            shapes = ", ".join(str(tuple(s.shape)) for s in tif.series[:4]) + (", ..." if len(tif.series) > 4 else "")
+            raise InputError(f"holds {len(tif.series)} images of different shapes or types ({shapes}); save each "
+                             "on its own", path=path)
         series = tif.series[0]
         arr = series.asarray()
         axes = series.axes.upper()
