@@ -176,3 +176,17 @@ def test_tiff_with_several_images_is_refused_not_cut_to_the_first(tmp_path):
     with pytest.raises(InputError, match="holds 2 images") as e:
         read_microscopy(p)
     assert "two.tif" in str(e.value)
+
+
+def test_png_with_a_damaged_chunk_is_refused(tmp_path):
+    """Decoders check the pixels' zlib checksum but not the chunks' CRCs, which also guard the metadata chunks
+    (a pixel size, say): a chunk whose CRC does not match was read before."""
+    raw = bytearray(sorted(data_path("dsb2018_fluo", "images").glob("*.png"))[0].read_bytes())
+    start = raw.index(b"IDAT") - 4
+    length = int.from_bytes(raw[start:start + 4], "big")
+    raw[start + 8 + length] ^= 0x01  # the first IDAT chunk's CRC
+    p = tmp_path / "flipped.png"
+    p.write_bytes(bytes(raw))
+    with pytest.raises(InputError, match="checksum|broken|cannot read") as e:
+        read_microscopy(p)
+    assert "flipped.png" in str(e.value)

@@ -192,7 +192,10 @@ def read_microscopy(path: str | os.PathLike, channel: int | None = None,
     try:
         if suffix == ".png":
             import imageio.v3 as iio
+            from PIL import Image as PILImage
 
+            with PILImage.open(path) as png:  # checks every chunk's CRC (decoding does not): a flipped bit is
+                png.verify()                  # otherwise read as valid pixels
             arr = np.asarray(iio.imread(path))
             axes = "YXS" if arr.ndim == 3 else "YX"
             spacing, source = {}, "none"
