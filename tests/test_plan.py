@@ -137,6 +137,25 @@ def test_residual_plan_builds_and_reloads_residual_blocks(tmp_path):
     ({"labels": {1: "x"}}, "background"),
     ({"class_weights": [1.0]}, "class_weights"),
     ({"normalisation": [{"scheme": "ct"}]}, "clip"),
+    # wrong types were internal errors (exit 1) or silently taken: "no" is a true string
+    ({"patch_size": "abc"}, "patch_size"),
+    ({"patch_size": 64}, "patch_size"),
+    ({"batch_size": "two"}, "batch_size"),
+    ({"bf16": "no"}, "bf16"),
+    ({"learning_rate": "fast"}, "learning_rate"),
+    ({"seed": 1.5}, "seed"),
+    ({"labels": ["a", "b"]}, "labels"),
+    # a misspelt augmentation key switched the augmentation off
+    ({"augment": {"rotate_degs": 30}}, "did you mean 'rotate_deg'"),
+    # nonsense values were accepted
+    ({"learning_rate": -0.01}, "learning_rate"),
+    ({"max_minutes": -5}, "max_minutes"),
+    ({"base_filters": 0}, "base_filters"),
+    ({"seed": -1}, "seed"),
+    ({"num_folds": 0}, "num_folds"),
+    ({"augment": {"prob": 5}}, "prob"),
+    ({"augment": {"scale": [1.2, 0.8]}}, "scale"),
+    ({"augment": {"flip_axes": [7]}}, "flip_axes"),
 ])
 def test_plan_validation_messages(tmp_path, edit, needle):
     from medseg.plan.plan import Plan
@@ -144,4 +163,16 @@ def test_plan_validation_messages(tmp_path, edit, needle):
     path = tmp_path / "plan.yaml"
     path.write_text(yaml.safe_dump({**Plan().to_dict(), **edit}))
     assert_clean_error(run_cli("train", path, "-o", tmp_path / "run"), "plan.yaml", needle)
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_config_must_say_its_dataset_channels_and_labels(tmp_path):
+    """Defaults for these (one 'image' channel, labels background/foreground) trained on the wrong classes."""
+    from medseg.plan.plan import Plan
+
+    d = Plan(dataset=str(tmp_path)).to_dict()
+    for key in ("dataset", "channels", "labels"):
+        path = tmp_path / f"no_{key}.yaml"
+        path.write_text(yaml.safe_dump({k: v for k, v in d.items() if k != key}))
+        assert_clean_error(run_cli("train", path, "-o", tmp_path / "run"), path.name, key)
     assert not (tmp_path / "run").exists()

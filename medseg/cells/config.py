@@ -13,7 +13,7 @@ from medseg.cells.tune import OBJECTIVES, SELECTIONS
 from medseg.errors import InputError
 from medseg.io.atomic import atomic_path
 from medseg.plan.plan import CACHE_MODES
-from medseg.settings import read_yaml_mapping, reject_unknown
+from medseg.settings import coerce_setting, read_yaml_mapping, reject_unknown
 
 NORMS = ("instance", "batch")
 SEED_SOURCES = ("boundary", "distance", "votes")
@@ -219,7 +219,7 @@ class CellTrainConfig:
         kinds = {f.name: str(f.type) for f in fields(cls)}
         reject_unknown(d, kinds, "cell training config", where)
         try:
-            values = {k: _coerce(k, v, kinds[k]) for k, v in d.items()}
+            values = {k: coerce_setting(k, v, kinds[k]) for k, v in d.items()}
         except ValueError as exc:
             raise InputError(f"invalid cell training config: {exc}", path=where) from None
         return cls(**values).validate(where)
@@ -306,39 +306,6 @@ def _without_block(shape, block) -> tuple:
         return tuple(shape)
     axis, k = block
     return tuple(n - k if a == axis else n for a, n in enumerate(shape))
-
-
-def _coerce(name: str, value, kind: str):
-    """``value`` as the field's type: numbers may come as text (YAML 1.1 reads ``3e-3``, without a dot, as text)."""
-    base = kind.removesuffix(" | None")
-    if value is None:
-        if kind.endswith("| None"):
-            return None
-        raise ValueError(f"{name} needs a value")
-    if base in ("bool", "str", "dict"):
-        if not isinstance(value, {"bool": bool, "str": str, "dict": dict}[base]):
-            want = {"bool": "true or false", "str": "text", "dict": "a mapping"}[base]
-            raise ValueError(f"{name} must be {want} (got {value!r})")
-        return value
-    if base == "tuple":
-        if not isinstance(value, (list, tuple)):
-            raise ValueError(f"{name} must be a list of numbers (got {value!r})")
-        return tuple(_number(name, v, whole=name == "patch_size") for v in value)
-    return _number(name, value, whole=base == "int")
-
-
-def _number(name: str, value, whole: bool):
-    if isinstance(value, bool):
-        raise ValueError(f"{name} must be a number (got {value!r})")
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a number (got {value!r})") from None
-    if whole:
-        if not v.is_integer():
-            raise ValueError(f"{name} must be a whole number (got {value!r})")
-        return int(v)
-    return v
 
 
 def load_config(run_dir) -> tuple[dict, CellTrainConfig]:

@@ -12,12 +12,13 @@ import yaml
 
 from medseg.errors import InputError
 from medseg.io.atomic import atomic_path
-from medseg.settings import read_yaml_mapping, reject_unknown
+from medseg.settings import coerce_setting, read_yaml_mapping, reject_unknown
 
 NORMALISATIONS = ("zscore", "ct", "none")
 LOSSES = ("dice_ce", "dice_focal", "ce", "dice")
 OPTIMIZERS = ("adamw", "sgd")
 CACHE_MODES = ("auto", "memory", "disk")
+AUGMENT_KEYS = ("rotate_deg", "scale", "flip_axes", "intensity", "gamma", "noise", "prob")
 
 
 @dataclass
@@ -131,9 +132,41 @@ class Plan:
             bad(f"ensemble must be a whole number of networks (>= 1), got {self.ensemble!r}")
         if self.cache not in CACHE_MODES:
             bad(f"cache '{self.cache}' is not one of {', '.join(CACHE_MODES)}")
+        if self.num_folds < 2:
+            bad(f"num_folds must be >= 2 (k-fold cross-validation), got {self.num_folds}")
         if not 0 <= self.fold < self.num_folds:
             bad(f"fold {self.fold} is not in 0..{self.num_folds - 1}")
+        if not self.learning_rate > 0 or not self.weight_decay >= 0:
+            bad(f"learning_rate must be > 0 and weight_decay >= 0, got {self.learning_rate} and {self.weight_decay}")
+        if self.max_minutes is not None and not self.max_minutes > 0:
+            bad(f"max_minutes must be > 0 (or absent: no time limit), got {self.max_minutes}")
+        if self.base_filters < 1 or self.max_filters < self.base_filters:
+            bad(f"base_filters must be >= 1 and max_filters >= base_filters, got {self.base_filters}, "
+                f"{self.max_filters}")
+        if self.seed < 0 or self.val_every < 1 or (self.num_threads is not None and self.num_threads < 1):
+            bad("seed must be >= 0, val_every >= 1 and num_threads >= 1 (or absent)")
+        if self.class_weights is not None and min(self.class_weights) < 0:
+            bad(f"class_weights must not be negative, got {self.class_weights}")
+        self._validate_augment(bad)
         return self
+
+    def _validate_augment(self, bad) -> None:
+        a = self.augment
+        try:
+            prob, rot, noise = float(a.get("prob", 0.3)), float(a.get("rotate_deg", 0)), float(a.get("noise", 0) or 0)
+            lo, hi = (float(v) for v in a.get("scale", [1.0, 1.0]))
+            flips = [int(x) for x in a.get("flip_axes", []) or []]
+        except (TypeError, ValueError):
+            bad(f"augment: prob, rotate_deg and noise must be numbers, scale two numbers, flip_axes whole numbers "
+                f"(got {a})")
+        if not 0 <= prob <= 1 or rot < 0 or noise < 0 or not 0 < lo <= hi:
+            bad(f"augment: prob must be in [0, 1], rotate_deg and noise >= 0, scale [low, high] with 0 < low <= "
+                f"high (got {a})")
+        if any(not 0 <= x < self.spatial_dims for x in flips):
+            bad(f"augment: flip_axes must be spatial axes 0..{self.spatial_dims - 1}, got {flips}")
+        for key in ("intensity", "gamma"):
+            if not isinstance(a.get(key, True), bool):
+                bad(f"augment: {key} must be true or false, got {a[key]!r}")
 
     # --- (de)serialisation -------------------------------------------------------------------
     def to_dict(self) -> dict:
@@ -147,11 +180,19 @@ class Plan:
     def from_dict(cls, d: dict, where: str | os.PathLike | None = None) -> "Plan":
         if not isinstance(d, dict):
             raise InputError("invalid plan: expected a mapping of settings", path=where)
-        reject_unknown(d, [f.name for f in fields(cls)], "plan", where)
+        kinds = {f.name: str(f.type) for f in fields(cls)}
+        reject_unknown(d, kinds, "plan", where)
         d = dict(d)
         try:
+            d = {k: coerce_setting(k, v, kinds[k]) for k, v in d.items()}
             if "labels" in d:
+                if not isinstance(d["labels"], dict):
+                    raise ValueError(f"labels must map values to names, e.g. {{0: background}} (got {d['labels']!r})")
                 d["labels"] = {int(k): str(v) for k, v in d["labels"].items()}
+            if "augment" in d:
+                if not isinstance(d["augment"], dict):
+                    raise ValueError(f"augment must be a mapping of {', '.join(AUGMENT_KEYS)} (got {d['augment']!r})")
+                reject_unknown(d["augment"], AUGMENT_KEYS, "plan's augment", where)
             if "normalisation" in d:
                 d["normalisation"] = [Normalisation(**{**n, "clip": tuple(n["clip"]) if n.get("clip") else None})
                                       for n in d["normalisation"]]
@@ -172,6 +213,10 @@ class Plan:
     def from_yaml(cls, path: str | os.PathLike) -> "Plan":
         path = Path(path)
         d = read_yaml_mapping(path, "plan")
+        missing = [k for k in ("dataset", "channels", "labels") if k not in d]
+        if missing:  # defaults for these would train on the wrong classes or channels
+            raise InputError(f"invalid plan: {', '.join(missing)} must be set (see configs/hippocampus.yaml)",
+                             path=path)
         plan = cls.from_dict(d, where=path)
         if plan.dataset and not os.path.isabs(plan.dataset):  # relative to the plan file
             plan.dataset = str((path.parent / plan.dataset).resolve())

@@ -89,7 +89,7 @@ def sample_size(plan: Plan) -> list[int]:
 
 def preprocess_case(plan: Plan, case) -> CachedCase:
     """Read, normalise, resample and pad one training case (2D plans: slice axis first)."""
-    image, label = load_case(case, labels=plan.labels, channels=plan.in_channels)
+    image, label = load_case(case, labels=plan.labels, channels=plan.in_channels, named_by="the plan's")
     x, y = preprocess(image.array, image.spacing, plan, label.array)
     if plan.spatial_dims == 2:
         ax = slice_axis(image.spacing)

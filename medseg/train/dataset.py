@@ -121,13 +121,14 @@ def open_dataset(root: str | os.PathLike) -> Dataset:
     return Dataset(root, meta, cases)
 
 
-def load_case(case: Case, with_label: bool = True, labels=None, channels: int | None = None
-              ) -> tuple[Image, Image | None]:
+def load_case(case: Case, with_label: bool = True, labels=None, channels: int | None = None,
+              named_by: str = "dataset.json") -> tuple[Image, Image | None]:
     """Read a case: a channels-first float32 image (all channels) and its label map (or ``None``).
 
     Channel files must share one grid; a 4D MSD file contributes all its channels. NaN or infinite voxels are
     refused (they would make the loss NaN). Given ``labels`` (the allowed values) and ``channels`` (the dataset's
-    count), a label value outside them or another number of channels is refused too, naming the case.
+    count), a label value outside them or another number of channels is refused too, naming the case (and
+    ``named_by``, where those came from).
     """
     chans, ref = [], None
     for p in case.images:
@@ -139,7 +140,7 @@ def load_case(case: Case, with_label: bool = True, labels=None, channels: int | 
         arr = np.asarray(img.array, dtype=np.float32)
         chans.extend(list(arr) if img.channels_first else [arr])
     if channels is not None and len(chans) != channels:
-        raise InputError(f"case {case.id}: {len(chans)} channel(s), dataset.json names {channels}",
+        raise InputError(f"case {case.id}: {len(chans)} channel(s), {named_by} names {channels}",
                          path=case.images[0])
     image = Image(np.stack(chans), ref.affine, {"source": str(case.images[0]), "case": case.id}, True)
     label = None
@@ -156,7 +157,7 @@ def load_case(case: Case, with_label: bool = True, labels=None, channels: int | 
         if labels is not None:
             extra = sorted(set(np.unique(label.array).tolist()) - set(labels))
             if extra:
-                raise InputError(f"case {case.id}: label values {extra} are not in dataset.json labels "
+                raise InputError(f"case {case.id}: label values {extra} are not in {named_by} labels "
                                  f"{sorted(labels)}", path=case.label)
     return image, label
 

@@ -235,7 +235,8 @@ def train(plan: Plan, run_dir: str | os.PathLike, fold: int | None = None, max_e
             val_cases = LazyCases([by_id[i] for i in split["val"]])
         else:
             for i in split["val"]:
-                image, label = load_case(by_id[i], labels=plan.labels, channels=plan.in_channels)
+                image, label = load_case(by_id[i], labels=plan.labels, channels=plan.in_channels,
+                                         named_by="the plan's")
                 val_cases.append((image.array, image.spacing, label.array))
 
     network = build_from_plan(plan).to(dev)
