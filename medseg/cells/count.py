@@ -58,7 +58,8 @@ def count_cells(inputs, out_dir, model=None, classical: bool = False, channel: i
     (:mod:`medseg.postprocess.contrast`; 0 turns it off), ``merge_boundary`` its merging of fragments across weak
     borders (:mod:`medseg.postprocess.merge`; 0 turns it off), ``threads`` are the CPU threads for torch
     (default: the cores not already busy); fix it where runs must give identical results, since a different thread
-    count changes the order of floating-point sums. An option that cannot apply to the mode is an ``InputError``.
+    count changes the order of floating-point sums. An option that cannot apply to the mode, or a value no mode can
+    use, is an ``InputError``. ``pixel_size`` (µm) may be text as on the command line (:func:`parse_pixel_size`).
 
     Writes ``<id>_labels.tif`` (uint16 ImageJ TIFF with the pixel size), ``<id>_overlay.png``,
     ``<id>_cells.csv`` (and ``<id>_rois.zip`` of 2D images with ``roi_zip``) per image and ``counts.csv``
@@ -70,6 +71,8 @@ def count_cells(inputs, out_dir, model=None, classical: bool = False, channel: i
     """
     _check_mode(model, classical, method, tta, min_snr, threads, inputs, rescale,  # usage errors before reading
                 merge_boundary)
+    _check_values(method, diameter, min_snr, merge_boundary, threads)
+    pixel_size = parse_pixel_size(pixel_size)
     files = list_images(inputs)
     seg = ClassicalSegmenter(method or "otsu", diameter) if classical else (
         model if isinstance(model, CellModel) else CellModel.load(model, tta=tta, diameter=diameter))
@@ -116,6 +119,41 @@ def _check_mode(model, classical: bool, method, tta: bool, min_snr, threads, whe
                              f"not to --classical")
     elif method is not None:
         raise InputError("--threshold applies to --classical only (a model uses the thresholds it was tuned with)")
+
+
+def _check_values(method, diameter, min_snr, merge_boundary, threads) -> None:
+    """Refuse values no mode can use (Python callers get the same answers as the command line)."""
+    if method is not None and method not in ("otsu", "local"):
+        raise InputError(f"--threshold must be otsu or local (got '{method}')")
+    if diameter is not None and not 0 < diameter < float("inf"):
+        raise InputError(f"--diameter must be a positive number of pixels (got {diameter})")
+    if min_snr is not None and not 0 <= min_snr < float("inf"):
+        raise InputError(f"--min-snr must be a number >= 0 (got {min_snr})")
+    if merge_boundary is not None and not 0 <= merge_boundary <= 1:
+        raise InputError(f"--merge-boundary must be in [0, 1] (got {merge_boundary})")
+    if threads is not None and threads < 1:
+        raise InputError(f"--threads must be at least 1 (got {threads})")
+
+
+def parse_pixel_size(value):
+    """A pixel size as ``read_microscopy`` takes it, from a number, a sequence, or text such as ``"0.65"``,
+    ``"2,0.65,0.65"`` or ``"2x0.65x0.65"`` (µm); ``None`` stays ``None``.
+
+    Examples
+    --------
+    >>> parse_pixel_size("2,0.5,0.5"), parse_pixel_size(0.65)
+    ((2.0, 0.5, 0.5), 0.65)
+    """
+    if value is None:
+        return None
+    text = value if isinstance(value, str) else ",".join(str(v) for v in np.atleast_1d(value))
+    try:
+        vals = [float(v) for v in text.replace("x", ",").split(",") if v.strip()]
+    except ValueError:
+        raise InputError(f"--pixel-size must be numbers like 0.65 or 2,0.65,0.65 (got '{text}')") from None
+    if not vals or not all(0 < v < float("inf") for v in vals):
+        raise InputError(f"--pixel-size must be positive (got '{text}')")
+    return vals[0] if len(vals) == 1 else tuple(vals)
 
 
 def _check_images(files, channel, pixel_size, model_dims: int | None) -> tuple[list[int], dict]:

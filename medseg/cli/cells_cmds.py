@@ -11,18 +11,6 @@ from medseg.cli.app import cells_app
 from medseg.errors import InputError
 
 
-def _pixel_size(text: Optional[str]):
-    if text is None:
-        return None
-    try:
-        vals = [float(v) for v in text.replace("x", ",").split(",") if v.strip()]
-    except ValueError:
-        raise InputError(f"--pixel-size must be numbers like 0.65 or 2,0.65,0.65 (got '{text}')") from None
-    if not vals or any(v <= 0 for v in vals):
-        raise InputError(f"--pixel-size must be positive (got '{text}')")
-    return vals[0] if len(vals) == 1 else tuple(vals)
-
-
 def _scale_range(text: Optional[str]):
     """``LO,HI`` (zoom factors, 0 < LO <= HI), or ``off`` (None)."""
     if text.strip().lower() == "off":
@@ -199,18 +187,8 @@ def count_cmd(
     Every image is checked before anything is written; options the mode cannot use are refused."""
     from medseg.cells.count import count_cells
 
-    if method is not None and method not in ("otsu", "local"):
-        raise InputError(f"--threshold must be otsu or local (got '{method}')")
-    if diameter is not None and not diameter > 0:
-        raise InputError(f"--diameter must be a positive number of pixels (got {diameter})")
-    if min_snr is not None and not 0 <= min_snr < float("inf"):
-        raise InputError(f"--min-snr must be a number >= 0 (got {min_snr})")
-    if merge_boundary is not None and not 0 <= merge_boundary <= 1:
-        raise InputError(f"--merge-boundary must be in [0, 1] (got {merge_boundary})")
-    if threads is not None and threads < 1:
-        raise InputError(f"--threads must be at least 1 (got {threads})")
     rows = count_cells(input, out, model=model, classical=classical, channel=channel,
-                       pixel_size=_pixel_size(pixel_size), method=method, exclude_border=exclude_border,
+                       pixel_size=pixel_size, method=method, exclude_border=exclude_border,
                        roi_zip=roi_zip, tta=tta, diameter=diameter, min_snr=min_snr,
                        threads=threads, rescale=rescale, merge_boundary=merge_boundary,
                        note=lambda msg: typer.echo(f"medseg: note: {msg}", err=True))

@@ -54,19 +54,11 @@ def plan_cmd(
     """Fingerprint a dataset and write an editable training plan (YAML)."""
     from medseg.plan.planner import make_plan
 
-    _positive("--memory-gb", memory_gb)
-    _positive("--max-minutes", max_minutes)
 
     plan = make_plan(dataset, device=device, memory_gb=memory_gb, minutes=max_minutes, progress=True)
     plan.to_yaml(output)
     typer.echo(f"wrote {output}: {plan.spatial_dims}D, patch {plan.patch_size}, batch {plan.batch_size}, "
                f"spacing {plan.target_spacing}")
-
-
-def _positive(option: str, value: float | None) -> None:
-    """Budgets must be positive: 0 used to mean 'no limit' and a negative one planned an 8³ patch."""
-    if value is not None and not 0 < value < float("inf"):
-        raise InputError(f"{option} must be a positive number, got {value}")
 
 
 def _load_plan(source: Path, device: str = "cpu", max_minutes: float | None = None):
@@ -120,11 +112,10 @@ def train_cmd(
     # parsed once, here: a typo or a missing GPU fails before minutes of fingerprinting, and what goes on is the
     # canonical spelling (`CPU` reached ddp.setup as "CPU", which is not "cpu", and picked NCCL under torchrun)
     device = str(parse_device(device))
-    _positive("--max-minutes", max_minutes)
     if resume and not source.exists():
         raise InputError("no such file or folder", path=source)
     plan = _load_plan(source, device, max_minutes) if not resume else _resume_plan(source, output)
-    if resume and ensemble is not None and ensemble != plan.ensemble:
+    if resume and ensemble is not None and ensemble != plan.ensemble:  # it picks train or train_ensemble below
         raise InputError(f"--ensemble {ensemble}: the run being resumed has ensemble {plan.ensemble}", path=output)
     from medseg.plan.plan import CACHE_MODES
 
@@ -137,7 +128,7 @@ def train_cmd(
     if (ensemble or plan.ensemble) > 1:
         res = train_ensemble(plan, output, members=ensemble, fold=fold, max_epochs=max_epochs,
                              max_minutes=max_minutes, resume=resume, device=device, progress=not quiet,
-                             num_threads=threads, tensorboard=tensorboard)
+                             num_threads=threads, tensorboard=tensorboard, cache_mode=cache, cache_dir=cache_dir)
     else:
         res = train(plan, output, fold=fold, max_epochs=max_epochs, max_minutes=max_minutes, resume=resume,
                     device=device, progress=not quiet, num_threads=threads, tensorboard=tensorboard,

@@ -13,7 +13,7 @@ import numpy as np
 from medseg.errors import InputError
 from medseg.evaluate.cases import CasePair, check_geometry, pair_cases, read_label_map, read_labels_json
 from medseg.evaluate.instances import DEFAULT_THRESHOLDS
-from medseg.evaluate.metrics import DEFAULT_NSD_TOLERANCE, evaluate_case, label_names
+from medseg.evaluate.metrics import DEFAULT_NSD_TOLERANCE, check_distance_settings, evaluate_case, label_names
 from medseg.evaluate.overlap import present_labels
 from medseg.evaluate.summary import summarize
 
@@ -98,6 +98,9 @@ def evaluate_folder(pred: str | os.PathLike, ref: str | os.PathLike, out_dir: st
     """
     if spacing_from not in (None, "ref", "pred"):
         raise InputError(f"--spacing-from must be 'ref' or 'pred', not {spacing_from!r}")
+    check_distance_settings(nsd_tolerance, distance_cap)
+    if isinstance(lesion_classes, str):  # "tumour,cyst" as on the command line, not its characters
+        lesion_classes = [c.strip() for c in lesion_classes.split(",") if c.strip()]
     if isinstance(labels, (str, os.PathLike)):
         names: dict[int, str] | None = read_labels_json(labels)
     else:

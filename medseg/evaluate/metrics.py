@@ -14,6 +14,7 @@ Empty-class policy (explicit, flagged, never a silent NaN in a mean):
 from __future__ import annotations
 
 import math
+import os
 from typing import Mapping, Sequence
 
 import numpy as np
@@ -55,6 +56,29 @@ def label_names(labels) -> dict[int, str]:
     return {k: out[k] for k in sorted(out) if k != 0}
 
 
+def check_distance_settings(nsd_tolerance, distance_cap) -> None:
+    """``InputError`` for an NSD tolerance that is not a finite number >= 0 (mm; NaN scored every surface 0) or a
+    distance cap that is neither a positive number nor ``"diagonal"`` (any text used to count as diagonal).
+
+    Examples
+    --------
+    >>> check_distance_settings({"liver": 1.0, "default": 2.0}, "diagonal")
+    >>> check_distance_settings(2.0, -5)
+    Traceback (most recent call last):
+    ...
+    medseg.errors.InputError: distance cap must be a positive number of mm or 'diagonal' (got -5)
+    """
+    from medseg.errors import InputError
+
+    tols = nsd_tolerance.values() if isinstance(nsd_tolerance, Mapping) else [nsd_tolerance]
+    for t in tols:
+        if isinstance(t, bool) or not isinstance(t, (int, float, np.integer, np.floating)) or not 0 <= t < np.inf:
+            raise InputError(f"NSD tolerance must be a finite number of mm >= 0 (got {t!r})")
+    cap = distance_cap
+    if cap is not None and cap != "diagonal" and (isinstance(cap, (str, bool)) or not 0 < float(cap) < np.inf):
+        raise InputError(f"distance cap must be a positive number of mm or 'diagonal' (got {cap!r})")
+
+
 def tolerance_for(tol, value: int, name: str) -> float:
     """NSD tolerance (mm) of one class from a float or a ``{name|value|"default": mm}`` mapping."""
     if isinstance(tol, Mapping):
@@ -82,8 +106,9 @@ def evaluate_case(pred, ref, labels=None, spacing=None, nsd_tolerance=DEFAULT_NS
     pred, ref : Image or ndarray of int
         Label maps on the same grid (two ``Image``: checked with ``Image.same_grid``, a mismatch is
         an ``InputError``; arrays: only the shapes are checked).
-    labels : mapping or sequence, optional
-        Classes to evaluate (see :func:`label_names`); default: every non-zero value present.
+    labels : mapping, sequence or path, optional
+        Classes to evaluate (see :func:`label_names`), or a ``dataset.json`` naming them; default: every non-zero
+        value present.
     spacing : sequence of float, optional
         Voxel size (mm) per array axis; default: the reference ``Image``'s spacing, else 1.
     nsd_tolerance : float or mapping
@@ -121,6 +146,11 @@ def evaluate_case(pred, ref, labels=None, spacing=None, nsd_tolerance=DEFAULT_NS
     spacing = tuple(float(s) for s in (spacing if spacing is not None else (1.0,) * ref_a.ndim))
     if len(spacing) != ref_a.ndim:
         raise ValueError(f"spacing {spacing} does not match the {ref_a.ndim}D label map")
+    check_distance_settings(nsd_tolerance, distance_cap)
+    if isinstance(labels, (str, os.PathLike)):  # a dataset.json, as evaluate_folder and --labels take it
+        from medseg.evaluate.cases import read_labels_json
+
+        labels = read_labels_json(labels)
     requested = label_names(labels) if labels is not None else None
     cm, values = confusion_matrix(ref_a, pred_a, labels=list(requested) if requested else None)
     if requested is None:

@@ -70,15 +70,15 @@ def _check_all_named(arr: np.ndarray, names: dict[int, str], source, labels_file
 
 
 def export_segmentation(label_image, reference: str | os.PathLike | None, fmt: str, out_path: str | os.PathLike,
-                        labels: dict[int, str] | None = None, series: str | int | None = None,
+                        labels: dict[int, str] | str | os.PathLike | None = None, series: str | int | None = None,
                         model_name: str | None = None, seg_type: str = "binary", rt_holes: str = "keyhole",
                         labels_file: str | os.PathLike | None = None) -> Path:
     """Export a label map for viewers and planning systems.
 
     Parameters
     ----------
-    label_image : Image
-        3D label map (0 = background) on the series grid or on any grid covering it; it is resampled
+    label_image : Image or path
+        3D label map (0 = background; a file is read) on the series grid or on any grid covering it; it is resampled
         to the series grid by nearest neighbour through world coordinates.
     reference : path or None
         The DICOM series folder (required for ``dicom-seg`` and ``rtstruct``; optional for the others,
@@ -86,8 +86,8 @@ def export_segmentation(label_image, reference: str | os.PathLike | None, fmt: s
     fmt : {'dicom-seg', 'rtstruct', 'seg-nrrd', 'nifti'}
     out_path : path
         The file to write (``nifti`` also writes ``<stem>.itksnap.txt`` and ``<stem>.ctbl``).
-    labels : dict[int, str], optional
-        Label value -> name (e.g. from ``dataset.json``); names pick SNOMED CT codes and colours.
+    labels : dict[int, str] or path, optional
+        Label value -> name, or a ``dataset.json`` to read them from; names pick SNOMED CT codes and colours.
         When given, it must name every non-zero value of the label map (without it, value ``N`` is
         called ``label_N``).
     series : str, int or SeriesInfo, optional
@@ -115,9 +115,12 @@ def export_segmentation(label_image, reference: str | os.PathLike | None, fmt: s
     UID-style name such as ``1.2.826.0.1`` counts as none), ``.seg.nrrd`` (any ``.nrrd``) for
     seg-nrrd, ``.nii.gz`` or ``.nii`` for nifti.
     """
-    from medseg.export.colors import segment_info
+    from medseg.export.colors import read_label_names, segment_info
     from medseg.io.image import Image
 
+    fmt = str(fmt).lower()
+    if isinstance(labels, (str, os.PathLike)):  # a dataset.json, as --labels takes it
+        labels, labels_file = read_label_names(labels), labels
     if fmt not in FORMATS:
         raise InputError(f"unknown export format {fmt!r} (use one of {', '.join(FORMATS)})")
     if rt_holes not in ("keyhole", "separate"):
@@ -126,6 +129,10 @@ def export_segmentation(label_image, reference: str | os.PathLike | None, fmt: s
         raise InputError(f"--format {fmt} needs the DICOM series it refers to (--reference DIR)")
     out_path = Path(out_path)
     _check_output_name(fmt, out_path)
+    if isinstance(label_image, (str, os.PathLike)):
+        from medseg.io.readers import read_image
+
+        label_image = read_image(label_image)
     source = label_image.meta.get("source")
     arr = _integer_labels(label_image, source)
     names = {int(k): str(v) for k, v in (labels or {}).items() if str(k).lstrip("-").isdigit()}  # "1" or 1

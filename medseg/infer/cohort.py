@@ -49,16 +49,18 @@ class Case:
     series: "SeriesInfo | None" = None
 
 
-def parse_shard(text: str | None) -> tuple[int, int] | None:
-    """``"i/n"`` → ``(i, n)`` with 0 <= i < n.
+def parse_shard(text: str | tuple[int, int] | None) -> tuple[int, int] | None:
+    """``"i/n"`` (or ``(i, n)``) → ``(i, n)``, checked: 0 <= i < n.
 
     Examples
     --------
-    >>> parse_shard("1/4")
-    (1, 4)
+    >>> parse_shard("1/4"), parse_shard((0, 2))
+    ((1, 4), (0, 2))
     """
-    if not text:
+    if text is None or text == "":
         return None
+    if not isinstance(text, str):
+        text = "/".join(str(v) for v in text) if len(text) == 2 else str(text)
     m = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text)
     if not m or int(m.group(2)) < 1 or int(m.group(1)) >= int(m.group(2)):
         raise InputError(f"--shard must be i/n with 0 <= i < n, got '{text}'")
@@ -213,6 +215,7 @@ def predict_path(model, input: str | os.PathLike, output: str | os.PathLike, ove
     if export not in (None, "dicom-seg", "rtstruct"):
         raise InputError(f"--export must be dicom-seg or rtstruct, got '{export}'")
     _check_options(input, output, overlap, min_size_mm3)
+    shard = parse_shard(shard)
     art = load_model(model)
     dev = resolve_device(device)
     notes: list[str] = []  # skipped series: said once the input has passed every check, not before an error

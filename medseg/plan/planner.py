@@ -8,6 +8,7 @@ import os
 import numpy as np
 import torch
 
+from medseg.errors import InputError
 from medseg.infer.devices import parse_device
 from medseg.infer.sliding_window import cpu_has_native_bf16
 from medseg.plan.fingerprint import Fingerprint, compute_fingerprint
@@ -162,6 +163,9 @@ def make_plan(dataset: str | os.PathLike | Dataset, device: str = "cpu", memory_
     ``max_epochs`` is a cap at :data:`SPEED_MARGIN` times the iterations ``throughput`` (FLOP/s; default
     :data:`THROUGHPUT` of the device) predicts, and validation runs at most about 20 times.
     """
+    for name, value in (("memory budget (GB)", memory_gb), ("time budget (minutes)", minutes)):
+        if value is not None and not 0 < value < float("inf"):  # 0 meant no limit; a negative one an 8³ patch
+            raise InputError(f"the {name} must be a positive number, got {value}")
     dev = parse_device(device, require_available=False)  # before the fingerprint: a typo fails at once
     ds = dataset if isinstance(dataset, Dataset) else open_dataset(dataset)
     fp = fingerprint or compute_fingerprint(ds, progress=progress)

@@ -33,8 +33,8 @@ def convert_brats(src: str | os.PathLike, dst: str | os.PathLike, modalities: tu
         One sub-folder per patient, holding ``<Modality>_*`` images and ``<label_file>.*`` (NIfTI, NRRD or MHA).
     dst : path
         Dataset folder to write; it must not exist or be empty, unless ``overwrite``.
-    modalities : tuple of str
-        File name prefixes, in channel order.
+    modalities : tuple of str, or text
+        File name prefixes, in channel order (``"Flair,T1c"`` also works).
     label_file : str
         Label file name without suffix; a patient without one becomes an unlabelled case in ``imagesTs``
         (nnU-Net's place for them: ``imagesTr`` holds labelled cases only).
@@ -56,6 +56,8 @@ def convert_brats(src: str | os.PathLike, dst: str | os.PathLike, modalities: tu
     half dataset under ``dst`` (and with ``overwrite`` the previous dataset stays until the new one is complete).
     """
     src, dst = Path(src), Path(dst)
+    if isinstance(modalities, str):  # "Flair,T1c" as on the command line, not its characters
+        modalities = tuple(m.strip() for m in modalities.split(",") if m.strip())
     if not src.is_dir():
         raise InputError("source folder does not exist", path=src)
     _check_destination(src, dst, overwrite)

@@ -60,14 +60,17 @@ class SoftmaxEnsemble(torch.nn.Module):
 def train_ensemble(plan: Plan, run_dir: str | os.PathLike, members: int | None = None, fold: int | None = None,
                    max_epochs: int | None = None, max_minutes: float | None = None, resume: bool = False,
                    device: str = "auto", progress: bool = True, num_threads: int | None = None,
-                   tensorboard: bool = False):
+                   tensorboard: bool = False, cache_mode: str | None = None,
+                   cache_dir: str | os.PathLike | None = None):
     """Train ``members`` (default ``plan.ensemble``) networks one after another within one time budget and write
     the ensemble artifact; returns a :class:`medseg.train.trainer.TrainResult` (iterations summed over members,
     Dice of the ensemble on the validation fold).
 
     Each member gets an equal share of what is left of ``max_minutes`` when it starts (less a reserve for the
     ensemble's final validation); member i uses seed ``plan.seed + i`` and the split written for ``plan.seed``.
-    ``tensorboard``: each member's curves in its folder's ``tensorboard/``.
+    ``tensorboard``: each member's curves in its folder's ``tensorboard/``. ``cache_mode`` / ``cache_dir`` override
+    the plan's, also when resuming (as :func:`medseg.train.trainer.train`'s do); a resumed run keeps its number of
+    members (another ``members`` is an ``InputError``).
     """
     from medseg.train.artifact import MODEL_FILE, build_from_plan, load_model, save_model
     from medseg.train.cache import LazyCases
@@ -86,6 +89,8 @@ def train_ensemble(plan: Plan, run_dir: str | os.PathLike, members: int | None =
         saved = Plan.from_yaml(run_dir / "plan.yaml")
         saved.dataset = plan.dataset or saved.dataset
         plan = saved
+        if members is not None and members != plan.ensemble:
+            raise InputError(f"--ensemble {members}: the run being resumed has ensemble {plan.ensemble}", path=run_dir)
     elif (run_dir / MODEL_FILE).exists() or (run_dir / "checkpoint_latest.pt").exists() or \
             any(run_dir.glob("member_*")):
         raise InputError("run folder already holds a run: use --resume, or another folder", path=run_dir)
@@ -93,6 +98,10 @@ def train_ensemble(plan: Plan, run_dir: str | os.PathLike, members: int | None =
                         ("ensemble", members)):
         if value is not None and not (resume and name == "ensemble"):
             setattr(plan, name, value)
+    if cache_mode is not None:  # after the resume's reload: a resumed run may move its cache (less RAM here)
+        plan.cache = cache_mode
+    if cache_dir is not None:
+        plan.cache_dir = str(Path(cache_dir).resolve())
     plan.validate()
     if plan.dataset is None:
         raise InputError("the plan names no dataset folder (set 'dataset:' in the plan)")

@@ -185,6 +185,10 @@ def train(plan: Plan, run_dir: str | os.PathLike, fold: int | None = None, max_e
     ``run_dir/tensorboard``; ``cache_mode`` / ``cache_dir`` override the plan's ``cache`` / ``cache_dir`` (also when
     resuming, e.g. on a machine with less RAM)."""
     t_start = time.monotonic()
+    if max_minutes is not None and not 0 < max_minutes < float("inf"):  # 0 meant no limit at all
+        raise InputError(f"the time budget (minutes) must be a positive number, got {max_minutes}")
+    if num_threads is not None and num_threads < 1:
+        raise InputError(f"threads must be at least 1, got {num_threads}")
     if tensorboard:
         require_tensorboard()  # before anything is written
     run_dir = Path(run_dir)
