@@ -127,3 +127,15 @@ def test_convert_brats_takes_modalities_as_text(tmp_path):
     (src / pat.name).symlink_to(pat)
     ds = convert_brats(src, tmp_path / "ds", "Flair,T1c")
     assert ds.channel_names == ["Flair", "T1c"]
+
+
+def test_train_takes_what_medseg_train_takes(tmp_path):
+    """A dataset folder (planned as `medseg train DATASET` plans it), and no plan at all when resuming: both were
+    AttributeErrors."""
+    from medseg.train.trainer import train
+
+    ds = tiny_dataset(tmp_path / "ds", 3)
+    res = train(ds, tmp_path / "run", max_minutes=0.1, progress=False, device="cpu")
+    assert res.iterations > 0 and (tmp_path / "run" / "model.pt").is_file()
+    again = train(None, tmp_path / "run", resume=True, max_minutes=0.1, progress=False, device="cpu")
+    assert again.iterations >= res.iterations

@@ -61,20 +61,6 @@ def plan_cmd(
                f"spacing {plan.target_spacing}")
 
 
-def _load_plan(source: Path, device: str = "cpu", max_minutes: float | None = None):
-    """The plan of a dataset folder, made as `medseg plan DATASET --device D --max-minutes M` makes it (so that a
-    time budget also fits the network, not only stops the run); a plan/config YAML as the user wrote it."""
-    from medseg.plan.plan import Plan
-
-    if source.is_dir() and (source / "dataset.json").is_file():
-        from medseg.plan.planner import make_plan
-
-        return make_plan(source, device=device, minutes=max_minutes, progress=True)
-    if source.is_file() and source.suffix in (".yaml", ".yml"):
-        return Plan.from_yaml(source)
-    raise InputError("expected a dataset folder (with dataset.json) or a plan/config .yaml file", path=source)
-
-
 @app.command("train")
 def train_cmd(
     source: Path = typer.Argument(..., help="Dataset folder, or a plan/config YAML."),
@@ -114,7 +100,9 @@ def train_cmd(
     device = str(parse_device(device))
     if resume and not source.exists():
         raise InputError("no such file or folder", path=source)
-    plan = _load_plan(source, device, max_minutes) if not resume else _resume_plan(source, output)
+    from medseg.plan.planner import load_plan
+
+    plan = load_plan(source, device, max_minutes, progress=True) if not resume else _resume_plan(source, output)
     if resume and ensemble is not None and ensemble != plan.ensemble:  # it picks train or train_ensemble below
         raise InputError(f"--ensemble {ensemble}: the run being resumed has ensemble {plan.ensemble}", path=output)
     from medseg.plan.plan import CACHE_MODES

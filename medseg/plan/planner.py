@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -217,3 +218,18 @@ def make_plan(dataset: str | os.PathLike | Dataset, device: str = "cpu", memory_
                 bf16=dev.type != "cuda" and cpu_has_native_bf16(),
                 val_every=max(1, int(np.ceil(epochs / 20))))
     return plan.validate()
+
+
+def load_plan(source: str | os.PathLike | Plan, device: str = "cpu", max_minutes: float | None = None,
+              progress: bool = False) -> Plan:
+    """What ``medseg train SOURCE`` trains: a dataset folder's plan, made as ``medseg plan DATASET --device D
+    --max-minutes M`` makes it (so that a time budget also fits the network, not only stops the run), or a
+    plan/config YAML as the user wrote it; a ``Plan`` is returned as it is."""
+    if isinstance(source, Plan):
+        return source
+    source = Path(source)
+    if source.is_dir() and (source / "dataset.json").is_file():
+        return make_plan(source, device=device, minutes=max_minutes, progress=progress)
+    if source.is_file() and source.suffix in (".yaml", ".yml"):
+        return Plan.from_yaml(source)
+    raise InputError("expected a dataset folder (with dataset.json) or a plan/config .yaml file", path=source)

@@ -173,7 +173,8 @@ def _save(path: Path, payload: dict):
         torch.save(payload, tmp)
 
 
-def train(plan: Plan, run_dir: str | os.PathLike, fold: int | None = None, max_epochs: int | None = None,
+def train(plan: Plan | str | os.PathLike | None, run_dir: str | os.PathLike, fold: int | None = None,
+          max_epochs: int | None = None,
           max_minutes: float | None = None, resume: bool = False, device: str = "auto",
           progress: bool = True, num_threads: int | None = None, validation: bool = True,
           cache: dict | None = None, tensorboard: bool = False, cache_mode: str | None = None,
@@ -183,7 +184,8 @@ def train(plan: Plan, run_dir: str | os.PathLike, fold: int | None = None, max_e
     ``validation=False`` skips validation (an ensemble validates its members together); ``cache``: see
     :func:`~medseg.train.cache.cache_cases`; ``tensorboard``: loss, learning rate and validation Dice also to
     ``run_dir/tensorboard``; ``cache_mode`` / ``cache_dir`` override the plan's ``cache`` / ``cache_dir`` (also when
-    resuming, e.g. on a machine with less RAM)."""
+    resuming, e.g. on a machine with less RAM). ``plan`` may be a dataset folder or a plan/config YAML, as for
+    ``medseg train`` (:func:`medseg.plan.planner.load_plan`), and ``None`` when resuming (the run's own plan)."""
     t_start = time.monotonic()
     if max_minutes is not None and not 0 < max_minutes < float("inf"):  # 0 meant no limit at all
         raise InputError(f"the time budget (minutes) must be a positive number, got {max_minutes}")
@@ -196,11 +198,15 @@ def train(plan: Plan, run_dir: str | os.PathLike, fold: int | None = None, max_e
     rank, world = ddp.setup(str(requested))
     dev = _rank_device(requested, world)
     latest = run_dir / "checkpoint_latest.pt"
+    if not resume and not isinstance(plan, Plan):
+        from medseg.plan.planner import load_plan
+
+        plan = load_plan(plan, str(requested), max_minutes, progress)
     if resume:
         if not latest.is_file():
             raise InputError("--resume: no checkpoint_latest.pt in the run folder", path=run_dir)
         saved = Plan.from_yaml(run_dir / "plan.yaml")
-        saved.dataset = plan.dataset or saved.dataset
+        saved.dataset = (plan.dataset if isinstance(plan, Plan) else None) or saved.dataset
         plan = saved
     elif latest.exists():
         raise InputError("run folder already holds a checkpoint: use --resume, or another folder", path=run_dir)
