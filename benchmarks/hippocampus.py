@@ -93,7 +93,7 @@ def subsample_split(plan, out: Path, fold: int, fraction: float, split_seed: int
     import random
 
     from medseg.train.dataset import open_dataset
-    from medseg.train.trainer import make_splits
+    from medseg.train.splits import make_splits
 
     path = out / "splits.json"
     if not path.exists():

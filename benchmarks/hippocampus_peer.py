@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 def load_split(data: Path, out: Path, fold: int, split_file: Path | None) -> dict[str, list[str]]:
     """Fold ``fold`` of ``split_file``, or of medseg's seed-0 5-fold split of ``data`` (written to ``out``)."""
     from medseg.train.dataset import open_dataset
-    from medseg.train.trainer import make_splits
+    from medseg.train.splits import make_splits
 
     if split_file is not None:
         splits = json.loads(split_file.read_text())

@@ -687,7 +687,7 @@ def test_hippocampus_peer_recipe_runs_on_medseg_split(tmp_path, capsys):
     from benchmarks.hippocampus_peer import main as peer
     from medseg.plan.plan import Plan
     from medseg.train.dataset import open_dataset
-    from medseg.train.trainer import fold_split
+    from medseg.train.splits import fold_split
 
     cfg = yaml.safe_load(tiny_plan(tmp_path).read_text())
     assert peer(["--minutes", "5", "--max-iterations", "3", "--data", cfg["dataset"], "--out", str(tmp_path / "peer"),
@@ -751,7 +751,7 @@ def test_hippocampus_train_fraction_nests_and_keeps_validation(tmp_path):
     from benchmarks.hippocampus import subsample_split
     from medseg.plan.plan import Plan
     from medseg.train.dataset import open_dataset
-    from medseg.train.trainer import fold_split
+    from medseg.train.splits import fold_split
 
     plan = Plan.from_yaml(tiny_plan(tmp_path, n_cases=12))
     full = json.loads(json.dumps(fold_split(tmp_path / "none", open_dataset(plan.dataset), plan, write=False)))

@@ -439,3 +439,17 @@ def test_convert_puts_a_patient_without_labels_in_imagests(tmp_path):
         f"{unlabelled.name}_0000.nii.gz", f"{unlabelled.name}_0001.nii.gz"]
     assert not list((tmp_path / "ds" / "imagesTr").glob(f"{unlabelled.name}_*"))
     assert run_cli("dataset", "check", tmp_path / "ds").code == 0
+
+
+def test_train_from_a_plan_leaves_no_run_folder_when_a_case_is_refused(tmp_path):
+    """The plan's labels leave out a value the data have: refused while the cases are read, after plan.yaml and
+    splits.json were written into the run folder, which is removed again (it was left behind)."""
+    from medseg.plan.plan import Plan
+
+    ds = tiny_dataset(tmp_path / "ds", 3)
+    plan = Plan(dataset=str(ds), channels=["MRI"], labels={0: "background", 1: "anterior"},
+                patch_size=[16, 16, 16], base_filters=4, max_filters=8, max_epochs=1, iterations_per_epoch=1)
+    plan.to_yaml(tmp_path / "plan.yaml")
+    res = run_cli("train", tmp_path / "plan.yaml", "-o", tmp_path / "run", "-q")
+    assert_clean_error(res, "label values [2]", "the plan's")
+    assert not (tmp_path / "run").exists()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import SimpleITK as sitk
@@ -176,3 +178,20 @@ def test_a_config_must_say_its_dataset_channels_and_labels(tmp_path):
         path.write_text(yaml.safe_dump({k: v for k, v in d.items() if k != key}))
         assert_clean_error(run_cli("train", path, "-o", tmp_path / "run"), path.name, key)
     assert not (tmp_path / "run").exists()
+
+
+def test_a_plan_written_elsewhere_still_finds_its_dataset(tmp_path, monkeypatch):
+    """`medseg plan ../data -o elsewhere/plan.yaml` wrote the dataset relative to the working folder, and
+    `medseg train elsewhere/plan.yaml` looked for it relative to the plan file (exit 2, with a plan.yaml left in
+    the run folder)."""
+    from medseg.plan.plan import Plan
+
+    ds = tiny_dataset(tmp_path / "data" / "ds", 2)
+    monkeypatch.chdir(tmp_path / "data")
+    out = tmp_path / "plans" / "deep" / "plan.yaml"
+    out.parent.mkdir(parents=True)
+    res = run_cli("plan", "ds", "-o", out)
+    assert res.code == 0, res.err
+    assert Path(Plan.from_yaml(out).dataset) == ds.resolve()
+    monkeypatch.chdir(tmp_path)
+    assert Path(Plan.from_yaml(out).dataset) == ds.resolve()

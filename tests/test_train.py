@@ -38,7 +38,7 @@ def read_log(run: Path) -> list[dict]:
 
 
 def test_splits_partition_cases():
-    from medseg.train.trainer import make_splits
+    from medseg.train.splits import make_splits
 
     ids = [f"case_{i:03d}" for i in range(23)]
     s = make_splits(ids, 5, seed=3)

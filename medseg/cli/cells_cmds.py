@@ -41,7 +41,8 @@ def train_cmd(
     seed: Optional[int] = typer.Option(None, "--seed", help="Random seed (crops, augmentation, weights; default 0)."),
     resume: bool = typer.Option(False, "--resume",
                                 help="Continue from RUN/checkpoint.pt with the run's own settings (--max-minutes, "
-                                     "--max-steps, --threads, --tune-objective and --tune-selection may change)."),
+                                     "--max-steps, --threads, --cache, --cache-dir, --tune-objective and "
+                                     "--tune-selection may change)."),
     threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for torch."),
     tune_fraction: Optional[float] = typer.Option(None, "--tune-fraction",
                                                   help="Share of the training images held out to choose the "

@@ -66,7 +66,8 @@ def train_cmd(
     source: Path = typer.Argument(..., help="Dataset folder, or a plan/config YAML."),
     output: Path = typer.Option(..., "-o", "--output", help="Run folder."),
     fold: Optional[int] = typer.Option(None, help="Fold of the k-fold split to validate on."),
-    max_epochs: Optional[int] = typer.Option(None, "--max-epochs"),
+    max_epochs: Optional[int] = typer.Option(None, "--max-epochs", help="Stop after this many epochs (default: the "
+                                                                         "plan's max_epochs)."),
     max_minutes: Optional[float] = typer.Option(None, "--max-minutes",
                                                 help="Time budget; ends cleanly. From a dataset folder the plan is "
                                                      "also fitted to it, as `medseg plan --max-minutes` does."),
@@ -172,7 +173,7 @@ def predict_cmd(
     export: Optional[str] = typer.Option(None, "--export", help="dicom-seg or rtstruct (DICOM input only)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Re-predict cases whose output exists."),
     series: Optional[str] = typer.Option(None, "--series", help="DICOM series index or UID; default: all series."),
-    quiet: bool = typer.Option(False, "--quiet", "-q"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Predict label maps in the inputs' own geometry (same shape and affine)."""
     from medseg.infer.cohort import parse_shard, predict_path

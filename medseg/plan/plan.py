@@ -202,8 +202,16 @@ class Plan:
         return plan.validate(where)
 
     def to_yaml(self, path: str | os.PathLike | None = None) -> str:
+        """The plan as YAML (written to ``path`` if given). A relative ``dataset`` / ``cache_dir`` (relative to the
+        working folder) is written relative to the plan file, which is how :meth:`from_yaml` reads it."""
+        d = self.to_dict()
+        if path is not None:
+            base = Path(path).resolve().parent
+            for key in ("dataset", "cache_dir"):
+                if d.get(key) and not os.path.isabs(d[key]):
+                    d[key] = os.path.relpath(Path(d[key]).resolve(), base)
         text = "# medseg plan: edit freely; 'medseg train' validates it.\n" + yaml.safe_dump(
-            self.to_dict(), sort_keys=False, default_flow_style=None, width=110)
+            d, sort_keys=False, default_flow_style=None, width=110)
         if path is not None:
             with atomic_path(path) as tmp:
                 tmp.write_text(text)

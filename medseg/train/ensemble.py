@@ -76,7 +76,8 @@ def train_ensemble(plan: Plan, run_dir: str | os.PathLike, members: int | None =
     from medseg.train.cache import LazyCases
     from medseg.train.store import cache_folder
     from medseg.train.dataset import open_dataset
-    from medseg.train.trainer import TrainResult, fold_split, resolve_device, train, validate, validation_cost
+    from medseg.train.splits import fold_split
+    from medseg.train.trainer import TrainResult, resolve_device, train, validate, validation_cost
 
     t0 = time.monotonic()
     run_dir = Path(run_dir)

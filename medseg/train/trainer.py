@@ -8,10 +8,10 @@ and the model artifact ``model.pt`` (final weights).
 from __future__ import annotations
 
 import csv
-import json
 import math
 import os
 import random
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +32,7 @@ from medseg.train.ema import WeightEMA, averaged_weights
 from medseg.train.losses import SegLoss, confusion_dice
 from medseg.train.sampling import augment, sample_batch
 from medseg.train.store import cache_folder
+from medseg.train.splits import fold_split
 from medseg.train.tblog import ScalarLog, require_tensorboard
 
 
@@ -44,43 +45,6 @@ class TrainResult:
     val_dice: dict[str, float]
     best_mean_dice: float
     model_path: Path
-
-
-def make_splits(case_ids: list[str], k: int, seed: int = 0) -> list[dict[str, list[str]]]:
-    """Seeded k-fold split of case ids (each case is validated in exactly one fold).
-
-    Examples
-    --------
-    >>> s = make_splits([f"c{i}" for i in range(10)], 5)
-    >>> len(s), sorted(sum((f["val"] for f in s), [])) == sorted(f"c{i}" for i in range(10))
-    (5, True)
-    """
-    ids = sorted(case_ids)
-    if k < 2 or len(ids) < 2:
-        return [{"train": ids, "val": ids}]
-    order = np.random.default_rng(seed).permutation(len(ids))
-    folds = np.array_split(order, min(k, len(ids)))
-    return [{"train": sorted(ids[i] for j, f in enumerate(folds) if j != n for i in f),
-             "val": sorted(ids[i] for i in fold)} for n, fold in enumerate(folds)]
-
-
-def fold_split(run_dir: Path, ds, plan: Plan, write: bool = True) -> dict[str, list[str]]:
-    """The plan's fold of the run's ``splits.json`` (written from :func:`make_splits` with the plan's seed when the
-    run has none yet, so that a resumed run or an ensemble's members keep it); checks its case ids exist."""
-    split_file = run_dir / "splits.json"
-    if split_file.is_file():
-        splits = json.loads(split_file.read_text())
-    else:
-        splits = make_splits([c.id for c in ds.cases if c.label is not None], plan.num_folds, plan.seed)
-        if write:
-            with atomic_path(split_file) as tmp:
-                tmp.write_text(json.dumps(splits, indent=1))
-    split = splits[min(plan.fold, len(splits) - 1)]
-    known = {c.id for c in ds.cases}
-    missing = [i for i in split["train"] + split["val"] if i not in known]
-    if missing:
-        raise InputError(f"splits.json names cases that are not in the dataset: {missing[:3]}", path=split_file)
-    return split
 
 
 class PolyLR:
@@ -117,6 +81,17 @@ def _rank_device(requested: torch.device, world: int) -> torch.device:
     if world > 1 and requested.type == "cuda" and requested.index is None:
         return ddp.device()
     return requested
+
+
+def _validation_cases(plan: Plan, cases, lazy: bool):
+    """The validation cases in RAM, or read one at a time when the training cases did not fit in it either."""
+    if lazy:
+        return LazyCases(cases)
+    out = []
+    for case in cases:
+        image, label = load_case(case, labels=plan.labels, channels=plan.in_channels, named_by="the plan's")
+        out.append((image.array, image.spacing, label.array))
+    return out
 
 
 def _cache_training_cases(plan: Plan, run_dir: Path, cases, show: bool, cache: dict | None, rank: int, world: int):
@@ -223,31 +198,31 @@ def train(plan: Plan | str | os.PathLike | None, run_dir: str | os.PathLike, fol
     plan.validate()
     if num_threads or plan.num_threads:
         torch.set_num_threads(int(num_threads or plan.num_threads))
-    if rank == 0:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        plan.to_yaml(run_dir / "plan.yaml")
     if plan.dataset is None:
         raise InputError("the plan names no dataset folder (set 'dataset:' in the plan)")
-    ds = open_dataset(plan.dataset)
-    split = fold_split(run_dir, ds, plan, write=rank == 0)
-    by_id = {c.id: c for c in ds.cases}
+    ds = open_dataset(plan.dataset)  # before anything is written
+    show = progress and rank == 0
+    # what this run creates is removed again if the data turn out to be bad (a resumed run keeps its folder)
+    created = [p for p in (run_dir, cache_folder(plan, run_dir)) if p and not p.exists()] if rank == 0 else []
+    try:
+        if rank == 0:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            plan.to_yaml(run_dir / "plan.yaml")
+        split = fold_split(run_dir, ds, plan, write=rank == 0)
+        by_id = {c.id: c for c in ds.cases}
+        train_cases = _cache_training_cases(plan, run_dir, [by_id[i] for i in split["train"]], show, cache, rank,
+                                            world)
+        val_cases = _validation_cases(plan, [by_id[i] for i in split["val"]], on_disk(train_cases)) \
+            if rank == 0 and validation else []
+    except InputError:
+        for p in created:
+            shutil.rmtree(p, ignore_errors=True)
+        raise
 
     torch.manual_seed(plan.seed + rank)
     random.seed(plan.seed + rank)
     np_rng = np.random.default_rng(plan.seed + rank)
     gen = torch.Generator().manual_seed(plan.seed + 1000 + rank)
-
-    show = progress and rank == 0
-    train_cases = _cache_training_cases(plan, run_dir, [by_id[i] for i in split["train"]], show, cache, rank, world)
-    val_cases: list | LazyCases = []
-    if rank == 0 and validation:
-        if on_disk(train_cases):  # the dataset does not fit in RAM: neither would its validation cases
-            val_cases = LazyCases([by_id[i] for i in split["val"]])
-        else:
-            for i in split["val"]:
-                image, label = load_case(by_id[i], labels=plan.labels, channels=plan.in_channels,
-                                         named_by="the plan's")
-                val_cases.append((image.array, image.spacing, label.array))
 
     network = build_from_plan(plan).to(dev)
     opt = (torch.optim.AdamW(network.parameters(), lr=plan.learning_rate, weight_decay=plan.weight_decay)

@@ -1,0 +1,49 @@
+"""k-fold splits of a dataset's labelled cases, and the run's ``splits.json`` that fixes one for good."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from medseg.errors import InputError
+from medseg.io.atomic import atomic_path
+from medseg.plan.plan import Plan
+
+
+def make_splits(case_ids: list[str], k: int, seed: int = 0) -> list[dict[str, list[str]]]:
+    """Seeded k-fold split of case ids (each case is validated in exactly one fold).
+
+    Examples
+    --------
+    >>> s = make_splits([f"c{i}" for i in range(10)], 5)
+    >>> len(s), sorted(sum((f["val"] for f in s), [])) == sorted(f"c{i}" for i in range(10))
+    (5, True)
+    """
+    ids = sorted(case_ids)
+    if k < 2 or len(ids) < 2:
+        return [{"train": ids, "val": ids}]
+    order = np.random.default_rng(seed).permutation(len(ids))
+    folds = np.array_split(order, min(k, len(ids)))
+    return [{"train": sorted(ids[i] for j, f in enumerate(folds) if j != n for i in f),
+             "val": sorted(ids[i] for i in fold)} for n, fold in enumerate(folds)]
+
+
+def fold_split(run_dir: Path, ds, plan: Plan, write: bool = True) -> dict[str, list[str]]:
+    """The plan's fold of the run's ``splits.json`` (written from :func:`make_splits` with the plan's seed when the
+    run has none yet, so that a resumed run or an ensemble's members keep it); checks its case ids exist."""
+    split_file = run_dir / "splits.json"
+    if split_file.is_file():
+        splits = json.loads(split_file.read_text())
+    else:
+        splits = make_splits([c.id for c in ds.cases if c.label is not None], plan.num_folds, plan.seed)
+        if write:
+            with atomic_path(split_file) as tmp:
+                tmp.write_text(json.dumps(splits, indent=1))
+    split = splits[min(plan.fold, len(splits) - 1)]
+    known = {c.id for c in ds.cases}
+    missing = [i for i in split["train"] + split["val"] if i not in known]
+    if missing:
+        raise InputError(f"splits.json names cases that are not in the dataset: {missing[:3]}", path=split_file)
+    return split
