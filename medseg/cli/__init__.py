@@ -30,8 +30,35 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv or os.environ.get("MEDSEG_DEBUG", "") not in ("", "0")
     argv = [a for a in argv if a != "--debug"]
-    with _quiet_libraries(debug):
+    with _quiet_libraries(debug), _termination_as_interrupt():
         return _run(argv, debug)
+
+
+class _termination_as_interrupt:
+    """SIGTERM (what Slurm and Kubernetes send) raises KeyboardInterrupt as Ctrl-C does, so that the same cleanup
+    runs (temporary files and staging folders removed) instead of the process dying on the spot."""
+
+    received = False
+
+    def __enter__(self):
+        import signal
+        import threading
+
+        self.old = None
+        if threading.current_thread() is threading.main_thread():
+            self.old = signal.signal(signal.SIGTERM, self._raise)
+        type(self).received = False
+
+    @classmethod
+    def _raise(cls, signum, frame):
+        cls.received = True
+        raise KeyboardInterrupt
+
+    def __exit__(self, *exc):
+        if self.old is not None:
+            import signal
+
+            signal.signal(signal.SIGTERM, self.old)
 
 
 class _quiet_libraries:
@@ -59,6 +86,8 @@ def _warning_line(message, category, filename, lineno, file=None, line=None) -> 
 def _run(argv: list[str], debug: bool) -> int:
     try:
         rv = app(args=argv, prog_name="medseg", standalone_mode=False)
+        if rv == 130:  # typer turns KeyboardInterrupt into Exit(130), which it returns outside standalone mode
+            return _interrupted()
         return rv if isinstance(rv, int) else 0
     except typer.Exit as exc:
         return exc.exit_code
@@ -82,14 +111,22 @@ def _run(argv: list[str], debug: bool) -> int:
         print(f"medseg: error: {where}: {_one_line(exc.strerror or exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("medseg: interrupted", file=sys.stderr)
-        return 130
+        return _interrupted()
     except Exception as exc:  # a bug in medseg: still one line unless --debug
         if debug:
             traceback.print_exc()
         print(f"medseg: internal error: {type(exc).__name__}: {_one_line(exc)} (run with --debug for the traceback)",
               file=sys.stderr)
         return 1
+
+
+def _interrupted() -> int:
+    """One line and the shell's code: 130 for Ctrl-C, 143 for SIGTERM."""
+    if _termination_as_interrupt.received:
+        print("medseg: terminated", file=sys.stderr)
+        return 143
+    print("medseg: interrupted", file=sys.stderr)
+    return 130
 
 
 __all__ = ["app", "main"]

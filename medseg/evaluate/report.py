@@ -19,7 +19,7 @@ from pathlib import Path
 from medseg.errors import InputError
 from medseg.evaluate.metrics import METRIC_KEYS
 from medseg.evaluate.summary import PIXEL_ACCURACY_NOTE, worst_cases
-from medseg.io.atomic import atomic_path
+from medseg.io.atomic import atomic_path, deferred_interrupts
 
 REPORT_FILES = ("metrics.json", "metrics.csv", "report.html", "report.md")
 TABLE_KEYS = ("dice", "iou", "hd95", "assd", "nsd", "volume_ref_ml", "volume_pred_ml")
@@ -196,13 +196,19 @@ def write_report(report: dict, out_dir: str | os.PathLike, protect=()) -> dict[s
     out_dir = Path(out_dir)
     texts = {"metrics.json": to_json(report), "metrics.csv": to_csv(report),
              "report.html": to_html(report), "report.md": to_markdown(report)}
+    created = not out_dir.exists()
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise InputError(f"cannot create the output folder ({exc.strerror or exc})", path=out_dir) from exc
-    # all four or none: every temp file is written before any is renamed into place
-    with contextlib.ExitStack() as stack:
-        for name in REPORT_FILES:
-            tmp = stack.enter_context(atomic_path(out_dir / name, protect=protect))
-            tmp.write_text(texts[name], encoding="utf-8")
+    try:
+        # all four or none: every temp file is written before any is renamed into place, and no Ctrl-C between
+        with deferred_interrupts(), contextlib.ExitStack() as stack:
+            for name in REPORT_FILES:
+                tmp = stack.enter_context(atomic_path(out_dir / name, protect=protect))
+                tmp.write_text(texts[name], encoding="utf-8")
+    except BaseException:
+        if created and not any(out_dir.iterdir()):
+            out_dir.rmdir()
+        raise
     return {name: out_dir / name for name in REPORT_FILES}

@@ -69,6 +69,35 @@ def looks_full(exc: OSError, folder: Path) -> bool:
 
 
 @contextlib.contextmanager
+def deferred_interrupts() -> Iterator[None]:
+    """Hold Ctrl-C and SIGTERM back until the block ends, then deliver them: for commits of several renames (all
+    outputs or none) that a signal between two renames would leave half done. Outside the main thread (where
+    Python cannot set handlers) the block runs unprotected.
+
+    Examples
+    --------
+    >>> with deferred_interrupts():
+    ...     pass
+    """
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    pending: list[int] = []
+    held = [s for s in (signal.SIGINT, signal.SIGTERM)]
+    old = {s: signal.signal(s, lambda signum, frame: pending.append(signum)) for s in held}
+    try:
+        yield
+    finally:
+        for s, handler in old.items():
+            signal.signal(s, handler)
+        if pending:
+            os.kill(os.getpid(), pending[0])  # now, to the handler the program had
+
+
+@contextlib.contextmanager
 def atomic_path(
     dest: str | os.PathLike, protect: Iterable[str | os.PathLike] = ()
 ) -> Iterator[Path]:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Callable, ContextManager, Iterable, Iterator
 
 from medseg.errors import InputError
-from medseg.io.atomic import atomic_path, looks_full
+from medseg.io.atomic import atomic_path, deferred_interrupts, looks_full
 
 Place = Callable[[str], ContextManager[Path]]
 
@@ -92,9 +92,10 @@ def _move_outputs(stage: Path, out_dir: Path, protect: Iterable[str | os.PathLik
         refuse_folder(dest)
         if dest.exists() and dest.resolve() in inputs:
             raise InputError("refusing to overwrite an input file", path=dest)
-    for p in staged:
-        try:
-            os.replace(p, out_dir / p.name)
-        except OSError as exc:
-            problem = f"cannot move the output into place ({exc.strerror or exc})"
-            raise InputError(problem, path=out_dir / p.name) from exc
+    with deferred_interrupts():  # a Ctrl-C between two renames would leave some outputs in place
+        for p in staged:
+            try:
+                os.replace(p, out_dir / p.name)
+            except OSError as exc:
+                problem = f"cannot move the output into place ({exc.strerror or exc})"
+                raise InputError(problem, path=out_dir / p.name) from exc

@@ -15,7 +15,7 @@ from typing import Iterator
 import numpy as np
 
 from medseg.errors import InputError
-from medseg.io.atomic import _UMASK, case_name, full_suffix, looks_full
+from medseg.io.atomic import _UMASK, case_name, deferred_interrupts, full_suffix, looks_full
 from medseg.io.readers import ITK, NIFTI, read_image
 from medseg.train.dataset import Dataset, open_dataset
 
@@ -211,16 +211,17 @@ def _replace_folder(new: Path, dst: Path) -> None:
         os.replace(new, dst)
         return
     old = _hidden_folder(dst, ".old")
-    try:
-        os.replace(dst, old / dst.name)
-    except OSError:
-        old.rmdir()
-        raise
-    try:
-        os.replace(new, dst)
-    except OSError:
-        _restore(old / dst.name, dst)
-        raise
+    with deferred_interrupts():  # between the two renames dst does not exist: a Ctrl-C there would keep it so
+        try:
+            os.replace(dst, old / dst.name)
+        except OSError:
+            old.rmdir()
+            raise
+        try:
+            os.replace(new, dst)
+        except OSError:
+            _restore(old / dst.name, dst)
+            raise
     shutil.rmtree(old, ignore_errors=True)
 
 

@@ -179,7 +179,9 @@ def train(plan: Plan | str | os.PathLike | None, run_dir: str | os.PathLike, fol
         plan = load_plan(plan, str(requested), max_minutes, progress)
     if resume:
         if not latest.is_file():
-            raise InputError("--resume: no checkpoint_latest.pt in the run folder", path=run_dir)
+            raise InputError("--resume: no checkpoint_latest.pt in the run folder (checkpoints are written at the end "
+                             "of each epoch: a run stopped during its first has none; start it again without "
+                             "--resume)", path=run_dir)
         saved = Plan.from_yaml(run_dir / "plan.yaml")
         saved.dataset = (plan.dataset if isinstance(plan, Plan) else None) or saved.dataset
         plan = saved

@@ -1,0 +1,57 @@
+"""Ctrl-C and SIGTERM (what Slurm and Kubernetes send) on a real process: one line, exit 130 / 143, and no
+staging folder or temporary file left; several renames that must appear together are not cut in two."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import REPO, data_path
+
+
+def _count_until_staged(tmp_path, sig):
+    """Start `cells count --classical` on 40 real images, send ``sig`` once its staging folder holds outputs."""
+    images = tmp_path / "in"
+    images.mkdir()
+    for p in sorted(data_path("dsb2018_fluo", "images").glob("*.png"))[:40]:
+        (images / p.name).symlink_to(p)
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "medseg", "cells", "count", "-i", str(images), "-o", str(out),
+                             "--classical"], cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and proc.poll() is None:
+        stages = list(out.glob(".medseg-stage*")) if out.is_dir() else []
+        if stages and any(stages[0].iterdir()):
+            break
+        time.sleep(0.01)
+    assert proc.poll() is None, "the count finished before it could be interrupted"
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=120)
+    return proc.returncode, err, out
+
+
+@pytest.mark.parametrize("sig, code, word", [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated")])
+def test_a_signal_mid_count_leaves_nothing_behind(tmp_path, sig, code, word):
+    rc, err, out = _count_until_staged(tmp_path, sig)
+    assert rc == code, err
+    assert err.strip() == f"medseg: {word}", err  # SIGTERM used to kill the process with no word and no cleanup
+    left = [p.name for p in out.iterdir()] if out.exists() else []
+    assert left == [], left
+
+
+def test_deferred_interrupts_deliver_after_the_block():
+    from medseg.io.atomic import deferred_interrupts
+
+    done = []
+    with pytest.raises(KeyboardInterrupt):
+        with deferred_interrupts():
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.05)
+            done.append("commit")  # not cut short
+    assert done == ["commit"]
