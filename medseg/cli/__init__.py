@@ -44,8 +44,8 @@ class _termination_as_interrupt:
         import signal
         import threading
 
-        self.old = None
-        if threading.current_thread() is threading.main_thread():
+        self.installed = threading.current_thread() is threading.main_thread()  # else Python cannot set one
+        if self.installed:
             self.old = signal.signal(signal.SIGTERM, self._raise)
         type(self).received = False
 
@@ -55,10 +55,10 @@ class _termination_as_interrupt:
         raise KeyboardInterrupt
 
     def __exit__(self, *exc):
-        if self.old is not None:
+        if self.installed:
             import signal
 
-            signal.signal(signal.SIGTERM, self.old)
+            signal.signal(signal.SIGTERM, self.old if self.old is not None else signal.SIG_DFL)
 
 
 class _quiet_libraries:

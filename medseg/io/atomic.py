@@ -86,13 +86,12 @@ def deferred_interrupts() -> Iterator[None]:
         yield
         return
     pending: list[int] = []
-    held = [s for s in (signal.SIGINT, signal.SIGTERM)]
-    old = {s: signal.signal(s, lambda signum, frame: pending.append(signum)) for s in held}
+    old = {s: signal.signal(s, lambda signum, frame: pending.append(signum)) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
     finally:
         for s, handler in old.items():
-            signal.signal(s, handler)
+            signal.signal(s, handler if handler is not None else signal.SIG_DFL)  # None: not set from Python
         if pending:
             os.kill(os.getpid(), pending[0])  # now, to the handler the program had
 
