@@ -132,8 +132,8 @@ class Plan:
             bad(f"ensemble must be a whole number of networks (>= 1), got {self.ensemble!r}")
         if self.cache not in CACHE_MODES:
             bad(f"cache '{self.cache}' is not one of {', '.join(CACHE_MODES)}")
-        if self.num_folds < 2:
-            bad(f"num_folds must be >= 2 (k-fold cross-validation), got {self.num_folds}")
+        if self.num_folds < 1:
+            bad(f"num_folds must be >= 1 (1: every case trains and validates), got {self.num_folds}")
         if not 0 <= self.fold < self.num_folds:
             bad(f"fold {self.fold} is not in 0..{self.num_folds - 1}")
         if not self.learning_rate > 0 or not self.weight_decay >= 0:
