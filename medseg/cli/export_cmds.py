@@ -29,18 +29,8 @@ def export_cmd(
                                  help="RTSTRUCT holes: keyhole (default; any reader) or separate (even-odd rule)."),
 ) -> None:
     """Export a label map to DICOM-SEG, RTSTRUCT, 3D Slicer .seg.nrrd or NIfTI with colour tables."""
-    from medseg.errors import InputError
-    from medseg.export import FORMATS, export_segmentation
-    from medseg.export.colors import read_label_names
-    from medseg.io.readers import read_image
+    from medseg.export import export_segmentation
 
-    fmt = fmt.lower()
-    if fmt not in FORMATS:
-        raise InputError(f"unknown --format {fmt!r} (use one of {', '.join(FORMATS)})")
-    names = read_label_names(labels) if labels is not None else None  # validate every input before reading big ones
-    if reference is not None and not reference.exists():
-        raise InputError("no such reference series folder", path=reference)
-    image = read_image(seg)
-    out = export_segmentation(image, reference, fmt, output, labels=names, series=series, model_name=model_name,
-                              seg_type=seg_type, rt_holes=rt_holes, labels_file=labels)
+    out = export_segmentation(seg, reference, fmt, output, labels=labels, series=series, model_name=model_name,
+                              seg_type=seg_type, rt_holes=rt_holes)
     typer.echo(str(out))

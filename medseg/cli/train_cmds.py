@@ -176,12 +176,12 @@ def predict_cmd(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Predict label maps in the inputs' own geometry (same shape and affine)."""
-    from medseg.infer.cohort import parse_shard, predict_path
+    from medseg.infer.cohort import predict_path
 
     # before the model is loaded: `--device gpu` is a usage error (exit 2), not a crash
     device = str(parse_device(device))
     written, skipped = predict_path(model, input, output, overlap=overlap, tta=tta, device=device,
-                                    shard=parse_shard(shard), probabilities=probabilities,
+                                    shard=shard, probabilities=probabilities,
                                     largest_component=largest_component, min_size_mm3=min_size, export=export,
                                     overwrite=overwrite, progress=not quiet, series=series)
     typer.echo(f"wrote {len(written)} prediction(s) to {output}" + (f", skipped {skipped} finished" if skipped else ""))

@@ -119,14 +119,17 @@ def export_segmentation(label_image, reference: str | os.PathLike | None, fmt: s
     from medseg.io.image import Image
 
     fmt = str(fmt).lower()
-    if isinstance(labels, (str, os.PathLike)):  # a dataset.json, as --labels takes it
-        labels, labels_file = read_label_names(labels), labels
     if fmt not in FORMATS:
-        raise InputError(f"unknown export format {fmt!r} (use one of {', '.join(FORMATS)})")
+        raise InputError(f"unknown --format {fmt!r} (use one of {', '.join(FORMATS)})")
     if rt_holes not in ("keyhole", "separate"):
         raise InputError(f"unknown RTSTRUCT hole style {rt_holes!r} (use keyhole or separate)")
     if reference is None and fmt in DICOM_FORMATS:
         raise InputError(f"--format {fmt} needs the DICOM series it refers to (--reference DIR)")
+    # the small inputs and the output's name are checked before the label map and the series (large) are read
+    if isinstance(labels, (str, os.PathLike)):  # a dataset.json, as --labels takes it
+        labels, labels_file = read_label_names(labels), labels
+    if reference is not None and not Path(reference).exists():
+        raise InputError("no such reference series folder", path=reference)
     out_path = Path(out_path)
     _check_output_name(fmt, out_path)
     if isinstance(label_image, (str, os.PathLike)):
