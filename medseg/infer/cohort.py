@@ -186,12 +186,16 @@ def _check_options(input: Path, output: Path, overlap, min_size_mm3) -> None:
                          path=output)
 
 
-def _write_labels(lab: Image, dest: Path, protect, note: str) -> None:
-    """Write the label map atomically, with ``note`` (how it was predicted) in the NIfTI ``descrip``."""
+def _write_labels(lab: Image, dest: Path, protect, note: str, record: dict) -> None:
+    """Write the label map atomically, with ``note`` (how it was predicted) in the NIfTI ``descrip`` and
+    ``record`` (model digest and options, :mod:`medseg.infer.provenance`) in a header extension."""
     import nibabel as nib
+
+    from medseg.infer.provenance import attach_record
 
     nimg = lab.to_nibabel()
     nimg.header["descrip"] = note.encode("ascii", "replace")[:79]
+    attach_record(nimg, record)
     with atomic_path(dest, protect=protect) as tmp:
         nib.save(nimg, str(tmp))
 
@@ -207,6 +211,11 @@ def predict_path(model, input: str | os.PathLike, output: str | os.PathLike, ove
     volume series of a DICOM folder is a case (named by :func:`series_case_names`). Every case this shard has
     to do is checked to be loadable as far as its headers tell before anything is written; each output is
     written atomically, the label map last, so its presence marks the case finished.
+
+    A finished case is skipped only when its label map records this model file (SHA-256) and the options that
+    change its voxels (overlap, TTA, largest component, minimum size), and the extra outputs asked for
+    (``probabilities``, ``export``) exist; one made by another model or with other options is an ``InputError``
+    before anything is predicted (``overwrite`` predicts every case again).
     """
     from medseg.train.artifact import load_model
     from medseg.train.trainer import resolve_device
@@ -224,19 +233,21 @@ def predict_path(model, input: str | os.PathLike, output: str | os.PathLike, ove
         cases = cases[shard[0]::shard[1]]
     if export and not all(c.series is not None for c in cases):
         raise InputError(f"--export {export} needs a DICOM series folder as input", path=input)
-    todo = [c for c in cases if overwrite or not (output / f"{c.name}.nii.gz").exists()]
+    record = _record(art, overlap, _resolve_quietly(art.plan, tta), largest_component, min_size_mm3,
+                     device=str(dev))
+    todo = cases if overwrite else [c for c in cases if not _finished(c, output, record, probabilities, export)]
     skipped = len(cases) - len(todo)
     _check_series(todo)
     for line in notes:
         print(line, file=sys.stderr)
-    tta, note = resolve_tta(art.plan, tta)
+    tta, note = resolve_tta(art.plan, tta)  # its warning, once the input has passed every check
     created = not output.exists()
     output.mkdir(parents=True, exist_ok=True)
     try:
         written = _predict_cases(art, dev, todo, output=output, overlap=overlap, tta=tta,
                                  batch_size=batch_size, probabilities=probabilities,
                                  largest_component=largest_component, min_size_mm3=min_size_mm3, export=export,
-                                 note=note, progress=progress)
+                                 note=note, record=record, progress=progress)
     except BaseException:
         if created and not any(output.iterdir()):  # a bad first case leaves no empty folder behind
             output.rmdir()
@@ -244,8 +255,37 @@ def predict_path(model, input: str | os.PathLike, output: str | os.PathLike, ove
     return written, skipped
 
 
+def _resolve_quietly(plan, tta: bool | None) -> bool:
+    from medseg.infer.predict import resolve_tta as resolve
+
+    return resolve(plan, tta, warn=lambda line: None)[0]
+
+
+def _record(art, overlap, tta: bool, largest_component: bool, min_size_mm3: float, **extra) -> dict:
+    import medseg
+    from medseg.infer.provenance import file_digest, prediction_record
+
+    path = art.info["path"]
+    return prediction_record(file_digest(path), art.plan.overlap if overlap is None else overlap, tta,
+                             largest_component, min_size_mm3, model=Path(path).name, medseg_version=medseg.__version__,
+                             **extra)
+
+
+def _finished(case: Case, output: Path, record: dict, probabilities: bool, export: str | None) -> bool:
+    """Whether ``case`` has all the outputs this run asks for, made by this model and options (else the error)."""
+    from medseg.infer.provenance import check_finished
+
+    dest = output / f"{case.name}.nii.gz"
+    if not dest.exists():
+        return False
+    check_finished(dest, record)
+    extras = ([output / f"{case.name}_probs.nii.gz"] if probabilities else []) + \
+        ([output / f"{case.name}_{export.replace('-', '')}.dcm"] if export else [])
+    return all(p.exists() for p in extras)
+
+
 def _predict_cases(art, dev, todo, output: Path, overlap, tta, batch_size, probabilities, largest_component,
-                   min_size_mm3, export, note, progress) -> list[Path]:
+                   min_size_mm3, export, note, record, progress) -> list[Path]:
     """Predict and write each case in turn (the loop of :func:`predict_path`); returns the label maps written."""
     import torch
 
@@ -271,7 +311,7 @@ def _predict_cases(art, dev, todo, output: Path, overlap, tta, batch_size, proba
         if prob is not None:
             write_probabilities(prob, output / f"{case.name}_probs.nii.gz", protect=case.paths)
         dest = output / f"{case.name}.nii.gz"
-        _write_labels(lab, dest, case.paths, note)  # last: its presence marks the case finished
+        _write_labels(lab, dest, case.paths, note, record)  # last: its presence marks the case finished
         written.append(dest)
     return written
 

@@ -1,0 +1,115 @@
+"""What made a predicted label map: the model file's digest and the options that change its voxels.
+
+``medseg predict`` skips cases whose label map exists, so that an interrupted or sharded cohort run continues
+where it stopped. A label map from another model, or made with other options, must not pass for finished: each
+label map carries its record in a NIfTI comment extension (viewers ignore it), and a rerun compares it before
+predicting anything.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+from medseg.errors import InputError
+
+_ECODE = 6  # NIfTI "comment" extension: free text that readers which do not know it skip
+_KEY = "medseg_predict"
+# options compared on a rerun; the device, batch size and medseg version are recorded but may differ (they
+# change no voxel beyond floating-point rounding)
+_COMPARED = ("model_sha256", "overlap", "tta", "largest_component", "min_size_mm3")
+
+
+def file_digest(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
+    """SHA-256 of a file's bytes, as hex.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> p = pathlib.Path(tempfile.mkdtemp()) / "m.pt"
+    >>> _ = p.write_bytes(b"weights")
+    >>> file_digest(p)[:12]
+    '9a129038d9a0'
+    """
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def prediction_record(model_sha256: str, overlap: float, tta: bool, largest_component: bool = False,
+                      min_size_mm3: float = 0.0, **extra) -> dict:
+    """The record a label map carries; ``extra`` (e.g. the model's path, the medseg version) is not compared.
+
+    Examples
+    --------
+    >>> prediction_record("ab" * 32, 0.5, True)["tta"]
+    True
+    """
+    return {"model_sha256": model_sha256, "overlap": float(overlap), "tta": bool(tta),
+            "largest_component": bool(largest_component), "min_size_mm3": float(min_size_mm3), **extra}
+
+
+def attach_record(nimg, record: dict) -> None:
+    """Store ``record`` in a nibabel NIfTI image's header (a comment extension), replacing an earlier one."""
+    import nibabel as nib
+
+    exts = nimg.header.extensions
+    for e in [e for e in exts if e.get_code() == _ECODE and _KEY.encode() in e.get_content()[:40]]:
+        exts.remove(e)
+    exts.append(nib.nifti1.Nifti1Extension(_ECODE, json.dumps({_KEY: record}, sort_keys=True).encode()))
+
+
+def read_record(path: str | os.PathLike) -> dict | None:
+    """The record of a label map written by ``medseg predict``; None when it has none (written by another tool
+    or an older medseg). Reads the header only."""
+    import nibabel as nib
+
+    try:
+        exts = nib.load(str(path)).header.extensions
+    except Exception as exc:
+        raise InputError(f"cannot read this existing output ({type(exc).__name__}); --overwrite replaces it",
+                         path=path) from None
+    for e in exts:
+        if e.get_code() != _ECODE:
+            continue
+        try:
+            d = json.loads(e.get_content().decode())
+        except (UnicodeDecodeError, ValueError):
+            continue
+        if isinstance(d, dict) and isinstance(d.get(_KEY), dict):
+            return d[_KEY]
+    return None
+
+
+def record_difference(old: dict | None, new: dict) -> str | None:
+    """Why a label map with record ``old`` is not the prediction ``new`` asks for; None when it is.
+
+    Examples
+    --------
+    >>> a = prediction_record("ab" * 32, 0.5, True)
+    >>> record_difference(a, {**a, "tta": False})
+    'it was predicted with tta True, this run asks for False'
+    >>> record_difference(a, {**a, "medseg_version": "9"}) is None
+    True
+    """
+    if old is None:
+        return "it holds no record of the model that made it (another tool or an older medseg wrote it)"
+    if old.get("model_sha256") != new["model_sha256"]:
+        return (f"it was predicted by another model (sha256 {str(old.get('model_sha256'))[:12]}…, "
+                f"this one {new['model_sha256'][:12]}…)")
+    for key in _COMPARED[1:]:
+        if old.get(key) != new[key]:
+            return f"it was predicted with {key} {old.get(key)}, this run asks for {new[key]}"
+    return None
+
+
+def check_finished(dest: Path, record: dict) -> None:
+    """``InputError`` when the existing label map ``dest`` was made by another model or with other options."""
+    why = record_difference(read_record(dest), record)
+    if why:
+        raise InputError(f"an existing output is not this run's prediction: {why}; pass --overwrite to predict "
+                         "it again, or choose another output folder", path=dest)
