@@ -104,7 +104,8 @@ def test_read_label_names_msd_and_nnunet(tmp_path):
     assert read_label_names(msd) == {1: "anterior", 2: "posterior"}
     v2 = tmp_path / "v2.json"
     v2.write_text(json.dumps({"labels": {"background": 0, "liver": 1, "tumour": 2, "whole": [1, 2]}}))
-    assert read_label_names(v2) == {1: "liver", 2: "tumour"}
+    with pytest.warns(UserWarning, match=r"region entries skipped \('whole' = \[1, 2\]\)"):
+        assert read_label_names(v2) == {1: "liver", 2: "tumour"}
     bad = tmp_path / "bad.json"
     bad.write_text("{not json")
     with pytest.raises(InputError, match="cannot read labels"):

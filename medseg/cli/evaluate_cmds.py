@@ -53,7 +53,8 @@ def evaluate(
     pred: Path = typer.Option(..., "--pred", "-p", help="Predicted label map, or a folder of them."),
     ref: Path = typer.Option(..., "--ref", "-r", help="Reference label map, or a folder (matched by file name)."),
     out: Path = typer.Option(..., "-o", "--out", help="Output folder: metrics.json, metrics.csv, report.html, report.md."),
-    labels: Optional[Path] = typer.Option(None, "--labels", help="dataset.json (MSD/nnU-Net) with the class names."),
+    labels: Optional[Path] = typer.Option(None, "--labels", help="dataset.json (MSD/nnU-Net) or a {value: name} "
+                                          "JSON naming the classes (default: the values found)."),
     spacing_from: Optional[str] = typer.Option(
         None, "--spacing-from", help="'ref' or 'pred': only the shapes must match, use that side's spacing "
         "(default: pred and ref must share shape and affine)."),

@@ -21,7 +21,8 @@ def export_cmd(
                                      "(nifti also writes .itksnap.txt and .ctbl)."),
     reference: Optional[Path] = typer.Option(None, "--reference", "-r",
                                              help="DICOM series folder (required for dicom-seg and rtstruct)."),
-    labels: Optional[Path] = typer.Option(None, "--labels", help="dataset.json (MSD or nnU-Net) naming the labels."),
+    labels: Optional[Path] = typer.Option(None, "--labels", help="dataset.json (MSD or nnU-Net) or a {value: "
+                                          "name} JSON naming the labels."),
     series: Optional[str] = typer.Option(None, "--series", help="Series UID or index when the folder holds several."),
     model_name: Optional[str] = typer.Option(None, "--model-name", help="Model name recorded in the DICOM objects."),
     seg_type: str = typer.Option("binary", "--seg-type", help="DICOM-SEG type: binary (default) or labelmap."),

@@ -1,8 +1,7 @@
-"""Finding prediction/reference pairs, reading them, checking their geometry, reading dataset.json."""
+"""Finding prediction/reference pairs, reading them, checking their geometry."""
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,7 +62,9 @@ def pair_cases(pred: str | os.PathLike, ref: str | os.PathLike) -> list[CasePair
 
 
 def read_label_map(path: str | os.PathLike) -> Image:
-    """Read a label map; non-integer, negative or multi-channel values are an ``InputError``."""
+    """Read a label map; non-integer, negative or multi-channel values are an ``InputError`` (with an example value:
+    an image given as a prediction or a reference is refused here)."""
+    from medseg.io.labels import integer_labels
     from medseg.io.readers import read_image
 
     img = read_image(path)
@@ -71,18 +72,7 @@ def read_label_map(path: str | os.PathLike) -> Image:
         raise InputError(f"label map has {img.num_channels} channels (expected one)", path=path)
     if img.channels_first:
         img = Image(img.array[0], img.affine, img.meta)
-    arr = np.asarray(img.array)
-    if arr.dtype.kind == "b":
-        arr = arr.view(np.uint8)
-    elif arr.dtype.kind == "f":
-        if arr.size and (not np.isfinite(arr).all() or np.any(arr != np.round(arr))):
-            raise InputError("not a label map: non-integer values", path=path)
-        top = arr.max(initial=0)
-        arr = arr.astype(np.uint8 if top < 256 else np.uint16 if top < 65536 else np.int64)
-    elif arr.dtype.kind not in "iu":
-        raise InputError(f"not a label map: {arr.dtype} values", path=path)
-    if arr.dtype.kind == "i" and arr.size and arr.min() < 0:
-        raise InputError("not a label map: negative values", path=path)
+    arr = integer_labels(img.array, path=path)
     return Image(arr, img.affine, img.meta)
 
 
@@ -102,28 +92,3 @@ def check_geometry(pred: Image, ref: Image, pred_path, spacing_from: str | None 
         raise InputError(f"geometry differs from the reference's (affine differs by up to {diff:.4g} mm; spacing "
                          f"({sp}) vs ({rsp}); no resampling is done; --spacing-from ref skips this check)",
                          path=pred_path)
-
-
-def read_labels_json(path: str | os.PathLike) -> dict[int, str]:
-    """``{value: name}`` from an MSD (``{"1": "liver"}``) or nnU-Net v2 (``{"liver": 1}``) dataset.json."""
-    from medseg.evaluate.metrics import label_names
-
-    path = Path(path)
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise InputError("labels file not found", path=path) from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InputError(f"cannot read labels JSON ({exc})", path=path) from exc
-    labels = data.get("labels") if isinstance(data, dict) else None
-    if not isinstance(labels, dict) or not labels:
-        raise InputError("no 'labels' mapping in the JSON file", path=path)
-    try:
-        if any(isinstance(v, (list, tuple)) for v in labels.values()):
-            raise ValueError("region-based labels (lists of values) are not supported")
-        names = label_names(labels)
-    except (TypeError, ValueError) as exc:
-        raise InputError(f"bad 'labels' entry ({exc})", path=path) from exc
-    if len(set(names.values())) != len(names):
-        raise InputError("two labels share one name", path=path)
-    return names

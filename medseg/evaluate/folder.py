@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -11,11 +12,13 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from medseg.errors import InputError
-from medseg.evaluate.cases import CasePair, check_geometry, pair_cases, read_label_map, read_labels_json
+from medseg.evaluate.cases import CasePair, check_geometry, pair_cases, read_label_map
 from medseg.evaluate.instances import DEFAULT_THRESHOLDS
-from medseg.evaluate.metrics import DEFAULT_NSD_TOLERANCE, check_distance_settings, evaluate_case, label_names
+from medseg.evaluate.metrics import (DEFAULT_NSD_TOLERANCE, UnreferencedLabelsWarning, check_distance_settings,
+                                     evaluate_case, values_text)
 from medseg.evaluate.overlap import present_labels
 from medseg.evaluate.summary import summarize
+from medseg.io.labels import label_names, read_label_names
 
 
 def _evaluate_pair(pair: CasePair, labels: dict[int, str] | None, spacing_from: str | None, kwargs: dict,
@@ -33,10 +36,28 @@ def _evaluate_pair(pair: CasePair, labels: dict[int, str] | None, spacing_from: 
                 raise InputError(f"label value(s) {unknown[:5]} not in the labels of dataset.json "
                                  f"({sorted(known)})", path=path)
     try:
-        res = evaluate_case(pred.array, ref.array, labels=labels, spacing=spacing, **kwargs)
+        with warnings.catch_warnings():  # said once for the whole cohort, by evaluate_folder
+            warnings.simplefilter("ignore", UnreferencedLabelsWarning)
+            res = evaluate_case(pred.array, ref.array, labels=labels, spacing=spacing, **kwargs)
     except ValueError as exc:  # e.g. too many label values for a semantic label map
         raise InputError(str(exc), path=pair.pred) from exc
     return {"case": pair.case, **res}
+
+
+def _warn_unreferenced(per_case: list[dict]) -> None:
+    """One warning line for the prediction values that no reference of the cohort holds (classes found, not named)."""
+    def present(c: dict, side: str) -> set[int]:
+        return {c["labels"][n] for n, m in c["classes"].items() if m["tp"] + m[side] > 0}
+
+    in_refs = set().union(*(present(c, "fn") for c in per_case))
+    extra = {c["case"]: present(c, "fp") - in_refs for c in per_case}
+    values = set().union(*extra.values())
+    if values:
+        cases = [case for case, v in extra.items() if v]
+        where = f"case {cases[0]}" + (f" and {len(cases) - 1} more" if len(cases) > 1 else "")
+        warnings.warn(UnreferencedLabelsWarning(
+            f"prediction value(s) {values_text(values)} appear in no reference ({where}): each is scored as a "
+            f"class with dice 0; name the classes with --labels dataset.json"), stacklevel=3)
 
 
 def _fill_missing(per_case: list[dict], names: dict[int, str], kwargs: dict) -> None:
@@ -78,8 +99,10 @@ def evaluate_folder(pred: str | os.PathLike, ref: str | os.PathLike, out_dir: st
     out_dir : path, optional
         Where to write ``metrics.json``, ``metrics.csv``, ``report.html`` and ``report.md``.
     labels : path to dataset.json, mapping or sequence, optional
-        Class names and values (MSD/nnU-Net ``dataset.json``); a value found in a label map but not
-        listed is an error. Default: every non-zero value found, named ``label_<k>``.
+        Class names and values (MSD/nnU-Net ``dataset.json``, see :mod:`medseg.io.labels`); a value found in a
+        label map but not listed is an error. Default: every non-zero value found, named ``label_<k>``; then a
+        prediction with far more values than its reference (an image given as the prediction) is an error, and
+        prediction values that no reference holds are named in an ``UnreferencedLabelsWarning``.
     spacing_from : {None, "ref", "pred"}
         None: prediction and reference must share the grid (shape and affine). "ref"/"pred": only
         the shape must match and that side's spacing is used (predictions saved without geometry).
@@ -102,7 +125,7 @@ def evaluate_folder(pred: str | os.PathLike, ref: str | os.PathLike, out_dir: st
     if isinstance(lesion_classes, str):  # "tumour,cyst" as on the command line, not its characters
         lesion_classes = [c.strip() for c in lesion_classes.split(",") if c.strip()]
     if isinstance(labels, (str, os.PathLike)):
-        names: dict[int, str] | None = read_labels_json(labels)
+        names: dict[int, str] | None = read_label_names(labels)
     else:
         names = label_names(labels) if labels is not None else None
     known_names = set(names.values()) | {str(v) for v in names} if names else None
@@ -140,6 +163,7 @@ def evaluate_folder(pred: str | os.PathLike, ref: str | os.PathLike, out_dir: st
                 per_case.append(_evaluate_pair(p, names, spacing_from, kwargs, geometry_tolerance))
                 bar.advance(task)
     if names is None:
+        _warn_unreferenced(per_case)
         found = sorted({v for c in per_case for v in c["labels"].values()})
         names = label_names(found)
     _fill_missing(per_case, names, kwargs)

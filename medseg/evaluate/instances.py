@@ -60,18 +60,9 @@ class MatchResult:
 
 
 def _check_labels(name: str, arr: np.ndarray) -> np.ndarray:
-    arr = np.asarray(arr)
-    if arr.dtype.kind == "f":
-        if not np.all(np.isfinite(arr)) or np.any(arr != np.round(arr)):
-            raise ValueError(f"{name} is not an integer label map")
-        arr = arr.astype(np.int64)
-    elif arr.dtype.kind == "b":
-        arr = arr.astype(np.uint8)
-    elif arr.dtype.kind not in "iu":
-        raise ValueError(f"{name} is not an integer label map (dtype {arr.dtype})")
-    if arr.size and arr.min() < 0:
-        raise ValueError(f"{name} has negative labels")
-    return arr
+    from medseg.io.labels import integer_labels  # InputError (a ValueError) for NaN, fractions, negatives
+
+    return integer_labels(arr, what=name)
 
 
 def overlaps(ref: np.ndarray, pred: np.ndarray) -> Overlaps:

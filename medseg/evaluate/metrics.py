@@ -23,37 +23,71 @@ from medseg.evaluate.instances import DEFAULT_THRESHOLDS
 from medseg.evaluate.lesions import lesion_metrics
 from medseg.evaluate.overlap import confusion_matrix, overlap_from_confusion, pixel_accuracy
 from medseg.evaluate.surface import SURFACE_KEYS, surface_metrics
+from medseg.io.labels import label_names
 
 OVERLAP_KEYS = ("dice", "iou", "precision", "recall")
 VOLUME_KEYS = ("volume_pred_ml", "volume_ref_ml", "volume_diff_ml", "abs_volume_diff_ml", "rel_volume_diff")
 COUNT_KEYS = ("tp", "fp", "fn")
 METRIC_KEYS = OVERLAP_KEYS + SURFACE_KEYS + VOLUME_KEYS + COUNT_KEYS
 DEFAULT_NSD_TOLERANCE = 2.0
+#: classes taken from the data: a prediction holding more values that its reference lacks than this (and than twice
+#: the reference's classes), and agreeing with the reference on under ``MIN_AGREEMENT`` of its foreground voxels, is
+#: an image given as a label map, refused before any metric (see ``check_found_classes``)
+MAX_UNREFERENCED = 32
+MIN_AGREEMENT = 0.1
 
 
-def label_names(labels) -> dict[int, str]:
-    """Normalise a label spec to ``{value: name}`` (background 0 dropped).
+class UnreferencedLabelsWarning(UserWarning):
+    """The classes were taken from the data and a prediction holds values that no reference holds."""
 
-    Accepts ``{value: name}``, ``{name: value}`` (nnU-Net v2) or a sequence of values.
+
+def values_text(values, most: int = 8, count: bool = True) -> str:
+    """``"3, 4, 5"`` or ``"3, 4, ..., 139 (123 values)"``: label values in one short phrase.
 
     Examples
     --------
-    >>> label_names({"0": "background", "1": "anterior"}), label_names([2, 1])
-    ({1: 'anterior'}, {1: 'label_1', 2: 'label_2'})
-    >>> label_names({"background": 0, "liver": 1})
-    {1: 'liver'}
+    >>> values_text([5]), values_text(range(1, 40), most=3), values_text(range(1, 40), most=3, count=False)
+    ('5', '1, 2, 3, ..., 39 (39 values)', '1, 2, 3, ..., 39')
     """
-    out: dict[int, str] = {}
-    if isinstance(labels, Mapping):
-        for k, v in labels.items():
-            if isinstance(v, str) or v is None:
-                value, name = int(k), str(v) if v is not None else f"label_{int(k)}"
-            else:
-                value, name = int(v), str(k)
-            out[value] = name
-    else:
-        out = {int(v): f"label_{int(v)}" for v in labels}
-    return {k: out[k] for k in sorted(out) if k != 0}
+    values = sorted(int(v) for v in values)
+    if len(values) <= most:
+        return ", ".join(map(str, values))
+    return f"{', '.join(map(str, values[:most]))}, ..., {values[-1]}" + (f" ({len(values)} values)" if count else "")
+
+
+def check_found_classes(cm: np.ndarray, values: np.ndarray, path=None) -> list[int]:
+    """The foreground values of a prediction that its reference lacks, when the classes are taken from the data.
+
+    ``cm`` and ``values`` are :func:`medseg.evaluate.overlap.confusion_matrix`'s (rows: reference). A label map
+    predicts the classes its reference was annotated with, now and then one more (a false positive of a class absent
+    from this case), or many more when the reference is partial (a multi-organ model against one annotated organ).
+    More than ``MAX_UNREFERENCED`` such values, more than twice the reference's classes, and agreement with the
+    reference on under ``MIN_AGREEMENT`` of its foreground voxels is an intensity image (an MR or CT volume) given
+    as the prediction by mistake: scoring each grey value as a class would hide the mistake in a long report, so
+    it is an ``InputError`` (naming ``path``). Naming the classes (``--labels``) turns this check off.
+
+    Examples
+    --------
+    >>> from medseg.evaluate.overlap import confusion_matrix
+    >>> check_found_classes(*confusion_matrix(np.array([0, 1, 2, 2]), np.array([3, 1, 2, 0])))
+    [3]
+    """
+    from medseg.errors import InputError
+
+    cm, values = np.asarray(cm), np.asarray(values)
+    fg = values != 0
+    in_ref, in_pred = (cm.sum(axis=1) > 0) & fg, (cm.sum(axis=0) > 0) & fg
+    extra = values[in_pred & ~in_ref].tolist()
+    n_ref = int(in_ref.sum())
+    if len(extra) > max(MAX_UNREFERENCED, 2 * n_ref):
+        ref_voxels = int(cm[fg].sum())
+        agreement = float(np.diag(cm)[fg].sum()) / ref_voxels if ref_voxels else 0.0
+        if agreement < MIN_AGREEMENT:
+            raise InputError(f"the prediction holds {len(extra)} values that its reference lacks "
+                             f"({values_text(extra, 5, count=False)}; the reference holds {n_ref}) and matches "
+                             f"{agreement:.0%} of the reference's labelled voxels: an image rather than a label map? "
+                             f"If they are classes, name them with --labels dataset.json", path=path)
+    return extra
 
 
 def check_distance_settings(nsd_tolerance, distance_cap) -> None:
@@ -107,8 +141,9 @@ def evaluate_case(pred, ref, labels=None, spacing=None, nsd_tolerance=DEFAULT_NS
         Label maps on the same grid (two ``Image``: checked with ``Image.same_grid``, a mismatch is
         an ``InputError``; arrays: only the shapes are checked).
     labels : mapping, sequence or path, optional
-        Classes to evaluate (see :func:`label_names`), or a ``dataset.json`` naming them; default: every non-zero
-        value present.
+        Classes to evaluate (see :func:`medseg.io.labels.label_names`), or a ``dataset.json`` naming them;
+        default: every non-zero value present (then an image given as the prediction is an ``InputError``, see
+        :func:`check_found_classes`, and prediction values the reference lacks an ``UnreferencedLabelsWarning``).
     spacing : sequence of float, optional
         Voxel size (mm) per array axis; default: the reference ``Image``'s spacing, else 1.
     nsd_tolerance : float or mapping
@@ -148,12 +183,21 @@ def evaluate_case(pred, ref, labels=None, spacing=None, nsd_tolerance=DEFAULT_NS
         raise ValueError(f"spacing {spacing} does not match the {ref_a.ndim}D label map")
     check_distance_settings(nsd_tolerance, distance_cap)
     if isinstance(labels, (str, os.PathLike)):  # a dataset.json, as evaluate_folder and --labels take it
-        from medseg.evaluate.cases import read_labels_json
+        from medseg.io.labels import read_label_names
 
-        labels = read_labels_json(labels)
+        labels = read_label_names(labels)
     requested = label_names(labels) if labels is not None else None
     cm, values = confusion_matrix(ref_a, pred_a, labels=list(requested) if requested else None)
-    if requested is None:
+    if requested is None:  # the classes found: refuse an image given as the prediction, warn of unknown values
+        source = pred.meta.get("source") if hasattr(pred, "meta") else None
+        extra = check_found_classes(cm, values, source)
+        if extra:
+            import warnings
+
+            warnings.warn(UnreferencedLabelsWarning(
+                f"{f'{source}: ' if source else ''}prediction value(s) {values_text(extra)} not in the reference, "
+                f"each scored as a class (dice 0); labels= names the classes"),
+                stacklevel=2)
         requested = label_names([v for v in values.tolist() if v != 0])
     ov = overlap_from_confusion(cm, float(np.prod(spacing)) / 1000.0)
     row = {int(v): i for i, v in enumerate(values.tolist())}

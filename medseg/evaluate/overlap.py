@@ -13,20 +13,9 @@ _CHUNK = 1 << 23  # voxels per bincount slab: bounds the int64 temporaries to ~6
 
 
 def _as_label_array(name: str, arr) -> np.ndarray:
-    arr = np.asarray(arr)
-    if arr.dtype.kind == "b":
-        return arr.view(np.uint8)
-    if arr.dtype.kind == "f":
-        if arr.size and (not np.isfinite(arr).all() or np.any(arr != np.round(arr))):
-            raise ValueError(f"{name} is not an integer label map (non-integer values)")
-        if arr.size and arr.min() < 0:
-            raise ValueError(f"{name} has negative labels")
-        return arr.astype(np.int64)
-    if arr.dtype.kind not in "iu":
-        raise ValueError(f"{name} is not an integer label map (dtype {arr.dtype})")
-    if arr.dtype.kind == "i" and arr.size and arr.min() < 0:
-        raise ValueError(f"{name} has negative labels")
-    return arr
+    from medseg.io.labels import integer_labels  # InputError (a ValueError) for NaN, fractions, negatives
+
+    return integer_labels(arr, what=name)
 
 
 def _same_order_flat(ref: np.ndarray, pred: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

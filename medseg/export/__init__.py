@@ -20,21 +20,12 @@ DICOM_FORMATS = ("dicom-seg", "rtstruct")
 
 
 def _integer_labels(label_image, source) -> np.ndarray:
+    from medseg.io.labels import integer_labels
+
     arr = np.asarray(label_image.array)
     if label_image.channels_first or arr.ndim != 3:
         raise InputError(f"expected a 3D single-channel label map, got array shape {arr.shape}", path=source)
-    if arr.dtype.kind == "f":
-        if not np.all(np.isfinite(arr)) or not np.array_equal(arr, np.round(arr)):
-            raise InputError("the label map holds non-integer values (probabilities?); export needs labels",
-                             path=source)
-        arr = arr.astype(np.int64)
-    elif arr.dtype.kind == "b":
-        arr = arr.astype(np.uint8)
-    elif arr.dtype.kind not in "iu":
-        raise InputError(f"unsupported label map type {arr.dtype}", path=source)
-    if arr.size and arr.min() < 0:
-        raise InputError("the label map holds negative values", path=source)
-    return arr
+    return integer_labels(arr, path=source)
 
 
 def _check_output_name(fmt: str, out_path: Path) -> None:
@@ -115,8 +106,9 @@ def export_segmentation(label_image, reference: str | os.PathLike | None, fmt: s
     UID-style name such as ``1.2.826.0.1`` counts as none), ``.seg.nrrd`` (any ``.nrrd``) for
     seg-nrrd, ``.nii.gz`` or ``.nii`` for nifti.
     """
-    from medseg.export.colors import read_label_names, segment_info
+    from medseg.export.colors import segment_info
     from medseg.io.image import Image
+    from medseg.io.labels import label_names, read_label_names
 
     fmt = str(fmt).lower()
     if fmt not in FORMATS:
@@ -138,7 +130,7 @@ def export_segmentation(label_image, reference: str | os.PathLike | None, fmt: s
         label_image = read_image(label_image)
     source = label_image.meta.get("source")
     arr = _integer_labels(label_image, source)
-    names = {int(k): str(v) for k, v in (labels or {}).items() if str(k).lstrip("-").isdigit()}  # "1" or 1
+    names = label_names(labels, labels_file) if labels is not None else {}  # {1: "liver"} or {"liver": 1}
     if labels is not None:  # on the map as given, before any series is read
         _check_all_named(arr, names, source, labels_file)
     label_image = Image(arr, label_image.affine, dict(label_image.meta))

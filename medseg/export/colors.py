@@ -12,13 +12,10 @@ palette chosen by the label value.
 
 from __future__ import annotations
 
-import json
-import os
 import re
 from dataclasses import dataclass
-from pathlib import Path
 
-from medseg.errors import InputError
+from medseg.io.labels import read_label_names  # noqa: F401  (label-name files: one reader, in medseg.io.labels)
 
 # name -> (pydicom SCT keyword, category, RGB). Colours follow 3D Slicer's GenericAnatomyColors
 # where an organ has one there (approximately), otherwise a distinct colour.
@@ -148,48 +145,6 @@ def segment_info(value: int, name: str | None = None) -> SegmentInfo:
         lat = None if side is None else (codes.SCT.Left if side == "left" else codes.SCT.Right)
         return SegmentInfo(int(value), name, rgb, category, getattr(codes.SCT, keyword), lat, True)
     return SegmentInfo(int(value), name, PALETTE[(int(value) - 1) % len(PALETTE)], codes.SCT.Tissue, codes.SCT.Tissue)
-
-
-def read_label_names(path: str | os.PathLike) -> dict[int, str]:
-    """Label names from an MSD / nnU-Net ``dataset.json`` (or any JSON with a ``labels`` mapping).
-
-    Accepts ``{"labels": {"1": "liver"}}`` (MSD), ``{"labels": {"liver": 1}}`` (nnU-Net v2; region
-    lists are skipped) or a bare mapping. Background (0) is dropped. Two labels with one name are
-    refused (as ``medseg evaluate`` does): segments and colour tables are told apart by name.
-    """
-    path = Path(path)
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise InputError("no such labels file", path=path) from None
-    except (OSError, ValueError) as exc:
-        raise InputError(f"cannot read labels JSON ({exc})", path=path) from exc
-    labels = data.get("labels", data) if isinstance(data, dict) else None
-    if not isinstance(labels, dict):
-        raise InputError("no 'labels' mapping in this JSON", path=path)
-    out: dict[int, str] = {}
-    for k, v in labels.items():
-        if str(k).lstrip("-").isdigit() and isinstance(v, str):
-            out[int(k)] = v
-        elif isinstance(v, int) and not isinstance(v, bool):
-            out[int(v)] = str(k)
-        elif isinstance(v, list):  # nnU-Net v2 region: not a single label value
-            continue
-        else:
-            raise InputError(f"cannot read label entry {k!r}: {v!r}", path=path)
-    out.pop(0, None)
-    _refuse_shared_names(out, path)
-    return out
-
-
-def _refuse_shared_names(names: dict[int, str], path: Path) -> None:
-    by_name: dict[str, list[int]] = {}
-    for value, name in sorted(names.items()):
-        by_name.setdefault(name, []).append(value)
-    shared = {n: vs for n, vs in by_name.items() if len(vs) > 1}
-    if shared:
-        which = "; ".join(f"{n!r} names {', '.join(map(str, vs))}" for n, vs in shared.items())
-        raise InputError(f"two labels share one name ({which}); give each label its own name", path=path)
 
 
 def itksnap_label_text(infos: list[SegmentInfo]) -> str:
