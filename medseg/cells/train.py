@@ -2,12 +2,14 @@
 and (``distance_head``) each nucleus's distance to its edge, normalised to 1 at its centre.
 
 The run folder holds ``model.json`` (everything inference needs, and the medseg/torch/MONAI versions that trained
-it), ``model.pt`` (weights), ``checkpoint.pt``
-(weights + optimiser + progress, written every ``checkpoint_every_s`` seconds: ``resume=True`` continues from
-it, within the same overall time budget) and ``log.csv``. The learning rate decays with the fraction of the
-time budget used, or of ``max_steps`` if that ends sooner (poly schedule), so a short run still ends with a small
-learning rate. ``tune_fraction`` of the training images (with fewer than 3 such images: the last fifth of each
-training image) is held out and used, after training, to choose the watershed thresholds (``medseg.cells.tune``).
+it), ``model.pt`` (weights), ``checkpoint.pt`` (weights, optimiser, EMA, step, elapsed time and the sampling
+RNG's state; written every ``checkpoint_every_s`` seconds, at the end, and when training is interrupted by Ctrl-C or
+SIGTERM, then as it was after the last completed step; ``resume=True`` continues from it, drawing the batches the
+uninterrupted run would have, within the same overall time budget) and ``log.csv``. The learning rate decays with
+the fraction of the time budget used, or of ``max_steps`` if that ends sooner (poly schedule), so a short run still
+ends with a small learning rate. ``tune_fraction`` of the training images (with fewer than 3 such images: the last
+fifth of each training image) is held out and used, after training, to choose the watershed thresholds
+(``medseg.cells.tune``).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import numpy as np
 # load_config: re-exported (it lived here)
 from medseg.cells.config import CellTrainConfig, config_for_data, load_config, resumed_config  # noqa: F401
 from medseg.errors import InputError
-from medseg.io.atomic import atomic_path
+from medseg.io.atomic import atomic_path, deferred_interrupts
 
 
 def _save_json(obj, path: Path) -> None:
@@ -175,7 +177,9 @@ def train_cells(data_dir, run_dir, cfg: CellTrainConfig | None = None, resume: b
         if ema is not None:
             ema.load_state_dict(state.get("ema") or state["model"])
         step, elapsed = int(state["step"]), float(state["elapsed_s"])
-        rng = np.random.default_rng(cfg.seed + step)
+        rng = np.random.default_rng(cfg.seed + step)  # an older checkpoint holds no RNG state: a new stream then
+        if "rng" in state:
+            rng.bit_generator.state = state["rng"]
     meta = {"kind": "medseg-cells", "version": 1, "versions": versions(), "config": _jsonable(asdict(cfg)),
             "split": split,
             "classes": ["background", "interior", "boundary"], "in_channels": 1,
@@ -198,6 +202,7 @@ def train_cells(data_dir, run_dir, cfg: CellTrainConfig | None = None, resume: b
     t0, last_ckpt, losses = time.perf_counter() - elapsed, time.perf_counter(), []
     net.train()
     bar = _progress(progress, budget, elapsed)
+    last = (rng.bit_generator.state, elapsed)  # RNG state and elapsed time right after the last completed step
     try:
         while True:
             elapsed = time.perf_counter() - t0
@@ -209,36 +214,43 @@ def train_cells(data_dir, run_dir, cfg: CellTrainConfig | None = None, resume: b
             for g in opt.param_groups:
                 g["lr"] = lr
             x, y, d, w, o = _batch(pairs, cfg, rng)
-            opt.zero_grad(set_to_none=True)
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16):
-                out = net(torch.from_numpy(x).contiguous(memory_format=memory_format))
-            out = out.float()
-            loss = cell_loss(out, torch.from_numpy(y), dice_fn, None if d is None else torch.from_numpy(d),
-                             None if w is None else torch.from_numpy(w), cfg.distance_weight,
-                             None if o is None else torch.from_numpy(o / cfg.offset_scale), cfg.offset_weight)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(net.parameters(), 12.0)
-            opt.step()
-            if ema is not None:
-                ema.update(net)
-            step += 1
-            losses.append(loss.item())
-            if step % 10 == 0:
-                log_f.write(f"{step},{elapsed:.1f},{lr:.2e},{np.mean(losses[-10:]):.4f}\n")
-                log_f.flush()
-                scalars.add(step, **{"train/loss": np.mean(losses[-10:]), "train/lr": lr})
+            # interrupts held back from the forward pass (batch-norm statistics) to the step count: the state an
+            # interrupted run saves is always that of a whole number of steps
+            with deferred_interrupts():
+                opt.zero_grad(set_to_none=True)
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16):
+                    out = net(torch.from_numpy(x).contiguous(memory_format=memory_format))
+                out = out.float()
+                loss = cell_loss(out, torch.from_numpy(y), dice_fn, None if d is None else torch.from_numpy(d),
+                                 None if w is None else torch.from_numpy(w), cfg.distance_weight,
+                                 None if o is None else torch.from_numpy(o / cfg.offset_scale), cfg.offset_weight)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(net.parameters(), 12.0)
+                opt.step()
+                if ema is not None:
+                    ema.update(net)
+                step += 1
+                losses.append(loss.item())
+                last = (rng.bit_generator.state, time.perf_counter() - t0)
+                if step % 10 == 0:  # here too: the log has a row for every step a checkpoint can hold
+                    log_f.write(f"{step},{elapsed:.1f},{lr:.2e},{np.mean(losses[-10:]):.4f}\n")
+                    log_f.flush()
+                    scalars.add(step, **{"train/loss": np.mean(losses[-10:]), "train/lr": lr})
             if bar is not None:
                 bar[0].update(bar[1], completed=min(elapsed, budget), description=f"loss {np.mean(losses[-20:]):.3f}")
             if time.perf_counter() - last_ckpt > cfg.checkpoint_every_s:
-                _checkpoint(net, opt, step, time.perf_counter() - t0, ckpt_path, ema)
+                _checkpoint(net, opt, step, time.perf_counter() - t0, ckpt_path, ema, last[0])
                 last_ckpt = time.perf_counter()
+    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM under the CLI: keep every completed step (the save is atomic)
+        _checkpoint(net, opt, step, last[1], ckpt_path, ema, last[0])
+        raise
     finally:
         log_f.close()
         scalars.close()
         if bar is not None:
             bar[0].stop()
     elapsed = time.perf_counter() - t0
-    _checkpoint(net, opt, step, elapsed, ckpt_path, ema)
+    _checkpoint(net, opt, step, elapsed, ckpt_path, ema, rng.bit_generator.state)
     if ema is not None:
         net.load_state_dict(ema.state_dict())
     _save_torch(net.state_dict(), run_dir / "model.pt")
@@ -347,8 +359,10 @@ def _batch(pairs, cfg: CellTrainConfig, rng):
     return np.stack(xs).astype(np.float32), np.stack(ys).astype(np.int64), d, w, o
 
 
-def _checkpoint(net, opt, step, elapsed, path, ema=None):
+def _checkpoint(net, opt, step, elapsed, path, ema=None, rng_state=None):
     state = {"model": net.state_dict(), "optimizer": opt.state_dict(), "step": step, "elapsed_s": elapsed}
+    if rng_state is not None:  # the batches a resumed run draws are those the uninterrupted run would have
+        state["rng"] = rng_state
     if ema is not None:
         state["ema"] = ema.state_dict()
     _save_torch(state, path)

@@ -71,8 +71,9 @@ def looks_full(exc: OSError, folder: Path) -> bool:
 @contextlib.contextmanager
 def deferred_interrupts() -> Iterator[None]:
     """Hold Ctrl-C and SIGTERM back until the block ends, then deliver them: for commits of several renames (all
-    outputs or none) that a signal between two renames would leave half done. Outside the main thread (where
-    Python cannot set handlers) the block runs unprotected.
+    outputs or none) that a signal between two renames would leave half done, and for training steps (weights,
+    optimiser and step counter change together); about 10 microseconds. Outside the main thread (where Python
+    cannot set handlers) the block runs unprotected.
 
     Examples
     --------
@@ -86,8 +87,10 @@ def deferred_interrupts() -> Iterator[None]:
         yield
         return
     pending: list[int] = []
-    old = {s: signal.signal(s, lambda signum, frame: pending.append(signum)) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
+    old = {}
+    try:  # installed inside the try: a signal between the two installs must not leave the first one held for good
+        for s in (signal.SIGINT, signal.SIGTERM):
+            old[s] = signal.signal(s, lambda signum, frame: pending.append(signum))
         yield
     finally:
         for s, handler in old.items():

@@ -10,6 +10,8 @@ from contextlib import contextmanager
 
 import torch
 
+from medseg.io.atomic import deferred_interrupts
+
 
 class WeightEMA:
     """``average = decay * average + (1 - decay) * weights`` after every optimiser step (the first step copies the
@@ -66,8 +68,11 @@ def averaged_weights(network: torch.nn.Module, ema: WeightEMA | None):
         yield network
         return
     raw = {k: v.detach().clone() for k, v in network.state_dict().items()}
-    network.load_state_dict(ema.state_dict())
+    # swaps held whole: an interrupted run saves ``network`` as its raw weights, never a mix of the two
     try:
+        with deferred_interrupts():
+            network.load_state_dict(ema.state_dict())
         yield network
     finally:
-        network.load_state_dict(raw)
+        with deferred_interrupts():
+            network.load_state_dict(raw)

@@ -2,7 +2,10 @@
 budget, validation by sliding window with per-class Dice, atomic checkpoints, exact resume, DDP (torchrun).
 
 A run folder holds ``plan.yaml``, ``splits.json``, ``log.csv``, ``checkpoint_latest.pt``, ``checkpoint_best.pt``
-and the model artifact ``model.pt`` (final weights).
+and the model artifact ``model.pt`` (final weights). ``checkpoint_latest.pt`` (:mod:`medseg.train.checkpoint`) is
+written at the end of every epoch and, in a single process, when training is interrupted (Ctrl-C; SIGTERM too under
+the CLI): then it holds the state after the last completed iteration, and ``--resume`` finishes that epoch exactly
+as an uninterrupted run would have. DDP runs save at epoch ends only.
 """
 
 from __future__ import annotations
@@ -27,6 +30,8 @@ from medseg.plan.plan import Plan
 from medseg.train import ddp
 from medseg.train.artifact import build_from_plan, save_model, strip_ddp, MODEL_FILE
 from medseg.train.dataset import open_dataset, load_case
+from medseg.train.checkpoint import LastIteration, rng_state, save as _save, set_rng_state, training_state, \
+    update_guard
 from medseg.train.cache import AUTO_SHARE, DiskCache, LazyCases, available_memory, cache_cases, on_disk, sample_size
 from medseg.train.ema import WeightEMA, averaged_weights
 from medseg.train.losses import SegLoss, confusion_dice
@@ -130,24 +135,6 @@ def validation_cost(network, plan: Plan, val_cases, device, margin: float = 1.25
     return margin * (time.monotonic() - t0) * len(val_cases)
 
 
-def _rng_state(np_rng, gen):
-    return {"torch": torch.get_rng_state(), "numpy": np_rng.bit_generator.state, "python": random.getstate(),
-            "augment": gen.get_state()}
-
-
-def _set_rng_state(d, np_rng, gen):
-    torch.set_rng_state(d["torch"])
-    np_rng.bit_generator.state = d["numpy"]
-    st = d["python"]
-    random.setstate((st[0], tuple(st[1]), st[2]))
-    gen.set_state(d["augment"])
-
-
-def _save(path: Path, payload: dict):
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
-
-
 def train(plan: Plan | str | os.PathLike | None, run_dir: str | os.PathLike, fold: int | None = None,
           max_epochs: int | None = None,
           max_minutes: float | None = None, resume: bool = False, device: str = "auto",
@@ -160,7 +147,9 @@ def train(plan: Plan | str | os.PathLike | None, run_dir: str | os.PathLike, fol
     :func:`~medseg.train.cache.cache_cases`; ``tensorboard``: loss, learning rate and validation Dice also to
     ``run_dir/tensorboard``; ``cache_mode`` / ``cache_dir`` override the plan's ``cache`` / ``cache_dir`` (also when
     resuming, e.g. on a machine with less RAM). ``plan`` may be a dataset folder or a plan/config YAML, as for
-    ``medseg train`` (:func:`medseg.plan.planner.load_plan`), and ``None`` when resuming (the run's own plan)."""
+    ``medseg train`` (:func:`medseg.plan.planner.load_plan`), and ``None`` when resuming (the run's own plan).
+    KeyboardInterrupt (Ctrl-C, or SIGTERM under the CLI) is re-raised after a single-process run saved its
+    mid-epoch checkpoint; each iteration's update holds interrupts back until it is complete."""
     t_start = time.monotonic()
     if max_minutes is not None and not 0 < max_minutes < float("inf"):  # 0 meant no limit at all
         raise InputError(f"the time budget (minutes) must be a positive number, got {max_minutes}")
@@ -179,8 +168,9 @@ def train(plan: Plan | str | os.PathLike | None, run_dir: str | os.PathLike, fol
         plan = load_plan(plan, str(requested), max_minutes, progress)
     if resume:
         if not latest.is_file():
-            raise InputError("--resume: no checkpoint_latest.pt in the run folder (checkpoints are written at the end "
-                             "of each epoch: a run stopped during its first has none; start it again without "
+            raise InputError("--resume: no checkpoint_latest.pt in the run folder (one is written at the end of each "
+                             "epoch and when training is stopped by Ctrl-C or SIGTERM; a run killed outright, e.g. "
+                             "SIGKILL or out of memory, during its first epoch has none: start it again without "
                              "--resume)", path=run_dir)
         saved = Plan.from_yaml(run_dir / "plan.yaml")
         saved.dataset = (plan.dataset if isinstance(plan, Plan) else None) or saved.dataset
@@ -236,6 +226,7 @@ def train(plan: Plan | str | os.PathLike | None, run_dir: str | os.PathLike, fol
     loss_fn = SegLoss(plan).to(dev)  # its class weights must sit where the logits are
     epoch, iteration, elapsed_before, best = 0, 0, 0.0, -1.0
     history: list[dict] = []
+    resumed_losses: list[float] = []  # of an epoch interrupted part way: it continues at its next iteration
     if resume:
         ck = torch.load(latest, map_location="cpu", weights_only=True)
         network.load_state_dict(ck["model"])
@@ -245,8 +236,9 @@ def train(plan: Plan | str | os.PathLike | None, run_dir: str | os.PathLike, fol
             ema.load_state_dict(ck.get("ema") or ck["model"])
         epoch, iteration, elapsed_before, best = ck["epoch"], ck["iteration"], ck["elapsed_s"], ck["best"]
         rs = ck["rng"][rank] if rank < len(ck["rng"]) else ck["rng"][0]
-        _set_rng_state(rs, np_rng, gen)
+        set_rng_state(rs, np_rng, gen)
         history = list(ck.get("history", []))
+        resumed_losses = [float(v) for v in ck.get("epoch_losses", [])]
         if rank == 0:  # the log is exactly the checkpoint's history: rows of a killed epoch are dropped
             _rewrite_log(run_dir / "log.csv", history, plan)
     model = ddp.wrap(network, dev) if world > 1 else network
@@ -272,62 +264,75 @@ def train(plan: Plan | str | os.PathLike | None, run_dir: str | os.PathLike, fol
     stop = False
     while epoch < plan.max_epochs and not stop:
         model.train()
-        losses = []
-        bar = _bar(show, f"epoch {epoch + 1}/{plan.max_epochs}", plan.iterations_per_epoch)
-        for _ in range(plan.iterations_per_epoch):
-            prog = iteration / total_iters
-            if budget:
-                prog = max(prog, elapsed() / max(budget - val_cost, 1e-6))
-            lr = sched.step(prog)
-            x, y = sample_batch(train_cases, sample_size(plan), plan.batch_size, np_rng,
-                                plan.foreground_oversample, squeeze_first=plan.spatial_dims == 2)
-            x, y = augment(x, y, gen, plan.augment, spacing_sample)
-            x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
-            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=use_amp):
-                out = model(x)
-            loss = loss_fn(out, y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(network.parameters(), 12.0)
-            opt.step()
-            if ema is not None:
-                ema.update(network)
-            losses.append(float(loss.detach()))
-            iteration += 1
+        losses, resumed_losses = resumed_losses, []
+        lr = opt.param_groups[0]["lr"]  # an epoch interrupted after its last iteration has none left to set it
+        done, best_before, committed = epoch + 1, best, False
+        last = LastIteration(np_rng, gen, sched, elapsed()) if world == 1 else None
+        bar = _bar(show, f"epoch {done}/{plan.max_epochs}", plan.iterations_per_epoch, len(losses))
+        try:
+            for _ in range(plan.iterations_per_epoch - len(losses)):
+                prog = iteration / total_iters
+                if budget:
+                    prog = max(prog, elapsed() / max(budget - val_cost, 1e-6))
+                lr = sched.step(prog)
+                x, y = sample_batch(train_cases, sample_size(plan), plan.batch_size, np_rng,
+                                    plan.foreground_oversample, squeeze_first=plan.spatial_dims == 2)
+                x, y = augment(x, y, gen, plan.augment, spacing_sample)
+                x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
+                with update_guard(world):  # weights, optimiser, EMA, counter and losses change together
+                    with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=use_amp):
+                        out = model(x)
+                    loss = loss_fn(out, y)
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    torch.nn.utils.clip_grad_norm_(network.parameters(), 12.0)
+                    opt.step()
+                    if ema is not None:
+                        ema.update(network)
+                    losses.append(float(loss.detach()))
+                    iteration += 1
+                    if last is not None:
+                        last.take(np_rng, gen, sched, elapsed())
+                if bar:
+                    bar.update(1, loss=losses[-1])
+                local_stop = bool(budget and elapsed() + val_cost >= budget)
+                if ddp.any_true(local_stop, world):
+                    stop = True
+                    break
             if bar:
-                bar.update(1, loss=losses[-1])
-            local_stop = bool(budget and elapsed() + val_cost >= budget)
-            if ddp.any_true(local_stop, world):
-                stop = True
-                break
-        if bar:
-            bar.close()
-        epoch += 1
-        train_loss = ddp.mean(float(np.mean(losses)), world)
-        final = stop or epoch >= plan.max_epochs
-        row = {"epoch": epoch, "iteration": iteration, "train_loss": round(train_loss, 5), "lr": f"{lr:.6g}"}
-        if rank == 0:
-            if val_cases and (final or epoch % plan.val_every == 0):
-                t0 = time.monotonic()
-                with averaged_weights(network, ema):
-                    last_val = validate(network, plan, val_cases, dev)
-                    if last_val["mean"] > best:
-                        best = last_val["mean"]
-                        _save(run_dir / "checkpoint_best.pt", {"model": strip_ddp(network.state_dict()),
-                                                               "epoch": epoch, "val": last_val})
-                val_cost = max(val_cost, time.monotonic() - t0)
-                row.update({f"val_{k}": round(v, 5) for k, v in last_val.items()})
-            row["elapsed_s"] = round(elapsed(), 1)
-            history.append(row)
-            scalars.add(iteration, **{"train/loss": train_loss, "train/lr": lr},
-                        **{f"val/dice_{k}": v for k, v in last_val.items() if "val_mean" in row})
-        rng_all = ddp.gather_objects(_rng_state(np_rng, gen), world)
-        if rank == 0:
-            _save(latest, {"model": strip_ddp(network.state_dict()), "optimizer": opt.state_dict(),
-                           "scheduler": sched.state_dict(), "epoch": epoch, "iteration": iteration,
-                           "elapsed_s": elapsed(), "best": best, "rng": rng_all, "history": history,
-                           **({"ema": strip_ddp(ema.state_dict())} if ema is not None else {})})
-            _log(log_path, row, plan)
+                bar.close()
+            train_loss = ddp.mean(float(np.mean(losses)), world)
+            final = stop or done >= plan.max_epochs
+            row = {"epoch": done, "iteration": iteration, "train_loss": round(train_loss, 5), "lr": f"{lr:.6g}"}
+            if rank == 0:
+                if val_cases and (final or done % plan.val_every == 0):
+                    t0 = time.monotonic()
+                    with averaged_weights(network, ema):
+                        last_val = validate(network, plan, val_cases, dev)
+                        if last_val["mean"] > best:
+                            best = last_val["mean"]
+                            _save(run_dir / "checkpoint_best.pt", {"model": strip_ddp(network.state_dict()),
+                                                                   "epoch": done, "val": last_val})
+                    val_cost = max(val_cost, time.monotonic() - t0)
+                    row.update({f"val_{k}": round(v, 5) for k, v in last_val.items()})
+                row["elapsed_s"] = round(elapsed(), 1)
+                scalars.add(iteration, **{"train/loss": train_loss, "train/lr": lr},
+                            **{f"val/dice_{k}": v for k, v in last_val.items() if "val_mean" in row})
+            rng_all = ddp.gather_objects(rng_state(np_rng, gen), world)
+            with update_guard(world):  # the epoch is committed whole: checkpoint, history and log row
+                if rank == 0:
+                    _save(latest, training_state(network, opt, sched.state_dict(), ema, epoch=done,
+                                                 iteration=iteration, elapsed_s=elapsed(), best=best, rng=rng_all,
+                                                 history=history + [row]))
+                    history.append(row)
+                    _log(log_path, row, plan)
+                epoch, committed = done, True
+        except KeyboardInterrupt:
+            if last is not None and not committed:  # single process: keep the epoch's completed iterations
+                _save(latest, training_state(network, opt, last.scheduler, ema, epoch=epoch, iteration=iteration,
+                                             elapsed_s=last.elapsed_s, best=best_before, rng=[last.rng],
+                                             history=history, epoch_losses=losses))
+            raise
         val_cost = ddp.broadcast_float(val_cost, world)
         ddp.barrier(world)
     scalars.close()
@@ -364,10 +369,10 @@ def _log(path: Path, row: dict, plan: Plan):
 
 
 class _Bar:
-    def __init__(self, desc, total):
+    def __init__(self, desc, total, initial=0):
         from tqdm import tqdm
 
-        self.t = tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True)
+        self.t = tqdm(total=total, initial=initial, desc=desc, leave=False, dynamic_ncols=True)
 
     def update(self, n, loss):
         self.t.set_postfix(loss=f"{loss:.3f}", refresh=False)
@@ -377,5 +382,5 @@ class _Bar:
         self.t.close()
 
 
-def _bar(show, desc, total):
-    return _Bar(desc, total) if show else None
+def _bar(show, desc, total, initial=0):
+    return _Bar(desc, total, initial) if show else None
