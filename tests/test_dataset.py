@@ -399,8 +399,11 @@ def test_plan_and_train_refuse_what_dataset_check_reports(tmp_path, bad):
     assert res.code == 2 and case in res.err
 
 
-@pytest.mark.parametrize("labels,needle", [({"zero": "background", "one": "x"}, "integer values"),
-                                           (None, "integer values"), ({"1": "a", "2": "b"}, "no 0")])
+@pytest.mark.parametrize("labels,needle", [({"zero": "background", "one": "x"}, "'zero'"),
+                                           (None, "integer values"), ({"1": "a", "2": "b"}, "no 0"),
+                                           ({"background": 0, "whole": [1, 2], "core": [2]}, "region labels"),
+                                           ({"0": "background", "1": "a", "2": "a"}, "share one name"),
+                                           ({"0": "background", "1": "a", "-1": "b"}, ">= 0")])
 def test_dataset_json_label_tables_that_cannot_be_read(tmp_path, labels, needle):
     ds = tiny_dataset(tmp_path / "ds", 2)
     meta = json.loads((ds / "dataset.json").read_text())

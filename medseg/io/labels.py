@@ -103,20 +103,8 @@ def _entry(k, v, path) -> tuple[int, str] | None:
     return value, name
 
 
-def label_names(labels, path: str | os.PathLike | None = None) -> dict[int, str]:
-    """Normalise a label table to ``{value: name}``, sorted, background (0) dropped.
-
-    Accepts ``{value: name}`` (MSD), ``{name: value}`` (nnU-Net v2) or a sequence of values (named
-    ``label_<value>``); nnU-Net region entries (lists of values) are skipped with a warning. A bad entry, two
-    names for one value or one name for two values is an ``InputError`` (naming ``path`` when given).
-
-    Examples
-    --------
-    >>> label_names({"0": "background", "1": "anterior"}), label_names([2, 1])
-    ({1: 'anterior'}, {1: 'label_1', 2: 'label_2'})
-    >>> label_names({"background": 0, "liver": 1})
-    {1: 'liver'}
-    """
+def _table(labels, path) -> tuple[dict[int, str], list[str]]:
+    """``({value: name}`` with background, ``[region entries]``): the entries checked, the regions set aside."""
     if isinstance(labels, (str, bytes)) or not isinstance(labels, Mapping) and not hasattr(labels, "__iter__"):
         raise InputError(f"expected a mapping of label values to names or a sequence of values, got {labels!r}",
                          path=path)
@@ -132,14 +120,59 @@ def label_names(labels, path: str | os.PathLike | None = None) -> dict[int, str]
         if out.get(value, name) != name:
             raise InputError(f"label {value} has two names ({out[value]!r}, {name!r})", path=path)
         out[value] = name
+    _refuse_shared_names({k: v for k, v in out.items() if k != 0}, path)
+    return dict(sorted(out.items())), regions
+
+
+def _regions_text(regions: list[str]) -> str:
+    return f"{'; '.join(regions[:4])}{f'; {len(regions) - 4} more' if len(regions) > 4 else ''}"
+
+
+def label_names(labels, path: str | os.PathLike | None = None) -> dict[int, str]:
+    """Normalise a label table to ``{value: name}``, sorted, background (0) dropped.
+
+    Accepts ``{value: name}`` (MSD), ``{name: value}`` (nnU-Net v2) or a sequence of values (named
+    ``label_<value>``); nnU-Net region entries (lists of values) are skipped with a warning. A bad entry, two
+    names for one value or one name for two values is an ``InputError`` (naming ``path`` when given).
+
+    Examples
+    --------
+    >>> label_names({"0": "background", "1": "anterior"}), label_names([2, 1])
+    ({1: 'anterior'}, {1: 'label_1', 2: 'label_2'})
+    >>> label_names({"background": 0, "liver": 1})
+    {1: 'liver'}
+    """
+    out, regions = _table(labels, path)
     if regions:
         where = f"{os.fspath(path)}: " if path is not None else ""
-        warnings.warn(f"{where}nnU-Net region entries skipped ({'; '.join(regions[:4])}"
-                      f"{f'; {len(regions) - 4} more' if len(regions) > 4 else ''}): medseg scores and exports "
+        warnings.warn(f"{where}nnU-Net region entries skipped ({_regions_text(regions)}): medseg scores and exports "
                       f"single label values", stacklevel=3)
     out.pop(0, None)
-    _refuse_shared_names(out, path)
-    return dict(sorted(out.items()))
+    return out
+
+
+def class_table(labels, path: str | os.PathLike | None = None) -> dict[int, str]:
+    """A training label table (``dataset.json``'s ``labels``) as ``{value: name}``, background included.
+
+    The forms of :func:`label_names`; nnU-Net region entries are refused rather than skipped: medseg trains one
+    class per label value, and a region's values have no names of their own (training on them under the regions'
+    names would mislabel every class but the last).
+
+    Examples
+    --------
+    >>> class_table({"background": 0, "tumour": 1})
+    {0: 'background', 1: 'tumour'}
+    >>> class_table({"background": 0, "whole": [1, 2]})
+    Traceback (most recent call last):
+    ...
+    medseg.errors.InputError: nnU-Net region labels ('whole' = [1, 2]) are not supported: medseg trains one class...
+    """
+    out, regions = _table(labels, path)
+    if regions:
+        raise InputError(f"nnU-Net region labels ({_regions_text(regions)}) are not supported: medseg trains one "
+                         "class per label value; name each value instead, e.g. {\"background\": 0, \"edema\": 1}",
+                         path=path)
+    return out
 
 
 def _refuse_shared_names(names: dict[int, str], path) -> None:

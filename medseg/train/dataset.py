@@ -47,7 +47,7 @@ class Dataset:
     @property
     def labels(self) -> dict[int, str]:
         """Label value → name (both MSD ``{"1": "x"}`` and nnU-Net v2 ``{"x": 1}`` forms)."""
-        return parse_labels(self.meta.get("labels", {}))
+        return parse_labels(self.meta.get("labels", {}), self.root / "dataset.json")
 
     @property
     def channel_names(self) -> list[str]:
@@ -55,8 +55,8 @@ class Dataset:
         return [str(ch[k]) for k in sorted(ch, key=int)]
 
 
-def parse_labels(labels: dict) -> dict[int, str]:
-    """Normalise a ``dataset.json`` label table to ``{value: name}``.
+def parse_labels(labels: dict, path=None) -> dict[int, str]:
+    """Normalise a ``dataset.json`` label table to ``{value: name}`` (:func:`medseg.io.labels.class_table`).
 
     Examples
     --------
@@ -65,15 +65,9 @@ def parse_labels(labels: dict) -> dict[int, str]:
     >>> parse_labels({"background": 0, "tumour": 1})
     {0: 'background', 1: 'tumour'}
     """
-    out: dict[int, str] = {}
-    for k, v in labels.items():
-        if isinstance(v, (int, np.integer)) or (isinstance(v, str) and v.isdigit() and not str(k).isdigit()):
-            out[int(v)] = str(k)
-        elif isinstance(v, (list, tuple)):  # nnU-Net region labels: not supported as regions, keep first value
-            out[int(v[0])] = str(k)
-        else:
-            out[int(k)] = str(v)
-    return dict(sorted(out.items()))
+    from medseg.io.labels import class_table
+
+    return class_table(labels, path)
 
 
 def open_dataset(root: str | os.PathLike) -> Dataset:
@@ -93,7 +87,9 @@ def open_dataset(root: str | os.PathLike) -> Dataset:
     try:
         if not isinstance(meta["labels"], dict):
             raise TypeError(f"got {type(meta['labels']).__name__}")
-        labels = parse_labels(meta["labels"])
+        labels = parse_labels(meta["labels"], js)
+    except InputError:  # already one line naming the file and the entry
+        raise
     except (TypeError, ValueError, IndexError) as exc:
         raise InputError(f"'labels' must map integer values to names, e.g. {{\"0\": \"background\"}} ({exc})",
                          path=js) from None
