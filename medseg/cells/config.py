@@ -21,7 +21,28 @@ SEED_SOURCES = ("boundary", "distance", "votes")
 
 @dataclass
 class CellTrainConfig:
-    """Settings of a cell-model training run (saved in ``model.json``)."""
+    """Settings of a cell-model training run (saved in ``model.json``).
+
+    Parameters
+    ----------
+    **settings
+        Any field below, by name; the comment above each field says what it does and, where it was measured,
+        why it has its default. :meth:`validate` checks them, :meth:`from_dict` / :meth:`from_yaml` read them
+        from a mapping or a YAML file, :meth:`to_yaml` writes them.
+
+    Examples
+    --------
+    >>> cfg = CellTrainConfig(max_minutes=5)
+    >>> cfg.spatial_dims, cfg.patch_size, cfg.validate() is cfg
+    (2, (256, 256), True)
+    >>> import yaml
+    >>> CellTrainConfig.from_dict(yaml.safe_load(cfg.to_yaml())) == cfg
+    True
+    >>> CellTrainConfig(threshold=1.5).validate()
+    Traceback (most recent call last):
+    ...
+    medseg.errors.InputError: invalid cell training config: threshold must be in (0, 1), got 1.5
+    """
 
     spatial_dims: int = 2
     # 2D: 256² crops, 2 per step (the same pixels per step as 8 x 128²): the larger context scored AP@0.5 0.864-0.871
@@ -254,6 +275,16 @@ def fit_patch(shapes) -> tuple:
     of 8, between 16 and 96 voxels, then the largest axis (the last of equals) cut by 8 until the crop holds at most
     64³ voxels. (Stacks smaller than 16 along an axis are padded when cropped.)
 
+    Parameters
+    ----------
+    shapes : iterable of (int, int, int)
+        Spatial shapes of the training stacks.
+
+    Returns
+    -------
+    tuple of int
+        The crop's size per axis.
+
     Examples
     --------
     >>> fit_patch([(31, 61, 28), (40, 80, 80)])
@@ -277,7 +308,42 @@ def config_for_data(data_dir, tune_fraction: float | None = None) -> CellTrainCo
     """The default settings for a dataset folder: the 2D recipe, or for 3D stacks ``spatial_dims`` 3 with a crop
     fitted to the training stacks (:func:`fit_patch`; to what is left of them after their tuning blocks, when
     those are held out with ``tune_fraction``, default the recipe's); what ``medseg cells train`` uses without
-    ``--config``."""
+    ``--config``.
+
+    Parameters
+    ----------
+    data_dir : path
+        Dataset folder (``images/<id>.<ext>`` and ``labels/<id>.tif``, :func:`medseg.cells.data.list_cases`); the
+        images' shapes are read from their headers.
+    tune_fraction : float, optional
+        Share of the training images held out for the threshold search (default: the recipe's).
+
+    Returns
+    -------
+    CellTrainConfig
+        The defaults for 2D images; for 3D stacks ``spatial_dims=3`` and a fitted ``patch_size``.
+
+    Examples
+    --------
+    Two stacks of 20 x 40 x 48 voxels: too few to hold out whole ones, so the last fifth of each along its longest
+    axis (10 of 48 voxels) is held out for tuning and the crop fits the remaining 20 x 40 x 38:
+
+    >>> import tempfile
+    >>> import numpy as np
+    >>> from medseg.io.image import Image
+    >>> from medseg.io.microscopy import write_microscopy
+    >>> tmp = tempfile.TemporaryDirectory(); d = Path(tmp.name)
+    >>> (d / "images").mkdir(); (d / "labels").mkdir()
+    >>> for case in ("s1", "s2"):
+    ...     write_microscopy(Image(np.zeros((20, 40, 48), np.uint16), np.eye(4)), d / "images" / f"{case}.tif")
+    ...     write_microscopy(Image(np.ones((20, 40, 48), np.uint16), np.eye(4)), d / "labels" / f"{case}.tif")
+    >>> cfg = config_for_data(d)
+    >>> cfg.spatial_dims, cfg.patch_size
+    (3, (16, 40, 32))
+    >>> config_for_data(d, tune_fraction=0).patch_size
+    (16, 40, 48)
+    >>> tmp.cleanup()
+    """
     from medseg.cells.data import dataset_split, list_cases, tuning_block, tuning_images
     from medseg.io.microscopy import spatial_shape
 
@@ -309,7 +375,37 @@ def _without_block(shape, block) -> tuple:
 
 
 def load_config(run_dir) -> tuple[dict, CellTrainConfig]:
-    """Read ``model.json`` of a run folder (or the file itself)."""
+    """Read ``model.json`` of a run folder (or the file itself).
+
+    Settings a run predates get the value that run trained with (no distance or offset head, no contact weights,
+    no shot-noise augmentation, native scale), not today's defaults.
+
+    Parameters
+    ----------
+    run_dir : path
+        Run folder, or its ``model.json``.
+
+    Returns
+    -------
+    meta : dict
+        The whole ``model.json``.
+    cfg : CellTrainConfig
+        Its ``config``, validated.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> tmp = tempfile.TemporaryDirectory(); run = Path(tmp.name)
+    >>> _ = (run / "model.json").write_text(json.dumps({"kind": "medseg-cells", "config": {"seed": 3}}))
+    >>> meta, cfg = load_config(run)
+    >>> cfg.seed, cfg.patch_size, cfg.distance_head
+    (3, (256, 256), False)
+    >>> load_config(run / "elsewhere")
+    Traceback (most recent call last):
+    ...
+    medseg.errors.InputError: .../elsewhere: not a cell model run (no model.json)
+    >>> tmp.cleanup()
+    """
     p = Path(run_dir)
     p = p / "model.json" if p.is_dir() else p
     if not p.exists():
@@ -341,7 +437,34 @@ RESUMABLE = ("max_minutes", "max_steps", "threads", "checkpoint_every_s", "cache
 def resumed_config(run_dir, cfg: CellTrainConfig | None = None) -> CellTrainConfig:
     """The settings a resumed run continues with: the run's own (``model.json``), or ``cfg`` if it differs from
     them only in ``RESUMABLE`` settings (a longer budget, say); anything else is an ``InputError``, since the
-    checkpoint's network and data were built from the saved settings."""
+    checkpoint's network and data were built from the saved settings.
+
+    Parameters
+    ----------
+    run_dir : path
+        Run folder (or its ``model.json``).
+    cfg : CellTrainConfig, optional
+        Settings asked for the resumed run.
+
+    Returns
+    -------
+    CellTrainConfig
+        ``cfg`` when given (and allowed), else the saved settings.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> tmp = tempfile.TemporaryDirectory(); run = Path(tmp.name)
+    >>> _ = (run / "model.json").write_text(json.dumps({"kind": "medseg-cells", "config": {"max_minutes": 5}}))
+    >>> saved = load_config(run)[1]
+    >>> resumed_config(run, saved.updated(max_minutes=30)).max_minutes
+    30
+    >>> resumed_config(run, saved.updated(lr=1e-3))
+    Traceback (most recent call last):
+    ...
+    medseg.errors.InputError: .../model.json: cannot resume with other settings than the run's: lr 0.003 (given 0.001)
+    >>> tmp.cleanup()
+    """
     saved = load_config(run_dir)[1]
     if cfg is None:
         return saved

@@ -18,7 +18,33 @@ from medseg.cells.segmenters import CellModel, ClassicalSegmenter  # also import
 
 
 def list_images(path) -> list[Path]:
-    """One image file, or the images of a folder (``.tif``, ``.tiff``, ``.png``), sorted."""
+    """One image file, or the images of a folder (``.tif``, ``.tiff``, ``.png``), sorted.
+
+    Parameters
+    ----------
+    path : path
+        An image file (taken whatever its suffix) or a folder.
+
+    Returns
+    -------
+    list of Path
+        The file itself, or the folder's image files by name (hidden files and other suffixes left out).
+
+    Raises
+    ------
+    InputError
+        ``path`` does not exist, or the folder holds no image.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> tmp = tempfile.TemporaryDirectory(); d = Path(tmp.name)
+    >>> for name in ("b.tif", "a.PNG", "notes.txt", ".a.tif"):
+    ...     (d / name).touch()
+    >>> [p.name for p in list_images(d)]
+    ['a.PNG', 'b.tif']
+    >>> tmp.cleanup()
+    """
     from medseg.cells.data import IMAGE_EXTS
 
     path = Path(path)
@@ -49,25 +75,77 @@ def count_cells(inputs, out_dir, model=None, classical: bool = False, channel: i
                 merge_boundary: float | None = None) -> list[dict]:
     """Segment and count the cells of an image or a folder; write per-image outputs and ``counts.csv``.
 
-    ``diameter`` (pixels) is the nuclei's typical size when known, else 2D models measure it per image: a model
-    trained with a canonical diameter resizes every image to it, a native-scale model only images whose nuclei
-    lie outside the range of sizes it was trained on (into that range; ``rescale=False``: never); the classical
-    mode sizes its markers by it. ``method``
-    (``otsu``, the default, or ``local``) is the classical mode's threshold. ``tta``, ``min_snr``,
-    ``merge_boundary`` and ``threads`` apply to a model only: ``min_snr`` overrides the model's contrast test
-    (:mod:`medseg.postprocess.contrast`; 0 turns it off), ``merge_boundary`` its merging of fragments across weak
-    borders (:mod:`medseg.postprocess.merge`; 0 turns it off), ``threads`` are the CPU threads for torch
-    (default: the cores not already busy); fix it where runs must give identical results, since a different thread
-    count changes the order of floating-point sums. An option that cannot apply to the mode, or a value no mode can
-    use, is an ``InputError``. ``pixel_size`` (µm) may be text as on the command line (:func:`parse_pixel_size`).
-
     Writes ``<id>_labels.tif`` (uint16 ImageJ TIFF with the pixel size), ``<id>_overlay.png``,
     ``<id>_cells.csv`` (and ``<id>_rois.zip`` of 2D images with ``roi_zip``) per image and ``counts.csv``
     (:data:`COUNT_COLUMNS`) for all. Every image is read and checked (readable, one channel, the model's
     dimensionality, unique ids) before anything is written, and the outputs are moved into ``out_dir`` only once
     all of them exist: an ``InputError`` (such as an image with more than 65,535 cells) leaves nothing behind.
-    ``note`` receives one-line remarks (3D images of a folder get no ROIs; default: ``warnings.warn``).
-    Returns the rows of ``counts.csv`` (None where the table is blank).
+    An option that cannot apply to the mode, or a value no mode can use, is an ``InputError``.
+
+    Parameters
+    ----------
+    inputs : path
+        An image (``.tif``, ``.tiff``, ``.png``) or a folder of them (:func:`list_images`).
+    out_dir : path
+        Output folder (created if needed).
+    model : path or CellModel, optional
+        A trained run (folder, ``model.json`` or ``model.pt``) or a loaded model; exactly one of ``model`` and
+        ``classical``.
+    classical : bool
+        Threshold + distance-transform watershed, no training (:class:`ClassicalSegmenter`).
+    channel : int, optional
+        Channel of multi-channel images (0-based); such images are refused without it.
+    pixel_size : float, sequence or str, optional
+        Pixel size in µm, overriding the files'; may be text as on the command line (:func:`parse_pixel_size`).
+    method : {"otsu", "local"}, optional
+        The classical mode's threshold (default ``otsu``).
+    exclude_border : bool
+        Drop the cells that touch the image border.
+    roi_zip : bool
+        Also write ImageJ ROIs of 2D images.
+    tta : bool
+        Model only: average the predictions of mirrored images.
+    diameter : float, optional
+        The nuclei's typical size in pixels when known, else 2D models measure it per image: a model trained
+        with a canonical diameter resizes every image to it, a native-scale model only images whose nuclei lie
+        outside the range of sizes it was trained on (into that range; ``rescale=False``: never); the classical
+        mode sizes its markers by it.
+    min_snr : float, optional
+        Model only: overrides the model's contrast test (:mod:`medseg.postprocess.contrast`; 0 turns it off).
+    threads : int, optional
+        Model only: CPU threads for torch (default: the cores not already busy); fix it where runs must give
+        identical results, since a different thread count changes the order of floating-point sums.
+    progress : bool
+        Show a progress bar for several images.
+    note : callable, optional
+        Receives one-line remarks (3D images of a folder get no ROIs; default: ``warnings.warn``).
+    rescale : bool
+        Model only: ``False`` never resizes the images of a native-scale model.
+    merge_boundary : float, optional
+        Model only: overrides its merging of fragments across weak borders (:mod:`medseg.postprocess.merge`; 0
+        turns it off).
+
+    Returns
+    -------
+    list of dict
+        The rows of ``counts.csv``, one per image (None where the table is blank).
+
+    Examples
+    --------
+    Three discs of radius 8 px, two of them touching, counted without a model:
+
+    >>> import tempfile
+    >>> import imageio.v3 as iio
+    >>> tmp = tempfile.TemporaryDirectory(); d = Path(tmp.name); (d / "in").mkdir()
+    >>> yy, xx = np.mgrid[:48, :64]
+    >>> discs = [np.hypot(yy - y, xx - x) < 8 for y, x in ((16, 16), (16, 31), (34, 46))]
+    >>> iio.imwrite(d / "in" / "dapi.png", (200 * np.logical_or.reduce(discs)).astype(np.uint8))
+    >>> rows = count_cells(d / "in", d / "out", classical=True, pixel_size=0.5)
+    >>> [(r["id"], r["count"], r["unit"], r["method"]) for r in rows]
+    [('dapi', 3, 'um', 'classical')]
+    >>> sorted(p.name for p in (d / "out").iterdir())
+    ['counts.csv', 'dapi_cells.csv', 'dapi_labels.tif', 'dapi_overlay.png']
+    >>> tmp.cleanup()
     """
     _check_mode(model, classical, method, tta, min_snr, threads, inputs, rescale,  # usage errors before reading
                 merge_boundary)
@@ -139,10 +217,29 @@ def parse_pixel_size(value):
     """A pixel size as ``read_microscopy`` takes it, from a number, a sequence, or text such as ``"0.65"``,
     ``"2,0.65,0.65"`` or ``"2x0.65x0.65"`` (µm); ``None`` stays ``None``.
 
+    Parameters
+    ----------
+    value : float, sequence of float, str or None
+        One size for every axis, or one per axis (``z, y, x``).
+
+    Returns
+    -------
+    float, tuple of float or None
+        A float for one value, a tuple for several.
+
+    Raises
+    ------
+    InputError
+        Text that is not numbers, or a value that is not positive and finite.
+
     Examples
     --------
-    >>> parse_pixel_size("2,0.5,0.5"), parse_pixel_size(0.65)
-    ((2.0, 0.5, 0.5), 0.65)
+    >>> parse_pixel_size("2,0.5,0.5"), parse_pixel_size(0.65), parse_pixel_size("2x0.65x0.65")
+    ((2.0, 0.5, 0.5), 0.65, (2.0, 0.65, 0.65))
+    >>> parse_pixel_size("0,0.5")
+    Traceback (most recent call last):
+    ...
+    medseg.errors.InputError: --pixel-size must be positive (got '0,0.5')
     """
     if value is None:
         return None

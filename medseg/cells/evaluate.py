@@ -26,12 +26,48 @@ THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.9)
 
 def evaluate_pair(ref: np.ndarray, pred: np.ndarray, thresholds=THRESHOLDS) -> dict:
     """:func:`medseg.evaluate.instances.instance_metrics` of one image, by default at the IoU thresholds of the
-    cells (0.5..0.9, what :func:`summarize` pools) rather than its 0.1..0.9: hence a function, not an alias."""
+    cells (0.5..0.9, what :func:`summarize` pools) rather than its 0.1..0.9: hence a function, not an alias.
+
+    Parameters
+    ----------
+    ref, pred : ndarray of int
+        Reference and predicted instance labels (0 = background), same shape.
+    thresholds : sequence of float
+        IoU thresholds.
+
+    Returns
+    -------
+    dict
+        Counts, count errors and the scores at each threshold (see ``instance_metrics``).
+
+    Examples
+    --------
+    Object 1 is found exactly, object 2 half (IoU 1/2):
+
+    >>> d = evaluate_pair(np.array([[1, 1, 0, 2, 2]]), np.array([[1, 1, 0, 2, 0]]))
+    >>> d["ap@0.5"], round(d["ap@0.6"], 4), d["count_error"]
+    (1.0, 0.3333, 0)
+    """
     return instance_metrics(ref, pred, thresholds)
 
 
 def summarize(per_image: list[dict], thresholds=THRESHOLDS) -> dict:
     """Mean and pooled scores over images (rows of :func:`evaluate_pair`).
+
+    Parameters
+    ----------
+    per_image : list of dict
+        Rows of :func:`evaluate_pair` (a ``case`` entry is ignored).
+    thresholds : sequence of float
+        Thresholds the rows hold, pooled.
+
+    Returns
+    -------
+    dict
+        ``n_images``; ``mean`` (every numeric entry averaged over images, plus ``abs_count_error``), ``ci95``
+        (its 95 % bootstrap interval, ``[lo, hi]`` per entry) and ``pooled`` (``ap``, ``precision``, ``recall``,
+        ``f1`` per threshold from TP/FP/FN summed over images, ``n_ref``, ``n_pred`` and the pooled relative count
+        errors); only ``{"n_images": 0}`` without images.
 
     Examples
     --------
@@ -118,6 +154,41 @@ def evaluate_cells(pred, ref, out_dir=None, thresholds=THRESHOLDS) -> dict:
     """Evaluate predicted instance maps against references (files or folders matched by id).
 
     Writes ``metrics.json`` and ``metrics.csv`` (one row per image) into ``out_dir`` when given.
+
+    Parameters
+    ----------
+    pred : path
+        A label map, or a folder of them: ``<id>_labels.tif`` as ``medseg cells count`` writes them, or
+        ``<id>.tif``/``.png`` (``<id>_overlay.png`` files are skipped).
+    ref : path
+        A label map, or a folder of them (or a dataset folder with ``labels/``); every reference needs exactly
+        one prediction and every prediction a reference.
+    out_dir : path, optional
+        Where to write ``metrics.json`` and ``metrics.csv``.
+    thresholds : sequence of float
+        IoU thresholds.
+
+    Returns
+    -------
+    dict
+        ``per_image`` (``case`` and :func:`evaluate_pair`'s scores), the entries of :func:`summarize` and
+        ``settings``.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from medseg.io.image import Image
+    >>> from medseg.io.microscopy import write_microscopy
+    >>> tmp = tempfile.TemporaryDirectory(); d = Path(tmp.name)
+    >>> (d / "ref" / "labels").mkdir(parents=True); (d / "pred").mkdir()
+    >>> write_microscopy(Image(np.array([[1, 1, 0, 2, 2]], np.uint16), np.eye(4)), d / "ref" / "labels" / "a.tif")
+    >>> write_microscopy(Image(np.array([[1, 1, 0, 0, 0]], np.uint16), np.eye(4)), d / "pred" / "a_labels.tif")
+    >>> r = evaluate_cells(d / "pred", d / "ref", out_dir=d / "scores")
+    >>> r["per_image"][0]["case"], r["pooled"]["ap@0.5"], r["pooled"]["relative_count_error"]
+    ('a', 0.5, -0.5)
+    >>> sorted(p.name for p in (d / "scores").iterdir())
+    ['metrics.csv', 'metrics.json']
+    >>> tmp.cleanup()
     """
     from medseg.cells.data import read_labels
     from medseg.cells.tables import rows_to_csv

@@ -17,6 +17,16 @@ def label_polygons(labels: np.ndarray) -> dict[int, np.ndarray]:
     object's pixel count. An object in several pieces keeps its largest outline (diagonal contacts count as
     joined).
 
+    Parameters
+    ----------
+    labels : ndarray of int
+        2D instance labels, 0 = background.
+
+    Returns
+    -------
+    dict of int to ndarray of int64
+        Per object id, the polygon's vertices (only where it turns), shape (n, 2), columns x and y.
+
     Examples
     --------
     >>> lab = np.zeros((5, 5), np.uint16); lab[1:3, 1:4] = 7
@@ -52,7 +62,28 @@ def _corners(points: np.ndarray) -> np.ndarray:
 
 
 def write_roi_zip(labels: np.ndarray, path) -> None:
-    """Write ``<id>_rois.zip`` readable by Fiji's ROI Manager and QuPath (polygons named by object id)."""
+    """Write ``<id>_rois.zip`` readable by Fiji's ROI Manager and QuPath (polygons named by object id).
+
+    Parameters
+    ----------
+    labels : ndarray of int
+        2D instance labels (3D is an ``InputError``).
+    path : path
+        The zip file, written atomically; an empty zip when there is no object.
+
+    Examples
+    --------
+    >>> import tempfile, roifile
+    >>> from pathlib import Path
+    >>> tmp = tempfile.TemporaryDirectory(); f = Path(tmp.name) / "a_rois.zip"
+    >>> lab = np.zeros((5, 5), np.uint16); lab[1:3, 1:4] = 7; lab[4, 0] = 9
+    >>> write_roi_zip(lab, f)
+    >>> for roi in roifile.roiread(f):   # x, y pixel corners: the 2 x 3 rectangle and the single pixel
+    ...     print(roi.name, roi.coordinates().tolist())
+    cell_00007 [[1.0, 3.0], [1.0, 1.0], [4.0, 1.0], [4.0, 3.0]]
+    cell_00009 [[0.0, 5.0], [0.0, 4.0], [1.0, 4.0], [1.0, 5.0]]
+    >>> tmp.cleanup()
+    """
     try:
         import roifile
     except ImportError as exc:  # optional dependency

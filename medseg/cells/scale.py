@@ -39,6 +39,18 @@ def median_diameter(labels: np.ndarray, weighting: str = "count") -> float:
     *pixel* lies, so that a swarm of small fragments (a nucleus split on noise) does not make the nuclei look
     small; the model's segmentation is measured so (:meth:`medseg.cells.segmenters.CellModel.scale_for`).
 
+    Parameters
+    ----------
+    labels : ndarray of int
+        2D instance labels, 0 = background.
+    weighting : {"count", "area"}
+        Median over objects, or over object pixels.
+
+    Returns
+    -------
+    float
+        Diameter of the disc of the median area, in pixels.
+
     Examples
     --------
     >>> lab = np.zeros((20, 20), int); lab[2:6, 2:6] = 1; lab[10:16, 10:16] = 2; lab[1:3, 15:17] = 3
@@ -60,11 +72,48 @@ def median_diameter(labels: np.ndarray, weighting: str = "count") -> float:
 
 
 def scaled_shape(shape, scale: float) -> tuple:
+    """The shape of an image resized by ``scale``: each extent times ``scale``, rounded, at least 1.
+
+    Parameters
+    ----------
+    shape : sequence of int
+        The image's shape.
+    scale : float
+        Resize factor (> 1 enlarges).
+
+    Returns
+    -------
+    tuple of int
+
+    Examples
+    --------
+    >>> scaled_shape((100, 60), 1.5), scaled_shape((100, 3), 0.1)
+    ((150, 90), (10, 1))
+    """
     return tuple(max(1, int(round(n * scale))) for n in shape)
 
 
 def resize_image(image: np.ndarray, shape) -> np.ndarray:
-    """Linear resize of an intensity image (anti-aliased when shrinking), float32."""
+    """Linear resize of an intensity image (anti-aliased when shrinking), float32.
+
+    Parameters
+    ----------
+    image : ndarray
+        Intensity image.
+    shape : sequence of int
+        Output shape (e.g. :func:`scaled_shape`); the image's own shape returns it unchanged, as float32.
+
+    Returns
+    -------
+    ndarray of float32
+        Values in the image's own range (not rescaled to 0..1).
+
+    Examples
+    --------
+    >>> out = resize_image(np.full((4, 4), 3, np.uint8), (2, 6))
+    >>> out.dtype.name, out.shape, out.tolist()[0]
+    ('float32', (2, 6), [3.0, 3.0, 3.0, 3.0, 3.0, 3.0])
+    """
     from skimage.transform import resize
 
     if tuple(shape) == image.shape:
@@ -76,6 +125,18 @@ def resize_image(image: np.ndarray, shape) -> np.ndarray:
 
 def resize_labels(labels: np.ndarray, shape) -> np.ndarray:
     """Nearest-neighbour resize of a label map (ids are kept, never blended).
+
+    Parameters
+    ----------
+    labels : ndarray of int
+        Label map.
+    shape : sequence of int
+        Output shape.
+
+    Returns
+    -------
+    ndarray
+        Labels of ``shape`` in the input's dtype (the input itself when the shape is already ``shape``).
 
     Examples
     --------
@@ -92,7 +153,25 @@ def resize_labels(labels: np.ndarray, shape) -> np.ndarray:
 
 def scale_to(diameter: float, measured: float) -> float:
     """Resize factor that brings objects ``measured`` px across to ``diameter`` px (1 when nothing was measured),
-    within :data:`SCALE_LIMITS`."""
+    within :data:`SCALE_LIMITS`.
+
+    Parameters
+    ----------
+    diameter : float
+        Wanted nucleus diameter (pixels).
+    measured : float
+        The image's nucleus diameter (pixels); 0 or less: nothing measured.
+
+    Returns
+    -------
+    float
+        ``diameter / measured`` clipped to [1, 4]: images are only ever enlarged.
+
+    Examples
+    --------
+    >>> scale_to(17, 8.5), scale_to(17, 34), scale_to(17, 2), scale_to(17, 0)
+    (2.0, 1.0, 4.0, 1.0)
+    """
     if not measured or measured <= 0:
         return 1.0
     return float(np.clip(diameter / measured, *SCALE_LIMITS))
@@ -102,6 +181,20 @@ def diameter_range(label_maps, percentiles=(1.0, 99.0), weighting: str = "count"
     """The ``percentiles`` of the median nucleus diameters (pixels, :func:`median_diameter` with ``weighting``) of
     2D label maps: the nucleus sizes a model trained on them has seen (percentiles, so one outlier image does not
     stretch the range). None without objects.
+
+    Parameters
+    ----------
+    label_maps : iterable of ndarray
+        Label maps; those that are not 2D, and those without objects, are left out.
+    percentiles : (float, float)
+        Lower and upper percentile over the maps.
+    weighting : {"count", "area"}
+        As in :func:`median_diameter`.
+
+    Returns
+    -------
+    (float, float) or None
+        The range in pixels.
 
     Examples
     --------
@@ -121,6 +214,18 @@ def into_range(measured: float, low: float, high: float) -> float:
     """Resize factor that brings nuclei ``measured`` px across into ``[low, high]``: 1 inside it (or when nothing
     was measured), else to the nearer end, within ``(1 / 4, 4)``.
 
+    Parameters
+    ----------
+    measured : float
+        The image's nucleus diameter (pixels); 0 or less: nothing measured.
+    low, high : float
+        The range of diameters (pixels), e.g. :func:`diameter_range`'s.
+
+    Returns
+    -------
+    float
+        ``low / measured`` below the range, ``high / measured`` above it, clipped to [0.25, 4]; else 1.
+
     Examples
     --------
     >>> into_range(30, 8, 50), into_range(100, 8, 50), into_range(4, 8, 50)
@@ -136,7 +241,28 @@ MEASURES = ("count", "area", "both")
 
 def image_sizes(labels: np.ndarray, scale: float = 1.0, floor: float = 0.0) -> dict:
     """An image's nucleus size both ways (:func:`median_diameter`: ``count`` and ``area``), from ``labels`` of the
-    image resized by ``scale``, in the image's own pixels, at least ``floor`` (e.g. the Otsu estimate)."""
+    image resized by ``scale``, in the image's own pixels, at least ``floor`` (e.g. the Otsu estimate).
+
+    Parameters
+    ----------
+    labels : ndarray of int
+        2D instance labels of the image resized by ``scale``.
+    scale : float
+        Resize factor the labels were made at.
+    floor : float
+        Smallest size returned (pixels).
+
+    Returns
+    -------
+    dict
+        ``{"count": d, "area": d}`` in pixels of the original image.
+
+    Examples
+    --------
+    >>> lab = np.zeros((10, 10), int); lab[1:5, 1:5] = 1; lab[6:8, 6:8] = 2   # 4x4 and 2x2 squares at scale 2
+    >>> {k: round(v, 2) for k, v in image_sizes(lab, scale=2.0, floor=2.0).items()}
+    {'count': 2.0, 'area': 2.26}
+    """
     return {w: max(median_diameter(labels, w) / scale, floor) for w in WEIGHTINGS}
 
 
@@ -146,6 +272,20 @@ def agreed_scale(sizes: dict, ranges: dict, measure: str = "both") -> float:
     area-weighted size is below its range (fragments drag the per-object median down), shrink only when even the
     per-object size is above its range (large merged objects drag the area-weighted median up). The per-object
     size is never above the area-weighted one, so the two rules cannot both fire.
+
+    Parameters
+    ----------
+    sizes : dict
+        ``{"count": d, "area": d}`` (:func:`image_sizes`).
+    ranges : dict
+        ``{"count": (lo, hi), "area": (lo, hi)}``; only the one used is needed.
+    measure : {"both", "count", "area"}
+        Which size decides.
+
+    Returns
+    -------
+    float
+        Resize factor (1: none).
 
     Examples
     --------
@@ -176,6 +316,17 @@ def size_range_meta(label_maps, measure: str = "both") -> dict:
     (``diameter_measure``, :func:`agreed_scale`) and, unless that is ``count``, the area-weighted
     ``diameter_range_area``; rounded to 0.01 px. Empty without objects.
 
+    Parameters
+    ----------
+    label_maps : iterable of ndarray
+        The training images' 2D label maps (a sequence: it is read twice).
+    measure : {"both", "count", "area"}
+        How images will be measured against the ranges (:func:`agreed_scale`).
+
+    Returns
+    -------
+    dict
+
     Examples
     --------
     >>> maps = [np.kron(np.eye(3, dtype=int) * [1, 2, 3], np.ones((n, n), int)) for n in (4, 8)]
@@ -198,7 +349,27 @@ def size_range_meta(label_maps, measure: str = "both") -> dict:
 def initial_diameter(image: np.ndarray) -> float:
     """Training-free diameter estimate: twice the median inscribed radius of the Otsu mask's components
     (clumps of touching nuclei barely change it; it under-estimates elongated nuclei, and on textured images it can
-    be a fraction of the true size, so it serves only as a floor to the model's measurement)."""
+    be a fraction of the true size, so it serves only as a floor to the model's measurement).
+
+    Parameters
+    ----------
+    image : ndarray
+        2D intensity image, bright nuclei on a dark background.
+
+    Returns
+    -------
+    float
+        Diameter in pixels (0 without foreground).
+
+    Examples
+    --------
+    Discs of radius 10 and 8 px (the median of their inscribed radii is 9):
+
+    >>> yy, xx = np.mgrid[:40, :70]
+    >>> img = ((np.hypot(yy - 20, xx - 15) < 10) | (np.hypot(yy - 20, xx - 50) < 8)).astype(float)
+    >>> initial_diameter(img)
+    18.0
+    """
     from scipy import ndimage as ndi
 
     from medseg.cells.data import percentile_normalize

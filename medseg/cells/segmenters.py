@@ -22,9 +22,41 @@ from medseg.errors import InputError
 class CellModel:
     """A trained cell model loaded from its run folder.
 
+    Usually made by :meth:`load`: ``labels = CellModel.load("runs/dsb").segment(image)``.
+
+    Parameters
+    ----------
+    net : torch.nn.Module or None
+        The network (in eval mode); None builds a model that can only :meth:`postprocess` given maps.
+    cfg : CellTrainConfig
+        The run's settings (thresholds, marker source, heads).
+    meta : dict
+        The run's ``model.json`` (``polarity``, ``diameter_range``, versions, ...).
+    overlap : float
+        Overlap of the sliding windows.
+    tta : bool
+        Average the predictions of the image mirrored along its in-plane axes.
+    device : str
+        ``"auto"``, ``"cpu"``, ``"cuda"``, ...
+    diameter : float, optional
+        The images' nucleus diameter in pixels, if known (else estimated per image).
+    rescale : bool
+        Native-scale models: resize images whose nuclei lie outside the training range.
+    precision : str
+        Of the sliding window: ``"auto"`` (bf16 where the CPU computes it natively) or ``"fp32"``.
+
     Examples
     --------
-    ``labels = CellModel.load("runs/dsb").segment(image)``
+    The watershed a model runs on its maps, given the maps a perfect network would predict for two touching
+    squares (background, interior and boundary as :func:`medseg.cells.data.boundary_targets` draws them):
+
+    >>> from medseg.cells.config import CellTrainConfig
+    >>> from medseg.cells.data import boundary_targets
+    >>> lab = np.zeros((8, 14), int); lab[1:7, 1:7] = 1; lab[1:7, 7:13] = 2
+    >>> prob = np.eye(3, dtype=np.float32)[boundary_targets(lab)].transpose(2, 0, 1)   # (3, 8, 14) one-hot
+    >>> model = CellModel(None, CellTrainConfig(distance_head=False, offset_head=False), {})
+    >>> bool((model.postprocess(prob) == lab).all())
+    True
     """
 
     def __init__(self, net, cfg, meta, overlap: float = 0.25, tta: bool = False, device: str = "auto",
@@ -265,6 +297,16 @@ def model_files(path) -> tuple[Path, Path]:
     """``model.json`` and the weights file of a cell model given as its run folder, its ``model.json`` or its
     weights file (``.pt``; the run's ``model.json`` beside it).
 
+    Parameters
+    ----------
+    path : path
+        Run folder, ``model.json`` (need not exist yet) or ``.pt``/``.pth`` file (must exist).
+
+    Returns
+    -------
+    (Path, Path)
+        ``model.json`` and the weights file (whose existence is not checked for a folder or a ``.json``).
+
     Examples
     --------
     >>> [p.as_posix() for p in model_files("runs/cells/model.json")]
@@ -287,7 +329,30 @@ def model_files(path) -> tuple[Path, Path]:
 @dataclass
 class ClassicalSegmenter:
     """Threshold + distance-transform watershed with the nucleus size estimated per image (or a known in-plane
-    ``diameter`` in pixels)."""
+    ``diameter`` in pixels).
+
+    ``segment(image, spacing=None)`` percentile-normalises the image and runs
+    :func:`medseg.postprocess.watershed.classical_instances`.
+
+    Parameters
+    ----------
+    method : {"otsu", "local"}
+        Global Otsu or local threshold.
+    diameter : float, optional
+        Typical nucleus diameter in pixels of the finer in-plane axis (default: estimated per image).
+
+    Examples
+    --------
+    Two overlapping discs of radius 10 px:
+
+    >>> yy, xx = np.mgrid[:40, :60]
+    >>> img = 200.0 * ((np.hypot(yy - 20, xx - 20) < 10) | (np.hypot(yy - 20, xx - 37) < 10))
+    >>> labels = ClassicalSegmenter().segment(img)
+    >>> int(labels.max()), labels.dtype.name
+    (2, 'uint16')
+    >>> int(ClassicalSegmenter(diameter=20).segment(img, spacing=(0.5, 0.5)).max())
+    2
+    """
 
     method: str = "otsu"
     diameter: float | None = None

@@ -19,6 +19,20 @@ def cell_table(labels: np.ndarray, image: np.ndarray | None = None, spacing=None
     volume (3D) in squared/cubed physical units; the equivalent diameter is that of the disc/ball of the
     same size.
 
+    Parameters
+    ----------
+    labels : ndarray of int
+        Instance labels, 0 = background, 2D or 3D.
+    image : ndarray, optional
+        Intensity image of the same shape, for the intensity columns (left out without it).
+    spacing : sequence of float, optional
+        Pixel size per axis (default 1).
+
+    Returns
+    -------
+    list of dict
+        One row per id, in increasing order, keyed by :func:`table_columns`; empty without objects.
+
     Examples
     --------
     >>> lab = np.zeros((4, 6), np.uint16); lab[1:3, 1:3] = 1; lab[0:2, 4:6] = 2
@@ -70,6 +84,18 @@ def rows_to_csv(rows: list[dict], columns: list[str] | None = None) -> str:
     """CSV text of a list of dicts: the header is ``columns`` when given (a row's missing or None values are
     blank), else the first row's keys.
 
+    Parameters
+    ----------
+    rows : list of dict
+        The rows.
+    columns : list of str, optional
+        The header; a row with a key not in it is a ``ValueError`` (:class:`csv.DictWriter`).
+
+    Returns
+    -------
+    str
+        CSV text, one line per row after the header (without rows, the header alone).
+
     Examples
     --------
     >>> rows_to_csv([{"a": 1, "b": None}, {"a": 2}], ["a", "b"]).split()
@@ -84,7 +110,27 @@ def rows_to_csv(rows: list[dict], columns: list[str] | None = None) -> str:
 
 
 def table_columns(ndim: int, with_intensity: bool = True) -> list[str]:
-    """Column names of :func:`cell_table` (for the header of an empty table)."""
+    """Column names of :func:`cell_table` (for the header of an empty table).
+
+    Parameters
+    ----------
+    ndim : int
+        2 or 3: centroid axes ``y, x`` or ``z, y, x``, size ``area`` or ``volume``.
+    with_intensity : bool
+        Include ``mean_intensity`` and ``integrated_intensity``.
+
+    Returns
+    -------
+    list of str
+
+    Examples
+    --------
+    >>> lab = np.zeros((4, 6), np.uint16); lab[1:3, 1:3] = 1
+    >>> table_columns(2) == list(cell_table(lab, np.ones((4, 6)))[0])
+    True
+    >>> table_columns(3, with_intensity=False)[-4:]
+    ['volume_px', 'volume', 'equivalent_diameter', 'touches_border']
+    """
     axes = "zyx"[-ndim:]
     size_key = "area" if ndim == 2 else "volume"
     cols = ["id"] + [f"centroid_{a}_px" for a in axes] + [f"centroid_{a}" for a in axes]
@@ -96,6 +142,20 @@ def table_columns(ndim: int, with_intensity: bool = True) -> list[str]:
 def overlay_rgb(image: np.ndarray, labels: np.ndarray, colour=(255, 40, 40)) -> np.ndarray:
     """RGB uint8 picture of the image (percentile-stretched) with object outlines; 3D stacks are shown as a
     maximum-intensity projection with the outlines of the projected labels.
+
+    Parameters
+    ----------
+    image : ndarray
+        2D image or 3D stack.
+    labels : ndarray of int
+        Instance labels of the same shape.
+    colour : (int, int, int)
+        RGB of the outlines (each object's inner boundary pixels).
+
+    Returns
+    -------
+    ndarray of uint8, shape (y, x, 3)
+        Grey = the image stretched between its 0.5th and 99.8th percentiles.
 
     Examples
     --------

@@ -45,6 +45,11 @@ def best_thresholds(table: list[dict], objective: str = "ap", selection: str = "
 
     Ties go to the smaller count error, then to the defaults' side (0.5).
 
+    Returns
+    -------
+    dict
+        The chosen row of ``table`` itself.
+
     Examples
     --------
     >>> table = [{"threshold": 0.5, "seed_threshold": 0.5, "ap": 0.8, "count_error": 0.1},
@@ -74,6 +79,19 @@ def plateau_scores(table: list[dict], value: Sequence[float]) -> list[float]:
     """Mean of ``value`` over each row's grid neighbourhood: itself and the rows of the same marker source
     (``seeds``) at most one grid step away in ``threshold`` and in ``seed_threshold`` (a 3x3 window, cut at the
     grid's edges).
+
+    Parameters
+    ----------
+    table : list of dict
+        Rows with ``threshold``, ``seed_threshold`` and optionally ``seeds``; the grid steps are the distinct
+        values of each marker source's rows.
+    value : sequence of float
+        One value per row.
+
+    Returns
+    -------
+    list of float
+        One mean per row.
 
     Examples
     --------
@@ -114,10 +132,13 @@ def tune_thresholds(model, cases, threshold_grid: Sequence[float] = THRESHOLD_GR
         The trained model (its probabilities are computed once per image).
     cases : list of CellCase
         Loaded cases (``image`` and ``labels`` set) that the model was not trained on.
-
+    threshold_grid : sequence of float
+        Foreground probability thresholds.
     seed_grid, distance_seed_grid, vote_grid : sequence of float
         Seed thresholds for boundary markers, (models with a distance head) for distance-core markers and (models
         with an offset head) the vote density of a centre.
+    iou : float
+        IoU threshold of the AP.
     objective, selection : str
         What is maximised and how the best setting is picked (``best_thresholds``).
 
@@ -125,7 +146,24 @@ def tune_thresholds(model, cases, threshold_grid: Sequence[float] = THRESHOLD_GR
     -------
     dict
         ``threshold``, ``seed_threshold``, ``seeds`` (the best setting), ``ap`` and ``count_error`` there,
-        ``n_images`` and the whole ``table`` (mean AP@``iou`` and mean absolute relative count error per setting).
+        ``n_images`` and the whole ``table`` (mean AP@``iou`` and mean absolute relative count error per setting),
+        and the ``iou``, ``objective`` and ``selection`` used.
+
+    Examples
+    --------
+    Every setting of a perfect network's maps scores AP 1, and the tie goes to the defaults (0.5, 0.5):
+
+    >>> from pathlib import Path
+    >>> from medseg.cells.config import CellTrainConfig
+    >>> from medseg.cells.data import CellCase, boundary_targets
+    >>> from medseg.cells.segmenters import CellModel
+    >>> lab = np.zeros((8, 14), int); lab[1:7, 1:7] = 1; lab[1:7, 7:13] = 2        # two touching squares
+    >>> model = CellModel(None, CellTrainConfig(distance_head=False, offset_head=False, min_snr=0), {})
+    >>> model.probabilities = lambda image: np.eye(3)[boundary_targets(lab)].transpose(2, 0, 1)  # a perfect network
+    >>> case = CellCase("a", Path("a.tif"), None, lab.astype(float), lab)
+    >>> r = tune_thresholds(model, [case], threshold_grid=(0.4, 0.5), seed_grid=(0.5, 0.9))
+    >>> r["seeds"], r["threshold"], r["seed_threshold"], r["ap"], r["count_error"], len(r["table"])
+    ('boundary', 0.5, 0.5, 1.0, 0.0, 4)
     """
     table = mean_table(per_image_table(model, cases, threshold_grid, seed_grid, iou, distance_seed_grid, vote_grid))
     best = best_thresholds(table, objective, selection)
@@ -136,6 +174,18 @@ def tune_thresholds(model, cases, threshold_grid: Sequence[float] = THRESHOLD_GR
 def mean_table(rows: list[dict], images=None) -> list[dict]:
     """:func:`per_image_table` rows averaged over their images (or over the ``images`` indices only): the table
     :func:`best_thresholds` picks from.
+
+    Parameters
+    ----------
+    rows : list of dict
+        :func:`per_image_table`'s rows.
+    images : sequence of int, optional
+        Indices of the images to average over (default all), e.g. a resample.
+
+    Returns
+    -------
+    list of dict
+        ``seeds``, ``threshold``, ``seed_threshold`` and the mean ``ap`` and ``count_error`` of each row.
 
     Examples
     --------
@@ -156,7 +206,34 @@ def per_image_table(model, cases, threshold_grid: Sequence[float] = THRESHOLD_GR
                     vote_grid: Sequence[float] = VOTE_GRID) -> list[dict]:
     """The threshold search's grid scored per image: one row per setting (``seeds``, ``threshold``,
     ``seed_threshold``) with ``ap`` and ``count_error`` as arrays over ``cases`` (``tune_thresholds`` averages
-    them; ``benchmarks/cells_tune_rule.py`` resamples them)."""
+    them; ``benchmarks/cells_tune_rule.py`` resamples them).
+
+    Parameters
+    ----------
+    model, cases, threshold_grid, seed_grid, iou, distance_seed_grid, vote_grid
+        As in :func:`tune_thresholds`; the distance-core rows only for a model with a distance head, the vote rows
+        only for one with an offset head.
+
+    Returns
+    -------
+    list of dict
+        One row per setting: ``seeds``, ``threshold``, ``seed_threshold``, and ``ap`` (AP@``iou``) and
+        ``count_error`` (absolute relative count error) as arrays with one entry per case.
+
+    Examples
+    --------
+    >>> from pathlib import Path
+    >>> from medseg.cells.config import CellTrainConfig
+    >>> from medseg.cells.data import CellCase, boundary_targets
+    >>> from medseg.cells.segmenters import CellModel
+    >>> lab = np.zeros((8, 14), int); lab[1:7, 1:7] = 1; lab[1:7, 7:13] = 2        # two touching squares
+    >>> model = CellModel(None, CellTrainConfig(distance_head=False, offset_head=False, min_snr=0), {})
+    >>> model.probabilities = lambda image: np.eye(3)[boundary_targets(lab)].transpose(2, 0, 1)  # a perfect network
+    >>> case = CellCase("a", Path("a.tif"), None, lab.astype(float), lab)
+    >>> rows = per_image_table(model, [case, case], threshold_grid=(0.5,), seed_grid=(0.5, 0.9))
+    >>> [(r["seeds"], r["threshold"], r["seed_threshold"], r["ap"].tolist()) for r in rows]
+    [('boundary', 0.5, 0.5, [1.0, 1.0]), ('boundary', 0.5, 0.9, [1.0, 1.0])]
+    """
     from medseg.evaluate.instances import instance_metrics
 
     probs = [model.probabilities(c.image) for c in cases]

@@ -17,7 +17,20 @@ LABEL_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".seg.nrrd", ".mha", ".mhd", ".tif
 
 @dataclass(frozen=True)
 class CasePair:
-    """One case: its name and the prediction and reference files."""
+    """One case: its name and the prediction and reference files (what :func:`pair_cases` returns).
+
+    Attributes
+    ----------
+    case : str
+        Case name (file name without its format suffix).
+    pred, ref : Path
+        Prediction and reference label-map files.
+
+    Examples
+    --------
+    >>> CasePair("liver_3", Path("pred/liver_3.nii.gz"), Path("ref/liver_3.nii.gz")).pred.name
+    'liver_3.nii.gz'
+    """
 
     case: str
     pred: Path
@@ -40,6 +53,40 @@ def pair_cases(pred: str | os.PathLike, ref: str | os.PathLike) -> list[CasePair
 
     Both may be files (one case, named after the reference) or folders (every label file in them;
     a case present on one side only is an error).
+
+    Parameters
+    ----------
+    pred, ref : path
+        Prediction and reference: two label-map files, or two folders of them (``.nii.gz``, ``.nii``, ``.nrrd``,
+        ``.seg.nrrd``, ``.mha``, ``.mhd``, ``.tif``, ``.tiff``, ``.png``; hidden files are ignored).
+
+    Returns
+    -------
+    list of CasePair
+        Sorted by case name. The files are not read.
+
+    Raises
+    ------
+    InputError
+        A side is missing, a file and a folder are mixed, the reference folder holds no label file, two files of a
+        folder share a case name, or a case has no counterpart.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> tmp = tempfile.TemporaryDirectory(); d = Path(tmp.name)
+    >>> for side in ("pred", "ref"):
+    ...     (d / side).mkdir()
+    ...     for case in ("b", "a"):
+    ...         (d / side / f"{case}.nii.gz").touch()
+    >>> [(c.case, c.pred.name, c.ref.parent.name) for c in pair_cases(d / "pred", d / "ref")]
+    [('a', 'a.nii.gz', 'ref'), ('b', 'b.nii.gz', 'ref')]
+    >>> (d / "pred" / "b.nii.gz").unlink()
+    >>> pair_cases(d / "pred", d / "ref")
+    Traceback (most recent call last):
+    ...
+    medseg.errors.InputError: .../ref/b.nii.gz: no prediction for case 'b' (expected in .../pred)
+    >>> tmp.cleanup()
     """
     pred, ref = Path(pred), Path(ref)
     for p, what in ((pred, "prediction"), (ref, "reference")):
@@ -63,7 +110,35 @@ def pair_cases(pred: str | os.PathLike, ref: str | os.PathLike) -> list[CasePair
 
 def read_label_map(path: str | os.PathLike) -> Image:
     """Read a label map; non-integer, negative or multi-channel values are an ``InputError`` (with an example value:
-    an image given as a prediction or a reference is refused here)."""
+    an image given as a prediction or a reference is refused here).
+
+    Parameters
+    ----------
+    path : path
+        A label-map file in any format :func:`medseg.io.readers.read_image` reads.
+
+    Returns
+    -------
+    Image
+        One channel, integer values >= 0 (integral float values narrowed by
+        :func:`medseg.io.labels.integer_labels`), with the file's affine and metadata.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from medseg.io.readers import write_image
+    >>> tmp = tempfile.TemporaryDirectory(); d = Path(tmp.name)
+    >>> seg = np.zeros((2, 3, 4), np.float32); seg[0, 1, 2] = 2
+    >>> lab = read_label_map(write_image(Image(seg, np.diag([2.0, 2.0, 3.0, 1.0])), d / "seg.nii.gz"))
+    >>> lab.array.dtype.name, int(lab.array[0, 1, 2]), lab.spacing
+    ('uint8', 2, (2.0, 2.0, 3.0))
+    >>> seg[0, 0, 0] = 0.5
+    >>> read_label_map(write_image(Image(seg, np.eye(4)), d / "image.nii.gz"))
+    Traceback (most recent call last):
+    ...
+    medseg.errors.InputError: .../image.nii.gz: not a label map: non-integer values such as 0.5 (1 voxel; ...
+    >>> tmp.cleanup()
+    """
     from medseg.io.labels import integer_labels
     from medseg.io.readers import read_image
 

@@ -117,7 +117,29 @@ def evaluate_folder(pred: str | os.PathLike, ref: str | os.PathLike, out_dir: st
     Returns
     -------
     dict
-        ``{"per_case", "mean", "std", "foreground_mean", "overall", "settings"}``.
+        ``{"per_case", "mean", "std", "ci95", "foreground_mean", "overall", "settings"}``: ``per_case`` holds
+        :func:`medseg.evaluate.metrics.evaluate_case`'s result of each case (with its ``case`` name), the others
+        are :func:`medseg.evaluate.summary.summarize`'s.
+
+    Examples
+    --------
+    One case: two 2x2 squares of a 4x4 slice sharing one column (Dice 2 * 2 / (4 + 4)):
+
+    >>> import tempfile
+    >>> from medseg.io.image import Image
+    >>> from medseg.io.readers import write_image
+    >>> tmp = tempfile.TemporaryDirectory(); d = Path(tmp.name)
+    >>> ref = np.zeros((4, 4, 1), np.uint8); ref[:2, :2] = 1
+    >>> pred = np.zeros((4, 4, 1), np.uint8); pred[:2, 1:3] = 1
+    >>> for folder, arr in (("ref", ref), ("pred", pred)):
+    ...     (d / folder).mkdir()
+    ...     _ = write_image(Image(arr, np.eye(4)), d / folder / "case_1.nii.gz")
+    >>> report = evaluate_folder(d / "pred", d / "ref", out_dir=d / "report", labels={"liver": 1})
+    >>> report["per_case"][0]["case"], report["mean"]["liver"]["dice"], report["mean"]["liver"]["hd"]
+    ('case_1', 0.5, 1.0)
+    >>> sorted(p.name for p in (d / "report").iterdir())
+    ['metrics.csv', 'metrics.json', 'report.html', 'report.md']
+    >>> tmp.cleanup()
     """
     if spacing_from not in (None, "ref", "pred"):
         raise InputError(f"--spacing-from must be 'ref' or 'pred', not {spacing_from!r}")

@@ -26,7 +26,28 @@ DEFAULT_THRESHOLDS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 
 @dataclass(frozen=True)
 class Overlaps:
-    """Sparse overlap table of two instance maps: ids, sizes and the IoU of every touching pair."""
+    """Sparse overlap table of two instance maps: ids, sizes and the IoU of every touching pair
+    (what :func:`overlaps` returns).
+
+    Attributes
+    ----------
+    ref_ids, pred_ids : ndarray
+        Sorted object ids (> 0) of the reference and the prediction.
+    ref_sizes, pred_sizes : ndarray of int
+        Voxels per object, aligned with ``ref_ids`` / ``pred_ids``.
+    pair_ref, pair_pred : ndarray of int
+        For each overlapping pair, the index of its objects in ``ref_ids`` / ``pred_ids``.
+    pair_inter, pair_iou : ndarray
+        Shared voxels and IoU of each pair.
+
+    Examples
+    --------
+    >>> o = overlaps(np.array([[1, 1, 0, 2, 2]]), np.array([[3, 3, 3, 0, 4]]))
+    >>> o.pair_ref.tolist(), o.pair_pred.tolist(), o.pair_inter.tolist()
+    ([0, 1], [0, 1], [2, 1])
+    >>> o.ref_sizes.tolist(), o.pred_sizes.tolist()
+    ([2, 2], [3, 1])
+    """
 
     ref_ids: np.ndarray
     pred_ids: np.ndarray
@@ -40,7 +61,29 @@ class Overlaps:
 
 @dataclass(frozen=True)
 class MatchResult:
-    """Object-level scores at one IoU threshold."""
+    """Object-level scores at one IoU threshold (see the module docstring for the definitions).
+
+    Attributes
+    ----------
+    thresh : float
+        IoU threshold of a match.
+    n_ref, n_pred : int
+        Objects in the reference and the prediction.
+    tp, fp, fn : int
+        Matched pairs, unmatched predicted objects, unmatched reference objects.
+    precision, recall, f1, ap, panoptic_quality : float
+        As defined in the module docstring (``ap`` is TP / (TP + FP + FN)).
+    mean_matched_iou : float
+        Mean IoU of the matched pairs (0 without any).
+
+    Examples
+    --------
+    >>> m = match_instances(np.array([[1, 1, 0, 2, 2, 0]]), np.array([[1, 1, 0, 0, 3, 3]]))[0]
+    >>> m.tp, m.fp, m.fn, m.precision, m.panoptic_quality, m.mean_matched_iou
+    (1, 1, 1, 0.5, 0.5, 1.0)
+    >>> round(m.as_dict()["ap"], 3)
+    0.333
+    """
 
     thresh: float
     n_ref: int
@@ -67,6 +110,16 @@ def _check_labels(name: str, arr: np.ndarray) -> np.ndarray:
 
 def overlaps(ref: np.ndarray, pred: np.ndarray) -> Overlaps:
     """IoU of every pair of overlapping objects, computed in one pass over the voxels.
+
+    Parameters
+    ----------
+    ref, pred : ndarray of int
+        Instance label maps (0 = background), same shape; non-integer or negative values are an ``InputError``.
+
+    Returns
+    -------
+    Overlaps
+        Ids and sizes of both sides' objects and the intersection and IoU of every pair that shares a voxel.
 
     Examples
     --------
@@ -130,6 +183,11 @@ def match_instances(ref: np.ndarray, pred: np.ndarray, thresholds=(0.5,)) -> lis
     thresholds : sequence of float
         IoU thresholds.
 
+    Returns
+    -------
+    list of MatchResult
+        One per threshold, in the order given.
+
     Examples
     --------
     >>> ref = np.array([[1, 1, 0, 2, 2, 0]])
@@ -164,6 +222,20 @@ def instance_metrics(ref: np.ndarray, pred: np.ndarray, thresholds=DEFAULT_THRES
     The count error is signed (``count_error``, ``relative_count_error`` = (n_pred - n_ref) / n_ref: + over-,
     - under-counted) and absolute (``abs_relative_count_error``); both relative errors are 0 without reference
     objects.
+
+    Parameters
+    ----------
+    ref, pred : ndarray of int
+        Instance label maps (0 = background), same shape.
+    thresholds : sequence of float
+        IoU thresholds (default 0.1 ... 0.9).
+
+    Returns
+    -------
+    dict
+        ``n_ref``, ``n_pred``, ``count_error``, ``relative_count_error``, ``abs_relative_count_error``, and for
+        each threshold ``t`` (formatted with ``:g``) ``ap@t``, ``precision@t``, ``recall@t``, ``f1@t``,
+        ``panoptic_quality@t``, ``tp@t``, ``fp@t``, ``fn@t``.
 
     Examples
     --------

@@ -20,6 +20,18 @@ def connected_components(mask: np.ndarray, connectivity: int | None = None) -> n
     ``ndim``: faces, edges and corners, the default, so that a lesion touching itself diagonally
     stays one lesion, as in the nnU-Net/BraTS lesion-wise evaluations).
 
+    Parameters
+    ----------
+    mask : ndarray of bool
+        Binary mask, any dimension.
+    connectivity : int, optional
+        1 .. ``mask.ndim`` (default ``mask.ndim``).
+
+    Returns
+    -------
+    ndarray of int32
+        Components 1..n in raster order of their first voxel, 0 = background.
+
     Examples
     --------
     >>> m = np.array([[1, 0, 0], [0, 1, 0], [0, 0, 0]], bool)
@@ -52,6 +64,13 @@ def lesion_metrics(ref: np.ndarray, pred: np.ndarray, thresholds=DEFAULT_THRESHO
         IoU thresholds (default 0.1 ... 0.9).
     connectivity : int, optional
         See :func:`connected_components`.
+    instances : bool
+        ``ref`` and ``pred`` are instance label maps already: matched as they are.
+
+    Returns
+    -------
+    dict
+        :func:`medseg.evaluate.instances.instance_metrics` of the two sides' objects.
 
     Examples
     --------

@@ -38,7 +38,20 @@ MIN_AGREEMENT = 0.1
 
 
 class UnreferencedLabelsWarning(UserWarning):
-    """The classes were taken from the data and a prediction holds values that no reference holds."""
+    """The classes were taken from the data and a prediction holds values that no reference holds.
+
+    Each such value is scored as a class of its own (Dice 0); naming the classes (``labels=``) avoids it, and
+    ``warnings.simplefilter("ignore", UnreferencedLabelsWarning)`` silences it.
+
+    Examples
+    --------
+    >>> import warnings
+    >>> with warnings.catch_warnings(record=True) as caught:
+    ...     warnings.simplefilter("always")
+    ...     r = evaluate_case(np.array([[0, 1, 2]]), np.array([[0, 1, 1]]), surface=False)
+    >>> [type(w.message).__name__ for w in caught], r["classes"]["label_2"]["dice"]
+    (['UnreferencedLabelsWarning'], 0.0)
+    """
 
 
 def values_text(values, most: int = 8, count: bool = True) -> str:

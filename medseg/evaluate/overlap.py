@@ -28,6 +28,16 @@ def _same_order_flat(ref: np.ndarray, pred: np.ndarray) -> tuple[np.ndarray, np.
 def present_labels(arr: np.ndarray) -> np.ndarray:
     """Sorted label values present in an integer label map (bincount, not a sort, for small labels).
 
+    Parameters
+    ----------
+    arr : ndarray of int
+        Label map, any dimension; non-integer or negative values are an ``InputError``.
+
+    Returns
+    -------
+    ndarray of int
+        The distinct values, background 0 included when present.
+
     Examples
     --------
     >>> present_labels(np.array([[0, 3], [3, 7]], np.uint8)).tolist()
@@ -116,11 +126,33 @@ def overlap_from_confusion(cm: np.ndarray, voxel_volume_ml: float = 1.0) -> dict
     Dice = IoU = 0 and the undefined ratio (precision with an empty prediction, recall with an
     empty reference) is 0. Relative volume difference is NaN when the reference is empty.
 
+    Parameters
+    ----------
+    cm : ndarray of int, shape (n, n)
+        Confusion matrix, rows reference, columns prediction (:func:`confusion_matrix`).
+    voxel_volume_ml : float
+        Volume of one voxel in ml, for the volume entries.
+
+    Returns
+    -------
+    dict of str to ndarray, each of shape (n,)
+        ``tp``, ``fp``, ``fn``, ``n_ref``, ``n_pred`` (voxels), ``dice``, ``iou``, ``precision``, ``recall``,
+        ``volume_pred_ml``, ``volume_ref_ml``, ``volume_diff_ml`` (prediction - reference), ``abs_volume_diff_ml``
+        and ``rel_volume_diff`` (difference / reference volume).
+
     Examples
     --------
     >>> m = overlap_from_confusion(np.array([[5, 1], [2, 2]]))
     >>> round(float(m["dice"][1]), 4), round(float(m["iou"][1]), 4), int(m["fp"][1]), int(m["fn"][1])
     (0.5714, 0.4, 1, 2)
+
+    Two 2x2 squares of a 4x4 label map that share one column (2 of their 4 pixels):
+
+    >>> ref = np.zeros((4, 4), int); ref[:2, :2] = 1
+    >>> pred = np.zeros((4, 4), int); pred[:2, 1:3] = 1
+    >>> m = overlap_from_confusion(confusion_matrix(ref, pred)[0])
+    >>> float(m["dice"][1]), round(float(m["iou"][1]), 4), float(m["volume_diff_ml"][1])
+    (0.5, 0.3333, 0.0)
     """
     cm = np.asarray(cm, dtype=np.int64)
     tp = np.diag(cm).astype(np.int64)
@@ -151,6 +183,16 @@ def pixel_accuracy(cm: np.ndarray) -> float:
 
     Misleading under class imbalance: a prediction of all background scores ~0.99 on most CT
     volumes. Report it next to the mean IoU, never alone.
+
+    Parameters
+    ----------
+    cm : ndarray of int, shape (n, n)
+        Confusion matrix (:func:`confusion_matrix`).
+
+    Returns
+    -------
+    float
+        ``trace(cm) / cm.sum()``; 1.0 for an empty matrix.
 
     Examples
     --------

@@ -39,11 +39,60 @@ def _clean(obj):
 
 
 def to_json(report: dict) -> str:
+    """The report as JSON text (``metrics.json``): NaN and infinities as ``null``, NumPy scalars as numbers.
+
+    Parameters
+    ----------
+    report : dict
+        Any mapping of JSON-able values (NumPy scalars and non-finite floats included).
+
+    Returns
+    -------
+    str
+        Indented JSON ending with a newline; non-finite values never appear as ``NaN`` (invalid JSON).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> print(to_json({"dice": np.float64(0.5), "hd95": float("nan")}), end="")
+    {
+     "dice": 0.5,
+     "hd95": null
+    }
+    """
     return json.dumps(_clean(report), indent=1, allow_nan=False) + "\n"
 
 
 def to_csv(report: dict) -> str:
-    """One row per case x class; lesion metrics as ``lesion_<key>`` columns."""
+    """One row per case x class; lesion metrics as ``lesion_<key>`` columns (``metrics.csv``).
+
+    Parameters
+    ----------
+    report : dict
+        What :func:`medseg.evaluate.folder.evaluate_folder` returns: ``per_case`` (rows of
+        :func:`medseg.evaluate.metrics.evaluate_case` with a ``case`` name), the entries of
+        :func:`medseg.evaluate.summary.summarize` and ``settings``.
+
+    Returns
+    -------
+    str
+        CSV text: columns ``case``, ``class``, ``label``, every metric of
+        :data:`medseg.evaluate.metrics.METRIC_KEYS`, the lesion columns and ``flags`` (``;``-separated); undefined
+        values (NaN, None) are blank.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from medseg.evaluate.metrics import evaluate_case
+    >>> from medseg.evaluate.summary import summarize
+    >>> ref = np.zeros((4, 4), np.uint8); ref[:2, :2] = 1          # two 2x2 squares sharing one column
+    >>> pred = np.zeros((4, 4), np.uint8); pred[:2, 1:3] = 1
+    >>> per_case = [{"case": "a", **evaluate_case(pred, ref)}]
+    >>> report = {"per_case": per_case, **summarize(per_case, ["label_1"]), "settings": {"nsd_tolerance_mm": 2.0}}
+    >>> row = next(csv.DictReader(io.StringIO(to_csv(report))))
+    >>> row["case"], row["class"], row["dice"], row["hd"], row["tp"], row["fp"], row["fn"]
+    ('a', 'label_1', '0.5', '1.0', '2', '2', '2')
+    """
     lesion_keys: list[str] = []
     for c in report["per_case"]:
         for m in c["classes"].values():
@@ -112,8 +161,37 @@ def _notes(report: dict) -> list[str]:
 
 
 def to_markdown(report: dict) -> str:
+    """The report as Markdown (``report.md``): per-class mean ± std over cases, lesion-wise scores, notes, the
+    worst cases and the settings.
+
+    Parameters
+    ----------
+    report : dict
+        What :func:`medseg.evaluate.folder.evaluate_folder` returns: ``per_case`` (rows of
+        :func:`medseg.evaluate.metrics.evaluate_case` with a ``case`` name), the entries of
+        :func:`medseg.evaluate.summary.summarize` and ``settings``.
+
+    Returns
+    -------
+    str
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from medseg.evaluate.metrics import evaluate_case
+    >>> from medseg.evaluate.summary import summarize
+    >>> ref = np.zeros((4, 4), np.uint8); ref[:2, :2] = 1          # two 2x2 squares sharing one column
+    >>> pred = np.zeros((4, 4), np.uint8); pred[:2, 1:3] = 1
+    >>> per_case = [{"case": "a", **evaluate_case(pred, ref)}]
+    >>> report = {"per_case": per_case, **summarize(per_case, ["label_1"]), "settings": {"nsd_tolerance_mm": 2.0}}
+    >>> for line in to_markdown(report).splitlines()[2:5]:
+    ...     print(line)
+    | class | n | dice | iou | hd95 | assd | nsd@2.0mm | volume_ref_ml | volume_pred_ml |
+    |---|---|---|---|---|---|---|---|---|
+    | label_1 | 1 | 0.5 ± 0 | 0.3333 ± 0 | 1 ± 0 | 0.5 ± 0 | 1 ± 0 | 0.004 | 0.004 |
+    """
     heads, rows = _table_rows(report)
-    lines = [f"# Segmentation metrics ({len(report['per_case'])} cases)", "",
+    lines = [f"# Segmentation metrics ({_cases(len(report['per_case']))})", "",
              "| " + " | ".join(heads) + " |", "|" + "---|" * len(heads)]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
     lesions = {n: m["lesions"] for n, m in report["mean"].items() if "lesions" in m}
@@ -135,7 +213,33 @@ def to_markdown(report: dict) -> str:
 
 
 def dice_plot_png(report: dict) -> bytes:
-    """Box plot with the per-case points (strip) of Dice per class, as PNG bytes."""
+    """Box plot with the per-case points (strip) of Dice per class, as PNG bytes (matplotlib's Agg backend; the
+    points' jitter has a fixed seed, so the same report gives the same picture).
+
+    Parameters
+    ----------
+    report : dict
+        What :func:`medseg.evaluate.folder.evaluate_folder` returns: ``per_case`` (rows of
+        :func:`medseg.evaluate.metrics.evaluate_case` with a ``case`` name), the entries of
+        :func:`medseg.evaluate.summary.summarize` and ``settings``.
+
+    Returns
+    -------
+    bytes
+        A PNG file's content.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from medseg.evaluate.metrics import evaluate_case
+    >>> from medseg.evaluate.summary import summarize
+    >>> ref = np.zeros((4, 4), np.uint8); ref[:2, :2] = 1          # two 2x2 squares sharing one column
+    >>> pred = np.zeros((4, 4), np.uint8); pred[:2, 1:3] = 1
+    >>> per_case = [{"case": "a", **evaluate_case(pred, ref)}]
+    >>> report = {"per_case": per_case, **summarize(per_case, ["label_1"]), "settings": {"nsd_tolerance_mm": 2.0}}
+    >>> dice_plot_png(report)[1:4]  # the PNG signature
+    b'PNG'
+    """
     import matplotlib
 
     matplotlib.use("Agg", force=False)
@@ -161,6 +265,33 @@ def dice_plot_png(report: dict) -> bytes:
 
 
 def to_html(report: dict) -> str:
+    """The report as one self-contained HTML page (``report.html``): the tables of :func:`to_markdown` and the
+    plot of :func:`dice_plot_png` embedded as base64, no external resources.
+
+    Parameters
+    ----------
+    report : dict
+        What :func:`medseg.evaluate.folder.evaluate_folder` returns: ``per_case`` (rows of
+        :func:`medseg.evaluate.metrics.evaluate_case` with a ``case`` name), the entries of
+        :func:`medseg.evaluate.summary.summarize` and ``settings``.
+
+    Returns
+    -------
+    str
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from medseg.evaluate.metrics import evaluate_case
+    >>> from medseg.evaluate.summary import summarize
+    >>> ref = np.zeros((4, 4), np.uint8); ref[:2, :2] = 1          # two 2x2 squares sharing one column
+    >>> pred = np.zeros((4, 4), np.uint8); pred[:2, 1:3] = 1
+    >>> per_case = [{"case": "a", **evaluate_case(pred, ref)}]
+    >>> report = {"per_case": per_case, **summarize(per_case, ["label_1"]), "settings": {"nsd_tolerance_mm": 2.0}}
+    >>> page = to_html(report)
+    >>> page.startswith("<!DOCTYPE html>"), "<td>label_1</td><td>1</td><td>0.5 ± 0</td>" in page
+    (True, True)
+    """
     heads, rows = _table_rows(report)
     e = html.escape
     table = "<table><tr>" + "".join(f"<th>{e(h)}</th>" for h in heads) + "</tr>" + "".join(
@@ -185,14 +316,47 @@ def to_html(report: dict) -> str:
     style = ("body{font-family:sans-serif;margin:2em;max-width:1200px}table{border-collapse:collapse;margin:1em 0}"
              "td,th{border:1px solid #ccc;padding:2px 8px;text-align:right}td:first-child{text-align:left}")
     return (f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>medseg evaluation</title>"
-            f"<style>{style}</style></head><body>\n<h1>Segmentation metrics ({len(report['per_case'])} cases)</h1>\n"
+            f"<style>{style}</style></head><body>\n<h1>Segmentation metrics ({_cases(len(report['per_case']))})</h1>\n"
             f"<h2>Summary (mean ± std over cases)</h2>\n{table}\n<ul>{notes}</ul>\n{lesion_html}"
             f"<h2>Dice per class</h2>\n<img alt=\"Dice per class\" src=\"data:image/png;base64,{png}\">\n"
             f"<h2>Worst cases</h2>\n{worst}\n<h2>Settings</h2>\n<ul>{settings}</ul>\n</body></html>\n")
 
 
 def write_report(report: dict, out_dir: str | os.PathLike, protect=()) -> dict[str, Path]:
-    """Render the four files in memory, then write each atomically into ``out_dir`` (created if needed)."""
+    """Render the four files in memory, then write each atomically into ``out_dir`` (created if needed).
+
+    Parameters
+    ----------
+    report : dict
+        What :func:`medseg.evaluate.folder.evaluate_folder` returns: ``per_case`` (rows of
+        :func:`medseg.evaluate.metrics.evaluate_case` with a ``case`` name), the entries of
+        :func:`medseg.evaluate.summary.summarize` and ``settings``.
+    out_dir : path
+        Output folder; a folder created here is removed again if writing fails.
+    protect : sequence of path
+        Files that must not be overwritten (the inputs).
+
+    Returns
+    -------
+    dict of str to Path
+        ``metrics.json``, ``metrics.csv``, ``report.html`` and ``report.md``, each with its path.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> import numpy as np
+    >>> from medseg.evaluate.metrics import evaluate_case
+    >>> from medseg.evaluate.summary import summarize
+    >>> ref = np.zeros((4, 4), np.uint8); ref[:2, :2] = 1          # two 2x2 squares sharing one column
+    >>> pred = np.zeros((4, 4), np.uint8); pred[:2, 1:3] = 1
+    >>> per_case = [{"case": "a", **evaluate_case(pred, ref)}]
+    >>> report = {"per_case": per_case, **summarize(per_case, ["label_1"]), "settings": {"nsd_tolerance_mm": 2.0}}
+    >>> tmp = tempfile.TemporaryDirectory()
+    >>> files = write_report(report, Path(tmp.name) / "report")
+    >>> sorted(files), files["report.md"].read_text().splitlines()[0]
+    (['metrics.csv', 'metrics.json', 'report.html', 'report.md'], '# Segmentation metrics (1 case)')
+    >>> tmp.cleanup()
+    """
     out_dir = Path(out_dir)
     texts = {"metrics.json": to_json(report), "metrics.csv": to_csv(report),
              "report.html": to_html(report), "report.md": to_markdown(report)}
@@ -212,3 +376,7 @@ def write_report(report: dict, out_dir: str | os.PathLike, protect=()) -> dict[s
             out_dir.rmdir()
         raise
     return {name: out_dir / name for name in REPORT_FILES}
+
+
+def _cases(n: int) -> str:
+    return f"{n} case" if n == 1 else f"{n} cases"

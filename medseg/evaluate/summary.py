@@ -109,6 +109,33 @@ def summarize(per_case: list[dict], class_names: list[str]) -> dict:
     ``ci95`` holds the 95 % bootstrap interval of each class's mean Dice and IoU over cases
     (:func:`bootstrap_mean_ci`). Means skip NaN values (undefined distances, relative volume with an empty reference);
     ``n_surface_cases`` says how many cases the distance means average.
+
+    Parameters
+    ----------
+    per_case : list of dict
+        Rows of :func:`medseg.evaluate.metrics.evaluate_case`: ``classes`` (``{name: {metric: value, "flags":
+        [...]}}``), ``pixel_accuracy`` and ``mean_iou``.
+    class_names : list of str
+        Classes to summarise (a case without a class is left out of its statistics).
+
+    Returns
+    -------
+    dict
+        ``mean`` and ``std`` (``{class: {metric: value}}``; ``mean`` also holds ``n_cases``, ``n_surface_cases``,
+        ``n_both_empty``, ``n_pred_empty``, ``n_ref_empty`` and pooled ``lesions``), ``ci95`` (``{class: {"dice":
+        [lo, hi], "iou": [lo, hi]}}``), ``foreground_mean`` (the mean over classes of each class mean) and
+        ``overall`` (mean and std over cases of ``pixel_accuracy`` and ``mean_iou``, and a ``note``).
+
+    Examples
+    --------
+    >>> per_case = [{"classes": {"liver": {"dice": 0.5, "flags": []}}, "pixel_accuracy": 0.9, "mean_iou": 0.5},
+    ...             {"classes": {"liver": {"dice": 1.0, "flags": ["both_empty"]}}, "pixel_accuracy": 1.0,
+    ...              "mean_iou": 1.0}]
+    >>> s = summarize(per_case, ["liver"])
+    >>> s["mean"]["liver"]["dice"], s["std"]["liver"]["dice"], s["mean"]["liver"]["n_both_empty"]
+    (0.75, 0.25, 1)
+    >>> s["ci95"]["liver"]["dice"], s["overall"]["mean_iou"]["mean"]
+    ([0.5, 1.0], 0.75)
     """
     mean: dict = {}
     std: dict = {}
@@ -155,7 +182,32 @@ def _finite_or_nan(v) -> float:
 
 
 def worst_cases(per_case: list[dict], n: int = 10, metric: str = "dice") -> list[dict]:
-    """The ``n`` cases with the lowest mean ``metric`` over classes, with their worst class."""
+    """The ``n`` cases with the lowest mean ``metric`` over classes, with their worst class.
+
+    Parameters
+    ----------
+    per_case : list of dict
+        Rows of :func:`medseg.evaluate.metrics.evaluate_case` with a ``case`` name.
+    n : int
+        How many cases to return.
+    metric : str
+        Per-class metric to rank by (lower is worse); NaN and None values are left out, and so are cases without
+        any value.
+
+    Returns
+    -------
+    list of dict
+        Worst first: ``case``, ``mean_<metric>``, ``worst_class`` and ``worst_<metric>``.
+
+    Examples
+    --------
+    >>> per_case = [{"case": "a", "classes": {"liver": {"dice": 1.0}, "tumour": {"dice": 0.5}}},
+    ...             {"case": "b", "classes": {"liver": {"dice": 0.9}, "tumour": {"dice": float("nan")}}}]
+    >>> worst_cases(per_case, n=1)
+    [{'case': 'a', 'mean_dice': 0.75, 'worst_class': 'tumour', 'worst_dice': 0.5}]
+    >>> [w["case"] for w in worst_cases(per_case)]
+    ['a', 'b']
+    """
     rows = []
     for c in per_case:
         vals = {k: v[metric] for k, v in c["classes"].items() if v.get(metric) is not None

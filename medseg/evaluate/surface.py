@@ -36,6 +36,15 @@ def label_borders(lab: np.ndarray) -> np.ndarray:
 
     Equal, class by class, to ``(lab == c) & ~scipy.ndimage.binary_erosion(lab == c)``.
 
+    Parameters
+    ----------
+    lab : ndarray of int
+        Label map, any dimension (the background is a label like any other).
+
+    Returns
+    -------
+    ndarray of bool, the shape of ``lab``.
+
     Examples
     --------
     >>> lab = np.zeros((5, 5), np.uint8); lab[1:4, 1:4] = 1
@@ -68,7 +77,27 @@ def _c_view(arr: np.ndarray) -> tuple[np.ndarray, tuple[int, ...]]:
 
 
 def border_points(lab: np.ndarray, labels) -> dict[int, np.ndarray]:
-    """Sorted flat indices (of ``lab``'s C-ordered view) of the border voxels of each label in ``labels``."""
+    """Sorted flat indices (of ``lab``'s C-ordered view) of the border voxels of each label in ``labels``.
+
+    Parameters
+    ----------
+    lab : ndarray of int
+        Label map, C-contiguous (a reshape of another layout would copy and reorder).
+    labels : iterable of int
+        Labels whose borders are wanted.
+
+    Returns
+    -------
+    dict of int to ndarray of int64
+        Per label, the flat indices of its :func:`label_borders` voxels (empty for a label absent from ``lab``).
+
+    Examples
+    --------
+    >>> lab = np.zeros((5, 5), np.uint8); lab[1:4, 1:4] = 1   # a 3x3 square: its ring of 8, not its centre 12
+    >>> b = border_points(lab, [1, 2])
+    >>> b[1].tolist(), b[2].tolist()
+    ([6, 7, 8, 11, 13, 16, 17, 18], [])
+    """
     flat_lab = lab.reshape(-1)
     idx = np.flatnonzero(label_borders(lab))
     vals = flat_lab[idx]
@@ -95,7 +124,34 @@ def _directed(src: np.ndarray, dst: np.ndarray, shape, spacing: np.ndarray, work
 
 def surface_distances(ref_border: np.ndarray, pred_border: np.ndarray, shape, spacing,
                       workers: int = 1) -> tuple[np.ndarray, np.ndarray]:
-    """Directed distances ``(d(P->R), d(R->P))`` in mm between two border sets given as sorted flat indices."""
+    """Directed distances ``(d(P->R), d(R->P))`` in mm between two border sets given as sorted flat indices.
+
+    Parameters
+    ----------
+    ref_border, pred_border : ndarray of int
+        Sorted flat indices of the border voxels (:func:`border_points`).
+    shape : tuple of int
+        Shape of the C-ordered array the indices refer to.
+    spacing : sequence of float
+        Voxel size (mm) per axis of that array.
+    workers : int
+        Threads for the KD-tree queries.
+
+    Returns
+    -------
+    d_pr : ndarray of float, shape (len(pred_border),)
+        Distance of each prediction border voxel to the nearest reference border voxel (0 for shared voxels).
+    d_rp : ndarray of float, shape (len(ref_border),)
+        The same from the reference to the prediction. With one side empty, the other side's distances are inf.
+
+    Examples
+    --------
+    >>> d_pr, d_rp = surface_distances(np.array([2, 5]), np.array([2, 6]), (1, 8), (1.0, 2.0))
+    >>> d_pr.tolist(), d_rp.tolist()
+    ([0.0, 2.0], [0.0, 2.0])
+    >>> [d.tolist() for d in surface_distances(np.array([], int), np.array([3]), (1, 8), (1.0, 1.0))]
+    [[inf], []]
+    """
     spacing = np.asarray(spacing, float)
     if len(ref_border) == 0 or len(pred_border) == 0:
         return np.full(len(pred_border), np.inf), np.full(len(ref_border), np.inf)
@@ -107,6 +163,18 @@ def summarize_distances(d_pr: np.ndarray, d_rp: np.ndarray, tolerance: float) ->
     """HD95, HD, ASSD and NSD from the two directed distance sets (see the module docstring).
 
     Empty policy: both empty -> distances 0 and NSD 1; one empty -> distances NaN and NSD 0.
+
+    Parameters
+    ----------
+    d_pr, d_rp : ndarray of float
+        Directed distances (mm) of :func:`surface_distances`.
+    tolerance : float
+        NSD tolerance in mm.
+
+    Returns
+    -------
+    dict
+        ``hd95``, ``hd``, ``assd`` (mm) and ``nsd`` (fraction in [0, 1]).
 
     Examples
     --------
@@ -145,6 +213,11 @@ def surface_metrics(ref: np.ndarray, pred: np.ndarray, labels, spacing, toleranc
         NSD tolerance in mm, or ``{label: mm}``.
     workers : int
         Threads for the KD-tree queries.
+
+    Returns
+    -------
+    dict of int to dict
+        Per label, :func:`summarize_distances`' ``hd95``, ``hd``, ``assd`` and ``nsd``.
 
     Examples
     --------

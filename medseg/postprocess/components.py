@@ -35,6 +35,20 @@ def _bbox_views(labels: np.ndarray):
 def component_sizes(mask: np.ndarray, connectivity: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Connected components of a binary mask: (component index map, voxel count per index; index 0 is background).
 
+    Parameters
+    ----------
+    mask : ndarray of bool
+        Binary mask, any dimension.
+    connectivity : int, optional
+        Neighbourhood as in :func:`scipy.ndimage.generate_binary_structure` (default: full, ``mask.ndim``).
+
+    Returns
+    -------
+    comp : ndarray of int32
+        Component index of every voxel (1..n in raster order of their first voxel, 0 = background).
+    sizes : ndarray of int64, shape (n + 1,)
+        Voxel count per index; ``sizes[0]`` counts the background.
+
     Examples
     --------
     >>> comp, sizes = component_sizes(np.array([1, 1, 0, 1]))
@@ -97,6 +111,11 @@ def remove_small_components(labels: np.ndarray, min_size_mm3: float, spacing: Se
         Voxel size in mm per axis (default 1 mm): the voxel volume is its product.
     classes, connectivity
         As in :func:`keep_largest_component`.
+
+    Returns
+    -------
+    ndarray
+        Same shape and dtype as ``labels``, the small components set to 0.
 
     Examples
     --------

@@ -19,6 +19,21 @@ def background_stats(image: np.ndarray, labels: np.ndarray, margin: int = 3) -> 
     """Median and robust standard deviation (1.4826 x MAD; the plain standard deviation where the MAD is 0, as on
     quantised flat backgrounds) of the pixels farther than ``margin`` pixels from any object; None without any.
 
+    Parameters
+    ----------
+    image : ndarray
+        Intensity image, 2D or 3D.
+    labels : ndarray of int
+        Objects (> 0) of the same shape; 0 is background.
+    margin : int
+        Pixels around the objects left out of the background (steps of a face-connected dilation; 0: every
+        pixel with label 0).
+
+    Returns
+    -------
+    (float, float) or None
+        Background median and robust standard deviation; None when no pixel is that far from the objects.
+
     Examples
     --------
     >>> img = np.full((20, 20), 10.0); img[::2] += 2; lab = np.zeros((20, 20), int); lab[5:9, 5:9] = 1
@@ -38,6 +53,23 @@ def object_snr(image: np.ndarray, labels: np.ndarray, polarity: int = 1, margin:
     """Each object's contrast to the background in units of the background's noise: ``polarity * (mean inside -
     background median) / background sd``, for labels 1..max (``polarity=-1`` for dark objects on a bright
     background). Objects in an image without background, or with a noiseless one, get +inf.
+
+    Parameters
+    ----------
+    image : ndarray
+        Intensity image, 2D or 3D.
+    labels : ndarray of int
+        Instance labels of the same shape, 0 = background.
+    polarity : {1, -1}
+        1 for bright objects, -1 for dark ones.
+    margin : int
+        As in :func:`background_stats`.
+
+    Returns
+    -------
+    ndarray of float, shape (labels.max(),)
+        Entry ``i - 1`` is object ``i``'s contrast in background sigmas (NaN for an id absent from ``labels``;
+        +inf for every object when the background is missing or noiseless).
 
     Examples
     --------
@@ -61,6 +93,23 @@ def object_snr(image: np.ndarray, labels: np.ndarray, polarity: int = 1, margin:
 def remove_faint_instances(labels: np.ndarray, image: np.ndarray, min_snr: float = 2.0, polarity: int = 1,
                            margin: int = 3) -> np.ndarray:
     """Drop objects whose :func:`object_snr` is below ``min_snr`` (0 keeps everything); labels renumbered 1..n.
+
+    Parameters
+    ----------
+    labels : ndarray of int
+        Instance labels, 0 = background.
+    image : ndarray
+        Intensity image of the same shape.
+    min_snr : float
+        Smallest contrast kept, in background standard deviations; 0 keeps every object.
+    polarity, margin
+        As in :func:`object_snr`.
+
+    Returns
+    -------
+    ndarray
+        The kept objects renumbered 1..n (uint16, uint32 beyond 65535 objects); ``labels`` itself, unchanged,
+        when ``min_snr`` is 0 or there are no objects.
 
     Examples
     --------

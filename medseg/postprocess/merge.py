@@ -16,7 +16,21 @@ def border_strengths(labels: np.ndarray, boundary: np.ndarray) -> tuple[np.ndarr
     """Every pair of touching objects (face-connected), with the length of their shared border (pixel pairs) and
     the mean boundary probability along it (each pixel pair contributes the mean of its two pixels).
 
-    Returns ``(pairs, lengths, strengths)``: ``pairs`` is (P, 2), smaller id first, sorted.
+    Parameters
+    ----------
+    labels : ndarray of int
+        Instance labels (0 = background), any dimension.
+    boundary : ndarray of float
+        Boundary probability, same shape.
+
+    Returns
+    -------
+    pairs : ndarray of int64, shape (P, 2)
+        Ids of the touching objects, smaller id first, rows sorted.
+    lengths : ndarray of int64, shape (P,)
+        Face-adjacent pixel pairs along each shared border.
+    strengths : ndarray of float, shape (P,)
+        Mean boundary probability along each shared border.
 
     Examples
     --------
@@ -60,6 +74,16 @@ def merge_weak_borders(labels: np.ndarray, boundary: np.ndarray, max_boundary: f
         Instance labels (0 = background), 2D or 3D.
     boundary : ndarray of float
         The boundary-class probability, same shape.
+    max_boundary : float
+        Only borders whose mean boundary probability is below this are merged across.
+    max_area_ratio : float
+        Largest area of the smaller object, as a fraction of the larger's, for a merge.
+
+    Returns
+    -------
+    ndarray
+        Labels of the same shape and dtype, renumbered 1..n (``labels`` itself when either limit is 0 or
+        there is at most one object).
 
     Examples
     --------
