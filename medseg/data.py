@@ -12,6 +12,7 @@ import os
 import shutil
 import tarfile
 import tempfile
+import warnings
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,7 +61,11 @@ def find_sample_data(explicit: str | os.PathLike | None = None) -> Path | None:
         return p.resolve() if p.is_dir() else None
     candidates = []
     if os.environ.get("MEDSEG_DATA"):
-        candidates.append(Path(os.environ["MEDSEG_DATA"]).expanduser())
+        env = Path(os.environ["MEDSEG_DATA"]).expanduser()
+        if env.is_dir():
+            candidates.append(env)
+        else:  # a typo in the variable must not pass unnoticed while another folder is used
+            warnings.warn(f"MEDSEG_DATA={os.environ['MEDSEG_DATA']} is not a folder; ignored", stacklevel=2)
     repo = Path(__file__).resolve().parents[1]
     candidates += [Path.cwd().parent / "shared" / "data", repo.parent / "shared" / "data"]
     for c in candidates:

@@ -103,7 +103,7 @@ def test_dsb_conversion_rebuilds_instance_maps_from_real_masks(tmp_path):
 def test_cli_data_fetch_unknown_and_where(tmp_path):
     assert_clean_error(run_cli("data", "fetch", "no-such-set", "-o", str(tmp_path)), "unknown dataset")
     assert list(tmp_path.iterdir()) == []
-    assert_clean_error(run_cli("data", "where", "--data", str(tmp_path / "missing")), "no sample data")
+    assert_clean_error(run_cli("data", "where", "--data", str(tmp_path / "missing")), "missing", "not found")
 
 
 @pytest.mark.parametrize("failure", ["offline", "cut_short"])

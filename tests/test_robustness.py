@@ -269,7 +269,7 @@ BAD = [
                                            "-o", o], ["empty"]),
     # data, demo
     ("data-fetch-unknown", lambda c, o: ["data", "fetch", "no-such-dataset", "-o", o], ["no-such-dataset"]),
-    ("data-where-missing", lambda c, o: ["data", "where", "--data", c["root"] / "nowhere"], ["--data"]),
+    ("data-where-missing", lambda c, o: ["data", "where", "--data", c["root"] / "nowhere"], ["nowhere", "not found"]),
     ("demo-no-data", lambda c, o: ["demo", "--data", c["root"] / "nowhere", "-o", o], ["nowhere", "not found"]),
 ]
 

@@ -159,7 +159,7 @@ def count_cells(inputs, out_dir, model=None, classical: bool = False, channel: i
     ndims, kept = _check_images(files, channel, pixel_size, None if classical else seg.cfg.spatial_dims)
     with_rois = _roi_images(files, ndims, roi_zip, inputs, note)
     out_dir = Path(out_dir)
-    _check_outputs(files, out_dir, with_rois)
+    _check_outputs(files, out_dir, with_rois, inputs)
     if min_snr is not None and not classical:
         seg.cfg.min_snr = float(min_snr)
     if merge_boundary is not None and not classical:
@@ -309,9 +309,10 @@ def _output_names(cid: str, rois: bool) -> list[str]:
     return [f"{cid}_labels.tif", f"{cid}_cells.csv", f"{cid}_overlay.png"] + ([f"{cid}_rois.zip"] if rois else [])
 
 
-def _check_outputs(files, out_dir: Path, with_rois) -> None:
-    """Refuse, before any segmenting, an output folder that is a file, or where an output would replace an input
-    (``-o`` the input folder, say) or a folder of that name (moving the outputs into place would stop half-way)."""
+def _check_outputs(files, out_dir: Path, with_rois, sources=()) -> None:
+    """Refuse, before any segmenting, an output folder that is a file or an input folder (the next run would count
+    its overlays and label maps as images), or where an output would replace an input or a folder of that name
+    (moving the outputs into place would stop half-way)."""
     existing = next((p for p in (out_dir, *out_dir.parents) if p.exists()), None)
     if existing is not None and not existing.is_dir():  # -o a file, or a folder below one
         raise InputError("the output folder (-o) is a file" if existing == out_dir else
@@ -323,6 +324,10 @@ def _check_outputs(files, out_dir: Path, with_rois) -> None:
         if dest.exists() and dest.resolve() in inputs:
             raise InputError("refusing to overwrite an input file", path=dest)
         refuse_folder(dest)
+    for src in map(Path, sources if isinstance(sources, (list, tuple)) else [sources]):
+        if src.is_dir() and out_dir.exists() and out_dir.resolve() == src.resolve():
+            raise InputError("the output folder (-o) is the input folder: the next run would count its overlays and "
+                             "label maps as images; choose another folder", path=out_dir)
 
 
 def _count_one(img, f: Path, seg, exclude_border: bool, rois: bool, place, method: str) -> dict:

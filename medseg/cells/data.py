@@ -479,13 +479,17 @@ def list_cases(root: str | os.PathLike, require_labels: bool = True) -> list[Cel
     img_dir, lab_dir = root / "images", root / "labels"
     if not img_dir.is_dir():
         raise InputError("not a cell dataset (expected images/<id>.<ext> and labels/<id>.tif)", path=root)
+    order = (".tif", ".tiff", ".png")  # a case's label map: the first of these, in any letter case
+    found = sorted((q for q in (lab_dir.iterdir() if lab_dir.is_dir() else ())
+                    if q.suffix.lower() in order and not q.name.startswith(".")),
+                   key=lambda q: (order.index(q.suffix.lower()), q.name), reverse=True)
+    label_of = {case_name(q): q for q in found}
     cases = []
     for p in sorted(img_dir.iterdir()):
         if p.suffix.lower() not in IMAGE_EXTS or p.name.startswith("."):
             continue
         cid = case_name(p)
-        lab = next((lab_dir / f"{cid}{e}" for e in (".tif", ".tiff", ".png") if (lab_dir / f"{cid}{e}").exists()),
-                   None)
+        lab = label_of.get(cid)
         if lab is None and require_labels:
             raise InputError(f"image {p.name} has no label map labels/{cid}.tif", path=root)
         cases.append(CellCase(cid, p, lab))

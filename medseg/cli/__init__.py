@@ -6,6 +6,7 @@ Exit codes: 0 success, 2 bad input or usage (one line on stderr), 1 unexpected f
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import sys
@@ -83,7 +84,18 @@ def _warning_line(message, category, filename, lineno, file=None, line=None) -> 
     print(f"medseg: warning: {_one_line(message)}", file=file or sys.stderr)
 
 
+def _expand_home(arg: str) -> str:
+    """``--out=~/x`` → ``--out=/home/me/x``: the shell expands ``~`` only at the start of a word, and a folder
+    named ``~`` in the working directory is never what was meant."""
+    if arg.startswith("--") and "=~" in arg:
+        opt, value = arg.split("=", 1)
+        if value == "~" or value.startswith("~/"):
+            return f"{opt}={os.path.expanduser(value)}"
+    return arg
+
+
 def _run(argv: list[str], debug: bool) -> int:
+    argv = [_expand_home(a) for a in argv]
     try:
         rv = app(args=argv, prog_name="medseg", standalone_mode=False)
         if rv == 130:  # typer turns KeyboardInterrupt into Exit(130), which it returns outside standalone mode
@@ -104,20 +116,37 @@ def _run(argv: list[str], debug: bool) -> int:
             traceback.print_exc()
         print(f"medseg: error: {_one_line(exc)}", file=sys.stderr)
         return exc.exit_code
-    except (FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError, PermissionError) as exc:
+    except OSError as exc:
+        if not _user_side(exc):
+            return _internal(exc, debug)
         if debug:
             traceback.print_exc()
-        where = exc.filename or ""
-        print(f"medseg: error: {where}: {_one_line(exc.strerror or exc)}", file=sys.stderr)
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"medseg: error: {where}{_one_line(exc.strerror or exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return _interrupted()
     except Exception as exc:  # a bug in medseg: still one line unless --debug
-        if debug:
-            traceback.print_exc()
-        print(f"medseg: internal error: {type(exc).__name__}: {_one_line(exc)} (run with --debug for the traceback)",
-              file=sys.stderr)
-        return 1
+        return _internal(exc, debug)
+
+
+def _internal(exc: BaseException, debug: bool) -> int:
+    if debug:
+        traceback.print_exc()
+    print(f"medseg: internal error: {type(exc).__name__}: {_one_line(exc)} (run with --debug for the traceback)",
+          file=sys.stderr)
+    return 1
+
+
+# what the file system answers about the user's paths (a read-only mount, a name too long, a full disk, a link
+# loop), not a bug in medseg: one line and exit 2, like a missing file
+_USER_ERRNOS = {errno.ENOENT, errno.EEXIST, errno.EISDIR, errno.ENOTDIR, errno.EACCES, errno.EPERM, errno.EROFS,
+                errno.ENAMETOOLONG, errno.ENOSPC, errno.EDQUOT, errno.ELOOP, errno.ENOTEMPTY, errno.EXDEV}
+
+
+def _user_side(exc: OSError) -> bool:
+    return exc.errno in _USER_ERRNOS or isinstance(exc, (FileNotFoundError, FileExistsError, IsADirectoryError,
+                                                         NotADirectoryError, PermissionError))
 
 
 def _interrupted() -> int:

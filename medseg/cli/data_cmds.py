@@ -16,6 +16,8 @@ def where(data: Path = typer.Option(None, "--data", help="Sample data folder to 
     from medseg.errors import InputError
 
     found = find_sample_data(data)
+    if found is None and data is not None:
+        raise InputError("sample data folder not found", path=data)
     if found is None:
         raise InputError("no sample data found: pass --data DIR or set MEDSEG_DATA (or run 'medseg data fetch NAME')")
     typer.echo(str(found))

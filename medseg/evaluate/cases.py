@@ -38,14 +38,20 @@ class CasePair:
 
 
 def _label_files(folder: Path) -> dict[str, Path]:
+    """Case name → label file; ``<case>_probs`` beside ``<case>`` (what ``medseg predict --probabilities`` writes)
+    is not a case, and a broken link is an error rather than a case quietly missing."""
     out: dict[str, Path] = {}
     for p in sorted(folder.iterdir()):
-        if p.is_file() and not p.name.startswith(".") and full_suffix(p) in LABEL_SUFFIXES:
+        if p.name.startswith(".") or full_suffix(p) not in LABEL_SUFFIXES:
+            continue
+        if p.is_symlink() and not p.exists():
+            raise InputError(f"broken link: its target {os.readlink(p)} does not exist", path=p)
+        if p.is_file():
             name = case_name(p)
             if name in out:
                 raise InputError(f"two files for case '{name}' ({out[name].name}, {p.name})", path=folder)
             out[name] = p
-    return out
+    return {k: v for k, v in out.items() if not (k.endswith("_probs") and k[:-len("_probs")] in out)}
 
 
 def pair_cases(pred: str | os.PathLike, ref: str | os.PathLike) -> list[CasePair]:

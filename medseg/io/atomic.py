@@ -125,7 +125,10 @@ def atomic_path(
         raise InputError("output folder does not exist", path=parent)
     if not os.access(parent, os.W_OK):
         raise InputError("output folder is not writable", path=parent)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=f".tmp{full_suffix(dest)}", dir=parent)
+    try:  # the temporary name keeps at most 64 characters of the output's, so a name that fits has room for it
+        fd, tmp = tempfile.mkstemp(prefix=f".{dest.name[:64]}.", suffix=f".tmp{full_suffix(dest)[:16]}", dir=parent)
+    except OSError as exc:
+        raise InputError(f"cannot write output ({exc.strerror or exc})", path=dest) from exc
     os.close(fd)
     tmp = Path(tmp)
     os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; an output is an ordinary file

@@ -195,7 +195,7 @@ def _hidden_folder(dst: Path, suffix: str) -> Path:
     """A new empty hidden folder beside ``dst``, with the mode a plain ``mkdir`` would give it."""
     import tempfile
 
-    folder = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", suffix=suffix, dir=dst.parent))
+    folder = Path(tempfile.mkdtemp(prefix=f".{dst.name[:64]}.", suffix=suffix, dir=dst.parent))
     os.chmod(folder, 0o777 & ~_UMASK)  # mkdtemp makes 0700, and the staged folder becomes the dataset
     return folder
 

@@ -10,6 +10,7 @@ computes the entry again) rather than fail.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -71,7 +72,11 @@ class ArrayStore:
         self.root = Path(root)
 
     def stem(self, entry_id: str, key: str) -> Path:
-        return self.root / f"{_UNSAFE.sub('_', entry_id)}.{key}"
+        safe = _UNSAFE.sub("_", entry_id)
+        if safe != entry_id or len(safe) > 64:  # ids that differ only where they were replaced, or too long for a
+            # file name once the suffixes are added, stay apart by a digest of the id itself
+            safe = f"{safe[:64]}-{hashlib.sha1(entry_id.encode()).hexdigest()[:10]}"
+        return self.root / f"{safe}.{key}"
 
     def get(self, entry_id: str, key: str) -> tuple[dict, dict] | None:
         """``(arrays, small)``: the memory-mapped arrays and the small ones, or None if the entry is not (wholly)
