@@ -33,7 +33,8 @@ from scipy import ndimage as ndi
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from medseg.cells.data import dataset_split, list_cases, load_case, percentile_normalize  # noqa: E402
+from medseg.cells.data import list_cases, load_case, percentile_normalize  # noqa: E402
+from medseg.cells.splits import dataset_split  # noqa: E402
 from medseg.cells.evaluate import THRESHOLDS, evaluate_pair, summarize  # noqa: E402
 from medseg.cells.scale import (MEASURES, median_diameter, resize_image, resize_labels,  # noqa: E402
                                 scaled_shape, size_range_meta)
@@ -152,7 +153,7 @@ def subset_dataset(data, dst: Path, fraction: float, cfg):
     training images' ids)."""
     import dataclasses
 
-    from medseg.cells.data import tuning_images
+    from medseg.cells.splits import tuning_images
 
     if not 0 < fraction <= 1:
         raise SystemExit("error: --train-fraction must be in (0, 1]")
@@ -418,7 +419,7 @@ def main(argv=None) -> int:
     if model is not None and args.retune:  # e.g. after the search grid changed, without retraining
         from medseg.cells.tune import tune_thresholds
 
-        from medseg.cells.data import recorded_tuning_cases
+        from medseg.cells.splits import recorded_tuning_cases
 
         tune_ids = model.meta["split"].get("tune", [])
         if not tune_ids:

@@ -11,7 +11,7 @@ halves are written with the z step ``--z-spacing`` (default 2) times the pixel s
 the classical mode then use.
 
 With one training image, the watershed thresholds are chosen on the last fifth of it, held out of training
-(``medseg.cells.data.tuning_blocks``). Nuclei cut by the halving appear as partial objects in both the reference
+(``medseg.cells.splits.tuning_blocks``). Nuclei cut by the halving appear as partial objects in both the reference
 and the predictions. Prints a Markdown table; ``--json`` writes the numbers.
 """
 

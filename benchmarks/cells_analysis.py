@@ -232,7 +232,8 @@ def run_sets(meta: dict, data_dir, limit: int | None = None) -> dict:
     names, and its recorded validation images (a fold run's fold, not the default split, which holds some of its
     training images), else the default split's; the first ``limit`` of each set only, if given."""
     from benchmarks.cells import recorded_validation
-    from medseg.cells.data import dataset_split, list_cases, load_case, recorded_tuning_cases
+    from medseg.cells.data import list_cases, load_case
+    from medseg.cells.splits import dataset_split, recorded_tuning_cases
 
     cases = list_cases(data_dir)
     tune_ids = sorted((meta.get("split") or {}).get("tune", []))

@@ -91,7 +91,8 @@ def main(argv=None) -> int:
     import torch
 
     from medseg.cells.count import CellModel
-    from medseg.cells.data import dataset_split, list_cases, load_case
+    from medseg.cells.data import list_cases, load_case
+    from medseg.cells.splits import dataset_split
 
     torch.set_num_threads(args.threads)
     # maps on the labels' grid, as these analyses (and their recorded numbers) assume: no out-of-range resizing

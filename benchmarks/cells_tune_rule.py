@@ -98,7 +98,8 @@ def main(argv=None) -> int:
         import torch
 
         from medseg.cells.count import CellModel
-        from medseg.cells.data import list_cases, recorded_tuning_cases
+        from medseg.cells.data import list_cases
+        from medseg.cells.splits import recorded_tuning_cases
         from medseg.cells.tune import per_image_table
 
         torch.set_num_threads(args.threads)

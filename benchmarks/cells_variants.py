@@ -76,7 +76,8 @@ def main(argv, variants: Callable, doc: str, column: str, label: Callable[[str],
 
     from benchmarks.cells import backfill_diameter_range
     from medseg.cells.count import CellModel
-    from medseg.cells.data import dataset_split, list_cases, load_case
+    from medseg.cells.data import list_cases, load_case
+    from medseg.cells.splits import dataset_split
     from medseg.cells.evaluate import evaluate_pair
 
     torch.set_num_threads(args.threads)

@@ -261,7 +261,7 @@ def test_cells_tune_rule_benchmark_and_retune_by_plateau(tmp_path, capsys):
 def test_cells_benchmark_scores_the_fold_it_trained_on(tmp_path, capsys):
     """--fold K: the run's validation images are fold K's, and the benchmark scores exactly those."""
     from benchmarks.cells import main
-    from medseg.cells.data import fold_of
+    from medseg.cells.splits import fold_of
 
     ds = tmp_path / "ds"
     ids = linked_cell_dataset(ds, 8)
@@ -499,7 +499,7 @@ def test_cells_analysis_pieces_hand_checkable():
     lab = segment(p, "boundary", t=0.5, s=0.5)
     assert mean_probability_filter(lab, p[1] + p[2], 0.7).max() == 2  # the faint one goes
     # the distance-map variants separate the squares too (each square's normalised distance dips at the contact)
-    from medseg.cells.data import distance_targets
+    from medseg.cells.targets import distance_targets
 
     p[3] = distance_targets(ref)
     for mode, kw in (("and", dict(s=0.5, d=0.3)), ("hmax", dict(h=0.3)), ("split", dict(s=0.5, h=0.3))):

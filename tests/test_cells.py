@@ -9,8 +9,9 @@ import pytest
 import tifffile
 from scipy import ndimage as ndi
 
-from medseg.cells.data import (boundary_targets, check_labels, dataset_split, fold_of, list_cases,
-                               percentile_normalize, split_of)
+from medseg.cells.data import check_labels, list_cases, percentile_normalize
+from medseg.cells.splits import dataset_split, fold_of, split_of
+from medseg.cells.targets import boundary_targets
 from medseg.cells.tables import cell_table, overlay_rgb
 from medseg.errors import InputError
 from conftest import linked_cell_dataset, data_path
@@ -256,7 +257,7 @@ def test_tune_searches_distance_markers_when_the_model_has_a_distance_map():
     do, and the search must find them (mechanics; the real effect is measured in benchmarks/cells.py)."""
     from types import SimpleNamespace
 
-    from medseg.cells.data import distance_targets
+    from medseg.cells.targets import distance_targets
     from medseg.cells.tune import DISTANCE_SEED_GRID, SEED_GRID, THRESHOLD_GRID, tune_thresholds
 
     lab = np.zeros((12, 21), np.uint16)
@@ -298,7 +299,7 @@ def test_plateau_selection_avoids_a_peak_beside_a_cliff():
 def test_augment_keeps_extra_maps_aligned():
     """The distance target goes through the same crop, flips and rotations as the class target."""
     from medseg.cells.augment import augment
-    from medseg.cells.data import distance_targets
+    from medseg.cells.targets import distance_targets
 
     lab = _real_labels(1)[0]
     img = percentile_normalize(lab.astype(np.float32))

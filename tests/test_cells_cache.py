@@ -122,7 +122,8 @@ def test_a_damaged_entry_is_made_again_not_read(tmp_path, damage):
 
 
 def test_auto_keeps_pairs_in_ram_until_the_limit_then_moves_all_to_disk(tmp_path):
-    from medseg.cells.data import dataset_split, list_cases
+    from medseg.cells.data import list_cases
+    from medseg.cells.splits import dataset_split
     from medseg.cells.pairs import PairCache, pair_bytes, training_pairs
 
     ds = tmp_path / "ds"

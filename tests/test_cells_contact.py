@@ -9,7 +9,7 @@ import pytest
 import tifffile
 from scipy import ndimage as ndi
 
-from medseg.cells.data import contact_weights
+from medseg.cells.targets import contact_weights
 from conftest import assert_clean_error, data_path, linked_cell_dataset, run_cli
 
 
@@ -120,7 +120,8 @@ def test_cli_rejects_a_bad_training_option(tmp_path, option, value):
 def test_small_object_weights_on_real_labels_add_to_the_contact_map(tmp_path):
     """small_weight weighs exactly the nuclei under small_size_px (and the 1-pixel ring around them), on top of the
     contact map."""
-    from medseg.cells.data import dataset_split, list_cases
+    from medseg.cells.data import list_cases
+    from medseg.cells.splits import dataset_split
     from medseg.cells.train import CellTrainConfig, prepare_training_data
 
     ds = tmp_path / "ds"

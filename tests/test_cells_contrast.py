@@ -8,7 +8,8 @@ import json
 import numpy as np
 from scipy import ndimage as ndi
 
-from medseg.cells.data import object_polarity, percentile_normalize
+from medseg.cells.data import percentile_normalize
+from medseg.cells.targets import object_polarity
 from medseg.postprocess.contrast import background_stats, object_snr, remove_faint_instances
 from conftest import data_path
 

@@ -1,4 +1,4 @@
-"""The offset head and centre voting (medseg.cells.data.offset_targets, medseg.postprocess.votes): targets,
+"""The offset head and centre voting (medseg.cells.targets.offset_targets, medseg.postprocess.votes): targets,
 augmentation of vector maps, grouping, threshold search, training and flip TTA (issue 5)."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import pytest
 import tifffile
 from scipy import ndimage as ndi
 
-from medseg.cells.data import offset_targets
+from medseg.cells.targets import offset_targets
 from medseg.errors import InputError
 from medseg.evaluate.instances import instance_metrics
 from medseg.postprocess.votes import follow_offsets, vote_instances
@@ -53,7 +53,7 @@ def test_flips_and_rotations_turn_the_offsets_with_the_image(shape):
 
 def test_augment_crops_the_offsets_with_the_labels():
     from medseg.cells.augment import augment
-    from medseg.cells.data import boundary_targets
+    from medseg.cells.targets import boundary_targets
 
     lab = _real_labels(1)[0]
     img = lab.astype(np.float32)

@@ -8,7 +8,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from medseg.cells.augment import zoom_crop
-from medseg.cells.data import boundary_targets, offset_targets
+from medseg.cells.targets import boundary_targets, offset_targets
 from conftest import data_path, linked_cell_dataset
 
 

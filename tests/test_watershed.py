@@ -54,7 +54,7 @@ def test_boundary_mode():
 def test_distance_core_markers_split_where_the_boundary_is_faint():
     """Two touching discs whose shared edge the boundary map barely marks: boundary markers merge them, the
     cores of a per-object normalised distance map (as the cell model predicts) keep them apart."""
-    from medseg.cells.data import distance_targets
+    from medseg.cells.targets import distance_targets
 
     lab = _discs((40, 60), [(20, 20), (20, 37)], 10)
     fg = (lab > 0).astype(float)

@@ -156,7 +156,7 @@ def flip_rotate(image: np.ndarray, target: np.ndarray, rng: np.random.Generator,
     --------
     Offsets to the objects' centres stay the offsets to the centres of the moved objects, whatever is drawn:
 
-    >>> from medseg.cells.data import offset_targets
+    >>> from medseg.cells.targets import offset_targets
     >>> lab = np.zeros((6, 6), int); lab[1:3, 1:5] = 1; lab[3:6, 0:2] = 2
     >>> def moved_offsets_match(seed):
     ...     img, lab2, *vec = flip_rotate(lab.astype(float), lab, np.random.default_rng(seed),

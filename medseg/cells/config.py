@@ -66,12 +66,12 @@ class CellTrainConfig:
     max_minutes: float = 20.0
     max_steps: int | None = None
     val_fraction: float = 0.15
-    # k-fold cross-validation: validate on fold `fold` of a `folds`-fold split by the id hash (medseg.cells.data.
+    # k-fold cross-validation: validate on fold `fold` of a `folds`-fold split by the id hash (medseg.cells.splits.
     # fold_of) instead of the val_fraction split; None: off
     fold: int | None = None
     folds: int = 5
     # of the training split, held out to choose the watershed thresholds (0: off); where that is fewer than 3 images,
-    # the last fifth of every training image along its longest axis is held out instead (medseg.cells.data.
+    # the last fifth of every training image along its longest axis is held out instead (medseg.cells.splits.
     # tuning_blocks: a few 3D stacks)
     tune_fraction: float = 0.1
     # what the threshold search maximises on those images: "ap" (AP@0.5, as StarDist's) or "ap-count" (AP@0.5 minus
@@ -93,21 +93,21 @@ class CellTrainConfig:
     distance_head: bool = True
     distance_weight: float = 1.0  # weight of its MSE next to Dice+CE
     # U-Net-paper weight map (its w0 = 10, sigma = 5 px): cross-entropy weighted by 1 + w0 exp(-(d1+d2)²/2σ²) near
-    # touching nuclei, where a missed boundary merges two of them (medseg.cells.data.contact_weights). On DSB2018
+    # touching nuclei, where a missed boundary merges two of them (medseg.cells.targets.contact_weights). On DSB2018
     # in 20 minutes: count error 5.7-7.7 % over three seeds (7.1-7.5 % without), AP unchanged (benchmarks/
     # RESULTS.md); 0 turns it off
     contact_weight: float = 10.0
     contact_sigma: float = 5.0  # pixels (3D: the units of the stack's spacing)
-    # extra cross-entropy weight on nuclei smaller than small_size_px pixels and their 1-pixel ring (medseg.cells.data.
-    # small_object_weights): the uncovered nuclei behind most of the count error are tiny (median ~22 px); 0: off
+    # extra cross-entropy weight on nuclei smaller than small_size_px pixels and their 1-pixel ring
+    # (medseg.cells.targets.small_object_weights): the uncovered nuclei behind most of the count error are tiny (median ~22 px); 0: off
     small_weight: float = 0.0
     small_size_px: float = 100.0
-    # boundary-class width (medseg.cells.data.boundary_targets): 1 = the 1-pixel inner boundary of every nucleus;
+    # boundary-class width (medseg.cells.targets.boundary_targets): 1 = the 1-pixel inner boundary of every nucleus;
     # boundary_width 2 = every nucleus pixel within 2 px of anything else; contact_boundary 2 = within 2 px of another
     # nucleus only (interiors of touching nuclei further apart, isolated nuclei unchanged)
     boundary_width: int = 1
     contact_boundary: int = 1
-    # ndim more output channels regressing each pixel's offset to its nucleus's centroid (medseg.cells.data.
+    # ndim more output channels regressing each pixel's offset to its nucleus's centroid (medseg.cells.targets.
     # offset_targets; L1 on nucleus pixels, in units of offset_scale pixels): markers="votes" then groups the
     # pixels whose offsets lead to the same centre (medseg.postprocess.votes), the threshold search deciding.
     # On DSB2018 in 20 minutes, over three seeds, the extra task raised AP@0.5 on the tuning images from
@@ -344,7 +344,8 @@ def config_for_data(data_dir, tune_fraction: float | None = None) -> CellTrainCo
     (16, 40, 48)
     >>> tmp.cleanup()
     """
-    from medseg.cells.data import dataset_split, list_cases, tuning_block, tuning_images
+    from medseg.cells.data import list_cases
+    from medseg.cells.splits import dataset_split, tuning_block, tuning_images
     from medseg.io.microscopy import spatial_shape
 
     if not Path(data_dir).is_dir():

@@ -33,7 +33,7 @@ PAIR_SETTINGS = ("spatial_dims", "channel", "norm_percentiles", "diameter", "dis
 
 def pair_key(cfg, case, block: bool = False) -> str:
     """Hash of everything the pair of ``case`` depends on; ``block``: the pair is of the image without its held-out
-    tuning block (:func:`medseg.cells.data.tuning_blocks`).
+    tuning block (:func:`medseg.cells.splits.tuning_blocks`).
 
     Examples
     --------
@@ -64,7 +64,8 @@ def check_dims(case, cfg) -> None:
 
 def make_pair(case, cfg) -> tuple:
     """The training pair of a loaded case (:func:`medseg.cells.data.load_case`)."""
-    from medseg.cells.data import boundary_targets, distance_targets, offset_targets, percentile_normalize
+    from medseg.cells.data import percentile_normalize
+    from medseg.cells.targets import boundary_targets, distance_targets, offset_targets
     from medseg.cells.scale import median_diameter, resize_image, resize_labels, scale_to, scaled_shape
 
     check_dims(case, cfg)
@@ -81,7 +82,7 @@ def make_pair(case, cfg) -> tuple:
 def weight_map(labels, cfg, spacing):
     """The extra cross-entropy weight of each pixel: near contacts (``contact_weight``) plus on small nuclei
     (``small_weight``); None when both are off."""
-    from medseg.cells.data import contact_weights, small_object_weights
+    from medseg.cells.targets import contact_weights, small_object_weights
 
     maps = ([contact_weights(labels, cfg.contact_weight, cfg.contact_sigma, spacing)] if cfg.contact_weight else []) + \
         ([small_object_weights(labels, cfg.small_size_px, cfg.small_weight)] if cfg.small_weight else [])
@@ -125,13 +126,14 @@ class PairCache:
 def training_pairs(cases, cfg, cache: PairCache | None = None, limit: float | None = None, blocks: bool = False,
                    progress: bool = False) -> tuple[list, list]:
     """The training pairs of ``cases`` (loaded here as needed, and freed once their pair is made), and the held-out
-    tuning blocks when ``blocks`` (:func:`medseg.cells.data.tuning_blocks`, cut from each image first).
+    tuning blocks when ``blocks`` (:func:`medseg.cells.splits.tuning_blocks`, cut from each image first).
 
     Without a ``cache`` the pairs stay in RAM. With one, ``cfg.cache`` decides: ``memory``; ``disk``: pairs found
     in it are read (the case's files are not), the others written to it; ``auto``: as ``disk`` for reading, and
     pairs kept in RAM until they hold more than ``limit`` bytes, then all of them moved to the cache.
     """
-    from medseg.cells.data import load_case, tuning_blocks
+    from medseg.cells.data import load_case
+    from medseg.cells.splits import tuning_blocks
     from medseg.train.dataset import _progress
 
     mode = cfg.cache if cache is not None else "memory"

@@ -48,10 +48,10 @@ class CellModel:
     Examples
     --------
     The watershed a model runs on its maps, given the maps a perfect network would predict for two touching
-    squares (background, interior and boundary as :func:`medseg.cells.data.boundary_targets` draws them):
+    squares (background, interior and boundary as :func:`medseg.cells.targets.boundary_targets` draws them):
 
     >>> from medseg.cells.config import CellTrainConfig
-    >>> from medseg.cells.data import boundary_targets
+    >>> from medseg.cells.targets import boundary_targets
     >>> lab = np.zeros((8, 14), int); lab[1:7, 1:7] = 1; lab[1:7, 7:13] = 2
     >>> prob = np.eye(3, dtype=np.float32)[boundary_targets(lab)].transpose(2, 0, 1)   # (3, 8, 14) one-hot
     >>> model = CellModel(None, CellTrainConfig(distance_head=False, offset_head=False), {})

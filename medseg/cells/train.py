@@ -54,13 +54,14 @@ def prepare_training_data(data_dir, cfg: CellTrainConfig, cache_dir=None, progre
     ``tune_fraction`` of the training split (by a hash of the id, like the validation split) is kept out of
     training to choose the watershed thresholds; when that would be fewer than 3 images (a few 3D stacks), the
     last fifth of every training image along its longest axis is held out instead
-    (:func:`medseg.cells.data.tuning_blocks`).
+    (:func:`medseg.cells.splits.tuning_blocks`).
 
     Every image and label map is checked before training: the training and tuning ones as they are read, the
     validation ones (which training does not otherwise read) first, by :func:`check_cases`; a bad one is an
     ``InputError``.
     """
-    from medseg.cells.data import dataset_split, list_cases, load_case, tuning_images
+    from medseg.cells.data import list_cases, load_case
+    from medseg.cells.splits import dataset_split, tuning_images
     from medseg.cells.pairs import PairCache, check_dims, training_pairs
     from medseg.cells.scale import size_range_meta
     from medseg.system import available_memory
@@ -139,7 +140,7 @@ def train_cells(data_dir, run_dir, cfg: CellTrainConfig | None = None, resume: b
     import torch
     from monai.losses import DiceLoss
 
-    from medseg.cells.data import object_polarity
+    from medseg.cells.targets import object_polarity
     from medseg.infer.sliding_window import cpu_has_native_bf16
     from medseg.train.ema import WeightEMA
     from medseg.train.artifact import versions
@@ -327,7 +328,7 @@ def _batch(pairs, cfg: CellTrainConfig, rng):
     """One training batch: images, 3-class targets, and the distance, contact-weight and offset targets (each
     None when the run has none)."""
     from medseg.cells.augment import augment, zoom_crop
-    from medseg.cells.data import boundary_targets
+    from medseg.cells.targets import boundary_targets
 
     xs, ys, ds, ws, os_ = [], [], [], [], []
     for _ in range(cfg.batch_size):

@@ -155,7 +155,8 @@ def tune_thresholds(model, cases, threshold_grid: Sequence[float] = THRESHOLD_GR
 
     >>> from pathlib import Path
     >>> from medseg.cells.config import CellTrainConfig
-    >>> from medseg.cells.data import CellCase, boundary_targets
+    >>> from medseg.cells.data import CellCase
+    >>> from medseg.cells.targets import boundary_targets
     >>> from medseg.cells.segmenters import CellModel
     >>> lab = np.zeros((8, 14), int); lab[1:7, 1:7] = 1; lab[1:7, 7:13] = 2        # two touching squares
     >>> model = CellModel(None, CellTrainConfig(distance_head=False, offset_head=False, min_snr=0), {})
@@ -224,7 +225,8 @@ def per_image_table(model, cases, threshold_grid: Sequence[float] = THRESHOLD_GR
     --------
     >>> from pathlib import Path
     >>> from medseg.cells.config import CellTrainConfig
-    >>> from medseg.cells.data import CellCase, boundary_targets
+    >>> from medseg.cells.data import CellCase
+    >>> from medseg.cells.targets import boundary_targets
     >>> from medseg.cells.segmenters import CellModel
     >>> lab = np.zeros((8, 14), int); lab[1:7, 1:7] = 1; lab[1:7, 7:13] = 2        # two touching squares
     >>> model = CellModel(None, CellTrainConfig(distance_head=False, offset_head=False, min_snr=0), {})

@@ -1,6 +1,6 @@
 """Instances from predicted offsets to object centres: every foreground pixel follows the offset field to its
 object's centre, pixels that end at the same centre form one object (the grouping of Cellpose's flow dynamics and
-of centre-voting methods such as Panoptic-DeepLab and EmbedSeg, with offsets as in :func:`medseg.cells.data.
+of centre-voting methods such as Panoptic-DeepLab and EmbedSeg, with offsets as in :func:`medseg.cells.targets.
 offset_targets`).
 
 Where two nuclei touch, a marker from the interior probability can run across the contact; their offsets still
@@ -86,7 +86,7 @@ def vote_instances(foreground: np.ndarray, offsets: np.ndarray, *, threshold: fl
 
     Examples
     --------
-    >>> from medseg.cells.data import offset_targets
+    >>> from medseg.cells.targets import offset_targets
     >>> lab = np.zeros((7, 14), int); lab[1:6, 1:7] = 1; lab[1:6, 7:13] = 2   # two touching rectangles
     >>> out = vote_instances((lab > 0).astype(float), offset_targets(lab))
     >>> int(out.max()), bool((out[lab == 1] == out[3, 3]).all())
