@@ -60,7 +60,8 @@ def main(argv=None) -> int:
     from medseg.cells.count import CellModel, ClassicalSegmenter
     from medseg.cells.data import load_image, percentile_normalize
     from medseg.cells.train import CellTrainConfig, auto_threads, build_cell_network
-    from medseg.postprocess.watershed import threshold_mask, watershed_instances
+    from medseg.postprocess.classical import threshold_mask
+    from medseg.postprocess.watershed import watershed_instances
 
     threads = args.threads or auto_threads()
     torch.set_num_threads(threads)

@@ -9,7 +9,8 @@ from scipy import ndimage as ndi
 from skimage.morphology import reconstruction
 
 from medseg.postprocess.morphology import distance_transform, h_transform, maxima_within
-from medseg.postprocess.watershed import ellipsoid_footprint, peak_markers, threshold_mask
+from medseg.postprocess.classical import threshold_mask
+from medseg.postprocess.watershed import ellipsoid_footprint, peak_markers
 from conftest import data_path
 
 

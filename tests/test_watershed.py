@@ -6,9 +6,8 @@ import numpy as np
 import pytest
 from scipy import ndimage as ndi
 
-from medseg.postprocess.watershed import (classical_instances, clear_border_instances, ellipsoid_footprint,
-                                          estimate_radius, peak_markers, remove_small_instances,
-                                          watershed_instances)
+from medseg.postprocess.classical import classical_instances, estimate_radius
+from medseg.postprocess.watershed import clear_border_instances, ellipsoid_footprint, peak_markers, remove_small_instances, watershed_instances
 from conftest import data_path
 
 

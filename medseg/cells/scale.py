@@ -373,7 +373,7 @@ def initial_diameter(image: np.ndarray) -> float:
     from scipy import ndimage as ndi
 
     from medseg.cells.data import percentile_normalize
-    from medseg.postprocess.watershed import estimate_radius, threshold_mask
+    from medseg.postprocess.classical import estimate_radius, threshold_mask
 
     mask = ndi.binary_fill_holes(threshold_mask(percentile_normalize(image), "otsu", smooth=1.0))
     return 2.0 * estimate_radius(mask)

@@ -332,7 +332,7 @@ class ClassicalSegmenter:
     ``diameter`` in pixels).
 
     ``segment(image, spacing=None)`` percentile-normalises the image and runs
-    :func:`medseg.postprocess.watershed.classical_instances`.
+    :func:`medseg.postprocess.classical.classical_instances`.
 
     Parameters
     ----------
@@ -359,7 +359,7 @@ class ClassicalSegmenter:
 
     def segment(self, image: np.ndarray, spacing=None) -> np.ndarray:
         from medseg.cells.data import percentile_normalize
-        from medseg.postprocess.watershed import classical_instances
+        from medseg.postprocess.classical import classical_instances
 
         radius = None
         if self.diameter:  # pixels -> the physical units classical_instances works in
