@@ -36,8 +36,9 @@ def info_cmd(
 @app.command("convert")
 def convert_cmd(
     input: Path = typer.Argument(..., metavar="INPUT", help="Image file, DICOM folder, or DICOM-SEG/RTSTRUCT file."),
-    output: Path = typer.Argument(..., metavar="OUTPUT",
-                                  help="Output file (.nii.gz, .nii, .nrrd, .mha) or folder (one file per series)."),
+    output: str = typer.Argument(..., metavar="OUTPUT",  # a string: a trailing '/' (a folder) must reach convert
+                                 help="Output file (.nii.gz, .nii, .nrrd, .mha) or folder (one file per series; "
+                                      "a trailing '/' makes any name a folder)."),
     series: Optional[str] = typer.Option(None, "--series",
                                          help="DICOM series to convert (index or SeriesInstanceUID)."),
     allow_tilt: bool = typer.Option(False, "--allow-tilt",

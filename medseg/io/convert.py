@@ -70,7 +70,8 @@ def describe(path: str | os.PathLike, series: str | int | None = None) -> list[d
         found = [select_series(found, series, path)]
     out = []
     for s in found:
-        rec: dict[str, Any] = {"index": s.index, "source": str(s.folder), "num_slices": s.num_slices}
+        source = path if path.is_file() and path.name.upper() != "DICOMDIR" else s.folder  # a file: that file
+        rec: dict[str, Any] = {"index": s.index, "source": str(source), "num_slices": s.num_slices}
         if s.problem or s.tilt_degrees:
             why = s.problem or f"gantry tilt of {s.tilt_degrees:.2f} degrees (convert with --allow-tilt)"
             rec.update(modality=s.modality, series_description=s.description, series_uid=s.series_uid, problem=why)
@@ -137,37 +138,45 @@ def convert(input: str | os.PathLike, output: str | os.PathLike, series: str | i
             suffix: str = ".nii.gz", rt_fill: str = "centre") -> list[Path]:
     """Convert an image, a DICOM series or a whole DICOM folder; returns the files written.
 
-    ``output`` is a file (its suffix picks NIfTI/NRRD/MHA) or a folder (an existing folder, or
-    a path without an image suffix): then one ``suffix`` file per DICOM volume series (images
+    ``output`` is a file (its suffix picks NIfTI/NRRD/MHA) or a folder (an existing folder, a string
+    ending in a path separator, as ``out.v2/``, or a path without an image suffix): then one ``suffix``
+    file per DICOM volume series (images
     that cannot be volumes, such as screenshots, are skipped with a note on stderr; a damaged or
     irregular series stops everything), named as ``medseg predict`` names its cases
     (:func:`medseg.io.series_names.series_case_names`: ``<name><suffix>``). The files are renamed
     into place together at the end. A DICOM-SEG or RTSTRUCT becomes a label map on its series'
-    grid (``rt_fill``: RTSTRUCT rasterisation rule, ``"centre"`` or ``"edge"``).
+    grid (``rt_fill``: RTSTRUCT rasterisation rule, ``"centre"`` or ``"edge"``). An output in a DICOM
+    input folder is refused (it would change the input).
     """
     src, dst = Path(input), Path(output)
+    raw = os.fspath(output)  # as typed: Path drops a trailing separator, which says 'a folder'
+    slash = raw.endswith(tuple(sep for sep in (os.sep, os.altsep) if sep))
     if not src.exists():
         raise InputError("no such file or folder", path=src)
     from medseg.export.raster import FILL_RULES  # numpy only
 
     if rt_fill not in FILL_RULES:  # checked before any work, whatever the input
         raise InputError(f"unknown contour fill rule {rt_fill!r} (use one of {', '.join(FILL_RULES)})")
-    to_folder = dst.is_dir() or full_suffix(dst) not in WRITABLE
-    if to_folder and full_suffix(dst) not in ("",) and not dst.is_dir():
+    to_folder = slash or dst.is_dir() or full_suffix(dst) not in WRITABLE
+    if to_folder and full_suffix(dst) not in ("",) and not dst.is_dir() and not slash:
         raise InputError(f"cannot write format '{full_suffix(dst)}' (use one of {', '.join(WRITABLE)}, "
                          "a name without suffix for a new folder, or an existing folder)", path=dst)
     if suffix not in WRITABLE:
         raise InputError(f"cannot write format '{suffix}'", path=dst)
+    _refuse_output_in_input(src, dst)
     notes: list[str] = []  # skipped DICOM series: said once the input passed every check
     modality = _dicom_modality(src)
     if modality in ("SEG", "RTSTRUCT"):
         images = [(dst / f"{src.stem}{suffix}" if to_folder else dst, _import_segmentation(src, reference, rt_fill))]
     elif _is_dicom_input(src):
         from medseg.io.dicom import load_series
+        from medseg.io.dicom_headers import dicom_root
         from medseg.io.series_names import pick_series
 
         # a whole folder: every volume (non-volume images skipped with a note); one file or --series: one series
         picked = pick_series(src, series, single=not to_folder, progress=True)
+        for s in picked.series if dicom_root(src).is_dir() else ():  # a folder reached through a link: an input too
+            _refuse_output_in_input(s.folder, dst)
         notes = picked.notes
         bad = [s for s in picked.series if s.problem or (s.tilt_degrees and not allow_tilt)]
         if bad:  # fail before writing: the message says which series and why
@@ -195,6 +204,21 @@ def convert(input: str | os.PathLike, output: str | os.PathLike, series: str | i
             with place(out.name) as tmp:
                 write_unchecked(img, tmp, full_suffix(out))
     return [out for out, _ in images]
+
+
+def _refuse_output_in_input(src: Path, dst: Path) -> None:
+    """``InputError`` when the output is, or lies inside, the DICOM folder being read (a DICOMDIR: its folder)."""
+    from medseg.io.dicom_headers import dicom_root
+
+    folder = dicom_root(src)
+    if not folder.is_dir():
+        return
+    inside = Path(os.path.realpath(dst))  # where the output would really go (the folder need not exist yet)
+    real = Path(os.path.realpath(folder))
+    if inside == real or inside.is_relative_to(real):
+        what = "the input DICOM folder" if inside == real else "inside the input DICOM folder"
+        raise InputError(f"the output is {what} ({folder}): writing there would change the input; "
+                         "choose an output outside it", path=dst)
 
 
 def _loaded(item, allow_tilt: bool) -> Image:

@@ -170,7 +170,9 @@ def discover_series(path: str | os.PathLike, progress: bool = False) -> list[Ser
 
     Raises ``InputError`` for a missing path, a corrupt or truncated DICOM file, or a file with a
     DICOM-like name (``.dcm``, ``.ima``, no suffix) that is not DICOM. Files whose names say they
-    are something else (``.txt``, ``.nrrd``, ``.png``, hidden files, ...) are ignored.
+    are something else (``.txt``, ``.nrrd``, ``.png``, ``AUTORUN.INF``, hidden files, ...) are ignored, and so
+    are files with other suffixes that lack the DICM preamble. Symlinked folders are followed (each folder and
+    file once). A DICOMDIR stands for the folder it indexes.
 
     Examples
     --------
@@ -220,16 +222,20 @@ def discover_series(path: str | os.PathLike, progress: bool = False) -> list[Ser
 
 
 def no_series_message(path) -> str:
-    """'no DICOM image series found', with a hint when the folder holds images of other formats."""
+    """'no DICOM image series found', with a hint when the folder holds images of other formats (counted among the
+    files discovery looked at: hidden files such as AppleDouble ``._*`` ones are not)."""
     from medseg.io.atomic import full_suffix
+    from medseg.io.dicom_headers import dicom_root, walk_files
 
     msg = "no DICOM image series found"
-    p = Path(path)
+    p = dicom_root(Path(path))
     if p.is_dir():
-        others = [f for f in p.rglob("*") if f.is_file() and full_suffix(f) in
-                  (".nii", ".nii.gz", ".nrrd", ".mha", ".mhd", ".tif", ".tiff", ".png")]
+        others = [f for f in walk_files(p) if full_suffix(f) in
+                  (".nii", ".nii.gz", ".nrrd", ".mha", ".mhd", ".tif", ".tiff", ".png") and f.is_file()]
         if others:
-            msg += f" (it holds {len(others)} NIfTI/NRRD/MHA/TIFF/PNG files: pass one of them, e.g. {others[0].name})"
+            example = min(others, key=lambda f: len(f.relative_to(p).parts))  # one directly in the folder if any
+            msg += (f" (it holds {len(others)} NIfTI/NRRD/MHA/TIFF/PNG file{'s' if len(others) > 1 else ''}: "
+                    f"pass one of them, e.g. {example.relative_to(p)})")
     return msg
 
 

@@ -17,12 +17,21 @@ import numpy as np
 
 from medseg.errors import InputError
 
-#: suffixes of files that are certainly not DICOM: skipped when they sit in a DICOM folder
+#: suffixes of files that are certainly not DICOM: skipped unread when they sit in a DICOM folder (case-insensitive).
+#: CD/DVD exports ship a viewer beside the images (AUTORUN.INF, icons, DLLs, web pages): never a reason to refuse.
 NON_DICOM_SUFFIXES = {
     ".txt", ".md", ".json", ".xml", ".csv", ".tsv", ".html", ".htm", ".pdf", ".nrrd", ".nhdr", ".nii", ".gz",
     ".mha", ".mhd", ".raw", ".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".zip", ".tar", ".py",
     ".yaml", ".yml", ".ini", ".log", ".seg", ".mgz", ".vtk", ".stl", ".obj", ".ply", ".exe", ".bat", ".sh",
+    ".inf", ".ico", ".dll", ".css", ".js", ".cab", ".ocx", ".sys", ".msi", ".chm", ".hlp", ".lnk", ".url",
+    ".manifest", ".config", ".cfg", ".jar", ".class", ".swf", ".ttf", ".otf", ".woff", ".woff2", ".svg", ".xsl",
+    ".xsd", ".rtf", ".doc", ".docx", ".xls", ".xlsx", ".db", ".bak", ".tmp",
 }
+#: suffixes DICOM files are given (besides none, and numeric ones such as the last part of a UID): such a file
+#: that does not parse is damaged, and an error
+DICOM_NAME_SUFFIXES = {".dcm", ".dicom", ".dic", ".dc3", ".ima"}
+#: names of files that are not images: the DICOMDIR index, and what exports put beside the images
+NON_DICOM_NAMES = {"DICOMDIR", "LOCKFILE", "VERSION", "README", "LICENSE", "THUMBS.DB"}
 #: objects that are not images to stack into a volume
 NON_IMAGE_MODALITIES = {"SEG", "RTSTRUCT", "RTPLAN", "RTRECORD", "SR", "PR", "KO", "REG", "RWV", "DOC", "RTDOSE"}
 DICOMDIR_SOP = "1.2.840.10008.1.3.10"
@@ -81,29 +90,120 @@ class Frame:
     slice_spacing_hint: float | None = None
 
 
-def looks_like_dicom_name(path: Path) -> bool:
-    """False for hidden files and names whose suffix says they are not DICOM.
+def looks_like_dicom_name(path: Path) -> bool | None:
+    """Whether a file's name says it is DICOM: ``True`` (no suffix, a numeric one, ``.dcm``, ``.ima``...: read it,
+    and a file that does not parse is damaged), ``False`` (hidden files, DICOMDIR, and suffixes of other formats:
+    skipped unread) or ``None`` (another suffix: taken only when it carries the DICM preamble).
 
     Examples
     --------
     >>> looks_like_dicom_name(Path("IM0001")), looks_like_dicom_name(Path("CT.1.2.840.5")),\
- looks_like_dicom_name(Path("notes.txt"))
-    (True, True, False)
+ looks_like_dicom_name(Path("notes.txt")), looks_like_dicom_name(Path("AUTORUN.INF")),\
+ looks_like_dicom_name(Path("viewer.xyz"))
+    (True, True, False, False, None)
     """
     name = path.name
-    if name.startswith(".") or name.upper() in ("DICOMDIR", "LOCKFILE", "VERSION", "README", "LICENSE", "THUMBS.DB"):
+    if name.startswith(".") or name.upper() in NON_DICOM_NAMES:
         return False
-    return path.suffix.lower() not in NON_DICOM_SUFFIXES
+    suffix = path.suffix.lower()
+    if suffix in NON_DICOM_SUFFIXES:
+        return False
+    if suffix == "" or suffix in DICOM_NAME_SUFFIXES or suffix[1:].isdigit():
+        return True
+    return None
+
+
+def _has_preamble(path: Path) -> bool:
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(128)
+            return fh.read(4) == b"DICM"
+    except OSError:
+        return False
+
+
+def dicom_root(path: Path) -> Path:
+    """The folder a DICOMDIR file indexes (the file set is read from there); any other path as it is."""
+    return path.parent if path.name.upper() == "DICOMDIR" and path.is_file() else path
+
+
+def walk_files(top: Path) -> list[Path]:
+    """Every file below folder ``top`` that discovery looks at: recursive, hidden files and folders left out, files
+    of a folder before its subfolders, names sorted.
+
+    Symlinked folders are followed (after the real folders, so that a file keeps its real path where it has one);
+    each real folder is visited once, by its (device, inode), so a link to an ancestor (``ln -s .. loop``) neither
+    loops nor repeats files, and a file reached by several paths is listed once (by its resolved path). Paths keep
+    the names they were reached by (a linked series folder keeps the link's name).
+    """
+    out: list[Path] = []
+    seen_dirs: set[tuple[int, int]] = set()
+    seen_files: set[str] = set()
+    pending = [Path(top)]  # the top, then folders reached through symbolic links
+    while pending:
+        start = pending.pop(0)
+        try:
+            st = start.stat()
+        except OSError:  # a dangling link, no permission: nothing below it can be read
+            continue
+        if (st.st_dev, st.st_ino) in seen_dirs:
+            continue
+        seen_dirs.add((st.st_dev, st.st_ino))
+        stack = [(start, os.path.realpath(start))]
+        while stack:
+            folder, real = stack.pop()
+            try:
+                with os.scandir(folder) as it:
+                    entries = sorted(it, key=lambda e: e.name)
+            except OSError:  # unreadable folder: skipped, as os.walk does
+                continue
+            subdirs = []
+            for e in entries:
+                if e.name.startswith("."):
+                    continue
+                try:
+                    is_dir = e.is_dir()  # follows a symbolic link
+                except OSError:
+                    is_dir = False
+                if is_dir and e.is_symlink():
+                    pending.append(folder / e.name)
+                elif is_dir:
+                    try:
+                        dst = e.stat(follow_symlinks=False)
+                    except OSError:
+                        continue
+                    if (dst.st_dev, dst.st_ino) not in seen_dirs:
+                        seen_dirs.add((dst.st_dev, dst.st_ino))
+                        subdirs.append((folder / e.name, os.path.join(real, e.name)))
+                elif _is_file(e):
+                    resolved = os.path.realpath(e.path) if e.is_symlink() else os.path.join(real, e.name)
+                    if resolved not in seen_files:
+                        seen_files.add(resolved)
+                        out.append(folder / e.name)
+            stack.extend(reversed(subdirs))
+    return out
+
+
+def _is_file(entry: os.DirEntry) -> bool:
+    """A regular file, or a dangling link (reading it says the file is missing); never a FIFO or socket (a read
+    would block)."""
+    try:
+        return entry.is_file() or (entry.is_symlink() and not os.path.exists(entry.path))
+    except OSError:
+        return False
 
 
 def list_candidate_files(path: Path) -> list[Path]:
-    """Files to look at: ``path`` itself, or every DICOM-like file below it (sorted, recursive)."""
+    """Files to look at: ``path`` itself, or every DICOM-like file below it (see :func:`walk_files` and
+    :func:`looks_like_dicom_name`); a DICOMDIR stands for the folder it indexes."""
+    path = dicom_root(path)
     if path.is_file():
         return [path]
     out = []
-    for root, dirs, files in os.walk(path):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        out.extend(Path(root) / f for f in sorted(files) if looks_like_dicom_name(Path(f)))
+    for f in walk_files(path):
+        kind = looks_like_dicom_name(f)
+        if kind or (kind is None and _has_preamble(f)):
+            out.append(f)
     return out
 
 

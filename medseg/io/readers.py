@@ -28,6 +28,9 @@ ITK = (".nrrd", ".seg.nrrd", ".nhdr", ".mha", ".mhd")
 MICROSCOPY = (".tif", ".tiff", ".png")
 DICOM_SUFFIXES = (".dcm", ".dicom", ".ima", "")
 WRITABLE = (".nii", ".nii.gz", ".nrrd", ".seg.nrrd", ".mha") + MICROSCOPY
+#: SimpleITK ImageIO of each ITK suffix (lower case, as ``full_suffix`` gives it)
+_ITK_IO = {".nrrd": "NrrdImageIO", ".seg.nrrd": "NrrdImageIO", ".nhdr": "NrrdImageIO", ".mha": "MetaImageIO",
+           ".mhd": "MetaImageIO"}
 
 
 def is_dicom_file(path: str | os.PathLike) -> bool:
@@ -156,7 +159,11 @@ def _read_itk(path: Path, suffix: str) -> Image:
     native: list[str] = []
     try:
         with _native_stderr(native):
-            simg = sitk.ReadImage(str(path))
+            # the ImageIO named from the lower-cased suffix: ITK picks one by the name's case ('H.MHA' had none)
+            reader = sitk.ImageFileReader()
+            reader.SetImageIO(_ITK_IO[suffix])
+            reader.SetFileName(str(path))
+            simg = reader.Execute()
     except Exception as exc:
         raise InputError(f"cannot read image ({_itk_reason(exc, ''.join(native))})", path=path) from None
     if native[0].strip() and sys.stderr is not None:  # a successful read's warnings stay visible, as uncaptured
@@ -299,7 +306,11 @@ def write_unchecked(image: Image, path: Path, suffix: str) -> None:
     elif suffix in ITK:
         import SimpleITK as sitk
 
-        sitk.WriteImage(image.to_sitk(), str(path), useCompression=True)
+        writer = sitk.ImageFileWriter()  # the ImageIO named from ``suffix``, whatever the case of the path's
+        writer.SetImageIO(_ITK_IO[suffix])
+        writer.SetFileName(str(path))
+        writer.UseCompressionOn()
+        writer.Execute(image.to_sitk())
     else:
         from medseg.io.microscopy import write_microscopy
 

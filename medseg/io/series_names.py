@@ -90,7 +90,8 @@ def pick_series(path: str | os.PathLike, which: str | int | None = None, single:
 def series_case_names(series: "list[SeriesInfo]", root: Path) -> dict[int, str]:
     """Output names of the DICOM series discovered under ``root`` (``SeriesInfo.index`` → name).
 
-    A lone series is named after ``root`` (the folder, or the file without suffix), like an image file.
+    A lone series is named after ``root`` as given (the folder, a symbolic link's own name, the file without suffix;
+    the folder a DICOMDIR indexes), like an image file.
     Otherwise a series alone in its own folder below ``root`` is named after that folder's path relative to
     ``root`` (parts joined by ``_``), and series sharing a folder after ``<SeriesNumber>_<description>``
     (characters other than letters and digits replaced by ``_``). Names that still collide get the last six
@@ -105,13 +106,18 @@ def series_case_names(series: "list[SeriesInfo]", root: Path) -> dict[int, str]:
     >>> series_case_names(flat, Path("."))
     {0: '3_T2_reg_axial', 1: '4_T1'}
     """
+    from medseg.io.dicom_headers import dicom_root
+
+    root = dicom_root(Path(root))  # a DICOMDIR: its folder
+    # paths as the user gave them (a symbolic link keeps its own name), made absolute with '.' and '..' removed
+    # ('convert . out' inside a series folder: the folder's name)
+    base = Path(os.path.abspath(root))
     if len(series) == 1:
-        return {series[0].index: case_name(root) if root.is_file() else (root.resolve().name or "series")}
-    base = root.resolve()
-    per_folder = Counter(s.folder.resolve() for s in series)
+        return {series[0].index: case_name(root) if root.is_file() else (base.name or "series")}
+    per_folder = Counter(Path(os.path.abspath(s.folder)) for s in series)
     names = {}
     for s in series:
-        folder = s.folder.resolve()
+        folder = Path(os.path.abspath(s.folder))
         if per_folder[folder] == 1 and folder != base and folder.is_relative_to(base):
             names[s.index] = "_".join(folder.relative_to(base).parts)
         else:
