@@ -140,3 +140,16 @@ def test_ensemble_plan_values(tmp_path, monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")  # under torchrun: members are trained as separate runs instead
     assert_clean_error(run_cli("train", plan, "-o", tmp_path / "r", "--ensemble", "2"), "medseg ensemble")
     assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("name", ["x.PT", "model.pth", "x.Pth"])
+def test_ensemble_output_suffix_is_a_file_in_any_case(tmp_path, name):
+    from medseg.train.artifact import load_model
+
+    a, b = make_model(tmp_path / "a.pt"), make_model(tmp_path / "b.pt")
+    res = run_cli("ensemble", a, b, "-o", tmp_path / name)
+    assert res.code == 0, res.err
+    assert (tmp_path / name).is_file() and load_model(tmp_path / name).plan.ensemble == 2
+    folder = tmp_path / "existing.pt"  # an existing folder stays a folder
+    folder.mkdir()
+    assert run_cli("ensemble", a, b, "-o", folder).code == 0 and (folder / "model.pt").is_file()

@@ -10,6 +10,7 @@ import SimpleITK as sitk
 import yaml
 
 from conftest import assert_clean_error, run_cli
+from medseg.errors import InputError
 from test_dataset import tiny_dataset
 
 
@@ -195,3 +196,25 @@ def test_a_plan_written_elsewhere_still_finds_its_dataset(tmp_path, monkeypatch)
     assert Path(Plan.from_yaml(out).dataset) == ds.resolve()
     monkeypatch.chdir(tmp_path)
     assert Path(Plan.from_yaml(out).dataset) == ds.resolve()
+
+
+def test_plan_file_suffixes_in_any_case_and_no_plan_without_one(tmp_path):
+    """`medseg plan ds -o p.YAML && medseg train p.YAML` refused the plan it had just written; a plan written
+    without a .yaml/.yml suffix could never be trained from."""
+    from medseg.plan.plan import Plan
+    from medseg.plan.planner import load_plan, make_plan
+
+    ds = tiny_dataset(tmp_path / "ds", 2)
+    for name in ("p.YAML", "p.Yml"):
+        plan = make_plan(ds, output=tmp_path / name)
+        assert load_plan(tmp_path / name) == Plan.from_yaml(tmp_path / name) == plan
+    for name in ("p_noext", "p.json", "p.yaml.txt"):
+        with pytest.raises(InputError, match="must end in .yaml or .yml"):
+            make_plan(tmp_path / "no_such_dataset", output=tmp_path / name)  # refused before the dataset is read
+        assert not (tmp_path / name).exists()
+    assert_clean_error(run_cli("plan", ds, "-o", tmp_path / "p_noext"), "p_noext", ".yaml")
+    assert not (tmp_path / "p_noext").exists()
+    d = Plan(dataset=str(ds)).to_dict()
+    (tmp_path / "c.YAML").write_text(yaml.safe_dump({k: v for k, v in d.items() if k != "labels"}))
+    assert_clean_error(run_cli("train", tmp_path / "c.YAML", "-o", tmp_path / "run"), "c.YAML", "labels")
+    assert not (tmp_path / "run").exists()

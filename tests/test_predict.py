@@ -494,3 +494,17 @@ def test_tta_mirrors_only_the_axes_the_model_was_trained_to_mirror(tmp_path):
     ref = sliding_window_predict(net, preprocess(arr, [1, 1, 1], art.plan)[0], [32, 32, 32], tta=[0],
                                  device="cpu", precision="fp32")
     np.testing.assert_allclose(mirrored, ref.numpy(), atol=1e-5)  # float noise of another batch size
+
+
+@pytest.mark.parametrize("extra", [[], ["--overwrite"], ["--probabilities"]])
+def test_an_output_that_would_replace_the_input_is_refused_as_such(tmp_path, extra):
+    """``-i DIR/case.nii.gz -o DIR``: the input is not called an existing output, nor overwritten with --overwrite."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    case = folder / "case.nii.gz"
+    case.write_bytes(data_path(*HIPPO_IMG, "hippocampus_001.nii.gz").read_bytes())
+    before = case.read_bytes()
+    res = run_cli("predict", "-m", make_model(tmp_path / "m.pt"), "-i", case, "-o", folder, "-q", *extra)
+    assert_clean_error(res, "case.nii.gz", "would replace the input")
+    assert "existing output" not in res.err
+    assert case.read_bytes() == before and sorted(p.name for p in folder.iterdir()) == ["case.nii.gz"]

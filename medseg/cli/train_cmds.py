@@ -54,9 +54,7 @@ def plan_cmd(
     """Fingerprint a dataset and write an editable training plan (YAML)."""
     from medseg.plan.planner import make_plan
 
-
-    plan = make_plan(dataset, device=device, memory_gb=memory_gb, minutes=max_minutes, progress=True)
-    plan.to_yaml(output)
+    plan = make_plan(dataset, device=device, memory_gb=memory_gb, minutes=max_minutes, progress=True, output=output)
     typer.echo(f"wrote {output}: {plan.spatial_dims}D, patch {plan.patch_size}, batch {plan.batch_size}, "
                f"spacing {plan.target_spacing}")
 

@@ -1,8 +1,9 @@
 """Predicting a file, a folder of cases or DICOM series: skip finished outputs, shard a cohort, write atomically.
 
-A folder of image files is a cohort of cases (``case_0000`` channel files grouped). A folder without image files
-is searched for DICOM series (recursively, :func:`medseg.io.dicom.discover_series`): every volume series is a
-case, or only the one ``series`` picks (index or SeriesInstanceUID, as ``medseg info`` lists them).
+A folder of image files is a cohort of cases (``case_0000`` channel files grouped as :func:`list_cases` says). A
+folder without image files is searched for DICOM series (recursively, :func:`medseg.io.dicom.discover_series`):
+every volume series is a case, or only the one ``series`` picks (index or SeriesInstanceUID, as ``medseg info``
+lists them).
 """
 
 from __future__ import annotations
@@ -17,13 +18,12 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from medseg.errors import InputError
-from medseg.io.atomic import atomic_path, case_name, full_suffix
+from medseg.io.atomic import atomic_path, case_name
 from medseg.io.image import Image
 from medseg.io.readers import is_dicom_file, read_image
 from medseg.io.series_names import pick_series, series_case_names  # noqa: F401 (re-exported)
 
 IMAGE_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".mha", ".mhd")
-_CH = re.compile(r"^(?P<case>.+)_(?P<ch>\d{4})$")
 
 if TYPE_CHECKING:
     from medseg.io.dicom import SeriesInfo
@@ -77,7 +77,12 @@ def list_cases(path: Path, channels: int = 1, series: str | int | None = None,
         An image file, a folder of image files, a DICOM file, or a folder holding DICOM series (one folder
         with the files of several series, or subfolders each holding series).
     channels : int
-        The model's input channels: with more than one, ``case_0000``, ``case_0001``, ... files form one case.
+        The model's input channels. Files named ``<case>_0000``, ``<case>_0001``, ... form case ``<case>`` when that
+        is consistent with it, for the folder as a whole: every such group holds exactly the channels ``0000`` ...
+        ``channels - 1`` (nnU-Net v2 names; with one channel, ``a_0000`` is case ``a``). Otherwise each file is
+        its own case named by its whole name (MSD ids such as ``patient_0001``; ``x_0000``, ``x_0001``,
+        ``x_0002`` for a one-channel model). The rule is :func:`medseg.train.dataset.group_case_files`'s; a lone
+        ``patient_0000`` with one channel is ambiguous, and is case ``patient`` (the nnU-Net convention wins).
     series : str or int, optional
         Only this DICOM series (index or SeriesInstanceUID, picked by :func:`medseg.io.dicom.select_series`).
         A folder that also holds image files is then searched for DICOM series, not listed as images.
@@ -87,8 +92,13 @@ def list_cases(path: Path, channels: int = 1, series: str | int | None = None,
     Returns
     -------
     list of Case
-        Image files in name order; DICOM series in discovery order, named by :func:`series_case_names`.
+        Image files in name order; DICOM series in discovery order, named by :func:`series_case_names`. A broken
+        link, given or among the image files of the folder, is an ``InputError`` naming it.
     """
+    from medseg.train.dataset import group_case_files, image_files
+
+    if path.is_symlink() and not path.exists():
+        raise InputError(f"broken link: target {os.readlink(path)} does not exist", path=path)
     if not path.exists():
         raise InputError("no such file or folder", path=path)
     if path.is_file():
@@ -97,17 +107,10 @@ def list_cases(path: Path, channels: int = 1, series: str | int | None = None,
         if not is_dicom_file(path):
             raise InputError("--series picks a DICOM series, but this is not a DICOM file", path=path)
         return dicom_cases(path, series, notes)
-    files = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith(".")
-                   and full_suffix(p) in IMAGE_SUFFIXES)
+    files = image_files(path, IMAGE_SUFFIXES)  # a broken link among them is an InputError naming it
     if not files or series is not None:
         return dicom_cases(path, series, notes)
-    groups: dict[str, list[Path]] = {}
-    for p in files:
-        m = _CH.match(case_name(p))
-        grouped = m and (channels > 1 or m.group("ch") == "0000")  # nnU-Net names: case_0000 is case
-        key = m.group("case") if grouped else case_name(p)
-        groups.setdefault(key, []).append(p)
-    return [Case(name, paths) for name, paths in sorted(groups.items())]
+    return [Case(name, paths) for name, paths in sorted(group_case_files(files, channels).items())]
 
 
 def dicom_cases(path: Path, series: str | int | None = None, notes: list[str] | None = None) -> list[Case]:
@@ -233,6 +236,7 @@ def predict_path(model, input: str | os.PathLike, output: str | os.PathLike, ove
         cases = cases[shard[0]::shard[1]]
     if export and not all(c.series is not None for c in cases):
         raise InputError(f"--export {export} needs a DICOM series folder as input", path=input)
+    _check_not_inputs(cases, output, probabilities, export)  # before an input is mistaken for a finished output
     record = _record(art, overlap, _resolve_quietly(art.plan, tta), largest_component, min_size_mm3,
                      device=str(dev))
     todo = cases if overwrite else [c for c in cases if not _finished(c, output, record, probabilities, export)]
@@ -263,24 +267,39 @@ def _resolve_quietly(plan, tta: bool | None) -> bool:
 
 def _record(art, overlap, tta: bool, largest_component: bool, min_size_mm3: float, **extra) -> dict:
     import medseg
-    from medseg.infer.provenance import file_digest, prediction_record
+    from medseg.data import file_digest
+    from medseg.infer.provenance import prediction_record
 
     path = art.info["path"]
-    return prediction_record(file_digest(path), art.plan.overlap if overlap is None else overlap, tta,
+    return prediction_record(file_digest(path, "sha256"), art.plan.overlap if overlap is None else overlap, tta,
                              largest_component, min_size_mm3, model=Path(path).name, medseg_version=medseg.__version__,
                              **extra)
+
+
+def _outputs(case: Case, output: Path, probabilities: bool, export: str | None) -> list[Path]:
+    """The files predicting ``case`` writes: its label map, then the extra outputs asked for."""
+    return [output / f"{case.name}.nii.gz"] + ([output / f"{case.name}_probs.nii.gz"] if probabilities else []) + \
+        ([output / f"{case.name}_{export.replace('-', '')}.dcm"] if export else [])
+
+
+def _check_not_inputs(cases: list[Case], output: Path, probabilities: bool, export: str | None) -> None:
+    """``InputError`` when an output of a case would be one of the input files (``-i DIR/case.nii.gz -o DIR``)."""
+    inputs = {os.path.realpath(p): p for c in cases for p in c.paths}
+    for c in cases:
+        for dest in _outputs(c, output, probabilities, export):
+            if os.path.realpath(dest) in inputs:
+                raise InputError(f"the output would replace the input {inputs[os.path.realpath(dest)]}; choose "
+                                 "another output folder", path=dest)
 
 
 def _finished(case: Case, output: Path, record: dict, probabilities: bool, export: str | None) -> bool:
     """Whether ``case`` has all the outputs this run asks for, made by this model and options (else the error)."""
     from medseg.infer.provenance import check_finished
 
-    dest = output / f"{case.name}.nii.gz"
+    dest, *extras = _outputs(case, output, probabilities, export)
     if not dest.exists():
         return False
     check_finished(dest, record)
-    extras = ([output / f"{case.name}_probs.nii.gz"] if probabilities else []) + \
-        ([output / f"{case.name}_{export.replace('-', '')}.dcm"] if export else [])
     return all(p.exists() for p in extras)
 
 

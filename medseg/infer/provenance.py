@@ -8,7 +8,6 @@ predicting anything.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
@@ -20,24 +19,6 @@ _KEY = "medseg_predict"
 # options compared on a rerun; the device, batch size and medseg version are recorded but may differ (they
 # change no voxel beyond floating-point rounding)
 _COMPARED = ("model_sha256", "overlap", "tta", "largest_component", "min_size_mm3")
-
-
-def file_digest(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
-    """SHA-256 of a file's bytes, as hex.
-
-    Examples
-    --------
-    >>> import tempfile, pathlib
-    >>> p = pathlib.Path(tempfile.mkdtemp()) / "m.pt"
-    >>> _ = p.write_bytes(b"weights")
-    >>> file_digest(p)[:12]
-    '9a129038d9a0'
-    """
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def prediction_record(model_sha256: str, overlap: float, tta: bool, largest_component: bool = False,

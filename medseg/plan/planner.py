@@ -30,6 +30,7 @@ ANISOTROPY = 3.0
 # at most 32 GB (larger GPUs make iterations faster, not the patch larger; as nnU-Net, which plans for a fixed
 # budget). A GPU this machine does not have: the 8 GB of a mid-range card.
 RAM_SHARE, RAM_CAP_GB = 0.25, 16.0
+PLAN_SUFFIXES = (".yaml", ".yml")  # what `medseg train` takes as a plan/config file (any case)
 GPU_SHARE, GPU_CAP_GB, GPU_ELSEWHERE_GB = 0.85, 32.0, 8.0
 
 
@@ -154,7 +155,8 @@ def gpu_total_bytes(index: int | None) -> int | None:
 
 def make_plan(dataset: str | os.PathLike | Dataset, device: str = "cpu", memory_gb: float | None = None,
               minutes: float | None = None, fingerprint: Fingerprint | None = None,
-              throughput: float | None = None, min_iterations: int = 6000, progress: bool = False) -> Plan:
+              throughput: float | None = None, min_iterations: int = 6000, progress: bool = False,
+              output: str | os.PathLike | None = None) -> Plan:
     """Plan a dataset for ``device`` with a memory budget (GB) and, if given, a training time budget (minutes).
 
     ``device``: auto, cpu, cuda or cuda:N (checked for spelling only: the GPU may be on another machine).
@@ -163,7 +165,11 @@ def make_plan(dataset: str | os.PathLike | Dataset, device: str = "cpu", memory_
     more patches beat big ones that see few, on a CPU). The budget, not the epoch count, then ends training:
     ``max_epochs`` is a cap at :data:`SPEED_MARGIN` times the iterations ``throughput`` (FLOP/s; default
     :data:`THROUGHPUT` of the device) predicts, and validation runs at most about 20 times.
+    ``output``: the plan is also written there (YAML); its name must end in .yaml or .yml (what ``medseg train``
+    takes as a plan), checked before the dataset is read.
     """
+    if output is not None:
+        check_plan_name(output)
     for name, value in (("memory budget (GB)", memory_gb), ("time budget (minutes)", minutes)):
         if value is not None and not 0 < value < float("inf"):  # 0 meant no limit; a negative one an 8³ patch
             raise InputError(f"the {name} must be a positive number, got {value}")
@@ -217,7 +223,26 @@ def make_plan(dataset: str | os.PathLike | Dataset, device: str = "cpu", memory_
                 # bf16 halves the CPU step where native (0.25 vs 0.51 s, RESULTS.md); emulated it is slower
                 bf16=dev.type != "cuda" and cpu_has_native_bf16(),
                 val_every=max(1, int(np.ceil(epochs / 20))))
-    return plan.validate()
+    plan = plan.validate()
+    if output is not None:
+        plan.to_yaml(output)
+    return plan
+
+
+def check_plan_name(path: str | os.PathLike) -> None:
+    """``InputError`` unless ``path`` ends in .yaml or .yml (any case): ``medseg train`` takes nothing else as a
+    plan.
+
+    Examples
+    --------
+    >>> check_plan_name("runs/plan.YAML")
+    >>> check_plan_name("runs/plan")
+    Traceback (most recent call last):
+    ...
+    medseg.errors.InputError: runs/plan: a plan file name must end in .yaml or .yml (medseg train reads it by that)
+    """
+    if Path(path).suffix.lower() not in PLAN_SUFFIXES:
+        raise InputError("a plan file name must end in .yaml or .yml (medseg train reads it by that)", path=path)
 
 
 def load_plan(source: str | os.PathLike | Plan, device: str = "cpu", max_minutes: float | None = None,
@@ -230,6 +255,6 @@ def load_plan(source: str | os.PathLike | Plan, device: str = "cpu", max_minutes
     source = Path(source)
     if source.is_dir() and (source / "dataset.json").is_file():
         return make_plan(source, device=device, minutes=max_minutes, progress=progress)
-    if source.is_file() and source.suffix in (".yaml", ".yml"):
+    if source.is_file() and source.suffix.lower() in PLAN_SUFFIXES:
         return Plan.from_yaml(source)
     raise InputError("expected a dataset folder (with dataset.json) or a plan/config .yaml file", path=source)

@@ -25,6 +25,7 @@ from medseg.io.image import Image
 from medseg.io.readers import NIFTI, check_finite, read_image
 
 _CHANNEL = re.compile(r"^(?P<case>.+)_(?P<ch>\d{4})$")
+DATASET_SUFFIXES = NIFTI + (".nrrd", ".mha")  # what imagesTr/ and labelsTr/ are searched for
 
 
 @dataclass
@@ -71,7 +72,16 @@ def parse_labels(labels: dict, path=None) -> dict[int, str]:
 
 
 def open_dataset(root: str | os.PathLike) -> Dataset:
-    """Discover the cases of an MSD / nnU-Net dataset folder (nothing is read but file names and JSON)."""
+    """Discover the cases of an MSD / nnU-Net dataset folder (nothing is read but file names and JSON).
+
+    The files of imagesTr form cases as :func:`group_case_files` says, given the channel count of dataset.json
+    (``channel_names`` or ``modality``, numbering the channels 0 ... n-1; one when it names none) and the case
+    ids labelsTr holds a label for: a case's label is ``labelsTr/<case>.nii.gz`` (or ``.nii``, ``.nrrd``,
+    ``.mha``). So nnU-Net v2 (``<case>_0000.nii.gz`` ...) and MSD (``<case>.nii.gz``, ids such as ``patient_0001``
+    too) both work; a lone ``patient_0000.nii.gz`` with one channel is ambiguous, and is case ``patient`` (the
+    nnU-Net convention) unless its label is ``patient_0000.nii.gz``. A broken link in imagesTr or labelsTr is an
+    ``InputError`` naming it.
+    """
     root = Path(root)
     if not root.is_dir():
         raise InputError("dataset folder does not exist", path=root)
@@ -98,23 +108,93 @@ def open_dataset(root: str | os.PathLike) -> Dataset:
     img_dir, lab_dir = root / "imagesTr", root / "labelsTr"
     if not img_dir.is_dir():
         raise InputError("imagesTr/ is missing", path=root)
-    by_case: dict[str, list[Path]] = {}
-    for p in sorted(img_dir.iterdir()):
-        if p.name.startswith(".") or full_suffix(p) not in NIFTI + (".nrrd", ".mha"):
-            continue
-        name = case_name(p)
-        m = _CHANNEL.match(name)
-        by_case.setdefault(m.group("case") if m else name, []).append(p)
-    cases = []
-    for cid, imgs in sorted(by_case.items()):
-        label = None
-        if lab_dir.is_dir():
-            found = [q for q in lab_dir.glob(f"{cid}.*") if case_name(q) == cid]
-            label = found[0] if found else None
-        cases.append(Case(cid, sorted(imgs), label))
+    labels_by_case: dict[str, Path] = {}
+    if lab_dir.is_dir():
+        for q in image_files(lab_dir, DATASET_SUFFIXES):
+            labels_by_case.setdefault(case_name(q), q)  # a direct lookup: ids may hold glob characters ([1])
+    by_case = group_case_files(image_files(img_dir, DATASET_SUFFIXES), _channel_count(meta, js),
+                               set(labels_by_case) if lab_dir.is_dir() else None)
+    cases = [Case(cid, imgs, labels_by_case.get(cid)) for cid, imgs in sorted(by_case.items())]
     if not cases:
         raise InputError("imagesTr/ holds no images", path=img_dir)
     return Dataset(root, meta, cases)
+
+
+def _channel_count(meta: dict, js: Path) -> int:
+    """The number of channels dataset.json names (``channel_names``, or MSD's ``modality``; one when neither),
+    checked to number them 0 ... n-1."""
+    key = "channel_names" if "channel_names" in meta else "modality"
+    ch = meta.get(key, {"0": "image"})
+    keys = sorted(str(k) for k in ch) if isinstance(ch, dict) else None
+    if not keys or keys != sorted(str(i) for i in range(len(keys))):
+        raise InputError(f"'{key}' must map the channel numbers 0 ... n-1 to names, e.g. {{\"0\": \"CT\"}}, "
+                         f"got {json.dumps(ch)[:80]}", path=js)
+    return len(keys)
+
+
+def image_files(folder: Path, suffixes) -> list[Path]:
+    """The files of ``folder`` (not recursive) whose format suffix is one of ``suffixes``, in name order; hidden
+    files and folders are left out, a broken link is an ``InputError`` naming it (it would be a case gone
+    missing without a word)."""
+    found = []
+    for p in sorted(folder.iterdir()):
+        if p.name.startswith(".") or full_suffix(p) not in suffixes:
+            continue
+        if p.is_symlink() and not p.exists():
+            raise InputError(f"broken link: target {os.readlink(p)} does not exist", path=p)
+        if p.is_file():
+            found.append(p)
+    return found
+
+
+def group_case_files(files: list[Path], channels: int, labelled: set[str] | None = None) -> dict[str, list[Path]]:
+    """Case id → its image files (in name order), for the image ``files`` of one folder and a ``channels`` count.
+
+    nnU-Net v2 names one file per channel, ``<case>_0000``, ``<case>_0001``, ... (a single-channel dataset too:
+    ``<case>_0000``); MSD names one file ``<case>`` (3D, or 4D holding the channels), and its ids may end in four
+    digits themselves (``patient_0001``). The rule, for the folder as a whole: files whose names end in ``_NNNN``
+    are grouped into cases only when that is consistent with ``channels``, i.e. every group holds exactly the
+    channels ``0000`` ... ``channels - 1`` and no other file has the group's name; otherwise every file is its own
+    case, named by its whole name (``x_0000``, ``x_0001``, ``x_0002`` with one channel are three cases). Other
+    files are always their own case.
+
+    ``labelled`` (a dataset's labelsTr case ids) decides where the names alone cannot: the reading (grouped or
+    whole names) under which more cases find their label wins; on a tie the rule above decides. So a lone
+    ``patient_0000.nii.gz`` in a single-channel folder is ambiguous and is case ``patient`` (the nnU-Net
+    convention wins), unless labelsTr holds ``patient_0000.nii.gz`` and not ``patient.nii.gz``.
+
+    Examples
+    --------
+    >>> names = lambda files, n, lab=None: sorted(group_case_files([Path(f) for f in files], n, lab))
+    >>> names(["a_0000.nii.gz", "a_0001.nii.gz", "b_0000.nii.gz", "b_0001.nii.gz"], 2)
+    ['a', 'b']
+    >>> names(["a_0000.nii.gz", "b_0000.nii.gz"], 1)
+    ['a', 'b']
+    >>> names(["patient_0000.nii.gz", "patient_0001.nii.gz"], 1)
+    ['patient_0000', 'patient_0001']
+    >>> names(["patient_0000.nii.gz"], 1), names(["patient_0000.nii.gz"], 1, {"patient_0000"})
+    (['patient'], ['patient_0000'])
+    """
+    parsed = [(p, case_name(p), _CHANNEL.match(case_name(p))) for p in files]
+    found: dict[str, list[int]] = {}
+    for _, _, m in parsed:
+        if m:
+            found.setdefault(m.group("case"), []).append(int(m.group("ch")))
+    plain = {name for _, name, m in parsed if not m}
+    consistent = all(sorted(ch) == list(range(channels)) for ch in found.values()) and not plain & set(found)
+
+    def reading(grouped: bool) -> dict[str, list[Path]]:
+        cases: dict[str, list[Path]] = {}
+        for p, name, m in parsed:
+            cases.setdefault(m.group("case") if grouped and m else name, []).append(p)
+        return {k: sorted(v) for k, v in cases.items()}
+
+    grouped, whole = reading(True), reading(False)
+    if labelled is not None:
+        hits = [sum(cid in labelled for cid in r) for r in (grouped, whole)]
+        if hits[0] != hits[1]:
+            return grouped if hits[0] > hits[1] else whole
+    return grouped if consistent else whole
 
 
 def load_case(case: Case, with_label: bool = True, labels=None, channels: int | None = None,

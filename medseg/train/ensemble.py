@@ -173,7 +173,8 @@ def _write_log(path: Path, rows: list[dict]) -> None:
 
 def combine_models(models, output: str | os.PathLike) -> Path:
     """Join trained models of one plan (same channels, labels, preprocessing and network) into one ensemble
-    artifact at ``output`` (a ``model.pt`` file or a folder to hold one); members of an ensemble are unpacked.
+    artifact at ``output``: a file when its name ends in ``.pt`` or ``.pth`` (any case) and it is not an existing
+    folder, else a folder to hold ``model.pt``; members of an ensemble are unpacked.
 
     Examples
     --------
@@ -196,7 +197,8 @@ def combine_models(models, output: str | os.PathLike) -> Path:
         if diff:
             raise InputError(f"cannot be averaged with {paths[0]}: its plan differs in {', '.join(diff)}", path=p)
     out = Path(output)
-    out = out / MODEL_FILE if out.suffix != ".pt" else out
+    if out.is_dir() or out.suffix.lower() not in (".pt", ".pth"):
+        out = out / MODEL_FILE
     out.parent.mkdir(parents=True, exist_ok=True)
     weights = [sd for a in arts for sd in (a.members or [a.state_dict])]
     plan = Plan.from_dict({**ref, "ensemble": len(weights)})
