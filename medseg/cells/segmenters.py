@@ -84,7 +84,8 @@ class CellModel:
         where the CPU computes it natively; ``fp32``)."""
         import torch
 
-        from medseg.cells.train import build_cell_network, load_config
+        from medseg.cells.config import load_config
+        from medseg.cells.train import build_cell_network
 
         config, weights = model_files(path)
         meta, cfg = load_config(config)

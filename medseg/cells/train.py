@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 # load_config: re-exported (it lived here)
-from medseg.cells.config import CellTrainConfig, config_for_data, load_config, resumed_config  # noqa: F401
+from medseg.cells.config import CellTrainConfig, config_for_data, resumed_config
 from medseg.errors import InputError
 from medseg.io.atomic import atomic_path, deferred_interrupts
 
