@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from medseg.errors import InputError
+from medseg.io.readers import is_dicom_file
 
 #: suffixes of files that are certainly not DICOM: skipped unread when they sit in a DICOM folder (case-insensitive).
 #: CD/DVD exports ship a viewer beside the images (AUTORUN.INF, icons, DLLs, web pages): never a reason to refuse.
@@ -113,15 +114,6 @@ def looks_like_dicom_name(path: Path) -> bool | None:
     return None
 
 
-def _has_preamble(path: Path) -> bool:
-    try:
-        with open(path, "rb") as fh:
-            fh.seek(128)
-            return fh.read(4) == b"DICM"
-    except OSError:
-        return False
-
-
 def dicom_root(path: Path) -> Path:
     """The folder a DICOMDIR file indexes (the file set is read from there); any other path as it is."""
     return path.parent if path.name.upper() == "DICOMDIR" and path.is_file() else path
@@ -202,7 +194,7 @@ def list_candidate_files(path: Path) -> list[Path]:
     out = []
     for f in walk_files(path):
         kind = looks_like_dicom_name(f)
-        if kind or (kind is None and _has_preamble(f)):
+        if kind or (kind is None and is_dicom_file(f)):
             out.append(f)
     return out
 
