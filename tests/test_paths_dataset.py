@@ -53,8 +53,12 @@ def test_the_grouping_rule():
     assert ids([f"patient_{i:04d}.nii.gz" for i in range(1, 5)], 1) == [f"patient_{i:04d}" for i in range(1, 5)]
     assert ids(["x_0000.nii.gz", "x_0001.nii.gz", "x_0002.nii.gz"], 1) == ["x_0000", "x_0001", "x_0002"]
     assert ids(["x_0000.nii.gz", "x_0001.nii.gz", "x_0002.nii.gz"], 2) == ["x_0000", "x_0001", "x_0002"]
-    # the rule holds for the folder as a whole: one MSD-named case keeps b_0000 whole too
-    assert ids(["a_0000.nii.gz", "a_0001.nii.gz", "b_0000.nii.gz"], 1) == ["a_0000", "a_0001", "b_0000"]
+    # stem by stem: a's numbers are ids, b's lone _0000 is nnU-Net's channel suffix, and a stray file renames
+    # nothing else
+    assert ids(["a_0000.nii.gz", "a_0001.nii.gz", "b_0000.nii.gz"], 1) == ["a_0000", "a_0001", "b"]
+    assert ids(["a_0000.nii.gz", "b_0000.nii.gz", "c_0001.nii.gz"], 1) == ["a", "b", "c_0001"]
+    # several channels: a case missing one is still that case (reading it then names it)
+    assert ids(["a_0000.nii.gz", "a_0001.nii.gz", "b_0000.nii.gz"], 2) == ["a", "b"]
     # a group whose id is also a file's whole name is not grouped
     assert ids(["a.nii.gz", "a_0000.nii.gz"], 1) == ["a", "a_0000"]
     # 4D MSD files beside nnU-Net channel files

@@ -143,12 +143,13 @@ def test_damaged_file_with_a_dicom_name_is_still_an_error(tmp_path, name):
     assert_clean_error(res, name, "not a DICOM file")
 
 
-def test_unknown_suffix_with_the_preamble_is_read(tmp_path):
+@pytest.mark.parametrize("suffix", [".img", ".bak", ".tmp", ".db"])
+def test_unknown_suffix_with_the_preamble_is_read(tmp_path, suffix):
     ct = data_path(*CT)
     (tmp_path / "s").mkdir()
     files = sorted(ct.iterdir())
     for k, f in enumerate(files):
-        shutil.copyfile(f, tmp_path / "s" / f"slice{k:03d}.img")  # an odd suffix, but DICOM: still a slice
+        shutil.copyfile(f, tmp_path / "s" / f"slice{k:03d}{suffix}")  # an odd suffix, but DICOM: still a slice
     found = discover_series(tmp_path / "s")
     assert len(found) == 1 and len(found[0].files) == len(files)
 

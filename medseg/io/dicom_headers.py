@@ -24,10 +24,7 @@ NON_DICOM_SUFFIXES = {
     ".txt", ".md", ".json", ".xml", ".csv", ".tsv", ".html", ".htm", ".pdf", ".nrrd", ".nhdr", ".nii", ".gz",
     ".mha", ".mhd", ".raw", ".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".zip", ".tar", ".py",
     ".yaml", ".yml", ".ini", ".log", ".seg", ".mgz", ".vtk", ".stl", ".obj", ".ply", ".exe", ".bat", ".sh",
-    ".inf", ".ico", ".dll", ".css", ".js", ".cab", ".ocx", ".sys", ".msi", ".chm", ".hlp", ".lnk", ".url",
-    ".manifest", ".config", ".cfg", ".jar", ".class", ".swf", ".ttf", ".otf", ".woff", ".woff2", ".svg", ".xsl",
-    ".xsd", ".rtf", ".doc", ".docx", ".xls", ".xlsx", ".db", ".bak", ".tmp",
-}
+}  # any other suffix (a CD viewer's .inf, .dll, .css, ...; a renamed .bak) is read when it has the DICM preamble
 #: suffixes DICOM files are given (besides none, and numeric ones such as the last part of a UID): such a file
 #: that does not parse is damaged, and an error
 DICOM_NAME_SUFFIXES = {".dcm", ".dicom", ".dic", ".dc3", ".ima"}

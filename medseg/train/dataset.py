@@ -152,14 +152,14 @@ def group_case_files(files: list[Path], channels: int, labelled: set[str] | None
 
     nnU-Net v2 names one file per channel, ``<case>_0000``, ``<case>_0001``, ... (a single-channel dataset too:
     ``<case>_0000``); MSD names one file ``<case>`` (3D, or 4D holding the channels), and its ids may end in four
-    digits themselves (``patient_0001``). The rule, for the folder as a whole: files whose names end in ``_NNNN``
-    are grouped into cases only when that is consistent with ``channels``, i.e. every group holds exactly the
-    channels ``0000`` ... ``channels - 1`` and no other file has the group's name; otherwise every file is its own
-    case, named by its whole name (``x_0000``, ``x_0001``, ``x_0002`` with one channel are three cases). Other
-    files are always their own case.
+    digits themselves (``patient_0001``). The rule, stem by stem (the name before ``_NNNN``): a stem's files are one
+    case when their channel numbers are exactly ``0000`` ... ``channels - 1``, or, with several channels, some of
+    them (a case missing a channel file, which reading it then reports by name); otherwise each of its files is a
+    case of its own, named by its whole name (``x_0000``, ``x_0001``, ``x_0002`` with one channel are three cases).
+    A stem that is also a file's whole name is never grouped. Files without ``_NNNN`` are always their own case.
 
-    ``labelled`` (a dataset's labelsTr case ids) decides where the names alone cannot: the reading (grouped or
-    whole names) under which more cases find their label wins; on a tie the rule above decides. So a lone
+    ``labelled`` (a dataset's labelsTr case ids) decides where the names alone cannot: a stem is grouped when
+    labelsTr holds the stem and none of its files' whole names, and kept whole in the opposite case. So a lone
     ``patient_0000.nii.gz`` in a single-channel folder is ambiguous and is case ``patient`` (the nnU-Net
     convention wins), unless labelsTr holds ``patient_0000.nii.gz`` and not ``patient.nii.gz``.
 
@@ -174,27 +174,33 @@ def group_case_files(files: list[Path], channels: int, labelled: set[str] | None
     ['patient_0000', 'patient_0001']
     >>> names(["patient_0000.nii.gz"], 1), names(["patient_0000.nii.gz"], 1, {"patient_0000"})
     (['patient'], ['patient_0000'])
+    >>> names(["a_0000.nii.gz", "b_0000.nii.gz", "c_0001.nii.gz"], 1)  # one stray file renames nothing else
+    ['a', 'b', 'c_0001']
+    >>> names(["a_0000.nii.gz", "a_0001.nii.gz", "b_0000.nii.gz"], 2)  # b misses a channel: still case b
+    ['a', 'b']
     """
     parsed = [(p, case_name(p), _CHANNEL.match(case_name(p))) for p in files]
-    found: dict[str, list[int]] = {}
+    found: dict[str, set[int]] = {}
     for _, _, m in parsed:
         if m:
-            found.setdefault(m.group("case"), []).append(int(m.group("ch")))
+            found.setdefault(m.group("case"), set()).add(int(m.group("ch")))
     plain = {name for _, name, m in parsed if not m}
-    consistent = all(sorted(ch) == list(range(channels)) for ch in found.values()) and not plain & set(found)
+    wanted = set(range(channels))
 
-    def reading(grouped: bool) -> dict[str, list[Path]]:
-        cases: dict[str, list[Path]] = {}
-        for p, name, m in parsed:
-            cases.setdefault(m.group("case") if grouped and m else name, []).append(p)
-        return {k: sorted(v) for k, v in cases.items()}
+    def grouped(stem: str) -> bool:
+        if stem in plain:
+            return False
+        if labelled is not None:
+            whole_labelled = any(m and m.group("case") == stem and name in labelled for _, name, m in parsed)
+            if (stem in labelled) != whole_labelled:
+                return stem in labelled
+        chans = found[stem]
+        return chans == wanted or (channels > 1 and chans < wanted)
 
-    grouped, whole = reading(True), reading(False)
-    if labelled is not None:
-        hits = [sum(cid in labelled for cid in r) for r in (grouped, whole)]
-        if hits[0] != hits[1]:
-            return grouped if hits[0] > hits[1] else whole
-    return grouped if consistent else whole
+    cases: dict[str, list[Path]] = {}
+    for p, name, m in parsed:
+        cases.setdefault(m.group("case") if m and grouped(m.group("case")) else name, []).append(p)
+    return {k: sorted(v) for k, v in cases.items()}
 
 
 def load_case(case: Case, with_label: bool = True, labels=None, channels: int | None = None,
