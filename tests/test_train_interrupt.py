@@ -19,6 +19,8 @@ import torch
 from conftest import REPO, assert_clean_error, linked_cell_dataset, run_cli
 from test_train import read_log, tiny_plan
 
+from medseg.train.trainer import validate as _real_validate
+
 
 def _train(plan, run, **kw):
     from medseg.train.trainer import train
@@ -85,6 +87,43 @@ def test_interrupted_epoch_resumes_exactly(tmp_path, monkeypatch, where, call, e
     assert str(a["optimizer"]) == str(b["optimizer"])  # every moment tensor, bit for bit
     assert a["scheduler"] == b["scheduler"] and a["history"][-1]["lr"] == b["history"][-1]["lr"]
     _assert_same_weights(load_model(tmp_path / "ref").state_dict, load_model(tmp_path / "run").state_dict)
+
+
+@pytest.mark.parametrize("more_minutes", [False, True])
+def test_interrupted_after_the_budget_stopped_the_epoch(tmp_path, monkeypatch, more_minutes):
+    """Interrupted in the final validation of a budget-stopped epoch, the resumed run only finishes that epoch (it
+    trained on past the budget); given more minutes it trains on. A fake clock: 10 s per batch, 1-minute budget."""
+    from medseg.train import trainer
+
+    plan = tiny_plan(tmp_path, max_epochs=3, iterations_per_epoch=4, ema=0.9, max_minutes=1.0)
+    clock = [0.0]
+    monkeypatch.setattr(trainer, "time", SimpleNamespace(monotonic=lambda: clock[0]))
+    real_sample = trainer.sample_batch
+
+    def tick(*a, **k):
+        clock[0] += 10.0
+        return real_sample(*a, **k)
+
+    monkeypatch.setattr(trainer, "sample_batch", tick)
+    ref = _train(plan, tmp_path / "ref")
+    assert ref.iterations == 6  # stopped by the budget in the second epoch
+    clock[0] = 0.0
+    _interrupt_on_call(monkeypatch, trainer, "validate", 3)  # 1: timing the validation, 2: epoch 1, 3: epoch 2
+    with pytest.raises(KeyboardInterrupt):
+        _train(plan, tmp_path / "run")
+    ck = torch.load(tmp_path / "run" / "checkpoint_latest.pt", weights_only=True)
+    assert (ck["epoch"], ck["iteration"], len(ck["epoch_losses"])) == (1, 6, 2)
+    monkeypatch.setattr(trainer, "validate", _real_validate)
+    clock[0] = 0.0
+    res = _train(None, tmp_path / "run", resume=True, **({"max_minutes": 2.0} if more_minutes else {}))
+    if more_minutes:
+        assert res.iterations > 6
+    else:
+        assert res.iterations == 6
+        _assert_same_log(tmp_path / "ref", tmp_path / "run")
+        a, b = (torch.load(tmp_path / r / "checkpoint_latest.pt", weights_only=True) for r in ("ref", "run"))
+        _assert_same_weights(a["model"], b["model"])
+        _assert_same_weights(a["ema"], b["ema"])
 
 
 def test_a_signal_during_the_update_waits_for_the_step_to_complete(tmp_path, monkeypatch):

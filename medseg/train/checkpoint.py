@@ -46,11 +46,13 @@ def save(path: Path, payload: dict) -> None:
 
 
 def training_state(network, opt, scheduler: dict, ema, *, epoch: int, iteration: int, elapsed_s: float,
-                   best: float, rng: list, history: list, epoch_losses: list | None = None) -> dict:
-    """The checkpoint's contents (see the module docstring); ``scheduler`` is a ``PolyLR.state_dict()``."""
+                   best: float, rng: list, history: list, epoch_losses: list | None = None,
+                   budget_stop_s: float | None = None) -> dict:
+    """The checkpoint's contents (see the module docstring); ``scheduler`` is a ``PolyLR.state_dict()``;
+    ``budget_stop_s``: the time budget (s) that had already ended the interrupted epoch, if one had."""
     return {"model": strip_ddp(network.state_dict()), "optimizer": opt.state_dict(), "scheduler": scheduler,
             "epoch": epoch, "iteration": iteration, "elapsed_s": elapsed_s, "best": best, "rng": rng,
-            "history": history, "epoch_losses": list(epoch_losses or []),
+            "history": history, "epoch_losses": list(epoch_losses or []), "budget_stop_s": budget_stop_s,
             **({"ema": strip_ddp(ema.state_dict())} if ema is not None else {})}
 
 

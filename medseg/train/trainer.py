@@ -169,9 +169,9 @@ def train(plan: Plan | str | os.PathLike | None, run_dir: str | os.PathLike, fol
     if resume:
         if not latest.is_file():
             raise InputError("--resume: no checkpoint_latest.pt in the run folder (one is written at the end of each "
-                             "epoch and when training is stopped by Ctrl-C or SIGTERM; a run killed outright, e.g. "
-                             "SIGKILL or out of memory, during its first epoch has none: start it again without "
-                             "--resume)", path=run_dir)
+                             "epoch and when Ctrl-C or SIGTERM stops training; a run stopped while it read its data, "
+                             "or killed outright (SIGKILL, out of memory) in its first epoch, has none: start it "
+                             "again without --resume)", path=run_dir)
         saved = Plan.from_yaml(run_dir / "plan.yaml")
         saved.dataset = (plan.dataset if isinstance(plan, Plan) else None) or saved.dataset
         plan = saved
@@ -227,6 +227,7 @@ def train(plan: Plan | str | os.PathLike | None, run_dir: str | os.PathLike, fol
     epoch, iteration, elapsed_before, best = 0, 0, 0.0, -1.0
     history: list[dict] = []
     resumed_losses: list[float] = []  # of an epoch interrupted part way: it continues at its next iteration
+    budget_stop_s = None
     if resume:
         ck = torch.load(latest, map_location="cpu", weights_only=True)
         network.load_state_dict(ck["model"])
@@ -239,6 +240,7 @@ def train(plan: Plan | str | os.PathLike | None, run_dir: str | os.PathLike, fol
         set_rng_state(rs, np_rng, gen)
         history = list(ck.get("history", []))
         resumed_losses = [float(v) for v in ck.get("epoch_losses", [])]
+        budget_stop_s = ck.get("budget_stop_s")  # the interrupted epoch had already met this time budget
         if rank == 0:  # the log is exactly the checkpoint's history: rows of a killed epoch are dropped
             _rewrite_log(run_dir / "log.csv", history, plan)
     model = ddp.wrap(network, dev) if world > 1 else network
@@ -261,8 +263,10 @@ def train(plan: Plan | str | os.PathLike | None, run_dir: str | os.PathLike, fol
         val_cost = validation_cost(network, plan, val_cases, dev)
     val_cost = ddp.broadcast_float(val_cost, world)
 
-    stop = False
-    while epoch < plan.max_epochs and not stop:
+    # an epoch interrupted after the budget had stopped it (in its validation, say) only finishes, unless the
+    # resumed run was given more time
+    stop = bool(budget_stop_s and budget and budget <= budget_stop_s)
+    while epoch < plan.max_epochs and (not stop or resumed_losses):
         model.train()
         losses, resumed_losses = resumed_losses, []
         lr = opt.param_groups[0]["lr"]  # an epoch interrupted after its last iteration has none left to set it
@@ -270,7 +274,7 @@ def train(plan: Plan | str | os.PathLike | None, run_dir: str | os.PathLike, fol
         last = LastIteration(np_rng, gen, sched, elapsed()) if world == 1 else None
         bar = _bar(show, f"epoch {done}/{plan.max_epochs}", plan.iterations_per_epoch, len(losses))
         try:
-            for _ in range(plan.iterations_per_epoch - len(losses)):
+            for _ in range(0 if stop else plan.iterations_per_epoch - len(losses)):
                 prog = iteration / total_iters
                 if budget:
                     prog = max(prog, elapsed() / max(budget - val_cost, 1e-6))
@@ -331,7 +335,8 @@ def train(plan: Plan | str | os.PathLike | None, run_dir: str | os.PathLike, fol
             if last is not None and not committed:  # single process: keep the epoch's completed iterations
                 _save(latest, training_state(network, opt, last.scheduler, ema, epoch=epoch, iteration=iteration,
                                              elapsed_s=last.elapsed_s, best=best_before, rng=[last.rng],
-                                             history=history, epoch_losses=losses))
+                                             history=history, epoch_losses=losses,
+                                             budget_stop_s=budget if stop else None))
             raise
         val_cost = ddp.broadcast_float(val_cost, world)
         ddp.barrier(world)
