@@ -82,6 +82,19 @@ def test_partial_reference_is_a_warning_not_a_refusal(tmp_path):
     assert len(json.loads((tmp_path / "out" / "metrics.json").read_text())["mean"]) == n_extra + 1
 
 
+def test_empty_reference_is_a_warning_not_a_refusal(tmp_path):
+    """A 41-organ label map against an empty reference (nothing annotated in this case) is scored, not called an
+    image: an empty reference cannot show that the prediction is one."""
+    seg = data_path("totalseg_example", "example_seg.nii.gz")
+    img = nib.load(str(seg))
+    empty = tmp_path / "ref" / "case.nii.gz"
+    empty.parent.mkdir()
+    nib.save(nib.Nifti1Image(np.zeros(img.shape, np.uint8), img.affine, img.header), str(empty))
+    res = run_cli("evaluate", "--pred", seg, "--ref", empty, "-o", tmp_path / "out", "-q", "--no-surface")
+    assert res.code == 0, res.err
+    assert len(_warning_lines(res.err)) == 1
+
+
 def _case(root, name, ref, pred):
     for side, arr in (("ref", ref), ("pred", pred)):
         (root / side).mkdir(exist_ok=True)

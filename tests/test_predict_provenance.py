@@ -96,3 +96,30 @@ def test_foreign_file_in_the_output_folder_is_refused(tmp_path):
     assert_clean_error(run_cli("predict", "-m", model, "-i", folder, "-o", out, "-q"), "cannot read", "--overwrite")
     assert run_cli("predict", "-m", model, "-i", folder, "-o", out, "--overwrite", "-q").code == 0
     assert nib.load(out / "hippocampus_001.nii.gz").shape == src.shape
+
+
+def test_a_changed_input_is_not_finished(tmp_path):
+    """An input replaced under the same name (re-converted, corrected) makes its label map stale."""
+    folder, model = _cases(tmp_path, 1), make_model(tmp_path / "m.pt")
+    out = tmp_path / "out"
+    assert run_cli("predict", "-m", model, "-i", folder, "-o", out, "-q").code == 0
+    shutil.copy(data_path(*HIPPO_IMG, "hippocampus_004.nii.gz"), folder / "hippocampus_001.nii.gz")
+    before = _mtimes(out)
+    assert_clean_error(run_cli("predict", "-m", model, "-i", folder, "-o", out, "-q"),
+                       "hippocampus_001.nii.gz", "input has changed")
+    assert _mtimes(out) == before
+    assert run_cli("predict", "-m", model, "-i", folder, "-o", out, "--overwrite", "-q").code == 0
+    assert nib.load(out / "hippocampus_001.nii.gz").shape == nib.load(folder / "hippocampus_001.nii.gz").shape
+
+
+def test_extras_of_another_run_do_not_stay_beside_a_new_label_map(tmp_path):
+    """Model A with --probabilities, then B with --overwrite: A's probabilities went with B's label map, and a
+    later `B --probabilities` took them for B's."""
+    folder = _cases(tmp_path, 1)
+    a, b = make_model(tmp_path / "a.pt"), make_model(tmp_path / "b.pt", base_filters=8)
+    out = tmp_path / "out"
+    assert run_cli("predict", "-m", a, "-i", folder, "-o", out, "--probabilities", "-q").code == 0
+    assert run_cli("predict", "-m", b, "-i", folder, "-o", out, "--overwrite", "-q").code == 0
+    assert not (out / "hippocampus_001_probs.nii.gz").exists()
+    res = run_cli("predict", "-m", b, "-i", folder, "-o", out, "--probabilities", "-q")
+    assert res.code == 0 and "wrote 1" in res.out, res

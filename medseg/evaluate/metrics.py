@@ -94,8 +94,8 @@ def check_found_classes(cm: np.ndarray, values: np.ndarray, path=None) -> list[i
     n_ref = int(in_ref.sum())
     if len(extra) > max(MAX_UNREFERENCED, 2 * n_ref):
         ref_voxels = int(cm[fg].sum())
-        agreement = float(np.diag(cm)[fg].sum()) / ref_voxels if ref_voxels else 0.0
-        if agreement < MIN_AGREEMENT:
+        agreement = float(np.diag(cm)[fg].sum()) / ref_voxels if ref_voxels else 1.0
+        if agreement < MIN_AGREEMENT:  # an empty reference cannot tell an image from a rich label map: warned only
             raise InputError(f"the prediction holds {len(extra)} values that its reference lacks "
                              f"({values_text(extra, 5, count=False)}; the reference holds {n_ref}) and matches "
                              f"{agreement:.0%} of the reference's labelled voxels: an image rather than a label map? "

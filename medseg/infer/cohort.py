@@ -299,8 +299,30 @@ def _finished(case: Case, output: Path, record: dict, probabilities: bool, expor
     dest, *extras = _outputs(case, output, probabilities, export)
     if not dest.exists():
         return False
-    check_finished(dest, record)
+    check_finished(dest, _case_record(record, case))
     return all(p.exists() for p in extras)
+
+
+def _case_record(record: dict, case: Case) -> dict:
+    """The run's record plus a digest of this case's input files (a re-converted or corrected input under the
+    same name is not finished)."""
+    import hashlib
+
+    from medseg.data import file_digest
+
+    files = case.series.files if case.series is not None else case.paths
+    joined = "".join(file_digest(f, "sha256") for f in files)
+    return {**record, "input_sha256": hashlib.sha256(joined.encode()).hexdigest()}
+
+
+def _remove_stale_extras(case: Case, output: Path, probabilities: bool, export: str | None) -> None:
+    """Remove the extra outputs of an earlier run that this run does not write again, so that none stays beside
+    a label map it does not belong to."""
+    asked = set(_outputs(case, output, probabilities, export))
+    inputs = {os.path.realpath(p) for p in case.paths}
+    for stale in _outputs(case, output, True, "dicom-seg")[1:] + _outputs(case, output, False, "rtstruct")[1:]:
+        if stale not in asked and stale.is_file() and os.path.realpath(stale) not in inputs:
+            stale.unlink()
 
 
 def _predict_cases(art, dev, todo, output: Path, overlap, tta, batch_size, probabilities, largest_component,
@@ -329,8 +351,9 @@ def _predict_cases(art, dev, todo, output: Path, overlap, tta, batch_size, proba
             _export(lab, case, export, output / f"{case.name}_{export.replace('-', '')}.dcm", art.plan.labels)
         if prob is not None:
             write_probabilities(prob, output / f"{case.name}_probs.nii.gz", protect=case.paths)
+        _remove_stale_extras(case, output, probabilities, export)
         dest = output / f"{case.name}.nii.gz"
-        _write_labels(lab, dest, case.paths, note, record)  # last: its presence marks the case finished
+        _write_labels(lab, dest, case.paths, note, _case_record(record, case))  # last: marks the case finished
         written.append(dest)
     return written
 

@@ -1,9 +1,10 @@
-"""What made a predicted label map: the model file's digest and the options that change its voxels.
+"""What made a predicted label map: the model file's digest, the options that change its voxels and a digest of
+its input files.
 
 ``medseg predict`` skips cases whose label map exists, so that an interrupted or sharded cohort run continues
-where it stopped. A label map from another model, or made with other options, must not pass for finished: each
-label map carries its record in a NIfTI comment extension (viewers ignore it), and a rerun compares it before
-predicting anything.
+where it stopped. A label map from another model, made with other options or from an input that has since
+changed must not pass for finished: each label map carries its record in a NIfTI comment extension (viewers ignore
+it), and a rerun compares it before predicting anything.
 """
 
 from __future__ import annotations
@@ -85,6 +86,8 @@ def record_difference(old: dict | None, new: dict) -> str | None:
     for key in _COMPARED[1:]:
         if old.get(key) != new[key]:
             return f"it was predicted with {key} {old.get(key)}, this run asks for {new[key]}"
+    if "input_sha256" in new and old.get("input_sha256") != new["input_sha256"]:
+        return "its input has changed since it was predicted (another file under the same name)"
     return None
 
 

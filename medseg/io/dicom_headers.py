@@ -98,7 +98,7 @@ def looks_like_dicom_name(path: Path) -> bool | None:
     >>> looks_like_dicom_name(Path("IM0001")), looks_like_dicom_name(Path("CT.1.2.840.5")),\
  looks_like_dicom_name(Path("notes.txt")), looks_like_dicom_name(Path("AUTORUN.INF")),\
  looks_like_dicom_name(Path("viewer.xyz"))
-    (True, True, False, False, None)
+    (True, True, False, None, None)
     """
     name = path.name
     if name.startswith(".") or name.upper() in NON_DICOM_NAMES:
