@@ -22,7 +22,6 @@ from pathlib import Path
 
 import numpy as np
 
-# load_config: re-exported (it lived here)
 from medseg.cells.config import CellTrainConfig, config_for_data, resumed_config
 from medseg.errors import InputError
 from medseg.io.atomic import atomic_path, deferred_interrupts
