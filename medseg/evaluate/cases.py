@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from medseg.errors import InputError
-from medseg.io.atomic import case_name, full_suffix
+from medseg.io.atomic import case_name
 from medseg.io.image import Image
 
 LABEL_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".seg.nrrd", ".mha", ".mhd", ".tif", ".tiff", ".png")
@@ -40,17 +40,14 @@ class CasePair:
 def _label_files(folder: Path) -> dict[str, Path]:
     """Case name → label file; ``<case>_probs`` beside ``<case>`` (what ``medseg predict --probabilities`` writes)
     is not a case, and a broken link is an error rather than a case quietly missing."""
+    from medseg.io.readers import image_files
+
     out: dict[str, Path] = {}
-    for p in sorted(folder.iterdir()):
-        if p.name.startswith(".") or full_suffix(p) not in LABEL_SUFFIXES:
-            continue
-        if p.is_symlink() and not p.exists():
-            raise InputError(f"broken link: its target {os.readlink(p)} does not exist", path=p)
-        if p.is_file():
-            name = case_name(p)
-            if name in out:
-                raise InputError(f"two files for case '{name}' ({out[name].name}, {p.name})", path=folder)
-            out[name] = p
+    for p in image_files(folder, LABEL_SUFFIXES):
+        name = case_name(p)
+        if name in out:
+            raise InputError(f"two files for case '{name}' ({out[name].name}, {p.name})", path=folder)
+        out[name] = p
     return {k: v for k, v in out.items() if not (k.endswith("_probs") and k[:-len("_probs")] in out)}
 
 

@@ -95,7 +95,8 @@ def list_cases(path: Path, channels: int = 1, series: str | int | None = None,
         Image files in name order; DICOM series in discovery order, named by :func:`series_case_names`. A broken
         link, given or among the image files of the folder, is an ``InputError`` naming it.
     """
-    from medseg.train.dataset import group_case_files, image_files
+    from medseg.io.readers import image_files
+    from medseg.train.dataset import group_case_files
 
     if path.is_symlink() and not path.exists():
         raise InputError(f"broken link: target {os.readlink(path)} does not exist", path=path)

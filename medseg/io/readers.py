@@ -33,6 +33,21 @@ _ITK_IO = {".nrrd": "NrrdImageIO", ".seg.nrrd": "NrrdImageIO", ".nhdr": "NrrdIma
            ".mhd": "MetaImageIO"}
 
 
+def image_files(folder: Path, suffixes) -> list[Path]:
+    """The files of ``folder`` (not recursive) whose format suffix is one of ``suffixes``, in name order; hidden
+    files and folders are left out, a broken link is an ``InputError`` naming it (it would be a case gone
+    missing without a word)."""
+    found = []
+    for p in sorted(folder.iterdir()):
+        if p.name.startswith(".") or full_suffix(p) not in suffixes:
+            continue
+        if p.is_symlink() and not p.exists():
+            raise InputError(f"broken link: target {os.readlink(p)} does not exist", path=p)
+        if p.is_file():
+            found.append(p)
+    return found
+
+
 def is_dicom_file(path: str | os.PathLike) -> bool:
     """True when the file carries the DICOM Part 10 preamble (``DICM`` at byte 128)."""
     try:

@@ -20,9 +20,9 @@ from pathlib import Path
 import numpy as np
 
 from medseg.errors import InputError
-from medseg.io.atomic import case_name, full_suffix
+from medseg.io.atomic import case_name
 from medseg.io.image import Image
-from medseg.io.readers import NIFTI, check_finite, read_image
+from medseg.io.readers import NIFTI, check_finite, image_files, read_image
 
 _CHANNEL = re.compile(r"^(?P<case>.+)_(?P<ch>\d{4})$")
 DATASET_SUFFIXES = NIFTI + (".nrrd", ".mha")  # what imagesTr/ and labelsTr/ are searched for
@@ -130,21 +130,6 @@ def _channel_count(meta: dict, js: Path) -> int:
         raise InputError(f"'{key}' must map the channel numbers 0 ... n-1 to names, e.g. {{\"0\": \"CT\"}}, "
                          f"got {json.dumps(ch)[:80]}", path=js)
     return len(keys)
-
-
-def image_files(folder: Path, suffixes) -> list[Path]:
-    """The files of ``folder`` (not recursive) whose format suffix is one of ``suffixes``, in name order; hidden
-    files and folders are left out, a broken link is an ``InputError`` naming it (it would be a case gone
-    missing without a word)."""
-    found = []
-    for p in sorted(folder.iterdir()):
-        if p.name.startswith(".") or full_suffix(p) not in suffixes:
-            continue
-        if p.is_symlink() and not p.exists():
-            raise InputError(f"broken link: target {os.readlink(p)} does not exist", path=p)
-        if p.is_file():
-            found.append(p)
-    return found
 
 
 def group_case_files(files: list[Path], channels: int, labelled: set[str] | None = None) -> dict[str, list[Path]]:
