@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from conftest import assert_clean_error, linked_cell_dataset, run_cli
-from medseg.cells.config import CellTrainConfig, resumed_config
+from medseg.cells.config import CellTrainConfig
+from medseg.cells.saved_config import resumed_config
 from medseg.errors import InputError
 
 REPO = Path(__file__).resolve().parents[1]

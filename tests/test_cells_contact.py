@@ -85,7 +85,7 @@ def test_weighted_loss_is_dice_ce_without_weights_and_weights_the_cross_entropy(
 
 def test_training_with_contact_weights(tmp_path):
     """A few steps with the weight map on real images: the batch carries aligned weights, the setting is saved."""
-    from medseg.cells.config import load_config
+    from medseg.cells.saved_config import load_config
     from medseg.cells.train import CellTrainConfig, _batch, prepare_training_data, train_cells
 
     ds = tmp_path / "ds"

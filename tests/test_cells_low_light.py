@@ -62,7 +62,8 @@ def test_new_runs_train_with_it_and_runs_that_predate_the_field_keep_it_off(tmp_
     trained without it, so loading it (for scoring or --resume) must not switch the augmentation on mid-run."""
     import json
 
-    from medseg.cells.config import CellTrainConfig, load_config
+    from medseg.cells.config import CellTrainConfig
+    from medseg.cells.saved_config import load_config
 
     assert CellTrainConfig().low_light_prob == 0.25
     conf = {k: list(v) if isinstance(v, tuple) else v for k, v in vars(CellTrainConfig()).items()}

@@ -63,7 +63,7 @@ def test_zoom_factor_follows_the_range():
 def test_zoomed_batches_have_consistent_targets(tmp_path):
     """With scale_prob 1 every crop is zoomed: the class target is the one drawn from the resized labels (a
     boundary ring around every interior), and training runs with it; the setting is saved with the model."""
-    from medseg.cells.config import load_config
+    from medseg.cells.saved_config import load_config
     from medseg.cells.train import CellTrainConfig, _batch, prepare_training_data, train_cells
 
     ds = tmp_path / "ds"

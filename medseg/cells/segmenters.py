@@ -84,7 +84,7 @@ class CellModel:
         where the CPU computes it natively; ``fp32``)."""
         import torch
 
-        from medseg.cells.config import load_config
+        from medseg.cells.saved_config import load_config
         from medseg.cells.train import build_cell_network
 
         config, weights = model_files(path)

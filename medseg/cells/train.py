@@ -22,7 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from medseg.cells.config import CellTrainConfig, config_for_data, resumed_config
+from medseg.cells.config import CellTrainConfig, config_for_data
+from medseg.cells.saved_config import resumed_config
 from medseg.errors import InputError
 from medseg.io.atomic import atomic_path, deferred_interrupts
 

@@ -91,7 +91,8 @@ def train_cmd(
 ) -> None:
     """Train a cell model (interior/boundary U-Net) within a time budget: 2D, or 3D for TIFF stacks (without
     --config the crop is fitted to the stacks; with it, spatial_dims: 3 and a three-entry patch_size)."""
-    from medseg.cells.config import RESUMABLE, CellTrainConfig, config_for_data, resumed_config
+    from medseg.cells.config import CellTrainConfig, config_for_data
+    from medseg.cells.saved_config import RESUMABLE, resumed_config
     from medseg.cells.train import train_cells
 
     given = {"max_minutes": max_minutes, "max_steps": max_steps, "batch_size": batch_size, "channel": channel,
