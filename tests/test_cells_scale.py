@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import tifffile
 
 from medseg.cells.scale import (SCALE_LIMITS, diameter_range, into_range, median_diameter, resize_image,
                                 resize_labels, scale_to, scaled_shape)
