@@ -143,7 +143,7 @@ def test_damaged_file_with_a_dicom_name_is_still_an_error(tmp_path, name):
     assert_clean_error(res, name, "not a DICOM file")
 
 
-@pytest.mark.parametrize("suffix", [".img", ".bak", ".tmp", ".db"])
+@pytest.mark.parametrize("suffix", [".img", ".db", ".dat"])
 def test_unknown_suffix_with_the_preamble_is_read(tmp_path, suffix):
     ct = data_path(*CT)
     (tmp_path / "s").mkdir()
@@ -263,3 +263,14 @@ def test_no_series_hint_counts_what_discovery_looked_at(tmp_path):
     assert "it holds 2 NIfTI" in msg and "e.g. a.nii.gz" in msg
     with pytest.raises(InputError, match="it holds 2 NIfTI"):
         pick_series(folder)
+
+
+def test_a_backup_copy_of_a_slice_does_not_break_its_series(tmp_path):
+    """`000005.dcm.bak` beside `000005.dcm`: read, it duplicated a slice and the series was refused."""
+    src = data_path("dicom", "mr_study", "12-T1post-05670")
+    shutil.copytree(src, tmp_path / "s")
+    first = sorted((tmp_path / "s").iterdir())[0]
+    shutil.copyfile(first, first.with_name(first.name + ".bak"))
+    (tmp_path / "s" / "incoming.tmp").write_bytes(first.read_bytes()[:3000])  # a copy still being written
+    found = discover_series(tmp_path / "s")
+    assert len(found) == 1 and len(found[0].files) == len(list(src.iterdir()))

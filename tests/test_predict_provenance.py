@@ -120,6 +120,34 @@ def test_extras_of_another_run_do_not_stay_beside_a_new_label_map(tmp_path):
     out = tmp_path / "out"
     assert run_cli("predict", "-m", a, "-i", folder, "-o", out, "--probabilities", "-q").code == 0
     assert run_cli("predict", "-m", b, "-i", folder, "-o", out, "--overwrite", "-q").code == 0
-    assert not (out / "hippocampus_001_probs.nii.gz").exists()
+    probs = out / "hippocampus_001_probs.nii.gz"
+    a_probs = probs.read_bytes()
     res = run_cli("predict", "-m", b, "-i", folder, "-o", out, "--probabilities", "-q")
     assert res.code == 0 and "wrote 1" in res.out, res
+    assert probs.read_bytes() != a_probs
+    res = run_cli("predict", "-m", b, "-i", folder, "-o", out, "--probabilities", "-q")
+    assert res.code == 0 and "skipped 1" in res.out, res
+
+
+def test_a_case_named_like_another_case_s_extra_output_is_left_alone(tmp_path):
+    """Cases `x` and `x_probs` (sharded): predicting `x` must not touch `x_probs.nii.gz`, another case's label map."""
+    from medseg.infer.provenance import read_record
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    shutil.copy(data_path(*HIPPO_IMG, "hippocampus_001.nii.gz"), folder / "x.nii.gz")
+    shutil.copy(data_path(*HIPPO_IMG, "hippocampus_004.nii.gz"), folder / "x_probs.nii.gz")
+    model, out = make_model(tmp_path / "m.pt"), tmp_path / "out"
+    for shard in ("1/2", "0/2"):
+        assert run_cli("predict", "-m", model, "-i", folder, "-o", out, "--shard", shard, "-q").code == 0
+    assert sorted(p.name for p in out.iterdir()) == ["x.nii.gz", "x_probs.nii.gz"]
+    assert read_record(out / "x_probs.nii.gz") is not None
+
+
+def test_records_from_before_the_input_digest_still_count():
+    from medseg.infer.provenance import prediction_record, record_difference
+
+    old = prediction_record("ab" * 32, 0.5, False)
+    assert record_difference(old, {**old, "input_sha256": "cd" * 32}) is None
+    assert "input has changed" in record_difference({**old, "input_sha256": "ef" * 32},
+                                                   {**old, "input_sha256": "cd" * 32})

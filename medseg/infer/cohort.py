@@ -77,12 +77,12 @@ def list_cases(path: Path, channels: int = 1, series: str | int | None = None,
         An image file, a folder of image files, a DICOM file, or a folder holding DICOM series (one folder
         with the files of several series, or subfolders each holding series).
     channels : int
-        The model's input channels. Files named ``<case>_0000``, ``<case>_0001``, ... form case ``<case>`` when that
-        is consistent with it, for the folder as a whole: every such group holds exactly the channels ``0000`` ...
-        ``channels - 1`` (nnU-Net v2 names; with one channel, ``a_0000`` is case ``a``). Otherwise each file is
-        its own case named by its whole name (MSD ids such as ``patient_0001``; ``x_0000``, ``x_0001``,
-        ``x_0002`` for a one-channel model). The rule is :func:`medseg.train.dataset.group_case_files`'s; a lone
-        ``patient_0000`` with one channel is ambiguous, and is case ``patient`` (the nnU-Net convention wins).
+        The model's input channels. Files named ``<case>_0000``, ``<case>_0001``, ... form case ``<case>`` when
+        their numbers are exactly the channels ``0000`` ... ``channels - 1`` (nnU-Net v2 names; with one channel,
+        ``a_0000`` is case ``a``), stem by stem; otherwise each file is its own case named by its whole name (MSD
+        ids such as ``patient_0001``; ``x_0000``, ``x_0001``, ``x_0002`` for a one-channel model). The rule is
+        :func:`medseg.train.dataset.group_case_files`'s; a lone ``patient_0000`` with one channel is ambiguous,
+        and is case ``patient`` (the nnU-Net convention wins).
     series : str or int, optional
         Only this DICOM series (index or SeriesInstanceUID, picked by :func:`medseg.io.dicom.select_series`).
         A folder that also holds image files is then searched for DICOM series, not listed as images.
@@ -216,10 +216,11 @@ def predict_path(model, input: str | os.PathLike, output: str | os.PathLike, ove
     to do is checked to be loadable as far as its headers tell before anything is written; each output is
     written atomically, the label map last, so its presence marks the case finished.
 
-    A finished case is skipped only when its label map records this model file (SHA-256) and the options that
-    change its voxels (overlap, TTA, largest component, minimum size), and the extra outputs asked for
-    (``probabilities``, ``export``) exist; one made by another model or with other options is an ``InputError``
-    before anything is predicted (``overwrite`` predicts every case again).
+    A finished case is skipped only when its label map records this model file (SHA-256), the options that
+    change its voxels (overlap, TTA, largest component, minimum size) and its input files (SHA-256), and the extra
+    outputs asked for (``probabilities``, ``export``) were written with it; one made by another model, with other
+    options or from another input is an ``InputError`` before anything is predicted (``overwrite`` predicts every
+    case again).
     """
     from medseg.train.artifact import load_model
     from medseg.train.trainer import resolve_device
@@ -300,8 +301,13 @@ def _finished(case: Case, output: Path, record: dict, probabilities: bool, expor
     dest, *extras = _outputs(case, output, probabilities, export)
     if not dest.exists():
         return False
-    check_finished(dest, _case_record(record, case))
-    return all(p.exists() for p in extras)
+    old = check_finished(dest, _case_record(record, case))
+    # an extra output counts only when it was written with this label map (an earlier run's may lie beside it)
+    return all(p.exists() for p in extras) and set(_extras(probabilities, export)) <= set(old.get("extras", []))
+
+
+def _extras(probabilities: bool, export: str | None) -> list[str]:
+    return (["probabilities"] if probabilities else []) + ([export] if export else [])
 
 
 def _case_record(record: dict, case: Case) -> dict:
@@ -314,16 +320,6 @@ def _case_record(record: dict, case: Case) -> dict:
     files = case.series.files if case.series is not None else case.paths
     joined = "".join(file_digest(f, "sha256") for f in files)
     return {**record, "input_sha256": hashlib.sha256(joined.encode()).hexdigest()}
-
-
-def _remove_stale_extras(case: Case, output: Path, probabilities: bool, export: str | None) -> None:
-    """Remove the extra outputs of an earlier run that this run does not write again, so that none stays beside
-    a label map it does not belong to."""
-    asked = set(_outputs(case, output, probabilities, export))
-    inputs = {os.path.realpath(p) for p in case.paths}
-    for stale in _outputs(case, output, True, "dicom-seg")[1:] + _outputs(case, output, False, "rtstruct")[1:]:
-        if stale not in asked and stale.is_file() and os.path.realpath(stale) not in inputs:
-            stale.unlink()
 
 
 def _predict_cases(art, dev, todo, output: Path, overlap, tta, batch_size, probabilities, largest_component,
@@ -352,9 +348,9 @@ def _predict_cases(art, dev, todo, output: Path, overlap, tta, batch_size, proba
             _export(lab, case, export, output / f"{case.name}_{export.replace('-', '')}.dcm", art.plan.labels)
         if prob is not None:
             write_probabilities(prob, output / f"{case.name}_probs.nii.gz", protect=case.paths)
-        _remove_stale_extras(case, output, probabilities, export)
         dest = output / f"{case.name}.nii.gz"
-        _write_labels(lab, dest, case.paths, note, _case_record(record, case))  # last: marks the case finished
+        _write_labels(lab, dest, case.paths, note,  # last: its presence marks the case finished
+                      {**_case_record(record, case), "extras": _extras(probabilities, export)})
         written.append(dest)
     return written
 

@@ -86,14 +86,17 @@ def record_difference(old: dict | None, new: dict) -> str | None:
     for key in _COMPARED[1:]:
         if old.get(key) != new[key]:
             return f"it was predicted with {key} {old.get(key)}, this run asks for {new[key]}"
-    if "input_sha256" in new and old.get("input_sha256") != new["input_sha256"]:
+    if "input_sha256" in new and "input_sha256" in old and old["input_sha256"] != new["input_sha256"]:
         return "its input has changed since it was predicted (another file under the same name)"
     return None
 
 
-def check_finished(dest: Path, record: dict) -> None:
-    """``InputError`` when the existing label map ``dest`` was made by another model or with other options."""
-    why = record_difference(read_record(dest), record)
+def check_finished(dest: Path, record: dict) -> dict:
+    """``InputError`` when the existing label map ``dest`` was made by another model, with other options or from
+    another input; else its record (whose ``extras`` names the extra outputs written with it)."""
+    old = read_record(dest)
+    why = record_difference(old, record)
     if why:
         raise InputError(f"an existing output is not this run's prediction: {why}; pass --overwrite to predict "
                          "it again, or choose another output folder", path=dest)
+    return old

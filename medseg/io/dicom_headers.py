@@ -24,6 +24,7 @@ NON_DICOM_SUFFIXES = {
     ".txt", ".md", ".json", ".xml", ".csv", ".tsv", ".html", ".htm", ".pdf", ".nrrd", ".nhdr", ".nii", ".gz",
     ".mha", ".mhd", ".raw", ".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".zip", ".tar", ".py",
     ".yaml", ".yml", ".ini", ".log", ".seg", ".mgz", ".vtk", ".stl", ".obj", ".ply", ".exe", ".bat", ".sh",
+    ".bak", ".tmp", ".part", ".old", ".orig", ".swp",  # backups and partial copies, which would duplicate a slice
 }  # any other suffix (a CD viewer's .inf, .dll, .css, ...; a renamed .bak) is read when it has the DICM preamble
 #: suffixes DICOM files are given (besides none, and numeric ones such as the last part of a UID): such a file
 #: that does not parse is damaged, and an error

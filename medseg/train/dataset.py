@@ -139,7 +139,8 @@ def group_case_files(files: list[Path], channels: int, labelled: set[str] | None
     ``<case>_0000``); MSD names one file ``<case>`` (3D, or 4D holding the channels), and its ids may end in four
     digits themselves (``patient_0001``). The rule, stem by stem (the name before ``_NNNN``): a stem's files are one
     case when their channel numbers are exactly ``0000`` ... ``channels - 1``, or, with several channels, some of
-    them (a case missing a channel file, which reading it then reports by name); otherwise each of its files is a
+    them in a folder where another stem has them all and none goes beyond (a case missing a channel file, which
+    reading it then reports by name); otherwise each of its files is a
     case of its own, named by its whole name (``x_0000``, ``x_0001``, ``x_0002`` with one channel are three cases).
     A stem that is also a file's whole name is never grouped. Files without ``_NNNN`` are always their own case.
 
@@ -163,6 +164,8 @@ def group_case_files(files: list[Path], channels: int, labelled: set[str] | None
     ['a', 'b', 'c_0001']
     >>> names(["a_0000.nii.gz", "a_0001.nii.gz", "b_0000.nii.gz"], 2)  # b misses a channel: still case b
     ['a', 'b']
+    >>> names(["BRATS_0001.nii.gz", "BRATS_0002.nii.gz"], 4)  # MSD 4D ids, not channels
+    ['BRATS_0001', 'BRATS_0002']
     """
     parsed = [(p, case_name(p), _CHANNEL.match(case_name(p))) for p in files]
     found: dict[str, set[int]] = {}
@@ -171,6 +174,9 @@ def group_case_files(files: list[Path], channels: int, labelled: set[str] | None
             found.setdefault(m.group("case"), set()).add(int(m.group("ch")))
     plain = {name for _, name, m in parsed if not m}
     wanted = set(range(channels))
+    # a stem with some channels only is a case missing a file when the folder is plainly nnU-Net-named (one stem
+    # complete, no number beyond the channels); else its files are cases of their own (MSD 4D ids such as BRATS_0001)
+    nnunet_named = any(ch == wanted for ch in found.values()) and all(max(ch) < channels for ch in found.values())
 
     def grouped(stem: str) -> bool:
         if stem in plain:
@@ -180,7 +186,7 @@ def group_case_files(files: list[Path], channels: int, labelled: set[str] | None
             if (stem in labelled) != whole_labelled:
                 return stem in labelled
         chans = found[stem]
-        return chans == wanted or (channels > 1 and chans < wanted)
+        return chans == wanted or (channels > 1 and chans < wanted and nnunet_named)
 
     cases: dict[str, list[Path]] = {}
     for p, name, m in parsed:
