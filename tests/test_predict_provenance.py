@@ -151,3 +151,18 @@ def test_records_from_before_the_input_digest_still_count():
     assert record_difference(old, {**old, "input_sha256": "cd" * 32}) is None
     assert "input has changed" in record_difference({**old, "input_sha256": "ef" * 32},
                                                    {**old, "input_sha256": "cd" * 32})
+
+
+def test_info_says_what_predicted_a_label_map(tmp_path):
+    import json
+
+    folder, model = _cases(tmp_path, 1), make_model(tmp_path / "m.pt")
+    out = tmp_path / "out"
+    assert run_cli("predict", "-m", model, "-i", folder, "-o", out, "--no-tta", "-q").code == 0
+    pred = out / "hippocampus_001.nii.gz"
+    res = run_cli("info", pred)
+    digest = hashlib.sha256(model.read_bytes()).hexdigest()
+    assert res.code == 0 and f"predicted by m.pt (sha256 {digest[:12]}), overlap 0.5, TTA off" in res.out, res
+    rec = json.loads(run_cli("info", pred, "--json").out)[0]
+    assert rec["predicted_by"]["model_sha256"] == digest
+    assert "predicted_by" not in json.loads(run_cli("info", folder / "hippocampus_001.nii.gz", "--json").out)[0]

@@ -60,7 +60,14 @@ def describe(path: str | os.PathLike, series: str | int | None = None) -> list[d
             img = _import_segmentation(path, None)
         else:
             img = read_image(path)
-        return [{"index": 0, "source": str(path), **image_summary(img)}]
+        rec = {"index": 0, "source": str(path), **image_summary(img)}
+        if full_suffix(path) in (".nii", ".nii.gz"):  # a label map medseg predicted says what made it
+            from medseg.infer.provenance import read_record
+
+            made = read_record(path)
+            if made:
+                rec["predicted_by"] = made
+        return [rec]
     from medseg.io.dicom import discover_series, load_series, no_series_message, select_series
 
     found = discover_series(path)
@@ -108,6 +115,11 @@ def format_summary(rec: dict[str, Any]) -> str:
                 f"[{rec['intensity_range'][0]:.6g}, {rec['intensity_range'][1]:.6g}]"
                 if rec["intensity_range"][0] is not None else "none (no finite voxel)"),
         ]
+        if rec.get("predicted_by"):
+            m = rec["predicted_by"]
+            lines.append(f"    predicted by {m.get('model', '?')} (sha256 {str(m.get('model_sha256'))[:12]}), overlap "
+                         f"{m.get('overlap')}, TTA {'on' if m.get('tta') else 'off'}, medseg "
+                         f"{m.get('medseg_version', '?')}")
     if rec.get("note"):
         lines.append(f"    note         {rec['note']}")
     return "\n".join(lines)
