@@ -68,7 +68,7 @@ def test_file_system_refusals_are_one_line_exit_2(tmp_path, monkeypatch, code):
     assert "internal error" not in res.err
 
 
-def test_an_unexpected_os_error_is_still_internal(tmp_path, monkeypatch):
+def test_an_unexpected_os_error_is_still_internal():
     """Only what the file system says about the user's paths is exit 2; anything else stays a bug report."""
     from medseg.cli import _user_side
 

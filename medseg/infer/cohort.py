@@ -165,7 +165,7 @@ def _check_series(cases: list[Case]) -> None:
             load_series(c.series)  # raises with the series and the reason, without reading pixels
 
 
-def resolve_tta(plan, tta: bool | None) -> tuple[bool, str]:
+def resolve_tta(plan, tta: bool | None, warn=None) -> tuple[bool, str]:
     """Whether mirroring TTA applies, and the note every output records (NIfTI ``descrip``).
 
     :func:`medseg.infer.predict.resolve_tta`, which ``predict_image`` applies too, resolved here once per run: its
@@ -174,7 +174,8 @@ def resolve_tta(plan, tta: bool | None) -> tuple[bool, str]:
     """
     from medseg.infer.predict import resolve_tta as resolve
 
-    return resolve(plan, tta, asked_as="--tta", warn=lambda line: print(f"medseg: warning: {line}", file=sys.stderr))
+    return resolve(plan, tta, asked_as="--tta",
+                   warn=warn or (lambda line: print(f"medseg: warning: {line}", file=sys.stderr)))
 
 
 def _check_options(input: Path, output: Path, overlap, min_size_mm3) -> None:
@@ -239,14 +240,14 @@ def predict_path(model, input: str | os.PathLike, output: str | os.PathLike, ove
     if export and not all(c.series is not None for c in cases):
         raise InputError(f"--export {export} needs a DICOM series folder as input", path=input)
     _check_not_inputs(cases, output, probabilities, export)  # before an input is mistaken for a finished output
-    record = _record(art, overlap, _resolve_quietly(art.plan, tta), largest_component, min_size_mm3,
-                     device=str(dev))
+    held: list[str] = []  # the TTA warning, said once the input has passed every check
+    tta, note = resolve_tta(art.plan, tta, warn=held.append)
+    record = _CaseRecords(_record(art, overlap, tta, largest_component, min_size_mm3, device=str(dev)))
     todo = cases if overwrite else [c for c in cases if not _finished(c, output, record, probabilities, export)]
     skipped = len(cases) - len(todo)
     _check_series(todo)
-    for line in notes:
+    for line in notes + [f"medseg: warning: {w}" for w in held]:
         print(line, file=sys.stderr)
-    tta, note = resolve_tta(art.plan, tta)  # its warning, once the input has passed every check
     created = not output.exists()
     output.mkdir(parents=True, exist_ok=True)
     try:
@@ -259,12 +260,6 @@ def predict_path(model, input: str | os.PathLike, output: str | os.PathLike, ove
             output.rmdir()
         raise
     return written, skipped
-
-
-def _resolve_quietly(plan, tta: bool | None) -> bool:
-    from medseg.infer.predict import resolve_tta as resolve
-
-    return resolve(plan, tta, warn=lambda line: None)[0]
 
 
 def _record(art, overlap, tta: bool, largest_component: bool, min_size_mm3: float, **extra) -> dict:
@@ -294,14 +289,14 @@ def _check_not_inputs(cases: list[Case], output: Path, probabilities: bool, expo
                                  "another output folder", path=dest)
 
 
-def _finished(case: Case, output: Path, record: dict, probabilities: bool, export: str | None) -> bool:
+def _finished(case: Case, output: Path, record: "_CaseRecords", probabilities: bool, export: str | None) -> bool:
     """Whether ``case`` has all the outputs this run asks for, made by this model and options (else the error)."""
     from medseg.infer.provenance import check_finished
 
     dest, *extras = _outputs(case, output, probabilities, export)
     if not dest.exists():
         return False
-    old = check_finished(dest, _case_record(record, case))
+    old = check_finished(dest, record.of(case))
     # an extra output counts only when it was written with this label map (an earlier run's may lie beside it)
     return all(p.exists() for p in extras) and set(_extras(probabilities, export)) <= set(old.get("extras", []))
 
@@ -310,16 +305,24 @@ def _extras(probabilities: bool, export: str | None) -> list[str]:
     return (["probabilities"] if probabilities else []) + ([export] if export else [])
 
 
-def _case_record(record: dict, case: Case) -> dict:
-    """The run's record plus a digest of this case's input files (a re-converted or corrected input under the
-    same name is not finished)."""
-    import hashlib
+class _CaseRecords:
+    """The run's record, and per case that record plus a digest of the case's input files (a re-converted or
+    corrected input under the same name is not finished); each case's files are hashed once per run."""
 
-    from medseg.data import file_digest
+    def __init__(self, run: dict):
+        self.run = run
+        self._done: dict[str, dict] = {}
 
-    files = case.series.files if case.series is not None else case.paths
-    joined = "".join(file_digest(f, "sha256") for f in files)
-    return {**record, "input_sha256": hashlib.sha256(joined.encode()).hexdigest()}
+    def of(self, case: Case) -> dict:
+        if case.name not in self._done:
+            import hashlib
+
+            from medseg.data import file_digest
+
+            files = case.series.files if case.series is not None else case.paths
+            joined = "".join(file_digest(f, "sha256") for f in files)
+            self._done[case.name] = {**self.run, "input_sha256": hashlib.sha256(joined.encode()).hexdigest()}
+        return self._done[case.name]
 
 
 def _predict_cases(art, dev, todo, output: Path, overlap, tta, batch_size, probabilities, largest_component,
@@ -350,7 +353,7 @@ def _predict_cases(art, dev, todo, output: Path, overlap, tta, batch_size, proba
             write_probabilities(prob, output / f"{case.name}_probs.nii.gz", protect=case.paths)
         dest = output / f"{case.name}.nii.gz"
         _write_labels(lab, dest, case.paths, note,  # last: its presence marks the case finished
-                      {**_case_record(record, case), "extras": _extras(probabilities, export)})
+                      {**record.of(case), "extras": _extras(probabilities, export)})
         written.append(dest)
     return written
 

@@ -178,19 +178,20 @@ def group_case_files(files: list[Path], channels: int, labelled: set[str] | None
     # complete, no number beyond the channels); else its files are cases of their own (MSD 4D ids such as BRATS_0001)
     nnunet_named = any(ch == wanted for ch in found.values()) and all(max(ch) < channels for ch in found.values())
 
+    whole_labelled = {m.group("case") for _, name, m in parsed if m and labelled is not None and name in labelled}
+
     def grouped(stem: str) -> bool:
         if stem in plain:
             return False
-        if labelled is not None:
-            whole_labelled = any(m and m.group("case") == stem and name in labelled for _, name, m in parsed)
-            if (stem in labelled) != whole_labelled:
-                return stem in labelled
+        if labelled is not None and (stem in labelled) != (stem in whole_labelled):
+            return stem in labelled
         chans = found[stem]
         return chans == wanted or (channels > 1 and chans < wanted and nnunet_named)
 
+    group = {stem: grouped(stem) for stem in found}  # once per stem, not per file
     cases: dict[str, list[Path]] = {}
     for p, name, m in parsed:
-        cases.setdefault(m.group("case") if m and grouped(m.group("case")) else name, []).append(p)
+        cases.setdefault(m.group("case") if m and group[m.group("case")] else name, []).append(p)
     return {k: sorted(v) for k, v in cases.items()}
 
 
