@@ -55,3 +55,33 @@ def test_deferred_interrupts_deliver_after_the_block():
             time.sleep(0.05)
             done.append("commit")  # not cut short
     assert done == ["commit"]
+
+
+def test_deferred_interrupts_escape_on_a_second_ctrl_c_only():
+    """A long held block (DDP training) polls what it holds; a second Ctrl-C gets through at once, a second SIGTERM
+    (Slurm signals every process, then torchrun its workers) does not."""
+    from medseg.io.atomic import deferred_interrupts
+
+    old = signal.signal(signal.SIGTERM, lambda *a: (_ for _ in ()).throw(KeyboardInterrupt))
+    handlers = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    try:
+        seen = []
+        with pytest.raises(KeyboardInterrupt):
+            with deferred_interrupts(escape=True) as held:
+                for _ in range(2):
+                    os.kill(os.getpid(), signal.SIGTERM)
+                    time.sleep(0.02)
+                seen.append(list(held))
+        assert seen == [[signal.SIGTERM, signal.SIGTERM]]  # both held, delivered once the block ended
+        with pytest.raises(KeyboardInterrupt):
+            with deferred_interrupts(escape=True) as held:
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(0.02)
+                seen.append(list(held))
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(0.02)
+                seen.append("not reached")
+        assert seen[1:] == [[signal.SIGINT]]
+        assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == handlers  # put back
+    finally:
+        signal.signal(signal.SIGTERM, old)

@@ -69,33 +69,51 @@ def looks_full(exc: OSError, folder: Path) -> bool:
 
 
 @contextlib.contextmanager
-def deferred_interrupts() -> Iterator[None]:
+def deferred_interrupts(escape: bool = False) -> Iterator[list[int]]:
     """Hold Ctrl-C and SIGTERM back until the block ends, then deliver them: for commits of several renames (all
     outputs or none) that a signal between two renames would leave half done, and for training steps (weights,
     optimiser and step counter change together); about 10 microseconds. Outside the main thread (where Python
     cannot set handlers) the block runs unprotected.
 
+    Yields the list of signals held so far, for a long block that polls it and ends early (distributed training
+    stops every rank at the same iteration). ``escape``: a second Ctrl-C is delivered at once, so that a block
+    stuck before its next poll can still be interrupted (a second SIGTERM is not: Slurm signals every process of a
+    job and torchrun signals its workers again).
+
     Examples
     --------
-    >>> with deferred_interrupts():
-    ...     pass
+    >>> with deferred_interrupts() as held:
+    ...     held
+    []
     """
     import signal
     import threading
 
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
     pending: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield pending
+        return
     old = {}
-    try:  # installed inside the try: a signal between the two installs must not leave the first one held for good
-        for s in (signal.SIGINT, signal.SIGTERM):
-            old[s] = signal.signal(s, lambda signum, frame: pending.append(signum))
-        yield
-    finally:
+
+    def hold(signum, frame):
+        if escape and signum == signal.SIGINT and signal.SIGINT in pending:
+            restore()
+            os.kill(os.getpid(), signum)
+        pending.append(signum)
+
+    def restore():
         for s, handler in old.items():
             signal.signal(s, handler if handler is not None else signal.SIG_DFL)  # None: not set from Python
-        if pending:
+        old.clear()
+
+    try:  # installed inside the try: a signal between the two installs must not leave the first one held for good
+        for s in (signal.SIGINT, signal.SIGTERM):
+            old[s] = signal.signal(s, hold)
+        yield pending
+    finally:
+        delivered = not old
+        restore()
+        if pending and not delivered:
             os.kill(os.getpid(), pending[0])  # now, to the handler the program had
 
 

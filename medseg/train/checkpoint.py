@@ -5,9 +5,10 @@ A checkpoint holds the network, optimiser, scheduler and EMA states, ``epoch`` (
 (optimiser steps taken), ``elapsed_s``, ``best`` (best mean validation Dice so far), ``history`` (the rows of
 ``log.csv``) and ``rng`` (per rank: the torch, numpy, python and augmentation generators, so that a resumed run
 draws the patches the uninterrupted one would have). One written at the end of an epoch has ``epoch_losses`` empty;
-one written when a single-process run is interrupted (Ctrl-C, or SIGTERM, which the CLI turns into
-KeyboardInterrupt) inside epoch ``epoch + 1`` holds the losses of that epoch's iterations done so far, and
-``--resume`` runs only the rest of that epoch.
+one written when a run is interrupted (Ctrl-C, or SIGTERM, which the CLI turns into KeyboardInterrupt) inside
+epoch ``epoch + 1`` holds the losses of that epoch's iterations done so far (under DDP also ``rank_losses``, each
+rank's), and ``--resume`` runs only the rest of that epoch. Under DDP the signal is held until every rank has
+finished the same iteration (or rank 0 its validation case), so that they stop together.
 """
 
 from __future__ import annotations
@@ -47,20 +48,22 @@ def save(path: Path, payload: dict) -> None:
 
 def training_state(network, opt, scheduler: dict, ema, *, epoch: int, iteration: int, elapsed_s: float,
                    best: float, rng: list, history: list, epoch_losses: list | None = None,
-                   budget_stop_s: float | None = None) -> dict:
+                   rank_losses: list | None = None, budget_stop_s: float | None = None) -> dict:
     """The checkpoint's contents (see the module docstring); ``scheduler`` is a ``PolyLR.state_dict()``;
-    ``budget_stop_s``: the time budget (s) that had already ended the interrupted epoch, if one had."""
+    ``rank_losses``: under DDP, every rank's ``epoch_losses``; ``budget_stop_s``: the time budget (s) that had
+    already ended the interrupted epoch, if one had."""
     return {"model": strip_ddp(network.state_dict()), "optimizer": opt.state_dict(), "scheduler": scheduler,
             "epoch": epoch, "iteration": iteration, "elapsed_s": elapsed_s, "best": best, "rng": rng,
             "history": history, "epoch_losses": list(epoch_losses or []), "budget_stop_s": budget_stop_s,
+            **({"rank_losses": [list(v) for v in rank_losses]} if rank_losses is not None else {}),
             **({"ema": strip_ddp(ema.state_dict())} if ema is not None else {})}
 
 
 def update_guard(world: int):
     """Context for one iteration's forward pass through its step count: Ctrl-C and SIGTERM are held back until it
     ends, so an interrupt never leaves weights, optimiser and EMA (or batch-norm statistics, updated by the forward
-    pass) one step ahead of the counter an interrupted run saves. Under DDP nothing is held back (no mid-epoch save
-    there, and a rank must stay interruptible while it waits in a collective)."""
+    pass) one step ahead of the counter an interrupted run saves. Under DDP the trainer holds signals for the whole
+    loop instead and polls them after each iteration, so that every rank stops after the same one."""
     return deferred_interrupts() if world == 1 else nullcontext()
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 
 import torch
 import torch.distributed as dist
@@ -38,13 +39,14 @@ def wrap(model: torch.nn.Module, dev: torch.device) -> torch.nn.Module:
     return DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None)
 
 
-def any_true(flag: bool, world: int) -> bool:
-    """True on every rank if it is true on any (so all ranks stop at the same iteration)."""
+def any_true(flags: list[bool], world: int) -> list[bool]:
+    """Each flag true on every rank if it is true on any (so all ranks stop at the same iteration); one collective
+    for all of them."""
     if world <= 1:
-        return flag
-    t = torch.tensor([1.0 if flag else 0.0])
+        return list(flags)
+    t = torch.tensor([1.0 if f else 0.0 for f in flags])
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return bool(t.item() > 0)
+    return [bool(v > 0) for v in t.tolist()]
 
 
 def mean(value: float, world: int) -> float:
@@ -74,6 +76,17 @@ def gather_objects(obj, world: int) -> list:
 def barrier(world: int) -> None:
     if world > 1:
         dist.barrier()
+
+
+@contextmanager
+def closed_on_interrupt(world: int):
+    """Destroy the process group when Ctrl-C or SIGTERM ends training, so that the rank exits with its own code
+    (an exit with the group still open aborts the process in gloo's threads)."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        cleanup(world)
+        raise
 
 
 def cleanup(world: int) -> None:

@@ -3,19 +3,20 @@ budget, validation by sliding window with per-class Dice, atomic checkpoints, ex
 
 A run folder holds ``plan.yaml``, ``splits.json``, ``log.csv``, ``checkpoint_latest.pt``, ``checkpoint_best.pt``
 and the model artifact ``model.pt`` (final weights). ``checkpoint_latest.pt`` (:mod:`medseg.train.checkpoint`) is
-written at the end of every epoch and, in a single process, when training is interrupted (Ctrl-C; SIGTERM too under
-the CLI): then it holds the state after the last completed iteration, and ``--resume`` finishes that epoch exactly
-as an uninterrupted run would have. DDP runs save at epoch ends only.
+written at the end of every epoch and when training is interrupted (Ctrl-C; SIGTERM too under the CLI, which is
+what torchrun sends its workers): then it holds the state after the last completed iteration, and ``--resume``
+finishes that epoch exactly as an uninterrupted run would have. Under DDP a signal is held until every rank has
+finished the same iteration.
 """
 
 from __future__ import annotations
 
-import csv
 import math
 import os
 import random
 import shutil
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,7 +26,7 @@ import torch
 from medseg.errors import InputError
 from medseg.infer.devices import parse_device
 from medseg.infer.sliding_window import cpu_has_native_bf16
-from medseg.io.atomic import atomic_path
+from medseg.io.atomic import deferred_interrupts
 from medseg.plan.plan import Plan
 from medseg.train import ddp
 from medseg.train.artifact import build_from_plan, save_model, strip_ddp, MODEL_FILE
@@ -35,6 +36,7 @@ from medseg.train.checkpoint import LastIteration, rng_state, save as _save, set
 from medseg.train.cache import AUTO_SHARE, DiskCache, LazyCases, available_memory, cache_cases, on_disk, sample_size
 from medseg.train.ema import WeightEMA, averaged_weights
 from medseg.train.losses import SegLoss, confusion_dice
+from medseg.train.runlog import append_row, progress_bar, rewrite_log
 from medseg.train.sampling import augment, sample_batch
 from medseg.train.store import cache_folder
 from medseg.train.splits import fold_split
@@ -110,13 +112,17 @@ def _cache_training_cases(plan: Plan, run_dir: Path, cases, show: bool, cache: d
     return cache_cases(plan, cases, show, cache, disk, plan.cache, limit, start=rank * len(cases) // world)
 
 
-def validate(network, plan: Plan, val_cases, device, progress=False) -> dict[str, float]:
-    """Mean per-case Dice per class (native geometry) of ``val_cases`` = [(array, spacing, label_array)]."""
+def validate(network, plan: Plan, val_cases, device, progress=False, cancel=None) -> dict[str, float] | None:
+    """Mean per-case Dice per class (native geometry) of ``val_cases`` = [(array, spacing, label_array)]; None
+    when ``cancel()`` turns true before a case (an interrupted DDP run)."""
     from medseg.infer.predict import predict_labels
 
     network.eval()
     per_class: dict[int, list[float]] = {k: [] for k in plan.labels if k}
     for arr, spacing, lab in val_cases:
+        if cancel is not None and cancel():
+            network.train()
+            return None
         pred, _ = predict_labels(network, plan, arr, spacing, device=device, batch_size=plan.batch_size)
         for k, d in confusion_dice(pred, lab, plan.num_classes).items():
             if k in per_class and not math.isnan(d):
@@ -125,6 +131,15 @@ def validate(network, plan: Plan, val_cases, device, progress=False) -> dict[str
     res = {plan.labels[k]: float(np.mean(v)) if v else float("nan") for k, v in per_class.items()}
     res["mean"] = float(np.nanmean(list(res.values()))) if res else float("nan")
     return res
+
+
+def _stop_rank(held: list, world: int) -> None:
+    """A DDP rank leaves the loop once rank 0 has saved (torchrun signals the other ranks when one exits): one
+    holding a signal has it delivered as the loop's block ends; one that was not signalled itself (only another
+    rank was) stops as if it had been."""
+    ddp.barrier(world)
+    if not held:
+        raise KeyboardInterrupt
 
 
 def validation_cost(network, plan: Plan, val_cases, device, margin: float = 1.25) -> float:
@@ -148,8 +163,9 @@ def train(plan: Plan | str | os.PathLike | None, run_dir: str | os.PathLike, fol
     ``run_dir/tensorboard``; ``cache_mode`` / ``cache_dir`` override the plan's ``cache`` / ``cache_dir`` (also when
     resuming, e.g. on a machine with less RAM). ``plan`` may be a dataset folder or a plan/config YAML, as for
     ``medseg train`` (:func:`medseg.plan.planner.load_plan`), and ``None`` when resuming (the run's own plan).
-    KeyboardInterrupt (Ctrl-C, or SIGTERM under the CLI) is re-raised after a single-process run saved its
-    mid-epoch checkpoint; each iteration's update holds interrupts back until it is complete."""
+    KeyboardInterrupt (Ctrl-C, or SIGTERM under the CLI) is re-raised after the run saved its mid-epoch checkpoint;
+    each iteration's update holds interrupts back until it is complete (under DDP: until every rank has completed
+    the same iteration; a second signal is delivered at once)."""
     t_start = time.monotonic()
     if max_minutes is not None and not 0 < max_minutes < float("inf"):  # 0 meant no limit at all
         raise InputError(f"the time budget (minutes) must be a positive number, got {max_minutes}")
@@ -239,10 +255,11 @@ def train(plan: Plan | str | os.PathLike | None, run_dir: str | os.PathLike, fol
         rs = ck["rng"][rank] if rank < len(ck["rng"]) else ck["rng"][0]
         set_rng_state(rs, np_rng, gen)
         history = list(ck.get("history", []))
-        resumed_losses = [float(v) for v in ck.get("epoch_losses", [])]
+        per_rank = ck.get("rank_losses") or [ck.get("epoch_losses", [])]  # same length on every rank
+        resumed_losses = [float(v) for v in (per_rank[rank] if rank < len(per_rank) else per_rank[0])]
         budget_stop_s = ck.get("budget_stop_s")  # the interrupted epoch had already met this time budget
         if rank == 0:  # the log is exactly the checkpoint's history: rows of a killed epoch are dropped
-            _rewrite_log(run_dir / "log.csv", history, plan)
+            rewrite_log(run_dir / "log.csv", history, plan)
     model = ddp.wrap(network, dev) if world > 1 else network
     scalars = ScalarLog(run_dir, tensorboard and rank == 0, purge_step=iteration if resume else None)
     budget = plan.max_minutes * 60 if plan.max_minutes else None
@@ -266,80 +283,103 @@ def train(plan: Plan | str | os.PathLike | None, run_dir: str | os.PathLike, fol
     # an epoch interrupted after the budget had stopped it (in its validation, say) only finishes, unless the
     # resumed run was given more time
     stop = bool(budget_stop_s and budget and budget <= budget_stop_s)
-    while epoch < plan.max_epochs and (not stop or resumed_losses):
-        model.train()
-        losses, resumed_losses = resumed_losses, []
-        lr = opt.param_groups[0]["lr"]  # an epoch interrupted after its last iteration has none left to set it
-        done, best_before, committed = epoch + 1, best, False
-        last = LastIteration(np_rng, gen, sched, elapsed()) if world == 1 else None
-        bar = _bar(show, f"epoch {done}/{plan.max_epochs}", plan.iterations_per_epoch, len(losses))
-        try:
-            for _ in range(0 if stop else plan.iterations_per_epoch - len(losses)):
-                prog = iteration / total_iters
-                if budget:
-                    prog = max(prog, elapsed() / max(budget - val_cost, 1e-6))
-                lr = sched.step(prog)
-                x, y = sample_batch(train_cases, sample_size(plan), plan.batch_size, np_rng,
-                                    plan.foreground_oversample, squeeze_first=plan.spatial_dims == 2)
-                x, y = augment(x, y, gen, plan.augment, spacing_sample)
-                x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
-                with update_guard(world):  # weights, optimiser, EMA, counter and losses change together
-                    with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=use_amp):
-                        out = model(x)
-                    loss = loss_fn(out, y)
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    torch.nn.utils.clip_grad_norm_(network.parameters(), 12.0)
-                    opt.step()
-                    if ema is not None:
-                        ema.update(network)
-                    losses.append(float(loss.detach()))
-                    iteration += 1
-                    if last is not None:
-                        last.take(np_rng, gen, sched, elapsed())
-                if bar:
-                    bar.update(1, loss=losses[-1])
-                local_stop = bool(budget and elapsed() + val_cost >= budget)
-                if ddp.any_true(local_stop, world):
-                    stop = True
-                    break
-            if bar:
-                bar.close()
-            train_loss = ddp.mean(float(np.mean(losses)), world)
-            final = stop or done >= plan.max_epochs
-            row = {"epoch": done, "iteration": iteration, "train_loss": round(train_loss, 5), "lr": f"{lr:.6g}"}
-            if rank == 0:
-                if val_cases and (final or done % plan.val_every == 0):
-                    t0 = time.monotonic()
-                    with averaged_weights(network, ema):
-                        last_val = validate(network, plan, val_cases, dev)
-                        if last_val["mean"] > best:
-                            best = last_val["mean"]
-                            _save(run_dir / "checkpoint_best.pt", {"model": strip_ddp(network.state_dict()),
-                                                                   "epoch": done, "val": last_val})
-                    val_cost = max(val_cost, time.monotonic() - t0)
-                    row.update({f"val_{k}": round(v, 5) for k, v in last_val.items()})
-                row["elapsed_s"] = round(elapsed(), 1)
-                scalars.add(iteration, **{"train/loss": train_loss, "train/lr": lr},
-                            **{f"val/dice_{k}": v for k, v in last_val.items() if "val_mean" in row})
-            rng_all = ddp.gather_objects(rng_state(np_rng, gen), world)
-            with update_guard(world):  # the epoch is committed whole: checkpoint, history and log row
-                if rank == 0:
-                    _save(latest, training_state(network, opt, sched.state_dict(), ema, epoch=done,
-                                                 iteration=iteration, elapsed_s=elapsed(), best=best, rng=rng_all,
-                                                 history=history + [row]))
-                    history.append(row)
-                    _log(log_path, row, plan)
-                epoch, committed = done, True
-        except KeyboardInterrupt:
-            if last is not None and not committed:  # single process: keep the epoch's completed iterations
-                _save(latest, training_state(network, opt, last.scheduler, ema, epoch=epoch, iteration=iteration,
-                                             elapsed_s=last.elapsed_s, best=best_before, rng=[last.rng],
-                                             history=history, epoch_losses=losses,
+    # DDP: a signal is held until every rank has finished the same iteration, then the state is saved and delivered
+    with ddp.closed_on_interrupt(world), (deferred_interrupts(escape=True) if world > 1 else nullcontext([])) as held:
+        while epoch < plan.max_epochs and (not stop or resumed_losses):
+            model.train()
+            losses, resumed_losses = resumed_losses, []
+            lr = opt.param_groups[0]["lr"]  # an epoch interrupted after its last iteration has none left to set it
+            done, best_before, committed = epoch + 1, best, False
+            last = LastIteration(np_rng, gen, sched, elapsed()) if world == 1 else None
+            bar = progress_bar(show, f"epoch {done}/{plan.max_epochs}", plan.iterations_per_epoch, len(losses))
+
+            def save_interrupted(state: LastIteration, rng, rank_losses=None):
+                _save(latest, training_state(network, opt, state.scheduler, ema, epoch=epoch, iteration=iteration,
+                                             elapsed_s=state.elapsed_s, best=best_before, rng=list(rng),
+                                             history=history, epoch_losses=losses, rank_losses=rank_losses,
                                              budget_stop_s=budget if stop else None))
-            raise
-        val_cost = ddp.broadcast_float(val_cost, world)
-        ddp.barrier(world)
+
+            try:
+                interrupted = False
+                for _ in range(0 if stop else plan.iterations_per_epoch - len(losses)):
+                    prog = iteration / total_iters
+                    if budget:
+                        prog = max(prog, elapsed() / max(budget - val_cost, 1e-6))
+                    lr = sched.step(prog)
+                    x, y = sample_batch(train_cases, sample_size(plan), plan.batch_size, np_rng,
+                                        plan.foreground_oversample, squeeze_first=plan.spatial_dims == 2)
+                    x, y = augment(x, y, gen, plan.augment, spacing_sample)
+                    x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
+                    with update_guard(world):  # weights, optimiser, EMA, counter and losses change together
+                        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=use_amp):
+                            out = model(x)
+                        loss = loss_fn(out, y)
+                        opt.zero_grad(set_to_none=True)
+                        loss.backward()
+                        torch.nn.utils.clip_grad_norm_(network.parameters(), 12.0)
+                        opt.step()
+                        if ema is not None:
+                            ema.update(network)
+                        losses.append(float(loss.detach()))
+                        iteration += 1
+                        if last is not None:
+                            last.take(np_rng, gen, sched, elapsed())
+                    if bar:
+                        bar.update(1, loss=losses[-1])
+                    local_stop = bool(budget and elapsed() + val_cost >= budget)
+                    budget_hit, interrupted = ddp.any_true([local_stop, bool(held)], world)
+                    stop = stop or budget_hit
+                    if budget_hit or interrupted:
+                        break
+                if bar:
+                    bar.close()
+                rng_all = ddp.gather_objects((rng_state(np_rng, gen), losses), world)
+                after = LastIteration(np_rng, gen, sched, elapsed()) if world > 1 else None  # not the validation
+                if interrupted:  # DDP: every rank stops after the same iteration; rank 0 keeps all ranks' state
+                    if rank == 0:
+                        save_interrupted(after, *zip(*rng_all))
+                    _stop_rank(held, world)
+                    break
+                train_loss = ddp.mean(float(np.mean(losses)), world)
+                final = stop or done >= plan.max_epochs
+                row = {"epoch": done, "iteration": iteration, "train_loss": round(train_loss, 5), "lr": f"{lr:.6g}"}
+                if rank == 0:
+                    if val_cases and (final or done % plan.val_every == 0):
+                        t0 = time.monotonic()
+                        with averaged_weights(network, ema):
+                            last_val = validate(network, plan, val_cases, dev, cancel=lambda: bool(held)) or {}
+                            if last_val and last_val["mean"] > best:
+                                best = last_val["mean"]
+                                _save(run_dir / "checkpoint_best.pt", {"model": strip_ddp(network.state_dict()),
+                                                                       "epoch": done, "val": last_val})
+                        val_cost = max(val_cost, time.monotonic() - t0)
+                        row.update({f"val_{k}": round(v, 5) for k, v in last_val.items()})
+                    row["elapsed_s"] = round(elapsed(), 1)
+                if world > 1 and ddp.any_true([bool(held)], world)[0]:  # a signal during the validation
+                    if rank == 0:  # the epoch's iterations are kept; its validation runs again on --resume
+                        save_interrupted(after, *zip(*rng_all))
+                    _stop_rank(held, world)
+                    break
+                if rank == 0:
+                    scalars.add(iteration, **{"train/loss": train_loss, "train/lr": lr},
+                                **{f"val/dice_{k}": v for k, v in last_val.items() if "val_mean" in row})
+                with update_guard(world):  # the epoch is committed whole: checkpoint, history and log row
+                    if rank == 0:
+                        _save(latest, training_state(network, opt, sched.state_dict(), ema, epoch=done,
+                                                     iteration=iteration, elapsed_s=elapsed(), best=best,
+                                                     rng=[r for r, _ in rng_all], history=history + [row]))
+                        history.append(row)
+                        append_row(log_path, row, plan)
+                    epoch, committed = done, True
+            except KeyboardInterrupt:
+                if last is not None and not committed:  # single process: keep the epoch's completed iterations
+                    save_interrupted(last, [last.rng])
+                raise
+            val_cost = ddp.broadcast_float(val_cost, world)
+            ddp.barrier(world)
+        else:  # DDP, trained to the end: a signal held since the last poll stops every rank before the artifact
+            if world > 1 and ddp.any_true([bool(held)], world)[0]:
+                _stop_rank(held, world)
     scalars.close()
     model_path = run_dir / MODEL_FILE
     if rank == 0:
@@ -348,44 +388,3 @@ def train(plan: Plan | str | os.PathLike | None, run_dir: str | os.PathLike, fol
     ddp.barrier(world)
     ddp.cleanup(world)
     return TrainResult(run_dir, epoch, iteration, elapsed(), last_val, best, model_path)
-
-
-def _cols(plan: Plan) -> list[str]:
-    return ["epoch", "iteration", "train_loss", "lr", "elapsed_s", "val_mean"] + \
-           [f"val_{n}" for k, n in sorted(plan.labels.items()) if k]
-
-
-def _rewrite_log(path: Path, rows: list[dict], plan: Plan):
-    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=_cols(plan), extrasaction="ignore")
-        w.writeheader()
-        w.writerows(rows)
-
-
-def _log(path: Path, row: dict, plan: Plan):
-    cols = _cols(plan)
-    new = not path.exists()
-    with open(path, "a", newline="") as f:  # append-only log: each row is written whole, then flushed
-        w = csv.DictWriter(f, fieldnames=cols, extrasaction="ignore")
-        if new:
-            w.writeheader()
-        w.writerow(row)
-        f.flush()
-
-
-class _Bar:
-    def __init__(self, desc, total, initial=0):
-        from tqdm import tqdm
-
-        self.t = tqdm(total=total, initial=initial, desc=desc, leave=False, dynamic_ncols=True)
-
-    def update(self, n, loss):
-        self.t.set_postfix(loss=f"{loss:.3f}", refresh=False)
-        self.t.update(n)
-
-    def close(self):
-        self.t.close()
-
-
-def _bar(show, desc, total, initial=0):
-    return _Bar(desc, total, initial) if show else None
