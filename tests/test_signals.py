@@ -85,3 +85,16 @@ def test_deferred_interrupts_escape_on_a_second_ctrl_c_only():
         assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == handlers  # put back
     finally:
         signal.signal(signal.SIGTERM, old)
+
+
+def test_an_error_in_a_held_block_is_not_replaced_by_the_held_signal():
+    """The block's own error reaches the user (a full disk during a commit), not "interrupted" in its place."""
+    from medseg.io.atomic import deferred_interrupts
+
+    handler = signal.getsignal(signal.SIGINT)
+    with pytest.raises(OSError, match="disk full"):
+        with deferred_interrupts():
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.02)
+            raise OSError("disk full")
+    assert signal.getsignal(signal.SIGINT) is handler

@@ -114,3 +114,86 @@ def test_a_signal_to_rank_0_during_validation_stops_both_ranks(tmp_path):
     a, b = (torch.load(tmp_path / r / "checkpoint_latest.pt", weights_only=True) for r in ("ref", "run"))
     _assert_same_weights(a["model"], b["model"])
     assert str(a["optimizer"]) == str(b["optimizer"])
+
+
+FLAG_HANDLER = """
+import os, signal, sys
+from medseg.train import trainer
+signal.signal(signal.SIGTERM, lambda s, f: None)  # a calling program's own SIGTERM handler, which does not raise
+real, n = trainer.sample_batch, [0]
+def hooked(*a, **k):
+    n[0] += 1
+    if n[0] == 2 and os.environ["RANK"] == "0":
+        os.kill(os.getpid(), signal.SIGTERM)
+    return real(*a, **k)
+trainer.sample_batch = hooked
+try:
+    trainer.train(sys.argv[1], sys.argv[2], device="cpu", progress=False)
+    print("RETURNED", os.environ["RANK"], flush=True)
+except KeyboardInterrupt:
+    sys.exit(130)
+"""
+
+DISK_FULL = """
+import os, signal, sys
+from medseg.errors import InputError
+from medseg.train import trainer
+real_save = trainer._save
+def save(path, payload):
+    if payload.get("epoch_losses"):  # the mid-epoch checkpoint meets a full disk
+        raise InputError("cannot write output (disk full: No space left on device)", path=path)
+    return real_save(path, payload)
+trainer._save = save
+real, n = trainer.sample_batch, [0]
+def hooked(*a, **k):
+    n[0] += 1
+    if n[0] == 2:
+        os.kill(os.getpid(), signal.SIGTERM)  # as torchrun passes it to every worker
+    return real(*a, **k)
+trainer.sample_batch = hooked
+from medseg.cli import main
+sys.exit(main(["train", sys.argv[1], "-o", sys.argv[2], "--device", "cpu", "-q"]))
+"""
+
+
+def _torchrun_script(tmp_path, text: str, plan):
+    script = tmp_path / "hook.py"
+    script.write_text(text)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
+           f"--master_port={_free_port()}", str(script), str(plan), str(tmp_path / "run")]
+    return subprocess.run(cmd, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=180)
+
+
+def test_a_rank_whose_handler_does_not_raise_still_stops(tmp_path):
+    """A program whose SIGTERM handler only sets a flag: the signalled rank does not run on to write model.pt from
+    mid-epoch weights while the other stops; both stop after saving."""
+    plan = tiny_plan(tmp_path, max_epochs=2, iterations_per_epoch=4)
+    p = _torchrun_script(tmp_path, FLAG_HANDLER, plan)
+    assert "RETURNED" not in p.stdout and p.stderr.count("exitcode  : 130") == 2, p.stderr[-3000:]
+    ck = torch.load(tmp_path / "run" / "checkpoint_latest.pt", weights_only=True)
+    assert (ck["epoch"], ck["iteration"]) == (0, 2)
+    assert not (tmp_path / "run" / "model.pt").exists()
+
+
+def test_an_error_while_saving_is_not_reported_as_terminated(tmp_path):
+    """The mid-epoch save fails (full disk): rank 0 says so, exit 2, instead of 'terminated' hiding it."""
+    plan = tiny_plan(tmp_path, max_epochs=2, iterations_per_epoch=4)
+    p = _torchrun_script(tmp_path, DISK_FULL, plan)
+    assert "checkpoint_latest.pt: cannot write output (disk full" in p.stderr, p.stderr[-3000:]
+    assert "exitcode  : 2" in p.stderr
+
+
+def test_resuming_with_more_processes_keeps_the_ranks_apart(tmp_path):
+    """A single-process run resumed under torchrun with 2 processes: the new rank draws its own patches (it took
+    rank 0's saved stream, so both ranks trained on the same batches), and the user is told the resume is not exact."""
+    from conftest import run_cli
+
+    plan = tiny_plan(tmp_path, max_epochs=2, iterations_per_epoch=3)
+    res = run_cli("train", plan, "-o", tmp_path / "run", "--max-epochs", "1", "-q")
+    assert res.code == 0, res.err
+    p = subprocess.run(_torchrun(plan, "-o", tmp_path / "run", "--resume", "--max-epochs", "2", "-q"), cwd=REPO,
+                       env=ENV, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "resuming a run of 1 process(es) with 2" in p.stderr
+    ck = torch.load(tmp_path / "run" / "checkpoint_latest.pt", weights_only=True)
+    assert ck["epoch"] == 2 and ck["rng"][0]["numpy"] != ck["rng"][1]["numpy"]

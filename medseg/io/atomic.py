@@ -78,7 +78,8 @@ def deferred_interrupts(escape: bool = False) -> Iterator[list[int]]:
     Yields the list of signals held so far, for a long block that polls it and ends early (distributed training
     stops every rank at the same iteration). ``escape``: a second Ctrl-C is delivered at once, so that a block
     stuck before its next poll can still be interrupted (a second SIGTERM is not: Slurm signals every process of a
-    job and torchrun signals its workers again).
+    job and torchrun signals its workers again). A block that ends with an error other than KeyboardInterrupt
+    raises that error and drops the held signals.
 
     Examples
     --------
@@ -106,14 +107,20 @@ def deferred_interrupts(escape: bool = False) -> Iterator[list[int]]:
             signal.signal(s, handler if handler is not None else signal.SIG_DFL)  # None: not set from Python
         old.clear()
 
+    failed = False
     try:  # installed inside the try: a signal between the two installs must not leave the first one held for good
         for s in (signal.SIGINT, signal.SIGTERM):
             old[s] = signal.signal(s, hold)
         yield pending
+    except KeyboardInterrupt:
+        raise
+    except BaseException:
+        failed = True  # the block's own error is what the user must see, not "interrupted" in its place
+        raise
     finally:
         delivered = not old
         restore()
-        if pending and not delivered:
+        if pending and not delivered and not failed:
             os.kill(os.getpid(), pending[0])  # now, to the handler the program had
 
 

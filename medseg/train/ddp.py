@@ -28,6 +28,8 @@ def setup(device: str | torch.device = "auto") -> tuple[int, int]:
 
 
 def device() -> torch.device:
+    """This rank's device: its GPU under NCCL, else the CPU. The small collectives below put their tensors there,
+    because an NCCL process group has no CPU transport."""
     if torch.cuda.is_available() and dist.is_initialized() and dist.get_backend() == "nccl":
         return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     return torch.device("cpu")
@@ -44,7 +46,7 @@ def any_true(flags: list[bool], world: int) -> list[bool]:
     for all of them."""
     if world <= 1:
         return list(flags)
-    t = torch.tensor([1.0 if f else 0.0 for f in flags])
+    t = torch.tensor([1.0 if f else 0.0 for f in flags], device=device())
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return [bool(v > 0) for v in t.tolist()]
 
@@ -52,7 +54,7 @@ def any_true(flags: list[bool], world: int) -> list[bool]:
 def mean(value: float, world: int) -> float:
     if world <= 1:
         return value
-    t = torch.tensor([value], dtype=torch.float64)
+    t = torch.tensor([value], dtype=torch.float64, device=device())
     dist.all_reduce(t)
     return float(t.item()) / world
 
@@ -60,7 +62,7 @@ def mean(value: float, world: int) -> float:
 def broadcast_float(value: float, world: int) -> float:
     if world <= 1:
         return value
-    t = torch.tensor([value], dtype=torch.float64)
+    t = torch.tensor([value], dtype=torch.float64, device=device())
     dist.broadcast(t, 0)
     return float(t.item())
 

@@ -16,6 +16,7 @@ import os
 import random
 import shutil
 import time
+import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -133,13 +134,13 @@ def validate(network, plan: Plan, val_cases, device, progress=False, cancel=None
     return res
 
 
-def _stop_rank(held: list, world: int) -> None:
-    """A DDP rank leaves the loop once rank 0 has saved (torchrun signals the other ranks when one exits): one
-    holding a signal has it delivered as the loop's block ends; one that was not signalled itself (only another
-    rank was) stops as if it had been."""
+def _stop_rank(world: int) -> None:
+    """Every DDP rank stops once rank 0 has saved (torchrun signals the other ranks as soon as one exits), with its
+    process group closed while signals are still held, as if each had been interrupted: also a rank that was not
+    signalled itself, and one whose own handler would not raise (the held signal is delivered to it after this)."""
     ddp.barrier(world)
-    if not held:
-        raise KeyboardInterrupt
+    ddp.cleanup(world)
+    raise KeyboardInterrupt
 
 
 def validation_cost(network, plan: Plan, val_cases, device, margin: float = 1.25) -> float:
@@ -252,8 +253,11 @@ def train(plan: Plan | str | os.PathLike | None, run_dir: str | os.PathLike, fol
         if ema is not None:
             ema.load_state_dict(ck.get("ema") or ck["model"])
         epoch, iteration, elapsed_before, best = ck["epoch"], ck["iteration"], ck["elapsed_s"], ck["best"]
-        rs = ck["rng"][rank] if rank < len(ck["rng"]) else ck["rng"][0]
-        set_rng_state(rs, np_rng, gen)
+        if rank < len(ck["rng"]):  # a rank the saved run did not have keeps its own seed, not rank 0's stream
+            set_rng_state(ck["rng"][rank], np_rng, gen)
+        if rank == 0 and len(ck["rng"]) != world:
+            warnings.warn(f"resuming a run of {len(ck['rng'])} process(es) with {world}: it trains on, but does not "
+                          "draw the patches the uninterrupted run would have")
         history = list(ck.get("history", []))
         per_rank = ck.get("rank_losses") or [ck.get("epoch_losses", [])]  # same length on every rank
         resumed_losses = [float(v) for v in (per_rank[rank] if rank < len(per_rank) else per_rank[0])]
@@ -276,15 +280,16 @@ def train(plan: Plan | str | os.PathLike | None, run_dir: str | os.PathLike, fol
     def elapsed():
         return elapsed_before + time.monotonic() - t_start
 
-    if budget and rank == 0 and val_cases:
-        val_cost = validation_cost(network, plan, val_cases, dev)
-    val_cost = ddp.broadcast_float(val_cost, world)
-
-    # an epoch interrupted after the budget had stopped it (in its validation, say) only finishes, unless the
-    # resumed run was given more time
-    stop = bool(budget_stop_s and budget and budget <= budget_stop_s)
-    # DDP: a signal is held until every rank has finished the same iteration, then the state is saved and delivered
+    # DDP: a signal is held until every rank has finished the same iteration, then the state is saved and every
+    # rank stops; held through the validation timing before and the artifact after the loop too
     with ddp.closed_on_interrupt(world), (deferred_interrupts(escape=True) if world > 1 else nullcontext([])) as held:
+        if budget and rank == 0 and val_cases:
+            val_cost = validation_cost(network, plan, val_cases, dev)
+        val_cost = ddp.broadcast_float(val_cost, world)
+
+        # an epoch interrupted after the budget had stopped it (in its validation, say) only finishes, unless the
+        # resumed run was given more time
+        stop = bool(budget_stop_s and budget and budget <= budget_stop_s)
         while epoch < plan.max_epochs and (not stop or resumed_losses):
             model.train()
             losses, resumed_losses = resumed_losses, []
@@ -338,7 +343,7 @@ def train(plan: Plan | str | os.PathLike | None, run_dir: str | os.PathLike, fol
                 if interrupted:  # DDP: every rank stops after the same iteration; rank 0 keeps all ranks' state
                     if rank == 0:
                         save_interrupted(after, *zip(*rng_all))
-                    _stop_rank(held, world)
+                    _stop_rank(world)
                     break
                 train_loss = ddp.mean(float(np.mean(losses)), world)
                 final = stop or done >= plan.max_epochs
@@ -358,7 +363,7 @@ def train(plan: Plan | str | os.PathLike | None, run_dir: str | os.PathLike, fol
                 if world > 1 and ddp.any_true([bool(held)], world)[0]:  # a signal during the validation
                     if rank == 0:  # the epoch's iterations are kept; its validation runs again on --resume
                         save_interrupted(after, *zip(*rng_all))
-                    _stop_rank(held, world)
+                    _stop_rank(world)
                     break
                 if rank == 0:
                     scalars.add(iteration, **{"train/loss": train_loss, "train/lr": lr},
@@ -379,12 +384,12 @@ def train(plan: Plan | str | os.PathLike | None, run_dir: str | os.PathLike, fol
             ddp.barrier(world)
         else:  # DDP, trained to the end: a signal held since the last poll stops every rank before the artifact
             if world > 1 and ddp.any_true([bool(held)], world)[0]:
-                _stop_rank(held, world)
-    scalars.close()
-    model_path = run_dir / MODEL_FILE
-    if rank == 0:
-        save_model(model_path, plan, (network if ema is None else ema).state_dict(), epochs=epoch, iterations=iteration,
-                   elapsed_s=round(elapsed(), 1), fold=plan.fold, val_dice=last_val)
-    ddp.barrier(world)
-    ddp.cleanup(world)
+                _stop_rank(world)
+        scalars.close()
+        model_path = run_dir / MODEL_FILE
+        if rank == 0:
+            save_model(model_path, plan, (network if ema is None else ema).state_dict(), epochs=epoch,
+                       iterations=iteration, elapsed_s=round(elapsed(), 1), fold=plan.fold, val_dice=last_val)
+        ddp.barrier(world)
+        ddp.cleanup(world)
     return TrainResult(run_dir, epoch, iteration, elapsed(), last_val, best, model_path)
