@@ -105,6 +105,16 @@ def export_segmentation(label_image, reference: str | os.PathLike | None, fmt: s
     ``out_path`` must fit the format: ``.dcm`` or no extension for DICOM-SEG and RTSTRUCT (a
     UID-style name such as ``1.2.826.0.1`` counts as none), ``.seg.nrrd`` (any ``.nrrd``) for
     seg-nrrd, ``.nii.gz`` or ``.nii`` for nifti.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from medseg.io.image import Image
+    >>> lab = np.zeros((4, 4, 2), np.uint8); lab[1:3, 1:3] = 1
+    >>> out = export_segmentation(Image(lab, np.eye(4)), None, "nifti", Path(tempfile.mkdtemp()) / "seg.nii.gz",
+    ...                           labels={1: "liver"})
+    >>> out.with_name("seg.ctbl").read_text().splitlines()[-1]  # value name R G B A
+    '1 liver 221 130 101 255'
     """
     from medseg.export.colors import segment_info
     from medseg.io.image import Image

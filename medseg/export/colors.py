@@ -102,7 +102,31 @@ PALETTE = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 1
 
 @dataclass(frozen=True)
 class SegmentInfo:
-    """What a viewer shows for one label: name, colour and coded meaning."""
+    """What a viewer shows for one label: name, colour and coded meaning.
+
+    Attributes
+    ----------
+    value : int
+        Label value in the label map.
+    name : str
+        Segment label / ROI name.
+    color : (int, int, int)
+        RGB, 0-255.
+    category, type : pydicom.sr.coding.Code
+        SNOMED CT segmented property category and type.
+    laterality : pydicom.sr.coding.Code or None
+        Left or Right modifier of ``type``.
+    known : bool
+        Whether ``name`` matched :data:`ORGANS` (else the "Tissue" fallback).
+
+    Examples
+    --------
+    >>> info = segment_info(1, "Liver")
+    >>> info.name, info.color, info.type.meaning, info.known
+    ('Liver', (221, 130, 101), 'Liver', True)
+    >>> segment_info(3, "thing").color  # not an organ: PALETTE[3 - 1]
+    (44, 160, 44)
+    """
 
     value: int
     name: str
@@ -148,7 +172,22 @@ def segment_info(value: int, name: str | None = None) -> SegmentInfo:
 
 
 def itksnap_label_text(infos: list[SegmentInfo]) -> str:
-    """ITK-SNAP label description file (the format of its 'Export label descriptions')."""
+    """ITK-SNAP label description file (the format of its 'Export label descriptions').
+
+    Parameters
+    ----------
+    infos : list of SegmentInfo
+
+    Returns
+    -------
+    str
+        The file's text: a header, the "Clear Label" line, then one line per segment.
+
+    Examples
+    --------
+    >>> itksnap_label_text([segment_info(1, "liver")]).splitlines()[-1]  # value, R, G, B, A, visible, mesh
+    '    1   221  130  101        1  1  1    "liver"'
+    """
     lines = ["# ITK-SnAP Label Description File (written by medseg)",
              "# IDX   -R-  -G-  -B-  -A--  VIS MSH  LABEL",
              '    0     0    0    0        0  0  0    "Clear Label"']
@@ -160,7 +199,22 @@ def itksnap_label_text(infos: list[SegmentInfo]) -> str:
 
 
 def slicer_color_table_text(infos: list[SegmentInfo]) -> str:
-    """3D Slicer colour table (``.ctbl``): ``value name R G B A`` per line (names without spaces)."""
+    """3D Slicer colour table (``.ctbl``): ``value name R G B A`` per line (names without spaces).
+
+    Parameters
+    ----------
+    infos : list of SegmentInfo
+
+    Returns
+    -------
+    str
+        The file's text: two comment lines, the background, then one line per segment.
+
+    Examples
+    --------
+    >>> slicer_color_table_text([segment_info(1, "left kidney")]).splitlines()[-1]
+    '1 left_kidney 185 102 83 255'
+    """
     lines = ["# Color table file (written by medseg)", f"# {len(infos) + 1} values", "0 Background 0 0 0 0"]
     for s in infos:
         r, g, b = s.color

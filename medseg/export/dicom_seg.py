@@ -33,7 +33,26 @@ def _algorithm(model_name: str | None):
 
 
 def segment_descriptions(infos, model_name: str | None = None) -> list:
-    """highdicom ``SegmentDescription`` per :class:`~medseg.export.colors.SegmentInfo` (numbered 1..N)."""
+    """highdicom ``SegmentDescription`` per :class:`~medseg.export.colors.SegmentInfo` (numbered 1..N).
+
+    Parameters
+    ----------
+    infos : list of SegmentInfo
+        In segment order.
+    model_name : str, optional
+        Recorded in each segment's algorithm identification.
+
+    Returns
+    -------
+    list of highdicom.seg.SegmentDescription
+
+    Examples
+    --------
+    >>> from medseg.export.colors import segment_info
+    >>> descs = segment_descriptions([segment_info(4, "liver"), segment_info(7, "kidney_left")])
+    >>> [(d.SegmentNumber, d.SegmentLabel, d.SegmentedPropertyTypeCodeSequence[0].CodeMeaning) for d in descs]
+    [(1, 'liver', 'Liver'), (2, 'kidney_left', 'Kidney')]
+    """
     import highdicom as hd
     from highdicom.sr.coding import CodedConcept
 
@@ -69,8 +88,19 @@ def write_dicom_seg(labels_on_ref: np.ndarray, ref, infos, out_path: str | os.Pa
     ref : ReferenceSeries
     infos : list of SegmentInfo
         One per label value to write, in segment order.
+    out_path : path
+        The DICOM file to write.
+    model_name : str, optional
+        Recorded in the algorithm identification.
     seg_type : {'binary', 'labelmap'}
         BINARY (default; what older validators know) or LABELMAP (DICOM 2024, one frame per slice).
+    protect : iterable of path
+        Input paths that must not be overwritten.
+
+    Returns
+    -------
+    Path
+        ``out_path``.
     """
     import highdicom as hd
     import pydicom
@@ -125,6 +155,11 @@ def _series_number(ref) -> int:
 
 def read_seg_masks(path: str | os.PathLike):
     """Read a DICOM-SEG into per-segment binary masks on its own frame grid.
+
+    Parameters
+    ----------
+    path : path
+        The DICOM-SEG file.
 
     Returns
     -------

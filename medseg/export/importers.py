@@ -67,6 +67,17 @@ def import_masks(path: str | os.PathLike, reference: str | os.PathLike | None = 
     plastimatch does) or ``"edge"`` (also the pixels the contour line crosses, as OpenCV-based tools
     such as rt-utils do); see :mod:`medseg.export.raster`.
 
+    Parameters
+    ----------
+    path : path
+        The DICOM-SEG or RTSTRUCT file.
+    reference : path, optional
+        The referenced series (folder); see :func:`import_segmentation`.
+    series : str or int, optional
+        Series UID / index in ``reference``; by default the series the object references.
+    rt_fill : {'centre', 'edge'}
+        RTSTRUCT rasterisation rule.
+
     Returns
     -------
     masks : Image

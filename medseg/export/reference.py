@@ -41,6 +41,18 @@ class ReferenceSeries:
         Pixel spacing between rows and between columns (DICOM PixelSpacing order).
     positions : ndarray, shape (n, 3)
         LPS Image Position (Patient) of each slice.
+
+    Examples
+    --------
+    Normally made by :func:`load_reference`; the geometry needs no pixel data:
+
+    >>> from pydicom import Dataset
+    >>> ref = ReferenceSeries(Path("ct"), [Dataset() for _ in range(3)], [], 4, 5, np.array([1.0, 0, 0]),
+    ...                       np.array([0.0, 1, 0]), (0.5, 0.8), np.array([[0.0, 0, 0], [0, 0, 2], [0, 0, 4]]))
+    >>> ref.shape, ref.is_regular()  # (columns, rows, slices)
+    ((5, 4, 3), True)
+    >>> ref.grid_affine().diagonal().tolist()  # RAS: LPS x and y negated; columns 0.8 mm apart
+    [-0.8, -0.5, 2.0, 1.0]
     """
 
     path: Path
@@ -156,6 +168,11 @@ def load_reference(path: str | os.PathLike, series: str | int | None = None) -> 
     InputError
         When the series cannot be referenced correctly: missing or empty UIDs (named), mixed series,
         inconsistent orientation or pixel grid, duplicate slice positions.
+
+    Returns
+    -------
+    ReferenceSeries
+        The series' headers (no pixel data) and files in slice order, with its per-slice geometry.
     """
     path = Path(path)
     if not path.exists():

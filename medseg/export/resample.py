@@ -43,6 +43,30 @@ def resample_to_slices(label: Image, slice_matrices_ras, size_ij: tuple[int, int
 
     Returns an array ``[i, j, k]``. With ``require_cover``, target voxel centres outside the label map
     raise ``InputError`` (a prediction that does not cover the series would silently lose structures).
+
+    Parameters
+    ----------
+    label : Image
+        3D single-channel label map.
+    slice_matrices_ras : sequence of (4, 4) array
+        Per target slice, the matrix mapping ``(i, j, 0, 1)`` to RAS world.
+    size_ij : (int, int)
+        Number of target voxels along i and j.
+    require_cover : bool
+        Refuse target voxels outside the label map (else they get 0).
+    what : str
+        The target, as error messages name it.
+
+    Returns
+    -------
+    ndarray, shape (size_ij[0], size_ij[1], len(slice_matrices_ras))
+
+    Examples
+    --------
+    >>> lab = Image(np.arange(8, dtype=np.uint8).reshape(2, 2, 2), np.eye(4))
+    >>> m = np.eye(4); m[2, 3] = 1.0  # the plane k = 1 of the label map
+    >>> resample_to_slices(lab, [m], (2, 2))[..., 0].tolist()
+    [[1, 3], [5, 7]]
     """
     if label.channels_first or label.ndim != 3:
         raise InputError(f"expected a 3D single-channel label map, got shape {label.array.shape}",
@@ -87,6 +111,29 @@ def resample_to_reference(label: Image, ref, require_cover: bool = True) -> np.n
 
     Returns an array ``[i, j, k]`` = (column, row, slice) in the reference's slice order. Exact copy
     when the label map already lies on the series grid.
+
+    Parameters
+    ----------
+    label : Image
+        3D single-channel label map.
+    ref : ReferenceSeries
+    require_cover : bool
+        Refuse series voxels outside the label map (else they get 0).
+
+    Returns
+    -------
+    ndarray, shape ``ref.shape``
+
+    Examples
+    --------
+    >>> from pydicom import Dataset
+    >>> from medseg.export.reference import ReferenceSeries
+    >>> ref = ReferenceSeries("ct", [Dataset(), Dataset()], [], 1, 2, np.array([1.0, 0, 0]), np.array([0.0, 1, 0]),
+    ...                       (1.0, 1.0), np.array([[0.0, 0, 0], [0, 0, 1]]))  # 2 columns, 1 row, 2 slices
+    >>> flip = np.diag([-1.0, 1, 1, 1]); flip[0, 3] = 1  # label index i lies at series column 1 - i
+    >>> lab = Image(np.arange(4, dtype=np.uint8).reshape(2, 1, 2), ref.grid_affine() @ flip)
+    >>> resample_to_reference(lab, ref).tolist()
+    [[[2, 3]], [[0, 1]]]
     """
     if label.channels_first or label.ndim != 3:
         raise InputError(f"expected a 3D single-channel label map, got shape {label.array.shape}",

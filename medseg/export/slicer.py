@@ -33,7 +33,29 @@ def _extent(mask: np.ndarray) -> str:
 
 
 def seg_nrrd_header(label: Image, infos) -> dict:
-    """pynrrd header of a Slicer segmentation for ``label`` with one segment per ``infos`` entry."""
+    """pynrrd header of a Slicer segmentation for ``label`` with one segment per ``infos`` entry.
+
+    Parameters
+    ----------
+    label : Image
+        3D label map (RAS affine; the header is in LPS).
+    infos : list of SegmentInfo
+        One per label value, in segment order.
+
+    Returns
+    -------
+    dict
+        NRRD fields, with ``Segment<N>_*`` fields for segment ``N`` (0-based).
+
+    Examples
+    --------
+    >>> from medseg.export.colors import segment_info
+    >>> lab = np.zeros((4, 4, 2), np.uint8); lab[1:3, 1:3] = 1
+    >>> aff = np.eye(4); aff[:3, 3] = [10, 20, 30]  # RAS origin
+    >>> h = seg_nrrd_header(Image(lab, aff), [segment_info(1, "liver")])
+    >>> h["space origin"], h["Segment0_Name"], h["Segment0_Extent"]  # extent: i, j, k index ranges
+    ([-10.0, -20.0, 30.0], 'liver', '1 2 1 2 0 1')
+    """
     aff_lps = LPS_TO_RAS @ label.affine
     header = {
         "type": str(label.array.dtype), "dimension": 3, "space": "left-posterior-superior",
@@ -57,7 +79,33 @@ def seg_nrrd_header(label: Image, infos) -> dict:
 
 
 def write_seg_nrrd(label: Image, infos, out_path: str | os.PathLike, protect=()) -> Path:
-    """Write a 3D Slicer ``.seg.nrrd`` (single layer labelmap) atomically."""
+    """Write a 3D Slicer ``.seg.nrrd`` (single layer labelmap) atomically.
+
+    Parameters
+    ----------
+    label : Image
+        3D label map.
+    infos : list of SegmentInfo
+        One per label value, in segment order.
+    out_path : path
+    protect : iterable of path
+        Input paths that must not be overwritten.
+
+    Returns
+    -------
+    Path
+        ``out_path``.
+
+    Examples
+    --------
+    >>> import nrrd, tempfile
+    >>> from medseg.export.colors import segment_info
+    >>> lab = np.zeros((4, 4, 2), np.uint8); lab[1:3, 1:3] = 1
+    >>> p = write_seg_nrrd(Image(lab, np.eye(4)), [segment_info(1, "liver")], Path(tempfile.mkdtemp()) / "a.seg.nrrd")
+    >>> arr, header = nrrd.read(str(p))
+    >>> arr.shape, int(arr.sum()), header["Segment0_Name"]
+    ((4, 4, 2), 8, 'liver')
+    """
     import nrrd
 
     with atomic_path(out_path, protect=protect) as tmp:
@@ -66,14 +114,46 @@ def write_seg_nrrd(label: Image, infos, out_path: str | os.PathLike, protect=())
 
 
 def sidecar_paths(out_path: str | os.PathLike) -> tuple[Path, Path]:
-    """The ITK-SNAP label file and Slicer colour table written next to a NIfTI label map."""
+    """The ITK-SNAP label file and Slicer colour table written next to a NIfTI label map.
+
+    Examples
+    --------
+    >>> [p.name for p in sidecar_paths("out/seg.nii.gz")]
+    ['seg.itksnap.txt', 'seg.ctbl']
+    """
     out_path = Path(out_path)
     stem = out_path.name[: -len(full_suffix(out_path))]
     return out_path.with_name(stem + ".itksnap.txt"), out_path.with_name(stem + ".ctbl")
 
 
 def write_nifti_with_tables(label: Image, infos, out_path: str | os.PathLike, protect=()) -> Path:
-    """Write the label map as NIfTI plus ITK-SNAP and Slicer colour tables beside it."""
+    """Write the label map as NIfTI plus ITK-SNAP and Slicer colour tables beside it.
+
+    Parameters
+    ----------
+    label : Image
+        Label map.
+    infos : list of SegmentInfo
+        One per label value.
+    out_path : path
+        ``.nii.gz`` or ``.nii``; the tables are the :func:`sidecar_paths` of it.
+    protect : iterable of path
+        Input paths that must not be overwritten.
+
+    Returns
+    -------
+    Path
+        ``out_path``.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from medseg.export.colors import segment_info
+    >>> lab = Image(np.ones((2, 2, 2), np.uint8), np.eye(4))
+    >>> out = write_nifti_with_tables(lab, [segment_info(1, "liver")], Path(tempfile.mkdtemp()) / "seg.nii.gz")
+    >>> sorted(p.name for p in out.parent.iterdir())
+    ['seg.ctbl', 'seg.itksnap.txt', 'seg.nii.gz']
+    """
     from medseg.export.colors import itksnap_label_text, slicer_color_table_text
     from medseg.io.readers import write_image
 

@@ -61,6 +61,8 @@ class Slab:
         self.base = 0
 
     def add(self, logits: torch.Tensor, weight: torch.Tensor, starts: Sequence[int]) -> None:
+        """Add one window's ``logits`` (classes, *window) times ``weight`` (*window) at ``starts``; the window
+        must start at :attr:`base` along the last axis."""
         depth = self.acc.shape[-1]
         assert starts[-1] == self.base and logits.shape[-1] == depth
         idx = tuple(slice(s, s + n) for s, n in zip(starts[:-1], logits.shape[1:-1]))
@@ -96,7 +98,37 @@ def make_slab(classes: int, size: Sequence[int], depth: int, dtype: torch.dtype 
               dev: torch.device, stitch_device) -> Slab:
     """The slab for a ``size`` volume of ``classes`` and windows ``depth`` deep: float32 unless that exceeds
     ``budget`` bytes (then float16), on ``dev`` when ``stitch_device`` is ``"auto"`` and it fits in a quarter of
-    that GPU's free memory, else on the CPU."""
+    that GPU's free memory, else on the CPU.
+
+    Parameters
+    ----------
+    classes : int
+        Output channels of the network.
+    size : sequence of int
+        Spatial shape of the (padded) volume; the slab holds ``size[:-1]`` x ``depth`` voxels per class.
+    depth : int
+        Window size along the last axis.
+    dtype : torch.dtype or None
+        Accumulator dtype; None chooses float32 or float16 by ``budget``.
+    budget : float
+        Bytes a float32 slab may take.
+    dev : torch.device
+        The network's device.
+    stitch_device : "auto", "cpu", "cuda" or torch.device
+        Where the slab lives (``"auto"``: as above).
+
+    Returns
+    -------
+    Slab
+
+    Examples
+    --------
+    >>> cpu = torch.device("cpu")
+    >>> make_slab(2, (4, 6), 3, None, 2**20, cpu, "auto").acc.shape  # 2 classes x 4 x 3 planes
+    torch.Size([2, 4, 3])
+    >>> make_slab(2, (4, 6), 3, None, 90, cpu, "auto").acc.dtype  # 24 voxels x 4 bytes > 90
+    torch.float16
+    """
     voxels = classes * math.prod(size[:-1]) * depth
     if dtype is None:
         dtype = torch.float32 if voxels * 4 <= budget else torch.float16

@@ -120,7 +120,12 @@ def dicom_cases(path: Path, series: str | int | None = None, notes: list[str] | 
     Series are picked and named as ``medseg convert`` does (:func:`medseg.io.series_names.pick_series`). Images
     that can never be volumes (screenshots, colour, cine) are skipped with a note: appended to ``notes`` when
     given (a caller that still validates prints them once that passed), else printed on stderr. A picked series
-    that is not a volume is an ``InputError``.
+    that is not a volume is an ``InputError``. ``path``, ``series`` and ``notes`` are as in :func:`list_cases`.
+
+    Returns
+    -------
+    list of Case
+        In discovery order, each with its ``series``.
     """
     picked = pick_series(path, series)
     for s in picked.series:
@@ -136,7 +141,18 @@ def dicom_cases(path: Path, series: str | int | None = None, notes: list[str] | 
 
 
 def read_case(paths: list[Path]) -> Image:
-    """One case as an ``Image`` (channels first when several files or a 4D file)."""
+    """One case as an ``Image`` (channels first when several files or a 4D file).
+
+    Parameters
+    ----------
+    paths : list of Path
+        The case's files, one per channel, all on one grid (else an ``InputError``).
+
+    Returns
+    -------
+    Image
+        A single file as :func:`medseg.io.readers.read_image` reads it; several stacked as float32.
+    """
     images = [read_image(p) for p in paths]
     if len(images) == 1:
         return images[0]
@@ -171,6 +187,11 @@ def resolve_tta(plan, tta: bool | None, warn=None) -> tuple[bool, str]:
     :func:`medseg.infer.predict.resolve_tta`, which ``predict_image`` applies too, resolved here once per run: its
     warning (TTA asked for, ``--tta`` or the plan's ``tta``, on a plan without flip axes) is one line on stderr,
     and the cases then get the resolved value, so they do not warn again.
+
+    Returns
+    -------
+    tta : bool
+    note : str
     """
     from medseg.infer.predict import resolve_tta as resolve
 
@@ -222,6 +243,13 @@ def predict_path(model, input: str | os.PathLike, output: str | os.PathLike, ove
     outputs asked for (``probabilities``, ``export``) were written with it; one made by another model, with other
     options or from another input is an ``InputError`` before anything is predicted (``overwrite`` predicts every
     case again).
+
+    Returns
+    -------
+    written : list of Path
+        The label maps this call wrote.
+    skipped : int
+        Cases skipped as finished.
     """
     from medseg.train.artifact import load_model
     from medseg.train.trainer import resolve_device

@@ -288,7 +288,15 @@ def release_pages(array: np.ndarray) -> None:
     """Drop the pages of a file-mapped ``array`` (a :class:`ProbabilitySpill` one) from this process's memory.
 
     They stay in the page cache, or on disk, and come back on the next access; without this, reading a
-    mapped file through once counts all of it as the process's resident memory.
+    mapped file through once counts all of it as the process's resident memory. Other arrays are left alone.
+
+    Examples
+    --------
+    >>> s = ProbabilitySpill(1, (2, 2))
+    >>> s.write(np.ones((1, 2, 2), np.float32), 0)
+    >>> release_pages(s.array())
+    >>> float(s.array().sum())  # read back from the file
+    4.0
     """
     base = array
     while isinstance(base, np.ndarray):
@@ -313,6 +321,11 @@ def write_probabilities(prob, path: str | os.PathLike, protect=()) -> Path:
         Output ``.nii.gz`` or ``.nii``; written atomically.
     protect : iterable of path
         Inputs that must not be overwritten.
+
+    Returns
+    -------
+    Path
+        ``path``.
     """
     import gzip
 

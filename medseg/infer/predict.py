@@ -27,8 +27,40 @@ def sliding_window(network: torch.nn.Module, x: torch.Tensor, patch_size, overla
     """Softmax probabilities (K, *S) of a (C, *S) volume by Gaussian-blended sliding windows
     (:func:`medseg.infer.sliding_window.sliding_window_predict`); with ``sink``, handed over plane by plane.
 
-    ``patch_size`` may have a leading 1 for 2D networks applied slice by slice to a 3D volume. ``tta``: the
-    spatial axes to mirror (logits of the mirrored windows averaged, as nnU-Net does).
+    Parameters
+    ----------
+    network : torch.nn.Module
+        Maps ``(B, C, *patch)`` to logits ``(B, K, *patch)``; a 2D network (``spatial_dims == 2``) with a
+        ``patch_size`` of ``[1, h, w]`` runs slice by slice on a 3D volume.
+    x : torch.Tensor
+        Normalised ``(C, *S)`` volume on the network's grid.
+    patch_size : sequence of int
+        Window size (a leading 1 for 2D networks applied slice by slice).
+    overlap : float
+        Fraction of a window shared with its neighbour, in [0, 1).
+    batch_size : int
+        Windows per forward pass.
+    device : str or torch.device
+        Where the network runs.
+    bf16 : bool
+        bf16 autocast on CPUs that compute it natively (CUDA always uses fp16 AMP).
+    tta : bool or sequence of int
+        The spatial axes to mirror (logits of the mirrored windows averaged, as nnU-Net does).
+    sink : callable, optional
+        Receives ``(part, first)`` runs of finished planes instead of a returned tensor.
+    num_classes : int, optional
+        ``K``, if known.
+
+    Returns
+    -------
+    torch.Tensor or None
+        ``(K, *S)`` float32 probabilities, or None when ``sink`` took them.
+
+    Examples
+    --------
+    >>> p = sliding_window(torch.nn.Conv3d(1, 3, 1), torch.rand(1, 10, 8, 8), [8, 8, 8])
+    >>> p.shape, bool(torch.allclose(p.sum(0), torch.ones(10, 8, 8)))
+    (torch.Size([3, 10, 8, 8]), True)
     """
     from medseg.infer.sliding_window import cpu_has_native_bf16, sliding_window_predict
 
@@ -103,11 +135,50 @@ def predict_labels(network: torch.nn.Module, plan: Plan, array: np.ndarray, spac
                    spill_dir=None):
     """Labels on the grid of a channels-first ``array`` (and its class probabilities if asked).
 
-    Returns ``(labels, probabilities or None)``: labels uint8 (int32 above 256 classes) of shape
-    ``array.shape[1:]``, probabilities float32 ``(K, *array.shape[1:])``, read-only and mapped from a temporary
-    file in ``spill_dir`` (see :class:`~medseg.infer.native.ProbabilitySpill`). Mirroring TTA covers the plan's
-    flip axes (the only ones the model was trained to be invariant to); asked for on a plan without any, it is
-    not applied and a warning says so (:func:`resolve_tta`).
+    The array is preprocessed as in training (:func:`medseg.train.preprocess.preprocess`), predicted on the plan's
+    grid and resized back plane by plane (:class:`~medseg.infer.native.PlaneResampler`). Mirroring TTA covers the
+    plan's flip axes (the only ones the model was trained to be invariant to); asked for on a plan without any, it
+    is not applied and a warning says so (:func:`resolve_tta`).
+
+    Parameters
+    ----------
+    network : torch.nn.Module
+        The trained network (:meth:`medseg.train.artifact.ModelArtifact.build`).
+    plan : Plan
+        Its plan (normalisation, target spacing, patch, classes).
+    array : ndarray
+        ``(C, *S)`` image, C the plan's channels.
+    spacing : sequence of float
+        Voxel size of ``array`` in mm.
+    overlap, tta : optional
+        Default: the plan's.
+    device : str or torch.device
+        Where the network runs.
+    batch_size : int
+        Windows per forward pass.
+    probabilities : bool
+        Also return the class probabilities.
+    spill_dir : path, optional
+        Folder of the probabilities' temporary file (default: the system's temporary folder).
+
+    Returns
+    -------
+    labels : ndarray
+        uint8 (int32 above 256 classes), shape ``array.shape[1:]``.
+    probabilities : ndarray or None
+        float32 ``(K, *array.shape[1:])``, read-only and mapped from a temporary file in ``spill_dir`` (see
+        :class:`~medseg.infer.native.ProbabilitySpill`); None unless asked for.
+
+    Examples
+    --------
+    A stand-in network whose class 1 logit is the normalised intensity labels the voxels above the mean:
+
+    >>> net = lambda x: torch.cat([torch.zeros_like(x), x], 1)  # logits (B, 2, *patch)
+    >>> image = np.zeros((1, 8, 8, 8), np.float32)
+    >>> image[0, :4] = 1
+    >>> lab, _ = predict_labels(net, Plan(patch_size=[8, 8, 8]), image, (2.0, 1.0, 1.0))  # net sees 16 x 8 x 8
+    >>> lab.shape, lab.dtype, int(lab.sum())
+    ((8, 8, 8), dtype('uint8'), 256)
     """
     tta, _ = resolve_tta(plan, tta)
     x, _ = preprocess(array, spacing, plan)
@@ -134,8 +205,33 @@ def predict_labels(network: torch.nn.Module, plan: Plan, array: np.ndarray, spac
 def predict_image(network: torch.nn.Module, plan: Plan, image: Image, overlap=None, tta=None, device="cpu",
                   batch_size: int = 2, probabilities: bool = False, largest_component: bool = False,
                   min_size_mm3: float = 0.0, spill_dir=None):
-    """Predict one ``Image`` (channels-first for multi-channel plans); returns (label Image, prob Image|None)
-    on exactly the input's grid. ``tta`` as in :func:`predict_labels` (resolved by :func:`resolve_tta`)."""
+    """Predict one ``Image`` (channels-first for multi-channel plans) on exactly the input's grid.
+
+    Parameters
+    ----------
+    network, plan
+        As in :func:`predict_labels`.
+    image : Image
+        A 3D volume (2D plans, too, predict volumes slice by slice), finite, with the plan's channels.
+    overlap, tta, device, batch_size, probabilities, spill_dir
+        As in :func:`predict_labels` (``tta`` resolved by :func:`resolve_tta`).
+    largest_component, min_size_mm3
+        Post-processing of the labels (:func:`postprocess_labels`).
+
+    Returns
+    -------
+    labels : Image
+        The label map, with the input's affine and the plan's label names in ``meta["labels"]``.
+    probabilities : Image or None
+        ``(K, *image.shape)`` float32, channels first, when ``probabilities``.
+
+    Examples
+    --------
+    >>> img = Image(np.random.rand(6, 8, 8).astype(np.float32), np.diag([2.0, 1.0, 1.0, 1.0]))
+    >>> lab, _ = predict_image(torch.nn.Conv3d(1, 2, 1), Plan(patch_size=[8, 8, 8]), img)
+    >>> lab.shape, bool(np.array_equal(lab.affine, img.affine))
+    ((6, 8, 8), True)
+    """
     from medseg.errors import InputError
     from medseg.io.readers import check_finite
 
@@ -162,7 +258,32 @@ def predict_image(network: torch.nn.Module, plan: Plan, image: Image, overlap=No
 
 def postprocess_labels(lab: np.ndarray, spacing, largest_component: bool, min_size_mm3: float) -> np.ndarray:
     """Keep the largest component per class and/or remove components smaller than ``min_size_mm3``
-    (full connectivity; see :mod:`medseg.postprocess.components`)."""
+    (full connectivity; see :mod:`medseg.postprocess.components`).
+
+    Parameters
+    ----------
+    lab : ndarray of int
+        Label map, 0 is background.
+    spacing : sequence of float
+        Voxel size in mm per axis.
+    largest_component : bool
+        Keep only the largest component of each class.
+    min_size_mm3 : float
+        Remove components whose volume is below this (0: keep all).
+
+    Returns
+    -------
+    ndarray
+        Same shape and dtype as ``lab``; removed voxels are 0.
+
+    Examples
+    --------
+    >>> lab = np.array([[1, 1, 0, 1, 0, 2]])
+    >>> postprocess_labels(lab, (1.0, 1.0), True, 0.0).tolist()
+    [[1, 1, 0, 0, 0, 2]]
+    >>> postprocess_labels(lab, (1.0, 1.0), False, 2.0).tolist()  # components under 2 mm² go
+    [[1, 1, 0, 0, 0, 0]]
+    """
     from medseg.postprocess import components as pc
 
     if largest_component:

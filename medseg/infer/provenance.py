@@ -36,7 +36,24 @@ def prediction_record(model_sha256: str, overlap: float, tta: bool, largest_comp
 
 
 def attach_record(nimg, record: dict) -> None:
-    """Store ``record`` in a nibabel NIfTI image's header (a comment extension), replacing an earlier one."""
+    """Store ``record`` in a nibabel NIfTI image's header (a comment extension), replacing an earlier one.
+
+    Parameters
+    ----------
+    nimg : nibabel.Nifti1Image
+        The label map about to be saved; its header is changed in place.
+    record : dict
+        What :func:`prediction_record` returns (JSON-serialisable).
+
+    Examples
+    --------
+    >>> import nibabel as nib, numpy as np
+    >>> nimg = nib.Nifti1Image(np.zeros((2, 2, 2), np.uint8), np.eye(4))
+    >>> attach_record(nimg, prediction_record("ab" * 32, 0.5, False))
+    >>> attach_record(nimg, prediction_record("ab" * 32, 0.25, False))  # replaces the first
+    >>> len(nimg.header.extensions)
+    1
+    """
     import nibabel as nib
 
     exts = nimg.header.extensions
@@ -47,7 +64,30 @@ def attach_record(nimg, record: dict) -> None:
 
 def read_record(path: str | os.PathLike) -> dict | None:
     """The record of a label map written by ``medseg predict``; None when it has none (written by another tool
-    or an older medseg). Reads the header only."""
+    or an older medseg). Reads the header only.
+
+    Parameters
+    ----------
+    path : path
+        A NIfTI label map; one that cannot be read is an ``InputError``.
+
+    Returns
+    -------
+    dict or None
+
+    Examples
+    --------
+    >>> import nibabel as nib, numpy as np, tempfile
+    >>> nimg = nib.Nifti1Image(np.zeros((2, 2, 2), np.uint8), np.eye(4))
+    >>> path = Path(tempfile.mkdtemp()) / "case.nii.gz"
+    >>> nib.save(nimg, path)
+    >>> read_record(path) is None
+    True
+    >>> attach_record(nimg, prediction_record("ab" * 32, 0.5, False))
+    >>> nib.save(nimg, path)
+    >>> read_record(path)["overlap"]
+    0.5
+    """
     import nibabel as nib
 
     try:
@@ -93,7 +133,40 @@ def record_difference(old: dict | None, new: dict) -> str | None:
 
 def check_finished(dest: Path, record: dict) -> dict:
     """``InputError`` when the existing label map ``dest`` was made by another model, with other options or from
-    another input; else its record (whose ``extras`` names the extra outputs written with it)."""
+    another input; else its record (whose ``extras`` names the extra outputs written with it).
+
+    Parameters
+    ----------
+    dest : Path
+        An existing label map.
+    record : dict
+        This run's record for that case (:func:`prediction_record`, plus its ``input_sha256``).
+
+    Returns
+    -------
+    dict
+        The record ``dest`` carries.
+
+    Raises
+    ------
+    InputError
+        With the reason (:func:`record_difference`) and the way out (``--overwrite``).
+
+    Examples
+    --------
+    >>> import nibabel as nib, numpy as np, tempfile
+    >>> record = prediction_record("ab" * 32, 0.5, False)
+    >>> nimg = nib.Nifti1Image(np.zeros((2, 2, 2), np.uint8), np.eye(4))
+    >>> attach_record(nimg, record)
+    >>> dest = Path(tempfile.mkdtemp()) / "case.nii.gz"
+    >>> nib.save(nimg, dest)
+    >>> check_finished(dest, record)["overlap"]
+    0.5
+    >>> check_finished(dest, {**record, "tta": True})
+    Traceback (most recent call last):
+    ...
+    medseg.errors.InputError: ...: it was predicted with tta False, this run asks for True; pass --overwrite ...
+    """
     old = read_record(dest)
     why = record_difference(old, record)
     if why:

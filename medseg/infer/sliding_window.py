@@ -80,6 +80,20 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
 
     Delegates to :func:`medseg.infer.devices.parse_device` so that every entry point spells devices alike and a
     bad one (``gpu``) is an InputError, not torch's RuntimeError.
+
+    Parameters
+    ----------
+    device : str or torch.device
+        ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
+
+    Returns
+    -------
+    torch.device
+
+    Examples
+    --------
+    >>> resolve_device("cpu")
+    device(type='cpu')
     """
     from medseg.infer.devices import parse_device
 
@@ -88,7 +102,13 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
 
 @functools.lru_cache(maxsize=1)
 def cpu_has_native_bf16() -> bool:
-    """True where the CPU computes bf16 natively (AVX512-BF16 or AMX), where bf16 autocast pays off."""
+    """True where the CPU computes bf16 natively (AVX512-BF16 or AMX), where bf16 autocast pays off.
+
+    Returns
+    -------
+    bool
+        From the ``flags`` of ``/proc/cpuinfo``; False where there is none (macOS, Windows). Cached.
+    """
     try:
         with open("/proc/cpuinfo") as f:
             flags = next((ln for ln in f if ln.startswith("flags")), "")

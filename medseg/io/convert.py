@@ -25,6 +25,22 @@ def image_summary(img: Image) -> dict[str, Any]:
     """Geometry and intensity summary of one image (JSON-ready; origin/direction in RAS).
 
     ``direction`` is the 3x3 matrix as a list of rows; its columns are the index axes' unit vectors.
+
+    Parameters
+    ----------
+    img : Image
+
+    Returns
+    -------
+    dict
+        ``shape``, ``channels``, ``dtype``, ``spacing``, ``origin``, ``direction``, ``orientation``,
+        ``intensity_range`` (finite values), ``frame``, ``unit``, ``modality``, ``series_description``, ``series_uid``.
+
+    Examples
+    --------
+    >>> s = image_summary(Image(np.zeros((4, 5, 6), np.int16), np.diag([2.0, 2.0, 3.0, 1.0])))
+    >>> s["shape"], s["spacing"], s["orientation"], s["intensity_range"]
+    ([4, 5, 6], [2.0, 2.0, 3.0], 'RAS', [0.0, 0.0])
     """
     arr = img.array
     finite = arr[np.isfinite(arr)] if np.issubdtype(arr.dtype, np.floating) else arr
@@ -51,6 +67,27 @@ def describe(path: str | os.PathLike, series: str | int | None = None) -> list[d
 
     A DICOM series that is not a regular volume is listed with its ``problem`` instead of
     voxel statistics (listing a study never fails because of one bad series).
+
+    Parameters
+    ----------
+    path : path
+        An image file or a DICOM file or folder.
+    series : str or int, optional
+        Only this DICOM series (index or SeriesInstanceUID).
+
+    Returns
+    -------
+    list of dict
+        :func:`image_summary` records with ``index`` and ``source`` (``num_slices`` for DICOM series).
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from medseg.io.readers import write_image
+    >>> img = Image(np.zeros((4, 5, 6), np.int16), np.diag([2.0, 2.0, 3.0, 1.0]))
+    >>> p = write_image(img, Path(tempfile.mkdtemp()) / "ct.nii.gz")
+    >>> [(r["index"], r["shape"], r["spacing"]) for r in describe(p)]
+    [(0, [4, 5, 6], [2.0, 2.0, 3.0])]
     """
     path = Path(path)
     if not path.exists():
@@ -91,7 +128,21 @@ def describe(path: str | os.PathLike, series: str | int | None = None) -> list[d
 
 
 def format_summary(rec: dict[str, Any]) -> str:
-    """Human-readable lines for one ``describe`` record."""
+    """Human-readable lines for one ``describe`` record (what ``medseg info`` prints).
+
+    Examples
+    --------
+    >>> img = Image(np.zeros((4, 5, 6), np.int16), np.diag([2.0, 2.0, 3.0, 1.0]))
+    >>> print(format_summary({"index": 0, "source": "ct.nii.gz", **image_summary(img)}))
+    [0] ct.nii.gz
+        source       ct.nii.gz
+        shape        (4, 5, 6)
+        spacing      (2, 2, 3) mm
+        origin       (0, 0, 0) mm (RAS)
+        direction    i (1, 0, 0)  j (0, 1, 0)  k (0, 0, 1)  (RAS unit vector of each index axis)
+        orientation  RAS
+        dtype        int16   range [0, 0]
+    """
     head = f"[{rec['index']}] {rec.get('series_description') or Path(rec['source']).name}"
     if rec.get("modality"):
         head += f"  ({rec['modality']})"
@@ -159,6 +210,38 @@ def convert(input: str | os.PathLike, output: str | os.PathLike, series: str | i
     into place together at the end. A DICOM-SEG or RTSTRUCT becomes a label map on its series'
     grid (``rt_fill``: RTSTRUCT rasterisation rule, ``"centre"`` or ``"edge"``). An output in a DICOM
     input folder is refused (it would change the input).
+
+    Parameters
+    ----------
+    input : path
+        An image file, a DICOM file or folder, or a DICOM-SEG / RTSTRUCT file.
+    output : path
+        The file, or the folder, to write.
+    series : str or int, optional
+        Only this DICOM series (index or SeriesInstanceUID).
+    allow_tilt : bool
+        Resample gantry-tilted series instead of refusing them.
+    reference : path, optional
+        The series a DICOM-SEG / RTSTRUCT refers to.
+    suffix : str
+        Format of the files written into a folder.
+    rt_fill : {'centre', 'edge'}
+        RTSTRUCT rasterisation rule.
+
+    Returns
+    -------
+    list of Path
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from medseg.io.readers import write_image
+    >>> d = Path(tempfile.mkdtemp())
+    >>> src = write_image(Image(np.zeros((4, 5, 6), np.int16), np.diag([2.0, 2.0, 3.0, 1.0])), d / "ct.nii.gz")
+    >>> [p.relative_to(d).as_posix() for p in convert(src, d / "out")]  # a folder: one file per image
+    ['out/ct.nii.gz']
+    >>> read_image(convert(src, d / "ct.mha")[0]).spacing
+    (2.0, 2.0, 3.0)
     """
     src, dst = Path(input), Path(output)
     raw = os.fspath(output)  # as typed: Path drops a trailing separator, which says 'a folder'

@@ -70,6 +70,12 @@ class SeriesInfo:
     (``None`` when it can); ``tilt_degrees`` is non-zero for a gantry-tilted series. Images that
     can never be volume slices (no patient geometry, colour, cine) are listed too, with
     ``is_volume=False`` and the reason in ``problem``.
+
+    Examples
+    --------
+    >>> s = SeriesInfo(0, "1.2.3", "Scout", "CT", [Path("ct/1.dcm"), Path("ct/2.dcm")], is_volume=False)
+    >>> s.label(), s.folder.as_posix()
+    ('0: Scout (CT, 2 slices)', 'ct')
     """
 
     index: int
@@ -223,7 +229,15 @@ def discover_series(path: str | os.PathLike, progress: bool = False) -> list[Ser
 
 def no_series_message(path) -> str:
     """'no DICOM image series found', with a hint when the folder holds images of other formats (counted among the
-    files discovery looked at: hidden files such as AppleDouble ``._*`` ones are not)."""
+    files discovery looked at: hidden files such as AppleDouble ``._*`` ones are not).
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> d = Path(tempfile.mkdtemp()); (d / "ct.nii.gz").touch()
+    >>> no_series_message(d)
+    'no DICOM image series found (it holds 1 NIfTI/NRRD/MHA/TIFF/PNG file: pass one of them, e.g. ct.nii.gz)'
+    """
     from medseg.io.atomic import full_suffix
     from medseg.io.dicom_headers import dicom_root, walk_files
 
@@ -240,7 +254,14 @@ def no_series_message(path) -> str:
 
 
 def select_series(series: list[SeriesInfo], which: str | int | None, path) -> SeriesInfo:
-    """Pick one series by index or SeriesInstanceUID; ``None`` works only when there is one."""
+    """Pick one series by index or SeriesInstanceUID; ``None`` works only when there is one (else ``InputError``).
+
+    Examples
+    --------
+    >>> found = [SeriesInfo(i, f"1.2.{i}", name, "MR") for i, name in enumerate(["T1", "T2"])]
+    >>> select_series(found, 1, "study").description, select_series(found, "1.2.0", "study").description
+    ('T2', 'T1')
+    """
     if not series:
         raise InputError(no_series_message(path), path=path)
     if which is None:
@@ -332,6 +353,11 @@ def load_series(path: str | os.PathLike | SeriesInfo, series: str | int | Series
         instead of refusing it.
     progress : bool
         Show a (transient) progress bar on a terminal for long series.
+
+    Returns
+    -------
+    Image
+        Indexed ``[column, row, slice]``, with the ``meta`` listed in the module docstring.
     """
     if isinstance(path, SeriesInfo):
         info, where = path, path.folder

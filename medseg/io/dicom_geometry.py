@@ -80,6 +80,16 @@ def stack_geometry(positions, normal, fallback_spacing: float = 1.0) -> tuple[fl
     ValueError
         Duplicate positions (several slices at one place: a 4D series), missing slices or
         irregular spacing; the message says which and where.
+
+    Examples
+    --------
+    >>> spacing, drift = stack_geometry([[0, 0, 0], [0, 0, 2], [0, 0, 4]], [0, 0, 1])
+    >>> spacing, drift.tolist()
+    (2.0, [[0.0, 0.0, 0.0], [0.0, 0.0, 0.0], [0.0, 0.0, 0.0]])
+    >>> stack_geometry([[0, 0, 0], [0, 0, 2], [0, 0, 4], [0, 0, 8]], [0, 0, 1])
+    Traceback (most recent call last):
+    ...
+    ValueError: missing slices: gap of 4 mm between slices 2 and 3 where the series steps 2 mm (1 irregular gaps)
     """
     p = np.asarray(positions, dtype=float)
     n = np.asarray(normal, dtype=float)
@@ -104,7 +114,25 @@ def stack_geometry(positions, normal, fallback_spacing: float = 1.0) -> tuple[fl
 
 
 def is_tilted(drift, spacing: float) -> bool:
-    """Whether the in-plane drift of a stack is a real gantry tilt rather than rounding."""
+    """Whether the in-plane drift of a stack is a real gantry tilt rather than rounding.
+
+    Parameters
+    ----------
+    drift : (N, 3) array
+        In-plane offset of each slice, as :func:`stack_geometry` returns it (mm).
+    spacing : float
+        Slice spacing along the normal (mm).
+
+    Returns
+    -------
+    bool
+        True when the last slice drifts by more than ``TILT_ATOL`` mm and ``TILT_RTOL`` of the stack length.
+
+    Examples
+    --------
+    >>> is_tilted([[0, 0, 0], [0, 1, 0], [0, 2, 0]], 2.0), is_tilted([[0, 0, 0], [0, 0.001, 0]], 2.0)
+    (True, False)
+    """
     drift = np.asarray(drift, dtype=float)
     total = float(np.linalg.norm(drift[-1]))
     length = spacing * (len(drift) - 1)
@@ -112,7 +140,25 @@ def is_tilted(drift, spacing: float) -> bool:
 
 
 def tilt_degrees(drift, spacing: float) -> float:
-    """Gantry tilt angle implied by the drift of the last slice (degrees)."""
+    """Gantry tilt angle implied by the drift of the last slice (degrees).
+
+    Parameters
+    ----------
+    drift : (N, 3) array
+        In-plane offset of each slice (mm), as :func:`stack_geometry` returns it.
+    spacing : float
+        Slice spacing along the normal (mm).
+
+    Returns
+    -------
+    float
+        ``atan(|drift[-1]| / stack length)`` in degrees; 0 for a single slice.
+
+    Examples
+    --------
+    >>> tilt_degrees([[0, 0, 0], [0, 1, 0], [0, 2, 0]], 1.0)  # 2 mm sideways over a 2 mm long stack
+    45.0
+    """
     drift = np.asarray(drift, dtype=float)
     length = spacing * (len(drift) - 1)
     return float(np.degrees(np.arctan2(np.linalg.norm(drift[-1]), length))) if length else 0.0
@@ -121,7 +167,28 @@ def tilt_degrees(drift, spacing: float) -> float:
 def lps_affine(row, col, pixel_spacing, first_position, normal, slice_spacing) -> np.ndarray:
     """4x4 index-to-LPS affine of a stack; index axes are (column i, row j, slice k).
 
-    ``pixel_spacing`` is DICOM's PixelSpacing: (distance between rows, distance between columns).
+    Parameters
+    ----------
+    row, col : (3,) array
+        Unit vectors of increasing column index (along a row) and of increasing row index (ImageOrientationPatient).
+    pixel_spacing : (float, float)
+        DICOM's PixelSpacing: (distance between rows, distance between columns).
+    first_position : (3,) array
+        ImagePositionPatient of the first slice.
+    normal : (3,) array
+        Unit slice normal.
+    slice_spacing : float
+        Distance between slices along ``normal``.
+
+    Returns
+    -------
+    ndarray, shape (4, 4)
+
+    Examples
+    --------
+    >>> a = lps_affine([1, 0, 0], [0, 1, 0], (0.5, 0.8), [10, 20, 30], [0, 0, 1], 3.0)
+    >>> a.diagonal().tolist(), a[:3, 3].tolist()
+    ([0.8, 0.5, 3.0, 1.0], [10.0, 20.0, 30.0])
     """
     aff = np.eye(4)
     aff[:3, 0] = np.asarray(row, float) * float(pixel_spacing[1])
@@ -132,7 +199,13 @@ def lps_affine(row, col, pixel_spacing, first_position, normal, slice_spacing) -
 
 
 def ras_affine(*args, **kwargs) -> np.ndarray:
-    """:func:`lps_affine` converted to medseg's RAS convention."""
+    """:func:`lps_affine` converted to medseg's RAS convention (the first two world axes negated).
+
+    Examples
+    --------
+    >>> ras_affine([1, 0, 0], [0, 1, 0], (0.5, 0.8), [10, 20, 30], [0, 0, 1], 3.0)[:3, 3].tolist()
+    [-10.0, -20.0, 30.0]
+    """
     return LPS_TO_RAS @ lps_affine(*args, **kwargs)
 
 
@@ -142,6 +215,31 @@ def untilt(volume: np.ndarray, drift, row, col, pixel_spacing, order: int = 1) -
     Each slice ``k`` of ``volume`` (indexed ``[i, j, k]``) is shifted in-plane to cancel its drift,
     so that voxel ``(i, j, k)`` lies at ``first + i*dx*row + j*dy*col + k*dz*normal``.
     Linear interpolation; points that fall outside a slice get the volume's minimum.
+
+    Parameters
+    ----------
+    volume : ndarray, shape (columns, rows, slices)
+        The stack, indexed ``[i, j, k]``.
+    drift : (N, 3) array
+        In-plane offset of each slice (mm, LPS), as :func:`stack_geometry` returns it.
+    row, col : (3,) array
+        Unit vectors of the column (i) and row (j) index axes.
+    pixel_spacing : (float, float)
+        DICOM's PixelSpacing (between rows, between columns).
+    order : int
+        Spline order of :func:`scipy.ndimage.shift` (1: linear).
+
+    Returns
+    -------
+    ndarray
+        Same shape; float32 for integer or float32 input, else ``volume``'s dtype.
+
+    Examples
+    --------
+    >>> vol = np.zeros((4, 1, 2)); vol[1, 0, :] = 1  # a bright pixel at i = 1 in both slices
+    >>> drift = [[0, 0, 0], [1, 0, 0]]  # slice 1 lies 1 mm further along its rows
+    >>> untilt(vol, drift, [1, 0, 0], [0, 1, 0], (1.0, 1.0))[:, 0, :].T.tolist()
+    [[0.0, 1.0, 0.0, 0.0], [0.0, 0.0, 1.0, 0.0]]
     """
     from scipy import ndimage
 

@@ -46,6 +46,11 @@ class NotAVolume(InputError):
     """A readable DICOM image that cannot be a slice of a volume (no patient geometry, colour, cine...).
 
     Discovery lists such images as a series with this reason instead of failing.
+
+    Examples
+    --------
+    >>> str(NotAVolume("colour image", path="IM1")), issubclass(NotAVolume, InputError)
+    ('IM1: colour image', True)
     """
 
 
@@ -113,7 +118,14 @@ def looks_like_dicom_name(path: Path) -> bool | None:
 
 
 def dicom_root(path: Path) -> Path:
-    """The folder a DICOMDIR file indexes (the file set is read from there); any other path as it is."""
+    """The folder a DICOMDIR file indexes (the file set is read from there); any other path as it is.
+
+    Examples
+    --------
+    >>> import tempfile; d = Path(tempfile.mkdtemp()); (d / "DICOMDIR").touch()
+    >>> dicom_root(d / "DICOMDIR") == d, dicom_root(d) == d
+    (True, True)
+    """
     return path.parent if path.name.upper() == "DICOMDIR" and path.is_file() else path
 
 
@@ -125,6 +137,13 @@ def walk_files(top: Path) -> list[Path]:
     each real folder is visited once, by its (device, inode), so a link to an ancestor (``ln -s .. loop``) neither
     loops nor repeats files, and a file reached by several paths is listed once (by its resolved path). Paths keep
     the names they were reached by (a linked series folder keeps the link's name).
+
+    Examples
+    --------
+    >>> import tempfile; d = Path(tempfile.mkdtemp()); (d / "b").mkdir()
+    >>> _ = [(d / name).touch() for name in ("b/IM2", "IM1", ".IM0")]
+    >>> [p.relative_to(d).as_posix() for p in walk_files(d)]
+    ['IM1', 'b/IM2']
     """
     out: list[Path] = []
     seen_dirs: set[tuple[int, int]] = set()
@@ -185,7 +204,15 @@ def _is_file(entry: os.DirEntry) -> bool:
 
 def list_candidate_files(path: Path) -> list[Path]:
     """Files to look at: ``path`` itself, or every DICOM-like file below it (see :func:`walk_files` and
-    :func:`looks_like_dicom_name`); a DICOMDIR stands for the folder it indexes."""
+    :func:`looks_like_dicom_name`); a DICOMDIR stands for the folder it indexes.
+
+    Examples
+    --------
+    >>> import tempfile; d = Path(tempfile.mkdtemp())
+    >>> _ = [(d / name).touch() for name in ("IM1", "notes.txt", "viewer.xyz", "DICOMDIR")]
+    >>> [p.name for p in list_candidate_files(d)]  # viewer.xyz would need the DICM preamble
+    ['IM1']
+    """
     path = dicom_root(path)
     if path.is_file():
         return [path]
@@ -249,7 +276,16 @@ def _fg(item, seq: str, keyword: str):
 
 
 def frames_of(ds, path: Path) -> list[Frame]:
-    """Frame records of one dataset; ``[]`` for non-image objects (SEG, RTSTRUCT, DICOMDIR, ...)."""
+    """Frame records of one dataset; ``[]`` for non-image objects (SEG, RTSTRUCT, DICOMDIR, ...).
+
+    Examples
+    --------
+    >>> from pydicom import Dataset
+    >>> ds = Dataset(); ds.Rows, ds.Columns, ds.BitsAllocated, ds.PixelData = 2, 3, 16, bytes(12)
+    >>> ds.ImagePositionPatient, ds.ImageOrientationPatient, ds.PixelSpacing = [0, 0, 5], [1, 0, 0, 0, 1, 0], [1, 1]
+    >>> [(f.rows, f.cols, f.ipp.tolist()) for f in frames_of(ds, Path("IM1"))]
+    [(2, 3, [0.0, 0.0, 5.0])]
+    """
     sop_class = str(ds.get("SOPClassUID", "") or getattr(ds.get("file_meta", None), "MediaStorageSOPClassUID", ""))
     modality = str(ds.get("Modality", "") or "")
     if len(ds) == 0:  # pydicom gives up silently on an unterminated element at the end of the file
@@ -338,7 +374,15 @@ def progress_iter(items, total: int, what: str, progress: bool):
 
 def read_headers(path: Path, progress: bool = False) -> tuple[list[Frame], list[Rejected]]:
     """Frame records of every DICOM image under ``path`` (one parse per file), and the images that
-    cannot be volume slices (with the reason). Damaged files raise ``InputError``."""
+    cannot be volume slices (with the reason). Damaged files raise ``InputError``.
+
+    Examples
+    --------
+    >>> import tempfile; d = Path(tempfile.mkdtemp()); _ = (d / "IM1").write_text("not DICOM")
+    >>> read_headers(d)
+    Traceback (most recent call last):
+    medseg.errors.InputError: ...IM1: not a DICOM file (no DICM preamble); remove it from the folder
+    """
     files = list_candidate_files(path)
     frames: list[Frame] = []
     rejected: list[Rejected] = []

@@ -87,7 +87,28 @@ def rescaled_dtype(bits_stored: int, signed: bool, slopes, intercepts, stored: n
 
 
 def apply_rescale(frames: np.ndarray, slopes, intercepts, dtype: np.dtype) -> np.ndarray:
-    """``value = stored * slope + intercept`` per frame (axis 0), cast to ``dtype``."""
+    """``value = stored * slope + intercept`` per frame (axis 0), cast to ``dtype``.
+
+    Parameters
+    ----------
+    frames : ndarray, shape (frames, rows, columns)
+        Stored values.
+    slopes, intercepts : sequence of float
+        RescaleSlope and RescaleIntercept of each frame.
+    dtype : dtype
+        Output type, as :func:`rescaled_dtype` chooses it.
+
+    Returns
+    -------
+    ndarray
+        Same shape, ``dtype``.
+
+    Examples
+    --------
+    >>> stored = np.array([[[0, 10]], [[0, 10]]], np.uint16)  # two frames of 1 x 2 pixels
+    >>> apply_rescale(stored, [1, 2], [-1024, 0], np.dtype(np.int16)).tolist()
+    [[[-1024, -1014]], [[0, 20]]]
+    """
     slopes = np.asarray(slopes, float)
     intercepts = np.asarray(intercepts, float)
     if np.all(slopes == 1) and np.all(intercepts == 0):
@@ -134,6 +155,28 @@ def read_frames(ds, path: Path, n_frames: int) -> np.ndarray:
     """Stored pixel values of every frame of one file: shape (frames, rows, columns).
 
     Sign and unused high bits are fixed (``fix_stored_bits``); no rescale.
+
+    Parameters
+    ----------
+    ds : pydicom.Dataset
+        The file's header (pixel data read, or deferred by the header parse).
+    path : Path
+        The file (deferred pixel data is read from it; named in errors).
+    n_frames : int
+        NumberOfFrames (1 for a single-frame file).
+
+    Returns
+    -------
+    ndarray, shape (n_frames, rows, columns)
+        Native byte order.
+
+    Examples
+    --------
+    >>> from pydicom import Dataset
+    >>> ds = Dataset(); ds.Rows, ds.Columns, ds.BitsAllocated, ds.BitsStored = 1, 2, 16, 12
+    >>> ds.PixelData = np.array([4095, 0xF001], "<u2").tobytes()  # high bits above the 12 stored are noise
+    >>> read_frames(ds, Path("IM1"), 1).tolist()
+    [[[4095, 1]]]
     """
     rows, cols = int(ds.Rows), int(ds.Columns)
     if int(ds.get("SamplesPerPixel", 1)) != 1:
@@ -193,7 +236,16 @@ def _j2k_decoder():
 
 
 def parallel_decode_helps(ds) -> bool:
-    """Whether decoding this file's pixel data in threads beside others runs in parallel (GIL released)."""
+    """Whether decoding this file's pixel data in threads beside others runs in parallel (GIL released).
+
+    True only for JPEG 2000 pixel data when imagecodecs is installed.
+
+    Examples
+    --------
+    >>> from pydicom import Dataset
+    >>> parallel_decode_helps(Dataset())  # no transfer syntax: uncompressed
+    False
+    """
     file_meta = getattr(ds, "file_meta", None)
     tsuid = str(file_meta.get("TransferSyntaxUID", "")) if file_meta is not None else ""
     return tsuid in _J2K and _j2k_decoder()[1]

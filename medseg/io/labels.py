@@ -190,6 +190,24 @@ def read_label_names(path: str | os.PathLike) -> dict[int, str]:
 
     What ``--labels`` of ``medseg evaluate`` and ``medseg export`` reads (the forms are in the module's
     docstring); every problem is a one-line ``InputError`` naming the file.
+
+    Parameters
+    ----------
+    path : path
+        The JSON file.
+
+    Returns
+    -------
+    dict of int to str
+        Label value -> name, sorted, background (0) dropped.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> p = Path(tempfile.mkdtemp()) / "dataset.json"
+    >>> _ = p.write_text('{"labels": {"background": 0, "liver": 1, "tumour": 2}}')
+    >>> read_label_names(p)
+    {1: 'liver', 2: 'tumour'}
     """
     path = Path(path)
     try:

@@ -139,6 +139,23 @@ def spatial_shape(path: str | os.PathLike) -> tuple[int, ...]:
     header alone (its pixels are not read; a PNG is read). For sizing crops over many large stacks.
 
     Errors in the pixel data are not found here: :func:`read_microscopy` finds them when the image is read.
+
+    Parameters
+    ----------
+    path : path
+        ``.tif``/``.tiff`` (header only) or ``.png``.
+
+    Returns
+    -------
+    tuple of int
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> p = Path(tempfile.mkdtemp()) / "stack.tif"
+    >>> write_microscopy(Image(np.zeros((3, 4, 5), np.uint8), np.eye(4)), p)
+    >>> spatial_shape(p)
+    (3, 4, 5)
     """
     path = Path(path)
     if path.suffix.lower() not in (".tif", ".tiff"):
@@ -184,6 +201,15 @@ def read_microscopy(path: str | os.PathLike, channel: int | None = None,
     -------
     Image
         ``meta`` has ``spacing_from_file`` (bool), ``spacing_source`` and ``unit`` ("um" or "pixel").
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> p = Path(tempfile.mkdtemp()) / "cells.png"
+    >>> write_microscopy(Image(np.zeros((4, 6), np.uint8), np.eye(4)), p)
+    >>> img = read_microscopy(p, pixel_size=0.5)  # a PNG records no pixel size: given here
+    >>> img.shape, img.spacing, img.meta["unit"]
+    ((4, 6), (0.5, 0.5), 'um')
     """
     path = Path(path)
     suffix = path.suffix.lower()
@@ -285,7 +311,27 @@ def _override_spacing(sp: list, pixel_size, path: Path, z_known: bool = True) ->
 
 
 def single_channel(image: Image, path=None) -> np.ndarray:
-    """The image's pixel array, refusing a multi-channel image (choose one with ``channel=``)."""
+    """The image's pixel array, refusing a multi-channel image (choose one with ``channel=``).
+
+    Parameters
+    ----------
+    image : Image
+    path : path, optional
+        Named in the error (default: ``image.meta["source"]``).
+
+    Returns
+    -------
+    ndarray
+        ``image.array``, ``(y, x)`` or ``(z, y, x)``.
+
+    Examples
+    --------
+    >>> single_channel(Image(np.zeros((4, 6)), np.eye(4))).shape
+    (4, 6)
+    >>> single_channel(Image(np.zeros((2, 4, 6)), np.eye(4), channels_first=True), "cells.tif")
+    Traceback (most recent call last):
+    medseg.errors.InputError: cells.tif: image has 2 different channels: choose one with --channel
+    """
     if image.channels_first:
         raise InputError(f"image has {image.array.shape[0]} different channels: choose one with --channel",
                          path=path or image.meta.get("source"))

@@ -36,7 +36,15 @@ _ITK_IO = {".nrrd": "NrrdImageIO", ".seg.nrrd": "NrrdImageIO", ".nhdr": "NrrdIma
 def image_files(folder: Path, suffixes) -> list[Path]:
     """The files of ``folder`` (not recursive) whose format suffix is one of ``suffixes``, in name order; hidden
     files and folders are left out, a broken link is an ``InputError`` naming it (it would be a case gone
-    missing without a word)."""
+    missing without a word).
+
+    Examples
+    --------
+    >>> d = Path(tempfile.mkdtemp())
+    >>> _ = [(d / name).touch() for name in ("b.nii.gz", "a.nii.gz", ".c.nii.gz", "notes.txt")]
+    >>> [p.name for p in image_files(d, NIFTI)]
+    ['a.nii.gz', 'b.nii.gz']
+    """
     found = []
     for p in sorted(folder.iterdir()):
         if p.name.startswith(".") or full_suffix(p) not in suffixes:
@@ -49,7 +57,15 @@ def image_files(folder: Path, suffixes) -> list[Path]:
 
 
 def is_dicom_file(path: str | os.PathLike) -> bool:
-    """True when the file carries the DICOM Part 10 preamble (``DICM`` at byte 128)."""
+    """True when the file carries the DICOM Part 10 preamble (``DICM`` at byte 128); False if it cannot be read.
+
+    Examples
+    --------
+    >>> p = Path(tempfile.mkdtemp()) / "IM1"
+    >>> _ = p.write_bytes(bytes(128) + b"DICM")
+    >>> is_dicom_file(p), is_dicom_file(p.with_name("missing"))
+    (True, False)
+    """
     try:
         with open(path, "rb") as fh:
             fh.seek(128)
@@ -72,6 +88,13 @@ def nifti_affine(header) -> tuple[np.ndarray, str]:
     affine : (4, 4) ndarray
     source : str
         ``'sform'``, ``'qform'``, or ``'sform (qform disagrees)'`` / ``'qform (sform disagrees)'``.
+
+    Examples
+    --------
+    >>> import nibabel as nib
+    >>> h = nib.Nifti1Header(); h.set_sform(np.diag([2.0, 2.0, 3.0, 1.0]), code=1)  # no qform
+    >>> nifti_affine(h)[0].diagonal().tolist(), nifti_affine(h)[1]
+    ([2.0, 2.0, 3.0, 1.0], 'sform')
     """
     s_code, q_code = int(header["sform_code"]), int(header["qform_code"])
     sform, qform = header.get_sform(), header.get_qform()
@@ -249,7 +272,14 @@ def read_image(path: str | os.PathLike, series: str | int | None = None, *, allo
 
 def check_voxels(img: Image, path) -> None:
     """``InputError`` for an image with no voxels or with voxels that are not one real number each (complex,
-    RGB records): converting them would silently drop a part."""
+    RGB records): converting them would silently drop a part.
+
+    Examples
+    --------
+    >>> check_voxels(Image(np.zeros((2, 2), complex), np.eye(4)), "a.nii")
+    Traceback (most recent call last):
+    medseg.errors.InputError: a.nii: complex voxels (complex128) are not supported: ...
+    """
     dt = img.array.dtype
     if img.array.size == 0:
         raise InputError(f"empty image (shape {tuple(img.array.shape)})", path=path)
@@ -285,7 +315,14 @@ def check_finite(image, path=None):
 
 
 def check_dims(img: Image, spatial_dims: int, path) -> None:
-    """``InputError`` unless ``img`` is single-channel with ``spatial_dims`` spatial axes."""
+    """``InputError`` unless ``img`` is single-channel with ``spatial_dims`` spatial axes.
+
+    Examples
+    --------
+    >>> check_dims(Image(np.zeros((4, 5)), np.eye(4)), 3, "a.png")
+    Traceback (most recent call last):
+    medseg.errors.InputError: a.png: expected a 3D image, got 2D (shape (4, 5))
+    """
     if img.channels_first and img.num_channels > 1:
         raise InputError(f"expected a {spatial_dims}D image, got {img.ndim}D with {img.num_channels} "
                          f"channels/time points (shape {tuple(img.array.shape)})", path=path)
@@ -294,14 +331,35 @@ def check_dims(img: Image, spatial_dims: int, path) -> None:
 
 
 def read_volume(path: str | os.PathLike, series: str | int | None = None, *, allow_tilt: bool = False) -> Image:
-    """``read_image`` that accepts only single-channel 3D images (what segmentation needs)."""
+    """``read_image`` that accepts only single-channel 3D images (what segmentation needs).
+
+    Examples
+    --------
+    >>> p = write_image(Image(np.zeros((4, 5), np.uint8), np.eye(4)), Path(tempfile.mkdtemp()) / "slice.nii.gz")
+    >>> read_volume(p)
+    Traceback (most recent call last):
+    medseg.errors.InputError: ...slice.nii.gz: expected a 3D image, got 2D (shape (4, 5))
+    """
     return read_image(path, series, allow_tilt=allow_tilt, spatial_dims=3)
 
 
 def write_image(image: Image, path: str | os.PathLike, protect=()) -> Path:
     """Write ``image`` atomically; the format follows the suffix. Returns the path written.
 
-    ``protect`` lists input paths that must not be overwritten.
+    Parameters
+    ----------
+    image : Image
+    path : path
+        Its suffix picks the format: NIfTI, NRRD, MHA, TIFF or PNG (``WRITABLE``).
+    protect : iterable of path
+        Input paths that must not be overwritten.
+
+    Examples
+    --------
+    >>> img = Image(np.zeros((4, 5, 6), np.int16), np.diag([2.0, 2.0, 3.0, 1.0]))
+    >>> back = read_image(write_image(img, Path(tempfile.mkdtemp()) / "ct.nrrd"))
+    >>> back.spacing, back.array.dtype
+    ((2.0, 2.0, 3.0), dtype('int16'))
     """
     path = Path(path)
     suffix = full_suffix(path)
@@ -313,7 +371,15 @@ def write_image(image: Image, path: str | os.PathLike, protect=()) -> Path:
 
 
 def write_unchecked(image: Image, path: Path, suffix: str) -> None:
-    """Write ``image`` to ``path`` in the format of ``suffix`` (no atomicity: callers use ``atomic_path``)."""
+    """Write ``image`` to ``path`` in the format of ``suffix`` (no atomicity: callers use ``atomic_path``).
+
+    Examples
+    --------
+    >>> p = Path(tempfile.mkdtemp()) / "a.nii"
+    >>> write_unchecked(Image(np.ones((2, 3, 4), np.uint8), np.eye(4)), p, ".nii")
+    >>> read_image(p).shape
+    (2, 3, 4)
+    """
     if suffix in NIFTI:
         import nibabel as nib
 

@@ -64,6 +64,11 @@ def pick_series(path: str | os.PathLike, which: str | int | None = None, single:
     progress : bool
         Progress bar while reading headers.
 
+    Returns
+    -------
+    PickedSeries
+        The series taken, their output names and the notes about skipped ones.
+
     Raises
     ------
     InputError

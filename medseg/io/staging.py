@@ -20,7 +20,20 @@ Place = Callable[[str], ContextManager[Path]]
 
 
 def refuse_folder(dest: Path) -> None:
-    """Raise ``InputError`` when an output's name is taken by a folder (a rename onto it would fail half-way)."""
+    """Raise ``InputError`` when an output's name is taken by a folder (a rename onto it would fail half-way).
+
+    Parameters
+    ----------
+    dest : Path
+        Where an output is about to be renamed to.
+
+    Examples
+    --------
+    >>> refuse_folder(Path(tempfile.mkdtemp()))
+    Traceback (most recent call last):
+    ...
+    medseg.errors.InputError: ...: an output's name is taken by a folder (move or rename it)
+    """
     if dest.is_dir():
         raise InputError("an output's name is taken by a folder (move or rename it)", path=dest)
 

@@ -24,7 +24,24 @@ AUGMENT_KEYS = ("rotate_deg", "scale", "flip_axes", "intensity", "gamma", "noise
 @dataclass
 class Normalisation:
     """How one channel is normalised: ``zscore`` (per case), ``ct`` (clip to dataset foreground percentiles, then
-    z-score with dataset statistics) or ``none``."""
+    z-score with dataset statistics) or ``none``.
+
+    Attributes
+    ----------
+    scheme : str
+        One of ``NORMALISATIONS``.
+    clip : (float, float) or None
+        ``ct``: the intensity range kept (the dataset's foreground 0.5 and 99.5 percentiles).
+    mean, std : float or None
+        ``ct``: the dataset statistics subtracted and divided by.
+
+    Examples
+    --------
+    >>> Normalisation()
+    Normalisation(scheme='zscore', clip=None, mean=None, std=None)
+    >>> Normalisation("ct", (-100.0, 200.0), 40.0, 60.0).clip
+    (-100.0, 200.0)
+    """
 
     scheme: str = "zscore"
     clip: tuple[float, float] | None = None
@@ -34,7 +51,20 @@ class Normalisation:
 
 @dataclass
 class Plan:
-    """Everything a training run and a prediction need; ``to_yaml``/``from_yaml`` round-trip it."""
+    """Everything a training run and a prediction need; ``to_yaml``/``from_yaml`` round-trip it.
+
+    The fields are the settings of a plan file (``medseg plan`` writes one; ``configs/hippocampus.yaml`` is one
+    written by hand); :meth:`validate` checks them. Label values are the keys of ``labels``, so ``num_classes`` is the
+    largest plus one.
+
+    Examples
+    --------
+    >>> plan = Plan(channels=["CT"], labels={0: "background", 1: "liver", 2: "tumour"})
+    >>> plan.num_classes, plan.in_channels
+    (3, 1)
+    >>> Plan.from_dict(plan.to_dict()) == plan
+    True
+    """
 
     name: str = "dataset"
     dataset: str | None = None
@@ -85,10 +115,12 @@ class Plan:
 
     @property
     def num_classes(self) -> int:
+        """Output channels of the network: the largest label value plus one."""
         return max(self.labels) + 1
 
     @property
     def in_channels(self) -> int:
+        """Input channels of the network."""
         return len(self.channels)
 
     # --- validation ------------------------------------------------------------------------
@@ -170,6 +202,7 @@ class Plan:
 
     # --- (de)serialisation -------------------------------------------------------------------
     def to_dict(self) -> dict:
+        """The plan as plain types (lists, dicts, numbers, strings), as the YAML file holds it."""
         d = dataclasses.asdict(self)
         d["labels"] = {int(k): str(v) for k, v in self.labels.items()}
         d["normalisation"] = [{k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(n).items()}
@@ -178,6 +211,8 @@ class Plan:
 
     @classmethod
     def from_dict(cls, d: dict, where: str | os.PathLike | None = None) -> "Plan":
+        """A validated plan from a mapping of settings (missing ones take their defaults); an unknown setting or
+        a bad value is an ``InputError`` naming ``where``."""
         if not isinstance(d, dict):
             raise InputError("invalid plan: expected a mapping of settings", path=where)
         kinds = {f.name: str(f.type) for f in fields(cls)}
@@ -219,6 +254,8 @@ class Plan:
 
     @classmethod
     def from_yaml(cls, path: str | os.PathLike) -> "Plan":
+        """Read and validate a plan file; it must set ``dataset``, ``channels`` and ``labels``, and a relative
+        ``dataset`` or ``cache_dir`` is relative to the file."""
         path = Path(path)
         d = read_yaml_mapping(path, "plan")
         missing = [k for k in ("dataset", "channels", "labels") if k not in d]

@@ -35,7 +35,27 @@ GPU_SHARE, GPU_CAP_GB, GPU_ELSEWHERE_GB = 0.85, 32.0, 8.0
 
 
 def target_spacing(fp: Fingerprint) -> list[float]:
-    """Median spacing; for strongly anisotropic data the coarse axis takes the 10th percentile (nnU-Net)."""
+    """Median spacing; for strongly anisotropic data the coarse axis takes the 10th percentile (nnU-Net).
+
+    Strongly anisotropic: the coarsest median is over ``ANISOTROPY`` (3) times the next, which bounds it below.
+
+    Parameters
+    ----------
+    fp : Fingerprint
+        Its ``spacings`` (mm, per case) are used.
+
+    Returns
+    -------
+    list of float
+        Three spacings in mm, rounded to 4 decimals.
+
+    Examples
+    --------
+    >>> target_spacing(Fingerprint([[1.0, 1.0, 1.0], [2.0, 1.0, 1.0]], [], ["CT"]))
+    [1.5, 1.0, 1.0]
+    >>> target_spacing(Fingerprint([[5.0, 1.0, 1.0], [5.0, 1.0, 1.0], [3.0, 1.0, 1.0]], [], ["CT"]))  # 3 + 0.2 x 2
+    [3.4, 1.0, 1.0]
+    """
     sp = np.asarray(fp.spacings, float)
     med = np.median(sp, axis=0)
     worst = int(np.argmax(med))
@@ -46,7 +66,25 @@ def target_spacing(fp: Fingerprint) -> list[float]:
 
 
 def normalisations(fp: Fingerprint) -> list[Normalisation]:
-    """CT channels: clip to foreground 0.5–99.5 percentiles and z-score with dataset stats; others: per case."""
+    """CT channels: clip to foreground 0.5–99.5 percentiles and z-score with dataset stats; others: per case.
+
+    Parameters
+    ----------
+    fp : Fingerprint
+        Its ``channel_names`` (a channel named ``CT``, any case, is CT) and ``intensity`` statistics.
+
+    Returns
+    -------
+    list of Normalisation
+        One per channel.
+
+    Examples
+    --------
+    >>> stats = {"mean": 40.0, "std": 60.0, "p00_5": -100.0, "p99_5": 200.0, "min": -1000.0, "max": 900.0}
+    >>> ct, t2 = normalisations(Fingerprint([], [], ["CT", "T2"], [stats, stats]))
+    >>> ct.scheme, ct.clip, ct.mean, ct.std, t2.scheme
+    ('ct', (-100.0, 200.0), 40.0, 60.0, 'zscore')
+    """
     out = []
     for name, st in zip(fp.channel_names, fp.intensity or [{}] * len(fp.channel_names)):
         if name.strip().upper() == "CT" and st:
@@ -61,7 +99,30 @@ def estimate_cost(patch: list[int], base_filters: int, max_filters: int = 320,
     """(activation bytes per sample, training FLOPs per sample) of a DynUNet on ``patch``.
 
     Coarse but monotone: two 3^d convolutions per level in encoder and decoder; backward ≈ 2× forward;
-    about 12 float32 activation maps of each level's size are kept for the backward pass.
+    about 12 float32 activation maps of each level's size are kept for the backward pass. Level ``l`` has the
+    size the strides of :func:`medseg.train.network.dynunet_strides` leave and ``min(base_filters * 2**l,
+    max_filters)`` channels.
+
+    Parameters
+    ----------
+    patch : list of int
+        Patch size (2 or 3 axes).
+    base_filters, max_filters : int
+        Channels of the first level, and at most.
+    in_channels, num_classes : int
+        Input channels; ``num_classes`` is not used (the output layer is negligible).
+
+    Returns
+    -------
+    memory : float
+        Activation bytes per sample.
+    flops : float
+        Training FLOPs (forward and backward) per sample.
+
+    Examples
+    --------
+    >>> estimate_cost([8, 8], 8)[0]  # levels 8 x 8 (8 channels), 4 x 4 (16): (64 x 8 + 16 x 16) x 12 x 4 bytes
+    36864.0
     """
     kernels, strides = dynunet_strides(patch)
     d = len(patch)
@@ -82,7 +143,35 @@ def estimate_cost(patch: list[int], base_filters: int, max_filters: int = 320,
 def fit_patch(median_shape, spacing, spatial_dims: int, memory_bytes: float, base_filters: int,
               batch_size: int, max_voxels: float | None = None) -> list[int]:
     """Patch = the median case shape, rounded up to the network's divisibility, shrunk (largest axis first,
-    in mm) until activations of ``batch_size`` samples fit in ``memory_bytes`` and (optionally) ``max_voxels``."""
+    in mm) until activations of ``batch_size`` samples fit in ``memory_bytes`` and (optionally) ``max_voxels``.
+
+    Parameters
+    ----------
+    median_shape : sequence of int
+        Median case shape on the target grid.
+    spacing : sequence of float
+        Target spacing (mm). 2D: the last two entries of both are used.
+    spatial_dims : int
+        2 or 3.
+    memory_bytes, base_filters, batch_size
+        Activation bytes a batch may take (:func:`estimate_cost`), first-level channels, samples per batch.
+    max_voxels : float, optional
+        Largest patch volume in voxels.
+
+    Returns
+    -------
+    list of int
+        Every axis at least 8; each shrink step is one divisibility unit of its axis.
+
+    Examples
+    --------
+    30 voxels halve twice before they drop below 4, so the patch rounds up to a multiple of 4:
+
+    >>> fit_patch([30, 30, 30], [1.0, 1.0, 1.0], 3, 1e12, 32, 2)
+    [32, 32, 32]
+    >>> fit_patch([30, 30, 30], [1.0, 1.0, 1.0], 3, 1e12, 32, 2, max_voxels=16 ** 3)
+    [16, 16, 16]
+    """
     shape = [int(s) for s in median_shape][-spatial_dims:] if spatial_dims == 2 else [int(s) for s in median_shape]
     sp = list(spacing)[-spatial_dims:] if spatial_dims == 2 else list(spacing)
 
@@ -143,6 +232,16 @@ def gpu_total_bytes(index: int | None) -> int | None:
 
     The device properties, not ``mem_get_info``: that creates a CUDA context on the device, and under torchrun every
     rank plans before ``ddp.setup`` picks its GPU, so each rank would hold a context on GPU 0.
+
+    Parameters
+    ----------
+    index : int or None
+        CUDA device number.
+
+    Returns
+    -------
+    int or None
+        Bytes.
     """
     if not torch.cuda.is_available():
         return None
@@ -167,6 +266,34 @@ def make_plan(dataset: str | os.PathLike | Dataset, device: str = "cpu", memory_
     :data:`THROUGHPUT` of the device) predicts, and validation runs at most about 20 times.
     ``output``: the plan is also written there (YAML); its name must end in .yaml or .yml (what ``medseg train``
     takes as a plan), checked before the dataset is read.
+
+    Parameters
+    ----------
+    dataset : path or Dataset
+        An MSD / nnU-Net dataset folder, or one already opened.
+    device, memory_gb, minutes, throughput, min_iterations, output
+        As above.
+    fingerprint : Fingerprint, optional
+        Computed from the dataset (:func:`compute_fingerprint`, with a progress bar if ``progress``) if not given.
+
+    Returns
+    -------
+    Plan
+        Validated. 2D when one axis of the target spacing is more than ``ANISOTROPY`` times the finest.
+
+    Examples
+    --------
+    >>> from medseg.train.dataset import Dataset
+    >>> ds = Dataset(Path("liver"), {"labels": {"0": "background", "1": "liver"}})
+    >>> ct = {"mean": 40.0, "std": 60.0, "p00_5": -100.0, "p99_5": 200.0, "min": -1000.0, "max": 900.0}
+    >>> fp = Fingerprint([[1.0, 1.0, 1.0]] * 2, [[40, 40, 40]] * 2, ["CT"], [ct], {0: 90000, 1: 38000})
+    >>> plan = make_plan(ds, fingerprint=fp, memory_gb=4)
+    >>> plan.spatial_dims, plan.target_spacing, plan.patch_size, plan.normalisation[0].scheme
+    (3, [1.0, 1.0, 1.0], [40, 40, 40], 'ct')
+    >>> fp.spacings = [[5.0, 1.0, 1.0]] * 2  # thick slices: a 2D plan on the in-plane axes
+    >>> plan = make_plan(ds, fingerprint=fp, memory_gb=4)
+    >>> plan.spatial_dims, plan.target_spacing, plan.patch_size
+    (2, [5.0, 1.0, 1.0], [40, 40])
     """
     if output is not None:
         check_plan_name(output)
@@ -249,7 +376,20 @@ def load_plan(source: str | os.PathLike | Plan, device: str = "cpu", max_minutes
               progress: bool = False) -> Plan:
     """What ``medseg train SOURCE`` trains: a dataset folder's plan, made as ``medseg plan DATASET --device D
     --max-minutes M`` makes it (so that a time budget also fits the network, not only stops the run), or a
-    plan/config YAML as the user wrote it; a ``Plan`` is returned as it is."""
+    plan/config YAML as the user wrote it; a ``Plan`` is returned as it is.
+
+    Parameters
+    ----------
+    source : path or Plan
+        A dataset folder (with ``dataset.json``), a ``.yaml`` / ``.yml`` plan file, or a plan; anything else is an
+        ``InputError``.
+    device, max_minutes, progress
+        For a dataset folder: as :func:`make_plan`'s ``device``, ``minutes`` and ``progress``.
+
+    Returns
+    -------
+    Plan
+    """
     if isinstance(source, Plan):
         return source
     source = Path(source)

@@ -24,6 +24,17 @@ MODEL_FILE = "model.pt"
 
 
 def versions() -> dict[str, str]:
+    """The versions recorded in a model file: medseg, MONAI, PyTorch and Python.
+
+    Returns
+    -------
+    dict of str to str
+
+    Examples
+    --------
+    >>> sorted(versions())
+    ['medseg', 'monai', 'python', 'torch']
+    """
     import monai
 
     import medseg
@@ -34,7 +45,26 @@ def versions() -> dict[str, str]:
 
 @dataclass
 class ModelArtifact:
-    """A trained model: plan + weights (+ where it came from)."""
+    """A trained model: plan + weights (+ where it came from).
+
+    Attributes
+    ----------
+    plan : Plan
+        The plan it was trained with (network, preprocessing, labels).
+    state_dict : dict
+        The weights (an ensemble: its first member's).
+    info : dict
+        Training record (``epochs``, ``iterations``, ``val_dice``, ...), ``versions`` and, once loaded, ``path``.
+    members : list of dict or None
+        An ensemble's weights, one state dict per network.
+
+    Examples
+    --------
+    >>> plan = Plan(spatial_dims=2, patch_size=[16, 16], base_filters=4, max_filters=16)
+    >>> art = ModelArtifact(plan, build_from_plan(plan).state_dict(), {})
+    >>> art.build()(torch.zeros(1, 1, 16, 16)).shape
+    torch.Size([1, 2, 16, 16])
+    """
 
     plan: Plan
     state_dict: dict
@@ -59,10 +89,31 @@ class ModelArtifact:
 
     @property
     def labels(self) -> dict[int, str]:
+        """Label value → name, from the plan."""
         return self.plan.labels
 
 
 def build_from_plan(plan: Plan, deep_supervision: bool | None = None) -> torch.nn.Module:
+    """The plan's network, untrained (:func:`medseg.train.network.build_network`).
+
+    Parameters
+    ----------
+    plan : Plan
+        Channels, classes, patch, spacing (2D plans: the in-plane axes), width and block type.
+    deep_supervision : bool, optional
+        Override the plan's (prediction builds without).
+
+    Returns
+    -------
+    torch.nn.Module
+        A MONAI DynUNet.
+
+    Examples
+    --------
+    >>> plan = Plan(spatial_dims=2, patch_size=[16, 16], base_filters=4, max_filters=16)
+    >>> build_from_plan(plan)(torch.zeros(1, 1, 16, 16)).shape  # 1 channel in, 2 classes out
+    torch.Size([1, 2, 16, 16])
+    """
     from medseg.train.network import build_network
 
     sp = plan.target_spacing
@@ -76,12 +127,46 @@ def build_from_plan(plan: Plan, deep_supervision: bool | None = None) -> torch.n
 
 
 def strip_ddp(state_dict: dict) -> dict:
+    """The state dict without DistributedDataParallel's ``module.`` key prefix (others are kept).
+
+    Examples
+    --------
+    >>> strip_ddp({"module.conv.weight": 1, "head.bias": 2})
+    {'conv.weight': 1, 'head.bias': 2}
+    """
     return {k[7:] if k.startswith("module.") else k: v for k, v in state_dict.items()}
 
 
 def save_model(path: str | os.PathLike, plan: Plan, state_dict: dict | list[dict], protect=(), **info) -> Path:
     """Write the artifact atomically; a list of state dicts makes an ensemble of that many networks.
-    ``protect``: input files it must not replace."""
+
+    Parameters
+    ----------
+    path : path
+        The file to write (``model.pt``).
+    plan : Plan
+        The plan the weights belong to.
+    state_dict : dict or list of dict
+        The weights (DDP's ``module.`` prefix is stripped, tensors are moved to the CPU), or an ensemble's.
+    protect : iterable of path
+        Input files it must not replace.
+    **info
+        Stored as the artifact's ``info`` (numbers, strings, lists, dicts).
+
+    Returns
+    -------
+    Path
+        ``path``.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> plan = Plan(spatial_dims=2, patch_size=[16, 16], base_filters=4, max_filters=16)
+    >>> weights = build_from_plan(plan).state_dict()
+    >>> path = save_model(Path(tempfile.mkdtemp()) / "model.pt", plan, [weights, weights])
+    >>> len(load_model(path).members)
+    2
+    """
     path = Path(path)
 
     def cpu(sd):
@@ -98,7 +183,28 @@ def save_model(path: str | os.PathLike, plan: Plan, state_dict: dict | list[dict
 
 
 def load_model(path: str | os.PathLike) -> ModelArtifact:
-    """Load ``model.pt`` (or a run folder holding one) safely (``weights_only=True``)."""
+    """Load ``model.pt`` (or a run folder holding one) safely (``weights_only=True``).
+
+    Parameters
+    ----------
+    path : path
+        A model file or a run folder; anything that is not a medseg model is an ``InputError``.
+
+    Returns
+    -------
+    ModelArtifact
+        Its ``info`` holds the saved ``info``, the ``versions`` and the ``path`` loaded.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> plan = Plan(spatial_dims=2, patch_size=[16, 16], base_filters=4, max_filters=16)
+    >>> run = Path(tempfile.mkdtemp())
+    >>> _ = save_model(run / "model.pt", plan, build_from_plan(plan).state_dict(), epochs=3)
+    >>> art = load_model(run)
+    >>> art.plan.patch_size, art.info["epochs"], art.members
+    ([16, 16], 3, None)
+    """
     path = Path(path)
     if path.is_dir():
         path = path / MODEL_FILE

@@ -54,12 +54,34 @@ def case_key(plan: Plan, case, size) -> str:
 
 
 def nbytes(case: CachedCase) -> int:
-    """RAM a case holds (its image and label; memory-mapped cases hold none)."""
+    """RAM a case holds (its image and label; memory-mapped cases hold none).
+
+    Examples
+    --------
+    >>> case = CachedCase("a", torch.zeros(1, 2, 2, 2), torch.zeros(2, 2, 2, dtype=torch.int16), {})
+    >>> nbytes(case)  # 8 float32 + 8 int16
+    48
+    """
     return sum(int(a.numel() * a.element_size()) for a in (case.image, case.label) if isinstance(a, torch.Tensor))
 
 
 class DiskCache:
-    """A folder of preprocessed cases; ``get`` returns a memory-mapped case or ``None``, ``put`` writes one."""
+    """A folder of preprocessed cases; ``get`` returns a memory-mapped case or ``None``, ``put`` writes one.
+
+    Parameters
+    ----------
+    root : path
+        The cache folder (:func:`medseg.train.store.cache_folder`); the first ``put`` creates it.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> disk = DiskCache(tempfile.mkdtemp())
+    >>> case = CachedCase("a", torch.ones(1, 2, 2), torch.zeros(2, 2, dtype=torch.int16), {})
+    >>> mapped = disk.put(case, "k1")
+    >>> type(mapped.image).__name__, disk.get("a", "k1").image.shape, disk.get("a", "k2")
+    ('memmap', (1, 2, 2), None)
+    """
 
     def __init__(self, root: str | os.PathLike):
         self.root = Path(root)
@@ -69,6 +91,7 @@ class DiskCache:
         return self.store.stem(case_id, key)
 
     def get(self, case_id: str, key: str) -> CachedCase | None:
+        """The case stored under ``key``, memory-mapped; ``None`` when there is none (or only part of one)."""
         got = self.store.get(case_id, key)
         if got is None or sorted(got[0]) != ["image", "label"]:
             return None
@@ -83,12 +106,31 @@ class DiskCache:
 
 
 def sample_size(plan: Plan) -> list[int]:
-    """The crop size of training patches (2D plans: a leading 1 for the slice axis)."""
+    """The crop size of training patches (2D plans: a leading 1 for the slice axis).
+
+    Examples
+    --------
+    >>> sample_size(Plan(spatial_dims=2, patch_size=[64, 48]))
+    [1, 64, 48]
+    """
     return [1, *plan.patch_size] if plan.spatial_dims == 2 else list(plan.patch_size)
 
 
 def preprocess_case(plan: Plan, case) -> CachedCase:
-    """Read, normalise, resample and pad one training case (2D plans: slice axis first)."""
+    """Read, normalise, resample and pad one training case (2D plans: slice axis first).
+
+    Parameters
+    ----------
+    plan : Plan
+        Labels and channels checked on reading, then preprocessing (:func:`medseg.train.preprocess.preprocess`).
+    case : medseg.train.dataset.Case
+        A labelled case.
+
+    Returns
+    -------
+    CachedCase
+        In RAM, at least :func:`sample_size` on every axis, with its foreground index.
+    """
     image, label = load_case(case, labels=plan.labels, channels=plan.in_channels, named_by="the plan's")
     x, y = preprocess(image.array, image.spacing, plan, label.array)
     if plan.spatial_dims == 2:
@@ -107,6 +149,22 @@ def cache_cases(plan: Plan, cases, progress: bool = False, cache: dict | None = 
     ``disk``. With a ``disk``, cases already there (same key) are read, not preprocessed again. ``cache`` (case id
     -> CachedCase), when given, is reused and filled: an ensemble's members share it. ``start``: begin with that
     case and wrap around, so that DDP ranks preprocess different cases first and read the others' files.
+
+    Parameters
+    ----------
+    plan : Plan
+        Preprocessing and patch size.
+    cases : iterable of medseg.train.dataset.Case
+        Labelled cases.
+    progress : bool
+        Show a progress bar.
+    cache, disk, mode, limit, start
+        As above (``limit`` in bytes).
+
+    Returns
+    -------
+    list of CachedCase
+        In RAM (tensors) or memory-mapped (numpy arrays).
     """
     if mode not in ("auto", "memory", "disk"):
         raise ValueError(f"unknown cache mode {mode!r}")
@@ -138,13 +196,25 @@ def cache_cases(plan: Plan, cases, progress: bool = False, cache: dict | None = 
 
 
 def on_disk(cases: list[CachedCase]) -> bool:
-    """Whether any case is memory-mapped from disk (then validation cases are read when needed, too)."""
+    """Whether any case is memory-mapped from disk (then validation cases are read when needed, too).
+
+    Examples
+    --------
+    >>> on_disk([CachedCase("a", torch.zeros(1, 2, 2), torch.zeros(2, 2, dtype=torch.int16), {})])
+    False
+    """
     return any(not isinstance(c.image, torch.Tensor) for c in cases)
 
 
 class LazyCases:
     """Validation cases read from their files when iterated, as ``(array, spacing, label_array)``: held in RAM one
-    at a time instead of all through training."""
+    at a time instead of all through training.
+
+    Parameters
+    ----------
+    cases : iterable of medseg.train.dataset.Case
+        Labelled cases; ``len`` and slicing (another ``LazyCases``) read nothing, an index reads that case.
+    """
 
     def __init__(self, cases):
         self.cases = list(cases)

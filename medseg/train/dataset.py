@@ -30,7 +30,17 @@ DATASET_SUFFIXES = NIFTI + (".nrrd", ".mha")  # what imagesTr/ and labelsTr/ are
 
 @dataclass
 class Case:
-    """One training case: its id, one or more channel files, and its label file (if any)."""
+    """One training case: its id, one or more channel files, and its label file (if any).
+
+    Attributes
+    ----------
+    id : str
+        Case id: ``<id>_0000.nii.gz`` ... or ``<id>.nii.gz`` in imagesTr, ``<id>.nii.gz`` in labelsTr.
+    images : list of Path
+        One file per channel (nnU-Net v2), or one 3D or 4D file (MSD).
+    label : Path or None
+        ``labelsTr/<id>.*``; None for an unlabelled case.
+    """
 
     id: str
     images: list[Path]
@@ -39,7 +49,22 @@ class Case:
 
 @dataclass
 class Dataset:
-    """A dataset folder: its ``dataset.json`` content and its cases, sorted by id."""
+    """A dataset folder: its ``dataset.json`` content and its cases, sorted by id.
+
+    Attributes
+    ----------
+    root : Path
+        The dataset folder.
+    meta : dict
+        The content of ``dataset.json``.
+    cases : list of Case
+
+    Examples
+    --------
+    >>> ds = Dataset(Path("liver"), {"labels": {"0": "background", "1": "liver"}, "channel_names": {"0": "CT"}})
+    >>> ds.labels, ds.channel_names
+    ({0: 'background', 1: 'liver'}, ['CT'])
+    """
 
     root: Path
     meta: dict
@@ -52,6 +77,7 @@ class Dataset:
 
     @property
     def channel_names(self) -> list[str]:
+        """Channel names in channel order (``channel_names``, or MSD's ``modality``; ``["image"]`` when neither)."""
         ch = self.meta.get("channel_names", self.meta.get("modality", {"0": "image"}))
         return [str(ch[k]) for k in sorted(ch, key=int)]
 
@@ -81,6 +107,27 @@ def open_dataset(root: str | os.PathLike) -> Dataset:
     too) both work; a lone ``patient_0000.nii.gz`` with one channel is ambiguous, and is case ``patient`` (the
     nnU-Net convention) unless its label is ``patient_0000.nii.gz``. A broken link in imagesTr or labelsTr is an
     ``InputError`` naming it.
+
+    Parameters
+    ----------
+    root : path
+        The dataset folder: ``dataset.json`` (with a ``labels`` table holding 0), ``imagesTr/``, ``labelsTr/``.
+
+    Returns
+    -------
+    Dataset
+        Its cases sorted by id; unlabelled ones have ``label`` None.
+
+    Examples
+    --------
+    >>> import json, tempfile
+    >>> root = Path(tempfile.mkdtemp())
+    >>> for name in ["imagesTr/a_0000.nii.gz", "imagesTr/b_0000.nii.gz", "labelsTr/a.nii.gz"]:
+    ...     (root / name).parent.mkdir(exist_ok=True)
+    ...     (root / name).touch()  # file names are all that is read
+    >>> _ = (root / "dataset.json").write_text(json.dumps({"labels": {"0": "background", "1": "liver"}}))
+    >>> [(case.id, case.label is not None) for case in open_dataset(root).cases]
+    [('a', True), ('b', False)]
     """
     root = Path(root)
     if not root.is_dir():
@@ -203,6 +250,33 @@ def load_case(case: Case, with_label: bool = True, labels=None, channels: int | 
     refused (they would make the loss NaN). Given ``labels`` (the allowed values) and ``channels`` (the dataset's
     count), a label value outside them or another number of channels is refused too, naming the case (and
     ``named_by``, where those came from).
+
+    Parameters
+    ----------
+    case : Case
+        Its files.
+    with_label : bool
+        Read the label file too.
+    labels, channels, named_by : optional
+        The allowed label values, the expected number of channels, and where they came from (for messages).
+
+    Returns
+    -------
+    image : Image
+        float32, channels first, on the first file's grid.
+    label : Image or None
+        int16.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from medseg.io.readers import write_image
+    >>> folder, affine = Path(tempfile.mkdtemp()), np.diag([2.0, 1.0, 1.0, 1.0])
+    >>> for name in ("a_0000.nii.gz", "a_0001.nii.gz", "a.nii.gz"):
+    ...     _ = write_image(Image(np.zeros((4, 4, 4), np.uint8), affine), folder / name)
+    >>> image, label = load_case(Case("a", [folder / "a_0000.nii.gz", folder / "a_0001.nii.gz"], folder / "a.nii.gz"))
+    >>> image.array.shape, image.array.dtype, image.spacing, label.array.dtype
+    ((2, 4, 4, 4), dtype('float32'), (2.0, 1.0, 1.0), dtype('int16'))
     """
     chans, ref = [], None
     for p in case.images:
@@ -238,7 +312,29 @@ def load_case(case: Case, with_label: bool = True, labels=None, channels: int | 
 
 def check_case(case: Case, allowed: set[int], atol: float = 1e-3, channels: int | None = None) -> list[str]:
     """Problems of one case (empty list when fine): missing label, unreadable or non-finite image, another number
-    of channels than ``channels``, geometry mismatch, unknown label values."""
+    of channels than ``channels``, geometry mismatch, unknown label values.
+
+    Parameters
+    ----------
+    case : Case
+        The case to read.
+    allowed : set of int
+        The dataset's label values.
+    atol : float
+        Largest difference (mm) between image and label affines.
+    channels : int, optional
+        The dataset's number of channels.
+
+    Returns
+    -------
+    list of str
+        At most one problem (the first found), prefixed with the case id.
+
+    Examples
+    --------
+    >>> check_case(Case("a", [Path("imagesTr/a.nii.gz")]), {0, 1})
+    ['a: no label file in labelsTr']
+    """
     if case.label is None:
         return [f"{case.id}: no label file in labelsTr"]
     try:  # load_case refuses shapes, label values and channel counts that do not fit, as training does
@@ -252,7 +348,29 @@ def check_case(case: Case, allowed: set[int], atol: float = 1e-3, channels: int 
 
 
 def check_dataset(ds: Dataset, progress: bool = False) -> list[str]:
-    """Integrity check of every case; returns the problems, each naming its case."""
+    """Integrity check of every case; returns the problems, each naming its case.
+
+    Every case is read (:func:`check_case`); cases with another number of channel files than the first are
+    reported too.
+
+    Parameters
+    ----------
+    ds : Dataset
+        From :func:`open_dataset`.
+    progress : bool
+        Show a progress bar.
+
+    Returns
+    -------
+    list of str
+        Empty when the dataset is fine.
+
+    Examples
+    --------
+    >>> ds = Dataset(Path("d"), {"labels": {"0": "background"}}, [Case("a", [Path("imagesTr/a.nii.gz")])])
+    >>> check_dataset(ds)
+    ['a: no label file in labelsTr']
+    """
     allowed = set(ds.labels)
     n_ch = None
     problems = []

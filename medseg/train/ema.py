@@ -45,6 +45,7 @@ class WeightEMA:
         self.averaged = AveragedModel(network, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
 
     def update(self, network: torch.nn.Module) -> None:
+        """Average ``network``'s current weights in (call after every optimiser step)."""
         self.averaged.update_parameters(network)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
@@ -63,7 +64,33 @@ class WeightEMA:
 @contextmanager
 def averaged_weights(network: torch.nn.Module, ema: WeightEMA | None):
     """Inside the block ``network`` holds the averaged weights (unchanged when ``ema`` is None); its own weights are
-    restored on leaving, so training continues from them."""
+    restored on leaving, so training continues from them.
+
+    Parameters
+    ----------
+    network : torch.nn.Module
+        The network being trained.
+    ema : WeightEMA or None
+        Its average.
+
+    Yields
+    ------
+    torch.nn.Module
+        ``network`` itself.
+
+    Examples
+    --------
+    >>> net = torch.nn.Linear(1, 1, bias=False)
+    >>> ema = WeightEMA(net, 0.5)
+    >>> for w in (0.0, 2.0):
+    ...     _ = net.weight.data.fill_(w)
+    ...     ema.update(net)
+    >>> with averaged_weights(net, ema):
+    ...     net.weight.item()  # 0.5 x 0 + 0.5 x 2
+    1.0
+    >>> net.weight.item()
+    2.0
+    """
     if ema is None:
         yield network
         return

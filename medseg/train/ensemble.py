@@ -71,6 +71,30 @@ def train_ensemble(plan: Plan, run_dir: str | os.PathLike, members: int | None =
     ``tensorboard``: each member's curves in its folder's ``tensorboard/``. ``cache_mode`` / ``cache_dir`` override
     the plan's, also when resuming (as :func:`medseg.train.trainer.train`'s do); a resumed run keeps its number of
     members (another ``members`` is an ``InputError``).
+
+    Parameters
+    ----------
+    plan : Plan
+        The members' plan; it must name its ``dataset``.
+    run_dir : path
+        The ensemble's run folder (``member_0``, ... inside); one holding another run is refused unless ``resume``.
+    members, fold, max_epochs, max_minutes : optional
+        Override the plan's ``ensemble``, ``fold``, ``max_epochs`` and ``max_minutes`` (the whole budget).
+    resume : bool
+        Continue the run in ``run_dir`` (its ``plan.yaml``; finished members are loaded, not trained again).
+    device : str
+        ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
+    progress : bool
+        Show progress bars.
+    num_threads : int, optional
+        CPU threads for torch (default: the plan's, else torch's).
+    tensorboard, cache_mode, cache_dir
+        As above.
+
+    Returns
+    -------
+    TrainResult
+        Its ``model_path`` is the ensemble's ``model.pt``.
     """
     from medseg.train.artifact import MODEL_FILE, build_from_plan, load_model, save_model
     from medseg.train.cache import LazyCases
@@ -176,9 +200,29 @@ def combine_models(models, output: str | os.PathLike) -> Path:
     artifact at ``output``: a file when its name ends in ``.pt`` or ``.pth`` (any case) and it is not an existing
     folder, else a folder to hold ``model.pt``; members of an ensemble are unpacked.
 
+    Parameters
+    ----------
+    models : iterable of path
+        At least two model files or run folders, each given once.
+    output : path
+        The artifact to write (its folder is created); the input models are never replaced.
+
+    Returns
+    -------
+    Path
+        The artifact written; its plan has ``ensemble`` set to the number of networks.
+
     Examples
     --------
-    ``combine_models(["runs/fold0", "runs/fold1", "runs/fold2"], "runs/folds012")``
+    >>> import tempfile
+    >>> from medseg.train.artifact import build_from_plan, load_model, save_model
+    >>> plan = Plan(spatial_dims=2, patch_size=[16, 16], base_filters=4, max_filters=16)
+    >>> runs = Path(tempfile.mkdtemp())
+    >>> for fold in (0, 1):
+    ...     _ = save_model(runs / f"fold{fold}.pt", plan, build_from_plan(plan).state_dict())
+    >>> out = combine_models([runs / "fold0.pt", runs / "fold1.pt"], runs / "folds01")  # a folder
+    >>> out.relative_to(runs).as_posix(), load_model(out).plan.ensemble
+    ('folds01/model.pt', 2)
     """
     from medseg.train.artifact import MODEL_FILE, load_model, save_model
 

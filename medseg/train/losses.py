@@ -15,6 +15,21 @@ class SegLoss(torch.nn.Module):
     The plan's ``class_weights`` (one per class, background included) weight every term of every loss: the
     per-class Dice terms (MONAI ``weight``), cross-entropy and focal. Move the module to the training device
     (``.to(device)``): the cross-entropy weights are a buffer on the CPU until then.
+
+    Parameters
+    ----------
+    plan : Plan
+        ``loss`` (``dice_ce``, ``dice_focal``, ``ce`` or ``dice``; Dice terms over the whole batch) and
+        ``class_weights``.
+
+    Examples
+    --------
+    Uniform logits over two classes cost ln 2 in cross-entropy, with or without deep-supervision heads:
+
+    >>> loss = SegLoss(Plan(loss="ce"))
+    >>> y = torch.tensor([[0, 1, 1, 0]])
+    >>> round(float(loss(torch.zeros(1, 2, 4), y)), 4), round(float(loss(torch.zeros(1, 3, 2, 4), y)), 4)
+    (0.6931, 0.6931)
     """
 
     def __init__(self, plan: Plan):
@@ -46,6 +61,7 @@ class SegLoss(torch.nn.Module):
         return self.fn(logits, y[:, None])
 
     def forward(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The loss of logits ``out`` (B, K, *S) or (B, H, K, *S) against labels ``y`` (B, *S): a scalar."""
         if out.ndim == y.ndim + 2:  # deep supervision: (B, heads, K, *S)
             ws = [0.5 ** i for i in range(out.shape[1])]
             return sum(w * self._one(out[:, i], y) for i, w in enumerate(ws)) / sum(ws)

@@ -16,6 +16,21 @@ from medseg.plan.plan import Plan
 def normalise(array: np.ndarray, plan: Plan, mask: np.ndarray | None = None) -> np.ndarray:
     """Normalise a channels-first array channel by channel as the plan says.
 
+    Parameters
+    ----------
+    array : ndarray
+        ``(C, *S)`` image, C the plan's channels.
+    plan : Plan
+        Its ``normalisation``, one per channel: ``zscore`` (this array's mean and std), ``ct`` (clip, then the
+        dataset's mean and std) or ``none``.
+    mask : ndarray of bool, optional
+        ``zscore``: the voxels whose statistics are used (all of them when None or all False).
+
+    Returns
+    -------
+    ndarray of float32
+        Same shape as ``array``.
+
     Examples
     --------
     >>> from medseg.plan.plan import Plan
@@ -41,7 +56,30 @@ def normalise(array: np.ndarray, plan: Plan, mask: np.ndarray | None = None) -> 
 
 
 def network_shape(shape, spacing, plan: Plan) -> tuple[int, ...]:
-    """Shape of the volume on the plan's grid (the through-plane axis of 2D plans is kept)."""
+    """Shape of the volume on the plan's grid (the through-plane axis of 2D plans is kept).
+
+    Parameters
+    ----------
+    shape : sequence of int
+        Spatial shape of the volume.
+    spacing : sequence of float
+        Its voxel size (mm).
+    plan : Plan
+        ``target_spacing`` and ``spatial_dims``.
+
+    Returns
+    -------
+    tuple of int
+        ``round(shape * spacing / target_spacing)``, at least 1 per axis; 2D plans keep the slice axis
+        (:func:`slice_axis`) as it is.
+
+    Examples
+    --------
+    >>> network_shape((10, 20, 20), (2.0, 0.5, 0.5), Plan())  # to 1 mm
+    (20, 10, 10)
+    >>> network_shape((10, 20, 20), (5.0, 0.5, 0.5), Plan(spatial_dims=2, patch_size=[64, 64]))
+    (10, 10, 10)
+    """
     target = np.asarray(plan.target_spacing, float)
     new = np.maximum(1, np.round(np.asarray(shape) * np.asarray(spacing) / target)).astype(int)
     if plan.spatial_dims == 2:
@@ -51,12 +89,41 @@ def network_shape(shape, spacing, plan: Plan) -> tuple[int, ...]:
 
 
 def slice_axis(spacing) -> int:
-    """The coarsest axis (the slices of a 2D plan)."""
+    """The coarsest axis (the slices of a 2D plan); the first of equally coarse ones.
+
+    Examples
+    --------
+    >>> slice_axis((0.8, 0.8, 5.0))
+    2
+    """
     return int(np.argmax(np.asarray(spacing)))
 
 
 def resize(t: torch.Tensor, shape, mode: str = "trilinear") -> torch.Tensor:
-    """Resize a (C, *spatial) tensor to ``shape``; no-op if it already has it. ``mode='nearest'`` for labels."""
+    """Resize a (C, *spatial) tensor to ``shape``; no-op if it already has it. ``mode='nearest'`` for labels.
+
+    Parameters
+    ----------
+    t : torch.Tensor
+        ``(C, *spatial)``, 2 or 3 spatial axes.
+    shape : sequence of int
+        The new spatial shape.
+    mode : str
+        ``"nearest"`` (PyTorch's ``nearest-exact``, dtype kept), else linear (bi- or trilinear,
+        ``align_corners=False``, float result).
+
+    Returns
+    -------
+    torch.Tensor
+        ``(C, *shape)``; ``t`` itself when it already has that shape.
+
+    Examples
+    --------
+    >>> resize(torch.tensor([[[0, 1], [2, 3]]]), (4, 4), mode="nearest")[0].tolist()
+    [[0, 0, 1, 1], [0, 0, 1, 1], [2, 2, 3, 3], [2, 2, 3, 3]]
+    >>> resize(torch.rand(2, 4, 4, 4), (8, 4, 2)).shape
+    torch.Size([2, 8, 4, 2])
+    """
     if tuple(t.shape[1:]) == tuple(shape):
         return t
     m = "nearest-exact" if mode == "nearest" else ("bilinear" if len(shape) == 2 else "trilinear")
@@ -69,7 +136,29 @@ def resize(t: torch.Tensor, shape, mode: str = "trilinear") -> torch.Tensor:
 def preprocess(array: np.ndarray, spacing, plan: Plan, label: np.ndarray | None = None):
     """Normalise and resample a channels-first image (and optionally its label) to the plan's grid.
 
-    Returns ``(image_tensor, label_tensor_or_None)`` with shapes (C, *network_shape) and (*network_shape).
+    Parameters
+    ----------
+    array : ndarray
+        ``(C, *S)`` image.
+    spacing : sequence of float
+        Its voxel size (mm).
+    plan : Plan
+        Normalisation and grid (:func:`normalise`, :func:`network_shape`).
+    label : ndarray of int, optional
+        ``(*S)`` label map, resized by nearest neighbour.
+
+    Returns
+    -------
+    image : torch.Tensor
+        float32 ``(C, *network_shape)``.
+    label : torch.Tensor or None
+        int16 ``(*network_shape)``.
+
+    Examples
+    --------
+    >>> x, y = preprocess(np.random.rand(1, 4, 4, 4), (2.0, 1.0, 1.0), Plan(), np.ones((4, 4, 4), np.uint8))
+    >>> x.shape, y.shape, y.dtype
+    (torch.Size([1, 8, 4, 4]), torch.Size([8, 4, 4]), torch.int16)
     """
     x = torch.from_numpy(normalise(array, plan))
     shape = network_shape(array.shape[1:], spacing, plan)

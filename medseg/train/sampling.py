@@ -18,7 +18,19 @@ import torch.nn.functional as F
 @dataclass
 class CachedCase:
     """A preprocessed case on the network grid (2D plans: slice axis moved first); its arrays are tensors in RAM
-    or read-only numpy memory maps of a disk cache (:mod:`medseg.train.cache`)."""
+    or read-only numpy memory maps of a disk cache (:mod:`medseg.train.cache`).
+
+    Attributes
+    ----------
+    id : str
+        Case id.
+    image : torch.Tensor or ndarray
+        ``(C, *spatial)`` float32, normalised.
+    label : torch.Tensor or ndarray
+        ``(*spatial)`` int16.
+    fg : dict of int to ndarray
+        Class → ``(N, ndim)`` int32 voxel indices (:func:`foreground_index`).
+    """
 
     id: str
     image: torch.Tensor | np.ndarray   # (C, *spatial) float32
@@ -27,7 +39,28 @@ class CachedCase:
 
 
 def foreground_index(label: torch.Tensor, max_points: int = 10000, seed: int = 0) -> dict[int, np.ndarray]:
-    """Voxel indices of every foreground class (at most ``max_points`` per class, evenly subsampled)."""
+    """Voxel indices of every foreground class (at most ``max_points`` per class, a seeded random subset).
+
+    Parameters
+    ----------
+    label : torch.Tensor
+        Label map (CPU), 0 is background.
+    max_points : int
+        Largest number of indices kept per class (a random subset of them above it).
+    seed : int
+        Seed of that subsampling.
+
+    Returns
+    -------
+    dict of int to ndarray
+        Class → ``(N, label.ndim)`` int32 indices; absent classes have no entry.
+
+    Examples
+    --------
+    >>> fg = foreground_index(torch.tensor([[0, 1], [2, 2]]))
+    >>> {k: v.tolist() for k, v in fg.items()}
+    {1: [[0, 1]], 2: [[1, 0], [1, 1]]}
+    """
     lab = label.numpy()
     out = {}
     for k in np.unique(lab):
@@ -41,7 +74,28 @@ def foreground_index(label: torch.Tensor, max_points: int = 10000, seed: int = 0
 
 
 def pad_to(case: CachedCase, size) -> CachedCase:
-    """Pad image (0) and label (0) symmetrically so every axis is at least ``size``."""
+    """Pad image (0) and label (0) symmetrically so every axis is at least ``size``.
+
+    Parameters
+    ----------
+    case : CachedCase
+        In RAM (tensors).
+    size : sequence of int
+        Smallest spatial shape wanted (the patch size).
+
+    Returns
+    -------
+    CachedCase
+        ``case`` itself when no axis is short; else a new one, its foreground indices shifted to match (the
+        odd voxel of padding goes after).
+
+    Examples
+    --------
+    >>> case = CachedCase("a", torch.ones(1, 2, 3), torch.ones(2, 3, dtype=torch.int16), {1: np.array([[0, 1]])})
+    >>> padded = pad_to(case, (4, 4))
+    >>> padded.image.shape, padded.fg[1].tolist()
+    (torch.Size([1, 4, 4]), [[1, 1]])
+    """
     shape = case.image.shape[1:]
     before = [max(0, s - d) // 2 for s, d in zip(size, shape)]
     after = [max(0, s - d) - b for s, d, b in zip(size, shape, before)]
@@ -55,7 +109,37 @@ def pad_to(case: CachedCase, size) -> CachedCase:
 
 
 def sample_patch(case: CachedCase, size, rng: np.random.Generator, foreground: bool):
-    """Crop ``size`` from a (padded) case: centred on a random voxel of a random present class if ``foreground``."""
+    """Crop ``size`` from a (padded) case: centred on a random voxel of a random present class if ``foreground``.
+
+    "Centred" loosely: the crop is placed at random among those that hold the chosen voxel and stay in the case.
+
+    Parameters
+    ----------
+    case : CachedCase
+        At least ``size`` on every axis (:func:`pad_to`).
+    size : sequence of int
+        Patch shape.
+    rng : numpy.random.Generator
+        Draws the class, the voxel and the placement.
+    foreground : bool
+        Hold a foreground voxel (when the case has any); else anywhere, uniformly.
+
+    Returns
+    -------
+    image : torch.Tensor
+        ``(C, *size)``, a view of an in-RAM case or a copy out of a memory map.
+    label : torch.Tensor
+        ``(*size)``.
+
+    Examples
+    --------
+    >>> lab = torch.zeros(6, 6, dtype=torch.int16)
+    >>> lab[4, 1] = 1
+    >>> case = CachedCase("a", torch.rand(1, 6, 6), lab, foreground_index(lab))
+    >>> x, y = sample_patch(case, (3, 3), np.random.default_rng(0), foreground=True)
+    >>> x.shape, int(y.sum())  # the one foreground voxel is always in the patch
+    (torch.Size([1, 3, 3]), 1)
+    """
     shape = case.image.shape[1:]
     if foreground and case.fg:
         k = list(case.fg)[rng.integers(len(case.fg))]  # classes uniformly: rare classes get their share
@@ -73,7 +157,37 @@ def sample_patch(case: CachedCase, size, rng: np.random.Generator, foreground: b
 def sample_batch(cases: list[CachedCase], size, batch_size: int, rng: np.random.Generator,
                  oversample: float, squeeze_first: bool = False):
     """A batch of patches; at least ``round(oversample * batch)`` of them (>= 1 if oversample > 0) are
-    foreground-centred, like nnU-Net. ``squeeze_first`` drops the (size-1) slice axis of 2D plans."""
+    foreground-centred, like nnU-Net. ``squeeze_first`` drops the (size-1) slice axis of 2D plans.
+
+    Parameters
+    ----------
+    cases : list of CachedCase
+        Drawn uniformly, with replacement.
+    size : sequence of int
+        Patch shape (2D plans: ``[1, h, w]``, with ``squeeze_first``).
+    batch_size : int
+        Patches per batch; the last ones are the foreground-centred ones.
+    rng : numpy.random.Generator
+        All draws.
+    oversample : float
+        Share of foreground-centred patches, in [0, 1].
+    squeeze_first : bool
+        Drop the first spatial axis of every patch.
+
+    Returns
+    -------
+    images : torch.Tensor
+        ``(batch_size, C, *size)`` float32.
+    labels : torch.Tensor
+        ``(batch_size, *size)`` int64.
+
+    Examples
+    --------
+    >>> case = CachedCase("a", torch.rand(1, 8, 8), torch.zeros(8, 8, dtype=torch.int16), {})
+    >>> x, y = sample_batch([case], (4, 4), 3, np.random.default_rng(0), oversample=0.33)
+    >>> x.shape, y.shape, y.dtype
+    (torch.Size([3, 1, 4, 4]), torch.Size([3, 4, 4]), torch.int64)
+    """
     n_fg = int(round(oversample * batch_size))
     if oversample > 0:
         n_fg = max(1, n_fg)
@@ -104,7 +218,36 @@ def _rotation(angles: torch.Tensor, dims: int) -> torch.Tensor:
 
 def augment(x: torch.Tensor, y: torch.Tensor, gen: torch.Generator, cfg: dict, spacing=None):
     """Random rotation/scaling (in mm, so anisotropic grids stay right), flips, intensity scale/shift, gamma
-    and Gaussian noise, each applied to a sample with probability ``cfg['prob']``. x: (B, C, *S), y: (B, *S)."""
+    and Gaussian noise, each applied to a sample with probability ``cfg['prob']``. x: (B, C, *S), y: (B, *S).
+
+    Parameters
+    ----------
+    x : torch.Tensor
+        ``(B, C, *S)`` float images.
+    y : torch.Tensor
+        ``(B, *S)`` integer labels: rotated and scaled by nearest neighbour, flipped with their image.
+    gen : torch.Generator
+        All draws.
+    cfg : dict
+        The plan's ``augment``: ``rotate_deg`` (at most, per axis), ``scale`` ([low, high]), ``flip_axes``
+        (spatial axes, each flipped with probability 0.5), ``intensity``, ``gamma`` (bool), ``noise`` (largest
+        sigma), ``prob``.
+    spacing : sequence of float, optional
+        Voxel size (its last ``len(S)`` entries are used); the default treats voxels as cubes.
+
+    Returns
+    -------
+    x, y : torch.Tensor
+        The augmented batch. Flips and intensity changes may be made in place, in ``x`` and ``y`` themselves.
+
+    Examples
+    --------
+    >>> y = torch.randint(0, 3, (2, 6, 5))
+    >>> xa, ya = augment(y[:, None].float(), y.clone(), torch.Generator().manual_seed(0),
+    ...                  {"flip_axes": [0, 1], "prob": 0.0})  # flips only
+    >>> xa.shape, bool(torch.equal(xa[:, 0], ya.float()))  # image and label flipped alike
+    (torch.Size([2, 1, 6, 5]), True)
+    """
     B, dims = x.shape[0], x.ndim - 2
     p = float(cfg.get("prob", 0.3))
 

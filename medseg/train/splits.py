@@ -32,7 +32,36 @@ def make_splits(case_ids: list[str], k: int, seed: int = 0) -> list[dict[str, li
 
 def fold_split(run_dir: Path, ds, plan: Plan, write: bool = True) -> dict[str, list[str]]:
     """The plan's fold of the run's ``splits.json`` (written from :func:`make_splits` with the plan's seed when the
-    run has none yet, so that a resumed run or an ensemble's members keep it); checks its case ids exist."""
+    run has none yet, so that a resumed run or an ensemble's members keep it); checks its case ids exist.
+
+    Parameters
+    ----------
+    run_dir : Path
+        The run folder (it must exist when the file is written).
+    ds : Dataset
+        The dataset; its labelled cases are split.
+    plan : Plan
+        ``num_folds``, ``seed`` and ``fold`` (beyond the folds in the file: the last one).
+    write : bool
+        Write ``splits.json`` when the run has none.
+
+    Returns
+    -------
+    dict
+        ``{"train": [...], "val": [...]}``, case ids sorted.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from medseg.train.dataset import Case, Dataset
+    >>> ds = Dataset(Path("d"), {}, [Case(f"c{i}", [], Path(f"c{i}.nii.gz")) for i in range(4)])
+    >>> run = Path(tempfile.mkdtemp())
+    >>> split = fold_split(run, ds, Plan(num_folds=2))
+    >>> len(split["train"]), len(split["val"]), (run / "splits.json").is_file()
+    (2, 2, True)
+    >>> fold_split(run, ds, Plan(num_folds=2, fold=1))["val"] == split["train"]  # the other fold
+    True
+    """
     split_file = run_dir / "splits.json"
     if split_file.is_file():
         splits = json.loads(split_file.read_text())

@@ -13,7 +13,13 @@ from medseg.errors import InputError
 
 
 def require_tensorboard() -> None:
-    """Raise ``InputError`` when the ``tensorboard`` package is missing."""
+    """Raise ``InputError`` when the ``tensorboard`` package is missing.
+
+    Raises
+    ------
+    InputError
+        Saying how to install it.
+    """
     try:
         from torch.utils.tensorboard import SummaryWriter  # noqa: F401
     except ImportError as exc:
@@ -25,6 +31,21 @@ class ScalarLog:
 
     ``purge_step``: on resume, the iteration the checkpoint holds; events a killed run wrote after it are dropped, so
     the curves continue without doubled points.
+
+    Parameters
+    ----------
+    run_dir : path
+        The run folder.
+    enabled : bool
+        Write events (needs ``tensorboard``: :func:`require_tensorboard`).
+    purge_step : int, optional
+        As above.
+
+    Examples
+    --------
+    >>> log = ScalarLog("runs/a", enabled=False)  # writes nothing, needs nothing
+    >>> log.add(100, **{"train/loss": 0.4})
+    >>> log.close()
     """
 
     def __init__(self, run_dir: str | os.PathLike, enabled: bool, purge_step: int | None = None):
@@ -44,5 +65,6 @@ class ScalarLog:
         self.writer.flush()
 
     def close(self) -> None:
+        """Close the event file (if any)."""
         if self.writer is not None:
             self.writer.close()
