@@ -65,6 +65,19 @@ def test_ct_normalisation_and_2d_choice(tmp_path):
     assert plan.spatial_dims == 2 and len(plan.patch_size) == 2
 
 
+@pytest.mark.parametrize("minutes", [None, 5.0])
+def test_a_2d_plan_does_not_depend_on_where_the_slice_axis_is(tmp_path, minutes):
+    """Thick slices along the last axis (the usual NIfTI layout) or the first: the same in-plane patch (the slice
+    axis' spacing was taken for an in-plane one when it came last: [256, 48] instead of [128, 96])."""
+    from medseg.plan.planner import make_plan
+
+    ds = tiny_dataset(tmp_path / "ds", 2)
+    last = make_plan(ds, fingerprint=_fp([[1.0, 1.0, 5.0]] * 2, [[300, 200, 30]] * 2), memory_gb=1, minutes=minutes)
+    first = make_plan(ds, fingerprint=_fp([[5.0, 1.0, 1.0]] * 2, [[30, 300, 200]] * 2), memory_gb=1, minutes=minutes)
+    assert last.spatial_dims == first.spatial_dims == 2
+    assert last.patch_size == first.patch_size and last.base_filters == first.base_filters
+
+
 def test_budgets_shrink_patch_and_network(tmp_path):
     """A tight memory budget gives a smaller patch; a short time budget a narrower/smaller network."""
     from medseg.plan.planner import estimate_cost, make_plan

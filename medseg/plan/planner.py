@@ -150,7 +150,7 @@ def fit_patch(median_shape, spacing, spatial_dims: int, memory_bytes: float, bas
     median_shape : sequence of int
         Median case shape on the target grid.
     spacing : sequence of float
-        Target spacing (mm). 2D: the last two entries of both are used.
+        Target spacing (mm). 2D: the in-plane shape and spacing (given three entries, the last two are taken).
     spatial_dims : int
         2 or 3.
     memory_bytes, base_filters, batch_size
@@ -315,8 +315,9 @@ def make_plan(dataset: str | os.PathLike | Dataset, device: str = "cpu", memory_
     if float(np.prod(med_shape)) < 64 ** 3 / 4:  # small images: several per batch
         batch = 4
     in_plane = [i for i in range(3) if i != int(np.argmax(spacing))]
-    patch = fit_patch(med_shape if spatial_dims == 3 else med_shape[in_plane], spacing, spatial_dims, budget, base,
-                      batch)
+    # 2D: the in-plane axes wherever the slice axis is (the network is built on them: build_from_plan)
+    shape, sp = (med_shape, spacing) if spatial_dims == 3 else (med_shape[in_plane], [spacing[i] for i in in_plane])
+    patch = fit_patch(shape, sp, spatial_dims, budget, base, batch)
     tp = throughput or THROUGHPUT[dev.type]
     iters_per_epoch, epochs = 250, 1000
     if minutes:
@@ -329,7 +330,7 @@ def make_plan(dataset: str | os.PathLike | Dataset, device: str = "cpu", memory_
             if base > 16:
                 base //= 2
             else:
-                smaller = fit_patch(patch, spacing, spatial_dims, budget, base, batch,
+                smaller = fit_patch(patch, sp, spatial_dims, budget, base, batch,
                                     max_voxels=float(np.prod(patch)) * 0.7)
                 if smaller == patch:
                     break
