@@ -5,17 +5,14 @@ uninterrupted run would have (Slurm and Kubernetes send SIGTERM to torchrun, whi
 from __future__ import annotations
 
 import os
-import re
-import signal
 import subprocess
 import sys
-import threading
 
 import torch
 
 from conftest import REPO
-from test_train import _free_port, read_log, tiny_plan
-from test_train_interrupt import _assert_same_log, _assert_same_weights
+from test_train import _free_port, tiny_plan
+from test_train_interrupt import _assert_same_log, _assert_same_weights, terminate_after_progress
 
 IPE = 150
 
@@ -33,33 +30,12 @@ def _run(*args):
     assert p.returncode == 0, p.stderr[-3000:]
 
 
-def _terminate_after(args, iterations: int) -> bytes:
-    """Start torchrun, SIGTERM it (not its workers) once rank 0's progress bar shows ``iterations`` of the first
-    epoch; the workers' stderr."""
-    proc = subprocess.Popen(_torchrun(*args), cwd=REPO, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    err, seen = bytearray(), threading.Event()
-
-    def read():
-        for chunk in iter(lambda: proc.stderr.read1(4096), b""):
-            err.extend(chunk)
-            done = [int(n) for n in re.findall(rb"epoch 1/\d+:[^\r\n]*?\b(\d+)/" + b"%d" % IPE, bytes(err[-4096:]))]
-            if done and max(done) >= iterations:
-                seen.set()
-
-    reader = threading.Thread(target=read, daemon=True)
-    reader.start()
-    assert seen.wait(240), f"no training progress: {bytes(err)[-2000:]!r}"
-    assert proc.poll() is None, "training finished before it could be stopped"
-    proc.send_signal(signal.SIGTERM)
-    proc.wait(120)
-    reader.join(10)
-    return bytes(err)
-
-
 def test_sigterm_to_torchrun_mid_epoch_then_resume_exactly(tmp_path):
     plan = tiny_plan(tmp_path, max_epochs=2, iterations_per_epoch=IPE, ema=0.9)
     _run(plan, "-o", tmp_path / "ref")
-    err = _terminate_after([plan, "-o", tmp_path / "run"], 10)
+    # SIGTERM to torchrun (not its workers) once rank 0's progress bar shows 10 iterations of the first epoch
+    _, err = terminate_after_progress(_torchrun(plan, "-o", tmp_path / "run"), ENV,
+                                      rb"epoch 1/\d+:[^\r\n]*?\b(\d+)/" + b"%d" % IPE, 10)
     assert err.count(b"medseg: terminated") == 2, err[-2000:]  # both workers stopped cleanly, no traceback of theirs
     assert b"terminate called" not in err  # the process group is closed before the workers exit
     ck = torch.load(tmp_path / "run" / "checkpoint_latest.pt", weights_only=True)

@@ -182,22 +182,17 @@ def test_resume_without_checkpoint_names_the_cases_that_have_none(tmp_path):
                        "SIGKILL", "first epoch")
 
 
-def test_sigterm_in_the_first_epoch_then_resume(tmp_path):
-    """A real `medseg train` process gets SIGTERM during its first (and only) epoch: it exits 143 with a checkpoint
-    of the iterations done, and --resume finishes the epoch."""
-    ipe = 400
-    plan = tiny_plan(tmp_path, max_epochs=1, iterations_per_epoch=ipe)
-    run = tmp_path / "run"
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "medseg", "train", str(plan), "-o", str(run), "--device", "cpu"],
-                            cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+def terminate_after_progress(cmd: list, env: dict, pattern: bytes, iterations: int) -> tuple[int, bytes]:
+    """Run ``cmd``; SIGTERM it once its progress bar (stderr, group 1 of ``pattern``) shows ``iterations`` done;
+    its exit code and stderr."""
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     err, seen = bytearray(), threading.Event()
 
-    def read():  # the progress bar (stderr) says how many iterations are done
+    def read():
         for chunk in iter(lambda: proc.stderr.read1(4096), b""):
             err.extend(chunk)
-            done = [int(n) for n in re.findall(rb"(\d+)/%d" % ipe, bytes(err[-4096:]))]
-            if done and max(done) >= 10:
+            done = [int(n) for n in re.findall(pattern, bytes(err[-4096:]))]
+            if done and max(done) >= iterations:
                 seen.set()
 
     reader = threading.Thread(target=read, daemon=True)
@@ -205,8 +200,21 @@ def test_sigterm_in_the_first_epoch_then_resume(tmp_path):
     assert seen.wait(240), f"no training progress: {bytes(err)[-2000:]!r}"
     assert proc.poll() is None, "training finished before it could be stopped"
     proc.send_signal(signal.SIGTERM)
-    assert proc.wait(120) == 143
+    code = proc.wait(120)
     reader.join(10)
+    return code, bytes(err)
+
+
+def test_sigterm_in_the_first_epoch_then_resume(tmp_path):
+    """A real `medseg train` process gets SIGTERM during its first (and only) epoch: it exits 143 with a checkpoint
+    of the iterations done, and --resume finishes the epoch."""
+    ipe = 400
+    plan = tiny_plan(tmp_path, max_epochs=1, iterations_per_epoch=ipe)
+    run = tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    code, err = terminate_after_progress([sys.executable, "-m", "medseg", "train", str(plan), "-o", str(run),
+                                          "--device", "cpu"], env, rb"\b(\d+)/%d" % ipe, 10)
+    assert code == 143
     assert b"medseg: terminated" in err and b"Traceback" not in err
     ck = torch.load(run / "checkpoint_latest.pt", weights_only=True)
     assert ck["epoch"] == 0 and 10 <= ck["iteration"] == len(ck["epoch_losses"]) < ipe
