@@ -446,7 +446,7 @@ def test_streamed_prediction_equals_resizing_the_whole_volume(tmp_path, dims, sp
     from medseg.infer.predict import predict_labels
     from medseg.infer.sliding_window import sliding_window_predict
     from medseg.train.artifact import load_model
-    from medseg.train.preprocess import preprocess, slice_axis
+    from medseg.train.preprocess import preprocess
 
     img = nib.load(data_path(*HIPPO_IMG, "hippocampus_001.nii.gz"))
     arr = np.asarray(img.dataobj, np.float32)[None]
@@ -456,7 +456,7 @@ def test_streamed_prediction_equals_resizing_the_whole_volume(tmp_path, dims, sp
     lab, prob = predict_labels(net, art.plan, arr, native, probabilities=True, device="cpu")
     x, _ = preprocess(arr, native, art.plan)
     if dims == 2:
-        ax = slice_axis(native)
+        ax = art.plan.slice_axis
         net2 = lambda b: net(b[:, :, 0])[:, :, None]  # noqa: E731
         p = sliding_window_predict(net2, x.movedim(ax + 1, 1), [1, 32, 32], device="cpu", precision="fp32")
         p = p.movedim(1, ax + 1)

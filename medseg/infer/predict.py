@@ -18,7 +18,7 @@ import torch
 from medseg.infer.native import PlaneResampler
 from medseg.io.image import Image
 from medseg.plan.plan import Plan
-from medseg.train.preprocess import preprocess, slice_axis
+from medseg.train.preprocess import preprocess
 
 
 def sliding_window(network: torch.nn.Module, x: torch.Tensor, patch_size, overlap: float = 0.5,
@@ -187,7 +187,7 @@ def predict_labels(network: torch.nn.Module, plan: Plan, array: np.ndarray, spac
     shape = tuple(array.shape[1:])
     flips = _flip_axes(plan) if tta else []
     if plan.spatial_dims == 2:  # slices first; flip axes of 2D plans are in-plane axes of the slice
-        ax = slice_axis(spacing)
+        ax = plan.slice_axis
         x = x.movedim(ax + 1, 1)
         patch = [1, *patch]
         flips = [a + 1 for a in flips]

@@ -123,6 +123,29 @@ class Plan:
         """Input channels of the network."""
         return len(self.channels)
 
+    @property
+    def slice_axis(self) -> int:
+        """The axis a 2D plan cuts every case into slices along: the coarsest of ``target_spacing`` (the first of
+        equally coarse ones), whatever each case's own spacing (a thin-slice case in a thick-slice dataset too).
+
+        Examples
+        --------
+        >>> Plan(spatial_dims=2, target_spacing=[0.8, 0.8, 5.0]).slice_axis
+        2
+        """
+        return max(range(3), key=lambda i: self.target_spacing[i])
+
+    @property
+    def in_plane_spacing(self) -> list[float]:
+        """``target_spacing`` without the slice axis: the spacing of a 2D network's grid.
+
+        Examples
+        --------
+        >>> Plan(spatial_dims=2, target_spacing=[0.8, 0.7, 5.0]).in_plane_spacing
+        [0.8, 0.7]
+        """
+        return [s for i, s in enumerate(self.target_spacing) if i != self.slice_axis]
+
     # --- validation ------------------------------------------------------------------------
     def validate(self, where: str | os.PathLike | None = None) -> "Plan":
         """Raise ``InputError`` with a helpful message on the first inconsistent value."""

@@ -150,7 +150,7 @@ def fit_patch(median_shape, spacing, spatial_dims: int, memory_bytes: float, bas
     median_shape : sequence of int
         Median case shape on the target grid.
     spacing : sequence of float
-        Target spacing (mm). 2D: the in-plane shape and spacing (given three entries, the last two are taken).
+        Target spacing (mm); for 2D both are the in-plane entries only.
     spatial_dims : int
         2 or 3.
     memory_bytes, base_filters, batch_size
@@ -161,7 +161,8 @@ def fit_patch(median_shape, spacing, spatial_dims: int, memory_bytes: float, bas
     Returns
     -------
     list of int
-        Every axis at least 8; each shrink step is one divisibility unit of its axis.
+        Every axis at least 8; each shrink step is one divisibility unit of its axis, and axes tied for the
+        largest extent (mm) shrink together (so the patch does not depend on the order of the axes).
 
     Examples
     --------
@@ -172,8 +173,9 @@ def fit_patch(median_shape, spacing, spatial_dims: int, memory_bytes: float, bas
     >>> fit_patch([30, 30, 30], [1.0, 1.0, 1.0], 3, 1e12, 32, 2, max_voxels=16 ** 3)
     [16, 16, 16]
     """
-    shape = [int(s) for s in median_shape][-spatial_dims:] if spatial_dims == 2 else [int(s) for s in median_shape]
-    sp = list(spacing)[-spatial_dims:] if spatial_dims == 2 else list(spacing)
+    shape, sp = [int(s) for s in median_shape], [float(s) for s in spacing]
+    if len(shape) != spatial_dims or len(sp) != spatial_dims:  # a 2D caller must say which axes are in-plane
+        raise ValueError(f"fit_patch: {spatial_dims}D needs {spatial_dims} sizes and spacings, got {shape}, {sp}")
 
     def round_up(p):
         _, strides = dynunet_strides(p, sp)
@@ -188,10 +190,10 @@ def fit_patch(median_shape, spacing, spatial_dims: int, memory_bytes: float, bas
         mm = [p * s if p > 8 else 0 for p, s in zip(patch, sp)]
         if max(mm) == 0:
             break
-        i = int(np.argmax(mm))
         _, strides = dynunet_strides(patch, sp)
-        step = int(np.prod([st[i] for st in strides]))
-        patch[i] = max(8, patch[i] - max(step, 1))  # one divisibility unit at a time: always shrinks
+        for i in [i for i, m in enumerate(mm) if np.isclose(m, max(mm))]:  # tied axes together: order-free
+            step = int(np.prod([st[i] for st in strides]))
+            patch[i] = max(8, patch[i] - max(step, 1))  # one divisibility unit at a time: always shrinks
     return patch
 
 
@@ -306,13 +308,15 @@ def make_plan(dataset: str | os.PathLike | Dataset, device: str = "cpu", memory_
     spacing = target_spacing(fp)
     med_shape = np.median([np.asarray(s) * np.asarray(sp) / np.asarray(spacing)
                            for s, sp in zip(fp.shapes, fp.spacings)], axis=0)
-    # 2D when one axis is much coarser than the others (thick slices): the in-plane axes carry the detail
-    spatial_dims = 2 if max(spacing) > ANISOTROPY * min(spacing) else 3
+    # 2D when one axis is much coarser than the others (thick slices): the in-plane axes carry the detail; not
+    # when two axes are equally coarse (which one to slice would depend on the order of the axes)
+    srt = sorted(spacing)
+    spatial_dims = 2 if srt[2] > ANISOTROPY * srt[0] and not np.isclose(srt[2], srt[1]) else 3
     if memory_gb is None:
         memory_gb = default_memory_gb(dev)
     budget = memory_gb * 1e9 * 0.5  # half for activations, the rest for weights, optimiser, data
     base, batch = (32, 2) if spatial_dims == 3 else (32, 12)
-    if float(np.prod(med_shape)) < 64 ** 3 / 4:  # small images: several per batch
+    if spatial_dims == 3 and float(np.prod(med_shape)) < 64 ** 3 / 4:  # small volumes: several per batch
         batch = 4
     in_plane = [i for i in range(3) if i != int(np.argmax(spacing))]
     # 2D: the in-plane axes wherever the slice axis is (the network is built on them: build_from_plan)

@@ -116,10 +116,7 @@ def build_from_plan(plan: Plan, deep_supervision: bool | None = None) -> torch.n
     """
     from medseg.train.network import build_network
 
-    sp = plan.target_spacing
-    if plan.spatial_dims == 2:
-        ax = max(range(3), key=lambda i: sp[i])
-        sp = [s for i, s in enumerate(sp) if i != ax]
+    sp = plan.target_spacing if plan.spatial_dims == 3 else plan.in_plane_spacing
     return build_network(plan.spatial_dims, plan.in_channels, plan.num_classes, plan.patch_size, sp,
                          base_filters=plan.base_filters, max_filters=plan.max_filters,
                          deep_supervision=plan.deep_supervision if deep_supervision is None else deep_supervision,

@@ -22,11 +22,11 @@ import torch
 from medseg.plan.plan import Plan
 from medseg.system import available_memory  # the container's limit counts (cgroups)
 from medseg.train.dataset import _progress, load_case
-from medseg.train.preprocess import preprocess, slice_axis
+from medseg.train.preprocess import preprocess
 from medseg.train.sampling import CachedCase, foreground_index, pad_to
 from medseg.train.store import ArrayStore, source_stats
 
-FORMAT = 2  # bump when what preprocess_case computes changes: older caches then miss
+FORMAT = 3  # bump when what preprocess_case computes changes: older caches then miss
 # 'auto' keeps cases in RAM until they would hold this share of the RAM available when caching starts (divided
 # among DDP ranks), then moves them all to disk: the network, the optimiser and the batches need the rest
 AUTO_SHARE = 0.4
@@ -134,7 +134,7 @@ def preprocess_case(plan: Plan, case) -> CachedCase:
     image, label = load_case(case, labels=plan.labels, channels=plan.in_channels, named_by="the plan's")
     x, y = preprocess(image.array, image.spacing, plan, label.array)
     if plan.spatial_dims == 2:
-        ax = slice_axis(image.spacing)
+        ax = plan.slice_axis
         x, y = x.movedim(ax + 1, 1), y.movedim(ax, 0)
     return pad_to(CachedCase(case.id, x, y, foreground_index(y)), sample_size(plan))
 

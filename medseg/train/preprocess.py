@@ -83,20 +83,9 @@ def network_shape(shape, spacing, plan: Plan) -> tuple[int, ...]:
     target = np.asarray(plan.target_spacing, float)
     new = np.maximum(1, np.round(np.asarray(shape) * np.asarray(spacing) / target)).astype(int)
     if plan.spatial_dims == 2:
-        ax = slice_axis(spacing)
+        ax = plan.slice_axis
         new[ax] = shape[ax]
     return tuple(int(s) for s in new)
-
-
-def slice_axis(spacing) -> int:
-    """The coarsest axis (the slices of a 2D plan); the first of equally coarse ones.
-
-    Examples
-    --------
-    >>> slice_axis((0.8, 0.8, 5.0))
-    2
-    """
-    return int(np.argmax(np.asarray(spacing)))
 
 
 def resize(t: torch.Tensor, shape, mode: str = "trilinear") -> torch.Tensor:

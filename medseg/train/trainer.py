@@ -272,10 +272,7 @@ def train(plan: Plan | str | os.PathLike | None, run_dir: str | os.PathLike, fol
     log_path = run_dir / "log.csv"
     val_cost = 0.0
     last_val: dict[str, float] = {}
-    spacing_sample = plan.target_spacing
-    if plan.spatial_dims == 2:
-        ax = int(np.argmax(plan.target_spacing))
-        spacing_sample = [s for i, s in enumerate(plan.target_spacing) if i != ax]
+    spacing_sample = plan.target_spacing if plan.spatial_dims == 3 else plan.in_plane_spacing
 
     def elapsed():
         return elapsed_before + time.monotonic() - t_start
