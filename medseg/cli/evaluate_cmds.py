@@ -58,8 +58,8 @@ def evaluate(
     spacing_from: Optional[str] = typer.Option(
         None, "--spacing-from", help="'ref' or 'pred': only the shapes must match, use that side's spacing "
         "(default: pred and ref must share shape and affine)."),
-    geometry_tolerance: float = typer.Option(1e-3, "--geometry-tolerance", min=0.0, help="Largest affine "
-                                             "difference (mm) still taken as the same grid."),
+    geometry_tolerance: float = typer.Option(1e-3, "--geometry-tolerance", min=0.0, help="Largest distance (mm) "
+                                             "between the two grids' positions of a voxel still taken as one grid."),
     nsd_tolerance: str = typer.Option("2", "--nsd-tolerance", help="NSD tolerance in mm: MM or CLASS=MM,...,default=MM."),
     lesion_classes: str = typer.Option("", "--lesion-classes", help="Comma-separated 'thing' classes (names or "
                                        "values) for lesion-wise metrics (connected components matched at IoU)."),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -154,19 +155,64 @@ def read_label_map(path: str | os.PathLike) -> Image:
     return Image(arr, img.affine, img.meta)
 
 
-def check_geometry(pred: Image, ref: Image, pred_path, spacing_from: str | None = None, atol: float = 1e-3) -> None:
-    """Raise ``InputError`` (naming the prediction) unless both images share the grid.
+def grid_offset_mm(pred: Image, ref: Image) -> float:
+    """Largest distance (mm) between the world positions that the two affines give one voxel index of ``ref``'s grid.
 
+    The map is affine, so the largest offset is at a corner of the grid. Only the columns of the index axes and the
+    origin count (a 2D NIfTI's unused third column is not part of the grid).
+    """
+    n = ref.ndim
+    corners = np.array(list(itertools.product(*[(0, s - 1) for s in ref.shape])), float)
+    d = (pred.affine[:3, :n] - ref.affine[:3, :n]) @ corners.T + (pred.affine[:3, 3] - ref.affine[:3, 3])[:, None]
+    return float(np.linalg.norm(d, axis=0).max())
+
+
+def reorient_to(pred: Image, ref: Image, atol: float) -> Image | None:
+    """``pred`` re-indexed (transposed and flipped, no resampling) into ``ref``'s axis order when its voxels are the
+    same world points stored in another orientation; None otherwise."""
+    n = ref.ndim
+    if pred.ndim != n or sorted(pred.shape) != sorted(ref.shape):
+        return None
+    m = np.linalg.solve(ref.affine, pred.affine)[:n, :n]  # pred index -> ref index
+    r = np.rint(m)
+    if not np.allclose(m, r, atol=1e-3) or not (np.abs(r).sum(axis=0) == 1).all() \
+            or not (np.abs(r).sum(axis=1) == 1).all():
+        return None
+    src = [int(np.flatnonzero(r[b])[0]) for b in range(n)]  # the pred axis of each ref axis
+    arr, aff = np.transpose(pred.array, src), pred.affine.copy()
+    aff[:3, :n] = pred.affine[:3, src]
+    for b in range(n):
+        if r[b, src[b]] < 0:
+            arr = np.flip(arr, b)
+            aff[:3, 3] += aff[:3, b] * (arr.shape[b] - 1)
+            aff[:3, b] *= -1
+    out = Image(arr, aff, pred.meta)
+    return out if out.shape == ref.shape and grid_offset_mm(out, ref) <= atol else None
+
+
+def check_geometry(pred: Image, ref: Image, pred_path, spacing_from: str | None = None, atol: float = 1e-3) -> Image:
+    """The prediction on the reference's grid; ``InputError`` (naming the prediction) unless both share the grid.
+
+    The grids agree when every voxel's world position differs by at most ``atol`` mm. A prediction holding the same
+    voxels in another axis order or direction (an LPS file against a RAS one) is re-indexed, losslessly.
     ``spacing_from='ref'`` or ``'pred'`` checks the shape only (for predictions saved without
     geometry, e.g. PNG/TIFF): the metrics then use that side's spacing.
     """
+    if spacing_from is None:
+        if pred.shape == ref.shape and grid_offset_mm(pred, ref) <= atol:
+            return pred
+        moved = reorient_to(pred, ref, atol)
+        if moved is not None:
+            return moved
     if pred.shape != ref.shape:
         raise InputError(f"shape {pred.shape} differs from the reference's {ref.shape} (no resampling is done)",
                          path=pred_path)
-    if spacing_from is None and not pred.same_grid(ref, atol=atol):
-        diff = float(np.abs(pred.affine - ref.affine).max())
+    if spacing_from is None:
+        off = grid_offset_mm(pred, ref)
         sp = ", ".join(f"{s:.4g}" for s in pred.spacing)
         rsp = ", ".join(f"{s:.4g}" for s in ref.spacing)
-        raise InputError(f"geometry differs from the reference's (affine differs by up to {diff:.4g} mm; spacing "
+        orient = f"orientation {pred.orientation} vs {ref.orientation}; " if pred.orientation != ref.orientation else ""
+        raise InputError(f"geometry differs from the reference's ({orient}voxels up to {off:.4g} mm apart; spacing "
                          f"({sp}) vs ({rsp}); no resampling is done; --spacing-from ref skips this check)",
                          path=pred_path)
+    return pred

@@ -26,8 +26,11 @@ def _evaluate_pair(pair: CasePair, labels: dict[int, str] | None, spacing_from: 
     """Read, check and evaluate one case (runs in a worker process)."""
     ref = read_label_map(pair.ref)
     pred = read_label_map(pair.pred)
-    check_geometry(pred, ref, pair.pred, spacing_from=spacing_from, atol=atol)
-    spacing = pred.spacing if spacing_from == "pred" else ref.spacing
+    pred = check_geometry(pred, ref, pair.pred, spacing_from=spacing_from, atol=atol)
+    side = pred if spacing_from == "pred" else ref
+    spacing = side.spacing
+    if side.meta.get("unit") == "um":  # microscopy files give micrometres; the report is in mm and ml
+        spacing = tuple(s / 1000.0 for s in spacing)
     if labels is not None:
         known = set(labels) | {0}
         for img, path in ((ref, pair.ref), (pred, pair.pred)):

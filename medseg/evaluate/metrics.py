@@ -194,6 +194,10 @@ def evaluate_case(pred, ref, labels=None, spacing=None, nsd_tolerance=DEFAULT_NS
     spacing = tuple(float(s) for s in (spacing if spacing is not None else (1.0,) * ref_a.ndim))
     if len(spacing) != ref_a.ndim:
         raise ValueError(f"spacing {spacing} does not match the {ref_a.ndim}D label map")
+    if not all(0 < s < math.inf for s in spacing):  # a signed affine diagonal made volumes negative
+        from medseg.errors import InputError
+
+        raise InputError(f"spacing must be positive finite mm per axis (got {spacing})")
     check_distance_settings(nsd_tolerance, distance_cap)
     if isinstance(labels, (str, os.PathLike)):  # a dataset.json, as evaluate_folder and --labels take it
         from medseg.io.labels import read_label_names

@@ -229,6 +229,11 @@ def surface_metrics(ref: np.ndarray, pred: np.ndarray, labels, spacing, toleranc
     """
     if ref.shape != pred.shape:
         raise ValueError(f"shape mismatch: reference {ref.shape} vs prediction {pred.shape}")
+    keep = [ax for ax, n in enumerate(ref.shape) if n > 1] or [0]
+    if len(keep) < ref.ndim:  # 2D data stored with a singleton axis (X, Y, 1): its faces are not surfaces
+        drop = tuple(ax for ax in range(ref.ndim) if ax not in keep)
+        ref, pred = np.squeeze(ref, drop), np.squeeze(pred, drop)
+        spacing = [spacing[ax] for ax in keep]
     ref_v, perm = _c_view(ref)
     pred_v = np.ascontiguousarray(pred.transpose(perm))  # no copy when ordered like ref
     sp = np.asarray(spacing, float)[list(perm)]
