@@ -282,4 +282,8 @@ def load_image(path, channel: int | None = None, pixel_size=None) -> Image:
     """
     img = read_microscopy(path, channel=channel, pixel_size=pixel_size)
     check_finite(single_channel(img, path), path)
+    if img.meta["unit"] == "um" and not img.meta.get("z_step_known", True):
+        # a z step of 1 would count its volumes in µm² x pixel
+        raise InputError("the stack records its pixel size but no z step: give the pixel size as Z,Y,X "
+                         "(--pixel-size)", path=path)
     return img

@@ -54,7 +54,7 @@ def _tiff_spacing(tif) -> tuple[dict, str]:
             source = "ome" if sp else source
     page = tif.pages[0]
     tags = page.tags
-    if "X" not in sp and "XResolution" in tags:
+    if not ("X" in sp and "Y" in sp) and "XResolution" in tags:  # each axis the OME-XML left out
         resunit = int(tags["ResolutionUnit"].value) if "ResolutionUnit" in tags else 2
         ij = tif.imagej_metadata or {}
         scale = {3: 1e4, 2: 25400.0}.get(resunit)
@@ -63,18 +63,22 @@ def _tiff_spacing(tif) -> tuple[dict, str]:
             scale = None
         if resunit == 1 and ij.get("unit"):  # ImageJ: resolution is pixels per `unit`
             scale = _unit_scale(ij["unit"])
+        found = False
         for ax, tag in (("X", "XResolution"), ("Y", "YResolution")):
-            if tag in tags and scale:
+            if ax not in sp and tag in tags and scale:
                 num, den = tags[tag].value
                 if num > 0 and den > 0 and not (num == den == 1 and resunit != 1):
-                    sp[ax] = scale * den / num
-        if sp:
+                    sp[ax], found = scale * den / num, True
+        if found and source == "none":
             source = "imagej" if (resunit == 1 and ij.get("unit")) else "tiff-resolution"
     ij = tif.imagej_metadata or {}
-    if "Z" not in sp and ij.get("spacing"):
-        scale = _unit_scale(ij.get("unit")) or 1.0
-        sp["Z"] = float(ij["spacing"]) * scale
-        source = "imagej"
+    if "Z" not in sp and ij:
+        scale = _unit_scale(ij.get("unit"))
+        if scale:  # ImageJ leaves out "spacing=" when the voxel depth is 1 (in its unit)
+            sp["Z"] = float(ij.get("spacing") or 1.0) * scale
+            source = "imagej" if source == "none" else source
+        elif ij.get("spacing"):  # uncalibrated ("pixel"): only the ratio of the z step to the pixel is known
+            sp["Zpx"] = float(ij["spacing"])
     return sp, source
 
 
@@ -131,7 +135,19 @@ def _read_tiff(path: Path):
     t = _time_axis(arr.shape, axes, path)
     if t is not None:
         arr, axes = arr.take(0, axis=t), axes.replace("T", "")
+    arr, axes = _drop_single_slice(arr, axes, path)
     return arr, axes, spacing, source
+
+
+def _drop_single_slice(arr, axes: str, path: Path):
+    """A stack of one slice is the 2D image it holds (else every object touches the z faces)."""
+    if arr.ndim >= 3:
+        order, std = _standard_order(arr.ndim, axes, path)
+        if "Z" in std and arr.shape[order[std.index("Z")]] == 1:
+            z = order[std.index("Z")]
+            axes = axes if len(axes) == arr.ndim else "ZYX"[-arr.ndim:]
+            return arr.take(0, axis=z), axes[:z] + axes[z + 1:]
+    return arr, axes
 
 
 def spatial_shape(path: str | os.PathLike) -> tuple[int, ...]:
@@ -177,6 +193,8 @@ def spatial_shape(path: str | os.PathLike) -> tuple[int, ...]:
         shape, axes = shape[:t] + shape[t + 1:], axes.replace("T", "")
     order, std = _standard_order(len(shape), axes, path)
     spatial = tuple(shape[i] for i, a in zip(order, std) if a != "C")
+    if len(spatial) == 3 and spatial[0] == 1:  # as read_microscopy: one slice is a 2D image
+        spatial = spatial[1:]
     if any(n == 0 for n in spatial) or len(spatial) not in (2, 3):
         raise InputError(f"expected a 2D or 3D image, got shape {shape}", path=path)
     return spatial
@@ -254,14 +272,18 @@ def read_microscopy(path: str | os.PathLike, channel: int | None = None,
     letters = "ZYX"[-len(spatial):]
     sp = [float(spacing.get(a, 1.0)) for a in letters]
     from_file = any(a in spacing for a in letters)
+    if len(letters) == 3 and not from_file and "Zpx" in spacing:
+        sp[0] = float(spacing["Zpx"])  # an uncalibrated ImageJ stack's z step, in pixels: the unit stays "pixel"
+    z_known = len(letters) < 3 or "Z" in spacing
     if pixel_size is not None:
         sp = _override_spacing(sp, pixel_size, path, z_known="Z" in spacing)
         from_file, source = False, "user"
+        z_known = z_known or len(np.atleast_1d(pixel_size)) == 3
     aff = np.eye(4)
     aff[range(len(sp)), range(len(sp))] = sp
     meta = {"source": str(path), "format": suffix.lstrip("."), "spacing_from_file": from_file,
             "spacing_source": source, "unit": "um" if (from_file or pixel_size is not None) else "pixel",
-            "axes": ("C" if has_c else "") + letters}
+            "axes": ("C" if has_c else "") + letters, "z_step_known": z_known}
     return Image(arr, aff, meta, channels_first=has_c)
 
 
@@ -367,4 +389,9 @@ def write_microscopy(image: Image, path: str | os.PathLike) -> None:
             meta["spacing"] = float(sp[0])
         tifffile.imwrite(path, arr, imagej=True, resolution=(1.0 / sp[-1], 1.0 / sp[-2]), metadata=meta)
     else:
-        tifffile.imwrite(path, arr, resolution=(1e4 / sp[-1], 1e4 / sp[-2]), resolutionunit="CENTIMETER")
+        # OME-XML names the axes (else tifffile stores 3 or 4 planes as RGB, and any other stack loses its z step)
+        meta = {"axes": ("C" if image.channels_first else "") + "ZYX"[-ndim:]}
+        if image.meta.get("unit", "um") == "um":
+            meta.update({f"PhysicalSize{a}": float(s) for a, s in zip("ZYX"[-ndim:], sp)})
+        tifffile.imwrite(path, arr, ome=True, photometric="minisblack", metadata=meta,
+                         resolution=(1e4 / sp[-1], 1e4 / sp[-2]), resolutionunit="CENTIMETER")
