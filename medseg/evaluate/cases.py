@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -155,18 +154,6 @@ def read_label_map(path: str | os.PathLike) -> Image:
     return Image(arr, img.affine, img.meta)
 
 
-def grid_offset_mm(pred: Image, ref: Image) -> float:
-    """Largest distance (mm) between the world positions that the two affines give one voxel index of ``ref``'s grid.
-
-    The map is affine, so the largest offset is at a corner of the grid. Only the columns of the index axes and the
-    origin count (a 2D NIfTI's unused third column is not part of the grid).
-    """
-    n = ref.ndim
-    corners = np.array(list(itertools.product(*[(0, s - 1) for s in ref.shape])), float)
-    d = (pred.affine[:3, :n] - ref.affine[:3, :n]) @ corners.T + (pred.affine[:3, 3] - ref.affine[:3, 3])[:, None]
-    return float(np.linalg.norm(d, axis=0).max())
-
-
 def reorient_to(pred: Image, ref: Image, atol: float) -> Image | None:
     """``pred`` re-indexed (transposed and flipped, no resampling) into ``ref``'s axis order when its voxels are the
     same world points stored in another orientation; None otherwise."""
@@ -187,7 +174,7 @@ def reorient_to(pred: Image, ref: Image, atol: float) -> Image | None:
             aff[:3, 3] += aff[:3, b] * (arr.shape[b] - 1)
             aff[:3, b] *= -1
     out = Image(arr, aff, pred.meta)
-    return out if out.shape == ref.shape and grid_offset_mm(out, ref) <= atol else None
+    return out if out.same_grid(ref, atol) else None
 
 
 def check_geometry(pred: Image, ref: Image, pred_path, spacing_from: str | None = None, atol: float = 1e-3) -> Image:
@@ -199,7 +186,7 @@ def check_geometry(pred: Image, ref: Image, pred_path, spacing_from: str | None 
     geometry, e.g. PNG/TIFF): the metrics then use that side's spacing.
     """
     if spacing_from is None:
-        if pred.shape == ref.shape and grid_offset_mm(pred, ref) <= atol:
+        if pred.same_grid(ref, atol):
             return pred
         moved = reorient_to(pred, ref, atol)
         if moved is not None:
@@ -208,7 +195,7 @@ def check_geometry(pred: Image, ref: Image, pred_path, spacing_from: str | None 
         raise InputError(f"shape {pred.shape} differs from the reference's {ref.shape} (no resampling is done)",
                          path=pred_path)
     if spacing_from is None:
-        off = grid_offset_mm(pred, ref)
+        off = ref.grid_offset_mm(pred)
         sp = ", ".join(f"{s:.4g}" for s in pred.spacing)
         rsp = ", ".join(f"{s:.4g}" for s in ref.spacing)
         orient = f"orientation {pred.orientation} vs {ref.orientation}; " if pred.orientation != ref.orientation else ""

@@ -15,6 +15,8 @@ Microscopy images have no patient frame; their affine is ``diag(spacing)`` in fi
 
 from __future__ import annotations
 
+import itertools
+
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -133,9 +135,28 @@ class Image:
             raise ValueError(f"shape {new.shape} does not match the grid {self.shape}")
         return new
 
+    def grid_offset_mm(self, other: "Image") -> float:
+        """Largest distance (mm) between the world positions the two affines give one voxel index of this grid.
+
+        The map is affine, so the largest offset is at a corner. Only the index axes' columns and the origin count
+        (a 2D NIfTI's unused third column is not part of the grid).
+
+        Examples
+        --------
+        >>> a = Image(np.zeros((11, 11, 11)), np.diag([1.0, 1.0, 1.0, 1.0]))
+        >>> round(a.grid_offset_mm(Image(np.zeros((11, 11, 11)), np.diag([1.001, 1.0, 1.0, 1.0]))), 6)  # 10 x 0.001
+        0.01
+        """
+        n = self.ndim
+        corners = np.array(list(itertools.product(*[(0, s - 1) for s in self.shape])), float)
+        shift = other.affine[:3, 3] - self.affine[:3, 3]
+        d = (other.affine[:3, :n] - self.affine[:3, :n]) @ corners.T + shift[:, None]
+        return float(np.linalg.norm(d, axis=0).max())
+
     def same_grid(self, other: "Image", atol: float = 1e-3) -> bool:
-        """True when both images have the same spatial shape and (to ``atol`` mm) affine."""
-        return self.shape == other.shape and bool(np.allclose(self.affine, other.affine, atol=atol))
+        """True when both images have the same spatial shape and every voxel lies within ``atol`` mm of the same
+        world point in both (:meth:`grid_offset_mm`)."""
+        return self.shape == other.shape and self.grid_offset_mm(other) <= atol
 
     def index_to_world(self, ijk) -> np.ndarray:
         """RAS world coordinates of (N, ndim) voxel indices."""
