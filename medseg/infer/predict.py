@@ -243,8 +243,17 @@ def predict_image(network: torch.nn.Module, plan: Plan, image: Image, overlap=No
     if arr.shape[0] != plan.in_channels:
         raise InputError(f"image has {arr.shape[0]} channel(s), the model needs {plan.in_channels} "
                          f"({', '.join(plan.channels)})", path=image.meta.get("source"))
-    lab, prob = predict_labels(network, plan, arr, image.spacing, overlap, tta, device, batch_size, probabilities,
+    back, spacing = None, image.spacing
+    if plan.orientation is not None:  # the axis order the model was trained in; mapped back below, losslessly
+        from medseg.io.orientation import reorient, restore
+
+        work, back = reorient(Image(arr, image.affine, {}, True), plan.orientation)
+        arr, spacing = work.array, work.spacing
+    lab, prob = predict_labels(network, plan, arr, spacing, overlap, tta, device, batch_size, probabilities,
                                spill_dir)
+    if back is not None:
+        lab = np.ascontiguousarray(restore(lab, back))
+        prob = restore(prob, back, channels_first=True) if prob is not None else None
     if largest_component or min_size_mm3:
         lab = postprocess_labels(lab, image.spacing, largest_component, min_size_mm3)
     from medseg.io.readers import label_dtype

@@ -63,7 +63,7 @@ class Fingerprint:
 
 
 def compute_fingerprint(ds: Dataset, max_cases: int | None = None, samples_per_case: int = 10000,
-                        seed: int = 0, progress: bool = False) -> Fingerprint:
+                        seed: int = 0, progress: bool = False, orientation: str | None = "RAS") -> Fingerprint:
     """Read every labelled case once (``max_cases`` limits it, spread evenly) and summarise it.
 
     Foreground intensities are sampled (``samples_per_case`` voxels per case) like nnU-Net does, so the
@@ -82,6 +82,8 @@ def compute_fingerprint(ds: Dataset, max_cases: int | None = None, samples_per_c
         Seed of that sampling.
     progress : bool
         Show a progress bar.
+    orientation : str or None
+        Axis codes each case is brought to first (spacings and shapes per axis of that order); None: as stored.
 
     Returns
     -------
@@ -116,7 +118,7 @@ def compute_fingerprint(ds: Dataset, max_cases: int | None = None, samples_per_c
     cvox: dict[int, int] = {}
     ccase: dict[int, int] = {}
     for case in _progress(cases, progress, "fingerprint"):
-        image, label = load_case(case, labels=ds.labels, channels=len(ds.channel_names))
+        image, label = load_case(case, labels=ds.labels, channels=len(ds.channel_names), orientation=orientation)
         spacings.append([float(s) for s in image.spacing])
         shapes.append([int(s) for s in image.shape])
         if samples is None:

@@ -73,6 +73,9 @@ class Plan:
     normalisation: list[Normalisation] = field(default_factory=lambda: [Normalisation()])
     target_spacing: list[float] = field(default_factory=lambda: [1.0, 1.0, 1.0])
     spatial_dims: int = 3
+    # axis order every case is brought to first (transposes and flips only; medseg.io.orientation); None: as
+    # stored (plans and models from before this field). make_plan writes RAS.
+    orientation: str | None = None
     patch_size: list[int] = field(default_factory=lambda: [64, 64, 64])
     batch_size: int = 2
     # network
@@ -160,6 +163,13 @@ class Plan:
             bad(f"patch_size {self.patch_size}: every entry must be >= 8")
         if len(self.target_spacing) != 3 or any(s <= 0 for s in self.target_spacing):
             bad(f"target_spacing {self.target_spacing} must be 3 positive numbers (mm)")
+        if self.orientation is not None:
+            from medseg.io.orientation import valid_codes
+
+            self.orientation = str(self.orientation).upper()
+            if not valid_codes(self.orientation):
+                bad(f"orientation {self.orientation!r} must name one direction of each axis, e.g. RAS or LPS "
+                    "(or be left out: the cases as stored)")
         if len(self.normalisation) != len(self.channels):
             bad(f"{len(self.channels)} channels but {len(self.normalisation)} normalisation entries")
         for n in self.normalisation:

@@ -23,6 +23,7 @@ from medseg.train.network import dynunet_strides
 THROUGHPUT = {"cpu": 6e10, "cuda": 1.5e13}
 SPEED_MARGIN = 4.0  # with a time budget: the epoch cap, as a multiple of the iterations THROUGHPUT predicts
 ANISOTROPY = 3.0
+ORIENTATION = "RAS"  # every case is brought to it (lossless): a model then does not depend on how files are stored
 # Default memory budgets (GB) when make_plan is given none: a share of the machine's *total* memory, not of what
 # is free right now, so that planning twice (or on every torchrun rank) gives the same plan. RAM: a quarter
 # (the case cache may take 40 % of the free RAM, data loading and the OS the rest), at most 16 GB (beyond that a
@@ -304,7 +305,7 @@ def make_plan(dataset: str | os.PathLike | Dataset, device: str = "cpu", memory_
             raise InputError(f"the {name} must be a positive number, got {value}")
     dev = parse_device(device, require_available=False)  # before the fingerprint: a typo fails at once
     ds = dataset if isinstance(dataset, Dataset) else open_dataset(dataset)
-    fp = fingerprint or compute_fingerprint(ds, progress=progress)
+    fp = fingerprint or compute_fingerprint(ds, progress=progress, orientation=ORIENTATION)
     spacing = target_spacing(fp)
     med_shape = np.median([np.asarray(s) * np.asarray(sp) / np.asarray(spacing)
                            for s, sp in zip(fp.shapes, fp.spacings)], axis=0)
@@ -348,7 +349,7 @@ def make_plan(dataset: str | os.PathLike | Dataset, device: str = "cpu", memory_
     fg = {k: v for k, v in fp.class_voxels.items() if k != 0}
     rare = fg and min(fg.values()) < 0.01 * sum(fg.values())
     plan = Plan(name=str(ds.meta.get("name", ds.root.name)), dataset=str(ds.root), channels=fp.channel_names,
-                labels=labels, normalisation=normalisations(fp), target_spacing=spacing,
+                labels=labels, normalisation=normalisations(fp), target_spacing=spacing, orientation=ORIENTATION,
                 spatial_dims=spatial_dims, patch_size=[int(p) for p in patch], batch_size=batch,
                 base_filters=base, max_filters=320, max_epochs=epochs, iterations_per_epoch=iters_per_epoch,
                 max_minutes=minutes, foreground_oversample=0.66 if rare else 0.33,

@@ -49,6 +49,7 @@ def case_key(plan: Plan, case, size) -> str:
 
     what = {"format": FORMAT, "medseg": __version__, "normalisation": d["normalisation"],
             "target_spacing": d["target_spacing"], "spatial_dims": d["spatial_dims"], "size": [int(s) for s in size],
+            **({"orientation": d["orientation"]} if d.get("orientation") else {}),  # older keys stay valid
             "sources": source_stats([*case.images, *([case.label] if case.label else [])])}
     return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -131,7 +132,8 @@ def preprocess_case(plan: Plan, case) -> CachedCase:
     CachedCase
         In RAM, at least :func:`sample_size` on every axis, with its foreground index.
     """
-    image, label = load_case(case, labels=plan.labels, channels=plan.in_channels, named_by="the plan's")
+    image, label = load_case(case, labels=plan.labels, channels=plan.in_channels, named_by="the plan's",
+                             orientation=plan.orientation)
     x, y = preprocess(image.array, image.spacing, plan, label.array)
     if plan.spatial_dims == 2:
         ax = plan.slice_axis
@@ -214,18 +216,20 @@ class LazyCases:
     ----------
     cases : iterable of medseg.train.dataset.Case
         Labelled cases; ``len`` and slicing (another ``LazyCases``) read nothing, an index reads that case.
+    orientation : str, optional
+        ``Plan.orientation``, as for training.
     """
 
-    def __init__(self, cases):
-        self.cases = list(cases)
+    def __init__(self, cases, orientation: str | None = None):
+        self.cases, self.orientation = list(cases), orientation
 
     def __len__(self):
         return len(self.cases)
 
     def __getitem__(self, i):
         if isinstance(i, slice):
-            return LazyCases(self.cases[i])
-        image, label = load_case(self.cases[i])
+            return LazyCases(self.cases[i], self.orientation)
+        image, label = load_case(self.cases[i], orientation=self.orientation)
         return image.array, image.spacing, label.array
 
     def __iter__(self):

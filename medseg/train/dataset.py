@@ -243,7 +243,7 @@ def group_case_files(files: list[Path], channels: int, labelled: set[str] | None
 
 
 def load_case(case: Case, with_label: bool = True, labels=None, channels: int | None = None,
-              named_by: str = "dataset.json") -> tuple[Image, Image | None]:
+              named_by: str = "dataset.json", orientation: str | None = None) -> tuple[Image, Image | None]:
     """Read a case: a channels-first float32 image (all channels) and its label map (or ``None``).
 
     Channel files must share one grid; a 4D MSD file contributes all its channels. NaN or infinite voxels are
@@ -259,6 +259,8 @@ def load_case(case: Case, with_label: bool = True, labels=None, channels: int | 
         Read the label file too.
     labels, channels, named_by : optional
         The allowed label values, the expected number of channels, and where they came from (for messages).
+    orientation : str, optional
+        Axis codes (``Plan.orientation``) both are brought to (:func:`medseg.io.orientation.reorient`).
 
     Returns
     -------
@@ -307,6 +309,12 @@ def load_case(case: Case, with_label: bool = True, labels=None, channels: int | 
             if extra:
                 raise InputError(f"case {case.id}: label values {extra} are not in {named_by} labels "
                                  f"{sorted(labels)}", path=case.label)
+    if orientation is not None:  # the label by the image's transform: one grid, one re-indexing
+        from medseg.io.orientation import reorient
+
+        if label is not None:
+            label = reorient(Image(label.array, image.affine, label.meta), orientation)[0]
+        image = reorient(image, orientation)[0]
     return image, label
 
 

@@ -26,8 +26,8 @@ from medseg.io.atomic import atomic_path
 from medseg.plan.plan import Plan
 
 # plan settings that must agree for networks to be averaged (same input, same output, same network)
-_SAME = ("channels", "labels", "normalisation", "target_spacing", "spatial_dims", "patch_size", "base_filters",
-         "max_filters")
+_SAME = ("channels", "labels", "normalisation", "target_spacing", "orientation", "spatial_dims", "patch_size",
+         "base_filters", "max_filters")
 
 
 class SoftmaxEnsemble(torch.nn.Module):
@@ -139,7 +139,7 @@ def train_ensemble(plan: Plan, run_dir: str | os.PathLike, members: int | None =
     split_file = run_dir / "splits.json"
     val_ids = fold_split(run_dir, ds, plan)["val"]
     by_id = {c.id: c for c in ds.cases}
-    val_cases = LazyCases([by_id[i] for i in val_ids])  # read once, at the end: no need to hold them meanwhile
+    val_cases = LazyCases([by_id[i] for i in val_ids], plan.orientation)  # read once, at the end: no need to hold them meanwhile
     dev = resolve_device(device)
 
     budget = plan.max_minutes * 60 if plan.max_minutes else None

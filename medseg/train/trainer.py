@@ -94,10 +94,11 @@ def _rank_device(requested: torch.device, world: int) -> torch.device:
 def _validation_cases(plan: Plan, cases, lazy: bool):
     """The validation cases in RAM, or read one at a time when the training cases did not fit in it either."""
     if lazy:
-        return LazyCases(cases)
+        return LazyCases(cases, plan.orientation)
     out = []
     for case in cases:
-        image, label = load_case(case, labels=plan.labels, channels=plan.in_channels, named_by="the plan's")
+        image, label = load_case(case, labels=plan.labels, channels=plan.in_channels, named_by="the plan's",
+                                 orientation=plan.orientation)
         out.append((image.array, image.spacing, label.array))
     return out
 
