@@ -198,3 +198,38 @@ def read_seg_masks(path: str | os.PathLike):
     meta = {"source": str(path), "format": "dicom-seg", "frame_of_reference_uid": str(seg.FrameOfReferenceUID),
             "referenced_series_uids": [str(s.SeriesInstanceUID) for s in seg.get("ReferencedSeriesSequence", [])]}
     return Image(arr.astype(np.uint8), LPS_TO_RAS @ aff_lps, meta, channels_first=True), names, seg
+
+
+def read_seg_on_reference(path: str | os.PathLike, ref):
+    """Per-segment masks ``[segment, i, j, k]`` on ``ref``'s slices, each frame placed on the instance it
+    references (no regular volume needed: tilted and unevenly spaced series read back exactly).
+
+    Returns ``(masks, names, meta)``, or None when the SEG's frames do not all reference instances of
+    ``ref`` with preserved spatial locations (then its own volume geometry must be used).
+    """
+    import highdicom as hd
+
+    path = Path(path)
+    try:
+        seg = hd.seg.segread(str(path))
+    except Exception as exc:
+        raise InputError(f"cannot read DICOM-SEG ({exc})", path=path) from exc
+    uids = [str(ds.SOPInstanceUID) for ds in ref.datasets]
+    referenced = {str(u[2]) for u in seg.get_source_image_uids()}
+    if not referenced or not referenced <= set(uids):
+        return None
+    if (int(seg.Rows), int(seg.Columns)) != (ref.rows, ref.columns):
+        return None
+    numbers = [n for n in seg.get_segment_numbers() if n != 0]
+    if not numbers:
+        raise InputError("the DICOM-SEG has no segments", path=path)
+    try:
+        arr = seg.get_pixels_by_source_instance(source_sop_instance_uids=uids, segment_numbers=numbers,
+                                                assert_missing_frames_are_empty=True)
+    except (ValueError, KeyError, RuntimeError, AttributeError):
+        return None
+    masks = np.transpose(arr, (3, 2, 1, 0)) > 0  # (slice, row, column, segment) -> [segment, i, j, k]
+    names = {n: str(seg.get_segment_description(n).SegmentLabel) for n in numbers}
+    meta = {"source": str(path), "format": "dicom-seg", "frame_of_reference_uid": str(seg.FrameOfReferenceUID),
+            "referenced_series_uids": [str(s.SeriesInstanceUID) for s in seg.get("ReferencedSeriesSequence", [])]}
+    return masks, names, meta

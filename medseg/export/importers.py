@@ -95,16 +95,27 @@ def import_masks(path: str | os.PathLike, reference: str | os.PathLike | None = 
     if ds.get("Modality") == "SEG" or sop_class in SEG_SOP_CLASSES:
         from medseg.export.dicom_seg import read_seg_masks
 
-        masks, names, _ = read_seg_masks(path)
         if reference is None:
+            masks, names, _ = read_seg_masks(path)
             return masks, names
+        from medseg.export.dicom_seg import read_seg_on_reference
+
         ref = _load_ref(reference, series, referenced)
-        if masks.meta["frame_of_reference_uid"] != ref.frame_of_reference_uid:
-            raise InputError(f"the DICOM-SEG's frame of reference ({masks.meta['frame_of_reference_uid']}) is not "
+        seg_for = str(ds.get("FrameOfReferenceUID", ""))
+        if seg_for != ref.frame_of_reference_uid:
+            raise InputError(f"the DICOM-SEG's frame of reference ({seg_for}) is not "
                              f"the reference series' ({ref.frame_of_reference_uid})", path=path)
-        chans = [resample_to_reference(Image(masks.array[c], masks.affine, dict(masks.meta)), ref, require_cover=False)
-                 for c in range(masks.num_channels)]
-        out = Image(np.stack(chans).astype(np.uint8), ref.grid_affine(), {**ref.meta, **masks.meta}, True)
+        # frames placed on the slices they reference (any slice geometry: tilt, uneven spacing); a SEG on
+        # another grid of the same frame of reference goes through its volume and world coordinates
+        on_ref = read_seg_on_reference(path, ref)
+        if on_ref is not None:
+            arr, names, meta = on_ref
+        else:
+            masks, names, _ = read_seg_masks(path)
+            meta = masks.meta
+            arr = np.stack([resample_to_reference(Image(masks.array[c], masks.affine, dict(masks.meta)), ref,
+                                                  require_cover=False) for c in range(masks.num_channels)])
+        out = Image(arr.astype(np.uint8), ref.grid_affine(), {**ref.meta, **meta, "regular": ref.is_regular()}, True)
         return out, names
     if ds.get("Modality") == "RTSTRUCT" or "StructureSetROISequence" in ds:
         from medseg.export.rtstruct import read_rtstruct_masks
@@ -124,7 +135,8 @@ def import_masks(path: str | os.PathLike, reference: str | os.PathLike | None = 
             raise InputError(f"unknown contour fill rule {rt_fill!r} (use one of {', '.join(FILL_RULES)})")
         masks, names, skipped = read_rtstruct_masks(path, ref, fill=rt_fill)
         labels = {i + 1: name for i, name in enumerate(names.values())}
-        meta = {**ref.meta, "source": str(path), "format": "rtstruct", "skipped_contours": skipped}
+        meta = {**ref.meta, "source": str(path), "format": "rtstruct", "skipped_contours": skipped,
+                "regular": ref.is_regular()}
         return Image(masks.astype(np.uint8), ref.grid_affine(), meta, True), labels
     raise InputError(f"neither a DICOM-SEG nor an RTSTRUCT (Modality {ds.get('Modality', '?')!r})", path=path)
 
@@ -178,5 +190,8 @@ def import_segmentation(path: str | os.PathLike, reference: str | os.PathLike | 
         Label map with ``meta["labels"]`` = {value: name}.
     """
     masks, names = import_masks(path, reference, series, rt_fill)
+    if not masks.meta.get("regular", True):  # the arrays are per slice; the affine would misplace them
+        raise InputError("the referenced series has tilted or unevenly spaced slices; a label map on a regular "
+                         "grid cannot hold them (import_masks gives the per-slice masks)", path=path)
     labels = combine_masks(masks.array, list(names), overlap)
     return Image(labels, masks.affine, {**masks.meta, "labels": dict(names)})

@@ -103,11 +103,19 @@ class ReferenceSeries:
         return LPS_TO_RAS @ m
 
     def is_regular(self, tol_mm: float = 0.01) -> bool:
-        """True when every slice lies on the regular grid of ``grid_affine`` (no tilt, even spacing)."""
+        """True when every slice lies on the regular grid of ``grid_affine`` (no tilt, even spacing).
+
+        A gantry tilt (each slice shifted in-plane by the same step) puts the slices on a regular but
+        sheared grid: not regular here, as no orthogonal grid holds it (NIfTI's qform cannot).
+        """
         aff_lps = LPS_TO_RAS @ self.grid_affine()
         k = np.arange(len(self.positions))[:, None]
         expected = aff_lps[:3, 3][None] + k * aff_lps[:3, 2][None]
-        return bool(np.abs(expected - self.positions).max() <= tol_mm)
+        if np.abs(expected - self.positions).max() > tol_mm:
+            return False
+        step = aff_lps[:3, 2]
+        drift = step - float(step @ self.normal) * self.normal  # in-plane shift per slice
+        return bool(np.linalg.norm(drift) * max(len(self.positions) - 1, 1) <= tol_mm)
 
     def empty_image(self, dtype=np.uint8) -> Image:
         """A zero label map on this series' grid, carrying the series identifiers in ``meta``."""

@@ -14,6 +14,8 @@ from medseg.io.image import LPS_TO_RAS, Image
 
 #: a target voxel centre may lie this far (in label voxels) outside the label map's voxel extent
 COVER_TOL = 1e-3
+#: target-index offset that breaks exact nearest-neighbour ties in the target's (world) direction
+TIE_NUDGE = 1e-6
 
 
 def _sample_slice(label: Image, slice_ras: np.ndarray, size_ij: tuple[int, int]) -> tuple[np.ndarray, int]:
@@ -25,6 +27,11 @@ def _sample_slice(label: Image, slice_ras: np.ndarray, size_ij: tuple[int, int])
     ni, nj = size_ij
     ii, jj = np.meshgrid(np.arange(ni, dtype=float), np.arange(nj, dtype=float), indexing="ij")
     m = np.linalg.inv(label.affine) @ slice_ras  # target (i, j, 0, 1) -> label continuous index
+    # a target centre exactly half-way between two label voxels goes to the one further along the target's
+    # own axes (a world direction), not along the label's index axes: the same map stored flipped or
+    # permuted gives the same result
+    m = m.copy()
+    m[:3, 3] += m[:3, :3] @ (np.array([1.0, 1.0, 1.0]) * TIE_NUDGE)
     shape = np.array(label.shape, float)
     out = np.zeros((ni, nj), label.array.dtype)
     inside = np.ones((ni, nj), bool)
