@@ -203,3 +203,9 @@ def test_write_microscopy_keeps_axes_and_z_step_of_any_dtype(tmp_path, dtype, n)
                      tmp_path / "c.tif")
     back = read_microscopy(tmp_path / "c.tif")
     assert back.channels_first and back.array.shape == (n, 4, 5) and back.spacing == pytest.approx((0.5, 0.25))
+
+
+@pytest.mark.parametrize("dtype", [np.int32, np.float64])
+def test_an_uncalibrated_stack_of_any_dtype_reads_back_uncalibrated(tmp_path, dtype):
+    write_microscopy(Image(np.zeros((3, 4, 5), dtype), np.eye(4), {"unit": "pixel"}), tmp_path / "s.tif")
+    assert read_microscopy(tmp_path / "s.tif").meta["unit"] == "pixel"  # the OME path wrote a µm resolution

@@ -191,3 +191,29 @@ def test_a_prediction_on_another_grid_is_refused_naming_the_orientation(tmp_path
     with pytest.raises(InputError, match="orientation") as exc:
         evaluate_folder(p, r, labels={"a": 1})
     assert "\n" not in str(exc.value)
+
+
+def test_evaluate_case_on_images_agrees_with_evaluate_folder(tmp_path):
+    """The Python call on two Images re-indexes and reads micrometres as the folder evaluation does (it refused
+    the re-stored prediction and took µm for mm: volumes 10^6 times too large)."""
+    from medseg.io.orientation import reorient
+
+    ref = _blobs((20, 17, 9), 5, 0, labels=(1,))
+    aff = np.diag([0.7, 0.8, 5.0, 1.0])
+    r = Image(ref, aff)
+    p = reorient(Image(ref, aff), "LPI")[0]
+    assert evaluate_case(p, r, labels={"a": 1})["classes"]["a"]["dice"] == 1.0
+    um = {"unit": "um"}
+    a = evaluate_case(Image(ref, aff, um), Image(ref, aff, um), labels={"a": 1})["classes"]["a"]
+    assert a["volume_ref_ml"] == pytest.approx(ref.sum() * 0.7 * 0.8 * 5.0 * 1e-12)  # 1 µm³ = 1e-12 ml
+
+
+def test_micrometre_label_maps_say_that_the_nsd_tolerance_is_in_mm(tmp_path):
+    ref = np.zeros((50, 50), np.uint8)
+    ref[10:30, 10:30] = 1
+    aff = np.diag([0.5, 0.5, 1.0, 1.0])
+    p, r = _pair(tmp_path, Image(np.roll(ref, 4, 1), aff, {"unit": "um"}), Image(ref, aff, {"unit": "um"}),
+                 pred_name="c.tif", ref_name="c.tif")
+    with pytest.warns(UserWarning, match="NSD tolerance .* is in mm"):
+        res = evaluate_folder(p, r, labels={"a": 1})
+    assert "spacing_unit_read" not in res["per_case"][0]

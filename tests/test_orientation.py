@@ -95,3 +95,19 @@ def test_the_same_cases_stored_lps_train_and_predict_as_the_ras_ones(tmp_path):
     assert lab_b.shape == b.shape and np.array_equal(lab_b.affine, b.affine)  # the input's own grid
     assert prob_b.array.shape == (art.plan.num_classes, *b.shape)
     assert np.array_equal(lab_b.array, lab_a.array[::-1, ::-1])  # the RAS prediction, stored as the input is
+
+
+def test_an_image_already_in_order_is_not_copied_and_a_plan_follows_its_fingerprint():
+    from medseg.io.image import Image
+    from medseg.io.orientation import reorient
+    from medseg.plan.planner import make_plan
+    from medseg.train.dataset import Dataset
+    from test_plan import _fp
+
+    img = Image(np.zeros((3, 4, 5), np.float32), np.diag([1.0, 2.0, 3.0, 1.0]))
+    assert reorient(img, "RAS")[0] is img  # predict made a full copy of every RAS input
+    fp = _fp([[1.0, 1.0, 1.0]] * 2, [[20, 20, 20]] * 2)
+    ds = Dataset(Path("d"), {"labels": {"0": "background", "1": "a"}})
+    assert make_plan(ds, fingerprint=fp).orientation == "RAS"
+    fp.orientation = None  # measured as stored: the plan must not say RAS
+    assert make_plan(ds, fingerprint=fp).orientation is None

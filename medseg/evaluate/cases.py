@@ -154,6 +154,18 @@ def read_label_map(path: str | os.PathLike) -> Image:
     return Image(arr, img.affine, img.meta)
 
 
+def spacing_mm(image: Image) -> tuple[float, ...]:
+    """An image's voxel size in mm: microscopy files (TIFF/PNG) give micrometres, the reports are in mm and ml.
+
+    Examples
+    --------
+    >>> spacing_mm(Image(np.zeros((2, 2)), np.diag([0.5, 0.5, 1.0, 1.0]), {"unit": "um"}))
+    (0.0005, 0.0005)
+    """
+    sp = tuple(float(s) for s in image.spacing)
+    return tuple(s / 1000.0 for s in sp) if image.meta.get("unit") == "um" else sp
+
+
 def reorient_to(pred: Image, ref: Image, atol: float) -> Image | None:
     """``pred`` re-indexed (transposed and flipped, no resampling) into ``ref``'s axis order when its voxels are the
     same world points stored in another orientation; None otherwise."""

@@ -12,7 +12,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from medseg.errors import InputError
-from medseg.evaluate.cases import CasePair, check_geometry, pair_cases, read_label_map
+from medseg.evaluate.cases import CasePair, check_geometry, pair_cases, read_label_map, spacing_mm
 from medseg.evaluate.instances import DEFAULT_THRESHOLDS
 from medseg.evaluate.metrics import (DEFAULT_NSD_TOLERANCE, UnreferencedLabelsWarning, check_distance_settings,
                                      evaluate_case, values_text)
@@ -28,9 +28,7 @@ def _evaluate_pair(pair: CasePair, labels: dict[int, str] | None, spacing_from: 
     pred = read_label_map(pair.pred)
     pred = check_geometry(pred, ref, pair.pred, spacing_from=spacing_from, atol=atol)
     side = pred if spacing_from == "pred" else ref
-    spacing = side.spacing
-    if side.meta.get("unit") == "um":  # microscopy files give micrometres; the report is in mm and ml
-        spacing = tuple(s / 1000.0 for s in spacing)
+    spacing = spacing_mm(side)
     if labels is not None:
         known = set(labels) | {0}
         for img, path in ((ref, pair.ref), (pred, pair.pred)):
@@ -44,7 +42,18 @@ def _evaluate_pair(pair: CasePair, labels: dict[int, str] | None, spacing_from: 
             res = evaluate_case(pred.array, ref.array, labels=labels, spacing=spacing, **kwargs)
     except ValueError as exc:  # e.g. too many label values for a semantic label map
         raise InputError(str(exc), path=pair.pred) from exc
-    return {"case": pair.case, **res}
+    return {"case": pair.case, **res, **({"spacing_unit_read": "um"} if side.meta.get("unit") == "um" else {})}
+
+
+def _warn_micrometres(per_case: list[dict], nsd_tolerance) -> None:
+    """One line when micrometre label maps meet the NSD tolerance, which stays in mm (2 mm is 2000 µm: NSD 1 for
+    any cell-scale error)."""
+    n = sum(c.pop("spacing_unit_read", None) == "um" for c in per_case)
+    if n:
+        tol = dict(nsd_tolerance) if isinstance(nsd_tolerance, Mapping) else nsd_tolerance
+        warnings.warn(f"{n} case(s) are microscopy label maps in micrometres: distances and volumes are reported "
+                      f"in mm and ml, and the NSD tolerance ({tol} mm) is in mm too (--nsd-tolerance 0.002 for "
+                      "2 µm); `medseg cells evaluate` scores instances", stacklevel=3)
 
 
 def _warn_unreferenced(per_case: list[dict]) -> None:
@@ -187,6 +196,7 @@ def evaluate_folder(pred: str | os.PathLike, ref: str | os.PathLike, out_dir: st
             for p in pairs:
                 per_case.append(_evaluate_pair(p, names, spacing_from, kwargs, geometry_tolerance))
                 bar.advance(task)
+    _warn_micrometres(per_case, nsd_tolerance)
     if names is None:
         _warn_unreferenced(per_case)
         found = sorted({v for c in per_case for v in c["labels"].values()})

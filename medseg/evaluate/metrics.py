@@ -151,8 +151,9 @@ def evaluate_case(pred, ref, labels=None, spacing=None, nsd_tolerance=DEFAULT_NS
     Parameters
     ----------
     pred, ref : Image or ndarray of int
-        Label maps on the same grid (two ``Image``: checked with ``Image.same_grid``, a mismatch is
-        an ``InputError``; arrays: only the shapes are checked).
+        Label maps on the same grid (two ``Image``: checked as :func:`medseg.evaluate.folder.evaluate_folder`
+        does, a prediction stored in another orientation re-indexed, a mismatch an ``InputError``, micrometres
+        read as such; arrays: only the shapes are checked).
     labels : mapping, sequence or path, optional
         Classes to evaluate (see :func:`medseg.io.labels.label_names`), or a ``dataset.json`` naming them;
         default: every non-zero value present (then an image given as the prediction is an ``InputError``, see
@@ -182,11 +183,11 @@ def evaluate_case(pred, ref, labels=None, spacing=None, nsd_tolerance=DEFAULT_NS
     >>> round(r["classes"]["label_1"]["dice"], 4), r["classes"]["label_1"]["hd"]
     (0.6667, 1.0)
     """
-    if hasattr(ref, "same_grid") and hasattr(pred, "same_grid") and not pred.same_grid(ref):
-        from medseg.errors import InputError
+    if hasattr(ref, "same_grid") and hasattr(pred, "same_grid"):  # as evaluate_folder: re-indexed or refused
+        from medseg.evaluate.cases import check_geometry, spacing_mm
 
-        raise InputError("prediction and reference are not on the same grid (shape/affine); resample explicitly",
-                         path=pred.meta.get("source") if hasattr(pred, "meta") else None)
+        pred = check_geometry(pred, ref, pred.meta.get("source"))
+        spacing = spacing_mm(ref) if spacing is None else spacing
     ref_a, spacing = _array_and_spacing(ref, spacing)
     pred_a, _ = _array_and_spacing(pred, None)
     if ref_a.shape != pred_a.shape:

@@ -192,7 +192,8 @@ def predict_labels(network: torch.nn.Module, plan: Plan, array: np.ndarray, spac
         patch = [1, *patch]
         flips = [a + 1 for a in flips]
         shape = (shape[ax], *[s for i, s in enumerate(shape) if i != ax])
-    # the probability file keeps the input's axis order: written in runs, read contiguously (2D: slices first)
+    # the probability file keeps the axis order predicted in (the plan's orientation): written in runs, read
+    # contiguously (2D: slices first); an input transposed to it is restored as a strided view
     file_axes = [ax, *[i for i in range(3) if i != ax]] if plan.spatial_dims == 2 else None
     out = PlaneResampler(x.shape[1:], shape, plan.num_classes, keep_probabilities=probabilities, spill_dir=spill_dir,
                          file_axes=file_axes)

@@ -393,5 +393,7 @@ def write_microscopy(image: Image, path: str | os.PathLike) -> None:
         meta = {"axes": ("C" if image.channels_first else "") + "ZYX"[-ndim:]}
         if image.meta.get("unit", "um") == "um":
             meta.update({f"PhysicalSize{a}": float(s) for a, s in zip("ZYX"[-ndim:], sp)})
+        calibrated = image.meta.get("unit", "um") == "um"  # a pixel-unit image gets no resolution: it has none
         tifffile.imwrite(path, arr, ome=True, photometric="minisblack", metadata=meta,
-                         resolution=(1e4 / sp[-1], 1e4 / sp[-2]), resolutionunit="CENTIMETER")
+                         **({"resolution": (1e4 / sp[-1], 1e4 / sp[-2]), "resolutionunit": "CENTIMETER"}
+                            if calibrated else {}))

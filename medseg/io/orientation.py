@@ -34,7 +34,8 @@ def reorient(image: Image, codes: str) -> tuple[Image, np.ndarray]:
     Returns
     -------
     Image
-        The same voxels and world positions, stored in the new axis order (the affine follows).
+        The same voxels and world positions, stored in the new axis order (the affine follows); ``image``
+        itself when it is stored so already.
     back : ndarray
         The nibabel orientation transform for :func:`restore`.
 
@@ -52,6 +53,8 @@ def reorient(image: Image, codes: str) -> tuple[Image, np.ndarray]:
     import nibabel as nib
 
     tf = _transform(image.affine, codes)
+    if (tf[:, 0] == np.arange(len(tf))).all() and (tf[:, 1] == 1).all():  # already so: no copy of the voxels
+        return image, tf
     arr = _apply(image.array, tf, image.channels_first)
     affine = image.affine @ nib.orientations.inv_ornt_aff(tf, image.shape)
     back = nib.orientations.ornt_transform(nib.orientations.axcodes2ornt(tuple(codes)),

@@ -28,6 +28,9 @@ class Fingerprint:
         Per label value, its voxel count over all cases and the number of cases holding it.
     num_cases : int
         Cases read.
+    orientation : str or None
+        The axis order the cases were brought to before measuring (None: as stored); a plan made from it uses
+        the same.
 
     Examples
     --------
@@ -43,6 +46,7 @@ class Fingerprint:
     class_voxels: dict[int, int] = field(default_factory=dict)
     class_cases: dict[int, int] = field(default_factory=dict)  # in how many cases each class is present
     num_cases: int = 0
+    orientation: str | None = "RAS"
 
     @property
     def median_spacing(self) -> np.ndarray:
@@ -141,4 +145,4 @@ def compute_fingerprint(ds: Dataset, max_cases: int | None = None, samples_per_c
         v = np.concatenate(chunks).astype(np.float64)
         intensity.append({"mean": float(v.mean()), "std": float(v.std()), "p00_5": float(np.percentile(v, 0.5)),
                           "p99_5": float(np.percentile(v, 99.5)), "min": float(v.min()), "max": float(v.max())})
-    return Fingerprint(spacings, shapes, ds.channel_names, intensity, cvox, ccase, len(cases))
+    return Fingerprint(spacings, shapes, ds.channel_names, intensity, cvox, ccase, len(cases), orientation)

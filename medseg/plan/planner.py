@@ -349,7 +349,7 @@ def make_plan(dataset: str | os.PathLike | Dataset, device: str = "cpu", memory_
     fg = {k: v for k, v in fp.class_voxels.items() if k != 0}
     rare = fg and min(fg.values()) < 0.01 * sum(fg.values())
     plan = Plan(name=str(ds.meta.get("name", ds.root.name)), dataset=str(ds.root), channels=fp.channel_names,
-                labels=labels, normalisation=normalisations(fp), target_spacing=spacing, orientation=ORIENTATION,
+                labels=labels, normalisation=normalisations(fp), target_spacing=spacing, orientation=fp.orientation,
                 spatial_dims=spatial_dims, patch_size=[int(p) for p in patch], batch_size=batch,
                 base_filters=base, max_filters=320, max_epochs=epochs, iterations_per_epoch=iters_per_epoch,
                 max_minutes=minutes, foreground_oversample=0.66 if rare else 0.33,
