@@ -111,3 +111,33 @@ def test_an_image_already_in_order_is_not_copied_and_a_plan_follows_its_fingerpr
     assert make_plan(ds, fingerprint=fp).orientation == "RAS"
     fp.orientation = None  # measured as stored: the plan must not say RAS
     assert make_plan(ds, fingerprint=fp).orientation is None
+
+
+def test_probabilities_of_a_transposed_input_are_laid_out_in_its_own_axis_order(tmp_path):
+    """A sagittal-like storage (axes permuted, not only flipped, to reach RAS): labels and probabilities are the
+    RAS prediction on the input's grid, and the probability file holds the input's axis order (written out
+    contiguously; it held RAS order and was written from a strided view: 2x the time, a class of extra RAM)."""
+    from medseg.infer.native import write_probabilities
+    from medseg.infer.predict import predict_image
+    from medseg.io.orientation import reorient, restore
+    from medseg.io.readers import read_image
+    from medseg.plan.plan import Plan
+    from medseg.train.artifact import build_from_plan
+
+    ras_img = read_image(sorted((tiny_dataset(tmp_path / "ds", 1) / "imagesTr").iterdir())[0])
+    other, back = reorient(ras_img, "PLS")  # two axes swapped, both flipped
+    assert sorted(other.shape) == sorted(ras_img.shape) and other.shape != ras_img.shape
+    torch.manual_seed(0)
+    plan = Plan(channels=["MRI"], labels={0: "background", 1: "a", 2: "b"}, patch_size=[16, 16, 16], base_filters=4,
+                max_filters=8, bf16=False, orientation="RAS").validate()
+    net = build_from_plan(plan).eval()
+    lab_r, prob_r = predict_image(net, plan, ras_img, probabilities=True, spill_dir=tmp_path)
+    lab_o, prob_o = predict_image(net, plan, other, probabilities=True, spill_dir=tmp_path)
+    assert np.array_equal(lab_o.array, restore(lab_r.array, back))
+    assert np.array_equal(np.asarray(prob_o.array), restore(np.asarray(prob_r.array), back, channels_first=True))
+    strides = [abs(s) for s in prob_o.array.strides[1:]]
+    assert strides == sorted(strides)  # the spill file in the input's (NIfTI, Fortran) order, flips aside
+    out = write_probabilities(prob_o, tmp_path / "p.nii.gz")
+    back_read = read_image(out)
+    assert np.array_equal(np.moveaxis(np.asarray(back_read.array), -1, 0) if not back_read.channels_first
+                          else np.asarray(back_read.array), np.asarray(prob_o.array))

@@ -132,7 +132,7 @@ def _warn_caller(message: str) -> None:
 
 def predict_labels(network: torch.nn.Module, plan: Plan, array: np.ndarray, spacing, overlap=None,
                    tta: bool | None = None, device="cpu", batch_size: int = 2, probabilities: bool = False,
-                   spill_dir=None):
+                   spill_dir=None, prob_axes=None):
     """Labels on the grid of a channels-first ``array`` (and its class probabilities if asked).
 
     The array is preprocessed as in training (:func:`medseg.train.preprocess.preprocess`), predicted on the plan's
@@ -160,14 +160,17 @@ def predict_labels(network: torch.nn.Module, plan: Plan, array: np.ndarray, spac
         Also return the class probabilities.
     spill_dir : path, optional
         Folder of the probabilities' temporary file (default: the system's temporary folder).
+    prob_axes : sequence of int, optional
+        Axis ``j`` of ``array``'s grid is axis ``prob_axes[j]`` of the probabilities (their file's layout: the
+        order of the input that ``array`` was transposed from, so that it is written out contiguously).
 
     Returns
     -------
     labels : ndarray
         uint8 (int32 above 256 classes), shape ``array.shape[1:]``.
     probabilities : ndarray or None
-        float32 ``(K, *array.shape[1:])``, read-only and mapped from a temporary file in ``spill_dir`` (see
-        :class:`~medseg.infer.native.ProbabilitySpill`); None unless asked for.
+        float32 ``(K, *array.shape[1:])`` (axes permuted by ``prob_axes``), read-only and mapped from a temporary
+        file in ``spill_dir`` (see :class:`~medseg.infer.native.ProbabilitySpill`); None unless asked for.
 
     Examples
     --------
@@ -194,7 +197,9 @@ def predict_labels(network: torch.nn.Module, plan: Plan, array: np.ndarray, spac
         shape = (shape[ax], *[s for i, s in enumerate(shape) if i != ax])
     # the probability file keeps the axis order predicted in (the plan's orientation): written in runs, read
     # contiguously (2D: slices first); an input transposed to it is restored as a strided view
-    file_axes = [ax, *[i for i in range(3) if i != ax]] if plan.spatial_dims == 2 else None
+    file_axes = [ax, *[i for i in range(3) if i != ax]] if plan.spatial_dims == 2 else [0, 1, 2]
+    if prob_axes is not None:
+        file_axes = [int(prob_axes[a]) for a in file_axes]
     out = PlaneResampler(x.shape[1:], shape, plan.num_classes, keep_probabilities=probabilities, spill_dir=spill_dir,
                          file_axes=file_axes)
     sliding_window(network, x, patch, overlap, batch_size, device, plan.bf16, tta=flips or False, sink=out.add,
@@ -250,11 +255,13 @@ def predict_image(network: torch.nn.Module, plan: Plan, image: Image, overlap=No
 
         work, back = reorient(Image(arr, image.affine, {}, True), plan.orientation)
         arr, spacing = work.array, work.spacing
+    # probabilities are laid out in the input's axis order (written out contiguously); only flips remain then
     lab, prob = predict_labels(network, plan, arr, spacing, overlap, tta, device, batch_size, probabilities,
-                               spill_dir)
+                               spill_dir, prob_axes=None if back is None else back[:, 0].astype(int))
     if back is not None:
         lab = np.ascontiguousarray(restore(lab, back))
-        prob = restore(prob, back, channels_first=True) if prob is not None else None
+        flips = tuple(1 + int(a) for a, f in back if f < 0)
+        prob = np.flip(prob, flips) if prob is not None and flips else prob
     if largest_component or min_size_mm3:
         lab = postprocess_labels(lab, image.spacing, largest_component, min_size_mm3)
     from medseg.io.readers import label_dtype
