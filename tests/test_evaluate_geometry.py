@@ -217,3 +217,13 @@ def test_micrometre_label_maps_say_that_the_nsd_tolerance_is_in_mm(tmp_path):
     with pytest.warns(UserWarning, match="NSD tolerance .* is in mm"):
         res = evaluate_folder(p, r, labels={"a": 1})
     assert "spacing_unit_read" not in res["per_case"][0]
+
+
+def test_a_one_slice_prediction_stored_flipped_is_re_indexed_whatever_its_slice_thickness(tmp_path):
+    """A one-slice axis' thickness is not part of the grid: the unflipped file was accepted, the flipped one refused."""
+    ref = _blobs((10, 12, 1), 3, 0, labels=(1,))
+    aff = np.diag([1.0, 1.0, 3.0, 1.0])
+    thin = np.diag([-1.0, 1.0, 1.0, 1.0])
+    thin[0, 3] = 9.0  # axis 0 reversed: index 9 at x = 0
+    p, r = _pair(tmp_path, Image(ref[::-1].copy(), thin), Image(ref, aff))
+    assert evaluate_folder(p, r, labels={"a": 1})["per_case"][0]["classes"]["a"]["dice"] == 1.0

@@ -172,7 +172,11 @@ def reorient_to(pred: Image, ref: Image, atol: float) -> Image | None:
     n = ref.ndim
     if pred.ndim != n or sorted(pred.shape) != sorted(ref.shape):
         return None
-    m = np.linalg.solve(ref.affine, pred.affine)[:n, :n]  # pred index -> ref index
+    def directions(img):  # unit columns: a one-slice axis' thickness is no part of the grid
+        cols = img.affine[:3, :n]
+        return cols / np.linalg.norm(cols, axis=0)
+
+    m = directions(ref).T @ directions(pred)  # cosines: ref axis b against pred axis a
     r = np.rint(m)
     if not np.allclose(m, r, atol=1e-3) or not (np.abs(r).sum(axis=0) == 1).all() \
             or not (np.abs(r).sum(axis=1) == 1).all():
