@@ -79,5 +79,5 @@ def test_images_on_different_grids_are_refused():
     r = evaluate_case(ref.with_array(a.copy()), ref)
     assert r["spacing"] == [1.0, 1.0, 2.0] and r["classes"]["label_1"]["dice"] == 1.0
     assert r["classes"]["label_1"]["volume_ref_ml"] == pytest.approx(8 * 2 / 1000)
-    with pytest.raises(InputError, match="same grid"):
+    with pytest.raises(InputError, match="geometry differs"):
         evaluate_case(Image(a, np.diag([1.0, 1.0, 3.0, 1.0])), ref)
