@@ -145,7 +145,10 @@ def test_a_rank_whose_handler_does_not_raise_still_stops(tmp_path):
     mid-epoch weights while the other stops; both stop after saving."""
     plan = tiny_plan(tmp_path, max_epochs=2, iterations_per_epoch=4)
     p = _torchrun_script(tmp_path, FLAG_HANDLER, plan)
-    assert "RETURNED" not in p.stdout and p.stderr.count("exitcode  : 130") == 2, p.stderr[-3000:]
+    # neither rank returned; the first to exit does so with 130, the other too unless torchrun's SIGTERM (sent
+    # when one rank has exited) meets it in interpreter shutdown, after everything is saved: -15 then, never -6
+    assert "RETURNED" not in p.stdout and "exitcode  : 130" in p.stderr, p.stderr[-3000:]
+    assert "SIGABRT" not in p.stderr and "exitcode  : -6" not in p.stderr
     ck = torch.load(tmp_path / "run" / "checkpoint_latest.pt", weights_only=True)
     assert (ck["epoch"], ck["iteration"]) == (0, 2)
     assert not (tmp_path / "run" / "model.pt").exists()
