@@ -6,7 +6,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
+import numpy as np  # noqa: F401 (the docstring examples)
 
 from medseg.errors import InputError
 from medseg.io.atomic import case_name
@@ -167,29 +167,13 @@ def spacing_mm(image: Image) -> tuple[float, ...]:
 
 
 def reorient_to(pred: Image, ref: Image, atol: float) -> Image | None:
-    """``pred`` re-indexed (transposed and flipped, no resampling) into ``ref``'s axis order when its voxels are the
-    same world points stored in another orientation; None otherwise."""
-    n = ref.ndim
-    if pred.ndim != n or sorted(pred.shape) != sorted(ref.shape):
+    """``pred`` re-indexed (transposed and flipped, no resampling: :func:`medseg.io.orientation.reorient`) into
+    ``ref``'s axis order when its voxels are the same world points stored in another orientation; None otherwise."""
+    if pred.ndim != 3 or ref.ndim != 3 or sorted(pred.shape) != sorted(ref.shape):
         return None
-    def directions(img):  # unit columns: a one-slice axis' thickness is no part of the grid
-        cols = img.affine[:3, :n]
-        return cols / np.linalg.norm(cols, axis=0)
+    from medseg.io.orientation import reorient
 
-    m = directions(ref).T @ directions(pred)  # cosines: ref axis b against pred axis a
-    r = np.rint(m)
-    if not np.allclose(m, r, atol=1e-3) or not (np.abs(r).sum(axis=0) == 1).all() \
-            or not (np.abs(r).sum(axis=1) == 1).all():
-        return None
-    src = [int(np.flatnonzero(r[b])[0]) for b in range(n)]  # the pred axis of each ref axis
-    arr, aff = np.transpose(pred.array, src), pred.affine.copy()
-    aff[:3, :n] = pred.affine[:3, src]
-    for b in range(n):
-        if r[b, src[b]] < 0:
-            arr = np.flip(arr, b)
-            aff[:3, 3] += aff[:3, b] * (arr.shape[b] - 1)
-            aff[:3, b] *= -1
-    out = Image(arr, aff, pred.meta)
+    out = reorient(pred, ref.orientation)[0]
     return out if out.same_grid(ref, atol) else None
 
 

@@ -170,16 +170,8 @@ def read_seg_masks(path: str | os.PathLike):
         Segment number -> segment label, in channel order.
     seg : highdicom.seg.Segmentation
     """
-    import highdicom as hd
-
     path = Path(path)
-    try:
-        seg = hd.seg.segread(str(path))
-    except Exception as exc:
-        raise InputError(f"cannot read DICOM-SEG ({exc})", path=path) from exc
-    numbers = [n for n in seg.get_segment_numbers() if n != 0]  # LABELMAP SEGs may describe background as 0
-    if not numbers:
-        raise InputError("the DICOM-SEG has no segments", path=path)
+    seg, numbers = _read_segments(path)
     try:
         vol = seg.get_volume(segment_numbers=numbers, combine_segments=False)
     except Exception as exc:
@@ -194,10 +186,29 @@ def read_seg_masks(path: str | os.PathLike):
         arr = arr[..., ::-1]
         aff_lps[:3, 3] += (arr.shape[-1] - 1) * aff_lps[:3, 2]
         aff_lps[:3, 2] *= -1
+    names, meta = _names_and_meta(seg, numbers, path)
+    return Image(arr.astype(np.uint8), LPS_TO_RAS @ aff_lps, meta, channels_first=True), names, seg
+
+
+def _read_segments(path: Path):
+    """The parsed SEG and its segment numbers (``InputError`` when unreadable or without segments)."""
+    import highdicom as hd
+
+    try:
+        seg = hd.seg.segread(str(path))
+    except Exception as exc:
+        raise InputError(f"cannot read DICOM-SEG ({exc})", path=path) from exc
+    numbers = [n for n in seg.get_segment_numbers() if n != 0]  # LABELMAP SEGs may describe background as 0
+    if not numbers:
+        raise InputError("the DICOM-SEG has no segments", path=path)
+    return seg, numbers
+
+
+def _names_and_meta(seg, numbers, path: Path) -> tuple[dict, dict]:
     names = {n: str(seg.get_segment_description(n).SegmentLabel) for n in numbers}
     meta = {"source": str(path), "format": "dicom-seg", "frame_of_reference_uid": str(seg.FrameOfReferenceUID),
             "referenced_series_uids": [str(s.SeriesInstanceUID) for s in seg.get("ReferencedSeriesSequence", [])]}
-    return Image(arr.astype(np.uint8), LPS_TO_RAS @ aff_lps, meta, channels_first=True), names, seg
+    return names, meta
 
 
 def read_seg_on_reference(path: str | os.PathLike, ref):
@@ -207,29 +218,18 @@ def read_seg_on_reference(path: str | os.PathLike, ref):
     Returns ``(masks, names, meta)``, or None when the SEG's frames do not all reference instances of
     ``ref`` with preserved spatial locations (then its own volume geometry must be used).
     """
-    import highdicom as hd
-
     path = Path(path)
-    try:
-        seg = hd.seg.segread(str(path))
-    except Exception as exc:
-        raise InputError(f"cannot read DICOM-SEG ({exc})", path=path) from exc
+    seg, numbers = _read_segments(path)
     uids = [str(ds.SOPInstanceUID) for ds in ref.datasets]
     referenced = {str(u[2]) for u in seg.get_source_image_uids()}
     if not referenced or not referenced <= set(uids):
         return None
     if (int(seg.Rows), int(seg.Columns)) != (ref.rows, ref.columns):
         return None
-    numbers = [n for n in seg.get_segment_numbers() if n != 0]
-    if not numbers:
-        raise InputError("the DICOM-SEG has no segments", path=path)
     try:
         arr = seg.get_pixels_by_source_instance(source_sop_instance_uids=uids, segment_numbers=numbers,
                                                 assert_missing_frames_are_empty=True)
     except (ValueError, KeyError, RuntimeError, AttributeError):
         return None
     masks = np.transpose(arr, (3, 2, 1, 0)) > 0  # (slice, row, column, segment) -> [segment, i, j, k]
-    names = {n: str(seg.get_segment_description(n).SegmentLabel) for n in numbers}
-    meta = {"source": str(path), "format": "dicom-seg", "frame_of_reference_uid": str(seg.FrameOfReferenceUID),
-            "referenced_series_uids": [str(s.SeriesInstanceUID) for s in seg.get("ReferencedSeriesSequence", [])]}
-    return masks, names, meta
+    return (masks, *_names_and_meta(seg, numbers, path))
