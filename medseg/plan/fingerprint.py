@@ -70,8 +70,10 @@ def compute_fingerprint(ds: Dataset, max_cases: int | None = None, samples_per_c
                         seed: int = 0, progress: bool = False, orientation: str | None = "RAS") -> Fingerprint:
     """Read every labelled case once (``max_cases`` limits it, spread evenly) and summarise it.
 
-    Foreground intensities are sampled (``samples_per_case`` voxels per case) like nnU-Net does, so the
-    percentiles are those of the foreground of the whole dataset.
+    Foreground intensities are sampled (``samples_per_case`` voxels per case, the same voxels in every channel)
+    like nnU-Net does, so the percentiles are those of the foreground of the whole dataset. Each case is sampled
+    with its own generator seeded by ``seed`` (as nnU-Net), so its sample depends on its content only, not on
+    the case names or the cases read before it.
 
     Parameters
     ----------
@@ -83,7 +85,7 @@ def compute_fingerprint(ds: Dataset, max_cases: int | None = None, samples_per_c
         Foreground voxels sampled per case and channel (every one when the case has fewer); a case without
         foreground is sampled over all its voxels.
     seed : int
-        Seed of that sampling.
+        Seed of every case's sampling.
     progress : bool
         Show a progress bar.
     orientation : str or None
@@ -114,7 +116,6 @@ def compute_fingerprint(ds: Dataset, max_cases: int | None = None, samples_per_c
     >>> fp.spacings, fp.shapes, fp.class_voxels, fp.intensity[0]["mean"]
     ([[2.0, 1.0, 1.0]], [[4, 4, 4]], {0: 32, 1: 32}, 10.0)
     """
-    rng = np.random.default_rng(seed)
     cases = [c for c in ds.cases if c.label is not None] or ds.cases
     if max_cases and len(cases) > max_cases:
         cases = [cases[i] for i in np.linspace(0, len(cases) - 1, max_cases).round().astype(int)]
@@ -127,14 +128,14 @@ def compute_fingerprint(ds: Dataset, max_cases: int | None = None, samples_per_c
         shapes.append([int(s) for s in image.shape])
         if samples is None:
             samples = [[] for _ in range(image.num_channels)]
-        fg = (label.array > 0) if label is not None else np.ones(image.shape, bool)
-        if not fg.any():
-            fg = np.ones(image.shape, bool)
+        fg = np.flatnonzero(label.array > 0) if label is not None else np.empty(0, np.int64)
+        size = fg.size or int(np.prod(image.shape))  # a case without foreground: all its voxels
+        # a fresh generator per case: a case's sample depends on that case only (not on names or reading order)
+        pick = np.random.default_rng(seed).choice(size, samples_per_case, replace=False) \
+            if size > samples_per_case else np.arange(size)
+        idx = fg[pick] if fg.size else pick
         for c in range(image.num_channels):
-            vals = image.array[c][fg]
-            if vals.size > samples_per_case:
-                vals = rng.choice(vals, samples_per_case, replace=False)
-            samples[c].append(vals)
+            samples[c].append(image.array[c].ravel()[idx])
         if label is not None:
             vals, counts = np.unique(label.array, return_counts=True)
             for v, n in zip(vals.tolist(), counts.tolist()):
@@ -142,7 +143,8 @@ def compute_fingerprint(ds: Dataset, max_cases: int | None = None, samples_per_c
                 ccase[v] = ccase.get(v, 0) + 1
     intensity = []
     for c, chunks in enumerate(samples or []):
-        v = np.concatenate(chunks).astype(np.float64)
+        v = np.sort(np.concatenate(chunks).astype(np.float64))  # sorted: sums do not depend on the case order
         intensity.append({"mean": float(v.mean()), "std": float(v.std()), "p00_5": float(np.percentile(v, 0.5)),
                           "p99_5": float(np.percentile(v, 99.5)), "min": float(v.min()), "max": float(v.max())})
-    return Fingerprint(spacings, shapes, ds.channel_names, intensity, cvox, ccase, len(cases), orientation)
+    return Fingerprint(spacings, shapes, ds.channel_names, intensity, dict(sorted(cvox.items())),
+                       dict(sorted(ccase.items())), len(cases), orientation)
