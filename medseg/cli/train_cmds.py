@@ -166,8 +166,12 @@ def predict_cmd(
     device: str = typer.Option("auto", help=f"{DEVICE_HELP} (auto: CUDA when available, else the CPU)."),
     shard: Optional[str] = typer.Option(None, help="i/n: predict only every n-th case starting at i (0-based)."),
     probabilities: bool = typer.Option(False, "--probabilities", help="Also write <case>_probs.nii.gz."),
-    largest_component: bool = typer.Option(False, "--largest-component", help="Keep the largest component per class."),
-    min_size: float = typer.Option(0.0, "--min-size", help="Remove components smaller than this (mm³)."),
+    largest_component: bool = typer.Option(
+        False, "--largest-component",
+        help="Keep the largest component per class (26-connected; written probabilities are not changed)."),
+    min_size: float = typer.Option(
+        0.0, "--min-size",
+        help="Remove components smaller than this (mm³, 26-connected; one of exactly this size is kept)."),
     export: Optional[str] = typer.Option(None, "--export", help="dicom-seg or rtstruct (DICOM input only)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Re-predict cases whose output exists."),
     series: Optional[str] = typer.Option(None, "--series", help="DICOM series index or UID; default: all series."),

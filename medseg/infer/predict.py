@@ -222,7 +222,9 @@ def predict_image(network: torch.nn.Module, plan: Plan, image: Image, overlap=No
     overlap, tta, device, batch_size, probabilities, spill_dir
         As in :func:`predict_labels` (``tta`` resolved by :func:`resolve_tta`).
     largest_component, min_size_mm3
-        Post-processing of the labels (:func:`postprocess_labels`).
+        Post-processing of the labels (:func:`postprocess_labels`), done in the plan's ``orientation`` before the
+        labels go back to the input's axis order, so that the same volume stored flipped or transposed keeps the
+        same voxels (a tie between equally large components goes to the first in that order).
 
     Returns
     -------
@@ -258,12 +260,12 @@ def predict_image(network: torch.nn.Module, plan: Plan, image: Image, overlap=No
     # probabilities are laid out in the input's axis order (written out contiguously); only flips remain then
     lab, prob = predict_labels(network, plan, arr, spacing, overlap, tta, device, batch_size, probabilities,
                                spill_dir, prob_axes=None if back is None else back[:, 0].astype(int))
+    if largest_component or min_size_mm3:  # in the plan's axis order: ties and volumes as for any storage of it
+        lab = postprocess_labels(lab, spacing, largest_component, min_size_mm3)
     if back is not None:
         lab = np.ascontiguousarray(restore(lab, back))
         flips = tuple(1 + int(a) for a, f in back if f < 0)
         prob = np.flip(prob, flips) if prob is not None and flips else prob
-    if largest_component or min_size_mm3:
-        lab = postprocess_labels(lab, image.spacing, largest_component, min_size_mm3)
     from medseg.io.readers import label_dtype
 
     codes = {"nifti_codes": image.meta["nifti_codes"]} if "nifti_codes" in image.meta else {}
