@@ -61,7 +61,8 @@ def test_load_case_geometry_equals_simpleitk():
 
 
 def test_check_passes_on_real_subset(tmp_path):
-    from medseg.train.dataset import check_dataset, open_dataset
+    from medseg.train.dataset import open_dataset
+    from medseg.train.dataset_check import check_dataset
 
     assert check_dataset(open_dataset(tiny_dataset(tmp_path / "ds", 5))) == []
 
@@ -88,8 +89,39 @@ def test_check_names_bad_cases(tmp_path):
     bad0, bad1 = labs[0].name.split(".")[0], labs[1].name.split(".")[0]
     text = res.out + res.err
     assert bad0 in text and "[7]" in text
-    assert bad1 in text and "affine" in text
+    assert bad1 in text and "grids differ" in text and "5 mm" in text
     assert len([ln for ln in res.err.splitlines() if ln.strip()]) == 1
+
+
+def test_label_on_another_grid_warns_in_training_and_check_uses_world_distance(tmp_path):
+    """Training reads a label whose header puts it elsewhere voxel for voxel, but says so (nnU-Net warns too); the
+    check measures world distance, so a label 0.01 mm off at an origin 1000 mm away is no better than one near 0."""
+    from medseg.train.dataset import load_case, open_dataset
+    from medseg.train.dataset_check import check_case
+
+    ds_dir = tiny_dataset(tmp_path / "ds", 1)
+    lab = next((ds_dir / "labelsTr").iterdir())
+    img = nib.load(ds_dir / "imagesTr" / lab.name)
+    data = np.asarray(nib.load(lab).dataobj)
+
+    def relabel(shift, origin=0.0):
+        for p, arr in ((ds_dir / "imagesTr" / lab.name, np.asarray(img.dataobj)), (lab, data)):
+            aff = img.affine.copy()
+            aff[:3, 3] = origin
+            if p == lab:
+                aff[1, 3] += shift
+            p.unlink()
+            nib.save(nib.Nifti1Image(arr, aff), p)
+        return open_dataset(ds_dir).cases[0]
+
+    case = relabel(3.0)
+    with pytest.warns(UserWarning, match=rf"{case.id}: the label's grid is up to 3 mm from the image's"):
+        image, label = load_case(case)
+    assert np.array_equal(label.array, data)  # used voxel for voxel, as before
+    assert check_case(case, {0, 1, 2}) == [f"{case.id}: image and label grids differ (voxels up to 3 mm apart)"]
+    # 0.01 mm at -1000 mm: np.allclose's relative term (1e-5 x 1000) would have let it through
+    assert check_case(relabel(0.01, -1000.0), {0, 1, 2})[0].endswith("(voxels up to 0.01 mm apart)")
+    assert check_case(relabel(0.0005, -1000.0), {0, 1, 2}) == []
 
 
 def test_multichannel_nnunet_layout(tmp_path):

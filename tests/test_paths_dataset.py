@@ -73,7 +73,8 @@ def test_the_grouping_rule():
 
 @pytest.mark.parametrize("first", [0, 1])
 def test_msd_ids_ending_in_digits_check(tmp_path, first):
-    from medseg.train.dataset import check_dataset, open_dataset
+    from medseg.train.dataset import open_dataset
+    from medseg.train.dataset_check import check_dataset
 
     names = [f"patient_{i:04d}.nii.gz" for i in range(first, first + 4)]
     root = renamed_dataset(tmp_path / "ds", names, names)
@@ -86,7 +87,8 @@ def test_msd_ids_ending_in_digits_check(tmp_path, first):
 
 
 def test_nnunet_single_channel_names_still_form_their_case(tmp_path):
-    from medseg.train.dataset import check_dataset, open_dataset
+    from medseg.train.dataset import open_dataset
+    from medseg.train.dataset_check import check_dataset
 
     root = renamed_dataset(tmp_path / "ds", ["case_0000.nii.gz", "other_0000.nii.gz"], ["case.nii.gz", "other.nii.gz"])
     ds = open_dataset(root)
@@ -98,7 +100,8 @@ def test_nnunet_single_channel_names_still_form_their_case(tmp_path):
 
 def test_a_missing_channel_file_is_reported_by_its_case(tmp_path):
     """Two channels expected, case b has only b_0000: labelsTr names a and b, so the check speaks of case b."""
-    from medseg.train.dataset import check_dataset, open_dataset
+    from medseg.train.dataset import open_dataset
+    from medseg.train.dataset_check import check_dataset
 
     root = renamed_dataset(tmp_path / "ds", [], channels=2)
     src = data_path(*HIPPO)

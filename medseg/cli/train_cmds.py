@@ -31,7 +31,8 @@ def dataset_convert(
 @dataset_app.command("check")
 def dataset_check(dataset: Path = typer.Argument(..., help="MSD/nnU-Net dataset folder.")) -> None:
     """Integrity check: geometry of image and label agree, label values are in dataset.json (exit 2 if not)."""
-    from medseg.train.dataset import check_dataset, open_dataset
+    from medseg.train.dataset import open_dataset
+    from medseg.train.dataset_check import check_dataset
 
     ds = open_dataset(dataset)
     problems = check_dataset(ds, progress=True)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -308,6 +309,9 @@ def load_case(case: Case, with_label: bool = True, labels=None, channels: int | 
             raise InputError(f"case {case.id}: label value {top} is out of range (max 32767)", path=case.label)
         if lab.shape != image.shape:  # else fingerprint/sampling fail later with an IndexError
             raise InputError(f"case {case.id}: label shape {lab.shape} != image shape {image.shape}", path=case.label)
+        if not lab.same_grid(image, tol):  # sloppy headers are common (nnU-Net warns too): used voxel for voxel
+            warnings.warn(f"case {case.id}: the label's grid is up to {lab.grid_offset_mm(image):.3g} mm from the "
+                          "image's; its voxels are used as the image's (see medseg dataset check)", stacklevel=2)
         label = Image(np.asarray(lab.array).astype(np.int16, copy=False), lab.affine, {"source": str(case.label)})
         if labels is not None:
             extra = sorted(set(np.unique(label.array).tolist()) - set(labels))
@@ -321,79 +325,6 @@ def load_case(case: Case, with_label: bool = True, labels=None, channels: int | 
             label = reorient(Image(label.array, image.affine, label.meta), orientation)[0]
         image = reorient(image, orientation)[0]
     return image, label
-
-
-def check_case(case: Case, allowed: set[int], atol: float = 1e-3, channels: int | None = None) -> list[str]:
-    """Problems of one case (empty list when fine): missing label, unreadable or non-finite image, another number
-    of channels than ``channels``, geometry mismatch, unknown label values.
-
-    Parameters
-    ----------
-    case : Case
-        The case to read.
-    allowed : set of int
-        The dataset's label values.
-    atol : float
-        Largest difference (mm) between image and label affines.
-    channels : int, optional
-        The dataset's number of channels.
-
-    Returns
-    -------
-    list of str
-        At most one problem (the first found), prefixed with the case id.
-
-    Examples
-    --------
-    >>> check_case(Case("a", [Path("imagesTr/a.nii.gz")]), {0, 1})
-    ['a: no label file in labelsTr']
-    """
-    if case.label is None:
-        return [f"{case.id}: no label file in labelsTr"]
-    try:  # load_case refuses shapes, label values and channel counts that do not fit, as training does
-        image, label = load_case(case, labels=allowed, channels=channels)
-    except InputError as exc:
-        return [f"{case.id}: {exc}"]
-    if not np.allclose(image.affine, label.affine, atol=atol):
-        worst = np.abs(image.affine - label.affine).max()
-        return [f"{case.id}: image and label affines differ (max {worst:.3g} mm)"]
-    return []
-
-
-def check_dataset(ds: Dataset, progress: bool = False) -> list[str]:
-    """Integrity check of every case; returns the problems, each naming its case.
-
-    Every case is read (:func:`check_case`); cases with another number of channel files than the first are
-    reported too.
-
-    Parameters
-    ----------
-    ds : Dataset
-        From :func:`open_dataset`.
-    progress : bool
-        Show a progress bar.
-
-    Returns
-    -------
-    list of str
-        Empty when the dataset is fine.
-
-    Examples
-    --------
-    >>> ds = Dataset(Path("d"), {"labels": {"0": "background"}}, [Case("a", [Path("imagesTr/a.nii.gz")])])
-    >>> check_dataset(ds)
-    ['a: no label file in labelsTr']
-    """
-    allowed = set(ds.labels)
-    n_ch = None
-    problems = []
-    for case in _progress(ds.cases, progress, "checking"):
-        problems.extend(check_case(case, allowed, channels=len(ds.channel_names)))
-        if n_ch is None:
-            n_ch = len(case.images)
-        elif len(case.images) != n_ch:
-            problems.append(f"{case.id}: {len(case.images)} channel files, other cases have {n_ch}")
-    return problems
 
 
 def _progress(items, enabled: bool, desc: str):

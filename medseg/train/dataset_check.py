@@ -1,0 +1,87 @@
+"""Integrity check of an MSD/nnU-Net dataset (``medseg dataset check``): every case read as training reads it,
+problems named by case."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+from medseg.errors import InputError
+from medseg.train.dataset import Case, Dataset, _progress, load_case
+
+__all__ = ["check_case", "check_dataset"]
+
+
+def check_case(case: Case, allowed: set[int], atol: float = 1e-3, channels: int | None = None) -> list[str]:
+    """Problems of one case (empty list when fine): missing label, unreadable or non-finite image, another number
+    of channels than ``channels``, geometry mismatch, unknown label values.
+
+    Parameters
+    ----------
+    case : Case
+        The case to read.
+    allowed : set of int
+        The dataset's label values.
+    atol : float
+        Largest distance (mm) between the world positions image and label give one voxel.
+    channels : int, optional
+        The dataset's number of channels.
+
+    Returns
+    -------
+    list of str
+        At most one problem (the first found), prefixed with the case id.
+
+    Examples
+    --------
+    >>> check_case(Case("a", [Path("imagesTr/a.nii.gz")]), {0, 1})
+    ['a: no label file in labelsTr']
+    """
+    if case.label is None:
+        return [f"{case.id}: no label file in labelsTr"]
+    try:  # load_case refuses shapes, label values and channel counts that do not fit, as training does
+        with warnings.catch_warnings():  # its warning about the label's grid is this check's problem line
+            warnings.simplefilter("ignore")
+            image, label = load_case(case, labels=allowed, channels=channels)
+    except InputError as exc:
+        return [f"{case.id}: {exc}"]
+    offset = label.grid_offset_mm(image)  # world distance, so a far-off origin gets no more slack than a near one
+    if offset > atol:
+        return [f"{case.id}: image and label grids differ (voxels up to {offset:.3g} mm apart)"]
+    return []
+
+
+def check_dataset(ds: Dataset, progress: bool = False) -> list[str]:
+    """Integrity check of every case; returns the problems, each naming its case.
+
+    Every case is read (:func:`check_case`); cases with another number of channel files than the first are
+    reported too.
+
+    Parameters
+    ----------
+    ds : Dataset
+        From :func:`open_dataset`.
+    progress : bool
+        Show a progress bar.
+
+    Returns
+    -------
+    list of str
+        Empty when the dataset is fine.
+
+    Examples
+    --------
+    >>> ds = Dataset(Path("d"), {"labels": {"0": "background"}}, [Case("a", [Path("imagesTr/a.nii.gz")])])
+    >>> check_dataset(ds)
+    ['a: no label file in labelsTr']
+    """
+    allowed = set(ds.labels)
+    n_ch = None
+    problems = []
+    for case in _progress(ds.cases, progress, "checking"):
+        problems.extend(check_case(case, allowed, channels=len(ds.channel_names)))
+        if n_ch is None:
+            n_ch = len(case.images)
+        elif len(case.images) != n_ch:
+            problems.append(f"{case.id}: {len(case.images)} channel files, other cases have {n_ch}")
+    return problems
