@@ -215,7 +215,7 @@ def load_case(case: CellCase, channel: int | None = None) -> CellCase:
     Returns
     -------
     CellCase
-        ``case`` itself.
+        ``case`` itself; a label map with ids larger than its number of pixels is renumbered 1..n.
 
     Examples
     --------
@@ -242,6 +242,12 @@ def load_case(case: CellCase, channel: int | None = None) -> CellCase:
         if lab.shape != case.image.shape:
             raise InputError(f"label map shape {lab.shape} does not match image shape {case.image.shape}",
                              path=case.label_path)
+        if lab.size and int(lab.max()) > lab.size:
+            # ids as large as 2**31 (other tools' label maps): training's per-id tables (bincount, find_objects) are
+            # sized by the largest id, so the same objects with ids 1..n
+            from medseg.postprocess.watershed import relabel_sequential
+
+            lab = relabel_sequential(lab)
         case.labels = lab
     return case
 

@@ -211,7 +211,7 @@ def read_microscopy(path: str | os.PathLike, channel: int | None = None,
     channel : int, optional
         Keep only this channel (0-based) of a multi-channel image. Without it, a multi-channel image keeps
         its channels (``channels_first=True``) unless all colour channels are equal (a grey image saved
-        as RGB/RGBA), which is reduced to one channel.
+        as RGB, or RGBA with a constant alpha), which is reduced to one channel.
     pixel_size : float or tuple, optional
         Override the file's pixel size (µm), ``(y, x)`` or ``(z, y, x)``; one number means isotropic in-plane.
 
