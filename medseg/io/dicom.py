@@ -28,7 +28,9 @@ again on loading), for callers that keep many series.
 
 Values: the output dtype follows from the header (not the voxels): the stored type when there is
 no rescale, else the smallest of int16/int32 holding every rescaled value the stored bits allow
-(SimpleITK's choice), else float32 for non-integral slopes. Arrays are Fortran-ordered views
+(SimpleITK's choice), else float32 for non-integral slopes. Values are the modality values whatever the
+PhotometricInterpretation: MONOCHROME1 (inverted display) is not inverted, unlike SimpleITK/GDCM; PixelPaddingValue
+voxels keep their rescaled value. Arrays are Fortran-ordered views
 (``[i, j, k]`` over the ``(slice, row, column)`` buffer), like nibabel's.
 
 Examples
@@ -125,6 +127,12 @@ def _same_stack(a: Frame, b: Frame) -> bool:
             and np.allclose(a.pixel_spacing, b.pixel_spacing, atol=_SPACING_ATOL))
 
 
+def _stack_order(stack: list[Frame]) -> tuple:
+    """Largest stack first; equal sizes by their smallest SOPInstanceUID: a property of the slices, not of the order
+    their files were found in, so that renaming files never renumbers the parts of a split series."""
+    return -len(stack), min((f.sop_uid, str(f.path), f.frame_index or 0) for f in stack)
+
+
 def _group_key(f: Frame | Rejected) -> tuple:
     # Empty SeriesInstanceUIDs happen (anonymisers): fall back to what identifies a series to a human.
     if f.series_uid:
@@ -203,7 +211,7 @@ def discover_series(path: str | os.PathLike, progress: bool = False) -> list[Ser
                     break
             else:
                 stacks.append([f])
-        stacks.sort(key=len, reverse=True)
+        stacks.sort(key=_stack_order)
         for k, st in enumerate(stacks):
             note = None
             if len(stacks) > 1:

@@ -97,9 +97,12 @@ def stack_geometry(positions, normal, fallback_spacing: float = 1.0) -> tuple[fl
         return float(fallback_spacing), np.zeros((1, 3))
     along = (p - p[0]) @ n
     steps = np.diff(along)
-    dup = int(np.sum(steps < 1e-4))
-    if dup:
-        raise ValueError(f"{dup + 1} slices share a position: several volumes in one series "
+    same = steps < 1e-4
+    if np.any(same):
+        # slices at shared positions: each run of equal steps is one position holding (run length + 1) slices
+        shared = int(np.sum(same[1:] & ~same[:-1]) + same[0])
+        raise ValueError(f"{int(same.sum()) + shared} slices share a position with another ({shared} position"
+                         f"{'s hold' if shared > 1 else ' holds'} several): several volumes in one series "
                          "(4D: echoes, phases or time points) or duplicated files")
     med = float(np.median(steps))
     bad = np.abs(steps - med) > max(STEP_ATOL, STEP_RTOL * med)
