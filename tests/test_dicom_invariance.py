@@ -222,3 +222,20 @@ def test_one_study_flattened_under_random_names_gives_the_same_series(tmp_path):
     assert [sorted(f.sop_uid for f in s.frames) for s in flat] == [sorted(f.sop_uid for f in s.frames) for s in ref]
     names = series_case_names(flat, tmp_path)
     assert len(set(names.values())) == len(flat)
+
+
+def test_split_parts_do_not_depend_on_file_names_when_sop_uids_are_blank(tmp_path):
+    src = sorted(data_path("dicom", "mr_study", "13_HCropVolume").glob("*.dcm"))[:6]
+
+    def build(folder, names):
+        folder.mkdir()
+        for k, (f, name) in enumerate(zip(src, names)):
+            ds = pydicom.dcmread(f)
+            del ds.SOPInstanceUID  # anonymised
+            if k >= 3:
+                ds.ImageOrientationPatient = [1, 0, 0, 0, 0, -1]
+                ds.ImagePositionPatient = [0, float(k), 0]
+            ds.save_as(folder / name)
+        return [(s.index, s.meta["orientation"]) for s in discover_series(folder)]
+
+    assert build(tmp_path / "a", [f"IM{k}" for k in range(6)]) == build(tmp_path / "b", [f"IM{5 - k}" for k in range(6)])

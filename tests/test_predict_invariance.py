@@ -5,6 +5,7 @@ equals an independent scipy computation, with the same voxels whatever the stora
 from __future__ import annotations
 
 import itertools
+from fractions import Fraction
 from pathlib import Path
 
 import nibabel as nib
@@ -243,3 +244,18 @@ def test_tta_is_equivariant_to_flips_when_the_windows_are_symmetric(tmp_path, sh
         top2 = np.sort(prob, 0)[-2:]
         differ = np.flip(lab_f, ax) != lab
         assert (top2[1] - top2[0])[differ].max(initial=0) < 1e-5, ax  # only at exact ties
+
+
+@pytest.mark.parametrize("spacing, min_mm3", [((1.0, 1.0, 1.0), 2_000_000), ((0.3, 0.3, 0.3), 50_000)])
+def test_min_size_slack_never_keeps_a_component_a_voxel_short(spacing, min_mm3):
+    """Exact arithmetic (fractions): a component whole voxels below the minimum goes, one at or above it stays."""
+    from medseg.postprocess.components import remove_small_components
+
+    voxel = np.prod([Fraction(str(s)) for s in spacing])
+    need = int(np.ceil(Fraction(str(min_mm3)) / voxel))  # fewest voxels whose volume reaches the minimum
+    lab = np.zeros((200, 100, 100), np.uint8)
+    for n, kept in ((need - 1, False), (need, True)):
+        assert (n * voxel >= Fraction(str(min_mm3))) == kept
+        lab.reshape(-1)[:] = 0
+        lab.reshape(-1)[:n] = 1  # a C-order prefix: one component
+        assert (int(remove_small_components(lab, min_mm3, spacing).sum()) == n) == kept, n

@@ -129,8 +129,10 @@ def _same_stack(a: Frame, b: Frame) -> bool:
 
 def _stack_order(stack: list[Frame]) -> tuple:
     """Largest stack first; equal sizes by their smallest SOPInstanceUID: a property of the slices, not of the order
-    their files were found in, so that renaming files never renumbers the parts of a split series."""
-    return -len(stack), min((f.sop_uid, str(f.path), f.frame_index or 0) for f in stack)
+    their files were found in, so that renaming files never renumbers the parts of a split series (blank UIDs, as
+    some anonymisers leave them: by orientation and position, the path last)."""
+    return -len(stack), min((f.sop_uid, tuple(np.round(f.iop, 4)), tuple(np.round(f.ipp, 3)), str(f.path),
+                             f.frame_index or 0) for f in stack)
 
 
 def _group_key(f: Frame | Rejected) -> tuple:

@@ -1,5 +1,5 @@
-"""Datasets in the MSD / nnU-Net layout: discovery, loading, integrity check (BraTS-sample conversion:
-:mod:`medseg.train.brats`).
+"""Datasets in the MSD / nnU-Net layout: discovery and loading (integrity check: :mod:`medseg.train.dataset_check`;
+BraTS-sample conversion: :mod:`medseg.train.brats`).
 
 Layout::
 
