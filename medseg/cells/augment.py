@@ -35,8 +35,7 @@ def random_crop(image: np.ndarray, target: np.ndarray, size, rng: np.random.Gene
     -------
     tuple of ndarray
         ``(image, target, *extra)``, each of shape ``size`` (views where no padding was needed). An axis shorter
-        than ``size`` is padded at its end: the image by reflection (with zeros instead when some axis is no
-        longer than its padding), the target and ``extra`` with zeros.
+        than ``size`` is padded at its end with zeros (background in the target and ``extra``).
 
     Examples
     --------
@@ -52,7 +51,9 @@ def random_crop(image: np.ndarray, target: np.ndarray, size, rng: np.random.Gene
     size = tuple(int(s) for s in size)
     pad = [(0, max(0, s - d)) for s, d in zip(size, image.shape)]
     if any(p[1] for p in pad):
-        image = np.pad(image, pad, mode="reflect" if all(d > p[1] for d, p in zip(image.shape, pad)) else "constant")
+        # zeros, as the sliding window pads at inference: a reflected image would show mirrored nuclei where the
+        # zero-padded targets say background
+        image = np.pad(image, pad, mode="constant")
         target = np.pad(target, pad, mode="constant")
         extra = tuple(np.pad(e, pad, mode="constant") for e in extra)
     starts = []

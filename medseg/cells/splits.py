@@ -82,10 +82,14 @@ def dataset_split(root, cases: list[CellCase], val_fraction: float = 0.15, fold:
     """Split cases into train/val: fold ``fold`` of a ``folds``-fold split (:func:`fold_of`) when a fold is given,
     else ``split.json`` in ``root`` if present, else :func:`split_of`.
 
+    ``split.json`` names the validation ids (``{"val": [ids]}``: every other case trains) and optionally the
+    training ids (``{"train": [ids], "val": [ids]}``: a case named in neither list is used by neither, e.g. a
+    held-out test image; an id in both is an ``InputError``).
+
     Parameters
     ----------
     root : path
-        Dataset folder (where ``split.json``, ``{"val": [ids]}``, may be).
+        Dataset folder (where ``split.json`` may be).
     cases : list of CellCase
         The dataset's cases.
     val_fraction : float
@@ -109,6 +113,9 @@ def dataset_split(root, cases: list[CellCase], val_fraction: float = 0.15, fold:
     >>> _ = (root / "split.json").write_text('{"val": ["b"]}')
     >>> {k: [c.case for c in v] for k, v in dataset_split(root, cases).items()}
     {'train': ['a', 'c', 'd'], 'val': ['b']}
+    >>> _ = (root / "split.json").write_text('{"train": ["a", "c"], "val": ["b"]}')   # "d" held out of both
+    >>> {k: [c.case for c in v] for k, v in dataset_split(root, cases).items()}
+    {'train': ['a', 'c'], 'val': ['b']}
     >>> tmp.cleanup()
     """
     f = Path(root) / "split.json"
@@ -121,9 +128,15 @@ def dataset_split(root, cases: list[CellCase], val_fraction: float = 0.15, fold:
         try:
             spec = json.loads(f.read_text())
             val = set(spec["val"])
+            train = set(spec["train"]) if "train" in spec else None
         except Exception as exc:
             raise InputError(f"cannot read split ({exc})", path=f) from exc
-        return {"train": [c for c in cases if c.case not in val], "val": [c for c in cases if c.case in val]}
+        both = sorted(val & train) if train is not None else []
+        if both:
+            raise InputError(f"split lists '{both[0]}' under both train and val", path=f)
+        # a "train" list is the training images: a case in neither list (a held-out test image) is not trained on
+        return {"train": [c for c in cases if c.case not in val and (train is None or c.case in train)],
+                "val": [c for c in cases if c.case in val]}
     out: dict = {"train": [], "val": []}
     for c in cases:
         out[split_of(c.case, val_fraction)].append(c)
