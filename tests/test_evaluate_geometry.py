@@ -17,7 +17,7 @@ from medseg.evaluate.cases import check_geometry
 from medseg.evaluate.folder import evaluate_folder
 from medseg.evaluate.metrics import evaluate_case
 from medseg.io.image import Image
-from medseg.io.readers import write_image
+from medseg.io.writers import write_image
 
 SURF = ("hd95", "hd", "assd", "nsd")
 

@@ -203,7 +203,7 @@ def test_cli_usage_errors(liver_spine, tmp_path, args, needle):
 
 def test_cli_probability_map_is_refused(tmp_path):
     prob = Image(np.full((4, 4, 3), 0.5, np.float32), np.eye(4))
-    from medseg.io.readers import write_image
+    from medseg.io.writers import write_image
 
     write_image(prob, tmp_path / "prob.nii.gz")
     res = run_cli("export", tmp_path / "prob.nii.gz", "--format", "nifti", "-o", tmp_path / "o.nii.gz")

@@ -8,7 +8,8 @@ import pytest
 
 from conftest import DATA, data_path, run_cli
 from medseg.io.image import Image, affine_from_geometry
-from medseg.io.readers import read_image, write_image
+from medseg.io.readers import read_image
+from medseg.io.writers import write_image
 
 
 def _all_nifti():

@@ -98,7 +98,8 @@ def test_write_probabilities_equals_write_image(tmp_path):
     """The class-by-class writer writes the same bytes as write_image (3D, and a moved-axis view as 2D plans give)."""
     from medseg.infer.native import write_probabilities
     from medseg.io.image import Image
-    from medseg.io.readers import read_image, write_image
+    from medseg.io.readers import read_image
+    from medseg.io.writers import write_image
 
     c, s = np.cos(0.3), np.sin(0.3)
     affine = np.array([[0.8 * c, -0.8 * s, 0, -90.5], [0.8 * s, 0.8 * c, 0, 12.0], [0, 0, 2.5, -40.0], [0, 0, 0, 1]])

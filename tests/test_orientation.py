@@ -23,7 +23,8 @@ def _restored(src: Path, dst: Path, codes: str) -> Path:
     import shutil
 
     from medseg.io.orientation import reorient
-    from medseg.io.readers import read_image, write_image
+    from medseg.io.readers import read_image
+    from medseg.io.writers import write_image
 
     for sub in ("imagesTr", "labelsTr"):
         (dst / sub).mkdir(parents=True)

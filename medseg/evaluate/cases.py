@@ -129,7 +129,7 @@ def read_label_map(path: str | os.PathLike) -> Image:
     Examples
     --------
     >>> import tempfile
-    >>> from medseg.io.readers import write_image
+    >>> from medseg.io.writers import write_image
     >>> tmp = tempfile.TemporaryDirectory(); d = Path(tmp.name)
     >>> seg = np.zeros((2, 3, 4), np.float32); seg[0, 1, 2] = 2
     >>> lab = read_label_map(write_image(Image(seg, np.diag([2.0, 2.0, 3.0, 1.0])), d / "seg.nii.gz"))

@@ -139,7 +139,7 @@ def evaluate_folder(pred: str | os.PathLike, ref: str | os.PathLike, out_dir: st
 
     >>> import tempfile
     >>> from medseg.io.image import Image
-    >>> from medseg.io.readers import write_image
+    >>> from medseg.io.writers import write_image
     >>> tmp = tempfile.TemporaryDirectory(); d = Path(tmp.name)
     >>> ref = np.zeros((4, 4, 1), np.uint8); ref[:2, :2] = 1
     >>> pred = np.zeros((4, 4, 1), np.uint8); pred[:2, 1:3] = 1

@@ -172,7 +172,7 @@ def export_segmentation(label_image, reference: str | os.PathLike | None, fmt: s
             raise InputError("the series has tilted or unevenly spaced slices; a regular-grid file cannot hold "
                              "it exactly (export without --reference, or as dicom-seg/rtstruct)", path=reference)
         label_image = Image(arr, ref.grid_affine(), {**label_image.meta, **ref.meta})
-    from medseg.io.readers import label_dtype
+    from medseg.io.writers import label_dtype
 
     label_image = label_image.with_array(arr.astype(label_dtype(max(values, default=0))))
     if fmt == "seg-nrrd":

@@ -193,7 +193,7 @@ def itksnap_label_text(infos: list[SegmentInfo]) -> str:
              '    0     0    0    0        0  0  0    "Clear Label"']
     for s in infos:
         r, g, b = s.color
-        label = s.name.replace('"', "'")
+        label = re.sub(r"[\x00-\x1f\x7f]+", " ", s.name.replace('"', "'"))  # one quoted name per line
         lines.append(f"{s.value:5d} {r:5d} {g:4d} {b:4d} {1:8d} {1:2d} {1:2d}    \"{label}\"")
     return "\n".join(lines) + "\n"
 

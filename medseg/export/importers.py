@@ -150,7 +150,7 @@ def combine_masks(masks: np.ndarray, values: list[int], overlap: str = "smallest
     >>> combine_masks(m, [1, 2]).tolist()
     [1, 2, 1, 1]
     """
-    from medseg.io.readers import label_dtype
+    from medseg.io.writers import label_dtype
 
     if overlap not in OVERLAP_POLICIES:
         raise InputError(f"unknown overlap policy {overlap!r} (use one of {', '.join(OVERLAP_POLICIES)})")

@@ -310,7 +310,7 @@ def release_pages(array: np.ndarray) -> None:
 def write_probabilities(prob, path: str | os.PathLike, protect=()) -> Path:
     """Write channels-first probabilities (an :class:`~medseg.io.image.Image`) as float32 NIfTI, class by class.
 
-    The file is what :func:`medseg.io.readers.write_image` writes (channels on the 4th axis, the same header),
+    The file is what :func:`medseg.io.writers.write_image` writes (channels on the 4th axis, the same header),
     but it is written in slabs of about 16 MB, and the pages of a disk-backed array are dropped after each.
 
     Parameters

@@ -266,7 +266,7 @@ def predict_image(network: torch.nn.Module, plan: Plan, image: Image, overlap=No
         lab = np.ascontiguousarray(restore(lab, back))
         flips = tuple(1 + int(a) for a, f in back if f < 0)
         prob = np.flip(prob, flips) if prob is not None and flips else prob
-    from medseg.io.readers import label_dtype
+    from medseg.io.writers import label_dtype
 
     codes = {"nifti_codes": image.meta["nifti_codes"]} if "nifti_codes" in image.meta else {}
     out = Image(lab.astype(label_dtype(max(plan.labels)), copy=False), image.affine.copy(),

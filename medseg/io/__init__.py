@@ -8,7 +8,8 @@
 from medseg.io.convert import convert, describe
 from medseg.io.dicom import SeriesInfo, discover_series, load_series
 from medseg.io.image import Image, affine_from_geometry
-from medseg.io.readers import read_image, read_volume, write_image
+from medseg.io.readers import read_image, read_volume
+from medseg.io.writers import write_image
 
 __all__ = ["Image", "SeriesInfo", "affine_from_geometry", "convert", "describe", "discover_series", "load_series",
            "read_image", "read_volume", "write_image"]

@@ -17,7 +17,8 @@ import numpy as np
 from medseg.errors import InputError
 from medseg.io.atomic import atomic_path, case_name, full_suffix
 from medseg.io.image import Image
-from medseg.io.readers import ITK, MICROSCOPY, NIFTI, WRITABLE, is_dicom_file, read_image, write_unchecked
+from medseg.io.readers import ITK, MICROSCOPY, NIFTI, WRITABLE, is_dicom_file, read_image
+from medseg.io.writers import write_unchecked
 from medseg.io.staging import staged_outputs
 
 
@@ -83,7 +84,7 @@ def describe(path: str | os.PathLike, series: str | int | None = None) -> list[d
     Examples
     --------
     >>> import tempfile
-    >>> from medseg.io.readers import write_image
+    >>> from medseg.io.writers import write_image
     >>> img = Image(np.zeros((4, 5, 6), np.int16), np.diag([2.0, 2.0, 3.0, 1.0]))
     >>> p = write_image(img, Path(tempfile.mkdtemp()) / "ct.nii.gz")
     >>> [(r["index"], r["shape"], r["spacing"]) for r in describe(p)]
@@ -235,7 +236,7 @@ def convert(input: str | os.PathLike, output: str | os.PathLike, series: str | i
     Examples
     --------
     >>> import tempfile
-    >>> from medseg.io.readers import write_image
+    >>> from medseg.io.writers import write_image
     >>> d = Path(tempfile.mkdtemp())
     >>> src = write_image(Image(np.zeros((4, 5, 6), np.int16), np.diag([2.0, 2.0, 3.0, 1.0])), d / "ct.nii.gz")
     >>> [p.relative_to(d).as_posix() for p in convert(src, d / "out")]  # a folder: one file per image

@@ -210,14 +210,14 @@ class Image:
         import SimpleITK as sitk
 
         arr = self.array
+        if arr.dtype in (bool, np.float16):  # ITK has neither; uint8 and float32 hold every value
+            arr = arr.astype(np.uint8 if arr.dtype == bool else np.float32)
         if self.channels_first:
             arr = np.moveaxis(arr, 0, -1)
             arr = np.transpose(arr, (*range(self.ndim - 1, -1, -1), self.ndim))
             simg = sitk.GetImageFromArray(np.ascontiguousarray(arr), isVector=True)
         else:
             arr = np.transpose(arr, tuple(range(self.ndim - 1, -1, -1)))
-            if arr.dtype == bool:
-                arr = arr.astype(np.uint8)
             simg = sitk.GetImageFromArray(np.ascontiguousarray(arr))
         aff_lps = LPS_TO_RAS @ self.affine
         n = self.ndim
@@ -246,26 +246,42 @@ class Image:
 
     def to_nibabel(self):
         """To a ``nibabel.Nifti1Image`` (channels go to the 4th axis), with sform and qform set; their codes are
-        ``meta["nifti_codes"]``'s where positive (what a NIfTI input had), else 1 (scanner)."""
+        ``meta["nifti_codes"]``'s where positive (what a NIfTI input had), else 1 (scanner).
+
+        Every value is kept: booleans become uint8, float16 float32, 64-bit integers the narrowest of uint16/int32
+        that holds them (else they stay 64-bit). A 2D multi-channel image is one slice ``(x, y, 1, c)``: NIfTI has no
+        other axis for its channels (it reads back as a single-slice volume). ``xyzt_units`` says the spatial unit:
+        mm, or micron / unknown for microscopy images (``meta["unit"]`` ``'um'`` / ``'pixel'``).
+
+        Examples
+        --------
+        >>> n = Image(np.zeros((4, 5), np.int64) + 2**40, np.eye(4)).to_nibabel()
+        >>> str(n.get_data_dtype()), n.header.get_xyzt_units()
+        ('int64', ('mm', 'unknown'))
+        """
         import nibabel as nib
 
         arr = self.array
         if self.channels_first:
             arr = np.moveaxis(arr, 0, -1)
+            if self.ndim == 2:  # (x, y, c) would read as a 3D volume of c slices
+                arr = arr[:, :, None, :]
         if arr.dtype == bool:
             arr = arr.astype(np.uint8)
+        if arr.dtype == np.float16:  # NIfTI has no half floats; float32 holds every value
+            arr = arr.astype(np.float32)
         if arr.dtype in (np.int64, np.uint64) and arr.size:  # NIfTI readers handle 64-bit integers badly
             lo, hi = int(arr.min()), int(arr.max())
             if 0 <= lo and hi < 65536:
                 arr = arr.astype(np.uint16)
             elif np.iinfo(np.int32).min <= lo and hi <= np.iinfo(np.int32).max:
                 arr = arr.astype(np.int32)
-        nimg = nib.Nifti1Image(arr, self.affine)
+        # nibabel refuses 64-bit integers unless told: ids beyond int32 are kept as the 64-bit type they are
+        nimg = nib.Nifti1Image(arr, self.affine, dtype=arr.dtype if arr.dtype in (np.int64, np.uint64) else None)
         codes = self.meta.get("nifti_codes") or {}
         nimg.set_sform(self.affine, code=int(codes.get("sform") or 1))
         nimg.set_qform(self.affine, code=int(codes.get("qform") or 1))
-        if self.ndim == 3:
-            nimg.header.set_xyzt_units("mm")
+        nimg.header.set_xyzt_units({"um": "micron", "pixel": "unknown"}.get(self.meta.get("unit"), "mm"))
         return nimg
 
     def __repr__(self) -> str:  # short, because arrays are large

@@ -1,4 +1,4 @@
-"""``read_image`` / ``write_image``: one entry point for every supported format.
+"""``read_image``: one entry point for every supported format (writing: :mod:`medseg.io.writers`).
 
 NIfTI through nibabel (with ITK's choice between sform and qform where they disagree, see
 :func:`nifti_affine`), NRRD/MHA/MHD through SimpleITK, TIFF/PNG through
@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from medseg.errors import InputError
-from medseg.io.atomic import atomic_path, full_suffix
+from medseg.io.atomic import full_suffix
 from medseg.io.image import Image
 
 NIFTI = (".nii", ".nii.gz")
@@ -114,11 +114,16 @@ def nifti_affine(header) -> tuple[np.ndarray, str]:
     return header.get_best_affine(), "none (no sform/qform: nibabel's default)"
 
 
+_NIFTI_MM = {"micron": 1e-3, "meter": 1e3}  # mm per NIfTI spatial unit where it is not mm (or unknown: mm)
+
+
 def _read_nifti(path: Path) -> Image:
     import nibabel as nib
 
     def to_image(nimg) -> tuple[Image, np.ndarray]:
         affine, source = nifti_affine(nimg.header)
+        # in mm, as ITK reads it (nibabel ignores xyzt_units: a micron file would be 1000 times too large)
+        affine = np.diag([*[_NIFTI_MM.get(nimg.header.get_xyzt_units()[0], 1.0)] * 3, 1.0]) @ affine
         # kept so that outputs on this grid say what the input said (1 scanner, 2 aligned, 3 Talairach, 4 MNI)
         codes = {"sform": int(nimg.header["sform_code"]), "qform": int(nimg.header["qform_code"])}
         return Image.from_nibabel(nimg, meta={"source": str(path), "format": "nifti", "affine_source": source,
@@ -335,6 +340,7 @@ def read_volume(path: str | os.PathLike, series: str | int | None = None, *, all
 
     Examples
     --------
+    >>> from medseg.io.writers import write_image
     >>> p = write_image(Image(np.zeros((4, 5), np.uint8), np.eye(4)), Path(tempfile.mkdtemp()) / "slice.nii.gz")
     >>> read_volume(p)
     Traceback (most recent call last):
@@ -343,67 +349,12 @@ def read_volume(path: str | os.PathLike, series: str | int | None = None, *, all
     return read_image(path, series, allow_tilt=allow_tilt, spatial_dims=3)
 
 
-def write_image(image: Image, path: str | os.PathLike, protect=()) -> Path:
-    """Write ``image`` atomically; the format follows the suffix. Returns the path written.
-
-    Parameters
-    ----------
-    image : Image
-    path : path
-        Its suffix picks the format: NIfTI, NRRD, MHA, TIFF or PNG (``WRITABLE``).
-    protect : iterable of path
-        Input paths that must not be overwritten.
-
-    Examples
-    --------
-    >>> img = Image(np.zeros((4, 5, 6), np.int16), np.diag([2.0, 2.0, 3.0, 1.0]))
-    >>> back = read_image(write_image(img, Path(tempfile.mkdtemp()) / "ct.nrrd"))
-    >>> back.spacing, back.array.dtype
-    ((2.0, 2.0, 3.0), dtype('int16'))
-    """
-    path = Path(path)
-    suffix = full_suffix(path)
-    if suffix not in WRITABLE:
-        raise InputError(f"cannot write format '{suffix or path.name}' (use one of {', '.join(WRITABLE)})", path=path)
-    with atomic_path(path, protect=protect) as tmp:
-        write_unchecked(image, tmp, suffix)
-    return path
+_MOVED = {"write_image", "write_unchecked", "storable", "label_dtype"}  # to medseg.io.writers; old imports still work
 
 
-def write_unchecked(image: Image, path: Path, suffix: str) -> None:
-    """Write ``image`` to ``path`` in the format of ``suffix`` (no atomicity: callers use ``atomic_path``).
+def __getattr__(name: str):
+    if name in _MOVED:
+        from medseg.io import writers
 
-    Examples
-    --------
-    >>> p = Path(tempfile.mkdtemp()) / "a.nii"
-    >>> write_unchecked(Image(np.ones((2, 3, 4), np.uint8), np.eye(4)), p, ".nii")
-    >>> read_image(p).shape
-    (2, 3, 4)
-    """
-    if suffix in NIFTI:
-        import nibabel as nib
-
-        nib.save(image.to_nibabel(), str(path))
-    elif suffix in ITK:
-        import SimpleITK as sitk
-
-        writer = sitk.ImageFileWriter()  # the ImageIO named from ``suffix``, whatever the case of the path's
-        writer.SetImageIO(_ITK_IO[suffix])
-        writer.SetFileName(str(path))
-        writer.UseCompressionOn()
-        writer.Execute(image.to_sitk())
-    else:
-        from medseg.io.microscopy import write_microscopy
-
-        write_microscopy(image, path)
-
-
-def label_dtype(max_label: int) -> np.dtype:
-    """Smallest unsigned dtype for a label map.
-
-    Examples
-    --------
-    >>> label_dtype(42), label_dtype(300)
-    (dtype('uint8'), dtype('uint16'))
-    """
-    return np.dtype(np.uint8) if max_label < 256 else np.dtype(np.uint16) if max_label < 65536 else np.dtype(np.uint32)
+        return getattr(writers, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -102,7 +102,7 @@ def compute_fingerprint(ds: Dataset, max_cases: int | None = None, samples_per_c
     >>> import json, tempfile
     >>> from pathlib import Path
     >>> from medseg.io.image import Image
-    >>> from medseg.io.readers import write_image
+    >>> from medseg.io.writers import write_image
     >>> from medseg.train.dataset import open_dataset
     >>> root = Path(tempfile.mkdtemp())
     >>> for sub in ("imagesTr", "labelsTr"):

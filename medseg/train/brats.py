@@ -150,7 +150,7 @@ def _write_nifti_gz(source: Path, dest: Path) -> None:
     import gzip
     import shutil
 
-    from medseg.io.readers import write_unchecked
+    from medseg.io.writers import write_unchecked
 
     suffix = full_suffix(source)
     if suffix == ".nii.gz":

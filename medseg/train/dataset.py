@@ -273,7 +273,7 @@ def load_case(case: Case, with_label: bool = True, labels=None, channels: int | 
     Examples
     --------
     >>> import tempfile
-    >>> from medseg.io.readers import write_image
+    >>> from medseg.io.writers import write_image
     >>> folder, affine = Path(tempfile.mkdtemp()), np.diag([2.0, 1.0, 1.0, 1.0])
     >>> for name in ("a_0000.nii.gz", "a_0001.nii.gz", "a.nii.gz"):
     ...     _ = write_image(Image(np.zeros((4, 4, 4), np.uint8), affine), folder / name)
