@@ -272,7 +272,8 @@ PATCH_3D_VOXELS = 64 ** 3  # per crop: 4x the 2D default's 256² pixels, ~0.5 s 
 def fit_patch(shapes) -> tuple:
     """A 3D training crop for stacks of these shapes: per axis the smallest stack's extent rounded down to a multiple
     of 8, between 16 and 96 voxels, then the largest axis (the last of equals) cut by 8 until the crop holds at most
-    64³ voxels. (Stacks smaller than 16 along an axis are padded when cropped.)
+    64³ voxels, then down to a size the network's down-samplings divide
+    (:func:`medseg.train.network.divisible_patch`). (Stacks smaller than 16 along an axis are padded when cropped.)
 
     Parameters
     ----------
@@ -292,7 +293,11 @@ def fit_patch(shapes) -> tuple:
     (64, 64, 64)
     >>> fit_patch([(12, 512, 512)])
     (16, 96, 96)
+    >>> fit_patch([(20, 40, 90)])  # 88 would halve to an odd 11
+    (16, 40, 80)
     """
+    from medseg.train.network import divisible_patch
+
     low = [min(s[a] for s in shapes) for a in range(3)]
     patch = [min(max(16, n // 8 * 8), PATCH_3D_MAX) for n in low]
     while math.prod(patch) > PATCH_3D_VOXELS:
@@ -300,7 +305,9 @@ def fit_patch(shapes) -> tuple:
         if patch[a] <= 16:
             break
         patch[a] -= 8
-    return tuple(patch)
+    # a multiple of 8 is not enough where an axis halves four times (88 -> 11 -> odd): down to what the network's
+    # strides divide
+    return tuple(divisible_patch(patch, down=True))
 
 
 def config_for_data(data_dir, tune_fraction: float | None = None) -> CellTrainConfig:

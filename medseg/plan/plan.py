@@ -163,6 +163,12 @@ class Plan:
             bad(f"patch_size {self.patch_size}: every entry must be >= 8")
         if len(self.target_spacing) != 3 or any(s <= 0 for s in self.target_spacing):
             bad(f"target_spacing {self.target_spacing} must be 3 positive numbers (mm)")
+        from medseg.train.network import check_patch
+
+        try:  # here, not at the first training iteration (a tensor-size crash there, exit 1)
+            check_patch(self.patch_size, self.target_spacing if self.spatial_dims == 3 else self.in_plane_spacing)
+        except InputError as exc:
+            bad(exc.problem)
         if self.orientation is not None:
             from medseg.io.orientation import valid_codes
 

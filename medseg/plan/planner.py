@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import os
 from pathlib import Path
 
@@ -16,7 +15,7 @@ from medseg.plan.fingerprint import Fingerprint, compute_fingerprint
 from medseg.plan.plan import Normalisation, Plan
 from medseg.system import total_ram_bytes
 from medseg.train.dataset import Dataset, open_dataset
-from medseg.train.network import dynunet_strides
+from medseg.train.network import divisible_patch, dynunet_strides
 
 # Effective training throughput assumed when fitting to a time budget (forward+backward FLOP/s): rough,
 # conservative assumptions for a 2-core CPU and a mid-range GPU (not calibrated yet); override with throughput=.
@@ -178,16 +177,14 @@ def fit_patch(median_shape, spacing, spatial_dims: int, memory_bytes: float, bas
     if len(shape) != spatial_dims or len(sp) != spatial_dims:  # a 2D caller must say which axes are in-plane
         raise ValueError(f"fit_patch: {spatial_dims}D needs {spatial_dims} sizes and spacings, got {shape}, {sp}")
 
-    def round_up(p):
-        _, strides = dynunet_strides(p, sp)
-        div = np.prod(np.asarray(strides), axis=0)
-        return [int(math.ceil(x / dv) * dv) for x, dv in zip(p, div)]
-
-    patch = round_up([max(s, 8) for s in shape])
+    patch = divisible_patch([max(s, 8) for s in shape], sp)
     for _ in range(100):
-        mem, _ = estimate_cost(patch, base_filters)
-        if mem * batch_size <= memory_bytes and (max_voxels is None or np.prod(patch) <= max_voxels):
-            break
+        # what is returned and checked is a patch the network runs on: a shrunk one may have lost its divisibility
+        # (200x200x15 at 1x1x3 mm shrank to [144, 144, 16], whose strides need multiples of 32)
+        fit = divisible_patch(patch, sp)
+        mem, _ = estimate_cost(fit, base_filters)
+        if mem * batch_size <= memory_bytes and (max_voxels is None or np.prod(fit) <= max_voxels):
+            return fit
         mm = [p * s if p > 8 else 0 for p, s in zip(patch, sp)]
         if max(mm) == 0:
             break
@@ -195,7 +192,7 @@ def fit_patch(median_shape, spacing, spatial_dims: int, memory_bytes: float, bas
         for i in [i for i, m in enumerate(mm) if np.isclose(m, max(mm))]:  # tied axes together: order-free
             step = int(np.prod([st[i] for st in strides]))
             patch[i] = max(8, patch[i] - max(step, 1))  # one divisibility unit at a time: always shrinks
-    return patch
+    return divisible_patch(patch, sp)
 
 
 def default_memory_gb(device: str | torch.device = "cpu") -> float:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import torch
+
+from medseg.errors import InputError
 
 
 def dynunet_strides(patch_size: Sequence[int], spacing: Sequence[float] | None = None,
@@ -33,11 +36,60 @@ def dynunet_strides(patch_size: Sequence[int], spacing: Sequence[float] | None =
     return kernels, strides
 
 
+def check_patch(patch_size: Sequence[int], spacing: Sequence[float] | None = None) -> None:
+    """``InputError`` unless a DynUNet sized by :func:`dynunet_strides` runs on ``patch_size``.
+
+    DynUNet needs at least two down-samplings, and each must halve an even size (its up-sampling doubles
+    ``ceil(s / 2)``, so an odd size fails at the skip connection): a one-line error for a patch that breaks either,
+    instead of MONAI's ValueError or a tensor-size crash in the first training iteration.
+
+    Examples
+    --------
+    >>> check_patch([40, 56, 40])
+    >>> check_patch([36, 36, 36])
+    Traceback (most recent call last):
+    ...
+    medseg.errors.InputError: patch_size [36, 36, 36] does not fit the network's 3 down-samplings: each entry must be a multiple of [8, 8, 8] (e.g. [40, 40, 40])
+    """
+    size = [int(p) for p in patch_size]
+    _, strides = dynunet_strides(size, spacing)
+    if len(strides) < 3:
+        raise InputError(f"patch_size {size} is too small: the network needs two down-samplings and this patch "
+                         f"allows {len(strides) - 1} (use 16 or more voxels along the finest axes)")
+    div = [math.prod(st[i] for st in strides) for i in range(len(size))]
+    if any(p % d for p, d in zip(size, div)):
+        raise InputError(f"patch_size {size} does not fit the network's {len(strides) - 1} down-samplings: each entry "
+                         f"must be a multiple of {div} (e.g. {divisible_patch(size, spacing)})")
+
+
+def divisible_patch(patch_size: Sequence[int], spacing: Sequence[float] | None = None,
+                    down: bool = False) -> list[int]:
+    """``patch_size`` rounded up (or ``down``) until the strides :func:`dynunet_strides` gives it divide it (a patch
+    the network runs on; rounding once is not enough: a larger patch can get another down-sampling level).
+
+    Examples
+    --------
+    >>> divisible_patch([200, 200, 30])  # once: [208, 208, 32], whose strides (32, 32, 8) no longer divide it
+    [224, 224, 32]
+    >>> divisible_patch([16, 40, 88], down=True)  # 88 halves to an odd 11 on its fourth level
+    [16, 40, 80]
+    """
+    size = [int(p) for p in patch_size]
+    while True:  # ends: up, the levels (so the divisors) are bounded by max_levels; down, sizes only shrink
+        _, strides = dynunet_strides(size, spacing)
+        div = [math.prod(st[i] for st in strides) for i in range(len(size))]
+        new = [max(p // d, 1) * d if down else math.ceil(p / d) * d for p, d in zip(size, div)]
+        if new == size:
+            return size
+        size = new
+
+
 def build_network(spatial_dims: int, in_channels: int, out_channels: int, patch_size: Sequence[int],
                   spacing: Sequence[float] | None = None, base_filters: int = 32, max_filters: int = 320,
                   deep_supervision: bool = False, norm: str = "instance",
                   residual: bool = False) -> torch.nn.Module:
-    """A MONAI DynUNet sized from the patch (and spacing), as used by both pipelines.
+    """A MONAI DynUNet sized from the patch (and spacing), as used by both pipelines; ``InputError`` for a patch
+    it cannot run on (:func:`check_patch`).
 
     Examples
     --------
@@ -47,6 +99,7 @@ def build_network(spatial_dims: int, in_channels: int, out_channels: int, patch_
     """
     from monai.networks.nets import DynUNet
 
+    check_patch(patch_size, spacing)
     kernels, strides = dynunet_strides(patch_size, spacing)
     filters = [min(base_filters * 2**i, max_filters) for i in range(len(strides))]
     return DynUNet(
