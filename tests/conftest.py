@@ -69,6 +69,18 @@ def cli():
     return run_cli
 
 
+@pytest.fixture
+def one_torch_thread():
+    """One intra-op torch thread for the test, restored after: on a shared, oversubscribed CPU two OpenMP threads
+    were measured 10x slower."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def pytest_collection_modifyitems(config, items):
     """``@pytest.mark.slow`` tests (full-budget training) run only with MEDSEG_SLOW=1; CI runs bounded versions."""
     if os.environ.get("MEDSEG_SLOW", "0") not in ("", "0"):

@@ -428,6 +428,9 @@ def test_training_holds_out_tuning_images(tmp_path):
     assert meta["diameter_range_area"] == pytest.approx(np.percentile(train_a, [1, 99]), abs=0.01)
     assert meta["diameter_measure"] == "both"
 
+    # the settings that measured the tuning images' nucleus sizes (before tuning), for counting to measure alike
+    assert meta["size_thresholds"] == {"threshold": cfg.threshold, "seed_threshold": cfg.seed_threshold,
+                                       "seeds": cfg.seeds}
     model = CellModel.load(run)
     assert (model.cfg.threshold, model.cfg.seed_threshold) == (t["threshold"], t["seed_threshold"])
     assert model.cfg.seeds == t["seeds"] and {r["seeds"] for r in t["table"]} == {"boundary", "distance", "votes"}

@@ -266,3 +266,31 @@ def test_an_in_range_image_is_segmented_with_one_watershed():
     assert model.segment(img).max() == 9 and calls == [None]
     model.postprocess(model.probabilities(img), threshold=0.3)
     assert calls == [None, 0.3]
+
+
+def test_sizes_are_measured_with_the_thresholds_the_tuning_measured_them_with(monkeypatch):
+    """The tuning chooses thresholds on maps at the scales that the untuned thresholds' sizes gave; counting must
+    resize each image alike, not by the sizes its tuned thresholds see (9 of 40 DSB2018 images were resized
+    differently). Here a lower threshold sees the soft-edged discs 1.6x larger, beyond the model's range."""
+    from medseg.cells.config import CellTrainConfig
+    from medseg.cells.segmenters import CellModel
+
+    monkeypatch.setattr("medseg.cells.scale.initial_diameter", lambda image: 0.0)
+    d, step = 30.0, 60
+    yy, xx = np.mgrid[: 3 * step, : 3 * step]
+    img = np.clip(1 - np.hypot(yy % step - step / 2, xx % step - step / 2) / (d / 2), 0, 1).astype(np.float32)
+    model = CellModel(None, CellTrainConfig(threshold=0.2), {"diameter_range": [10.0, 20.0]})
+    model._probabilities = lambda x: np.asarray(x, np.float32)[None]
+
+    def instances(prob, threshold=None, seed_threshold=None, seeds=None, shape=None, **_):
+        from scipy import ndimage as ndi
+
+        lab = ndi.label(prob[0] > (model.cfg.threshold if threshold is None else threshold))[0]
+        return lab if shape is None else resize_labels(lab, shape)
+
+    model.postprocess = instances
+    assert median_diameter(instances(img[None])) > 22 and 13 < median_diameter(instances(img[None], 0.5)) < 17
+    assert model.scale_for(img) < 0.9  # a run without the record: its tuned threshold measures (as before)
+    model.meta["size_thresholds"] = {"threshold": 0.5, "seed_threshold": 0.5, "seeds": "boundary"}
+    assert model.scale_for(img) == 1.0
+

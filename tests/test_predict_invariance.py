@@ -23,12 +23,7 @@ from medseg.plan.plan import Plan
 from medseg.postprocess.components import keep_largest_component, remove_small_components
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _model(path: Path, **kw) -> Path:

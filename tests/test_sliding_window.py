@@ -14,13 +14,7 @@ from conftest import data_path
 from medseg.infer.sliding_window import flip_sets, gaussian_importance_map, sliding_window_predict, window_starts
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: on a shared, oversubscribed CPU two OpenMP threads were measured 10x slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _net(dims: int = 3, classes: int = 3, in_ch: int = 1) -> torch.nn.Module:

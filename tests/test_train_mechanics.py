@@ -110,13 +110,12 @@ def test_padding_empty_cases_and_patches_larger_than_the_case():
     assert x.shape == (3, 1, 8, 8) and not y.any()
 
 
-def test_patches_the_network_cannot_run_on_are_input_errors():
+def test_patches_the_network_cannot_run_on_are_input_errors(one_torch_thread):
     """A patch either builds a network that runs (deep supervision, training mode) or is an InputError: never a
     MONAI ValueError or a tensor-size RuntimeError in the first iteration (e.g. 36 halves to an odd 9)."""
     from medseg.errors import InputError
     from medseg.train.network import build_network
 
-    torch.set_num_threads(1)
     for size in [(8, 8), (12, 15), (16, 16), (18, 18), (36, 40), (20, 28), (9, 40), (24, 40), (40, 18), (64, 48)]:
         try:
             net = build_network(2, 1, 2, list(size), [1.0, 1.0], base_filters=2, max_filters=4, deep_supervision=True)
