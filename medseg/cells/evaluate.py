@@ -87,9 +87,11 @@ def summarize(per_image: list[dict], thresholds=THRESHOLDS) -> dict:
     for t in thresholds:
         t = f"{float(t):g}"
         tp, fp, fn = (sum(r[f"{k}@{t}"] for r in per_image) for k in ("tp", "fp", "fn"))
+        # a ratio without a denominator is 1 only with nothing on either side, as per image (instance_metrics)
+        none = float(tp + fp + fn == 0)
         pooled[f"ap@{t}"] = tp / (tp + fp + fn) if tp + fp + fn else 1.0
-        pooled[f"precision@{t}"] = tp / (tp + fp) if tp + fp else 1.0
-        pooled[f"recall@{t}"] = tp / (tp + fn) if tp + fn else 1.0
+        pooled[f"precision@{t}"] = tp / (tp + fp) if tp + fp else none
+        pooled[f"recall@{t}"] = tp / (tp + fn) if tp + fn else none
         pooled[f"f1@{t}"] = 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 1.0
     n_ref = sum(r["n_ref"] for r in per_image)
     n_pred = sum(r["n_pred"] for r in per_image)

@@ -73,7 +73,7 @@ def _warn_unreferenced(per_case: list[dict]) -> None:
 
 
 def _fill_missing(per_case: list[dict], names: dict[int, str], kwargs: dict) -> None:
-    """Classes absent from a case (labels found per case) get the both-empty values."""
+    """Classes absent from a case (labels found per case) get the both-empty values, counted in its ``mean_iou``."""
     for c in per_case:
         missing = {v: n for v, n in names.items() if n not in c["classes"]}
         if missing:
@@ -84,6 +84,8 @@ def _fill_missing(per_case: list[dict], names: dict[int, str], kwargs: dict) -> 
             c["labels"].update(empty["labels"])
             c["classes"] = {n: c["classes"][n] for n in names.values()}
             c["labels"] = {n: c["labels"][n] for n in names.values()}
+            # over the report's classes, as when --labels names them (a filled class is both empty: IoU 1)
+            c["mean_iou"] = float(np.mean([m["iou"] for m in c["classes"].values()]))
 
 
 def _progress(total: int, enabled: bool | None):

@@ -23,6 +23,7 @@ from medseg.io.atomic import atomic_path, deferred_interrupts
 
 REPORT_FILES = ("metrics.json", "metrics.csv", "report.html", "report.md")
 TABLE_KEYS = ("dice", "iou", "hd95", "assd", "nsd", "volume_ref_ml", "volume_pred_ml")
+LESION_KEYS = ("precision", "recall", "f1", "ap", "panoptic_quality")
 
 
 def _clean(obj):
@@ -125,6 +126,13 @@ def _fmt(v, digits=4) -> str:
     return f"{v:.{digits}g}" if abs(v) >= 1000 else f"{v:.{digits}f}".rstrip("0").rstrip(".") if v else "0"
 
 
+def _md(text) -> str:
+    """``text`` as Markdown shows it verbatim in a table cell or list item: a ``|`` or a line break in a class or
+    case name split the table, ``**`` or ``<`` in it turned into bold text or HTML."""
+    out = "".join("\\" + ch if ch in "\\|*`<>" else ch for ch in str(text))
+    return out.replace("\r\n", "<br>").replace("\n", "<br>").replace("\r", "<br>")
+
+
 def _table_rows(report: dict) -> tuple[list[str], list[list[str]]]:
     keys = [k for k in TABLE_KEYS if any(k in m for m in report["mean"].values())]
     tol = report["settings"].get("nsd_tolerance_mm")
@@ -138,8 +146,15 @@ def _table_rows(report: dict) -> tuple[list[str], list[list[str]]]:
                        else _fmt(m.get(k)))
         rows.append(row)
     fg = report["foreground_mean"]
-    rows.append(["**foreground mean**", ""] + [_fmt(fg.get(k)) for k in keys])
+    rows.append(["foreground mean", ""] + [_fmt(fg.get(k)) for k in keys])  # the last row
     return heads, rows
+
+
+def _lesion_threshold(lesions: dict) -> str:
+    """The IoU threshold the lesion tables show: 0.5 when it was computed, else the lowest one computed (a table of
+    blanks left out the numbers the JSON holds)."""
+    found = {k.split("@", 1)[1] for d in lesions.values() for k in d if k.startswith("tp@")}
+    return "0.5" if "0.5" in found or not found else min(found, key=float)
 
 
 def _notes(report: dict) -> list[str]:
@@ -191,24 +206,26 @@ def to_markdown(report: dict) -> str:
     | label_1 | 1 | 0.5 ± 0 | 0.3333 ± 0 | 1 ± 0 | 0.5 ± 0 | 1 ± 0 | 0.004 | 0.004 |
     """
     heads, rows = _table_rows(report)
+    rows = [[_md(r[0]), *r[1:]] for r in rows[:-1]] + [[f"**{rows[-1][0]}**", *rows[-1][1:]]]
     lines = [f"# Segmentation metrics ({_cases(len(report['per_case']))})", "",
              "| " + " | ".join(heads) + " |", "|" + "---|" * len(heads)]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
     lesions = {n: m["lesions"] for n, m in report["mean"].items() if "lesions" in m}
     if lesions:
-        lines += ["", "Lesion-wise (pooled over cases, IoU >= 0.5):", "",
+        t = _lesion_threshold(lesions)
+        lines += ["", f"Lesion-wise (pooled over cases, IoU >= {t}):", "",
                   "| class | n_ref | n_pred | TP | FP | FN | precision | recall | F1 | AP | PQ |",
                   "|" + "---|" * 11]
         for n, d in lesions.items():
-            lines.append(f"| {n} | {d['n_ref']} | {d['n_pred']} | {d.get('tp@0.5', '')} | {d.get('fp@0.5', '')} | "
-                         f"{d.get('fn@0.5', '')} | " + " | ".join(_fmt(d.get(f"{k}@0.5")) for k in
-                                                                 ("precision", "recall", "f1", "ap",
-                                                                  "panoptic_quality")) + " |")
-    lines += ["", *(f"- {n}" for n in _notes(report)), "", "Worst cases (lowest mean Dice):", "",
+            lines.append(f"| {_md(n)} | {d['n_ref']} | {d['n_pred']} | {d.get(f'tp@{t}', '')} | "
+                         f"{d.get(f'fp@{t}', '')} | {d.get(f'fn@{t}', '')} | "
+                         + " | ".join(_fmt(d.get(f"{k}@{t}")) for k in LESION_KEYS) + " |")
+    lines += ["", *(f"- {_md(n)}" for n in _notes(report)), "", "Worst cases (lowest mean Dice):", "",
               "| case | mean dice | worst class | its dice |", "|---|---|---|---|"]
     for w in worst_cases(report["per_case"]):
-        lines.append(f"| {w['case']} | {_fmt(w['mean_dice'])} | {w['worst_class']} | {_fmt(w['worst_dice'])} |")
-    lines += ["", "Settings: " + ", ".join(f"{k}={v}" for k, v in report["settings"].items()), ""]
+        lines.append(f"| {_md(w['case'])} | {_fmt(w['mean_dice'])} | {_md(w['worst_class'])} | "
+                     f"{_fmt(w['worst_dice'])} |")
+    lines += ["", "Settings: " + ", ".join(f"{_md(k)}={_md(v)}" for k, v in report["settings"].items()), ""]
     return "\n".join(lines)
 
 
@@ -295,7 +312,7 @@ def to_html(report: dict) -> str:
     heads, rows = _table_rows(report)
     e = html.escape
     table = "<table><tr>" + "".join(f"<th>{e(h)}</th>" for h in heads) + "</tr>" + "".join(
-        "<tr>" + "".join(f"<td>{e(c.replace('**', ''))}</td>" for c in r) + "</tr>" for r in rows) + "</table>"
+        "<tr>" + "".join(f"<td>{e(c)}</td>" for c in r) + "</tr>" for r in rows) + "</table>"
     png = base64.b64encode(dice_plot_png(report)).decode("ascii")
     worst = "<table><tr><th>case</th><th>mean dice</th><th>worst class</th><th>its dice</th></tr>" + "".join(
         f"<tr><td>{e(w['case'])}</td><td>{_fmt(w['mean_dice'])}</td><td>{e(w['worst_class'])}</td>"
@@ -304,13 +321,13 @@ def to_html(report: dict) -> str:
     lesions = {n: m["lesions"] for n, m in report["mean"].items() if "lesions" in m}
     lesion_html = ""
     if lesions:
-        keys = ("precision", "recall", "f1", "ap", "panoptic_quality")
-        lesion_html = ("<h2>Lesion-wise (pooled over cases, IoU &ge; 0.5)</h2>\n<table><tr><th>class</th><th>n_ref</th>"
-                       "<th>n_pred</th><th>TP</th><th>FP</th><th>FN</th>" + "".join(f"<th>{k}</th>" for k in keys)
-                       + "</tr>" + "".join(
-                           f"<tr><td>{e(n)}</td><td>{d['n_ref']}</td><td>{d['n_pred']}</td><td>{d.get('tp@0.5', '')}"
-                           f"</td><td>{d.get('fp@0.5', '')}</td><td>{d.get('fn@0.5', '')}</td>"
-                           + "".join(f"<td>{_fmt(d.get(f'{k}@0.5'))}</td>" for k in keys) + "</tr>"
+        t = _lesion_threshold(lesions)
+        lesion_html = (f"<h2>Lesion-wise (pooled over cases, IoU &ge; {t})</h2>\n<table><tr><th>class</th>"
+                       "<th>n_ref</th><th>n_pred</th><th>TP</th><th>FP</th><th>FN</th>"
+                       + "".join(f"<th>{k}</th>" for k in LESION_KEYS) + "</tr>" + "".join(
+                           f"<tr><td>{e(n)}</td><td>{d['n_ref']}</td><td>{d['n_pred']}</td><td>{d.get(f'tp@{t}', '')}"
+                           f"</td><td>{d.get(f'fp@{t}', '')}</td><td>{d.get(f'fn@{t}', '')}</td>"
+                           + "".join(f"<td>{_fmt(d.get(f'{k}@{t}'))}</td>" for k in LESION_KEYS) + "</tr>"
                            for n, d in lesions.items()) + "</table>\n")
     settings = "".join(f"<li>{e(str(k))}: {e(json.dumps(_clean(v)))}</li>" for k, v in report["settings"].items())
     style = ("body{font-family:sans-serif;margin:2em;max-width:1200px}table{border-collapse:collapse;margin:1em 0}"
