@@ -135,15 +135,18 @@ class CellModel:
             ranges = {"count": size_range, "area": self.meta.get("diameter_range_area")}
         # float32 as probabilities() passes it, so that the final prediction at scale 1 is this cached pass
         native = self._probabilities(resize_image(image, image.shape))
+        # sizes measured with the thresholds the tuning measured them with (runs from before session 39 recorded
+        # none: their tuned thresholds), so that counting resizes each image as the tuning did
+        size = dict(self.meta.get("size_thresholds") or {})
         # nuclei too large for the model come out in pieces, which understate their size; the Otsu mask's
         # estimate does not split them
-        s = agreed_scale(image_sizes(self.postprocess(native), floor=initial_diameter(image)), ranges, measure)
+        s = agreed_scale(image_sizes(self.postprocess(native, **size), floor=initial_diameter(image)), ranges, measure)
         if s == 1.0:
             return s
         # then measure with the model where it is reliable, at the first guess's scale (kept when the two agree
         # within 10 %: its maps are cached)
-        sizes = image_sizes(self.postprocess(self._probabilities(resize_image(image, scaled_shape(image.shape, s)))),
-                            s)
+        sizes = image_sizes(self.postprocess(self._probabilities(resize_image(image, scaled_shape(image.shape, s))),
+                                             **size), s)
         s2 = agreed_scale(sizes, ranges, measure) if sizes["count"] > 0 else s
         return s if abs(s2 / s - 1) <= 0.1 else s2
 

@@ -258,6 +258,9 @@ def train_cells(data_dir, run_dir, cfg: CellTrainConfig | None = None, resume: b
     meta.update({"steps": step, "train_seconds": round(elapsed, 1), "final_loss": float(np.mean(losses[-20:]))
                  if losses else None})
     if tune:
+        # the watershed settings that measure each image's nucleus size (scale_for) while tuning: counting measures
+        # with them too, so that the tuned thresholds see the images at the scales they were chosen at
+        meta["size_thresholds"] = {"threshold": cfg.threshold, "seed_threshold": cfg.seed_threshold, "seeds": cfg.seeds}
         meta["tuning"] = _tune(net, cfg, meta, tune)
         meta["config"].update({k: meta["tuning"][k] for k in ("threshold", "seed_threshold", "seeds")})
     _save_json(meta, run_dir / "model.json")
