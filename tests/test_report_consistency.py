@@ -296,6 +296,7 @@ def test_lesion_tables_show_a_threshold_that_was_computed(tmp_path):
                *(_fmt(d[f"{k}@0.3"]) for k in ("precision", "recall", "f1", "ap", "panoptic_quality"))]]
     md = to_markdown(report)
     assert _md_tables(md)[1][1:] == expect == _tables(to_html(report))[1][1:]
+    assert _md_tables(md)[1][0] == _tables(to_html(report))[1][0]  # the same headings (html said f1, md F1)
     assert "IoU >= 0.3" in md
 
 

@@ -24,6 +24,7 @@ from medseg.io.atomic import atomic_path, deferred_interrupts
 REPORT_FILES = ("metrics.json", "metrics.csv", "report.html", "report.md")
 TABLE_KEYS = ("dice", "iou", "hd95", "assd", "nsd", "volume_ref_ml", "volume_pred_ml")
 LESION_KEYS = ("precision", "recall", "f1", "ap", "panoptic_quality")
+LESION_HEADS = ("class", "n_ref", "n_pred", "TP", "FP", "FN", "precision", "recall", "F1", "AP", "PQ")  # md and html
 
 
 def _clean(obj):
@@ -214,8 +215,7 @@ def to_markdown(report: dict) -> str:
     if lesions:
         t = _lesion_threshold(lesions)
         lines += ["", f"Lesion-wise (pooled over cases, IoU >= {t}):", "",
-                  "| class | n_ref | n_pred | TP | FP | FN | precision | recall | F1 | AP | PQ |",
-                  "|" + "---|" * 11]
+                  "| " + " | ".join(LESION_HEADS) + " |", "|" + "---|" * len(LESION_HEADS)]
         for n, d in lesions.items():
             lines.append(f"| {_md(n)} | {d['n_ref']} | {d['n_pred']} | {d.get(f'tp@{t}', '')} | "
                          f"{d.get(f'fp@{t}', '')} | {d.get(f'fn@{t}', '')} | "
@@ -322,9 +322,8 @@ def to_html(report: dict) -> str:
     lesion_html = ""
     if lesions:
         t = _lesion_threshold(lesions)
-        lesion_html = (f"<h2>Lesion-wise (pooled over cases, IoU &ge; {t})</h2>\n<table><tr><th>class</th>"
-                       "<th>n_ref</th><th>n_pred</th><th>TP</th><th>FP</th><th>FN</th>"
-                       + "".join(f"<th>{k}</th>" for k in LESION_KEYS) + "</tr>" + "".join(
+        lesion_html = (f"<h2>Lesion-wise (pooled over cases, IoU &ge; {t})</h2>\n<table><tr>"
+                       + "".join(f"<th>{h}</th>" for h in LESION_HEADS) + "</tr>" + "".join(
                            f"<tr><td>{e(n)}</td><td>{d['n_ref']}</td><td>{d['n_pred']}</td><td>{d.get(f'tp@{t}', '')}"
                            f"</td><td>{d.get(f'fp@{t}', '')}</td><td>{d.get(f'fn@{t}', '')}</td>"
                            + "".join(f"<td>{_fmt(d.get(f'{k}@{t}'))}</td>" for k in LESION_KEYS) + "</tr>"
