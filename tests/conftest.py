@@ -69,6 +69,25 @@ def cli():
     return run_cli
 
 
+@pytest.fixture(scope="session", autouse=True)
+def no_network():
+    """medseg must never need the network at run time (only ``medseg data fetch`` downloads, when asked): any
+    connection from the test process to a non-loopback address fails the test that made it."""
+    import socket
+
+    connect, connect_ex = socket.socket.connect, socket.socket.connect_ex
+
+    def guard(address):
+        host = address[0] if isinstance(address, tuple) else None  # a path: a unix socket
+        if host is not None and host not in ("127.0.0.1", "localhost", "::1", "0.0.0.0"):
+            raise AssertionError(f"network access at run time: connect to {address!r}")
+
+    socket.socket.connect = lambda self, address: (guard(address), connect(self, address))[1]
+    socket.socket.connect_ex = lambda self, address: (guard(address), connect_ex(self, address))[1]
+    yield
+    socket.socket.connect, socket.socket.connect_ex = connect, connect_ex
+
+
 @pytest.fixture
 def one_torch_thread():
     """One intra-op torch thread for the test, restored after: on a shared, oversubscribed CPU two OpenMP threads

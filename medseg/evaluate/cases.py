@@ -11,6 +11,7 @@ import numpy as np  # noqa: F401 (the docstring examples)
 from medseg.errors import InputError
 from medseg.io.atomic import case_name
 from medseg.io.image import Image
+from medseg.io.orientation import reorient_onto
 
 LABEL_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".seg.nrrd", ".mha", ".mhd", ".tif", ".tiff", ".png")
 
@@ -166,17 +167,6 @@ def spacing_mm(image: Image) -> tuple[float, ...]:
     return tuple(s / 1000.0 for s in sp) if image.meta.get("unit") == "um" else sp
 
 
-def reorient_to(pred: Image, ref: Image, atol: float) -> Image | None:
-    """``pred`` re-indexed (transposed and flipped, no resampling: :func:`medseg.io.orientation.reorient`) into
-    ``ref``'s axis order when its voxels are the same world points stored in another orientation; None otherwise."""
-    if pred.ndim != 3 or ref.ndim != 3 or sorted(pred.shape) != sorted(ref.shape):
-        return None
-    from medseg.io.orientation import reorient
-
-    out = reorient(pred, ref.orientation)[0]
-    return out if out.same_grid(ref, atol) else None
-
-
 def check_geometry(pred: Image, ref: Image, pred_path, spacing_from: str | None = None, atol: float = 1e-3) -> Image:
     """The prediction on the reference's grid; ``InputError`` (naming the prediction) unless both share the grid.
 
@@ -188,7 +178,7 @@ def check_geometry(pred: Image, ref: Image, pred_path, spacing_from: str | None 
     if spacing_from is None:
         if pred.same_grid(ref, atol):
             return pred
-        moved = reorient_to(pred, ref, atol)
+        moved = reorient_onto(pred, ref, atol)
         if moved is not None:
             return moved
     if pred.shape != ref.shape:

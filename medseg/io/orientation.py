@@ -97,6 +97,26 @@ def restore(array: np.ndarray, back: np.ndarray, channels_first: bool = False) -
     return _apply(array, back, channels_first)
 
 
+def reorient_onto(image: Image, ref: Image, atol: float) -> Image | None:
+    """``image`` re-indexed (transposed and flipped, no resampling: :func:`reorient`) into ``ref``'s axis order when
+    its voxels are the same world points stored in another orientation (within ``atol`` mm); None otherwise.
+
+    Examples
+    --------
+    >>> ref = Image(np.arange(24).reshape(2, 3, 4), np.diag([1.0, 2.0, 3.0, 1.0]))
+    >>> lps = reorient(ref, "LPS")[0]
+    >>> bool((reorient_onto(lps, ref, 1e-3).array == ref.array).all())
+    True
+    >>> shifted = Image(lps.array, lps.affine + np.array([[0, 0, 0, 5.0]] + [[0, 0, 0, 0]] * 3))  # 5 mm off
+    >>> print(reorient_onto(shifted, ref, 1e-3))
+    None
+    """
+    if image.ndim != 3 or ref.ndim != 3 or sorted(image.shape) != sorted(ref.shape):
+        return None
+    out = reorient(image, ref.orientation)[0]
+    return out if out.same_grid(ref, atol) else None
+
+
 def valid_codes(codes: str) -> bool:
     """Whether ``codes`` names one direction of each world axis, e.g. ``'RAS'`` or ``'LPI'``.
 

@@ -296,14 +296,15 @@ def load_case(case: Case, with_label: bool = True, labels=None, channels: int | 
     image = Image(np.stack(chans), ref.affine, {"source": str(case.images[0]), "case": case.id}, True)
     label = None
     if with_label and case.label is not None:
-        from medseg.evaluate.cases import read_label_map, reorient_to
+        from medseg.evaluate.cases import read_label_map
+        from medseg.io.orientation import reorient_onto
 
         lab = read_label_map(case.label)  # rejects NaN/inf, fractions, negatives, several channels
         # the image's voxels stored in another axis order (an LPS label of a RAS image): re-indexed, else it would
         # be used mirrored; within half a voxel the correspondence is unambiguous
         tol = 0.5 * min(image.spacing)
         if not lab.same_grid(image, tol):
-            lab = reorient_to(lab, image, tol) or lab
+            lab = reorient_onto(lab, image, tol) or lab
         top = int(np.asarray(lab.array).max(initial=0))
         if top > np.iinfo(np.int16).max:  # the int16 cast below would wrap it silently
             raise InputError(f"case {case.id}: label value {top} is out of range (max 32767)", path=case.label)

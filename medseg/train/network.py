@@ -36,6 +36,12 @@ def dynunet_strides(patch_size: Sequence[int], spacing: Sequence[float] | None =
     return kernels, strides
 
 
+def _divisors(size: list[int], spacing) -> tuple[int, list[int]]:
+    """The number of down-samplings :func:`dynunet_strides` gives a patch, and what each axis must be a multiple of."""
+    _, strides = dynunet_strides(size, spacing)
+    return len(strides) - 1, [math.prod(st[i] for st in strides) for i in range(len(size))]
+
+
 def check_patch(patch_size: Sequence[int], spacing: Sequence[float] | None = None) -> None:
     """``InputError`` unless a DynUNet sized by :func:`dynunet_strides` runs on ``patch_size``.
 
@@ -52,13 +58,12 @@ def check_patch(patch_size: Sequence[int], spacing: Sequence[float] | None = Non
     medseg.errors.InputError: patch_size [36, 36, 36] does not fit the network's 3 down-samplings: each entry must be a multiple of [8, 8, 8] (e.g. [40, 40, 40])
     """
     size = [int(p) for p in patch_size]
-    _, strides = dynunet_strides(size, spacing)
-    if len(strides) < 3:
+    levels, div = _divisors(size, spacing)
+    if levels < 2:
         raise InputError(f"patch_size {size} is too small: the network needs two down-samplings and this patch "
-                         f"allows {len(strides) - 1} (use 16 or more voxels along the finest axes)")
-    div = [math.prod(st[i] for st in strides) for i in range(len(size))]
+                         f"allows {levels} (use 16 or more voxels along the finest axes)")
     if any(p % d for p, d in zip(size, div)):
-        raise InputError(f"patch_size {size} does not fit the network's {len(strides) - 1} down-samplings: each entry "
+        raise InputError(f"patch_size {size} does not fit the network's {levels} down-samplings: each entry "
                          f"must be a multiple of {div} (e.g. {divisible_patch(size, spacing)})")
 
 
@@ -76,8 +81,7 @@ def divisible_patch(patch_size: Sequence[int], spacing: Sequence[float] | None =
     """
     size = [int(p) for p in patch_size]
     while True:  # ends: up, the levels (so the divisors) are bounded by max_levels; down, sizes only shrink
-        _, strides = dynunet_strides(size, spacing)
-        div = [math.prod(st[i] for st in strides) for i in range(len(size))]
+        div = _divisors(size, spacing)[1]
         new = [max(p // d, 1) * d if down else math.ceil(p / d) * d for p, d in zip(size, div)]
         if new == size:
             return size
