@@ -381,3 +381,35 @@ def test_cells_pooled_precision_without_any_predicted_cell(tmp_path):
     assert summarize([row], thresholds=[0.5])["pooled"]["recall@0.5"] == 0.0
     nothing = {**row, "n_pred": 0, "count_error": 0, "fp@0.5": 0, "ap@0.5": 1.0}
     assert summarize([nothing], thresholds=[0.5])["pooled"]["precision@0.5"] == 1.0
+
+
+def test_capped_distances_are_counted_and_said(tmp_path):
+    """A capped HD95 is a stand-in, not a measurement: metrics.json counts the capped cases per class and report.md
+    says how many of the averaged distances are the cap (it said 'averaged over 5 of 5 cases' when 4 were)."""
+    import nibabel as nib
+
+    rng = np.random.default_rng(3)
+    pred_dir, ref_dir = tmp_path / "pred", tmp_path / "ref"
+    pred_dir.mkdir(), ref_dir.mkdir()
+    empty_side = {1: 0, 2: 0}
+    for i in range(5):
+        ref = np.zeros((16, 16, 6), np.uint8)
+        ref[2:7, 2:7, 1:4] = 1
+        ref[9:14, 9:14, 2:5] = 2
+        pred = np.roll(ref, int(rng.integers(0, 2)), axis=0)
+        if i in (1, 3):
+            pred[pred == 2] = 0  # class 2 missed: no distance exists
+        if i == 4:
+            ref[ref == 1] = 0  # class 1 absent from the reference
+        for c in (1, 2):
+            empty_side[c] += int(((pred == c).any()) != ((ref == c).any()))
+        nib.save(nib.Nifti1Image(pred, np.eye(4)), str(pred_dir / f"c{i}.nii.gz"))
+        nib.save(nib.Nifti1Image(ref, np.eye(4)), str(ref_dir / f"c{i}.nii.gz"))
+    out = tmp_path / "out"
+    assert run_cli("evaluate", "--pred", str(pred_dir), "--ref", str(ref_dir), "-o", str(out),
+                   "--distance-cap", "40").code == 0
+    mean = json.loads((out / "metrics.json").read_text())["mean"]
+    assert [mean[f"label_{c}"].get("n_distance_capped") for c in (1, 2)] == [empty_side[1], empty_side[2]] == [1, 2]
+    md = (out / "report.md").read_text()
+    assert "label_2: 2 pred empty (distances averaged over 5 of 5 cases, 2 of them capped at 40 mm)." in md
+    assert "label_1: 1 ref empty (distances averaged over 5 of 5 cases, 1 of them capped at 40 mm)." in md

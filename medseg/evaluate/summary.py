@@ -122,7 +122,8 @@ def summarize(per_case: list[dict], class_names: list[str]) -> dict:
     -------
     dict
         ``mean`` and ``std`` (``{class: {metric: value}}``; ``mean`` also holds ``n_cases``, ``n_surface_cases``,
-        ``n_both_empty``, ``n_pred_empty``, ``n_ref_empty`` and pooled ``lesions``), ``ci95`` (``{class: {"dice":
+        ``n_both_empty``, ``n_pred_empty``, ``n_ref_empty``, with distances ``n_distance_capped``, and pooled
+        ``lesions``), ``ci95`` (``{class: {"dice":
         [lo, hi], "iou": [lo, hi]}}``), ``foreground_mean`` (the mean over classes of each class mean) and
         ``overall`` (mean and std over cases of ``pixel_accuracy`` and ``mean_iou``, and a ``note``).
 
@@ -150,6 +151,8 @@ def summarize(per_case: list[dict], class_names: list[str]) -> dict:
         mean[name]["n_cases"] = len(rows)
         if rows and "hd95" in rows[0]:
             mean[name]["n_surface_cases"] = int(_finite(r["hd95"] for r in rows).size)
+            # a capped distance is a finite stand-in, not a measurement: say how many the means hold
+            mean[name]["n_distance_capped"] = flags.count("distance_capped")
         for f in ("both_empty", "pred_empty", "ref_empty"):
             mean[name][f"n_{f}"] = flags.count(f)
         lesion_rows = [r["lesions"] for r in rows if "lesions" in r]
