@@ -488,3 +488,32 @@ def test_train_from_a_plan_leaves_no_run_folder_when_a_case_is_refused(tmp_path)
     res = run_cli("train", tmp_path / "plan.yaml", "-o", tmp_path / "run", "-q")
     assert_clean_error(res, "label values [2]", "the plan's")
     assert not (tmp_path / "run").exists()
+
+
+def test_label_grid_warning_is_said_once_per_case(tmp_path):
+    """Planning, caching and validation each load a case: the same grid warning was printed once per caller."""
+    import warnings
+
+    from medseg.train.dataset import load_case, open_dataset
+
+    ds_dir = tiny_dataset(tmp_path / "ds", 1)
+    lab = next((ds_dir / "labelsTr").iterdir())
+    nimg = nib.load(lab)
+    aff = nimg.affine.copy()
+    aff[1, 3] += 3.0
+    data = np.asarray(nimg.dataobj)
+    lab.unlink()
+    nib.save(nib.Nifti1Image(data, aff), lab)
+    case = open_dataset(ds_dir).cases[0]
+
+    def fingerprint_side():
+        return load_case(case)
+
+    def cache_side():
+        return load_case(case)
+
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("default")  # what a user's session has
+        fingerprint_side(), cache_side(), fingerprint_side()
+    grid = [w for w in seen if "the label's grid" in str(w.message)]
+    assert len(grid) == 1, [str(w.message) for w in grid]

@@ -312,7 +312,8 @@ def load_case(case: Case, with_label: bool = True, labels=None, channels: int | 
             raise InputError(f"case {case.id}: label shape {lab.shape} != image shape {image.shape}", path=case.label)
         if not lab.same_grid(image, tol):  # sloppy headers are common (nnU-Net warns too): used voxel for voxel
             warnings.warn(f"case {case.id}: the label's grid is up to {lab.grid_offset_mm(image):.3g} mm from the "
-                          "image's; its voxels are used as the image's (see medseg dataset check)", stacklevel=2)
+                          "image's; its voxels are used as the image's (see medseg dataset check)")  # no stacklevel:
+            # one place, so the default filter says it once per case, not once per caller (plan, cache, validation)
         label = Image(np.asarray(lab.array).astype(np.int16, copy=False), lab.affine, {"source": str(case.label)})
         if labels is not None:
             extra = sorted(set(np.unique(label.array).tolist()) - set(labels))
