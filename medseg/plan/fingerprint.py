@@ -128,12 +128,13 @@ def compute_fingerprint(ds: Dataset, max_cases: int | None = None, samples_per_c
         shapes.append([int(s) for s in image.shape])
         if samples is None:
             samples = [[] for _ in range(image.num_channels)]
-        fg = np.flatnonzero(label.array > 0) if label is not None else np.empty(0, np.int64)
-        size = fg.size or int(np.prod(image.shape))  # a case without foreground: all its voxels
+        fg = (label.array > 0).ravel() if label is not None else np.zeros(0, bool)
+        n_fg = int(np.count_nonzero(fg))
+        size = n_fg or int(np.prod(image.shape))  # a case without foreground: all its voxels
         # a fresh generator per case: a case's sample depends on that case only (not on names or reading order)
         pick = np.random.default_rng(seed).choice(size, samples_per_case, replace=False) \
             if size > samples_per_case else np.arange(size)
-        idx = fg[pick] if fg.size else pick
+        idx = nth_true(fg, pick) if n_fg else pick
         for c in range(image.num_channels):
             samples[c].append(image.array[c].ravel()[idx])
         if label is not None:
@@ -148,3 +149,31 @@ def compute_fingerprint(ds: Dataset, max_cases: int | None = None, samples_per_c
                           "p99_5": float(np.percentile(v, 99.5)), "min": float(v.min()), "max": float(v.max())})
     return Fingerprint(spacings, shapes, ds.channel_names, intensity, dict(sorted(cvox.items())),
                        dict(sorted(ccase.items())), len(cases), orientation)
+
+
+def nth_true(mask, ranks, chunk: int = 1 << 22) -> np.ndarray:
+    """Positions of the ``ranks``-th True values of a flat boolean ``mask``: ``np.flatnonzero(mask)[ranks]``
+    without the int64 index of every True value (840 MB for a half-foreground 512x512x800 CT), one chunk at a time.
+
+    Examples
+    --------
+    >>> mask = np.array([0, 1, 1, 0, 1, 0, 1], bool)
+    >>> nth_true(mask, np.array([3, 0, 2]), chunk=2)
+    array([6, 1, 4])
+    """
+    ranks = np.asarray(ranks, np.int64)
+    order = np.argsort(ranks, kind="stable")
+    wanted = ranks[order]
+    out = np.empty(ranks.size, np.int64)
+    seen = done = 0
+    for start in range(0, mask.size, chunk):
+        if done == wanted.size:
+            break
+        hits = np.flatnonzero(mask[start:start + chunk])
+        upto = int(np.searchsorted(wanted, seen + hits.size))
+        out[order[done:upto]] = start + hits[wanted[done:upto] - seen]
+        done, seen = upto, seen + hits.size
+    if done < wanted.size:
+        raise IndexError(f"rank {int(wanted[done])} is beyond the mask's {seen} True values")
+    return out
+
