@@ -375,14 +375,16 @@ def _as_uint16(labels: np.ndarray, path) -> np.ndarray:
 
 def _count_row(f: Path, rows: list[dict], ndim: int, unit: str, method: str) -> dict:
     """One image's row of ``counts.csv``: the size columns of the other dimensionality stay empty (None)."""
+    from medseg.cells.tables import round_measure
+
     size_key = "area" if ndim == 2 else "volume"
     sizes = [r[size_key] for r in rows]
     row = {"image": f.name, "id": case_name(f), "count": len(rows),
            "count_not_touching_border": sum(not r["touches_border"] for r in rows),
            "mean_area": None, "median_area": None, "mean_volume": None, "median_volume": None,
            "unit": unit, "method": method}
-    row[f"mean_{size_key}"] = round(float(np.mean(sizes)), 4) if sizes else 0.0
-    row[f"median_{size_key}"] = round(float(np.median(sizes)), 4) if sizes else 0.0
+    row[f"mean_{size_key}"] = round_measure(np.mean(sizes)) if sizes else 0.0
+    row[f"median_{size_key}"] = round_measure(np.median(sizes)) if sizes else 0.0
     return row
 
 

@@ -3,10 +3,11 @@
 Per image: AP = TP/(TP+FP+FN), precision, recall, F1, panoptic quality at IoU 0.5..0.9, count and count
 error: ``relative_count_error`` is signed ((n_pred - n_ref) / n_ref: + over-, - under-counted),
 ``abs_relative_count_error`` its absolute value. Overall: the mean over images of every per-image score (so both
-of those), the pooled scores (TP/FP/FN summed over images, as the DSB2018 leaderboard did not but StarDist's
-``matching_dataset`` does), and the pooled count errors under the same names (signed: (sum n_pred - sum n_ref) /
-sum n_ref; absolute: sum |n_pred - n_ref| / sum n_ref), and a 95 % bootstrap interval of each mean over images
-(``ci95``: how finely a set of this many images resolves a difference).
+of those), the pooled scores (TP/FP/FN and the matched IoUs summed over images, as the DSB2018 leaderboard did
+not but StarDist's ``matching_dataset`` does with ``by_image=False``), and the pooled count errors under the same
+names (signed: (sum n_pred - sum n_ref) / sum n_ref; absolute: sum |n_pred - n_ref| / sum n_ref), and a 95 %
+bootstrap interval of each mean over images (``ci95``: how finely a set of this many images resolves a
+difference).
 """
 
 from __future__ import annotations
@@ -66,8 +67,9 @@ def summarize(per_image: list[dict], thresholds=THRESHOLDS) -> dict:
     dict
         ``n_images``; ``mean`` (every numeric entry averaged over images, plus ``abs_count_error``), ``ci95``
         (its 95 % bootstrap interval, ``[lo, hi]`` per entry) and ``pooled`` (``ap``, ``precision``, ``recall``,
-        ``f1`` per threshold from TP/FP/FN summed over images, ``n_ref``, ``n_pred`` and the pooled relative count
-        errors); only ``{"n_images": 0}`` without images.
+        ``f1`` per threshold from TP/FP/FN summed over images, ``panoptic_quality`` where the rows hold it (the
+        matched IoUs summed over images over the summed TP + FP/2 + FN/2), ``n_ref``, ``n_pred`` and the pooled
+        relative count errors); only ``{"n_images": 0}`` without images.
 
     Examples
     --------
@@ -93,6 +95,8 @@ def summarize(per_image: list[dict], thresholds=THRESHOLDS) -> dict:
         pooled[f"precision@{t}"] = tp / (tp + fp) if tp + fp else none
         pooled[f"recall@{t}"] = tp / (tp + fn) if tp + fn else none
         pooled[f"f1@{t}"] = 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 1.0
+        if f"panoptic_quality@{t}" in per_image[0]:  # StarDist's matching_dataset(by_image=False)
+            pooled[f"panoptic_quality@{t}"] = _pooled_pq(per_image, t)
     n_ref = sum(r["n_ref"] for r in per_image)
     n_pred = sum(r["n_pred"] for r in per_image)
     abs_err = sum(abs(r["n_pred"] - r["n_ref"]) for r in per_image)
@@ -104,6 +108,14 @@ def summarize(per_image: list[dict], thresholds=THRESHOLDS) -> dict:
     bounds = bootstrap_mean_ci([[r[k] for k in keys] for r in per_image])
     ci95 = {k: [float(bounds[0, j]), float(bounds[1, j])] for j, k in enumerate(keys)}
     return {"n_images": len(per_image), "mean": mean, "ci95": ci95, "pooled": pooled}
+
+
+def _pooled_pq(per_image: list[dict], t: str) -> float:
+    """Panoptic quality over all images: the matched IoUs summed over images over TP + FP/2 + FN/2 summed; each
+    image's sum of matched IoUs is its PQ times its TP + FP/2 + FN/2 (1 with nothing on either side)."""
+    den = [r[f"tp@{t}"] + r[f"fp@{t}"] / 2 + r[f"fn@{t}"] / 2 for r in per_image]
+    iou_sum = sum(r[f"panoptic_quality@{t}"] * d for r, d in zip(per_image, den))
+    return iou_sum / sum(den) if sum(den) else 1.0
 
 
 def _by_case(files, what: str, folder: Path, strip: str = "") -> dict[str, Path]:

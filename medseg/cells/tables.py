@@ -17,7 +17,8 @@ def cell_table(labels: np.ndarray, image: np.ndarray | None = None, spacing=None
 
     Centroids are given per array axis (``y, x`` or ``z, y, x``); the physical size is area (2D) or
     volume (3D) in squared/cubed physical units; the equivalent diameter is that of the disc/ball of the
-    same size.
+    same size. Intensities are the image's own values (not normalised). Sizes and intensities keep 4 decimals
+    and at least 7 significant digits (:func:`round_measure`).
 
     Parameters
     ----------
@@ -70,14 +71,42 @@ def cell_table(labels: np.ndarray, image: np.ndarray | None = None, spacing=None
         for ax, a in enumerate(axes):
             row[f"centroid_{a}"] = round(float(cents[ax][i] * sp[ax]), 4)
         row[f"{size_key}_px"] = int(counts[i])
-        row[size_key] = round(size, 4)
-        row["equivalent_diameter"] = round(float(eqd), 4)
+        row[size_key] = round_measure(size)
+        row["equivalent_diameter"] = round_measure(float(eqd))
         if integ is not None:
-            row["mean_intensity"] = round(float(integ[i] / counts[i]), 4)
-            row["integrated_intensity"] = round(float(integ[i]), 4)
+            row["mean_intensity"] = round_measure(float(integ[i] / counts[i]))
+            row["integrated_intensity"] = round_measure(float(integ[i]))
         row["touches_border"] = int(cid) in border
         rows.append(row)
     return rows
+
+
+def round_measure(x: float, decimals: int = 4, digits: int = 7) -> float:
+    """``x`` rounded to ``decimals`` places, or to more where that would keep fewer than ``digits`` significant
+    digits: a float image in small units (say 1e-5) or a sub-micrometre voxel would otherwise read as 0.0004 or 0.
+
+    Parameters
+    ----------
+    x : float
+        A measurement.
+    decimals : int
+        Places kept at least.
+    digits : int
+        Significant digits kept at least (7: what a float32 image holds).
+
+    Returns
+    -------
+    float
+
+    Examples
+    --------
+    >>> round_measure(123.456789), round_measure(0.000446191234), round_measure(0.0)
+    (123.4568, 0.0004461912, 0.0)
+    """
+    x = float(x)
+    if x == 0 or not np.isfinite(x):
+        return x
+    return round(x, max(decimals, digits - 1 - int(np.floor(np.log10(abs(x))))))
 
 
 def rows_to_csv(rows: list[dict], columns: list[str] | None = None) -> str:
