@@ -68,3 +68,46 @@ def test_invalid_inputs():
         overlaps(np.full((2, 2), 0.5), np.zeros((2, 2), int))
     with pytest.raises(ValueError, match="negative"):
         overlaps(-np.ones((2, 2), int), np.zeros((2, 2), int))
+
+
+def _stardist_matching(y_true, y_pred, thresh):
+    """StarDist's ``matching`` (stardist/matching.py), restated: IoU matrix of all objects, Hungarian assignment with
+    cost -(IoU >= thresh) - IoU / (2 min(n_true, n_pred)), matched IoUs those >= thresh."""
+    from scipy.optimize import linear_sum_assignment
+
+    _, t = np.unique(y_true, return_inverse=True)
+    _, p = np.unique(y_pred, return_inverse=True)
+    t, p = t.reshape(-1) + (y_true.min() > 0), p.reshape(-1) + (y_pred.min() > 0)
+    overlap = np.zeros((t.max() + 1, p.max() + 1))
+    np.add.at(overlap, (t, p), 1)
+    union = overlap.sum(1, keepdims=True) + overlap.sum(0, keepdims=True) - overlap
+    scores = (overlap / np.maximum(union, 1))[1:, 1:]
+    n_true, n_pred = scores.shape
+    n_matched = min(n_true, n_pred)
+    s = np.zeros(0)
+    if n_matched and (scores >= thresh).any():
+        ti, pi = linear_sum_assignment(-(scores >= thresh).astype(float) - scores / (2 * n_matched))
+        s = scores[ti, pi][scores[ti, pi] >= thresh]
+    tp = len(s)
+    return tp, n_pred - tp, n_true - tp, s.sum()
+
+
+def test_every_threshold_equals_stardist_matching_on_random_maps():
+    """Below IoU 0.5 StarDist breaks ties between assignments with as many matches by the IoU of every assigned pair,
+    those under the threshold too; medseg left those out, and its panoptic quality differed in 99 of 3,000 random
+    cases (TP/FP/FN never did)."""
+    rng = np.random.default_rng(0)
+    thresholds = (0.1, 0.2, 0.25, 0.3, 0.4, 0.5, 0.6, 0.75, 0.9)
+    for _ in range(1500):
+        shape = tuple(int(x) for x in rng.integers(2, 9, 2))
+        ref = rng.integers(0, rng.integers(2, 6), shape)
+        pred = rng.integers(0, rng.integers(2, 6), shape)
+        if rng.random() < 0.3:
+            pred = np.where(rng.random(shape) < 0.3, 0, ref)
+        got = instance_metrics(ref, pred, thresholds)
+        for t in thresholds:
+            tp, fp, fn, iou_sum = _stardist_matching(ref, pred, t)
+            k = f"{t:g}"
+            assert (got[f"tp@{k}"], got[f"fp@{k}"], got[f"fn@{k}"]) == (tp, fp, fn)
+            if tp + fp + fn:
+                assert got[f"panoptic_quality@{k}"] == pytest.approx(iou_sum / (tp + fp / 2 + fn / 2), abs=1e-12)

@@ -9,7 +9,8 @@ a predicted and a reference object match when IoU >= ``thresh`` under a one-to-o
 
 For ``thresh >= 0.5`` a match is unique by construction (two objects cannot both overlap one
 object with IoU > 0.5), so pairs are taken directly; below 0.5 the assignment maximising the
-number of matches (then the summed IoU) is found with the Hungarian algorithm, as StarDist does.
+number of matches (then the summed IoU of every assigned pair, those under the threshold too) is found with the
+Hungarian algorithm, with StarDist's cost.
 Empty images: with no objects on either side every ratio is 1 (nothing to find, nothing wrong);
 a ratio whose denominator is 0 otherwise is 0.
 """
@@ -157,11 +158,13 @@ def _matches(ov: Overlaps, thresh: float) -> np.ndarray:
         # at exactly 0.5 two pairs may tie on one object: fall through to the assignment
         if len(np.unique(ov.pair_ref[ok])) == ok.sum() and len(np.unique(ov.pair_pred[ok])) == ok.sum():
             return ov.pair_iou[ok]
-    rows, r_idx = np.unique(ov.pair_ref[ok], return_inverse=True)
-    cols, c_idx = np.unique(ov.pair_pred[ok], return_inverse=True)
+    # every overlapping pair, those under the threshold too: StarDist's cost breaks ties between assignments with
+    # as many matches by the summed IoU of all assigned pairs (its panoptic quality differs otherwise)
+    rows, r_idx = np.unique(ov.pair_ref, return_inverse=True)
+    cols, c_idx = np.unique(ov.pair_pred, return_inverse=True)
     iou = np.zeros((len(rows), len(cols)))
-    iou[r_idx, c_idx] = ov.pair_iou[ok]
-    n = max(min(len(rows), len(cols)), 1)
+    iou[r_idx, c_idx] = ov.pair_iou
+    n = max(min(len(ov.ref_ids), len(ov.pred_ids)), 1)
     # maximise the number of matches first, then the summed IoU (StarDist's cost)
     cost = -(iou >= thresh).astype(float) - iou / (2 * n)
     ri, ci = linear_sum_assignment(cost)
