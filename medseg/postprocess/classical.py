@@ -60,8 +60,8 @@ def threshold_mask(image: np.ndarray, method: str = "otsu", block_size: int | No
     method : {"otsu", "local"}
         Global Otsu threshold, or :func:`skimage.filters.threshold_local` over ``block_size`` pixels (made odd;
         default 51) where the pixel is also above half the Otsu level.
-    block_size : int, optional
-        Neighbourhood of the local threshold.
+    block_size : int or sequence of int, optional
+        Neighbourhood of the local threshold, in pixels (one entry per axis, or one for all).
     smooth : float
         Gaussian sigma in pixels applied first (0: none).
 
@@ -86,8 +86,9 @@ def threshold_mask(image: np.ndarray, method: str = "otsu", block_size: int | No
     if method == "otsu":
         return img > threshold_otsu(img)
     if method == "local":
-        bs = block_size or 51
-        bs += 1 - bs % 2
+        bs = np.asarray(51 if block_size is None else block_size, int)
+        bs = bs + 1 - bs % 2
+        bs = int(bs) if bs.ndim == 0 else tuple(int(b) for b in bs)
         # local contrast, but never in flat background far below the global level
         return (img > threshold_local(img, bs)) & (img > 0.5 * threshold_otsu(img))
     raise ValueError(f"unknown threshold method {method!r} (otsu, local)")
@@ -105,11 +106,13 @@ def classical_instances(image: np.ndarray, spacing=None, method: str = "otsu", r
     Parameters
     ----------
     image : ndarray
-        One channel, 2D or 3D, bright objects on a dark background.
+        One channel, 2D or 3D, bright objects on a dark background (a stack of one z slice is segmented as that
+        2D image).
     spacing : sequence of float, optional
         Pixel size per axis (physical units); distances and sizes scale with it.
     method : {"otsu", "local"}
-        Global Otsu or local (adaptive) threshold.
+        Global Otsu or local (adaptive) threshold; the local one over ``8 r`` (at least 15 of the finest pixels)
+        along every axis, in physical units.
     radius : float, optional
         Known typical radius (physical units), skips the estimate.
     min_size : float, optional
@@ -136,14 +139,22 @@ def classical_instances(image: np.ndarray, spacing=None, method: str = "otsu", r
     """
     img = np.asarray(image, dtype=float)
     sp = _spacing(spacing, img.ndim)
+    if img.ndim == 3 and img.shape[0] == 1:
+        # one z slice is a 2D image (as medseg.io reads it): areas, not ball volumes, set the smallest object
+        # (a volume given here is area x z step), and no object is cut by a z face
+        out = classical_instances(img[0], sp[1:], method, radius, None if min_size is None else min_size / sp[0],
+                                  exclude_border, return_info)
+        return (out[0][None], out[1]) if return_info else out[None]
     # about one in-plane pixel (the coarser of y, x) along every axis: smoothing only to the finest pixel left an
     # image with a finer x than y so noisy that one-pixel specks set the size estimate
     smooth = sp[-2:].max() / sp
     img_s = ndi.gaussian_filter(img, smooth)
     if method == "local":
         r0 = radius or estimate_radius(threshold_mask(img_s, "otsu", smooth=0), sp) or 5.0
-        block = int(round(8 * r0 / sp.min()))
-        mask = threshold_mask(img_s, "local", block_size=max(block, 15), smooth=0)
+        # 8 radii (at least 15 of the finest pixels) across along every axis: a block counted in the finest pixels
+        # on all axes reached 2x further along a z step of 2, and its threshold hardly varied with depth
+        block = np.maximum(np.round(max(8 * r0, 15 * sp.min()) / sp), 1).astype(int)
+        mask = threshold_mask(img_s, "local", block_size=block, smooth=0)
     else:
         mask = threshold_mask(img_s, "otsu", smooth=0)
     mask = ndi.binary_fill_holes(mask) if img.ndim == 2 else np.stack([ndi.binary_fill_holes(m) for m in mask])
