@@ -1,38 +1,146 @@
-"""Reading YAML settings files (plans, cell training configs) with one-line errors that name the file."""
+"""Reading YAML settings files (plans, cell training configs) with one-line errors that name the file: a reader
+that refuses a key set twice, plain Python types for every setting (numpy scalars, tuples, numbers written as
+text), unknown keys with a hint, folders relative to the file."""
 
 from __future__ import annotations
 
 import difflib
 import os
+from dataclasses import fields
 from pathlib import Path
 from typing import Iterable
 
+import numpy as np
 import yaml
 
 from medseg.errors import InputError
 
 
+class _KeySetTwice(yaml.YAMLError):
+    pass
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, except that a mapping naming one key twice is an error (PyYAML keeps the last value:
+    ``learning_rate: 0.01`` above a forgotten ``learning_rate: 0.001`` trained with the second, silently)."""
+
+    def compose_mapping_node(self, anchor):
+        # on the composed nodes, before '<<: *defaults' merges are flattened in (a merged key may be overridden)
+        node = super().compose_mapping_node(anchor)
+        seen: dict = {}
+        for key_node, _ in node.value:
+            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key, line = (key_node.tag, key_node.value), key_node.start_mark.line + 1
+            if key in seen:
+                where = f"line {line}" if seen[key] == line else f"lines {seen[key]} and {line}"
+                raise _KeySetTwice(f"'{key_node.value}' is set twice ({where})")
+            seen[key] = line
+        return node
+
+
 def read_yaml_mapping(path: str | os.PathLike, what: str) -> dict:
-    """The mapping in a YAML file; ``InputError`` if the file is missing, is not YAML or holds something else.
+    """The mapping in a YAML settings file; ``InputError`` naming the file if it is missing, is not YAML (or not
+    UTF-8/16), sets a key twice or holds something other than a mapping.
+
+    Parameters
+    ----------
+    path : path
+        The file.
+    what : str
+        What it holds, for the messages ("plan", "cell training config").
+
+    Returns
+    -------
+    dict
 
     Examples
     --------
     >>> import tempfile
     >>> p = Path(tempfile.mkdtemp()) / "a.yaml"
-    >>> _ = p.write_text("lr: 0.001\\n")
+    >>> _ = p.write_text("lr: 0.01\\nseed: 1\\nlr: 0.001\\n")
     >>> read_yaml_mapping(p, "config")
-    {'lr': 0.001}
+    Traceback (most recent call last):
+    ...
+    medseg.errors.InputError: .../a.yaml: invalid config: 'lr' is set twice (lines 1 and 3)
     """
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{what} file does not exist", path=path)
-    try:
-        d = yaml.safe_load(path.read_text())
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise InputError(f"invalid YAML ({' '.join(str(exc).split())})", path=path) from exc
+    try:  # bytes: the encoding is YAML's (UTF-8, or UTF-16 with a BOM), not the locale's
+        d = yaml.load(path.read_bytes(), Loader=_UniqueKeyLoader)
+    except _KeySetTwice as exc:
+        raise InputError(f"invalid {what}: {exc}", path=path) from None
+    except yaml.reader.ReaderError as exc:
+        if not isinstance(exc.character, int):  # a character YAML does not allow
+            raise InputError(f"invalid YAML ({' '.join(str(exc).split())})", path=path) from None
+        raise InputError(f"invalid {what}: not UTF-8 text (byte {exc.character:#04x} at position {exc.position}); "
+                         "save it as UTF-8", path=path) from None
+    except yaml.YAMLError as exc:
+        text = " ".join(str(exc).replace('in "<byte string>", ', "at ").split())
+        raise InputError(f"invalid YAML ({text})", path=path) from None
     if not isinstance(d, dict):
-        raise InputError(f"invalid {what}: expected a mapping of settings", path=path)
+        got = "an empty file" if d is None else f"a {type(d).__name__}"
+        raise InputError(f"invalid {what}: expected a mapping of settings ('name: value' lines), got {got}",
+                         path=path)
     return d
+
+
+def plain(value):
+    """``value`` with numpy scalars as Python numbers and tuples as lists, inside lists and mappings too: what
+    ``yaml.safe_dump`` and ``json.dumps`` write (a plan made with ``np.median`` spacings could not be saved).
+
+    Examples
+    --------
+    >>> plain({"spacing": (np.float64(0.7), 1.0), "n": np.int64(3)})
+    {'spacing': [0.7, 1.0], 'n': 3}
+    """
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    if isinstance(value, dict):
+        return {plain(k): plain(v) for k, v in value.items()}
+    return value
+
+
+def coerce_fields(settings) -> None:
+    """Every field of the dataclass ``settings`` in place as its annotation wants it (numpy scalars as Python
+    numbers, tuples as lists and lists as tuples, whole floats as ints): the Python API's values then meet the checks
+    a YAML file's meet. ``ValueError`` naming the field otherwise, also for a number given as text (reading a file
+    turns such text into numbers first: :func:`coerce_setting`).
+
+    Examples
+    --------
+    >>> from medseg.plan.plan import Plan
+    >>> plan = Plan(patch_size=(np.int64(32), 32, 32), learning_rate=np.float32(0.5))
+    >>> coerce_fields(plan); plan.patch_size, plan.learning_rate
+    ([32, 32, 32], 0.5)
+    >>> coerce_fields(Plan(ensemble="2"))
+    Traceback (most recent call last):
+    ...
+    ValueError: ensemble must be a number (got '2')
+    """
+    for f in fields(settings):
+        kind, value = str(f.type), plain(getattr(settings, f.name))
+        numbers = kind.removesuffix(" | None") in ("int", "float", "tuple", "list[int]", "list[float]")
+        if numbers and any(isinstance(v, str) for v in (value if isinstance(value, list) else [value])):
+            raise ValueError(f"{f.name} must be a number (got {value!r})")
+        setattr(settings, f.name, coerce_setting(f.name, value, kind))
+
+
+def file_relative(value: str | None, path: str | os.PathLike) -> str | None:
+    """A folder named in the settings file ``path``: ``~`` expanded, a relative one relative to the file.
+
+    Examples
+    --------
+    >>> file_relative("data", "/plans/p.yaml"), file_relative("/data", "/plans/p.yaml"), file_relative(None, "p")
+    ('/plans/data', '/data', None)
+    """
+    if not value:
+        return value
+    value = os.path.expanduser(value)
+    return value if os.path.isabs(value) else str((Path(path).parent / value).resolve())
 
 
 def reject_unknown(d: dict, known: Iterable[str], what: str, where=None) -> None:

@@ -12,7 +12,7 @@ from medseg.cells.tune import OBJECTIVES, SELECTIONS
 from medseg.errors import InputError
 from medseg.io.atomic import atomic_path
 from medseg.plan.plan import CACHE_MODES
-from medseg.settings import coerce_setting, read_yaml_mapping, reject_unknown
+from medseg.settings import coerce_fields, coerce_setting, file_relative, plain, read_yaml_mapping, reject_unknown
 
 NORMS = ("instance", "batch")
 SEED_SOURCES = ("boundary", "distance", "votes")
@@ -158,7 +158,8 @@ class CellTrainConfig:
     extra: dict = field(default_factory=dict)
 
     def validate(self, where: str | os.PathLike | None = None) -> "CellTrainConfig":
-        """Raise ``InputError`` with a helpful message on the first impossible value; returns ``self``."""
+        """Raise ``InputError`` with a helpful message on the first impossible value; returns ``self``, its values
+        made the plain types a YAML file gives (the Python API's numpy scalars, lists, numbers as text)."""
         def bad(msg):
             raise InputError(f"invalid cell training config: {msg}", path=where)
 
@@ -166,6 +167,10 @@ class CellTrainConfig:
             if not ok:  # written so that NaN fails too
                 bad(msg)
 
+        try:
+            coerce_fields(self)
+        except ValueError as exc:
+            bad(exc)
         need(self.spatial_dims in (2, 3), f"spatial_dims must be 2 or 3, got {self.spatial_dims}")
         need(len(self.patch_size) == self.spatial_dims and all(p >= 16 for p in self.patch_size),
              f"patch_size {list(self.patch_size)} needs {self.spatial_dims} entries (spatial_dims), each >= 16")
@@ -188,6 +193,7 @@ class CellTrainConfig:
         need(self.folds >= 2, f"folds must be >= 2, got {self.folds}")
         need(self.fold is None or 0 <= self.fold < self.folds,
              f"fold must be in 0..{self.folds - 1} (folds: {self.folds}) or empty (off), got {self.fold}")
+        need(self.seed >= 0, f"seed must be >= 0, got {self.seed}")  # numpy's generators refuse negative seeds
         need(self.channel is None or self.channel >= 0, f"channel must be >= 0 (0-based) or empty, got {self.channel}")
         pct = tuple(self.norm_percentiles)
         need(len(pct) == 2 and 0 <= pct[0] < pct[1] <= 100,
@@ -237,6 +243,9 @@ class CellTrainConfig:
         if not isinstance(d, dict):
             raise InputError("invalid cell training config: expected a mapping of settings", path=where)
         kinds = {f.name: str(f.type) for f in fields(cls)}
+        if "learning_rate" in d:  # a plan's name for it, too unlike 'lr' for the hint below
+            raise InputError("invalid cell training config: unknown setting 'learning_rate' (did you mean 'lr'?)",
+                             path=where)
         reject_unknown(d, kinds, "cell training config", where)
         try:
             values = {k: coerce_setting(k, v, kinds[k]) for k, v in d.items()}
@@ -248,15 +257,14 @@ class CellTrainConfig:
     def from_yaml(cls, path: str | os.PathLike) -> "CellTrainConfig":
         """Read a YAML file of settings (as ``to_yaml`` writes, or any subset of them)."""
         cfg = cls.from_dict(read_yaml_mapping(path, "cell training config"), where=path)
-        if cfg.cache_dir and not os.path.isabs(cfg.cache_dir):  # relative to the file, as a plan's
-            cfg.cache_dir = str((Path(path).parent / cfg.cache_dir).resolve())
+        cfg.cache_dir = file_relative(cfg.cache_dir, path)  # relative to the file, as a plan's
         return cfg
 
     def to_yaml(self, path: str | os.PathLike | None = None) -> str:
         """The settings as YAML (written atomically to ``path`` if given)."""
         import yaml
 
-        d = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+        d = plain(asdict(self))
         text = "# medseg cell training config: edit freely; 'medseg cells train --config' validates it.\n" + \
             yaml.safe_dump(d, sort_keys=False, default_flow_style=None, width=110)
         if path is not None:

@@ -91,7 +91,7 @@ def resumed_config(run_dir, cfg: CellTrainConfig | None = None) -> CellTrainConf
     >>> _ = (run / "model.json").write_text(json.dumps({"kind": "medseg-cells", "config": {"max_minutes": 5}}))
     >>> saved = load_config(run)[1]
     >>> resumed_config(run, saved.updated(max_minutes=30)).max_minutes
-    30
+    30.0
     >>> resumed_config(run, saved.updated(lr=1e-3))
     Traceback (most recent call last):
     ...

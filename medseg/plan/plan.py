@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -12,7 +13,9 @@ import yaml
 
 from medseg.errors import InputError
 from medseg.io.atomic import atomic_path
-from medseg.settings import coerce_setting, read_yaml_mapping, reject_unknown
+from medseg.plan.validate import NORMALISATION_KEYS, check_augment, check_normalisation
+from medseg.settings import (coerce_fields, coerce_setting, file_relative, plain, read_yaml_mapping,
+                             reject_unknown)
 
 NORMALISATIONS = ("zscore", "ct", "none")
 LOSSES = ("dice_ce", "dice_focal", "ce", "dice")
@@ -151,17 +154,22 @@ class Plan:
 
     # --- validation ------------------------------------------------------------------------
     def validate(self, where: str | os.PathLike | None = None) -> "Plan":
-        """Raise ``InputError`` with a helpful message on the first inconsistent value."""
+        """Raise ``InputError`` with a helpful message on the first inconsistent value; values the Python API gave
+        as other types (numpy scalars, tuples, numbers as text) are made the plain types a plan file holds."""
         def bad(msg):
             raise InputError(f"invalid plan: {msg}", path=where)
 
+        try:
+            coerce_fields(self)
+        except ValueError as exc:
+            bad(exc)
         if self.spatial_dims not in (2, 3):
             bad(f"spatial_dims must be 2 or 3, got {self.spatial_dims}")
         if len(self.patch_size) != self.spatial_dims:
             bad(f"patch_size {self.patch_size} must have {self.spatial_dims} entries (spatial_dims)")
         if any(int(p) < 8 for p in self.patch_size):
             bad(f"patch_size {self.patch_size}: every entry must be >= 8")
-        if len(self.target_spacing) != 3 or any(s <= 0 for s in self.target_spacing):
+        if len(self.target_spacing) != 3 or any(not 0 < s < math.inf for s in self.target_spacing):
             bad(f"target_spacing {self.target_spacing} must be 3 positive numbers (mm)")
         from medseg.train.network import check_patch
 
@@ -176,13 +184,20 @@ class Plan:
             if not valid_codes(self.orientation):
                 bad(f"orientation {self.orientation!r} must name one direction of each axis, e.g. RAS or LPS "
                     "(or be left out: the cases as stored)")
+        if not self.channels:
+            bad("channels must name the input channels, e.g. [CT]")
         if len(self.normalisation) != len(self.channels):
             bad(f"{len(self.channels)} channels but {len(self.normalisation)} normalisation entries")
-        for n in self.normalisation:
+        for i, n in enumerate(self.normalisation):
+            try:
+                check_normalisation(n, f"normalisation entry {i + 1} ({self.channels[i]})")
+            except ValueError as exc:
+                bad(exc)
             if n.scheme not in NORMALISATIONS:
                 bad(f"normalisation scheme '{n.scheme}' is not one of {', '.join(NORMALISATIONS)}")
             if n.scheme == "ct" and (n.clip is None or n.mean is None or not n.std):
                 bad("normalisation 'ct' needs clip, mean and std (run 'medseg plan' to compute them)")
+        self._check_labels(bad)
         if 0 not in self.labels:
             bad("labels must include 0 (background)")
         if self.loss not in LOSSES:
@@ -207,7 +222,7 @@ class Plan:
             bad(f"num_folds must be >= 1 (1: every case trains and validates), got {self.num_folds}")
         if not 0 <= self.fold < self.num_folds:
             bad(f"fold {self.fold} is not in 0..{self.num_folds - 1}")
-        if not self.learning_rate > 0 or not self.weight_decay >= 0:
+        if not 0 < self.learning_rate < math.inf or not 0 <= self.weight_decay < math.inf:
             bad(f"learning_rate must be > 0 and weight_decay >= 0, got {self.learning_rate} and {self.weight_decay}")
         if self.max_minutes is not None and not self.max_minutes > 0:
             bad(f"max_minutes must be > 0 (or absent: no time limit), got {self.max_minutes}")
@@ -216,36 +231,35 @@ class Plan:
                 f"{self.max_filters}")
         if self.seed < 0 or self.val_every < 1 or (self.num_threads is not None and self.num_threads < 1):
             bad("seed must be >= 0, val_every >= 1 and num_threads >= 1 (or absent)")
-        if self.class_weights is not None and min(self.class_weights) < 0:
-            bad(f"class_weights must not be negative, got {self.class_weights}")
-        self._validate_augment(bad)
+        if self.class_weights is not None and any(not 0 <= w < math.inf for w in self.class_weights):
+            bad(f"class_weights must be numbers >= 0, got {self.class_weights}")
+        if not isinstance(self.augment, dict):
+            bad(f"augment must be a mapping of {', '.join(AUGMENT_KEYS)} (got {self.augment!r})")
+        reject_unknown(self.augment, AUGMENT_KEYS, "plan's augment", where)
+        try:
+            self.augment = check_augment(self.augment, self.spatial_dims)
+        except ValueError as exc:
+            bad(exc)
         return self
 
-    def _validate_augment(self, bad) -> None:
-        a = self.augment
+    def _check_labels(self, bad) -> None:
+        """``labels`` as ``{value: name}``, checked as ``dataset.json``'s are (:func:`medseg.io.labels.class_table`:
+        whole values >= 0, one name each, no name twice), so that ``1.5: liver`` or ``true: liver`` is not label 1
+        and ``1:`` (no name) not a class called 'None'."""
+        from medseg.io.labels import class_table
+
+        if not isinstance(self.labels, dict):
+            bad(f"labels must map values to names, e.g. {{0: background, 1: liver}} (got {self.labels!r})")
         try:
-            prob, rot, noise = float(a.get("prob", 0.3)), float(a.get("rotate_deg", 0)), float(a.get("noise", 0) or 0)
-            lo, hi = (float(v) for v in a.get("scale", [1.0, 1.0]))
-            flips = [int(x) for x in a.get("flip_axes", []) or []]
-        except (TypeError, ValueError):
-            bad(f"augment: prob, rotate_deg and noise must be numbers, scale two numbers, flip_axes whole numbers "
-                f"(got {a})")
-        if not 0 <= prob <= 1 or rot < 0 or noise < 0 or not 0 < lo <= hi:
-            bad(f"augment: prob must be in [0, 1], rotate_deg and noise >= 0, scale [low, high] with 0 < low <= "
-                f"high (got {a})")
-        if any(not 0 <= x < self.spatial_dims for x in flips):
-            bad(f"augment: flip_axes must be spatial axes 0..{self.spatial_dims - 1}, got {flips}")
-        for key in ("intensity", "gamma"):
-            if not isinstance(a.get(key, True), bool):
-                bad(f"augment: {key} must be true or false, got {a[key]!r}")
+            self.labels = class_table(self.labels)
+        except InputError as exc:
+            bad(f"labels: {exc.problem}")
 
     # --- (de)serialisation -------------------------------------------------------------------
     def to_dict(self) -> dict:
         """The plan as plain types (lists, dicts, numbers, strings), as the YAML file holds it."""
-        d = dataclasses.asdict(self)
-        d["labels"] = {int(k): str(v) for k, v in self.labels.items()}
-        d["normalisation"] = [{k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(n).items()}
-                              for n in self.normalisation]
+        d = plain(dataclasses.asdict(self))  # numpy scalars and tuples of the Python API too
+        d["labels"] = {int(k): str(v) for k, v in d["labels"].items()}
         return d
 
     @classmethod
@@ -256,24 +270,13 @@ class Plan:
             raise InputError("invalid plan: expected a mapping of settings", path=where)
         kinds = {f.name: str(f.type) for f in fields(cls)}
         reject_unknown(d, kinds, "plan", where)
-        d = dict(d)
-        try:
+        try:  # numbers as text too (YAML 1.1 reads 3e-3 as text); validate() takes no text for a number
             d = {k: coerce_setting(k, v, kinds[k]) for k, v in d.items()}
-            if "labels" in d:
-                if not isinstance(d["labels"], dict):
-                    raise ValueError(f"labels must map values to names, e.g. {{0: background}} (got {d['labels']!r})")
-                d["labels"] = {int(k): str(v) for k, v in d["labels"].items()}
-            if "augment" in d:
-                if not isinstance(d["augment"], dict):
-                    raise ValueError(f"augment must be a mapping of {', '.join(AUGMENT_KEYS)} (got {d['augment']!r})")
-                reject_unknown(d["augment"], AUGMENT_KEYS, "plan's augment", where)
-            if "normalisation" in d:
-                d["normalisation"] = [Normalisation(**{**n, "clip": tuple(n["clip"]) if n.get("clip") else None})
-                                      for n in d["normalisation"]]
-            plan = cls(**d)
-        except (TypeError, ValueError, AttributeError) as exc:
-            raise InputError(f"invalid plan: {exc}", path=where) from exc
-        return plan.validate(where)
+        except ValueError as exc:
+            raise InputError(f"invalid plan: {exc}", path=where) from None
+        if "normalisation" in d:
+            d["normalisation"] = _normalisations(d["normalisation"], where)
+        return cls(**d).validate(where)
 
     def to_yaml(self, path: str | os.PathLike | None = None) -> str:
         """The plan as YAML (written to ``path`` if given). A relative ``dataset`` / ``cache_dir`` (relative to the
@@ -302,8 +305,19 @@ class Plan:
             raise InputError(f"invalid plan: {', '.join(missing)} must be set (see configs/hippocampus.yaml)",
                              path=path)
         plan = cls.from_dict(d, where=path)
-        if plan.dataset and not os.path.isabs(plan.dataset):  # relative to the plan file
-            plan.dataset = str((path.parent / plan.dataset).resolve())
-        if plan.cache_dir and not os.path.isabs(plan.cache_dir):
-            plan.cache_dir = str((path.parent / plan.cache_dir).resolve())
+        plan.dataset, plan.cache_dir = file_relative(plan.dataset, path), file_relative(plan.cache_dir, path)
         return plan
+
+
+def _normalisations(entries, where) -> list:
+    """A plan file's ``normalisation``, a list of mappings, as ``Normalisation`` entries (their values are checked by
+    :meth:`Plan.validate`); a misspelt key is refused, with the closest one as a hint."""
+    if not isinstance(entries, list):
+        raise InputError(f"invalid plan: normalisation must be a list with one entry per channel, e.g. "
+                         f"[{{scheme: zscore}}] (got {entries!r})", path=where)
+    for i, n in enumerate(entries):
+        if not isinstance(n, dict):
+            raise InputError(f"invalid plan: normalisation entry {i + 1} must be a mapping such as {{scheme: zscore}} "
+                             f"(got {n!r})", path=where)
+        reject_unknown(n, NORMALISATION_KEYS, f"plan's normalisation entry {i + 1}", where)
+    return [Normalisation(**n) for n in entries]
