@@ -173,7 +173,8 @@ def predict_cmd(
     min_size: float = typer.Option(
         0.0, "--min-size",
         help="Remove components smaller than this (mm³, 26-connected; one of exactly this size is kept)."),
-    export: Optional[str] = typer.Option(None, "--export", help="dicom-seg or rtstruct (DICOM input only)."),
+    export: Optional[str] = typer.Option(None, "--export", help="dicom-seg or rtstruct (DICOM input only; a case "
+                                                                 "predicted without foreground gets none, with a note)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Re-predict cases whose output exists."),
     series: Optional[str] = typer.Option(None, "--series", help="DICOM series index or UID; default: all series."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),

@@ -26,6 +26,7 @@ from medseg.io.series_names import pick_series, series_case_names  # noqa: F401 
 IMAGE_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".mha", ".mhd")
 
 if TYPE_CHECKING:
+    from medseg.infer.provenance import CaseRecords
     from medseg.io.dicom import SeriesInfo
 
 
@@ -111,7 +112,21 @@ def list_cases(path: Path, channels: int = 1, series: str | int | None = None,
     files = image_files(path, IMAGE_SUFFIXES)  # a broken link among them is an InputError naming it
     if not files or series is not None:
         return dicom_cases(path, series, notes)
-    return [Case(name, paths) for name, paths in sorted(group_case_files(files, channels).items())]
+    groups = sorted(group_case_files(files, channels).items())
+    for _, paths in groups:
+        _check_one_image_per_name(paths)
+    return [Case(name, paths) for name, paths in groups]
+
+
+def _check_one_image_per_name(paths: list[Path]) -> None:
+    """``InputError`` when two of a case's files are one name in two formats (``a.nii.gz``, ``a.mha``): grouping
+    took them for channels (stacked silently when the model has two), but they are two cases with one output name."""
+    seen: dict[str, Path] = {}
+    for p in paths:
+        if case_name(p) in seen:
+            raise InputError(f"{seen[case_name(p)].name} and {p.name} are both case '{case_name(p)}' (one output "
+                             "name for two images); rename or move one", path=p.parent)
+        seen[case_name(p)] = p
 
 
 def dicom_cases(path: Path, series: str | int | None = None, notes: list[str] | None = None) -> list[Case]:
@@ -177,8 +192,26 @@ def _check_series(cases: list[Case]) -> None:
     from medseg.io.dicom import load_series
 
     for c in cases:
-        if c.series is not None and (c.series.problem or c.series.tilt_degrees):
+        if c.series is not None and c.series.tilt_degrees and not c.series.problem:
+            # load_series's advice (--allow-tilt) is convert's: predict writes on the series' own grid
+            raise InputError(f"series {c.series.label()} has a gantry tilt of {c.series.tilt_degrees:.2f} degrees, "
+                             "and a label map cannot lie on its grid: resample it onto an orthogonal grid with "
+                             "`medseg convert --allow-tilt` and predict that file", path=c.series.folder)
+        if c.series is not None and c.series.problem:
             load_series(c.series)  # raises with the series and the reason, without reading pixels
+
+
+def _check_references(cases: list[Case], export: str) -> None:
+    """``InputError`` naming the first series that ``--export`` could not reference (missing UIDs, multi-frame),
+    before anything is predicted; its headers are read here and again when it is exported."""
+    from medseg.export.reference import load_reference
+
+    for c in cases:
+        try:
+            load_reference(c.paths[0], c.series)
+        except InputError as exc:
+            raise InputError(f"--export {export}: series {c.series.label()}: {exc.problem}",
+                             path=c.series.folder) from None
 
 
 def resolve_tta(plan, tta: bool | None, warn=None) -> tuple[bool, str]:
@@ -235,8 +268,10 @@ def predict_path(model, input: str | os.PathLike, output: str | os.PathLike, ove
     ``overlap`` and ``tta`` default to the plan's; TTA mirrors over the plan's flip axes only (see
     :func:`resolve_tta`). ``series`` picks one DICOM series (index or SeriesInstanceUID); without it every
     volume series of a DICOM folder is a case (named by :func:`series_case_names`). Every case this shard has
-    to do is checked to be loadable as far as its headers tell before anything is written; each output is
-    written atomically, the label map last, so its presence marks the case finished.
+    to do is checked to be loadable (and, with ``export``, referenceable) as far as its headers tell before anything
+    is written, and no two cases may share an output file; each output is written atomically, the label map last, so
+    its presence marks the case finished. A case predicted without foreground gets no ``export`` (a DICOM object
+    without segments is not valid), with a note on stderr; its label map records that, so it counts as finished.
 
     A finished case is skipped only when its label map records this model file (SHA-256), the options that
     change its voxels (overlap, TTA, largest component, minimum size) and its input files (SHA-256), and the extra
@@ -251,6 +286,7 @@ def predict_path(model, input: str | os.PathLike, output: str | os.PathLike, ove
     skipped : int
         Cases skipped as finished.
     """
+    from medseg.infer.provenance import CaseRecords
     from medseg.train.artifact import load_model
     from medseg.train.trainer import resolve_device
 
@@ -263,6 +299,7 @@ def predict_path(model, input: str | os.PathLike, output: str | os.PathLike, ove
     dev = resolve_device(device)
     notes: list[str] = []  # skipped series: said once the input has passed every check, not before an error
     cases = list_cases(input, art.plan.in_channels, series, notes)
+    _check_distinct_outputs(cases, output, probabilities, export)  # every shard: all cases
     if shard:
         cases = cases[shard[0]::shard[1]]
     if export and not all(c.series is not None for c in cases):
@@ -270,10 +307,12 @@ def predict_path(model, input: str | os.PathLike, output: str | os.PathLike, ove
     _check_not_inputs(cases, output, probabilities, export)  # before an input is mistaken for a finished output
     held: list[str] = []  # the TTA warning, said once the input has passed every check
     tta, note = resolve_tta(art.plan, tta, warn=held.append)
-    record = _CaseRecords(_record(art, overlap, tta, largest_component, min_size_mm3, device=str(dev)))
+    record = CaseRecords(_record(art, overlap, tta, largest_component, min_size_mm3, device=str(dev)))
     todo = cases if overwrite else [c for c in cases if not _finished(c, output, record, probabilities, export)]
     skipped = len(cases) - len(todo)
     _check_series(todo)
+    if export:
+        _check_references(todo, export)
     for line in notes + [f"medseg: warning: {w}" for w in held]:
         print(line, file=sys.stderr)
     created = not output.exists()
@@ -317,14 +356,28 @@ def _check_not_inputs(cases: list[Case], output: Path, probabilities: bool, expo
                                  "another output folder", path=dest)
 
 
-def _finished(case: Case, output: Path, record: "_CaseRecords", probabilities: bool, export: str | None) -> bool:
+def _check_distinct_outputs(cases: list[Case], output: Path, probabilities: bool, export: str | None) -> None:
+    """``InputError`` when two cases would write one file (case ``x``'s ``x_probs.nii.gz`` is case ``x_probs``'s
+    label map): the second would replace the first's, and a rerun take it for finished."""
+    owner: dict[str, str] = {}
+    for c in cases:
+        for dest in _outputs(c, output, probabilities, export):
+            other = owner.setdefault(dest.name, c.name)
+            if other != c.name:
+                raise InputError(f"cases '{other}' and '{c.name}' would both write {dest.name}; predict them into "
+                                 "separate output folders (or rename one)", path=dest)
+
+
+def _finished(case: Case, output: Path, record: "CaseRecords", probabilities: bool, export: str | None) -> bool:
     """Whether ``case`` has all the outputs this run asks for, made by this model and options (else the error)."""
     from medseg.infer.provenance import check_finished
 
     dest, *extras = _outputs(case, output, probabilities, export)
     if not dest.exists():
         return False
-    old = check_finished(dest, record.of(case))
+    old = check_finished(dest, record.of(case.name, _input_files(case)))
+    if export and old.get("empty"):  # no foreground: no DICOM object was written, and none is due
+        extras = extras[:-1]
     # an extra output counts only when it was written with this label map (an earlier run's may lie beside it)
     return all(p.exists() for p in extras) and set(_extras(probabilities, export)) <= set(old.get("extras", []))
 
@@ -333,24 +386,8 @@ def _extras(probabilities: bool, export: str | None) -> list[str]:
     return (["probabilities"] if probabilities else []) + ([export] if export else [])
 
 
-class _CaseRecords:
-    """The run's record, and per case that record plus a digest of the case's input files (a re-converted or
-    corrected input under the same name is not finished); each case's files are hashed once per run."""
-
-    def __init__(self, run: dict):
-        self.run = run
-        self._done: dict[str, dict] = {}
-
-    def of(self, case: Case) -> dict:
-        if case.name not in self._done:
-            import hashlib
-
-            from medseg.data import file_digest
-
-            files = case.series.files if case.series is not None else case.paths
-            joined = "".join(file_digest(f, "sha256") for f in files)
-            self._done[case.name] = {**self.run, "input_sha256": hashlib.sha256(joined.encode()).hexdigest()}
-        return self._done[case.name]
+def _input_files(case: Case) -> list[Path]:
+    return case.series.files if case.series is not None else case.paths
 
 
 def _predict_cases(art, dev, todo, output: Path, overlap, tta, batch_size, probabilities, largest_component,
@@ -375,18 +412,24 @@ def _predict_cases(art, dev, todo, output: Path, overlap, tta, batch_size, proba
                                       batch_size=batch_size, probabilities=probabilities,
                                       largest_component=largest_component, min_size_mm3=min_size_mm3,
                                       spill_dir=output)  # disk-backed probabilities beside their output
+        empty = not np.any(lab.array)
         if export:
-            _export(lab, case, export, output / f"{case.name}_{export.replace('-', '')}.dcm", art.plan.labels)
+            _export(lab, case, export, output / f"{case.name}_{export.replace('-', '')}.dcm", art.plan.labels, empty)
         if prob is not None:
             write_probabilities(prob, output / f"{case.name}_probs.nii.gz", protect=case.paths)
         dest = output / f"{case.name}.nii.gz"
         _write_labels(lab, dest, case.paths, note,  # last: its presence marks the case finished
-                      {**record.of(case), "extras": _extras(probabilities, export)})
+                      {**record.of(case.name, _input_files(case)), "extras": _extras(probabilities, export),
+                       "empty": empty})
         written.append(dest)
     return written
 
 
-def _export(label: Image, case: Case, fmt: str, out: Path, labels: dict) -> None:
+def _export(label: Image, case: Case, fmt: str, out: Path, labels: dict, empty: bool) -> None:
+    if empty:  # a DICOM object without segments is not valid (`medseg export` refuses it): the case goes on without
+        out.unlink(missing_ok=True)  # an earlier run's object would pass for this label map's
+        print(f"medseg: note: {case.name}: no foreground predicted, no {fmt} written", file=sys.stderr)
+        return
     try:
         from medseg.export import export_segmentation
     except ImportError as exc:

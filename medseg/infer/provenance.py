@@ -173,3 +173,33 @@ def check_finished(dest: Path, record: dict) -> dict:
         raise InputError(f"an existing output is not this run's prediction: {why}; pass --overwrite to predict "
                          "it again, or choose another output folder", path=dest)
     return old
+
+
+class CaseRecords:
+    """A run's record (:func:`prediction_record`) and, per case, that record plus a digest of the case's input
+    files (a re-converted or corrected input under the same name is not finished); each case's files are hashed
+    once per run.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> f = Path(tempfile.mkdtemp()) / "a.nii.gz"
+    >>> _ = f.write_bytes(b"x")
+    >>> records = CaseRecords(prediction_record("ab" * 32, 0.5, False))
+    >>> records.of("a", [f])["input_sha256"] == records.of("a", [])["input_sha256"]  # hashed once, by case name
+    True
+    """
+
+    def __init__(self, run: dict):
+        self.run = run
+        self._done: dict[str, dict] = {}
+
+    def of(self, name: str, files: list[Path]) -> dict:
+        if name not in self._done:
+            import hashlib
+
+            from medseg.data import file_digest
+
+            joined = "".join(file_digest(f, "sha256") for f in files)
+            self._done[name] = {**self.run, "input_sha256": hashlib.sha256(joined.encode()).hexdigest()}
+        return self._done[name]
