@@ -195,3 +195,16 @@ def test_predict_refuses_a_broken_link_before_predicting(tmp_path):
         from medseg.infer.cohort import list_cases
 
         list_cases(folder)
+
+
+@pytest.mark.parametrize("names, channels", [(["a.nii.gz", "a.mha", "b.nii.gz"], 2),
+                                             (["a_0000.nii.gz", "a_0000.mha", "b_0000.nii.gz"], 1)])
+def test_one_case_name_in_two_formats_is_refused_in_a_dataset(tmp_path, names, channels):
+    """a.nii.gz beside a.mha were grouped as one case's two channels (trained on silently with a two-channel
+    dataset); a.nii.gz and a.mha are two images with one case name, so the listing refuses them by name."""
+    from medseg.train.dataset import open_dataset
+
+    root = renamed_dataset(tmp_path / "ds", names, ["a.nii.gz", "b.nii.gz"], channels=channels)
+    with pytest.raises(InputError, match=r"a(_0000)?\.mha and a(_0000)?\.nii\.gz are both case|a(_0000)?\.nii\.gz and "
+                                         r"a(_0000)?\.mha are both case"):
+        open_dataset(root)

@@ -112,21 +112,7 @@ def list_cases(path: Path, channels: int = 1, series: str | int | None = None,
     files = image_files(path, IMAGE_SUFFIXES)  # a broken link among them is an InputError naming it
     if not files or series is not None:
         return dicom_cases(path, series, notes)
-    groups = sorted(group_case_files(files, channels).items())
-    for _, paths in groups:
-        _check_one_image_per_name(paths)
-    return [Case(name, paths) for name, paths in groups]
-
-
-def _check_one_image_per_name(paths: list[Path]) -> None:
-    """``InputError`` when two of a case's files are one name in two formats (``a.nii.gz``, ``a.mha``): grouping
-    took them for channels (stacked silently when the model has two), but they are two cases with one output name."""
-    seen: dict[str, Path] = {}
-    for p in paths:
-        if case_name(p) in seen:
-            raise InputError(f"{seen[case_name(p)].name} and {p.name} are both case '{case_name(p)}' (one output "
-                             "name for two images); rename or move one", path=p.parent)
-        seen[case_name(p)] = p
+    return [Case(name, paths) for name, paths in sorted(group_case_files(files, channels).items())]
 
 
 def dicom_cases(path: Path, series: str | int | None = None, notes: list[str] | None = None) -> list[Case]:

@@ -240,7 +240,20 @@ def group_case_files(files: list[Path], channels: int, labelled: set[str] | None
     cases: dict[str, list[Path]] = {}
     for p, name, m in parsed:
         cases.setdefault(m.group("case") if m and group[m.group("case")] else name, []).append(p)
+    for paths in cases.values():
+        _one_file_per_name(paths)
     return {k: sorted(v) for k, v in cases.items()}
+
+
+def _one_file_per_name(paths: list[Path]) -> None:
+    """``InputError`` when two of a case's files are one name in two formats (``a.nii.gz``, ``a.mha``): they were
+    taken for two channels (stacked silently when the model has two), but they are two images with one case name."""
+    seen: dict[str, Path] = {}
+    for p in sorted(paths):
+        if case_name(p) in seen:
+            raise InputError(f"{seen[case_name(p)].name} and {p.name} are both case '{case_name(p)}' (one output "
+                             "name for two images); rename or move one", path=p.parent)
+        seen[case_name(p)] = p
 
 
 def load_case(case: Case, with_label: bool = True, labels=None, channels: int | None = None,
