@@ -5,11 +5,11 @@ The run folder holds ``model.json`` (everything inference needs, and the medseg/
 it), ``model.pt`` (weights), ``checkpoint.pt`` (weights, optimiser, EMA, step, elapsed time and the sampling
 RNG's state; written every ``checkpoint_every_s`` seconds, at the end, and when training is interrupted by Ctrl-C or
 SIGTERM, then as it was after the last completed step; ``resume=True`` continues from it, drawing the batches the
-uninterrupted run would have, within the same overall time budget) and ``log.csv``. The learning rate decays with
-the fraction of the time budget used, or of ``max_steps`` if that ends sooner (poly schedule), so a short run still
-ends with a small learning rate. ``tune_fraction`` of the training images (with fewer than 3 such images: the last
-fifth of each training image) is held out and used, after training, to choose the watershed thresholds
-(``medseg.cells.tune``).
+uninterrupted run would have, within the same overall time budget, on the same data) and ``log.csv``. The learning
+rate decays with the fraction of the time budget used, or of ``max_steps`` if that ends sooner (poly schedule), so a
+short run still ends with a small learning rate. ``tune_fraction`` of the training images (with fewer than 3 such
+images: the last fifth of each training image) is held out and used, after training, to choose the watershed
+thresholds (``medseg.cells.tune``).
 """
 
 from __future__ import annotations
@@ -140,9 +140,12 @@ def train_cells(data_dir, run_dir, cfg: CellTrainConfig | None = None, resume: b
     import torch
     from monai.losses import DiceLoss
 
+    from medseg.cells.data import list_cases
     from medseg.cells.targets import object_polarity
     from medseg.infer.sliding_window import cpu_has_native_bf16
+    from medseg.train.checkpoint import check_resume, data_stamp, load as load_checkpoint, restore
     from medseg.train.ema import WeightEMA
+    from medseg.train.runlog import trim_log
     from medseg.train.artifact import versions
     from medseg.train.tblog import ScalarLog, require_tensorboard
 
@@ -154,6 +157,11 @@ def train_cells(data_dir, run_dir, cfg: CellTrainConfig | None = None, resume: b
         raise InputError("dataset folder does not exist", path=data_dir)
     cfg = resumed_config(run_dir, cfg) if resume else (cfg or config_for_data(data_dir))
     cfg.validate()
+    stamp = data_stamp(list_cases(data_dir))
+    state = None
+    if resume:  # read and checked before the data are prepared
+        state = load_checkpoint(ckpt_path, keys=("model", "optimizer", "step", "elapsed_s"))
+        check_resume(cfg, None, Path(data_dir), state.get("data"), stamp)
     if tensorboard:
         require_tensorboard()
     started = time.perf_counter()
@@ -169,15 +177,12 @@ def train_cells(data_dir, run_dir, cfg: CellTrainConfig | None = None, resume: b
     memory_format = torch.channels_last if cfg.spatial_dims == 2 else torch.contiguous_format
     net = net.to(memory_format=memory_format)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    step, elapsed = 0, 0.0
+    step, elapsed, losses = 0, 0.0, []
     ema = WeightEMA(net, cfg.ema) if cfg.ema else None
-    if resume:
-        state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-        net.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        if ema is not None:
-            ema.load_state_dict(state.get("ema") or state["model"])
+    if state is not None:
+        restore(state, ckpt_path, net, opt, ema=ema, updates=int(state["step"]))
         step, elapsed = int(state["step"]), float(state["elapsed_s"])
+        losses = [float(v) for v in state.get("losses", [])]  # the running means of log.csv and model.json go on
         rng = np.random.default_rng(cfg.seed + step)  # an older checkpoint holds no RNG state: a new stream then
         if "rng" in state:
             rng.bit_generator.state = state["rng"]
@@ -195,12 +200,21 @@ def train_cells(data_dir, run_dir, cfg: CellTrainConfig | None = None, resume: b
     # (25-40 s on DSB2018's 40 tuning images with every marker source)
     reserve = min(60.0, 0.05 * cfg.max_minutes * 60.0) if tune else 0.0
     budget = max(0.0, cfg.max_minutes * 60.0 - prepared_s - reserve)
+    if state is not None and "budget_s" in state:
+        # the run's own budget, less its first reading of the data (not this one's), plus any minutes added; reading
+        # the data again counts against it, as the semantic trainer counts it
+        budget = state["budget_s"] + (cfg.max_minutes - state["max_minutes"]) * 60.0
+        elapsed += prepared_s
     use_bf16 = bool(cfg.bf16) and cpu_has_native_bf16()
     scalars = ScalarLog(run_dir, tensorboard, purge_step=step if resume else None)
+    if resume:
+        trim_log(run_dir / "log.csv", step)
+    new_log = not (run_dir / "log.csv").is_file()
     log_f = open(run_dir / "log.csv", "a")
-    if not resume:
+    if new_log:
         log_f.write("step,elapsed_s,lr,loss\n")
-    t0, last_ckpt, losses = time.perf_counter() - elapsed, time.perf_counter(), []
+    t0, last_ckpt = time.perf_counter() - elapsed, time.perf_counter()
+    kept = {"data": stamp, "budget_s": budget, "max_minutes": cfg.max_minutes}
     net.train()
     bar = _progress(progress, budget, elapsed)
     last = (rng.bit_generator.state, elapsed)  # RNG state and elapsed time right after the last completed step
@@ -240,10 +254,10 @@ def train_cells(data_dir, run_dir, cfg: CellTrainConfig | None = None, resume: b
             if bar is not None:
                 bar[0].update(bar[1], completed=min(elapsed, budget), description=f"loss {np.mean(losses[-20:]):.3f}")
             if time.perf_counter() - last_ckpt > cfg.checkpoint_every_s:
-                _checkpoint(net, opt, step, time.perf_counter() - t0, ckpt_path, ema, last[0])
+                _checkpoint(net, opt, step, time.perf_counter() - t0, ckpt_path, ema, last[0], losses, kept)
                 last_ckpt = time.perf_counter()
     except KeyboardInterrupt:  # Ctrl-C, or SIGTERM under the CLI: keep every completed step (the save is atomic)
-        _checkpoint(net, opt, step, last[1], ckpt_path, ema, last[0])
+        _checkpoint(net, opt, step, last[1], ckpt_path, ema, last[0], losses, kept)
         raise
     finally:
         log_f.close()
@@ -251,7 +265,7 @@ def train_cells(data_dir, run_dir, cfg: CellTrainConfig | None = None, resume: b
         if bar is not None:
             bar[0].stop()
     elapsed = time.perf_counter() - t0
-    _checkpoint(net, opt, step, elapsed, ckpt_path, ema, rng.bit_generator.state)
+    _checkpoint(net, opt, step, elapsed, ckpt_path, ema, rng.bit_generator.state, losses, kept)
     if ema is not None:
         net.load_state_dict(ema.state_dict())
     _save_torch(net.state_dict(), run_dir / "model.pt")
@@ -363,8 +377,11 @@ def _batch(pairs, cfg: CellTrainConfig, rng):
     return np.stack(xs).astype(np.float32), np.stack(ys).astype(np.int64), d, w, o
 
 
-def _checkpoint(net, opt, step, elapsed, path, ema=None, rng_state=None):
-    state = {"model": net.state_dict(), "optimizer": opt.state_dict(), "step": step, "elapsed_s": elapsed}
+def _checkpoint(net, opt, step, elapsed, path, ema=None, rng_state=None, losses=(), kept=None):
+    """``losses``: the latest 20 go in (the running means of the log and ``model.json``); ``kept``: the data stamp
+    (:func:`medseg.train.checkpoint.data_stamp`), the training budget (s) and the ``max_minutes`` it came from."""
+    state = {"model": net.state_dict(), "optimizer": opt.state_dict(), "step": step, "elapsed_s": elapsed,
+             "losses": [float(v) for v in losses[-20:]], **(kept or {})}
     if rng_state is not None:  # the batches a resumed run draws are those the uninterrupted run would have
         state["rng"] = rng_state
     if ema is not None:

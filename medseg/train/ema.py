@@ -52,13 +52,15 @@ class WeightEMA:
         """The averaged weights, keyed like ``network.state_dict()``."""
         return self.averaged.module.state_dict()
 
-    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        """Continue from saved averaged weights (a resumed run): the next update averages into them."""
+    def load_state_dict(self, state: dict[str, torch.Tensor], updates: int = 1) -> None:
+        """Continue from saved averaged weights (a resumed run) that have had ``updates`` updates: the next update
+        averages into them, or copies the weights when there were none (as the uninterrupted run's first update
+        does: averaging the initial weights in instead would leave a trace of them in the model for good)."""
         missing = set(self.state_dict()) ^ set(state)
         if missing:
             raise KeyError(f"EMA state does not match the network: {sorted(missing)[:3]}")
         self.averaged.module.load_state_dict(state)
-        self.averaged.n_averaged.fill_(1)
+        self.averaged.n_averaged.fill_(updates)
 
 
 @contextmanager

@@ -98,6 +98,7 @@ def train_ensemble(plan: Plan, run_dir: str | os.PathLike, members: int | None =
     """
     from medseg.train.artifact import MODEL_FILE, build_from_plan, load_model, save_model
     from medseg.train.cache import LazyCases
+    from medseg.train.checkpoint import asked_plan, check_resume
     from medseg.train.store import cache_folder
     from medseg.train.dataset import open_dataset
     from medseg.train.splits import fold_split
@@ -112,7 +113,9 @@ def train_ensemble(plan: Plan, run_dir: str | os.PathLike, members: int | None =
         if not (run_dir / "plan.yaml").is_file():
             raise InputError("--resume: the run folder has no plan.yaml", path=run_dir)
         saved = Plan.from_yaml(run_dir / "plan.yaml")
-        saved.dataset = plan.dataset or saved.dataset
+        given, dataset = asked_plan(plan, fold, saved)
+        check_resume(saved, given, run_dir / "plan.yaml")  # another plan or fold would mix two runs
+        saved.dataset = dataset or saved.dataset
         plan = saved
         if members is not None and members != plan.ensemble:
             raise InputError(f"--ensemble {members}: the run being resumed has ensemble {plan.ensemble}", path=run_dir)

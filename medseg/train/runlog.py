@@ -1,4 +1,5 @@
-"""The run folder's ``log.csv`` (one row per completed epoch, appended whole) and the training progress bar."""
+"""The run folder's ``log.csv`` (one row per completed epoch, appended whole) and the training progress bar; also
+:func:`trim_log` for the cell trainer's log (one row per 10 steps)."""
 
 from __future__ import annotations
 
@@ -30,6 +31,19 @@ def append_row(path: Path, row: dict, plan: Plan):
             w.writeheader()
         w.writerow(row)
         f.flush()
+
+
+def trim_log(path: Path, last: int) -> None:
+    """Drop the rows of a CSV log whose first column (an epoch or step count) is above ``last``, the resumed
+    checkpoint's: a run killed after it logged them logs them again. A half-written last row is dropped too."""
+    if not path.is_file():
+        return
+    lines = path.read_text().splitlines(keepends=True)
+    keep = lines[:1] + [ln for ln in lines[1:] if ln.endswith("\n") and ln.split(",")[0].isdigit()
+                        and int(ln.split(",")[0]) <= last]
+    if keep != lines:
+        with atomic_path(path) as tmp:
+            tmp.write_text("".join(keep))
 
 
 class _Bar:

@@ -6,7 +6,8 @@ and the model artifact ``model.pt`` (final weights). ``checkpoint_latest.pt`` (:
 written at the end of every epoch and when training is interrupted (Ctrl-C; SIGTERM too under the CLI, which is
 what torchrun sends its workers): then it holds the state after the last completed iteration, and ``--resume``
 finishes that epoch exactly as an uninterrupted run would have. Under DDP a signal is held until every rank has
-finished the same iteration.
+finished the same iteration. Resuming a finished run changes nothing (a warning says so); resuming under another plan
+or fold, or on other data, is refused (:func:`medseg.train.checkpoint.check_resume`).
 """
 
 from __future__ import annotations
@@ -32,8 +33,8 @@ from medseg.plan.plan import Plan
 from medseg.train import ddp
 from medseg.train.artifact import build_from_plan, save_model, strip_ddp, MODEL_FILE
 from medseg.train.dataset import open_dataset, load_case
-from medseg.train.checkpoint import LastIteration, rng_state, save as _save, set_rng_state, training_state, \
-    update_guard
+from medseg.train.checkpoint import LastIteration, asked_plan, check_resume, data_stamp, load as load_checkpoint, \
+    restore, rng_state, save as _save, set_rng_state, training_state, update_guard
 from medseg.train.cache import AUTO_SHARE, DiskCache, LazyCases, available_memory, cache_cases, on_disk, sample_size
 from medseg.train.ema import WeightEMA, averaged_weights
 from medseg.train.losses import SegLoss, confusion_dice
@@ -164,7 +165,8 @@ def train(plan: Plan | str | os.PathLike | None, run_dir: str | os.PathLike, fol
     :func:`~medseg.train.cache.cache_cases`; ``tensorboard``: loss, learning rate and validation Dice also to
     ``run_dir/tensorboard``; ``cache_mode`` / ``cache_dir`` override the plan's ``cache`` / ``cache_dir`` (also when
     resuming, e.g. on a machine with less RAM). ``plan`` may be a dataset folder or a plan/config YAML, as for
-    ``medseg train`` (:func:`medseg.plan.planner.load_plan`), and ``None`` when resuming (the run's own plan).
+    ``medseg train`` (:func:`medseg.plan.planner.load_plan`); when resuming also ``None`` (the run's own plan), and
+    any other plan may differ from the run's only in :data:`medseg.train.checkpoint.RESUMABLE` settings.
     KeyboardInterrupt (Ctrl-C, or SIGTERM under the CLI) is re-raised after the run saved its mid-epoch checkpoint;
     each iteration's update holds interrupts back until it is complete (under DDP: until every rank has completed
     the same iteration; a second signal is delivered at once)."""
@@ -180,6 +182,7 @@ def train(plan: Plan | str | os.PathLike | None, run_dir: str | os.PathLike, fol
     rank, world = ddp.setup(str(requested))
     dev = _rank_device(requested, world)
     latest = run_dir / "checkpoint_latest.pt"
+    ck = None
     if not resume and not isinstance(plan, Plan):
         from medseg.plan.planner import load_plan
 
@@ -190,8 +193,11 @@ def train(plan: Plan | str | os.PathLike | None, run_dir: str | os.PathLike, fol
                              "epoch and when Ctrl-C or SIGTERM stops training; a run stopped while it read its data, "
                              "or killed outright (SIGKILL, out of memory) in its first epoch, has none: start it "
                              "again without --resume)", path=run_dir)
+        ck = load_checkpoint(latest)
         saved = Plan.from_yaml(run_dir / "plan.yaml")
-        saved.dataset = (plan.dataset if isinstance(plan, Plan) else None) or saved.dataset
+        given, dataset = asked_plan(plan, fold, saved)
+        check_resume(saved, given, run_dir / "plan.yaml")  # another plan or fold would mix two runs
+        saved.dataset = dataset or saved.dataset
         plan = saved
     elif latest.exists():
         raise InputError("run folder already holds a checkpoint: use --resume, or another folder", path=run_dir)
@@ -211,6 +217,9 @@ def train(plan: Plan | str | os.PathLike | None, run_dir: str | os.PathLike, fol
     if plan.dataset is None:
         raise InputError("the plan names no dataset folder (set 'dataset:' in the plan)")
     ds = open_dataset(plan.dataset)  # before anything is written
+    if ck is not None:  # so is a dataset with the run's case ids but other files
+        check_resume(plan, None, Path(plan.dataset), ck.get("data"),
+                     data_stamp(c for c in ds.cases if c.id in (ck.get("data") or {})))
     show = progress and rank == 0
     # what this run creates is removed again if the data turn out to be bad (a resumed run keeps its folder)
     created = [p for p in (run_dir, cache_folder(plan, run_dir)) if p and not p.exists()] if rank == 0 else []
@@ -220,6 +229,7 @@ def train(plan: Plan | str | os.PathLike | None, run_dir: str | os.PathLike, fol
             plan.to_yaml(run_dir / "plan.yaml")
         split = fold_split(run_dir, ds, plan, write=rank == 0)
         by_id = {c.id: c for c in ds.cases}
+        stamp = data_stamp(by_id[i] for i in split["train"] + split["val"])
         train_cases = _cache_training_cases(plan, run_dir, [by_id[i] for i in split["train"]], show, cache, rank,
                                             world)
         val_cases = _validation_cases(plan, [by_id[i] for i in split["val"]], on_disk(train_cases)) \
@@ -243,17 +253,14 @@ def train(plan: Plan | str | os.PathLike | None, run_dir: str | os.PathLike, fol
     ema = WeightEMA(network, plan.ema) if plan.ema else None
     loss_fn = SegLoss(plan).to(dev)  # its class weights must sit where the logits are
     epoch, iteration, elapsed_before, best = 0, 0, 0.0, -1.0
+    last_val: dict[str, float] = {}
     history: list[dict] = []
     resumed_losses: list[float] = []  # of an epoch interrupted part way: it continues at its next iteration
     budget_stop_s = None
-    if resume:
-        ck = torch.load(latest, map_location="cpu", weights_only=True)
-        network.load_state_dict(ck["model"])
-        opt.load_state_dict(ck["optimizer"])
-        sched.load_state_dict(ck["scheduler"])
-        if ema is not None:
-            ema.load_state_dict(ck.get("ema") or ck["model"])
+    if ck is not None:
+        restore(ck, latest, network, opt, sched, ema, updates=ck["iteration"])
         epoch, iteration, elapsed_before, best = ck["epoch"], ck["iteration"], ck["elapsed_s"], ck["best"]
+        last_val = dict(ck.get("val") or {})  # what model.pt records, should no epoch be left to validate
         if rank < len(ck["rng"]):  # a rank the saved run did not have keeps its own seed, not rank 0's stream
             set_rng_state(ck["rng"][rank], np_rng, gen)
         if rank == 0 and len(ck["rng"]) != world:
@@ -262,7 +269,7 @@ def train(plan: Plan | str | os.PathLike | None, run_dir: str | os.PathLike, fol
         history = list(ck.get("history", []))
         per_rank = ck.get("rank_losses") or [ck.get("epoch_losses", [])]  # same length on every rank
         resumed_losses = [float(v) for v in (per_rank[rank] if rank < len(per_rank) else per_rank[0])]
-        budget_stop_s = ck.get("budget_stop_s")  # the interrupted epoch had already met this time budget
+        budget_stop_s = ck.get("budget_stop_s")  # the run (or its interrupted epoch) had met this time budget
         if rank == 0:  # the log is exactly the checkpoint's history: rows of a killed epoch are dropped
             rewrite_log(run_dir / "log.csv", history, plan)
     model = ddp.wrap(network, dev) if world > 1 else network
@@ -272,7 +279,6 @@ def train(plan: Plan | str | os.PathLike | None, run_dir: str | os.PathLike, fol
     use_amp = dev.type == "cuda" or (plan.bf16 and cpu_has_native_bf16())  # emulated bf16 is slower than fp32
     log_path = run_dir / "log.csv"
     val_cost = 0.0
-    last_val: dict[str, float] = {}
     spacing_sample = plan.target_spacing if plan.spatial_dims == 3 else plan.in_plane_spacing
 
     def elapsed():
@@ -288,6 +294,11 @@ def train(plan: Plan | str | os.PathLike | None, run_dir: str | os.PathLike, fol
         # an epoch interrupted after the budget had stopped it (in its validation, say) only finishes, unless the
         # resumed run was given more time
         stop = bool(budget_stop_s and budget and budget <= budget_stop_s)
+        finished = not (epoch < plan.max_epochs and (not stop or resumed_losses))
+        if finished and resume and rank == 0:
+            more = "its time budget is spent: more --max-minutes" if stop else "a higher --max-epochs"
+            warnings.warn(f"the run had finished (epoch {epoch}, iteration {iteration}): nothing to train; {more} "
+                          "trains it on")
         while epoch < plan.max_epochs and (not stop or resumed_losses):
             model.train()
             losses, resumed_losses = resumed_losses, []
@@ -300,7 +311,7 @@ def train(plan: Plan | str | os.PathLike | None, run_dir: str | os.PathLike, fol
                 _save(latest, training_state(network, opt, state.scheduler, ema, epoch=epoch, iteration=iteration,
                                              elapsed_s=state.elapsed_s, best=best_before, rng=list(rng),
                                              history=history, epoch_losses=losses, rank_losses=rank_losses,
-                                             budget_stop_s=budget if stop else None))
+                                             budget_stop_s=budget if stop else None, val=last_val, data=stamp))
 
             try:
                 interrupted = False
@@ -370,7 +381,8 @@ def train(plan: Plan | str | os.PathLike | None, run_dir: str | os.PathLike, fol
                     if rank == 0:
                         _save(latest, training_state(network, opt, sched.state_dict(), ema, epoch=done,
                                                      iteration=iteration, elapsed_s=elapsed(), best=best,
-                                                     rng=[r for r, _ in rng_all], history=history + [row]))
+                                                     rng=[r for r, _ in rng_all], history=history + [row],
+                                                     budget_stop_s=budget if stop else None, val=last_val, data=stamp))
                         history.append(row)
                         append_row(log_path, row, plan)
                     epoch, committed = done, True
@@ -385,7 +397,7 @@ def train(plan: Plan | str | os.PathLike | None, run_dir: str | os.PathLike, fol
                 _stop_rank(world)
         scalars.close()
         model_path = run_dir / MODEL_FILE
-        if rank == 0:
+        if rank == 0 and not (finished and model_path.is_file()):  # a finished run's model is kept as it is
             save_model(model_path, plan, (network if ema is None else ema).state_dict(), epochs=epoch,
                        iterations=iteration, elapsed_s=round(elapsed(), 1), fold=plan.fold, val_dice=last_val)
         ddp.barrier(world)
