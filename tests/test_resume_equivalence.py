@@ -278,6 +278,10 @@ def test_resume_refuses_another_fold_plan_or_dataset(tmp_path, stopped_run, data
 
     plan, run, files = stopped_run
     assert_clean_error(run_cli("train", plan, "-o", run, "--resume", "--fold", "1", "-q"), "fold 0 (given 1)")
+    # a plan file given to resume is compared too (the CLI trained the run's own plan whatever the file said)
+    edited = tmp_path / "edited.yaml"
+    edited.write_text(yaml.safe_dump({**yaml.safe_load(Path(plan).read_text()), "learning_rate": 0.5}))
+    assert_clean_error(run_cli("train", edited, "-o", run, "--resume", "-q"), "learning_rate")
     changed = Plan.from_yaml(run / "plan.yaml")
     changed.learning_rate = 0.1
     with pytest.raises(InputError, match="learning_rate"):

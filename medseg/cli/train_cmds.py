@@ -102,7 +102,7 @@ def train_cmd(
         raise InputError("no such file or folder", path=source)
     from medseg.plan.planner import load_plan
 
-    plan = load_plan(source, device, max_minutes, progress=True) if not resume else _resume_plan(source, output)
+    plan = load_plan(source, device, max_minutes, progress=True) if not resume else _resume_plan(source, output, fold)
     if resume and ensemble is not None and ensemble != plan.ensemble:  # it picks train or train_ensemble below
         raise InputError(f"--ensemble {ensemble}: the run being resumed has ensemble {plan.ensemble}", path=output)
     from medseg.plan.plan import CACHE_MODES
@@ -132,13 +132,20 @@ def train_cmd(
                f"validation Dice: {dice or 'n/a'}; model: {res.model_path}{where}")
 
 
-def _resume_plan(source: Path, run_dir: Path):
+def _resume_plan(source: Path, run_dir: Path, fold: int | None):
+    """The run's own plan; SOURCE may move its dataset, and a plan file given as SOURCE must agree with it (else a
+    resume would silently train the run's plan, not the file's)."""
     from medseg.plan.plan import Plan
+    from medseg.train.checkpoint import asked_plan, check_resume
 
     if not (run_dir / "plan.yaml").is_file():
         raise InputError("--resume: the run folder has no plan.yaml", path=run_dir)
     plan = Plan.from_yaml(run_dir / "plan.yaml")
-    if source.is_dir() and (source / "dataset.json").is_file():
+    if source.is_file():
+        given, dataset = asked_plan(str(source), fold, plan)
+        check_resume(plan, given, run_dir / "plan.yaml")
+        plan.dataset = dataset or plan.dataset
+    elif source.is_dir() and (source / "dataset.json").is_file():
         plan.dataset = str(source.resolve())
     return plan
 
