@@ -178,7 +178,7 @@ def count_cells(inputs, out_dir, model=None, classical: bool = False, channel: i
 
     with staged_outputs(out_dir, last=["counts.csv"]) as place:
         counts = [_count_one(image(f), f, seg, exclude_border, f in with_rois, place,
-                             "classical" if classical else "model") for f in _track(files, progress)]
+                             "classical" if classical else "model", note) for f in _track(files, progress)]
         with place("counts.csv") as tmp:
             tmp.write_text(rows_to_csv(counts, COUNT_COLUMNS))
     return counts
@@ -330,7 +330,7 @@ def _check_outputs(files, out_dir: Path, with_rois, sources=()) -> None:
                              "label maps as images; choose another folder", path=out_dir)
 
 
-def _count_one(img, f: Path, seg, exclude_border: bool, rois: bool, place, method: str) -> dict:
+def _count_one(img, f: Path, seg, exclude_border: bool, rois: bool, place, method: str, note=None) -> dict:
     """Segment one image (``img``, read from ``f``), write its outputs (through ``place``) and return its row of
     ``counts.csv``."""
     import imageio.v3 as iio
@@ -341,6 +341,12 @@ def _count_one(img, f: Path, seg, exclude_border: bool, rois: bool, place, metho
     from medseg.postprocess.watershed import clear_border_instances, relabel_sequential
 
     arr, sp, cid = img.array, img.spacing, case_name(f)
+    if img.meta.get("unit") == "pixel" and getattr(seg, "z_scale", lambda *a: 1.0)(arr, sp) != 1.0:
+        # a 3D model is shown each stack at its training z step: a stack without a voxel size counts as isotropic
+        from medseg.cells.scale import anisotropy
+
+        _note(note, f"{f.name}: no voxel size, taken as isotropic; the model's stacks had a z step of "
+                    f"{anisotropy(seg.meta['spacing']):.3g}x their pixel (give --pixel-size Z,Y,X)")
     labels = seg.segment(arr, sp)
     if exclude_border:
         labels = relabel_sequential(clear_border_instances(labels))

@@ -377,3 +377,24 @@ def initial_diameter(image: np.ndarray) -> float:
 
     mask = ndi.binary_fill_holes(threshold_mask(percentile_normalize(image), "otsu", smooth=1.0))
     return 2.0 * estimate_radius(mask)
+
+
+def anisotropy(spacing) -> float:
+    """A 3D voxel's z step over its mean in-plane size.
+
+    Examples
+    --------
+    >>> anisotropy((2.0, 0.5, 0.5)), anisotropy((1, 1, 1))
+    (4.0, 1.0)
+    """
+    z, y, x = (float(v) for v in spacing)
+    return z / ((y + x) / 2)
+
+
+def median_spacing(cases, channel=None) -> list[float]:
+    """Median voxel size per axis of 3D cell cases (:class:`medseg.cells.data.CellCase`); a case not loaded yet (its
+    training pair came from the cache) is read for it."""
+    from medseg.cells.data import load_image
+
+    sp = [c.spacing if len(c.spacing) == 3 else load_image(c.image_path, channel).spacing for c in cases]
+    return [float(v) for v in np.median(np.asarray(sp, float), axis=0)]

@@ -42,9 +42,10 @@ def _save_torch(obj, path: Path) -> None:
 
 def prepare_training_data(data_dir, cfg: CellTrainConfig, cache_dir=None, progress: bool = False):
     """Read the training split and make its training pairs (:mod:`medseg.cells.pairs`); returns (train pairs, val
-    cases, split dict, tuning cases, diameter ranges). The ranges are those of the training images' per-object and
-    area-weighted median nucleus diameters (``{"count": ..., "area": ...}``, :func:`medseg.cells.scale.
-    diameter_range`; 2D native-scale models only, else None).
+    cases, split dict, tuning cases, size record). The record holds, for 2D native-scale models, the ranges of the
+    training images' per-object and area-weighted median nucleus diameters (``{"count": ..., "area": ...}``,
+    :func:`medseg.cells.scale.diameter_range`), for 3D models the training stacks' median voxel size
+    (``{"spacing": [z, y, x]}``, :meth:`medseg.cells.segmenters.CellModel.z_scale`); else None.
 
     Each pair is ``(image, 3-class target, distance target or None, contact weight map or None, offsets or
     None, instance labels)``, the offsets as one map per axis; the labels are used by the zoom augmentation
@@ -63,7 +64,7 @@ def prepare_training_data(data_dir, cfg: CellTrainConfig, cache_dir=None, progre
     from medseg.cells.data import list_cases, load_case
     from medseg.cells.splits import dataset_split, tuning_images
     from medseg.cells.pairs import PairCache, check_dims, training_pairs
-    from medseg.cells.scale import size_range_meta
+    from medseg.cells.scale import median_spacing, size_range_meta
     from medseg.system import available_memory
     from medseg.train.cache import AUTO_SHARE
 
@@ -83,6 +84,8 @@ def prepare_training_data(data_dir, cfg: CellTrainConfig, cache_dir=None, progre
     split["train"], split["tune"] = train, tune + blks
     native_2d = cfg.spatial_dims == 2 and not cfg.diameter
     sizes = size_range_meta([p[5] for p in pairs]) if native_2d else None
+    if cfg.spatial_dims == 3:  # the z step the model learns: stacks are brought to it when counted
+        sizes = {"spacing": median_spacing(train, cfg.channel)}
     return pairs, split["val"], {k: [c.case for c in v] for k, v in split.items()}, split["tune"], sizes
 
 
