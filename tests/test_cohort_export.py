@@ -253,3 +253,29 @@ def test_an_interrupted_cohort_leaves_whole_outputs_and_the_rerun_completes(stud
     res = _predict(model, study, out, "--export", "dicom-seg")
     assert res.code == 0 and "wrote 2" in res.out and "skipped 1" in res.out, res
     assert len(list(out.iterdir())) == 6
+
+
+def test_keep_going_predicts_the_other_cases_and_names_the_bad_one(tmp_path):
+    """A case whose pixel data are cut short is found only when read: by default the cohort stops there (exit 2, the
+    cases before it written); with --keep-going the others are predicted, the bad one is named on stderr, the run
+    ends with exit 2 counting it, and a rerun retries only it."""
+    model = _model(tmp_path / "model.pt")
+    cases = tmp_path / "cases"
+    cases.mkdir()
+    rng = np.random.default_rng(1)
+    for name in ("a", "b", "c"):
+        nib.save(nib.Nifti1Image(rng.normal(0, 200, (20, 24, 8)).astype(np.float32), np.diag([2, 2, 2, 1.0])),
+                 cases / f"{name}.nii")
+    data = (cases / "b.nii").read_bytes()
+    (cases / "b.nii").write_bytes(data[:len(data) // 2])  # header whole, voxels missing
+    stop = run_cli("predict", "-m", model, "-i", cases, "-o", tmp_path / "stop", "-q")
+    assert_clean_error(stop, "b.nii")
+    assert sorted(p.name for p in (tmp_path / "stop").iterdir()) == ["a.nii.gz"]
+    going = run_cli("predict", "-m", model, "-i", cases, "-o", tmp_path / "going", "-q", "--keep-going")
+    assert going.code == 2 and "1 of 3 case(s) failed (b)" in going.err and "b.nii" in going.err
+    assert sorted(p.name for p in (tmp_path / "going").iterdir()) == ["a.nii.gz", "c.nii.gz"]
+    for name in ("a", "c"):
+        out = nib.load(tmp_path / "going" / f"{name}.nii.gz")
+        assert out.shape == (20, 24, 8) and np.allclose(out.affine, np.diag([2, 2, 2, 1.0]))
+    again = run_cli("predict", "-m", model, "-i", cases, "-o", tmp_path / "going", "-q", "--keep-going")
+    assert again.code == 2 and "1 of 1 case(s) failed (b)" in again.err

@@ -184,6 +184,9 @@ def predict_cmd(
                                                                  "predicted without foreground gets none, with a note)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Re-predict cases whose output exists."),
     series: Optional[str] = typer.Option(None, "--series", help="DICOM series index or UID; default: all series."),
+    keep_going: bool = typer.Option(False, "--keep-going",
+                                    help="A case whose data turn out bad is reported and skipped, the others "
+                                         "predicted (exit 2 at the end); default: stop at it."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Predict label maps in the inputs' own geometry (same shape and affine)."""
@@ -194,5 +197,5 @@ def predict_cmd(
     written, skipped = predict_path(model, input, output, overlap=overlap, tta=tta, device=device,
                                     shard=shard, probabilities=probabilities,
                                     largest_component=largest_component, min_size_mm3=min_size, export=export,
-                                    overwrite=overwrite, progress=not quiet, series=series)
+                                    overwrite=overwrite, progress=not quiet, series=series, keep_going=keep_going)
     typer.echo(f"wrote {len(written)} prediction(s) to {output}" + (f", skipped {skipped} finished" if skipped else ""))

@@ -1,9 +1,9 @@
 """Predicting a file, a folder of cases or DICOM series: skip finished outputs, shard a cohort, write atomically.
 
-A folder of image files is a cohort of cases (``case_0000`` channel files grouped as :func:`list_cases` says). A
-folder without image files is searched for DICOM series (recursively, :func:`medseg.io.dicom.discover_series`):
-every volume series is a case, or only the one ``series`` picks (index or SeriesInstanceUID, as ``medseg info``
-lists them).
+A folder of image files is a cohort of cases (``case_0000`` channel files grouped as
+:func:`medseg.infer.cases.list_cases` says). A folder without image files is searched for DICOM series
+(recursively, :func:`medseg.io.dicom.discover_series`): every volume series is a case, or only the one ``series``
+picks (index or SeriesInstanceUID, as ``medseg info`` lists them).
 """
 
 from __future__ import annotations
@@ -11,43 +11,19 @@ from __future__ import annotations
 import os
 import re
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from medseg.errors import InputError
-from medseg.io.atomic import atomic_path, case_name
+from medseg.infer.cases import Case, check_references, check_series, list_cases, load_case  # noqa: F401
+from medseg.io.atomic import atomic_path
 from medseg.io.image import Image
-from medseg.io.readers import is_dicom_file, read_image
-from medseg.io.series_names import pick_series, series_case_names  # noqa: F401 (re-exported)
-
-IMAGE_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".mha", ".mhd")
+from medseg.io.series_names import series_case_names  # noqa: F401 (re-exported)
 
 if TYPE_CHECKING:
     from medseg.infer.provenance import CaseRecords
-    from medseg.io.dicom import SeriesInfo
-
-
-@dataclass
-class Case:
-    """One case to predict.
-
-    Attributes
-    ----------
-    name : str
-        The case id: the output is ``<name>.nii.gz``.
-    paths : list of Path
-        Its image files (one per channel); for a DICOM series, the file or folder it was discovered in.
-    series : SeriesInfo or None
-        The DICOM series (from :func:`medseg.io.dicom.discover_series` on ``paths[0]``), else ``None``; its
-        headers are released (:meth:`~medseg.io.dicom.SeriesInfo.release_headers`) and read again on loading.
-    """
-
-    name: str
-    paths: list[Path]
-    series: "SeriesInfo | None" = None
 
 
 def parse_shard(text: str | tuple[int, int] | None) -> tuple[int, int] | None:
@@ -66,138 +42,6 @@ def parse_shard(text: str | tuple[int, int] | None) -> tuple[int, int] | None:
     if not m or int(m.group(2)) < 1 or int(m.group(1)) >= int(m.group(2)):
         raise InputError(f"--shard must be i/n with 0 <= i < n, got '{text}'")
     return int(m.group(1)), int(m.group(2))
-
-
-def list_cases(path: Path, channels: int = 1, series: str | int | None = None,
-               notes: list[str] | None = None) -> list[Case]:
-    """The cases under ``path``: a file, a folder of image files, or DICOM series.
-
-    Parameters
-    ----------
-    path : Path
-        An image file, a folder of image files, a DICOM file, or a folder holding DICOM series (one folder
-        with the files of several series, or subfolders each holding series).
-    channels : int
-        The model's input channels. Files named ``<case>_0000``, ``<case>_0001``, ... form case ``<case>`` when
-        their numbers are exactly the channels ``0000`` ... ``channels - 1`` (nnU-Net v2 names; with one channel,
-        ``a_0000`` is case ``a``), stem by stem; otherwise each file is its own case named by its whole name (MSD
-        ids such as ``patient_0001``; ``x_0000``, ``x_0001``, ``x_0002`` for a one-channel model). The rule is
-        :func:`medseg.train.dataset.group_case_files`'s; a lone ``patient_0000`` with one channel is ambiguous,
-        and is case ``patient`` (the nnU-Net convention wins).
-    series : str or int, optional
-        Only this DICOM series (index or SeriesInstanceUID, picked by :func:`medseg.io.dicom.select_series`).
-        A folder that also holds image files is then searched for DICOM series, not listed as images.
-    notes : list of str, optional
-        Receives the notes on skipped DICOM series (see :func:`dicom_cases`) instead of stderr.
-
-    Returns
-    -------
-    list of Case
-        Image files in name order; DICOM series in discovery order, named by :func:`series_case_names`. A broken
-        link, given or among the image files of the folder, is an ``InputError`` naming it.
-    """
-    from medseg.io.readers import image_files
-    from medseg.train.dataset import group_case_files
-
-    if path.is_symlink() and not path.exists():
-        raise InputError(f"broken link: target {os.readlink(path)} does not exist", path=path)
-    if not path.exists():
-        raise InputError("no such file or folder", path=path)
-    if path.is_file():
-        if series is None:
-            return [Case(case_name(path), [path])]
-        if not is_dicom_file(path):
-            raise InputError("--series picks a DICOM series, but this is not a DICOM file", path=path)
-        return dicom_cases(path, series, notes)
-    files = image_files(path, IMAGE_SUFFIXES)  # a broken link among them is an InputError naming it
-    if not files or series is not None:
-        return dicom_cases(path, series, notes)
-    return [Case(name, paths) for name, paths in sorted(group_case_files(files, channels).items())]
-
-
-def dicom_cases(path: Path, series: str | int | None = None, notes: list[str] | None = None) -> list[Case]:
-    """One case per DICOM volume series under ``path``, or only the one ``series`` picks.
-
-    Series are picked and named as ``medseg convert`` does (:func:`medseg.io.series_names.pick_series`). Images
-    that can never be volumes (screenshots, colour, cine) are skipped with a note: appended to ``notes`` when
-    given (a caller that still validates prints them once that passed), else printed on stderr. A picked series
-    that is not a volume is an ``InputError``. ``path``, ``series`` and ``notes`` are as in :func:`list_cases`.
-
-    Returns
-    -------
-    list of Case
-        In discovery order, each with its ``series``.
-    """
-    picked = pick_series(path, series)
-    for s in picked.series:
-        if not s.is_volume:  # only a picked one: listing takes volumes only
-            raise InputError(f"series {s.label()} cannot be predicted: {s.problem}", path=s.folder)
-        s.release_headers()  # a cohort keeps every case's series until it ends: ~60 kB per slice less
-    if notes is not None:
-        notes.extend(picked.notes)
-    else:  # said once, on stderr, without stopping the cohort
-        for line in picked.notes:
-            print(line, file=sys.stderr)
-    return [Case(name, [path], s) for s, name in zip(picked.series, picked.names)]
-
-
-def read_case(paths: list[Path]) -> Image:
-    """One case as an ``Image`` (channels first when several files or a 4D file).
-
-    Parameters
-    ----------
-    paths : list of Path
-        The case's files, one per channel, all on one grid (else an ``InputError``).
-
-    Returns
-    -------
-    Image
-        A single file as :func:`medseg.io.readers.read_image` reads it; several stacked as float32.
-    """
-    images = [read_image(p) for p in paths]
-    if len(images) == 1:
-        return images[0]
-    ref = images[0]
-    for p, im in zip(paths[1:], images[1:]):
-        if not ref.same_grid(im):
-            raise InputError(f"channel file is not on the grid of {paths[0].name}", path=p)
-    arr = np.stack([np.asarray(im.array, np.float32) for im in images])
-    return Image(arr, ref.affine, {**ref.meta, "source": str(paths[0])}, True)
-
-
-def _load(case: Case) -> Image:
-    if case.series is None:
-        return read_case(case.paths)
-    from medseg.io.dicom import load_series
-
-    return load_series(case.series)
-
-
-def _check_series(cases: list[Case]) -> None:
-    """``InputError`` naming the first series that cannot load as a volume, before anything is written."""
-    from medseg.io.dicom import load_series
-
-    for c in cases:
-        if c.series is not None and c.series.tilt_degrees and not c.series.problem:
-            # load_series's advice (--allow-tilt) is convert's: predict writes on the series' own grid
-            raise InputError(f"series {c.series.label()} has a gantry tilt of {c.series.tilt_degrees:.2f} degrees, "
-                             "and a label map cannot lie on its grid: resample it onto an orthogonal grid with "
-                             "`medseg convert --allow-tilt` and predict that file", path=c.series.folder)
-        if c.series is not None and c.series.problem:
-            load_series(c.series)  # raises with the series and the reason, without reading pixels
-
-
-def _check_references(cases: list[Case], export: str) -> None:
-    """``InputError`` naming the first series that ``--export`` could not reference (missing UIDs, multi-frame),
-    before anything is predicted; its headers are read here and again when it is exported."""
-    from medseg.export.reference import load_reference
-
-    for c in cases:
-        try:
-            load_reference(c.paths[0], c.series)
-        except InputError as exc:
-            raise InputError(f"--export {export}: series {c.series.label()}: {exc.problem}",
-                             path=c.series.folder) from None
 
 
 def resolve_tta(plan, tta: bool | None, warn=None) -> tuple[bool, str]:
@@ -248,7 +92,7 @@ def _write_labels(lab: Image, dest: Path, protect, note: str, record: dict) -> N
 def predict_path(model, input: str | os.PathLike, output: str | os.PathLike, overlap=None, tta=None,
                  device="auto", shard=None, probabilities=False, largest_component=False, min_size_mm3=0.0,
                  export: str | None = None, overwrite=False, progress=False, batch_size: int = 2,
-                 series: str | int | None = None):
+                 series: str | int | None = None, keep_going: bool = False):
     """Predict every case under ``input`` into ``output``; returns (written paths, number skipped).
 
     ``overlap`` and ``tta`` default to the plan's; TTA mirrors over the plan's flip axes only (see
@@ -264,6 +108,10 @@ def predict_path(model, input: str | os.PathLike, output: str | os.PathLike, ove
     outputs asked for (``probabilities``, ``export``) were written with it; one made by another model, with other
     options or from another input is an ``InputError`` before anything is predicted (``overwrite`` predicts every
     case again).
+
+    A case whose pixel data turn out to be bad (found only when it is read) is an ``InputError`` that stops the
+    cohort there; with ``keep_going`` its line goes to stderr, the other cases are predicted, and one
+    ``InputError`` at the end counts the failed cases (each left without output, so a rerun retries only them).
 
     Returns
     -------
@@ -296,9 +144,9 @@ def predict_path(model, input: str | os.PathLike, output: str | os.PathLike, ove
     record = CaseRecords(_record(art, overlap, tta, largest_component, min_size_mm3, device=str(dev)))
     todo = cases if overwrite else [c for c in cases if not _finished(c, output, record, probabilities, export)]
     skipped = len(cases) - len(todo)
-    _check_series(todo)
+    check_series(todo)
     if export:
-        _check_references(todo, export)
+        check_references(todo, export)
     for line in notes + [f"medseg: warning: {w}" for w in held]:
         print(line, file=sys.stderr)
     created = not output.exists()
@@ -307,7 +155,7 @@ def predict_path(model, input: str | os.PathLike, output: str | os.PathLike, ove
         written = _predict_cases(art, dev, todo, output=output, overlap=overlap, tta=tta,
                                  batch_size=batch_size, probabilities=probabilities,
                                  largest_component=largest_component, min_size_mm3=min_size_mm3, export=export,
-                                 note=note, record=record, progress=progress)
+                                 note=note, record=record, progress=progress, keep_going=keep_going)
     except BaseException:
         if created and not any(output.iterdir()):  # a bad first case leaves no empty folder behind
             output.rmdir()
@@ -377,38 +225,55 @@ def _input_files(case: Case) -> list[Path]:
 
 
 def _predict_cases(art, dev, todo, output: Path, overlap, tta, batch_size, probabilities, largest_component,
-                   min_size_mm3, export, note, record, progress) -> list[Path]:
+                   min_size_mm3, export, note, record, progress, keep_going: bool = False) -> list[Path]:
     """Predict and write each case in turn (the loop of :func:`predict_path`); returns the label maps written."""
-    import torch
-
-    from medseg.infer.native import write_probabilities
-    from medseg.infer.predict import predict_image
-
     net = art.build().to(dev)
-    written = []
+    written, failed = [], []
     it = todo
     if progress and len(todo) > 1:
         from tqdm import tqdm
 
         it = tqdm(todo, desc="predicting", leave=False)
     for case in it:
-        image = _load(case)  # raises InputError naming the file before anything of this case is written
-        with torch.no_grad():
-            lab, prob = predict_image(net, art.plan, image, overlap=overlap, tta=tta, device=dev,
-                                      batch_size=batch_size, probabilities=probabilities,
-                                      largest_component=largest_component, min_size_mm3=min_size_mm3,
-                                      spill_dir=output)  # disk-backed probabilities beside their output
-        empty = not np.any(lab.array)
-        if export:
-            _export(lab, case, export, output / f"{case.name}_{export.replace('-', '')}.dcm", art.plan.labels, empty)
-        if prob is not None:
-            write_probabilities(prob, output / f"{case.name}_probs.nii.gz", protect=case.paths)
-        dest = output / f"{case.name}.nii.gz"
-        _write_labels(lab, dest, case.paths, note,  # last: its presence marks the case finished
-                      {**record.of(case.name, _input_files(case)), "extras": _extras(probabilities, export),
-                       "empty": empty})
-        written.append(dest)
+        try:
+            written.append(_predict_case(net, art, dev, case, output, overlap, tta, batch_size, probabilities,
+                                         largest_component, min_size_mm3, export, note, record))
+        except InputError as exc:
+            if not keep_going:
+                raise
+            failed.append(case.name)  # its outputs are written label map last: it has none that count
+            print(f"medseg: error: {exc} (case skipped: --keep-going)", file=sys.stderr)
+    if failed:
+        shown = ", ".join(failed[:3]) + (f" and {len(failed) - 3} more" if len(failed) > 3 else "")
+        raise InputError(f"{len(failed)} of {len(todo)} case(s) failed ({shown}); the {len(written)} others are "
+                         "written, and a rerun retries only the failed ones", path=output)
     return written
+
+
+def _predict_case(net, art, dev, case: Case, output: Path, overlap, tta, batch_size, probabilities,
+                  largest_component, min_size_mm3, export, note, record) -> Path:
+    """Predict one case and write its outputs, the label map last; returns the label map's path."""
+    import torch
+
+    from medseg.infer.native import write_probabilities
+    from medseg.infer.predict import predict_image
+
+    image = load_case(case)  # raises InputError naming the file before anything of this case is written
+    with torch.no_grad():
+        lab, prob = predict_image(net, art.plan, image, overlap=overlap, tta=tta, device=dev,
+                                  batch_size=batch_size, probabilities=probabilities,
+                                  largest_component=largest_component, min_size_mm3=min_size_mm3,
+                                  spill_dir=output)  # disk-backed probabilities beside their output
+    empty = not np.any(lab.array)
+    if export:
+        _export(lab, case, export, output / f"{case.name}_{export.replace('-', '')}.dcm", art.plan.labels, empty)
+    if prob is not None:
+        write_probabilities(prob, output / f"{case.name}_probs.nii.gz", protect=case.paths)
+    dest = output / f"{case.name}.nii.gz"
+    _write_labels(lab, dest, case.paths, note,  # last: its presence marks the case finished
+                  {**record.of(case.name, _input_files(case)), "extras": _extras(probabilities, export),
+                   "empty": empty})
+    return dest
 
 
 def _export(label: Image, case: Case, fmt: str, out: Path, labels: dict, empty: bool) -> None:
