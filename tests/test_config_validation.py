@@ -203,3 +203,15 @@ def test_yaml_floats_round_trip_exactly(tmp_path):
         plan = Plan(learning_rate=lr, weight_decay=wd, target_spacing=spacing, patch_size=[64, 64, 64])
         again = Plan.from_dict(yaml.safe_load(plan.to_yaml()))
         assert (again.learning_rate, again.weight_decay, again.target_spacing) == (lr, wd, spacing)
+
+
+@pytest.mark.parametrize("entry", ["{scheme: zscore, clip: [-100, 200]}", "{scheme: none, mean: 10, std: 2}"])
+def test_intensity_settings_a_scheme_would_ignore_are_refused(tmp_path, entry):
+    """A zscore (or none) channel with clip/mean/std trained unclipped and unscaled by them, silently."""
+    from medseg.errors import InputError
+    from medseg.plan.plan import Plan
+
+    path = tmp_path / "plan.yaml"
+    path.write_text(f"dataset: data\nlabels: {{0: background, 1: liver}}\nchannels: [CT]\nnormalisation: [{entry}]\n")
+    with pytest.raises(InputError, match="apply to scheme 'ct' only"):
+        Plan.from_yaml(path)

@@ -28,6 +28,10 @@ def check_normalisation(norm, label: str) -> None:
     all finite."""
     if not isinstance(norm.scheme, str):
         raise ValueError(f"{label}: scheme must be text, e.g. zscore (got {norm.scheme!r})")
+    given = [k for k in ("clip", "mean", "std") if getattr(norm, k) is not None]
+    if norm.scheme in ("zscore", "none") and given:  # it would train unclipped while the file says otherwise
+        raise ValueError(f"{label}: {', '.join(given)} apply to scheme 'ct' only, and scheme {norm.scheme!r} would "
+                         "ignore them: remove them, or use scheme ct (with clip, mean and std)")
     if norm.clip is not None:
         clip = coerce_setting(f"{label}: clip", plain(norm.clip), "list[float]")
         if len(clip) != 2 or not all(map(math.isfinite, clip)) or not clip[0] < clip[1]:
