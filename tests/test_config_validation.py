@@ -215,3 +215,14 @@ def test_intensity_settings_a_scheme_would_ignore_are_refused(tmp_path, entry):
     path.write_text(f"dataset: data\nlabels: {{0: background, 1: liver}}\nchannels: [CT]\nnormalisation: [{entry}]\n")
     with pytest.raises(InputError, match="apply to scheme 'ct' only"):
         Plan.from_yaml(path)
+
+
+def test_an_infinite_time_budget_is_refused_as_on_the_command_line(tmp_path):
+    """`--max-minutes inf` and a cell config's max_minutes: .inf were refused, a plan's taken as no limit."""
+    from medseg.errors import InputError
+    from medseg.plan.plan import Plan
+
+    path = tmp_path / "plan.yaml"
+    path.write_text("dataset: data\nlabels: {0: background, 1: liver}\nmax_minutes: .inf\n")
+    with pytest.raises(InputError, match="max_minutes must be a positive number"):
+        Plan.from_yaml(path)

@@ -224,8 +224,8 @@ class Plan:
             bad(f"fold {self.fold} is not in 0..{self.num_folds - 1}")
         if not 0 < self.learning_rate < math.inf or not 0 <= self.weight_decay < math.inf:
             bad(f"learning_rate must be > 0 and weight_decay >= 0, got {self.learning_rate} and {self.weight_decay}")
-        if self.max_minutes is not None and not self.max_minutes > 0:
-            bad(f"max_minutes must be > 0 (or absent: no time limit), got {self.max_minutes}")
+        if self.max_minutes is not None and not 0 < self.max_minutes < math.inf:  # as --max-minutes and cells
+            bad(f"max_minutes must be a positive number (or absent: no time limit), got {self.max_minutes}")
         if self.base_filters < 1 or self.max_filters < self.base_filters:
             bad(f"base_filters must be >= 1 and max_filters >= base_filters, got {self.base_filters}, "
                 f"{self.max_filters}")
