@@ -223,6 +223,6 @@ def test_an_infinite_time_budget_is_refused_as_on_the_command_line(tmp_path):
     from medseg.plan.plan import Plan
 
     path = tmp_path / "plan.yaml"
-    path.write_text("dataset: data\nlabels: {0: background, 1: liver}\nmax_minutes: .inf\n")
+    path.write_text("dataset: data\nlabels: {0: background, 1: liver}\nchannels: [CT]\nmax_minutes: .inf\n")
     with pytest.raises(InputError, match="max_minutes must be a positive number"):
         Plan.from_yaml(path)
