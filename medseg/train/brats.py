@@ -19,7 +19,9 @@ from medseg.io.atomic import _UMASK, case_name, deferred_interrupts, full_suffix
 from medseg.io.readers import ITK, NIFTI, read_image
 from medseg.train.dataset import Dataset, open_dataset
 
-BRATS_LABELS = {"0": "background", "1": "necrosis", "2": "edema", "3": "non-enhancing", "4": "enhancing"}
+# nnU-Net v2 form (name -> value), as the rest of the written dataset (``_0000`` files, ``channel_names``,
+# ``file_ending``): v2 reads every value with int(), so MSD's {"0": "background"} fails there; medseg reads both
+BRATS_LABELS = {"background": 0, "necrosis": 1, "edema": 2, "non-enhancing": 3, "enhancing": 4}
 _IMAGE_SUFFIXES = NIFTI + ITK  # what a patient folder's image may be; anything else (licence texts) is ignored
 
 
@@ -34,10 +36,11 @@ def convert_brats(src: str | os.PathLike, dst: str | os.PathLike, modalities: tu
     dst : path
         Dataset folder to write; it must not exist or be empty, unless ``overwrite``.
     modalities : tuple of str, or text
-        File name prefixes, in channel order (``"Flair,T1c"`` also works).
+        File name prefixes, in channel order (``"Flair,T1c"`` also works); each must match exactly one file
+        (``<Modality>_*`` or ``<Modality>.*``) per patient, as must the label.
     label_file : str
         Label file name without suffix; a patient without one becomes an unlabelled case in ``imagesTs``
-        (nnU-Net's place for them: ``imagesTr`` holds labelled cases only).
+        (nnU-Net's place for them: ``imagesTr`` holds labelled cases only). At least one patient must have one.
     overwrite : bool
         Replace ``dst`` if it already holds a dataset (a folder with ``dataset.json``); any other non-empty
         folder is refused, so that a mistyped ``-o`` cannot wipe unrelated files.
@@ -58,6 +61,8 @@ def convert_brats(src: str | os.PathLike, dst: str | os.PathLike, modalities: tu
     src, dst = Path(src), Path(dst)
     if isinstance(modalities, str):  # "Flair,T1c" as on the command line, not its characters
         modalities = tuple(m.strip() for m in modalities.split(",") if m.strip())
+    if not modalities or len(set(modalities)) != len(modalities):
+        raise InputError(f"--modalities must name one or more different modalities, got {','.join(modalities)!r}")
     if not src.is_dir():
         raise InputError("source folder does not exist", path=src)
     _check_destination(src, dst, overwrite)
@@ -101,12 +106,22 @@ def _brats_plan(src: Path, modalities: tuple[str, ...], label_file: str) -> list
             hits = [q for q in images if q.name.startswith(mod + "_") or case_name(q) == mod]
             if not hits:
                 raise InputError(f"no {mod} image in patient folder", path=pat)
-            files[mod] = hits[0]
+            files[mod] = _only(hits, mod, pat)
         lab = [q for q in images if case_name(q) == label_file]
-        plan.append((pat.name, files, lab[0] if lab else None))
+        plan.append((pat.name, files, _only(lab, label_file, pat) if lab else None))
     if not plan:
         raise InputError("no patient folders found", path=src)
+    if all(lab is None for _, _, lab in plan):  # a mistyped --label: the dataset would have no training case
+        raise InputError(f"no patient folder holds a label file {label_file}.* (--label)", path=src)
     return plan
+
+
+def _only(hits: list[Path], what: str, pat: Path) -> Path:
+    """The one file of ``hits``; several (``Flair_a``, ``Flair_b``; ``x.nii``, ``x.mha``) are refused: taking the
+    first by name would put an arbitrary one in the dataset without a word."""
+    if len(hits) > 1:
+        raise InputError(f"{len(hits)} files match {what}: {', '.join(q.name for q in hits)}; keep one", path=pat)
+    return hits[0]
 
 
 def _check_grids(plan: list, modalities: tuple[str, ...]) -> None:
@@ -121,7 +136,7 @@ def _check_grids(plan: list, modalities: tuple[str, ...]) -> None:
             if not ref.same_grid(img):
                 raise InputError(f"patient {pid}: not on the grid of {files[modalities[0]].name}", path=p)
             if p == lab:
-                extra = sorted(set(np.unique(img.array).tolist()) - {int(k) for k in BRATS_LABELS})
+                extra = sorted(set(np.unique(img.array).tolist()) - set(BRATS_LABELS.values()))
                 if extra:
                     raise InputError(f"patient {pid}: label values {extra} are not BraTS labels 0-4", path=p)
 
@@ -155,8 +170,9 @@ def _write_nifti_gz(source: Path, dest: Path) -> None:
     suffix = full_suffix(source)
     if suffix == ".nii.gz":
         shutil.copyfile(source, dest)
-    elif suffix == ".nii":
-        with open(source, "rb") as fin, gzip.open(dest, "wb", compresslevel=6) as fout:
+    elif suffix == ".nii":  # mtime 0: gzip's header otherwise holds the time, and two conversions would differ
+        with open(source, "rb") as fin, open(dest, "wb") as raw, \
+                gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=6, mtime=0) as fout:
             shutil.copyfileobj(fin, fout, 1 << 20)
     else:  # NRRD/MHA/MHD: a copy would be a mis-named file, so go through medseg's reader and writer
         write_unchecked(read_image(source), dest, ".nii.gz")  # OSError left to _staged_folder, which names dst

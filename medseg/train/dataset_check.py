@@ -3,13 +3,18 @@ problems named by case."""
 
 from __future__ import annotations
 
+import re
 import warnings
 from pathlib import Path
 
 from medseg.errors import InputError
-from medseg.train.dataset import Case, Dataset, _progress, load_case
+from medseg.io.atomic import case_name
+from medseg.io.readers import image_files
+from medseg.train.dataset import DATASET_SUFFIXES, Case, Dataset, _progress, load_case
 
-__all__ = ["check_case", "check_dataset"]
+_CHANNEL = re.compile(r"_\d{4}$")  # a channel file's suffix (<case>_0000)
+
+__all__ = ["check_case", "check_dataset", "listing_problems"]
 
 
 def check_case(case: Case, allowed: set[int], atol: float = 1e-3, channels: int | None = None) -> list[str]:
@@ -55,7 +60,8 @@ def check_dataset(ds: Dataset, progress: bool = False) -> list[str]:
     """Integrity check of every case; returns the problems, each naming its case.
 
     Every case is read (:func:`check_case`); cases with another number of channel files than the first are
-    reported too.
+    reported too, and so are what the folder listing alone does not show (:func:`listing_problems`): label files
+    without an image, ``training`` entries without a case, cases with two label files.
 
     Parameters
     ----------
@@ -77,11 +83,43 @@ def check_dataset(ds: Dataset, progress: bool = False) -> list[str]:
     """
     allowed = set(ds.labels)
     n_ch = None
-    problems = []
+    problems = listing_problems(ds)
     for case in _progress(ds.cases, progress, "checking"):
         problems.extend(check_case(case, allowed, channels=len(ds.channel_names)))
         if n_ch is None:
             n_ch = len(case.images)
         elif len(case.images) != n_ch:
             problems.append(f"{case.id}: {len(case.images)} channel files, other cases have {n_ch}")
+    return problems
+
+
+def listing_problems(ds: Dataset) -> list[str]:
+    """Disagreements between imagesTr, labelsTr and dataset.json, which :func:`open_dataset` cannot see (it lists
+    imagesTr only): a label without an image and a ``training`` entry whose case imagesTr does not hold (both
+    cases silently dropped from training), and a case with two label files (one of them silently ignored).
+
+    Examples
+    --------
+    >>> ds = Dataset(Path("d"), {"training": [{"image": "./imagesTr/b.nii.gz"}]}, [Case("a", [Path("a.nii.gz")])])
+    >>> listing_problems(ds)
+    ["b: listed in dataset.json 'training', not in imagesTr"]
+    """
+    ids = {case.id for case in ds.cases}
+    problems = []
+    seen: dict[str, str] = {}
+    if (ds.root / "labelsTr").is_dir():
+        for q in image_files(ds.root / "labelsTr", DATASET_SUFFIXES):
+            if case_name(q) not in ids:
+                problems.append(f"{case_name(q)}: label file {q.name} has no image in imagesTr")
+            elif case_name(q) in seen:  # open_dataset takes the first by name; the other is never read
+                problems.append(f"{case_name(q)}: two label files, {seen[case_name(q)]} and {q.name}")
+            seen.setdefault(case_name(q), q.name)
+    training = ds.meta.get("training", [])
+    for entry in training if isinstance(training, list) else []:
+        image = entry.get("image") if isinstance(entry, dict) else None
+        # MSD and nnU-Net name the case (./imagesTr/<case>.nii.gz) even where its files are <case>_0000 ...; some
+        # converters name the first channel file instead
+        name = case_name(Path(image)) if isinstance(image, str) else None
+        if name is not None and name not in ids and _CHANNEL.sub("", name) not in ids:
+            problems.append(f"{name}: listed in dataset.json 'training', not in imagesTr")
     return problems
