@@ -60,9 +60,11 @@ class Slab:
         self.wsum = torch.zeros((*size[:-1], depth), dtype=torch.float32, device=device)
         self.base = 0
 
-    def add(self, logits: torch.Tensor, weight: torch.Tensor, starts: Sequence[int]) -> None:
+    def add(self, logits: torch.Tensor, weight: torch.Tensor, starts: Sequence[int],
+            shift: torch.Tensor | None = None) -> None:
         """Add one window's ``logits`` (classes, *window) times ``weight`` (*window) at ``starts``; the window
-        must start at :attr:`base` along the last axis."""
+        must start at :attr:`base` along the last axis. ``shift`` (*window), if given, is subtracted from every
+        class's logits first (in float32, before the product is rounded to the slab's dtype)."""
         depth = self.acc.shape[-1]
         assert starts[-1] == self.base and logits.shape[-1] == depth
         idx = tuple(slice(s, s + n) for s, n in zip(starts[:-1], logits.shape[1:-1]))
@@ -74,7 +76,10 @@ class Slab:
             if ring.stop > ring.start:
                 w = weight[..., win]
                 for c in range(0, logits.shape[0], step):
-                    self.acc[(slice(c, c + step),) + idx + (ring,)].addcmul_(logits[c: c + step, ..., win], w)
+                    part = logits[c: c + step, ..., win]
+                    if shift is not None:
+                        part = part.float() - shift[..., win]
+                    self.acc[(slice(c, c + step),) + idx + (ring,)].addcmul_(part, w)
                 self.wsum[idx + (ring,)] += w
 
     def pop(self, n: int):

@@ -41,7 +41,7 @@ def sliding_window(network: torch.nn.Module, x: torch.Tensor, patch_size, overla
     batch_size : int
         Windows per forward pass.
     device : str or torch.device
-        Where the network runs.
+        Where the network runs: ``auto``, ``cpu``, ``cuda`` or ``cuda:N`` (:func:`medseg.infer.devices.parse_device`).
     bf16 : bool
         bf16 autocast on CPUs that compute it natively (CUDA always uses fp16 AMP).
     tta : bool or sequence of int
@@ -62,9 +62,11 @@ def sliding_window(network: torch.nn.Module, x: torch.Tensor, patch_size, overla
     >>> p.shape, bool(torch.allclose(p.sum(0), torch.ones(10, 8, 8)))
     (torch.Size([3, 10, 8, 8]), True)
     """
+    from medseg.infer.devices import parse_device
     from medseg.infer.sliding_window import cpu_has_native_bf16, sliding_window_predict
 
-    device = torch.device(device)
+    # as the CLI's --device and sliding_window_predict read it: "auto" is a device here too, "gpu" an InputError
+    device = parse_device(device)
     two_d = len(patch_size) == x.ndim - 1 and patch_size[0] == 1 and x.ndim == 4 and _is_2d(network)
 
     def slice_by_slice(batch):  # (B, C, 1, H, W) windows through a 2D network
@@ -153,7 +155,7 @@ def predict_labels(network: torch.nn.Module, plan: Plan, array: np.ndarray, spac
     overlap, tta : optional
         Default: the plan's.
     device : str or torch.device
-        Where the network runs.
+        Where the network runs (``auto``: CUDA when available, else the CPU).
     batch_size : int
         Windows per forward pass.
     probabilities : bool
