@@ -34,12 +34,19 @@ def _extent(mask: np.ndarray) -> str:
 
 
 def _header_text(name: str) -> str:
-    """A segment name as a NRRD header value: one line of ASCII (pynrrd writes and reads the header as ASCII, and a
-    line break would end the field), else an ``InputError``."""
+    r"""A segment name as a NRRD header value: one line of ASCII (pynrrd writes and reads the header as ASCII, and a
+    line break would end the field), else an ``InputError``. A backslash is written as ``\\``: NRRD escapes key/value
+    pairs, and teem (the reader of Slicer and ITK) reads ``\n`` as a line break and ``\\`` as one backslash.
+
+    Examples
+    --------
+    >>> print(_header_text(r"C:\new"))
+    C:\\new
+    """
     if not name.isascii() or any(ord(c) < 32 or ord(c) == 127 for c in name):
         raise InputError(f"segment name {name!r} cannot be stored in a .seg.nrrd header (one line of ASCII text): "
                          "rename the label, or export as nifti or dicom-seg")
-    return name
+    return name.replace("\\", "\\\\")
 
 
 def seg_nrrd_header(label: Image, infos) -> dict:
@@ -177,5 +184,5 @@ def write_nifti_with_tables(label: Image, infos, out_path: str | os.PathLike, pr
             write_unchecked(label, tmp, full_suffix(out_path))
         for path, text in ((snap, itksnap_label_text(infos)), (ctbl, slicer_color_table_text(infos))):
             with place(path.name) as tmp:
-                tmp.write_text(text)
+                tmp.write_text(text, encoding="utf-8")  # as viewers read them, whatever the locale's encoding
     return out_path

@@ -93,12 +93,12 @@ def describe(path: str | os.PathLike, series: str | int | None = None) -> list[d
     path = Path(path)
     if not path.exists():
         raise InputError("no such file or folder", path=path)
-    if not _is_dicom_input(path) or (path.is_file() and _dicom_modality(path) in ("SEG", "RTSTRUCT")):
-        if path.is_file() and _dicom_modality(path) in ("SEG", "RTSTRUCT"):
-            img = _import_segmentation(path, None)
-        else:
-            img = read_image(path)
+    segmentation = path.is_file() and _dicom_modality(path) in ("SEG", "RTSTRUCT")
+    if not _is_dicom_input(path) or segmentation:
+        img = _import_segmentation(path, None) if segmentation else read_image(path)
         rec = {"index": 0, "source": str(path), **image_summary(img)}
+        if segmentation:  # the object's own identity, not that of the image series it refers to
+            rec.update(_own_series(path))
         if full_suffix(path) in (".nii", ".nii.gz"):  # a label map medseg predicted says what made it
             from medseg.infer.provenance import read_record
 
@@ -186,6 +186,15 @@ def _dicom_modality(path: Path) -> str:
         return str(pydicom.dcmread(path, stop_before_pixels=True).get("Modality", "") or "").upper()
     except Exception as exc:
         raise InputError(f"corrupt DICOM file ({type(exc).__name__}: {exc})", path=path) from None
+
+
+def _own_series(path: Path) -> dict[str, str]:
+    """Modality, series description and SeriesInstanceUID of one DICOM file, as its header says."""
+    import pydicom
+
+    ds = pydicom.dcmread(path, stop_before_pixels=True)
+    keys = {"modality": "Modality", "series_description": "SeriesDescription", "series_uid": "SeriesInstanceUID"}
+    return {field: str(ds.get(key, "") or "") for field, key in keys.items()}
 
 
 def _import_segmentation(path: Path, reference, rt_fill: str = "centre") -> Image:
