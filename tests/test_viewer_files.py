@@ -201,3 +201,26 @@ def test_info_numbers_equal_simpleitk_for_files_and_a_dicom_study(tmp_path):
             block = text.split(f"[{rec['index']}] ")[1]
             assert f"spacing      ({', '.join(f'{s:.6g}' for s in rec['spacing'])}) mm" in block
             assert f"orientation  {rec['orientation']}" in block and rec["series_uid"] in block
+
+
+def test_seg_nrrd_extents_in_one_pass_equal_each_labels_bounding_box():
+    """Extents come from one find_objects pass (117 classes made 117 passes over a CT); each equals the label's
+    bounding box by numpy, for every integer type, absent labels and ids too large for one pass."""
+    from medseg.export.slicer import _extents
+
+    def box(lab, v):
+        idx = np.nonzero(lab == v)
+        return " ".join(f"{a.min()} {a.max()}" for a in idx) if idx[0].size else "0 -1 0 -1 0 -1"
+
+    rng = np.random.default_rng(0)
+    for dt in (np.uint8, np.uint16, np.int32, np.int64, np.uint32, np.uint64):
+        for _ in range(20):
+            lab = np.zeros(tuple(int(n) for n in rng.integers(1, 12, 3)), dt)
+            values = sorted({int(v) for v in rng.integers(1, 250, int(rng.integers(0, 6)))})
+            for v in values:
+                lab[rng.random(lab.shape) < 0.1] = v
+            asked = sorted({*values, 7, 249})
+            assert _extents(lab, asked) == {v: box(lab, v) for v in asked}
+    huge = np.zeros((5, 5, 5), np.uint64)
+    huge[1, 2, 3] = 2**40
+    assert _extents(huge, [2**40, 3]) == {2**40: "1 1 2 2 3 3", 3: "0 -1 0 -1 0 -1"}
