@@ -29,6 +29,7 @@ def tiny_dataset(dst: Path, n: int = 4) -> Path:
         for d in ("imagesTr", "labelsTr"):
             os.symlink(src / d / i, dst / d / i)
     meta["training"] = [t for t in meta["training"] if Path(t["image"]).name in ids]
+    meta["numTraining"] = len(ids)
     (dst / "dataset.json").write_text(json.dumps(meta))
     return dst
 

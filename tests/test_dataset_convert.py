@@ -164,3 +164,12 @@ def test_check_passes_the_real_hippocampus_dataset():
     n = len(json.loads((root / "dataset.json").read_text())["training"])
     res = run_cli("dataset", "check", root)
     assert res.code == 0 and f"{n} cases OK" in res.out, res.err
+
+
+def test_check_compares_num_training_with_the_cases(tmp_path):
+    """nnU-Net v2 refuses a dataset whose numTraining is not its number of cases; the check said nothing."""
+    ds, ids = _linked_hippocampus(tmp_path / "ds", 3)
+    meta = json.loads((ds / "dataset.json").read_text())
+    meta["numTraining"] = 4
+    (ds / "dataset.json").write_text(json.dumps(meta))
+    assert_clean_error(run_cli("dataset", "check", ds), "numTraining 4, imagesTr holds 3 cases")

@@ -96,7 +96,8 @@ def check_dataset(ds: Dataset, progress: bool = False) -> list[str]:
 def listing_problems(ds: Dataset) -> list[str]:
     """Disagreements between imagesTr, labelsTr and dataset.json, which :func:`open_dataset` cannot see (it lists
     imagesTr only): a label without an image and a ``training`` entry whose case imagesTr does not hold (both
-    cases silently dropped from training), and a case with two label files (one of them silently ignored).
+    cases silently dropped from training), a case with two label files (one of them silently ignored), and a
+    ``numTraining`` other than the number of cases.
 
     Examples
     --------
@@ -122,4 +123,8 @@ def listing_problems(ds: Dataset) -> list[str]:
         name = case_name(Path(image)) if isinstance(image, str) else None
         if name is not None and name not in ids and _CHANNEL.sub("", name) not in ids:
             problems.append(f"{name}: listed in dataset.json 'training', not in imagesTr")
+    expected = ds.meta.get("numTraining")
+    if isinstance(expected, int) and not isinstance(expected, bool) and expected != len(ds.cases):
+        # nnU-Net v2 refuses such a dataset: a case lost (or added) since dataset.json was written
+        problems.append(f"dataset.json says numTraining {expected}, imagesTr holds {len(ds.cases)} cases")
     return problems
