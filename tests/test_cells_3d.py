@@ -196,3 +196,29 @@ def test_a_3d_run_records_its_stacks_median_voxel_size(tmp_path):
     fresh = prepare_training_data(ds, cfg, tmp_path / "cache")[4]
     cached = prepare_training_data(ds, cfg, tmp_path / "cache")[4]
     assert fresh == cached == {"spacing": [3.0, 0.5, 0.5]}
+
+
+def test_counting_a_stack_without_voxel_size_with_a_3d_model_says_so(tmp_path, monkeypatch):
+    """A stack whose file has no voxel size is taken as isotropic and resampled to the model's z step: a note names
+    --pixel-size; a stack with a z step in pixels (ImageJ unit 'pixel', here 3) is resampled by it, without one."""
+    import tifffile
+
+    from medseg.cells.config import CellTrainConfig
+    from medseg.cells.count import count_cells
+    from medseg.cells.segmenters import CellModel
+    from medseg.io.image import Image
+    from medseg.io.microscopy import write_microscopy
+
+    cfg = CellTrainConfig(spatial_dims=3, patch_size=(8, 16, 16), min_snr=0.0, merge_boundary=0.0)
+    model = CellModel(None, cfg, {"spacing": [2.0, 1.0, 1.0]}, device="cpu")
+    monkeypatch.setattr(CellModel, "_predict", lambda self, image: np.stack(
+        [np.ones(image.shape, np.float32), *np.zeros((5, *image.shape), np.float32)]))
+    monkeypatch.setattr(CellModel, "load", classmethod(lambda cls, *a, **k: model))
+    stack = np.random.default_rng(0).random((12, 16, 16)).astype(np.float32)
+    tifffile.imwrite(tmp_path / "plain.tif", stack)  # no resolution, no ImageJ spacing
+    write_microscopy(Image(stack, np.diag([3.0, 1.0, 1.0, 1.0]), {"unit": "pixel"}), tmp_path / "stepped.tif")
+    notes = []
+    for name in ("plain", "stepped"):
+        count_cells(tmp_path / f"{name}.tif", tmp_path / f"out_{name}", model=tmp_path, note=notes.append,
+                    progress=False, threads=1)
+    assert [n.split(":")[0] for n in notes] == ["plain.tif"] and "--pixel-size Z,Y,X" in notes[0]

@@ -341,7 +341,8 @@ def _count_one(img, f: Path, seg, exclude_border: bool, rois: bool, place, metho
     from medseg.postprocess.watershed import clear_border_instances, relabel_sequential
 
     arr, sp, cid = img.array, img.spacing, case_name(f)
-    if img.meta.get("unit") == "pixel" and getattr(seg, "z_scale", lambda *a: 1.0)(arr, sp) != 1.0:
+    no_size = img.meta.get("unit") == "pixel" and all(float(s) == 1.0 for s in sp)
+    if no_size and getattr(seg, "z_scale", lambda *a: 1.0)(arr, sp) != 1.0:
         # a 3D model is shown each stack at its training z step: a stack without a voxel size counts as isotropic
         from medseg.cells.scale import anisotropy
 
