@@ -775,11 +775,17 @@ def test_cells3d_benchmark_halves_the_real_stack(tmp_path, capsys):
     stack = data_path("nuclei_stardist")
     assert main(["--data", str(stack), "--out", str(tmp_path), "--minutes", "1", "--steps", "2", "--folds", "0",
                  "--patch", "16", "16", "16", "--base-filters", "4", "--threads", "1",
-                 "--json", str(tmp_path / "r.json")]) == 0
+                 "--json", str(tmp_path / "r.json"), "--other-z-steps"]) == 0
     out = capsys.readouterr().out
     ref = read_labels(stack / "mask3d.tif")
     test = halves(ref.shape[-1])[0]
     n_test = len(np.unique(ref[..., test])) - 1
+    # the held-out half at z step 1 and 4, each resampled to the model's step and as stored (the "before" column)
+    seen = re.findall(r"z step (\d) .*?, (resampled to the training z step|as stored): (\d+) nuclei", out)
+    n_every_other = len(np.unique(ref[::2, :, test])) - 1
+    assert sorted(seen) == sorted([("1", how, str(n_test)) for how in ("resampled to the training z step", "as stored")]
+                                  + [("4", how, str(n_every_other)) for how in
+                                     ("resampled to the training z step", "as stored")])
     for method in ("learned", "classical", "components"):
         row = _table_rows(out, f"{method} | 0")[0]
         assert int(row[3]) == n_test and 0.0 <= float(row[5]) <= 1.0
