@@ -138,3 +138,22 @@ def linked_cell_dataset(dst: Path, n: int) -> list[str]:
         (dst / "labels" / f"{cid}.tif").symlink_to(src / "labels" / f"{cid}.tif")
     (dst / "split.json").write_text(json.dumps({"train": ids[:-1], "val": ids[-1:]}))
     return ids
+
+
+def fake_batch_clock(monkeypatch, seconds: float = 10.0) -> list[float]:
+    """The semantic trainer's clock made to advance ``seconds`` per batch drawn (time budgets without waiting);
+    returns the clock (a one-item list, to set it back)."""
+    from types import SimpleNamespace
+
+    from medseg.train import trainer
+
+    clock = [0.0]
+    monkeypatch.setattr(trainer, "time", SimpleNamespace(monotonic=lambda: clock[0]))
+    real = trainer.sample_batch
+
+    def tick(*a, **kw):
+        clock[0] += seconds
+        return real(*a, **kw)
+
+    monkeypatch.setattr(trainer, "sample_batch", tick)
+    return clock

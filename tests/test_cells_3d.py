@@ -4,6 +4,8 @@ scikit-image / SciPy recipes written here, on the real StarDist stack."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from scipy import ndimage as ndi
@@ -168,7 +170,7 @@ def test_a_3d_model_sees_every_stack_at_its_training_z_step(monkeypatch, given, 
     assert shapes == [(20, 16, 16)]
 
 
-def test_a_3d_run_records_its_stacks_median_voxel_size(tmp_path):
+def test_a_3d_run_records_its_stacks_median_voxel_size(tmp_path, monkeypatch):
     """What z_scale compares a stack with: the training stacks' median voxel size, read from their files, the same
     whether their training pairs were made now or served from the disk cache."""
     import json
@@ -194,8 +196,13 @@ def test_a_3d_run_records_its_stacks_median_voxel_size(tmp_path):
         assert tif.imagej_metadata["spacing"] == 3.0
     cfg = CellTrainConfig(spatial_dims=3, patch_size=(16, 32, 32), tune_fraction=0.0, cache="disk")
     fresh = prepare_training_data(ds, cfg, tmp_path / "cache")[4]
+    import medseg.cells.data as data_mod
+
+    real, read = data_mod.load_image, []
+    monkeypatch.setattr(data_mod, "load_image", lambda path, *a, **k: read.append(Path(path).stem) or real(path, *a, **k))
     cached = prepare_training_data(ds, cfg, tmp_path / "cache")[4]
     assert fresh == cached == {"spacing": [3.0, 0.5, 0.5]}
+    assert not set(read) & {"a", "b", "c"}  # the cache entries hold the spacing: no training stack is read again
 
 
 def test_counting_a_stack_without_voxel_size_with_a_3d_model_says_so(tmp_path, monkeypatch):

@@ -18,7 +18,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import assert_clean_error, run_cli
+from conftest import assert_clean_error, fake_batch_clock, run_cli
 
 PLAN = {"channels": ["MRI"], "labels": {0: "background", 1: "inner", 2: "outer"},
         "normalisation": [{"scheme": "zscore"}], "target_spacing": [1.0, 1.0, 1.0], "patch_size": [16, 16, 16],
@@ -210,18 +210,8 @@ def test_a_run_the_budget_ended_resumes_to_no_more_training(tmp_path, monkeypatc
     """A fake clock, 10 s per batch, a 1-minute budget: the run stops after 6 iterations. Resumed with the same
     budget it trains no further iteration (it took another one, with learning rate 0, and a log row); with more
     minutes it trains on."""
-    from medseg.train import trainer
-
     plan = plan_file(tmp_path, dataset, max_epochs=5, iterations_per_epoch=4, max_minutes=1.0)
-    clock = [0.0]
-    monkeypatch.setattr(trainer, "time", SimpleNamespace(monotonic=lambda: clock[0]))
-    real = trainer.sample_batch
-
-    def tick(*a, **kw):
-        clock[0] += 10.0
-        return real(*a, **kw)
-
-    monkeypatch.setattr(trainer, "sample_batch", tick)
+    clock = fake_batch_clock(monkeypatch)
     assert train(plan, tmp_path / "run").iterations == 6
     rows, model = log_rows(tmp_path / "run"), (tmp_path / "run" / "model.pt").read_bytes()
     clock[0] = 0.0

@@ -16,7 +16,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from conftest import REPO, assert_clean_error, linked_cell_dataset, run_cli
+from conftest import REPO, assert_clean_error, fake_batch_clock, linked_cell_dataset, run_cli
 from test_train import read_log, tiny_plan
 
 from medseg.train.trainer import validate as _real_validate
@@ -96,15 +96,7 @@ def test_interrupted_after_the_budget_stopped_the_epoch(tmp_path, monkeypatch, m
     from medseg.train import trainer
 
     plan = tiny_plan(tmp_path, max_epochs=3, iterations_per_epoch=4, ema=0.9, max_minutes=1.0)
-    clock = [0.0]
-    monkeypatch.setattr(trainer, "time", SimpleNamespace(monotonic=lambda: clock[0]))
-    real_sample = trainer.sample_batch
-
-    def tick(*a, **k):
-        clock[0] += 10.0
-        return real_sample(*a, **k)
-
-    monkeypatch.setattr(trainer, "sample_batch", tick)
+    clock = fake_batch_clock(monkeypatch)
     ref = _train(plan, tmp_path / "ref")
     assert ref.iterations == 6  # stopped by the budget in the second epoch
     clock[0] = 0.0

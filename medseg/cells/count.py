@@ -342,7 +342,7 @@ def _count_one(img, f: Path, seg, exclude_border: bool, rois: bool, place, metho
 
     arr, sp, cid = img.array, img.spacing, case_name(f)
     no_size = img.meta.get("unit") == "pixel" and all(float(s) == 1.0 for s in sp)
-    if no_size and getattr(seg, "z_scale", lambda *a: 1.0)(arr, sp) != 1.0:
+    if no_size and isinstance(seg, CellModel) and seg.z_scale(arr, sp) != 1.0:
         # a 3D model is shown each stack at its training z step: a stack without a voxel size counts as isotropic
         from medseg.cells.scale import anisotropy
 

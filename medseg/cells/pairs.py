@@ -115,12 +115,17 @@ class PairCache:
     def __init__(self, root: str | os.PathLike):
         self.store = ArrayStore(root)
 
-    def get(self, case_id: str, key: str) -> tuple | None:
+    def get(self, case_id: str, key: str) -> tuple[tuple, tuple | None] | None:
+        """``(pair, spacing)`` of a stored case (spacing None in entries written before it was kept), or None."""
         got = self.store.get(case_id, key)
-        return None if got is None or not {"image", "target", "labels"} <= set(got[0]) else _pair(got[0])
+        if got is None or not {"image", "target", "labels"} <= set(got[0]):
+            return None
+        sp = got[1].get("spacing")
+        return _pair(got[0]), None if sp is None else tuple(float(v) for v in sp)
 
-    def put(self, case_id: str, key: str, pair) -> tuple:
-        return _pair(self.store.put(case_id, key, _arrays(pair))[0])
+    def put(self, case_id: str, key: str, pair, spacing) -> tuple:
+        """Store a case's pair with its voxel size (what a 3D run records without reading the case again)."""
+        return _pair(self.store.put(case_id, key, _arrays(pair), {"spacing": np.asarray(spacing, float)})[0])
 
 
 def training_pairs(cases, cfg, cache: PairCache | None = None, limit: float | None = None, blocks: bool = False,
@@ -137,7 +142,7 @@ def training_pairs(cases, cfg, cache: PairCache | None = None, limit: float | No
     from medseg.train.dataset import _progress
 
     mode = cfg.cache if cache is not None else "memory"
-    pairs, ids, keys, tune, held = [], [], [], [], 0
+    pairs, ids, keys, spacings, tune, held = [], [], [], [], [], 0
     for c in _progress(list(cases), progress, "preparing training images"):
         if blocks:
             whole = load_case(c, cfg.channel)
@@ -147,19 +152,24 @@ def training_pairs(cases, cfg, cache: PairCache | None = None, limit: float | No
             if c is not whole:  # (an image too small for a block is kept whole)
                 whole.image = whole.labels = None
         key = pair_key(cfg, c, blocks) if mode != "memory" else None
-        pair = cache.get(c.case, key) if key else None
-        if pair is None:
+        got = cache.get(c.case, key) if key else None
+        if got is not None:
+            pair, sp = got
+            c.spacing = sp or c.spacing
+        else:
             if c.image is None:
                 load_case(c, cfg.channel)
             pair = make_pair(c, cfg)
             if mode == "disk":
-                pair = cache.put(c.case, key, pair)
+                pair = cache.put(c.case, key, pair, c.spacing)
         c.image = c.labels = None  # the pair holds what training needs
         pairs.append(pair)
         ids.append(c.case)
         keys.append(key)
+        spacings.append(c.spacing)
         held += pair_bytes(pair)
         if mode == "auto" and limit is not None and held > limit:  # spill: every pair in RAM goes to disk
-            pairs = [cache.put(i, k, p) if pair_bytes(p) else p for i, k, p in zip(ids, keys, pairs)]
+            pairs = [cache.put(i, k, p, sp) if pair_bytes(p) else p
+                     for i, k, p, sp in zip(ids, keys, pairs, spacings)]
             mode, held = "disk", 0
     return pairs, tune

@@ -392,8 +392,8 @@ def anisotropy(spacing) -> float:
 
 
 def median_spacing(cases, channel=None) -> list[float]:
-    """Median voxel size per axis of 3D cell cases (:class:`medseg.cells.data.CellCase`); a case not loaded yet (its
-    training pair came from the cache) is read for it."""
+    """Median voxel size per axis of 3D cell cases (:class:`medseg.cells.data.CellCase`); a case whose spacing is
+    not known yet (its training pair came from a cache entry written before spacings were kept) is read for it."""
     from medseg.cells.data import load_image
 
     sp = [c.spacing if len(c.spacing) == 3 else load_image(c.image_path, channel).spacing for c in cases]
