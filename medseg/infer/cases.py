@@ -142,7 +142,7 @@ def read_case(paths: list[Path]) -> Image:
     return Image(arr, ref.affine, {**ref.meta, "source": str(paths[0])}, True)
 
 
-def load_case(case: Case) -> Image:
+def case_image(case: Case) -> Image:
     """The case's image: its files (:func:`read_case`) or its DICOM series."""
     if case.series is None:
         return read_case(case.paths)

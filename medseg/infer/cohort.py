@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from medseg.errors import InputError
-from medseg.infer.cases import Case, check_references, check_series, list_cases, load_case  # noqa: F401
+from medseg.infer.cases import Case, case_image, check_references, check_series, list_cases  # noqa: F401
 from medseg.io.atomic import atomic_path
 from medseg.io.image import Image
 from medseg.io.series_names import series_case_names  # noqa: F401 (re-exported)
@@ -258,7 +258,7 @@ def _predict_case(net, art, dev, case: Case, output: Path, overlap, tta, batch_s
     from medseg.infer.native import write_probabilities
     from medseg.infer.predict import predict_image
 
-    image = load_case(case)  # raises InputError naming the file before anything of this case is written
+    image = case_image(case)  # raises InputError naming the file before anything of this case is written
     with torch.no_grad():
         lab, prob = predict_image(net, art.plan, image, overlap=overlap, tta=tta, device=dev,
                                   batch_size=batch_size, probabilities=probabilities,
