@@ -69,8 +69,14 @@ def test_real_sample_equals_its_sources_in_modality_order(tmp_path):
     assert v2[0] == "background" and values <= set(v2) and sorted(v2) == list(range(len(v2)))
     ds = open_dataset(tmp_path / "ds")
     assert ds.labels == v2
-    # the folder listing and dataset.json's training list name the same cases
-    assert [c.id for c in ds.cases] == sorted(Path(t["image"]).name[:-7] for t in meta["training"])
+    # dataset.json's training list names each case's channel files, in --modalities order, and its label: MONAI's
+    # decathlon datalist reads them as they are (it listed ./imagesTr/<case>.nii.gz, a file the layout lacks)
+    from monai.data import load_decathlon_datalist
+
+    listed = load_decathlon_datalist(tmp_path / "ds" / "dataset.json", data_list_key="training")
+    assert [[Path(f).name for f in t["image"]] for t in listed] == [[f.name for f in c.images] for c in ds.cases]
+    assert [Path(t["label"]).resolve() for t in listed] == [c.label.resolve() for c in ds.cases]
+    assert all(Path(f).is_file() for t in listed for f in t["image"])
     assert run_cli("dataset", "check", tmp_path / "ds").code == 0
 
 
@@ -173,3 +179,24 @@ def test_check_compares_num_training_with_the_cases(tmp_path):
     meta["numTraining"] = 4
     (ds / "dataset.json").write_text(json.dumps(meta))
     assert_clean_error(run_cli("dataset", "check", ds), "numTraining 4, imagesTr holds 3 cases")
+
+
+@pytest.mark.parametrize("modalities", ["Flair", "Flair,T1c"])
+def test_listed_files_exist_for_labelled_and_unlabelled_patients(tmp_path, modalities):
+    """Every file dataset.json's training and test lists name is in the converted folder, as MONAI's datalist reads
+    it: a string for one channel (as MSD writes it), a list of channel files for several."""
+    from monai.data import load_decathlon_datalist
+
+    src = _synthetic(tmp_path / "src", patients=("p1", "p2", "p3"))
+    (src / "p3" / "OTMultiClass.nii").unlink()  # no label: an imagesTs case
+    out = tmp_path / "ds"
+    assert run_cli("dataset", "convert", src, "-o", out, "--modalities", modalities).code == 0
+    n = len(modalities.split(","))
+    for key, count in (("training", 2), ("test", 1)):
+        listed = load_decathlon_datalist(out / "dataset.json", data_list_key=key)
+        assert len(listed) == count
+        for entry in listed:
+            files = entry["image"] if n > 1 else [entry["image"]]
+            assert isinstance(files, list) and len(files) == n and all(Path(f).is_file() for f in files), entry
+            assert key == "test" or Path(entry["label"]).is_file()
+    assert run_cli("dataset", "check", out).code == 0

@@ -150,13 +150,17 @@ def _write_brats_cases(plan: list, modalities: tuple[str, ...], stage: Path) -> 
     for pid, files, lab in plan:
         images = "imagesTr" if lab is not None else "imagesTs"
         (stage / images).mkdir(exist_ok=True)
-        for i, mod in enumerate(modalities):
-            _write_nifti_gz(files[mod], stage / images / f"{pid}_{i:04d}.nii.gz")
+        names = [f"./{images}/{pid}_{i:04d}.nii.gz" for i in range(len(modalities))]
+        for name, mod in zip(names, modalities):
+            _write_nifti_gz(files[mod], stage / name)
+        # the files themselves, a list for several channels (MONAI's load_decathlon_datalist and LoadImaged stack
+        # them); MSD's ./imagesTr/<case>.nii.gz names a 4D file this layout does not have
+        image = names if len(names) > 1 else names[0]
         if lab is not None:
             _write_nifti_gz(lab, stage / "labelsTr" / f"{pid}.nii.gz")
-            training.append({"image": f"./imagesTr/{pid}.nii.gz", "label": f"./labelsTr/{pid}.nii.gz"})
+            training.append({"image": image, "label": f"./labelsTr/{pid}.nii.gz"})
         else:
-            test.append(f"./imagesTs/{pid}.nii.gz")
+            test.append(image)
     return training, test
 
 

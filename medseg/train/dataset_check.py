@@ -118,6 +118,8 @@ def listing_problems(ds: Dataset) -> list[str]:
     training = ds.meta.get("training", [])
     for entry in training if isinstance(training, list) else []:
         image = entry.get("image") if isinstance(entry, dict) else None
+        if isinstance(image, list) and image:  # one file per channel (MONAI's multi-channel form)
+            image = image[0]
         # MSD and nnU-Net name the case (./imagesTr/<case>.nii.gz) even where its files are <case>_0000 ...; some
         # converters name the first channel file instead
         name = case_name(Path(image)) if isinstance(image, str) else None
