@@ -470,7 +470,8 @@ def test_convert_puts_a_patient_without_labels_in_imagests(tmp_path):
     res = run_cli("dataset", "convert", src, "-o", tmp_path / "ds")
     assert res.code == 0, res.err
     meta = json.loads((tmp_path / "ds" / "dataset.json").read_text())
-    assert meta["numTraining"] == 1 and meta["test"] == [f"./imagesTs/{unlabelled.name}.nii.gz"]
+    assert meta["numTraining"] == 1
+    assert meta["test"] == [[f"./imagesTs/{unlabelled.name}_0000.nii.gz", f"./imagesTs/{unlabelled.name}_0001.nii.gz"]]
     assert sorted(p.name for p in (tmp_path / "ds" / "imagesTs").iterdir()) == [
         f"{unlabelled.name}_0000.nii.gz", f"{unlabelled.name}_0001.nii.gz"]
     assert not list((tmp_path / "ds" / "imagesTr").glob(f"{unlabelled.name}_*"))
