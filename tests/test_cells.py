@@ -451,8 +451,8 @@ def test_loaded_model_predicts_as_the_network_its_thresholds_were_tuned_with(tmp
         seen.update(model=CellModel(net, cfg, meta, device="cpu"), cases=cases)
         return tune(net, cfg, meta, cases)
 
-    tune = train._tune
-    monkeypatch.setattr(train, "_tune", spy)
+    tune = train.tune_network
+    monkeypatch.setattr(train, "tune_network", spy)
     cfg = train.CellTrainConfig(patch_size=(64, 64), batch_size=2, base_filters=4, max_steps=2, max_minutes=5,
                                 threads=1, tune_fraction=0.3)
     run = train.train_cells(ds, tmp_path / "run", cfg, progress=False)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import time
+import warnings
 from dataclasses import asdict
 from pathlib import Path
 
@@ -24,6 +25,7 @@ import numpy as np
 
 from medseg.cells.config import CellTrainConfig, config_for_data
 from medseg.cells.saved_config import resumed_config
+from medseg.cells.tune import affordable_cases, tune_network, tuning_costs, tuning_meta
 from medseg.errors import InputError
 from medseg.io.atomic import atomic_path, deferred_interrupts
 
@@ -199,15 +201,22 @@ def train_cells(data_dir, run_dir, cfg: CellTrainConfig | None = None, resume: b
     meta.update(sizes or {})
     _save_json(meta, run_dir / "model.json")
     dice_fn = DiceLoss(to_onehot_y=True, softmax=True, include_background=True, smooth_nr=1e-5, smooth_dr=1e-5)
-    # reading the data and the threshold search count against the time budget: keep the search's time back
-    # (25-40 s on DSB2018's 40 tuning images with every marker source)
-    reserve = min(60.0, 0.05 * cfg.max_minutes * 60.0) if tune else 0.0
-    budget = max(0.0, cfg.max_minutes * 60.0 - prepared_s - reserve)
+    # reading the data and the threshold search count against the time budget. The search's time is kept back:
+    # first a guess, then (a quarter into training) what it measures on one tuning image with the network as it is
+    # then, scaled to the others. Its cost depends on the maps (25 s to 100 s on DSB2018's 40 tuning images), so
+    # a short run searches on as many as fit in a quarter of its budget (at least 3)
+    base = cfg.max_minutes * 60.0 - prepared_s
+    reserve, measured = (min(60.0, 0.05 * cfg.max_minutes * 60.0) if tune else 0.0), not tune
     if state is not None and "budget_s" in state:
         # the run's own budget, less its first reading of the data (not this one's), plus any minutes added; reading
-        # the data again counts against it, as the semantic trainer counts it
-        budget = state["budget_s"] + (cfg.max_minutes - state["max_minutes"]) * 60.0
+        # the data again counts against it, as the semantic trainer counts it. Runs from before the measured
+        # reserve kept no reserve of their own: their budget stays as it was
+        reserve, measured = float(state.get("reserve_s", 0.0)), bool(state.get("reserve_measured", True))
+        base = state["budget_s"] + reserve + (cfg.max_minutes - state["max_minutes"]) * 60.0
         elapsed += prepared_s
+        tune = tune[:state.get("tune_images", len(tune))]
+    budget = max(0.0, base - reserve)
+    measure_at = 0.25 * budget
     use_bf16 = bool(cfg.bf16) and cpu_has_native_bf16()
     scalars = ScalarLog(run_dir, tensorboard, purge_step=step if resume else None)
     if resume:
@@ -217,13 +226,28 @@ def train_cells(data_dir, run_dir, cfg: CellTrainConfig | None = None, resume: b
     if new_log:
         log_f.write("step,elapsed_s,lr,loss\n")
     t0, last_ckpt = time.perf_counter() - elapsed, time.perf_counter()
-    kept = {"data": stamp, "budget_s": budget, "max_minutes": cfg.max_minutes}
+    # budget_s unclipped, so that a resumed run recovers its base from budget_s + reserve_s
+    kept = {"data": stamp, "budget_s": base - reserve, "max_minutes": cfg.max_minutes, "reserve_s": reserve,
+            "reserve_measured": measured, "tune_images": len(tune)}
     net.train()
     bar = _progress(progress, budget, elapsed)
     last = (rng.bit_generator.state, elapsed)  # RNG state and elapsed time right after the last completed step
     try:
         while True:
             elapsed = time.perf_counter() - t0
+            if not measured and elapsed >= measure_at and step:
+                costs = tuning_costs(net, cfg, tuning_meta(cfg, meta), tune)
+                tune = tune[:affordable_cases(costs, 0.25 * cfg.max_minutes * 60.0)]
+                reserve, measured = float(np.sum(costs[:len(tune)])), True
+                budget = max(0.0, base - reserve)
+                kept.update(budget_s=base - reserve, reserve_s=reserve, reserve_measured=True, tune_images=len(tune))
+                if bar is not None:
+                    bar[0].update(bar[1], total=budget)
+                if len(tune) < len(costs):
+                    warnings.warn(f"the threshold search on all {len(costs)} tuning images would take about "
+                                  f"{costs.sum():.0f} s of the {cfg.max_minutes:g}-minute budget: it uses {len(tune)} "
+                                  "of them (more --max-minutes searches on more)")
+                elapsed = time.perf_counter() - t0
             if elapsed >= budget or (cfg.max_steps is not None and step >= cfg.max_steps):
                 break
             # the schedule follows whichever ends first, the time budget or max_steps (as the semantic trainer's)
@@ -275,10 +299,8 @@ def train_cells(data_dir, run_dir, cfg: CellTrainConfig | None = None, resume: b
     meta.update({"steps": step, "train_seconds": round(elapsed, 1), "final_loss": float(np.mean(losses[-20:]))
                  if losses else None})
     if tune:
-        # the watershed settings that measure each image's nucleus size (scale_for) while tuning: counting measures
-        # with them too, so that the tuned thresholds see the images at the scales they were chosen at
-        meta["size_thresholds"] = {"threshold": cfg.threshold, "seed_threshold": cfg.seed_threshold, "seeds": cfg.seeds}
-        meta["tuning"] = _tune(net, cfg, meta, tune)
+        meta.update(tuning_meta(cfg, meta))
+        meta["tuning"] = tune_network(net, cfg, meta, tune)
         meta["config"].update({k: meta["tuning"][k] for k in ("threshold", "seed_threshold", "seeds")})
     _save_json(meta, run_dir / "model.json")
     return run_dir
@@ -319,18 +341,6 @@ def cell_loss(out, target, dice_fn, distance=None, contact=None, distance_weight
         err = (out[:, -offsets.shape[1]:] - offsets).abs().sum(1, keepdim=True)
         loss = loss + offset_weight * (err * fg).sum() / torch.clamp(fg.sum(), min=1.0)
     return loss
-
-
-def _tune(net, cfg: CellTrainConfig, meta: dict, cases) -> dict:
-    from medseg.cells.count import CellModel
-    from medseg.cells.tune import tune_thresholds
-
-    t = time.perf_counter()
-    net.eval()  # CellModel predicts in the memory format a loaded model does
-    res = tune_thresholds(CellModel(net, cfg, meta, device="cpu"), cases, objective=cfg.tune_objective,
-                          selection=cfg.tune_selection)
-    res["seconds"] = round(time.perf_counter() - t, 1)
-    return res
 
 
 def auto_threads() -> int:

@@ -11,6 +11,7 @@ offset head, are centres found by following the predicted offsets. The validatio
 from __future__ import annotations
 
 import itertools
+import time
 from typing import Sequence
 
 import numpy as np
@@ -256,3 +257,52 @@ def per_image_table(model, cases, threshold_grid: Sequence[float] = THRESHOLD_GR
         rows.append({"seeds": src, "threshold": t, "seed_threshold": s, "ap": np.asarray(aps),
                      "count_error": np.asarray(errs)})
     return rows
+
+
+def tuning_meta(cfg, meta: dict) -> dict:
+    """``meta`` with the watershed settings that measure each image's nucleus size (``CellModel.scale_for``)
+    while tuning: counting measures with them too, so that the tuned thresholds see the images at the scales they
+    were chosen at."""
+    return {**meta, "size_thresholds": {"threshold": cfg.threshold, "seed_threshold": cfg.seed_threshold,
+                                        "seeds": cfg.seeds}}
+
+
+def tune_network(net, cfg, meta: dict, cases) -> dict:
+    """:func:`tune_thresholds` of a training run's network (put in eval mode), with the ``seconds`` it took."""
+    from medseg.cells.count import CellModel
+
+    t = time.perf_counter()
+    net.eval()  # CellModel predicts in the memory format a loaded model does
+    res = tune_thresholds(CellModel(net, cfg, meta, device="cpu"), cases, objective=cfg.tune_objective,
+                          selection=cfg.tune_selection)
+    res["seconds"] = round(time.perf_counter() - t, 1)
+    return res
+
+
+def tuning_costs(net, cfg, meta: dict, cases, margin: float = 1.25) -> np.ndarray:
+    """Seconds :func:`tune_network` will take on each of ``cases`` with ``net`` as it is: the search timed on the
+    case of median size, scaled by each case's pixels and a safety ``margin``. A copy of the network is timed, so
+    that training's own (its mode, its memory format) is left as it is."""
+    import copy
+
+    from medseg.cells.count import CellModel
+
+    sizes = np.array([c.image.size for c in cases], dtype=float)
+    probe = cases[int(np.argsort(sizes, kind="stable")[len(sizes) // 2])]
+    t = time.perf_counter()
+    per_image_table(CellModel(copy.deepcopy(net).eval(), cfg, meta, device="cpu"), [probe])
+    return margin * (time.perf_counter() - t) * sizes / probe.image.size
+
+
+def affordable_cases(costs: Sequence[float], seconds: float, minimum: int = 3) -> int:
+    """How many of the cases, in order, the search can take within ``seconds`` (at least ``minimum``, or all).
+
+    Examples
+    --------
+    >>> affordable_cases([2.0, 2.0, 2.0, 2.0, 2.0], 7.0)
+    3
+    >>> affordable_cases([2.0, 2.0, 2.0, 2.0, 2.0], 100.0), affordable_cases([9.0, 9.0], 1.0)
+    (5, 2)
+    """
+    fits = int(np.searchsorted(np.cumsum(costs), seconds, side="right"))
+    return max(fits, min(minimum, len(costs)))
