@@ -101,3 +101,22 @@ def test_search_time_is_the_median_case_scaled_by_pixels(monkeypatch):
     assert seen == ["e"]  # sizes 100, 10000, 2000, 400, 900: the median is 900
     assert np.allclose(got, [1.25 * c.image.size / 1000 for c in cases])
     assert net.training  # training's own network is left as it was
+
+
+def test_a_saved_budget_resumes_as_it_was_with_the_minutes_added():
+    from medseg.cells.budget import CellBudget
+
+    b = CellBudget.start(max_minutes=2, prepared_s=10.0, n_tune=6)
+    assert b.reserve_s == 6.0 and not b.measured  # the first guess: 5 % of the budget
+    b.settle([4.0, 5.0, 6.0, 7.0, 8.0, 9.0])  # a quarter of 2 minutes holds the first 5 (30 s)
+    again = CellBudget.resumed(b.saved(), max_minutes=3, n_tune=6)
+    assert (again.base_s, again.reserve_s, again.measured, again.tune_images) == (110.0 + 60.0, 30.0, True, 5)
+    assert not again.due(elapsed=1e6, step=10)  # measured once only
+    # a budget the search ate whole stays whole when resumed, not clipped at 0
+    starved = CellBudget.start(max_minutes=1, prepared_s=0.0, n_tune=3)
+    starved.settle([100.0, 100.0, 100.0])
+    assert starved.training_s == 0.0
+    assert CellBudget.resumed(starved.saved(), max_minutes=6, n_tune=3).training_s == 60.0
+    # a checkpoint from before the reserve was measured: no reserve, nothing to measure
+    old = CellBudget.resumed({"budget_s": 50.0, "max_minutes": 1}, max_minutes=1, n_tune=4)
+    assert (old.training_s, old.measured, old.tune_images) == (50.0, True, 4)

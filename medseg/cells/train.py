@@ -25,7 +25,8 @@ import numpy as np
 
 from medseg.cells.config import CellTrainConfig, config_for_data
 from medseg.cells.saved_config import resumed_config
-from medseg.cells.tune import affordable_cases, tune_network, tuning_costs, tuning_meta
+from medseg.cells.budget import CellBudget
+from medseg.cells.tune import tune_network, tuning_costs
 from medseg.errors import InputError
 from medseg.io.atomic import atomic_path, deferred_interrupts
 
@@ -199,24 +200,23 @@ def train_cells(data_dir, run_dir, cfg: CellTrainConfig | None = None, resume: b
             "polarity": object_polarity([p[0] for p in pairs], [p[1] for p in pairs])}
     # nuclei outside the ranges are resized into them at prediction (CellModel.scale_for), where both measures agree
     meta.update(sizes or {})
+    if tune:  # the settings that measure each image's nucleus size while tuning: counting measures with them too
+        meta["size_thresholds"] = {"threshold": cfg.threshold, "seed_threshold": cfg.seed_threshold, "seeds": cfg.seeds}
     _save_json(meta, run_dir / "model.json")
     dice_fn = DiceLoss(to_onehot_y=True, softmax=True, include_background=True, smooth_nr=1e-5, smooth_dr=1e-5)
-    # reading the data and the threshold search count against the time budget. The search's time is kept back:
-    # first a guess, then (a quarter into training) what it measures on one tuning image with the network as it is
-    # then, scaled to the others. Its cost depends on the maps (25 s to 100 s on DSB2018's 40 tuning images), so
-    # a short run searches on as many as fit in a quarter of its budget (at least 3)
-    base = cfg.max_minutes * 60.0 - prepared_s
-    reserve, measured = (min(60.0, 0.05 * cfg.max_minutes * 60.0) if tune else 0.0), not tune
+    # reading the data and the threshold search count against the time budget (medseg.cells.budget)
     if state is not None and "budget_s" in state:
-        # the run's own budget, less its first reading of the data (not this one's), plus any minutes added; reading
-        # the data again counts against it, as the semantic trainer counts it. Runs from before the measured
-        # reserve kept no reserve of their own: their budget stays as it was
-        reserve, measured = float(state.get("reserve_s", 0.0)), bool(state.get("reserve_measured", True))
-        base = state["budget_s"] + reserve + (cfg.max_minutes - state["max_minutes"]) * 60.0
+        # the run's own budget, plus any minutes added; reading the data again counts against it, as the semantic
+        # trainer counts it
+        budget = CellBudget.resumed(state, cfg.max_minutes, len(tune))
         elapsed += prepared_s
-        tune = tune[:state.get("tune_images", len(tune))]
-    budget = max(0.0, base - reserve)
-    measure_at = 0.25 * budget
+    else:
+        budget = CellBudget.start(cfg.max_minutes, prepared_s, len(tune))
+    tune = tune[:budget.tune_images]
+
+    def kept():  # what a checkpoint keeps besides the training state
+        return {"data": stamp, **budget.saved()}
+
     use_bf16 = bool(cfg.bf16) and cpu_has_native_bf16()
     scalars = ScalarLog(run_dir, tensorboard, purge_step=step if resume else None)
     if resume:
@@ -226,33 +226,27 @@ def train_cells(data_dir, run_dir, cfg: CellTrainConfig | None = None, resume: b
     if new_log:
         log_f.write("step,elapsed_s,lr,loss\n")
     t0, last_ckpt = time.perf_counter() - elapsed, time.perf_counter()
-    # budget_s unclipped, so that a resumed run recovers its base from budget_s + reserve_s
-    kept = {"data": stamp, "budget_s": base - reserve, "max_minutes": cfg.max_minutes, "reserve_s": reserve,
-            "reserve_measured": measured, "tune_images": len(tune)}
     net.train()
-    bar = _progress(progress, budget, elapsed)
+    bar = _progress(progress, budget.training_s, elapsed)
     last = (rng.bit_generator.state, elapsed)  # RNG state and elapsed time right after the last completed step
     try:
         while True:
             elapsed = time.perf_counter() - t0
-            if not measured and elapsed >= measure_at and step:
-                costs = tuning_costs(net, cfg, tuning_meta(cfg, meta), tune)
-                tune = tune[:affordable_cases(costs, 0.25 * cfg.max_minutes * 60.0)]
-                reserve, measured = float(np.sum(costs[:len(tune)])), True
-                budget = max(0.0, base - reserve)
-                kept.update(budget_s=base - reserve, reserve_s=reserve, reserve_measured=True, tune_images=len(tune))
+            if budget.due(elapsed, step):
+                costs = tuning_costs(net, cfg, meta, tune)
+                tune = tune[:budget.settle(costs)]
                 if bar is not None:
-                    bar[0].update(bar[1], total=budget)
+                    bar[0].update(bar[1], total=budget.training_s)
                 if len(tune) < len(costs):
                     warnings.warn(f"the threshold search on all {len(costs)} tuning images would take about "
                                   f"{costs.sum():.0f} s of the {cfg.max_minutes:g}-minute budget: it uses {len(tune)} "
                                   "of them (more --max-minutes searches on more)")
                 elapsed = time.perf_counter() - t0
-            if elapsed >= budget or (cfg.max_steps is not None and step >= cfg.max_steps):
+            if elapsed >= budget.training_s or (cfg.max_steps is not None and step >= cfg.max_steps):
                 break
             # the schedule follows whichever ends first, the time budget or max_steps (as the semantic trainer's)
-            progress = max(elapsed / budget, step / cfg.max_steps if cfg.max_steps else 0.0)
-            lr = cfg.lr * (1 - min(progress, 0.99)) ** 0.9
+            done = max(elapsed / budget.training_s, step / cfg.max_steps if cfg.max_steps else 0.0)
+            lr = cfg.lr * (1 - min(done, 0.99)) ** 0.9
             for g in opt.param_groups:
                 g["lr"] = lr
             x, y, d, w, o = _batch(pairs, cfg, rng)
@@ -279,12 +273,13 @@ def train_cells(data_dir, run_dir, cfg: CellTrainConfig | None = None, resume: b
                     log_f.flush()
                     scalars.add(step, **{"train/loss": np.mean(losses[-10:]), "train/lr": lr})
             if bar is not None:
-                bar[0].update(bar[1], completed=min(elapsed, budget), description=f"loss {np.mean(losses[-20:]):.3f}")
+                bar[0].update(bar[1], completed=min(elapsed, budget.training_s),
+                              description=f"loss {np.mean(losses[-20:]):.3f}")
             if time.perf_counter() - last_ckpt > cfg.checkpoint_every_s:
-                _checkpoint(net, opt, step, time.perf_counter() - t0, ckpt_path, ema, last[0], losses, kept)
+                _checkpoint(net, opt, step, time.perf_counter() - t0, ckpt_path, ema, last[0], losses, kept())
                 last_ckpt = time.perf_counter()
     except KeyboardInterrupt:  # Ctrl-C, or SIGTERM under the CLI: keep every completed step (the save is atomic)
-        _checkpoint(net, opt, step, last[1], ckpt_path, ema, last[0], losses, kept)
+        _checkpoint(net, opt, step, last[1], ckpt_path, ema, last[0], losses, kept())
         raise
     finally:
         log_f.close()
@@ -292,14 +287,13 @@ def train_cells(data_dir, run_dir, cfg: CellTrainConfig | None = None, resume: b
         if bar is not None:
             bar[0].stop()
     elapsed = time.perf_counter() - t0
-    _checkpoint(net, opt, step, elapsed, ckpt_path, ema, rng.bit_generator.state, losses, kept)
+    _checkpoint(net, opt, step, elapsed, ckpt_path, ema, rng.bit_generator.state, losses, kept())
     if ema is not None:
         net.load_state_dict(ema.state_dict())
     _save_torch(net.state_dict(), run_dir / "model.pt")
     meta.update({"steps": step, "train_seconds": round(elapsed, 1), "final_loss": float(np.mean(losses[-20:]))
                  if losses else None})
     if tune:
-        meta.update(tuning_meta(cfg, meta))
         meta["tuning"] = tune_network(net, cfg, meta, tune)
         meta["config"].update({k: meta["tuning"][k] for k in ("threshold", "seed_threshold", "seeds")})
     _save_json(meta, run_dir / "model.json")

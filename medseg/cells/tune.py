@@ -259,14 +259,6 @@ def per_image_table(model, cases, threshold_grid: Sequence[float] = THRESHOLD_GR
     return rows
 
 
-def tuning_meta(cfg, meta: dict) -> dict:
-    """``meta`` with the watershed settings that measure each image's nucleus size (``CellModel.scale_for``)
-    while tuning: counting measures with them too, so that the tuned thresholds see the images at the scales they
-    were chosen at."""
-    return {**meta, "size_thresholds": {"threshold": cfg.threshold, "seed_threshold": cfg.seed_threshold,
-                                        "seeds": cfg.seeds}}
-
-
 def tune_network(net, cfg, meta: dict, cases) -> dict:
     """:func:`tune_thresholds` of a training run's network (put in eval mode), with the ``seconds`` it took."""
     from medseg.cells.count import CellModel
