@@ -397,7 +397,7 @@ def test_training_holds_out_tuning_images(tmp_path):
     from medseg.cells.train import CellTrainConfig, train_cells
 
     ds = tmp_path / "ds"
-    ids = linked_cell_dataset(ds, 30)
+    ids = linked_cell_dataset(ds, 12)
     cfg = CellTrainConfig(patch_size=(64, 64), batch_size=2, base_filters=4, max_steps=1, max_minutes=5, threads=1,
                           tune_fraction=0.3)
     run = train_cells(ds, tmp_path / "run", cfg, progress=False)

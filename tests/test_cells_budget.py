@@ -13,6 +13,11 @@ import torch
 from conftest import linked_cell_dataset
 
 
+def _searched(net, cfg, meta, cases):
+    """The threshold search's result, without searching (these tests are about which images it gets)."""
+    return {"n_images": len(cases), "threshold": 0.5, "seed_threshold": 0.5, "seeds": "boundary"}
+
+
 def _small(**kw):
     from medseg.cells.train import CellTrainConfig
 
@@ -33,18 +38,19 @@ def test_measured_search_time_is_kept_back_and_resume_keeps_it(tmp_path, monkeyp
         return np.full(len(cases), 1e4)  # far more than the run has
 
     monkeypatch.setattr(train, "tuning_costs", measured)
-    run = train.train_cells(ds, tmp_path / "run", _small(max_minutes=0.25), progress=False)
+    monkeypatch.setattr(train, "tune_network", _searched)
+    run = train.train_cells(ds, tmp_path / "run", _small(max_minutes=0.15), progress=False)
     ck = torch.load(run / "checkpoint.pt", weights_only=True)
     assert calls and calls[0] >= 3 and len(calls) == 1
     # the search takes the 3 first tuning images, the fewest it takes
     assert ck["reserve_measured"] is True and ck["reserve_s"] == 3e4 and ck["tune_images"] == 3
     assert json.loads((run / "model.json").read_text())["tuning"]["n_images"] == 3
     steps = ck["step"]
-    # training stopped at the measurement, a quarter into a budget of about 15 s
-    assert steps >= 1 and ck["elapsed_s"] < 0.6 * 15
+    # training stopped at the measurement, a quarter into a budget of under 9 s
+    assert steps >= 1 and ck["elapsed_s"] < 0.6 * 9
     monkeypatch.setattr(train, "tuning_costs", lambda *a: np.zeros(100))  # must not be asked again
-    more = 3e4 / 60 + 0.1  # minutes beyond the measured search: about 6 s more training
-    train.train_cells(ds, run, _small(max_minutes=0.25 + more), resume=True, progress=False)
+    more = 3e4 / 60 + 0.05  # minutes beyond the measured search: about 3 s more training
+    train.train_cells(ds, run, _small(max_minutes=0.15 + more), resume=True, progress=False)
     ck2 = torch.load(run / "checkpoint.pt", weights_only=True)
     assert len(calls) == 1 and ck2["reserve_s"] == 3e4 and ck2["step"] > steps and ck2["tune_images"] == 3
 
@@ -69,11 +75,12 @@ def test_a_search_that_fits_takes_every_tuning_image(tmp_path, monkeypatch):
 
     ds = tmp_path / "ds"
     linked_cell_dataset(ds, 12)
-    monkeypatch.setattr(train, "tuning_costs", lambda net, cfg, meta, cases: np.full(len(cases), 0.5))
-    run = train.train_cells(ds, tmp_path / "run", _small(max_minutes=0.25), progress=False)
+    monkeypatch.setattr(train, "tuning_costs", lambda net, cfg, meta, cases: np.full(len(cases), 0.25))
+    monkeypatch.setattr(train, "tune_network", _searched)
+    run = train.train_cells(ds, tmp_path / "run", _small(max_minutes=0.12), progress=False)
     ck = torch.load(run / "checkpoint.pt", weights_only=True)
     n = len(json.loads((run / "model.json").read_text())["split"]["tune"])
-    assert n >= 3 and ck["tune_images"] == n and ck["reserve_s"] == 0.5 * n
+    assert n >= 3 and ck["tune_images"] == n and ck["reserve_s"] == 0.25 * n
     assert json.loads((run / "model.json").read_text())["tuning"]["n_images"] == n
 
 
