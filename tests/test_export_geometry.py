@@ -129,6 +129,64 @@ def test_nifti_export_on_a_tilted_series_is_refused(tmp_path):
     assert not (tmp_path / "seg.nii.gz").exists()
 
 
+def test_a_prediction_on_the_untilted_grid_exports_back_onto_the_tilted_series(tmp_path):
+    """``medseg convert --allow-tilt`` resamples a tilted series onto its first slice's orthogonal grid, keeping
+    its shape, so the later slices' corners fall outside it. A label map on that grid exported back onto the series
+    was refused ("448 of 2048 voxel centres lie outside it"), which left no DICOM-out path for tilted series. The
+    cut corners are background now, said in a warning; every other voxel is the label map's at the same place
+    (expected from the slice positions and the NIfTI affine: nibabel and numpy)."""
+    import highdicom as hd
+    import nibabel as nib
+
+    from conftest import run_cli
+
+    pos = [(-8.0, -8.0 + 1.0 * k, 2.0 * k) for k in range(8)]  # 1 mm further posterior per slice: whole pixels
+    uids = _write_series(tmp_path / "tilted", pos)
+    assert run_cli("convert", tmp_path / "tilted", tmp_path / "untilted.nii.gz", "--allow-tilt").code == 0
+    grid = nib.load(tmp_path / "untilted.nii.gz")
+    lab = np.zeros(grid.shape, np.uint8)
+    lab[3:9, 2:14, 1:7] = 1
+    lab[10:13, 5:16, 2:8] = 2  # reaches the last rows, which the tilt moves off the later slices' grid
+    nib.save(nib.Nifti1Image(lab, grid.affine), tmp_path / "pred.nii.gz")
+    res = run_cli("export", tmp_path / "pred.nii.gz", "-r", tmp_path / "tilted", "-f", "dicom-seg",
+                  "-o", tmp_path / "seg.dcm")
+    assert res.code == 0, res.err
+    assert "448 of 2048 voxel centres" in res.err and "background" in res.err
+    expected = np.zeros((N, N, len(pos)), np.uint8)
+    to_grid = np.linalg.inv(grid.affine)
+    for k, p in enumerate(pos):
+        for i in range(N):
+            for j in range(N):
+                world = LPS_TO_RAS @ np.array([p[0] + i * PS, p[1] + j * PS, p[2], 1.0])
+                idx = np.rint(to_grid @ world)[:3].astype(int)
+                if all(0 <= v < n for v, n in zip(idx, lab.shape)):
+                    expected[i, j, k] = lab[tuple(idx)]
+    assert (expected == 2).sum() < (lab == 2).sum()  # the test reaches the cut corners
+    seg = hd.seg.segread(str(tmp_path / "seg.dcm"))
+    arr = seg.get_pixels_by_source_instance(source_sop_instance_uids=uids, segment_numbers=[1, 2],
+                                            assert_missing_frames_are_empty=True)
+    for c, v in enumerate((1, 2)):
+        assert np.array_equal(np.transpose(arr[..., c], (2, 1, 0)) > 0, expected == v)
+
+
+def test_a_label_map_on_another_grid_must_still_cover_the_tilted_series(tmp_path):
+    """The corners are forgiven only on the untilted grid itself: the same map shifted by one voxel is refused."""
+    import nibabel as nib
+
+    from conftest import run_cli
+
+    pos = [(-8.0, -8.0 + 1.0 * k, 2.0 * k) for k in range(8)]
+    _write_series(tmp_path / "tilted", pos)
+    assert run_cli("convert", tmp_path / "tilted", tmp_path / "untilted.nii.gz", "--allow-tilt").code == 0
+    grid = nib.load(tmp_path / "untilted.nii.gz")
+    shifted = grid.affine.copy()
+    shifted[:3, 3] += grid.affine[:3, 0]
+    nib.save(nib.Nifti1Image(np.ones(grid.shape, np.uint8), shifted), tmp_path / "pred.nii.gz")
+    res = run_cli("export", tmp_path / "pred.nii.gz", "-r", tmp_path / "tilted", "-f", "dicom-seg",
+                  "-o", tmp_path / "seg.dcm")
+    assert res.code == 2 and "voxel centres lie outside it" in res.err and not (tmp_path / "seg.dcm").exists()
+
+
 @pytest.mark.parametrize("make", [_tilted, _uneven], ids=["gantry-tilt", "uneven-spacing"])
 def test_an_irregular_series_is_not_imported_onto_a_regular_grid(tmp_path, make):
     """import_segmentation / ``medseg convert RS.dcm out.nii.gz --reference DIR`` returns the rasterised

@@ -102,6 +102,18 @@ class ReferenceSeries:
             m[:3, 2] = self.normal * thick
         return LPS_TO_RAS @ m
 
+    def untilted_affine(self) -> np.ndarray:
+        """RAS affine of the orthogonal grid through the first slice, its slices one mean step apart along the
+        normal: the grid ``medseg convert --allow-tilt`` resamples a gantry-tilted series onto (equal to
+        :meth:`grid_affine` for a series without tilt)."""
+        m = self.slice_lps(0)
+        if len(self.positions) > 1:
+            step = (self.positions[-1] - self.positions[0]) / (len(self.positions) - 1)
+            m[:3, 2] = self.normal * float(step @ self.normal)
+        else:
+            m[:3, 2] = self.normal * float(self.datasets[0].get("SliceThickness") or 1.0)
+        return LPS_TO_RAS @ m
+
     def is_regular(self, tol_mm: float = 0.01) -> bool:
         """True when every slice lies on the regular grid of ``grid_affine`` (no tilt, even spacing).
 

@@ -7,6 +7,8 @@ into the label map's continuous index space with the inverse of its affine, and 
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 
 from medseg.errors import InputError
@@ -75,6 +77,15 @@ def resample_to_slices(label: Image, slice_matrices_ras, size_ij: tuple[int, int
     >>> resample_to_slices(lab, [m], (2, 2))[..., 0].tolist()
     [[1, 3], [5, 7]]
     """
+    arr, outside = _sample_slices(label, slice_matrices_ras, size_ij)
+    if require_cover and outside:
+        raise InputError(f"the label map does not cover {what}: {outside} of {arr.size} voxel centres lie outside it",
+                         path=label.meta.get("source"))
+    return arr
+
+
+def _sample_slices(label: Image, slice_matrices_ras, size_ij: tuple[int, int]) -> tuple[np.ndarray, int]:
+    """:func:`resample_to_slices`'s array (0 outside the label map) and how many centres lie outside it."""
     if label.channels_first or label.ndim != 3:
         raise InputError(f"expected a 3D single-channel label map, got shape {label.array.shape}",
                          path=label.meta.get("source"))
@@ -83,11 +94,7 @@ def resample_to_slices(label: Image, slice_matrices_ras, size_ij: tuple[int, int
         s, n_out = _sample_slice(label, np.asarray(m, float), size_ij)
         slices.append(s)
         outside += n_out
-    if require_cover and outside:
-        total = size_ij[0] * size_ij[1] * len(slices)
-        raise InputError(f"the label map does not cover {what}: {outside} of {total} voxel centres lie outside it",
-                         path=label.meta.get("source"))
-    return np.stack(slices, axis=-1)
+    return np.stack(slices, axis=-1), outside
 
 
 def resample_to_grid(label: Image, affine: np.ndarray, shape: tuple[int, int, int], *,
@@ -148,5 +155,13 @@ def resample_to_reference(label: Image, ref, require_cover: bool = True) -> np.n
     if label.shape == ref.shape and ref.is_regular() and np.allclose(label.affine, ref.grid_affine(), atol=1e-3):
         return np.asarray(label.array).copy()
     mats = [LPS_TO_RAS @ ref.slice_lps(k) for k in range(len(ref.datasets))]
+    if label.shape == ref.shape and np.allclose(label.affine, ref.untilted_affine(), atol=1e-3):
+        # a prediction on the grid `convert --allow-tilt` made of this tilted series: the corners of the slices
+        # that the resampling cut off were never predicted, so they are background, said once
+        arr, outside = _sample_slices(label, mats, (ref.columns, ref.rows))
+        if outside:
+            warnings.warn(f"{outside} of {arr.size} voxel centres of the tilted series lie outside the label map's "
+                          "untilted grid (the slice corners `convert --allow-tilt` cut off): exported as background")
+        return arr
     return resample_to_slices(label, mats, (ref.columns, ref.rows), require_cover=require_cover,
                               what="the reference series")

@@ -160,7 +160,8 @@ def check_series(cases: list[Case]) -> None:
             # load_series's advice (--allow-tilt) is convert's: predict writes on the series' own grid
             raise InputError(f"series {c.series.label()} has a gantry tilt of {c.series.tilt_degrees:.2f} degrees, "
                              "and a label map cannot lie on its grid: resample it onto an orthogonal grid with "
-                             "`medseg convert --allow-tilt` and predict that file", path=c.series.folder)
+                             "`medseg convert --allow-tilt` and predict that file (`medseg export` puts the prediction back "
+                             "onto the series)", path=c.series.folder)
         if c.series is not None and c.series.problem:
             load_series(c.series)  # raises with the series and the reason, without reading pixels
 
