@@ -231,3 +231,21 @@ def test_plan_file_suffixes_in_any_case_and_no_plan_without_one(tmp_path):
     (tmp_path / "c.YAML").write_text(yaml.safe_dump({k: v for k, v in d.items() if k != "labels"}))
     assert_clean_error(run_cli("train", tmp_path / "c.YAML", "-o", tmp_path / "run"), "c.YAML", "labels")
     assert not (tmp_path / "run").exists()
+
+
+def test_a_partial_augment_mapping_changes_only_the_keys_it_names(tmp_path):
+    """`augment: {flip_axes: [0, 1, 2]}` in a hand-written plan replaced the whole mapping: mirroring came on and
+    the rotation, scaling, intensity, gamma and noise augmentation went silently off."""
+    from medseg.plan.plan import Plan
+
+    d = Plan(dataset=str(tmp_path)).to_dict()
+    full = dict(d["augment"])
+    path = tmp_path / "plan.yaml"
+    path.write_text(yaml.safe_dump({**d, "augment": {"flip_axes": [0, 1, 2]}}))
+    assert Plan.from_yaml(path).augment == {**full, "flip_axes": [0, 1, 2]}
+    path.write_text(yaml.safe_dump({**d, "augment": {"rotate_deg": 0, "prob": 0.5}}))
+    got = Plan.from_yaml(path).augment
+    assert got == {**full, "rotate_deg": 0.0, "prob": 0.5} and got["scale"] == full["scale"]
+    # a plan as medseg writes it (every key) reads back unchanged
+    path.write_text(yaml.safe_dump({**d, "augment": {**full, "gamma": False, "scale": [0.7, 1.4]}}))
+    assert Plan.from_yaml(path).augment == {**full, "gamma": False, "scale": [0.7, 1.4]}

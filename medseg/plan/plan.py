@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import os
@@ -22,6 +23,8 @@ LOSSES = ("dice_ce", "dice_focal", "ce", "dice")
 OPTIMIZERS = ("adamw", "sgd")
 CACHE_MODES = ("auto", "memory", "disk")
 AUGMENT_KEYS = ("rotate_deg", "scale", "flip_axes", "intensity", "gamma", "noise", "prob")
+DEFAULT_AUGMENT = {"rotate_deg": 15.0, "scale": [0.85, 1.15], "flip_axes": [], "intensity": True, "gamma": True,
+                   "noise": 0.05, "prob": 0.3}
 
 
 @dataclass
@@ -99,9 +102,8 @@ class Plan:
     iterations_per_epoch: int = 100
     max_minutes: float | None = None
     foreground_oversample: float = 0.5
-    augment: dict[str, Any] = field(default_factory=lambda: {"rotate_deg": 15.0, "scale": [0.85, 1.15],
-                                                             "flip_axes": [], "intensity": True, "gamma": True,
-                                                             "noise": 0.05, "prob": 0.3})
+    # a mapping that names some of the keys changes those and keeps the defaults of the others
+    augment: dict[str, Any] = field(default_factory=lambda: copy.deepcopy(DEFAULT_AUGMENT))
     val_every: int = 5
     num_folds: int = 5
     fold: int = 0
@@ -237,7 +239,9 @@ class Plan:
             bad(f"augment must be a mapping of {', '.join(AUGMENT_KEYS)} (got {self.augment!r})")
         reject_unknown(self.augment, AUGMENT_KEYS, "plan's augment", where)
         try:
-            self.augment = check_augment(self.augment, self.spatial_dims)
+            # merged: `augment: {flip_axes: [0]}` meant mirroring added, but it replaced the whole mapping, and the
+            # rotation, scaling and intensity changes were silently off
+            self.augment = check_augment({**copy.deepcopy(DEFAULT_AUGMENT), **self.augment}, self.spatial_dims)
         except ValueError as exc:
             bad(exc)
         return self
