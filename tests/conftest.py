@@ -100,6 +100,16 @@ def one_torch_thread():
     torch.set_num_threads(n)
 
 
+def pytest_configure(config):
+    """Ctrl-C is Ctrl-C in the test process: pytest-xdist's workers (``bash .ci/test -n 2``) ignore SIGINT, and an
+    ignored signal stays ignored in every process a test starts, so the interrupt tests would see no interrupt."""
+    import signal
+    import threading
+
+    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 def pytest_collection_modifyitems(config, items):
     """``@pytest.mark.slow`` tests (full-budget training) run only with MEDSEG_SLOW=1; CI runs bounded versions."""
     if os.environ.get("MEDSEG_SLOW", "0") not in ("", "0"):
