@@ -53,7 +53,7 @@ def test_trained_model_separates_touching_nuclei(tmp_path, steps, strict):
     if strict:  # the default recipe (256² crops, thresholds tuned on held-out training images)
         cfg = CellTrainConfig(max_steps=steps, max_minutes=30, threads=2, checkpoint_every_s=1e9)
     else:
-        cfg = CellTrainConfig(max_steps=steps, max_minutes=15, threads=2, checkpoint_every_s=1e9,
+        cfg = CellTrainConfig(max_steps=steps, max_minutes=15, threads=None, checkpoint_every_s=1e9,
                               patch_size=(128, 128), batch_size=4, tune_fraction=0.0)
     model = CellModel.load(train_cells(ds, tmp_path / "run", cfg, progress=False), device="cpu")
     chosen = _held_out_touching()

@@ -143,6 +143,34 @@ def test_shards_and_reruns_finish_every_export_once(study, tmp_path):
         assert {k for k, v in _mtimes(out).items() if before.get(k) != v} == {f"{case}.nii.gz", f"{case}_rtstruct.dcm"}
 
 
+def test_export_added_to_a_finished_cohort_does_not_predict_again(study, tmp_path, monkeypatch):
+    """`predict` then `predict --export` into the same folder ran the network again for every case; the label maps
+    are this model's, so each object is made from its label map, equal to what one `predict --export` writes, the
+    label maps keep their voxels, and a third run skips every case."""
+    import medseg.infer.predict as predict
+
+    model, one, two = _model(tmp_path / "m.pt"), tmp_path / "one", tmp_path / "two"
+    assert _predict(model, study, one, "--export", "dicom-seg").code == 0
+    assert _predict(model, study, two).code == 0
+    before = {c: np.asarray(nib.load(two / f"{c}.nii.gz").dataobj) for c in "ABC"}
+
+    def no_network(*a, **k):
+        raise AssertionError("predicted again")
+
+    monkeypatch.setattr(predict, "predict_image", no_network)
+    res = _predict(model, study, two, "--export", "dicom-seg")
+    assert res.code == 0 and "3 finished case(s) exported" in res.err, res
+    for c in "ABC":
+        assert np.array_equal(np.asarray(nib.load(two / f"{c}.nii.gz").dataobj), before[c])
+        a, b = pydicom.dcmread(one / f"{c}_dicomseg.dcm"), pydicom.dcmread(two / f"{c}_dicomseg.dcm")
+        assert [k for k in sorted(set(a.dir()) | set(b.dir())) if k not in _VARYING and a.get(k) != b.get(k)] == []
+    res = _predict(model, study, two, "--export", "dicom-seg")
+    assert res.code == 0 and "skipped 3" in res.out and res.err == "", res
+    # another model's label maps are still refused, not exported
+    assert_clean_error(_predict(_model(tmp_path / "other.pt", bias=(0.0, 5.0, 0.0)), study, two, "--export",
+                                "rtstruct"), "not this run's prediction")
+
+
 def test_a_case_without_foreground_gets_no_export_and_is_finished(study, tmp_path):
     """A model that finds nothing (no tumour in this patient) is a result, not bad input: each label map is written,
     the DICOM object (which cannot be empty) is not, with a note, and the rerun skips the cases. Before, the cohort

@@ -107,7 +107,8 @@ def predict_path(model, input: str | os.PathLike, output: str | os.PathLike, ove
     change its voxels (overlap, TTA, largest component, minimum size) and its input files (SHA-256), and the extra
     outputs asked for (``probabilities``, ``export``) were written with it; one made by another model, with other
     options or from another input is an ``InputError`` before anything is predicted (``overwrite`` predicts every
-    case again).
+    case again). A finished case that lacks only the ``export`` object is exported from its label map, without
+    predicting it again, and counts as written.
 
     A case whose pixel data turn out to be bad (found only when it is read) is an ``InputError`` that stops the
     cohort there; with ``keep_going`` its line goes to stderr, the other cases are predicted, and one
@@ -144,15 +145,22 @@ def predict_path(model, input: str | os.PathLike, output: str | os.PathLike, ove
     record = CaseRecords(_record(art, overlap, tta, largest_component, min_size_mm3, device=str(dev)))
     todo = cases if overwrite else [c for c in cases if not _finished(c, output, record, probabilities, export)]
     skipped = len(cases) - len(todo)
+    # finished but for the DICOM object (an earlier run without --export): exported from the label map, not predicted
+    late = [] if overwrite else [c for c in todo if _only_export_missing(c, output, record, probabilities, export)]
+    todo = [c for c in todo if c not in late]
     check_series(todo)
     if export:
-        check_references(todo, export)
+        check_references(todo + late, export)
     for line in notes + [f"medseg: warning: {w}" for w in held]:
         print(line, file=sys.stderr)
     created = not output.exists()
     output.mkdir(parents=True, exist_ok=True)
     try:
-        written = _predict_cases(art, dev, todo, output=output, overlap=overlap, tta=tta,
+        written = [_export_finished(c, output, export, art.plan.labels) for c in late]
+        if late:
+            print(f"medseg: note: {len(late)} finished case(s) exported from their label maps, without predicting "
+                  "again", file=sys.stderr)
+        written += _predict_cases(art, dev, todo, output=output, overlap=overlap, tta=tta,
                                  batch_size=batch_size, probabilities=probabilities,
                                  largest_component=largest_component, min_size_mm3=min_size_mm3, export=export,
                                  note=note, record=record, progress=progress, keep_going=keep_going)
@@ -214,6 +222,39 @@ def _finished(case: Case, output: Path, record: "CaseRecords", probabilities: bo
         extras = extras[:-1]
     # an extra output counts only when it was written with this label map (an earlier run's may lie beside it)
     return all(p.exists() for p in extras) and set(_extras(probabilities, export)) <= set(old.get("extras", []))
+
+
+def _only_export_missing(case: Case, output: Path, record: "CaseRecords", probabilities: bool,
+                         export: str | None) -> bool:
+    """Whether ``case``'s label map is this run's (model, options, input) and has the probabilities asked for, and
+    only the DICOM object is missing: that is made from the label map, without predicting the case again."""
+    from medseg.infer.provenance import check_finished
+
+    dest, *extras = _outputs(case, output, probabilities, export)
+    if not export or not dest.exists():
+        return False
+    old = check_finished(dest, record.of(case.name, _input_files(case)))
+    has_probabilities = not probabilities or ("probabilities" in old.get("extras", []) and extras[0].exists())
+    return has_probabilities and not old.get("empty")
+
+
+def _export_finished(case: Case, output: Path, export: str, labels: dict) -> Path:
+    """Export a finished case's label map, then record the export in it (rewritten atomically: a run stopped
+    between the two exports again); returns the label map's path."""
+    import nibabel as nib
+
+    from medseg.infer.provenance import attach_record, read_record
+    from medseg.io.readers import read_image
+
+    dest = output / f"{case.name}.nii.gz"
+    _export(read_image(dest), case, export, output / f"{case.name}_{export.replace('-', '')}.dcm", labels, False)
+    nimg = nib.load(str(dest))
+    nimg = nib.Nifti1Image(np.asanyarray(nimg.dataobj), None, nimg.header)
+    old = read_record(dest)
+    attach_record(nimg, {**old, "extras": sorted(set(old.get("extras", [])) | {export})})
+    with atomic_path(dest, protect=case.paths) as tmp:
+        nib.save(nimg, str(tmp))
+    return dest
 
 
 def _extras(probabilities: bool, export: str | None) -> list[str]:
