@@ -42,10 +42,10 @@ def _assert_same_pairs(a, b):
 
 
 def _batches(pairs, cfg, n=5):
-    from medseg.cells.train import _batch
+    from medseg.cells.batches import training_batch
 
     rng = np.random.default_rng(7)
-    return [_batch(pairs, cfg, rng) for _ in range(n)]
+    return [training_batch(pairs, cfg, rng) for _ in range(n)]
 
 
 def test_disk_pairs_equal_ram_pairs_and_give_the_same_batches(tmp_path):

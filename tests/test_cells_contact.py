@@ -64,7 +64,7 @@ def test_weighted_loss_is_dice_ce_without_weights_and_weights_the_cross_entropy(
     import torch.nn.functional as F
     from monai.losses import DiceCELoss, DiceLoss
 
-    from medseg.cells.train import cell_loss
+    from medseg.cells.batches import cell_loss
 
     torch.manual_seed(0)
     out = torch.randn(2, 4, 16, 16)
@@ -86,7 +86,8 @@ def test_weighted_loss_is_dice_ce_without_weights_and_weights_the_cross_entropy(
 def test_training_with_contact_weights(tmp_path):
     """A few steps with the weight map on real images: the batch carries aligned weights, the setting is saved."""
     from medseg.cells.saved_config import load_config
-    from medseg.cells.train import CellTrainConfig, _batch, prepare_training_data, train_cells
+    from medseg.cells.batches import training_batch
+    from medseg.cells.train import CellTrainConfig, prepare_training_data, train_cells
 
     ds = tmp_path / "ds"
     linked_cell_dataset(ds, 3)
@@ -98,7 +99,7 @@ def test_training_with_contact_weights(tmp_path):
     # the weights travel with the crop, flips and rotations: with the target itself as "weights", they must agree
     probe = [(im, t, dd, t.astype(np.float32), None, lab) for im, t, dd, _, _, lab in pairs]
     for seed in range(5):
-        x, y, d, w, o = _batch(probe, cfg, np.random.default_rng(seed))
+        x, y, d, w, o = training_batch(probe, cfg, np.random.default_rng(seed))
         assert x.shape == w.shape == d.shape == y.shape == (2, 1, 64, 64) and o is None
         np.testing.assert_array_equal(w, y)
     run = train_cells(ds, tmp_path / "run", cfg, progress=False)

@@ -64,7 +64,8 @@ def test_zoomed_batches_have_consistent_targets(tmp_path):
     """With scale_prob 1 every crop is zoomed: the class target is the one drawn from the resized labels (a
     boundary ring around every interior), and training runs with it; the setting is saved with the model."""
     from medseg.cells.saved_config import load_config
-    from medseg.cells.train import CellTrainConfig, _batch, prepare_training_data, train_cells
+    from medseg.cells.batches import training_batch
+    from medseg.cells.train import CellTrainConfig, prepare_training_data, train_cells
 
     ds = tmp_path / "ds"
     linked_cell_dataset(ds, 3)
@@ -72,7 +73,7 @@ def test_zoomed_batches_have_consistent_targets(tmp_path):
                           tune_fraction=0, scale_range=(0.7, 1.4), scale_prob=1.0)
     pairs, *_ = prepare_training_data(ds, cfg)
     for seed in range(5):
-        x, y, d, w, o = _batch(pairs, cfg, np.random.default_rng(seed))
+        x, y, d, w, o = training_batch(pairs, cfg, np.random.default_rng(seed))
         assert x.shape == y.shape == d.shape == w.shape == (2, 1, 64, 64) and o.shape == (2, 2, 64, 64)
         assert not (o * (y == 0)).any()  # offsets on nuclei only
         assert ((d[:, 0] > 0) <= (y[:, 0] > 0)).all()  # the distance target inside the nuclei

@@ -333,7 +333,7 @@ def fake_clock(monkeypatch, step_s: float = 0.0, prepare_s: list | None = None) 
 
     clock = [0.0]
     monkeypatch.setattr(ct, "time", SimpleNamespace(perf_counter=lambda: clock[0]))
-    real_batch, real_prepare = ct._batch, ct._prepare
+    real_batch, real_prepare = ct.training_batch, ct._prepare
 
     def batch(*a, **kw):
         clock[0] += step_s
@@ -343,7 +343,7 @@ def fake_clock(monkeypatch, step_s: float = 0.0, prepare_s: list | None = None) 
         clock[0] += prepare_s[0] if prepare_s else 0.0
         return real_prepare(*a, **kw)
 
-    monkeypatch.setattr(ct, "_batch", batch)
+    monkeypatch.setattr(ct, "training_batch", batch)
     monkeypatch.setattr(ct, "_prepare", prepare)
     return clock
 
@@ -359,7 +359,7 @@ def test_cell_run_killed_after_its_last_checkpoint_logs_each_step_once(tmp_path,
     fake_clock(monkeypatch, step_s=1e-3)  # too little time for the schedule, which follows max_steps
     cfg = CellTrainConfig(**CELLS, max_steps=14)
     train_cells(cells, tmp_path / "ref", cfg, progress=False)
-    real_ck, real_batch, calls = ct._checkpoint, ct._batch, [0]
+    real_ck, real_batch, calls = ct._checkpoint, ct.training_batch, [0]
 
     def checkpoint(net, opt, step, *a, **kw):  # due after every step, kept up to step 5
         if step <= 5:
@@ -373,7 +373,7 @@ def test_cell_run_killed_after_its_last_checkpoint_logs_each_step_once(tmp_path,
 
     with monkeypatch.context() as m:
         m.setattr(ct, "_checkpoint", checkpoint)
-        m.setattr(ct, "_batch", batch)
+        m.setattr(ct, "training_batch", batch)
         with pytest.raises(RuntimeError):
             train_cells(cells, tmp_path / "run", cfg.updated(checkpoint_every_s=1e-9), progress=False)
     assert load(tmp_path / "run" / "checkpoint.pt")["step"] == 5
@@ -384,7 +384,7 @@ def test_cell_run_killed_after_its_last_checkpoint_logs_each_step_once(tmp_path,
     assert_same_tensors(load(tmp_path / "ref" / "model.pt"), load(tmp_path / "run" / "model.pt"))
     # stopped before its first step: the resumed average starts from the weights, as the uninterrupted one does
     with monkeypatch.context() as m:
-        m.setattr(ct, "_batch", lambda *a, **kw: (_ for _ in ()).throw(KeyboardInterrupt))
+        m.setattr(ct, "training_batch", lambda *a, **kw: (_ for _ in ()).throw(KeyboardInterrupt))
         with pytest.raises(KeyboardInterrupt):
             train_cells(cells, tmp_path / "run0", cfg, progress=False)
     train_cells(cells, tmp_path / "run0", cfg, resume=True, progress=False)
@@ -403,7 +403,7 @@ def test_cell_resume_keeps_the_time_budget(tmp_path, monkeypatch, one_torch_thre
     cfg = CellTrainConfig(**{**CELLS, "max_minutes": 1.0, "batch_size": 1})
     train_cells(cells, tmp_path / "ref", cfg, progress=False)
     assert (json.loads((tmp_path / "ref" / "model.json").read_text())["steps"], clock[0]) == (30, 60.0)
-    clock[0], real, calls = 0.0, ct._batch, [0]
+    clock[0], real, calls = 0.0, ct.training_batch, [0]
 
     def batch(*a, **kw):
         calls[0] += 1
@@ -412,7 +412,7 @@ def test_cell_resume_keeps_the_time_budget(tmp_path, monkeypatch, one_torch_thre
         return real(*a, **kw)
 
     with monkeypatch.context() as m:
-        m.setattr(ct, "_batch", batch)
+        m.setattr(ct, "training_batch", batch)
         with pytest.raises(KeyboardInterrupt):
             train_cells(cells, tmp_path / "run", cfg, progress=False)
     prepare[0] = 5.0
@@ -427,7 +427,7 @@ def test_cell_resume_refuses_other_data_and_a_damaged_checkpoint(tmp_path, monke
     fake_clock(monkeypatch)
     cfg = CellTrainConfig(**CELLS, max_steps=2)
     with monkeypatch.context() as m:
-        interrupted(m, ct, "_batch", 2)
+        interrupted(m, ct, "training_batch", 2)
         with pytest.raises(KeyboardInterrupt):
             train_cells(cells, tmp_path / "run", cfg, progress=False)
     run, files = tmp_path / "run", {p.name: p.read_bytes() for p in (tmp_path / "run").iterdir() if p.is_file()}

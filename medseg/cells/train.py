@@ -25,6 +25,7 @@ import numpy as np
 
 from medseg.cells.config import CellTrainConfig, config_for_data
 from medseg.cells.saved_config import resumed_config
+from medseg.cells.batches import cell_loss, training_batch
 from medseg.cells.budget import CellBudget
 from medseg.cells.tune import tune_network, tuning_costs
 from medseg.errors import InputError
@@ -249,7 +250,7 @@ def train_cells(data_dir, run_dir, cfg: CellTrainConfig | None = None, resume: b
             lr = cfg.lr * (1 - min(done, 0.99)) ** 0.9
             for g in opt.param_groups:
                 g["lr"] = lr
-            x, y, d, w, o = _batch(pairs, cfg, rng)
+            x, y, d, w, o = training_batch(pairs, cfg, rng)
             # interrupts held back from the forward pass (batch-norm statistics) to the step count: the state an
             # interrupted run saves is always that of a whole number of steps
             with deferred_interrupts():
@@ -317,26 +318,6 @@ def _prepare(data_dir, run_dir: Path, cfg: CellTrainConfig, progress: bool):
         raise
 
 
-def cell_loss(out, target, dice_fn, distance=None, contact=None, distance_weight: float = 1.0, offsets=None,
-              offset_weight: float = 1.0):
-    """Dice + cross-entropy on the 3 classes (MONAI's DiceCELoss when ``contact`` is None; otherwise each pixel's
-    cross-entropy is weighted by ``1 + contact``), plus the distance head's MSE and the offset head's L1 on
-    nucleus pixels (``offsets`` already in the head's units; the last channels of ``out``)."""
-    import torch
-    import torch.nn.functional as F
-
-    ce = F.cross_entropy(out[:, :3], target[:, 0], reduction="none")
-    ce = ce.mean() if contact is None else (ce * (1.0 + contact[:, 0])).mean()
-    loss = dice_fn(out[:, :3], target) + ce
-    if distance is not None:
-        loss = loss + distance_weight * F.mse_loss(F.sigmoid(out[:, 3:4]), distance)
-    if offsets is not None:
-        fg = (target > 0).to(out.dtype)  # (B, 1, ...): offsets are defined on nuclei only
-        err = (out[:, -offsets.shape[1]:] - offsets).abs().sum(1, keepdim=True)
-        loss = loss + offset_weight * (err * fg).sum() / torch.clamp(fg.sum(), min=1.0)
-    return loss
-
-
 def auto_threads() -> int:
     """CPU threads for torch: the cores not already busy (at least 1). On a shared machine, more threads than
     free cores make every step several times slower (threads spin waiting for each other)."""
@@ -346,42 +327,6 @@ def auto_threads() -> int:
     except OSError:
         busy = 0.0
     return max(1, min(n, int(round(n - busy))))
-
-
-def _batch(pairs, cfg: CellTrainConfig, rng):
-    """One training batch: images, 3-class targets, and the distance, contact-weight and offset targets (each
-    None when the run has none)."""
-    from medseg.cells.augment import augment, zoom_crop
-    from medseg.cells.targets import boundary_targets
-
-    xs, ys, ds, ws, os_ = [], [], [], [], []
-    for _ in range(cfg.batch_size):
-        img, tgt, dist, weight, offsets, labels = pairs[int(rng.integers(len(pairs)))]
-        maps = tuple(m for m in (dist, weight) if m is not None)
-        if cfg.scale_range and rng.random() < cfg.scale_prob:
-            # the distance, weight and offset maps were computed on the whole image (nuclei cut by the crop keep
-            # their true centres) and are resized; the 1-pixel boundary class is redrawn at the new scale
-            img, labels, *rest = zoom_crop(img, labels, cfg.patch_size, rng, tuple(cfg.scale_range), extra=maps,
-                                           vectors=offsets or ())
-            if dist is not None:  # the linear resize blurs it one pixel past the nuclei
-                rest[0] = rest[0] * (labels > 0)
-            n = len(maps)
-            tgt = boundary_targets(labels, cfg.contact_boundary, cfg.boundary_width)
-            maps, offsets = tuple(rest[:n]), tuple(rest[n:]) or None
-        x, y, *e = augment(img, tgt, cfg.patch_size, rng, extra=maps, vectors=offsets or (),
-                           p_low_light=cfg.low_light_prob)
-        xs.append(x[None])
-        ys.append(y[None])
-        if dist is not None:
-            ds.append(e.pop(0)[None])
-        if weight is not None:
-            ws.append(e.pop(0)[None])  # crops padded with 0: weight 1 there
-        if offsets is not None:
-            os_.append(np.stack(e))
-    d = np.stack(ds).astype(np.float32) if ds else None
-    w = np.stack(ws).astype(np.float32) if ws else None
-    o = np.stack(os_).astype(np.float32) if os_ else None
-    return np.stack(xs).astype(np.float32), np.stack(ys).astype(np.int64), d, w, o
 
 
 def _checkpoint(net, opt, step, elapsed, path, ema=None, rng_state=None, losses=(), kept=None):
