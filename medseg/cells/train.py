@@ -319,14 +319,13 @@ def _prepare(data_dir, run_dir: Path, cfg: CellTrainConfig, progress: bool):
 
 
 def auto_threads() -> int:
-    """CPU threads for torch: the cores not already busy (at least 1). On a shared machine, more threads than
-    free cores make every step several times slower (threads spin waiting for each other)."""
+    """CPU threads for torch: the cores not busy now (at least 1; :func:`medseg.system.busy_cores`). On a shared
+    machine, more threads than free cores make every step several times slower (threads spin waiting for each
+    other)."""
+    from medseg.system import busy_cores
+
     n = os.cpu_count() or 1
-    try:
-        busy = os.getloadavg()[0]
-    except OSError:
-        busy = 0.0
-    return max(1, min(n, int(round(n - busy))))
+    return max(1, min(n, int(round(n - busy_cores()))))
 
 
 def _checkpoint(net, opt, step, elapsed, path, ema=None, rng_state=None, losses=(), kept=None):
