@@ -171,6 +171,21 @@ def test_export_added_to_a_finished_cohort_does_not_predict_again(study, tmp_pat
                                 "rtstruct"), "not this run's prediction")
 
 
+def test_export_added_to_finished_cases_without_foreground_writes_no_object(study, tmp_path, monkeypatch):
+    """The cases of a model that found nothing, predicted without --export: --export then says so for each, writes
+    no object (which would hold no segment), predicts nothing, and the next run skips them."""
+    import medseg.infer.predict as predict
+
+    model, out = _model(tmp_path / "empty.pt", bias=(100.0, 0.0, 0.0)), tmp_path / "out"
+    assert _predict(model, study, out).code == 0
+    monkeypatch.setattr(predict, "predict_image", lambda *a, **k: (_ for _ in ()).throw(AssertionError("predicted")))
+    res = _predict(model, study, out, "--export", "rtstruct")
+    assert res.code == 0 and res.err.count("no foreground") == 3, res
+    assert sorted(p.name for p in out.iterdir()) == ["A.nii.gz", "B.nii.gz", "C.nii.gz"]
+    res = _predict(model, study, out, "--export", "rtstruct")
+    assert res.code == 0 and "skipped 3" in res.out and res.err == "", res
+
+
 def test_a_case_without_foreground_gets_no_export_and_is_finished(study, tmp_path):
     """A model that finds nothing (no tumour in this patient) is a result, not bad input: each label map is written,
     the DICOM object (which cannot be empty) is not, with a note, and the rerun skips the cases. Before, the cohort

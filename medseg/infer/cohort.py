@@ -227,15 +227,15 @@ def _finished(case: Case, output: Path, record: "CaseRecords", probabilities: bo
 def _only_export_missing(case: Case, output: Path, record: "CaseRecords", probabilities: bool,
                          export: str | None) -> bool:
     """Whether ``case``'s label map is this run's (model, options, input) and has the probabilities asked for, and
-    only the DICOM object is missing: that is made from the label map, without predicting the case again."""
+    only the DICOM object is missing (or was never due: no foreground): that is made from the label map, without
+    predicting the case again."""
     from medseg.infer.provenance import check_finished
 
     dest, *extras = _outputs(case, output, probabilities, export)
     if not export or not dest.exists():
         return False
     old = check_finished(dest, record.of(case.name, _input_files(case)))
-    has_probabilities = not probabilities or ("probabilities" in old.get("extras", []) and extras[0].exists())
-    return has_probabilities and not old.get("empty")
+    return not probabilities or ("probabilities" in old.get("extras", []) and extras[0].exists())
 
 
 def _export_finished(case: Case, output: Path, export: str, labels: dict) -> Path:
@@ -247,10 +247,11 @@ def _export_finished(case: Case, output: Path, export: str, labels: dict) -> Pat
     from medseg.io.readers import read_image
 
     dest = output / f"{case.name}.nii.gz"
-    _export(read_image(dest), case, export, output / f"{case.name}_{export.replace('-', '')}.dcm", labels, False)
+    old = read_record(dest)
+    _export(read_image(dest), case, export, output / f"{case.name}_{export.replace('-', '')}.dcm", labels,
+            bool(old.get("empty")))  # (no foreground: a note, and no object)
     nimg = nib.load(str(dest))
     nimg = nib.Nifti1Image(np.asanyarray(nimg.dataobj), None, nimg.header)
-    old = read_record(dest)
     attach_record(nimg, {**old, "extras": sorted(set(old.get("extras", [])) | {export})})
     with atomic_path(dest, protect=case.paths) as tmp:
         nib.save(nimg, str(tmp))
