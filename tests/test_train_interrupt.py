@@ -233,7 +233,7 @@ def test_interrupted_cell_training_resumes_from_its_last_step(tmp_path, monkeypa
                tune_fraction=0.0, checkpoint_every_s=3600.0)
     train_cells(ds, tmp_path / "ref", CellTrainConfig(**cfg), progress=False)
     with monkeypatch.context() as m:
-        _interrupt_on_call(m, cells_train, "_batch", 4)  # 3 steps done
+        _interrupt_on_call(m, cells_train, "training_batch", 4)  # 3 steps done
         with pytest.raises(KeyboardInterrupt):
             train_cells(ds, tmp_path / "run", CellTrainConfig(**cfg), progress=False)
     assert torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)["step"] == 3
