@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import math
 
-from medseg.errors import InputError
 from medseg.settings import coerce_setting, plain
 
 NORMALISATION_KEYS = ("scheme", "clip", "mean", "std")
