@@ -9,6 +9,7 @@ Expected values come from pydicom, nibabel and numpy, never from medseg's own ou
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import nibabel as nib
@@ -322,3 +323,45 @@ def test_keep_going_predicts_the_other_cases_and_names_the_bad_one(tmp_path):
         assert out.shape == (20, 24, 8) and np.allclose(out.affine, np.diag([2, 2, 2, 1.0]))
     again = run_cli("predict", "-m", model, "-i", cases, "-o", tmp_path / "going", "-q", "--keep-going")
     assert again.code == 2 and "1 of 1 case(s) failed (b)" in again.err
+
+
+def test_keep_going_exports_the_other_finished_cases_past_an_unreadable_label_map(study, tmp_path):
+    """A finished label map cut short (header and record whole, voxels missing): `predict --export` names it in one
+    line, exit 2, and writes no object for it; with --keep-going the other finished cases are exported (the run
+    stopped at the bad one, and C was left without its object), and the bad label map is left as it was."""
+    model, out = _model(tmp_path / "m.pt"), tmp_path / "out"
+    assert _predict(model, study, out).code == 0
+    data = (out / "B.nii.gz").read_bytes()
+    (out / "B.nii.gz").write_bytes(data[:len(data) // 2])
+    shutil.copytree(out, tmp_path / "stop")
+    stop = _predict(model, study, tmp_path / "stop", "--export", "dicom-seg")
+    assert_clean_error(stop, str(tmp_path / "stop" / "B.nii.gz"), "--overwrite")
+    assert not (tmp_path / "stop" / "B_dicomseg.dcm").exists()
+    going = _predict(model, study, out, "--export", "dicom-seg", "--keep-going")
+    assert going.code == 2 and "1 of 3 case(s) failed (B)" in going.err and "2 others are written" in going.err
+    assert (out / "B.nii.gz").read_bytes() == data[:len(data) // 2] and not (out / "B_dicomseg.dcm").exists()
+    for case in "AC":
+        ds = pydicom.dcmread(out / f"{case}_dicomseg.dcm")
+        series = pydicom.dcmread(study / case / "000.dcm", stop_before_pixels=True).SeriesInstanceUID
+        assert ds.ReferencedSeriesSequence[0].SeriesInstanceUID == series
+
+
+def test_export_added_to_empty_label_maps_without_the_empty_flag(study, tmp_path):
+    """Label maps without foreground whose record lacks ``empty`` (medseg wrote none before it skipped empty
+    exports): `predict --export` took them for maps with foreground, and the empty object was refused with exit 2,
+    stopping the cohort; the voxels say there is nothing to export, as when predicting."""
+    model, out = _model(tmp_path / "empty.pt", bias=(100.0, 0.0, 0.0)), tmp_path / "out"
+    assert _predict(model, study, out).code == 0
+    for case in "ABC":  # the record as an older medseg wrote it: the JSON comment extension without "empty"
+        nimg = nib.load(out / f"{case}.nii.gz")
+        nimg = nib.Nifti1Image(np.asarray(nimg.dataobj), None, nimg.header)
+        for e in list(nimg.header.extensions):
+            d = json.loads(e.get_content().decode())
+            key = next(iter(d))
+            d[key].pop("empty")
+            nimg.header.extensions.remove(e)
+            nimg.header.extensions.append(nib.nifti1.Nifti1Extension(e.get_code(), json.dumps(d).encode()))
+        nib.save(nimg, out / f"{case}.nii.gz")
+    res = _predict(model, study, out, "--export", "rtstruct")
+    assert res.code == 0 and res.err.count("no foreground") == 3, res
+    assert sorted(p.name for p in out.iterdir()) == ["A.nii.gz", "B.nii.gz", "C.nii.gz"]

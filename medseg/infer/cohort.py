@@ -156,14 +156,16 @@ def predict_path(model, input: str | os.PathLike, output: str | os.PathLike, ove
     created = not output.exists()
     output.mkdir(parents=True, exist_ok=True)
     try:
-        written = [_export_finished(c, output, export, art.plan.labels) for c in late]
-        if late:
-            print(f"medseg: note: {len(late)} finished case(s) exported from their label maps, without predicting "
-                  "again", file=sys.stderr)
+        failed: list[str] = []  # with keep_going: the cases skipped, late exports and predictions alike
+        written = _export_late(late, output, export, art.plan.labels, keep_going, failed)
+        if written:
+            print(f"medseg: note: {len(written)} finished case(s) exported from their label maps, without "
+                  "predicting again", file=sys.stderr)
         written += _predict_cases(art, dev, todo, output=output, overlap=overlap, tta=tta,
                                  batch_size=batch_size, probabilities=probabilities,
                                  largest_component=largest_component, min_size_mm3=min_size_mm3, export=export,
-                                 note=note, record=record, progress=progress, keep_going=keep_going)
+                                 note=note, record=record, progress=progress, keep_going=keep_going,
+                                 failed=failed, total=len(todo) + len(late), done=len(written))
     except BaseException:
         if created and not any(output.iterdir()):  # a bad first case leaves no empty folder behind
             output.rmdir()
@@ -248,14 +250,36 @@ def _export_finished(case: Case, output: Path, export: str, labels: dict) -> Pat
 
     dest = output / f"{case.name}.nii.gz"
     old = read_record(dest)
-    _export(read_image(dest), case, export, output / f"{case.name}_{export.replace('-', '')}.dcm", labels,
-            bool(old.get("empty")))  # (no foreground: a note, and no object)
+    try:
+        lab = read_image(dest)
+    except InputError as exc:  # the header was whole (its record read), the voxels are not
+        raise InputError(f"{exc.problem}; --overwrite predicts this case again", path=dest) from None
+    # no foreground: a note, and no object; told by the voxels, as predicting tells it (a record written before
+    # medseg recorded "empty" lacks the key, and the empty map was refused as an object, stopping the cohort)
+    _export(lab, case, export, output / f"{case.name}_{export.replace('-', '')}.dcm", labels,
+            not np.any(lab.array))
     nimg = nib.load(str(dest))
     nimg = nib.Nifti1Image(np.asanyarray(nimg.dataobj), None, nimg.header)
     attach_record(nimg, {**old, "extras": sorted(set(old.get("extras", [])) | {export})})
     with atomic_path(dest, protect=case.paths) as tmp:
         nib.save(nimg, str(tmp))
     return dest
+
+
+def _export_late(late: list[Case], output: Path, export: str, labels: dict, keep_going: bool,
+                 failed: list[str]) -> list[Path]:
+    """:func:`_export_finished` for each case of ``late``; with ``keep_going`` a case whose label map cannot be
+    read or exported is named on stderr and added to ``failed`` (the others go on), as a case predicted is."""
+    written = []
+    for case in late:
+        try:
+            written.append(_export_finished(case, output, export, labels))
+        except InputError as exc:
+            if not keep_going:
+                raise
+            failed.append(case.name)  # its object, if any was written, is not recorded: a rerun exports it again
+            print(f"medseg: error: {exc} (case skipped: --keep-going)", file=sys.stderr)
+    return written
 
 
 def _extras(probabilities: bool, export: str | None) -> list[str]:
@@ -267,10 +291,13 @@ def _input_files(case: Case) -> list[Path]:
 
 
 def _predict_cases(art, dev, todo, output: Path, overlap, tta, batch_size, probabilities, largest_component,
-                   min_size_mm3, export, note, record, progress, keep_going: bool = False) -> list[Path]:
-    """Predict and write each case in turn (the loop of :func:`predict_path`); returns the label maps written."""
+                   min_size_mm3, export, note, record, progress, keep_going: bool = False,
+                   failed: list[str] | None = None, total: int | None = None, done: int = 0) -> list[Path]:
+    """Predict and write each case in turn (the loop of :func:`predict_path`); returns the label maps written.
+    ``failed``, ``total`` and ``done``: the cases already skipped with ``keep_going``, of ``total`` in all, and how
+    many others are written, which the closing ``InputError`` counts too."""
     net = art.build().to(dev)
-    written, failed = [], []
+    written, failed = [], list(failed or [])
     it = todo
     if progress and len(todo) > 1:
         from tqdm import tqdm
@@ -287,8 +314,9 @@ def _predict_cases(art, dev, todo, output: Path, overlap, tta, batch_size, proba
             print(f"medseg: error: {exc} (case skipped: --keep-going)", file=sys.stderr)
     if failed:
         shown = ", ".join(failed[:3]) + (f" and {len(failed) - 3} more" if len(failed) > 3 else "")
-        raise InputError(f"{len(failed)} of {len(todo)} case(s) failed ({shown}); the {len(written)} others are "
-                         "written, and a rerun retries only the failed ones", path=output)
+        raise InputError(f"{len(failed)} of {total or len(todo)} case(s) failed ({shown}); the "
+                         f"{len(written) + done} others are written, and a rerun retries only the failed ones",
+                         path=output)
     return written
 
 
