@@ -249,3 +249,20 @@ def test_a_partial_augment_mapping_changes_only_the_keys_it_names(tmp_path):
     # a plan as medseg writes it (every key) reads back unchanged
     path.write_text(yaml.safe_dump({**d, "augment": {**full, "gamma": False, "scale": [0.7, 1.4]}}))
     assert Plan.from_yaml(path).augment == {**full, "gamma": False, "scale": [0.7, 1.4]}
+
+
+def test_a_partial_augment_from_the_python_api_equals_the_saved_plan(tmp_path):
+    """``Plan(augment={"flip_axes": [0]})`` kept the partial mapping until validated, while the run's plan.yaml holds
+    the merged one: ``train(Plan(...), run, resume=True)`` with the same settings was refused ("cannot resume with
+    other settings than the run's: augment {...} (given {'flip_axes': [0]})")."""
+    from medseg.plan.plan import Plan
+    from medseg.train.checkpoint import check_resume
+
+    expected = {"rotate_deg": 15.0, "scale": [0.85, 1.15], "flip_axes": [0], "intensity": True, "gamma": True,
+                "noise": 0.05, "prob": 0.3}
+    settings = dict(dataset=str(tmp_path), channels=["CT"], labels={0: "background", 1: "liver"})
+    Plan(**settings, augment={"flip_axes": [0]}).validate().to_yaml(tmp_path / "plan.yaml")  # as train saves it
+    assert yaml.safe_load((tmp_path / "plan.yaml").read_text())["augment"] == expected
+    given = Plan(**settings, augment={"flip_axes": [0]})  # a new session's plan, not validated
+    assert given.augment == expected
+    check_resume(Plan.from_yaml(tmp_path / "plan.yaml"), given, tmp_path / "plan.yaml")

@@ -121,6 +121,12 @@ class Plan:
     overlap: float = 0.5
     tta: bool = False
 
+    def __post_init__(self):
+        # a partial `augment` from the Python API means what it means in a plan file: the run's saved (validated)
+        # plan is then equal to it, where --resume with the same Plan(...) was refused ("augment {...} (given ...)")
+        if isinstance(self.augment, dict):
+            self.augment = {**copy.deepcopy(DEFAULT_AUGMENT), **self.augment}
+
     @property
     def num_classes(self) -> int:
         """Output channels of the network: the largest label value plus one."""
