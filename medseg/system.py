@@ -1,5 +1,4 @@
-"""The memory this process may use: physical RAM, and the container's limit (cgroup v2 or v1) where one is set; and
-the CPU cores other processes keep busy now.
+"""The memory this process may use: physical RAM, and the container's limit (cgroup v2 or v1) where one is set.
 
 A container sees the host's RAM in ``/proc/meminfo`` and ``sysconf``, but is killed when its cgroup goes over its
 memory limit: the planner's budget and the training cache's room for cases in RAM both take that limit into
@@ -12,10 +11,9 @@ import os
 from pathlib import Path
 from typing import NamedTuple
 
-__all__ = ["CgroupMemory", "available_memory", "busy_cores", "cgroup_memory", "total_ram_bytes"]
+__all__ = ["CgroupMemory", "available_memory", "cgroup_memory", "total_ram_bytes"]
 
 MEMINFO = Path("/proc/meminfo")
-PROC_STAT = Path("/proc/stat")
 # (folder, limit file, usage file, memory.stat key of reclaimable inactive page cache), v2 first; the first
 # folder with a readable limit file is the process's cgroup (containers see their own cgroup at that root)
 CGROUPS = ((Path("/sys/fs/cgroup"), "memory.max", "memory.current", "inactive_file"),
@@ -115,40 +113,3 @@ def _meminfo_available() -> int:
         return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError, AttributeError):
         return 1 << 62  # unknown: never spill on this account
-
-
-def _cpu_times() -> tuple[int, int]:
-    """All CPUs' time since boot and their idle time (idle + iowait), in clock ticks, from ``/proc/stat``."""
-    with open(PROC_STAT) as f:
-        fields = [int(v) for v in f.readline().split()[1:9]]  # user .. steal; guest time is counted in user
-    return sum(fields), fields[3] + fields[4]
-
-
-def busy_cores(window_s: float = 0.25) -> float:
-    """How many cores other processes keep busy: the machine's CPU use over the next ``window_s`` seconds (this
-    process waits meanwhile), or, where ``/proc/stat`` cannot be read, the 1-minute load average.
-
-    The load average lags: for a minute after a heavy process ends it still counts it, so a run started right after
-    another took it for a busy core and trained on one thread of two for its whole length.
-
-    Examples
-    --------
-    >>> 0.0 <= busy_cores(0.05) <= (os.cpu_count() or 1)
-    True
-    """
-    import time
-
-    try:
-        total0, idle0 = _cpu_times()
-        time.sleep(window_s)
-        total1, idle1 = _cpu_times()
-    except (OSError, ValueError, IndexError):
-        total1 = total0 = 0
-    n = os.cpu_count() or 1
-    if total1 > total0:
-        return min(float(n), max(0.0, n * (1.0 - (idle1 - idle0) / (total1 - total0))))
-    try:
-        return os.getloadavg()[0]
-    except OSError:
-        return 0.0
-

@@ -89,33 +89,3 @@ def test_training_cache_and_planner_use_it(machine, monkeypatch):
     assert cache.available_memory() == trainer.available_memory() == 2 * GiB
     if physical() > 4 * GiB:
         assert planner.default_memory_gb("cpu") == pytest.approx(max(0.5, planner.RAM_SHARE * 4 * GiB / 1e9))
-
-
-def test_busy_cores_is_the_cpu_use_over_the_window(tmp_path, monkeypatch):
-    """Fake /proc/stat snapshots (written as the wait ends): of 400 ticks, 100 idle and 60 iowait (not busy) on a
-    2-core machine is 1.2 busy cores; the load average (which lags a minute behind) is not used."""
-    import time
-
-    stat = tmp_path / "stat"
-    snaps = iter(["cpu  1000 0 0 5000 100 0 0 0 0 0\ncpu0 1 2 3\n", "cpu  1240 0 0 5100 160 0 0 0 0 0\n"])
-    stat.write_text(next(snaps))
-    monkeypatch.setattr(system, "PROC_STAT", stat)
-    monkeypatch.setattr(system.os, "cpu_count", lambda: 2)
-    monkeypatch.setattr(system.os, "getloadavg", lambda: (7.0, 7.0, 7.0))
-    monkeypatch.setattr(time, "sleep", lambda s: stat.write_text(next(snaps)))
-    assert system.busy_cores() == pytest.approx(2 * (1 - 160 / 400))
-
-
-def test_busy_cores_falls_back_to_the_load_average(tmp_path, monkeypatch):
-    monkeypatch.setattr(system, "PROC_STAT", tmp_path / "missing")
-    monkeypatch.setattr(system.os, "getloadavg", lambda: (1.5, 1.0, 1.0))
-    assert system.busy_cores(0.0) == 1.5
-
-
-def test_auto_threads_takes_the_cores_not_busy(monkeypatch):
-    from medseg.cells import train
-
-    monkeypatch.setattr(system.os, "cpu_count", lambda: 4)
-    for busy, threads in ((0.2, 4), (1.4, 3), (3.9, 1), (4.0, 1)):
-        monkeypatch.setattr(system, "busy_cores", lambda window_s=0.25, b=busy: b)
-        assert train.auto_threads() == threads

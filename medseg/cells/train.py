@@ -319,13 +319,11 @@ def _prepare(data_dir, run_dir: Path, cfg: CellTrainConfig, progress: bool):
 
 
 def auto_threads() -> int:
-    """CPU threads for torch: the cores not busy now (at least 1; :func:`medseg.system.busy_cores`). On a shared
-    machine, more threads than free cores make every step several times slower (threads spin waiting for each
-    other)."""
-    from medseg.system import busy_cores
+    """CPU threads for torch: the cores this process may use that are not busy now (at least 1;
+    :func:`medseg.cpu.free_cores`)."""
+    from medseg.cpu import free_cores
 
-    n = os.cpu_count() or 1
-    return max(1, min(n, int(round(n - busy_cores()))))
+    return free_cores()
 
 
 def _checkpoint(net, opt, step, elapsed, path, ema=None, rng_state=None, losses=(), kept=None):

@@ -121,6 +121,7 @@ def predict_path(model, input: str | os.PathLike, output: str | os.PathLike, ove
     skipped : int
         Cases skipped as finished.
     """
+    from medseg.cpu import cap_torch_threads
     from medseg.infer.provenance import CaseRecords
     from medseg.train.artifact import load_model
     from medseg.train.trainer import resolve_device
@@ -132,6 +133,7 @@ def predict_path(model, input: str | os.PathLike, output: str | os.PathLike, ove
     shard = parse_shard(shard)
     art = load_model(model)
     dev = resolve_device(device)
+    cap_torch_threads()  # torch counts the host's cores, not a container's CPU quota
     notes: list[str] = []  # skipped series: said once the input has passed every check, not before an error
     cases = list_cases(input, art.plan.in_channels, series, notes)
     _check_distinct_outputs(cases, output, probabilities, export)  # every shard: all cases

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from medseg.cpu import cap_torch_threads
 from medseg.errors import InputError
 from medseg.infer.devices import parse_device
 from medseg.infer.sliding_window import cpu_has_native_bf16
@@ -214,6 +215,8 @@ def train(plan: Plan | str | os.PathLike | None, run_dir: str | os.PathLike, fol
     plan.validate()
     if num_threads or plan.num_threads:
         torch.set_num_threads(int(num_threads or plan.num_threads))
+    else:  # torch counts the host's cores, not a container's CPU quota
+        cap_torch_threads()
     if plan.dataset is None:
         raise InputError("the plan names no dataset folder (set 'dataset:' in the plan)")
     ds = open_dataset(plan.dataset)  # before anything is written

@@ -1,0 +1,127 @@
+"""The CPU cores this process may use, and how many of them are free now.
+
+A container sees every core of its host: ``os.cpu_count()``, torch's default thread count and the load average all
+count them, while its CPU quota (``docker run --cpus 2``: cgroup v2 ``cpu.max``, v1 ``cpu.cfs_quota_us``) gives it
+two cores' worth of time, and a cpuset (``--cpuset-cpus``) some of the cores only. More threads than that make every
+step slower (threads spin waiting for each other). The paths are module constants so that tests can point them at
+fake files.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+__all__ = ["allowed_cpus", "busy_cores", "cap_torch_threads", "cpu_quota", "free_cores", "usable_cores"]
+
+PROC_STAT = Path("/proc/stat")
+CPU_MAX = Path("/sys/fs/cgroup/cpu.max")  # v2: "<quota> <period>" in µs, or "max <period>"
+CFS = (Path("/sys/fs/cgroup/cpu/cpu.cfs_quota_us"), Path("/sys/fs/cgroup/cpu/cpu.cfs_period_us"))  # v1: -1 = none
+
+
+def allowed_cpus() -> set[int]:
+    """The CPUs this process may run on (its affinity mask; all of them where the platform has none)."""
+    try:
+        return set(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return set(range(os.cpu_count() or 1))
+
+
+def cpu_quota() -> float | None:
+    """The container's CPU quota in cores' worth of time (2.0 for ``docker run --cpus 2``), or None where unlimited.
+
+    Examples
+    --------
+    >>> q = cpu_quota()
+    >>> q is None or q > 0
+    True
+    """
+    try:
+        quota, period = CPU_MAX.read_text().split()[:2]
+        return None if quota == "max" else int(quota) / int(period)
+    except (OSError, ValueError, ZeroDivisionError):
+        pass
+    try:
+        quota, period = (int(p.read_text().strip()) for p in CFS)
+        return quota / period if quota > 0 and period > 0 else None
+    except (OSError, ValueError):
+        return None
+
+
+def usable_cores() -> int:
+    """Cores this process may use: its allowed CPUs, no more than its container's quota (rounded; at least 1).
+
+    Examples
+    --------
+    >>> 1 <= usable_cores() <= len(allowed_cpus())
+    True
+    """
+    n = len(allowed_cpus())
+    quota = cpu_quota()
+    return max(1, min(n, int(quota + 0.5)) if quota else n)
+
+
+def _cpu_times(cpus: set[int]) -> tuple[int, int]:
+    """The time since boot of the CPUs ``cpus`` and their idle time (idle + iowait), in clock ticks
+    (``/proc/stat``'s per-CPU lines; fields user .. steal, guest time being counted in user)."""
+    total = idle = 0
+    with open(PROC_STAT) as f:
+        for line in f:
+            name, *values = line.split()
+            if not name.startswith("cpu") or name == "cpu" or int(name[3:]) not in cpus:
+                continue
+            fields = [int(v) for v in values[:8]]
+            total += sum(fields)
+            idle += fields[3] + fields[4]
+    return total, idle
+
+
+def busy_cores(window_s: float = 0.25, cpus: set[int] | None = None) -> float:
+    """How many of ``cpus`` (default: the allowed ones) other processes keep busy: their use over the next
+    ``window_s`` seconds (this process waits meanwhile), or, where ``/proc/stat`` cannot be read, the 1-minute load
+    average.
+
+    The load average lags: for a minute after a heavy process ends it still counts it, so a run started right after
+    another took it for a busy core and trained on one thread of two for its whole length.
+
+    Examples
+    --------
+    >>> 0.0 <= busy_cores(0.05) <= len(allowed_cpus())
+    True
+    """
+    cpus = allowed_cpus() if cpus is None else cpus
+    try:
+        total0, idle0 = _cpu_times(cpus)
+        time.sleep(window_s)
+        total1, idle1 = _cpu_times(cpus)
+    except (OSError, ValueError, IndexError):
+        total1 = total0 = 0
+    if total1 > total0:
+        return min(float(len(cpus)), max(0.0, len(cpus) * (1.0 - (idle1 - idle0) / (total1 - total0))))
+    try:
+        return os.getloadavg()[0]
+    except OSError:
+        return 0.0
+
+
+def free_cores(window_s: float = 0.25) -> int:
+    """Threads to use now: the allowed CPUs that are not busy, no more than :func:`usable_cores` (at least 1).
+
+    Examples
+    --------
+    >>> 1 <= free_cores(0.05) <= usable_cores()
+    True
+    """
+    cpus = allowed_cpus()
+    return max(1, min(usable_cores(), int(round(len(cpus) - busy_cores(window_s, cpus)))))
+
+
+def cap_torch_threads() -> int:
+    """Lower torch's thread count to :func:`usable_cores` where a container's quota or cpuset makes them fewer than
+    torch counts (it counts the host's cores), unless ``OMP_NUM_THREADS`` sets it; returns the count."""
+    import torch
+
+    if "OMP_NUM_THREADS" not in os.environ and torch.get_num_threads() > usable_cores():
+        torch.set_num_threads(usable_cores())
+    return torch.get_num_threads()
