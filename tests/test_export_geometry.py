@@ -187,6 +187,23 @@ def test_a_label_map_on_another_grid_must_still_cover_the_tilted_series(tmp_path
     assert res.code == 2 and "voxel centres lie outside it" in res.err and not (tmp_path / "seg.dcm").exists()
 
 
+def test_a_regular_grid_format_on_the_tilted_series_is_refused_in_one_line(tmp_path):
+    """``--format nifti --reference TILTED`` is refused (no regular grid holds the series); the corner warning of
+    the untilted grid's export came first, a second line before the error."""
+    import nibabel as nib
+
+    from conftest import assert_clean_error, run_cli
+
+    _write_series(tmp_path / "tilted", [(-8.0, -8.0 + 1.0 * k, 2.0 * k) for k in range(8)])
+    assert run_cli("convert", tmp_path / "tilted", tmp_path / "untilted.nii.gz", "--allow-tilt").code == 0
+    grid = nib.load(tmp_path / "untilted.nii.gz")
+    nib.save(nib.Nifti1Image(np.ones(grid.shape, np.uint8), grid.affine), tmp_path / "pred.nii.gz")
+    res = run_cli("export", tmp_path / "pred.nii.gz", "-r", tmp_path / "tilted", "-f", "nifti",
+                  "-o", tmp_path / "seg.nii.gz")
+    assert_clean_error(res, "tilted")
+    assert not (tmp_path / "seg.nii.gz").exists()
+
+
 @pytest.mark.parametrize("make", [_tilted, _uneven], ids=["gantry-tilt", "uneven-spacing"])
 def test_an_irregular_series_is_not_imported_onto_a_regular_grid(tmp_path, make):
     """import_segmentation / ``medseg convert RS.dcm out.nii.gz --reference DIR`` returns the rasterised

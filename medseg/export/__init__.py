@@ -152,6 +152,9 @@ def export_segmentation(label_image, reference: str | os.PathLike | None, fmt: s
 
         ref = load_reference(reference, series)
         protect += [str(f) for f in ref.files]
+        if fmt not in DICOM_FORMATS and not ref.is_regular():
+            raise InputError("the series has tilted or unevenly spaced slices; a regular-grid file cannot hold "
+                             "it exactly (export without --reference, or as dicom-seg/rtstruct)", path=reference)
         arr = resample_to_reference(label_image, ref)
     values = [int(v) for v in np.unique(arr) if v != 0]
     infos = [segment_info(v, names.get(v)) for v in values]
@@ -167,10 +170,7 @@ def export_segmentation(label_image, reference: str | os.PathLike | None, fmt: s
         from medseg.export.rtstruct import write_rtstruct
 
         return write_rtstruct(arr, ref, infos, out_path, model_name=model_name, holes=rt_holes, protect=protect)
-    if ref is not None:
-        if not ref.is_regular():
-            raise InputError("the series has tilted or unevenly spaced slices; a regular-grid file cannot hold "
-                             "it exactly (export without --reference, or as dicom-seg/rtstruct)", path=reference)
+    if ref is not None:  # (regular: checked above)
         label_image = Image(arr, ref.grid_affine(), {**label_image.meta, **ref.meta})
     from medseg.io.writers import label_dtype
 
