@@ -149,7 +149,8 @@ def predict_path(model, input: str | os.PathLike, output: str | os.PathLike, ove
     skipped = len(cases) - len(todo)
     # finished but for the DICOM object (an earlier run without --export): exported from the label map, not predicted
     late = [] if overwrite else [c for c in todo if _only_export_missing(c, output, record, probabilities, export)]
-    todo = [c for c in todo if c not in late]
+    late_ids = {id(c) for c in late}
+    todo = [c for c in todo if id(c) not in late_ids]
     check_series(todo)
     if export:
         check_references(todo + late, export)
