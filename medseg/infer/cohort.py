@@ -145,12 +145,11 @@ def predict_path(model, input: str | os.PathLike, output: str | os.PathLike, ove
     held: list[str] = []  # the TTA warning, said once the input has passed every check
     tta, note = resolve_tta(art.plan, tta, warn=held.append)
     record = CaseRecords(_record(art, overlap, tta, largest_component, min_size_mm3, device=str(dev)))
-    todo = cases if overwrite else [c for c in cases if not _finished(c, output, record, probabilities, export)]
-    skipped = len(cases) - len(todo)
+    status = ["predict" if overwrite else _status(c, output, record, probabilities, export) for c in cases]
+    todo = [c for c, s in zip(cases, status) if s == "predict"]
     # finished but for the DICOM object (an earlier run without --export): exported from the label map, not predicted
-    late = [] if overwrite else [c for c in todo if _only_export_missing(c, output, record, probabilities, export)]
-    late_ids = {id(c) for c in late}
-    todo = [c for c in todo if id(c) not in late_ids]
+    late = [c for c, s in zip(cases, status) if s == "export"]
+    skipped = status.count("done")
     check_series(todo)
     if export:
         check_references(todo + late, export)
@@ -215,32 +214,24 @@ def _check_distinct_outputs(cases: list[Case], output: Path, probabilities: bool
                                  "separate output folders (or rename one)", path=dest)
 
 
-def _finished(case: Case, output: Path, record: "CaseRecords", probabilities: bool, export: str | None) -> bool:
-    """Whether ``case`` has all the outputs this run asks for, made by this model and options (else the error)."""
+def _status(case: Case, output: Path, record: "CaseRecords", probabilities: bool, export: str | None) -> str:
+    """What ``case`` needs: ``"done"`` (every output this run asks for, made by this model and options),
+    ``"export"`` (all but the DICOM object, which is made from the label map) or ``"predict"``; a label map of
+    another model, other options or another input is the ``InputError`` of ``check_finished``."""
     from medseg.infer.provenance import check_finished
 
     dest, *extras = _outputs(case, output, probabilities, export)
     if not dest.exists():
-        return False
+        return "predict"
     old = check_finished(dest, record.of(case.name, _input_files(case)))
-    if export and old.get("empty"):  # no foreground: no DICOM object was written, and none is due
-        extras = extras[:-1]
     # an extra output counts only when it was written with this label map (an earlier run's may lie beside it)
-    return all(p.exists() for p in extras) and set(_extras(probabilities, export)) <= set(old.get("extras", []))
-
-
-def _only_export_missing(case: Case, output: Path, record: "CaseRecords", probabilities: bool,
-                         export: str | None) -> bool:
-    """Whether ``case``'s label map is this run's (model, options, input) and has the probabilities asked for, and
-    only the DICOM object is missing (or was never due: no foreground): that is made from the label map, without
-    predicting the case again."""
-    from medseg.infer.provenance import check_finished
-
-    dest, *extras = _outputs(case, output, probabilities, export)
-    if not export or not dest.exists():
-        return False
-    old = check_finished(dest, record.of(case.name, _input_files(case)))
-    return not probabilities or ("probabilities" in old.get("extras", []) and extras[0].exists())
+    written = set(old.get("extras", []))
+    if probabilities and not ("probabilities" in written and extras[0].exists()):
+        return "predict"
+    # no foreground: no DICOM object was written, and none is due
+    if export and not (export in written and (old.get("empty") or extras[-1].exists())):
+        return "export"
+    return "done"
 
 
 def _export_finished(case: Case, output: Path, export: str, labels: dict) -> Path:
@@ -252,7 +243,6 @@ def _export_finished(case: Case, output: Path, export: str, labels: dict) -> Pat
     from medseg.io.readers import read_image
 
     dest = output / f"{case.name}.nii.gz"
-    old = read_record(dest)
     try:
         lab = read_image(dest)
     except InputError as exc:  # the header was whole (its record read), the voxels are not
@@ -261,8 +251,8 @@ def _export_finished(case: Case, output: Path, export: str, labels: dict) -> Pat
     # medseg recorded "empty" lacks the key, and the empty map was refused as an object, stopping the cohort)
     _export(lab, case, export, output / f"{case.name}_{export.replace('-', '')}.dcm", labels,
             not np.any(lab.array))
-    nimg = nib.load(str(dest))
-    nimg = nib.Nifti1Image(np.asanyarray(nimg.dataobj), None, nimg.header)
+    old = read_record(dest)
+    nimg = nib.Nifti1Image(lab.array, None, nib.load(str(dest)).header)  # the voxels read above, the header as it was
     attach_record(nimg, {**old, "extras": sorted(set(old.get("extras", [])) | {export})})
     with atomic_path(dest, protect=case.paths) as tmp:
         nib.save(nimg, str(tmp))
