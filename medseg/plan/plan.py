@@ -27,6 +27,18 @@ DEFAULT_AUGMENT = {"rotate_deg": 15.0, "scale": [0.85, 1.15], "flip_axes": [], "
                    "noise": 0.05, "prob": 0.3}
 
 
+
+def full_augment(augment: dict) -> dict:
+    """``augment`` over a copy of ``DEFAULT_AUGMENT``: the keys a plan names change, the others keep their defaults.
+
+    Examples
+    --------
+    >>> full_augment({"flip_axes": [0]})["flip_axes"], full_augment({})["rotate_deg"]
+    ([0], 15.0)
+    """
+    return {**copy.deepcopy(DEFAULT_AUGMENT), **augment}
+
+
 @dataclass
 class Normalisation:
     """How one channel is normalised: ``zscore`` (per case), ``ct`` (clip to dataset foreground percentiles, then
@@ -103,7 +115,7 @@ class Plan:
     max_minutes: float | None = None
     foreground_oversample: float = 0.5
     # a mapping that names some of the keys changes those and keeps the defaults of the others
-    augment: dict[str, Any] = field(default_factory=lambda: copy.deepcopy(DEFAULT_AUGMENT))
+    augment: dict[str, Any] = field(default_factory=dict)  # the keys given, over DEFAULT_AUGMENT
     val_every: int = 5
     num_folds: int = 5
     fold: int = 0
@@ -125,7 +137,7 @@ class Plan:
         # a partial `augment` from the Python API means what it means in a plan file: the run's saved (validated)
         # plan is then equal to it, where --resume with the same Plan(...) was refused ("augment {...} (given ...)")
         if isinstance(self.augment, dict):
-            self.augment = {**copy.deepcopy(DEFAULT_AUGMENT), **self.augment}
+            self.augment = full_augment(self.augment)
 
     @property
     def num_classes(self) -> int:
@@ -247,7 +259,7 @@ class Plan:
         try:
             # merged: `augment: {flip_axes: [0]}` meant mirroring added, but it replaced the whole mapping, and the
             # rotation, scaling and intensity changes were silently off
-            self.augment = check_augment({**copy.deepcopy(DEFAULT_AUGMENT), **self.augment}, self.spatial_dims)
+            self.augment = check_augment(full_augment(self.augment), self.spatial_dims)
         except ValueError as exc:
             bad(exc)
         return self
