@@ -343,7 +343,8 @@ def main(argv=None) -> int:
     import torch
 
     from medseg.cells.count import CellModel, ClassicalSegmenter
-    from medseg.cells.train import auto_threads, train_cells
+    from medseg.cells.train import train_cells
+    from medseg.cpu import free_cores
     from medseg.errors import InputError
 
     info = {"machine": f"{platform.machine()}, {os.cpu_count()} CPU cores (shared), {platform.python_version()}",
@@ -391,7 +392,7 @@ def main(argv=None) -> int:
     if args.limit:
         cases = cases[: args.limit]
         info["eval_set"] += f", first {len(cases)} used"
-    torch.set_num_threads(args.threads or auto_threads())
+    torch.set_num_threads(args.threads or free_cores())
     model = None if args.no_learned else CellModel.load(run, tta=args.tta, rescale=not args.no_rescale)
     if model is not None and model.rescale and backfill_diameter_range(model, list_cases(args.data),
                                                                        args.diameter_measure):

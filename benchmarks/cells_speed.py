@@ -59,11 +59,12 @@ def main(argv=None) -> int:
 
     from medseg.cells.count import CellModel, ClassicalSegmenter
     from medseg.cells.data import load_image, percentile_normalize
-    from medseg.cells.train import CellTrainConfig, auto_threads, build_cell_network
+    from medseg.cells.train import CellTrainConfig, build_cell_network
+    from medseg.cpu import free_cores
     from medseg.postprocess.classical import threshold_mask
     from medseg.postprocess.watershed import watershed_instances
 
-    threads = args.threads or auto_threads()
+    threads = args.threads or free_cores()
     torch.set_num_threads(threads)
     data = Path(args.data)
     tiles = [load_image(p).array for p in sorted((data / "dsb2018_fluo/images").glob("*.png"))]

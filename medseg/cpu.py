@@ -122,6 +122,6 @@ def cap_torch_threads() -> int:
     torch counts (it counts the host's cores), unless ``OMP_NUM_THREADS`` sets it; returns the count."""
     import torch
 
-    if "OMP_NUM_THREADS" not in os.environ and torch.get_num_threads() > usable_cores():
-        torch.set_num_threads(usable_cores())
+    if "OMP_NUM_THREADS" not in os.environ:
+        torch.set_num_threads(min(torch.get_num_threads(), usable_cores()))
     return torch.get_num_threads()

@@ -97,8 +97,19 @@ def test_torch_threads_capped_by_the_quota_unless_set(host, tmp_path, monkeypatc
         torch.set_num_threads(before)
 
 
-def test_cell_threads_are_the_free_cores(monkeypatch):
+def test_cell_training_without_threads_takes_the_free_cores(tmp_path, monkeypatch):
+    import torch
+
+    from conftest import linked_cell_dataset
     from medseg.cells import train
 
-    monkeypatch.setattr(cpu, "free_cores", lambda window_s=0.25: 3)
-    assert train.auto_threads() == 3
+    linked_cell_dataset(tmp_path / "ds", 3)
+    seen, before = [], torch.get_num_threads()
+    monkeypatch.setattr(train, "free_cores", lambda: seen.append(1) or 1)
+    try:
+        cfg = train.CellTrainConfig(patch_size=(64, 64), batch_size=2, base_filters=4, max_steps=1, max_minutes=5,
+                                    tune_fraction=0.0)
+        train.train_cells(tmp_path / "ds", tmp_path / "run", cfg, progress=False)
+        assert seen == [1] and torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)

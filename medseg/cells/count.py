@@ -167,9 +167,9 @@ def count_cells(inputs, out_dir, model=None, classical: bool = False, channel: i
     if not classical:
         import torch
 
-        from medseg.cells.train import auto_threads
+        from medseg.cpu import free_cores
 
-        torch.set_num_threads(threads or auto_threads())
+        torch.set_num_threads(threads or free_cores())
     from medseg.cells.data import load_image
     from medseg.cells.tables import rows_to_csv
 

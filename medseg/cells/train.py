@@ -28,6 +28,7 @@ from medseg.cells.saved_config import resumed_config
 from medseg.cells.batches import cell_loss, training_batch
 from medseg.cells.budget import CellBudget
 from medseg.cells.tune import tune_network, tuning_costs
+from medseg.cpu import free_cores
 from medseg.errors import InputError
 from medseg.io.atomic import atomic_path, deferred_interrupts
 
@@ -176,7 +177,7 @@ def train_cells(data_dir, run_dir, cfg: CellTrainConfig | None = None, resume: b
     pairs, _, split, tune, sizes = _prepare(data_dir, run_dir, cfg, show)
     prepared_s = time.perf_counter() - started
     run_dir.mkdir(parents=True, exist_ok=True)
-    torch.set_num_threads(cfg.threads or auto_threads())
+    torch.set_num_threads(cfg.threads or free_cores())
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     net = build_cell_network(cfg)
@@ -316,14 +317,6 @@ def _prepare(data_dir, run_dir: Path, cfg: CellTrainConfig, progress: bool):
         for p in created:
             shutil.rmtree(p, ignore_errors=True)
         raise
-
-
-def auto_threads() -> int:
-    """CPU threads for torch: the cores this process may use that are not busy now (at least 1;
-    :func:`medseg.cpu.free_cores`)."""
-    from medseg.cpu import free_cores
-
-    return free_cores()
 
 
 def _checkpoint(net, opt, step, elapsed, path, ema=None, rng_state=None, losses=(), kept=None):
