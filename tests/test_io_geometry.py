@@ -96,7 +96,8 @@ def test_stored_bits_and_rescale_dtypes():
 
 
 @pytest.mark.parametrize("module", ["medseg.io.image", "medseg.io.atomic", "medseg.io.readers", "medseg.io.dicom",
-                                    "medseg.io.dicom_geometry", "medseg.io.dicom_headers", "medseg.io.dicom_pixels",
+                                    "medseg.io.dicom_geometry", "medseg.io.dicom_headers", "medseg.io.dicom_files",
+                                    "medseg.io.dicom_pixels",
                                     "medseg.io.convert"])
 def test_docstring_examples_run(module):
     res = doctest.testmod(importlib.import_module(module), optionflags=doctest.ELLIPSIS)

@@ -14,48 +14,8 @@ import numpy as np
 from medseg.errors import InputError
 from medseg.io.atomic import case_name
 from medseg.io.staging import refuse_folder, staged_outputs
+from medseg.cells.data import list_images
 from medseg.cells.segmenters import CellModel, ClassicalSegmenter  # also imported from here (tests, benchmarks)
-
-
-def list_images(path) -> list[Path]:
-    """One image file, or the images of a folder (``.tif``, ``.tiff``, ``.png``), sorted.
-
-    Parameters
-    ----------
-    path : path
-        An image file (taken whatever its suffix) or a folder.
-
-    Returns
-    -------
-    list of Path
-        The file itself, or the folder's image files by name (hidden files and other suffixes left out).
-
-    Raises
-    ------
-    InputError
-        ``path`` does not exist, or the folder holds no image.
-
-    Examples
-    --------
-    >>> import tempfile
-    >>> tmp = tempfile.TemporaryDirectory(); d = Path(tmp.name)
-    >>> for name in ("b.tif", "a.PNG", "notes.txt", ".a.tif"):
-    ...     (d / name).touch()
-    >>> [p.name for p in list_images(d)]
-    ['a.PNG', 'b.tif']
-    >>> tmp.cleanup()
-    """
-    from medseg.cells.data import IMAGE_EXTS
-
-    path = Path(path)
-    if path.is_file():
-        return [path]
-    if not path.is_dir():
-        raise InputError("no such file or folder", path=path)
-    files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_EXTS and not p.name.startswith("."))
-    if not files:
-        raise InputError("no images (.tif, .tiff, .png) in folder", path=path)
-    return files
 
 
 # the columns of counts.csv, whatever mix of 2D and 3D images: sizes are areas for 2D images and volumes for 3D

@@ -20,6 +20,45 @@ from medseg.io.readers import check_finite
 IMAGE_EXTS = (".png", ".tif", ".tiff")
 
 
+def list_images(path) -> list[Path]:
+    """One image file, or the images of a folder (``.tif``, ``.tiff``, ``.png``), sorted.
+
+    Parameters
+    ----------
+    path : path
+        An image file (taken whatever its suffix) or a folder.
+
+    Returns
+    -------
+    list of Path
+        The file itself, or the folder's image files by name (hidden files and other suffixes left out).
+
+    Raises
+    ------
+    InputError
+        ``path`` does not exist, or the folder holds no image.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> tmp = tempfile.TemporaryDirectory(); d = Path(tmp.name)
+    >>> for name in ("b.tif", "a.PNG", "notes.txt", ".a.tif"):
+    ...     (d / name).touch()
+    >>> [p.name for p in list_images(d)]
+    ['a.PNG', 'b.tif']
+    >>> tmp.cleanup()
+    """
+    path = Path(path)
+    if path.is_file():
+        return [path]
+    if not path.is_dir():
+        raise InputError("no such file or folder", path=path)
+    files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_EXTS and not p.name.startswith("."))
+    if not files:
+        raise InputError("no images (.tif, .tiff, .png) in folder", path=path)
+    return files
+
+
 def percentile_normalize(image: np.ndarray, low: float = 1.0, high: float = 99.8, eps: float = 1e-6) -> np.ndarray:
     """Map the ``low``..``high`` intensity percentiles to 0..1 (float32, not clipped), as CSBDeep does.
 

@@ -147,7 +147,7 @@ def _pair_files(pred, ref) -> list[tuple[str, Path, Path]]:
     """(case id, prediction, reference) of two files, or of two folders matched by id: every reference needs
     exactly one prediction (``<id>_labels.tif`` as ``count`` writes it, or ``<id>.tif``) and every prediction a
     reference."""
-    from medseg.cells.count import list_images
+    from medseg.cells.data import list_images
 
     pred, ref = Path(pred), Path(ref)
     if pred.is_file() and ref.is_file():

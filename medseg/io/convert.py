@@ -275,7 +275,7 @@ def convert(input: str | os.PathLike, output: str | os.PathLike, series: str | i
         images = [(dst / f"{src.stem}{suffix}" if to_folder else dst, _import_segmentation(src, reference, rt_fill))]
     elif _is_dicom_input(src):
         from medseg.io.dicom import load_series
-        from medseg.io.dicom_headers import dicom_root
+        from medseg.io.dicom_files import dicom_root
         from medseg.io.series_names import pick_series
 
         # a whole folder: every volume (non-volume images skipped with a note); one file or --series: one series
@@ -313,7 +313,7 @@ def convert(input: str | os.PathLike, output: str | os.PathLike, series: str | i
 
 def _refuse_output_in_input(src: Path, dst: Path) -> None:
     """``InputError`` when the output is, or lies inside, the DICOM folder being read (a DICOMDIR: its folder)."""
-    from medseg.io.dicom_headers import dicom_root
+    from medseg.io.dicom_files import dicom_root
 
     folder = dicom_root(src)
     if not folder.is_dir():

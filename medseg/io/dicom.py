@@ -55,6 +55,7 @@ import numpy as np
 
 from medseg.errors import InputError
 from medseg.io import dicom_geometry as geo
+from medseg.io.dicom_files import no_series_message
 from medseg.io.dicom_headers import Frame, Rejected, progress_iter, read_headers
 from medseg.io.image import Image
 
@@ -235,32 +236,6 @@ def discover_series(path: str | os.PathLike, progress: bool = False) -> list[Ser
         s.index = i
         s.meta.pop("_split_order", None)
     return series
-
-
-def no_series_message(path) -> str:
-    """'no DICOM image series found', with a hint when the folder holds images of other formats (counted among the
-    files discovery looked at: hidden files such as AppleDouble ``._*`` ones are not).
-
-    Examples
-    --------
-    >>> import tempfile
-    >>> d = Path(tempfile.mkdtemp()); (d / "ct.nii.gz").touch()
-    >>> no_series_message(d)
-    'no DICOM image series found (it holds 1 NIfTI/NRRD/MHA/TIFF/PNG file: pass one of them, e.g. ct.nii.gz)'
-    """
-    from medseg.io.atomic import full_suffix
-    from medseg.io.dicom_headers import dicom_root, walk_files
-
-    msg = "no DICOM image series found"
-    p = dicom_root(Path(path))
-    if p.is_dir():
-        others = [f for f in walk_files(p) if full_suffix(f) in
-                  (".nii", ".nii.gz", ".nrrd", ".mha", ".mhd", ".tif", ".tiff", ".png") and f.is_file()]
-        if others:
-            example = min(others, key=lambda f: len(f.relative_to(p).parts))  # one directly in the folder if any
-            msg += (f" (it holds {len(others)} NIfTI/NRRD/MHA/TIFF/PNG file{'s' if len(others) > 1 else ''}: "
-                    f"pass one of them, e.g. {example.relative_to(p)})")
-    return msg
 
 
 def select_series(series: list[SeriesInfo], which: str | int | None, path) -> SeriesInfo:

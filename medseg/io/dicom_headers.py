@@ -7,7 +7,6 @@ read from its file offset when the series is loaded, so no file is parsed twice.
 
 from __future__ import annotations
 
-import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,21 +15,8 @@ from typing import Any
 import numpy as np
 
 from medseg.errors import InputError
-from medseg.io.readers import is_dicom_file
+from medseg.io.dicom_files import list_candidate_files
 
-#: suffixes of files that are certainly not DICOM: skipped unread when they sit in a DICOM folder (case-insensitive).
-#: CD/DVD exports ship a viewer beside the images (AUTORUN.INF, icons, DLLs, web pages): never a reason to refuse.
-NON_DICOM_SUFFIXES = {
-    ".txt", ".md", ".json", ".xml", ".csv", ".tsv", ".html", ".htm", ".pdf", ".nrrd", ".nhdr", ".nii", ".gz",
-    ".mha", ".mhd", ".raw", ".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".zip", ".tar", ".py",
-    ".yaml", ".yml", ".ini", ".log", ".seg", ".mgz", ".vtk", ".stl", ".obj", ".ply", ".exe", ".bat", ".sh",
-    ".bak", ".tmp", ".part", ".old", ".orig", ".swp",  # backups and partial copies, which would duplicate a slice
-}  # any other suffix (a CD viewer's .inf, .dll, .css, ...; a renamed .bak) is read when it has the DICM preamble
-#: suffixes DICOM files are given (besides none, and numeric ones such as the last part of a UID): such a file
-#: that does not parse is damaged, and an error
-DICOM_NAME_SUFFIXES = {".dcm", ".dicom", ".dic", ".dc3", ".ima"}
-#: names of files that are not images: the DICOMDIR index, and what exports put beside the images
-NON_DICOM_NAMES = {"DICOMDIR", "LOCKFILE", "VERSION", "README", "LICENSE", "THUMBS.DB"}
 #: objects that are not images to stack into a volume
 NON_IMAGE_MODALITIES = {"SEG", "RTSTRUCT", "RTPLAN", "RTRECORD", "SR", "PR", "KO", "REG", "RWV", "DOC", "RTDOSE"}
 DICOMDIR_SOP = "1.2.840.10008.1.3.10"
@@ -92,136 +78,6 @@ class Frame:
     description: str
     modality: str
     slice_spacing_hint: float | None = None
-
-
-def looks_like_dicom_name(path: Path) -> bool | None:
-    """Whether a file's name says it is DICOM: ``True`` (no suffix, a numeric one, ``.dcm``, ``.ima``...: read it,
-    and a file that does not parse is damaged), ``False`` (hidden files, DICOMDIR, and suffixes of other formats:
-    skipped unread) or ``None`` (another suffix: taken only when it carries the DICM preamble).
-
-    Examples
-    --------
-    >>> looks_like_dicom_name(Path("IM0001")), looks_like_dicom_name(Path("CT.1.2.840.5")),\
- looks_like_dicom_name(Path("notes.txt")), looks_like_dicom_name(Path("AUTORUN.INF")),\
- looks_like_dicom_name(Path("viewer.xyz"))
-    (True, True, False, None, None)
-    """
-    name = path.name
-    if name.startswith(".") or name.upper() in NON_DICOM_NAMES:
-        return False
-    suffix = path.suffix.lower()
-    if suffix in NON_DICOM_SUFFIXES:
-        return False
-    if suffix == "" or suffix in DICOM_NAME_SUFFIXES or suffix[1:].isdigit():
-        return True
-    return None
-
-
-def dicom_root(path: Path) -> Path:
-    """The folder a DICOMDIR file indexes (the file set is read from there); any other path as it is.
-
-    Examples
-    --------
-    >>> import tempfile; d = Path(tempfile.mkdtemp()); (d / "DICOMDIR").touch()
-    >>> dicom_root(d / "DICOMDIR") == d, dicom_root(d) == d
-    (True, True)
-    """
-    return path.parent if path.name.upper() == "DICOMDIR" and path.is_file() else path
-
-
-def walk_files(top: Path) -> list[Path]:
-    """Every file below folder ``top`` that discovery looks at: recursive, hidden files and folders left out, files
-    of a folder before its subfolders, names sorted.
-
-    Symlinked folders are followed (after the real folders, so that a file keeps its real path where it has one);
-    each real folder is visited once, by its (device, inode), so a link to an ancestor (``ln -s .. loop``) neither
-    loops nor repeats files, and a file reached by several paths is listed once (by its resolved path). Paths keep
-    the names they were reached by (a linked series folder keeps the link's name).
-
-    Examples
-    --------
-    >>> import tempfile; d = Path(tempfile.mkdtemp()); (d / "b").mkdir()
-    >>> _ = [(d / name).touch() for name in ("b/IM2", "IM1", ".IM0")]
-    >>> [p.relative_to(d).as_posix() for p in walk_files(d)]
-    ['IM1', 'b/IM2']
-    """
-    out: list[Path] = []
-    seen_dirs: set[tuple[int, int]] = set()
-    seen_files: set[str] = set()
-    pending = [Path(top)]  # the top, then folders reached through symbolic links
-    while pending:
-        start = pending.pop(0)
-        try:
-            st = start.stat()
-        except OSError:  # a dangling link, no permission: nothing below it can be read
-            continue
-        if (st.st_dev, st.st_ino) in seen_dirs:
-            continue
-        seen_dirs.add((st.st_dev, st.st_ino))
-        stack = [(start, os.path.realpath(start))]
-        while stack:
-            folder, real = stack.pop()
-            try:
-                with os.scandir(folder) as it:
-                    entries = sorted(it, key=lambda e: e.name)
-            except OSError:  # unreadable folder: skipped, as os.walk does
-                continue
-            subdirs = []
-            for e in entries:
-                if e.name.startswith("."):
-                    continue
-                try:
-                    is_dir = e.is_dir()  # follows a symbolic link
-                except OSError:
-                    is_dir = False
-                if is_dir and e.is_symlink():
-                    pending.append(folder / e.name)
-                elif is_dir:
-                    try:
-                        dst = e.stat(follow_symlinks=False)
-                    except OSError:
-                        continue
-                    if (dst.st_dev, dst.st_ino) not in seen_dirs:
-                        seen_dirs.add((dst.st_dev, dst.st_ino))
-                        subdirs.append((folder / e.name, os.path.join(real, e.name)))
-                elif _is_file(e):
-                    resolved = os.path.realpath(e.path) if e.is_symlink() else os.path.join(real, e.name)
-                    if resolved not in seen_files:
-                        seen_files.add(resolved)
-                        out.append(folder / e.name)
-            stack.extend(reversed(subdirs))
-    return out
-
-
-def _is_file(entry: os.DirEntry) -> bool:
-    """A regular file, or a dangling link (reading it says the file is missing); never a FIFO or socket (a read
-    would block)."""
-    try:
-        return entry.is_file() or (entry.is_symlink() and not os.path.exists(entry.path))
-    except OSError:
-        return False
-
-
-def list_candidate_files(path: Path) -> list[Path]:
-    """Files to look at: ``path`` itself, or every DICOM-like file below it (see :func:`walk_files` and
-    :func:`looks_like_dicom_name`); a DICOMDIR stands for the folder it indexes.
-
-    Examples
-    --------
-    >>> import tempfile; d = Path(tempfile.mkdtemp())
-    >>> _ = [(d / name).touch() for name in ("IM1", "notes.txt", "viewer.xyz", "DICOMDIR")]
-    >>> [p.name for p in list_candidate_files(d)]  # viewer.xyz would need the DICM preamble
-    ['IM1']
-    """
-    path = dicom_root(path)
-    if path.is_file():
-        return [path]
-    out = []
-    for f in walk_files(path):
-        kind = looks_like_dicom_name(f)
-        if kind or (kind is None and is_dicom_file(f)):
-            out.append(f)
-    return out
 
 
 def _floats(value, n: int, what: str, path: Path) -> np.ndarray:

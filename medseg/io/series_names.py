@@ -111,7 +111,7 @@ def series_case_names(series: "list[SeriesInfo]", root: Path) -> dict[int, str]:
     >>> series_case_names(flat, Path("."))
     {0: '3_T2_reg_axial', 1: '4_T1'}
     """
-    from medseg.io.dicom_headers import dicom_root
+    from medseg.io.dicom_files import dicom_root
 
     root = dicom_root(Path(root))  # a DICOMDIR: its folder
     # paths as the user gave them (a symbolic link keeps its own name), made absolute with '.' and '..' removed
