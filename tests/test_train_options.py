@@ -89,12 +89,11 @@ def test_parse_device_rejects_unknown_names(text):
 def test_parse_device_checks_cuda_is_there(monkeypatch, no_cuda):
     from medseg.errors import InputError
     from medseg.infer.devices import parse_device
-    from medseg.train.trainer import resolve_device
 
     with pytest.raises(InputError, match="no CUDA device on this machine"):
         parse_device("cuda")
     with pytest.raises(InputError, match="unknown device 'gpu'"):
-        resolve_device("gpu")  # the trainer's (and predict's) path
+        parse_device("gpu")  # what train, ensembles and predict call
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     assert parse_device("cuda:1") == torch.device("cuda", 1)

@@ -124,7 +124,7 @@ def predict_path(model, input: str | os.PathLike, output: str | os.PathLike, ove
     from medseg.cpu import cap_torch_threads
     from medseg.infer.provenance import CaseRecords
     from medseg.train.artifact import load_model
-    from medseg.train.trainer import resolve_device
+    from medseg.infer.devices import parse_device
 
     input, output = Path(input), Path(output)
     if export not in (None, "dicom-seg", "rtstruct"):
@@ -132,7 +132,7 @@ def predict_path(model, input: str | os.PathLike, output: str | os.PathLike, ove
     _check_options(input, output, overlap, min_size_mm3)
     shard = parse_shard(shard)
     art = load_model(model)
-    dev = resolve_device(device)
+    dev = parse_device(device)
     cap_torch_threads()  # torch counts the host's cores, not a container's CPU quota
     notes: list[str] = []  # skipped series: said once the input has passed every check, not before an error
     cases = list_cases(input, art.plan.in_channels, series, notes)

@@ -218,18 +218,21 @@ class LazyCases:
         Labelled cases; ``len`` and slicing (another ``LazyCases``) read nothing, an index reads that case.
     orientation : str, optional
         ``Plan.orientation``, as for training.
+    labels, channels : optional
+        The plan's label values and channel count: a case with others is an ``InputError``, as in RAM.
     """
 
-    def __init__(self, cases, orientation: str | None = None):
-        self.cases, self.orientation = list(cases), orientation
+    def __init__(self, cases, orientation: str | None = None, labels=None, channels: int | None = None):
+        self.cases, self.orientation, self.labels, self.channels = list(cases), orientation, labels, channels
 
     def __len__(self):
         return len(self.cases)
 
     def __getitem__(self, i):
         if isinstance(i, slice):
-            return LazyCases(self.cases[i], self.orientation)
-        image, label = load_case(self.cases[i], orientation=self.orientation)
+            return LazyCases(self.cases[i], self.orientation, self.labels, self.channels)
+        image, label = load_case(self.cases[i], labels=self.labels, channels=self.channels, named_by="the plan's",
+                                 orientation=self.orientation)
         return image.array, image.spacing, label.array
 
     def __iter__(self):

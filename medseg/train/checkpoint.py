@@ -168,9 +168,10 @@ def training_state(network, opt, scheduler: dict, ema, *, epoch: int, iteration:
                    best: float, rng: list, history: list, epoch_losses: list | None = None,
                    rank_losses: list | None = None, budget_stop_s: float | None = None, val: dict | None = None,
                    data: dict | None = None) -> dict:
-    """The checkpoint's contents (see the module docstring); ``scheduler`` is a ``PolyLR.state_dict()``;
-    ``rank_losses``: under DDP, every rank's ``epoch_losses``; ``budget_stop_s``: the time budget (s) that had
-    already stopped training, if one had; ``val``: the last validation; ``data``: the :func:`data_stamp`."""
+    """The checkpoint's contents (see the module docstring); ``scheduler`` is a ``PolyLR.state_dict()``
+    (:mod:`medseg.train.schedule`); ``rank_losses``: under DDP, every rank's ``epoch_losses``; ``budget_stop_s``: the
+    time budget (s) that had already stopped training, if one had; ``val``: the last validation; ``data``: the
+    :func:`data_stamp`."""
     return {"model": strip_ddp(network.state_dict()), "optimizer": opt.state_dict(), "scheduler": scheduler,
             "epoch": epoch, "iteration": iteration, "elapsed_s": elapsed_s, "best": best, "rng": rng,
             "history": history, "epoch_losses": list(epoch_losses or []), "budget_stop_s": budget_stop_s,

@@ -102,7 +102,8 @@ def train_ensemble(plan: Plan, run_dir: str | os.PathLike, members: int | None =
     from medseg.train.store import cache_folder
     from medseg.train.dataset import open_dataset
     from medseg.train.splits import fold_split
-    from medseg.train.trainer import TrainResult, resolve_device, train, validate, validation_cost
+    from medseg.infer.devices import parse_device
+    from medseg.train.trainer import TrainResult, train, validate, validation_cost
 
     t0 = time.monotonic()
     run_dir = Path(run_dir)
@@ -142,8 +143,9 @@ def train_ensemble(plan: Plan, run_dir: str | os.PathLike, members: int | None =
     split_file = run_dir / "splits.json"
     val_ids = fold_split(run_dir, ds, plan)["val"]
     by_id = {c.id: c for c in ds.cases}
-    val_cases = LazyCases([by_id[i] for i in val_ids], plan.orientation)  # read once, at the end: no need to hold them meanwhile
-    dev = resolve_device(device)
+    # read once, at the end: no need to hold them meanwhile
+    val_cases = LazyCases([by_id[i] for i in val_ids], plan.orientation, plan.labels, plan.in_channels)
+    dev = parse_device(device)
 
     budget = plan.max_minutes * 60 if plan.max_minutes else None
     reserve = 0.0

@@ -41,6 +41,7 @@ from medseg.train.ema import WeightEMA, averaged_weights
 from medseg.train.losses import SegLoss, confusion_dice
 from medseg.train.runlog import append_row, progress_bar, rewrite_log
 from medseg.train.sampling import augment, sample_batch
+from medseg.train.schedule import PolyLR
 from medseg.train.store import cache_folder
 from medseg.train.splits import fold_split
 from medseg.train.tblog import ScalarLog, require_tensorboard
@@ -57,33 +58,6 @@ class TrainResult:
     model_path: Path
 
 
-class PolyLR:
-    """Poly decay on progress = max(iterations done / planned, time used / budget), so a time budget ends with
-    a decayed LR. Its state (progress) is saved and restored."""
-
-    def __init__(self, optimizer, base_lr: float, exponent: float = 0.9):
-        self.opt, self.base_lr, self.exponent, self.progress = optimizer, base_lr, exponent, 0.0
-
-    def step(self, progress: float) -> float:
-        self.progress = min(max(progress, self.progress), 1.0)
-        lr = self.base_lr * (1 - self.progress) ** self.exponent
-        for g in self.opt.param_groups:
-            g["lr"] = lr
-        return lr
-
-    def state_dict(self):
-        return {"progress": self.progress, "base_lr": self.base_lr, "exponent": self.exponent}
-
-    def load_state_dict(self, d):
-        self.progress, self.base_lr, self.exponent = d["progress"], d["base_lr"], d["exponent"]
-
-
-def resolve_device(device: str | torch.device) -> torch.device:
-    """:func:`medseg.infer.devices.parse_device` under the name ``ensemble.py`` and ``infer/cohort.py`` import
-    (an unknown or absent device is an InputError); new code should call ``parse_device``."""
-    return parse_device(device)
-
-
 def _rank_device(requested: torch.device, world: int) -> torch.device:
     """This process's training device. Under torchrun an index-less ``cuda`` (also what ``auto`` becomes on a GPU
     machine) is the rank's own GPU (LOCAL_RANK, set by ``ddp.setup``), so that ranks do not share one; ``cpu`` and
@@ -95,8 +69,11 @@ def _rank_device(requested: torch.device, world: int) -> torch.device:
 
 def _validation_cases(plan: Plan, cases, lazy: bool):
     """The validation cases in RAM, or read one at a time when the training cases did not fit in it either."""
-    if lazy:
-        return LazyCases(cases, plan.orientation)
+    if lazy:  # each read once now, checked as those in RAM are: a bad case fails here, not after an epoch
+        out = LazyCases(cases, plan.orientation, plan.labels, plan.in_channels)
+        for _ in out:
+            pass
+        return out
     out = []
     for case in cases:
         image, label = load_case(case, labels=plan.labels, channels=plan.in_channels, named_by="the plan's",
@@ -322,7 +299,9 @@ def train(plan: Plan | str | os.PathLike | None, run_dir: str | os.PathLike, fol
                     prog = iteration / total_iters
                     if budget:
                         prog = max(prog, elapsed() / max(budget - val_cost, 1e-6))
-                    lr = sched.step(prog)
+                    # rank 0's clock for all: ranks started at other instants, and another learning rate on one
+                    # rank would make its weights drift from the others' (DDP averages gradients, not weights)
+                    lr = sched.step(ddp.broadcast_float(prog, world) if budget else prog)
                     x, y = sample_batch(train_cases, sample_size(plan), plan.batch_size, np_rng,
                                         plan.foreground_oversample, squeeze_first=plan.spatial_dims == 2)
                     x, y = augment(x, y, gen, plan.augment, spacing_sample)
