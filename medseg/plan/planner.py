@@ -11,11 +11,11 @@ import torch
 from medseg.errors import InputError
 from medseg.infer.devices import parse_device
 from medseg.infer.sliding_window import cpu_has_native_bf16
+from medseg.plan.cost import estimate_cost, fit_patch
 from medseg.plan.fingerprint import Fingerprint, compute_fingerprint
 from medseg.plan.plan import Normalisation, Plan
 from medseg.system import total_ram_bytes
 from medseg.train.dataset import Dataset, open_dataset
-from medseg.train.network import divisible_patch, dynunet_strides
 
 # Effective training throughput assumed when fitting to a time budget (forward+backward FLOP/s): rough,
 # conservative assumptions for a 2-core CPU and a mid-range GPU (not calibrated yet); override with throughput=.
@@ -94,107 +94,6 @@ def normalisations(fp: Fingerprint) -> list[Normalisation]:
     return out
 
 
-def estimate_cost(patch: list[int], base_filters: int, max_filters: int = 320,
-                  in_channels: int = 1, num_classes: int = 2) -> tuple[float, float]:
-    """(activation bytes per sample, training FLOPs per sample) of a DynUNet on ``patch``.
-
-    Coarse but monotone: two 3^d convolutions per level in encoder and decoder; backward ≈ 2× forward;
-    about 12 float32 activation maps of each level's size are kept for the backward pass. Level ``l`` has the
-    size the strides of :func:`medseg.train.network.dynunet_strides` leave and ``min(base_filters * 2**l,
-    max_filters)`` channels.
-
-    Parameters
-    ----------
-    patch : list of int
-        Patch size (2 or 3 axes).
-    base_filters, max_filters : int
-        Channels of the first level, and at most.
-    in_channels, num_classes : int
-        Input channels; ``num_classes`` is not used (the output layer is negligible).
-
-    Returns
-    -------
-    memory : float
-        Activation bytes per sample.
-    flops : float
-        Training FLOPs (forward and backward) per sample.
-
-    Examples
-    --------
-    >>> estimate_cost([8, 8], 8)[0]  # levels 8 x 8 (8 channels), 4 x 4 (16): (64 x 8 + 16 x 16) x 12 x 4 bytes
-    36864.0
-    """
-    kernels, strides = dynunet_strides(patch)
-    d = len(patch)
-    size = np.asarray(patch, float)
-    mem = flops = 0.0
-    prev = in_channels
-    for lvl, st in enumerate(strides):
-        size = size / np.asarray(st)
-        f = min(base_filters * 2 ** lvl, max_filters)
-        vox = float(np.prod(size))
-        conv = 2 * vox * (3 ** d) * (prev * f + f * f)
-        flops += conv * (2 if lvl < len(strides) - 1 else 1)  # decoder mirrors all but the bottleneck
-        mem += vox * f * 12 * 4
-        prev = f
-    return mem, 3 * flops
-
-
-def fit_patch(median_shape, spacing, spatial_dims: int, memory_bytes: float, base_filters: int,
-              batch_size: int, max_voxels: float | None = None) -> list[int]:
-    """Patch = the median case shape, rounded up to the network's divisibility, shrunk (largest axis first,
-    in mm) until activations of ``batch_size`` samples fit in ``memory_bytes`` and (optionally) ``max_voxels``.
-
-    Parameters
-    ----------
-    median_shape : sequence of int
-        Median case shape on the target grid.
-    spacing : sequence of float
-        Target spacing (mm); for 2D both are the in-plane entries only.
-    spatial_dims : int
-        2 or 3.
-    memory_bytes, base_filters, batch_size
-        Activation bytes a batch may take (:func:`estimate_cost`), first-level channels, samples per batch.
-    max_voxels : float, optional
-        Largest patch volume in voxels.
-
-    Returns
-    -------
-    list of int
-        Every axis at least 8; each shrink step is one divisibility unit of its axis, and axes tied for the
-        largest extent (mm) shrink together (so the patch does not depend on the order of the axes).
-
-    Examples
-    --------
-    30 voxels halve twice before they drop below 4, so the patch rounds up to a multiple of 4:
-
-    >>> fit_patch([30, 30, 30], [1.0, 1.0, 1.0], 3, 1e12, 32, 2)
-    [32, 32, 32]
-    >>> fit_patch([30, 30, 30], [1.0, 1.0, 1.0], 3, 1e12, 32, 2, max_voxels=16 ** 3)
-    [16, 16, 16]
-    """
-    shape, sp = [int(s) for s in median_shape], [float(s) for s in spacing]
-    if len(shape) != spatial_dims or len(sp) != spatial_dims:  # a 2D caller must say which axes are in-plane
-        raise ValueError(f"fit_patch: {spatial_dims}D needs {spatial_dims} sizes and spacings, got {shape}, {sp}")
-
-    patch = divisible_patch([max(s, 8) for s in shape], sp)
-    for _ in range(100):
-        # what is returned and checked is a patch the network runs on: a shrunk one may have lost its divisibility
-        # (200x200x15 at 1x1x3 mm shrank to [144, 144, 16], whose strides need multiples of 32)
-        fit = divisible_patch(patch, sp)
-        mem, _ = estimate_cost(fit, base_filters)
-        if mem * batch_size <= memory_bytes and (max_voxels is None or np.prod(fit) <= max_voxels):
-            return fit
-        mm = [p * s if p > 8 else 0 for p, s in zip(patch, sp)]
-        if max(mm) == 0:
-            break
-        _, strides = dynunet_strides(patch, sp)
-        for i in [i for i, m in enumerate(mm) if np.isclose(m, max(mm))]:  # tied axes together: order-free
-            step = int(np.prod([st[i] for st in strides]))
-            patch[i] = max(8, patch[i] - max(step, 1))  # one divisibility unit at a time: always shrinks
-    return divisible_patch(patch, sp)
-
-
 def default_memory_gb(device: str | torch.device = "cpu") -> float:
     """The memory budget (GB) :func:`make_plan` plans for when given none: see ``RAM_SHARE`` / ``GPU_SHARE``.
 
@@ -259,7 +158,8 @@ def make_plan(dataset: str | os.PathLike | Dataset, device: str = "cpu", memory_
     """Plan a dataset for ``device`` with a memory budget (GB) and, if given, a training time budget (minutes).
 
     ``device``: auto, cpu, cuda or cuda:N (checked for spelling only: the GPU may be on another machine).
-    ``memory_gb``: default :func:`default_memory_gb` of ``device``. With a time budget the network width and
+    ``memory_gb``: default :func:`default_memory_gb` of ``device`` (one too small for the smallest patch the network
+    runs on is an ``InputError``). With a time budget the network width and
     patch are reduced until at least ``min_iterations`` iterations fit (small shallow networks that see many
     more patches beat big ones that see few, on a CPU). The budget, not the epoch count, then ends training:
     ``max_epochs`` is a cap at :data:`SPEED_MARGIN` times the iterations ``throughput`` (FLOP/s; default
@@ -319,13 +219,20 @@ def make_plan(dataset: str | os.PathLike | Dataset, device: str = "cpu", memory_
     in_plane = [i for i in range(3) if i != int(np.argmax(spacing))]
     # 2D: the in-plane axes wherever the slice axis is (the network is built on them: build_from_plan)
     shape, sp = (med_shape, spacing) if spatial_dims == 3 else (med_shape[in_plane], [spacing[i] for i in in_plane])
-    patch = fit_patch(shape, sp, spatial_dims, budget, base, batch)
+    labels = {int(k): v for k, v in ds.labels.items()}
+    # the output and loss maps grow with the classes (a 118-class CT), and a coarse axis is not down-sampled at first
+    net = {"in_channels": len(fp.channel_names), "num_classes": max(labels) + 1}
+    patch = fit_patch(shape, sp, spatial_dims, budget, base, batch, **net)
+    need = estimate_cost(patch, base, spacing=sp, **net)[0] * batch
+    if need > budget:  # not even the smallest patch the network runs on fits: a clear error, not a plan over it
+        raise InputError(f"the memory budget of {memory_gb:g} GB is too small: the smallest patch the network runs "
+                         f"on, {patch} with batch {batch}, needs about {2 * need / 1e9:.2g} GB")
     tp = throughput or THROUGHPUT[dev.type]
     iters_per_epoch, epochs = 250, 1000
     if minutes:
         # make room for min_iterations in the budget: narrower first, then a smaller patch
         for _ in range(50):
-            _, flops = estimate_cost(patch, base)
+            _, flops = estimate_cost(patch, base, spacing=sp, **net)
             n_iter = minutes * 60 * tp / (flops * batch)
             if n_iter >= min_iterations or (base <= 16 and np.prod(patch) <= 32 ** spatial_dims):
                 break
@@ -333,7 +240,7 @@ def make_plan(dataset: str | os.PathLike | Dataset, device: str = "cpu", memory_
                 base //= 2
             else:
                 smaller = fit_patch(patch, sp, spatial_dims, budget, base, batch,
-                                    max_voxels=float(np.prod(patch)) * 0.7)
+                                    max_voxels=float(np.prod(patch)) * 0.7, **net)
                 if smaller == patch:
                     break
                 patch = smaller
@@ -341,7 +248,6 @@ def make_plan(dataset: str | os.PathLike | Dataset, device: str = "cpu", memory_
         # cap: four times the estimate, so that a machine faster than THROUGHPUT assumes still uses all of its
         # budget (this CPU runs the demo's plan at ~190 GFLOP/s in bf16, THROUGHPUT says 60)
         epochs = max(1, int(np.ceil(SPEED_MARGIN * n_iter / iters_per_epoch)))
-    labels = {int(k): v for k, v in ds.labels.items()}
     # rare classes (< 1% of foreground voxels) get foreground-heavy sampling
     fg = {k: v for k, v in fp.class_voxels.items() if k != 0}
     rare = fg and min(fg.values()) < 0.01 * sum(fg.values())
