@@ -1,5 +1,6 @@
-"""Ctrl-C and SIGTERM (what Slurm and Kubernetes send) on a real process: one line, exit 130 / 143, and no
-staging folder or temporary file left; several renames that must appear together are not cut in two."""
+"""Ctrl-C, SIGTERM (what Slurm and Kubernetes send) and SIGHUP (a closed terminal) on a real process: one line,
+exit 130 / 143 / 129, and no staging folder or temporary file left; several renames that must appear together are
+not cut in two."""
 
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ def _count_until_staged(tmp_path, sig):
     out = tmp_path / "out"
     proc = subprocess.Popen([sys.executable, "-m", "medseg", "cells", "count", "-i", str(images), "-o", str(out),
                              "--classical"], cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=_as_a_terminal_job)
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and proc.poll() is None:
         stages = list(out.glob(".medseg-stage*")) if out.is_dir() else []
@@ -36,7 +37,13 @@ def _count_until_staged(tmp_path, sig):
     return proc.returncode, err, out
 
 
-@pytest.mark.parametrize("sig, code, word", [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated")])
+def _as_a_terminal_job():
+    """SIGHUP as a terminal's job has it (the suite may run under nohup, whose ignored SIGHUP children inherit)."""
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)
+
+
+@pytest.mark.parametrize("sig, code, word", [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated"),
+                                             (signal.SIGHUP, 129, "hangup")])
 def test_a_signal_mid_count_leaves_nothing_behind(tmp_path, sig, code, word):
     rc, err, out = _count_until_staged(tmp_path, sig)
     assert rc == code, err

@@ -36,30 +36,35 @@ def main(argv: list[str] | None = None) -> int:
 
 
 class _termination_as_interrupt:
-    """SIGTERM (what Slurm and Kubernetes send) raises KeyboardInterrupt as Ctrl-C does, so that the same cleanup
-    runs (temporary files and staging folders removed) instead of the process dying on the spot."""
+    """SIGTERM (what Slurm and Kubernetes send) and SIGHUP (a closed terminal or ssh session; not under ``nohup``)
+    raise KeyboardInterrupt as Ctrl-C does, so that the same cleanup runs (temporary files and staging folders
+    removed) instead of the process dying on the spot."""
 
-    received = False
+    received = 0  # the signal that stopped the run, if one of these did
 
     def __enter__(self):
         import signal
         import threading
 
+        from medseg.io.atomic import _hangup
+
         self.installed = threading.current_thread() is threading.main_thread()  # else Python cannot set one
+        self.old = {}
         if self.installed:
-            self.old = signal.signal(signal.SIGTERM, self._raise)
-        type(self).received = False
+            for s in (signal.SIGTERM, *_hangup(signal)):
+                self.old[s] = signal.signal(s, self._raise)
+        type(self).received = 0
 
     @classmethod
     def _raise(cls, signum, frame):
-        cls.received = True
+        cls.received = signum
         raise KeyboardInterrupt
 
     def __exit__(self, *exc):
-        if self.installed:
-            import signal
+        import signal
 
-            signal.signal(signal.SIGTERM, self.old if self.old is not None else signal.SIG_DFL)
+        for s, old in self.old.items():
+            signal.signal(s, old if old is not None else signal.SIG_DFL)
 
 
 class _quiet_libraries:
@@ -150,10 +155,14 @@ def _user_side(exc: OSError) -> bool:
 
 
 def _interrupted() -> int:
-    """One line and the shell's code: 130 for Ctrl-C, 143 for SIGTERM."""
-    if _termination_as_interrupt.received:
-        print("medseg: terminated", file=sys.stderr)
-        return 143
+    """One line and the shell's code: 130 for Ctrl-C, 143 for SIGTERM, 129 for SIGHUP."""
+    import signal
+
+    got = _termination_as_interrupt.received
+    if got:
+        hangup = got == getattr(signal, "SIGHUP", None)
+        print(f"medseg: {'hangup' if hangup else 'terminated'}", file=sys.stderr)
+        return 128 + int(got)
     print("medseg: interrupted", file=sys.stderr)
     return 130
 

@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from medseg.errors import InputError
+from medseg.errors import InputError, MedsegError
 
 _UMASK = os.umask(0o022)
 os.umask(_UMASK)  # read once: the process umask, for the permissions of renamed temp files
@@ -61,17 +61,13 @@ def looks_full(exc: OSError, folder: Path) -> bool:
         return False
     if re.search(r"requested and \d+ written", str(exc)):
         return True
-    try:
-        st = os.statvfs(folder)
-    except OSError:
-        return False
-    return st.f_bavail * st.f_frsize < 1 << 20
+    return _no_space_left(folder)
 
 
 @contextlib.contextmanager
 def deferred_interrupts(escape: bool = False) -> Iterator[list[int]]:
-    """Hold Ctrl-C and SIGTERM back until the block ends, then deliver them: for commits of several renames (all
-    outputs or none) that a signal between two renames would leave half done, and for training steps (weights,
+    """Hold Ctrl-C, SIGTERM and SIGHUP back until the block ends, then deliver them: for commits of several renames
+    (all outputs or none) that a signal between two renames would leave half done, and for training steps (weights,
     optimiser and step counter change together); about 10 microseconds. Outside the main thread (where Python
     cannot set handlers) the block runs unprotected.
 
@@ -109,7 +105,7 @@ def deferred_interrupts(escape: bool = False) -> Iterator[list[int]]:
 
     failed = False
     try:  # installed inside the try: a signal between the two installs must not leave the first one held for good
-        for s in (signal.SIGINT, signal.SIGTERM):
+        for s in (signal.SIGINT, signal.SIGTERM, *_hangup(signal)):
             old[s] = signal.signal(s, hold)
         yield pending
     except KeyboardInterrupt:
@@ -122,6 +118,13 @@ def deferred_interrupts(escape: bool = False) -> Iterator[list[int]]:
         restore()
         if pending and not delivered and not failed:
             os.kill(os.getpid(), pending[0])  # now, to the handler the program had
+
+
+def _hangup(signal) -> list[int]:
+    """SIGHUP, unless ignored (``nohup``; Windows has none): a closed terminal or ssh session ends the run as
+    SIGTERM does, and must not cut a commit in two either."""
+    hup = getattr(signal, "SIGHUP", None)
+    return [] if hup is None or signal.getsignal(hup) is signal.SIG_IGN else [hup]
 
 
 @contextlib.contextmanager
@@ -161,10 +164,36 @@ def atomic_path(
         yield tmp
         os.replace(tmp, dest)
     except OSError as exc:
-        full = looks_full(exc, parent)
+        cause = _os_cause(exc)
+        full = looks_full(cause, parent)
         tmp.unlink(missing_ok=True)
-        raise InputError(f"cannot write output ({'disk full: ' if full else ''}{exc.strerror or exc})",
+        raise InputError(f"cannot write output ({'disk full: ' if full else ''}{cause.strerror or cause})",
                          path=dest) from exc
+    except Exception as exc:
+        # a writer that reports a failed write as its own error (torch.save: RuntimeError "unexpected pos"): on a
+        # full disk that is the user's to fix, not a bug; told by the free space, before the temporary file goes
+        full = not isinstance(exc, MedsegError) and _no_space_left(parent)
+        tmp.unlink(missing_ok=True)
+        if full:
+            raise InputError("cannot write output (disk full: No space left on device)", path=dest) from exc
+        raise
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def _os_cause(exc: OSError) -> OSError:
+    """The OSError that says what happened: pydicom re-raises a failed write as a new OSError without errno whose
+    text holds the original's traceback (``raise type(exc)(msg) from exc``); its cause has the errno and the words."""
+    while exc.errno is None and isinstance(exc.__cause__, OSError):
+        exc = exc.__cause__
+    return exc
+
+
+def _no_space_left(folder: Path) -> bool:
+    """Whether ``folder``'s file system has (almost) no space left, as after a write that failed for it."""
+    try:
+        st = os.statvfs(folder)
+    except (OSError, AttributeError):  # AttributeError: no statvfs (Windows)
+        return False
+    return st.f_bavail * st.f_frsize < 1 << 20

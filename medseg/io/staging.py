@@ -18,6 +18,9 @@ from medseg.io.atomic import atomic_path, deferred_interrupts, looks_full
 
 Place = Callable[[str], ContextManager[Path]]
 
+_PREFIX = ".medseg-stage."
+_LOCK = ".lock"  # inside a stage, locked while its run lives: a killed run's lock is released by the kernel
+
 
 def refuse_folder(dest: Path) -> None:
     """Raise ``InputError`` when an output's name is taken by a folder (a rename onto it would fail half-way).
@@ -68,10 +71,15 @@ def staged_outputs(out_dir: str | os.PathLike, protect: Iterable[str | os.PathLi
     if not os.access(out_dir, os.W_OK):
         raise InputError("output folder is not writable", path=out_dir)
     try:
-        stage = Path(tempfile.mkdtemp(prefix=".medseg-stage.", suffix=".tmp", dir=out_dir))
+        stage = Path(tempfile.mkdtemp(prefix=_PREFIX, suffix=".tmp", dir=out_dir))
     except OSError as exc:
         full = "disk full: " if looks_full(exc, out_dir) else ""
         raise InputError(f"cannot write output ({full}{exc.strerror or exc})", path=out_dir) from exc
+    try:
+        lock = _hold(stage)
+    except OSError:  # no room even for an empty file: the first output will say so
+        lock = None
+    _remove_stale_stages(out_dir)
 
     @contextlib.contextmanager
     def place(name: str) -> Iterator[Path]:
@@ -88,6 +96,8 @@ def staged_outputs(out_dir: str | os.PathLike, protect: Iterable[str | os.PathLi
         _move_outputs(stage, out_dir, protect, set(last))
     finally:
         shutil.rmtree(stage, ignore_errors=True)
+        if lock is not None:
+            os.close(lock)
         if created:
             with contextlib.suppress(OSError):
                 if not any(out_dir.iterdir()):
@@ -98,7 +108,8 @@ def _move_outputs(stage: Path, out_dir: Path, protect: Iterable[str | os.PathLik
     """Rename the staged outputs into ``out_dir``. Each rename is atomic but not all of them together, so every
     destination is checked first: a folder made under an output's name meanwhile, or an output that would replace
     an input, stops the move before anything is moved."""
-    staged = sorted(stage.iterdir(), key=lambda p: p.name in last)
+    outputs = [p for p in stage.iterdir() if p.name not in (_LOCK, _LOCK + ".new")]
+    staged = sorted(outputs, key=lambda p: p.name in last)
     inputs = {Path(p).resolve() for p in protect if Path(p).exists()}
     for p in staged:
         dest = out_dir / p.name
@@ -112,3 +123,44 @@ def _move_outputs(stage: Path, out_dir: Path, protect: Iterable[str | os.PathLik
             except OSError as exc:
                 problem = f"cannot move the output into place ({exc.strerror or exc})"
                 raise InputError(problem, path=out_dir / p.name) from exc
+
+
+def _hold(stage: Path) -> int | None:
+    """Create the stage's lock file and lock it (``flock``) for as long as this run lives; returns its descriptor,
+    or None where the file system has no locks (the stage is then never taken for a dead run's)."""
+    try:
+        import fcntl
+    except ImportError:  # Windows
+        return None
+    # locked under another name, then renamed: a sweeper never finds the lock file before it is locked
+    fd = os.open(stage / (_LOCK + ".new"), os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        os.rename(stage / (_LOCK + ".new"), stage / _LOCK)
+    except OSError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def _remove_stale_stages(out_dir: Path) -> None:
+    """Remove the stages of runs that were killed (SIGKILL, the OOM killer, a power cut: no cleanup ran), which
+    hold whole copies of their outputs: a stage counts as dead only when its lock file can be locked, so a live
+    run's (this one's, another process writing the same folder) and one without a lock file are kept."""
+    try:
+        import fcntl
+    except ImportError:
+        return
+    for stage in out_dir.glob(f"{_PREFIX}*.tmp"):
+        try:
+            fd = os.open(stage / _LOCK, os.O_RDWR)
+        except OSError:  # none (an older medseg's stage, or one being made or removed): not known to be dead
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:  # locked by a live run, or no locks on this file system: keep it
+            continue
+        else:
+            shutil.rmtree(stage, ignore_errors=True)  # still locked by us: no other sweeper takes it meanwhile
+        finally:
+            os.close(fd)
