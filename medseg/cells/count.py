@@ -309,6 +309,8 @@ def _count_one(img, f: Path, seg, exclude_border: bool, rois: bool, place, metho
         _note(note, f"{f.name}: no voxel size, taken as isotropic; the model's stacks had a z step of "
                     f"{anisotropy(seg.meta['spacing']):.3g}x their pixel (give --pixel-size Z,Y,X)")
     labels = seg.segment(arr, sp)
+    if isinstance(seg, CellModel):
+        seg.forget()  # its maps of this image are not needed while the outputs are written and the next predicted
     if exclude_border:
         labels = relabel_sequential(clear_border_instances(labels))
     labels = _as_uint16(labels, f)

@@ -163,6 +163,10 @@ class CellModel:
         scale = self.scale_for(image) if scale is None else scale
         return self._probabilities(resize_image(image, scaled_shape(image.shape, scale)))  # float32 even at 1.0
 
+    def forget(self) -> None:
+        """Drop the last image's maps and labels, kept for the next call on the same image (24 bytes per pixel)."""
+        self._last = self._last_instances = None
+
     def _probabilities(self, image: np.ndarray) -> np.ndarray:
         import hashlib
 
@@ -218,12 +222,14 @@ class CellModel:
         import torch
 
         c = self.cfg
-        parts = [torch.softmax(logits[:3], 0)]
+        # each part written into one output (concatenating the parts held the maps twice: 48 bytes per pixel)
+        out = torch.empty((3 + c.distance_head + c.offset_head * c.spatial_dims, *logits.shape[1:]), dtype=logits.dtype)
+        out[:3] = torch.softmax(logits[:3], 0)
         if c.distance_head:
-            parts.append(torch.sigmoid(logits[3:4]))
+            torch.sigmoid(logits[3:4], out=out[3:4])
         if c.offset_head:
-            parts.append(logits[-c.spatial_dims:] * c.offset_scale)
-        return torch.cat(parts).numpy()
+            torch.mul(logits[-c.spatial_dims:], c.offset_scale, out=out[-c.spatial_dims:])
+        return out.numpy()
 
     def postprocess(self, prob: np.ndarray, threshold: float | None = None,
                     seed_threshold: float | None = None, seeds: str | None = None, shape=None,

@@ -148,7 +148,10 @@ def classical_instances(image: np.ndarray, spacing=None, method: str = "otsu", r
     # about one in-plane pixel (the coarser of y, x) along every axis: smoothing only to the finest pixel left an
     # image with a finer x than y so noisy that one-pixel specks set the size estimate
     smooth = sp[-2:].max() / sp
+    # each float64 map is dropped once the next is made (a 4096² mosaic peaked at 97 bytes per pixel with all alive)
+    shape, ndim = img.shape, img.ndim
     img_s = ndi.gaussian_filter(img, smooth)
+    del img
     if method == "local":
         r0 = radius or estimate_radius(threshold_mask(img_s, "otsu", smooth=0), sp) or 5.0
         # 8 radii (at least 15 of the finest pixels) across along every axis: a block counted in the finest pixels
@@ -157,15 +160,17 @@ def classical_instances(image: np.ndarray, spacing=None, method: str = "otsu", r
         mask = threshold_mask(img_s, "local", block_size=block, smooth=0)
     else:
         mask = threshold_mask(img_s, "otsu", smooth=0)
-    mask = ndi.binary_fill_holes(mask) if img.ndim == 2 else np.stack([ndi.binary_fill_holes(m) for m in mask])
+    del img_s
+    mask = ndi.binary_fill_holes(mask) if ndim == 2 else np.stack([ndi.binary_fill_holes(m) for m in mask])
     edt = distance_transform(mask, sp)
     r = float(radius) if radius else estimate_radius(mask, sp, distance=edt)
     if r <= 0:
-        labels = np.zeros(img.shape, np.uint16)
+        labels = np.zeros(shape, np.uint16)
         return (labels, {"radius": 0.0}) if return_info else labels
     dist = ndi.gaussian_filter(edt, 0.15 * r / sp)
-    unit_ball = np.pi * (r / 3) ** 2 if img.ndim == 2 else 4 / 3 * np.pi * (r / 3) ** 3
-    labels = watershed_instances(mask.astype(float), distance=dist, spacing=sp, min_distance=0.8 * r, h=0.15 * r,
+    del edt
+    unit_ball = np.pi * (r / 3) ** 2 if ndim == 2 else 4 / 3 * np.pi * (r / 3) ** 3
+    labels = watershed_instances(mask, distance=dist, spacing=sp, min_distance=0.8 * r, h=0.15 * r,
                                  min_size=unit_ball if min_size is None else min_size,
                                  exclude_border=exclude_border)
     return (labels, {"radius": r}) if return_info else labels

@@ -299,9 +299,12 @@ def watershed_instances(foreground: np.ndarray, boundary: np.ndarray | None = No
     """
     from skimage.segmentation import watershed
 
-    fg = np.asarray(foreground, dtype=float)
+    fg = np.asarray(foreground)
+    # a mask or a float32 map is compared (to a float64 threshold) and subtracted (from the float64 boundary) in
+    # float64, as its float64 copy would be (True as 1.0), without that copy's 8 bytes per pixel
+    fg = fg if fg.dtype in (np.bool_, np.float32, np.float64) else fg.astype(float)
     sp = _spacing(spacing, fg.ndim)
-    mask = fg > threshold
+    mask = fg > np.float64(threshold)
     conn = ndi.generate_binary_structure(fg.ndim, 1)
     mode = ("boundary" if boundary is not None else "peaks") if markers == "auto" else markers
     if mode not in ("boundary", "distance", "peaks"):
@@ -310,7 +313,7 @@ def watershed_instances(foreground: np.ndarray, boundary: np.ndarray | None = No
         raise ValueError("markers='boundary' needs a boundary map")
     if mode == "distance" and distance is None:
         raise ValueError("markers='distance' needs a distance map")
-    dist = None
+    dist = b = None
     if distance is not None or mode == "peaks":
         dist = (distance_transform(mask, sp) if distance is None
                 else np.asarray(distance, dtype=float))
@@ -323,8 +326,10 @@ def watershed_instances(foreground: np.ndarray, boundary: np.ndarray | None = No
         seeds = peak_markers(dist, mask, min_distance if min_distance else float(sp.min()), sp, h=h)
     seeds = remove_small_instances(seeds, min_seed_size, sp)
     # flood down the distance map when there is one, else from the interior across rising boundary probability
-    surface = -dist if dist is not None else np.asarray(boundary, dtype=float) - fg
+    surface = -dist if dist is not None else b - fg  # no distance map: markers='boundary', b is the float64 boundary
+    del fg, dist, b  # the float64 copies made here are not needed past this point (the watershed makes its own)
     labels = watershed(surface, seeds, mask=mask)
+    del surface, seeds
     # foreground parts that received no marker (tiny or seedless blobs) become objects of their own
     orphans = ndi.label(mask & (labels == 0), structure=conn)[0] if keep_unseeded else np.zeros(1, int)
     if orphans.max():
