@@ -252,6 +252,32 @@ def test_keyhole_contours_read_the_same_by_union_and_even_odd_readers(seed):
     assert not np.array_equal(union(separate), mask)  # a union reader fills separate holes
 
 
+@pytest.mark.parametrize("seed, density", [(0, 0.05), (1, 0.1), (2, 0.2)])
+def test_keyholes_join_every_hole_of_a_region_riddled_with_pinholes(seed, density):
+    """Mechanics: hundreds of one-pixel holes, many walled in by others (a noisy prediction, a lung with its
+    vessels), are all joined to the outline, so a union reader fills none of them; before, holes whose way out was
+    blocked by holes not yet joined stayed separate contours, which a union reader filled."""
+    from scipy import ndimage as ndi
+    from skimage.draw import polygon
+
+    from medseg.export.contours import mask_contours
+    from medseg.export.raster import fill_polygons
+
+    rng = np.random.default_rng(seed)
+    mask = np.pad(rng.random((128, 128)) >= density, 3)
+    holes = ndi.label(~mask)[1] - 1
+    assert holes > 400
+    contours = mask_contours(mask)
+    union = np.zeros(mask.shape, bool)
+    for c in contours:
+        rr, cc = polygon(c[:, 0], c[:, 1], mask.shape)
+        union[rr, cc] = True
+    islands = ndi.label(mask)[1]  # 4-connected pieces cut off by diagonal pinholes: contours of their own
+    assert len(contours) == islands
+    assert np.array_equal(union, mask)
+    assert np.array_equal(fill_polygons(contours, mask.shape), mask)
+
+
 def test_resample_to_reference_uses_each_slice_position():
     """Mechanics: an irregular series (uneven slice gaps, each slice shifted along the column direction)
     samples the label map at every slice's own voxel centres, not on a grid through the first slice."""

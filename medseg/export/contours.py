@@ -27,10 +27,36 @@ def _signed_area(p: np.ndarray) -> float:
     return 0.5 * float(np.dot(x, np.roll(y, -1)) - np.dot(np.roll(x, -1), y))
 
 
-def _edges(polys: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    if not polys:
-        return np.zeros((0, 2)), np.zeros((0, 2))
-    return np.concatenate(polys), np.concatenate([np.roll(p, -1, axis=0) for p in polys])
+CELL = 8.0  # pixels: the side of the grid cells that find the vertices and edges near a hole
+
+
+def _cells(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """Keys of the grid cells that boxes ``lo``..``hi`` (n x 2 each) cover, one row of keys per (box, cell)."""
+    a, b = np.floor(lo / CELL).astype(np.int64), np.floor(hi / CELL).astype(np.int64)
+    ny = b[:, 1] - a[:, 1] + 1
+    count = (b[:, 0] - a[:, 0] + 1) * ny
+    box = np.repeat(np.arange(len(a)), count)
+    k = np.arange(count.sum()) - np.repeat(np.cumsum(count) - count, count)
+    cx, cy = a[box, 0] + k // ny[box], a[box, 1] + k % ny[box]
+    return box, (cx << 32) + cy
+
+
+class _Grid:
+    """Items (vertices, edges) by the grid cells their boxes cover; items can be added."""
+
+    def __init__(self):
+        self.cells: dict[int, list[int]] = {}
+
+    def add(self, ids, lo: np.ndarray, hi: np.ndarray) -> None:
+        box, keys = _cells(lo, hi)
+        ids = np.asarray(ids)[box]
+        for key, i in zip(keys.tolist(), ids.tolist()):
+            self.cells.setdefault(key, []).append(i)
+
+    def near(self, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+        _, keys = _cells(lo[None], hi[None])
+        found = [self.cells[k] for k in keys.tolist() if k in self.cells]
+        return np.unique(np.concatenate(found)).astype(np.int64) if found else np.zeros(0, np.int64)
 
 
 def _crosses(a: np.ndarray, b: np.ndarray, c: np.ndarray, d: np.ndarray) -> bool:
@@ -43,23 +69,77 @@ def _crosses(a: np.ndarray, b: np.ndarray, c: np.ndarray, d: np.ndarray) -> bool
 
     o1, o2 = orient(a, b, c), orient(a, b, d)
     o3, o4 = orient(c, d, a), orient(c, d, b)
-    return bool(np.any((o1 * o2 <= 0) & (o3 * o4 <= 0)))
+    # segments whose boxes do not meet cannot meet (the orientation test alone counts collinear ones further along)
+    apart = (np.maximum(c, d) < np.minimum(a, b)).any(axis=1) | (np.minimum(c, d) > np.maximum(a, b)).any(axis=1)
+    return bool(np.any((o1 * o2 <= 0) & (o3 * o4 <= 0) & ~apart))
 
 
-def _bridge(outer: np.ndarray, hole: np.ndarray, others: list[np.ndarray], tries: int = 64):
-    """``outer`` (counter-clockwise) with ``hole`` (clockwise) joined by a zero-width bridge, or None."""
+def _keyholes(outer: np.ndarray, holes: list[np.ndarray], tries: int = 64) -> tuple[np.ndarray, list[np.ndarray]]:
+    """``outer`` (counter-clockwise) with each of ``holes`` (clockwise) joined by a zero-width bridge from one of
+    its vertices to a near vertex of the outline built so far, crossing no contour of the component nor an earlier
+    bridge; the holes for which none of the ``tries`` nearest pairs gives such a bridge are returned apart.
+
+    The outline is a linked ring of vertices, and vertices and edges are found through a grid, so that each hole
+    costs about the same however many there are (splicing arrays and testing every edge for every hole took
+    minutes per slice for a component with a thousand holes: a noisy prediction, a lung with its vessels). Each
+    bridge is walked both ways, so the region that even-odd and winding-number readers fill is the same wherever
+    along the outline a hole is spliced in.
+    """
+    polys = [outer, *holes]
+    first = np.cumsum([0] + [len(q) for q in polys])
+    pos = np.concatenate(polys + [np.zeros((2 * len(holes), 2))])  # room for the two copies each bridge adds
+    nxt = np.arange(1, len(pos) + 1)
+    nxt[first[1:] - 1] = first[:-1]  # each contour a closed ring
+    free = int(first[-1])
+    ends = np.concatenate([np.roll(q, -1, axis=0) for q in polys])
+    edges, vertices = _Grid(), _Grid()
+    edges.add(np.arange(first[-1]), np.minimum(pos[: first[-1]], ends), np.maximum(pos[: first[-1]], ends))
+    vertices.add(np.arange(len(outer)), outer, outer)
+    bridged = np.zeros((2, len(holes), 2))  # the bridges' two ends
+    n_bridges = 0
+
+    def join(j: int) -> bool:
+        nonlocal free, n_bridges
+        hole, h0, h1 = holes[j], int(first[j + 1]), int(first[j + 2])
+        lo, hi = hole.min(0), hole.max(0)
+        reach = CELL
+        while not len(cand := vertices.near(lo - reach, hi + reach)):
+            reach *= 2  # the outline is somewhere: look further
+        d = np.sqrt(((hole[:, None, :] - pos[cand][None]) ** 2).sum(-1))
+        k = min(8, len(cand))
+        near = np.argpartition(d, k - 1, axis=1)[:, :k]  # the nearest outline vertices of every hole vertex
+        dist = np.take_along_axis(d, near, axis=1)
+        for i, n in zip(*np.unravel_index(np.argsort(dist, axis=None, kind="stable")[:tries], dist.shape)):
+            p, q = int(cand[near[i, n]]), h0 + int(i)
+            a, b = pos[p].copy(), pos[q].copy()
+            ids = edges.near(np.minimum(a, b), np.maximum(a, b))
+            c = np.concatenate([pos[ids], bridged[0, :n_bridges]])
+            if _crosses(a, b, c, np.concatenate([ends[ids], bridged[1, :n_bridges]])):
+                continue
+            # p -> q, around the hole back to q's copy, p's copy, on along the outline
+            qc, pc = free, free + 1
+            free += 2
+            pos[qc], pos[pc] = b, a
+            nxt[pc], nxt[p] = nxt[p], q
+            nxt[q - 1 if q > h0 else h1 - 1], nxt[qc] = qc, pc
+            bridged[:, n_bridges] = a, b
+            n_bridges += 1
+            vertices.add([*range(h0, h1), qc, pc], np.vstack([hole, b, a]), np.vstack([hole, b, a]))
+            return True
+        return False
+
+    # nearest the outer boundary first, so that the holes between a hole and it are mostly joined before it; one
+    # walled in by holes not joined yet is tried once more when they are (dense pinholes: 5 % of them, 0.2 % left)
     from scipy.spatial import cKDTree
 
-    c, d = _edges([outer, hole, *others])
-    k = min(8, len(outer))
-    dist, idx = cKDTree(outer).query(hole, k=k)  # the nearest outer vertices of every hole vertex
-    dist, idx = np.asarray(dist).reshape(len(hole), k), np.asarray(idx).reshape(len(hole), k)
-    order = np.argsort(dist, axis=None)[:tries]
-    for q, p in zip(*np.unravel_index(order, dist.shape)):
-        p = int(idx[q, p])
-        if not _crosses(outer[p], hole[q], c, d):
-            return np.concatenate([outer[: p + 1], hole[q:], hole[: q + 1], outer[p:]])
-    return None
+    order = np.argsort(cKDTree(outer).query(np.array([q[0] for q in holes]))[0], kind="stable")
+    pending = [j for j in order if not join(int(j))]
+    failed = [holes[j] for j in pending if not join(int(j))]
+    ring, i = [0], int(nxt[0])
+    while i != 0:
+        ring.append(i)
+        i = int(nxt[i])
+    return pos[ring], failed
 
 
 def mask_contours(mask2d: np.ndarray, holes: str = "keyhole") -> list[np.ndarray]:
@@ -110,11 +190,8 @@ def mask_contours(mask2d: np.ndarray, holes: str = "keyhole") -> list[np.ndarray
         outer = polys[members[0]]
         merged = outer if area[members[0]] > 0 else outer[::-1]  # outer counter-clockwise, holes clockwise
         mine = [polys[h] if area[h] < 0 else polys[h][::-1] for h in members[1:]]
-        for i, h in enumerate(mine):
-            joined = _bridge(merged, h, mine[i + 1:])
-            if joined is None:
-                kept_holes.append(h)
-            else:
-                merged = joined
+        if mine:
+            merged, failed = _keyholes(merged, mine)
+            kept_holes += failed
         out.append(merged)
     return out + kept_holes
