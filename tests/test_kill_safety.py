@@ -169,3 +169,43 @@ def test_a_writer_failing_on_a_full_disk_with_its_own_error_is_an_input_error(tm
     with pytest.raises(RuntimeError, match="unexpected pos"), atomic.atomic_path(tmp_path / "ckpt.pt") as tmp:
         fail(tmp)
     assert os.listdir(tmp_path) == []
+
+
+def test_a_killed_writes_temporary_file_is_removed_and_a_live_ones_is_kept(tmp_path):
+    """atomic_path's temporary file outlives a SIGKILL (a checkpoint, a probability map, hidden and as large as the
+    output); remove_stale_temporaries, which predict and both trainers call on their output folder, removes it,
+    but not one a live process is writing, nor a user's files that merely look alike."""
+    from medseg.io.atomic import remove_stale_temporaries
+
+    killed = _python(f"""
+        import os, signal
+        from medseg.io.atomic import atomic_path
+        with atomic_path({str(tmp_path / "checkpoint_latest.pt")!r}) as tmp:
+            tmp.write_bytes(b"half a checkpoint")
+            os.kill(os.getpid(), signal.SIGKILL)
+        """)
+    assert killed.returncode == -signal.SIGKILL
+    [left] = tmp_path.iterdir()
+    assert left.name.startswith(".checkpoint_latest.pt.") and left.read_bytes() == b"half a checkpoint"
+    (tmp_path / ".notes.tmp").write_text("mine")  # a user's, not atomic_path's naming
+    (tmp_path / "a.12345678.tmp").write_text("mine")  # not hidden
+    live = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import sys
+        from medseg.io.atomic import atomic_path
+        with atomic_path({str(tmp_path / "case.nii.gz")!r}) as tmp:
+            tmp.write_text("being written")
+            print("writing", flush=True)
+            sys.stdin.readline()
+        """)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=ENV, cwd=CWD)
+    try:
+        assert live.stdout.readline().strip() == "writing"
+        assert remove_stale_temporaries(tmp_path, min_age_s=3600) == 0  # too young to be sure of
+        assert remove_stale_temporaries(tmp_path, min_age_s=0) == 1
+        names = sorted(p.name for p in tmp_path.iterdir())
+        assert not left.exists() and len(names) == 3 and names[0].startswith(".case.nii.gz."), names  # the live one
+        assert names[1:] == [".notes.tmp", "a.12345678.tmp"]
+        live.communicate("\n", timeout=60)
+    finally:
+        live.kill()
+    assert live.returncode == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".notes.tmp", "a.12345678.tmp", "case.nii.gz"]

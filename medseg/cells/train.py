@@ -30,7 +30,7 @@ from medseg.cells.budget import CellBudget
 from medseg.cells.tune import tune_network, tuning_costs
 from medseg.cpu import free_cores
 from medseg.errors import InputError
-from medseg.io.atomic import atomic_path, deferred_interrupts
+from medseg.io.atomic import atomic_path, deferred_interrupts, remove_stale_temporaries
 
 
 def _save_json(obj, path: Path) -> None:
@@ -177,6 +177,7 @@ def train_cells(data_dir, run_dir, cfg: CellTrainConfig | None = None, resume: b
     pairs, _, split, tune, sizes = _prepare(data_dir, run_dir, cfg, show)
     prepared_s = time.perf_counter() - started
     run_dir.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(run_dir)  # a checkpoint being written when the run was killed outright
     torch.set_num_threads(cfg.threads or free_cores())
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)

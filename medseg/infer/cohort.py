@@ -18,7 +18,7 @@ import numpy as np
 
 from medseg.errors import InputError
 from medseg.infer.cases import Case, case_image, check_references, check_series, list_cases  # noqa: F401
-from medseg.io.atomic import atomic_path
+from medseg.io.atomic import atomic_path, remove_stale_temporaries
 from medseg.io.image import Image
 from medseg.io.series_names import series_case_names  # noqa: F401 (re-exported)
 
@@ -157,6 +157,7 @@ def predict_path(model, input: str | os.PathLike, output: str | os.PathLike, ove
         print(line, file=sys.stderr)
     created = not output.exists()
     output.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(output)  # of a run killed outright (a rerun after the OOM killer)
     try:
         failed: list[str] = []  # with keep_going: the cases skipped, late exports and predictions alike
         written = _export_late(late, output, export, art.plan.labels, keep_going, failed)

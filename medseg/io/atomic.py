@@ -11,6 +11,7 @@ import errno
 import os
 import re
 import tempfile
+import time
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -157,9 +158,11 @@ def atomic_path(
         fd, tmp = tempfile.mkstemp(prefix=f".{dest.name[:64]}.", suffix=f".tmp{full_suffix(dest)[:16]}", dir=parent)
     except OSError as exc:
         raise InputError(f"cannot write output ({exc.strerror or exc})", path=dest) from exc
-    os.close(fd)
     tmp = Path(tmp)
     os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; an output is an ordinary file
+    if not _lock(fd):  # held while this process lives: remove_stale_temporaries tells a killed run's file by it
+        os.close(fd)  # no locks here (Windows, where an open handle would also stop the rename)
+        fd = None
     try:
         yield tmp
         os.replace(tmp, dest)
@@ -180,6 +183,64 @@ def atomic_path(
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    finally:
+        if fd is not None:
+            os.close(fd)
+
+
+def _lock(fd: int) -> bool:
+    """Lock an open file (``flock``, exclusive, not waiting); whether it could be (no locks on Windows)."""
+    try:
+        import fcntl
+
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except (ImportError, OSError):
+        return False
+    return True
+
+
+# atomic_path's temporary names: '.' + (up to 64 characters of) the output's name + mkstemp's 8 characters + '.tmp'
+_TEMPORARY = re.compile(r"\..+\.[a-z0-9_]{8}\.tmp(\.[^/]{0,16})?")
+
+
+def remove_stale_temporaries(folder: str | os.PathLike, min_age_s: float = 60.0) -> int:
+    """Remove the temporary files :func:`atomic_path` left in ``folder`` when its process was killed outright
+    (SIGKILL, the OOM killer, a power cut: no cleanup ran), which would otherwise stay for good, hidden, as large
+    as the outputs (a checkpoint, a probability map). A temporary file counts as left only when no process holds
+    its lock and it is at least ``min_age_s`` old (one being created has not been locked yet); returns how many.
+
+    Examples
+    --------
+    >>> import tempfile, time
+    >>> d = Path(tempfile.mkdtemp()); left = d / ".seg.nii.gz.a1b2c3d4.tmp.nii.gz"; _ = left.write_text("x")
+    >>> os.utime(left, (time.time() - 3600,) * 2)  # an hour old, and nobody's
+    >>> remove_stale_temporaries(d), left.exists()
+    (1, False)
+    """
+    removed = 0
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return 0
+    now = time.time()
+    for e in entries:
+        if not _TEMPORARY.fullmatch(e.name):
+            continue
+        try:
+            if not e.is_file(follow_symlinks=False) or now - e.stat(follow_symlinks=False).st_mtime < min_age_s:
+                continue
+            fd = os.open(e.path, os.O_RDONLY)
+        except OSError:
+            continue
+        try:
+            if _lock(fd):  # nobody's: still locked by us while it goes, so no other sweeper's run takes it meanwhile
+                os.unlink(e.path)
+                removed += 1
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+    return removed
 
 
 def _os_cause(exc: OSError) -> OSError:

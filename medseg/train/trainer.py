@@ -29,7 +29,7 @@ from medseg.cpu import cap_torch_threads
 from medseg.errors import InputError
 from medseg.infer.devices import parse_device
 from medseg.infer.sliding_window import cpu_has_native_bf16
-from medseg.io.atomic import deferred_interrupts
+from medseg.io.atomic import deferred_interrupts, remove_stale_temporaries
 from medseg.plan.plan import Plan
 from medseg.train import ddp
 from medseg.train.artifact import build_from_plan, save_model, strip_ddp, MODEL_FILE
@@ -206,6 +206,7 @@ def train(plan: Plan | str | os.PathLike | None, run_dir: str | os.PathLike, fol
     try:
         if rank == 0:
             run_dir.mkdir(parents=True, exist_ok=True)
+            remove_stale_temporaries(run_dir)  # a checkpoint being written when the run was killed outright
             plan.to_yaml(run_dir / "plan.yaml")
         split = fold_split(run_dir, ds, plan, write=rank == 0)
         by_id = {c.id: c for c in ds.cases}
