@@ -30,8 +30,9 @@ def _signed_area(p: np.ndarray) -> float:
 CELL = 8.0  # pixels: the side of the grid cells that find the vertices and edges near a hole
 
 
-def _cells(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
-    """Keys of the grid cells that boxes ``lo``..``hi`` (n x 2 each) cover, one row of keys per (box, cell)."""
+def _cells(lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The grid cells that boxes ``lo``..``hi`` (n x 2 each) cover: for every (box, cell) pair, the box's index and
+    the cell's key."""
     a, b = np.floor(lo / CELL).astype(np.int64), np.floor(hi / CELL).astype(np.int64)
     ny = b[:, 1] - a[:, 1] + 1
     count = (b[:, 0] - a[:, 0] + 1) * ny
