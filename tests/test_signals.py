@@ -28,7 +28,7 @@ def _count_until_staged(tmp_path, sig):
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and proc.poll() is None:
         stages = list(out.glob(".medseg-stage*")) if out.is_dir() else []
-        if stages and any(stages[0].iterdir()):
+        if stages and any(not p.name.startswith(".") for p in stages[0].iterdir()):  # an output, not its lock
             break
         time.sleep(0.01)
     assert proc.poll() is None, "the count finished before it could be interrupted"
@@ -105,3 +105,20 @@ def test_an_error_in_a_held_block_is_not_replaced_by_the_held_signal():
             time.sleep(0.02)
             raise OSError("disk full")
     assert signal.getsignal(signal.SIGINT) is handler
+
+
+def test_an_interrupt_as_the_stage_is_made_leaves_nothing_behind(tmp_path, monkeypatch):
+    """Ctrl-C between the staging folder's creation and the first output (while its lock is taken and older stages
+    are swept) removes the folder too: it was outside the clean-up's reach and stayed."""
+    from medseg.io import staging
+
+    def interrupted(out_dir):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(staging, "_remove_stale_stages", interrupted)
+    out = tmp_path / "out"
+    with pytest.raises(KeyboardInterrupt):
+        with staging.staged_outputs(out) as place:
+            with place("a.txt") as tmp:
+                tmp.write_text("a")
+    assert not out.exists() or list(out.iterdir()) == []

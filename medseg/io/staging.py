@@ -75,11 +75,7 @@ def staged_outputs(out_dir: str | os.PathLike, protect: Iterable[str | os.PathLi
     except OSError as exc:
         full = "disk full: " if looks_full(exc, out_dir) else ""
         raise InputError(f"cannot write output ({full}{exc.strerror or exc})", path=out_dir) from exc
-    try:
-        lock = _hold(stage)
-    except OSError:  # no room even for an empty file: the first output will say so
-        lock = None
-    _remove_stale_stages(out_dir)
+    lock = None
 
     @contextlib.contextmanager
     def place(name: str) -> Iterator[Path]:
@@ -91,7 +87,12 @@ def staged_outputs(out_dir: str | os.PathLike, protect: Iterable[str | os.PathLi
                 raise  # about an input: keep its name
             raise InputError(exc.problem, path=out_dir / name) from exc  # the output asked for, not the stage
 
-    try:
+    try:  # from the stage's creation on: an interrupt anywhere after it removes the stage
+        try:
+            lock = _hold(stage)
+        except OSError:  # no room even for an empty file: the first output will say so
+            pass
+        _remove_stale_stages(out_dir)
         yield place
         _move_outputs(stage, out_dir, protect, set(last))
     finally:
