@@ -68,21 +68,27 @@ class _termination_as_interrupt:
 
 
 class _quiet_libraries:
-    """Without --debug: nibabel's header notes off stderr (medseg's own line says what matters) and Python
-    warnings as one line each, without the library's source line."""
+    """Without --debug: nibabel's header notes off stderr (medseg's own line says what matters), Python
+    warnings as one line each, without the library's source line, and no "Exception ignored in" tracebacks from a
+    library object's clean-up (an interrupt inside imageio's reader left one that failed in ``__del__``)."""
 
     def __init__(self, debug: bool):
         self.debug = debug
 
     def __enter__(self):
-        self.saved = logging.getLogger("nibabel").level, warnings.showwarning
+        self.saved = logging.getLogger("nibabel").level, warnings.showwarning, sys.unraisablehook
         if not self.debug:
             logging.getLogger("nibabel").setLevel(logging.CRITICAL + 1)
             warnings.showwarning = _warning_line
+            sys.unraisablehook = _ignore_unraisable
 
     def __exit__(self, *exc):
         logging.getLogger("nibabel").setLevel(self.saved[0])
-        warnings.showwarning = self.saved[1]
+        warnings.showwarning, sys.unraisablehook = self.saved[1:]
+
+
+def _ignore_unraisable(unraisable) -> None:
+    """An error in a finaliser (``__del__``) after the command's own outcome is known: nothing a user can act on."""
 
 
 def _warning_line(message, category, filename, lineno, file=None, line=None) -> None:
