@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Callable, ContextManager, Iterable, Iterator
 
 from medseg.errors import InputError
-from medseg.io.atomic import atomic_path, deferred_interrupts, looks_full
+from medseg.io.atomic import _lock, atomic_path, deferred_interrupts, looks_full
 
 Place = Callable[[str], ContextManager[Path]]
 
@@ -129,39 +129,29 @@ def _move_outputs(stage: Path, out_dir: Path, protect: Iterable[str | os.PathLik
 def _hold(stage: Path) -> int | None:
     """Create the stage's lock file and lock it (``flock``) for as long as this run lives; returns its descriptor,
     or None where the file system has no locks (the stage is then never taken for a dead run's)."""
-    try:
-        import fcntl
-    except ImportError:  # Windows
-        return None
     # locked under another name, then renamed: a sweeper never finds the lock file before it is locked
     fd = os.open(stage / (_LOCK + ".new"), os.O_RDWR | os.O_CREAT, 0o600)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        os.rename(stage / (_LOCK + ".new"), stage / _LOCK)
+        if _lock(fd):
+            os.rename(stage / (_LOCK + ".new"), stage / _LOCK)
+            return fd
     except OSError:
-        os.close(fd)
-        return None
-    return fd
+        pass
+    os.close(fd)
+    return None
 
 
 def _remove_stale_stages(out_dir: Path) -> None:
     """Remove the stages of runs that were killed (SIGKILL, the OOM killer, a power cut: no cleanup ran), which
     hold whole copies of their outputs: a stage counts as dead only when its lock file can be locked, so a live
     run's (this one's, another process writing the same folder) and one without a lock file are kept."""
-    try:
-        import fcntl
-    except ImportError:
-        return
     for stage in out_dir.glob(f"{_PREFIX}*.tmp"):
         try:
             fd = os.open(stage / _LOCK, os.O_RDWR)
         except OSError:  # none (an older medseg's stage, or one being made or removed): not known to be dead
             continue
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:  # locked by a live run, or no locks on this file system: keep it
-            continue
-        else:
-            shutil.rmtree(stage, ignore_errors=True)  # still locked by us: no other sweeper takes it meanwhile
+            if _lock(fd):  # else locked by a live run, or no locks here (Windows): keep it
+                shutil.rmtree(stage, ignore_errors=True)  # still locked by us: no other sweeper takes it meanwhile
         finally:
             os.close(fd)
