@@ -1,5 +1,3 @@
-import sys
+from medseg.cli import console
 
-from medseg.cli import main
-
-sys.exit(main())
+console()

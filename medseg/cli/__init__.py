@@ -12,6 +12,7 @@ import os
 import sys
 import traceback
 import warnings
+from typing import NoReturn
 
 import typer
 
@@ -33,6 +34,33 @@ def main(argv: list[str] | None = None) -> int:
     argv = [a for a in argv if a != "--debug"]
     with _quiet_libraries(debug), _termination_as_interrupt():
         return _run(argv, debug)
+
+
+def console(argv: list[str] | None = None) -> NoReturn:
+    """The ``medseg`` program (console script, ``python -m medseg``): :func:`main`, then exit with its code.
+
+    A torchrun rank ends without the interpreter's teardown, after the atexit handlers (logging, temporary
+    folders) and a flush of stdout and stderr: in torch 2.13 gloo's worker threads outlive
+    ``destroy_process_group`` once DDP has imported torch._dynamo, and tearing them down at exit can abort the
+    process ('terminate called without an active exception', SIGABRT) after the run has succeeded, which torchrun
+    reports as a failed run."""
+    code = main(argv)
+    if _started_distributed():
+        import atexit
+
+        atexit._run_exitfuncs()
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):  # a closed pipe: nothing left to say
+                pass
+        os._exit(code)
+    sys.exit(code)
+
+
+def _started_distributed() -> bool:
+    ddp = sys.modules.get("medseg.train.ddp")  # never imported: no process group either
+    return bool(ddp is not None and ddp.started())
 
 
 class _termination_as_interrupt:
@@ -173,4 +201,4 @@ def _interrupted() -> int:
     return 130
 
 
-__all__ = ["app", "main"]
+__all__ = ["app", "console", "main"]

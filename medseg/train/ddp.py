@@ -10,6 +10,8 @@ import torch.distributed as dist
 
 from medseg.infer.devices import parse_device
 
+_started = False  # this process set up a process group (see medseg.cli.console)
+
 
 def setup(device: str | torch.device = "auto") -> tuple[int, int]:
     """Initialise the process group when launched by torchrun (gloo on CPU, nccl on CUDA); (rank, world).
@@ -23,8 +25,21 @@ def setup(device: str | torch.device = "auto") -> tuple[int, int]:
         use_cuda = parse_device(device, require_available=False).type == "cuda" and torch.cuda.is_available()
         if use_cuda:
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        # torch 2.13: importing torch._inductor (DDP imports it through torch._dynamo) while a process group exists
+        # takes references to that group that destroy_process_group does not drop, so gloo's worker threads live on
+        # to the interpreter's teardown, where they can abort a rank that has finished ('terminate called without
+        # an active exception'). Imported before the group exists, the group and its threads end at cleanup().
+        import torch._dynamo  # noqa: F401
+
+        global _started
+        _started = True  # before: a failed set-up may leave threads too
         dist.init_process_group("nccl" if use_cuda else "gloo")
     return dist.get_rank(), dist.get_world_size()
+
+
+def started() -> bool:
+    """Whether this process has set up a process group (it may have closed it since)."""
+    return _started
 
 
 def device() -> torch.device:
