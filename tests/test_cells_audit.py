@@ -1,0 +1,64 @@
+"""Audit of `medseg cells evaluate`'s summary line: every number it prints is named as the mean over images or the
+score pooled over all cells, and equals that quantity computed here (StarDist's ``matching`` re-stated: IoU from a
+contingency table, the assignment maximising the matches then their IoU)."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+import tifffile
+from scipy.optimize import linear_sum_assignment
+
+from conftest import run_cli
+
+
+def _tp_fp_fn(ref: np.ndarray, pred: np.ndarray, thresh: float = 0.5) -> tuple[int, int, int]:
+    r_ids, ri = np.unique(ref, return_inverse=True)
+    p_ids, pi = np.unique(pred, return_inverse=True)
+    table = np.zeros((len(r_ids), len(p_ids)))
+    np.add.at(table, (ri.ravel(), pi.ravel()), 1)
+    iou = table / (table.sum(1, keepdims=True) + table.sum(0, keepdims=True) - table)
+    iou = iou[r_ids > 0][:, p_ids > 0]
+    tp = 0
+    if iou.size and (iou >= thresh).any():
+        a, b = linear_sum_assignment(-(iou >= thresh).astype(float) - iou / (2 * min(iou.shape)))
+        tp = int((iou[a, b] >= thresh).sum())
+    return tp, iou.shape[1] - tp, iou.shape[0] - tp
+
+
+def test_evaluate_summary_names_mean_and_pooled_scores(tmp_path):
+    """An image with one nucleus found and one with ten, five of them missed and one spurious object: the mean over
+    images (AP@0.5 0.73) is far above the pooled AP (0.5); the line printed the mean as a bare "AP@0.5", read as
+    the dataset's AP, and no pooled F1."""
+    yy, xx = np.mgrid[:64, :64]
+    refs, preds = {}, {}
+    for case, n_ref, n_found in (("few", 1, 1), ("many", 10, 5)):
+        ref = np.zeros((64, 64), np.uint16)
+        for i in range(n_ref):
+            ref[np.hypot(yy - 8 - 12 * (i // 5), xx - 6 - 12 * (i % 5)) < 4] = i + 1
+        pred = np.where(ref <= n_found, ref, 0).astype(np.uint16)
+        if case == "many":
+            pred[np.hypot(yy - 50, xx - 50) < 4] = 99
+        refs[case], preds[case] = ref, pred
+    for side, maps in (("ref", refs), ("pred", preds)):
+        (tmp_path / side).mkdir()
+        for case, arr in maps.items():
+            tifffile.imwrite(tmp_path / side / f"{case}.tif", arr)
+    res = run_cli("cells", "evaluate", "--pred", tmp_path / "pred", "--ref", tmp_path / "ref", "-o", tmp_path / "ev")
+    assert res.code == 0, res.err
+    got = re.search(r"2 image\(s\), mean over images \(pooled over all cells\): AP@0\.5 ([\d.]+) \(([\d.]+)\), "
+                    r"F1@0\.5 ([\d.]+) \(([\d.]+)\), \|count error\| ([\d.]+)% \(([\d.]+)%\)", res.out)
+    assert got, res.out
+    counts = {c: _tp_fp_fn(refs[c], preds[c]) for c in refs}
+    n = {c: (len(np.unique(refs[c])) - 1, len(np.unique(preds[c])) - 1) for c in refs}
+    tp, fp, fn = np.sum(list(counts.values()), axis=0)
+    expected = [np.mean([t / (t + f + m) for t, f, m in counts.values()]), tp / (tp + fp + fn),
+                np.mean([2 * t / (2 * t + f + m) for t, f, m in counts.values()]), 2 * tp / (2 * tp + fp + fn),
+                100 * np.mean([abs(p - r) / r for r, p in n.values()]),
+                100 * sum(abs(p - r) for r, p in n.values()) / sum(r for r, _ in n.values())]
+    printed = [float(v) for v in got.groups()]
+    assert printed[0] - printed[1] > 0.2  # the two aggregations differ here: which is which matters
+    for value, want, places in zip(printed, expected, (3, 3, 3, 3, 1, 1)):
+        assert value == pytest.approx(round(want, places), abs=10 ** -places / 2 + 1e-9)
