@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 from contextlib import contextmanager
 
@@ -29,7 +30,7 @@ def setup(device: str | torch.device = "auto") -> tuple[int, int]:
         # takes references to that group that destroy_process_group does not drop, so gloo's worker threads live on
         # to the interpreter's teardown, where they can abort a rank that has finished ('terminate called without
         # an active exception'). Imported before the group exists, the group and its threads end at cleanup().
-        import torch._dynamo  # noqa: F401
+        importlib.import_module("torch._dynamo")  # not 'import torch._dynamo': that makes torch local here
 
         global _started
         _started = True  # before: a failed set-up may leave threads too
