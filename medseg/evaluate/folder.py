@@ -28,14 +28,14 @@ def _evaluate_pair(pair: CasePair, labels: dict[int, str] | None, spacing_from: 
     pred = read_label_map(pair.pred)
     pred = check_geometry(pred, ref, pair.pred, spacing_from=spacing_from, atol=atol)
     side = pred if spacing_from == "pred" else ref
-    spacing = spacing_mm(side)
+    spacing = spacing_mm(side, pair.pred if spacing_from == "pred" else pair.ref)
     if labels is not None:
         known = set(labels) | {0}
         for img, path in ((ref, pair.ref), (pred, pair.pred)):
             unknown = sorted(set(present_labels(img.array).tolist()) - known)
             if unknown:
-                raise InputError(f"label value(s) {unknown[:5]} not in the labels of dataset.json "
-                                 f"({sorted(known)})", path=path)
+                raise InputError(f"label value(s) [{values_text(unknown, 5)}] not in the labels of dataset.json "
+                                 f"({values_text(known, 5)})", path=path)  # 100+ organs: not all on one line
     try:
         with warnings.catch_warnings():  # said once for the whole cohort, by evaluate_folder
             warnings.simplefilter("ignore", UnreferencedLabelsWarning)

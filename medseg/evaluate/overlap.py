@@ -49,7 +49,10 @@ def present_labels(arr: np.ndarray) -> np.ndarray:
     top = int(arr.max())
     if top < (1 << 24):
         flat = arr.reshape(-1) if arr.flags.c_contiguous else arr.T.reshape(-1) if arr.flags.f_contiguous else arr.ravel()
-        return np.flatnonzero(np.bincount(flat, minlength=top + 1))
+        counts = np.zeros(top + 1, np.int64)
+        for s in range(0, flat.size, _CHUNK):  # bincount casts to int64: in slabs, not 8 bytes per voxel at once
+            counts += np.bincount(flat[s:s + _CHUNK], minlength=top + 1)
+        return np.flatnonzero(counts)
     return np.unique(arr)
 
 

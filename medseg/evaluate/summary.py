@@ -67,8 +67,9 @@ def bootstrap_mean_ci(values, confidence: float = 0.95, n_boot: int = 10_000, se
     ok = np.isfinite(a)
     filled = np.where(ok, a, 0.0)
     sums, counts = [], []
-    # resamples in chunks of about 2 M case indices, so that a cohort of 10,000 cases needs ~50 MB, not 2 GB
-    chunk = max(1, _BOOT_CHUNK // a.shape[0])
+    # resamples in chunks of about 2 M gathered values (case indices x columns), so that a cohort of 10,000 cases
+    # needs ~50 MB, not 2 GB, and one of 300 cases x 123 classes (246 columns) not 4 GB
+    chunk = max(1, _BOOT_CHUNK // (a.shape[0] * a.shape[1]))
     for start in range(0, n_boot, chunk):
         idx = rng.integers(0, a.shape[0], size=(min(chunk, n_boot - start), a.shape[0]))
         sums.append(filled[idx].sum(axis=1))

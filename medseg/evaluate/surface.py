@@ -102,12 +102,12 @@ def border_points(lab: np.ndarray, labels) -> dict[int, np.ndarray]:
     idx = np.flatnonzero(label_borders(lab))
     vals = flat_lab[idx]
     order = np.argsort(vals, kind="stable")  # stable: indices stay sorted within a label
-    idx, vals = idx[order], vals[order]
-    out = {}
-    for c in labels:
-        lo, hi = np.searchsorted(vals, c, "left"), np.searchsorted(vals, c, "right")
-        out[int(c)] = idx[lo:hi]
-    return out
+    idx, vals = idx[order], vals[order].astype(np.int64)
+    # one vectorised search of int64 values: a search of a uint8 array for a Python int converted the whole array
+    # on every call (seconds per map for 100+ classes)
+    labels = np.asarray([int(c) for c in labels], np.int64)
+    lo, hi = np.searchsorted(vals, labels, "left"), np.searchsorted(vals, labels, "right")
+    return {int(c): idx[a:b] for c, a, b in zip(labels, lo, hi)}
 
 
 def _directed(src: np.ndarray, dst: np.ndarray, shape, spacing: np.ndarray, workers: int) -> np.ndarray:
