@@ -22,7 +22,8 @@ class _KeySetTwice(yaml.YAMLError):
 
 class _UniqueKeyLoader(yaml.SafeLoader):
     """PyYAML's safe loader, except that a mapping naming one key twice is an error (PyYAML keeps the last value:
-    ``learning_rate: 0.01`` above a forgotten ``learning_rate: 0.001`` trained with the second, silently)."""
+    ``learning_rate: 0.01`` above a forgotten ``learning_rate: 0.001`` trained with the second, silently), also
+    when spelt two ways that are one key to a dict (``1`` and ``1.0``, ``true`` or ``0x1``)."""
 
     def compose_mapping_node(self, anchor):
         # on the composed nodes, before '<<: *defaults' merges are flattened in (a merged key may be overridden)
@@ -31,12 +32,27 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         for key_node, _ in node.value:
             if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
                 continue
-            key, line = (key_node.tag, key_node.value), key_node.start_mark.line + 1
+            key, line = self._key(key_node), key_node.start_mark.line + 1
             if key in seen:
-                where = f"line {line}" if seen[key] == line else f"lines {seen[key]} and {line}"
-                raise _KeySetTwice(f"'{key_node.value}' is set twice ({where})")
-            seen[key] = line
+                first, first_line = seen[key]
+                where = f"line {line}" if first_line == line else f"lines {first_line} and {line}"
+                also = "" if first == key_node.value else f", also as '{first}'"
+                raise _KeySetTwice(f"'{key_node.value}' is set twice ({where}{also})")
+            seen[key] = key_node.value, line
         return node
+
+    def _key(self, node: yaml.ScalarNode):
+        """The key as the mapping will hold it, ``(value,)``: ``labels: {1: liver, 1.0: tumour}`` became
+        ``{1: 'tumour'}``; ``(tag, text)`` for one that cannot be constructed."""
+        construct = self.yaml_constructors.get(node.tag)
+        if construct is None:  # a tag the safe loader refuses: it says so once the mapping is constructed
+            return node.tag, node.value
+        try:
+            value = construct(self, node)
+            hash(value)
+        except (yaml.YAMLError, TypeError, ValueError):
+            return node.tag, node.value
+        return (value,)
 
 
 def read_yaml_mapping(path: str | os.PathLike, what: str) -> dict:
@@ -65,6 +81,8 @@ def read_yaml_mapping(path: str | os.PathLike, what: str) -> dict:
     medseg.errors.InputError: .../a.yaml: invalid config: 'lr' is set twice (lines 1 and 3)
     """
     path = Path(path)
+    if path.is_dir():  # not "does not exist": it does
+        raise InputError(f"expected a {what} file, got a folder", path=path)
     if not path.is_file():
         raise InputError(f"{what} file does not exist", path=path)
     try:  # bytes: the encoding is YAML's (UTF-8, or UTF-16 with a BOM), not the locale's

@@ -305,7 +305,9 @@ class Plan:
         working folder) is written relative to the plan file, which is how :meth:`from_yaml` reads it."""
         d = self.to_dict()
         if path is not None:
-            base = Path(path).resolve().parent
+            # the folder the file lands in: a link named by ``path`` is replaced, not written through, so its
+            # target's folder is not the one from_yaml reads relative paths against
+            base = Path(path).parent.resolve()
             for key in ("dataset", "cache_dir"):
                 if d.get(key) and not os.path.isabs(d[key]):
                     d[key] = os.path.relpath(Path(d[key]).resolve(), base)
