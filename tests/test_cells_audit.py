@@ -62,3 +62,16 @@ def test_evaluate_summary_names_mean_and_pooled_scores(tmp_path):
     assert printed[0] - printed[1] > 0.2  # the two aggregations differ here: which is which matters
     for value, want, places in zip(printed, expected, (3, 3, 3, 3, 1, 1)):
         assert value == pytest.approx(round(want, places), abs=10 ** -places / 2 + 1e-9)
+
+
+@pytest.mark.parametrize("command", ["count", "train"])
+def test_a_negative_channel_is_refused_by_both_commands(tmp_path, command):
+    """``--channel -1`` picked the last channel in ``cells count`` (Python indexing) while ``cells train`` refused
+    it: the same option means one thing in both, 0-based, so a negative one is a usage error before anything runs."""
+    rgb = np.zeros((32, 32, 3), np.uint8)
+    rgb[8:16, 8:16, 2] = 200
+    tifffile.imwrite(tmp_path / "a.tif", rgb, photometric="rgb")
+    src = ["-i", tmp_path / "a.tif", "--classical"] if command == "count" else [tmp_path]
+    res = run_cli("cells", command, *src, "-o", tmp_path / "out", "--channel", "-1")
+    assert res.code == 2 and "--channel" in res.err and len(res.err.strip().splitlines()) == 1, res.err
+    assert not (tmp_path / "out").exists()

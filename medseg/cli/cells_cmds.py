@@ -37,7 +37,7 @@ def train_cmd(
     patch: Optional[int] = typer.Option(None, "--patch", help="Training crop size, pixels per axis (default 256 in "
                                                              "2D; 3D: fitted to the stacks)."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Crops per step (default 2)."),
-    channel: Optional[int] = typer.Option(None, "--channel", help="Channel of multi-channel images (0-based)."),
+    channel: Optional[int] = typer.Option(None, "--channel", min=0, help="Channel of multi-channel images (0-based)."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Random seed (crops, augmentation, weights; default 0)."),
     resume: bool = typer.Option(False, "--resume",
                                 help="Continue from RUN/checkpoint.pt with the run's own settings (--max-minutes, "
@@ -158,7 +158,7 @@ def count_cmd(
     classical: bool = typer.Option(False, "--classical", help="Threshold + distance watershed, no model."),
     method: Optional[str] = typer.Option(None, "--threshold",
                                          help="Classical mode threshold: otsu (default) or local."),
-    channel: Optional[int] = typer.Option(None, "--channel", help="Channel of multi-channel images (0-based)."),
+    channel: Optional[int] = typer.Option(None, "--channel", min=0, help="Channel of multi-channel images (0-based)."),
     pixel_size: Optional[str] = typer.Option(None, "--pixel-size",
                                              help="Pixel size in µm, overriding the file's: 'XY', 'Y,X' or 'Z,Y,X' "
                                                   "(a stack whose file has no z step needs 'Z,Y,X')."),
