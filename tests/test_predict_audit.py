@@ -94,3 +94,19 @@ def test_tta_flips_each_pass_back_on_an_anisotropic_plan(dims, shape):
         np.testing.assert_allclose(np.asarray(prob.array)[1], 1 / (1 + np.exp(-v)), atol=1e-6)
         clear = np.abs(v) > 1e-5
         assert np.array_equal(lab.array[clear], (v > 0)[clear]), tta
+
+
+@pytest.mark.parametrize("scale", [1e-6, 1e20, 1e30])
+def test_zscore_normalisation_does_not_depend_on_the_intensity_scale(scale):
+    """z-score normalisation is scale-free: float32 sums of squares overflowed beyond ~1e19, the whole image became
+    zeros and its prediction all background, silently."""
+    from medseg.plan.plan import Plan
+    from medseg.train.preprocess import normalise
+
+    x = np.random.default_rng(3).gamma(2.0, 50.0, (1, 12, 13, 14)).astype(np.float32)
+    ref = (x - x.mean(dtype=np.float64)) / x.std(dtype=np.float64)
+    got = normalise((x * np.float32(scale)).astype(np.float32), Plan())
+    np.testing.assert_allclose(got, ref, atol=1e-5)
+    mask = x[0] > np.median(x)
+    sel = x[0][mask].astype(np.float64)
+    np.testing.assert_allclose(normalise(x * np.float32(scale), Plan(), mask), (x - sel.mean()) / sel.std(), atol=1e-5)

@@ -46,13 +46,32 @@ def normalise(array: np.ndarray, plan: Plan, mask: np.ndarray | None = None) -> 
             np.clip(x, *norm.clip, out=x)
             mean, std = norm.mean, norm.std
         elif norm.scheme == "zscore":
-            sel = x[mask] if mask is not None and mask.any() else x
-            mean, std = sel.mean(), max(float(sel.std()), 1e-8)
+            mean, std = mean_std(x[mask] if mask is not None and mask.any() else x)
+            std = max(std, 1e-8)
         else:
             continue
         x -= np.float32(mean)
         x /= np.float32(std)
     return out
+
+
+def mean_std(x: np.ndarray, chunk: int = 1 << 22) -> tuple[float, float]:
+    """Mean and standard deviation of ``x``, accumulated in float64 over slabs of ``chunk`` values.
+
+    float32 sums of squares overflow beyond about 1e19 (the whole image then normalised to zeros and the prediction
+    was all background, silently), and a float64 copy of a large CT would double its memory.
+
+    Examples
+    --------
+    >>> x = np.array([1e30, 3e30], np.float32)
+    >>> float(x.std()), [f"{v:.3g}" for v in mean_std(x)]
+    (inf, ['2e+30', '1e+30'])
+    """
+    flat = x.reshape(-1)
+    total = sum(float(flat[s:s + chunk].sum(dtype=np.float64)) for s in range(0, flat.size, chunk))
+    mean = total / max(flat.size, 1)
+    sq = sum(float(np.square(flat[s:s + chunk].astype(np.float64) - mean).sum()) for s in range(0, flat.size, chunk))
+    return mean, float(np.sqrt(sq / max(flat.size, 1)))
 
 
 def network_shape(shape, spacing, plan: Plan) -> tuple[int, ...]:
