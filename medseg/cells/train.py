@@ -165,6 +165,7 @@ def train_cells(data_dir, run_dir, cfg: CellTrainConfig | None = None, resume: b
         raise InputError("dataset folder does not exist", path=data_dir)
     cfg = resumed_config(run_dir, cfg) if resume else (cfg or config_for_data(data_dir))
     cfg.validate()
+    _refuse_run_in_data(data_dir, run_dir, cfg)
     stamp = data_stamp(list_cases(data_dir))
     state = None
     if resume:  # read and checked before the data are prepared
@@ -301,6 +302,17 @@ def train_cells(data_dir, run_dir, cfg: CellTrainConfig | None = None, resume: b
         meta["config"].update({k: meta["tuning"][k] for k in ("threshold", "seed_threshold", "seeds")})
     _save_json(meta, run_dir / "model.json")
     return run_dir
+
+
+def _refuse_run_in_data(data_dir, run_dir: Path, cfg: CellTrainConfig) -> None:
+    """Before anything is written: the run and its disk cache stay out of the dataset folder and its ``images/`` and
+    ``labels/`` (another folder inside the dataset is not read by :func:`medseg.cells.data.list_cases`)."""
+    from medseg.io.paths import refuse_output_in_input
+    from medseg.train.store import cache_folder
+
+    for folder, what in ((run_dir, "the run folder (-o)"), (cache_folder(cfg, run_dir), "the disk cache folder")):
+        if folder is not None:
+            refuse_output_in_input(folder, data_dir, ("images", "labels"), what)
 
 
 def _prepare(data_dir, run_dir: Path, cfg: CellTrainConfig, progress: bool):

@@ -113,14 +113,16 @@ def train_cmd(
         plan.cache = cache
     if cache_dir is not None:
         plan.cache_dir = str(cache_dir.resolve())
+    plan_file = source if source.is_file() else None  # never rewritten by a new run (RUN/plan.yaml may be it)
     if (ensemble or plan.ensemble) > 1:
         res = train_ensemble(plan, output, members=ensemble, fold=fold, max_epochs=max_epochs,
                              max_minutes=max_minutes, resume=resume, device=device, progress=not quiet,
-                             num_threads=threads, tensorboard=tensorboard, cache_mode=cache, cache_dir=cache_dir)
+                             num_threads=threads, tensorboard=tensorboard, cache_mode=cache, cache_dir=cache_dir,
+                             plan_file=plan_file)
     else:
         res = train(plan, output, fold=fold, max_epochs=max_epochs, max_minutes=max_minutes, resume=resume,
                     device=device, progress=not quiet, num_threads=threads, tensorboard=tensorboard,
-                    cache_mode=cache, cache_dir=cache_dir)
+                    cache_mode=cache, cache_dir=cache_dir, plan_file=plan_file)
     dice = ", ".join(f"{k} {v:.4f}" for k, v in res.val_dice.items())
     what = f"an ensemble of {ensemble or plan.ensemble} networks, " if (ensemble or plan.ensemble) > 1 else ""
     from medseg.train.store import cache_folder

@@ -61,7 +61,7 @@ def train_ensemble(plan: Plan, run_dir: str | os.PathLike, members: int | None =
                    max_epochs: int | None = None, max_minutes: float | None = None, resume: bool = False,
                    device: str = "auto", progress: bool = True, num_threads: int | None = None,
                    tensorboard: bool = False, cache_mode: str | None = None,
-                   cache_dir: str | os.PathLike | None = None):
+                   cache_dir: str | os.PathLike | None = None, plan_file: str | os.PathLike | None = None):
     """Train ``members`` (default ``plan.ensemble``) networks one after another within one time budget and write
     the ensemble artifact; returns a :class:`medseg.train.trainer.TrainResult` (iterations summed over members,
     Dice of the ensemble on the validation fold).
@@ -90,6 +90,9 @@ def train_ensemble(plan: Plan, run_dir: str | os.PathLike, members: int | None =
         CPU threads for torch (default: the plan's, else torch's).
     tensorboard, cache_mode, cache_dir
         As above.
+    plan_file : path, optional
+        The YAML file ``plan`` was read from: when it is the run folder's ``plan.yaml`` it is left as it is, and a
+        new run whose options would change it is refused (:func:`medseg.train.run_folder.check_run_folder`).
 
     Returns
     -------
@@ -103,6 +106,7 @@ def train_ensemble(plan: Plan, run_dir: str | os.PathLike, members: int | None =
     from medseg.train.dataset import open_dataset
     from medseg.train.splits import fold_split
     from medseg.infer.devices import parse_device
+    from medseg.train.run_folder import check_run_folder, write_plan
     from medseg.train.trainer import TrainResult, train, validate, validation_cost
 
     t0 = time.monotonic()
@@ -137,9 +141,10 @@ def train_ensemble(plan: Plan, run_dir: str | os.PathLike, members: int | None =
     if num_threads or plan.num_threads:
         torch.set_num_threads(int(num_threads or plan.num_threads))
     k = plan.ensemble
+    ds = open_dataset(plan.dataset)  # before anything is written
+    check_run_folder(plan, run_dir, plan_file, resume)
     run_dir.mkdir(parents=True, exist_ok=True)
-    plan.to_yaml(run_dir / "plan.yaml")
-    ds = open_dataset(plan.dataset)
+    write_plan(plan, run_dir / "plan.yaml")
     split_file = run_dir / "splits.json"
     val_ids = fold_split(run_dir, ds, plan)["val"]
     by_id = {c.id: c for c in ds.cases}

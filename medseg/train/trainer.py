@@ -39,13 +39,13 @@ from medseg.train.checkpoint import LastIteration, asked_plan, check_resume, dat
 from medseg.train.cache import AUTO_SHARE, DiskCache, LazyCases, available_memory, cache_cases, on_disk, sample_size
 from medseg.train.ema import WeightEMA, averaged_weights
 from medseg.train.losses import SegLoss, confusion_dice
+from medseg.train.run_folder import check_run_folder, write_plan
 from medseg.train.runlog import append_row, progress_bar, rewrite_log
 from medseg.train.sampling import augment, sample_batch
 from medseg.train.schedule import PolyLR
 from medseg.train.store import cache_folder
 from medseg.train.splits import fold_split
 from medseg.train.tblog import ScalarLog, require_tensorboard
-
 
 @dataclass
 class TrainResult:
@@ -136,7 +136,7 @@ def train(plan: Plan | str | os.PathLike | None, run_dir: str | os.PathLike, fol
           max_minutes: float | None = None, resume: bool = False, device: str = "auto",
           progress: bool = True, num_threads: int | None = None, validation: bool = True,
           cache: dict | None = None, tensorboard: bool = False, cache_mode: str | None = None,
-          cache_dir: str | os.PathLike | None = None) -> TrainResult:
+          cache_dir: str | os.PathLike | None = None, plan_file: str | os.PathLike | None = None) -> TrainResult:
     """Train ``plan`` into ``run_dir``; see the module docstring. Runs under torchrun (DDP) unchanged.
 
     ``validation=False`` skips validation (an ensemble validates its members together); ``cache``: see
@@ -145,6 +145,8 @@ def train(plan: Plan | str | os.PathLike | None, run_dir: str | os.PathLike, fol
     resuming, e.g. on a machine with less RAM). ``plan`` may be a dataset folder or a plan/config YAML, as for
     ``medseg train`` (:func:`medseg.plan.planner.load_plan`); when resuming also ``None`` (the run's own plan), and
     any other plan may differ from the run's only in :data:`medseg.train.checkpoint.RESUMABLE` settings.
+    ``plan_file``: the YAML file a ``Plan`` given was read from (a file given as ``plan`` is one): when it is the
+    run folder's ``plan.yaml`` it is left as it is, and a new run whose options would change it is refused.
     KeyboardInterrupt (Ctrl-C, or SIGTERM under the CLI) is re-raised after the run saved its mid-epoch checkpoint;
     each iteration's update holds interrupts back until it is complete (under DDP: until every rank has completed
     the same iteration; a second signal is delivered at once)."""
@@ -164,6 +166,7 @@ def train(plan: Plan | str | os.PathLike | None, run_dir: str | os.PathLike, fol
     if not resume and not isinstance(plan, Plan):
         from medseg.plan.planner import load_plan
 
+        plan_file = plan if Path(plan).is_file() else plan_file
         plan = load_plan(plan, str(requested), max_minutes, progress)
     if resume:
         if not latest.is_file():
@@ -200,6 +203,7 @@ def train(plan: Plan | str | os.PathLike | None, run_dir: str | os.PathLike, fol
     if ck is not None:  # so is a dataset with the run's case ids but other files
         check_resume(plan, None, Path(plan.dataset), ck.get("data"),
                      data_stamp(c for c in ds.cases if c.id in (ck.get("data") or {})))
+    check_run_folder(plan, run_dir, plan_file, resume)
     show = progress and rank == 0
     # what this run creates is removed again if the data turn out to be bad (a resumed run keeps its folder)
     created = [p for p in (run_dir, cache_folder(plan, run_dir)) if p and not p.exists()] if rank == 0 else []
@@ -207,7 +211,7 @@ def train(plan: Plan | str | os.PathLike | None, run_dir: str | os.PathLike, fol
         if rank == 0:
             run_dir.mkdir(parents=True, exist_ok=True)
             remove_stale_temporaries(run_dir)  # a checkpoint being written when the run was killed outright
-            plan.to_yaml(run_dir / "plan.yaml")
+            write_plan(plan, run_dir / "plan.yaml")
         split = fold_split(run_dir, ds, plan, write=rank == 0)
         by_id = {c.id: c for c in ds.cases}
         stamp = data_stamp(by_id[i] for i in split["train"] + split["val"])
