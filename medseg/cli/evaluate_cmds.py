@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Optional
 
@@ -48,6 +49,31 @@ def _parse_cap(text: str | None):
         raise InputError(f"--distance-cap: expected a positive MM or 'diagonal', got {text!r}") from None
 
 
+def _lesion_classes(lesions: list[str], labels) -> list[str]:
+    """``lesions``, refused when one can name no class: without ``--labels`` the classes are the values found,
+    named ``label_<value>`` (with it, ``evaluate_folder`` checks them against the table)."""
+    from medseg.evaluate.lesions import unnamed_lesion_classes
+
+    bad = unnamed_lesion_classes(lesions) if labels is None else []
+    if bad:
+        raise InputError(f"--lesion-classes {bad[0]!r} names no class: without --labels the classes are the label "
+                         "values found (1, 2, ... or label_1, label_2, ...); name them with --labels dataset.json")
+    return lesions
+
+
+def _warn_absent_lesion_classes(lesions: list[str], report: dict, labels) -> None:
+    """One warning line for lesion classes found in no case (no --labels): they have no lesion metrics. A warning,
+    not an error: a cohort without any lesion of that class is a valid cohort."""
+    import warnings
+
+    from medseg.evaluate.lesions import absent_lesion_classes
+
+    absent = absent_lesion_classes(lesions, report["settings"]["labels"]) if labels is None else []
+    if absent:
+        warnings.warn(f"--lesion-classes {', '.join(absent)}: no such label value in any prediction or reference, "
+                      "so no lesion-wise metrics for it", stacklevel=2)
+
+
 @app.command("evaluate")
 def evaluate(
     pred: Path = typer.Option(..., "--pred", "-p", help="Predicted label map, or a folder of them."),
@@ -58,8 +84,9 @@ def evaluate(
     spacing_from: Optional[str] = typer.Option(
         None, "--spacing-from", help="'ref' or 'pred': only the shapes must match, use that side's spacing "
         "(default: pred and ref must share shape and affine)."),
-    geometry_tolerance: float = typer.Option(1e-3, "--geometry-tolerance", min=0.0, help="Largest distance (mm) "
-                                             "between the two grids' positions of a voxel still taken as one grid."),
+    geometry_tolerance: float = typer.Option(1e-3, "--geometry-tolerance", min=0.0, help="Largest distance (mm, "
+                                             "finite) between the two grids' positions of a voxel still taken as "
+                                             "one grid."),
     nsd_tolerance: str = typer.Option("2", "--nsd-tolerance", help="NSD tolerance in mm: MM or CLASS=MM,...,default=MM."),
     lesion_classes: str = typer.Option("", "--lesion-classes", help="Comma-separated 'thing' classes (names or "
                                        "values) for lesion-wise metrics (connected components matched at IoU)."),
@@ -72,13 +99,16 @@ def evaluate(
     """Per-class Dice, IoU, HD95, ASSD, NSD, volumes (and lesion-wise metrics) of predictions against references."""
     from medseg.evaluate.folder import evaluate_folder
 
+    if not math.isfinite(geometry_tolerance):  # inf takes every grid for the reference's: nothing re-indexed
+        raise InputError(f"--geometry-tolerance: expected a finite MM >= 0, got {geometry_tolerance}")
+    lesions = [s.strip() for s in lesion_classes.split(",") if s.strip()]
     report = evaluate_folder(
         pred, ref, out_dir=out, labels=labels, spacing_from=spacing_from,
-        nsd_tolerance=parse_tolerance(nsd_tolerance),
-        lesion_classes=[s.strip() for s in lesion_classes.split(",") if s.strip()],
+        nsd_tolerance=parse_tolerance(nsd_tolerance), lesion_classes=_lesion_classes(lesions, labels),
         distance_cap=_parse_cap(distance_cap), surface=not no_surface, workers=workers,
         geometry_tolerance=geometry_tolerance,
         progress=False if quiet else None)
+    _warn_absent_lesion_classes(lesions, report, labels)
     if not quiet:
         fg = report["foreground_mean"]
         parts = [f"{k} {fg[k]:.4f}" for k in ("dice", "iou", "hd95", "nsd") if k in fg and fg[k] == fg[k]]

@@ -23,11 +23,14 @@ def export_cmd(
                                              help="DICOM series folder (required for dicom-seg and rtstruct)."),
     labels: Optional[Path] = typer.Option(None, "--labels", help="dataset.json (MSD or nnU-Net) or a {value: "
                                           "name} JSON naming the labels."),
-    series: Optional[str] = typer.Option(None, "--series", help="Series UID or index when the folder holds several."),
-    model_name: Optional[str] = typer.Option(None, "--model-name", help="Model name recorded in the DICOM objects."),
-    seg_type: str = typer.Option("binary", "--seg-type", help="DICOM-SEG type: binary (default) or labelmap."),
-    rt_holes: str = typer.Option("keyhole", "--rt-holes",
-                                 help="RTSTRUCT holes: keyhole (default; any reader) or separate (even-odd rule)."),
+    series: Optional[str] = typer.Option(None, "--series", help="Series UID or index when the --reference folder "
+                                         "holds several."),
+    model_name: Optional[str] = typer.Option(None, "--model-name", help="Model name recorded in the DICOM objects "
+                                             "(dicom-seg, rtstruct)."),
+    seg_type: Optional[str] = typer.Option(None, "--seg-type", help="DICOM-SEG type: binary (default) or labelmap "
+                                           "(dicom-seg only)."),
+    rt_holes: Optional[str] = typer.Option(None, "--rt-holes", help="RTSTRUCT holes: keyhole (default; any reader) "
+                                           "or separate (even-odd rule) (rtstruct only)."),
 ) -> None:
     """Export a label map to DICOM-SEG, RTSTRUCT, 3D Slicer .seg.nrrd or NIfTI with colour tables."""
     from medseg.export import export_segmentation

@@ -40,11 +40,13 @@ def convert_cmd(
                                  help="Output file (.nii.gz, .nii, .nrrd, .mha) or folder (one file per series; "
                                       "a trailing '/' makes any name a folder)."),
     series: Optional[str] = typer.Option(None, "--series",
-                                         help="DICOM series to convert (index or SeriesInstanceUID)."),
+                                         help="DICOM series to convert (index or SeriesInstanceUID); for a "
+                                              "DICOM-SEG/RTSTRUCT input, the series of --reference it lies on."),
     allow_tilt: bool = typer.Option(False, "--allow-tilt",
                                     help="Resample gantry-tilted series onto an orthogonal grid."),
     reference: Optional[Path] = typer.Option(None, "--reference",
-                                             help="Image series a DICOM-SEG/RTSTRUCT refers to."),
+                                             help="Image series a DICOM-SEG/RTSTRUCT input refers to (only for "
+                                                  "those inputs)."),
     rt_fill: str = typer.Option("centre", "--rt-fill",
                                 help="RTSTRUCT rasterisation: 'centre' (pixel centres inside, like plastimatch) or "
                                      "'edge' (also pixels the contour crosses, like rt-utils/OpenCV)."),

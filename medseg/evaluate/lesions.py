@@ -89,3 +89,34 @@ def lesion_metrics(ref: np.ndarray, pred: np.ndarray, thresholds=DEFAULT_THRESHO
         return instance_metrics(np.zeros(1, np.uint8), np.zeros(1, np.uint8), thresholds)
     return instance_metrics(connected_components(ref[box], connectivity),
                             connected_components(pred[box], connectivity), thresholds)
+
+
+def _as_value(name: str) -> int | None:
+    """The label value a class name can stand for without a label table: ``"3"`` or ``"label_3"`` (as
+    :func:`medseg.io.labels.label_names` names found values); else None."""
+    text = name[len("label_"):] if name.startswith("label_") else name
+    return int(text) if text.isdigit() and str(int(text)) == text and int(text) > 0 else None
+
+
+def unnamed_lesion_classes(lesion_classes) -> list[str]:
+    """The lesion classes that can name no class when the classes are the values found (no label table).
+
+    Examples
+    --------
+    >>> unnamed_lesion_classes(["1", "label_2", "tumour", "0", "03"])
+    ['tumour', '0', '03']
+    """
+    return [str(c) for c in lesion_classes if _as_value(str(c)) is None]
+
+
+def absent_lesion_classes(lesion_classes, labels: dict) -> list[str]:
+    """The lesion classes that are none of the evaluated classes (``labels``: ``{value: name}``, as the report's
+    settings hold it): no lesion metrics were computed for them.
+
+    Examples
+    --------
+    >>> absent_lesion_classes(["1", "label_2", "99"], {"1": "label_1", "2": "label_2"})
+    ['99']
+    """
+    known = {str(k) for k in labels} | {str(v) for v in labels.values()}
+    return [str(c) for c in lesion_classes if str(c) not in known]

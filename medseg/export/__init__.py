@@ -17,6 +17,7 @@ from medseg.errors import InputError
 
 FORMATS = ("dicom-seg", "rtstruct", "seg-nrrd", "nifti")
 DICOM_FORMATS = ("dicom-seg", "rtstruct")
+RT_HOLES = ("keyhole", "separate")
 
 
 def _integer_labels(label_image, source) -> np.ndarray:
@@ -43,6 +44,27 @@ def _check_output_name(fmt: str, out_path: Path) -> None:
                          f"not {full_suffix(out_path)}", path=out_path)
 
 
+def _check_options(fmt: str, reference, series, seg_type: str | None, rt_holes: str | None,
+                   model_name: str | None) -> None:
+    """Refuse an option value no format knows, or one this format would ignore (a user who asked for a labelmap
+    SEG, keyhole-free contours or a series must not get a file made without them, unwarned)."""
+    from medseg.export.dicom_seg import SEG_TYPES
+
+    if seg_type is not None and str(seg_type).lower() not in SEG_TYPES:
+        raise InputError(f"unknown --seg-type {seg_type!r} (use one of {', '.join(SEG_TYPES)})")
+    if rt_holes is not None and rt_holes not in RT_HOLES:
+        raise InputError(f"unknown RTSTRUCT hole style {rt_holes!r} (use keyhole or separate)")
+    for option, value, formats in (("--seg-type", seg_type, ("dicom-seg",)), ("--rt-holes", rt_holes, ("rtstruct",)),
+                                   ("--model-name", model_name, DICOM_FORMATS)):
+        if value is not None and fmt not in formats:
+            raise InputError(f"{option} is an option of --format {' and '.join(formats)}; --format {fmt} has no "
+                             "use for it")
+    if reference is None and fmt in DICOM_FORMATS:
+        raise InputError(f"--format {fmt} needs the DICOM series it refers to (--reference DIR)")
+    if reference is None and series is not None:
+        raise InputError("--series picks a series of the --reference folder, and no --reference was given")
+
+
 def _check_all_named(arr: np.ndarray, names: dict[int, str], source, labels_file) -> None:
     """Given label names must cover the map: a value silently exported as 'label_N' hides a wrong labels file."""
     from medseg.evaluate.overlap import present_labels
@@ -62,7 +84,7 @@ def _check_all_named(arr: np.ndarray, names: dict[int, str], source, labels_file
 
 def export_segmentation(label_image, reference: str | os.PathLike | None, fmt: str, out_path: str | os.PathLike,
                         labels: dict[int, str] | str | os.PathLike | None = None, series: str | int | None = None,
-                        model_name: str | None = None, seg_type: str = "binary", rt_holes: str = "keyhole",
+                        model_name: str | None = None, seg_type: str | None = None, rt_holes: str | None = None,
                         labels_file: str | os.PathLike | None = None) -> Path:
     """Export a label map for viewers and planning systems.
 
@@ -82,14 +104,15 @@ def export_segmentation(label_image, reference: str | os.PathLike | None, fmt: s
         When given, it must name every non-zero value of the label map (without it, value ``N`` is
         called ``label_N``).
     series : str, int or SeriesInfo, optional
-        Series UID or index when ``reference`` holds several series (or the discovered series itself).
+        Series UID or index when ``reference`` holds several series (or the discovered series itself);
+        without ``reference``, an ``InputError``.
     model_name : str, optional
-        Recorded in the algorithm identification.
-    seg_type : {'binary', 'labelmap'}
-        DICOM-SEG type.
-    rt_holes : {'keyhole', 'separate'}
-        RTSTRUCT holes: joined to their outer contour by zero-width keyholes (readers agree whether
-        they union or XOR contours), or separate contours for the even-odd rule.
+        Recorded in the algorithm identification (DICOM formats only).
+    seg_type : {'binary', 'labelmap'}, optional
+        DICOM-SEG type (default binary); ``dicom-seg`` only.
+    rt_holes : {'keyhole', 'separate'}, optional
+        RTSTRUCT holes (``rtstruct`` only): joined to their outer contour by zero-width keyholes (the
+        default; readers agree whether they union or XOR contours), or separate contours for the even-odd rule.
     labels_file : path, optional
         The file ``labels`` was read from, named in errors.
 
@@ -123,10 +146,7 @@ def export_segmentation(label_image, reference: str | os.PathLike | None, fmt: s
     fmt = str(fmt).lower()
     if fmt not in FORMATS:
         raise InputError(f"unknown --format {fmt!r} (use one of {', '.join(FORMATS)})")
-    if rt_holes not in ("keyhole", "separate"):
-        raise InputError(f"unknown RTSTRUCT hole style {rt_holes!r} (use keyhole or separate)")
-    if reference is None and fmt in DICOM_FORMATS:
-        raise InputError(f"--format {fmt} needs the DICOM series it refers to (--reference DIR)")
+    _check_options(fmt, reference, series, seg_type, rt_holes, model_name)
     # the small inputs and the output's name are checked before the label map and the series (large) are read
     if isinstance(labels, (str, os.PathLike)):  # a dataset.json, as --labels takes it
         labels, labels_file = read_label_names(labels), labels
@@ -165,11 +185,12 @@ def export_segmentation(label_image, reference: str | os.PathLike | None, fmt: s
         if fmt == "dicom-seg":
             from medseg.export.dicom_seg import write_dicom_seg
 
-            return write_dicom_seg(arr, ref, infos, out_path, model_name=model_name, seg_type=seg_type,
+            return write_dicom_seg(arr, ref, infos, out_path, model_name=model_name, seg_type=seg_type or "binary",
                                    protect=protect)
         from medseg.export.rtstruct import write_rtstruct
 
-        return write_rtstruct(arr, ref, infos, out_path, model_name=model_name, holes=rt_holes, protect=protect)
+        return write_rtstruct(arr, ref, infos, out_path, model_name=model_name, holes=rt_holes or "keyhole",
+                              protect=protect)
     if ref is not None:  # (regular: checked above)
         label_image = Image(arr, ref.grid_affine(), {**label_image.meta, **ref.meta})
     from medseg.io.writers import label_dtype

@@ -74,7 +74,7 @@ def describe(path: str | os.PathLike, series: str | int | None = None) -> list[d
     path : path
         An image file or a DICOM file or folder.
     series : str or int, optional
-        Only this DICOM series (index or SeriesInstanceUID).
+        Only this DICOM series (index or SeriesInstanceUID); for any other input, an ``InputError``.
 
     Returns
     -------
@@ -94,6 +94,8 @@ def describe(path: str | os.PathLike, series: str | int | None = None) -> list[d
     if not path.exists():
         raise InputError("no such file or folder", path=path)
     segmentation = path.is_file() and _dicom_modality(path) in ("SEG", "RTSTRUCT")
+    if series is not None and (segmentation or not _is_dicom_input(path)):
+        _refuse_series(path, "this is a DICOM-SEG/RTSTRUCT file" if segmentation else "this is not a DICOM file")
     if not _is_dicom_input(path) or segmentation:
         img = _import_segmentation(path, None) if segmentation else read_image(path)
         rec = {"index": 0, "source": str(path), **image_summary(img)}
@@ -197,13 +199,19 @@ def _own_series(path: Path) -> dict[str, str]:
     return {field: str(ds.get(key, "") or "") for field, key in keys.items()}
 
 
-def _import_segmentation(path: Path, reference, rt_fill: str = "centre") -> Image:
+def _refuse_series(path: Path, why: str = "this is not a DICOM file") -> None:
+    """``InputError``: ``--series`` given for an input without series to pick from (ignoring it would hide a
+    wrong input); worded as ``medseg predict`` words it."""
+    raise InputError(f"--series picks a DICOM series, but {why}", path=path)
+
+
+def _import_segmentation(path: Path, reference, rt_fill: str = "centre", series: str | int | None = None) -> Image:
     try:
         from medseg.export.importers import import_segmentation
     except ImportError:
         raise InputError("reading DICOM-SEG/RTSTRUCT needs medseg.export.importers, which this installation "
                          "lacks", path=path) from None
-    return import_segmentation(path, reference=reference, rt_fill=rt_fill)
+    return import_segmentation(path, reference=reference, series=series, rt_fill=rt_fill)
 
 
 def convert(input: str | os.PathLike, output: str | os.PathLike, series: str | int | None = None,
@@ -228,11 +236,12 @@ def convert(input: str | os.PathLike, output: str | os.PathLike, series: str | i
     output : path
         The file, or the folder, to write.
     series : str or int, optional
-        Only this DICOM series (index or SeriesInstanceUID).
+        Only this DICOM series (index or SeriesInstanceUID); for a DICOM-SEG / RTSTRUCT, the series of
+        ``reference`` it lies on. An input without series to pick from is an ``InputError``.
     allow_tilt : bool
         Resample gantry-tilted series instead of refusing them.
     reference : path, optional
-        The series a DICOM-SEG / RTSTRUCT refers to.
+        The series a DICOM-SEG / RTSTRUCT refers to (for any other input, an ``InputError``).
     suffix : str
         Format of the files written into a folder.
     rt_fill : {'centre', 'edge'}
@@ -271,8 +280,17 @@ def convert(input: str | os.PathLike, output: str | os.PathLike, series: str | i
     _refuse_output_in_input(src, dst)
     notes: list[str] = []  # skipped DICOM series: said once the input passed every check
     modality = _dicom_modality(src)
-    if modality in ("SEG", "RTSTRUCT"):
-        images = [(dst / f"{src.stem}{suffix}" if to_folder else dst, _import_segmentation(src, reference, rt_fill))]
+    segmentation = modality in ("SEG", "RTSTRUCT")
+    if series is not None and (reference is None if segmentation else not _is_dicom_input(src)):
+        # a DICOM-SEG/RTSTRUCT's --series picks one series of its --reference folder
+        _refuse_series(src, "no --reference folder was given to pick it from" if segmentation else
+                       "this is not a DICOM file")
+    if reference is not None and not segmentation:  # it would be ignored: the input has its own grid
+        raise InputError("--reference is the image series a DICOM-SEG or RTSTRUCT refers to; this input is "
+                         "neither (it has its own grid)", path=src)
+    if segmentation:
+        images = [(dst / f"{src.stem}{suffix}" if to_folder else dst,
+                   _import_segmentation(src, reference, rt_fill, series))]
     elif _is_dicom_input(src):
         from medseg.io.dicom import load_series
         from medseg.io.dicom_files import dicom_root
