@@ -15,7 +15,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 
 import medseg
 from test_train import _free_port, read_log, tiny_plan
@@ -85,29 +84,3 @@ def test_a_rank_that_fails_keeps_its_exit_code_and_message(tmp_path):
     assert f"rank{rank}" in os.listdir(tmp_path / "marks")
     assert not (tmp_path / "run").exists()
 
-
-THREADS = """
-import os, sys
-from medseg.train.trainer import train
-train(sys.argv[1], sys.argv[2] + os.environ["RANK"], device="cpu", progress=False)
-names = [open(f"/proc/self/task/{t}/comm").read().strip() for t in os.listdir("/proc/self/task")]
-print("RANK", os.environ["RANK"], "THREADS", ",".join(sorted(names)), flush=True)
-"""
-
-
-@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="lists threads through Linux's /proc")
-def test_training_through_the_python_api_leaves_no_gloo_threads(tmp_path):
-    """A script calling ``train`` under torchrun (no CLI to end it): once ``train`` returns, the process group's
-    threads are gone, so the interpreter's teardown has none to abort on."""
-    plan = tiny_plan(tmp_path, max_epochs=1, iterations_per_epoch=2)
-    script = tmp_path / "script.py"
-    script.write_text(THREADS)
-    env = {**os.environ, "PYTHONPATH": str(PACKAGE_ROOT), "OMP_NUM_THREADS": "1"}
-    p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-                        "--master_addr=127.0.0.1", f"--master_port={_free_port()}", str(script), str(plan),
-                        str(tmp_path / "run")], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
-    assert p.returncode == 0, p.stderr[-3000:]
-    rows = [line.split() for line in p.stdout.splitlines() if line.startswith("RANK")]
-    assert sorted(r[1] for r in rows) == ["0", "1"], p.stdout
-    for r in rows:
-        assert "gloo" not in r[3], r  # e.g. gloo_tcp_loop, pt_gloo_runloop

@@ -40,10 +40,10 @@ def console(argv: list[str] | None = None) -> NoReturn:
     """The ``medseg`` program (console script, ``python -m medseg``): :func:`main`, then exit with its code.
 
     A torchrun rank ends without the interpreter's teardown, after the atexit handlers (logging, temporary
-    folders) and a flush of stdout and stderr: in torch 2.13 gloo's worker threads outlive
-    ``destroy_process_group`` once DDP has imported torch._dynamo, and tearing them down at exit can abort the
-    process ('terminate called without an active exception', SIGABRT) after the run has succeeded, which torchrun
-    reports as a failed run."""
+    folders) and a flush of stdout and stderr: in torch 2.13 gloo's process group and its threads outlive
+    ``destroy_process_group`` once DDP has imported torch._inductor (:func:`medseg.train.ddp.cleanup`), and tearing
+    them down at exit can abort the process ('terminate called without an active exception', SIGABRT) after the
+    run has succeeded, which torchrun reports as a failed run."""
     code = main(argv)
     if _started_distributed():
         import atexit

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 import os
 from contextlib import contextmanager
 
@@ -26,12 +25,6 @@ def setup(device: str | torch.device = "auto") -> tuple[int, int]:
         use_cuda = parse_device(device, require_available=False).type == "cuda" and torch.cuda.is_available()
         if use_cuda:
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-        # torch 2.13: importing torch._inductor (DDP imports it through torch._dynamo) while a process group exists
-        # takes references to that group that destroy_process_group does not drop, so gloo's worker threads live on
-        # to the interpreter's teardown, where they can abort a rank that has finished ('terminate called without
-        # an active exception'). Imported before the group exists, the group and its threads end at cleanup().
-        importlib.import_module("torch._dynamo")  # not 'import torch._dynamo': that makes torch local here
-
         global _started
         _started = True  # before: a failed set-up may leave threads too
         dist.init_process_group("nccl" if use_cuda else "gloo")
@@ -108,5 +101,11 @@ def closed_on_interrupt(world: int):
 
 
 def cleanup(world: int) -> None:
+    """Close the process group. In torch 2.13 the group object outlives this once DDP has imported torch._inductor
+    (which keeps references to the group), and gloo's threads with it. Making it freed instead (importing
+    torch._dynamo before the group exists) deadlocked now and then: the last reference, dropped with the GIL held,
+    joins a gloo thread that waits for the GIL to free a finished collective's tensors. Left to the interpreter's
+    teardown, those threads can abort the process instead, so the ``medseg`` program ends a rank without it
+    (:func:`medseg.cli.console`)."""
     if world > 1 and dist.is_initialized():
         dist.destroy_process_group()
