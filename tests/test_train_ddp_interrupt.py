@@ -77,10 +77,11 @@ def hooked(*a, **k):  # only rank 0 validates; only it gets the signal, at the s
     os.kill(os.getpid(), signal.SIGINT)
     return real(*a, **k)
 trainer.validate = hooked
+from medseg.train import ddp
 try:
     trainer.train(sys.argv[1], sys.argv[2], device="cpu", progress=False)
 except KeyboardInterrupt:
-    sys.exit(130)
+    ddp.end_process(130)  # as README says a script under torchrun ends
 """
 
 
@@ -114,11 +115,12 @@ def hooked(*a, **k):
         os.kill(os.getpid(), signal.SIGTERM)
     return real(*a, **k)
 trainer.sample_batch = hooked
+from medseg.train import ddp
 try:
     trainer.train(sys.argv[1], sys.argv[2], device="cpu", progress=False)
     print("RETURNED", os.environ["RANK"], flush=True)
 except KeyboardInterrupt:
-    sys.exit(130)
+    ddp.end_process(130)  # as README says a script under torchrun ends
 """
 
 DISK_FULL = """

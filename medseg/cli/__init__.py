@@ -39,22 +39,14 @@ def main(argv: list[str] | None = None) -> int:
 def console(argv: list[str] | None = None) -> NoReturn:
     """The ``medseg`` program (console script, ``python -m medseg``): :func:`main`, then exit with its code.
 
-    A torchrun rank ends without the interpreter's teardown, after the atexit handlers (logging, temporary
-    folders) and a flush of stdout and stderr: in torch 2.13 gloo's process group and its threads outlive
-    ``destroy_process_group`` once DDP has imported torch._inductor (:func:`medseg.train.ddp.cleanup`), and tearing
-    them down at exit can abort the process ('terminate called without an active exception', SIGABRT) after the
+    A torchrun rank ends without the interpreter's teardown (:func:`medseg.train.ddp.end_process`), after the
+    atexit handlers (logging, temporary folders) and a flush of stdout and stderr: in torch 2.13 gloo's process
+    group and its threads outlive ``destroy_process_group`` once DDP has imported torch._inductor
+    (:func:`medseg.train.ddp.cleanup`), and tearing them down at exit can abort the process ('terminate called without an active exception', SIGABRT) after the
     run has succeeded, which torchrun reports as a failed run."""
     code = main(argv)
     if _started_distributed():
-        import atexit
-
-        atexit._run_exitfuncs()
-        for stream in (sys.stdout, sys.stderr):
-            try:
-                stream.flush()
-            except (OSError, ValueError):  # a closed pipe: nothing left to say
-                pass
-        os._exit(code)
+        sys.modules["medseg.train.ddp"].end_process(code)
     sys.exit(code)
 
 

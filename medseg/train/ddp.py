@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from contextlib import contextmanager
+from typing import NoReturn
 
 import torch
 import torch.distributed as dist
@@ -106,6 +107,24 @@ def cleanup(world: int) -> None:
     torch._dynamo before the group exists) deadlocked now and then: the last reference, dropped with the GIL held,
     joins a gloo thread that waits for the GIL to free a finished collective's tensors. Left to the interpreter's
     teardown, those threads can abort the process instead, so the ``medseg`` program ends a rank without it
-    (:func:`medseg.cli.console`)."""
+    (:func:`end_process`)."""
     if world > 1 and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def end_process(code: int) -> NoReturn:
+    """End this process with ``code`` after its atexit handlers (logging, temporary folders) and a flush of stdout
+    and stderr, without the interpreter's teardown, where gloo's leftover threads can abort it (:func:`cleanup`).
+
+    The ``medseg`` program ends every torchrun rank so; a script that calls :func:`medseg.train.trainer.train` under
+    torchrun can end with it too (``ddp.end_process(0)``, or 130 after a KeyboardInterrupt)."""
+    import atexit
+    import sys
+
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe: nothing left to say
+            pass
+    os._exit(code)
