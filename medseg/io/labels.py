@@ -34,7 +34,11 @@ _INT = re.compile(r"\s*-?\d+\s*")
 
 
 def _show(x) -> str:
-    return f"{float(x):.6g}" if isinstance(x, (float, np.floating)) else str(x)
+    """A value for a message; a fractional one never shown as a whole number (0.9999999998, not 1)."""
+    if not isinstance(x, (float, np.floating)):
+        return str(x)
+    short = f"{float(x):.6g}"
+    return repr(float(x)) if float(short).is_integer() and not float(x).is_integer() else short
 
 
 def integer_labels(arr, path: str | os.PathLike | None = None, what: str | None = None) -> np.ndarray:
