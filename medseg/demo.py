@@ -107,6 +107,8 @@ def run_demo(data: Path, out: Path, train_minutes: float = 3.0) -> DemoContext:
     """Run every registered step; returns the context with the steps' results."""
     from medseg.demo_steps import register_all
 
+    if not 0 < train_minutes < float("inf"):  # else refused at training, after step 1 has written its files
+        raise InputError(f"--train-minutes must be a finite number of minutes > 0, got {train_minutes}")
     register_all()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

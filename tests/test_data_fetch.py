@@ -136,3 +136,21 @@ def test_fetch_without_network_is_a_clean_error_and_leaves_nothing(tmp_path, mon
     res = run_cli("data", "fetch", "msd-hippocampus", "-o", out)
     assert_clean_error(res, "download failed", mdata.SOURCES["msd-hippocampus"].url)
     assert not [p for p in out.rglob("*") if p.is_file()]
+
+
+def test_fetch_with_nothing_answering_is_a_clean_error_through_the_real_download(tmp_path, monkeypatch):
+    """As offline, but through urllib itself (no stand-in for urlopen): the source's host refuses the connection (a
+    loopback port nobody listens on). One line naming the URL, exit 2, no archive or partial file."""
+    import dataclasses
+    import socket
+
+    with socket.socket() as s:  # a port that was free a moment ago: nothing listens on it
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    src = mdata.SOURCES["msd-hippocampus"]
+    url = f"http://127.0.0.1:{port}/{src.url.rsplit('/', 1)[-1]}"
+    monkeypatch.setitem(mdata.SOURCES, "msd-hippocampus", dataclasses.replace(src, url=url))
+    out = tmp_path / "data"
+    res = run_cli("data", "fetch", "msd-hippocampus", "-o", out)
+    assert_clean_error(res, "download failed", url)
+    assert not [p for p in out.rglob("*") if p.is_file()]

@@ -307,12 +307,10 @@ def train_cells(data_dir, run_dir, cfg: CellTrainConfig | None = None, resume: b
 def _refuse_run_in_data(data_dir, run_dir: Path, cfg: CellTrainConfig) -> None:
     """Before anything is written: the run and its disk cache stay out of the dataset folder and its ``images/`` and
     ``labels/`` (another folder inside the dataset is not read by :func:`medseg.cells.data.list_cases`)."""
-    from medseg.io.paths import refuse_output_in_input
+    from medseg.io.paths import refuse_run_in_data
     from medseg.train.store import cache_folder
 
-    for folder, what in ((run_dir, "the run folder (-o)"), (cache_folder(cfg, run_dir), "the disk cache folder")):
-        if folder is not None:
-            refuse_output_in_input(folder, data_dir, ("images", "labels"), what)
+    refuse_run_in_data(run_dir, cache_folder(cfg, run_dir), data_dir, ("images", "labels"))
 
 
 def _prepare(data_dir, run_dir: Path, cfg: CellTrainConfig, progress: bool):

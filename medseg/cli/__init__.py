@@ -42,8 +42,8 @@ def console(argv: list[str] | None = None) -> NoReturn:
     A torchrun rank ends without the interpreter's teardown (:func:`medseg.train.ddp.end_process`), after the
     atexit handlers (logging, temporary folders) and a flush of stdout and stderr: in torch 2.13 gloo's process
     group and its threads outlive ``destroy_process_group`` once DDP has imported torch._inductor
-    (:func:`medseg.train.ddp.cleanup`), and tearing them down at exit can abort the process ('terminate called without an active exception', SIGABRT) after the
-    run has succeeded, which torchrun reports as a failed run."""
+    (:func:`medseg.train.ddp.cleanup`), and tearing them down at exit can abort the process ('terminate called
+    without an active exception', SIGABRT) after the run has succeeded, which torchrun reports as a failed run."""
     code = main(argv)
     if _started_distributed():
         sys.modules["medseg.train.ddp"].end_process(code)

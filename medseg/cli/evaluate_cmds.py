@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Optional
 
@@ -49,31 +48,6 @@ def _parse_cap(text: str | None):
         raise InputError(f"--distance-cap: expected a positive MM or 'diagonal', got {text!r}") from None
 
 
-def _lesion_classes(lesions: list[str], labels) -> list[str]:
-    """``lesions``, refused when one can name no class: without ``--labels`` the classes are the values found,
-    named ``label_<value>`` (with it, ``evaluate_folder`` checks them against the table)."""
-    from medseg.evaluate.lesions import unnamed_lesion_classes
-
-    bad = unnamed_lesion_classes(lesions) if labels is None else []
-    if bad:
-        raise InputError(f"--lesion-classes {bad[0]!r} names no class: without --labels the classes are the label "
-                         "values found (1, 2, ... or label_1, label_2, ...); name them with --labels dataset.json")
-    return lesions
-
-
-def _warn_absent_lesion_classes(lesions: list[str], report: dict, labels) -> None:
-    """One warning line for lesion classes found in no case (no --labels): they have no lesion metrics. A warning,
-    not an error: a cohort without any lesion of that class is a valid cohort."""
-    import warnings
-
-    from medseg.evaluate.lesions import absent_lesion_classes
-
-    absent = absent_lesion_classes(lesions, report["settings"]["labels"]) if labels is None else []
-    if absent:
-        warnings.warn(f"--lesion-classes {', '.join(absent)}: no such label value in any prediction or reference, "
-                      "so no lesion-wise metrics for it", stacklevel=2)
-
-
 @app.command("evaluate")
 def evaluate(
     pred: Path = typer.Option(..., "--pred", "-p", help="Predicted label map, or a folder of them."),
@@ -99,16 +73,13 @@ def evaluate(
     """Per-class Dice, IoU, HD95, ASSD, NSD, volumes (and lesion-wise metrics) of predictions against references."""
     from medseg.evaluate.folder import evaluate_folder
 
-    if not math.isfinite(geometry_tolerance):  # inf takes every grid for the reference's: nothing re-indexed
-        raise InputError(f"--geometry-tolerance: expected a finite MM >= 0, got {geometry_tolerance}")
-    lesions = [s.strip() for s in lesion_classes.split(",") if s.strip()]
     report = evaluate_folder(
         pred, ref, out_dir=out, labels=labels, spacing_from=spacing_from,
-        nsd_tolerance=parse_tolerance(nsd_tolerance), lesion_classes=_lesion_classes(lesions, labels),
+        nsd_tolerance=parse_tolerance(nsd_tolerance),
+        lesion_classes=[s.strip() for s in lesion_classes.split(",") if s.strip()],
         distance_cap=_parse_cap(distance_cap), surface=not no_surface, workers=workers,
         geometry_tolerance=geometry_tolerance,
         progress=False if quiet else None)
-    _warn_absent_lesion_classes(lesions, report, labels)
     if not quiet:
         fg = report["foreground_mean"]
         parts = [f"{k} {fg[k]:.4f}" for k in ("dice", "iou", "hd95", "nsd") if k in fg and fg[k] == fg[k]]

@@ -14,6 +14,7 @@ import numpy as np
 from medseg.errors import InputError
 from medseg.evaluate.cases import CasePair, check_geometry, pair_cases, read_label_map, spacing_mm
 from medseg.evaluate.instances import DEFAULT_THRESHOLDS
+from medseg.evaluate.lesions import absent_lesion_classes, unnamed_lesion_classes
 from medseg.evaluate.metrics import (DEFAULT_NSD_TOLERANCE, UnreferencedLabelsWarning, check_distance_settings,
                                      evaluate_case, values_text)
 from medseg.evaluate.overlap import present_labels
@@ -124,7 +125,10 @@ def evaluate_folder(pred: str | os.PathLike, ref: str | os.PathLike, out_dir: st
         Processes over cases.
     geometry_tolerance : float
         Largest difference (mm) allowed between the two affines' entries (float32 NIfTI headers
-        written by different tools differ by ~1e-5 mm).
+        written by different tools differ by ~1e-5 mm); finite.
+    lesion_classes : sequence of str
+        Classes (names or values) given lesion-wise metrics; without ``labels`` a value (``3`` or ``label_3``),
+        and one found in no case is said in a warning.
 
     Other parameters are those of :func:`medseg.evaluate.metrics.evaluate_case`.
 
@@ -158,6 +162,8 @@ def evaluate_folder(pred: str | os.PathLike, ref: str | os.PathLike, out_dir: st
     if spacing_from not in (None, "ref", "pred"):
         raise InputError(f"--spacing-from must be 'ref' or 'pred', not {spacing_from!r}")
     check_distance_settings(nsd_tolerance, distance_cap)
+    if not 0 <= geometry_tolerance < float("inf"):  # inf took every grid for the reference's: nothing re-indexed
+        raise InputError(f"--geometry-tolerance must be a finite number of mm >= 0, got {geometry_tolerance}")
     if isinstance(lesion_classes, str):  # "tumour,cyst" as on the command line, not its characters
         lesion_classes = [c.strip() for c in lesion_classes.split(",") if c.strip()]
     if isinstance(labels, (str, os.PathLike)):
@@ -168,6 +174,10 @@ def evaluate_folder(pred: str | os.PathLike, ref: str | os.PathLike, out_dir: st
     for lc in lesion_classes:
         if known_names is not None and str(lc) not in known_names:
             raise InputError(f"lesion class '{lc}' is not one of the labels ({', '.join(sorted(names.values()))})")
+    unnamed = unnamed_lesion_classes(lesion_classes) if known_names is None else []
+    if unnamed:  # without labels the classes are the values found, named label_<value>
+        raise InputError(f"--lesion-classes {unnamed[0]!r} names no class: without --labels the classes are the label "
+                         "values found (1, 2, ... or label_1, label_2, ...); name them with --labels dataset.json")
     if isinstance(nsd_tolerance, Mapping) and known_names is not None:
         unknown = sorted(str(k) for k in nsd_tolerance if str(k) != "default" and str(k) not in known_names)
         if unknown:  # a misspelt class would silently get the default tolerance
@@ -203,6 +213,10 @@ def evaluate_folder(pred: str | os.PathLike, ref: str | os.PathLike, out_dir: st
         _warn_unreferenced(per_case)
         found = sorted({v for c in per_case for v in c["labels"].values()})
         names = label_names(found)
+        absent = absent_lesion_classes(lesion_classes, {str(v): n for v, n in names.items()})
+        if absent:  # a warning, not an error: a cohort without any lesion of that class is a valid cohort
+            warnings.warn(f"--lesion-classes {', '.join(absent)}: no such label value in any prediction or "
+                          "reference, so no lesion-wise metrics for it", stacklevel=2)
     _fill_missing(per_case, names, kwargs)
     import medseg
 

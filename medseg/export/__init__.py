@@ -17,7 +17,6 @@ from medseg.errors import InputError
 
 FORMATS = ("dicom-seg", "rtstruct", "seg-nrrd", "nifti")
 DICOM_FORMATS = ("dicom-seg", "rtstruct")
-RT_HOLES = ("keyhole", "separate")
 
 
 def _integer_labels(label_image, source) -> np.ndarray:
@@ -48,11 +47,12 @@ def _check_options(fmt: str, reference, series, seg_type: str | None, rt_holes: 
                    model_name: str | None) -> None:
     """Refuse an option value no format knows, or one this format would ignore (a user who asked for a labelmap
     SEG, keyhole-free contours or a series must not get a file made without them, unwarned)."""
+    from medseg.export.contours import HOLES
     from medseg.export.dicom_seg import SEG_TYPES
 
     if seg_type is not None and str(seg_type).lower() not in SEG_TYPES:
         raise InputError(f"unknown --seg-type {seg_type!r} (use one of {', '.join(SEG_TYPES)})")
-    if rt_holes is not None and rt_holes not in RT_HOLES:
+    if rt_holes is not None and rt_holes not in HOLES:
         raise InputError(f"unknown RTSTRUCT hole style {rt_holes!r} (use keyhole or separate)")
     for option, value, formats in (("--seg-type", seg_type, ("dicom-seg",)), ("--rt-holes", rt_holes, ("rtstruct",)),
                                    ("--model-name", model_name, DICOM_FORMATS)):

@@ -17,6 +17,7 @@ import numpy as np
 from medseg.errors import InputError
 from medseg.io.atomic import atomic_path, case_name, full_suffix
 from medseg.io.image import Image
+from medseg.io.paths import refuse_output_in_input
 from medseg.io.readers import ITK, MICROSCOPY, NIFTI, WRITABLE, is_dicom_file, read_image
 from medseg.io.writers import write_unchecked
 from medseg.io.staging import staged_outputs
@@ -334,14 +335,8 @@ def _refuse_output_in_input(src: Path, dst: Path) -> None:
     from medseg.io.dicom_files import dicom_root
 
     folder = dicom_root(src)
-    if not folder.is_dir():
-        return
-    inside = Path(os.path.realpath(dst))  # where the output would really go (the folder need not exist yet)
-    real = Path(os.path.realpath(folder))
-    if inside == real or inside.is_relative_to(real):
-        what = "the input DICOM folder" if inside == real else "inside the input DICOM folder"
-        raise InputError(f"the output is {what} ({folder}): writing there would change the input; "
-                         "choose an output outside it", path=dst)
+    if folder.is_dir():  # discovery walks the whole folder
+        refuse_output_in_input(dst, folder, None, what="the output", input_name="the input DICOM folder")
 
 
 def _loaded(item, allow_tilt: bool) -> Image:

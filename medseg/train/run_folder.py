@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 from medseg.errors import InputError
-from medseg.io.paths import refuse_output_in_input
+from medseg.io.paths import refuse_run_in_data
 from medseg.plan.plan import Plan
 from medseg.train.store import cache_folder
 
@@ -30,9 +30,7 @@ def check_run_folder(plan: Plan, run_dir: Path, plan_file: str | os.PathLike | N
     """Refuse, before anything is written, what would change an input: a run or disk cache folder that is the
     dataset folder or lies in its data folders, and a new run from its own ``plan.yaml`` (``plan_file``) that the
     options given would rewrite (a resumed run's plan.yaml is the run's, updated as it goes on)."""
-    for folder, what in ((run_dir, "the run folder (-o)"), (cache_folder(plan, run_dir), "the disk cache folder")):
-        if folder is not None:
-            refuse_output_in_input(folder, plan.dataset, DATA_FOLDERS, what)
+    refuse_run_in_data(run_dir, cache_folder(plan, run_dir), plan.dataset, DATA_FOLDERS)
     own = run_dir / "plan.yaml"
     if not resume and plan_file is not None and own.is_file() and os.path.samefile(plan_file, own) and \
             (changed := _rewritten(plan, own)):

@@ -47,6 +47,7 @@ from medseg.train.store import cache_folder
 from medseg.train.splits import fold_split
 from medseg.train.tblog import ScalarLog, require_tensorboard
 
+
 @dataclass
 class TrainResult:
     run_dir: Path
