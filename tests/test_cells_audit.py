@@ -9,23 +9,9 @@ import re
 import numpy as np
 import pytest
 import tifffile
-from scipy.optimize import linear_sum_assignment
 
-from conftest import run_cli
-
-
-def _tp_fp_fn(ref: np.ndarray, pred: np.ndarray, thresh: float = 0.5) -> tuple[int, int, int]:
-    r_ids, ri = np.unique(ref, return_inverse=True)
-    p_ids, pi = np.unique(pred, return_inverse=True)
-    table = np.zeros((len(r_ids), len(p_ids)))
-    np.add.at(table, (ri.ravel(), pi.ravel()), 1)
-    iou = table / (table.sum(1, keepdims=True) + table.sum(0, keepdims=True) - table)
-    iou = iou[r_ids > 0][:, p_ids > 0]
-    tp = 0
-    if iou.size and (iou >= thresh).any():
-        a, b = linear_sum_assignment(-(iou >= thresh).astype(float) - iou / (2 * min(iou.shape)))
-        tp = int((iou[a, b] >= thresh).sum())
-    return tp, iou.shape[1] - tp, iou.shape[0] - tp
+from conftest import linked_cell_dataset, run_cli
+from test_cells_metrics import stardist_matching
 
 
 def test_evaluate_summary_names_mean_and_pooled_scores(tmp_path):
@@ -51,7 +37,7 @@ def test_evaluate_summary_names_mean_and_pooled_scores(tmp_path):
     got = re.search(r"2 image\(s\), mean over images \(pooled over all cells\): AP@0\.5 ([\d.]+) \(([\d.]+)\), "
                     r"F1@0\.5 ([\d.]+) \(([\d.]+)\), \|count error\| ([\d.]+)% \(([\d.]+)%\)", res.out)
     assert got, res.out
-    counts = {c: _tp_fp_fn(refs[c], preds[c]) for c in refs}
+    counts = {c: [stardist_matching(refs[c], preds[c], 0.5)[k] for k in ("tp", "fp", "fn")] for c in refs}
     n = {c: (len(np.unique(refs[c])) - 1, len(np.unique(preds[c])) - 1) for c in refs}
     tp, fp, fn = np.sum(list(counts.values()), axis=0)
     expected = [np.mean([t / (t + f + m) for t, f, m in counts.values()]), tp / (tp + fp + fn),
@@ -71,7 +57,11 @@ def test_a_negative_channel_is_refused_by_both_commands(tmp_path, command):
     rgb = np.zeros((32, 32, 3), np.uint8)
     rgb[8:16, 8:16, 2] = 200
     tifffile.imwrite(tmp_path / "a.tif", rgb, photometric="rgb")
-    src = ["-i", tmp_path / "a.tif", "--classical"] if command == "count" else [tmp_path]
+    if command == "count":
+        src = ["-i", tmp_path / "a.tif", "--classical"]
+    else:  # a real dataset, so that nothing but the option can be refused
+        linked_cell_dataset(tmp_path / "ds", 2)
+        src = [tmp_path / "ds"]
     res = run_cli("cells", command, *src, "-o", tmp_path / "out", "--channel", "-1")
     assert res.code == 2 and "--channel" in res.err and len(res.err.strip().splitlines()) == 1, res.err
     assert not (tmp_path / "out").exists()

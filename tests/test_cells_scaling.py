@@ -75,10 +75,11 @@ def test_classical_instances_keeps_few_float_maps_alive():
     from medseg.postprocess.classical import classical_instances
 
     truth, image = _discs((1024, 1024), 24, 9)
+    classical_instances(percentile_normalize(image[:128, :128]))  # a first call's one-time allocations, not the image's
     labels, peak = _numpy_peak(classical_instances, percentile_normalize(image))
     # before: the float64 image, its smoothed copy, the distance transform and the mask as float64 stayed alive
-    # through the watershed (82 bytes per pixel of numpy memory on this image; 58 after)
-    assert peak < 70 * image.size, peak / image.size
+    # through the watershed (67 bytes per pixel of numpy memory on this image; 43 after)
+    assert peak < 55 * image.size, peak / image.size
     assert int(labels.max()) == int(truth.max())  # every disc, once
 
 
@@ -89,8 +90,10 @@ def test_watershed_of_float32_maps_without_float64_copies_gives_the_float64_resu
     fg = ndi.gaussian_filter((truth > 0).astype(np.float32), 2)
     fg[::7, ::5] = np.float32(0.3)  # above 0.3 in float64 but not in float32: must stay foreground
     bd = ndi.gaussian_filter(((ndi.grey_dilation(truth, 3) != truth)).astype(np.float32), 1)
+    watershed_instances(fg[:128, :128], boundary=bd[:128, :128], threshold=0.3, seed_threshold=0.3)  # one-time costs
     out, peak = _numpy_peak(watershed_instances, fg, boundary=bd, threshold=0.3, seed_threshold=0.3)
-    # before: float64 copies of both maps and of their difference lived through the watershed (54 bytes per pixel)
+    # before: float64 copies of both maps and of their difference lived through the watershed (53 bytes per pixel;
+    # 37 after)
     assert peak < 46 * fg.size, peak / fg.size
     ref = watershed_instances(fg.astype(np.float64), boundary=bd.astype(np.float64), threshold=0.3,
                               seed_threshold=0.3)
@@ -99,6 +102,7 @@ def test_watershed_of_float32_maps_without_float64_copies_gives_the_float64_resu
     assert np.array_equal(watershed_instances(mask), watershed_instances(mask.astype(np.float64)))
 
 
+@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="measures peak RSS through Linux /proc")
 def test_model_maps_are_made_once_not_in_parts_then_concatenated(tmp_path):
     """The class probabilities, distance and offsets of a 2048² image: the peak RSS of a fresh process grows by
     the maps themselves (24 bytes per pixel), not twice that."""
@@ -124,7 +128,7 @@ def test_model_maps_are_made_once_not_in_parts_then_concatenated(tmp_path):
         x = logits.double().numpy()
         e = np.exp(x[:3] - x[:3].max(0))
         ok = (np.allclose(maps[:3], e / e.sum(0), atol=1e-6) and np.allclose(maps[3], 1 / (1 + np.exp(-x[3])),
-              atol=1e-6) and np.allclose(maps[4:], 10 * x[4:], atol=1e-4))
+              atol=1e-6) and np.allclose(maps[4:], CellTrainConfig().offset_scale * x[4:], atol=1e-4))
         print(grown, ok)
     """))
     import medseg

@@ -64,6 +64,15 @@ def test_fractional_values_are_refused_with_an_example_value(tmp_path):
     assert_clean_error(res, str(pred), f"non-integer values such as 0.25 ({int((arr == 1).sum())} voxels")
 
 
+
+def test_a_fractional_value_is_not_shown_as_a_whole_number():
+    """A float map saved with scaling (0.9999999998 where 1 was meant) is rightly refused, but the message said
+    "non-integer values such as 1", which reads as a contradiction."""
+    from medseg.io.labels import integer_labels
+
+    with pytest.raises(InputError, match=r"such as 0\.9999999998 "):
+        integer_labels(np.array([0.0, 0.9999999998, 2.0]), path="seg.nii.gz")
+
 def test_partial_reference_is_a_warning_not_a_refusal(tmp_path):
     """A 41-organ prediction against a reference that annotates one organ only: legitimate (it agrees with the
     reference where the reference says anything), so evaluated, with one warning line naming the extra values."""

@@ -58,7 +58,6 @@ def test_convert_reference_for_an_image_input_is_refused(lab, tmp_path):
 def test_dicom_seg_series_picks_the_reference_series(tmp_path):
     """A DICOM-SEG's --series is the series of --reference it lies on: used (a wrong index refused, the right one
     gives dcmqi's own label map), refused without --reference, and refused by info."""
-    pytest.importorskip("medseg.export.importers")
     base = data_path("dicom", "dcmqi_segmentations")
     seg, ct = base / "liver.dcm", base / "ct-3slice"
     res = run_cli("convert", seg, tmp_path / "a.nii.gz", "--reference", ct, "--series", "3")

@@ -80,7 +80,8 @@ def _measured_step_bytes(plan, tmp_path) -> int:
     return min(int(out.stdout.split()[-1]) for out in runs)  # what the step needs: anything else only adds
 
 
-@pytest.mark.skipif(not Path("/proc/self/statm").exists(), reason="needs Linux /proc to measure RSS")
+@pytest.mark.skipif("RssAnon" not in (Path("/proc/self/status").read_text() if Path("/proc/self/status").exists()
+                                      else ""), reason="needs Linux /proc/self/status (RssAnon)")
 def test_a_many_class_anisotropic_ct_plan_fits_its_memory_budget(tmp_path):
     """A TotalSegmentator-like CT (118 classes, 1.9 x 1.9 x 4 mm: 3D, the coarse axis not down-sampled at first) was
     planned as if it had two classes and isotropic strides: its training step took 1.75x the 0.25 GB budget."""

@@ -14,18 +14,14 @@ from medseg.infer.cohort import predict_path
 from medseg.infer.predict import predict_image
 from medseg.io.image import Image
 from medseg.plan.plan import Normalisation, Plan
+from test_predict import make_model
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _model(path: Path) -> Path:
     """A model artifact with random weights (geometry is under test, not accuracy)."""
-    from medseg.train.artifact import build_from_plan, save_model
-
-    torch.manual_seed(0)
-    plan = Plan(channels=["MRI"], labels={0: "background", 1: "a", 2: "b"}, patch_size=[16, 16, 16],
-                base_filters=4, max_filters=8, target_spacing=[1.0, 1.0, 1.0]).validate()
-    return save_model(path, plan, build_from_plan(plan).state_dict())
+    return make_model(path, patch_size=[16, 16, 16], max_filters=8)
 
 
 def test_sheared_sform_only_input_keeps_its_grid(tmp_path):
