@@ -31,3 +31,17 @@ class InputError(MedsegError, ValueError):
         self.path = None if path is None else os.fspath(path)
         self.problem = " ".join(str(message).split())  # one line, always
         super().__init__(self.problem if self.path is None else f"{self.path}: {self.problem}")
+
+
+class PeerRefused(InputError):
+    """Under torchrun: another rank refused the input, and this rank stopped with it, without an error of its own.
+
+    Examples
+    --------
+    >>> str(PeerRefused(0, "case.nii.gz: label values [5] are not in the plan"))
+    'stopped: rank 0 refused the input: case.nii.gz: label values [5] are not in the plan'
+    """
+
+    def __init__(self, rank: int, message: str):
+        self.rank, self.message = rank, message
+        super().__init__(f"stopped: rank {rank} refused the input: {message}")

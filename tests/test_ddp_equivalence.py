@@ -171,3 +171,52 @@ def test_a_bad_validation_case_on_a_disk_cache_is_refused_under_torchrun(tmp_pat
     assert re.search(r"Root Cause.*?rank\s*: 0.*?exitcode\s*: 2\b", p.stderr, re.S) and p.returncode != 0
     assert "ValueError" not in p.stderr
     assert not (tmp_path / "run" / "plan.yaml").exists()
+
+
+# rank 1 writes each cache entry a second late, and rank 0 takes 5 s to exit after it failed: a run folder removed
+# while rank 1 still writes into it would be written again, or fail rank 1 first
+SLOW_RANKS = """
+import atexit, os, time
+if os.environ.get("RANK") == "0":
+    atexit.register(time.sleep, 5)
+elif os.environ.get("RANK") == "1":
+    from medseg.train import cache
+
+    put = cache.DiskCache.put
+
+    def slow_put(self, *a, **k):
+        time.sleep(1)
+        return put(self, *a, **k)
+
+    cache.DiskCache.put = slow_put
+"""
+
+
+def test_a_refused_run_is_removed_only_when_every_rank_has_stopped_writing(tmp_path):
+    """Rank 0 refuses a bad validation case while rank 1 still fills the disk cache: the ranks agree on the
+    refusal first, so the run folder is removed once, after the last write. Rank 1 stops with a line that names
+    rank 0's refusal (not an error of its own), and torchrun names rank 0 as the root cause."""
+    plan = tiny_plan(tmp_path, max_epochs=1, iterations_per_epoch=1)
+    case = tmp_path / "ds" / "labelsTr" / "hippocampus_006.nii.gz"  # fold 0's validation case
+    img = nib.load(case)
+    lab = np.asarray(img.dataobj).copy()
+    lab[0, 0, 0] = 5
+    case.unlink()  # a link into the shared data: replaced, never written through
+    nib.save(nib.Nifti1Image(lab, img.affine, img.header), case)
+    hooks = tmp_path / "hooks"
+    hooks.mkdir()
+    (hooks / "sitecustomize.py").write_text(SLOW_RANKS)
+    env = {**ENV, "PYTHONPATH": f"{hooks}{os.pathsep}{ENV['PYTHONPATH']}"}
+    p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
+                        f"--master_port={_free_port()}", "-m", "medseg", "train", str(plan), "-o",
+                        str(tmp_path / "run"), "--device", "cpu", "--cache", "disk", "-q"],
+                       cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
+    assert not (tmp_path / "run").exists(), p.stderr[-3000:]
+    errors = [ln for ln in p.stderr.splitlines() if ln.startswith("medseg: error:")]
+    assert len(errors) == 1 and "label values [5]" in errors[0] and "hippocampus_006" in errors[0], p.stderr[-3000:]
+    stopped = [ln for ln in p.stderr.splitlines() if ln.startswith("medseg: stopped:")]
+    assert len(stopped) == 1 and "rank 0 refused the input" in stopped[0] and "hippocampus_006" in stopped[0], \
+        p.stderr[-3000:]
+    assert re.search(r"Root Cause.*?rank\s*: 0.*?exitcode\s*: 2\b", p.stderr, re.S) and p.returncode != 0
+    assert "internal error" not in p.stderr
+

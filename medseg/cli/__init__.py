@@ -17,7 +17,7 @@ from typing import NoReturn
 import typer
 
 from medseg.cli.app import app
-from medseg.errors import MedsegError
+from medseg.errors import MedsegError, PeerRefused
 
 # Each module registers its commands on ``app`` (one module per pipeline stage).
 from medseg.cli import io_cmds, evaluate_cmds, train_cmds, cells_cmds, export_cmds, demo_cmds, data_cmds  # noqa: E402,F401
@@ -142,6 +142,8 @@ def _run(argv: list[str], debug: bool) -> int:
         if _one_line(msg):  # empty for 'no arguments, help shown'
             print(f"medseg: error: {_one_line(msg)} (see 'medseg --help')", file=sys.stderr)
         return int(getattr(exc, "exit_code", 2) or 2)
+    except PeerRefused as exc:
+        return _stopped_by_peer(exc)
     except MedsegError as exc:
         if debug:  # the traceback, and still the exit code scripts test
             traceback.print_exc()
@@ -159,6 +161,22 @@ def _run(argv: list[str], debug: bool) -> int:
         return _interrupted()
     except Exception as exc:  # a bug in medseg: still one line unless --debug
         return _internal(exc, debug)
+
+
+def _stopped_by_peer(exc: PeerRefused) -> int:
+    """A torchrun rank stopped because another refused the input: one line that is not an error of its own, then
+    it waits for torchrun to stop it (bounded), so that torchrun names the refusing rank as the root cause."""
+    import time
+
+    print(f"medseg: {_one_line(exc)}", file=sys.stderr)
+    try:
+        time.sleep(PEER_EXIT_WAIT_S)
+    except KeyboardInterrupt:
+        return _interrupted()
+    return exc.exit_code
+
+
+PEER_EXIT_WAIT_S = 60.0
 
 
 def _internal(exc: BaseException, debug: bool) -> int:

@@ -9,6 +9,7 @@ from typing import NoReturn
 import torch
 import torch.distributed as dist
 
+from medseg.errors import InputError, PeerRefused
 from medseg.infer.devices import parse_device
 
 _started = False  # this process set up a process group (see medseg.cli.console)
@@ -83,6 +84,24 @@ def gather_objects(obj, world: int) -> list:
     out = [None] * world
     dist.all_gather_object(out, obj)
     return out
+
+
+def refusal(error: InputError | None, world: int) -> InputError | None:
+    """What this rank raises once every rank has prepared its data: its own ``error``, else a :class:`~medseg.errors.PeerRefused`
+    for the first rank that refused, else ``None``. A collective: when it returns, no rank is reading or writing
+    any more, so what the run created can be removed without pulling files from under a rank still writing them.
+
+    Examples
+    --------
+    >>> refusal(None, 1) is None  # one process, nothing refused
+    True
+    >>> str(refusal(InputError("bad label", path="case.nii.gz"), 1))
+    'case.nii.gz: bad label'
+    """
+    messages = gather_objects(None if error is None else str(error), world)
+    if error is not None:
+        return error
+    return next((PeerRefused(r, m) for r, m in enumerate(messages) if m is not None), None)
 
 
 def barrier(world: int) -> None:

@@ -208,6 +208,7 @@ def train(plan: Plan | str | os.PathLike | None, run_dir: str | os.PathLike, fol
     show = progress and rank == 0
     # what this run creates is removed again if the data turn out to be bad (a resumed run keeps its folder)
     created = [p for p in (run_dir, cache_folder(plan, run_dir)) if p and not p.exists()] if rank == 0 else []
+    refused = None
     try:
         if rank == 0:
             run_dir.mkdir(parents=True, exist_ok=True)
@@ -220,10 +221,13 @@ def train(plan: Plan | str | os.PathLike | None, run_dir: str | os.PathLike, fol
                                             world)
         val_cases = _validation_cases(plan, [by_id[i] for i in split["val"]], on_disk(train_cases)) \
             if rank == 0 and validation else []
-    except InputError:
+    except InputError as exc:  # every rank learns of it before any file goes: another may still be writing
+        refused = exc
+    refused = ddp.refusal(refused, world)
+    if refused is not None:
         for p in created:
             shutil.rmtree(p, ignore_errors=True)
-        raise
+        raise refused
 
     torch.manual_seed(plan.seed + rank)
     random.seed(plan.seed + rank)
