@@ -152,14 +152,16 @@ def _series_sort_key(info: SeriesInfo):
 def _build_series(frames: list[Frame], split_note: str | None, split_order: int) -> SeriesInfo:
     first = frames[0]
     try:
+        frames = [frames[i] for i in geo.sort_positions([f.ipp for f in frames], geo.slice_axes(first.iop)[2])]
+        # the axes of the lowest slice, as ITK takes them: never those of whichever file was listed first (the
+        # cosines of a stack's slices may differ by up to _ORIENT_ATOL)
+        first = frames[0]
         row, col, normal = geo.slice_axes(first.iop)
     except ValueError as exc:  # a broken orientation: listed with the reason, never loaded
         info = SeriesInfo(-1, first.series_uid, first.description, first.modality,
                           list(dict.fromkeys(f.path for f in frames)), {}, str(exc), 0.0, frames)
         info.meta.update(study_uid=first.study_uid, series_number=first.series_number, _split_order=split_order)
         return info
-    order = geo.sort_positions([f.ipp for f in frames], normal)
-    frames = [frames[i] for i in order]
     files = list(dict.fromkeys(f.path for f in frames))  # unique, in slice order (a multi-frame file once)
     info = SeriesInfo(-1, first.series_uid, first.description, first.modality, files, {}, None, 0.0, frames)
     info.meta.update(study_uid=first.study_uid, frame_of_reference_uid=first.frame_of_reference_uid,
@@ -364,7 +366,9 @@ def load_series(path: str | os.PathLike | SeriesInfo, series: str | int | Series
     stored = stacked.dtype
     slopes = [f.slope for f in frames]
     intercepts = [f.intercept for f in frames]
-    out_dtype = rescaled_dtype(first.bits_stored, first.signed, slopes, intercepts, np.dtype(stored))
+    # the widest stored range of any slice: a slice with more BitsStored than the first must not wrap around
+    out_dtype = rescaled_dtype(max(f.bits_stored for f in frames), any(f.signed for f in frames), slopes, intercepts,
+                               np.dtype(stored))
     values = apply_rescale(stacked, slopes, intercepts, out_dtype)
     # (k, row, col) -> [i=col, j=row, k] as a view: Fortran-ordered, like nibabel's arrays, and what
     # NIfTI writing and SimpleITK conversion want (a C-ordered copy would cost ~60 ms per 512x512x22)

@@ -80,14 +80,39 @@ class Frame:
     slice_spacing_hint: float | None = None
 
 
-def _floats(value, n: int, what: str, path: Path) -> np.ndarray:
+def _floats(value, n: int, what: str, path: Path, positive: bool = False) -> np.ndarray:
     try:
         arr = np.array([float(v) for v in value], dtype=float)
     except (TypeError, ValueError):
         raise InputError(f"unreadable {what} ({value!r})", path=path) from None
     if arr.size != n or not np.all(np.isfinite(arr)):
         raise InputError(f"{what} must have {n} finite numbers, got {value!r}", path=path)
+    if positive and np.any(arr <= 0):  # a zero size has no geometry, a negative one would mirror the image
+        raise InputError(f"{what} must be positive, got {value!r}", path=path)
     return arr
+
+
+def _rescale(value, keyword: str, default: float, path: Path) -> float:
+    """RescaleSlope or RescaleIntercept: ``default`` when absent or empty; a value that is not one finite number is
+    damage, refused (taking the default instead would scale that slice wrongly without a word).
+
+    Examples
+    --------
+    >>> _rescale("2.5", "RescaleSlope", 1.0, Path("IM1")), _rescale(None, "RescaleSlope", 1.0, Path("IM1"))
+    (2.5, 1.0)
+    >>> _rescale("1.5.0", "RescaleSlope", 1.0, Path("IM1"))
+    Traceback (most recent call last):
+    medseg.errors.InputError: IM1: unreadable RescaleSlope ('1.5.0'): not one number
+    """
+    if value is None or value == "":
+        return default
+    try:
+        out = float(value)
+    except (TypeError, ValueError):
+        out = float("nan")
+    if not np.isfinite(out):
+        raise InputError(f"unreadable {keyword} ({value!r}): not one number", path=path)
+    return out
 
 
 def _num(ds, keyword: str, default=None):
@@ -179,8 +204,9 @@ def frames_of(ds, path: Path) -> list[Frame]:
     return [Frame(frame_index=None, n_frames_in_file=1,
                   ipp=_floats(ds.ImagePositionPatient, 3, "ImagePositionPatient", path),
                   iop=_floats(ds.ImageOrientationPatient, 6, "ImageOrientationPatient", path),
-                  pixel_spacing=tuple(_floats(ds.PixelSpacing, 2, "PixelSpacing", path)),
-                  slope=_num(ds, "RescaleSlope", 1.0), intercept=_num(ds, "RescaleIntercept", 0.0),
+                  pixel_spacing=tuple(_floats(ds.PixelSpacing, 2, "PixelSpacing", path, positive=True)),
+                  slope=_rescale(ds.get("RescaleSlope"), "RescaleSlope", 1.0, path),
+                  intercept=_rescale(ds.get("RescaleIntercept"), "RescaleIntercept", 0.0, path),
                   slice_spacing_hint=_num(ds, "SpacingBetweenSlices") or _num(ds, "SliceThickness"), **common)]
 
 
@@ -208,10 +234,11 @@ def _enhanced_frames(ds, path: Path, n: int, common: dict) -> list[Frame]:
         out.append(Frame(frame_index=k, n_frames_in_file=n,
                          ipp=_floats(ipp, 3, "ImagePositionPatient", path),
                          iop=_floats(iop, 6, "ImageOrientationPatient", path),
-                         pixel_spacing=tuple(_floats(ps, 2, "PixelSpacing", path)),
-                         slope=float(slope) if slope not in (None, "") else _num(ds, "RescaleSlope", 1.0),
-                         intercept=(float(intercept) if intercept not in (None, "")
-                                    else _num(ds, "RescaleIntercept", 0.0)),
+                         pixel_spacing=tuple(_floats(ps, 2, "PixelSpacing", path, positive=True)),
+                         slope=_rescale(slope if slope not in (None, "") else ds.get("RescaleSlope"),
+                                        "RescaleSlope", 1.0, path),
+                         intercept=_rescale(intercept if intercept not in (None, "") else ds.get("RescaleIntercept"),
+                                            "RescaleIntercept", 0.0, path),
                          slice_spacing_hint=float(thick) if thick not in (None, "") else None, **common))
     return out
 

@@ -21,6 +21,23 @@ PIXEL_DATA = 0x7FE00010
 _DEFLATED = "1.2.840.10008.1.2.1.99"
 _J2K = {"1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91", "1.2.840.10008.1.2.4.201",
         "1.2.840.10008.1.2.4.202", "1.2.840.10008.1.2.4.203"}
+#: transfer syntaxes of uncompressed pixel data (implicit/explicit little endian, explicit big endian, deflated)
+_NATIVE = {"", "1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2", _DEFLATED}
+_ITEM = b"\xfe\xff\x00\xe0"  # (FFFE,E000): the first fragment item of encapsulated pixel data
+
+
+def syntax_label(tsuid: str) -> str:
+    """A transfer syntax as error messages name it: its name and UID (the UID alone when pydicom does not know it).
+
+    Examples
+    --------
+    >>> syntax_label("1.2.840.10008.1.2.4.50"), syntax_label("1.2.840.10008.1.2.4.110")
+    ('JPEG Baseline (Process 1), 1.2.840.10008.1.2.4.50', '1.2.840.10008.1.2.4.110')
+    """
+    from pydicom.uid import UID
+
+    name = UID(tsuid).name
+    return tsuid if name == tsuid else f"{name}, {tsuid}"
 
 
 def stored_dtype(bits_allocated: int, signed: bool, little_endian: bool = True) -> np.dtype:
@@ -191,14 +208,18 @@ def read_frames(ds, path: Path, n_frames: int) -> np.ndarray:
     file_meta = getattr(ds, "file_meta", None)
     tsuid = str(file_meta.get("TransferSyntaxUID", "")) if file_meta is not None else ""
     data, encapsulated = _raw_pixel_bytes(ds, path)
+    # a compressed transfer syntax pydicom does not know (JPEG XL, a private one): its fragments were read as one
+    # plain value, which would be reported as truncated pixel data
+    encapsulated = encapsulated or (tsuid not in _NATIVE and data[:4] == _ITEM)
     try:
         with warnings.catch_warnings():  # decoder plugins warn about what we turn into an InputError
             warnings.simplefilter("ignore")
             arr = _decode(ds, data, encapsulated, tsuid, n_frames, rows, cols, dt, path)
     except InputError:
         raise
-    except Exception as exc:  # decoders raise many types on corrupt streams
-        raise InputError(f"cannot decode pixel data ({type(exc).__name__}: {exc})", path=path) from None
+    except Exception as exc:  # decoders raise many types on corrupt streams, or none is installed for the syntax
+        raise InputError(f"cannot decode pixel data in transfer syntax {syntax_label(tsuid)} "
+                         f"({type(exc).__name__}: {exc})", path=path) from None
     if arr.dtype != dt.newbyteorder("="):
         arr = arr.astype(dt.newbyteorder("="))
     return fix_stored_bits(arr, bits_stored, signed)
