@@ -160,3 +160,28 @@ def test_the_geometry_does_not_depend_on_which_file_is_listed_first(tmp_path):
                                    atol=1e-9)
         affines.append(img.affine)
     np.testing.assert_allclose(affines[0], affines[1], atol=1e-12)
+
+
+@pytest.mark.parametrize("end", [0, -1])
+def test_a_slice_that_lost_its_position_at_an_end_of_the_stack_is_refused(tmp_path, end):
+    """A slice of the series without ImagePositionPatient leaves no gap when it is the first or the last: the volume
+    read without it (one slice short, exit 0, before) must be refused like a gap, naming the file, before anything is
+    written. An image of another size without geometry in the same series (a screenshot) stays only a note."""
+    paths = _copy(HIPPO, tmp_path / "s")
+    ds = pydicom.dcmread(paths[end])
+    del ds.ImagePositionPatient
+    ds.save_as(paths[end])
+    out = tmp_path / "out"
+    assert_clean_error(run_cli("convert", tmp_path / "s", out), paths[end].name, "no geometry")
+    assert not out.exists()
+
+    shot = pydicom.dcmread(paths[1])  # the same series UID, another size, no geometry
+    del shot.ImagePositionPatient
+    shot.Rows, shot.Columns, shot.PixelData = 4, 4, bytes(32)
+    paths[end].unlink()
+    shot.save_as(tmp_path / "s" / "shot.dcm")
+    res = run_cli("convert", tmp_path / "s", out)
+    assert res.code == 0 and "skipped series" in res.err, res.err
+    import nibabel as nib
+
+    assert nib.load(next(out.glob("*.nii.gz"))).shape[2] == len(paths) - 1

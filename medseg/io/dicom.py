@@ -143,6 +143,17 @@ def _group_key(f: Frame | Rejected) -> tuple:
     return (f.study_uid, "", f.series_number, f.description, f.modality)
 
 
+def _lacks_slices(info: SeriesInfo, rejected: list[Rejected], key: tuple) -> SeriesInfo:
+    """``info`` not loadable when its series also holds images of its slices' size without geometry: slices whose
+    position was lost, at an end of the stack, where no gap shows it (a volume short of them, with exit 0, before)."""
+    size = (info.frames[0].rows, info.frames[0].cols) if info.frames else None
+    lost = [r for r in rejected if r.size is not None and r.size == size and _group_key(r) == key]
+    if lost and info.problem is None:
+        info.problem = (f"{len(lost)} image(s) of this series have its slices' size but no geometry ({lost[0].path}: "
+                        f"{lost[0].reason}): the volume would lack them; remove them if they are not its slices")
+    return info
+
+
 def _series_sort_key(info: SeriesInfo):
     num = info.meta.get("series_number")
     return (info.meta.get("study_uid", ""), num if isinstance(num, int) else 1 << 30, info.description,
@@ -223,7 +234,7 @@ def discover_series(path: str | os.PathLike, progress: bool = False) -> list[Ser
                 note = (f"SeriesInstanceUID {key[1] or '(empty)'} mixes {len(stacks)} orientations/sizes "
                         f"({', '.join(str(len(s)) for s in stacks)} slices); this is part {k + 1}"
                         + (" (a single slice: a localizer?)" if len(st) == 1 else ""))
-            series.append(_build_series(st, note, k))
+            series.append(_lacks_slices(_build_series(st, note, k), rejected, key))
     others: dict[tuple, list[Rejected]] = {}
     for r in rejected:
         others.setdefault(_group_key(r), []).append(r)

@@ -40,9 +40,15 @@ class NotAVolume(InputError):
     """
 
 
+class NoGeometry(NotAVolume):
+    """A grey-level single-frame image without position, orientation or pixel size: not a slice by itself, but in a
+    series whose other images are slices of its size, one whose geometry was lost."""
+
+
 @dataclass
 class Rejected:
-    """A DICOM image that is not a volume slice, with the identifiers its series is listed by."""
+    """A DICOM image that is not a volume slice, with the identifiers its series is listed by; ``size`` (rows,
+    columns) only for an image rejected as :class:`NoGeometry`."""
 
     path: Path
     reason: str
@@ -51,6 +57,7 @@ class Rejected:
     series_number: int | None
     description: str
     modality: str
+    size: tuple[int, int] | None = None
 
 
 @dataclass
@@ -197,10 +204,10 @@ def frames_of(ds, path: Path) -> list[Frame]:
     if n > 1:
         raise NotAVolume(f"multi-frame image ({n} frames) without per-frame positions is not a volume", path=path)
     if "ImagePositionPatient" not in ds or "ImageOrientationPatient" not in ds:
-        raise NotAVolume("no ImagePositionPatient/ImageOrientationPatient: not a cross-sectional slice "
+        raise NoGeometry("no ImagePositionPatient/ImageOrientationPatient: not a cross-sectional slice "
                          "(medseg never invents geometry)", path=path)
     if "PixelSpacing" not in ds:
-        raise NotAVolume("no PixelSpacing: the pixel size is unknown", path=path)
+        raise NoGeometry("no PixelSpacing: the pixel size is unknown", path=path)
     return [Frame(frame_index=None, n_frames_in_file=1,
                   ipp=_floats(ds.ImagePositionPatient, 3, "ImagePositionPatient", path),
                   iop=_floats(ds.ImageOrientationPatient, 6, "ImageOrientationPatient", path),
@@ -284,7 +291,8 @@ def _collect(f: Path, frames: list[Frame], rejected: list[Rejected]) -> None:
     except NotAVolume as exc:
         rejected.append(Rejected(f, exc.problem, str(ds.get("SeriesInstanceUID", "") or ""),
                                  str(ds.get("StudyInstanceUID", "") or ""), _int_or_none(ds.get("SeriesNumber")),
-                                 str(ds.get("SeriesDescription", "") or ""), str(ds.get("Modality", "") or "")))
+                                 str(ds.get("SeriesDescription", "") or ""), str(ds.get("Modality", "") or ""),
+                                 (int(ds.Rows), int(ds.Columns)) if isinstance(exc, NoGeometry) else None))
     except InputError:
         raise
     except Exception as exc:  # a value pydicom cannot convert (IS/DS garbage, odd VRs, broken sequences)
