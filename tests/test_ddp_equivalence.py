@@ -24,17 +24,25 @@ from test_train import _free_port, read_log, tiny_plan
 ENV = {**os.environ, "PYTHONPATH": str(Path(medseg.__file__).resolve().parents[1]), "OMP_NUM_THREADS": "1"}
 IPE = 5
 
-# trainer.train with every rank's batches (hashed), learning rates, losses, final weights and the files it writes
+# trainer.train with every rank's batches (hashed), learning rates, losses, final weights and the files it writes.
+# The trainer's clock is fake: 1 s per batch drawn, and rank 1's runs 3 s ahead from its first batch on (it started
+# training later, as a rank does): the budget ends the run after the same iteration however loaded the machine is (a
+# real 15-s budget, spent under load importing MONAI and torch._dynamo in each rank, once ended it after 1 iteration),
+# and a rank that followed its own clock would take other learning rates
 PROBE = """
 import hashlib, json, os, sys
+from types import SimpleNamespace
 import torch
-from medseg.train import trainer
+from medseg.train import ddp, trainer
 
 torch.set_num_threads(1)
 rank, rec, net = int(os.environ.get("RANK", "0")), {"batches": [], "lrs": [], "losses": [], "writes": []}, {}
 sample, step, build, loss = trainer.sample_batch, trainer.PolyLR.step, trainer.build_from_plan, trainer.SegLoss.forward
+clock = [0.0]
+trainer.time = SimpleNamespace(monotonic=lambda: clock[0])
 
 def sample_batch(*a, **k):
+    clock[0] += 1.0 + (3.0 * rank if not rec["batches"] else 0.0)
     x, y = sample(*a, **k)
     rec["batches"].append(hashlib.sha1(x.numpy().tobytes() + y.numpy().tobytes()).hexdigest())
     return x, y
@@ -63,6 +71,7 @@ res = trainer.train(sys.argv[1], sys.argv[2], device="cpu", progress=False, **js
 rec["state"] = {k: v.detach().clone() for k, v in net["n"].state_dict().items()}
 rec["iterations"] = res.iterations
 real_save(rec, os.path.join(sys.argv[3], f"rank{rank}.pt"))
+ddp.end_process(0)  # as README says a script under torchrun ends: a rank's teardown may abort (test_ddp_exit.py)
 """
 
 
@@ -151,17 +160,22 @@ def test_only_rank_0_writes_and_its_validation_is_every_case(budget_run, one_tor
         assert float(row[f"val_{name}"]) == pytest.approx(np.nanmean(per_case), abs=1e-5)
 
 
-def test_a_bad_validation_case_on_a_disk_cache_is_refused_under_torchrun(tmp_path):
-    """Validation cases read lazily (disk cache) are checked as those in RAM are: a label value the plan does not
-    know is one line and exit 2 on rank 0 before training (torchrun's root cause), not an internal error after an
-    epoch, and the run folder is not left behind."""
-    plan = tiny_plan(tmp_path, max_epochs=2, iterations_per_epoch=2)
-    case = tmp_path / "ds" / "labelsTr" / "hippocampus_006.nii.gz"  # fold 0's validation case
+def _bad_validation_label(tmp_path) -> None:
+    """Fold 0's validation case gets a label value (5) the plan does not know."""
+    case = tmp_path / "ds" / "labelsTr" / "hippocampus_006.nii.gz"
     img = nib.load(case)
     lab = np.asarray(img.dataobj).copy()
     lab[0, 0, 0] = 5
     case.unlink()  # a link into the shared data: replaced, never written through
     nib.save(nib.Nifti1Image(lab, img.affine, img.header), case)
+
+
+def test_a_bad_validation_case_on_a_disk_cache_is_refused_under_torchrun(tmp_path):
+    """Validation cases read lazily (disk cache) are checked as those in RAM are: a label value the plan does not
+    know is one line and exit 2 on rank 0 before training (torchrun's root cause), not an internal error after an
+    epoch, and the run folder is not left behind."""
+    plan = tiny_plan(tmp_path, max_epochs=2, iterations_per_epoch=2)
+    _bad_validation_label(tmp_path)
     p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
                         f"--master_port={_free_port()}", "-m", "medseg", "train", str(plan), "-o",
                         str(tmp_path / "run"), "--device", "cpu", "--cache", "disk", "-q"],
@@ -197,12 +211,7 @@ def test_a_refused_run_is_removed_only_when_every_rank_has_stopped_writing(tmp_p
     refusal first, so the run folder is removed once, after the last write. Rank 1 stops with a line that names
     rank 0's refusal (not an error of its own), and torchrun names rank 0 as the root cause."""
     plan = tiny_plan(tmp_path, max_epochs=1, iterations_per_epoch=1)
-    case = tmp_path / "ds" / "labelsTr" / "hippocampus_006.nii.gz"  # fold 0's validation case
-    img = nib.load(case)
-    lab = np.asarray(img.dataobj).copy()
-    lab[0, 0, 0] = 5
-    case.unlink()  # a link into the shared data: replaced, never written through
-    nib.save(nib.Nifti1Image(lab, img.affine, img.header), case)
+    _bad_validation_label(tmp_path)
     hooks = tmp_path / "hooks"
     hooks.mkdir()
     (hooks / "sitecustomize.py").write_text(SLOW_RANKS)

@@ -104,16 +104,21 @@ def test_confusion_dice_matches_surface_distance_free_reference():
 
 def test_train_time_budget_and_artifact(tmp_path):
     """A time budget ends training cleanly with a usable artifact that loads with weights_only=True."""
-    from medseg.train.artifact import load_model
+    from medseg.plan.plan import Plan
+    from medseg.train.artifact import build_from_plan, load_model
 
     plan = tiny_plan(tmp_path)
+    # a process's first network and optimiser import MONAI and torch._dynamo: on a loaded machine that took 17 s of
+    # the 15-s budget and the run ended in its first epoch; imported before, the budget is the run's own
+    torch.optim.AdamW(build_from_plan(Plan.from_yaml(plan)).parameters())
     t0 = time.monotonic()
     res = run_cli("train", plan, "-o", tmp_path / "run", "--max-minutes", "0.25", "--max-epochs", "1000", "-q")
     assert res.code == 0, res.err
     assert time.monotonic() - t0 < 120
     rows = read_log(tmp_path / "run")
     assert 1 <= len(rows) < 1000 and rows[-1]["val_mean"] != ""
-    assert float(rows[-1]["lr"]) < float(rows[0]["lr"])  # the poly schedule follows the time budget
+    # the poly schedule follows the time budget (by iterations it would hardly have decayed), however few epochs fit
+    assert float(rows[-1]["lr"]) < 0.5 * Plan.from_yaml(plan).learning_rate
     art = load_model(tmp_path / "run")
     assert art.plan.labels[1] == "anterior" and art.info["versions"]["torch"] == torch.__version__
     torch.load(tmp_path / "run" / "model.pt", weights_only=True)

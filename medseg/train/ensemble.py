@@ -172,7 +172,9 @@ def train_ensemble(plan: Plan, run_dir: str | os.PathLike, members: int | None =
             minutes = None
             if budget and not continuing:  # a continuing member keeps the share it was given
                 spent = sum(d["elapsed_s"] for d in done) + (time.monotonic() - t0 - in_calls)
-                minutes = max(budget - reserve - spent, 0.0) / (k - i) / 60
+                # a member whose share is spent still trains an iteration, as one network under a spent budget
+                # does (train() refuses a budget of 0)
+                minutes = max(budget - reserve - spent, 1e-3) / (k - i) / 60
             t = time.monotonic()
             train(member, mdir, fold=plan.fold, max_minutes=minutes, resume=continuing, device=device,
                   progress=progress, num_threads=num_threads, validation=False, cache=cache, tensorboard=tensorboard,
