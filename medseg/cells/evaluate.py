@@ -150,6 +150,9 @@ def _pair_files(pred, ref) -> list[tuple[str, Path, Path]]:
     from medseg.cells.data import list_images
 
     pred, ref = Path(pred), Path(ref)
+    for what, path in (("prediction", pred), ("reference", ref)):  # not the other, existing path blamed below
+        if not path.exists():
+            raise InputError(f"{what} not found", path=path)
     if pred.is_file() and ref.is_file():
         return [(case_name(ref), pred, ref)]
     if pred.is_dir() != ref.is_dir():

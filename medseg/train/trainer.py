@@ -184,6 +184,9 @@ def train(plan: Plan | str | os.PathLike | None, run_dir: str | os.PathLike, fol
     elif latest.exists():
         raise InputError("run folder already holds a checkpoint: use --resume, or another folder", path=run_dir)
     if fold is not None:
+        if not 0 <= fold < plan.num_folds:  # the option is wrong, not the plan
+            raise InputError(f"--fold {fold} is not in 0..{plan.num_folds - 1} (the plan's num_folds is "
+                             f"{plan.num_folds})")
         plan.fold = fold
     if max_epochs is not None:
         plan.max_epochs = max_epochs
