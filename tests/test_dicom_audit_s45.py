@@ -174,6 +174,8 @@ def test_a_slice_that_lost_its_position_at_an_end_of_the_stack_is_refused(tmp_pa
     out = tmp_path / "out"
     assert_clean_error(run_cli("convert", tmp_path / "s", out), paths[end].name, "no geometry")
     assert not out.exists()
+    res = run_cli("convert", tmp_path / "s", tmp_path / "v.nii.gz", "--series", str(ds.SeriesInstanceUID))
+    assert_clean_error(res, "not slices of its volume", "by index")  # not 'mixes orientations or image sizes'
 
     shot = pydicom.dcmread(paths[1])  # the same series UID, another size, no geometry
     del shot.ImagePositionPatient

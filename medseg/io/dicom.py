@@ -277,8 +277,10 @@ def select_series(series: list[SeriesInfo], which: str | int | None, path) -> Se
     if not hits:
         raise InputError(f"no series with SeriesInstanceUID {uid}", path=path)
     if len(hits) > 1:
-        raise InputError(f"series {uid} mixes orientations or image sizes ({len(hits)} stacks: "
-                         f"{', '.join(s.label() for s in hits)}); pick one by index", path=path)
+        why = ("mixes orientations or image sizes" if all(s.is_volume for s in hits) else
+               "holds images that are not slices of its volume")
+        raise InputError(f"series {uid} {why} ({len(hits)} parts: {', '.join(s.label() for s in hits)}); pick one "
+                         "by index", path=path)
     return hits[0]
 
 
