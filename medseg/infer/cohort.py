@@ -244,6 +244,7 @@ def _export_finished(case: Case, output: Path, export: str, labels: dict) -> Pat
     from medseg.io.readers import read_image
 
     dest = output / f"{case.name}.nii.gz"
+    _keep_folder(output)
     try:
         lab = read_image(dest)
     except InputError as exc:  # the header was whole (its record read), the voxels are not
@@ -323,12 +324,14 @@ def _predict_case(net, art, dev, case: Case, output: Path, overlap, tta, batch_s
     from medseg.infer.predict import predict_image
 
     image = case_image(case)  # raises InputError naming the file before anything of this case is written
+    _keep_folder(output)  # the spill file goes there
     with torch.no_grad():
         lab, prob = predict_image(net, art.plan, image, overlap=overlap, tta=tta, device=dev,
                                   batch_size=batch_size, probabilities=probabilities,
                                   largest_component=largest_component, min_size_mm3=min_size_mm3,
                                   spill_dir=output)  # disk-backed probabilities beside their output
     empty = not np.any(lab.array)
+    _keep_folder(output)
     if export:
         _export(lab, case, export, output / f"{case.name}_{export.replace('-', '')}.dcm", art.plan.labels, empty)
     if prob is not None:
@@ -338,6 +341,13 @@ def _predict_case(net, art, dev, case: Case, output: Path, overlap, tta, batch_s
                   {**record.of(case.name, _input_files(case)), "extras": _extras(probabilities, export),
                    "empty": empty})
     return dest
+
+
+def _keep_folder(output: Path) -> None:
+    """Make ``output`` again if it went: another shard (or the same job submitted twice) that made the folder and
+    failed at its first case removes it while still empty, and this process's spill file is unlinked (it does not
+    keep the folder from being empty), so that a healthy shard would fail with 'output folder does not exist'."""
+    output.mkdir(parents=True, exist_ok=True)
 
 
 def _export(label: Image, case: Case, fmt: str, out: Path, labels: dict, empty: bool) -> None:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from medseg.io.atomic import atomic_path
+from medseg.io.atomic import atomic_path, remove_stale_temporaries
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
 
@@ -70,6 +70,15 @@ class ArrayStore:
 
     def __init__(self, root: str | os.PathLike):
         self.root = Path(root)
+        self._swept = False
+
+    def _sweep(self) -> None:
+        """Once per store: remove the temporary files of a write that was killed outright (SIGKILL, the OOM
+        killer), as large as an entry's arrays; the run's own sweep covers only the run folder, not a cache in
+        it or shared by several runs. Those of live writers (other runs, folds, ranks) are locked and stay."""
+        if not self._swept:
+            self._swept = True
+            remove_stale_temporaries(self.root)
 
     def stem(self, entry_id: str, key: str) -> Path:
         safe = _UNSAFE.sub("_", entry_id)
@@ -81,6 +90,7 @@ class ArrayStore:
     def get(self, entry_id: str, key: str) -> tuple[dict, dict] | None:
         """``(arrays, small)``: the memory-mapped arrays and the small ones, or None if the entry is not (wholly)
         there."""
+        self._sweep()
         stem = self.stem(entry_id, key)
         try:
             meta = json.loads(Path(f"{stem}.json").read_text())
@@ -105,6 +115,7 @@ class ArrayStore:
     def put(self, entry_id: str, key: str, arrays: dict, small: dict | None = None) -> tuple[dict, dict]:
         """Write an entry and return it as ``get`` reads it (memory-mapped, so the caller can free its copies)."""
         self.root.mkdir(parents=True, exist_ok=True)
+        self._sweep()
         stem = self.stem(entry_id, key)
         meta = {"id": entry_id, "key": key, "arrays": {}, "small": sorted(small or {})}
         for name, arr in arrays.items():
