@@ -219,7 +219,7 @@ def test_roi_zip_refused_when_every_image_is_3d(tmp_path):
     assert not out.exists()
 
 
-@pytest.mark.parametrize("opts", [["--tta"], ["--min-snr", "2"], ["--threads", "1"], ["--tta", "--threads", "2"],
+@pytest.mark.parametrize("opts", [["--tta"], ["--threads", "1"], ["--tta", "--threads", "2"],
                                   ["--no-rescale"], ["--merge-boundary", "0.3"]])
 def test_classical_refuses_model_only_options(tmp_path, two_images, opts):
     out = tmp_path / "out"

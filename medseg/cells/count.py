@@ -15,7 +15,8 @@ from medseg.errors import InputError
 from medseg.io.atomic import case_name
 from medseg.io.staging import refuse_folder, staged_outputs
 from medseg.cells.data import list_images
-from medseg.cells.segmenters import CellModel, ClassicalSegmenter  # also imported from here (tests, benchmarks)
+# ClassicalSegmenter and CellModel are also imported from here (tests, benchmarks)
+from medseg.cells.segmenters import CLASSICAL_MIN_SNR, CellModel, ClassicalSegmenter
 
 
 # the columns of counts.csv, whatever mix of 2D and 3D images: sizes are areas for 2D images and volumes for 3D
@@ -71,7 +72,9 @@ def count_cells(inputs, out_dir, model=None, classical: bool = False, channel: i
         outside the range of sizes it was trained on (into that range; ``rescale=False``: never); the classical
         mode sizes its markers by it.
     min_snr : float, optional
-        Model only: overrides the model's contrast test (:mod:`medseg.postprocess.contrast`; 0 turns it off).
+        The contrast test's threshold (:mod:`medseg.postprocess.contrast`; 0 turns it off): a model's own (2 unless
+        trained otherwise) is overridden; the classical mode's default is
+        :data:`~medseg.cells.segmenters.CLASSICAL_MIN_SNR`.
     threads : int, optional
         Model only: CPU threads for torch (default: the cores not already busy); fix it where runs must give
         identical results, since a different thread count changes the order of floating-point sums.
@@ -107,12 +110,13 @@ def count_cells(inputs, out_dir, model=None, classical: bool = False, channel: i
     ['counts.csv', 'dapi_cells.csv', 'dapi_labels.tif', 'dapi_overlay.png']
     >>> tmp.cleanup()
     """
-    _check_mode(model, classical, method, tta, min_snr, threads, inputs, rescale,  # usage errors before reading
+    _check_mode(model, classical, method, tta, threads, inputs, rescale,  # usage errors before reading
                 merge_boundary)
     _check_values(method, diameter, min_snr, merge_boundary, threads)
     pixel_size = parse_pixel_size(pixel_size)
     files = list_images(inputs)
-    seg = ClassicalSegmenter(method or "otsu", diameter) if classical else (
+    seg = ClassicalSegmenter(method or "otsu", diameter, CLASSICAL_MIN_SNR if min_snr is None else min_snr) \
+        if classical else (
         model if isinstance(model, CellModel) else CellModel.load(model, tta=tta, diameter=diameter))
     if not classical and not rescale:
         seg.rescale = False
@@ -144,13 +148,13 @@ def count_cells(inputs, out_dir, model=None, classical: bool = False, channel: i
     return counts
 
 
-def _check_mode(model, classical: bool, method, tta: bool, min_snr, threads, where, rescale: bool = True,
+def _check_mode(model, classical: bool, method, tta: bool, threads, where, rescale: bool = True,
                 merge_boundary=None) -> None:
     """Refuse options that the chosen mode would ignore."""
     if (model is None) == (not classical):
         raise InputError("choose exactly one of -m RUN or --classical", path=where)
     if classical:
-        unused = [o for o, v in (("--tta", tta), ("--min-snr", min_snr is not None), ("--threads", threads is not None),
+        unused = [o for o, v in (("--tta", tta), ("--threads", threads is not None),
                                  ("--no-rescale", not rescale), ("--merge-boundary", merge_boundary is not None)) if v]
         if unused:
             raise InputError(f"{', '.join(unused)} appl{'y' if len(unused) > 1 else 'ies'} to a model (-m RUN), "

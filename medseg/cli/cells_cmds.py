@@ -175,8 +175,8 @@ def count_cmd(
                                       "trained on into its range (model only; default on)."),
     min_snr: Optional[float] = typer.Option(None, "--min-snr",
                                             help="Drop objects less than this many background-noise sigmas "
-                                                 "brighter than the background (model only; default 2; 0: keep "
-                                                 "all)."),
+                                                 "brighter than the background (default: the model's, 2; "
+                                                 "--classical 3; 0: keep all)."),
     merge_boundary: Optional[float] = typer.Option(None, "--merge-boundary",
                                                    help="Merge a small fragment into its neighbour across a border "
                                                         "whose mean boundary probability is below this (model "
