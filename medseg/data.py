@@ -169,24 +169,37 @@ def download(url: str, dest: Path, progress: bool = True) -> Path:
     import http.client
     import urllib.request
 
-    tmp = dest.with_name(f".{dest.name}.part")
-    try:
-        with urllib.request.urlopen(url, timeout=60) as r, open(tmp, "wb") as f:  # noqa: S310 (user-requested)
-            total = int(r.headers.get("Content-Length") or 0)
-            done = 0
-            while chunk := r.read(1 << 20):
-                f.write(chunk)
-                done += len(chunk)
-                if progress and total:
-                    print(f"\r{dest.name}: {done / 1e6:.0f}/{total / 1e6:.0f} MB", end="", flush=True)
-        if progress:
-            print()
-        os.replace(tmp, dest)
-    except (OSError, http.client.HTTPException) as exc:  # no network, refused, timed out, or cut short
-        tmp.unlink(missing_ok=True)
+    from medseg.io.atomic import atomic_path
+
+    def failed(exc: Exception | str) -> InputError:  # no network, refused, timed out, or cut short
         reason = " ".join(str(exc).split()) or type(exc).__name__
-        raise InputError(f"download failed ({reason}); medseg needs no network except for this explicit fetch",
-                         path=url) from exc
+        return InputError(f"download failed ({reason}); medseg needs no network except for this explicit fetch",
+                          path=url)
+
+    try:
+        response = urllib.request.urlopen(url, timeout=60)  # noqa: S310 (user-requested)
+    except (OSError, http.client.HTTPException) as exc:
+        raise failed(exc) from exc
+    # atomic_path: a unique, locked temporary file, removed when the download fails or is killed; a failed write
+    # (a full disk) is its "cannot write output", a failed read the download's
+    with response, atomic_path(dest) as tmp, open(tmp, "wb") as f:
+        total = int(response.headers.get("Content-Length") or 0)
+        done = 0
+        while True:
+            try:
+                chunk = response.read(1 << 20)
+            except (OSError, http.client.HTTPException) as exc:
+                raise failed(exc) from exc
+            if not chunk:  # read(amt) ends quietly where the server stopped: a dropped connection too
+                if total and done != total:
+                    raise failed(f"cut short: {done} of {total} bytes")
+                break
+            f.write(chunk)
+            done += len(chunk)
+            if progress and total:
+                print(f"\r{dest.name}: {done / 1e6:.0f}/{total / 1e6:.0f} MB", end="", flush=True)
+    if progress and total:
+        print()
     return dest
 
 

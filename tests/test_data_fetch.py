@@ -154,3 +154,31 @@ def test_fetch_with_nothing_answering_is_a_clean_error_through_the_real_download
     res = run_cli("data", "fetch", "msd-hippocampus", "-o", out)
     assert_clean_error(res, "download failed", url)
     assert not [p for p in out.rglob("*") if p.is_file()]
+
+
+def test_a_download_cut_short_leaves_no_file(tmp_path):
+    """A server that promises more bytes than it sends (a dropped connection): one InputError naming the URL and
+    'download failed', and neither the archive nor a temporary file left beside it."""
+    import http.server
+    import threading
+
+    class Short(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Length", str(1 << 22))
+            self.end_headers()
+            self.wfile.write(b"x" * 1000)  # then the connection closes
+
+        def log_message(self, *a):
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Short)
+    threading.Thread(target=server.handle_request, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/archive.tar"
+    try:
+        with pytest.raises(InputError, match="download failed") as err:
+            mdata.download(url, tmp_path / "archive.tar", progress=False)
+    finally:
+        server.server_close()
+    assert url in str(err.value) and "cut short: 1000 of" in str(err.value)
+    assert not list(tmp_path.iterdir())
