@@ -47,9 +47,9 @@ def score(images, snr: float) -> dict:
     errors = []
     for img, ref in images:
         lab = seg.segment(img)
-        m = evaluate_pair(ref, lab, thresholds=(0.5,))
-        tp, pred, ref_n = tp + m["tp@0.5"], pred + int(lab.max()), ref_n + int(len(np.unique(ref)) - (ref == 0).any())
-        errors.append(abs(int(lab.max()) - (len(np.unique(ref)) - 1)) / max(len(np.unique(ref)) - 1, 1))
+        n_ref, n_pred = len(np.unique(ref[ref > 0])), int(lab.max())
+        tp, pred, ref_n = tp + evaluate_pair(ref, lab, thresholds=(0.5,))["tp@0.5"], pred + n_pred, ref_n + n_ref
+        errors.append(abs(n_pred - n_ref) / max(n_ref, 1))
     return {"objects": pred, "true_positives": tp, "references": ref_n,
             "pooled_ap@0.5": tp / (pred + ref_n - tp), "mean_abs_count_error": float(np.mean(errors))}
 

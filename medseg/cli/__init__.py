@@ -163,6 +163,9 @@ def _run(argv: list[str], debug: bool) -> int:
         return _internal(exc, debug)
 
 
+PEER_EXIT_WAIT_S = 60.0  # at most, for torchrun to stop a rank whose peer refused the input
+
+
 def _stopped_by_peer(exc: PeerRefused) -> int:
     """A torchrun rank stopped because another refused the input: one line that is not an error of its own, then
     it waits for torchrun to stop it (bounded), so that torchrun names the refusing rank as the root cause."""
@@ -174,9 +177,6 @@ def _stopped_by_peer(exc: PeerRefused) -> int:
     except KeyboardInterrupt:
         return _interrupted()
     return exc.exit_code
-
-
-PEER_EXIT_WAIT_S = 60.0
 
 
 def _internal(exc: BaseException, debug: bool) -> int:

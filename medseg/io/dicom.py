@@ -143,11 +143,12 @@ def _group_key(f: Frame | Rejected) -> tuple:
     return (f.study_uid, "", f.series_number, f.description, f.modality)
 
 
-def _lacks_slices(info: SeriesInfo, rejected: list[Rejected], key: tuple) -> SeriesInfo:
-    """``info`` not loadable when its series also holds images of its slices' size without geometry: slices whose
-    position was lost, at an end of the stack, where no gap shows it (a volume short of them, with exit 0, before)."""
+def _lacks_slices(info: SeriesInfo, rejected: list[Rejected]) -> SeriesInfo:
+    """``info`` not loadable when its series' ``rejected`` images include some of its slices' size without geometry:
+    slices whose position was lost, at an end of the stack, where no gap shows it (a volume short of them, with exit
+    0, before)."""
     size = (info.frames[0].rows, info.frames[0].cols) if info.frames else None
-    lost = [r for r in rejected if r.size is not None and r.size == size and _group_key(r) == key]
+    lost = [r for r in rejected if r.size is not None and r.size == size]
     if lost and info.problem is None:
         info.problem = (f"{len(lost)} image(s) of this series have its slices' size but no geometry ({lost[0].path}: "
                         f"{lost[0].reason}): the volume would lack them; remove them if they are not its slices")
@@ -214,6 +215,9 @@ def discover_series(path: str | os.PathLike, progress: bool = False) -> list[Ser
     if not path.exists():
         raise InputError("no such file or folder", path=path)
     frames, rejected = read_headers(path, progress=progress)
+    others: dict[tuple, list[Rejected]] = {}
+    for r in rejected:
+        others.setdefault(_group_key(r), []).append(r)
     groups: dict[tuple, list[Frame]] = {}
     for f in frames:
         groups.setdefault(_group_key(f), []).append(f)
@@ -234,10 +238,7 @@ def discover_series(path: str | os.PathLike, progress: bool = False) -> list[Ser
                 note = (f"SeriesInstanceUID {key[1] or '(empty)'} mixes {len(stacks)} orientations/sizes "
                         f"({', '.join(str(len(s)) for s in stacks)} slices); this is part {k + 1}"
                         + (" (a single slice: a localizer?)" if len(st) == 1 else ""))
-            series.append(_lacks_slices(_build_series(st, note, k), rejected, key))
-    others: dict[tuple, list[Rejected]] = {}
-    for r in rejected:
-        others.setdefault(_group_key(r), []).append(r)
+            series.append(_lacks_slices(_build_series(st, note, k), others.get(key, [])))
     for members in others.values():
         r = members[0]
         info = SeriesInfo(-1, r.series_uid, r.description, r.modality, [m.path for m in members],
