@@ -57,3 +57,25 @@ def test_a_folder_under_an_output_name_stops_the_move_before_anything_moves(tmp_
             _write(place, "b.txt")
             (tmp_path / "b.txt").mkdir()  # made meanwhile, by someone else
     assert not (tmp_path / "a.txt").exists()
+
+
+def test_a_folder_another_run_removes_between_its_making_and_the_stage_is_made_again(tmp_path, monkeypatch):
+    """Another run that made the shared output folder and failed removes it while empty; that can fall between
+    this run's mkdir and its stage's mkdtemp (the stage then had no folder to go in: 'cannot write output')."""
+    import tempfile
+
+    out = tmp_path / "out"
+    real = tempfile.mkdtemp
+    calls = []
+
+    def other_run_removes_it_first(*args, **kwargs):
+        calls.append(kwargs["dir"])
+        if len(calls) == 1:
+            out.rmdir()  # the other run's cleanup of the empty folder
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(tempfile, "mkdtemp", other_run_removes_it_first)
+    with staged_outputs(out) as place:
+        _write(place, "a.txt", "a")
+    assert (out / "a.txt").read_text() == "a"
+    assert len(calls) == 2

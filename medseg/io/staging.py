@@ -64,17 +64,7 @@ def staged_outputs(out_dir: str | os.PathLike, protect: Iterable[str | os.PathLi
     """
     out_dir = Path(out_dir)
     created = not out_dir.exists()
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:  # a file on the way (-o a/b with a a file), no permission
-        raise InputError(f"cannot create the output folder ({exc.strerror or exc})", path=out_dir) from exc
-    if not os.access(out_dir, os.W_OK):
-        raise InputError("output folder is not writable", path=out_dir)
-    try:
-        stage = Path(tempfile.mkdtemp(prefix=_PREFIX, suffix=".tmp", dir=out_dir))
-    except OSError as exc:
-        full = "disk full: " if looks_full(exc, out_dir) else ""
-        raise InputError(f"cannot write output ({full}{exc.strerror or exc})", path=out_dir) from exc
+    stage = _make_stage(out_dir)
     lock = None
 
     @contextlib.contextmanager
@@ -103,6 +93,28 @@ def staged_outputs(out_dir: str | os.PathLike, protect: Iterable[str | os.PathLi
             with contextlib.suppress(OSError):
                 if not any(out_dir.iterdir()):
                     out_dir.rmdir()
+
+
+def _make_stage(out_dir: Path, tries: int = 3) -> Path:
+    """Make ``out_dir`` (if missing) and a stage inside it. Another run that made the folder and failed removes it
+    while it is empty, which can fall between the two steps: the folder is then made again."""
+    for attempt in range(tries):
+        try:
+            out_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:  # a file on the way (-o a/b with a a file), no permission
+            raise InputError(f"cannot create the output folder ({exc.strerror or exc})", path=out_dir) from exc
+        if not os.access(out_dir, os.W_OK):
+            raise InputError("output folder is not writable", path=out_dir)
+        try:
+            return Path(tempfile.mkdtemp(prefix=_PREFIX, suffix=".tmp", dir=out_dir))
+        except FileNotFoundError:
+            if attempt == tries - 1:
+                raise InputError("cannot write output (the folder was removed while it was being written)",
+                                 path=out_dir) from None
+        except OSError as exc:
+            full = "disk full: " if looks_full(exc, out_dir) else ""
+            raise InputError(f"cannot write output ({full}{exc.strerror or exc})", path=out_dir) from exc
+    raise AssertionError("unreachable")
 
 
 def _move_outputs(stage: Path, out_dir: Path, protect: Iterable[str | os.PathLike], last: set[str]) -> None:
