@@ -230,8 +230,22 @@ class Image:
 
     @classmethod
     def from_nibabel(cls, nimg, meta: dict | None = None) -> "Image":
-        """From a nibabel image; the affine is taken as is (nibabel's best affine: sform, else qform)."""
+        """From a nibabel image; the affine is taken as is (nibabel's best affine: sform, else qform).
+
+        A big-endian file's voxels come out in the machine's byte order (as SimpleITK reads them): nibabel keeps the
+        file's, which SimpleITK's writers and torch refuse.
+
+        Examples
+        --------
+        >>> import nibabel as nib
+        >>> hdr = nib.Nifti1Header(endianness=">")
+        >>> img = Image.from_nibabel(nib.Nifti1Image(np.arange(8, dtype=">i2").reshape(2, 2, 2), np.eye(4), hdr))
+        >>> img.array.dtype.isnative, int(img.array[1, 1, 1])
+        (True, 7)
+        """
         arr = np.asanyarray(nimg.dataobj)
+        if not arr.dtype.isnative:
+            arr = arr.astype(arr.dtype.newbyteorder("="))
         channels_first = False
         if arr.ndim == 5 and arr.shape[3] == 1:  # NIfTI vector images: (x, y, z, 1, c)
             arr = arr[:, :, :, 0, :]

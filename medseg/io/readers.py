@@ -83,6 +83,10 @@ def nifti_affine(header) -> tuple[np.ndarray, str]:
     (no shear), else the qform. medseg follows ITK there, because DICOM tools (ITK, Slicer, dcmqi)
     read the scanner frame that way and medseg's geometry contract is "equal to SimpleITK".
 
+    Two headers keep nibabel's (the standard's) reading, where ITK's differs: a sform whose column
+    lengths are not ``pixdim`` (ITK takes the spacing from ``pixdim``, warning "unexpected scales in
+    sform"), and neither code set (ITK: LPS axes from the origin; nibabel: x flipped, centred).
+
     Returns
     -------
     affine : (4, 4) ndarray
@@ -114,7 +118,28 @@ def nifti_affine(header) -> tuple[np.ndarray, str]:
     return header.get_best_affine(), "none (no sform/qform: nibabel's default)"
 
 
-_NIFTI_MM = {"micron": 1e-3, "meter": 1e3}  # mm per NIfTI spatial unit where it is not mm (or unknown: mm)
+#: mm per NIfTI spatial unit code (1 meter, 3 micron); mm (2) and unknown or unused codes: 1
+_NIFTI_MM = {1: 1e3, 3: 1e-3}
+
+
+def nifti_mm_per_unit(header) -> float:
+    """Millimetres per unit of a NIfTI header's spatial unit, read as ITK reads it.
+
+    Only the low 3 bits of ``xyzt_units`` are the spatial unit (the next 3 the temporal one): other bits set, or a
+    code no standard names, mean millimetres, where ``nibabel``'s ``get_xyzt_units`` raises ``KeyError``.
+
+    Examples
+    --------
+    >>> import nibabel as nib
+    >>> h = nib.Nifti1Header()
+    >>> h["xyzt_units"] = 3 | 8  # micron, second
+    >>> nifti_mm_per_unit(h)
+    0.001
+    >>> h["xyzt_units"] = 2 | 64  # mm, and a bit no standard uses
+    >>> nifti_mm_per_unit(h)
+    1.0
+    """
+    return _NIFTI_MM.get(int(header["xyzt_units"]) & 0x07, 1.0)
 
 
 def _read_nifti(path: Path) -> Image:
@@ -123,7 +148,7 @@ def _read_nifti(path: Path) -> Image:
     def to_image(nimg) -> tuple[Image, np.ndarray]:
         affine, source = nifti_affine(nimg.header)
         # in mm, as ITK reads it (nibabel ignores xyzt_units: a micron file would be 1000 times too large)
-        affine = np.diag([*[_NIFTI_MM.get(nimg.header.get_xyzt_units()[0], 1.0)] * 3, 1.0]) @ affine
+        affine = np.diag([*[nifti_mm_per_unit(nimg.header)] * 3, 1.0]) @ affine
         # kept so that outputs on this grid say what the input said (1 scanner, 2 aligned, 3 Talairach, 4 MNI)
         codes = {"sform": int(nimg.header["sform_code"]), "qform": int(nimg.header["qform_code"])}
         return Image.from_nibabel(nimg, meta={"source": str(path), "format": "nifti", "affine_source": source,
@@ -192,8 +217,15 @@ def _itk_reason(exc: Exception, native: str) -> str:
     if "not read completely" in native and short:
         return f"truncated: the pixel data holds {short[2]} of the {short[1]} bytes the header declares"
     printed = " ".join(ln.strip() for ln in native.splitlines() if ln.strip())
+    if printed:
+        return printed
+    # ITK's own words after "ITK ERROR: Class(0x...):", on one line: they may span lines (a singular direction matrix
+    # ends the message), and the last line alone said only "0 0 1"
+    thrown = re.search(r"ITK ERROR: [^:]*: (.*)", str(exc), re.S)
+    if thrown:
+        return " ".join(thrown[1].split())
     lines = [ln for ln in str(exc).splitlines() if ln.strip()]
-    return printed or (lines[-1].strip() if lines else type(exc).__name__)
+    return lines[-1].strip() if lines else type(exc).__name__
 
 
 def _read_itk(path: Path, suffix: str) -> Image:
