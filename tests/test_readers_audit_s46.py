@@ -190,3 +190,24 @@ def test_nrrd_channel_axis_last_and_mha_channels_and_list(tmp_path):
         img = read_image(path)
         np.testing.assert_array_equal(img.array, expected)
         np.testing.assert_allclose(_world_lps(img, CORNER), want, atol=1e-9)
+
+
+def test_info_says_which_header_field_gave_a_nifti_its_geometry_when_sform_and_qform_disagree(tmp_path):
+    """nibabel (and MONAI's loader) take the sform whatever its code; ITK and medseg take the qform when the sform
+    is not scanner-anatomical. `medseg info` says so where they disagree, and is silent where they agree."""
+    import json
+
+    import nibabel as nib
+
+    q, s = np.diag([1.0, 1.0, 1.0, 1.0]), np.diag([2.0, 2.0, 3.0, 1.0])
+    nimg = nib.Nifti1Image(ARR, s)
+    nimg.set_qform(q, code=1)
+    nimg.set_sform(s, code=2)  # aligned: not what ITK takes when a qform is set
+    nib.save(nimg, tmp_path / "both.nii.gz")
+    nib.save(nib.Nifti1Image(ARR, s), tmp_path / "one.nii.gz")
+    res = run_cli("info", tmp_path / "both.nii.gz")
+    assert res.code == 0
+    assert "geometry     from the qform (sform disagrees)" in res.out
+    rec = json.loads(run_cli("info", "--json", tmp_path / "both.nii.gz").out)[0]
+    assert rec["spacing"] == [1.0, 1.0, 1.0] and rec["affine_source"] == "qform (sform disagrees)"
+    assert "geometry" not in run_cli("info", tmp_path / "one.nii.gz").out

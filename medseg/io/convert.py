@@ -36,7 +36,8 @@ def image_summary(img: Image) -> dict[str, Any]:
     -------
     dict
         ``shape``, ``channels``, ``dtype``, ``spacing``, ``origin``, ``direction``, ``orientation``,
-        ``intensity_range`` (finite values), ``frame``, ``unit``, ``modality``, ``series_description``, ``series_uid``.
+        ``intensity_range`` (finite values), ``frame``, ``unit``, ``modality``, ``series_description``, ``series_uid``;
+        for NIfTI ``affine_source`` (:func:`medseg.io.readers.nifti_affine`).
 
     Examples
     --------
@@ -56,6 +57,8 @@ def image_summary(img: Image) -> dict[str, Any]:
         "unit": img.meta.get("unit", "mm"),  # microscopy: 'um' or 'pixel'; no patient frame, no orientation
         "modality": img.meta.get("modality", ""), "series_description": img.meta.get("series_description", ""),
         "series_uid": img.meta.get("series_uid", ""),
+        # NIfTI: which header field gave the geometry; tools differ where sform and qform disagree
+        **({"affine_source": img.meta["affine_source"]} if "affine_source" in img.meta else {}),
     }
 
 
@@ -170,6 +173,8 @@ def format_summary(rec: dict[str, Any]) -> str:
                 f"[{rec['intensity_range'][0]:.6g}, {rec['intensity_range'][1]:.6g}]"
                 if rec["intensity_range"][0] is not None else "none (no finite voxel)"),
         ]
+        if rec.get("affine_source", "sform") not in ("sform", "qform"):  # nibabel/MONAI may read it elsewhere
+            lines.append(f"    geometry     from the {rec['affine_source']}")
         if rec.get("predicted_by"):
             m = rec["predicted_by"]
             lines.append(f"    predicted by {m.get('model', '?')} (sha256 {str(m.get('model_sha256'))[:12]}), overlap "
