@@ -5,6 +5,9 @@ standard requires consecutive segment numbers), SNOMED CT coded category/type (s
 :mod:`medseg.export.colors`), CIELab display colour, algorithm identification (medseg, version,
 model name). highdicom takes the patient/study identifiers, frame of reference and per-frame plane
 positions from the referenced instances themselves, and omits empty frames.
+
+Reading: a FRACTIONAL segment holds the voxels of at least half its maximum fractional value; a file whose
+Number of Frames disagrees with its frames or pixel data is refused as damaged.
 """
 
 from __future__ import annotations
@@ -153,19 +156,23 @@ def _series_number(ref) -> int:
         return 1000
 
 
-def read_seg_masks(path: str | os.PathLike):
+def read_seg_masks(path: str | os.PathLike, *, slabs: bool = False):
     """Read a DICOM-SEG into per-segment binary masks on its own frame grid.
 
     Parameters
     ----------
     path : path
         The DICOM-SEG file.
+    slabs : bool
+        Take each frame as a slab of its Slice Thickness when the SEG states no Spacing Between Slices: frames a
+        whole multiple of it apart get the empty slices between them back (see :func:`_restore_omitted_slices`).
+        For resampling onto another grid; by default the slice step is the one highdicom finds between the frames.
 
     Returns
     -------
     masks : Image
         ``channels_first`` uint8 stack ``[segment, i, j, k]`` with a RAS affine (frames the SEG omits
-        are empty).
+        are empty). A FRACTIONAL segment holds the voxels of at least half its maximum fractional value.
     names : dict[int, str]
         Segment number -> segment label, in channel order.
     seg : highdicom.seg.Segmentation
@@ -180,14 +187,59 @@ def read_seg_masks(path: str | os.PathLike):
     if arr.ndim == 3:
         arr = arr[..., None]
     # highdicom: axes (slice, row, column[, segment]), affine to LPS; medseg: [i=column, j=row, k=slice]
-    arr = np.transpose(arr, (3, 2, 1, 0)) > 0
+    arr = _inside(np.transpose(arr, (3, 2, 1, 0)), seg)
     aff_lps = np.asarray(vol.affine, float)[:, [2, 1, 0, 3]]
     if np.dot(np.cross(aff_lps[:3, 0], aff_lps[:3, 1]), aff_lps[:3, 2]) < 0:  # slices along the normal, as a series
         arr = arr[..., ::-1]
         aff_lps[:3, 3] += (arr.shape[-1] - 1) * aff_lps[:3, 2]
         aff_lps[:3, 2] *= -1
+    if slabs:
+        arr, aff_lps = _restore_omitted_slices(arr, aff_lps, seg)
     names, meta = _names_and_meta(seg, numbers, path)
     return Image(arr.astype(np.uint8), LPS_TO_RAS @ aff_lps, meta, channels_first=True), names, seg
+
+
+def _inside(values: np.ndarray, seg) -> np.ndarray:
+    """Segment membership from highdicom's pixels: a FRACTIONAL segment (values rescaled to [0, 1]) holds the voxels
+    of at least half its maximum fractional value (probability >= 0.5, or at least half occupied), not every voxel
+    with a trace of it; BINARY and LABELMAP values are 0/1."""
+    if str(seg.get("SegmentationType", "")).upper() == "FRACTIONAL":
+        return values >= 0.5
+    return values > 0
+
+
+def _pixel_measure(seg, keyword: str):
+    """A Pixel Measures attribute (shared, else the first frame's), or None."""
+    for groups in (seg.get("SharedFunctionalGroupsSequence"), seg.get("PerFrameFunctionalGroupsSequence")):
+        if groups and "PixelMeasuresSequence" in groups[0] and keyword in groups[0].PixelMeasuresSequence[0]:
+            return groups[0].PixelMeasuresSequence[0].get(keyword)
+    return None
+
+
+def _restore_omitted_slices(arr: np.ndarray, aff_lps: np.ndarray, seg):
+    """Put back the empty frames a sparse SEG without Spacing Between Slices left out between its frames.
+
+    highdicom then takes the slice step from the frames present, so frames a whole multiple of their Slice
+    Thickness apart (lesions on slices 0 and 3) become a volume 3 slices thick per step, which nearest-neighbour
+    resampling would smear over the slices in between. The step is cut back to the thickness, with empty slices.
+    (A SEG on a series with gaps, 1 mm slices every 10 mm, gets its gaps as empty slices too: right for resampling.)
+    """
+    if arr.shape[-1] < 2 or _pixel_measure(seg, "SpacingBetweenSlices") is not None:
+        return arr, aff_lps
+    try:
+        thickness = float(_pixel_measure(seg, "SliceThickness") or 0)
+    except (TypeError, ValueError):
+        return arr, aff_lps
+    step = float(np.linalg.norm(aff_lps[:3, 2]))
+    ratio = step / thickness if thickness > 0 else 0.0
+    if ratio < 1.5 or abs(ratio - round(ratio)) > 0.01:  # frames adjacent (or not on a grid of the thickness)
+        return arr, aff_lps
+    m = int(round(ratio))
+    out = np.zeros((*arr.shape[:-1], (arr.shape[-1] - 1) * m + 1), arr.dtype)
+    out[..., ::m] = arr
+    aff_lps = aff_lps.copy()
+    aff_lps[:3, 2] /= m
+    return out, aff_lps
 
 
 def _read_segments(path: Path):
@@ -198,10 +250,25 @@ def _read_segments(path: Path):
         seg = hd.seg.segread(str(path))
     except Exception as exc:
         raise InputError(f"cannot read DICOM-SEG ({exc})", path=path) from exc
+    _check_frames(seg, path)
     numbers = [n for n in seg.get_segment_numbers() if n != 0]  # LABELMAP SEGs may describe background as 0
     if not numbers:
         raise InputError("the DICOM-SEG has no segments", path=path)
     return seg, numbers
+
+
+def _check_frames(seg, path: Path) -> None:
+    """``InputError`` when Number of Frames disagrees with the per-frame items or the pixel data: highdicom reads
+    the first Number of Frames frames and drops the rest without a word (a damaged or truncated file)."""
+    frames = int(seg.get("NumberOfFrames") or 1)
+    items = len(seg.get("PerFrameFunctionalGroupsSequence") or [])
+    if items != frames:
+        raise InputError(f"damaged DICOM-SEG: NumberOfFrames is {frames} but {items} frames are described", path=path)
+    if "PixelData" in seg and not seg.file_meta.TransferSyntaxUID.is_encapsulated:
+        bits = frames * int(seg.Rows) * int(seg.Columns) * int(seg.BitsAllocated) * int(seg.get("SamplesPerPixel", 1))
+        if len(seg.PixelData) < (bits + 7) // 8:  # 1-bit frames are packed across frame boundaries
+            raise InputError(f"damaged DICOM-SEG: its pixel data holds {len(seg.PixelData)} bytes, {frames} frames "
+                             f"need {(bits + 7) // 8} (a truncated file?)", path=path)
 
 
 def _names_and_meta(seg, numbers, path: Path) -> tuple[dict, dict]:
@@ -231,5 +298,5 @@ def read_seg_on_reference(path: str | os.PathLike, ref):
                                                 assert_missing_frames_are_empty=True)
     except (ValueError, KeyError, RuntimeError, AttributeError):
         return None
-    masks = np.transpose(arr, (3, 2, 1, 0)) > 0  # (slice, row, column, segment) -> [segment, i, j, k]
+    masks = _inside(np.transpose(arr, (3, 2, 1, 0)), seg)  # (slice, row, column, segment) -> [segment, i, j, k]
     return (masks, *_names_and_meta(seg, numbers, path))

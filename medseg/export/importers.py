@@ -110,8 +110,8 @@ def import_masks(path: str | os.PathLike, reference: str | os.PathLike | None = 
         on_ref = read_seg_on_reference(path, ref)
         if on_ref is not None:
             arr, names, meta = on_ref
-        else:
-            masks, names, _ = read_seg_masks(path)
+        else:  # each frame a slab of its thickness: a sparse SEG's frames are not smeared over the omitted ones
+            masks, names, _ = read_seg_masks(path, slabs=True)
             meta = masks.meta
             arr = np.stack([resample_to_reference(Image(masks.array[c], masks.affine, dict(masks.meta)), ref,
                                                   require_cover=False) for c in range(masks.num_channels)])

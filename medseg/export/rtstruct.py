@@ -50,11 +50,15 @@ def _contour_data(points: np.ndarray):
 
 
 def _read_contour_data(item) -> np.ndarray:
-    """ContourData as floats without building one pydicom DS object per value."""
+    """ContourData as floats without building one pydicom DS object per value (``ValueError`` when damaged)."""
     elem = item.get_item(0x30060050)
-    if elem is not None and isinstance(elem.value, bytes):
-        return np.array(elem.value.replace(b"\\", b" ").split(), dtype=float).reshape(-1, 3)
-    return np.asarray([float(v) for v in item.ContourData], float).reshape(-1, 3)
+    if elem is not None and isinstance(elem.value, bytes):  # NUL padding, as some writers use, is padding too
+        values = np.array(elem.value.replace(b"\\", b" ").replace(b"\0", b" ").split(), dtype=float)
+    else:
+        values = np.asarray([float(v) for v in item.get("ContourData") or []], float)
+    if values.size % 3:
+        raise ValueError(f"a ContourData of {values.size} numbers, not (x, y, z) triples")
+    return values.reshape(-1, 3)
 
 
 def _now():
@@ -258,7 +262,8 @@ def read_rtstruct_masks(path: str | os.PathLike, ref, *, slice_tol: float | None
     names : dict of int to str
         ROI number -> name, in channel order.
     skipped : int
-        Number of contours that lie on no slice of ``ref``.
+        Number of contours that lie on no slice of ``ref``, or belong to an ROI in another frame of
+        reference (left empty: its coordinates mean nothing on this series).
 
     Examples
     --------
@@ -298,9 +303,16 @@ def read_rtstruct_masks(path: str | os.PathLike, ref, *, slice_tol: float | None
     if slice_tol is None:  # half the smallest slice gap (or of the thickness for one slice)
         gaps = np.diff(depth)
         slice_tol = 0.5 * (float(gaps.min()) if gaps.size else float(ref.datasets[0].get("SliceThickness") or 1.0))
+    # an ROI in another frame of reference (a structure drawn on a registered MR) has no place on this series
+    elsewhere = {int(r.ROINumber) for r in rs.StructureSetROISequence
+                 if str(r.get("ReferencedFrameOfReferenceUID", "") or ref.frame_of_reference_uid)
+                 != ref.frame_of_reference_uid}
     skipped = 0
     polys: dict[tuple[int, int], list[np.ndarray]] = {}
     for roi in rs.get("ROIContourSequence", []):
+        if "ReferencedROINumber" not in roi:  # the tag follows the contours: a file cut short in them
+            raise InputError("damaged RTSTRUCT: an ROI Contour item has no Referenced ROI Number (a truncated "
+                             "file?)", path=path)
         num = int(roi.ReferencedROINumber)
         if num not in names:
             continue
@@ -308,7 +320,15 @@ def read_rtstruct_masks(path: str | os.PathLike, ref, *, slice_tol: float | None
         for c in roi.get("ContourSequence", []):
             if c.get("ContourGeometricType", "CLOSED_PLANAR") != "CLOSED_PLANAR":
                 continue
-            pts = _read_contour_data(c)
+            if num in elsewhere:
+                skipped += 1
+                continue
+            try:
+                pts = _read_contour_data(c)
+            except ValueError as exc:
+                raise InputError(f"damaged RTSTRUCT: {exc} in ROI {names[num]!r}", path=path) from None
+            if not len(pts):
+                continue
             d = float(np.mean(pts @ normal))
             k = int(np.argmin(np.abs(depth - d)))
             if abs(depth[k] - d) > slice_tol:
