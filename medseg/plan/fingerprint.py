@@ -71,9 +71,11 @@ def compute_fingerprint(ds: Dataset, max_cases: int | None = None, samples_per_c
     """Read every labelled case once (``max_cases`` limits it, spread evenly) and summarise it.
 
     Foreground intensities are sampled (``samples_per_case`` voxels per case, the same voxels in every channel)
-    like nnU-Net does, so the percentiles are those of the foreground of the whole dataset. Each case is sampled
-    with its own generator seeded by ``seed`` (as nnU-Net), so its sample depends on its content only, not on
-    the case names or the cases read before it.
+    like nnU-Net does: a case contributes all its foreground voxels or ``samples_per_case`` of them, so cases with
+    large foregrounds weigh alike. Each case is sampled with its own generator seeded by ``seed`` (as nnU-Net), so
+    its sample depends on its content only, not on the case names or the cases read before it. Cases without
+    foreground (negatives of a lesion dataset) add nothing to the statistics, as in nnU-Net; only a dataset with no
+    foreground at all is summarised over all its voxels.
 
     Parameters
     ----------
@@ -82,8 +84,7 @@ def compute_fingerprint(ds: Dataset, max_cases: int | None = None, samples_per_c
     max_cases : int, optional
         Read at most this many cases, evenly spread over the dataset.
     samples_per_case : int
-        Foreground voxels sampled per case and channel (every one when the case has fewer); a case without
-        foreground is sampled over all its voxels.
+        Foreground voxels sampled per case and channel (every one when the case has fewer).
     seed : int
         Seed of every case's sampling.
     progress : bool
@@ -119,36 +120,38 @@ def compute_fingerprint(ds: Dataset, max_cases: int | None = None, samples_per_c
     cases = [c for c in ds.cases if c.label is not None] or ds.cases
     if max_cases and len(cases) > max_cases:
         cases = [cases[i] for i in np.linspace(0, len(cases) - 1, max_cases).round().astype(int)]
-    spacings, shapes, samples = [], [], None
+    spacings, shapes = [], []
+    samples: dict[bool, list] = {True: [], False: []}  # per case, its channels' samples; by: has it foreground
     cvox: dict[int, int] = {}
     ccase: dict[int, int] = {}
     for case in _progress(cases, progress, "fingerprint"):
         image, label = load_case(case, labels=ds.labels, channels=len(ds.channel_names), orientation=orientation)
         spacings.append([float(s) for s in image.spacing])
         shapes.append([int(s) for s in image.shape])
-        if samples is None:
-            samples = [[] for _ in range(image.num_channels)]
         fg = (label.array > 0).ravel() if label is not None else np.zeros(0, bool)
         n_fg = int(np.count_nonzero(fg))
-        size = n_fg or int(np.prod(image.shape))  # a case without foreground: all its voxels
+        size = n_fg or int(np.prod(image.shape))  # a case without foreground: all its voxels (used if none has any)
         # a fresh generator per case: a case's sample depends on that case only (not on names or reading order)
         pick = np.random.default_rng(seed).choice(size, samples_per_case, replace=False) \
             if size > samples_per_case else np.arange(size)
         idx = nth_true(fg, pick) if n_fg else pick
-        for c in range(image.num_channels):
-            samples[c].append(image.array[c].ravel()[idx])
+        samples[n_fg > 0].append([image.array[c].ravel()[idx] for c in range(image.num_channels)])
         if label is not None:
             vals, counts = np.unique(label.array, return_counts=True)
             for v, n in zip(vals.tolist(), counts.tolist()):
                 cvox[v] = cvox.get(v, 0) + n
                 ccase[v] = ccase.get(v, 0) + 1
-    intensity = []
-    for c, chunks in enumerate(samples or []):
-        v = np.sort(np.concatenate(chunks).astype(np.float64))  # sorted: sums do not depend on the case order
-        intensity.append({"mean": float(v.mean()), "std": float(v.std()), "p00_5": float(np.percentile(v, 0.5)),
-                          "p99_5": float(np.percentile(v, 99.5)), "min": float(v.min()), "max": float(v.max())})
+    # the cases with foreground only: a negative CT (air, table) took the spleen clip [-24, 133] to [-1013, 178]
+    intensity = [_statistics(chunks) for chunks in zip(*(samples[True] or samples[False]))]
     return Fingerprint(spacings, shapes, ds.channel_names, intensity, dict(sorted(cvox.items())),
                        dict(sorted(ccase.items())), len(cases), orientation)
+
+
+def _statistics(chunks) -> dict:
+    """Mean, std, 0.5 / 99.5 percentiles (numpy's linear method), min and max of the pooled ``chunks``."""
+    v = np.sort(np.concatenate(chunks).astype(np.float64))  # sorted: sums do not depend on the case order
+    return {"mean": float(v.mean()), "std": float(v.std()), "p00_5": float(np.percentile(v, 0.5)),
+            "p99_5": float(np.percentile(v, 99.5)), "min": float(v.min()), "max": float(v.max())}
 
 
 def nth_true(mask, ranks, chunk: int = 1 << 22) -> np.ndarray:

@@ -165,7 +165,7 @@ def make_plan(dataset: str | os.PathLike | Dataset, device: str = "cpu", memory_
     ``max_epochs`` is a cap at :data:`SPEED_MARGIN` times the iterations ``throughput`` (FLOP/s; default
     :data:`THROUGHPUT` of the device) predicts, and validation runs at most about 20 times.
     ``output``: the plan is also written there (YAML); its name must end in .yaml or .yml (what ``medseg train``
-    takes as a plan), checked before the dataset is read.
+    takes as a plan) and its folder exist, both checked before the dataset is read.
 
     Parameters
     ----------
@@ -197,6 +197,8 @@ def make_plan(dataset: str | os.PathLike | Dataset, device: str = "cpu", memory_
     """
     if output is not None:
         check_plan_name(output)
+        if not Path(output).parent.is_dir():  # before the fingerprint (minutes on a large dataset), not after it
+            raise InputError("output folder does not exist", path=Path(output).parent)
     for name, value in (("memory budget (GB)", memory_gb), ("time budget (minutes)", minutes)):
         if value is not None and not 0 < value < float("inf"):  # 0 meant no limit; a negative one an 8³ patch
             raise InputError(f"the {name} must be a positive number, got {value}")
