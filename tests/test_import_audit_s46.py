@@ -445,3 +445,19 @@ def test_plastimatch_written_rtstruct_imports_its_label_images(tmp_path):
     lab = import_segmentation(rt, tmp_path / "ct")  # the label map: disjoint ROIs, so each keeps all its voxels
     for value, name in lab.meta["labels"].items():
         assert (lab.array == value).sum() == truth[name].sum()
+
+
+@pytest.mark.parametrize("obj, kind", [(("dicom", "dcmqi_segmentations", "liver.dcm"), "DICOM-SEG"),
+                                       (("dicom", "ct_rtstruct", "RS_Body_SpinalCord.dcm"), "RTSTRUCT")])
+def test_a_segmentation_object_handed_to_evaluate_says_how_to_make_it_an_image(tmp_path, obj, kind):
+    """evaluate and predict take images; a real SEG or RTSTRUCT handed to them said only 'no DICOM image series
+    found', as if the file were not DICOM."""
+    import nibabel as nib
+    from conftest import data_path
+
+    path = data_path(*obj)
+    ref = tmp_path / "ref.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros((4, 4, 4), np.uint8), np.eye(4)), ref)
+    res = run_cli("evaluate", "--pred", path, "--ref", ref, "-o", tmp_path / "out")
+    assert_clean_error(res, path.name, f"this is a {kind}", "medseg convert")
+    assert not (tmp_path / "out").exists()

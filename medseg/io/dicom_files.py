@@ -168,6 +168,10 @@ def no_series_message(path) -> str:
     from medseg.io.atomic import full_suffix
 
     msg = "no DICOM image series found"
+    kind = _object_kind(Path(path))
+    if kind:  # commands that take images are handed a segmentation object: say how to make it an image
+        return (f"{msg}: this is a {kind}, not an image; put it on its series first "
+                f"(medseg convert {Path(path).name} OUT.nii.gz --reference SERIES_FOLDER)")
     p = dicom_root(Path(path))
     if p.is_dir():
         others = [f for f in walk_files(p) if full_suffix(f) in
@@ -177,3 +181,16 @@ def no_series_message(path) -> str:
             msg += (f" (it holds {len(others)} NIfTI/NRRD/MHA/TIFF/PNG file{'s' if len(others) > 1 else ''}: "
                     f"pass one of them, e.g. {example.relative_to(p)})")
     return msg
+
+
+def _object_kind(path: Path) -> str | None:
+    """'DICOM-SEG' or 'RTSTRUCT' for a file holding one of those objects, else None."""
+    if not path.is_file():
+        return None
+    try:
+        import pydicom
+
+        ds = pydicom.dcmread(str(path), stop_before_pixels=True, specific_tags=["Modality"])
+    except Exception:  # not DICOM, or unreadable: the plain message
+        return None
+    return {"SEG": "DICOM-SEG", "RTSTRUCT": "RTSTRUCT"}.get(str(ds.get("Modality", "")))
