@@ -341,6 +341,9 @@ def test_rtstruct_roi_in_another_frame_of_reference_is_not_drawn(tmp_path):
     assert masks.array[0].sum() == masks.array[0, :, :, 1].sum()
     assert not masks.array[1].any()
     assert masks.meta["skipped_contours"] == 1
+    res = run_cli("convert", rt, tmp_path / "rt.nii.gz")  # the user is told what the label map lacks
+    assert res.code == 0, res.err
+    assert "1 contour left out" in res.err and len(res.err.strip().splitlines()) == 1
 
 
 def test_rtstruct_contour_data_padded_with_nul_imports(tmp_path):

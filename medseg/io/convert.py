@@ -295,8 +295,12 @@ def convert(input: str | os.PathLike, output: str | os.PathLike, series: str | i
         raise InputError("--reference is the image series a DICOM-SEG or RTSTRUCT refers to; this input is "
                          "neither (it has its own grid)", path=src)
     if segmentation:
-        images = [(dst / f"{src.stem}{suffix}" if to_folder else dst,
-                   _import_segmentation(src, reference, rt_fill, series))]
+        img = _import_segmentation(src, reference, rt_fill, series)
+        images = [(dst / f"{src.stem}{suffix}" if to_folder else dst, img)]
+        if img.meta.get("skipped_contours"):  # not an error (other ROIs may be whole), but the map lacks them
+            n = img.meta["skipped_contours"]
+            notes = [f"medseg: note: {src}: {n} contour{'s' if n > 1 else ''} left out: on no slice of the "
+                     "series, or in another frame of reference"]
     elif _is_dicom_input(src):
         from medseg.io.dicom import load_series
         from medseg.io.dicom_files import dicom_root
