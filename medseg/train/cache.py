@@ -182,6 +182,10 @@ def cache_cases(plan: Plan, cases, progress: bool = False, cache: dict | None = 
         c = cache.get(case.id) if cache is not None else None
         if c is None and mode != "memory":
             c = disk.get(case.id, keys[case.id])
+            if c is not None and not set(c.fg) <= set(plan.labels):
+                # the key holds no labels (a plan's edited label list keeps it): read the files again, whose check
+                # refuses the value as in RAM, rather than train on a class the network does not have
+                c = None
         if c is None:
             c = preprocess_case(plan, case)
             if mode == "disk":

@@ -153,7 +153,8 @@ def preprocess(array: np.ndarray, spacing, plan: Plan, label: np.ndarray | None 
     plan : Plan
         Normalisation and grid (:func:`normalise`, :func:`network_shape`).
     label : ndarray of int, optional
-        ``(*S)`` label map, resized by nearest neighbour.
+        ``(*S)`` label map, resized by nearest neighbour (a new voxel centre exactly between two old ones, as at
+        2x downsampling, takes the higher-index one: the label moves half an old voxel, the image does not).
 
     Returns
     -------

@@ -220,6 +220,10 @@ def augment(x: torch.Tensor, y: torch.Tensor, gen: torch.Generator, cfg: dict, s
     """Random rotation/scaling (in mm, so anisotropic grids stay right), flips, intensity scale/shift, gamma
     and Gaussian noise, each applied to a sample with probability ``cfg['prob']``. x: (B, C, *S), y: (B, *S).
 
+    Rotation and scaling act about the patch centre on the patch alone: where they reach beyond it, the image is 0
+    and the label 0 (background). Gamma keeps each sample's minimum and maximum (not its mean and standard
+    deviation, as nnU-Net's does).
+
     Parameters
     ----------
     x : torch.Tensor
@@ -230,8 +234,8 @@ def augment(x: torch.Tensor, y: torch.Tensor, gen: torch.Generator, cfg: dict, s
         All draws.
     cfg : dict
         The plan's ``augment``: ``rotate_deg`` (at most, per axis), ``scale`` ([low, high]), ``flip_axes``
-        (spatial axes, each flipped with probability 0.5), ``intensity``, ``gamma`` (bool), ``noise`` (largest
-        sigma), ``prob``.
+        (spatial axes, each flipped with probability 0.5 whatever ``prob``), ``intensity``, ``gamma`` (bool),
+        ``noise`` (largest sigma), ``prob``.
     spacing : sequence of float, optional
         Voxel size (its last ``len(S)`` entries are used); the default treats voxels as cubes.
 
