@@ -26,7 +26,7 @@ from medseg.train.preprocess import preprocess
 from medseg.train.sampling import CachedCase, foreground_index, pad_to
 from medseg.train.store import ArrayStore, source_stats
 
-FORMAT = 4  # bump when what preprocess_case computes changes: older caches then miss (4: labels re-indexed)
+FORMAT = 5  # bump when what preprocess_case computes changes: older caches then miss (5: labels resized class by class)
 # 'auto' keeps cases in RAM until they would hold this share of the RAM available when caching starts (divided
 # among DDP ranks), then moves them all to disk: the network, the optimiser and the batches need the rest
 AUTO_SHARE = 0.4

@@ -141,6 +141,72 @@ def resize(t: torch.Tensor, shape, mode: str = "trilinear") -> torch.Tensor:
     return out.to(t.dtype) if m == "nearest-exact" else out
 
 
+def resize_labels(label: torch.Tensor, shape) -> torch.Tensor:
+    """Resize an integer label map ``(*S)`` to ``shape`` as nnU-Net does: each class's mask is interpolated linearly
+    (as :func:`resize`) and the class is set where it reaches 0.5, classes in increasing order.
+
+    Nearest neighbour would move the label against the image: at an even downsampling factor every new voxel centre
+    lies between two old ones and its ties all go one way, half an old voxel (0.4 mm on a 0.8 mm CT made 1.6 mm).
+    Each class is interpolated over its bounding box only (a 100-class CT costs about one full interpolation).
+
+    Parameters
+    ----------
+    label : torch.Tensor
+        ``(*S)`` integer label map, 2 or 3 axes; 0 is background.
+    shape : sequence of int
+        The new shape.
+
+    Returns
+    -------
+    torch.Tensor
+        ``(*shape)``, the dtype of ``label``; ``label`` itself when it already has that shape.
+
+    Examples
+    --------
+    >>> resize_labels(torch.tensor([[0, 0, 1, 1, 1, 1]]), (1, 3)).tolist()  # nearest: [[0, 1, 1]]
+    [[0, 1, 1]]
+    >>> resize_labels(torch.tensor([[0, 1, 1, 0]]), (1, 2)).tolist()  # a tie keeps the class, on both sides
+    [[1, 1]]
+    """
+    shape = tuple(int(s) for s in shape)
+    if tuple(label.shape) == shape:
+        return label
+    from scipy import ndimage as ndi
+
+    out = torch.zeros(shape, dtype=label.dtype)
+    arr = label.numpy()
+    if arr.min() < 0:
+        raise ValueError("label values must be >= 0")
+    for c, box in enumerate(ndi.find_objects(arr), start=1):  # one pass for every class's bounding box
+        if box is not None:
+            block, values = _interpolate_box(arr, c, box, shape)
+            out[block][values >= 0.5] = c
+    return out
+
+
+def _interpolate_box(arr: np.ndarray, c: int, box: tuple, shape: tuple) -> tuple[tuple, torch.Tensor]:
+    """Linear interpolation (``align_corners=False``, edges repeated) of ``arr == c`` onto ``shape``, computed only
+    on the output voxels that the class's bounding box ``box`` reaches: (the slices of those voxels, their values)."""
+    block, crop, steps = [], [], []
+    for ax, (n_in, n_out) in enumerate(zip(arr.shape, shape)):
+        u = np.maximum((np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5, 0.0)  # float64: ties stay exact
+        i0 = np.minimum(np.floor(u).astype(np.int64), n_in - 1)
+        i1 = np.minimum(i0 + 1, n_in - 1)
+        sel = np.flatnonzero((i1 >= box[ax].start) & (i0 < box[ax].stop))  # the output voxels it reaches: a run
+        o0, o1 = int(sel[0]), int(sel[-1]) + 1
+        c0, c1 = int(i0[o0]), int(i1[o1 - 1]) + 1
+        block.append(slice(o0, o1))
+        crop.append(slice(c0, c1))
+        steps.append((i0[o0:o1] - c0, i1[o0:o1] - c0, u[o0:o1] - i0[o0:o1]))
+    a = torch.from_numpy(arr[tuple(crop)] == c).float()
+    for ax, (j0, j1, w) in enumerate(steps):  # separable, as bi- and trilinear are
+        view = [1] * a.ndim
+        view[ax] = -1
+        wt = torch.from_numpy(w.astype(np.float32)).reshape(view)
+        a = a.index_select(ax, torch.from_numpy(j0)) * (1 - wt) + a.index_select(ax, torch.from_numpy(j1)) * wt
+    return tuple(block), a
+
+
 def preprocess(array: np.ndarray, spacing, plan: Plan, label: np.ndarray | None = None):
     """Normalise and resample a channels-first image (and optionally its label) to the plan's grid.
 
@@ -153,8 +219,7 @@ def preprocess(array: np.ndarray, spacing, plan: Plan, label: np.ndarray | None 
     plan : Plan
         Normalisation and grid (:func:`normalise`, :func:`network_shape`).
     label : ndarray of int, optional
-        ``(*S)`` label map, resized by nearest neighbour (a new voxel centre exactly between two old ones, as at
-        2x downsampling, takes the higher-index one: the label moves half an old voxel, the image does not).
+        ``(*S)`` label map, resized class by class (:func:`resize_labels`).
 
     Returns
     -------
@@ -174,5 +239,5 @@ def preprocess(array: np.ndarray, spacing, plan: Plan, label: np.ndarray | None 
     x = resize(x, shape)
     y = None
     if label is not None:
-        y = resize(torch.from_numpy(np.asarray(label, np.int16))[None], shape, mode="nearest")[0]
+        y = resize_labels(torch.from_numpy(np.asarray(label, np.int16)), shape)
     return x.contiguous(), y
