@@ -18,6 +18,7 @@ import pydicom
 import pytest
 import torch
 
+from _dicom_series import write_ct_series
 from conftest import assert_clean_error, run_cli
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -45,36 +46,15 @@ def _model(path: Path, bias=None, **kw) -> Path:
 
 def _series(folder: Path, seed: int, number: int, iop=(COS, SIN, 0, 0, 0, -1), positions=None) -> str:
     """An oblique CT series with a bright box (one study, SeriesNumber ``number``: discovery order); its UID."""
-    from pydicom.dataset import FileDataset, FileMetaDataset
-    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
-
-    folder.mkdir(parents=True)
+    assert not folder.exists()
     rng = np.random.default_rng(seed)
     vol = rng.normal(0, 200, size=(8, 24, 20)).astype(np.int16)
     vol[2:6, 5:15, 4:12] += 800
     normal = np.cross(iop[:3], iop[3:])
     positions = positions or [np.array([-20.0, -30.0, 10.0]) + 2.5 * k * normal for k in range(8)]
-    series, frame = generate_uid(), generate_uid()
-    for k, pos in enumerate(positions):
-        meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = CTImageStorage, generate_uid()
-        meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds = FileDataset(str(folder / f"{k:03d}.dcm"), {}, file_meta=meta, preamble=b"\0" * 128)
-        ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, meta.MediaStorageSOPInstanceUID
-        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = STUDY_UID, series, frame
-        ds.Modality, ds.PatientName, ds.PatientID, ds.PatientBirthDate, ds.PatientSex = "CT", "Audit^T", "A1", "", "O"
-        ds.StudyDate, ds.StudyTime, ds.StudyID = "20240101", "120000", "1"
-        ds.AccessionNumber, ds.ReferringPhysicianName = "", ""
-        ds.SeriesNumber, ds.InstanceNumber, ds.Manufacturer, ds.PositionReferenceIndicator = number, k + 1, "audit", ""
-        ds.ImagePositionPatient = [f"{v:.4f}" for v in pos]
-        ds.ImageOrientationPatient = [f"{v:.6f}" for v in iop]
-        ds.PixelSpacing, ds.SliceThickness, ds.Rows, ds.Columns = ["1.5", "1.2"], "2.5", 24, 20
-        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
-        ds.RescaleSlope, ds.RescaleIntercept, ds.ImageType = "1", "-1024", ["ORIGINAL", "PRIMARY", "AXIAL"]
-        ds.PixelData = vol[k].tobytes()
-        ds.save_as(str(folder / f"{k:03d}.dcm"), enforce_file_format=True)
-    return series
+    dss = write_ct_series(folder, vol[: len(positions)], positions, iop, (1.5, 1.2), thickness=2.5, study=STUDY_UID,
+                          series_number=number, intercept=-1024)
+    return str(dss[0].SeriesInstanceUID)
 
 
 @pytest.fixture(scope="module")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from _dicom_series import write_ct_series
 from medseg.errors import InputError
 from medseg.export import export_segmentation
 from medseg.io.image import LPS_TO_RAS, Image
@@ -22,35 +23,8 @@ PS = 1.0  # pixel spacing (mm)
 
 def _write_series(folder, positions, iop=(1, 0, 0, 0, 1, 0)):
     """CT slices at the given LPS Image Position (Patient)s; returns the SOP UIDs in the order given."""
-    from pydicom.dataset import FileDataset, FileMetaDataset
-    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
-
-    folder.mkdir(parents=True, exist_ok=True)
-    study, series, frame = generate_uid(), generate_uid(), generate_uid()
-    uids = []
-    for k, pos in enumerate(positions):
-        meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID = CTImageStorage
-        meta.MediaStorageSOPInstanceUID = uid = generate_uid()
-        meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds = FileDataset(str(folder / f"{k:03d}.dcm"), {}, file_meta=meta, preamble=b"\0" * 128)
-        ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, uid
-        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study, series, frame
-        ds.Modality, ds.PatientName, ds.PatientID, ds.PatientBirthDate, ds.PatientSex = "CT", "Audit^Test", "A1", "", "O"
-        ds.StudyDate, ds.StudyTime, ds.StudyID, ds.AccessionNumber, ds.ReferringPhysicianName = "20240101", "120000", "1", "", ""
-        ds.SeriesNumber, ds.InstanceNumber, ds.Manufacturer = 1, k + 1, "audit"
-        ds.PositionReferenceIndicator = ""
-        ds.ImagePositionPatient = [f"{v:.4f}" for v in pos]
-        ds.ImageOrientationPatient = [str(v) for v in iop]
-        ds.PixelSpacing, ds.SliceThickness = [str(PS), str(PS)], "2"
-        ds.Rows = ds.Columns = N
-        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
-        ds.RescaleSlope, ds.RescaleIntercept, ds.ImageType = "1", "0", ["ORIGINAL", "PRIMARY", "AXIAL"]
-        ds.PixelData = np.zeros((N, N), np.int16).tobytes()
-        ds.save_as(str(folder / f"{k:03d}.dcm"), enforce_file_format=True)
-        uids.append(uid)
-    return uids
+    dss = write_ct_series(folder, [np.zeros((N, N), np.int16)] * len(positions), positions, iop, (PS, PS))
+    return [str(ds.SOPInstanceUID) for ds in dss]
 
 
 def _tilted(tmp_path):

@@ -16,6 +16,7 @@ import warnings
 import numpy as np
 import pytest
 
+from _dicom_series import write_ct_series
 from conftest import assert_clean_error, run_cli
 from medseg.export.importers import import_masks, import_segmentation
 
@@ -24,34 +25,9 @@ ROWS, COLS, SPACING = 20, 24, (0.8, 1.1)  # PixelSpacing: between rows, between 
 
 # ---------------------------------------------------------------------------------------------------- builders
 def _series(folder, positions, iop=(1, 0, 0, 0, 1, 0), study=None, frame=None):
-    """CT slices (headers + pixels) at the given LPS positions; returns the datasets in the order given."""
-    from pydicom.dataset import FileDataset, FileMetaDataset
-    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
-
-    folder.mkdir(parents=True, exist_ok=True)
-    study, series, frame = study or generate_uid(), generate_uid(), frame or generate_uid()
-    out = []
-    for k, pos in enumerate(positions):
-        meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = CTImageStorage, generate_uid()
-        meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds = FileDataset(str(folder / f"{k:03d}.dcm"), {}, file_meta=meta, preamble=b"\0" * 128)
-        ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, meta.MediaStorageSOPInstanceUID
-        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study, series, frame
-        ds.Modality, ds.PatientName, ds.PatientID, ds.PatientBirthDate, ds.PatientSex = "CT", "Audit^S46", "S46", "", "O"
-        ds.StudyDate, ds.StudyTime, ds.StudyID, ds.AccessionNumber, ds.ReferringPhysicianName = "20240101", "120000", "1", "", ""
-        ds.SeriesNumber, ds.InstanceNumber, ds.Manufacturer, ds.PositionReferenceIndicator = 1, k + 1, "audit", ""
-        ds.ImagePositionPatient = [f"{v:.4f}" for v in pos]
-        ds.ImageOrientationPatient = [str(v) for v in iop]
-        ds.PixelSpacing, ds.SliceThickness = [str(v) for v in SPACING], "2"
-        ds.Rows, ds.Columns = ROWS, COLS
-        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
-        ds.RescaleSlope, ds.RescaleIntercept, ds.ImageType = "1", "0", ["ORIGINAL", "PRIMARY", "AXIAL"]
-        ds.PixelData = np.full((ROWS, COLS), k, np.int16).tobytes()
-        ds.save_as(str(folder / f"{k:03d}.dcm"), enforce_file_format=True)
-        out.append(ds)
-    return out
+    """CT slices (headers + pixels, slice k all k) at the given LPS positions; the datasets in the order given."""
+    return write_ct_series(folder, [np.full((ROWS, COLS), k, np.int16) for k in range(len(positions))], positions,
+                           iop, SPACING, study=study, frame=frame, patient=("Audit^S46", "S46"))
 
 
 def _axial(folder, n=6):
@@ -372,10 +348,11 @@ def test_damaged_rtstruct_is_a_clean_error(tmp_path, damage):
     reader stopped with AttributeError / ValueError, 'internal error', exit 1."""
     dss = _axial(tmp_path / "ct")
     contours = [("CLOSED_PLANAR", _world(dss, k, _ellipse(11.3, 9.7, 7.2))) for k in range(6)]
-    text = None
-    if damage == "points_not_triples":
-        def text(pts):
-            return _ds_text(np.ravel(pts)[:-1], "{:.4f}")
+
+    def points_not_triples(pts):
+        return _ds_text(np.ravel(pts)[:-1], "{:.4f}")
+
+    text = points_not_triples if damage == "points_not_triples" else None
     rt = _rtstruct(tmp_path / "full.dcm", dss, [(1, "roi", contours, None)], contour_text=text)
     data = rt.read_bytes()
     bad = tmp_path / "ct" / "rt.dcm"
