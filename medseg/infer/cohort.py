@@ -80,12 +80,12 @@ def _write_labels(lab: Image, dest: Path, protect, note: str, record: dict) -> N
     ``record`` (model digest and options, :mod:`medseg.infer.provenance`) in a header extension."""
     import nibabel as nib
 
-    from medseg.infer.provenance import attach_record
+    from medseg.infer.provenance import attach_record, record_lock
 
     nimg = lab.to_nibabel()
     nimg.header["descrip"] = note.encode("ascii", "replace")[:79]
     attach_record(nimg, record)
-    with atomic_path(dest, protect=protect) as tmp:
+    with record_lock(dest.parent), atomic_path(dest, protect=protect) as tmp:  # not inside another run's rewrite
         nib.save(nimg, str(tmp))
 
 
@@ -237,14 +237,14 @@ def _status(case: Case, output: Path, record: "CaseRecords", probabilities: bool
 
 def _export_finished(case: Case, output: Path, export: str, labels: dict) -> Path:
     """Export a finished case's label map, then record the export in it (rewritten atomically: a run stopped
-    between the two exports again); returns the label map's path."""
-    import nibabel as nib
-
-    from medseg.infer.provenance import attach_record, read_record
+    between the two exports again; under the folder's lock, :func:`medseg.infer.provenance.add_extra`: another
+    run's export recorded meanwhile stays); returns the label map's path."""
+    from medseg.infer.provenance import add_extra, read_record
     from medseg.io.readers import read_image
 
     dest = output / f"{case.name}.nii.gz"
     _keep_folder(output)
+    made_from = read_record(dest)  # the prediction the voxels below belong to
     try:
         lab = read_image(dest)
     except InputError as exc:  # the header was whole (its record read), the voxels are not
@@ -253,11 +253,10 @@ def _export_finished(case: Case, output: Path, export: str, labels: dict) -> Pat
     # medseg recorded "empty" lacks the key, and the empty map was refused as an object, stopping the cohort)
     _export(lab, case, export, output / f"{case.name}_{export.replace('-', '')}.dcm", labels,
             not np.any(lab.array))
-    old = read_record(dest)
-    nimg = nib.Nifti1Image(lab.array, None, nib.load(str(dest)).header)  # the voxels read above, the header as it was
-    attach_record(nimg, {**old, "extras": sorted(set(old.get("extras", [])) | {export})})
-    with atomic_path(dest, protect=case.paths) as tmp:
-        nib.save(nimg, str(tmp))
+    # not recorded when another run predicted the case again meanwhile: the object is of the voxels it replaced
+    if not add_extra(dest, export, lab.array, made_from, protect=case.paths):
+        print(f"medseg: note: {case.name}: predicted again by another run while it was exported; its {export} is "
+              "not recorded (a rerun exports it again)", file=sys.stderr)
     return dest
 
 

@@ -226,7 +226,8 @@ def predict_image(network: torch.nn.Module, plan: Plan, image: Image, overlap=No
     largest_component, min_size_mm3
         Post-processing of the labels (:func:`postprocess_labels`), done in the plan's ``orientation`` before the
         labels go back to the input's axis order, so that the same volume stored flipped or transposed keeps the
-        same voxels (a tie between equally large components goes to the first in that order).
+        same voxels (a tie between equally large components goes to the first in that order); a voxel's volume is
+        ``|det|`` of the affine, which a sheared (gantry-tilted) grid's voxels have.
 
     Returns
     -------
@@ -263,7 +264,11 @@ def predict_image(network: torch.nn.Module, plan: Plan, image: Image, overlap=No
     lab, prob = predict_labels(network, plan, arr, spacing, overlap, tta, device, batch_size, probabilities,
                                spill_dir, prob_axes=None if back is None else back[:, 0].astype(int))
     if largest_component or min_size_mm3:  # in the plan's axis order: ties and volumes as for any storage of it
-        lab = postprocess_labels(lab, spacing, largest_component, min_size_mm3)
+        from medseg.postprocess.components import voxel_volume_mm3
+
+        # |det|, not the product of the spacings: a sheared grid's voxels are smaller (gantry tilt)
+        lab = postprocess_labels(lab, spacing, largest_component, min_size_mm3,
+                                 voxel_volume=voxel_volume_mm3(image.affine))
     if back is not None:
         lab = np.ascontiguousarray(restore(lab, back))
         flips = tuple(1 + int(a) for a, f in back if f < 0)
@@ -277,7 +282,8 @@ def predict_image(network: torch.nn.Module, plan: Plan, image: Image, overlap=No
     return out, pimg
 
 
-def postprocess_labels(lab: np.ndarray, spacing, largest_component: bool, min_size_mm3: float) -> np.ndarray:
+def postprocess_labels(lab: np.ndarray, spacing, largest_component: bool, min_size_mm3: float,
+                       voxel_volume: float | None = None) -> np.ndarray:
     """Keep the largest component per class and/or remove components smaller than ``min_size_mm3``
     (full connectivity; see :mod:`medseg.postprocess.components`).
 
@@ -291,6 +297,9 @@ def postprocess_labels(lab: np.ndarray, spacing, largest_component: bool, min_si
         Keep only the largest component of each class.
     min_size_mm3 : float
         Remove components whose volume is below this (0: keep all).
+    voxel_volume : float, optional
+        One voxel's volume in mm³ (default: the product of ``spacing``, which a sheared grid's voxels are not:
+        :func:`medseg.postprocess.components.voxel_volume_mm3` of its affine).
 
     Returns
     -------
@@ -310,5 +319,5 @@ def postprocess_labels(lab: np.ndarray, spacing, largest_component: bool, min_si
     if largest_component:
         lab = pc.keep_largest_component(lab)
     if min_size_mm3:
-        lab = pc.remove_small_components(lab, min_size_mm3, spacing=spacing)
+        lab = pc.remove_small_components(lab, min_size_mm3, spacing=spacing, voxel_volume=voxel_volume)
     return lab

@@ -9,9 +9,11 @@ it), and a rerun compares it before predicting anything.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from pathlib import Path
+from typing import Iterator
 
 from medseg.errors import InputError
 
@@ -173,6 +175,73 @@ def check_finished(dest: Path, record: dict) -> dict:
         raise InputError(f"an existing output is not this run's prediction: {why}; pass --overwrite to predict "
                          "it again, or choose another output folder", path=dest)
     return old
+
+
+@contextlib.contextmanager
+def record_lock(folder: str | os.PathLike) -> Iterator[None]:
+    """Hold the output folder's lock (``flock`` on the folder itself, waiting for it) while a label map and its
+    record are rewritten: two runs that each read a record, add their export and write it back would otherwise
+    drop each other's (and a run adding an export to a label map that another run replaced meanwhile would put
+    the old voxels under the new record). The folder, not the label map, is locked: the rename that writes the
+    label map replaces its inode, and a lock file beside it would have to be removed again. Where there are no
+    locks (Windows, some network file systems) the block runs unlocked, as before.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> with record_lock(tempfile.mkdtemp()):
+    ...     pass
+    """
+    try:
+        import fcntl
+
+        fd = os.open(folder, os.O_RDONLY)
+    except (ImportError, OSError):
+        fd = None
+    try:
+        if fd is not None:
+            with contextlib.suppress(OSError):
+                fcntl.flock(fd, fcntl.LOCK_EX)  # released with the descriptor, also when the process is killed
+        yield
+    finally:
+        if fd is not None:
+            os.close(fd)
+
+
+def add_extra(dest: Path, extra: str, voxels, made_from: dict, protect=()) -> bool:
+    """Record in the label map ``dest`` that ``extra`` (an export) was written from it, under :func:`record_lock`;
+    whether it was recorded. Not when ``dest`` no longer carries ``made_from`` (its record when the export was
+    made, ``extras`` aside): another run predicted it again meanwhile, and the export is of the voxels it replaced.
+
+    Parameters
+    ----------
+    dest : Path
+        The label map (NIfTI), rewritten atomically with its header as it now is.
+    extra : str
+        Added to the record's ``extras``.
+    voxels : ndarray
+        The label map's voxels as stored (read with ``made_from``; other exports rewrite the same voxels).
+    made_from : dict
+        The record ``dest`` carried when ``voxels`` were read.
+    protect : paths
+        Input files never overwritten (:func:`medseg.io.atomic.atomic_path`).
+    """
+    import nibabel as nib
+
+    from medseg.io.atomic import atomic_path
+
+    def prediction(record):
+        return {k: v for k, v in (record or {}).items() if k != "extras"}
+
+    with record_lock(dest.parent):  # read, modify, write: no other run's record in between
+        now = read_record(dest)
+        if now is None or prediction(now) != prediction(made_from):
+            return False
+        nimg = nib.Nifti1Image(voxels, None, nib.load(str(dest)).header)
+        attach_record(nimg, {**now, "extras": sorted(set(now.get("extras", [])) | {extra})})
+        with atomic_path(dest, protect=protect) as tmp:
+            nib.save(nimg, str(tmp))
+    return True
 
 
 class CaseRecords:

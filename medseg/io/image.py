@@ -125,7 +125,10 @@ class Image:
 
     @property
     def voxel_volume_ml(self) -> float:
-        return float(np.prod(self.spacing)) / 1000.0
+        """One voxel's volume (ml; a 2D image's pixel area in cm²): |det| of the index columns, which is the product
+        of the spacings only when the axes are at right angles (a sheared grid's voxels are smaller)."""
+        m = self.affine[:3, : self.ndim]
+        return float(np.sqrt(abs(np.linalg.det(m.T @ m)))) / 1000.0
 
     def with_array(self, array: np.ndarray, channels_first: bool | None = None, **meta: Any) -> "Image":
         """A new image on the same grid (shape must match) with other voxel values."""

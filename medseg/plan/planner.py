@@ -65,18 +65,27 @@ def target_spacing(fp: Fingerprint) -> list[float]:
     return [round(float(s), 4) for s in med]
 
 
-def normalisations(fp: Fingerprint) -> list[Normalisation]:
+def normalisations(fp: Fingerprint, where: str | os.PathLike | None = None) -> list[Normalisation]:
     """CT channels: clip to foreground 0.5–99.5 percentiles and z-score with dataset stats; others: per case.
 
     Parameters
     ----------
     fp : Fingerprint
         Its ``channel_names`` (a channel named ``CT``, any case, is CT) and ``intensity`` statistics.
+    where : path, optional
+        The dataset, named by the ``InputError`` of a CT channel whose foreground has one intensity.
 
     Returns
     -------
     list of Normalisation
         One per channel.
+
+    Raises
+    ------
+    InputError
+        When a CT channel's foreground 0.5 and 99.5 percentiles are equal (a uniform or one-voxel foreground):
+        clipped to [a, a], every image would be that one value (nnU-Net trains on it, all zeros after its z-score),
+        and the plan's own check refuses such a clip.
 
     Examples
     --------
@@ -88,6 +97,12 @@ def normalisations(fp: Fingerprint) -> list[Normalisation]:
     out = []
     for name, st in zip(fp.channel_names, fp.intensity or [{}] * len(fp.channel_names)):
         if name.strip().upper() == "CT" and st:
+            if not st["p00_5"] < st["p99_5"]:
+                raise InputError(f"the foreground intensities of channel '{name}' are constant ({st['p00_5']:g} in at "
+                                 "least 99 % of the foreground voxels sampled): a CT clip to their 0.5-99.5 "
+                                 "percentiles would make every image that one value; check that the labels belong to "
+                                 "the images, or name the channel other than CT in dataset.json (per-case z-score)",
+                                 path=where)
             out.append(Normalisation("ct", (st["p00_5"], st["p99_5"]), st["mean"], max(st["std"], 1e-6)))
         else:
             out.append(Normalisation("zscore"))
@@ -205,6 +220,7 @@ def make_plan(dataset: str | os.PathLike | Dataset, device: str = "cpu", memory_
     dev = parse_device(device, require_available=False)  # before the fingerprint: a typo fails at once
     ds = dataset if isinstance(dataset, Dataset) else open_dataset(dataset)
     fp = fingerprint or compute_fingerprint(ds, progress=progress, orientation=ORIENTATION)
+    norms = normalisations(fp, where=ds.root)  # first: a CT foreground of one intensity is the data's problem
     spacing = target_spacing(fp)
     med_shape = np.median([np.asarray(s) * np.asarray(sp) / np.asarray(spacing)
                            for s, sp in zip(fp.shapes, fp.spacings)], axis=0)
@@ -254,7 +270,7 @@ def make_plan(dataset: str | os.PathLike | Dataset, device: str = "cpu", memory_
     fg = {k: v for k, v in fp.class_voxels.items() if k != 0}
     rare = fg and min(fg.values()) < 0.01 * sum(fg.values())
     plan = Plan(name=str(ds.meta.get("name", ds.root.name)), dataset=str(ds.root), channels=fp.channel_names,
-                labels=labels, normalisation=normalisations(fp), target_spacing=spacing, orientation=fp.orientation,
+                labels=labels, normalisation=norms, target_spacing=spacing, orientation=fp.orientation,
                 spatial_dims=spatial_dims, patch_size=[int(p) for p in patch], batch_size=batch,
                 base_filters=base, max_filters=320, max_epochs=epochs, iterations_per_epoch=iters_per_epoch,
                 max_minutes=minutes, foreground_oversample=0.66 if rare else 0.33,
