@@ -18,7 +18,7 @@ from medseg.plan.validate import NORMALISATION_KEYS, check_augment, check_normal
 from medseg.settings import (coerce_fields, coerce_setting, file_relative, plain, read_yaml_mapping,
                              reject_unknown)
 
-NORMALISATIONS = ("zscore", "ct", "none")
+NORMALISATIONS = ("zscore", "ct", "none", "rescale_to_0_1", "rgb_to_0_1")  # the last two as nnU-Net names them
 LOSSES = ("dice_ce", "dice_focal", "ce", "dice")
 OPTIMIZERS = ("adamw", "sgd")
 CACHE_MODES = ("auto", "memory", "disk")
@@ -42,7 +42,8 @@ def full_augment(augment: dict) -> dict:
 @dataclass
 class Normalisation:
     """How one channel is normalised: ``zscore`` (per case), ``ct`` (clip to dataset foreground percentiles, then
-    z-score with dataset statistics) or ``none``.
+    z-score with dataset statistics), ``none``, ``rescale_to_0_1`` (per case, its minimum to 0 and maximum to 1) or
+    ``rgb_to_0_1`` (divided by 255), as nnU-Net v2's schemes of those names.
 
     Attributes
     ----------

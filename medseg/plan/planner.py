@@ -68,10 +68,13 @@ def target_spacing(fp: Fingerprint) -> list[float]:
 def normalisations(fp: Fingerprint, where: str | os.PathLike | None = None) -> list[Normalisation]:
     """CT channels: clip to foreground 0.5–99.5 percentiles and z-score with dataset stats; others: per case.
 
+    Channels are told apart by name, as nnU-Net v2 tells them (any case): ``CT``; ``noNorm`` (left as they are);
+    ``rescale_to_0_1`` (per case to [0, 1]); ``rgb_to_0_1`` (divided by 255); any other name is z-scored per case.
+
     Parameters
     ----------
     fp : Fingerprint
-        Its ``channel_names`` (a channel named ``CT``, any case, is CT) and ``intensity`` statistics.
+        Its ``channel_names`` and ``intensity`` statistics.
     where : path, optional
         The dataset, named by the ``InputError`` of a CT channel whose foreground has one intensity.
 
@@ -90,9 +93,9 @@ def normalisations(fp: Fingerprint, where: str | os.PathLike | None = None) -> l
     Examples
     --------
     >>> stats = {"mean": 40.0, "std": 60.0, "p00_5": -100.0, "p99_5": 200.0, "min": -1000.0, "max": 900.0}
-    >>> ct, t2 = normalisations(Fingerprint([], [], ["CT", "T2"], [stats, stats]))
-    >>> ct.scheme, ct.clip, ct.mean, ct.std, t2.scheme
-    ('ct', (-100.0, 200.0), 40.0, 60.0, 'zscore')
+    >>> ct, t2, raw = normalisations(Fingerprint([], [], ["CT", "T2", "noNorm"], [stats, stats, stats]))
+    >>> ct.scheme, ct.clip, ct.mean, ct.std, t2.scheme, raw.scheme
+    ('ct', (-100.0, 200.0), 40.0, 60.0, 'zscore', 'none')
     """
     out = []
     for name, st in zip(fp.channel_names, fp.intensity or [{}] * len(fp.channel_names)):
@@ -105,8 +108,12 @@ def normalisations(fp: Fingerprint, where: str | os.PathLike | None = None) -> l
                                  path=where)
             out.append(Normalisation("ct", (st["p00_5"], st["p99_5"]), st["mean"], max(st["std"], 1e-6)))
         else:
-            out.append(Normalisation("zscore"))
+            out.append(Normalisation(_BY_NAME.get(name.strip().casefold(), "zscore")))
     return out
+
+
+#: nnU-Net v2's channel names (``dataset.json``'s ``channel_names``) of its other schemes, casefolded
+_BY_NAME = {"nonorm": "none", "rescale_to_0_1": "rescale_to_0_1", "rgb_to_0_1": "rgb_to_0_1"}
 
 
 def default_memory_gb(device: str | torch.device = "cpu") -> float:

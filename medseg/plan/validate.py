@@ -28,7 +28,7 @@ def check_normalisation(norm, label: str) -> None:
     if not isinstance(norm.scheme, str):
         raise ValueError(f"{label}: scheme must be text, e.g. zscore (got {norm.scheme!r})")
     given = [k for k in ("clip", "mean", "std") if getattr(norm, k) is not None]
-    if norm.scheme in ("zscore", "none") and given:  # it would train unclipped while the file says otherwise
+    if norm.scheme != "ct" and given:  # it would train unclipped while the file says otherwise
         raise ValueError(f"{label}: {', '.join(given)} apply to scheme 'ct' only, and scheme {norm.scheme!r} would "
                          "ignore them: remove them, or use scheme ct (with clip, mean and std)")
     if norm.clip is not None:

@@ -22,7 +22,8 @@ def normalise(array: np.ndarray, plan: Plan, mask: np.ndarray | None = None) -> 
         ``(C, *S)`` image, C the plan's channels.
     plan : Plan
         Its ``normalisation``, one per channel: ``zscore`` (this array's mean and std), ``ct`` (clip, then the
-        dataset's mean and std) or ``none``.
+        dataset's mean and std), ``none``, ``rescale_to_0_1`` (this array's minimum to 0, maximum to 1) or
+        ``rgb_to_0_1`` (divided by 255).
     mask : ndarray of bool, optional
         ``zscore``: the voxels whose statistics are used (all of them when None or all False).
 
@@ -48,6 +49,11 @@ def normalise(array: np.ndarray, plan: Plan, mask: np.ndarray | None = None) -> 
         elif norm.scheme == "zscore":
             mean, std = mean_std(x[mask] if mask is not None and mask.any() else x)
             std = max(std, 1e-8)
+        elif norm.scheme == "rescale_to_0_1":  # as nnU-Net: a constant image becomes 0
+            mean = float(x.min()) if x.size else 0.0
+            std = max(float(x.max()) - mean, 1e-8) if x.size else 1.0
+        elif norm.scheme == "rgb_to_0_1":
+            mean, std = 0.0, 255.0
         else:
             continue
         x -= np.float32(mean)
