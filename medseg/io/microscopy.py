@@ -8,6 +8,9 @@ Pixel size, first found wins: OME-XML ``PhysicalSizeX/Y/Z``; ImageJ ``spacing`` 
 the TIFF resolution tags (x, y); TIFF ``XResolution``/``YResolution`` with a centimetre or inch unit. An inch
 resolution of at most 1,000 dpi (the 72, 96 or 300 dpi that image editors write; a pixel of 25 µm or more) is a
 print setting, not a microscope's calibration, and is ignored.
+
+A PNG gives its stored values: 16-bit samples (colour and alpha too), a colour palette's indices (a label map's ids,
+or an ImageJ LUT image's values) rather than its display colours.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import numpy as np
 
 from medseg.errors import InputError
 from medseg.io.image import Image
+from medseg.io.png import read_png
 
 _TO_UM = {"m": 1e6, "cm": 1e4, "mm": 1e3, "um": 1.0, "µm": 1.0, "μm": 1.0, "micron": 1.0, "microns": 1.0,
           "micrometer": 1.0, "micrometre": 1.0, "nm": 1e-3, "\\u00B5m": 1.0, "\\u00b5m": 1.0}
@@ -122,6 +126,8 @@ def _read_tiff(path: Path):
     import tifffile
 
     with _tifffile_errors() as errors, tifffile.TiffFile(path) as tif:
+        if not tif.series:
+            raise InputError("TIFF holds no image (no pages)", path=path)
         if len(tif.series) > 1:  # reading the first alone would drop the others without a word
             shapes = ", ".join(str(tuple(s.shape)) for s in tif.series[:4]) + (", ..." if len(tif.series) > 4 else "")
             raise InputError(f"holds {len(tif.series)} images of different shapes or types ({shapes}); save each "
@@ -183,7 +189,11 @@ def spatial_shape(path: str | os.PathLike) -> tuple[int, ...]:
 
     try:
         with _tifffile_errors() as errors, tifffile.TiffFile(path) as tif:
+            if not tif.series:
+                raise InputError("TIFF holds no image (no pages)", path=path)
             shape, axes = tuple(tif.series[0].shape), tif.series[0].axes.upper()
+    except InputError:
+        raise
     except Exception as exc:
         raise InputError(f"cannot read image ({' '.join(str(exc).split())[:200]})", path=path) from exc
     if errors.messages:
@@ -235,12 +245,7 @@ def read_microscopy(path: str | os.PathLike, channel: int | None = None,
         raise InputError("no such file", path=path)
     try:
         if suffix == ".png":
-            import imageio.v3 as iio
-            from PIL import Image as PILImage
-
-            with PILImage.open(path) as png:  # checks every chunk's CRC (decoding does not): a flipped bit is
-                png.verify()                  # otherwise read as valid pixels
-            arr = np.asarray(iio.imread(path))
+            arr = read_png(path)
             axes = "YXS" if arr.ndim == 3 else "YX"
             spacing, source = {}, "none"
         elif suffix in (".tif", ".tiff"):
@@ -256,14 +261,15 @@ def read_microscopy(path: str | os.PathLike, channel: int | None = None,
     arr, axes = _to_standard_axes(arr, axes, path)
     has_c = axes[0] == "C"
     if has_c:
-        arr = _drop_constant_alpha(arr)
-        if channel is not None:
+        if channel is not None:  # the file's channel index: a constant last channel may be a real (empty) one
             if not -arr.shape[0] <= channel < arr.shape[0]:
                 raise InputError(f"channel {channel} out of range: the image has {arr.shape[0]} channels",
                                  path=path)
             arr, has_c = arr[channel], False
-        elif arr.shape[0] == 1 or all(np.array_equal(arr[0], arr[i]) for i in range(1, arr.shape[0])):
-            arr, has_c = arr[0], False
+        else:
+            arr = _drop_constant_alpha(arr)
+            if arr.shape[0] == 1 or all(np.array_equal(arr[0], arr[i]) for i in range(1, arr.shape[0])):
+                arr, has_c = arr[0], False
     elif channel not in (None, 0, -1):
         raise InputError(f"channel {channel} requested but the image has a single channel", path=path)
     spatial = arr.shape[1:] if has_c else arr.shape
