@@ -25,7 +25,7 @@ import numpy as np
 from medseg.errors import InputError
 from medseg.train.store import ArrayStore, source_stats
 
-FORMAT = 2  # bump when what make_pair computes changes: older entries then miss (2: contact ring for id = dtype max)
+FORMAT = 3  # bump when what make_pair computes changes: older entries then miss (3: wide boundaries keep an interior)
 # the CellTrainConfig settings a pair's arrays depend on
 PAIR_SETTINGS = ("spatial_dims", "channel", "norm_percentiles", "diameter", "distance_head", "contact_weight",
                  "contact_sigma", "small_weight", "small_size_px", "boundary_width", "contact_boundary", "offset_head")

@@ -16,7 +16,9 @@ def boundary_targets(labels: np.ndarray, contact_width: int = 1, width: int = 1)
     ``width > 1`` thickens the boundary everywhere: every object pixel within that many pixels (chessboard
     distance) of anything else, background or another object, is boundary. ``contact_width > 1`` thickens it only
     where objects touch: every object pixel within that many pixels of another object is boundary, so the interiors
-    of touching nuclei lie further apart while isolated nuclei keep their 1-pixel ring.
+    of touching nuclei lie further apart while isolated nuclei keep their 1-pixel ring. An object the thickening
+    would leave without interior (a small or thin nucleus) gets the widths, down to 1, that leave it one: the
+    watershed seeds nuclei from the interior, and one taught as all boundary is lost.
 
     Parameters
     ----------
@@ -34,15 +36,35 @@ def boundary_targets(labels: np.ndarray, contact_width: int = 1, width: int = 1)
 
     Examples
     --------
-    >>> lab = np.zeros((5, 8), int); lab[1:4, 1:4] = 1; lab[1:4, 4:7] = 2
-    >>> boundary_targets(lab)[2].tolist()
-    [0, 2, 1, 2, 2, 1, 2, 0]
-    >>> boundary_targets(lab, contact_width=2)[2].tolist()
-    [0, 2, 2, 2, 2, 2, 2, 0]
+    >>> lab = np.zeros((7, 12), int); lab[1:6, 1:6] = 1; lab[1:6, 6:11] = 2
+    >>> boundary_targets(lab)[3].tolist()
+    [0, 2, 1, 1, 1, 2, 2, 1, 1, 1, 2, 0]
+    >>> boundary_targets(lab, contact_width=2)[3].tolist()
+    [0, 2, 1, 1, 2, 2, 2, 2, 1, 1, 2, 0]
     >>> lab = np.zeros((7, 7), int); lab[1:6, 1:6] = 1
     >>> boundary_targets(lab, contact_width=2)[3].tolist(), boundary_targets(lab, width=2)[3].tolist()
     ([0, 2, 1, 1, 1, 2, 0], [0, 2, 2, 1, 2, 2, 0])
+    >>> lab = np.zeros((6, 6), int); lab[1:5, 1:5] = 1           # 4 x 4: a 2-pixel ring leaves nothing inside
+    >>> boundary_targets(lab, width=2)[2].tolist()
+    [0, 2, 1, 1, 2, 0]
     """
+    t = _thickened(labels, contact_width, width)
+    for k in range(max(int(contact_width), int(width)) - 1, 0, -1):
+        lost = _without_interior(labels, t)
+        if not lost.any():
+            break
+        t[lost] = _thickened(labels, min(int(contact_width), k), min(int(width), k))[lost]
+    return t
+
+
+def _without_interior(labels: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """Mask of the pixels of the objects with no ``INTERIOR`` pixel in ``t``."""
+    inside = np.unique(labels[t == INTERIOR])  # by value, not a table indexed by id: ids may be large
+    return (labels > 0) & ~np.isin(labels, inside)
+
+
+def _thickened(labels: np.ndarray, contact_width: int, width: int) -> np.ndarray:
+    """:func:`boundary_targets` with the widths applied to every object."""
     from skimage.segmentation import find_boundaries
 
     t = (labels > 0).astype(np.uint8)
