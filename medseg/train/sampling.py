@@ -108,10 +108,12 @@ def pad_to(case: CachedCase, size) -> CachedCase:
     return CachedCase(case.id, img, lab, fg)
 
 
-def sample_patch(case: CachedCase, size, rng: np.random.Generator, foreground: bool):
+def sample_patch(case: CachedCase, size, rng: np.random.Generator, foreground: bool, margin=None):
     """Crop ``size`` from a (padded) case: centred on a random voxel of a random present class if ``foreground``.
 
     "Centred" loosely: the crop is placed at random among those that hold the chosen voxel and stay in the case.
+    ``margin`` voxels more are cropped on each side of it (zeros beyond the case), for :func:`augment` to rotate
+    and scale the patch from the image around it; the draws do not depend on it.
 
     Parameters
     ----------
@@ -123,13 +125,15 @@ def sample_patch(case: CachedCase, size, rng: np.random.Generator, foreground: b
         Draws the class, the voxel and the placement.
     foreground : bool
         Hold a foreground voxel (when the case has any); else anywhere, uniformly.
+    margin : sequence of int, optional
+        Context cropped beyond each side, per axis (:func:`context_margin`).
 
     Returns
     -------
     image : torch.Tensor
-        ``(C, *size)``, a view of an in-RAM case or a copy out of a memory map.
+        ``(C, *size + 2 * margin)``, a view of an in-RAM case or a copy out of a memory map (a copy with margin).
     label : torch.Tensor
-        ``(*size)``.
+        ``(*size + 2 * margin)``.
 
     Examples
     --------
@@ -140,22 +144,45 @@ def sample_patch(case: CachedCase, size, rng: np.random.Generator, foreground: b
     >>> x.shape, int(y.sum())  # the one foreground voxel is always in the patch
     (torch.Size([1, 3, 3]), 1)
     """
+    return _crop(case, _draw_start(case, size, rng, foreground), size, margin)
+
+
+def _draw_start(case: CachedCase, size, rng: np.random.Generator, foreground: bool) -> list[int]:
+    """The first voxel of :func:`sample_patch`'s crop (every draw it makes)."""
     shape = case.image.shape[1:]
     if foreground and case.fg:
         k = list(case.fg)[rng.integers(len(case.fg))]  # classes uniformly: rare classes get their share
         centre = case.fg[k][rng.integers(len(case.fg[k]))]
-        start = [int(rng.integers(max(0, c - p + 1), min(c, s - p) + 1)) for c, p, s in zip(centre, size, shape)]
-    else:
-        start = [int(rng.integers(0, s - p + 1)) for p, s in zip(size, shape)]
-    sl = tuple(slice(a, a + p) for a, p in zip(start, size))
+        return [int(rng.integers(max(0, c - p + 1), min(c, s - p) + 1)) for c, p, s in zip(centre, size, shape)]
+    return [int(rng.integers(0, s - p + 1)) for p, s in zip(size, shape)]
+
+
+def _context(case: CachedCase, start, size) -> list[int]:
+    """Voxels of the case beyond the crop, per axis, on its side with more of them."""
+    return [max(a, s - a - p) for a, p, s in zip(start, size, case.image.shape[1:])]
+
+
+def _crop(case: CachedCase, start, size, margin=None):
+    """The crop of ``size`` at ``start`` with ``margin`` voxels around it (zeros beyond the case)."""
+    shape = case.image.shape[1:]
+    m = [0] * len(size) if margin is None else [int(v) for v in margin]
+    lo = [max(a - v, 0) for a, v in zip(start, m)]
+    hi = [min(a + p + v, s) for a, p, v, s in zip(start, size, m, shape)]
+    sl = tuple(slice(a, b) for a, b in zip(lo, hi))
     x, y = case.image[(slice(None), *sl)], case.label[sl]
     if isinstance(x, np.ndarray):  # memory-mapped: copy out just the patch
         x, y = torch.from_numpy(np.array(x)), torch.from_numpy(np.array(y))
+    if any(m):  # the margin beyond the case: zeros, as rotation without context would give
+        pad = [v for a, b, p, st, mv in reversed(list(zip(lo, hi, size, start, m)))
+               for v in (a - (st - mv), (st + p + mv) - b)]
+        if any(pad):
+            x = F.pad(x, pad)
+            y = F.pad(y[None].to(torch.int32), pad)[0].to(y.dtype)
     return x, y
 
 
 def sample_batch(cases: list[CachedCase], size, batch_size: int, rng: np.random.Generator,
-                 oversample: float, squeeze_first: bool = False):
+                 oversample: float, squeeze_first: bool = False, margin=None):
     """A batch of patches; at least ``round(oversample * batch)`` of them (>= 1 if oversample > 0) are
     foreground-centred, like nnU-Net. ``squeeze_first`` drops the (size-1) slice axis of 2D plans.
 
@@ -173,6 +200,9 @@ def sample_batch(cases: list[CachedCase], size, batch_size: int, rng: np.random.
         Share of foreground-centred patches, in [0, 1].
     squeeze_first : bool
         Drop the first spatial axis of every patch.
+    margin : sequence of int, optional
+        Context around every patch (:func:`sample_patch`; 0 along a squeezed axis), cut to the most that any patch
+        of the batch has around it in its case.
 
     Returns
     -------
@@ -191,15 +221,65 @@ def sample_batch(cases: list[CachedCase], size, batch_size: int, rng: np.random.
     n_fg = int(round(oversample * batch_size))
     if oversample > 0:
         n_fg = max(1, n_fg)
-    xs, ys = [], []
+    picks = []
     for b in range(batch_size):
         case = cases[rng.integers(len(cases))]
-        x, y = sample_patch(case, size, rng, foreground=b >= batch_size - n_fg)
+        picks.append((case, _draw_start(case, size, rng, foreground=b >= batch_size - n_fg)))
+    if margin is not None:  # no more than any patch of the batch has around it: beyond that it would be zeros only
+        margin = [min(m, max(c)) for m, c in zip(margin, zip(*(_context(case, st, size) for case, st in picks)))]
+    xs, ys = [], []
+    for case, start in picks:
+        x, y = _crop(case, start, size, margin)
         if squeeze_first:
             x, y = x[:, 0], y[0]
         xs.append(x)
         ys.append(y)
     return torch.stack(xs), torch.stack(ys).long()
+
+
+def context_margin(size, cfg: dict, spacing=None) -> list[int]:
+    """Voxels of context :func:`augment` needs beyond each side of a patch of ``size``: enough for its largest
+    rotation and zoom-out to draw on the image around the patch, not on zeros (nnU-Net crops a larger patch too).
+
+    Parameters
+    ----------
+    size : sequence of int
+        The patch (the axes ``augment`` transforms).
+    cfg : dict
+        The plan's ``augment`` (``rotate_deg``, ``scale``).
+    spacing : sequence of float, optional
+        Voxel size (mm) of those axes; cubes by default.
+
+    Returns
+    -------
+    list of int
+        Per axis; zeros when ``cfg`` neither rotates nor scales.
+
+    Examples
+    --------
+    >>> context_margin([40, 40], {"rotate_deg": 0, "scale": [1, 1]})
+    [0, 0]
+    >>> context_margin([40, 40], {"rotate_deg": 15, "scale": [1.0, 1.0]})  # its corners turn out 4.5 voxels
+    [7, 7]
+    """
+    rot = math.radians(float(cfg.get("rotate_deg", 0) or 0))
+    s_lo = float((cfg.get("scale") or [1.0, 1.0])[0])
+    if not rot and s_lo >= 1:
+        return [0] * len(size)
+    dims = len(size)
+    sp = np.ones(dims) if spacing is None else np.asarray(list(spacing)[-dims:], float)
+    half = np.asarray(size, float) * sp / 2  # the patch's half extent, mm
+    # the corners turned by the angles on a grid over [-rot, rot] per axis (as augment draws them), with 5 % to spare
+    # for angles between the grid's
+    steps = np.linspace(-rot, rot, 7)
+    angles = np.stack(np.meshgrid(*[steps] * (1 if dims == 2 else 3), indexing="ij"), -1).reshape(-1, 1 if dims == 2 else 3)
+    corners = np.stack(np.meshgrid(*[[-1.0, 1.0]] * dims, indexing="ij"), -1).reshape(-1, dims) * half
+    reach = np.zeros(dims)
+    for a in angles:
+        r = _rotation(torch.tensor(a, dtype=torch.float64), dims).numpy()[::-1, ::-1]  # (x, y, z) -> axis order
+        reach = np.maximum(reach, np.abs(corners @ r.T).max(0))
+    reach = np.minimum(reach * 1.05, np.linalg.norm(half)) / min(s_lo, 1.0)  # zooming out reaches further
+    return [max(int(math.ceil(r / d - n / 2)) + 1, 0) for r, d, n in zip(reach, sp, size)]
 
 
 def _rotation(angles: torch.Tensor, dims: int) -> torch.Tensor:
@@ -216,13 +296,14 @@ def _rotation(angles: torch.Tensor, dims: int) -> torch.Tensor:
     return rs[0] @ rs[1] @ rs[2]
 
 
-def augment(x: torch.Tensor, y: torch.Tensor, gen: torch.Generator, cfg: dict, spacing=None):
+def augment(x: torch.Tensor, y: torch.Tensor, gen: torch.Generator, cfg: dict, spacing=None, size=None):
     """Random rotation/scaling (in mm, so anisotropic grids stay right), flips, intensity scale/shift, gamma
     and Gaussian noise, each applied to a sample with probability ``cfg['prob']``. x: (B, C, *S), y: (B, *S).
 
-    Rotation and scaling act about the patch centre on the patch alone: where they reach beyond it, the image is 0
-    and the label 0 (background). Gamma keeps each sample's minimum and maximum (not its mean and standard
-    deviation, as nnU-Net's does).
+    Rotation and scaling act about the centre; given a ``size`` smaller than ``S`` (patches cropped with
+    :func:`context_margin` around them), the patch of ``size`` is drawn from that context, else from the patch
+    alone, with image 0 and label 0 where they reach beyond it. Gamma keeps each sample's minimum and maximum
+    (not its mean and standard deviation, as nnU-Net's does).
 
     Parameters
     ----------
@@ -238,11 +319,14 @@ def augment(x: torch.Tensor, y: torch.Tensor, gen: torch.Generator, cfg: dict, s
         ``noise`` (largest sigma), ``prob``.
     spacing : sequence of float, optional
         Voxel size (its last ``len(S)`` entries are used); the default treats voxels as cubes.
+    size : sequence of int, optional
+        The patch wanted, centred in ``S`` (``S`` minus an even margin per axis); default ``S``.
 
     Returns
     -------
     x, y : torch.Tensor
-        The augmented batch. Flips and intensity changes may be made in place, in ``x`` and ``y`` themselves.
+        The augmented batch, ``(B, C, *size)`` and ``(B, *size)``. Flips and intensity changes may be made in
+        place, in ``x`` and ``y`` themselves.
 
     Examples
     --------
@@ -261,13 +345,19 @@ def augment(x: torch.Tensor, y: torch.Tensor, gen: torch.Generator, cfg: dict, s
     def coin():
         return bool(torch.rand(1, generator=gen) < p)
 
+    big = list(x.shape[2:])
+    size = big if size is None else [int(v) for v in size]
+    src_x, src_y = x, y
+    if size != big:  # the patches inside their context; rotated or scaled ones are drawn from the context below
+        inner = tuple(slice((b - n) // 2, (b - n) // 2 + n) for b, n in zip(big, size))
+        x, y = x[(slice(None), slice(None), *inner)].clone(), y[(slice(None), *inner)].clone()
     rot = math.radians(float(cfg.get("rotate_deg", 0)))
     s_lo, s_hi = cfg.get("scale", [1.0, 1.0])
     if rot or s_lo != 1 or s_hi != 1:
-        extent = torch.tensor(list(x.shape[2:]), dtype=torch.float32)
-        if spacing is not None:
-            extent = extent * torch.tensor(list(spacing)[-dims:], dtype=torch.float32)
-        D = torch.diag(extent.flip(0))  # affine_grid works in (x, y, z) = reversed axis order
+        sp = torch.ones(dims) if spacing is None else torch.tensor(list(spacing)[-dims:], dtype=torch.float32)
+        # affine_grid works in (x, y, z) = reversed axis order, from the output's extent to the input's (mm)
+        D_out = torch.diag((torch.tensor(size, dtype=torch.float32) * sp).flip(0))
+        D_in = torch.diag((torch.tensor(big, dtype=torch.float32) * sp).flip(0))
         thetas, todo = [], []
         for b in range(B):
             do_rot, do_scale = coin(), coin()
@@ -275,14 +365,14 @@ def augment(x: torch.Tensor, y: torch.Tensor, gen: torch.Generator, cfg: dict, s
             S = torch.eye(dims) / (u(s_lo, s_hi) if do_scale else 1.0)
             if do_rot or do_scale:
                 todo.append(b)
-                thetas.append(torch.cat([torch.linalg.solve(D, R @ S @ D), torch.zeros(dims, 1)], 1))
+                thetas.append(torch.cat([torch.linalg.solve(D_in, R @ S @ D_out), torch.zeros(dims, 1)], 1))
         if todo:
             theta = torch.stack(thetas)
-            grid = F.affine_grid(theta, [len(todo), 1, *x.shape[2:]], align_corners=False)
-            x = x.clone()
-            y = y.clone()
-            x[todo] = F.grid_sample(x[todo], grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-            y[todo] = F.grid_sample(y[todo][:, None].float(), grid, mode="nearest", padding_mode="zeros",
+            grid = F.affine_grid(theta, [len(todo), 1, *size], align_corners=False)
+            x = x.clone() if x is src_x else x
+            y = y.clone() if y is src_y else y
+            x[todo] = F.grid_sample(src_x[todo], grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+            y[todo] = F.grid_sample(src_y[todo][:, None].float(), grid, mode="nearest", padding_mode="zeros",
                                     align_corners=False)[:, 0].long()
     for ax in cfg.get("flip_axes", []) or []:
         for b in range(B):

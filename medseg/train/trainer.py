@@ -41,7 +41,7 @@ from medseg.train.ema import WeightEMA, averaged_weights
 from medseg.train.losses import SegLoss, confusion_dice
 from medseg.train.run_folder import check_run_folder, write_plan
 from medseg.train.runlog import append_row, progress_bar, rewrite_log
-from medseg.train.sampling import augment, sample_batch
+from medseg.train.sampling import augment, context_margin, sample_batch
 from medseg.train.schedule import PolyLR
 from medseg.train.store import cache_folder
 from medseg.train.splits import fold_split
@@ -273,6 +273,8 @@ def train(plan: Plan | str | os.PathLike | None, run_dir: str | os.PathLike, fol
     log_path = run_dir / "log.csv"
     val_cost = 0.0
     spacing_sample = plan.target_spacing if plan.spatial_dims == 3 else plan.in_plane_spacing
+    # image around each patch for rotation and scaling to draw on (2D plans: none along the slice axis)
+    margin = [0] * (3 - plan.spatial_dims) + context_margin(plan.patch_size, plan.augment, spacing_sample)
 
     def elapsed():
         return elapsed_before + time.monotonic() - t_start
@@ -316,8 +318,9 @@ def train(plan: Plan | str | os.PathLike | None, run_dir: str | os.PathLike, fol
                     # rank would make its weights drift from the others' (DDP averages gradients, not weights)
                     lr = sched.step(ddp.broadcast_float(prog, world) if budget else prog)
                     x, y = sample_batch(train_cases, sample_size(plan), plan.batch_size, np_rng,
-                                        plan.foreground_oversample, squeeze_first=plan.spatial_dims == 2)
-                    x, y = augment(x, y, gen, plan.augment, spacing_sample)
+                                        plan.foreground_oversample, squeeze_first=plan.spatial_dims == 2,
+                                        margin=margin)
+                    x, y = augment(x, y, gen, plan.augment, spacing_sample, size=plan.patch_size)
                     x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
                     with update_guard(world):  # weights, optimiser, EMA, counter and losses change together
                         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=use_amp):
