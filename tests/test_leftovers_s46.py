@@ -21,6 +21,7 @@ import pytest
 import torch
 from skimage.measure import label as sk_label
 
+from _dicom_series import write_ct_series
 from conftest import assert_clean_error, run_cli
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -183,31 +184,11 @@ def test_a_narrow_ct_foreground_still_plans_its_percentiles(tmp_path):
 
 def _series(folder: Path, seed: int = 0) -> None:
     """An axial CT series of 8 slices of 20 x 24 with a bright box (pydicom)."""
-    from pydicom.dataset import FileDataset, FileMetaDataset
-    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
-
-    folder.mkdir(parents=True)
+    assert not folder.exists()
     vol = np.random.default_rng(seed).normal(0, 200, size=(8, 24, 20)).astype(np.int16)
     vol[2:6, 5:15, 4:12] += 800
-    study, series, frame = generate_uid(), generate_uid(), generate_uid()
-    for k in range(8):
-        meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = CTImageStorage, generate_uid()
-        meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds = FileDataset(str(folder / f"{k:03d}.dcm"), {}, file_meta=meta, preamble=b"\0" * 128)
-        ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, meta.MediaStorageSOPInstanceUID
-        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study, series, frame
-        ds.Modality, ds.PatientName, ds.PatientID, ds.PatientBirthDate, ds.PatientSex = "CT", "Left^O", "L1", "", "O"
-        ds.StudyDate, ds.StudyTime, ds.StudyID, ds.AccessionNumber, ds.ReferringPhysicianName = \
-            "20240101", "120000", "1", "", ""
-        ds.SeriesNumber, ds.InstanceNumber, ds.Manufacturer, ds.PositionReferenceIndicator = 1, k + 1, "audit", ""
-        ds.ImagePositionPatient, ds.ImageOrientationPatient = [-20.0, -30.0, 10.0 + 2.5 * k], [1, 0, 0, 0, 1, 0]
-        ds.PixelSpacing, ds.SliceThickness, ds.Rows, ds.Columns = [1.5, 1.2], 2.5, 24, 20
-        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
-        ds.RescaleSlope, ds.RescaleIntercept, ds.ImageType = 1, -1024, ["ORIGINAL", "PRIMARY", "AXIAL"]
-        ds.PixelData = vol[k].tobytes()
-        ds.save_as(str(folder / f"{k:03d}.dcm"), enforce_file_format=True)
+    write_ct_series(folder, vol, [(-20.0, -30.0, 10.0 + 2.5 * k) for k in range(8)], pixel_spacing=(1.5, 1.2),
+                    thickness=2.5, intercept=-1024, patient=("Left^O", "L1"))
 
 
 def _record(path: Path) -> dict:
