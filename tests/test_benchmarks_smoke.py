@@ -878,3 +878,13 @@ def test_cells_formats_compares_memory_formats_and_precisions(tuned_run, tmp_pat
     assert all(0 <= doc["maps_bf16_vs_fp32"][k] for k in ("max", "mean", "class_changed"))
     assert all(doc["seconds_per_image"][k] > 0 for k in ("contiguous", "channels_last"))
     assert {doc[k]["thresholds"]["seeds"] for k in ("default", "fp32")} <= {"boundary", "distance", "votes"}
+
+
+def test_label_resize_benchmark_agrees_with_its_peer(capsys):
+    """label_resize: the bounding-box resampling and the whole-volume peer give equal labels on the real 42-organ map."""
+    from benchmarks.label_resize import main
+
+    path = data_path("totalseg_example", "example_seg.nii.gz")
+    assert main(["--data", str(path), "--factor", "1.5", "--repeat", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "41 classes" in out and "equal labels" in out

@@ -264,11 +264,8 @@ def predict_image(network: torch.nn.Module, plan: Plan, image: Image, overlap=No
     lab, prob = predict_labels(network, plan, arr, spacing, overlap, tta, device, batch_size, probabilities,
                                spill_dir, prob_axes=None if back is None else back[:, 0].astype(int))
     if largest_component or min_size_mm3:  # in the plan's axis order: ties and volumes as for any storage of it
-        from medseg.postprocess.components import voxel_volume_mm3
-
         # |det|, not the product of the spacings: a sheared grid's voxels are smaller (gantry tilt)
-        lab = postprocess_labels(lab, spacing, largest_component, min_size_mm3,
-                                 voxel_volume=voxel_volume_mm3(image.affine))
+        lab = postprocess_labels(lab, spacing, largest_component, min_size_mm3, voxel_volume=image.voxel_volume_mm3)
     if back is not None:
         lab = np.ascontiguousarray(restore(lab, back))
         flips = tuple(1 + int(a) for a, f in back if f < 0)
@@ -299,7 +296,7 @@ def postprocess_labels(lab: np.ndarray, spacing, largest_component: bool, min_si
         Remove components whose volume is below this (0: keep all).
     voxel_volume : float, optional
         One voxel's volume in mm³ (default: the product of ``spacing``, which a sheared grid's voxels are not:
-        :func:`medseg.postprocess.components.voxel_volume_mm3` of its affine).
+        :attr:`medseg.io.image.Image.voxel_volume_mm3`).
 
     Returns
     -------

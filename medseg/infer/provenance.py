@@ -192,16 +192,15 @@ def record_lock(folder: str | os.PathLike) -> Iterator[None]:
     >>> with record_lock(tempfile.mkdtemp()):
     ...     pass
     """
-    try:
-        import fcntl
+    from medseg.io.atomic import _lock
 
+    try:
         fd = os.open(folder, os.O_RDONLY)
-    except (ImportError, OSError):
+    except OSError:
         fd = None
     try:
         if fd is not None:
-            with contextlib.suppress(OSError):
-                fcntl.flock(fd, fcntl.LOCK_EX)  # released with the descriptor, also when the process is killed
+            _lock(fd, wait=True)
         yield
     finally:
         if fd is not None:

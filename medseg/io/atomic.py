@@ -188,12 +188,13 @@ def atomic_path(
             os.close(fd)
 
 
-def _lock(fd: int) -> bool:
-    """Lock an open file (``flock``, exclusive, not waiting); whether it could be (no locks on Windows)."""
+def _lock(fd: int, wait: bool = False) -> bool:
+    """Lock an open file or folder (``flock``, exclusive; not waiting unless ``wait``); whether it could be (no
+    locks on Windows or some network file systems). The lock goes with the descriptor, also when the process dies."""
     try:
         import fcntl
 
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
     except (ImportError, OSError):
         return False
     return True

@@ -16,6 +16,7 @@ import numpy as np
 
 from medseg.errors import InputError
 from medseg.io.atomic import atomic_path, case_name, full_suffix
+from medseg.io.dicom_files import dicom_modality
 from medseg.io.image import Image
 from medseg.io.paths import refuse_output_in_input
 from medseg.io.readers import ITK, MICROSCOPY, NIFTI, WRITABLE, is_dicom_file, read_image
@@ -97,7 +98,7 @@ def describe(path: str | os.PathLike, series: str | int | None = None) -> list[d
     path = Path(path)
     if not path.exists():
         raise InputError("no such file or folder", path=path)
-    segmentation = path.is_file() and _dicom_modality(path) in ("SEG", "RTSTRUCT")
+    segmentation = path.is_file() and dicom_modality(path) in ("SEG", "RTSTRUCT")
     if series is not None and (segmentation or not _is_dicom_input(path)):
         _refuse_series(path, "this is a DICOM-SEG/RTSTRUCT file" if segmentation else "this is not a DICOM file")
     if not _is_dicom_input(path) or segmentation:
@@ -183,17 +184,6 @@ def format_summary(rec: dict[str, Any]) -> str:
     if rec.get("note"):
         lines.append(f"    note         {rec['note']}")
     return "\n".join(lines)
-
-
-def _dicom_modality(path: Path) -> str:
-    if not (path.is_file() and is_dicom_file(path)):
-        return ""
-    import pydicom
-
-    try:
-        return str(pydicom.dcmread(path, stop_before_pixels=True).get("Modality", "") or "").upper()
-    except Exception as exc:
-        raise InputError(f"corrupt DICOM file ({type(exc).__name__}: {exc})", path=path) from None
 
 
 def _own_series(path: Path) -> dict[str, str]:
@@ -285,7 +275,7 @@ def convert(input: str | os.PathLike, output: str | os.PathLike, series: str | i
         raise InputError(f"cannot write format '{suffix}'", path=dst)
     _refuse_output_in_input(src, dst)
     notes: list[str] = []  # skipped DICOM series: said once the input passed every check
-    modality = _dicom_modality(src)
+    modality = dicom_modality(src)
     segmentation = modality in ("SEG", "RTSTRUCT")
     if series is not None and (reference is None if segmentation else not _is_dicom_input(src)):
         # a DICOM-SEG/RTSTRUCT's --series picks one series of its --reference folder

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from medseg.errors import InputError
 from medseg.io.readers import is_dicom_file
 
 #: suffixes of files that are certainly not DICOM: skipped unread when they sit in a DICOM folder (case-insensitive).
@@ -183,14 +184,23 @@ def no_series_message(path) -> str:
     return msg
 
 
+def dicom_modality(path: Path) -> str:
+    """The Modality of one DICOM file, upper case ('' when ``path`` is not a DICOM file; ``InputError`` when its
+    header cannot be read)."""
+    if not (path.is_file() and is_dicom_file(path)):
+        return ""
+    import pydicom
+
+    try:
+        return str(pydicom.dcmread(path, stop_before_pixels=True).get("Modality", "") or "").upper()
+    except Exception as exc:
+        raise InputError(f"corrupt DICOM file ({type(exc).__name__}: {exc})", path=path) from None
+
+
 def _object_kind(path: Path) -> str | None:
     """'DICOM-SEG' or 'RTSTRUCT' for a file holding one of those objects, else None."""
-    if not path.is_file():
-        return None
     try:
-        import pydicom
-
-        ds = pydicom.dcmread(str(path), stop_before_pixels=True, specific_tags=["Modality"])
-    except Exception:  # not DICOM, or unreadable: the plain message
+        modality = dicom_modality(path)
+    except InputError:  # unreadable: the plain message
         return None
-    return {"SEG": "DICOM-SEG", "RTSTRUCT": "RTSTRUCT"}.get(str(ds.get("Modality", "")))
+    return {"SEG": "DICOM-SEG", "RTSTRUCT": "RTSTRUCT"}.get(modality)

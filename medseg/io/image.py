@@ -124,11 +124,23 @@ class Image:
         return "".join(nib.aff2axcodes(self.affine))[: self.ndim]
 
     @property
-    def voxel_volume_ml(self) -> float:
-        """One voxel's volume (ml; a 2D image's pixel area in cm²): |det| of the index columns, which is the product
-        of the spacings only when the axes are at right angles (a sheared grid's voxels are smaller)."""
+    def voxel_volume_mm3(self) -> float:
+        """One voxel's volume (mm³; a 2D image's pixel area in mm²): |det| of the index columns, which is the
+        product of the spacings only when the axes are at right angles (a sheared grid's voxels are smaller, by
+        cos 20° = 0.94 at a 20 degree gantry tilt).
+
+        Examples
+        --------
+        >>> tilt = np.eye(4); tilt[1, 2], tilt[2, 2] = np.sin(np.radians(30)), np.cos(np.radians(30))
+        >>> round(Image(np.zeros((2, 2, 2)), tilt).voxel_volume_mm3, 6)
+        0.866025
+        """
         m = self.affine[:3, : self.ndim]
-        return float(np.sqrt(abs(np.linalg.det(m.T @ m)))) / 1000.0
+        return float(np.sqrt(abs(np.linalg.det(m.T @ m))))  # the volume (area) the index columns span
+
+    @property
+    def voxel_volume_ml(self) -> float:
+        return self.voxel_volume_mm3 / 1000.0
 
     def with_array(self, array: np.ndarray, channels_first: bool | None = None, **meta: Any) -> "Image":
         """A new image on the same grid (shape must match) with other voxel values."""

@@ -16,8 +16,7 @@ from typing import Iterable, Sequence
 import numpy as np
 from scipy import ndimage as ndi
 
-__all__ = ["keep_largest_component", "remove_small_components", "component_sizes", "voxel_volume_mm3",
-           "VOLUME_RTOL"]
+__all__ = ["keep_largest_component", "remove_small_components", "component_sizes", "VOLUME_RTOL"]
 
 VOLUME_RTOL = 1e-6  # relative: well above float32 spacing (6e-8 per axis) and product rounding (capped at half a voxel)
 
@@ -104,29 +103,6 @@ def keep_largest_component(labels: np.ndarray, classes: Sequence[int] | None = N
     return out
 
 
-def voxel_volume_mm3(affine: np.ndarray, ndim: int = 3) -> float:
-    """The volume of one voxel of a grid (mm³; mm² in 2D): ``|det|`` of the affine's index columns.
-
-    It is the product of the voxel sizes (the columns' lengths) only when the index axes are at right angles; a
-    sheared grid's voxels are parallelepipeds, smaller (by cos 20° = 0.94 at a 20 degree gantry tilt).
-
-    Parameters
-    ----------
-    affine : ndarray
-        4 x 4 index-to-world matrix (mm).
-    ndim : int
-        Spatial dimensions of the grid (2: the first two columns, their area in the plane they span).
-
-    Examples
-    --------
-    >>> tilt = np.eye(4); tilt[1, 2], tilt[2, 2] = np.sin(np.radians(30)), np.cos(np.radians(30))
-    >>> round(voxel_volume_mm3(np.diag([2.0, 1.0, 1.0, 1.0])), 6), round(voxel_volume_mm3(tilt), 6)
-    (2.0, 0.866025)
-    """
-    m = np.asarray(affine, float)[:3, :ndim]
-    return float(abs(np.linalg.det(m)) if ndim == 3 else np.sqrt(abs(np.linalg.det(m.T @ m))))  # 2D: the area
-
-
 def remove_small_components(labels: np.ndarray, min_size_mm3: float, spacing: Sequence[float] | None = None,
                             classes: Sequence[int] | None = None, connectivity: int | None = None,
                             voxel_volume: float | None = None) -> np.ndarray:
@@ -146,7 +122,7 @@ def remove_small_components(labels: np.ndarray, min_size_mm3: float, spacing: Se
         As in :func:`keep_largest_component`.
     voxel_volume : float, optional
         The volume of one voxel in mm³ (mm² in 2D), in place of the product of ``spacing``: on a sheared grid (a
-        gantry-tilted CT kept as a sheared affine) it is ``|det(affine[:3, :3])|`` (:func:`voxel_volume_mm3`), less
+        gantry-tilted CT kept as a sheared affine) it is ``|det(affine[:3, :3])|`` (:attr:`medseg.io.image.Image.voxel_volume_mm3`), less
         than the product of the axis lengths (6 % at a 20 degree tilt).
 
     Returns

@@ -113,8 +113,9 @@ def network_shape(shape, spacing, plan: Plan) -> tuple[int, ...]:
     return tuple(int(s) for s in new)
 
 
-def resize(t: torch.Tensor, shape, mode: str = "trilinear") -> torch.Tensor:
-    """Resize a (C, *spatial) tensor to ``shape``; no-op if it already has it. ``mode='nearest'`` for labels.
+def resize(t: torch.Tensor, shape) -> torch.Tensor:
+    """Resize a (C, *spatial) image to ``shape`` linearly (bi- or trilinear, ``align_corners=False``); no-op if it
+    already has it. Label maps: :func:`resize_labels`.
 
     Parameters
     ----------
@@ -122,29 +123,21 @@ def resize(t: torch.Tensor, shape, mode: str = "trilinear") -> torch.Tensor:
         ``(C, *spatial)``, 2 or 3 spatial axes.
     shape : sequence of int
         The new spatial shape.
-    mode : str
-        ``"nearest"`` (PyTorch's ``nearest-exact``, dtype kept), else linear (bi- or trilinear,
-        ``align_corners=False``, float result).
 
     Returns
     -------
     torch.Tensor
-        ``(C, *shape)``; ``t`` itself when it already has that shape.
+        Float ``(C, *shape)``; ``t`` itself when it already has that shape.
 
     Examples
     --------
-    >>> resize(torch.tensor([[[0, 1], [2, 3]]]), (4, 4), mode="nearest")[0].tolist()
-    [[0, 0, 1, 1], [0, 0, 1, 1], [2, 2, 3, 3], [2, 2, 3, 3]]
     >>> resize(torch.rand(2, 4, 4, 4), (8, 4, 2)).shape
     torch.Size([2, 8, 4, 2])
     """
     if tuple(t.shape[1:]) == tuple(shape):
         return t
-    m = "nearest-exact" if mode == "nearest" else ("bilinear" if len(shape) == 2 else "trilinear")
-    kw = {} if m == "nearest-exact" else {"align_corners": False}
-    src = t.float() if m != "nearest-exact" or not t.is_floating_point() else t
-    out = F.interpolate(src[None], size=tuple(int(s) for s in shape), mode=m, **kw)[0]
-    return out.to(t.dtype) if m == "nearest-exact" else out
+    mode = "bilinear" if len(shape) == 2 else "trilinear"
+    return F.interpolate(t.float()[None], size=tuple(int(s) for s in shape), mode=mode, align_corners=False)[0]
 
 
 def resize_labels(label: torch.Tensor, shape) -> torch.Tensor:
@@ -153,7 +146,8 @@ def resize_labels(label: torch.Tensor, shape) -> torch.Tensor:
 
     Nearest neighbour would move the label against the image: at an even downsampling factor every new voxel centre
     lies between two old ones and its ties all go one way, half an old voxel (0.4 mm on a 0.8 mm CT made 1.6 mm).
-    Each class is interpolated over its bounding box only (a 100-class CT costs about one full interpolation).
+    Each class is interpolated over its bounding box only: 8.5x faster than over the whole volume, with equal
+    labels, on TotalSegmentator's 41-class map (``benchmarks/label_resize.py``).
 
     Parameters
     ----------
