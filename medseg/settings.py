@@ -142,7 +142,11 @@ def coerce_fields(settings) -> None:
     for f in fields(settings):
         kind, value = str(f.type), plain(getattr(settings, f.name))
         numbers = kind.removesuffix(" | None") in ("int", "float", "tuple", "list[int]", "list[float]")
-        if numbers and any(isinstance(v, str) for v in (value if isinstance(value, list) else [value])):
+        flat = value if isinstance(value, list) else [value]
+        if kind.startswith("list[list["):
+            flat = [x for v in value or [] for x in (v if isinstance(v, list) else [v])]
+            numbers = True
+        if numbers and any(isinstance(v, str) for v in flat):
             raise ValueError(f"{f.name} must be a number (got {value!r})")
         setattr(settings, f.name, coerce_setting(f.name, value, kind))
 
@@ -209,6 +213,10 @@ def coerce_setting(name: str, value, kind: str):
         whole = base == "list[int]" or name == "patch_size"
         items = [_number(name, v, whole) for v in value]
         return tuple(items) if base == "tuple" else items
+    if base == "list[list[int]]":  # a network's levels: one list of whole numbers per level
+        if not isinstance(value, (list, tuple)) or not all(isinstance(v, (list, tuple)) for v in value):
+            raise ValueError(f"{name} must be a list of lists of numbers, one per level (got {value!r})")
+        return [[_number(name, x, True) for x in v] for v in value]
     if base == "list[str]":
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise ValueError(f"{name} must be a list of names (got {value!r})")

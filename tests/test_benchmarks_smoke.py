@@ -888,3 +888,15 @@ def test_label_resize_benchmark_agrees_with_its_peer(capsys):
     assert main(["--data", str(path), "--factor", "1.5", "--repeat", "1"]) == 0
     out = capsys.readouterr().out
     assert "41 classes" in out and "equal labels" in out
+
+
+def test_network_levels_benchmark_equals_nnunet_on_a_small_grid(capsys):
+    """medseg's recorded levels against nnU-Net's get_pool_and_conv_props, on a grid small enough for the suite."""
+    pytest.importorskip("nnunetv2.experiment_planning.experiment_planners.network_topology",
+                        reason="nnunetv2 is a benchmark-only extra (pip install nnunetv2 --no-deps)")
+    from benchmarks.network_levels import main
+
+    res = main(["--sizes", "8", "12", "20", "40", "96", "--spacings", "0.5", "1.0", "1.6", "3.0"])
+    capsys.readouterr()
+    assert res["pairs"] == 5**2 * 4**2 + 5**3 * 4**3
+    assert res["strides_equal"] == res["kernels_equal"] == res["pairs"], res["first_differences"]

@@ -14,6 +14,18 @@ MIN_LEVELS = 2  # down-samplings DynUNet needs (medseg.train.network.check_patch
 MIN_AXIS = 16  # voxels along every axis that guarantee them (images smaller than the patch are padded when sampled)
 
 
+def network_levels(patch, spacing=None) -> tuple[list, list]:
+    """Kernel sizes and strides of the network a plan for ``patch`` records:
+    :func:`medseg.train.network.dynunet_strides` by nnU-Net v2's rule.
+
+    Examples
+    --------
+    >>> network_levels([320, 320, 8], [1.0, 1.0, 1.0])[1]  # the 8 slices halve once; the other axes go on
+    [[1, 1, 1], [2, 2, 2], [2, 2, 1], [2, 2, 1], [2, 2, 1], [2, 2, 1]]
+    """
+    return dynunet_strides(patch, spacing, rule="nnunet")
+
+
 def estimate_cost(patch: list[int], base_filters: int, max_filters: int = 320, in_channels: int = 1,
                   num_classes: int = 2, spacing=None) -> tuple[float, float]:
     """(activation bytes per sample, training FLOPs per sample) of a DynUNet on ``patch``.
@@ -21,8 +33,8 @@ def estimate_cost(patch: list[int], base_filters: int, max_filters: int = 320, i
     Coarse but monotone: two 3^d convolutions per level in encoder and decoder; backward ≈ 2× forward;
     about 12 float32 activation maps of each level's size are kept for the backward pass, and ``CLASS_MAPS`` per
     class plus two per input channel at the patch's size. Level ``l`` has the size the strides of
-    :func:`medseg.train.network.dynunet_strides` leave (with ``spacing``: those of the network the plan builds, which
-    does not down-sample a coarse axis at first) and ``min(base_filters * 2**l, max_filters)`` channels.
+    :func:`network_levels` leave (with ``spacing``: those of the network the plan builds, which does not down-sample
+    a coarse axis at first) and ``min(base_filters * 2**l, max_filters)`` channels.
 
     Parameters
     ----------
@@ -52,7 +64,7 @@ def estimate_cost(patch: list[int], base_filters: int, max_filters: int = 320, i
     >>> estimate_cost([32, 32, 16], 8, spacing=[1.0, 1.0, 3.0])[0] > estimate_cost([32, 32, 16], 8)[0]
     True
     """
-    _, strides = dynunet_strides(patch, spacing)
+    _, strides = network_levels(patch, spacing)
     d = len(patch)
     size = np.asarray(patch, float)
     mem = float(np.prod(size)) * (CLASS_MAPS * num_classes + 2 * in_channels) * 4
@@ -70,8 +82,8 @@ def estimate_cost(patch: list[int], base_filters: int, max_filters: int = 320, i
 
 
 def down_samplings(patch, spacing) -> int:
-    """How many times the network built for ``patch`` down-samples (:func:`medseg.train.network.dynunet_strides`)."""
-    return len(dynunet_strides(patch, spacing)[1]) - 1
+    """How many times the network built for ``patch`` down-samples (:func:`network_levels`)."""
+    return len(network_levels(patch, spacing)[1]) - 1
 
 
 def fit_patch(median_shape, spacing, spatial_dims: int, memory_bytes: float, base_filters: int,
@@ -118,14 +130,14 @@ def fit_patch(median_shape, spacing, spatial_dims: int, memory_bytes: float, bas
     if len(shape) != spatial_dims or len(sp) != spatial_dims:  # a 2D caller must say which axes are in-plane
         raise ValueError(f"fit_patch: {spatial_dims}D needs {spatial_dims} sizes and spacings, got {shape}, {sp}")
 
-    patch = divisible_patch([max(s, 8) for s in shape], sp)
+    patch = divisible_patch([max(s, 8) for s in shape], sp, rule="nnunet")
     if down_samplings(patch, sp) < MIN_LEVELS:  # a tiny image: a patch the network runs on, padded when sampled
-        patch = divisible_patch([max(s, MIN_AXIS) for s in patch], sp)
+        patch = divisible_patch([max(s, MIN_AXIS) for s in patch], sp, rule="nnunet")
     last = patch
     for _ in range(100):
         # what is returned and checked is a patch the network runs on: a shrunk one may have lost its divisibility
         # (200x200x15 at 1x1x3 mm shrank to [144, 144, 16], whose strides need multiples of 32)
-        fit = divisible_patch(patch, sp)
+        fit = divisible_patch(patch, sp, rule="nnunet")
         if down_samplings(fit, sp) < MIN_LEVELS:
             break  # smaller than the network runs on: the last one that runs
         last = fit
@@ -135,7 +147,7 @@ def fit_patch(median_shape, spacing, spatial_dims: int, memory_bytes: float, bas
         mm = [p * s if p > 8 else 0 for p, s in zip(patch, sp)]
         if max(mm) == 0:
             break
-        _, strides = dynunet_strides(patch, sp)
+        _, strides = network_levels(patch, sp)
         for i in [i for i, m in enumerate(mm) if np.isclose(m, max(mm))]:  # tied axes together: order-free
             step = int(np.prod([st[i] for st in strides]))
             patch[i] = max(8, patch[i] - max(step, 1))  # one divisibility unit at a time: always shrinks

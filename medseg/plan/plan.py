@@ -102,6 +102,11 @@ class Plan:
     max_filters: int = 320
     deep_supervision: bool = False
     residual: bool = False  # residual convolution blocks (MONAI UnetResBlock) instead of plain conv-norm-act pairs
+    # the network's levels: a kernel size and a stride per axis each (the first level's strides all 1), as nnU-Net's
+    # plans record them; make_plan writes them. Absent: derived from patch_size and spacing by the rule of plans
+    # made before they were recorded (medseg.train.network.dynunet_strides), which their saved models were built by
+    kernel_sizes: list[list[int]] | None = None
+    strides: list[list[int]] | None = None
     # training
     loss: str = "dice_ce"
     class_weights: list[float] | None = None
@@ -173,6 +178,11 @@ class Plan:
         """
         return [s for i, s in enumerate(self.target_spacing) if i != self.slice_axis]
 
+    @property
+    def network_spacing(self) -> list[float]:
+        """The spacing of the network's grid: ``target_spacing``, or the in-plane entries for a 2D plan."""
+        return self.target_spacing if self.spatial_dims == 3 else self.in_plane_spacing
+
     # --- validation ------------------------------------------------------------------------
     def validate(self, where: str | os.PathLike | None = None) -> "Plan":
         """Raise ``InputError`` with a helpful message on the first inconsistent value; values the Python API gave
@@ -192,10 +202,16 @@ class Plan:
             bad(f"patch_size {self.patch_size}: every entry must be >= 8")
         if len(self.target_spacing) != 3 or any(not 0 < s < math.inf for s in self.target_spacing):
             bad(f"target_spacing {self.target_spacing} must be 3 positive numbers (mm)")
-        from medseg.train.network import check_patch
+        from medseg.train.network import check_patch, check_strides
 
+        if (self.strides is None) != (self.kernel_sizes is None):
+            bad("kernel_sizes and strides go together: give both (one list per level) or neither (derived from "
+                "patch_size)")
         try:  # here, not at the first training iteration (a tensor-size crash there, exit 1)
-            check_patch(self.patch_size, self.target_spacing if self.spatial_dims == 3 else self.in_plane_spacing)
+            if self.strides is None:
+                check_patch(self.patch_size, self.network_spacing)
+            else:
+                check_strides(self.patch_size, self.kernel_sizes, self.strides)
         except InputError as exc:
             bad(exc.problem)
         if self.orientation is not None:

@@ -11,7 +11,7 @@ import torch
 from medseg.errors import InputError
 from medseg.infer.devices import parse_device
 from medseg.infer.sliding_window import cpu_has_native_bf16
-from medseg.plan.cost import estimate_cost, fit_patch
+from medseg.plan.cost import estimate_cost, fit_patch, network_levels
 from medseg.plan.fingerprint import Fingerprint, compute_fingerprint
 from medseg.plan.plan import Normalisation, Plan
 from medseg.system import total_ram_bytes
@@ -276,10 +276,12 @@ def make_plan(dataset: str | os.PathLike | Dataset, device: str = "cpu", memory_
     # rare classes (< 1% of foreground voxels) get foreground-heavy sampling
     fg = {k: v for k, v in fp.class_voxels.items() if k != 0}
     rare = fg and min(fg.values()) < 0.01 * sum(fg.values())
+    kernels, strides = network_levels(patch, sp)  # recorded: a later rule must not rebuild this plan's network
     plan = Plan(name=str(ds.meta.get("name", ds.root.name)), dataset=str(ds.root), channels=fp.channel_names,
                 labels=labels, normalisation=norms, target_spacing=spacing, orientation=fp.orientation,
                 spatial_dims=spatial_dims, patch_size=[int(p) for p in patch], batch_size=batch,
-                base_filters=base, max_filters=320, max_epochs=epochs, iterations_per_epoch=iters_per_epoch,
+                base_filters=base, max_filters=320, kernel_sizes=kernels, strides=strides, max_epochs=epochs,
+                iterations_per_epoch=iters_per_epoch,
                 max_minutes=minutes, foreground_oversample=0.66 if rare else 0.33,
                 # bf16 halves the CPU step where native (0.25 vs 0.51 s, RESULTS.md); emulated it is slower
                 bf16=dev.type != "cuda" and cpu_has_native_bf16(),

@@ -99,7 +99,8 @@ def build_from_plan(plan: Plan, deep_supervision: bool | None = None) -> torch.n
     Parameters
     ----------
     plan : Plan
-        Channels, classes, patch, spacing (2D plans: the in-plane axes), width and block type.
+        Channels, classes, patch, spacing (2D plans: the in-plane axes), width, block type, and the levels'
+        kernel sizes and strides where the plan records them.
     deep_supervision : bool, optional
         Override the plan's (prediction builds without).
 
@@ -116,11 +117,10 @@ def build_from_plan(plan: Plan, deep_supervision: bool | None = None) -> torch.n
     """
     from medseg.train.network import build_network
 
-    sp = plan.target_spacing if plan.spatial_dims == 3 else plan.in_plane_spacing
-    return build_network(plan.spatial_dims, plan.in_channels, plan.num_classes, plan.patch_size, sp,
-                         base_filters=plan.base_filters, max_filters=plan.max_filters,
+    return build_network(plan.spatial_dims, plan.in_channels, plan.num_classes, plan.patch_size,
+                         plan.network_spacing, base_filters=plan.base_filters, max_filters=plan.max_filters,
                          deep_supervision=plan.deep_supervision if deep_supervision is None else deep_supervision,
-                         residual=plan.residual)
+                         residual=plan.residual, kernel_sizes=plan.kernel_sizes, strides=plan.strides)
 
 
 def strip_ddp(state_dict: dict) -> dict:

@@ -272,7 +272,7 @@ def train(plan: Plan | str | os.PathLike | None, run_dir: str | os.PathLike, fol
     use_amp = dev.type == "cuda" or (plan.bf16 and cpu_has_native_bf16())  # emulated bf16 is slower than fp32
     log_path = run_dir / "log.csv"
     val_cost = 0.0
-    spacing_sample = plan.target_spacing if plan.spatial_dims == 3 else plan.in_plane_spacing
+    spacing_sample = plan.network_spacing
     # image around each patch for rotation and scaling to draw on (2D plans: none along the slice axis)
     margin = [0] * (3 - plan.spatial_dims) + context_margin(plan.patch_size, plan.augment, spacing_sample)
 
