@@ -117,6 +117,24 @@ def free_cores(window_s: float = 0.25) -> int:
     return max(1, min(usable_cores(), int(round(len(cpus) - busy_cores(window_s, cpus)))))
 
 
+def requested_threads(threads: int | None = None) -> int:
+    """The torch threads a cell command runs with: ``threads`` (``--threads``), else ``OMP_NUM_THREADS`` where it is
+    a positive whole number (what a scheduler's job or ``docker -e`` sets, and training and prediction keep:
+    :func:`cap_torch_threads`), else :func:`free_cores`.
+
+    Examples
+    --------
+    >>> requested_threads(3)
+    3
+    """
+    if threads:
+        return int(threads)
+    env = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if env.isdigit() and int(env) > 0:
+        return int(env)
+    return free_cores()
+
+
 def cap_torch_threads() -> int:
     """Lower torch's thread count to :func:`usable_cores` where a container's quota or cpuset makes them fewer than
     torch counts (it counts the host's cores), unless ``OMP_NUM_THREADS`` sets it; returns the count."""

@@ -105,7 +105,8 @@ def test_cell_training_without_threads_takes_the_free_cores(tmp_path, monkeypatc
 
     linked_cell_dataset(tmp_path / "ds", 3)
     seen, before = [], torch.get_num_threads()
-    monkeypatch.setattr(train, "free_cores", lambda: seen.append(1) or 1)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(cpu, "free_cores", lambda: seen.append(1) or 1)
     try:
         cfg = train.CellTrainConfig(patch_size=(64, 64), batch_size=2, base_filters=4, max_steps=1, max_minutes=5,
                                     tune_fraction=0.0)
@@ -113,3 +114,40 @@ def test_cell_training_without_threads_takes_the_free_cores(tmp_path, monkeypatc
         assert seen == [1] and torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
+
+
+def test_cell_counting_keeps_omp_num_threads(tmp_path, monkeypatch):
+    """A scheduler's OMP_NUM_THREADS (docker -e, Slurm) is kept by the cell commands, as by training and
+    prediction: counting on an idle 2-core machine with OMP_NUM_THREADS=1 ran with 2 threads."""
+    import torch
+
+    from conftest import data_path, linked_cell_dataset
+    from medseg.cells.count import count_cells
+    from medseg.cells.train import CellTrainConfig, train_cells
+
+    linked_cell_dataset(tmp_path / "ds", 3)
+    cfg = CellTrainConfig(patch_size=(64, 64), batch_size=1, base_filters=4, max_steps=1, max_minutes=5, threads=1,
+                          tune_fraction=0)
+    run = train_cells(tmp_path / "ds", tmp_path / "run", cfg, progress=False)
+    image = sorted(data_path("dsb2018_fluo", "images").glob("*.png"))[0]
+    before = torch.get_num_threads()
+    monkeypatch.setattr(cpu, "free_cores", lambda: 2)  # an idle 2-core machine
+    try:
+        for env, want in (("1", 1), ("", 2), ("bad", 2)):
+            monkeypatch.setenv("OMP_NUM_THREADS", env)
+            torch.set_num_threads(3)
+            count_cells(image, tmp_path / f"out{want}{env}", model=run, progress=False)
+            assert torch.get_num_threads() == want, env
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_requested_threads_order(monkeypatch):
+    monkeypatch.setattr(cpu, "free_cores", lambda: 5)
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    assert cpu.requested_threads(3) == 3 and cpu.requested_threads() == 2
+    for env in ("0", "-1", "x", " "):
+        monkeypatch.setenv("OMP_NUM_THREADS", env)
+        assert cpu.requested_threads() == 5
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    assert cpu.requested_threads(None) == 5

@@ -76,7 +76,8 @@ def count_cells(inputs, out_dir, model=None, classical: bool = False, channel: i
         trained otherwise) is overridden; the classical mode's default is
         :data:`~medseg.cells.segmenters.CLASSICAL_MIN_SNR`.
     threads : int, optional
-        Model only: CPU threads for torch (default: the cores not already busy); fix it where runs must give
+        Model only: CPU threads for torch (default: ``OMP_NUM_THREADS`` if set, else the cores not already busy:
+        :func:`medseg.cpu.requested_threads`); fix it where runs must give
         identical results, since a different thread count changes the order of floating-point sums.
     progress : bool
         Show a progress bar for several images.
@@ -131,9 +132,9 @@ def count_cells(inputs, out_dir, model=None, classical: bool = False, channel: i
     if not classical:
         import torch
 
-        from medseg.cpu import free_cores
+        from medseg.cpu import requested_threads
 
-        torch.set_num_threads(threads or free_cores())
+        torch.set_num_threads(requested_threads(threads))
     from medseg.cells.data import load_image
     from medseg.cells.tables import rows_to_csv
 

@@ -28,7 +28,7 @@ from medseg.cells.saved_config import resumed_config
 from medseg.cells.batches import cell_loss, training_batch
 from medseg.cells.budget import CellBudget
 from medseg.cells.tune import tune_network, tuning_costs
-from medseg.cpu import free_cores
+from medseg.cpu import requested_threads
 from medseg.errors import InputError
 from medseg.io.atomic import atomic_path, deferred_interrupts, remove_stale_temporaries
 
@@ -179,7 +179,7 @@ def train_cells(data_dir, run_dir, cfg: CellTrainConfig | None = None, resume: b
     prepared_s = time.perf_counter() - started
     run_dir.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(run_dir)  # a checkpoint being written when the run was killed outright
-    torch.set_num_threads(cfg.threads or free_cores())
+    torch.set_num_threads(requested_threads(cfg.threads))
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     net = build_cell_network(cfg)

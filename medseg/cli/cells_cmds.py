@@ -43,7 +43,8 @@ def train_cmd(
                                 help="Continue from RUN/checkpoint.pt with the run's own settings (--max-minutes, "
                                      "--max-steps, --threads, --cache, --cache-dir, --tune-objective and "
                                      "--tune-selection may change)."),
-    threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for torch."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for torch (default: "
+                                         "OMP_NUM_THREADS if set, else the cores not already busy)."),
     tune_fraction: Optional[float] = typer.Option(None, "--tune-fraction",
                                                   help="Share of the training images held out to choose the "
                                                        "watershed thresholds (default 0.1; 0: keep the 0.5 "
@@ -182,8 +183,8 @@ def count_cmd(
                                                         "whose mean boundary probability is below this (model "
                                                         "only; default: the model's, 0.35; 0: off)."),
     threads: Optional[int] = typer.Option(None, "--threads",
-                                          help="CPU threads for torch (model only; default: the cores not already "
-                                               "busy)."),
+                                          help="CPU threads for torch (model only; default: OMP_NUM_THREADS "
+                                               "if set, else the cores not already busy)."),
 ) -> None:
     """Segment and count cells: <id>_labels.tif, <id>_overlay.png, <id>_cells.csv per image; counts.csv.
     Every image is checked before anything is written; options the mode cannot use are refused."""
