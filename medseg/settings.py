@@ -110,11 +110,13 @@ def plain(value):
 
     Examples
     --------
-    >>> plain({"spacing": (np.float64(0.7), 1.0), "n": np.int64(3)})
-    {'spacing': [0.7, 1.0], 'n': 3}
+    >>> plain({"spacing": (np.float64(0.7), 1.0), "n": np.int64(3), "shape": np.array([2, 3])})
+    {'spacing': [0.7, 1.0], 'n': 3, 'shape': [2, 3]}
     """
     if isinstance(value, np.generic):
         return value.item()
+    if isinstance(value, np.ndarray):  # an array of spacings or strides from the Python API
+        return plain(value.tolist())
     if isinstance(value, (list, tuple)):
         return [plain(v) for v in value]
     if isinstance(value, dict):
@@ -144,7 +146,7 @@ def coerce_fields(settings) -> None:
         numbers = kind.removesuffix(" | None") in ("int", "float", "tuple", "list[int]", "list[float]")
         flat = value if isinstance(value, list) else [value]
         if kind.startswith("list[list["):
-            flat = [x for v in value or [] for x in (v if isinstance(v, list) else [v])]
+            flat = [x for v in (value if isinstance(value, list) else []) for x in (v if isinstance(v, list) else [v])]
             numbers = True
         if numbers and any(isinstance(v, str) for v in flat):
             raise ValueError(f"{f.name} must be a number (got {value!r})")

@@ -127,3 +127,15 @@ def test_an_edited_plan_that_breaks_its_levels_is_refused_in_one_line(tmp_path, 
     res = run_cli("train", path, "-o", tmp_path / "run")
     assert_clean_error(res, "plan.yaml", needle)
     assert not (tmp_path / "run").exists()
+
+
+def test_levels_from_the_python_api_as_arrays_build_that_network():
+    """numpy arrays (a planner script's output) are taken as a plan file's lists; the network has those strides."""
+    import numpy as np
+
+    strides = np.array([[1, 1], [2, 2], [2, 1]])
+    plan = Plan(spatial_dims=2, patch_size=np.array([32, 16]), target_spacing=np.array([1.0, 1.0, 3.0]),
+                kernel_sizes=np.full((3, 2), 3), strides=strides, base_filters=2, max_filters=4).validate()
+    assert plan.strides == [[1, 1], [2, 2], [2, 1]] and plan.patch_size == [32, 16]
+    assert _strides(build_from_plan(plan)) == [[1, 1], [2, 2], [2, 1]]
+    assert Plan.from_dict(plan.to_dict()) == plan
