@@ -117,11 +117,10 @@ def test_plan_yaml_round_trip_and_cli(tmp_path):
     plan = Plan.from_yaml(tmp_path / "plan.yaml")
     assert plan.labels == {0: "background", 1: "anterior", 2: "posterior"} and plan.spatial_dims == 3
     assert plan.target_spacing == [1.0, 1.0, 1.0]
-    # patch divisible by the network's total stride on every axis
-    from medseg.train.network import dynunet_strides
-
-    _, strides = dynunet_strides(plan.patch_size)
+    # patch divisible by the recorded network's total stride on every axis, and said on the command line
+    strides = plan.strides
     assert all(p % int(np.prod([s[i] for s in strides])) == 0 for i, p in enumerate(plan.patch_size))
+    assert f"{len(strides) - 1} down-samplings" in res.out
     again = Plan.from_dict(yaml.safe_load(plan.to_yaml()))
     assert again == plan
 

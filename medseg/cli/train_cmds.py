@@ -57,7 +57,7 @@ def plan_cmd(
 
     plan = make_plan(dataset, device=device, memory_gb=memory_gb, minutes=max_minutes, progress=True, output=output)
     typer.echo(f"wrote {output}: {plan.spatial_dims}D, patch {plan.patch_size}, batch {plan.batch_size}, "
-               f"spacing {plan.target_spacing}")
+               f"spacing {plan.target_spacing}, {len(plan.strides) - 1} down-samplings")
 
 
 @app.command("train")
