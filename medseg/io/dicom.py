@@ -17,7 +17,8 @@ Public API (others build on these names):
 Geometry: slices are sorted by ImagePositionPatient along the slice normal (row x column
 cosines), ascending, like ITK; index axes are (column, row, slice). A series that is not a
 regular volume (missing slices, irregular spacing, several slices at one position, gantry
-tilt unless ``allow_tilt``) raises ``InputError`` with the reason; ``SeriesInfo.problem``
+tilt unless ``allow_tilt``, slices that disagree on their frame of reference, modality, rescale or
+SOPInstanceUID: :mod:`medseg.io.dicom_consistency`) raises ``InputError`` with the reason; ``SeriesInfo.problem``
 holds the same reason after discovery, so listing never fails on a bad series. Images that can
 never be volume slices (no patient geometry, colour, cine) are listed with ``is_volume=False``.
 Damaged files (truncated, corrupt, not DICOM under a DICOM-like name) raise ``InputError``
@@ -55,6 +56,7 @@ import numpy as np
 
 from medseg.errors import InputError
 from medseg.io import dicom_geometry as geo
+from medseg.io.dicom_consistency import inconsistency
 from medseg.io.dicom_files import no_series_message
 from medseg.io.dicom_headers import Frame, Rejected, progress_iter, read_headers
 from medseg.io.image import Image
@@ -238,7 +240,11 @@ def discover_series(path: str | os.PathLike, progress: bool = False) -> list[Ser
                 note = (f"SeriesInstanceUID {key[1] or '(empty)'} mixes {len(stacks)} orientations/sizes "
                         f"({', '.join(str(len(s)) for s in stacks)} slices); this is part {k + 1}"
                         + (" (a single slice: a localizer?)" if len(st) == 1 else ""))
-            series.append(_lacks_slices(_build_series(st, note, k), others.get(key, [])))
+            info = _build_series(st, note, k)
+            # slices that disagree on what one volume shares: said first (a frame of reference mix would else
+            # show only as an odd gap, or not at all)
+            info.problem = inconsistency(st) or info.problem
+            series.append(_lacks_slices(info, others.get(key, [])))
     for members in others.values():
         r = members[0]
         info = SeriesInfo(-1, r.series_uid, r.description, r.modality, [m.path for m in members],

@@ -85,6 +85,8 @@ class Frame:
     description: str
     modality: str
     slice_spacing_hint: float | None = None
+    has_rescale: bool = False  # RescaleSlope or RescaleIntercept present (else 1 and 0 are assumed)
+    rescale_type: str = ""  # RescaleType (units of the rescaled values), '' when absent
 
 
 def _floats(value, n: int, what: str, path: Path, positive: bool = False) -> np.ndarray:
@@ -130,6 +132,11 @@ def _num(ds, keyword: str, default=None):
         return float(v)
     except (TypeError, ValueError):
         return default
+
+
+def _present(ds, keyword: str) -> bool:
+    """Whether ``keyword`` holds a value (an empty element counts as absent, as :func:`_rescale` reads it)."""
+    return ds.get(keyword, None) not in (None, "")
 
 
 def _int_or_none(v):
@@ -193,6 +200,7 @@ def frames_of(ds, path: Path) -> list[Frame]:
         series_number=_int_or_none(ds.get("SeriesNumber", None)),
         description=str(ds.get("SeriesDescription", "") or ""), modality=modality,
         sop_uid=str(ds.get("SOPInstanceUID", "") or ""),
+        rescale_type=str(ds.get("RescaleType", "") or "").strip().upper(),
     )
     n = int(ds.get("NumberOfFrames", 1) or 1)
     if int(ds.get("SamplesPerPixel", 1) or 1) != 1:
@@ -214,7 +222,8 @@ def frames_of(ds, path: Path) -> list[Frame]:
                   pixel_spacing=tuple(_floats(ds.PixelSpacing, 2, "PixelSpacing", path, positive=True)),
                   slope=_rescale(ds.get("RescaleSlope"), "RescaleSlope", 1.0, path),
                   intercept=_rescale(ds.get("RescaleIntercept"), "RescaleIntercept", 0.0, path),
-                  slice_spacing_hint=_num(ds, "SpacingBetweenSlices") or _num(ds, "SliceThickness"), **common)]
+                  slice_spacing_hint=_num(ds, "SpacingBetweenSlices") or _num(ds, "SliceThickness"),
+                  has_rescale=_present(ds, "RescaleSlope") or _present(ds, "RescaleIntercept"), **common)]
 
 
 def _enhanced_frames(ds, path: Path, n: int, common: dict) -> list[Frame]:
@@ -246,7 +255,10 @@ def _enhanced_frames(ds, path: Path, n: int, common: dict) -> list[Frame]:
                                         "RescaleSlope", 1.0, path),
                          intercept=_rescale(intercept if intercept not in (None, "") else ds.get("RescaleIntercept"),
                                             "RescaleIntercept", 0.0, path),
-                         slice_spacing_hint=float(thick) if thick not in (None, "") else None, **common))
+                         slice_spacing_hint=float(thick) if thick not in (None, "") else None,
+                         has_rescale=(slope not in (None, "") or intercept not in (None, "")
+                                      or _present(ds, "RescaleSlope") or _present(ds, "RescaleIntercept")),
+                         **common))
     return out
 
 
