@@ -82,9 +82,15 @@ class ModelArtifact:
 
     def _build_one(self, state_dict: dict) -> torch.nn.Module:
         net = build_from_plan(self.plan, deep_supervision=False)
-        missing, unexpected = net.load_state_dict(state_dict, strict=False)
-        if [m for m in missing if "deep_supervision" not in m and "heads" not in m]:
-            raise InputError(f"model weights do not match the plan (missing {missing[:3]})")
+        # strictly, but for the deep-supervision heads training had: a weight left over (a residual block's 1x1
+        # convolution, another level) was dropped silently, and a shape mismatch was a traceback, exit 1
+        heads = (set(build_from_plan(self.plan, deep_supervision=True).state_dict()) - set(net.state_dict())
+                 if self.plan.deep_supervision else set())
+        try:
+            net.load_state_dict({k: v for k, v in state_dict.items() if k not in heads})
+        except RuntimeError as exc:
+            raise InputError(f"model weights do not match the plan's network "
+                             f"({' '.join(str(exc).split())[:200]})", path=self.info.get("path")) from None
         return net.eval()
 
     @property
@@ -219,7 +225,7 @@ def load_model(path: str | os.PathLike) -> ModelArtifact:
                          path=path) from None
     if not isinstance(d, dict) or d.get("format") != FORMAT:
         raise InputError("not a medseg model file", path=path)
-    plan = Plan.from_dict(d["plan"], where=path)
+    plan = saved_plan(d["plan"], where=path)
     members = d.get("members")
     if not (isinstance(members, list) and members and all(isinstance(m, dict) for m in members)):
         members = None
@@ -227,3 +233,48 @@ def load_model(path: str | os.PathLike) -> ModelArtifact:
             raise InputError("model file holds no weights", path=path)
     info = {"versions": d.get("versions", {}), **d.get("info", {}), "path": str(path)}
     return ModelArtifact(plan, members[0] if members else d["state_dict"], info, members)
+
+
+# settings that only training reads: a model saved with a value today's plan checks refuse still predicts as it did
+TRAINING_ONLY = ("name", "dataset", "batch_size", "loss", "class_weights", "optimizer", "learning_rate",
+                 "weight_decay", "ema", "max_epochs", "iterations_per_epoch", "max_minutes", "foreground_oversample",
+                 "augment", "val_every", "num_folds", "fold", "seed", "ensemble", "num_threads", "cache", "cache_dir")
+
+
+def saved_plan(d: dict, where=None) -> Plan:
+    """The plan a model file holds, validated; one an earlier medseg accepted and trained with, but today's checks
+    refuse, is read as that version used it: numbers on a normalisation other than ``ct`` dropped (it ignored
+    them) and a refused training-only setting (``TRAINING_ONLY``: ``max_minutes: .inf``, an unknown ``augment``
+    key, ...) at its default, since prediction reads neither. Anything else is refused as before.
+
+    Examples
+    --------
+    >>> plan = Plan(spatial_dims=2, patch_size=[16, 16], base_filters=4, max_filters=16).to_dict()
+    >>> old = {**plan, "max_minutes": float("inf"), "normalisation": [{"scheme": "zscore", "clip": [0.0, 9.0]}]}
+    >>> p = saved_plan(old)
+    >>> p.max_minutes, p.normalisation[0].clip, p.patch_size
+    (None, None, [16, 16])
+    """
+    try:
+        return Plan.from_dict(d, where=where)
+    except InputError as exc:
+        refused = exc
+    if not isinstance(d, dict):
+        raise refused
+    norms = d.get("normalisation")
+    if isinstance(norms, list):  # versions before session 46 z-scored such a channel without its numbers
+        norms = [{**n, "clip": None, "mean": None, "std": None}
+                 if isinstance(n, dict) and n.get("scheme") != "ct" else n for n in norms]
+    core = {k: v for k, v in d.items() if k not in TRAINING_ONLY}
+    core = {**core, "normalisation": norms} if "normalisation" in d else core
+    Plan.from_dict(core, where=where)  # a setting prediction reads is refused as it is in a plan file
+    kept = {k: d[k] for k in TRAINING_ONLY if k in d and _valid(core, k, d[k])}
+    return Plan.from_dict({**core, **kept}, where=where)
+
+
+def _valid(core: dict, key: str, value) -> bool:
+    try:
+        Plan.from_dict({**core, key: value})
+    except InputError:
+        return False
+    return True
