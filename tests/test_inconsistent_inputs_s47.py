@@ -154,3 +154,37 @@ def test_files_sharing_a_sop_instance_uid_are_refused(tmp_path):
     paths = _copy(HIPPO, tmp_path / "s", edit)
     assert len({pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID for p in paths}) == 30
     _refused_by_convert_and_export(tmp_path, tmp_path / "s", [paths[0], paths[3], paths[4]], "SOPInstanceUID")
+
+
+def _colour(ds, size=None):
+    """``ds`` as an 8-bit RGB image (its grey values in every channel), optionally cropped to ``size`` rows."""
+    grey = ds.pixel_array.astype(np.float64)
+    grey = (255 * (grey - grey.min()) / max(np.ptp(grey), 1)).astype(np.uint8)
+    if size is not None:
+        grey = grey[:size]
+    ds.Rows = grey.shape[0]
+    ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.PlanarConfiguration = 3, "RGB", 0
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+    ds.PixelData = np.repeat(grey[..., None], 3, axis=2).tobytes()
+    for tag in ("RescaleSlope", "RescaleIntercept", "WindowCenter", "WindowWidth", "SmallestImagePixelValue",
+                "LargestImagePixelValue"):
+        if tag in ds:
+            del ds[tag]
+
+
+def test_a_colour_slice_at_an_end_of_a_grey_series_is_refused(tmp_path):
+    """A colour image of the slices' size with its slice position, at an end of the stack, was left out as 'not a
+    volume' and the grey part loaded one slice short with exit 0 (no gap shows it missing). Like a geometry-less
+    image of the slices' size, it now makes the series refused, naming it; one of another size stays a note."""
+    end = tmp_path / "end"
+    paths = _copy(HIPPO, end, lambda ds, k: _colour(ds) if k == 31 else None)
+    res = run_cli("convert", end, tmp_path / "out.nii.gz", "--series", "0")
+    assert_clean_error(res, paths[31].name, "cannot be read as its slices")
+    assert not (tmp_path / "out.nii.gz").exists()
+    other = tmp_path / "other"
+    paths = _copy(HIPPO, other, lambda ds, k: _colour(ds, size=ds.Rows // 2) if k == 31 else None)
+    res = run_cli("convert", other, tmp_path / "ok.nii.gz", "--series", "0")  # a screenshot-like image: 31 load
+    assert res.code == 0, res.err
+    vol, aff = _first_principles(paths[:31])
+    img = load_series(other, series=0)
+    assert img.array.shape == vol.shape and np.allclose(img.affine, aff, atol=1e-4)

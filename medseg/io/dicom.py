@@ -146,13 +146,14 @@ def _group_key(f: Frame | Rejected) -> tuple:
 
 
 def _lacks_slices(info: SeriesInfo, rejected: list[Rejected]) -> SeriesInfo:
-    """``info`` not loadable when its series' ``rejected`` images include some of its slices' size without geometry:
-    slices whose position was lost, at an end of the stack, where no gap shows it (a volume short of them, with exit
-    0, before)."""
+    """``info`` not loadable when its series' ``rejected`` images include some of its slices' size that cannot be
+    read as slices (no geometry, colour, an unsupported pixel depth): slices at an end of the stack, where no gap
+    shows them missing (a volume short of them, with exit 0, before)."""
     size = (info.frames[0].rows, info.frames[0].cols) if info.frames else None
     lost = [r for r in rejected if r.size is not None and r.size == size]
     if lost and info.problem is None:
-        info.problem = (f"{len(lost)} image(s) of this series have its slices' size but no geometry ({lost[0].path}: "
+        what = "no geometry" if lost[0].no_geometry else "cannot be read as its slices"
+        info.problem = (f"{len(lost)} image(s) of this series have its slices' size but {what} ({lost[0].path}: "
                         f"{lost[0].reason}): the volume would lack them; remove them if they are not its slices")
     return info
 

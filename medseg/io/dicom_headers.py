@@ -48,7 +48,7 @@ class NoGeometry(NotAVolume):
 @dataclass
 class Rejected:
     """A DICOM image that is not a volume slice, with the identifiers its series is listed by; ``size`` (rows,
-    columns) only for an image rejected as :class:`NoGeometry`."""
+    columns) where the header gives it, and whether it was rejected as :class:`NoGeometry`."""
 
     path: Path
     reason: str
@@ -58,6 +58,7 @@ class Rejected:
     description: str
     modality: str
     size: tuple[int, int] | None = None
+    no_geometry: bool = False
 
 
 @dataclass
@@ -296,6 +297,13 @@ def read_headers(path: Path, progress: bool = False) -> tuple[list[Frame], list[
     return frames, rejected
 
 
+def _size(ds) -> tuple[int, int] | None:
+    try:
+        return int(ds.Rows), int(ds.Columns)
+    except (AttributeError, TypeError, ValueError):
+        return None
+
+
 def _collect(f: Path, frames: list[Frame], rejected: list[Rejected]) -> None:
     ds = _read_one(f)
     try:
@@ -304,7 +312,7 @@ def _collect(f: Path, frames: list[Frame], rejected: list[Rejected]) -> None:
         rejected.append(Rejected(f, exc.problem, str(ds.get("SeriesInstanceUID", "") or ""),
                                  str(ds.get("StudyInstanceUID", "") or ""), _int_or_none(ds.get("SeriesNumber")),
                                  str(ds.get("SeriesDescription", "") or ""), str(ds.get("Modality", "") or ""),
-                                 (int(ds.Rows), int(ds.Columns)) if isinstance(exc, NoGeometry) else None))
+                                 _size(ds), isinstance(exc, NoGeometry)))
     except InputError:
         raise
     except Exception as exc:  # a value pydicom cannot convert (IS/DS garbage, odd VRs, broken sequences)
