@@ -183,13 +183,13 @@ def test_fitted_patches_are_patches_the_network_runs_on():
     from medseg.plan.planner import fit_patch
     from medseg.train.network import check_patch, dynunet_strides
 
-    def divides(patch, spacing=None):
-        _, strides = dynunet_strides(patch, spacing)
+    def divides(patch, spacing=None, rule="nnunet"):  # the planner's rule (recorded in plans); cells: the older
+        _, strides = dynunet_strides(patch, spacing, rule=rule)
         return all(p % int(np.prod([st[i] for st in strides])) == 0 for i, p in enumerate(patch))
 
     assert divides(fit_patch([200, 200, 30], [1.0] * 3, 3, 1e12, 32, 2), [1.0] * 3)
     assert divides(fit_patch([200, 200, 15], [1.0, 1.0, 3.0], 3, 2e9, 32, 2), [1.0, 1.0, 3.0])
-    assert divides(fit_cell_patch([(20, 40, 90)]))
+    assert divides(fit_cell_patch([(20, 40, 90)]), rule="finest")
     rng = np.random.default_rng(0)
     for _ in range(300):
         dims = int(rng.choice([2, 3]))
