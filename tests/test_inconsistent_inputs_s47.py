@@ -188,3 +188,37 @@ def test_a_colour_slice_at_an_end_of_a_grey_series_is_refused(tmp_path):
     vol, aff = _first_principles(paths[:31])
     img = load_series(other, series=0)
     assert img.array.shape == vol.shape and np.allclose(img.affine, aff, atol=1e-4)
+
+
+@pytest.mark.parametrize("edit, needle", [
+    ("shift", "voxels up to 0.3 mm apart"),
+    ("crop", "shape (34, 51, 34) against (35, 51, 35)"),
+])
+def test_channels_on_different_grids_say_how(tmp_path, edit, needle):
+    """A case whose second channel is off the first's grid is named with how it is off (the label check said so in
+    mm; the channel check said only 'different grids')."""
+    import json
+
+    import nibabel as nib
+
+    src = data_path("msd_hippocampus")
+    img = nib.load(src / "imagesTr" / "hippocampus_001.nii.gz")
+    root = tmp_path / "ds"
+    for sub in ("imagesTr", "labelsTr"):
+        (root / sub).mkdir(parents=True)
+    meta = json.loads((src / "dataset.json").read_text())
+    meta["modality"] = {"0": "MRI", "1": "MRI2"}
+    (root / "dataset.json").write_text(json.dumps(meta))
+    data, aff = np.asarray(img.dataobj), img.affine.copy()
+    nib.save(nib.Nifti1Image(data, aff), root / "imagesTr" / "hippocampus_001_0000.nii.gz")
+    if edit == "shift":
+        aff2 = aff.copy()
+        aff2[0, 3] += 0.3
+        nib.save(nib.Nifti1Image(data, aff2), root / "imagesTr" / "hippocampus_001_0001.nii.gz")
+    else:
+        nib.save(nib.Nifti1Image(data[:-1, :, :-1], aff), root / "imagesTr" / "hippocampus_001_0001.nii.gz")
+    (root / "labelsTr" / "hippocampus_001.nii.gz").symlink_to(src / "labelsTr" / "hippocampus_001.nii.gz")
+    res = run_cli("dataset", "check", root)
+    assert res.code == 2, (res.out, res.err)
+    text = res.out + res.err
+    assert "hippocampus_001" in text and "channel files are on different grids" in text and needle in text, text

@@ -298,8 +298,11 @@ def load_case(case: Case, with_label: bool = True, labels=None, channels: int | 
     for p in case.images:
         img = read_image(p)
         check_finite(img, p)
-        if ref is not None and not ref.same_grid(img):
-            raise InputError(f"case {case.id}: channel files are on different grids", path=p)
+        if ref is not None and not ref.same_grid(img):  # say how, as dataset check says it of labels
+            how = (f"shape {img.shape} against {ref.shape}" if img.shape != ref.shape
+                   else f"voxels up to {img.grid_offset_mm(ref):.3g} mm apart")
+            raise InputError(f"case {case.id}: channel files are on different grids ({how} in "
+                             f"{case.images[0].name})", path=p)
         ref = ref or img
         arr = np.asarray(img.array, dtype=np.float32)
         chans.extend(list(arr) if img.channels_first else [arr])
