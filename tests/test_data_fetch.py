@@ -182,3 +182,37 @@ def test_a_download_cut_short_leaves_no_file(tmp_path):
         server.server_close()
     assert url in str(err.value) and "cut short: 1000 of" in str(err.value)
     assert not list(tmp_path.iterdir())
+
+
+def test_no_module_but_the_explicit_fetch_reaches_for_the_network():
+    """Only ``medseg.data`` (``medseg data fetch``, on request) may import a network library; everything else runs
+    offline. Read from the source (an import inside a function counts too)."""
+    import ast
+
+    from conftest import REPO
+
+    net = {"urllib", "http", "socket", "requests", "ftplib", "httpx", "urllib3", "aiohttp"}
+    found = []
+    for path in sorted((REPO / "medseg").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            found += [(path.relative_to(REPO).as_posix(), n) for n in names if n.split(".")[0] in net]
+    assert found and {p for p, _ in found} == {"medseg/data.py"}, found
+
+
+def test_commands_run_with_the_network_blocked(tmp_path, monkeypatch):
+    """With every socket connection and name lookup failing, DICOM conversion and cell counting run as usual."""
+    import socket
+
+    def refuse(*args, **kwargs):
+        raise OSError(101, "Network is unreachable (blocked by the test)")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+    series = data_path("dicom", "ct_rtstruct")
+    image = sorted(data_path("dsb2018_fluo", "images").glob("*.png"))[0]
+    assert run_cli("convert", series, tmp_path / "ct.nii.gz").code == 0
+    res = run_cli("cells", "count", "-i", image, "-o", tmp_path / "cells", "--classical")
+    assert res.code == 0, res.err
+    assert (tmp_path / "cells" / "counts.csv").is_file()

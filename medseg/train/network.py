@@ -83,8 +83,7 @@ def _divisors(size: list[int], spacing, rule: str = "finest") -> tuple[int, list
     return len(strides) - 1, [math.prod(st[i] for st in strides) for i in range(len(size))]
 
 
-def check_patch(patch_size: Sequence[int], spacing: Sequence[float] | None = None,
-                rule: str = "finest") -> None:
+def check_patch(patch_size: Sequence[int], spacing: Sequence[float] | None = None) -> None:
     """``InputError`` unless a DynUNet sized by :func:`dynunet_strides` runs on ``patch_size``.
 
     DynUNet needs at least two down-samplings, and each must halve an even size (its up-sampling doubles
@@ -100,13 +99,13 @@ def check_patch(patch_size: Sequence[int], spacing: Sequence[float] | None = Non
     medseg.errors.InputError: patch_size [36, 36, 36] does not fit the network's 3 down-samplings: each entry must be a multiple of [8, 8, 8] (e.g. [40, 40, 40])
     """
     size = [int(p) for p in patch_size]
-    levels, div = _divisors(size, spacing, rule)
+    levels, div = _divisors(size, spacing)
     if levels < 2:
         raise InputError(f"patch_size {size} is too small: the network needs two down-samplings and this patch "
                          f"allows {levels} (use 16 or more voxels along the finest axes)")
     if any(p % d for p, d in zip(size, div)):
         raise InputError(f"patch_size {size} does not fit the network's {levels} down-samplings: each entry "
-                         f"must be a multiple of {div} (e.g. {divisible_patch(size, spacing, False, rule)})")
+                         f"must be a multiple of {div} (e.g. {divisible_patch(size, spacing)})")
 
 
 def check_strides(patch_size: Sequence[int], kernel_sizes: Sequence[Sequence[int]],
