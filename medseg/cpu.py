@@ -4,16 +4,20 @@ A container sees every core of its host: ``os.cpu_count()``, torch's default thr
 count them, while its CPU quota (``docker run --cpus 2``: cgroup v2 ``cpu.max``, v1 ``cpu.cfs_quota_us``) gives it
 two cores' worth of time, and a cpuset (``--cpuset-cpus``) some of the cores only. More threads than that make every
 step slower (threads spin waiting for each other). The paths are module constants so that tests can point them at
-fake files.
+fake files. The decorators at the end give a caller (a notebook, a script) its torch threads and random streams back
+after an API call that sets them for its own work.
 """
 
 from __future__ import annotations
 
+import functools
 import os
+import sys
 import time
 from pathlib import Path
 
-__all__ = ["allowed_cpus", "busy_cores", "cap_torch_threads", "cpu_quota", "free_cores", "usable_cores"]
+__all__ = ["allowed_cpus", "busy_cores", "cap_torch_threads", "cpu_quota", "free_cores", "keeps_global_rngs",
+           "keeps_torch_threads", "usable_cores"]
 
 PROC_STAT = Path("/proc/stat")
 CPU_MAX = Path("/sys/fs/cgroup/cpu.max")  # v2: "<quota> <period>" in µs, or "max <period>"
@@ -143,3 +147,58 @@ def cap_torch_threads() -> int:
     if "OMP_NUM_THREADS" not in os.environ:
         torch.set_num_threads(min(torch.get_num_threads(), usable_cores()))
     return torch.get_num_threads()
+
+
+def keeps_torch_threads(fn):
+    """Decorator: ``fn`` may set torch's thread count for its own work (``--threads``, a plan's ``num_threads``,
+    :func:`cap_torch_threads`), and the caller's count is set back when it returns or raises: a notebook or script
+    that calls medseg keeps its own setting. Where torch was not imported before the call there is no setting to
+    keep.
+
+    Examples
+    --------
+    >>> import torch
+    >>> n = torch.get_num_threads()
+    >>> keeps_torch_threads(lambda: torch.set_num_threads(n + 1))()
+    >>> torch.get_num_threads() == n
+    True
+    """
+    @functools.wraps(fn)
+    def call(*args, **kwargs):
+        torch = sys.modules.get("torch")  # not imported here: cell counting without a model does not need it
+        n = torch.get_num_threads() if torch is not None else None
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            if n is not None and torch.get_num_threads() != n:
+                torch.set_num_threads(n)
+    return call
+
+
+def keeps_global_rngs(fn):
+    """Decorator: ``fn`` seeds torch's global generator and python's ``random`` for a reproducible run (the network's
+    initial weights are drawn from torch's), and the caller's states of both are set back when it returns or raises:
+    a script's own random stream goes on as if training had not drawn from it, and the run itself draws exactly what
+    it did before. CUDA generators, which ``torch.manual_seed`` seeds too, are not set back.
+
+    Examples
+    --------
+    >>> import torch
+    >>> s = torch.get_rng_state()
+    >>> _ = keeps_global_rngs(lambda: torch.manual_seed(0))()
+    >>> torch.equal(torch.get_rng_state(), s)
+    True
+    """
+    import random
+
+    @functools.wraps(fn)
+    def call(*args, **kwargs):
+        torch = sys.modules.get("torch")  # imported by the call if not before: its generator is then the call's
+        saved = torch.get_rng_state() if torch is not None else None, random.getstate()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            if saved[0] is not None:
+                torch.set_rng_state(saved[0])
+            random.setstate(saved[1])
+    return call

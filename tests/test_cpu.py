@@ -107,11 +107,14 @@ def test_cell_training_without_threads_takes_the_free_cores(tmp_path, monkeypatc
     seen, before = [], torch.get_num_threads()
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.setattr(cpu, "free_cores", lambda: seen.append(1) or 1)
+    used, real = [], train.cell_loss  # the threads the step ran with, read inside it: the caller's come back after
+    monkeypatch.setattr(train, "cell_loss", lambda *a, **k: used.append(torch.get_num_threads()) or real(*a, **k))
     try:
         cfg = train.CellTrainConfig(patch_size=(64, 64), batch_size=2, base_filters=4, max_steps=1, max_minutes=5,
                                     tune_fraction=0.0)
+        torch.set_num_threads(3)
         train.train_cells(tmp_path / "ds", tmp_path / "run", cfg, progress=False)
-        assert seen == [1] and torch.get_num_threads() == 1
+        assert seen == [1] and used == [1] and torch.get_num_threads() == 3
     finally:
         torch.set_num_threads(before)
 
@@ -132,12 +135,19 @@ def test_cell_counting_keeps_omp_num_threads(tmp_path, monkeypatch):
     image = sorted(data_path("dsb2018_fluo", "images").glob("*.png"))[0]
     before = torch.get_num_threads()
     monkeypatch.setattr(cpu, "free_cores", lambda: 2)  # an idle 2-core machine
+    from medseg.cells import count as count_module
+
+    seen = []  # the threads the counting ran with, read inside it: the caller's are set back on return
+    real = count_module._count_one
+    monkeypatch.setattr(count_module, "_count_one",
+                        lambda *a, **k: seen.append(torch.get_num_threads()) or real(*a, **k))
     try:
         for env, want in (("1", 1), ("", 2), ("bad", 2)):
             monkeypatch.setenv("OMP_NUM_THREADS", env)
             torch.set_num_threads(3)
             count_cells(image, tmp_path / f"out{want}{env}", model=run, progress=False)
-            assert torch.get_num_threads() == want, env
+            assert seen.pop() == want and not seen, env
+            assert torch.get_num_threads() == 3, env
     finally:
         torch.set_num_threads(before)
 

@@ -6,11 +6,11 @@ Every input is read and validated before anything is written, and the outputs ap
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 
+from medseg.cpu import keeps_torch_threads
 from medseg.errors import InputError
 from medseg.io.atomic import case_name
 from medseg.io.staging import refuse_folder, staged_outputs
@@ -29,6 +29,7 @@ MAX_LABEL = 65535  # the label TIFF is uint16: what napari and Fiji open as a la
 KEEP_CHECKED_BYTES = 512 * 2**20
 
 
+@keeps_torch_threads  # --threads is this call's, not the caller's for good
 def count_cells(inputs, out_dir, model=None, classical: bool = False, channel: int | None = None,
                 pixel_size=None, method: str | None = None, exclude_border: bool = False, roi_zip: bool = False,
                 tta: bool = False, diameter: float | None = None, min_snr: float | None = None,
@@ -284,6 +285,7 @@ def _check_outputs(files, out_dir: Path, with_rois, sources=()) -> None:
                          "the output folder (-o) would be inside a file", path=existing)
     inputs = {f.resolve() for f in files}
     names = [n for f in files for n in _output_names(case_name(f), f in with_rois)] + ["counts.csv"]
+    _check_folded(files, out_dir)
     for n in names:
         dest = out_dir / n
         if dest.exists() and dest.resolve() in inputs:
@@ -293,6 +295,20 @@ def _check_outputs(files, out_dir: Path, with_rois, sources=()) -> None:
         if src.is_dir() and out_dir.exists() and out_dir.resolve() == src.resolve():
             raise InputError("the output folder (-o) is the input folder: the next run would count its overlays and "
                              "label maps as images; choose another folder", path=out_dir)
+
+
+def _check_folded(files, out_dir: Path) -> None:
+    """Refuse images whose outputs are one file where the output folder's file system does not tell case (or
+    Unicode normal form) apart: ``Cell1.tif`` and ``cell1.tif`` (images of equal ids are refused on reading)."""
+    from medseg.io.folding import name_key
+
+    key, owner = name_key(out_dir), {}
+    for f in files:
+        cid = case_name(f)
+        other = owner.setdefault(key(cid), f)
+        if case_name(other) != cid:
+            raise InputError(f"images {other.name} and {f.name} would both write {cid}_labels.tif (the output "
+                             "folder's file system does not tell them apart); rename one", path=f)
 
 
 def _count_one(img, f: Path, seg, exclude_border: bool, rois: bool, place, method: str, note=None) -> dict:
@@ -363,8 +379,6 @@ def _count_row(f: Path, rows: list[dict], ndim: int, unit: str, method: str) -> 
 
 
 def _track(files, progress):
-    if not progress or len(files) < 2 or os.environ.get("PYTEST_CURRENT_TEST"):
-        return files
-    from rich.progress import track
+    from medseg.progress import track
 
-    return track(files, description="counting", transient=True)
+    return track(files, "counting", progress and len(files) > 1)

@@ -28,7 +28,7 @@ from medseg.cells.saved_config import resumed_config
 from medseg.cells.batches import cell_loss, training_batch
 from medseg.cells.budget import CellBudget
 from medseg.cells.tune import tune_network, tuning_costs
-from medseg.cpu import requested_threads
+from medseg.cpu import keeps_global_rngs, keeps_torch_threads, requested_threads
 from medseg.errors import InputError
 from medseg.io.atomic import atomic_path, deferred_interrupts, remove_stale_temporaries
 
@@ -136,6 +136,8 @@ def build_cell_network(cfg: CellTrainConfig):
                          max_filters=cfg.max_filters, norm=cfg.norm)
 
 
+@keeps_torch_threads  # a caller's threads and random streams are its own: set back on return
+@keeps_global_rngs
 def train_cells(data_dir, run_dir, cfg: CellTrainConfig | None = None, resume: bool = False,
                 progress: bool = True, tensorboard: bool = False) -> Path:
     """Train a cell model on a dataset folder within ``cfg.max_minutes``; returns the run folder
@@ -248,8 +250,10 @@ def train_cells(data_dir, run_dir, cfg: CellTrainConfig | None = None, resume: b
                 elapsed = time.perf_counter() - t0
             if elapsed >= budget.training_s or (cfg.max_steps is not None and step >= cfg.max_steps):
                 break
-            # the schedule follows whichever ends first, the time budget or max_steps (as the semantic trainer's)
-            done = max(elapsed / budget.training_s, step / cfg.max_steps if cfg.max_steps else 0.0)
+            # the schedule follows whichever ends first, the time budget or max_steps (as the semantic trainer's);
+            # the first step takes the full rate: the clock's few microseconds before it would otherwise make two
+            # runs of one seed that max_steps ends differ in every weight
+            done = max(elapsed / budget.training_s if step else 0.0, step / cfg.max_steps if cfg.max_steps else 0.0)
             lr = cfg.lr * (1 - min(done, 0.99)) ** 0.9
             for g in opt.param_groups:
                 g["lr"] = lr
@@ -343,11 +347,14 @@ def _checkpoint(net, opt, step, elapsed, path, ema=None, rng_state=None, losses=
 
 
 def _progress(enabled: bool, budget: float, done: float):
-    if not enabled or os.environ.get("PYTEST_CURRENT_TEST"):
+    from medseg.progress import bar_console, shown
+
+    if not shown(enabled):
         return None
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-    p = Progress(TextColumn("{task.description}"), BarColumn(), TimeRemainingColumn(), transient=True)
+    p = Progress(TextColumn("{task.description}"), BarColumn(), TimeRemainingColumn(), transient=True,
+                 console=bar_console())
     p.start()
     return p, p.add_task("training", total=budget, completed=done)
 

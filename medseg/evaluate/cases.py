@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from medseg.errors import InputError
-from medseg.io.atomic import case_name
+from medseg.io.atomic import case_name, full_suffix
 from medseg.io.image import Image
 from medseg.io.orientation import reorient_onto
 
@@ -39,8 +39,8 @@ class CasePair:
 
 
 def _label_files(folder: Path) -> dict[str, Path]:
-    """Case name → label file; ``<case>_probs`` beside ``<case>`` (what ``medseg predict --probabilities`` writes)
-    is not a case, and a broken link is an error rather than a case quietly missing."""
+    """Case name → label file; ``<case>_probs`` beside ``<case>`` holding channels (what ``medseg predict
+    --probabilities`` writes) is not a case, and a broken link is an error rather than a case quietly missing."""
     from medseg.io.readers import image_files
 
     out: dict[str, Path] = {}
@@ -49,7 +49,22 @@ def _label_files(folder: Path) -> dict[str, Path]:
         if name in out:
             raise InputError(f"two files for case '{name}' ({out[name].name}, {p.name})", path=folder)
         out[name] = p
-    return {k: v for k, v in out.items() if not (k.endswith("_probs") and k[:-len("_probs")] in out)}
+    return {k: v for k, v in out.items()
+            if not (k.endswith("_probs") and k[:-len("_probs")] in out and _has_channels(v))}
+
+
+def _has_channels(path: Path) -> bool:
+    """Whether ``path`` is a NIfTI with a 4th axis, as the probabilities ``medseg predict`` writes are; its header
+    decides, not its name: a label map named ``<case>_probs`` beside ``<case>`` is a case (left out, it vanished
+    from both sides of the report without a word)."""
+    if full_suffix(path) not in (".nii.gz", ".nii"):
+        return False  # predict writes its probabilities as NIfTI only
+    try:
+        import nibabel as nib
+
+        return len(nib.load(path).shape) > 3  # the header only: the voxels are not read
+    except Exception:  # unreadable: kept as a case, and reading it names the file and the problem
+        return False
 
 
 def pair_cases(pred: str | os.PathLike, ref: str | os.PathLike) -> list[CasePair]:

@@ -11,6 +11,7 @@ import html
 import io
 import json
 import math
+import re
 
 from medseg.evaluate.summary import PIXEL_ACCURACY_NOTE, worst_cases
 
@@ -40,8 +41,17 @@ def _fmt(v, digits=4) -> str:
 
 def _md(text) -> str:
     """``text`` as Markdown shows it verbatim in a table cell or list item: a ``|`` or a line break in a class or
-    case name split the table, ``**`` or ``<`` in it turned into bold text or HTML."""
-    out = "".join("\\" + ch if ch in "\\|*`<>" else ch for ch in str(text))
+    case name split the table; ``**``, ``__``, ``~~``, ``[..](..)``, ``<`` or ``&lt;`` in it turned into bold,
+    struck-through or linked text, HTML or another character.
+
+    Examples
+    --------
+    >>> _md("hippocampus_001"), _md("__x__"), _md("a|b")
+    ('hippocampus_001', '\\\\_\\\\_x\\\\_\\\\_', 'a\\\\|b')
+    """
+    out = "".join("\\" + ch if ch in "\\|*`<>[]~&" else ch for ch in str(text))
+    # '_' emphasises only at a word's edge (CommonMark): escaped there alone, so hippocampus_001 reads as typed
+    out = re.sub(r"(?<![^\W_])_|_(?![^\W_])", r"\\_", out)
     return out.replace("\r\n", "<br>").replace("\n", "<br>").replace("\r", "<br>")
 
 
@@ -192,9 +202,8 @@ def dice_plot_png(report: dict) -> bytes:
     >>> dice_plot_png(report)[1:4]  # the PNG signature
     b'PNG'
     """
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
+    # a Figure of its own, drawn by the PNG writer's canvas: no backend is chosen, so a caller's (a notebook's inline
+    # one) stays as it was, and no display is needed
     from matplotlib.figure import Figure
     import numpy as np
 

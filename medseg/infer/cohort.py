@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from medseg.cpu import keeps_torch_threads
 from medseg.errors import InputError
 from medseg.infer.cases import Case, case_image, check_references, check_series, list_cases  # noqa: F401
 from medseg.io.atomic import atomic_path, remove_stale_temporaries
@@ -89,6 +90,7 @@ def _write_labels(lab: Image, dest: Path, protect, note: str, record: dict) -> N
         nib.save(nimg, str(tmp))
 
 
+@keeps_torch_threads  # cap_torch_threads lowers the count for this call only
 def predict_path(model, input: str | os.PathLike, output: str | os.PathLike, overlap=None, tta=None,
                  device="auto", shard=None, probabilities=False, largest_component=False, min_size_mm3=0.0,
                  export: str | None = None, overwrite=False, progress=False, batch_size: int = 2,
@@ -205,13 +207,19 @@ def _check_not_inputs(cases: list[Case], output: Path, probabilities: bool, expo
 
 def _check_distinct_outputs(cases: list[Case], output: Path, probabilities: bool, export: str | None) -> None:
     """``InputError`` when two cases would write one file (case ``x``'s ``x_probs.nii.gz`` is case ``x_probs``'s
-    label map): the second would replace the first's, and a rerun take it for finished."""
-    owner: dict[str, str] = {}
+    label map, and ``Case1``'s is ``case1``'s where the output folder's file system does not tell case apart):
+    the second would replace the first's, and a rerun take it for finished."""
+    from medseg.io.folding import name_key
+
+    key = name_key(output)
+    owner: dict[str, tuple[str, str]] = {}
     for c in cases:
         for dest in _outputs(c, output, probabilities, export):
-            other = owner.setdefault(dest.name, c.name)
+            other, name = owner.setdefault(key(dest.name), (c.name, dest.name))
             if other != c.name:
-                raise InputError(f"cases '{other}' and '{c.name}' would both write {dest.name}; predict them into "
+                why = "" if name == dest.name else (f" (as {name}: the output folder's file system does not tell "
+                                                    "them apart)")
+                raise InputError(f"cases '{other}' and '{c.name}' would both write {dest.name}{why}; predict them into "
                                  "separate output folders (or rename one)", path=dest)
 
 

@@ -362,11 +362,13 @@ def _batch_cap(batch_size: int, classes: int | None, patch: Sequence[int]) -> in
 
 
 def _progress(total: int, show: bool):
-    if not show:
+    from medseg.progress import bar_console, shown
+
+    if not shown(show):
         return None
     from rich.progress import Progress
 
-    bar = Progress(transient=True)
+    bar = Progress(transient=True, console=bar_console())
     bar.start()
     return bar, bar.add_task("sliding window", total=total)
 

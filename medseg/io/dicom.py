@@ -321,20 +321,23 @@ def _read_pixels(frames: list[Frame], progress: bool = False) -> np.ndarray:
     def read(job) -> np.ndarray:
         path, ks, ds = job
         try:
-            with warnings.catch_warnings():  # pydicom warns (multi-line) about what we report in one line
-                warnings.simplefilter("ignore")
-                return read_frames(ds, path, frames[ks[0]].n_frames_in_file)
+            return read_frames(ds, path, frames[ks[0]].n_frames_in_file)
         except InputError:
             raise
         except Exception as exc:  # an attribute pydicom cannot convert: the file is damaged
             raise InputError(f"unreadable image attributes ({type(exc).__name__}: {exc})", path=path) from None
 
     workers = min(len(jobs), os.cpu_count() or 1, 8)
-    if workers > 1 and parallel_decode_helps(jobs[0][2]):
-        with ThreadPoolExecutor(workers) as pool:
-            decoded = list(progress_iter(pool.map(read, jobs), len(jobs), "decoding DICOM", progress))
-    else:
-        decoded = [read(j) for j in progress_iter(jobs, len(jobs), "reading DICOM", progress)]
+    # pydicom warns (multi-line) about what we report in one line. Silenced here, in this thread, for the workers
+    # too: the filter list is the process's, and a catch_warnings in each worker restored it out of order, leaving
+    # "ignore" installed for good (every warning of the caller's program silenced after one JPEG 2000 series)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if workers > 1 and parallel_decode_helps(jobs[0][2]):
+            with ThreadPoolExecutor(workers) as pool:
+                decoded = list(progress_iter(pool.map(read, jobs), len(jobs), "decoding DICOM", progress))
+        else:
+            decoded = [read(j) for j in progress_iter(jobs, len(jobs), "reading DICOM", progress)]
     first = frames[0]
     stacked = np.empty((len(frames), first.rows, first.cols), dtype=decoded[0].dtype)
     for (path, ks, _), data in zip(jobs, decoded):

@@ -265,14 +265,9 @@ def _enhanced_frames(ds, path: Path, n: int, common: dict) -> list[Frame]:
 
 def progress_iter(items, total: int, what: str, progress: bool):
     """``items`` with a transient progress bar on stderr, when asked for, worth it, and stderr is a terminal."""
-    import sys
+    from medseg.progress import track
 
-    if not progress or total < 50 or not sys.stderr.isatty():
-        return items
-    from rich.console import Console
-    from rich.progress import track
-
-    return track(items, total=total, description=what, transient=True, console=Console(stderr=True))
+    return track(items, what, progress and total >= 50, total=total)
 
 
 def read_headers(path: Path, progress: bool = False) -> tuple[list[Frame], list[Rejected]]:

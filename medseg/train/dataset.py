@@ -346,8 +346,6 @@ def load_case(case: Case, with_label: bool = True, labels=None, channels: int | 
 
 
 def _progress(items, enabled: bool, desc: str):
-    if not enabled:
-        return items
-    from rich.progress import track
+    from medseg.progress import track
 
-    return track(items, description=desc, transient=True)
+    return track(items, desc, enabled)

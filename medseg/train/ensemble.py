@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from medseg.cpu import keeps_global_rngs, keeps_torch_threads
 from medseg.errors import InputError
 from medseg.io.atomic import atomic_path
 from medseg.plan.plan import Plan
@@ -57,6 +58,8 @@ class SoftmaxEnsemble(torch.nn.Module):
         return torch.log(p.div_(len(self.members)).clamp_min_(1e-12))
 
 
+@keeps_torch_threads  # as train(): the caller's threads and random streams are its own
+@keeps_global_rngs
 def train_ensemble(plan: Plan, run_dir: str | os.PathLike, members: int | None = None, fold: int | None = None,
                    max_epochs: int | None = None, max_minutes: float | None = None, resume: bool = False,
                    device: str = "auto", progress: bool = True, num_threads: int | None = None,

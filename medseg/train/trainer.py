@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from medseg.cpu import cap_torch_threads
+from medseg.cpu import cap_torch_threads, keeps_global_rngs, keeps_torch_threads
 from medseg.errors import InputError
 from medseg.infer.devices import parse_device
 from medseg.infer.sliding_window import cpu_has_native_bf16
@@ -132,6 +132,8 @@ def validation_cost(network, plan: Plan, val_cases, device, margin: float = 1.25
     return margin * (time.monotonic() - t0) * len(val_cases)
 
 
+@keeps_torch_threads  # a caller's threads and random streams are its own: set back on return
+@keeps_global_rngs
 def train(plan: Plan | str | os.PathLike | None, run_dir: str | os.PathLike, fold: int | None = None,
           max_epochs: int | None = None,
           max_minutes: float | None = None, resume: bool = False, device: str = "auto",
