@@ -200,6 +200,17 @@ def recorded_validation(meta: dict, available, default):
     return [by_id[i] for i in sorted(val)]
 
 
+def trained_on(meta: dict, cases) -> list[str]:
+    """The ids of ``cases`` that the run of ``meta`` (its ``model.json``) trained on or chose its thresholds on,
+    by the split it recorded (a held-out block ``<id>:tune`` counts as its image); empty for a run that recorded
+    none. Scoring those would report training accuracy as validation accuracy."""
+    from medseg.cells.splits import TUNE_BLOCK
+
+    split = meta.get("split") or {}
+    used = set(split.get("train") or []) | {i.removesuffix(TUNE_BLOCK) for i in split.get("tune") or []}
+    return sorted(c.case for c in cases if c.case in used)
+
+
 def pooled(paths, method: str = "learned") -> dict:
     """One summary over the per-image rows of several runs' JSON outputs (e.g. the folds of a cross-validation):
     means over images with their 95 % bootstrap intervals, and the count error pooled over all nuclei. The rows
@@ -389,6 +400,11 @@ def main(argv=None) -> int:
             cases = own
             info["eval_set"] = (f"the run's own validation images of {args.data} ({len(cases)} images, model.json's "
                                 "split: not the default split, e.g. a fold run from before folds were recorded)")
+    if not args.eval and not args.no_learned:
+        seen = trained_on(json.loads((run / "model.json").read_text()), cases)
+        if seen:
+            ap.error(f"{run} trained or tuned on {len(seen)} of the {len(cases)} images it would be scored on (e.g. "
+                     f"{seen[0]}): score it on its own validation images (its --fold), or with --eval")
     if args.limit:
         cases = cases[: args.limit]
         info["eval_set"] += f", first {len(cases)} used"

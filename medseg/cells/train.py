@@ -164,7 +164,8 @@ def train_cells(data_dir, run_dir, cfg: CellTrainConfig | None = None, resume: b
     if resume and not ckpt_path.exists():
         raise InputError("nothing to resume: no checkpoint.pt", path=run_dir)
     if not Path(data_dir).is_dir():
-        raise InputError("dataset folder does not exist", path=data_dir)
+        raise InputError("dataset is a file, not a folder (of images/ and labels/)" if Path(data_dir).exists()
+                         else "dataset folder does not exist", path=data_dir)
     cfg = resumed_config(run_dir, cfg) if resume else (cfg or config_for_data(data_dir))
     cfg.validate()
     _refuse_run_in_data(data_dir, run_dir, cfg)
@@ -173,6 +174,7 @@ def train_cells(data_dir, run_dir, cfg: CellTrainConfig | None = None, resume: b
     if resume:  # read and checked before the data are prepared
         state = load_checkpoint(ckpt_path, keys=("model", "optimizer", "step", "elapsed_s"))
         check_resume(cfg, None, Path(data_dir), state.get("data"), stamp)
+        _check_resumed_split(data_dir, run_dir, cfg)
     if tensorboard:
         require_tensorboard()
     started = time.perf_counter()
@@ -306,6 +308,29 @@ def train_cells(data_dir, run_dir, cfg: CellTrainConfig | None = None, resume: b
         meta["config"].update({k: meta["tuning"][k] for k in ("threshold", "seed_threshold", "seeds")})
     _save_json(meta, run_dir / "model.json")
     return run_dir
+
+
+def _check_resumed_split(data_dir, run_dir: Path, cfg: CellTrainConfig) -> None:
+    """Refuse to resume when the dataset's split is no longer the run's (``model.json``): the split is derived
+    from the data folder again (``split.json``, else the id hash), and an edited or added ``split.json`` would
+    otherwise validate the resumed run on images it has already trained on (or train on its validation images)."""
+    from medseg.cells.data import list_cases
+    from medseg.cells.saved_config import load_config
+    from medseg.cells.splits import dataset_split, tuning_images
+
+    saved = load_config(run_dir)[0].get("split")
+    if not saved:  # a run from before model.json recorded its split: nothing to compare with
+        return
+    split = dataset_split(data_dir, list_cases(data_dir), cfg.val_fraction, cfg.fold, cfg.folds)
+    tune = {c.case for c in tuning_images(split["train"], cfg.tune_fraction)}
+    now = {"train": {c.case for c in split["train"]} - tune, "val": {c.case for c in split["val"]}}
+    for part in ("train", "val"):
+        moved = sorted(set(saved.get(part, [])) ^ now[part])
+        if moved:
+            was = "was" if moved[0] in saved.get(part, []) else "was not"
+            raise InputError(f"the dataset's split is not the run's: image '{moved[0]}' {was} one of its {part} "
+                             "images (split.json added or edited?); resume with the run's split, or train a new run",
+                             path=data_dir)
 
 
 def _refuse_run_in_data(data_dir, run_dir: Path, cfg: CellTrainConfig) -> None:

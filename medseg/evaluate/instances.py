@@ -176,6 +176,17 @@ def _ratio(a: float, b: float, empty: float) -> float:
     return float(a / b) if b > 0 else empty
 
 
+def _check_thresholds(thresholds) -> list[float]:
+    """The IoU thresholds as floats: one number or a non-empty sequence, each in [0, 1]."""
+    ts = [float(t) for t in np.atleast_1d(np.asarray(thresholds, dtype=float)).ravel()]
+    if not ts:  # no threshold left instance_metrics nothing to report (an IndexError)
+        raise ValueError("thresholds is empty: give at least one IoU threshold in [0, 1]")
+    bad = [t for t in ts if not 0 <= t <= 1]  # NaN too: an IoU above 1 matched nothing, silently
+    if bad:
+        raise ValueError(f"IoU thresholds must be in [0, 1], got {bad[0]:g}")
+    return ts
+
+
 def match_instances(ref: np.ndarray, pred: np.ndarray, thresholds=(0.5,)) -> list[MatchResult]:
     """Match objects of two instance label maps at each IoU threshold.
 
@@ -199,6 +210,7 @@ def match_instances(ref: np.ndarray, pred: np.ndarray, thresholds=(0.5,)) -> lis
     >>> [(m.thresh, m.tp, m.fp, m.fn, round(m.ap, 3)) for m in r]
     [(0.3, 2, 0, 0, 1.0), (0.5, 1, 1, 1, 0.333)]
     """
+    thresholds = _check_thresholds(thresholds)
     ov = overlaps(ref, pred)
     n_ref, n_pred = len(ov.ref_ids), len(ov.pred_ids)
     out = []

@@ -192,6 +192,8 @@ def evaluate_case(pred, ref, labels=None, spacing=None, nsd_tolerance=DEFAULT_NS
     pred_a, _ = _array_and_spacing(pred, None)
     if ref_a.shape != pred_a.shape:
         raise ValueError(f"shape mismatch: reference {ref_a.shape} vs prediction {pred_a.shape}")
+    if spacing is not None and np.ndim(spacing) != 1:  # a single number was "'float' object is not iterable"
+        raise ValueError(f"spacing must be one value per axis of the {ref_a.ndim}D label map, got {spacing!r}")
     spacing = tuple(float(s) for s in (spacing if spacing is not None else (1.0,) * ref_a.ndim))
     if len(spacing) != ref_a.ndim:
         raise ValueError(f"spacing {spacing} does not match the {ref_a.ndim}D label map")
@@ -226,6 +228,10 @@ def evaluate_case(pred, ref, labels=None, spacing=None, nsd_tolerance=DEFAULT_NS
     cap = distance_cap
     if isinstance(cap, str):
         cap = float(np.linalg.norm(np.asarray(ref_a.shape) * np.asarray(spacing)))
+    if isinstance(lesion_classes, str):  # "tumour,cyst" as evaluate_folder takes it, not its characters
+        lesion_classes = [c.strip() for c in lesion_classes.split(",") if c.strip()]
+    elif np.ndim(lesion_classes) == 0:  # one class value, 1 or np.int64(1): was "'int' object is not iterable"
+        lesion_classes = [lesion_classes]
     lesion_set = {str(x) for x in lesion_classes}
     out: dict = {}
     for c in classes:

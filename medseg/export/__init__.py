@@ -158,6 +158,9 @@ def export_segmentation(label_image, reference: str | os.PathLike | None, fmt: s
         from medseg.io.readers import read_image
 
         label_image = read_image(label_image)
+    elif isinstance(label_image, np.ndarray):  # the export places voxels in the patient: it needs the affine
+        raise TypeError("export_segmentation needs a medseg.io.Image (the array with its affine), not a bare array"
+                        ": wrap it as Image(array, affine), or pass the label map's file")
     source = label_image.meta.get("source")
     arr = _integer_labels(label_image, source)
     names = label_names(labels, labels_file) if labels is not None else {}  # {1: "liver"} or {"liver": 1}

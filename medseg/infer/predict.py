@@ -246,6 +246,9 @@ def predict_image(network: torch.nn.Module, plan: Plan, image: Image, overlap=No
     from medseg.errors import InputError
     from medseg.io.readers import check_finite
 
+    if isinstance(image, np.ndarray):  # the labels go back onto the image's grid: it needs one
+        raise TypeError("predict_image needs a medseg.io.Image (the array with its affine), not a bare array"
+                        ": wrap it as Image(array, affine)")
     source = image.meta.get("source")
     if image.ndim != 3:  # 2D plans, too, predict volumes slice by slice
         raise InputError(f"expected a 3D volume, got {image.ndim}D (shape {image.shape})", path=source)

@@ -36,6 +36,9 @@ def write_image(image: Image, path: str | os.PathLike, protect=()) -> Path:
     >>> back.spacing, back.array.dtype
     ((2.0, 2.0, 3.0), dtype('int16'))
     """
+    if isinstance(image, np.ndarray):  # a bare array has no geometry to write (was: AttributeError 'meta')
+        raise TypeError("write_image needs a medseg.io.Image (the array with its affine), not a bare array"
+                        ": wrap it as Image(array, affine)")
     path = Path(path)
     suffix = full_suffix(path)
     if suffix not in WRITABLE:

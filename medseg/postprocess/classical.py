@@ -139,6 +139,12 @@ def classical_instances(image: np.ndarray, spacing=None, method: str = "otsu", r
     """
     img = np.asarray(image, dtype=float)
     sp = _spacing(spacing, img.ndim)
+    if method not in ("otsu", "local"):  # anything but "local" was thresholded as otsu, silently
+        raise ValueError(f"unknown threshold method {method!r} (otsu, local)")
+    if radius is not None and not 0 < radius < np.inf:  # a negative radius returned no objects, silently
+        raise ValueError(f"radius must be a positive number (physical units), got {radius}")
+    if not np.isfinite(img).all():  # NaN reached Otsu's histogram: "autodetected range of [nan, nan]"
+        raise ValueError("image has NaN or infinite values")
     if img.ndim == 3 and img.shape[0] == 1:
         # one z slice is a 2D image (as medseg.io reads it): areas, not ball volumes, set the smallest object
         # (a volume given here is area x z step), and no object is cut by a z face

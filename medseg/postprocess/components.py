@@ -140,6 +140,8 @@ def remove_small_components(labels: np.ndarray, min_size_mm3: float, spacing: Se
     spacing = [1.0] * labels.ndim if spacing is None else [float(s) for s in spacing]
     if len(spacing) != labels.ndim:
         raise ValueError(f"spacing {spacing} does not match a {labels.ndim}D label map")
+    if not all(0 < s < np.inf for s in spacing):  # a zero pixel size made every component 0 mm³: all removed
+        raise ValueError(f"spacing must be positive finite mm per axis, got {spacing}")
     if min_size_mm3 < 0:
         raise ValueError(f"min_size_mm3 must be >= 0, got {min_size_mm3}")
     if voxel_volume is not None and not 0 < voxel_volume < np.inf:

@@ -119,6 +119,10 @@ def remove_faint_instances(labels: np.ndarray, image: np.ndarray, min_snr: float
     1
     """
     labels = np.asarray(labels)
+    if np.shape(image) != labels.shape:
+        raise ValueError(f"labels {labels.shape} and image {np.shape(image)} differ in shape")
+    if polarity not in (1, -1):  # 0 scored every object 0 and removed them all
+        raise ValueError(f"polarity must be 1 (bright objects) or -1 (dark objects), got {polarity!r}")
     if not min_snr or not labels.max():
         return labels
     return keep_instances(labels, object_snr(image, labels, polarity, margin) >= min_snr)

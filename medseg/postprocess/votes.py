@@ -95,6 +95,9 @@ def vote_instances(foreground: np.ndarray, offsets: np.ndarray, *, threshold: fl
     from skimage.segmentation import watershed
 
     fg = np.asarray(foreground, dtype=np.float32)
+    if np.shape(offsets) != (fg.ndim, *fg.shape):  # one offset map per axis, channels first (else: broadcast)
+        raise ValueError(f"offsets of shape {np.shape(offsets)} do not fit a foreground of shape {fg.shape}: "
+                         f"expected {(fg.ndim, *fg.shape)}")
     mask = fg > threshold
     if not mask.any():
         return relabel_sequential(np.zeros(fg.shape, np.int32))

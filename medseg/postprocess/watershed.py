@@ -304,6 +304,11 @@ def watershed_instances(foreground: np.ndarray, boundary: np.ndarray | None = No
     # float64, as its float64 copy would be (True as 1.0), without that copy's 8 bytes per pixel
     fg = fg if fg.dtype in (np.bool_, np.float32, np.float64) else fg.astype(float)
     sp = _spacing(spacing, fg.ndim)
+    for name, other in (("boundary", boundary), ("distance", distance)):
+        if other is not None and np.shape(other) != fg.shape:  # else a broadcasting error, or a broadcast result
+            raise ValueError(f"{name} map of shape {np.shape(other)} differs from the foreground's {fg.shape}")
+    if min_distance is not None and not min_distance >= 0:  # else a "footprint of shape (0, 0)" error
+        raise ValueError(f"min_distance must be >= 0, got {min_distance}")
     mask = fg > np.float64(threshold)
     conn = ndi.generate_binary_structure(fg.ndim, 1)
     mode = ("boundary" if boundary is not None else "peaks") if markers == "auto" else markers

@@ -21,7 +21,7 @@ def make_splits(case_ids: list[str], k: int, seed: int = 0) -> list[dict[str, li
     >>> len(s), sorted(sum((f["val"] for f in s), [])) == sorted(f"c{i}" for i in range(10))
     (5, True)
     """
-    ids = sorted(case_ids)
+    ids = sorted(set(case_ids))  # an id given twice would land in two folds: validated on while trained on
     if k < 2 or len(ids) < 2:
         return [{"train": ids, "val": ids}]
     order = np.random.default_rng(seed).permutation(len(ids))
@@ -75,4 +75,10 @@ def fold_split(run_dir: Path, ds, plan: Plan, write: bool = True) -> dict[str, l
     missing = [i for i in split["train"] + split["val"] if i not in known]
     if missing:
         raise InputError(f"splits.json names cases that are not in the dataset: {missing[:3]}", path=split_file)
+    both = sorted(set(split["train"]) & set(split["val"]))
+    # validated on its own training cases, the run would report a training Dice as a validation Dice; only what
+    # make_splits writes when nothing can be held out (num_folds 1, or a single case) validates on all it trains on
+    if both and not (set(split["train"]) == set(split["val"]) and (plan.num_folds < 2 or len(split["val"]) < 2)):
+        raise InputError(f"splits.json fold {min(plan.fold, len(splits) - 1)} lists case '{both[0]}' under both "
+                         f"train and val ({len(both)} such case(s))", path=split_file)
     return split
