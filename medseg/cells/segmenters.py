@@ -91,7 +91,8 @@ class CellModel:
         meta, cfg = load_config(config)
         if not weights.exists():
             raise InputError("cell model has no weights (model.pt): was training finished?", path=weights.parent)
-        net = build_cell_network(cfg)
+        with torch.random.fork_rng(devices=[]):  # initial weights replaced at once: the caller's stream stays
+            net = build_cell_network(cfg)
         try:  # unreadable weights and weights of another network: one message
             state = torch.load(weights, map_location="cpu", weights_only=True)
             checkpoint = isinstance(state, dict) and "optimizer" in state  # not the final (averaged) weights

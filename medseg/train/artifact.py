@@ -73,7 +73,10 @@ class ModelArtifact:
 
     def build(self) -> torch.nn.Module:
         """The network with its weights, in eval mode (an ensemble: one module averaging its members)."""
-        nets = [self._build_one(sd) for sd in (self.members or [self.state_dict])]
+        # the initial weights are drawn and replaced at once: drawn from a forked generator, so that loading a model
+        # leaves the caller's random stream (a notebook's torch.manual_seed) where it was
+        with torch.random.fork_rng(devices=[]):
+            nets = [self._build_one(sd) for sd in (self.members or [self.state_dict])]
         if len(nets) == 1:
             return nets[0]
         from medseg.train.ensemble import SoftmaxEnsemble
@@ -84,8 +87,10 @@ class ModelArtifact:
         net = build_from_plan(self.plan, deep_supervision=False)
         # strictly, but for the deep-supervision heads training had: a weight left over (a residual block's 1x1
         # convolution, another level) was dropped silently, and a shape mismatch was a traceback, exit 1
-        heads = (set(build_from_plan(self.plan, deep_supervision=True).state_dict()) - set(net.state_dict())
-                 if self.plan.deep_supervision else set())
+        heads = set()
+        if self.plan.deep_supervision:  # their names only: built on the meta device (no memory, no weights drawn)
+            with torch.device("meta"):
+                heads = set(build_from_plan(self.plan, deep_supervision=True).state_dict()) - set(net.state_dict())
         try:
             net.load_state_dict({k: v for k, v in state_dict.items() if k not in heads})
         except RuntimeError as exc:
