@@ -1,7 +1,8 @@
 """Label maps and label tables: the one check that an array holds labels, the one reader of label-name files.
 
 ``integer_labels`` is what every reader of a label map (``medseg evaluate``, ``medseg export``, training) uses
-to refuse an image or a probability map given as labels. ``read_label_names`` reads the label names of
+to refuse an image or a probability map given as labels; ``label_argument`` is that check for a label map
+passed to a Python function (``medseg.postprocess``). ``read_label_names`` reads the label names of
 ``--labels`` (``medseg evaluate`` and ``medseg export``) and ``label_names`` normalises a table given in Python.
 
 Accepted label tables (JSON), background (0) dropped:
@@ -79,7 +80,34 @@ def integer_labels(arr, path: str | os.PathLike | None = None, what: str | None 
             raise InputError(f"{head}: negative values (down to {_show(low)}; an intensity image?)", path=path)
     if arr.dtype.kind == "f":
         top = arr.max(initial=0)
+        if top >= 2.0 ** 63:  # the int64 cast would wrap it to a negative id (-2**63), silently
+            raise InputError(f"{head}: values up to {_show(top)}, beyond 64-bit integer ids", path=path)
         arr = arr.astype(np.uint8 if top < 256 else np.uint16 if top < 65536 else np.int64)
+    return arr
+
+
+def label_argument(arr, name: str = "labels") -> np.ndarray:
+    """A label map given to a Python function, checked as :func:`integer_labels` checks files, as integer ids.
+
+    Integral floats become integers and uint64 becomes int64 (NumPy mixes uint64 ids with int64 indices into
+    floats, which cannot index); NaN, fractions, negative values and ids beyond int64 are an ``InputError`` (a
+    ``ValueError``) that names the argument ``name``.
+
+    Examples
+    --------
+    >>> label_argument(np.array([0.0, 7.0])).tolist()
+    [0, 7]
+    >>> label_argument(np.array([0, -1]), "ref")
+    Traceback (most recent call last):
+    ...
+    medseg.errors.InputError: ref is not a label map: negative values (down to -1; an intensity image?)
+    """
+    arr = integer_labels(arr, what=name)
+    if arr.dtype == np.uint64:
+        top = int(arr.max(initial=0))
+        if top > np.iinfo(np.int64).max:
+            raise InputError(f"{name} is not a label map: ids up to {top}, beyond 64-bit signed integers")
+        arr = arr.astype(np.int64)
     return arr
 
 

@@ -89,8 +89,11 @@ def keep_largest_component(labels: np.ndarray, classes: Sequence[int] | None = N
     >>> keep_largest_component(lab).tolist()
     [[1, 1, 0, 0], [0, 0, 0, 0], [0, 0, 2, 2]]
     """
-    labels = np.asarray(labels)
-    out = labels.copy()
+    from medseg.io.labels import label_argument  # ValueError naming `labels`: NaN, fractions, negatives
+
+    given = np.asarray(labels)
+    labels = label_argument(given)  # a float map (Fiji, resampled NIfTI) cleaned by its integer classes
+    out = given.copy()
     boxes = _bbox_views(labels)
     for c in _classes(labels, classes):
         box = boxes[c]
@@ -136,7 +139,10 @@ def remove_small_components(labels: np.ndarray, min_size_mm3: float, spacing: Se
     >>> remove_small_components(lab, 2.0, spacing=(1.0, 1.5)).tolist()
     [[1, 1, 0, 0], [1, 1, 0, 0]]
     """
-    labels = np.asarray(labels)
+    from medseg.io.labels import label_argument  # ValueError naming `labels`: NaN, fractions, negatives
+
+    given = np.asarray(labels)
+    labels = label_argument(given)  # a float map (Fiji, resampled NIfTI) cleaned by its integer classes
     spacing = [1.0] * labels.ndim if spacing is None else [float(s) for s in spacing]
     if len(spacing) != labels.ndim:
         raise ValueError(f"spacing {spacing} does not match a {labels.ndim}D label map")
@@ -147,7 +153,7 @@ def remove_small_components(labels: np.ndarray, min_size_mm3: float, spacing: Se
     if voxel_volume is not None and not 0 < voxel_volume < np.inf:
         raise ValueError(f"voxel_volume must be a positive number (mm³), got {voxel_volume}")
     voxel = float(np.prod(spacing)) if voxel_volume is None else float(voxel_volume)
-    out = labels.copy()
+    out = given.copy()
     if min_size_mm3 == 0:
         return out
     boxes = _bbox_views(labels)

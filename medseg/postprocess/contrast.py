@@ -78,8 +78,10 @@ def object_snr(image: np.ndarray, labels: np.ndarray, polarity: int = 1, margin:
     >>> [bool(s > 3) for s in object_snr(img, lab)]
     [True, False]
     """
-    labels = np.asarray(labels)
-    n = int(labels.max())
+    from medseg.io.labels import label_argument  # ValueError naming `labels`: NaN, fractions, negatives
+
+    labels = label_argument(labels)  # bincount takes integer ids only
+    n = int(labels.max(initial=0))
     stats = background_stats(image, labels, margin) if n else None
     if stats is None or stats[1] == 0:
         return np.full(n, np.inf)
@@ -118,11 +120,14 @@ def remove_faint_instances(labels: np.ndarray, image: np.ndarray, min_snr: float
     >>> int(remove_faint_instances(lab, img).max())
     1
     """
+    from medseg.io.labels import label_argument  # ValueError naming `labels`: NaN, fractions, negatives
+
     labels = np.asarray(labels)
+    ids = label_argument(labels)
     if np.shape(image) != labels.shape:
         raise ValueError(f"labels {labels.shape} and image {np.shape(image)} differ in shape")
     if polarity not in (1, -1):  # 0 scored every object 0 and removed them all
         raise ValueError(f"polarity must be 1 (bright objects) or -1 (dark objects), got {polarity!r}")
-    if not min_snr or not labels.max():
+    if not min_snr or not ids.max(initial=0):
         return labels
-    return keep_instances(labels, object_snr(image, labels, polarity, margin) >= min_snr)
+    return keep_instances(ids, object_snr(image, ids, polarity, margin) >= min_snr)

@@ -40,7 +40,9 @@ def border_strengths(labels: np.ndarray, boundary: np.ndarray) -> tuple[np.ndarr
     >>> pairs.tolist(), lengths.tolist(), np.round(strengths, 2).tolist()
     ([[1, 2], [2, 3]], [2, 2], [0.3, 0.1])
     """
-    labels, boundary = np.asarray(labels), np.asarray(boundary, dtype=np.float64)
+    from medseg.io.labels import label_argument  # ValueError naming `labels`: NaN, fractions, negatives
+
+    labels, boundary = label_argument(labels), np.asarray(boundary, dtype=np.float64)
     if labels.shape != boundary.shape:
         raise ValueError(f"labels {labels.shape} and boundary {boundary.shape} differ in shape")
     keys, values = [], []
@@ -93,9 +95,12 @@ def merge_weak_borders(labels: np.ndarray, boundary: np.ndarray, max_boundary: f
     >>> merge_weak_borders(lab, np.zeros(lab.shape))[0].tolist()
     [1, 1, 1, 1, 1, 0, 2, 2, 2, 3, 3, 3]
     """
-    labels = np.asarray(labels)
-    if not (max_boundary > 0 and max_area_ratio > 0) or labels.max() <= 1:
-        return labels
+    from medseg.io.labels import label_argument  # ValueError naming `labels`: NaN, fractions, negatives
+
+    given = np.asarray(labels)
+    labels = label_argument(given)  # int64 for uint64: mixed with int64 roots it made float ids (IndexError)
+    if not (max_boundary > 0 and max_area_ratio > 0) or labels.max(initial=0) <= 1:
+        return given
     pairs, _, strengths = border_strengths(labels, boundary)
     area = np.bincount(labels.ravel()).astype(np.int64)
     parent = np.arange(area.size)
@@ -125,4 +130,4 @@ def merge_weak_borders(labels: np.ndarray, boundary: np.ndarray, max_boundary: f
     new_id[merged[np.argsort(first)]] = np.arange(1, merged.size + 1)
     lut = np.zeros(parent.size, np.int64)
     lut[ids] = new_id[roots]
-    return lut[labels].astype(labels.dtype)
+    return lut[labels].astype(given.dtype)

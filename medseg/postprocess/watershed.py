@@ -135,15 +135,18 @@ def remove_small_instances(labels: np.ndarray, min_size: float, spacing=None) ->
     >>> remove_small_instances(np.array([[1, 1, 0, 2]]), 2).tolist()
     [[1, 1, 0, 0]]
     """
+    from medseg.io.labels import label_argument  # ValueError naming `labels`: NaN, fractions, negatives
+
     labels = np.asarray(labels)
-    if min_size <= 0 or labels.max() == 0:
+    ids = label_argument(labels)  # a float map (Fiji) counted and indexed by its integer ids
+    if min_size <= 0 or ids.max(initial=0) == 0:
         return labels
     voxel = float(np.prod(_spacing(spacing, labels.ndim)))
-    sizes = np.bincount(labels.ravel()) * voxel
+    sizes = np.bincount(ids.ravel()) * voxel
     small = sizes < min_size
     small[0] = False
     out = labels.copy()
-    out[small[labels]] = 0
+    out[small[ids]] = 0
     return out
 
 
@@ -167,7 +170,9 @@ def keep_instances(labels: np.ndarray, keep: np.ndarray) -> np.ndarray:
     >>> keep_instances(np.array([[1, 1, 0, 2, 3]]), np.array([True, False, True])).tolist()
     [[1, 1, 0, 0, 2]]
     """
-    labels = np.asarray(labels)
+    from medseg.io.labels import label_argument  # ValueError naming `labels`: NaN, fractions, negatives
+
+    labels = label_argument(labels)
     keep = np.asarray(keep, bool)
     return relabel_sequential(np.concatenate([[0], np.where(keep, np.arange(1, len(keep) + 1), 0)])[labels])
 
@@ -190,10 +195,12 @@ def clear_border_instances(labels: np.ndarray) -> np.ndarray:
     >>> clear_border_instances(np.array([[1, 0, 0], [0, 2, 0], [0, 0, 0]])).tolist()
     [[0, 0, 0], [0, 2, 0], [0, 0, 0]]
     """
+    from medseg.io.labels import label_argument  # ValueError naming `labels`: NaN, fractions, negatives
+
     labels = np.asarray(labels)
-    ids = touching_border_ids(labels)
+    ids = label_argument(labels)  # else NaN, -1 or 0.5 on the border passed through as objects
     out = labels.copy()
-    out[np.isin(labels, ids)] = 0
+    out[np.isin(ids, touching_border_ids(ids))] = 0
     return out
 
 
@@ -242,7 +249,9 @@ def relabel_sequential(labels: np.ndarray) -> np.ndarray:
     """
     from skimage.segmentation import relabel_sequential as _rs
 
-    out = _rs(np.asarray(labels))[0]
+    from medseg.io.labels import label_argument  # ValueError naming `labels`: NaN, fractions, negatives
+
+    out = _rs(label_argument(labels))[0]  # skimage refuses float maps, integral or not
     return out.astype(np.uint16) if out.max() < 65536 else out.astype(np.uint32)
 
 
