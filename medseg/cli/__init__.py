@@ -88,22 +88,28 @@ class _termination_as_interrupt:
 
 
 class _quiet_libraries:
-    """Without --debug: nibabel's header notes off stderr (medseg's own line says what matters), Python
-    warnings as one line each, without the library's source line, and no "Exception ignored in" tracebacks from a
-    library object's clean-up (an interrupt inside imageio's reader left one that failed in ``__del__``)."""
+    """Without --debug: nibabel's header notes off stderr (medseg's own line says what matters), and matplotlib's
+    log lines (where HOME is not writable, as under ``docker run --user "$(id -u):$(id -g)"`` with HOME=/, its import
+    logged two lines about a temporary config folder, which it makes and removes itself); Python warnings as one
+    line each, without the library's source line, and no "Exception ignored in" tracebacks from a library object's
+    clean-up (an interrupt inside imageio's reader left one that failed in ``__del__``)."""
+
+    LOGGERS = ("nibabel", "matplotlib")
 
     def __init__(self, debug: bool):
         self.debug = debug
 
     def __enter__(self):
-        self.saved = logging.getLogger("nibabel").level, warnings.showwarning, sys.unraisablehook
+        self.saved = [logging.getLogger(n).level for n in self.LOGGERS], warnings.showwarning, sys.unraisablehook
         if not self.debug:
-            logging.getLogger("nibabel").setLevel(logging.CRITICAL + 1)
+            for name in self.LOGGERS:
+                logging.getLogger(name).setLevel(logging.CRITICAL + 1)
             warnings.showwarning = _warning_line
             sys.unraisablehook = _ignore_unraisable
 
     def __exit__(self, *exc):
-        logging.getLogger("nibabel").setLevel(self.saved[0])
+        for name, level in zip(self.LOGGERS, self.saved[0]):
+            logging.getLogger(name).setLevel(level)
         warnings.showwarning, sys.unraisablehook = self.saved[1:]
 
 

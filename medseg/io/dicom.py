@@ -311,6 +311,7 @@ def _read_pixels(frames: list[Frame], progress: bool = False) -> np.ndarray:
     """
     from concurrent.futures import ThreadPoolExecutor
 
+    from medseg.cpu import usable_cores
     from medseg.io.dicom_pixels import parallel_decode_helps, read_frames
 
     by_file: dict[Path, list[int]] = {}
@@ -327,7 +328,9 @@ def _read_pixels(frames: list[Frame], progress: bool = False) -> np.ndarray:
         except Exception as exc:  # an attribute pydicom cannot convert: the file is damaged
             raise InputError(f"unreadable image attributes ({type(exc).__name__}: {exc})", path=path) from None
 
-    workers = min(len(jobs), os.cpu_count() or 1, 8)
+    # the cores this process may use (a cpuset, a container's quota), not the host's: more decoding threads than
+    # that only contend
+    workers = min(len(jobs), usable_cores(), 8)
     # pydicom warns (multi-line) about what we report in one line. Silenced here, in this thread, for the workers
     # too: the filter list is the process's, and a catch_warnings in each worker restored it out of order, leaving
     # "ignore" installed for good (every warning of the caller's program silenced after one JPEG 2000 series)

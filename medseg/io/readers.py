@@ -183,6 +183,19 @@ def _read_nifti(path: Path) -> Image:
 _STDERR_LOCK = threading.Lock()
 
 
+def _capture_file():
+    """A file for :func:`_native_stderr`: a temporary file, or where no temporary folder can be written (a read-only
+    container; TMPDIR, /tmp and the working folder all read-only) one in memory (Linux), else None."""
+    try:
+        return tempfile.TemporaryFile()
+    except OSError:
+        pass
+    try:
+        return os.fdopen(os.memfd_create("medseg-stderr"), "w+b")
+    except (AttributeError, OSError):
+        return None
+
+
 @contextmanager
 def _native_stderr(captured: list[str]):
     """Collect what C/C++ code writes to file descriptor 2 while the block runs.
@@ -194,13 +207,19 @@ def _native_stderr(captured: list[str]):
     with _STDERR_LOCK:
         if sys.stderr is not None:
             sys.stderr.flush()
-        try:
-            saved = os.dup(2)
-        except OSError:  # no descriptor 2 (a daemon): nothing to keep clean
+        tmp = _capture_file()
+        if tmp is None:  # nowhere to capture it: read uncaptured rather than refuse the file
             captured.append("")
             yield
             return
-        with tempfile.TemporaryFile() as tmp:
+        try:
+            saved = os.dup(2)
+        except OSError:  # no descriptor 2 (a daemon): nothing to keep clean
+            tmp.close()
+            captured.append("")
+            yield
+            return
+        with tmp:
             os.dup2(tmp.fileno(), 2)
             try:
                 yield
