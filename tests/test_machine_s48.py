@@ -91,18 +91,11 @@ def test_mha_and_nrrd_read_without_a_temporary_folder(tmp_path, monkeypatch):
 
 def _jpeg2000_copy(rel: tuple, dest):
     """The real series ``rel``, JPEG 2000 compressed (OpenJPEG through pydicom), in ``dest``."""
-    import pydicom
     from pydicom.uid import JPEG2000Lossless
 
-    dest.mkdir()
-    for f in sorted(data_path(*rel).glob("*.dcm")):
-        ds = pydicom.dcmread(f)
-        try:
-            ds.compress(JPEG2000Lossless)
-        except (RuntimeError, NotImplementedError, ValueError) as exc:  # encoder plugin missing
-            pytest.skip(f"cannot encode JPEG 2000 here: {exc}")
-        ds.save_as(dest / f.name)
-    return dest
+    from test_io_codecs import _compressed_copy
+
+    return _compressed_copy(rel, dest, JPEG2000Lossless)
 
 
 @pytest.mark.parametrize("allowed, want", [({0}, 1), ({0, 1}, 2)])
