@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import sys
 import warnings
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -90,13 +89,14 @@ def _fill_missing(per_case: list[dict], names: dict[int, str], kwargs: dict) -> 
 
 
 def _progress(total: int, enabled: bool | None):
-    from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+    from medseg.progress import bar_console, shown
+
     if enabled is None:
-        enabled = total > 1 and sys.stderr.isatty()
+        enabled = shown(total > 1)
     return Progress(TextColumn("evaluating"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                    console=Console(stderr=True), transient=True, disable=not enabled)
+                    console=bar_console(), transient=True, disable=not enabled)
 
 
 def evaluate_folder(pred: str | os.PathLike, ref: str | os.PathLike, out_dir: str | os.PathLike | None = None,
