@@ -4,20 +4,23 @@ A container sees every core of its host: ``os.cpu_count()``, torch's default thr
 count them, while its CPU quota (``docker run --cpus 2``: cgroup v2 ``cpu.max``, v1 ``cpu.cfs_quota_us``) gives it
 two cores' worth of time, and a cpuset (``--cpuset-cpus``) some of the cores only. More threads than that make every
 step slower (threads spin waiting for each other). The paths are module constants so that tests can point them at
-fake files. The decorators at the end give a caller (a notebook, a script) its torch threads and random streams back
-after an API call that sets them for its own work.
+fake files. The helpers at the end give a caller (a notebook, a script) its torch threads, random streams and warning
+filters back after an API call that sets them for its own work, also where calls overlap in several threads.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import sys
+import threading
 import time
+import warnings
 from pathlib import Path
 
-__all__ = ["allowed_cpus", "busy_cores", "cap_torch_threads", "cpu_quota", "free_cores", "keeps_global_rngs",
-           "keeps_torch_threads", "usable_cores"]
+__all__ = ["allowed_cpus", "built_without_drawing", "busy_cores", "cap_torch_threads", "cpu_quota", "free_cores",
+           "ignored_warnings", "keeps_global_rngs", "keeps_torch_threads", "usable_cores"]
 
 PROC_STAT = Path("/proc/stat")
 CPU_MAX = Path("/sys/fs/cgroup/cpu.max")  # v2: "<quota> <period>" in µs, or "max <period>"
@@ -155,6 +158,10 @@ def keeps_torch_threads(fn):
     that calls medseg keeps its own setting. Where torch was not imported before the call there is no setting to
     keep.
 
+    Calls from several threads at once are safe: in torch's OpenMP builds (the wheels for Linux, macOS and Windows)
+    the count is each thread's own once that thread has used it (this decorator reads it first), so each call sets
+    and restores the count of its own thread only. A thread started later takes the count last set by any thread.
+
     Examples
     --------
     >>> import torch
@@ -175,11 +182,20 @@ def keeps_torch_threads(fn):
     return call
 
 
+# held for a whole seeded run: two runs at once would interleave their draws on the one global generator, and each
+# run's restore rewind the other's stream
+_RNG_LOCK = threading.RLock()
+
+
 def keeps_global_rngs(fn):
     """Decorator: ``fn`` seeds torch's global generator and python's ``random`` for a reproducible run (the network's
     initial weights are drawn from torch's), and the caller's states of both are set back when it returns or raises:
     a script's own random stream goes on as if training had not drawn from it, and the run itself draws exactly what
     it did before. CUDA generators, which ``torch.manual_seed`` seeds too, are not set back.
+
+    Not thread-safe by nature, so serialised: calls from several threads run one after another (a process-wide
+    lock), each reproducible and each giving back the state it found. The caller's own threads must not draw from
+    these generators meanwhile (they would shift the run's draws, and be rewound when it ends).
 
     Examples
     --------
@@ -193,12 +209,84 @@ def keeps_global_rngs(fn):
 
     @functools.wraps(fn)
     def call(*args, **kwargs):
-        torch = sys.modules.get("torch")  # imported by the call if not before: its generator is then the call's
-        saved = torch.get_rng_state() if torch is not None else None, random.getstate()
-        try:
-            return fn(*args, **kwargs)
-        finally:
-            if saved[0] is not None:
-                torch.set_rng_state(saved[0])
-            random.setstate(saved[1])
+        with _RNG_LOCK:
+            torch = sys.modules.get("torch")  # imported by the call if not before: its generator is then the call's
+            saved = torch.get_rng_state() if torch is not None else None, random.getstate()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                if saved[0] is not None:
+                    torch.set_rng_state(saved[0])
+                random.setstate(saved[1])
     return call
+
+
+def built_without_drawing(build):
+    """The module ``build()`` makes, built on the meta device and given uninitialised CPU storage: its initial
+    weights are not drawn, for a network whose weights are loaded at once (every parameter and buffer: load
+    strictly). Unlike a build inside ``torch.random.fork_rng``, the global generator is not touched, so a call from
+    one thread does not rewind another thread's random stream.
+
+    Examples
+    --------
+    >>> import torch
+    >>> s = torch.get_rng_state()
+    >>> built_without_drawing(lambda: torch.nn.Linear(2, 3)).weight.shape, torch.equal(torch.get_rng_state(), s)
+    (torch.Size([3, 2]), True)
+    """
+    import torch
+
+    with torch.device("meta"):
+        net = build()
+    return net.to_empty(device="cpu")
+
+
+# the warning filters are the process's: overlapping catch_warnings blocks of several threads restored them out of
+# order and left "ignore" installed for good; the blocks share one saved list, the caller's, instead
+_WARN_LOCK = threading.Lock()
+_ignoring: list[type[Warning]] = []
+_caller_filters: list | None = None
+
+
+@contextlib.contextmanager
+def ignored_warnings(category: type[Warning] = Warning):
+    """``warnings.catch_warnings()`` with ``simplefilter("ignore", category)``, safe where medseg calls overlap in
+    several threads: the first block to open saves the caller's filters and the last to close sets them back (with
+    ``catch_warnings``, documented as not thread-safe, each block restored the list it found, so the caller kept
+    "ignore" when blocks ended out of order). The filters are process-wide: while a block is open, the caller's other
+    threads' warnings of ``category`` are silenced too, and a filter they add meanwhile is dropped when the last block
+    closes.
+
+    Examples
+    --------
+    >>> import warnings
+    >>> before = list(warnings.filters)
+    >>> with ignored_warnings(UserWarning):
+    ...     warnings.warn("not shown")
+    >>> warnings.filters == before
+    True
+    """
+    global _caller_filters
+    with _WARN_LOCK:
+        if not _ignoring:
+            _caller_filters = warnings.filters
+        _ignoring.append(category)
+        _install_filters()
+    try:
+        yield
+    finally:
+        with _WARN_LOCK:
+            _ignoring.remove(category)
+            if _ignoring:
+                _install_filters()
+            else:
+                warnings.filters = _caller_filters
+                getattr(warnings, "_filters_mutated", lambda: None)()  # as catch_warnings does: per-module caches
+                _caller_filters = None
+
+
+def _install_filters() -> None:
+    """The caller's filters, with "ignore" first for each open block's category (a new list: the caller's is kept)."""
+    warnings.filters = list(_caller_filters)
+    for category in dict.fromkeys(_ignoring):
+        warnings.simplefilter("ignore", category)

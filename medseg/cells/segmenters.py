@@ -86,13 +86,13 @@ class CellModel:
 
         from medseg.cells.saved_config import load_config
         from medseg.cells.train import build_cell_network
+        from medseg.cpu import built_without_drawing
 
         config, weights = model_files(path)
         meta, cfg = load_config(config)
         if not weights.exists():
             raise InputError("cell model has no weights (model.pt): was training finished?", path=weights.parent)
-        with torch.random.fork_rng(devices=[]):  # initial weights replaced at once: the caller's stream stays
-            net = build_cell_network(cfg)
+        net = built_without_drawing(lambda: build_cell_network(cfg))  # weights loaded at once: none drawn
         try:  # unreadable weights and weights of another network: one message
             state = torch.load(weights, map_location="cpu", weights_only=True)
             checkpoint = isinstance(state, dict) and "optimizer" in state  # not the final (averaged) weights

@@ -10,6 +10,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from medseg.cpu import ignored_warnings
 from medseg.errors import InputError
 from medseg.evaluate.cases import CasePair, check_geometry, pair_cases, read_label_map, spacing_mm
 from medseg.evaluate.instances import DEFAULT_THRESHOLDS
@@ -37,8 +38,7 @@ def _evaluate_pair(pair: CasePair, labels: dict[int, str] | None, spacing_from: 
                 raise InputError(f"label value(s) [{values_text(unknown, 5)}] not in the labels of dataset.json "
                                  f"({values_text(known, 5)})", path=path)  # 100+ organs: not all on one line
     try:
-        with warnings.catch_warnings():  # said once for the whole cohort, by evaluate_folder
-            warnings.simplefilter("ignore", UnreferencedLabelsWarning)
+        with ignored_warnings(UnreferencedLabelsWarning):  # said once for the whole cohort, by evaluate_folder
             res = evaluate_case(pred.array, ref.array, labels=labels, spacing=spacing, **kwargs)
     except ValueError as exc:  # e.g. too many label values for a semantic label map
         raise InputError(str(exc), path=pair.pred) from exc

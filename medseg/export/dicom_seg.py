@@ -13,12 +13,12 @@ Number of Frames disagrees with its frames or pixel data is refused as damaged.
 from __future__ import annotations
 
 import os
-import warnings
 from pathlib import Path
 
 import numpy as np
 
 import medseg
+from medseg.cpu import ignored_warnings
 from medseg.errors import InputError
 from medseg.io.image import LPS_TO_RAS, Image
 
@@ -128,8 +128,7 @@ def write_dicom_seg(labels_on_ref: np.ndarray, ref, infos, out_path: str | os.Pa
                 setattr(ds, keyword, "")
         sources.append(ds)
     desc = str(ref.meta.get("series_description") or "")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # highdicom's person-name style hints on source names
+    with ignored_warnings(UserWarning):  # highdicom's person-name style hints on source names
         try:
             seg = hd.seg.Segmentation(
                 source_images=sources, pixel_array=seg_arr,

@@ -7,13 +7,13 @@ read from its file offset when the series is loaded, so no file is parsed twice.
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from medseg.cpu import ignored_warnings
 from medseg.errors import InputError
 from medseg.io.dicom_files import list_candidate_files
 
@@ -152,8 +152,7 @@ def _read_one(path: Path):
     from pydicom.errors import InvalidDicomError
 
     try:
-        with warnings.catch_warnings():  # pydicom warns about damage we report ourselves, in one line
-            warnings.simplefilter("ignore")
+        with ignored_warnings():  # pydicom warns about damage we report ourselves, in one line
             ds = pydicom.dcmread(path, defer_size=_DEFER)
     except OSError as exc:  # permissions, vanished file, I/O error: not damage to the file itself
         raise InputError(f"cannot read file ({exc.strerror or exc})", path=path) from None
@@ -285,8 +284,7 @@ def read_headers(path: Path, progress: bool = False) -> tuple[list[Frame], list[
     frames: list[Frame] = []
     rejected: list[Rejected] = []
     it = progress_iter(files, len(files), "reading DICOM headers", progress)
-    with warnings.catch_warnings():  # pydicom validates values lazily, on access: damage is reported by us
-        warnings.simplefilter("ignore")
+    with ignored_warnings():  # pydicom validates values lazily, on access: damage is reported by us
         for f in it:
             _collect(f, frames, rejected)
     return frames, rejected

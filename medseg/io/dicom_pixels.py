@@ -10,11 +10,11 @@ JPEG-LS, RLE, deflate).
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 
 import numpy as np
 
+from medseg.cpu import ignored_warnings
 from medseg.errors import InputError
 
 PIXEL_DATA = 0x7FE00010
@@ -212,8 +212,7 @@ def read_frames(ds, path: Path, n_frames: int) -> np.ndarray:
     # plain value, which would be reported as truncated pixel data
     encapsulated = encapsulated or (tsuid not in _NATIVE and data[:4] == _ITEM)
     try:
-        with warnings.catch_warnings():  # decoder plugins warn about what we turn into an InputError
-            warnings.simplefilter("ignore")
+        with ignored_warnings():  # decoder plugins warn about what we turn into an InputError
             arr = _decode(ds, data, encapsulated, tsuid, n_frames, rows, cols, dt, path)
     except InputError:
         raise

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import os
 import platform
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from medseg.cpu import built_without_drawing, ignored_warnings
 from medseg.errors import InputError
 from medseg.io.atomic import atomic_path
 from medseg.plan.plan import Plan
@@ -73,10 +73,7 @@ class ModelArtifact:
 
     def build(self) -> torch.nn.Module:
         """The network with its weights, in eval mode (an ensemble: one module averaging its members)."""
-        # the initial weights are drawn and replaced at once: drawn from a forked generator, so that loading a model
-        # leaves the caller's random stream (a notebook's torch.manual_seed) where it was
-        with torch.random.fork_rng(devices=[]):
-            nets = [self._build_one(sd) for sd in (self.members or [self.state_dict])]
+        nets = [self._build_one(sd) for sd in (self.members or [self.state_dict])]
         if len(nets) == 1:
             return nets[0]
         from medseg.train.ensemble import SoftmaxEnsemble
@@ -84,7 +81,9 @@ class ModelArtifact:
         return SoftmaxEnsemble(nets).eval()
 
     def _build_one(self, state_dict: dict) -> torch.nn.Module:
-        net = build_from_plan(self.plan, deep_supervision=False)
+        # the initial weights would be replaced at once: not drawn, so that loading a model leaves the caller's random
+        # stream where it was (a forked generator's restore rewound another thread's draws meanwhile)
+        net = built_without_drawing(lambda: build_from_plan(self.plan, deep_supervision=False))
         # strictly, but for the deep-supervision heads training had: a weight left over (a residual block's 1x1
         # convolution, another level) was dropped silently, and a shape mismatch was a traceback, exit 1
         heads = set()
@@ -219,8 +218,7 @@ def load_model(path: str | os.PathLike) -> ModelArtifact:
     if not path.is_file():
         raise InputError("no model here (expected a model.pt file or a run folder with one)", path=path)
     try:
-        with warnings.catch_warnings():  # torch's notes on pickle protocols: the one-line error below says it all
-            warnings.simplefilter("ignore")
+        with ignored_warnings():  # torch's notes on pickle protocols: the one-line error below says it all
             d = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
         if "weights only" in str(exc).lower():  # torch's text goes on to advise weights_only=False: never

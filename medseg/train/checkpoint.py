@@ -20,12 +20,12 @@ from __future__ import annotations
 
 import os
 import random
-import warnings
 from contextlib import nullcontext
 from pathlib import Path
 
 import torch
 
+from medseg.cpu import ignored_warnings
 from medseg.errors import InputError
 from medseg.io.atomic import atomic_path, deferred_interrupts
 from medseg.train.artifact import strip_ddp
@@ -66,8 +66,7 @@ def load(path: Path, keys=KEYS) -> dict:
     """A checkpoint read safely (``weights_only=True``); one that does not load (truncated, empty, not a torch file)
     or lacks one of ``keys`` is an ``InputError`` naming it, not a traceback."""
     try:
-        with warnings.catch_warnings():  # torch's advice to load with weights_only=False: never
-            warnings.simplefilter("ignore")
+        with ignored_warnings():  # torch's advice to load with weights_only=False: never
             ck = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
         why = " ".join(str(exc).split()).split(". ")[0][:100]  # torch's first sentence: the rest is advice

@@ -4,9 +4,9 @@ problems named by case."""
 from __future__ import annotations
 
 import re
-import warnings
 from pathlib import Path
 
+from medseg.cpu import ignored_warnings
 from medseg.errors import InputError
 from medseg.io.atomic import case_name
 from medseg.io.readers import image_files
@@ -45,8 +45,7 @@ def check_case(case: Case, allowed: set[int], atol: float = 1e-3, channels: int 
     if case.label is None:
         return [f"{case.id}: no label file in labelsTr"]
     try:  # load_case refuses shapes, label values and channel counts that do not fit, as training does
-        with warnings.catch_warnings():  # its warning about the label's grid is this check's problem line
-            warnings.simplefilter("ignore")
+        with ignored_warnings():  # its warning about the label's grid is this check's problem line
             image, label = load_case(case, labels=allowed, channels=channels)
     except InputError as exc:
         return [f"{case.id}: {exc}"]
