@@ -16,6 +16,17 @@ import yaml
 from medseg.errors import InputError
 
 
+#: a settings file is a few KB: more is not a plan or config (PyYAML's pure-Python parser takes ~1 s per MB)
+MAX_SETTINGS_BYTES = 8 << 20
+#: values once aliases are expanded (``*a`` stands for the whole of ``&a``): a plan holds ~100, and nine levels of
+#: nine aliases ("billion laughs") expand to 10**9, which checking or copying the settings would walk for hours
+MAX_SETTINGS_VALUES = 1_000_000
+
+
+class _TooLarge(yaml.YAMLError):
+    """A settings file whose aliases expand to more values than any settings file holds."""
+
+
 class _KeySetTwice(yaml.YAMLError):
     pass
 
@@ -41,6 +52,15 @@ class _UniqueKeyLoader(yaml.SafeLoader):
             seen[key] = key_node.value, line
         return node
 
+    def compose_document(self):
+        node = super().compose_document()
+        if node is not None:
+            n = _expanded_size(node)
+            if n > MAX_SETTINGS_VALUES:
+                raise _TooLarge(f"its aliases (*name) expand to {n:.3g} values, more than the {MAX_SETTINGS_VALUES} a "
+                                "settings file may hold (a 'billion laughs' file?)")
+        return node
+
     def _key(self, node: yaml.ScalarNode):
         """The key as the mapping will hold it, ``(value,)``: ``labels: {1: liver, 1.0: tumour}`` became
         ``{1: 'tumour'}``; ``(tag, text)`` for one that cannot be constructed."""
@@ -53,6 +73,32 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         except (yaml.YAMLError, TypeError, ValueError):
             return node.tag, node.value
         return (value,)
+
+
+def _expanded_size(root: yaml.Node) -> int:
+    """Values (nodes) under ``root`` with every alias counted as often as it is used, without expanding any: each
+    shared node's size once, bottom up, iteratively (a deeply nested file must not overflow Python's stack here)."""
+    sizes: dict[int, int] = {}
+    stack = [(root, False)]
+    while stack:
+        node, children_done = stack.pop()
+        if id(node) in sizes:
+            continue
+        kids = _children(node)
+        if children_done:
+            sizes[id(node)] = min(1 + sum(sizes[id(k)] for k in kids), 1 << 62)
+            continue
+        stack.append((node, True))
+        stack.extend((k, False) for k in kids if id(k) not in sizes)
+    return sizes[id(root)]
+
+
+def _children(node: yaml.Node) -> list:
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    if isinstance(node, yaml.MappingNode):
+        return [n for pair in node.value for n in pair]
+    return []
 
 
 def read_yaml_mapping(path: str | os.PathLike, what: str) -> dict:
@@ -85,10 +131,16 @@ def read_yaml_mapping(path: str | os.PathLike, what: str) -> dict:
         raise InputError(f"expected a {what} file, got a folder", path=path)
     if not path.is_file():
         raise InputError(f"{what} file does not exist", path=path)
+    size = path.stat().st_size
+    if size > MAX_SETTINGS_BYTES:
+        raise InputError(f"invalid {what}: the file is {size / 2**20:.1f} MiB, more than the {MAX_SETTINGS_BYTES >> 20} "
+                         f"MiB a settings file may be (a {what} is a few KB of 'name: value' lines)", path=path)
     try:  # bytes: the encoding is YAML's (UTF-8, or UTF-16 with a BOM), not the locale's
         d = yaml.load(path.read_bytes(), Loader=_UniqueKeyLoader)
-    except _KeySetTwice as exc:
+    except (_KeySetTwice, _TooLarge) as exc:
         raise InputError(f"invalid {what}: {exc}", path=path) from None
+    except RecursionError:  # PyYAML composes nested values recursively
+        raise InputError(f"invalid {what}: values nested too deeply to read", path=path) from None
     except yaml.reader.ReaderError as exc:
         if not isinstance(exc.character, int):  # a character YAML does not allow
             raise InputError(f"invalid YAML ({' '.join(str(exc).split())})", path=path) from None

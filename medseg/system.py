@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import NamedTuple
 
-__all__ = ["CgroupMemory", "available_memory", "cgroup_memory", "total_ram_bytes"]
+__all__ = ["CgroupMemory", "allocatable_memory", "available_memory", "cgroup_memory", "total_ram_bytes"]
 
 MEMINFO = Path("/proc/meminfo")
 # (folder, limit file, usage file, memory.stat key of reclaimable inactive page cache), v2 first; the first
@@ -99,6 +99,46 @@ def available_memory() -> int:
     if cgroup is not None:  # usage unreadable: at least never more than the limit
         available = min(available, max(0, cgroup.limit - (cgroup.usage or 0)))
     return available
+
+
+def allocatable_memory() -> int:
+    """Bytes this process can still allocate: :func:`available_memory`, and no more than the room left under its
+    own address-space or data limits (``ulimit -v``/``-d``, ``RLIMIT_AS``/``RLIMIT_DATA``, set by batch schedulers
+    and by services that sandbox untrusted inputs), where one is set.
+
+    What a reader checks a header's claimed size against before it allocates the voxels.
+
+    Examples
+    --------
+    >>> 0 <= allocatable_memory() <= available_memory()
+    True
+    """
+    room = available_memory()
+    try:
+        import resource
+    except ImportError:  # not POSIX: no such limits
+        return room
+    used = _vm_sizes()
+    for name, key in (("RLIMIT_AS", "VmSize"), ("RLIMIT_DATA", "VmData")):
+        soft = resource.getrlimit(getattr(resource, name))[0] if hasattr(resource, name) else resource.RLIM_INFINITY
+        if soft != resource.RLIM_INFINITY and soft >= 0:
+            room = min(room, max(0, soft - used.get(key, 0)))
+    return room
+
+
+def _vm_sizes() -> dict[str, int]:
+    """The process's virtual size (``VmSize``, what RLIMIT_AS counts) and data size (``VmData``, what RLIMIT_DATA
+    counts) in bytes; empty where unknown (a limit is then taken as the whole room)."""
+    sizes = {}
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key in ("VmSize", "VmData"):
+                    sizes[key] = int(value.split()[0]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return sizes
 
 
 def _meminfo_available() -> int:

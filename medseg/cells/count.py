@@ -216,7 +216,15 @@ def parse_pixel_size(value):
         raise InputError(f"--pixel-size must be numbers like 0.65 or 2,0.65,0.65 (got '{text}')") from None
     if not vals or not all(0 < v < float("inf") for v in vals):
         raise InputError(f"--pixel-size must be positive (got '{text}')")
+    if not all(_TIFF_SIZES[0] <= v <= _TIFF_SIZES[1] for v in vals[-2:]):  # z is a float in ImageJ's metadata
+        raise InputError(f"--pixel-size {text} µm: the label TIFF cannot record an in-plane size outside "
+                         f"{_TIFF_SIZES[0]:.3g} to {_TIFF_SIZES[1]:.3g} µm (a 32-bit rational of pixels per µm); "
+                         "give the size in µm")
     return vals[0] if len(vals) == 1 else tuple(vals)
+
+
+#: in-plane pixel sizes (µm) an ImageJ TIFF's resolution tags can hold: 1 / (2**32 - 1) to 2**32 - 1 µm
+_TIFF_SIZES = (1.0 / (2**32 - 1), float(2**32 - 1))
 
 
 def _check_images(files, channel, pixel_size, model_dims: int | None) -> tuple[list[int], dict]:

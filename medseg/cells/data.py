@@ -69,21 +69,34 @@ def percentile_normalize(image: np.ndarray, low: float = 1.0, high: float = 99.8
     low, high : float
         Percentiles mapped to 0 and 1.
     eps : float
-        Smallest denominator (a constant image maps to 0, not NaN).
+        Smallest range relative to the percentiles' magnitude (float32 rounding noise is not contrast); below it the
+        image's maximum stands for the upper percentile, and a constant image maps to 0, not NaN.
 
     Returns
     -------
     ndarray of float32, the shape of ``image``.
+
+    Notes
+    -----
+    Computed in float64 for images that float32 cannot hold (float64, 32- and 64-bit integers), so the result
+    does not depend on the intensities' unit: x1e-30, x1e300 and +1e7 give the image's own values.
 
     Examples
     --------
     >>> x = percentile_normalize(np.arange(101.0), 0, 100)
     >>> float(x[0]), float(x[-1])
     (0.0, 1.0)
+    >>> float(percentile_normalize(np.arange(101.0) * 1e300, 0, 100)[-1])
+    1.0
     """
-    img = np.asarray(image, dtype=np.float32)
-    lo, hi = np.percentile(img, [low, high])
-    return (img - lo) / max(hi - lo, eps)
+    img = np.asarray(image)
+    lo, hi = (float(v) for v in np.percentile(img, [low, high]))
+    span = hi - lo
+    if not span > eps * max(abs(lo), abs(hi)):  # an absolute floor mapped a x1e-30 image to zeros
+        span = float(img.max()) - lo
+        span = span if span > eps * max(abs(lo), abs(hi)) else 1.0
+    work = img.astype(np.result_type(img.dtype, np.float32), copy=False)
+    return ((work - lo) / span).astype(np.float32, copy=False)
 
 
 def check_labels(labels: np.ndarray, path=None) -> np.ndarray:

@@ -165,6 +165,13 @@ def _run(argv: list[str], debug: bool) -> int:
         return 2
     except KeyboardInterrupt:
         return _interrupted()
+    except MemoryError as exc:  # the machine's limit, not a bug: still exit 1 (an unexpected failure), named so
+        if debug:
+            traceback.print_exc()
+        detail = f" ({_one_line(exc)})" if _one_line(exc) else ""
+        print(f"medseg: error: out of memory{detail}: the input or settings need more memory than this process "
+              "can allocate (free memory, or use smaller inputs, patches or batches)", file=sys.stderr)
+        return 1
     except Exception as exc:  # a bug in medseg: still one line unless --debug
         return _internal(exc, debug)
 

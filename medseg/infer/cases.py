@@ -129,7 +129,8 @@ def read_case(paths: list[Path]) -> Image:
     Returns
     -------
     Image
-        A single file as :func:`medseg.io.readers.read_image` reads it; several stacked as float32.
+        A single file as :func:`medseg.io.readers.read_image` reads it; several stacked as float32 (float64 when
+        one is).
     """
     images = [read_image(p) for p in paths]
     if len(images) == 1:
@@ -138,7 +139,8 @@ def read_case(paths: list[Path]) -> Image:
     for p, im in zip(paths[1:], images[1:]):
         if not ref.same_grid(im):
             raise InputError(f"channel file is not on the grid of {paths[0].name}", path=p)
-    arr = np.stack([np.asarray(im.array, np.float32) for im in images])
+    # float64 files stay float64 (values beyond float32's range are finite, and normalised in float64)
+    arr = np.stack([np.asarray(im.array, np.float64 if im.array.dtype == np.float64 else np.float32) for im in images])
     return Image(arr, ref.affine, {**ref.meta, "source": str(paths[0])}, True)
 
 

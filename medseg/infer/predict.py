@@ -18,7 +18,7 @@ import torch
 from medseg.infer.native import PlaneResampler
 from medseg.io.image import Image
 from medseg.plan.plan import Plan
-from medseg.train.preprocess import preprocess
+from medseg.train.preprocess import check_grid_fits, preprocess
 
 
 def sliding_window(network: torch.nn.Module, x: torch.Tensor, patch_size, overlap: float = 0.5,
@@ -263,6 +263,7 @@ def predict_image(network: torch.nn.Module, plan: Plan, image: Image, overlap=No
 
         work, back = reorient(Image(arr, image.affine, {}, True), plan.orientation)
         arr, spacing = work.array, work.spacing
+    check_grid_fits(arr.shape, spacing, plan, source)
     # probabilities are laid out in the input's axis order (written out contiguously); only flips remain then
     lab, prob = predict_labels(network, plan, arr, spacing, overlap, tta, device, batch_size, probabilities,
                                spill_dir, prob_axes=None if back is None else back[:, 0].astype(int))

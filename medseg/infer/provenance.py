@@ -236,7 +236,8 @@ def add_extra(dest: Path, extra: str, voxels, made_from: dict, protect=()) -> bo
         now = read_record(dest)
         if now is None or prediction(now) != prediction(made_from):
             return False
-        nimg = nib.Nifti1Image(voxels, None, nib.load(str(dest)).header)
+        old = nib.load(str(dest))
+        nimg = type(old)(voxels, None, old.header)  # NIfTI-2 where the map has more than 32767 slices
         attach_record(nimg, {**now, "extras": sorted(set(now.get("extras", [])) | {extra})})
         with atomic_path(dest, protect=protect) as tmp:
             nib.save(nimg, str(tmp))

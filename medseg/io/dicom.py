@@ -48,12 +48,12 @@ from __future__ import annotations
 
 import os
 import re
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from medseg.cpu import ignored_warnings
 from medseg.errors import InputError
 from medseg.io import dicom_geometry as geo
 from medseg.io.dicom_consistency import inconsistency
@@ -331,11 +331,11 @@ def _read_pixels(frames: list[Frame], progress: bool = False) -> np.ndarray:
     # the cores this process may use (a cpuset, a container's quota), not the host's: more decoding threads than
     # that only contend
     workers = min(len(jobs), usable_cores(), 8)
-    # pydicom warns (multi-line) about what we report in one line. Silenced here, in this thread, for the workers
-    # too: the filter list is the process's, and a catch_warnings in each worker restored it out of order, leaving
-    # "ignore" installed for good (every warning of the caller's program silenced after one JPEG 2000 series)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+    # pydicom warns (multi-line) about what we report in one line. Silenced for the whole pool: the filter list is
+    # the process's, and a catch_warnings in each worker restored it out of order, leaving "ignore" installed for
+    # good (every warning of the caller's program silenced after one JPEG 2000 series); ignored_warnings shares one
+    # saved list among the blocks of all threads (the workers', and other calls' where a caller runs several)
+    with ignored_warnings():
         if workers > 1 and parallel_decode_helps(jobs[0][2]):
             with ThreadPoolExecutor(workers) as pool:
                 decoded = list(progress_iter(pool.map(read, jobs), len(jobs), "decoding DICOM", progress))
@@ -387,8 +387,13 @@ def load_series(path: str | os.PathLike | SeriesInfo, series: str | int | Series
                          "(use --allow-tilt to resample it onto an orthogonal grid)", path=info.folder)
     from medseg.io.dicom_pixels import apply_rescale, rescaled_dtype
 
+    from medseg.io.limits import check_fits
+
     frames = info.frames
     first = frames[0]
+    # before any decoding: compressed frames (RLE, JPEG 2000) of a few bytes may claim 65535 x 65535 pixels each
+    check_fits((first.cols, first.rows, len(frames)), np.uint8 if first.bits_stored <= 8 else np.uint16,
+               first.path if len({f.path for f in frames}) == 1 else where, "voxels")
     stacked = _read_pixels(frames, progress)
     stored = stacked.dtype
     slopes = [f.slope for f in frames]

@@ -274,7 +274,8 @@ class Image:
         return cls(arr, np.asarray(nimg.affine, float), dict(meta or {}), channels_first)
 
     def to_nibabel(self):
-        """To a ``nibabel.Nifti1Image`` (channels go to the 4th axis), with sform and qform set; their codes are
+        """To a ``nibabel.Nifti1Image`` (channels go to the 4th axis; a ``Nifti2Image`` beyond 32767 voxels on an
+        axis or where ``meta["nifti_codes"]["version"]`` is 2), with sform and qform set; their codes are
         ``meta["nifti_codes"]``'s where positive (what a NIfTI input had), else 1 (scanner).
 
         Every value is kept: booleans become uint8, float16 float32, 64-bit integers the narrowest of uint16/int32
@@ -310,9 +311,13 @@ class Image:
                 arr = arr.astype(np.uint16)
             elif np.iinfo(np.int32).min <= lo and hi <= np.iinfo(np.int32).max:
                 arr = arr.astype(np.int32)
-        # nibabel refuses 64-bit integers unless told: ids beyond int32 are kept as the 64-bit type they are
-        nimg = nib.Nifti1Image(arr, self.affine, dtype=arr.dtype if arr.dtype in (np.int64, np.uint64) else None)
         codes = self.meta.get("nifti_codes") or {}
+        # NIfTI-1 dims are int16 (a volume of 2**16 + 1 slices) and its affine float32 (a NIfTI-2 input's float64
+        # origin at 1e9 mm moved by 0.7 mm): NIfTI-2 then
+        two = max(arr.shape, default=0) > 32767 or codes.get("version") == 2
+        # nibabel refuses 64-bit integers unless told: ids beyond int32 are kept as the 64-bit type they are
+        nimg = (nib.Nifti2Image if two else nib.Nifti1Image)(
+            arr, self.affine, dtype=arr.dtype if arr.dtype in (np.int64, np.uint64) else None)
         nimg.set_sform(self.affine, code=int(codes.get("sform") or 1))
         nimg.set_qform(self.affine, code=int(codes.get("qform") or 1))
         hdr = nimg.header

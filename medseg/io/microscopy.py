@@ -25,6 +25,7 @@ import numpy as np
 
 from medseg.errors import InputError
 from medseg.io.image import Image
+from medseg.io.limits import check_fits
 from medseg.io.png import read_png
 
 _TO_UM = {"m": 1e6, "cm": 1e4, "mm": 1e3, "um": 1.0, "µm": 1.0, "μm": 1.0, "micron": 1.0, "microns": 1.0,
@@ -133,6 +134,7 @@ def _read_tiff(path: Path):
             raise InputError(f"holds {len(tif.series)} images of different shapes or types ({shapes}); save each "
                              "on its own", path=path)
         series = tif.series[0]
+        check_fits(series.shape, series.dtype, path, "pixels")  # tifffile allocates the pages' claim first
         arr = series.asarray()
         axes = series.axes.upper()
         spacing, source = _tiff_spacing(tif)

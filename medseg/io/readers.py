@@ -145,12 +145,16 @@ def nifti_mm_per_unit(header) -> float:
 def _read_nifti(path: Path) -> Image:
     import nibabel as nib
 
+    from medseg.io.limits import check_nifti_claim
+
     def to_image(nimg) -> tuple[Image, np.ndarray]:
+        check_nifti_claim(nimg, path, compressed=str(path).lower().endswith(".gz"))  # before the voxels
         affine, source = nifti_affine(nimg.header)
         # in mm, as ITK reads it (nibabel ignores xyzt_units: a micron file would be 1000 times too large)
         affine = np.diag([*[nifti_mm_per_unit(nimg.header)] * 3, 1.0]) @ affine
         # kept so that outputs on this grid say what the input said (1 scanner, 2 aligned, 3 Talairach, 4 MNI)
-        codes = {"sform": int(nimg.header["sform_code"]), "qform": int(nimg.header["qform_code"])}
+        codes = {"sform": int(nimg.header["sform_code"]), "qform": int(nimg.header["qform_code"]),
+                 **({"version": 2} if isinstance(nimg, nib.Nifti2Image) else {})}  # float64 geometry
         return Image.from_nibabel(nimg, meta={"source": str(path), "format": "nifti", "affine_source": source,
                                               "nifti_codes": codes}), affine
 
@@ -172,7 +176,9 @@ def _read_nifti(path: Path) -> Image:
         raise
     except Exception as exc:  # nibabel raises many types for corrupt or truncated files
         raise InputError(f"cannot read NIfTI ({type(exc).__name__}: {exc})", path=path) from None
-    if not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
+    # singular relative to the voxel size: an absolute 1e-12 refused every 1e-4 mm voxel (microscopy in mm)
+    m = np.asarray(affine, float)[:3, :3]
+    if not np.all(np.isfinite(affine)) or not abs(np.linalg.det(m)) > 1e-12 * np.prod(np.linalg.norm(m, axis=0)):
         raise InputError("NIfTI affine is singular or not finite", path=path)
     img.affine = np.asarray(affine, dtype=float)
     return img
@@ -250,6 +256,9 @@ def _itk_reason(exc: Exception, native: str) -> str:
 def _read_itk(path: Path, suffix: str) -> Image:
     import SimpleITK as sitk
 
+    from medseg.io.limits import check_data_files, check_itk_claim
+
+    check_data_files(path)
     native: list[str] = []
     try:
         with _native_stderr(native):
@@ -257,7 +266,10 @@ def _read_itk(path: Path, suffix: str) -> Image:
             reader = sitk.ImageFileReader()
             reader.SetImageIO(_ITK_IO[suffix])
             reader.SetFileName(str(path))
+            check_itk_claim(reader, path)  # ITK allocates what the header says before it reads
             simg = reader.Execute()
+    except InputError:
+        raise
     except Exception as exc:
         raise InputError(f"cannot read image ({_itk_reason(exc, ''.join(native))})", path=path) from None
     if native[0].strip() and sys.stderr is not None:  # a successful read's warnings stay visible, as uncaptured

@@ -82,14 +82,24 @@ def object_snr(image: np.ndarray, labels: np.ndarray, polarity: int = 1, margin:
 
     labels = label_argument(labels)  # bincount takes integer ids only
     n = int(labels.max(initial=0))
+    image = _unit_scale(image) if n else image
     stats = background_stats(image, labels, margin) if n else None
     if stats is None or stats[1] == 0:
         return np.full(n, np.inf)
     # bincount, not ndi.mean: labels missing from 1..n (gaps) get NaN without a RuntimeWarning reaching the user
-    sums = np.bincount(labels.ravel(), weights=np.asarray(image, dtype=np.float64).ravel(), minlength=n + 1)[1:]
+    sums = np.bincount(labels.ravel(), weights=image.ravel(), minlength=n + 1)[1:]
     counts = np.bincount(labels.ravel(), minlength=n + 1)[1:]
     means = np.divide(sums, counts, out=np.full(n, np.nan), where=counts > 0)
     return polarity * (means - stats[0]) / stats[1]
+
+
+def _unit_scale(image: np.ndarray) -> np.ndarray:
+    """``image`` as float64 divided by the power of two nearest its largest magnitude (exact, and the ratio
+    :func:`object_snr` returns is unchanged): squares and sums of values near 1e300 overflowed to inf and the
+    objects were all dropped."""
+    img = np.asarray(image, dtype=np.float64)
+    top = float(np.abs(img).max(initial=0.0))
+    return img / 2.0 ** int(np.frexp(top)[1]) if 0 < top < np.inf else img
 
 
 def remove_faint_instances(labels: np.ndarray, image: np.ndarray, min_snr: float = 2.0, polarity: int = 1,

@@ -22,7 +22,7 @@ import torch
 from medseg.plan.plan import Plan
 from medseg.system import available_memory  # the container's limit counts (cgroups)
 from medseg.train.dataset import _progress, load_case
-from medseg.train.preprocess import preprocess
+from medseg.train.preprocess import check_grid_fits, preprocess
 from medseg.train.sampling import CachedCase, foreground_index, pad_to
 from medseg.train.store import ArrayStore, source_stats
 
@@ -134,6 +134,7 @@ def preprocess_case(plan: Plan, case) -> CachedCase:
     """
     image, label = load_case(case, labels=plan.labels, channels=plan.in_channels, named_by="the plan's",
                              orientation=plan.orientation)
+    check_grid_fits(image.array.shape, image.spacing, plan, case.images[0] if case.images else case.id)
     x, y = preprocess(image.array, image.spacing, plan, label.array)
     if plan.spatial_dims == 2:
         ax = plan.slice_axis

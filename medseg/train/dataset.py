@@ -279,7 +279,7 @@ def load_case(case: Case, with_label: bool = True, labels=None, channels: int | 
     Returns
     -------
     image : Image
-        float32, channels first, on the first file's grid.
+        float32 (float64 when a file is), channels first, on the first file's grid.
     label : Image or None
         int16, on the image's grid (a label file holding its voxels in another axis order is re-indexed).
 
@@ -304,7 +304,8 @@ def load_case(case: Case, with_label: bool = True, labels=None, channels: int | 
             raise InputError(f"case {case.id}: channel files are on different grids ({how} in "
                              f"{case.images[0].name})", path=p)
         ref = ref or img
-        arr = np.asarray(img.array, dtype=np.float32)
+        # float64 files stay float64: values beyond float32's 3.4e38 (x1e300) are finite, normalised in float64
+        arr = np.asarray(img.array, dtype=np.float64 if img.array.dtype == np.float64 else np.float32)
         chans.extend(list(arr) if img.channels_first else [arr])
     if channels is not None and len(chans) != channels:
         raise InputError(f"case {case.id}: {len(chans)} channel(s), {named_by} names {channels}",

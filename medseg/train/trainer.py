@@ -39,6 +39,7 @@ from medseg.train.checkpoint import LastIteration, asked_plan, check_resume, dat
 from medseg.train.cache import AUTO_SHARE, DiskCache, LazyCases, available_memory, cache_cases, on_disk, sample_size
 from medseg.train.ema import WeightEMA, averaged_weights
 from medseg.train.losses import SegLoss, confusion_dice
+from medseg.train.preprocess import check_batch_fits
 from medseg.train.run_folder import check_run_folder, write_plan
 from medseg.train.runlog import append_row, progress_bar, rewrite_log
 from medseg.train.sampling import augment, context_margin, sample_batch
@@ -199,6 +200,8 @@ def train(plan: Plan | str | os.PathLike | None, run_dir: str | os.PathLike, fol
     if cache_dir is not None:
         plan.cache_dir = str(Path(cache_dir).resolve())
     plan.validate()
+    if dev.type == "cpu":  # a GPU's memory is its own; CUDA refuses what it cannot hold
+        check_batch_fits(plan)
     if num_threads or plan.num_threads:
         torch.set_num_threads(int(num_threads or plan.num_threads))
     else:  # torch counts the host's cores, not a container's CPU quota
