@@ -86,24 +86,26 @@ class CellModel:
 
         from medseg.cells.saved_config import load_config
         from medseg.cells.train import build_cell_network
-        from medseg.cpu import built_without_drawing
+        from medseg.io.limits import check_archive_fits
+        from medseg.train.artifact import check_window_fits, loaded_network
 
         config, weights = model_files(path)
         meta, cfg = load_config(config)
         if not weights.exists():
             raise InputError("cell model has no weights (model.pt): was training finished?", path=weights.parent)
-        net = built_without_drawing(lambda: build_cell_network(cfg))  # weights loaded at once: none drawn
-        try:  # unreadable weights and weights of another network: one message
+        check_window_fits(cfg.base_filters, cfg.patch_size, config)
+        check_archive_fits(weights)  # torch allocates each record's declared size before it inflates it
+        try:  # unreadable weights: one message
             state = torch.load(weights, map_location="cpu", weights_only=True)
-            checkpoint = isinstance(state, dict) and "optimizer" in state  # not the final (averaged) weights
-            if not checkpoint:
-                net.load_state_dict(state)
         except Exception as exc:
             raise InputError(f"cannot load model weights ({' '.join(str(exc).split())[:160]})", path=weights) from exc
-        if checkpoint:
+        if isinstance(state, dict) and "optimizer" in state:  # a checkpoint, not the final (averaged) weights
             raise InputError("a training checkpoint, not the model's weights: give the run folder or its model.pt",
                              path=weights)
-        net.eval()
+        if not isinstance(state, dict):
+            raise InputError("cannot load model weights (the file holds no state dict)", path=weights)
+        # weights loaded at once (none drawn), their names and shapes checked before the network is allocated
+        net = loaded_network(lambda: build_cell_network(cfg), state, weights, "cannot load model weights").eval()
         return cls(net, cfg, meta, overlap, tta, device, diameter, rescale, precision)
 
     def scale_for(self, image: np.ndarray) -> float:

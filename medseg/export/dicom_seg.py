@@ -12,6 +12,7 @@ Number of Frames disagrees with its frames or pixel data is refused as damaged.
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 
@@ -21,6 +22,7 @@ import medseg
 from medseg.cpu import ignored_warnings
 from medseg.errors import InputError
 from medseg.io.image import LPS_TO_RAS, Image
+from medseg.io.limits import check_fits
 
 SEG_TYPES = ("binary", "labelmap")
 
@@ -104,6 +106,33 @@ def write_dicom_seg(labels_on_ref: np.ndarray, ref, infos, out_path: str | os.Pa
     -------
     Path
         ``out_path``.
+
+    Examples
+    --------
+    A label map of two segments on three slices made from pydicom's example CT (128 x 128 pixels), 5 mm apart:
+
+    >>> import tempfile
+    >>> from pathlib import Path
+    >>> import numpy as np
+    >>> from pydicom import dcmread, examples
+    >>> from pydicom.uid import generate_uid
+    >>> from medseg.export.colors import segment_info
+    >>> from medseg.export.reference import load_reference
+    >>> root, series = Path(tempfile.mkdtemp()), generate_uid()
+    >>> (root / "ct").mkdir()
+    >>> for k in range(3):
+    ...     ds = examples.ct
+    ...     ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ...     ds.SeriesInstanceUID = series
+    ...     ds.ImagePositionPatient[2] += 5 * k
+    ...     ds.save_as(root / "ct" / f"{k}.dcm")
+    >>> ref = load_reference(root / "ct")
+    >>> labels = np.zeros(ref.shape, np.uint8)  # (columns, rows, slices)
+    >>> labels[40:80, 50:90, 1:] = 1; labels[10:20, 10:20, 0] = 2
+    >>> out = write_dicom_seg(labels, ref, [segment_info(1, "liver"), segment_info(2, "spleen")], root / "seg.dcm")
+    >>> seg = dcmread(out)
+    >>> seg.Modality, int(seg.NumberOfFrames), [s.SegmentLabel for s in seg.SegmentSequence]  # empty frames omitted
+    ('SEG', 3, ['liver', 'spleen'])
     """
     import highdicom as hd
     import pydicom
@@ -175,6 +204,36 @@ def read_seg_masks(path: str | os.PathLike, *, slabs: bool = False):
     names : dict[int, str]
         Segment number -> segment label, in channel order.
     seg : highdicom.seg.Segmentation
+
+    Examples
+    --------
+    Written by :func:`write_dicom_seg`: a label map of two segments on three slices made from pydicom's example CT
+    (128 x 128 pixels), 5 mm apart:
+
+    >>> import tempfile
+    >>> from pathlib import Path
+    >>> import numpy as np
+    >>> from pydicom import examples
+    >>> from pydicom.uid import generate_uid
+    >>> from medseg.export.colors import segment_info
+    >>> from medseg.export.reference import load_reference
+    >>> root, series = Path(tempfile.mkdtemp()), generate_uid()
+    >>> (root / "ct").mkdir()
+    >>> for k in range(3):
+    ...     ds = examples.ct
+    ...     ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ...     ds.SeriesInstanceUID = series
+    ...     ds.ImagePositionPatient[2] += 5 * k
+    ...     ds.save_as(root / "ct" / f"{k}.dcm")
+    >>> ref = load_reference(root / "ct")
+    >>> labels = np.zeros(ref.shape, np.uint8)  # (columns, rows, slices)
+    >>> labels[40:80, 50:90, 1:] = 1; labels[10:20, 10:20, 0] = 2
+    >>> out = write_dicom_seg(labels, ref, [segment_info(1, "liver"), segment_info(2, "spleen")], root / "seg.dcm")
+    >>> masks, names, seg = read_seg_masks(out)
+    >>> masks.array.shape, masks.array.dtype.name, names, masks.array.sum(axis=(1, 2, 3)).tolist()
+    ((2, 128, 128, 3), 'uint8', {1: 'liver', 2: 'spleen'}, [3200, 100])
+    >>> bool(np.allclose(masks.affine, ref.grid_affine()))  # the series' grid
+    True
     """
     path = Path(path)
     seg, numbers = _read_segments(path)
@@ -234,7 +293,9 @@ def _restore_omitted_slices(arr: np.ndarray, aff_lps: np.ndarray, seg):
     if ratio < 1.5 or abs(ratio - round(ratio)) > 0.01:  # frames adjacent (or not on a grid of the thickness)
         return arr, aff_lps
     m = int(round(ratio))
-    out = np.zeros((*arr.shape[:-1], (arr.shape[-1] - 1) * m + 1), arr.dtype)
+    shape = (*arr.shape[:-1], (arr.shape[-1] - 1) * m + 1)
+    check_fits(shape, arr.dtype, getattr(seg, "filename", None), "segment voxels")  # a Slice Thickness of 1e-9 mm
+    out = np.zeros(shape, arr.dtype)
     out[..., ::m] = arr
     aff_lps = aff_lps.copy()
     aff_lps[:3, 2] /= m
@@ -253,7 +314,26 @@ def _read_segments(path: Path):
     numbers = [n for n in seg.get_segment_numbers() if n != 0]  # LABELMAP SEGs may describe background as 0
     if not numbers:
         raise InputError("the DICOM-SEG has no segments", path=path)
+    check_seg_fits(seg, path, len(numbers))
     return seg, numbers
+
+
+def check_seg_fits(seg, path, segments: int | None = None) -> None:
+    """``InputError`` when the frames highdicom decodes, or the volume of one mask per segment it returns (at least
+    one slice per frame position), cannot be allocated twice by this process: a 2 MB SEG declaring 10,000 segments
+    on 65535 x 65535 compressed frames made highdicom allocate its frames before failing deep inside. ``seg``: the
+    SEG's dataset (pixels not needed); ``segments``: their count (default: its Segment Sequence's)."""
+    if segments is None:
+        segments = sum(1 for s in seg.get("SegmentSequence") or [] if s.get("SegmentNumber") != 0)
+    items = seg.get("PerFrameFunctionalGroupsSequence") or []
+    try:  # damaged positions are reported where the volume is built: here they count as one slice
+        positions = {tuple(map(float, fg.PlanePositionSequence[0].ImagePositionPatient)) for fg in items
+                     if "PlanePositionSequence" in fg and "ImagePositionPatient" in fg.PlanePositionSequence[0]}
+    except Exception:
+        positions = set()
+    rows, cols, frames = int(seg.Rows), int(seg.Columns), int(seg.get("NumberOfFrames") or 1)
+    shape = max((frames, rows, cols), (max(1, len(positions)), rows, cols, segments), key=math.prod)
+    check_fits(shape, np.uint8, path, "segment voxels", copies=2)
 
 
 def _check_frames(seg, path: Path) -> None:
@@ -281,8 +361,48 @@ def read_seg_on_reference(path: str | os.PathLike, ref):
     """Per-segment masks ``[segment, i, j, k]`` on ``ref``'s slices, each frame placed on the instance it
     references (no regular volume needed: tilted and unevenly spaced series read back exactly).
 
-    Returns ``(masks, names, meta)``, or None when the SEG's frames do not all reference instances of
-    ``ref`` with preserved spatial locations (then its own volume geometry must be used).
+    Parameters
+    ----------
+    path : path
+        The DICOM-SEG file.
+    ref : ReferenceSeries
+        The series it references (:func:`medseg.export.reference.load_reference`).
+
+    Returns
+    -------
+    tuple or None
+        ``(masks, names, meta)``: boolean ``masks`` ``[segment, i, j, k]`` on ``ref.shape``, segment number -> label,
+        and the SEG's ``source``, ``format``, ``frame_of_reference_uid`` and ``referenced_series_uids``. None when
+        the SEG's frames do not all reference instances of ``ref`` with preserved spatial locations (then its own
+        volume geometry must be used, :func:`read_seg_masks`).
+
+    Examples
+    --------
+    Written by :func:`write_dicom_seg`: a label map of two segments on three slices made from pydicom's example CT
+    (128 x 128 pixels), 5 mm apart:
+
+    >>> import tempfile
+    >>> from pathlib import Path
+    >>> import numpy as np
+    >>> from pydicom import examples
+    >>> from pydicom.uid import generate_uid
+    >>> from medseg.export.colors import segment_info
+    >>> from medseg.export.reference import load_reference
+    >>> root, series = Path(tempfile.mkdtemp()), generate_uid()
+    >>> (root / "ct").mkdir()
+    >>> for k in range(3):
+    ...     ds = examples.ct
+    ...     ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ...     ds.SeriesInstanceUID = series
+    ...     ds.ImagePositionPatient[2] += 5 * k
+    ...     ds.save_as(root / "ct" / f"{k}.dcm")
+    >>> ref = load_reference(root / "ct")
+    >>> labels = np.zeros(ref.shape, np.uint8)  # (columns, rows, slices)
+    >>> labels[40:80, 50:90, 1:] = 1; labels[10:20, 10:20, 0] = 2
+    >>> out = write_dicom_seg(labels, ref, [segment_info(1, "liver"), segment_info(2, "spleen")], root / "seg.dcm")
+    >>> masks, names, meta = read_seg_on_reference(out, ref)
+    >>> masks.shape, names, bool((masks[0] == (labels == 1)).all() and (masks[1] == (labels == 2)).all())
+    ((2, 128, 128, 3), {1: 'liver', 2: 'spleen'}, True)
     """
     path = Path(path)
     seg, numbers = _read_segments(path)
@@ -292,6 +412,7 @@ def read_seg_on_reference(path: str | os.PathLike, ref):
         return None
     if (int(seg.Rows), int(seg.Columns)) != (ref.rows, ref.columns):
         return None
+    check_fits((len(uids), ref.rows, ref.columns, len(numbers)), np.uint8, path, "segment voxels", copies=2)
     try:
         arr = seg.get_pixels_by_source_instance(source_sop_instance_uids=uids, segment_numbers=numbers,
                                                 assert_missing_frames_are_empty=True)

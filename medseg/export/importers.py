@@ -85,6 +85,36 @@ def import_masks(path: str | os.PathLike, reference: str | os.PathLike | None = 
         SEG's own grid when no reference is given).
     names : dict[int, str]
         Label value (segment number, or 1..N for RTSTRUCT ROIs) -> name, in channel order.
+
+    Examples
+    --------
+    A DICOM-SEG of two segments on three slices made from pydicom's example CT (128 x 128 pixels), 5 mm apart:
+
+    >>> import tempfile
+    >>> from pathlib import Path
+    >>> import numpy as np
+    >>> from pydicom import examples
+    >>> from pydicom.uid import generate_uid
+    >>> from medseg.export.colors import segment_info
+    >>> from medseg.export.dicom_seg import write_dicom_seg
+    >>> from medseg.export.reference import load_reference
+    >>> root, series = Path(tempfile.mkdtemp()), generate_uid()
+    >>> (root / "ct").mkdir()
+    >>> for k in range(3):
+    ...     ds = examples.ct
+    ...     ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ...     ds.SeriesInstanceUID = series
+    ...     ds.ImagePositionPatient[2] += 5 * k
+    ...     ds.save_as(root / "ct" / f"{k}.dcm")
+    >>> ref = load_reference(root / "ct")
+    >>> labels = np.zeros(ref.shape, np.uint8)  # (columns, rows, slices)
+    >>> labels[40:80, 50:90, 1:] = 1; labels[10:20, 10:20, 0] = 2
+    >>> out = write_dicom_seg(labels, ref, [segment_info(1, "liver"), segment_info(2, "spleen")], root / "seg.dcm")
+    >>> masks, names = import_masks(root / "seg.dcm", root / "ct")
+    >>> masks.array.shape, names, masks.array.sum(axis=(1, 2, 3)).tolist()
+    ((2, 128, 128, 3), {1: 'liver', 2: 'spleen'}, [3200, 100])
+    >>> import_masks(root / "seg.dcm")[0].array.shape  # without a reference: on the SEG's own grid
+    (2, 128, 128, 3)
     """
     from medseg.export.resample import resample_to_reference
 
@@ -93,14 +123,16 @@ def import_masks(path: str | os.PathLike, reference: str | os.PathLike | None = 
     sop_class = str(ds.get("SOPClassUID", ""))
     referenced = _referenced_series(ds)
     if ds.get("Modality") == "SEG" or sop_class in SEG_SOP_CLASSES:
-        from medseg.export.dicom_seg import read_seg_masks
+        from medseg.export.dicom_seg import check_seg_fits, read_seg_masks
 
+        check_seg_fits(ds, path)  # from the header, before highdicom parses every segment (1.5 ms each)
         if reference is None:
             masks, names, _ = read_seg_masks(path)
             return masks, names
         from medseg.export.dicom_seg import read_seg_on_reference
 
         ref = _load_ref(reference, series, referenced)
+        check_masks_fit(len(ds.get("SegmentSequence") or []), ref.shape, "segments", path)
         seg_for = str(ds.get("FrameOfReferenceUID", ""))
         if seg_for != ref.frame_of_reference_uid:
             raise InputError(f"the DICOM-SEG's frame of reference ({seg_for}) is not "
@@ -133,12 +165,37 @@ def import_masks(path: str | os.PathLike, reference: str | os.PathLike | None = 
 
         if rt_fill not in FILL_RULES:
             raise InputError(f"unknown contour fill rule {rt_fill!r} (use one of {', '.join(FILL_RULES)})")
+        check_masks_fit(len(ds.get("StructureSetROISequence") or []), ref.shape, "ROIs", path)
         masks, names, skipped = read_rtstruct_masks(path, ref, fill=rt_fill)
         labels = {i + 1: name for i, name in enumerate(names.values())}
         meta = {**ref.meta, "source": str(path), "format": "rtstruct", "skipped_contours": skipped,
                 "regular": ref.is_regular()}
         return Image(masks.astype(np.uint8), ref.grid_affine(), meta, True), labels
     raise InputError(f"neither a DICOM-SEG nor an RTSTRUCT (Modality {ds.get('Modality', '?')!r})", path=path)
+
+
+def check_masks_fit(count: int, shape, what: str, path) -> None:
+    """``InputError`` when ``count`` one-byte masks of ``shape``, held twice while they are imported (the masks and
+    their label map's copy), exceed what this process can allocate: a small file declaring 100,000 ROIs or
+    segments otherwise made NumPy ask for tens of gigabytes (an OOM kill, or 'out of memory' after a long wait).
+
+    Examples
+    --------
+    >>> check_masks_fit(3, (512, 512, 300), "ROIs", "rt.dcm")  # 225 MiB x 2
+    >>> check_masks_fit(100000, (512, 512, 300), "ROIs", "rt.dcm")
+    Traceback (most recent call last):
+    ...
+    medseg.errors.InputError: rt.dcm: 100000 ROIs on a 512 x 512 x 300 grid need 7.2 TiB of masks, more than ...
+    """
+    from medseg.io.limits import claimed_bytes, size_text
+    from medseg.system import allocatable_memory
+
+    need, room = claimed_bytes((count, *shape), 1), allocatable_memory()
+    if 2 * need > room:
+        raise InputError(f"{count} {what} on a {' x '.join(str(int(s)) for s in shape)} grid need {size_text(need)} "
+                         f"of masks, more than the {size_text(room)} of memory available (twice that while they "
+                         "are imported): a damaged or hostile file, or too many structures for this machine",
+                         path=path)
 
 
 def combine_masks(masks: np.ndarray, values: list[int], overlap: str = "smallest") -> np.ndarray:
@@ -188,6 +245,34 @@ def import_segmentation(path: str | os.PathLike, reference: str | os.PathLike | 
     -------
     Image
         Label map with ``meta["labels"]`` = {value: name}.
+
+    Examples
+    --------
+    A DICOM-SEG of two segments on three slices made from pydicom's example CT (128 x 128 pixels), 5 mm apart:
+
+    >>> import tempfile
+    >>> from pathlib import Path
+    >>> import numpy as np
+    >>> from pydicom import examples
+    >>> from pydicom.uid import generate_uid
+    >>> from medseg.export.colors import segment_info
+    >>> from medseg.export.dicom_seg import write_dicom_seg
+    >>> from medseg.export.reference import load_reference
+    >>> root, series = Path(tempfile.mkdtemp()), generate_uid()
+    >>> (root / "ct").mkdir()
+    >>> for k in range(3):
+    ...     ds = examples.ct
+    ...     ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ...     ds.SeriesInstanceUID = series
+    ...     ds.ImagePositionPatient[2] += 5 * k
+    ...     ds.save_as(root / "ct" / f"{k}.dcm")
+    >>> ref = load_reference(root / "ct")
+    >>> labels = np.zeros(ref.shape, np.uint8)  # (columns, rows, slices)
+    >>> labels[40:80, 50:90, 1:] = 1; labels[10:20, 10:20, 0] = 2
+    >>> out = write_dicom_seg(labels, ref, [segment_info(1, "liver"), segment_info(2, "spleen")], root / "seg.dcm")
+    >>> imported = import_segmentation(root / "seg.dcm", root / "ct")
+    >>> imported.shape, imported.array.dtype.name, imported.meta["labels"], bool((imported.array == labels).all())
+    ((128, 128, 3), 'uint8', {1: 'liver', 2: 'spleen'}, True)
     """
     masks, names = import_masks(path, reference, series, rt_fill)
     if not masks.meta.get("regular", True):  # the arrays are per slice; the affine would misplace them

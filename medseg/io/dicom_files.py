@@ -186,15 +186,90 @@ def no_series_message(path) -> str:
 
 def dicom_modality(path: Path) -> str:
     """The Modality of one DICOM file, upper case ('' when ``path`` is not a DICOM file; ``InputError`` when its
-    header cannot be read)."""
+    header cannot be read).
+
+    Parameters
+    ----------
+    path : Path
+        Any file or folder.
+
+    Returns
+    -------
+    str
+        The Modality (``CT``, ``MR``, ``SEG``, ``RTSTRUCT``, ...); ``''`` for a folder, a file that is not DICOM
+        or one without a Modality.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from pathlib import Path
+    >>> from pydicom import examples
+    >>> folder = Path(tempfile.mkdtemp())
+    >>> examples.mr.save_as(folder / "IM1")  # pydicom's example MR slice
+    >>> _ = (folder / "notes.txt").write_text("not DICOM")
+    >>> dicom_modality(folder / "IM1"), dicom_modality(folder / "notes.txt"), dicom_modality(folder)
+    ('MR', '', '')
+    """
     if not (path.is_file() and is_dicom_file(path)):
         return ""
-    import pydicom
-
     try:
-        return str(pydicom.dcmread(path, stop_before_pixels=True).get("Modality", "") or "").upper()
+        return str(read_header(path, stop_before_pixels=True).get("Modality", "") or "").upper()
+    except InputError:
+        raise
     except Exception as exc:
         raise InputError(f"corrupt DICOM file ({type(exc).__name__}: {exc})", path=path) from None
+
+
+def read_header(path: Path, stop_before_pixels: bool = False, defer_size: int | None = None):
+    """``pydicom.dcmread`` of a Part 10 file, refusing (``InputError``) a run of zero bytes where a data element
+    should begin: pydicom reads one as tag (0000,0000) elements of length 0, eight bytes each, so a zero-filled or
+    sparse 10 GB file with a DICM preamble (a partly written download) kept discovery busy for hours. pydicom's own
+    errors are raised as they are.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> p = Path(tempfile.mkdtemp()) / "IM1"
+    >>> _ = p.write_bytes(bytes(128) + b"DICM" + bytes(4096))
+    >>> read_header(p)
+    Traceback (most recent call last):
+    ...
+    medseg.errors.InputError: ...IM1: corrupt DICOM file: zero bytes where a data element should begin (...)
+    """
+    from pydicom.filereader import read_partial
+    from pydicom.tag import TupleTag
+
+    pixels = {TupleTag((0x7FE0, 0x0010)), TupleTag((0x7FE0, 0x0008)), TupleTag((0x7FE0, 0x0009))}
+
+    def stop_when(tag, vr, length) -> bool:
+        if tag == 0 and not length:  # a real (0000,0000) element holds a 4-byte value
+            raise _ZeroElement
+        return stop_before_pixels and tag in pixels
+
+    try:
+        if _zeros_at_data_set(path):
+            raise _ZeroElement
+        with open(path, "rb") as fh:
+            return read_partial(fh, stop_when, defer_size=defer_size)
+    except _ZeroElement:
+        raise InputError("corrupt DICOM file: zero bytes where a data element should begin (a zero-filled or "
+                         "partly written file)", path=path) from None
+
+
+class _ZeroElement(Exception):
+    """A run of zero bytes where a data element should begin."""
+
+
+def _zeros_at_data_set(path: Path) -> bool:
+    """True when the data set after the DICM preamble and the file meta group (its length from (0002,0000)) starts
+    with eight zero bytes: pydicom reads them as command set elements, one by one, with no check to hook."""
+    with open(path, "rb") as fh:
+        head = fh.read(144)
+        start = 132
+        if head[128:132] == b"DICM" and head[132:138] == b"\x02\x00\x00\x00UL" and len(head) == 144:
+            start = 144 + int.from_bytes(head[140:144], "little")
+        fh.seek(start)
+        return head[128:132] == b"DICM" and fh.read(8) == bytes(8)
 
 
 def _object_kind(path: Path) -> str | None:

@@ -15,7 +15,7 @@ import numpy as np
 
 from medseg.cpu import ignored_warnings
 from medseg.errors import InputError
-from medseg.io.dicom_files import list_candidate_files
+from medseg.io.dicom_files import list_candidate_files, read_header
 
 #: objects that are not images to stack into a volume
 NON_IMAGE_MODALITIES = {"SEG", "RTSTRUCT", "RTPLAN", "RTRECORD", "SR", "PR", "KO", "REG", "RWV", "DOC", "RTDOSE"}
@@ -148,12 +148,13 @@ def _int_or_none(v):
 
 
 def _read_one(path: Path):
-    import pydicom
     from pydicom.errors import InvalidDicomError
 
     try:
         with ignored_warnings():  # pydicom warns about damage we report ourselves, in one line
-            ds = pydicom.dcmread(path, defer_size=_DEFER)
+            ds = read_header(path, defer_size=_DEFER)
+    except InputError:
+        raise
     except OSError as exc:  # permissions, vanished file, I/O error: not damage to the file itself
         raise InputError(f"cannot read file ({exc.strerror or exc})", path=path) from None
     except InvalidDicomError:

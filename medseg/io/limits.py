@@ -181,3 +181,35 @@ def check_data_files(path) -> None:
                 raise InputError(f"the header's data file '{name}' is outside its folder (an absolute path or '..'): "
                                  "medseg reads detached data only next to the header or below it; move the data "
                                  "file there, or save the image as one file (.nrrd, .mha, .nii.gz)", path=path)
+
+
+def check_archive_fits(path) -> None:
+    """``InputError`` when a zip archive (a ``torch.save`` file: ``model.pt``) unpacks to more bytes than this
+    process can allocate, found from its central directory before anything is unpacked.
+
+    ``torch.load`` allocates each record's declared uncompressed size before inflating it, so a zip bomb (a few
+    megabytes of deflated zeros declaring gigabytes) filled memory, or failed deep in the allocator. A file that is
+    not a zip (torch's legacy format) is left to ``torch.load``.
+
+    Examples
+    --------
+    >>> import tempfile, zipfile
+    >>> p = Path(tempfile.mkdtemp()) / "model.pt"
+    >>> with zipfile.ZipFile(p, "w") as z:
+    ...     z.writestr("archive/data/0", bytes(64))
+    >>> check_archive_fits(p)  # 64 bytes: fine
+    """
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as z:
+            need = sum(int(i.file_size) for i in z.infolist())
+    except (zipfile.BadZipFile, OSError, ValueError):
+        return
+    from medseg.system import allocatable_memory
+
+    room = allocatable_memory()
+    if need > room:
+        raise InputError(f"the archive declares {size_text(need)} of contents, more than the {size_text(room)} of "
+                         "memory available to unpack it: a damaged or hostile file (a zip bomb), or a model too "
+                         "large for this machine", path=path)

@@ -7,6 +7,7 @@ An ensemble (``medseg.train.ensemble``) is the same file with the weights of sev
 
 from __future__ import annotations
 
+import math
 import os
 import platform
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ import torch
 from medseg.cpu import built_without_drawing, ignored_warnings
 from medseg.errors import InputError
 from medseg.io.atomic import atomic_path
+from medseg.io.limits import check_archive_fits
 from medseg.plan.plan import Plan
 
 FORMAT = "medseg-model"
@@ -73,6 +75,7 @@ class ModelArtifact:
 
     def build(self) -> torch.nn.Module:
         """The network with its weights, in eval mode (an ensemble: one module averaging its members)."""
+        check_window_fits(self.plan.base_filters, self.plan.patch_size, self.info.get("path"))
         nets = [self._build_one(sd) for sd in (self.members or [self.state_dict])]
         if len(nets) == 1:
             return nets[0]
@@ -81,26 +84,74 @@ class ModelArtifact:
         return SoftmaxEnsemble(nets).eval()
 
     def _build_one(self, state_dict: dict) -> torch.nn.Module:
-        # the initial weights would be replaced at once: not drawn, so that loading a model leaves the caller's random
-        # stream where it was (a forked generator's restore rewound another thread's draws meanwhile)
-        net = built_without_drawing(lambda: build_from_plan(self.plan, deep_supervision=False))
         # strictly, but for the deep-supervision heads training had: a weight left over (a residual block's 1x1
         # convolution, another level) was dropped silently, and a shape mismatch was a traceback, exit 1
         heads = set()
         if self.plan.deep_supervision:  # their names only: built on the meta device (no memory, no weights drawn)
             with torch.device("meta"):
-                heads = set(build_from_plan(self.plan, deep_supervision=True).state_dict()) - set(net.state_dict())
-        try:
-            net.load_state_dict({k: v for k, v in state_dict.items() if k not in heads})
-        except RuntimeError as exc:
-            raise InputError(f"model weights do not match the plan's network "
-                             f"({' '.join(str(exc).split())[:200]})", path=self.info.get("path")) from None
-        return net.eval()
+                heads = (set(build_from_plan(self.plan, deep_supervision=True).state_dict())
+                         - set(build_from_plan(self.plan, deep_supervision=False).state_dict()))
+        weights = {k: v for k, v in state_dict.items() if k not in heads}
+        return loaded_network(lambda: build_from_plan(self.plan, deep_supervision=False), weights,
+                              self.info.get("path"), "model weights do not match the plan's network").eval()
 
     @property
     def labels(self) -> dict[int, str]:
         """Label value → name, from the plan."""
         return self.plan.labels
+
+
+def loaded_network(build, state_dict: dict, path, problem: str) -> torch.nn.Module:
+    """The module ``build()`` makes, with ``state_dict`` loaded strictly and its initial weights never drawn (so
+    that loading a model leaves the caller's random stream where it was).
+
+    The names and shapes are checked on the meta device before any parameter is allocated: a model file whose plan
+    asks for another network than its weights (``base_filters: 1000000``) is ``InputError`` ``problem`` in one
+    line, not terabytes asked of the allocator. Weights that match take no more memory than they did loaded.
+
+    Examples
+    --------
+    >>> net = loaded_network(lambda: torch.nn.Linear(2, 3), torch.nn.Linear(2, 3).state_dict(), "m.pt", "mismatch")
+    >>> loaded_network(lambda: torch.nn.Linear(2, 10**7), net.state_dict(), "m.pt", "mismatch")
+    Traceback (most recent call last):
+    ...
+    medseg.errors.InputError: m.pt: mismatch (Error(s) in loading state_dict for Linear: size mismatch for weight: ...
+    """
+    with torch.device("meta"):
+        shell = build()
+    try:
+        with ignored_warnings(UserWarning):  # torch notes that copying into meta tensors is a no-op: it is meant
+            shell.load_state_dict(state_dict)
+        net = built_without_drawing(lambda: shell)
+        net.load_state_dict(state_dict)
+    except RuntimeError as exc:
+        raise InputError(f"{problem} ({' '.join(str(exc).split())[:200]})", path=path) from None
+    return net
+
+
+def check_window_fits(filters: int, patch, path) -> None:
+    """``InputError`` when one sliding window's first feature maps (``filters x patch`` float32 values, a small part
+    of what prediction holds) exceed what this process can allocate: a model file's ``patch_size`` of 2**20 x 2**20
+    made torch ask for 128 TiB. A floor, as :func:`medseg.train.preprocess.check_batch_fits` is for training.
+
+    Examples
+    --------
+    >>> check_window_fits(32, [128, 128, 128], "model.pt")  # 256 MiB
+    >>> check_window_fits(32, [2**20, 2**20], "model.pt")
+    Traceback (most recent call last):
+    ...
+    medseg.errors.InputError: model.pt: patch 1048576 x 1048576 with 32 base filters needs 128.0 TiB for one ...
+    """
+    from medseg.io.limits import size_text
+    from medseg.system import allocatable_memory
+
+    need = 4 * int(filters) * math.prod(int(p) for p in patch)
+    room = allocatable_memory()
+    if need > room:
+        raise InputError(f"patch {' x '.join(str(int(p)) for p in patch)} with {int(filters)} base filters needs "
+                         f"{size_text(need)} for one window's first feature maps alone, more than the "
+                         f"{size_text(room)} of memory available: a damaged or hostile model, or one too large for "
+                         "this machine", path=path)
 
 
 def build_from_plan(plan: Plan, deep_supervision: bool | None = None) -> torch.nn.Module:
@@ -217,6 +268,7 @@ def load_model(path: str | os.PathLike) -> ModelArtifact:
         path = path / MODEL_FILE
     if not path.is_file():
         raise InputError("no model here (expected a model.pt file or a run folder with one)", path=path)
+    check_archive_fits(path)  # torch allocates each record's declared size before it inflates it
     try:
         with ignored_warnings():  # torch's notes on pickle protocols: the one-line error below says it all
             d = torch.load(path, map_location="cpu", weights_only=True)
