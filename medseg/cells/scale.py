@@ -393,7 +393,28 @@ def anisotropy(spacing) -> float:
 
 def median_spacing(cases, channel=None) -> list[float]:
     """Median voxel size per axis of 3D cell cases (:class:`medseg.cells.data.CellCase`); a case whose spacing is
-    not known yet (its training pair came from a cache entry written before spacings were kept) is read for it."""
+    not known yet (its training pair came from a cache entry written before spacings were kept) is read for it.
+
+    Parameters
+    ----------
+    cases : list of CellCase
+        3D cases; those without a 3-axis ``spacing`` are read (their image file's header).
+    channel : int, optional
+        The channel read from a multi-channel image (as training reads it).
+
+    Returns
+    -------
+    list of float
+        The median spacing per axis (slices first), in the images' units (µm).
+
+    Examples
+    --------
+    >>> from pathlib import Path
+    >>> from medseg.cells.data import CellCase
+    >>> spacings = [(2.0, 0.5, 0.5), (1.0, 0.4, 0.4), (3.0, 0.5, 0.6)]
+    >>> median_spacing([CellCase(f"c{i}", Path(f"c{i}.tif"), None, spacing=s) for i, s in enumerate(spacings)])
+    [2.0, 0.5, 0.5]
+    """
     from medseg.cells.data import load_image
 
     sp = [c.spacing if len(c.spacing) == 3 else load_image(c.image_path, channel).spacing for c in cases]

@@ -129,6 +129,30 @@ def out_channels(cfg: CellTrainConfig) -> int:
 
 
 def build_cell_network(cfg: CellTrainConfig):
+    """The cell network of ``cfg``: a U-Net (DynUNet) with one input channel and :func:`out_channels` outputs.
+
+    Parameters
+    ----------
+    cfg : CellTrainConfig
+        ``spatial_dims``, ``patch_size`` (sets the depth), ``base_filters``, ``max_filters``, ``norm`` and the heads.
+
+    Returns
+    -------
+    torch.nn.Module
+        Freshly initialised (from torch's global random generator).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from medseg.cells.config import CellTrainConfig
+    >>> cfg = CellTrainConfig(patch_size=(32, 32), base_filters=4, max_filters=16)  # distance and offset heads
+    >>> build_cell_network(cfg)(torch.zeros(1, 1, 32, 32)).shape  # 3 classes, distance, 2 offsets
+    torch.Size([1, 6, 32, 32])
+    >>> cfg = CellTrainConfig(spatial_dims=3, patch_size=(16, 32, 32), base_filters=4, max_filters=16,
+    ...                       distance_head=False, offset_head=False)
+    >>> build_cell_network(cfg)(torch.zeros(1, 1, 16, 32, 32)).shape
+    torch.Size([1, 3, 16, 32, 32])
+    """
     from medseg.train.network import build_network
 
     return build_network(cfg.spatial_dims, 1, out_channels(cfg), list(cfg.patch_size),

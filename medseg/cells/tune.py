@@ -260,7 +260,40 @@ def per_image_table(model, cases, threshold_grid: Sequence[float] = THRESHOLD_GR
 
 
 def tune_network(net, cfg, meta: dict, cases) -> dict:
-    """:func:`tune_thresholds` of a training run's network (put in eval mode), with the ``seconds`` it took."""
+    """:func:`tune_thresholds` of a training run's network (put in eval mode), with the ``seconds`` it took.
+
+    Parameters
+    ----------
+    net : torch.nn.Module
+        The network (:func:`medseg.cells.train.build_cell_network`), on the CPU.
+    cfg : CellTrainConfig
+        Its settings (heads, ``tune_objective``, ``tune_selection``).
+    meta : dict
+        The model's data settings (as saved in ``model.json``; ``{}`` for none).
+    cases : list of CellCase
+        Loaded validation cases (``image`` and ``labels`` set).
+
+    Returns
+    -------
+    dict
+        :func:`tune_thresholds`'s result and ``seconds``.
+
+    Examples
+    --------
+    An untrained tiny network on one 32 x 32 image of two cells (its scores mean nothing):
+
+    >>> from pathlib import Path
+    >>> import numpy as np
+    >>> from medseg.cells.config import CellTrainConfig
+    >>> from medseg.cells.data import CellCase
+    >>> from medseg.cells.train import build_cell_network
+    >>> cfg = CellTrainConfig(patch_size=(32, 32), base_filters=4, max_filters=16)
+    >>> lab = np.zeros((32, 32), int); lab[4:12, 4:12] = 1; lab[18:28, 16:26] = 2
+    >>> case = CellCase("a", Path("a.tif"), None, (lab > 0).astype(np.float32), lab)  # image and labels
+    >>> res = tune_network(build_cell_network(cfg), cfg, {}, [case])
+    >>> res["n_images"], res["seeds"] in ("boundary", "distance", "votes"), len(res["table"])
+    (1, True, 72)
+    """
     from medseg.cells.count import CellModel
 
     t = time.perf_counter()

@@ -211,6 +211,41 @@ def check_geometry(pred: Image, ref: Image, pred_path, spacing_from: str | None 
     voxels in another axis order or direction (an LPS file against a RAS one) is re-indexed, losslessly.
     ``spacing_from='ref'`` or ``'pred'`` checks the shape only (for predictions saved without
     geometry, e.g. PNG/TIFF): the metrics then use that side's spacing.
+
+    Parameters
+    ----------
+    pred, ref : Image
+        The prediction and the reference label maps.
+    pred_path : path or str
+        Named in the error.
+    spacing_from : {None, 'ref', 'pred'}
+        Check only the shapes (see above).
+    atol : float
+        Largest distance (mm) between a voxel's world positions on the two grids.
+
+    Returns
+    -------
+    Image
+        ``pred`` itself, or its voxels re-indexed onto ``ref``'s axis order and directions.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from medseg.io.image import Image
+    >>> ref = Image(np.zeros((4, 5, 6), np.uint8), np.diag([2.0, 1.0, 1.0, 1.0]))  # RAS
+    >>> check_geometry(Image(np.ones((4, 5, 6), np.uint8), ref.affine), ref, "pred.nii.gz").shape
+    (4, 5, 6)
+    >>> lps = np.diag([-2.0, -1.0, 1.0, 1.0]); lps[:2, 3] = [6.0, 4.0]  # the same grid, its first two axes reversed
+    >>> pred = np.zeros((4, 5, 6), np.uint8); pred[3, 4, 0] = 1  # at world (0, 0, 0)
+    >>> moved = check_geometry(Image(pred, lps), ref, "pred.nii.gz")
+    >>> moved.orientation, np.argwhere(moved.array).tolist()
+    ('RAS', [[0, 0, 0]])
+    >>> check_geometry(Image(pred, np.eye(4)), ref, "pred.nii.gz")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    medseg.errors.InputError: pred.nii.gz: geometry differs from the reference's (voxels up to 3 mm apart; ...
+    >>> check_geometry(Image(pred, np.eye(4)), ref, "pred.png", spacing_from="ref").shape  # shapes only
+    (4, 5, 6)
     """
     if spacing_from is None:
         if pred.same_grid(ref, atol):

@@ -127,7 +127,31 @@ def check_distance_settings(nsd_tolerance, distance_cap) -> None:
 
 
 def tolerance_for(tol, value: int, name: str) -> float:
-    """NSD tolerance (mm) of one class from a float or a ``{name|value|"default": mm}`` mapping."""
+    """NSD tolerance (mm) of one class from a float or a ``{name|value|"default": mm}`` mapping.
+
+    Parameters
+    ----------
+    tol : float or mapping
+        One tolerance for every class, or tolerances by class name, label value (int or text) and ``"default"``.
+    value : int
+        The class's label value.
+    name : str
+        The class's name.
+
+    Returns
+    -------
+    float
+        The class's entry, looked up by name, then value; else the mapping's ``default``, else
+        ``DEFAULT_NSD_TOLERANCE`` (2 mm).
+
+    Examples
+    --------
+    >>> tol = {"liver": 1.0, "3": 5.0, "default": 3.0}
+    >>> tolerance_for(tol, 1, "liver"), tolerance_for(tol, 3, "tumour"), tolerance_for(tol, 2, "spleen")
+    (1.0, 5.0, 3.0)
+    >>> tolerance_for(1.5, 2, "spleen"), tolerance_for({}, 2, "spleen")
+    (1.5, 2.0)
+    """
     if isinstance(tol, Mapping):
         for key in (name, value, str(value)):
             if key in tol:

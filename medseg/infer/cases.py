@@ -72,6 +72,20 @@ def list_cases(path: Path, channels: int = 1, series: str | int | None = None,
     list of Case
         Image files in name order; DICOM series in discovery order, named by :func:`series_case_names`. A broken
         link, given or among the image files of the folder, is an ``InputError`` naming it.
+
+    Examples
+    --------
+    Only file names are read:
+
+    >>> import tempfile
+    >>> from pathlib import Path
+    >>> folder = Path(tempfile.mkdtemp())
+    >>> for name in ("a_0000.nii.gz", "a_0001.nii.gz", "b_0000.nii.gz", "b_0001.nii.gz"):
+    ...     (folder / name).touch()
+    >>> [(case.name, [p.name for p in case.paths]) for case in list_cases(folder, channels=2)]
+    [('a', ['a_0000.nii.gz', 'a_0001.nii.gz']), ('b', ['b_0000.nii.gz', 'b_0001.nii.gz'])]
+    >>> [case.name for case in list_cases(folder, channels=1)]  # not channels 0000 only: one case per file
+    ['a_0000', 'a_0001', 'b_0000', 'b_0001']
     """
     from medseg.io.readers import image_files
     from medseg.train.dataset import group_case_files
@@ -131,6 +145,23 @@ def read_case(paths: list[Path]) -> Image:
     Image
         A single file as :func:`medseg.io.readers.read_image` reads it; several stacked as float32 (float64 when
         one is).
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from pathlib import Path
+    >>> import numpy as np
+    >>> from medseg.io.image import Image
+    >>> from medseg.io.writers import write_image
+    >>> folder = Path(tempfile.mkdtemp())
+    >>> paths = [folder / "a_0000.nii.gz", folder / "a_0001.nii.gz"]  # two channels on one 4 x 4 x 3 grid
+    >>> for p in paths:
+    ...     _ = write_image(Image(np.zeros((4, 4, 3), np.int16), np.diag([2.0, 1.0, 1.0, 1.0])), p)
+    >>> image = read_case(paths)
+    >>> image.array.shape, image.array.dtype, image.channels_first, image.spacing
+    ((2, 4, 4, 3), dtype('float32'), True, (2.0, 1.0, 1.0))
+    >>> read_case(paths[:1]).array.dtype.name  # one file: as stored
+    'int16'
     """
     images = [read_image(p) for p in paths]
     if len(images) == 1:

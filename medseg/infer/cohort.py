@@ -52,10 +52,30 @@ def resolve_tta(plan, tta: bool | None, warn=None) -> tuple[bool, str]:
     warning (TTA asked for, ``--tta`` or the plan's ``tta``, on a plan without flip axes) is one line on stderr,
     and the cases then get the resolved value, so they do not warn again.
 
+    Parameters
+    ----------
+    plan : Plan
+        The model's plan (its ``tta`` and ``augment["flip_axes"]``).
+    tta : bool or None
+        Asked for (``--tta`` / ``--no-tta``); None takes the plan's ``tta``.
+    warn : callable, optional
+        Receives the warning line (default: printed on stderr after ``medseg: warning:``).
+
     Returns
     -------
     tta : bool
+        Whether the cases are predicted with mirroring TTA.
     note : str
+        How they are predicted, recorded in each output's NIfTI ``descrip``.
+
+    Examples
+    --------
+    >>> from medseg.plan.plan import Plan
+    >>> resolve_tta(Plan(channels=["CT"], augment={"flip_axes": [0, 1, 2]}), True)
+    (True, 'medseg predict: mirroring TTA over axes [0, 1, 2]')
+    >>> resolve_tta(Plan(channels=["CT"]), True, warn=print)  # trained without flips: nothing to mirror over
+    --tta: the model was trained without mirroring (plan augment.flip_axes is empty); predicting without TTA
+    (False, 'medseg predict: no TTA (asked for, but the model was trained without mirroring)')
     """
     from medseg.infer.predict import resolve_tta as resolve
 
@@ -116,12 +136,74 @@ def predict_path(model, input: str | os.PathLike, output: str | os.PathLike, ove
     cohort there; with ``keep_going`` its line goes to stderr, the other cases are predicted, and one
     ``InputError`` at the end counts the failed cases (each left without output, so a rerun retries only them).
 
+    Parameters
+    ----------
+    model : path
+        A ``model.pt`` or a run folder holding one (:func:`medseg.train.artifact.load_model`).
+    input : path
+        An image file, a folder of image files (cases as :func:`list_cases` groups them) or of DICOM series.
+    output : path
+        The output folder (made if missing): ``<case>.nii.gz`` per case, ``<case>_probs.nii.gz`` with
+        ``probabilities``, ``<case>_dicomseg.dcm`` / ``<case>_rtstruct.dcm`` with ``export``.
+    overlap : float, optional
+        Sliding-window overlap in [0, 1) (default: the plan's).
+    tta : bool, optional
+        Mirroring TTA (default: the plan's).
+    device : str
+        ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
+    shard : str or (int, int), optional
+        ``"i/n"``: only every n-th case from the i-th (:func:`parse_shard`), for n jobs sharing a cohort.
+    probabilities : bool
+        Also write the class probabilities (float32, classes on the 4th axis).
+    largest_component : bool
+        Keep only the largest connected component of each class.
+    min_size_mm3 : float
+        Remove components smaller than this (mm³; 0 keeps all).
+    export : {None, 'dicom-seg', 'rtstruct'}
+        Also write a DICOM object referencing each case's series (DICOM input only).
+    overwrite : bool
+        Predict finished cases again.
+    progress : bool
+        Progress bar over the cases.
+    batch_size : int
+        Sliding-window patches per forward pass.
+    series : str or int, optional
+        Only this DICOM series (index or SeriesInstanceUID).
+    keep_going : bool
+        Go on past a case whose pixel data are bad (see above).
+
     Returns
     -------
     written : list of Path
         The label maps this call wrote.
     skipped : int
         Cases skipped as finished.
+
+    Examples
+    --------
+    A random-weight model on two 20 x 16 x 16 images; the second call finds both cases finished:
+
+    >>> import tempfile
+    >>> from pathlib import Path
+    >>> import numpy as np
+    >>> from medseg.io.image import Image
+    >>> from medseg.io.writers import write_image
+    >>> from medseg.plan.plan import Plan
+    >>> from medseg.train.artifact import build_from_plan, save_model
+    >>> root = Path(tempfile.mkdtemp()); (root / "images").mkdir()
+    >>> plan = Plan(channels=["CT"], labels={0: "background", 1: "liver"}, patch_size=[16, 16, 16], base_filters=4,
+    ...             max_filters=8)
+    >>> model = save_model(root / "model.pt", plan, build_from_plan(plan).state_dict())
+    >>> for name in ("a", "b"):
+    ...     image = Image(np.random.rand(20, 16, 16).astype(np.float32), np.eye(4))
+    ...     _ = write_image(image, root / "images" / f"{name}.nii.gz")
+    >>> written, skipped = predict_path(model, root / "images", root / "pred", device="cpu", probabilities=True)
+    >>> [p.name for p in written], skipped
+    (['a.nii.gz', 'b.nii.gz'], 0)
+    >>> sorted(p.name for p in (root / "pred").iterdir())
+    ['a.nii.gz', 'a_probs.nii.gz', 'b.nii.gz', 'b_probs.nii.gz']
+    >>> predict_path(model, root / "images", root / "pred", device="cpu", probabilities=True)
+    ([], 2)
     """
     from medseg.cpu import cap_torch_threads
     from medseg.infer.provenance import CaseRecords
@@ -298,7 +380,8 @@ def _predict_cases(art, dev, todo, output: Path, overlap, tta, batch_size, proba
     """Predict and write each case in turn (the loop of :func:`predict_path`); returns the label maps written.
     ``failed``, ``total`` and ``done``: the cases already skipped with ``keep_going``, of ``total`` in all, and how
     many others are written, which the closing ``InputError`` counts too."""
-    net = art.build().to(dev)
+    # a rerun on a finished folder predicts nothing: building the network imports MONAI, seconds for nothing
+    net = art.build().to(dev) if todo else None
     written, failed = [], list(failed or [])
     it = todo
     if progress and len(todo) > 1:

@@ -326,6 +326,19 @@ def write_probabilities(prob, path: str | os.PathLike, protect=()) -> Path:
     -------
     Path
         ``path``.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from pathlib import Path
+    >>> import nibabel as nib
+    >>> import numpy as np
+    >>> from medseg.io.image import Image
+    >>> prob = Image(np.full((2, 4, 4, 3), 0.5, np.float32), np.eye(4), channels_first=True)  # 2 classes
+    >>> path = write_probabilities(prob, Path(tempfile.mkdtemp()) / "case_probs.nii.gz")
+    >>> nii = nib.load(path)
+    >>> path.name, nii.shape, nii.get_data_dtype().name  # classes on the 4th axis
+    ('case_probs.nii.gz', (4, 4, 3, 2), 'float32')
     """
     import gzip
 

@@ -8,7 +8,36 @@ import numpy as np
 
 
 def read_png(path: Path) -> np.ndarray:
-    """A PNG's stored values: 16-bit samples kept, a colour palette's indices, 1-bit pixels as 0/1 (``bool``)."""
+    """A PNG's stored values: 16-bit samples kept, a colour palette's indices, 1-bit pixels as 0/1 (``bool``).
+
+    Parameters
+    ----------
+    path : Path
+        The PNG file; a chunk whose CRC does not match is an error (Pillow's).
+
+    Returns
+    -------
+    ndarray
+        ``(rows, columns)``, or ``(rows, columns, samples)`` for colour or grey with alpha, in the stored type
+        (uint8, uint16; ``bool`` for 1-bit). A palette's indices, unless its colours used are greys (then their
+        values).
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from pathlib import Path
+    >>> import numpy as np
+    >>> from PIL import Image
+    >>> folder = Path(tempfile.mkdtemp())
+    >>> Image.fromarray(np.array([[0, 1000], [65535, 7]], np.uint16)).save(folder / "grey16.png")
+    >>> read_png(folder / "grey16.png").dtype.name, read_png(folder / "grey16.png").tolist()
+    ('uint16', [[0, 1000], [65535, 7]])
+    >>> labels = Image.fromarray(np.array([[0, 1], [2, 1]], np.uint8), mode="P")
+    >>> labels.putpalette([0, 0, 0, 255, 0, 0, 0, 255, 0])  # ids 1 and 2 shown red and green
+    >>> labels.save(folder / "labels.png")
+    >>> read_png(folder / "labels.png").tolist()  # the ids, not the colours
+    [[0, 1], [2, 1]]
+    """
     import imageio.v3 as iio
     from PIL import Image as PILImage
 

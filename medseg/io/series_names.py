@@ -73,6 +73,30 @@ def pick_series(path: str | os.PathLike, which: str | int | None = None, single:
     ------
     InputError
         No DICOM image series; only non-volume images (when taking every volume); a ``which`` that picks nothing.
+
+    Examples
+    --------
+    A study folder with two series in their own folders, made from pydicom's example CT:
+
+    >>> import tempfile
+    >>> from pathlib import Path
+    >>> from pydicom import examples
+    >>> from pydicom.uid import generate_uid
+    >>> study = Path(tempfile.mkdtemp())
+    >>> for name in ("arterial", "venous"):
+    ...     (study / name).mkdir()
+    ...     series = generate_uid()
+    ...     for k in range(3):  # three slices, 5 mm apart
+    ...         ds = examples.ct
+    ...         ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ...         ds.SeriesInstanceUID, ds.SeriesDescription = series, name
+    ...         ds.ImagePositionPatient[2] += 5 * k
+    ...         ds.save_as(study / name / f"{k}.dcm")
+    >>> picked = pick_series(study)
+    >>> picked.names, [s.label() for s in picked.series]
+    (['arterial', 'venous'], ['0: arterial (CT, 3 slices)', '1: venous (CT, 3 slices)'])
+    >>> pick_series(study, 1).names  # a picked series keeps its name
+    ['venous']
     """
     from medseg.io.dicom import discover_series, no_series_message, select_series  # looked up now: patchable
 

@@ -325,6 +325,34 @@ def load_plan(source: str | os.PathLike | Plan, device: str = "cpu", max_minutes
     Returns
     -------
     Plan
+        Validated; a dataset folder's names it in ``dataset``.
+
+    Examples
+    --------
+    A dataset folder of two 16³ CT cases (spacing 2 x 1 x 1 mm), then the plan written as YAML and read back:
+
+    >>> import json, tempfile
+    >>> from pathlib import Path
+    >>> import numpy as np
+    >>> from medseg.io.image import Image
+    >>> from medseg.io.writers import write_image
+    >>> root = Path(tempfile.mkdtemp())
+    >>> for sub in ("imagesTr", "labelsTr"):
+    ...     (root / sub).mkdir()
+    >>> rng, affine = np.random.default_rng(0), np.diag([2.0, 1.0, 1.0, 1.0])
+    >>> for i in range(2):
+    ...     lab = np.zeros((16, 16, 16), np.uint8); lab[4:12, 4:12, 4:12] = 1
+    ...     image = Image(100 * lab + rng.normal(0, 10, lab.shape), affine)  # CT: not one constant value
+    ...     _ = write_image(image, root / "imagesTr" / f"c{i}_0000.nii.gz")
+    ...     _ = write_image(Image(lab, affine), root / "labelsTr" / f"c{i}.nii.gz")
+    >>> meta = {"channel_names": {"0": "CT"}, "labels": {"0": "background", "1": "liver"}}
+    >>> _ = (root / "dataset.json").write_text(json.dumps(meta))
+    >>> plan = load_plan(root)
+    >>> plan.channels, plan.labels, plan.target_spacing, plan.patch_size, plan.normalisation[0].scheme
+    (['CT'], {0: 'background', 1: 'liver'}, [2.0, 1.0, 1.0], [16, 16, 16], 'ct')
+    >>> _ = plan.to_yaml(root / "plan.yaml")
+    >>> load_plan(root / "plan.yaml").patch_size, load_plan(plan) is plan
+    ([16, 16, 16], True)
     """
     if isinstance(source, Plan):
         return source

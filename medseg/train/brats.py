@@ -57,6 +57,27 @@ def convert_brats(src: str | os.PathLike, dst: str | os.PathLike, modalities: tu
     written as NIfTI by medseg's reader and writer (geometry as SimpleITK reads it). The whole dataset is
     written into a hidden folder beside ``dst`` and renamed onto ``dst`` at the end: a failure never leaves a
     half dataset under ``dst`` (and with ``overwrite`` the previous dataset stays until the new one is complete).
+
+    Examples
+    --------
+    Two patients, the second without a label:
+
+    >>> import tempfile
+    >>> from pathlib import Path
+    >>> import numpy as np
+    >>> from medseg.io.image import Image
+    >>> from medseg.io.writers import write_image
+    >>> src = Path(tempfile.mkdtemp()) / "brats"
+    >>> for patient, files in (("p1", ["Flair_p1", "T1c_p1", "OTMultiClass"]), ("p2", ["Flair_p2", "T1c_p2"])):
+    ...     (src / patient).mkdir(parents=True)
+    ...     for name in files:
+    ...         _ = write_image(Image(np.zeros((4, 4, 4), np.uint8), np.eye(4)), src / patient / f"{name}.nii.gz")
+    >>> ds = convert_brats(src, src.parent / "dataset")
+    >>> sorted(p.relative_to(ds.root).as_posix() for p in ds.root.rglob("*.nii.gz"))  # doctest: +NORMALIZE_WHITESPACE
+    ['imagesTr/p1_0000.nii.gz', 'imagesTr/p1_0001.nii.gz', 'imagesTs/p2_0000.nii.gz', 'imagesTs/p2_0001.nii.gz',
+     'labelsTr/p1.nii.gz']
+    >>> [(case.id, len(case.images)) for case in ds.cases], ds.labels[4]
+    ([('p1', 2)], 'enhancing')
     """
     src, dst = Path(src), Path(dst)
     if isinstance(modalities, str):  # "Flair,T1c" as on the command line, not its characters

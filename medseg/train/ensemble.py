@@ -101,6 +101,35 @@ def train_ensemble(plan: Plan, run_dir: str | os.PathLike, members: int | None =
     -------
     TrainResult
         Its ``model_path`` is the ensemble's ``model.pt``.
+
+    Examples
+    --------
+    Two members of a tiny network, one epoch of two iterations each, on two synthetic 16³ cases:
+
+    >>> import json, tempfile
+    >>> from pathlib import Path
+    >>> import numpy as np
+    >>> from medseg.io.image import Image
+    >>> from medseg.io.writers import write_image
+    >>> from medseg.plan.plan import Plan
+    >>> from medseg.train.artifact import load_model
+    >>> root = Path(tempfile.mkdtemp())
+    >>> for sub in ("imagesTr", "labelsTr"):
+    ...     (root / sub).mkdir()
+    >>> rng = np.random.default_rng(0)
+    >>> for i in range(2):
+    ...     lab = np.zeros((16, 16, 16), np.uint8); lab[4:12, 4:12, 4 + i:12] = 1
+    ...     image = Image(lab + rng.normal(0, 0.3, lab.shape), np.eye(4))
+    ...     _ = write_image(image, root / "imagesTr" / f"c{i}_0000.nii.gz")
+    ...     _ = write_image(Image(lab, np.eye(4)), root / "labelsTr" / f"c{i}.nii.gz")
+    >>> _ = (root / "dataset.json").write_text(json.dumps({"labels": {"0": "background", "1": "box"}}))
+    >>> plan = Plan(dataset=str(root), labels={0: "background", 1: "box"}, patch_size=[16, 16, 16], base_filters=4,
+    ...             max_filters=8, num_folds=2, iterations_per_epoch=2, max_epochs=1, bf16=False, cache="memory")
+    >>> result = train_ensemble(plan, root / "run", members=2, device="cpu", progress=False)
+    >>> result.iterations, sorted(p.name for p in (root / "run").iterdir())
+    (4, ['log.csv', 'member_0', 'member_1', 'model.pt', 'plan.yaml', 'splits.json'])
+    >>> len(load_model(result.model_path).members)
+    2
     """
     from medseg.train.artifact import MODEL_FILE, build_from_plan, load_model, save_model
     from medseg.train.cache import LazyCases

@@ -153,7 +153,61 @@ def train(plan: Plan | str | os.PathLike | None, run_dir: str | os.PathLike, fol
     run folder's ``plan.yaml`` it is left as it is, and a new run whose options would change it is refused.
     KeyboardInterrupt (Ctrl-C, or SIGTERM under the CLI) is re-raised after the run saved its mid-epoch checkpoint;
     each iteration's update holds interrupts back until it is complete (under DDP: until every rank has completed
-    the same iteration; a second signal is delivered at once)."""
+    the same iteration; a second signal is delivered at once).
+
+    Parameters
+    ----------
+    plan : Plan, path or None
+        The plan, a dataset folder or a plan/config YAML (see above); None only with ``resume``.
+    run_dir : path
+        The run folder (made if missing); one holding another run's checkpoint is refused unless ``resume``.
+    fold, max_epochs, max_minutes : optional
+        Override the plan's ``fold``, ``max_epochs`` and ``max_minutes`` (the time budget).
+    resume : bool
+        Continue the run in ``run_dir`` from its ``checkpoint_latest.pt``.
+    device : str
+        ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
+    progress : bool
+        Show progress bars.
+    num_threads : int, optional
+        CPU threads for torch (default: the plan's, else torch's, capped to the CPU quota).
+    validation, cache, tensorboard, cache_mode, cache_dir, plan_file
+        As above.
+
+    Returns
+    -------
+    TrainResult
+        The run folder, epochs and iterations done, seconds taken, the last validation Dice per class (and
+        ``mean``), the best mean Dice and the path of ``model.pt``.
+
+    Examples
+    --------
+    Two synthetic 16³ cases (a box on noise), one epoch of two iterations of a tiny network:
+
+    >>> import json, tempfile
+    >>> from pathlib import Path
+    >>> import numpy as np
+    >>> from medseg.io.image import Image
+    >>> from medseg.io.writers import write_image
+    >>> from medseg.plan.plan import Plan
+    >>> root = Path(tempfile.mkdtemp())
+    >>> for sub in ("imagesTr", "labelsTr"):
+    ...     (root / sub).mkdir()
+    >>> rng = np.random.default_rng(0)
+    >>> for i in range(2):
+    ...     lab = np.zeros((16, 16, 16), np.uint8); lab[4:12, 4:12, 4 + i:12] = 1
+    ...     image = Image(lab + rng.normal(0, 0.3, lab.shape), np.eye(4))
+    ...     _ = write_image(image, root / "imagesTr" / f"c{i}_0000.nii.gz")
+    ...     _ = write_image(Image(lab, np.eye(4)), root / "labelsTr" / f"c{i}.nii.gz")
+    >>> _ = (root / "dataset.json").write_text(json.dumps({"labels": {"0": "background", "1": "box"}}))
+    >>> plan = Plan(dataset=str(root), labels={0: "background", 1: "box"}, patch_size=[16, 16, 16], base_filters=4,
+    ...             max_filters=8, num_folds=2, iterations_per_epoch=2, bf16=False, cache="memory")
+    >>> result = train(plan, root / "run", max_epochs=1, device="cpu", progress=False)
+    >>> result.epochs, result.iterations, sorted(result.val_dice), result.model_path.name
+    (1, 2, ['box', 'mean'], 'model.pt')
+    >>> sorted(p.name for p in (root / "run").iterdir())
+    ['checkpoint_best.pt', 'checkpoint_latest.pt', 'log.csv', 'model.pt', 'plan.yaml', 'splits.json']
+    """
     t_start = time.monotonic()
     if max_minutes is not None and not 0 < max_minutes < float("inf"):  # 0 meant no limit at all
         raise InputError(f"the time budget (minutes) must be a positive number, got {max_minutes}")
