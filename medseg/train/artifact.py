@@ -129,10 +129,11 @@ def loaded_network(build, state_dict: dict, path, problem: str) -> torch.nn.Modu
     return net
 
 
-def check_window_fits(filters: int, patch, path) -> None:
-    """``InputError`` when one sliding window's first feature maps (``filters x patch`` float32 values, a small part
-    of what prediction holds) exceed what this process can allocate: a model file's ``patch_size`` of 2**20 x 2**20
-    made torch ask for 128 TiB. A floor, as :func:`medseg.train.preprocess.check_batch_fits` is for training.
+def check_window_fits(filters: int, patch, path, batch: int = 1) -> None:
+    """``InputError`` when ``batch`` windows' first feature maps (``batch x filters x patch`` float32 values, a small
+    part of what a step holds) exceed what this process can allocate: a model file's ``patch_size`` of 2**20 x 2**20
+    made torch ask for 128 TiB, a plan's ``batch_size: 1000000000`` trained until the machine killed it. A floor, not
+    an estimate: a plan it passes may still not fit.
 
     Examples
     --------
@@ -145,11 +146,12 @@ def check_window_fits(filters: int, patch, path) -> None:
     from medseg.io.limits import size_text
     from medseg.system import allocatable_memory
 
-    need = 4 * int(filters) * math.prod(int(p) for p in patch)
+    need = 4 * int(batch) * int(filters) * math.prod(int(p) for p in patch)
     room = allocatable_memory()
     if need > room:
+        what = "one window's" if batch == 1 else f"a batch's (batch_size {int(batch)})"
         raise InputError(f"patch {' x '.join(str(int(p)) for p in patch)} with {int(filters)} base filters needs "
-                         f"{size_text(need)} for one window's first feature maps alone, more than the "
+                         f"{size_text(need)} for {what} first feature maps alone, more than the "
                          f"{size_text(room)} of memory available: a damaged or hostile model, or one too large for "
                          "this machine", path=path)
 

@@ -143,32 +143,6 @@ def check_grid_fits(shape, spacing, plan: Plan, source=None) -> None:
                          "available; check the voxel size in its header and the plan's target_spacing", path=source)
 
 
-def check_batch_fits(plan: Plan) -> None:
-    """``InputError`` when one training batch's first feature maps alone (``batch_size x base_filters x patch``
-    float32 values, a small part of what a step holds) exceed what this process can allocate: a plan's
-    ``batch_size: 1000000000`` trained on until the machine killed it. A floor, not an estimate: a plan it passes
-    may still not fit.
-
-    Examples
-    --------
-    >>> check_batch_fits(Plan())  # 2 x 32 x 64³ float32: 64 MiB
-    >>> check_batch_fits(Plan(batch_size=10**9))
-    Traceback (most recent call last):
-    ...
-    medseg.errors.InputError: batch_size 1000000000 with patch 64 x 64 x 64 and 32 base filters needs ...
-    """
-    from medseg.errors import InputError
-    from medseg.system import allocatable_memory
-
-    need = 4.0 * plan.batch_size * plan.base_filters * float(np.prod(np.asarray(plan.patch_size, float)))
-    room = allocatable_memory()
-    if not need <= room:
-        raise InputError(f"batch_size {plan.batch_size} with patch {' x '.join(map(str, plan.patch_size))} and "
-                         f"{plan.base_filters} base filters needs more than {need / 2**30:.3g} GiB for its first "
-                         f"feature maps alone, more than the {room / 2**30:.3g} GiB of memory available; lower "
-                         "batch_size or patch_size (or let 'medseg plan' choose them)")
-
-
 def network_shape(shape, spacing, plan: Plan) -> tuple[int, ...]:
     """Shape of the volume on the plan's grid (the through-plane axis of 2D plans is kept).
 

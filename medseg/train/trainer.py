@@ -32,14 +32,13 @@ from medseg.infer.sliding_window import cpu_has_native_bf16
 from medseg.io.atomic import deferred_interrupts, remove_stale_temporaries
 from medseg.plan.plan import Plan
 from medseg.train import ddp
-from medseg.train.artifact import build_from_plan, save_model, strip_ddp, MODEL_FILE
+from medseg.train.artifact import build_from_plan, check_window_fits, save_model, strip_ddp, MODEL_FILE
 from medseg.train.dataset import open_dataset, load_case
 from medseg.train.checkpoint import LastIteration, asked_plan, check_resume, data_stamp, load as load_checkpoint, \
     restore, rng_state, save as _save, set_rng_state, training_state, update_guard
 from medseg.train.cache import AUTO_SHARE, DiskCache, LazyCases, available_memory, cache_cases, on_disk, sample_size
 from medseg.train.ema import WeightEMA, averaged_weights
 from medseg.train.losses import SegLoss, confusion_dice
-from medseg.train.preprocess import check_batch_fits
 from medseg.train.run_folder import check_run_folder, write_plan
 from medseg.train.runlog import append_row, progress_bar, rewrite_log
 from medseg.train.sampling import augment, context_margin, sample_batch
@@ -255,7 +254,7 @@ def train(plan: Plan | str | os.PathLike | None, run_dir: str | os.PathLike, fol
         plan.cache_dir = str(Path(cache_dir).resolve())
     plan.validate()
     if dev.type == "cpu":  # a GPU's memory is its own; CUDA refuses what it cannot hold
-        check_batch_fits(plan)
+        check_window_fits(plan.base_filters, plan.patch_size, plan_file, batch=plan.batch_size)
     if num_threads or plan.num_threads:
         torch.set_num_threads(int(num_threads or plan.num_threads))
     else:  # torch counts the host's cores, not a container's CPU quota
